@@ -1,0 +1,15 @@
+"""Sweeper (HTTP, called by Cloud Scheduler every minute): ends what was left behind."""
+
+import json
+
+import flask
+import functions_framework
+
+from kiln.services import get_services
+from kiln.sweeper import sweep
+
+
+@functions_framework.http
+def sweeper(request: flask.Request) -> flask.Response:
+    report = sweep(get_services())
+    return flask.Response(json.dumps(report), status=200, mimetype="application/json")

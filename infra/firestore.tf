@@ -1,0 +1,125 @@
+resource "google_firestore_database" "default" {
+  name                    = "(default)"
+  location_id             = var.firestore_location
+  type                    = "FIRESTORE_NATIVE"
+  delete_protection_state = "DELETE_PROTECTION_ENABLED"
+  deletion_policy         = "ABANDON"
+
+  depends_on = [google_project_service.apis]
+}
+
+# --- composite indexes on jobs (the firestore.indexes.json equivalent) ---------------------
+
+# A user's history, newest first (app list, GET /v1/jobs).
+resource "google_firestore_index" "jobs_uid_created_desc" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+
+  fields {
+    field_path = "uid"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "createdAt"
+    order      = "DESCENDING"
+  }
+}
+
+# The sweeper: jobs in a status not touched since a cutoff.
+resource "google_firestore_index" "jobs_status_updated" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updatedAt"
+    order      = "ASCENDING"
+  }
+}
+
+# A user's (or chat's) jobs in some statuses, e.g. how many are still running.
+resource "google_firestore_index" "jobs_uid_status" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+
+  fields {
+    field_path = "uid"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+}
+
+# Telegram chats (uid "telegram:<chatId>"): jobs since a time, for the daily quota.
+resource "google_firestore_index" "jobs_uid_created_asc" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+
+  fields {
+    field_path = "uid"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "createdAt"
+    order      = "ASCENDING"
+  }
+}
+
+# TTL: Firestore deletes a job document (within ~24 h) once its expireAt has passed.
+resource "google_firestore_field" "jobs_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+  field      = "expireAt"
+
+  ttl_config {}
+
+  # Nothing queries expireAt; indexing a timestamp only adds write cost and hot-spotting.
+  index_config {}
+}
+
+# --- security rules (the files are owned next to this one) -----------------------------------
+
+resource "google_firebaserules_ruleset" "firestore" {
+  source {
+    files {
+      name    = "firestore.rules"
+      content = file("${path.module}/firestore.rules")
+    }
+  }
+
+  depends_on = [google_firestore_database.default, google_project_service.apis]
+}
+
+resource "google_firebaserules_release" "firestore" {
+  name         = "cloud.firestore"
+  ruleset_name = "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.firestore.name}"
+
+  lifecycle {
+    replace_triggered_by = [google_firebaserules_ruleset.firestore]
+  }
+}
+
+resource "google_firebaserules_ruleset" "storage" {
+  source {
+    files {
+      name    = "storage.rules"
+      content = file("${path.module}/storage.rules")
+    }
+  }
+
+  depends_on = [google_firebase_storage_bucket.results]
+}
+
+resource "google_firebaserules_release" "storage" {
+  name         = "firebase.storage/${google_storage_bucket.results.name}"
+  ruleset_name = "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.storage.name}"
+
+  lifecycle {
+    replace_triggered_by = [google_firebaserules_ruleset.storage]
+  }
+}

@@ -1,0 +1,224 @@
+# --- where --------------------------------------------------------------------------------
+
+variable "project_id" {
+  description = "Google Cloud project to deploy into (Firebase must already be enabled on it)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, buckets, Pub/Sub resources and the scheduler job."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "firestore_location" {
+  description = "Location of the (default) Firestore database; it cannot change once created."
+  type        = string
+  default     = "nam5"
+}
+
+variable "bucket_name" {
+  description = "Results bucket; empty means \"<project_id>-kiln-results\"."
+  type        = string
+  default     = ""
+}
+
+variable "cors_origins" {
+  description = "Web origins allowed to download results directly from the bucket."
+  type        = list(string)
+  default     = ["*"]
+}
+
+variable "result_retention_days" {
+  description = "Results under generations/ are deleted this many days after upload."
+  type        = number
+  default     = 90
+}
+
+variable "labels" {
+  description = "Labels added to every labelled resource (cost attribution)."
+  type        = map(string)
+  default     = {}
+}
+
+# --- scaling --------------------------------------------------------------------------------
+
+variable "ingress_concurrency" {
+  description = "Requests one ingress instance serves at once (THREADS matches it)."
+  type        = number
+  default     = 16
+}
+
+variable "ingress_min_instances" {
+  description = "Warm ingress instances; 1 removes cold starts from the webhook path, at a cost."
+  type        = number
+  default     = 0
+}
+
+variable "ingress_max_instances" {
+  description = "Upper bound on ingress instances."
+  type        = number
+  default     = 20
+}
+
+variable "worker_concurrency" {
+  description = "Jobs one worker instance runs at once (THREADS matches it)."
+  type        = number
+  default     = 4
+}
+
+variable "worker_max_instances" {
+  description = "Upper bound on worker instances: at most this x worker_concurrency jobs run at once."
+  type        = number
+  default     = 25
+}
+
+# --- Kiln settings (each maps to one KILN_* variable; defaults follow kiln.settings) --------
+
+variable "log_level" {
+  description = "KILN_LOG_LEVEL."
+  type        = string
+  default     = "INFO"
+}
+
+variable "max_attempts" {
+  description = "KILN_MAX_ATTEMPTS: worker attempts before a job fails."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.max_attempts >= 1
+    error_message = "max_attempts must be at least 1."
+  }
+}
+
+variable "lease_seconds" {
+  description = "KILN_LEASE_SECONDS: how long a claim holds a job without a heartbeat."
+  type        = number
+  default     = 90
+}
+
+variable "worker_budget_seconds" {
+  description = "KILN_WORKER_BUDGET_SECONDS: when a worker hands a running job on (below the 540 s timeout)."
+  type        = number
+  default     = 480
+
+  validation {
+    condition     = var.worker_budget_seconds > 0 && var.worker_budget_seconds <= 500
+    error_message = "worker_budget_seconds must leave room before the worker's 540 s timeout (<= 500)."
+  }
+}
+
+variable "job_max_age_seconds" {
+  description = "KILN_JOB_MAX_AGE_SECONDS: the sweeper fails jobs older than this."
+  type        = number
+  default     = 10800
+}
+
+variable "pending_republish_seconds" {
+  description = "KILN_PENDING_REPUBLISH_SECONDS: a pending job untouched this long is re-published."
+  type        = number
+  default     = 60
+}
+
+variable "progress_interval_seconds" {
+  description = "KILN_PROGRESS_INTERVAL_SECONDS: at most one progress write per job per interval."
+  type        = number
+  default     = 1
+}
+
+variable "retry_backoff_seconds" {
+  description = "KILN_RETRY_BACKOFF_SECONDS: delay before a failed attempt is retried."
+  type        = number
+  default     = 10
+}
+
+variable "link_template" {
+  description = "KILN_LINK_TEMPLATE: the deep link a completion push opens; must contain {jobId}."
+  type        = string
+  default     = "/jobs/{jobId}"
+}
+
+variable "max_body_bytes" {
+  description = "KILN_MAX_BODY_BYTES: largest request body the ingress accepts."
+  type        = number
+  default     = 65536
+}
+
+variable "image_provider" {
+  description = "KILN_IMAGE_PROVIDER: generator for kind=image (\"offline\" smoke-tests a deployment without keys)."
+  type        = string
+  default     = "gemini"
+}
+
+variable "model_provider" {
+  description = "KILN_MODEL_PROVIDER: generator for kind=model (GLB)."
+  type        = string
+  default     = "meshy"
+}
+
+variable "offline_image_seconds" {
+  description = "KILN_OFFLINE_IMAGE_SECONDS: simulated duration of the offline image generator."
+  type        = number
+  default     = 3
+}
+
+variable "offline_model_seconds" {
+  description = "KILN_OFFLINE_MODEL_SECONDS: simulated duration of the offline model generator."
+  type        = number
+  default     = 8
+}
+
+variable "telegram_api_base" {
+  description = "KILN_TELEGRAM_API_BASE."
+  type        = string
+  default     = "https://api.telegram.org"
+}
+
+variable "telegram_default_kind" {
+  description = "KILN_TELEGRAM_DEFAULT_KIND: what a plain Telegram message generates (image or model)."
+  type        = string
+  default     = "image"
+}
+
+variable "telegram_max_running_per_chat" {
+  description = "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT."
+  type        = number
+  default     = 2
+}
+
+variable "telegram_daily_quota" {
+  description = "KILN_TELEGRAM_DAILY_QUOTA: jobs per chat per day."
+  type        = number
+  default     = 20
+}
+
+variable "meshy_base_url" {
+  description = "KILN_MESHY_BASE_URL."
+  type        = string
+  default     = "https://api.meshy.ai"
+}
+
+variable "gemini_model" {
+  description = "KILN_GEMINI_MODEL."
+  type        = string
+  default     = "gemini-2.5-flash-image"
+}
+
+variable "taskserver_url" {
+  description = "KILN_TASKSERVER_URL: base URL of a create/poll/fetch task server, if one is used."
+  type        = string
+  default     = ""
+}
+
+variable "allowed_fetch_hosts" {
+  description = "KILN_ALLOWED_FETCH_HOSTS: hosts the worker may download inputs/results from (empty: the code's default)."
+  type        = string
+  default     = ""
+}
+
+variable "max_artifact_bytes" {
+  description = "KILN_MAX_ARTIFACT_BYTES: largest result the worker stores."
+  type        = number
+  default     = 2147483648
+}

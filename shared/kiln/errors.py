@@ -1,0 +1,80 @@
+"""Errors that say what should happen next.
+
+- :class:`RetryableError`: a passing fault (provider 5xx, timeout, 429, an unavailable
+  service). The worker releases the job and raises so Pub/Sub redelivers, until the job
+  runs out of attempts.
+- :class:`PermanentError`: retrying cannot help (bad prompt, refused content, invalid
+  artifact). The worker records ``failed`` with the code and message, then acks.
+- :class:`RequestError`: the caller's mistake at the HTTP edge, with its status code.
+
+Adapters translate SDK exceptions into these (``raise ... from exc``). Every ``message``
+is written to be safe to show to an end user: no secrets, no stack traces.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every error Kiln raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(KilnError):
+    """The deployment is misconfigured (raised at start-up, never per job)."""
+
+    code = "config"
+
+
+class RetryableError(KilnError):
+    """A passing fault: try the job again later.
+
+    Args:
+        retry_after: seconds the other side asked us to wait (HTTP 429 ``Retry-After``).
+    """
+
+    code = "unavailable"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentError(KilnError):
+    """Retrying cannot help: the job fails with this code and message."""
+
+    code = "failed"
+
+
+class CanceledError(KilnError):
+    """The job was canceled while it ran; stop work, change nothing."""
+
+    code = "canceled"
+
+
+class LeaseLostError(KilnError):
+    """Another worker owns the job now (our lease expired); stop without writing."""
+
+    code = "lease_lost"
+
+
+class RequestError(KilnError):
+    """The caller's mistake: answered with ``status`` and ``{error: {code, message}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class TransitionError(KilnError):
+    """A state change the job's current status does not allow."""
+
+    code = "invalid_transition"

@@ -1,0 +1,1 @@
+"""Generation providers behind one port (``kiln.providers.base``)."""

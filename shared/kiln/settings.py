@@ -1,0 +1,173 @@
+"""Settings, read from the environment once into one frozen object.
+
+Every environment variable Kiln reads is named in ``ENV_VARS`` (the infra checks compare
+it with the Terraform); secrets are marked and never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kiln.errors import ConfigError
+
+#: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
+ENV_VARS: dict[str, tuple[str, bool]] = {
+    "GOOGLE_CLOUD_PROJECT": ("project", False),
+    "KILN_ENV": ("env", False),
+    "KILN_BUCKET": ("bucket", False),
+    "KILN_JOBS_TOPIC": ("jobs_topic", False),
+    "KILN_MAX_ATTEMPTS": ("max_attempts", False),
+    "KILN_LEASE_SECONDS": ("lease_seconds", False),
+    "KILN_WORKER_BUDGET_SECONDS": ("worker_budget_seconds", False),
+    "KILN_JOB_MAX_AGE_SECONDS": ("job_max_age_seconds", False),
+    "KILN_PENDING_REPUBLISH_SECONDS": ("pending_republish_seconds", False),
+    "KILN_PROGRESS_INTERVAL_SECONDS": ("progress_interval_seconds", False),
+    "KILN_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", False),
+    "KILN_LINK_TEMPLATE": ("link_template", False),
+    "KILN_MAX_BODY_BYTES": ("max_body_bytes", False),
+    "KILN_IMAGE_PROVIDER": ("image_provider", False),
+    "KILN_MODEL_PROVIDER": ("model_provider", False),
+    "KILN_OFFLINE_IMAGE_SECONDS": ("offline_image_seconds", False),
+    "KILN_OFFLINE_MODEL_SECONDS": ("offline_model_seconds", False),
+    "KILN_FCM_ENDPOINT": ("fcm_endpoint", False),
+    "KILN_TELEGRAM_BOT_TOKEN": ("telegram_bot_token", True),
+    "KILN_TELEGRAM_WEBHOOK_SECRET": ("telegram_webhook_secret", True),
+    "KILN_TELEGRAM_API_BASE": ("telegram_api_base", False),
+    "KILN_TELEGRAM_DEFAULT_KIND": ("telegram_default_kind", False),
+    "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": ("telegram_max_running_per_chat", False),
+    "KILN_TELEGRAM_DAILY_QUOTA": ("telegram_daily_quota", False),
+    "KILN_MESHY_API_KEY": ("meshy_api_key", True),
+    "KILN_MESHY_BASE_URL": ("meshy_base_url", False),
+    "KILN_GEMINI_API_KEY": ("gemini_api_key", True),
+    "KILN_GEMINI_MODEL": ("gemini_model", False),
+    "KILN_TASKSERVER_URL": ("taskserver_url", False),
+    "KILN_TASKSERVER_API_KEY": ("taskserver_api_key", True),
+    "KILN_ALLOWED_FETCH_HOSTS": ("allowed_fetch_hosts", False),
+    "KILN_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", False),
+    "KILN_LOG_LEVEL": ("log_level", False),
+    # Standard emulator variables, honoured by the Google client libraries themselves.
+    "FIRESTORE_EMULATOR_HOST": ("firestore_emulator_host", False),
+    "PUBSUB_EMULATOR_HOST": ("pubsub_emulator_host", False),
+    "STORAGE_EMULATOR_HOST": ("storage_emulator_host", False),
+    "FIREBASE_AUTH_EMULATOR_HOST": ("auth_emulator_host", False),
+}
+
+_SECRET_ATTRS = frozenset(attr for attr, secret in ENV_VARS.values() if secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Kiln's configuration. Build it with :meth:`from_env`; tests may construct it directly."""
+
+    project: str = "demo-kiln"
+    env: str = "cloud"  # "local" enables emulator-only behaviour (unsigned tokens, loopback)
+    bucket: str = ""
+    jobs_topic: str = "kiln-jobs"
+    max_attempts: int = 3
+    lease_seconds: float = 90.0
+    worker_budget_seconds: float = 480.0
+    job_max_age_seconds: float = 3 * 3600.0
+    pending_republish_seconds: float = 60.0
+    progress_interval_seconds: float = 1.0
+    retry_backoff_seconds: float = 10.0
+    link_template: str = "/jobs/{jobId}"
+    max_body_bytes: int = 64 * 1024
+    image_provider: str = "offline"
+    model_provider: str = "offline"
+    offline_image_seconds: float = 3.0
+    offline_model_seconds: float = 8.0
+    fcm_endpoint: str = ""
+    telegram_bot_token: str = field(default="", repr=False)
+    telegram_webhook_secret: str = field(default="", repr=False)
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_default_kind: str = "image"
+    telegram_max_running_per_chat: int = 2
+    telegram_daily_quota: int = 20
+    meshy_api_key: str = field(default="", repr=False)
+    meshy_base_url: str = "https://api.meshy.ai"
+    gemini_api_key: str = field(default="", repr=False)
+    gemini_model: str = "gemini-2.5-flash-image"
+    taskserver_url: str = ""
+    taskserver_api_key: str = field(default="", repr=False)
+    allowed_fetch_hosts: str = ""
+    max_artifact_bytes: int = 2 * 1024**3
+    log_level: str = "INFO"
+    firestore_emulator_host: str = ""
+    pubsub_emulator_host: str = ""
+    storage_emulator_host: str = ""
+    auth_emulator_host: str = ""
+
+    def __post_init__(self) -> None:
+        if self.env not in ("local", "cloud"):
+            raise ConfigError(f"KILN_ENV must be 'local' or 'cloud', not {self.env!r}")
+        if self.max_attempts < 1:
+            raise ConfigError("KILN_MAX_ATTEMPTS must be at least 1")
+        if self.lease_seconds <= self.progress_interval_seconds:
+            raise ConfigError("KILN_LEASE_SECONDS must exceed KILN_PROGRESS_INTERVAL_SECONDS")
+        if "{jobId}" not in self.link_template:
+            raise ConfigError("KILN_LINK_TEMPLATE must contain {jobId}")
+        if self.telegram_default_kind not in ("image", "model"):
+            raise ConfigError("KILN_TELEGRAM_DEFAULT_KIND must be 'image' or 'model'")
+        if self.env == "cloud" and self.auth_emulator_host:
+            # A deployed function must never accept unsigned tokens.
+            raise ConfigError("FIREBASE_AUTH_EMULATOR_HOST is set outside KILN_ENV=local")
+        if self.env == "local" and os.environ.get("K_SERVICE"):
+            # K_SERVICE is set by Cloud Run: local mode there would trust unsigned tokens.
+            raise ConfigError("KILN_ENV=local is refused on Cloud Run (K_SERVICE is set)")
+
+    @property
+    def local(self) -> bool:
+        return self.env == "local"
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket or f"{self.project}.appspot.com"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every variable in ``ENV_VARS``; unset ones keep their defaults.
+
+        Raises:
+            ConfigError: a value has the wrong type or an invalid combination.
+        """
+        environ = os.environ if environ is None else environ
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for var, (attr, _secret) in ENV_VARS.items():
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            values[attr] = _coerce(var, raw, types[attr])
+        if "project" not in values and environ.get("GCLOUD_PROJECT"):
+            values["project"] = environ["GCLOUD_PROJECT"]
+        values.update(overrides)
+        return cls(**values)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_ATTRS:
+                value = "***" if value else ""
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    def secrets(self) -> list[str]:
+        """The secret values that are set (for redaction)."""
+        return [v for v in (getattr(self, a) for a in _SECRET_ATTRS) if v]
+
+
+def _coerce(var: str, raw: str, type_name: Any) -> Any:
+    try:
+        if type_name in ("int", int):
+            return int(raw)
+        if type_name in ("float", float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var} must be a number, got {raw!r}") from exc
+    return raw
