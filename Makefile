@@ -5,6 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
+# Feature fragments (mk/*.mk) may add prerequisites to TEST_DEPS (e.g. a browser).
+TEST_DEPS :=
+-include mk/*.mk
+
 .PHONY: setup demo dev test test-fast lint typecheck bench chaos chaos-long package clean
 
 $(STAMP): pyproject.toml
@@ -27,7 +31,7 @@ lint: setup
 	$(PY) -m ruff check shared functions tests scripts
 	$(PY) -m mypy shared/kiln
 
-test: setup lint ## lint, type-check, then every test layer on the real emulators
+test: setup lint $(TEST_DEPS) ## lint, type-check, then every test layer on the real emulators
 	$(PY) -m pytest
 
 test-fast: setup ## unit tests only

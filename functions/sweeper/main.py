@@ -4,7 +4,6 @@ import json
 
 import flask
 import functions_framework
-
 from kiln.services import get_services
 from kiln.sweeper import sweep
 

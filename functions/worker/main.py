@@ -2,7 +2,6 @@
 
 import functions_framework
 from cloudevents.http import CloudEvent
-
 from kiln.services import get_services
 from kiln.worker import handle_message
 

@@ -64,6 +64,8 @@ class PngInfo(NamedTuple):
 class ArtifactValidator(Protocol):
     """Takes a file chunk by chunk; ``finish`` raises unless the whole was valid."""
 
+    max_bytes: int
+
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self) -> GlbInfo | PngInfo: ...

@@ -8,6 +8,7 @@ accepted the whole file, so an invalid artifact never becomes an object in the b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import urllib.parse
 import uuid
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]
 
 from kiln.errors import KilnError, PermanentError, RetryableError
 
@@ -135,10 +136,8 @@ class BlobStore:
         return self.bucket.blob(path).download_as_bytes()
 
     def delete(self, path: str) -> None:
-        try:
+        with contextlib.suppress(gexc.NotFound):
             self.bucket.blob(path).delete()
-        except gexc.NotFound:
-            pass
 
     def list(self, prefix: str) -> list[str]:
         return [b.name for b in self.client.list_blobs(self.bucket, prefix=prefix)]

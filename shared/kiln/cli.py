@@ -12,6 +12,7 @@ when it exists, else to whatever the environment points at (a real project).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 DEV_FILE = Path(".kiln/dev.json")
+#: Modules that add their own sub-commands with ``add_parser(subparsers)``.
+OPTIONAL_COMMANDS = ("kiln.telegram.cli", "kiln.deadletter")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kiln.ops import add_jobs_parser
 
     add_jobs_parser(sub)
+    for module in OPTIONAL_COMMANDS:
+        try:
+            importlib.import_module(module).add_parser(sub)
+        except ModuleNotFoundError as exc:
+            if not (exc.name and module.startswith(exc.name)):
+                raise
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler if hasattr(args, "handler") else {
         "demo": run_demo, "dev": run_dev, "watch": run_watch}[args.command]

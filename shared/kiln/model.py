@@ -127,7 +127,7 @@ def validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 f"Unknown option '{name}' for kind '{kind}' (allowed: {allowed_names}).",
             )
         expected = rules[name]
-        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             type_name = getattr(expected, "__name__", str(expected))
             raise RequestError(400, "invalid_options", f"Option '{name}' must be a {type_name}.")
         out[name] = value

@@ -6,14 +6,18 @@ transaction made that claim calls :func:`deliver`; a redelivery sees a terminal 
 does nothing. A crash between the claim and the send loses that one push rather than
 ever sending two: at most once, by construction.
 
-Channels register observers here: the app push goes to the owner's devices; the
-Telegram channel replies in the chat.
+The app push goes to the owner's registered devices (any channel). A channel with its
+own conversation (Telegram) has a module named in ``CHANNEL_MODULES`` that may define
+``on_finished(services, job_id, job) -> dict`` (the reply) and
+``on_progress(services, job_id, job, progress, stage)`` (live updates); it is imported
+only when a job of that channel needs it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from google.cloud.firestore import SERVER_TIMESTAMP
@@ -23,13 +27,27 @@ from kiln.services import Services
 
 logger = log.get("notify")
 
-#: channel → function(services, job_id, job) that tells the user about a finished job.
-ChannelNotifier = Callable[[Services, str, dict[str, Any]], dict[str, Any]]
-CHANNEL_NOTIFIERS: dict[str, ChannelNotifier] = {}
+#: channel → module with its ``on_finished`` / ``on_progress`` hooks.
+CHANNEL_MODULES: dict[str, str] = {"telegram": "kiln.telegram.notifier"}
 
 
-def register_channel(channel: str, notifier: ChannelNotifier) -> None:
-    CHANNEL_NOTIFIERS[channel] = notifier
+def channel_module(job: dict[str, Any]) -> ModuleType | None:
+    name = CHANNEL_MODULES.get(str(job.get("channel")))
+    return importlib.import_module(name) if name else None
+
+
+def on_progress(services: Services, job_id: str, job: dict[str, Any], progress: int,
+                stage: str) -> None:
+    """Pass a progress write on to the job's channel (never fails the job)."""
+    module = channel_module(job)
+    hook = getattr(module, "on_progress", None)
+    if hook is None:
+        return
+    try:
+        hook(services, job_id, job, progress, stage)
+    except Exception as exc:
+        log.event(logger, "channel progress update failed", logging.WARNING,
+                  error=type(exc).__name__)
 
 
 def deliver(services: Services, job_id: str) -> dict[str, Any]:
@@ -38,9 +56,9 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
     try:
         report["push"] = send_push(services, job_id, job)
-        channel_notifier = CHANNEL_NOTIFIERS.get(str(job.get("channel")))
-        if channel_notifier is not None:
-            report["channel"] = channel_notifier(services, job_id, job)
+        hook = getattr(channel_module(job), "on_finished", None)
+        if hook is not None:
+            report["channel"] = hook(services, job_id, job)
         state = "sent"
     except Exception as exc:  # a notification failure must not un-finish the job
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)

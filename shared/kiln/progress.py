@@ -33,6 +33,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = utcnow,
         start_progress: int = 0,
+        on_write: Callable[[int, str], None] | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -47,6 +48,7 @@ class ProgressReporter:
         self._last_write = clock()
         self._last_check = clock()
         self.stop_reason: KilnError | None = None
+        self.on_write = on_write
 
     @property
     def progress(self) -> int:
@@ -82,6 +84,8 @@ class ProgressReporter:
         self.writes += 1
         self._written = self._pending
         self._last_write = self._last_check = self.clock()
+        if moved and self.on_write is not None:
+            self.on_write(progress, stage)
 
     def should_stop(self) -> bool:
         """True once the job was canceled or our lease was lost (checked every few s)."""

@@ -13,7 +13,7 @@ import json
 from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.types import BatchSettings
 
 from kiln.errors import PermanentError, RetryableError

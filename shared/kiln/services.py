@@ -47,10 +47,7 @@ class Services:
     @functools.cached_property
     def firebase_app(self) -> firebase_admin.App:
         cred: fb_credentials.Base
-        if self.settings.local:
-            cred = _LocalCredential()
-        else:
-            cred = fb_credentials.ApplicationDefault()
+        cred = _LocalCredential() if self.settings.local else fb_credentials.ApplicationDefault()
         name = f"kiln-{id(self)}"
         return firebase_admin.initialize_app(
             cred, {"projectId": self.settings.project}, name=name

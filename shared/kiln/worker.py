@@ -79,6 +79,7 @@ def run_job(job_id: str, services: Services, *, clock: Callable[[], float] = tim
         services.store, job_id, services.worker_id,
         interval=settings.progress_interval_seconds, lease_seconds=settings.lease_seconds,
         clock=clock, start_progress=int(job.get("progress") or 0) if resume_task_id else 0,
+        on_write=lambda progress, stage: notify.on_progress(services, job_id, job, progress, stage),
     )
     provider = services.provider(request.kind)
     log.event(logger, "job claimed", attempt=job.get("attempts", 0) + 1, provider=provider.name,

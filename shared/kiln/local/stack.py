@@ -26,7 +26,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -35,6 +35,19 @@ from kiln.local.fcm_server import FcmServer
 REPO = Path(__file__).resolve().parents[3]
 PROJECT = "demo-kiln"  # demo- ids can never reach a real project
 _LIVE: weakref.WeakSet[LocalStack] = weakref.WeakSet()
+
+
+class Companion(Protocol):
+    """A stand-in server the stack runs beside the functions (Telegram, a provider, …).
+
+    ``env()`` is merged into the functions' environment, so the code under test finds it.
+    """
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def env(self) -> dict[str, str]: ...
 
 
 class StackError(RuntimeError):
@@ -61,6 +74,7 @@ class StackConfig:
     worker_threads: int = 8
     workdir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra KILN_* settings for functions
+    companions: list[Companion] = field(default_factory=list)
     startup_timeout: float = 90.0
 
 
@@ -113,6 +127,7 @@ class LocalStack:
             "FIREBASE_AUTH_EMULATOR_HOST": self._addr(c.firestore_port),
             "KILN_FCM_ENDPOINT": self.fcm.url,
             "KILN_BUCKET": self.bucket,
+            **{k: v for companion in c.companions for k, v in companion.env().items()},
             **c.env,
         }
 
@@ -170,6 +185,8 @@ class LocalStack:
                                 f"--default-bucket={self.bucket}", "--quiet"],
                     cwd=storage_dir)
         self.fcm.start()
+        for companion in c.companions:
+            companion.start()
         deadline = time.monotonic() + c.startup_timeout
         self._wait_http("firestore", f"http://{self._addr(c.firestore_port)}/", deadline)
         self._wait_http("pubsub", f"http://{self._addr(c.pubsub_port)}/", deadline)
@@ -218,7 +235,7 @@ class LocalStack:
             delay = min(delay * 1.5, 0.5)
 
     def _create_topology(self) -> None:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         env = self.client_env()
         with _env(PUBSUB_EMULATOR_HOST=env["PUBSUB_EMULATOR_HOST"]):
@@ -236,7 +253,6 @@ class LocalStack:
             subscriber.close()
 
     def _sweep_loop(self) -> None:
-        from kiln.services import Services
         from kiln.sweeper import sweep
 
         services = self.services()
@@ -254,8 +270,9 @@ class LocalStack:
         for name in reversed(list(self.procs)):
             _kill_group(self.procs[name])
         self.procs.clear()
-        with contextlib.suppress(Exception):
-            self.fcm.stop()
+        for companion in [self.fcm, *self.config.companions]:
+            with contextlib.suppress(Exception):
+                companion.stop()
         _LIVE.discard(self)
         if self._own_workdir and not os.environ.get("KILN_KEEP_STACK_LOGS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
