@@ -82,7 +82,7 @@ class _StreamReader:
         self._buf = bytearray()
         self._skip = 0
         self._need = 0
-        self._handler: Callable[[bytes], None] = self._fail_extra
+        self._handler: Callable[[bytearray], None] = self._fail_extra
 
     def feed(self, chunk: bytes) -> None:
         """Take the next piece of the file.
@@ -105,11 +105,10 @@ class _StreamReader:
             self._buf += view[:wanted]
             view = view[wanted:]
             if len(self._buf) == self._need:
-                data = bytes(self._buf)
-                self._buf.clear()
+                data, self._buf = self._buf, bytearray()  # hand over, no copy
                 self._handler(data)
 
-    def _read(self, size: int, handler: Callable[[bytes], None], skip: int = 0) -> None:
+    def _read(self, size: int, handler: Callable[[bytearray], None], skip: int = 0) -> None:
         """Pass over ``skip`` bytes, then hand the next ``size`` (> 0) bytes to ``handler``."""
         self._skip, self._need, self._handler = skip, size, handler
 
@@ -122,7 +121,7 @@ class _StreamReader:
     def _fail(self, detail: str) -> NoReturn:
         raise PermanentError(f"The {self.label} is invalid: {detail}.", code="invalid_artifact")
 
-    def _fail_extra(self, _data: bytes) -> None:
+    def _fail_extra(self, _data: bytearray) -> None:
         self._fail("it has data after its end")
 
     def _too_large(self) -> NoReturn:
@@ -173,7 +172,7 @@ class GlbValidator(_StreamReader):
                        meshes=len(meshes) if isinstance(meshes, list) else 0,
                        version=self._version)
 
-    def _on_header(self, data: bytes) -> None:
+    def _on_header(self, data: bytearray) -> None:
         magic, version, length = struct.unpack("<4sII", data)
         if magic != GLB_MAGIC:
             self._fail("it does not start with the bytes 'glTF'")
@@ -186,7 +185,7 @@ class GlbValidator(_StreamReader):
         self._version, self._length = version, length
         self._read(8, self._on_chunk_header)
 
-    def _on_chunk_header(self, data: bytes) -> None:
+    def _on_chunk_header(self, data: bytearray) -> None:
         length, kind = struct.unpack("<II", data)
         index, start = self._chunks, self._next_chunk + 8
         self._chunks, self._next_chunk = index + 1, start + length
@@ -209,7 +208,7 @@ class GlbValidator(_StreamReader):
             self._fail(f"chunk {index} is a second JSON or BIN chunk")
         self._read(8, self._on_chunk_header, skip=length)  # later chunks: counted, not read
 
-    def _on_json(self, data: bytes) -> None:
+    def _on_json(self, data: bytearray) -> None:
         try:
             doc = json.loads(data)
         except (ValueError, RecursionError):
@@ -286,12 +285,12 @@ class PngValidator(_StreamReader):
             self._fail("it ends before its IEND chunk (truncated?)")
         return PngInfo(self._size[0], self._size[1], self.total_bytes)
 
-    def _on_signature(self, data: bytes) -> None:
+    def _on_signature(self, data: bytearray) -> None:
         if data != PNG_SIGNATURE:
             self._fail("it does not start with the PNG signature")
         self._read(8, self._on_chunk_header)
 
-    def _on_chunk_header(self, data: bytes) -> None:
+    def _on_chunk_header(self, data: bytearray) -> None:
         length, kind = struct.unpack(">I4s", data)
         if length >= 2**31:
             self._fail("a chunk length is out of range")
@@ -307,7 +306,7 @@ class PngValidator(_StreamReader):
         else:
             self._read(4, self._on_crc, skip=length)
 
-    def _on_ihdr(self, data: bytes) -> None:
+    def _on_ihdr(self, data: bytearray) -> None:
         self._crc = zlib.crc32(data, self._crc)
         width, height = struct.unpack(">II", data[:8])
         for name, value in (("width", width), ("height", height)):
@@ -319,7 +318,7 @@ class PngValidator(_StreamReader):
     def _skipped(self, data: memoryview) -> None:
         self._crc = zlib.crc32(data, self._crc)
 
-    def _on_crc(self, data: bytes) -> None:
+    def _on_crc(self, data: bytearray) -> None:
         if struct.unpack(">I", data)[0] != self._crc:
             self._fail(f"its {self._type.decode('latin-1')} chunk fails its CRC check")
         if self._type == b"IEND":

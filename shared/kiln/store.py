@@ -17,6 +17,7 @@ from google.cloud import firestore
 from kiln.errors import RetryableError
 
 JOBS = "jobs"
+TX_ATTEMPTS = 12  # contention retries (the SDK backs off between them)
 T = TypeVar("T")
 
 #: Errors that mean "Firestore is not reachable right now": try again later.
@@ -85,9 +86,14 @@ class JobStore:
             return value
 
         try:
-            return run(self.client.transaction())
+            return run(self.client.transaction(max_attempts=TX_ATTEMPTS))
         except _TRANSIENT as exc:
             raise RetryableError("The job store is unavailable.", code="store_unavailable") from exc
+        except ValueError as exc:
+            if "Failed to commit transaction" not in str(exc):
+                raise
+            # Contention on one document (duplicate deliveries racing): try again later.
+            raise RetryableError("The job is busy.", code="contention") from exc
 
     def update(self, job_id: str, updates: dict[str, Any]) -> None:
         """A blind update of server-only bookkeeping (never a status change)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -122,7 +123,8 @@ GLB_REJECTS: dict[str, tuple[bytes, str]] = {
     "JSON not an object": (glb(json_text=b"[1, 2]"), 'asset.version "2.0"'),
     "wrong asset version": (glb({"asset": {"version": "1.0"}}), 'asset.version "2.0"'),
     "BIN first": (glb(first_type=CHUNK_BIN), "first chunk is not JSON"),
-    "unpadded chunk": (glb(json_text=b'{"asset":{"version":"2.0"}}', pad=False),
+    "unpadded chunk": (glb(json_text=b'{"asset":{"version":"2.0"}}', pad=False,
+                                           binary=b"\0" * 17),
                        "not a multiple of 4"),
     "buffer larger than BIN": (glb(gltf_json(64), binary=b"\0" * 16), "the BIN chunk holds 16"),
     "buffer without BIN": (glb(gltf_json(16), binary=None), "no BIN chunk"),
@@ -304,3 +306,17 @@ def test_thumbnail_refusals(data: bytes, code: str) -> None:
     with pytest.raises(PermanentError) as caught:
         make_thumbnail(data)
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(("cls", "data"), [(GlbValidator, glb()), (PngValidator, png())])
+def test_corrupted_files_only_raise_permanent_error(cls: type, data: bytes) -> None:
+    """Given 500 random corruptions, the validator accepts or raises PermanentError, never else."""
+    rng = random.Random(3)
+    for _ in range(500):
+        corrupt = bytearray(data)
+        if rng.random() < 0.5:
+            corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+        else:
+            del corrupt[rng.randrange(len(corrupt)):]
+        with contextlib.suppress(PermanentError):
+            stream(cls(), bytes(corrupt), rng.choice([1, 7, MiB]))

@@ -111,32 +111,35 @@ class OfflineProvider:
                 raise error()
         subject = read_prompt(request.prompt, request.options)
         if request.kind == "image":
-            size = ASPECTS.get(str(request.options.get("aspectRatio", "1:1")))
-            if size is None:
-                raise PermanentError("Unsupported aspect ratio.", code="invalid_options")
-            pacer = self._pacer(self.image_seconds, on_progress, should_stop)
-            pacer.advance("queued", 0)
-            pacer.advance("queued", 10)
-            data = _draw_image(subject, request.prompt, size)
-            pacer.advance("generating", 100)
-            return Artifact.from_bytes("image", data, provenance=dict(PROVENANCE))
+            pacer = _Pacer(self.image_seconds, on_progress, should_stop, self._sleep, self._clock)
+            return _make_image(subject, request, pacer)
         if request.kind == "model":
-            pacer = self._pacer(self.model_seconds, on_progress, should_stop)
-            pacer.advance("generating", 0)
-            mesh = _build_mesh(subject.shape)
-            pacer.advance("generating", 40)
-            pacer.advance("meshing", 70)
-            thumbnail = _render_thumbnail(mesh, subject.colour)
-            pacer.advance("texturing", 90)
-            data = _pack_glb(mesh, subject)
-            pacer.advance("packaging", 100)
-            return Artifact.from_bytes("model", data, thumbnail=thumbnail,
-                                       provenance=dict(PROVENANCE))
+            pacer = _Pacer(self.model_seconds, on_progress, should_stop, self._sleep, self._clock)
+            return _make_model(subject, pacer)
         raise PermanentError(f"Unknown kind {request.kind!r}.", code="invalid_kind")
 
-    def _pacer(self, seconds: float, on_progress: ProgressCallback,
-               should_stop: Callable[[], bool]) -> _Pacer:
-        return _Pacer(seconds, on_progress, should_stop, self._sleep, self._clock)
+
+def _make_image(subject: Subject, request: GenerationRequest, pacer: _Pacer) -> Artifact:
+    size = ASPECTS.get(str(request.options.get("aspectRatio", "1:1")))
+    if size is None:
+        raise PermanentError("Unsupported aspect ratio.", code="invalid_options")
+    pacer.advance("queued", 0)
+    pacer.advance("queued", 10)
+    data = _draw_image(subject, request.prompt, size)
+    pacer.advance("generating", 100)
+    return Artifact.from_bytes("image", data, provenance=dict(PROVENANCE))
+
+
+def _make_model(subject: Subject, pacer: _Pacer) -> Artifact:
+    pacer.advance("generating", 0)
+    mesh = _build_mesh(subject.shape)
+    pacer.advance("generating", 40)
+    pacer.advance("meshing", 70)
+    thumbnail = _render_thumbnail(mesh, subject.colour)
+    pacer.advance("texturing", 90)
+    data = _pack_glb(mesh, subject)
+    pacer.advance("packaging", 100)
+    return Artifact.from_bytes("model", data, thumbnail=thumbnail, provenance=dict(PROVENANCE))
 
 
 class _Pacer:
@@ -176,7 +179,8 @@ def read_prompt(prompt: str, options: Mapping[str, Any]) -> Subject:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
     colour_name = _first(words, COLOURS)
     hue = colorsys.hsv_to_rgb((seed % 360) / 360, 0.65, 0.85)
-    colour = COLOURS[colour_name] if colour_name else _rgb(hue)
+    colour = COLOURS[colour_name] if colour_name else (
+        round(hue[0] * 255), round(hue[1] * 255), round(hue[2] * 255))
     return Subject(SHAPES[_first(words, SHAPES) or "sphere"], colour, colour_name, seed)
 
 
@@ -187,10 +191,6 @@ def _first(words: list[str], table: Mapping[str, object]) -> str:
             if form in table:
                 return form
     return ""
-
-
-def _rgb(unit: tuple[float, float, float]) -> RGB:
-    return (round(unit[0] * 255), round(unit[1] * 255), round(unit[2] * 255))
 
 
 # --- images ---------------------------------------------------------------------------
@@ -210,6 +210,7 @@ def _draw_image(subject: Subject, prompt: str, size: tuple[int, int]) -> bytes:
 
 
 def _gradient(width: int, height: int, rng: random.Random) -> Image.Image:
+    """A vertical gradient from a light tint to a darker, shifted hue."""
     hue = rng.random()
     top = np.array(colorsys.hsv_to_rgb(hue, 0.25, 0.95)) * 255
     bottom = np.array(colorsys.hsv_to_rgb((hue + 0.1 + 0.3 * rng.random()) % 1, 0.5, 0.4)) * 255
@@ -248,6 +249,7 @@ def _outline(shape: str, x: float, y: float, r: float) -> list[tuple[float, floa
 
 
 def _caption(image: Image.Image, text: str) -> None:
+    """Write ``text`` centred near the bottom, cut with an ellipsis when too wide."""
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=13)
     room = image.width - 16
@@ -272,7 +274,7 @@ Part = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]
 
 
 @dataclass(frozen=True)
-class Mesh:
+class _Mesh:
     """Triangles: positions and unit normals (float32, n x 3) and indices (uint32, flat)."""
 
     positions: NDArray[np.float32]
@@ -280,10 +282,11 @@ class Mesh:
     indices: NDArray[np.uint32]
 
 
-def _build_mesh(shape: str) -> Mesh:
+def _build_mesh(shape: str) -> _Mesh:
+    """The shape's parts joined into one indexed triangle mesh."""
     parts = _PARTS[shape]()
     offsets = np.cumsum([0] + [len(pos) for pos, _, _ in parts])
-    return Mesh(
+    return _Mesh(
         positions=np.concatenate([p for p, _, _ in parts]).astype(np.float32),
         normals=np.concatenate([n for _, n, _ in parts]).astype(np.float32),
         indices=np.concatenate([_tidy(p) + o for p, o in zip(parts, offsets, strict=False)])
@@ -391,7 +394,7 @@ _PARTS: dict[str, Callable[[], list[Part]]] = {
 }
 
 
-def _pack_glb(mesh: Mesh, subject: Subject) -> bytes:
+def _pack_glb(mesh: _Mesh, subject: Subject) -> bytes:
     """A binary glTF 2.0 file: one mesh, one PBR material in the subject's colour."""
     blobs = [mesh.positions.tobytes(), mesh.normals.tobytes(), mesh.indices.tobytes()]
     offsets = np.cumsum([0] + [len(b) for b in blobs])  # float32/uint32: 4-byte aligned
@@ -433,7 +436,7 @@ def _linear(channel: int) -> float:
     return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
 
 
-def _render_thumbnail(mesh: Mesh, colour: RGB, size: int = 256) -> bytes:
+def _render_thumbnail(mesh: _Mesh, colour: RGB, size: int = 256) -> bytes:
     """A shaded picture of the mesh seen from above-left (painter's algorithm), as PNG."""
     yaw, pitch = -0.6, 0.45  # turned so the front face catches the light
     turn = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0],
