@@ -126,27 +126,28 @@ class ProgressBoard:
             if doc.exists:
                 with self._lock:
                     self.state[doc.id] = doc.to_dict() or {}
-                    self._draw()
+                    self._draw(doc.id)
                     if len(self.state) == len(self.labels) and all(
                             j.get("status") in ("completed", "failed", "canceled")
                             for j in self.state.values()):
                         self.done.set()
 
-    def _draw(self) -> None:
-        lines = []
-        for job_id, label in self.labels.items():
-            job = self.state.get(job_id, {})
-            progress = int(job.get("progress") or 0)
-            status = job.get("status", "…")
-            stage = job.get("stage", "")
-            lines.append(f"  {label:<6} {bar(progress)} {progress:3d}%  {status:<10} {stage}")
+    def _line(self, job_id: str) -> str:
+        job = self.state.get(job_id, {})
+        progress = int(job.get("progress") or 0)
+        return (f"  {self.labels[job_id]:<6} {bar(progress)} {progress:3d}%  "
+                f"{job.get('status', '…'):<10} {job.get('stage', '')}")
+
+    def _draw(self, changed: str) -> None:
         if self.tty:
+            # Redraw every job's line in place.
             if self._drawn:
                 self.stream.write(f"\x1b[{self._drawn}F")
-            self.stream.write("".join(line + "\x1b[K\n" for line in lines))
-            self._drawn = len(lines)
+            self.stream.write("".join(self._line(j) + "\x1b[K\n" for j in self.labels))
+            self._drawn = len(self.labels)
         else:
-            self.stream.write("\n".join(lines) + "\n")
+            # A log, not a screen: one line for the job that changed.
+            self.stream.write(self._line(changed) + "\n")
         self.stream.flush()
 
     def wait(self, timeout: float) -> bool:

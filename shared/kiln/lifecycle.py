@@ -25,6 +25,9 @@ from kiln.model import TERMINAL, JobRequest, JobStatus, allowed, target
 
 Updates = dict[str, Any]
 
+#: Job documents are kept this long (a TTL policy on ``expireAt``), like their results.
+RETENTION_DAYS = 90
+
 #: A job is pending too long (publish lost?) or its lease expired: the sweeper acts.
 NOTIFY_CLAIMED = "claimed"
 
@@ -69,6 +72,8 @@ def new_job(
         "updatedAt": SERVER_TIMESTAMP,
         "startedAt": None,
         "completedAt": None,
+        # Firestore's TTL policy deletes the document after this (infra: jobs.expireAt).
+        "expireAt": now + dt.timedelta(days=RETENTION_DAYS),
         "_server": server,
     }
 

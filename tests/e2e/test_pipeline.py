@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 from pygltflib import GLTF2
+
 from support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e

@@ -9,9 +9,9 @@ from typing import Any
 
 import functions_framework
 import pytest
-from support import load_event, wait_for
 
 from kiln.local.stack import REPO
+from support import load_event, wait_for
 
 
 def app(name: str, signature: str) -> Any:

@@ -12,6 +12,8 @@ import zlib
 from typing import Any
 
 import pytest
+from PIL import Image
+
 from kiln.artifacts import (
     CHUNK_BIN,
     CHUNK_JSON,
@@ -23,7 +25,6 @@ from kiln.artifacts import (
     validator_for,
 )
 from kiln.errors import PermanentError
-from PIL import Image
 
 MiB = 1024 * 1024
 CHUNK_SIZES = [1, 7, MiB]

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import pygltflib
 import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
 from kiln.artifacts import GlbValidator, PngValidator
 from kiln.errors import CanceledError, PermanentError, RetryableError
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider
 from kiln.providers.offline import OfflineProvider
-from numpy.typing import NDArray
-from PIL import Image
 
 RED, GREEN, BLUE = 0, 1, 2
 

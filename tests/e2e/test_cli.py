@@ -1,0 +1,40 @@
+"""The commands a new user runs: ``kiln demo`` and ``kiln watch``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pygltflib import GLTF2
+
+from kiln.local.demo import demo
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_completes_an_image_and_a_glb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``kiln demo`` on its own stack: both jobs complete, files saved, two pushes, exit 0."""
+    assert demo(tmp_path, image_prompt="a yellow star", model_prompt="a red cone") == 0
+    files = sorted(p.name.split("-", 1)[1] for p in tmp_path.iterdir())
+    assert files == ["result.glb", "result.png"]
+    glb = next(tmp_path.glob("*-result.glb"))
+    assert GLTF2.load_from_bytes(glb.read_bytes()).asset.version == "2.0"
+    out = capsys.readouterr().out
+    assert "pushes recorded by the FCM stand-in: 2" in out
+    assert out.count("completed") >= 2 and "done." in out
+
+
+def test_watch_follows_a_job_to_the_end(stack: Any, api: httpx.Client) -> None:
+    """``kiln watch JOB_ID`` prints live progress and exits 0 when the job completes."""
+    job_id = api.post("/v1/jobs", json={"kind": "image", "prompt": "a blue orb"}).json()["jobId"]
+    env = {**os.environ, **stack.client_env()}
+    done = subprocess.run([sys.executable, "-m", "kiln", "watch", job_id], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "100%  completed" in done.stdout
+    assert "generations/" in done.stdout and "result.png" in done.stdout

@@ -1,0 +1,186 @@
+"""Safe fetching (kiln.fetch): schemes, hosts, address classes, pinning, redirects, caps.
+
+A local server on 127.0.0.1 stands in for result hosts; a fake resolver gives names the
+addresses a test needs, so DNS answers (and rebinding) are under the test's control.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from kiln.errors import PermanentError
+from kiln.fetch import FetchPolicy, check_url, check_user_url, fetch_small, forbidden_reason, open_stream
+from kiln.settings import Settings
+
+
+class _Files(BaseHTTPRequestHandler):
+    """``/ok`` (16 bytes), ``/big`` (Content-Length 4096), ``/stream`` (4096, no length),
+    ``/to?url`` (302 to url), ``/loop`` (302 to itself), ``/host`` (echoes Host)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/to?"):
+            self._redirect(self.path[4:])
+        elif self.path == "/loop":
+            self._redirect("/loop")
+        elif self.path == "/stream":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"x" * 4096)
+            self.close_connection = True
+        else:
+            body = {"/ok": b"0123456789abcdef", "/big": b"y" * 4096,
+                    "/host": str(self.headers.get("Host")).encode()}.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture(scope="module")
+def files() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+LOCAL = FetchPolicy(hosts=None, allow_local=True, max_bytes=1024)
+
+
+def refused(call: Any, *args: Any, **kw: Any) -> PermanentError:
+    with pytest.raises(PermanentError) as caught:
+        call(*args, **kw)
+    return caught.value
+
+
+@pytest.mark.parametrize("address", [
+    "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.1", "0.0.0.0",
+    "224.0.0.1", "240.0.0.1", "100.64.0.1", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
+    "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::ffff:127.0.0.1", "2002:a00:1::",
+])
+def test_non_public_addresses_are_refused(address: str) -> None:
+    # given an address that is not on the public internet (IPv4-mapped and 6to4 included)
+    # then it has a reason to be refused outside local mode
+    assert forbidden_reason(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert forbidden_reason(ipaddress.ip_address(address)) == ""
+
+
+def test_loopback_is_allowed_only_in_local_mode() -> None:
+    assert forbidden_reason(ipaddress.ip_address("127.0.0.1"), allow_loopback=True) == ""
+    assert forbidden_reason(ipaddress.ip_address("10.0.0.1"), allow_loopback=True) == "private"
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://files.example.com/a.glb", "not HTTPS"),
+    ("ftp://files.example.com/a.glb", "not HTTPS"),
+    ("file:///etc/passwd", "no host"),
+    ("https://user:pw@files.example.com/a.glb", "user name"),
+    ("https://evil.example.net/a.glb", "not one this service downloads from"),
+    ("https://169.254.169.254/latest/meta-data/", "not one this service"),
+])
+def test_urls_outside_the_policy_are_refused(url: str, why: str) -> None:
+    # given a provider policy for *.example.com in cloud mode
+    policy = FetchPolicy(hosts=("*.example.com",))
+    # when the URL is checked (the resolver says: a public address)
+    error = refused(check_url, url, policy, lambda host, port: ["93.184.216.34"])
+    # then it is refused with a reason
+    assert error.code == "unsafe_result_url" and why in error.message
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused() -> None:
+    # given an allowed host whose DNS answer includes the metadata address
+    policy = FetchPolicy(hosts=("cdn.example.com",))
+    error = refused(check_url, "https://cdn.example.com/x.glb", policy,
+                    lambda host, port: ["93.184.216.34", "169.254.169.254"])
+    # then every answer counts: it is refused
+    assert "link-local" in error.message
+
+
+def test_an_allowed_ip_literal_is_still_checked() -> None:
+    # given the metadata address allowed by (mis)configuration
+    policy = FetchPolicy(hosts=("169.254.169.254",))
+    error = refused(check_url, "https://169.254.169.254/latest/", policy)
+    assert "link-local" in error.message
+
+
+def test_allowed_fetch_hosts_extend_the_providers_hosts() -> None:
+    settings = Settings(allowed_fetch_hosts="cdn.partner.io, *.files.example")
+    policy = FetchPolicy.for_provider(settings, ["assets.meshy.ai"])
+    public = lambda host, port: ["93.184.216.34"]  # noqa: E731
+    for url in ("https://assets.meshy.ai/a.glb", "https://cdn.partner.io/a",
+                "https://eu.files.example/a"):
+        assert check_url(url, policy, public)
+    assert refused(check_url, "https://files.example/a", policy, public)
+
+
+def test_user_image_urls_are_refused_with_a_readable_code() -> None:
+    settings = Settings(env="cloud")
+    error = refused(check_user_url, "http://10.0.0.1/cat.png", settings)
+    assert error.code == "invalid_image_url" and "image link" in error.message
+    error = refused(check_user_url, "https://metadata.internal/cat.png", settings,
+                    lambda host, port: ["169.254.169.254"])
+    assert error.code == "invalid_image_url"
+    assert check_user_url("https://img.example.org/cat.png", settings, lambda h, p: ["8.8.8.8"])
+
+
+def test_the_connection_goes_to_the_checked_address(files: str) -> None:
+    # given a name that "resolves" to 127.0.0.1 once, and would resolve elsewhere later
+    answers = iter([["127.0.0.1"], ["169.254.169.254"]])
+    port = files.rsplit(":", 1)[1]
+    # when it is downloaded (local mode allows loopback; cloud mode would not)
+    download = open_stream(f"http://localhost:{port}/host", LOCAL,
+                           resolve=lambda host, p: next(answers))
+    # then the server saw the original Host header; the second answer was never asked
+    assert b"".join(download.chunks) == f"localhost:{port}".encode()
+
+
+def test_a_redirect_to_a_private_address_is_refused(files: str) -> None:
+    for target in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x",
+                   "http://[::ffff:a9fe:a9fe]/x"):
+        error = refused(open_stream, f"{files}/to?{target}", LOCAL)
+        assert error.code == "unsafe_result_url"
+
+
+def test_redirects_are_followed_and_capped(files: str) -> None:
+    assert b"".join(open_stream(f"{files}/to?/ok", LOCAL).chunks) == b"0123456789abcdef"
+    error = refused(open_stream, f"{files}/loop", LOCAL)
+    assert "more than 5" in error.message
+
+
+def test_sizes_are_capped_up_front_and_while_streaming(files: str) -> None:
+    # Content-Length over the cap: refused before any body is read
+    assert refused(open_stream, f"{files}/big", LOCAL).code == "artifact_too_large"
+    # no Content-Length: the count stops it mid-stream
+    download = open_stream(f"{files}/stream", LOCAL)
+    assert download.size is None
+    assert refused(lambda: b"".join(download.chunks)).code == "artifact_too_large"
+    assert refused(fetch_small, f"{files}/ok", LOCAL, 8).code == "artifact_too_large"
+
+
+def test_http_is_refused_outside_local_mode(files: str) -> None:
+    error = refused(open_stream, f"{files}/ok", FetchPolicy(hosts=None))
+    assert "not HTTPS" in error.message
+
+
+def test_a_missing_result_is_a_permanent_error(files: str) -> None:
+    assert refused(open_stream, f"{files}/nothing", LOCAL).code == "result_unavailable"

@@ -1,0 +1,196 @@
+"""The completion push as FCM receives it: firebase-admin's own encoding of Kiln's message,
+sent through its real client to the local FCM HTTP v1 server, which records the JSON.
+
+The expected messages here are the contract in docs/push.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import firebase_admin
+import google.oauth2.credentials
+import pytest
+from firebase_admin import credentials
+
+from kiln import push
+from kiln.local.fcm_server import FcmServer
+
+THUMB = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fthumb.png?alt=media&token=t1"
+PNG = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fresult.png?alt=media&token=t2"
+_apps = itertools.count()
+
+
+class _Token(credentials.Base):
+    def get_credential(self) -> Any:
+        return google.oauth2.credentials.Credentials(token="test-token")
+
+
+@pytest.fixture
+def fcm() -> Iterator[FcmServer]:
+    server = FcmServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sender(fcm: FcmServer) -> Iterator[push.FcmPush]:
+    app = firebase_admin.initialize_app(_Token(), {"projectId": "demo-kiln"},
+                                        name=f"test-push-{next(_apps)}")
+    try:
+        yield push.FcmPush(app, endpoint=fcm.url)
+    finally:
+        firebase_admin.delete_app(app)
+
+
+def completed(kind: str = "image", **result: Any) -> dict[str, Any]:
+    return {"uid": "alice", "kind": kind, "status": "completed", "prompt": "a ceramic fox",
+            "result": {"path": f"generations/alice/job-1/result.{'png' if kind == 'image' else 'glb'}",
+                       **result}}
+
+
+def deliver(sender: push.FcmPush, fcm: FcmServer, job: dict[str, Any], template: str = "/jobs/{jobId}",
+            tokens: tuple[str, ...] = ("tok-1",)) -> list[dict[str, Any]]:
+    title, body, data = push.build_message("job-1", job, template)
+    result = sender.send([(f"device-{t}", t) for t in tokens], title, body, data,
+                         image=push.image_url(job))
+    assert (result.sent, result.failed) == (len(tokens), 0)
+    return [m["message"] for m in fcm.messages]
+
+
+#: The full message for a completed image job with a thumbnail (docs/push.md shows it).
+EXPECTED_IMAGE = {
+    "token": "tok-1",
+    "notification": {"title": "Your image is ready", "body": "a ceramic fox", "image": THUMB},
+    "data": {"type": "generation_completed", "jobId": "job-1", "kind": "image", "link": "/jobs/job-1"},
+    "android": {
+        "priority": "high",
+        "collapse_key": "job-1",
+        "notification": {"channel_id": "kiln_jobs", "click_action": "OPEN_JOB", "tag": "job-1"},
+    },
+    "apns": {
+        "headers": {"apns-priority": "10", "apns-push-type": "alert", "apns-collapse-id": "job-1"},
+        "payload": {"aps": {
+            "alert": {"title": "Your image is ready", "body": "a ceramic fox"},
+            "sound": "default",
+            "thread-id": "kiln-jobs",
+            "mutable-content": 1,
+        }},
+        "fcm_options": {"image": THUMB},
+    },
+    "webpush": {
+        "headers": {"Urgency": "high"},
+        "notification": {"tag": "job-1", "image": THUMB},
+    },
+}
+
+
+def test_completed_image_job_message(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given a completed image job with a thumbnail, when its push is sent, then FCM receives
+    exactly the documented message: data with the link, Android channel/high priority/
+    collapse key/tag, APNs alert with mutable-content and the thumbnail, web push tag."""
+    [message] = deliver(sender, fcm, completed(downloadUrl=PNG, thumbnailUrl=THUMB))
+    assert message == EXPECTED_IMAGE
+
+
+def test_image_without_thumbnail_shows_the_png(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given a completed image job without a thumbnail, then the notification image is the PNG."""
+    [message] = deliver(sender, fcm, completed(downloadUrl=PNG))
+    assert message["notification"]["image"] == PNG
+    assert message["apns"]["fcm_options"] == {"image": PNG}
+
+
+def test_model_without_thumbnail_has_no_image(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given a completed GLB job without a thumbnail, then there is no image anywhere and no
+    mutable-content (nothing for a Notification Service Extension to fetch); a GLB is never
+    used as an image."""
+    [message] = deliver(sender, fcm, completed("model", downloadUrl="https://x/result.glb"))
+    expected = copy.deepcopy(EXPECTED_IMAGE)
+    expected["notification"] = {"title": "Your 3D model is ready", "body": "a ceramic fox"}
+    expected["data"]["kind"] = "model"
+    expected["apns"]["payload"]["aps"] = {
+        "alert": {"title": "Your 3D model is ready", "body": "a ceramic fox"},
+        "sound": "default", "thread-id": "kiln-jobs"}
+    del expected["apns"]["fcm_options"]
+    expected["webpush"]["notification"] = {"tag": "job-1"}
+    assert message == expected
+
+
+def test_model_with_thumbnail(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given a completed GLB job with a thumbnail, then the thumbnail is the image."""
+    [message] = deliver(sender, fcm, completed("model", downloadUrl="https://x/r.glb", thumbnailUrl=THUMB))
+    assert message["notification"]["image"] == THUMB
+    assert message["apns"]["payload"]["aps"]["mutable-content"] == 1
+
+
+def test_failed_job_message(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given a failed job, then the push says so with the user-safe error message, its data
+    type is generation_failed and it has no image."""
+    job = {"kind": "model", "status": "failed", "prompt": "a fox",
+           "error": {"code": "content_refused", "message": "The provider refused this prompt.",
+                     "retryable": False}}
+    [message] = deliver(sender, fcm, job)
+    assert message["notification"] == {"title": "Your 3D model could not be made",
+                                       "body": "The provider refused this prompt."}
+    assert message["data"] == {"type": "generation_failed", "jobId": "job-1", "kind": "model",
+                               "link": "/jobs/job-1"}
+    assert "fcm_options" not in message["apns"]
+
+
+@pytest.mark.parametrize(("template", "link", "web_link"), [
+    ("/jobs/{jobId}", "/jobs/job-1", None),
+    ("/ai/{jobId}", "/ai/job-1", None),
+    ("myapp://generations/{jobId}", "myapp://generations/job-1", None),
+    ("https://app.example.com/jobs/{jobId}", "https://app.example.com/jobs/job-1",
+     "https://app.example.com/jobs/job-1"),
+])
+def test_link_template(sender: push.FcmPush, fcm: FcmServer, template: str, link: str,
+                       web_link: str | None) -> None:
+    """Given a KILN_LINK_TEMPLATE, then data.link is that template with the job id; web push
+    gets fcm_options.link only for an absolute HTTPS link (FCM's requirement)."""
+    [message] = deliver(sender, fcm, completed(downloadUrl=PNG), template)
+    assert message["data"]["link"] == link
+    assert message["webpush"].get("fcm_options") == ({"link": web_link} if web_link else None)
+
+
+def test_every_device_gets_the_same_message(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given three devices, then each token gets the same message (one send per token)."""
+    messages = deliver(sender, fcm, completed(downloadUrl=PNG), tokens=("a", "b", "c"))
+    assert [m.pop("token") for m in messages] == ["a", "b", "c"]
+    assert messages[0] == messages[1] == messages[2]
+
+
+def test_collapse_key_is_per_job() -> None:
+    """Given two jobs, then their Android collapse keys, tags and APNs collapse ids differ,
+    so one job's push never replaces another's."""
+    keys = []
+    for job_id in ("job-a", "job-b"):
+        _t, _b, data = push.build_message(job_id, completed(), "/jobs/{jobId}")
+        message = push.fcm_message(["tok"], "t", "b", data)
+        assert message.android is not None and message.apns is not None
+        keys.append((message.android.collapse_key, message.android.notification.tag,
+                     message.apns.headers["apns-collapse-id"]))
+    assert keys == [("job-a",) * 3, ("job-b",) * 3]
+
+
+def test_long_prompt_is_shortened() -> None:
+    """Given a 1000-character prompt, then the body is at most 120 characters (payload
+    limit is 4 KB) and ends with an ellipsis."""
+    _title, body, _data = push.build_message("j", {**completed(), "prompt": "x" * 1000}, "/jobs/{jobId}")
+    assert len(body) == 120 and body.endswith("…")
+
+
+@pytest.mark.parametrize(("job", "image"), [
+    (completed(downloadUrl=PNG, thumbnailUrl=THUMB), THUMB),
+    (completed(downloadUrl=PNG), PNG),
+    (completed("model", downloadUrl="https://x/r.glb"), None),
+    ({"kind": "image", "status": "failed", "result": None}, None),
+    ({"kind": "image", "status": "completed", "result": None}, None),
+])
+def test_image_url(job: dict[str, Any], image: str | None) -> None:
+    assert push.image_url(job) == image
