@@ -17,7 +17,7 @@ from typing import Any
 import flask
 
 from kiln import lifecycle, log
-from kiln.errors import KilnError, RequestError, RetryableError, TransitionError
+from kiln.errors import RequestError, RetryableError, TransitionError
 from kiln.model import JobStatus, is_valid_job_id, new_job_id, parse_job_request
 from kiln.services import Services
 from kiln.store import utcnow
@@ -31,6 +31,32 @@ Handler = Callable[[flask.Request, Services], flask.Response]
 
 
 def handle(request: flask.Request, services: Services) -> flask.Response:
+    """Answer one request, with CORS headers for an allowed browser origin."""
+    origin = cors_origin(request.headers.get("Origin"), services.settings)
+    if request.method == "OPTIONS" and origin is not None:
+        response = flask.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+            "Access-Control-Max-Age": "3600",
+        })
+    else:
+        response = _handle(request, services)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def cors_origin(origin: str | None, settings: Any) -> str | None:
+    """The origin to allow: listed in ``KILN_CORS_ORIGINS`` (``*`` = any; local default)."""
+    allowed = [o.strip() for o in (settings.cors_origins or ("*" if settings.local else "")).split(",")]
+    if not origin or not any(allowed):
+        return None
+    return origin if "*" in allowed or origin in allowed else None
+
+
+def _handle(request: flask.Request, services: Services) -> flask.Response:
     """Route one request; every error becomes ``{error: {code, message}}``."""
     try:
         return _route(request, services)
@@ -191,22 +217,25 @@ def retry_job(request: flask.Request, services: Services, job_id: str) -> flask.
     _owned_job(request, services, job_id)
     settings = services.settings
 
-    def decide(job: dict[str, Any] | None) -> tuple[Any, bool]:
+    def decide(job: dict[str, Any] | None) -> tuple[Any, tuple[bool, str]]:
         assert job is not None
         try:
             updates = lifecycle.retry(job, now=utcnow(), max_age_seconds=settings.job_max_age_seconds)
         except TransitionError as exc:
             raise RequestError(409, "invalid_transition", exc.message) from exc
-        return updates, updates is not None
+        if updates is None:  # already pending or running again: nothing to do
+            return None, (False, str(job["status"]))
+        return updates, (True, JobStatus.PENDING.value)
 
-    if services.store.transact(job_id, decide):
+    retried, status = services.store.transact(job_id, decide)
+    if retried:
         with log.job_context(job_id):
             try:
                 services.queue.publish(job_id, reason="retry")
             except RetryableError:
                 log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
             log.event(logger, "job retried by owner")
-    return json_response(202, {"jobId": job_id, "status": JobStatus.PENDING.value})
+    return json_response(202, {"jobId": job_id, "status": status})
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> flask.Response:
@@ -216,7 +245,3 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 
 def error_response(status: int, code: str, message: str) -> flask.Response:
     return json_response(status, {"error": {"code": code, "message": message}})
-
-
-def internal_error(exc: KilnError) -> flask.Response:
-    return error_response(500, "internal", "Something went wrong on our side.")
