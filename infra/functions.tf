@@ -71,6 +71,7 @@ resource "google_cloudfunctions2_function" "ingress" {
       KILN_PENDING_REPUBLISH_SECONDS     = var.pending_republish_seconds
       KILN_RETRY_BACKOFF_SECONDS         = var.retry_backoff_seconds
       KILN_MAX_BODY_BYTES                = var.max_body_bytes
+      KILN_CORS_ORIGINS                  = join(",", var.cors_origins) # web app → HTTP API
       KILN_ALLOWED_FETCH_HOSTS           = var.allowed_fetch_hosts
       KILN_TELEGRAM_API_BASE             = var.telegram_api_base
       KILN_TELEGRAM_DEFAULT_KIND         = var.telegram_default_kind

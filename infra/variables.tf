@@ -24,7 +24,7 @@ variable "bucket_name" {
 }
 
 variable "cors_origins" {
-  description = "Web origins allowed to download results directly from the bucket."
+  description = "Web origins allowed to call the HTTP API (KILN_CORS_ORIGINS) and to download results from the bucket."
   type        = list(string)
   default     = ["*"]
 }

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from kiln.auth import emulator_id_token
 from kiln.local.stack import LocalStack, StackConfig
 

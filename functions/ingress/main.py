@@ -2,6 +2,7 @@
 
 import flask
 import functions_framework
+
 from kiln.ingress import handle
 from kiln.services import get_services
 

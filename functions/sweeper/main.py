@@ -4,6 +4,7 @@ import json
 
 import flask
 import functions_framework
+
 from kiln.services import get_services
 from kiln.sweeper import sweep
 

@@ -2,6 +2,7 @@
 
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from kiln.services import get_services
 from kiln.worker import handle_message
 

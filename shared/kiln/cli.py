@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="out", help="where to save results (default ./out)")
     demo.add_argument("--image-prompt", default="a red sphere on a calm sea")
     demo.add_argument("--model-prompt", default="a golden torus")
+    demo.add_argument("--telegram", action="store_true",
+                      help="show a whole Telegram chat exchange instead (bot API stand-in)")
     dev = sub.add_parser("dev", help="run the local stack until Ctrl-C")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
     watch = sub.add_parser("watch", help="show a job's live progress")
@@ -177,6 +179,10 @@ def run_watch(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.telegram:
+        from kiln.local.telegram_demo import telegram_demo
+
+        return telegram_demo(Path(args.out))
     from kiln.local.demo import demo
 
     return demo(Path(args.out), image_prompt=args.image_prompt, model_prompt=args.model_prompt)

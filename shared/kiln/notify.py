@@ -79,7 +79,7 @@ def send_push(services: Services, job_id: str, job: dict[str, Any]) -> dict[str,
     if not tokens:
         return {"sent": 0, "failed": 0, "removed": 0}
     title, body, data = push.build_message(job_id, job, services.settings.link_template)
-    result = services.push.send(tokens, title, body, data)
+    result = services.push.send(tokens, title, body, data, image=push.image_url(job))
     for device_id in result.dead_devices:
         services.store.delete_device(uid, device_id)
         log.event(logger, "removed dead device token", deviceId=device_id)

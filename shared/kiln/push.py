@@ -1,5 +1,9 @@
 """FCM adapter: the completion push, through firebase-admin's real messaging client.
 
+The message (contract, docs/push.md) is one notification per job for Android, iOS and web:
+title and body, data ``{type, jobId, kind, link}`` (``link`` from ``KILN_LINK_TEMPLATE``),
+and the result's thumbnail as the notification image when there is one.
+
 Locally (``KILN_FCM_ENDPOINT``) the client's HTTP session is routed to an FCM HTTP v1
 compatible server on 127.0.0.1; the message encoding, the error parsing and the
 per-token results are firebase-admin's own.
@@ -25,6 +29,15 @@ FCM_HOST = "https://fcm.googleapis.com"
 MAX_TOKENS = 500  # send_each_for_multicast's limit per call
 
 
+#: Android notification channel the app must create (``NotificationChannel``) before pushes
+#: arrive; FCM falls back to a default channel when it does not exist.
+ANDROID_CHANNEL_ID = "kiln_jobs"
+#: Intent action of the activity that opens a job (an ``<intent-filter>`` in the app).
+ANDROID_CLICK_ACTION = "OPEN_JOB"
+#: iOS groups Kiln's notifications under this thread in Notification Center.
+IOS_THREAD_ID = "kiln-jobs"
+
+
 @dataclass(frozen=True)
 class PushResult:
     sent: int = 0
@@ -35,7 +48,7 @@ class PushResult:
 def build_message(job_id: str, job: Mapping[str, Any], link_template: str) -> tuple[
     str, str, dict[str, str]
 ]:
-    """Title, body and data (contract) of a job's completion or failure push."""
+    """Title, body and data (contract, docs/push.md) of a job's completion or failure push."""
     kind = str(job.get("kind", "image"))
     noun = "3D model" if kind == "model" else "image"
     completed = job.get("status") == "completed"
@@ -53,6 +66,58 @@ def build_message(job_id: str, job: Mapping[str, Any], link_template: str) -> tu
         "link": link,
     }
     return title, body, data
+
+
+def image_url(job: Mapping[str, Any]) -> str | None:
+    """The picture a completed job's notification shows: its thumbnail, or the PNG itself."""
+    if job.get("status") != "completed":
+        return None
+    result = job.get("result") or {}
+    url = result.get("thumbnailUrl") or (result.get("downloadUrl") if job.get("kind") == "image"
+                                         else None)
+    return str(url) if url else None
+
+
+def fcm_message(tokens: list[str], title: str, body: str, data: dict[str, str],
+                image: str | None = None) -> messaging.MulticastMessage:
+    """The FCM message for every platform (the exact JSON is in docs/push.md).
+
+    One job = one notification: Android ``collapse_key`` and ``tag``, APNs
+    ``apns-collapse-id`` and web push ``tag`` are the job id, so a retried job's push
+    replaces the earlier one. The tap target is ``data.link`` everywhere; web push also gets
+    ``fcm_options.link`` when the link is an absolute HTTPS URL (FCM refuses others).
+    """
+    job_id = data["jobId"]
+    link = data.get("link", "")
+    return messaging.MulticastMessage(
+        tokens=tokens,
+        notification=messaging.Notification(title=title, body=body, image=image),
+        data=data,
+        android=messaging.AndroidConfig(
+            priority="high",
+            collapse_key=job_id,
+            notification=messaging.AndroidNotification(
+                channel_id=ANDROID_CHANNEL_ID, click_action=ANDROID_CLICK_ACTION, tag=job_id,
+            ),
+        ),
+        apns=messaging.APNSConfig(
+            headers={"apns-priority": "10", "apns-push-type": "alert", "apns-collapse-id": job_id},
+            payload=messaging.APNSPayload(aps=messaging.Aps(
+                alert=messaging.ApsAlert(title=title, body=body),
+                sound="default",
+                thread_id=IOS_THREAD_ID,
+                # A Notification Service Extension downloads the image before display.
+                mutable_content=bool(image) or None,
+            )),
+            fcm_options=messaging.APNSFCMOptions(image=image) if image else None,
+        ),
+        webpush=messaging.WebpushConfig(
+            headers={"Urgency": "high"},
+            notification=messaging.WebpushNotification(tag=job_id, image=image),
+            fcm_options=(messaging.WebpushFCMOptions(link=link) if link.startswith("https://")
+                         else None),
+        ),
+    )
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -87,32 +152,15 @@ class FcmPush:
         title: str,
         body: str,
         data: dict[str, str],
+        image: str | None = None,
     ) -> PushResult:
         """Send to ``tokens`` ((deviceId, token) pairs); report sent, failed and dead ones."""
         sent = failed = 0
         dead: list[str] = []
         for start in range(0, len(tokens), MAX_TOKENS):
             batch = tokens[start:start + MAX_TOKENS]
-            message = messaging.MulticastMessage(
-                tokens=[token for _device, token in batch],
-                notification=messaging.Notification(title=title, body=body),
-                data=data,
-                android=messaging.AndroidConfig(
-                    priority="high",
-                    collapse_key=data.get("jobId"),
-                    notification=messaging.AndroidNotification(
-                        channel_id="kiln_jobs", click_action="OPEN_JOB", tag=data.get("jobId")
-                    ),
-                ),
-                apns=messaging.APNSConfig(
-                    headers={"apns-priority": "10", "apns-collapse-id": data.get("jobId", "")},
-                    payload=messaging.APNSPayload(
-                        aps=messaging.Aps(sound="default", mutable_content=True,
-                                          thread_id="kiln-jobs")
-                    ),
-                ),
-            )
             try:
+                message = fcm_message([token for _device, token in batch], title, body, data, image)
                 response = messaging.send_each_for_multicast(message, app=self.app)
             except (fb_exc.FirebaseError, ValueError) as exc:
                 log.event(logger, "push batch failed", logging.WARNING, error=str(exc))

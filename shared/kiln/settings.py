@@ -28,6 +28,7 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", False),
     "KILN_LINK_TEMPLATE": ("link_template", False),
     "KILN_MAX_BODY_BYTES": ("max_body_bytes", False),
+    "KILN_CORS_ORIGINS": ("cors_origins", False),
     "KILN_IMAGE_PROVIDER": ("image_provider", False),
     "KILN_MODEL_PROVIDER": ("model_provider", False),
     "KILN_OFFLINE_IMAGE_SECONDS": ("offline_image_seconds", False),
@@ -75,6 +76,7 @@ class Settings:
     retry_backoff_seconds: float = 10.0
     link_template: str = "/jobs/{jobId}"
     max_body_bytes: int = 64 * 1024
+    cors_origins: str = ""  # comma-separated browser origins for the HTTP API; local: "*"
     image_provider: str = "offline"
     model_provider: str = "offline"
     offline_image_seconds: float = 3.0

@@ -182,19 +182,25 @@ def _run_task(
     clock: Callable[[], float],
 ) -> Artifact | _HandOff:
     """Submit (or resume) a remote task and poll it until it ends or the budget runs out."""
-    if task_id is None:
-        task_id = provider.submit(request)
+    def save(current: str) -> None:
         # Checkpoint at once: any later invocation resumes this task instead of paying twice.
         services.store.transact(request.job_id, lambda job: (lifecycle.checkpoint(
             job or {}, worker_id=services.worker_id, now=utcnow(),
             lease_seconds=services.settings.lease_seconds, provider=provider.name,
-            task_id=task_id), None))
-        log.event(logger, "provider task submitted", taskId=task_id)
+            task_id=current), None))
+        log.event(logger, "provider task submitted", taskId=current)
+
+    if task_id is None:
+        task_id = provider.submit(request)
+        save(task_id)
     while True:
         if reporter.should_stop():
             assert reporter.stop_reason is not None
             raise reporter.stop_reason
         status = provider.poll(task_id)
+        if status.task_id and status.task_id != task_id:
+            task_id = status.task_id  # the provider moved on to its next remote task
+            save(task_id)
         if status.state is TaskState.SUCCEEDED:
             reporter.update(status.progress or 90, status.stage or "downloading")
             return provider.fetch(task_id, request)

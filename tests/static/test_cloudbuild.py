@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from tf_config import REPO
 
 #: Substitutions Cloud Build provides itself.
 BUILTINS = frozenset({

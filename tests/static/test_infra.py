@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INFRA, REPO, TfModule, block, blocks, refs, strings
+from tf_config import INFRA, REPO, TfModule, block, blocks, refs, strings
 
 # --- what the code needs ---------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ LIFECYCLE = frozenset({
 #: function (folder under functions/) -> variables its code path reads.
 NEEDS: dict[str, frozenset[str]] = {
     "ingress": LIFECYCLE | {
-        "KILN_MAX_BODY_BYTES", "KILN_TELEGRAM_WEBHOOK_SECRET", "KILN_TELEGRAM_BOT_TOKEN",
+        "KILN_MAX_BODY_BYTES", "KILN_CORS_ORIGINS", "KILN_TELEGRAM_WEBHOOK_SECRET", "KILN_TELEGRAM_BOT_TOKEN",
         "KILN_TELEGRAM_API_BASE", "KILN_TELEGRAM_DEFAULT_KIND",
         "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT", "KILN_TELEGRAM_DAILY_QUOTA",
     },

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from tf_config import REPO
 
 SCRIPT = REPO / "scripts" / "package_functions.py"
 

@@ -8,6 +8,14 @@ never slept for. Ports are picked free unless given, so stacks run side by side.
 
 Every child runs in its own process group and is killed with it on ``stop()``, on
 Ctrl-C, on SIGTERM and at interpreter exit, so nothing is left running.
+
+For reliability tests the stack can also break itself: ``kill(name)`` / ``restart(name)``
+stop a part with SIGKILL and bring it back on the same port (a restarted Pub/Sub
+emulator gets its topics and subscriptions again); ``kill_worker_process()`` kills one
+gunicorn worker of the worker function (its arbiter starts another, as a platform
+replaces a dead instance); and ``StackConfig.fault_proxies`` puts fault-injecting
+proxies (``kiln.local.faults``) between the functions and Storage, Pub/Sub or Firestore
+while the stack's own clients (tests, the sweeper loop) keep the direct way.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from kiln.local.faults import HttpFaultProxy, TcpProxy
 from kiln.local.fcm_server import FcmServer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,6 +85,15 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)  # extra KILN_* settings for functions
     companions: list[Companion] = field(default_factory=list)
     startup_timeout: float = 90.0
+    worker_processes: int = 1  # gunicorn worker processes of the worker function (WORKERS)
+    #: parts the *functions* reach through a fault proxy: "storage" (HTTP, per-request
+    #: faults), "pubsub" / "firestore" (TCP, on/off). Tests and the sweeper loop go direct.
+    fault_proxies: tuple[str, ...] = ()
+    proxy_seed: int | None = None
+
+DEAD_TOPIC = "kiln-jobs-dead"
+DEAD_SUBSCRIPTION = "kiln-jobs-dead-sub"
+WORKER_SUBSCRIPTION = "kiln-jobs-worker"
 
 
 class LocalStack:
@@ -91,6 +109,13 @@ class LocalStack:
         self.workdir = Path(c.workdir or tempfile.mkdtemp(prefix="kiln-stack-"))
         self.logs = self.workdir / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self.storage_proxy: HttpFaultProxy | None = None
+        self.pubsub_proxy: TcpProxy | None = None
+        self.firestore_proxy: TcpProxy | None = None
+        unknown = set(c.fault_proxies) - {"storage", "pubsub", "firestore"}
+        if unknown:
+            raise ValueError(f"unknown fault proxies: {sorted(unknown)}")
         self.fcm = FcmServer(c.host, c.fcm_port)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -130,6 +155,17 @@ class LocalStack:
             **{k: v for companion in c.companions for k, v in companion.env().items()},
             **c.env,
         }
+
+    def function_env(self) -> dict[str, str]:
+        """The functions' environment: ``client_env()`` with fault proxies in the way."""
+        env = self.client_env()
+        if self.storage_proxy is not None:
+            env["STORAGE_EMULATOR_HOST"] = self.storage_proxy.url
+        if self.pubsub_proxy is not None:
+            env["PUBSUB_EMULATOR_HOST"] = self.pubsub_proxy.address
+        if self.firestore_proxy is not None:
+            env["FIRESTORE_EMULATOR_HOST"] = self.firestore_proxy.address
+        return {**env, **self.config.env}
 
     def services(self, **overrides: Any) -> Any:
         """A ``Services`` bound to this stack, its clients built now (they read the env once)."""
@@ -174,29 +210,33 @@ class LocalStack:
         rules = REPO / "infra" / "firestore.rules"
         self._spawn("firestore", [gcloud, "emulators", "firestore", "start",
                                   f"--host-port={self._addr(c.firestore_port)}",
-                                  f"--rules={rules}", "--quiet"])
+                                  f"--rules={rules}", "--quiet"],
+                    ready=f"http://{self._addr(c.firestore_port)}/")
         self._spawn("pubsub", [gcloud, "beta", "emulators", "pubsub", "start",
                                f"--host-port={self._addr(c.pubsub_port)}",
-                               f"--project={c.project}", "--quiet"])
+                               f"--project={c.project}", "--quiet"],
+                    ready=f"http://{self._addr(c.pubsub_port)}/")
         storage_dir = self.workdir / "storage"
         storage_dir.mkdir(exist_ok=True)
         self._spawn("storage", [sys.executable, "-m", "gcp_storage_emulator", "start",
                                 f"--host={c.host}", f"--port={c.storage_port}",
                                 f"--default-bucket={self.bucket}", "--quiet"],
-                    cwd=storage_dir)
+                    cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
         self.fcm.start()
         for companion in c.companions:
             companion.start()
+        self._start_proxies()
         deadline = time.monotonic() + c.startup_timeout
-        self._wait_http("firestore", f"http://{self._addr(c.firestore_port)}/", deadline)
-        self._wait_http("pubsub", f"http://{self._addr(c.pubsub_port)}/", deadline)
-        self._wait_http("storage", f"http://{self._addr(c.storage_port)}/", deadline)
-        env = {**os.environ, **self.client_env(), "THREADS": str(c.worker_threads),
-               "PYTHONUNBUFFERED": "1"}
-        self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env)
-        self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env)
-        self._wait_http("ingress", f"{self.ingress_url}/healthz", deadline, want=200)
-        self._wait_http("worker", f"{self.worker_url}/", deadline)
+        for name in ("firestore", "pubsub", "storage"):
+            self._wait_ready(name, deadline)
+        env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
+               "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
+        self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
+                    ready=f"{self.ingress_url}/healthz", want=200)
+        self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
+                    ready=f"{self.worker_url}/")
+        self._wait_ready("ingress", deadline)
+        self._wait_ready("worker", deadline)
         self._create_topology()
         if c.sweep_interval > 0:
             self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="sweeper")
@@ -207,8 +247,21 @@ class LocalStack:
                 "--source", str(REPO / "functions" / name / "main.py"),
                 "--signature-type", signature, "--host", self.config.host, "--port", str(port)]
 
+    def _start_proxies(self) -> None:
+        c = self.config
+        wanted = set(c.fault_proxies)
+        if "storage" in wanted:
+            self.storage_proxy = HttpFaultProxy(c.host, c.storage_port, seed=c.proxy_seed,
+                                                name="storage").start()
+        if "pubsub" in wanted:
+            self.pubsub_proxy = TcpProxy(c.host, c.pubsub_port, name="pubsub").start()
+        if "firestore" in wanted:
+            self.firestore_proxy = TcpProxy(c.host, c.firestore_port, name="firestore").start()
+
     def _spawn(self, name: str, cmd: list[str], *, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> None:
+               cwd: Path | None = None, ready: str | None = None,
+               want: int | None = None) -> None:
+        self._specs[name] = {"cmd": cmd, "env": env, "cwd": cwd, "ready": ready, "want": want}
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -216,6 +269,11 @@ class LocalStack:
             cwd=cwd or self.workdir, start_new_session=True,
         )
         log.close()
+
+    def _wait_ready(self, name: str, deadline: float) -> None:
+        spec = self._specs[name]
+        if spec["ready"]:
+            self._wait_http(name, spec["ready"], deadline, want=spec["want"])
 
     def _wait_http(self, name: str, url: str, deadline: float, want: int | None = None) -> None:
         delay = 0.05
@@ -235,21 +293,40 @@ class LocalStack:
             delay = min(delay * 1.5, 0.5)
 
     def _create_topology(self) -> None:
+        """The jobs topic with the worker's push subscription, and the dead-letter topic
+        with its pull subscription (idempotent: also run after a Pub/Sub restart)."""
+        from google.api_core import exceptions as gexc
         from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         env = self.client_env()
+        project = self.config.project
         with _env(PUBSUB_EMULATOR_HOST=env["PUBSUB_EMULATOR_HOST"]):
             publisher = pubsub_v1.PublisherClient()
             subscriber = pubsub_v1.SubscriberClient()
-            topic = publisher.topic_path(self.config.project, self.settings().jobs_topic)
-            publisher.create_topic(name=topic)
-            subscriber.create_subscription(request={
-                "name": subscriber.subscription_path(self.config.project, "kiln-jobs-worker"),
-                "topic": topic,
-                "push_config": {"push_endpoint": f"{self.worker_url}/"},
-                "ack_deadline_seconds": 600,
-                "retry_policy": {"minimum_backoff": "1s", "maximum_backoff": "10s"},
-            })
+            topic = publisher.topic_path(project, self.settings().jobs_topic)
+            dead = publisher.topic_path(project, DEAD_TOPIC)
+            requests: list[tuple[Any, dict[str, Any]]] = [
+                (publisher.create_topic, {"name": topic}),
+                (publisher.create_topic, {"name": dead}),
+                (subscriber.create_subscription, {"request": {
+                    "name": subscriber.subscription_path(project, WORKER_SUBSCRIPTION),
+                    "topic": topic,
+                    "push_config": {"push_endpoint": f"{self.worker_url}/"},
+                    "ack_deadline_seconds": 600,
+                    "retry_policy": {"minimum_backoff": "1s", "maximum_backoff": "10s"},
+                    # Accepted, not honoured, by the emulator (see docs/reliability.md).
+                    "dead_letter_policy": {"dead_letter_topic": dead,
+                                           "max_delivery_attempts": 10},
+                }}),
+                (subscriber.create_subscription, {"request": {
+                    "name": subscriber.subscription_path(project, DEAD_SUBSCRIPTION),
+                    "topic": dead,
+                    "ack_deadline_seconds": 60,
+                }}),
+            ]
+            for create, kwargs in requests:
+                with contextlib.suppress(gexc.AlreadyExists):
+                    create(**kwargs)
             subscriber.close()
 
     def _sweep_loop(self) -> None:
@@ -270,13 +347,85 @@ class LocalStack:
         for name in reversed(list(self.procs)):
             _kill_group(self.procs[name])
         self.procs.clear()
-        for companion in [self.fcm, *self.config.companions]:
+        proxies = [p for p in (self.storage_proxy, self.pubsub_proxy, self.firestore_proxy) if p]
+        for companion in [self.fcm, *self.config.companions, *proxies]:
             with contextlib.suppress(Exception):
                 companion.stop()
         _LIVE.discard(self)
         if self._own_workdir and not os.environ.get("KILN_KEEP_STACK_LOGS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.started = False
+
+    # --- breaking it on purpose -------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one part (its whole process group), as a crash or a lost instance.
+
+        A killed Firestore emulator loses every document; Pub/Sub loses its topics,
+        subscriptions and undelivered messages; the Storage emulator keeps its files.
+        """
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def restart(self, name: str, *, down_for: float = 0.0) -> None:
+        """Kill ``name`` (SIGKILL) and start it again on the same port; wait until ready.
+
+        A restarted Pub/Sub emulator gets the topics and subscriptions again.
+        """
+        self.kill(name)
+        if down_for > 0:
+            time.sleep(down_for)
+        self.start_part(name)
+
+    def start_part(self, name: str) -> None:
+        """Start a killed part again with the command and environment it had."""
+        spec = self._specs[name]
+        self._wait_port_free(name)
+        self._spawn(name, spec["cmd"], env=spec["env"], cwd=spec["cwd"], ready=spec["ready"],
+                    want=spec["want"])
+        self._wait_ready(name, time.monotonic() + self.config.startup_timeout)
+        if name == "pubsub":
+            self._create_topology()
+
+    def _wait_port_free(self, name: str, timeout: float = 10.0) -> None:
+        port = getattr(self.config, f"{name}_port")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.config.host, port))
+                    return
+                except OSError:
+                    time.sleep(0.1)
+
+    def worker_processes(self) -> list[int]:
+        """Pids of the worker function's gunicorn workers (children of its arbiter)."""
+        proc = self.procs["worker"]
+        try:
+            text = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def kill_worker_process(self, pid: int | None = None) -> int | None:
+        """SIGKILL one gunicorn worker of the worker function (its in-flight jobs die
+        mid-run); the arbiter starts a replacement. Returns the pid killed, if any."""
+        pids = self.worker_processes()
+        if pid is None:
+            if not pids:
+                return None
+            pid = pids[0]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def worker_log_lines(self) -> list[str]:
+        """The worker function's log so far (its JSON lines and anything else)."""
+        path = self.logs / "worker.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
 
     # --- test helpers ---------------------------------------------------------------
 

@@ -100,12 +100,20 @@ class TaskState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class TaskStatus:
+    """A remote task's state. ``task_id``, when set, replaces the polled id from now on.
+
+    A provider whose one Kiln task is several remote tasks (a preview, then a refine)
+    returns the next one's id here; the worker checkpoints it, then polls, fetches and
+    cancels by it, so a later invocation resumes the current stage.
+    """
+
     state: TaskState
     progress: int = 0
     stage: str = ""
     error_code: str = ""
     error_message: str = ""
     retryable: bool = False
+    task_id: str = ""
 
 
 @runtime_checkable

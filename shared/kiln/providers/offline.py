@@ -17,7 +17,9 @@ Test hooks, so tests and demos can show failures through the real pipeline:
 - a prompt containing ``[fail:permanent]`` raises ``PermanentError(code="content_refused")``,
   as when a provider refuses a prompt;
 - a prompt containing ``[fail:retryable]`` raises
-  ``RetryableError(code="provider_unavailable")``, as when a provider is briefly down.
+  ``RetryableError(code="provider_unavailable")``, as when a provider is briefly down;
+- a prompt containing ``[hang]`` never finishes (until the job is stopped), as a provider
+  that stops answering.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
@@ -109,6 +111,8 @@ class OfflineProvider:
         for token, error in _FAILURES.items():
             if token in request.prompt.lower():
                 raise error()
+        if "[hang]" in request.prompt.lower():
+            _hang(should_stop, self._sleep)
         subject = read_prompt(request.prompt, request.options)
         if request.kind == "image":
             pacer = _Pacer(self.image_seconds, on_progress, should_stop, self._sleep, self._clock)
@@ -117,6 +121,13 @@ class OfflineProvider:
             pacer = _Pacer(self.model_seconds, on_progress, should_stop, self._sleep, self._clock)
             return _make_model(subject, pacer)
         raise PermanentError(f"Unknown kind {request.kind!r}.", code="invalid_kind")
+
+
+def _hang(should_stop: Callable[[], bool], sleep: Callable[[float], None]) -> NoReturn:
+    """``[hang]``: a provider that never answers; only a stop (cancel, lost lease) ends it."""
+    while not should_stop():
+        sleep(TICK_SECONDS)
+    raise CanceledError("Generation was stopped.")
 
 
 def _make_image(subject: Subject, request: GenerationRequest, pacer: _Pacer) -> Artifact:

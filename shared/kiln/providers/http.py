@@ -1,0 +1,167 @@
+"""HTTP plumbing the provider adapters share: one JSON client, one error mapping.
+
+Every provider speaks JSON over HTTPS with a bearer key; their failures mean the same
+things, so they map the same way (messages are safe to show; the key never appears):
+
+=========================  ===============================================  ==============
+HTTP                       Kiln error                                       code
+=========================  ===============================================  ==============
+401, 403                   PermanentError                                   provider_auth
+402                        PermanentError ("out of credits")                provider_credits
+429                        RetryableError, ``retry_after`` from the header  provider_rate_limited
+404, 410                   PermanentError (the task is gone)                provider_not_found
+5xx, timeouts, network     RetryableError                                   provider_unavailable
+other 4xx                  PermanentError                                   provider_rejected
+=========================  ===============================================  ==============
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from kiln.errors import KilnError, PermanentError, RetryableError
+
+SAFE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_CONVERT_PIXELS = 40_000_000
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` as seconds (a number or an HTTP date), capped at an hour."""
+    raw = (headers.get("retry-after") or "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(3600.0, max(0.0, seconds))
+
+
+def error_for_status(status: int, label: str, *, detail: str = "",
+                     headers: Mapping[str, str] | None = None) -> KilnError:
+    """The Kiln error an HTTP failure status from provider ``label`` stands for."""
+    if status in (401, 403):
+        return PermanentError(f"The {label} rejected this service's credentials.",
+                              code="provider_auth")
+    if status == 402:
+        return PermanentError("The generation service is out of credits.", code="provider_credits")
+    if status == 429:
+        return RetryableError(f"The {label} is busy (rate limited); the job will retry.",
+                              code="provider_rate_limited",
+                              retry_after=retry_after_seconds(headers or {}))
+    if status in (404, 410):
+        return PermanentError(f"The {label} does not know this task (it may have expired).",
+                              code="provider_not_found")
+    if status >= 500 or status == 408:
+        return RetryableError(f"The {label} is unavailable right now; the job will retry.",
+                              code="provider_unavailable")
+    suffix = f": {detail}" if detail else "."
+    return PermanentError(f"The {label} rejected the request{suffix}", code="provider_rejected")
+
+
+def short(text: Any, limit: int = 300) -> str:
+    """A provider's text, trimmed to one line of at most ``limit`` characters."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class JsonApi:
+    """A provider's JSON API: base URL, bearer key, timeouts, errors mapped.
+
+    Args:
+        base_url: the API root (``https://api.meshy.ai``).
+        api_key: sent as ``Authorization: Bearer``; never logged or put in a message.
+        label: how messages name the service ("3D generation service").
+        client: an ``httpx.Client`` to use instead of a new one (tests).
+    """
+
+    def __init__(self, base_url: str, api_key: str, label: str, *, timeout: float = 30.0,
+                 connect_timeout: float = 10.0, client: httpx.Client | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.label = label
+        self._key = api_key
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._client = client or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout), trust_env=False)
+
+    def call(self, method: str, path: str, *, json: Any = None,
+             headers: Mapping[str, str] | None = None) -> Any:
+        """Send one request; the decoded JSON body (None when empty).
+
+        Raises:
+            PermanentError / RetryableError: as in the module's table.
+        """
+        try:
+            response = self._client.request(method, f"{self.base_url}{path}", json=json,
+                                             headers={**self._headers, **(headers or {})})
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"The {self.label} did not answer in time; the job will retry.",
+                                 code="provider_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableError(f"The {self.label} could not be reached; the job will retry.",
+                                 code="provider_unavailable") from exc
+        if response.status_code >= 400:
+            detail = _error_detail(response)
+            if self._key:
+                detail = detail.replace(self._key, "***")
+            raise error_for_status(response.status_code, self.label, detail=detail,
+                                   headers=response.headers)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RetryableError(f"The {self.label} sent an unreadable answer.",
+                                 code="provider_unavailable") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The provider's own explanation of a 4xx, when it gives one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return short(error.get("message"))
+        return short(body.get("message") or error or "")
+    return ""
+
+
+def as_png(data: bytes, what: str = "image") -> bytes:
+    """``data`` as PNG: returned as is when it already is one, else decoded and re-encoded.
+
+    Raises:
+        PermanentError: ``invalid_artifact`` when the bytes are no image Pillow can read.
+    """
+    if data.startswith(PNG_SIGNATURE):
+        return data
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "WEBP", "PNG", "GIF"]) as image:
+            if image.width * image.height > MAX_CONVERT_PIXELS:
+                raise PermanentError(f"The {what} has too many pixels.", code="artifact_too_large")
+            image.load()
+            converted = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise PermanentError(f"The provider's {what} could not be read.",
+                             code="invalid_artifact") from exc
+    out = io.BytesIO()
+    converted.save(out, format="PNG")
+    return out.getvalue()

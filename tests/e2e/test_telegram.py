@@ -1,0 +1,395 @@
+"""The Telegram bot end to end: updates posted to the real local stack as Telegram would,
+answered through a Bot API stand-in (``kiln.local.telegram_server``) that records calls.
+
+The module runs its own stack with the Telegram server as a companion; tests keep apart
+by using a fresh chat id each.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from kiln.blobs import result_path
+from kiln.local.stack import LocalStack, StackConfig
+from kiln.local.telegram_server import TelegramServer
+from kiln.telegram import notifier
+from kiln.telegram.client import BotClient
+from support import EVENTS, wait_for, wait_terminal
+
+pytestmark = pytest.mark.e2e
+
+ENV = {
+    "KILN_OFFLINE_IMAGE_SECONDS": "0.5",
+    "KILN_OFFLINE_MODEL_SECONDS": "4",
+    "KILN_PROGRESS_INTERVAL_SECONDS": "0.3",
+    "KILN_LEASE_SECONDS": "6",
+    "KILN_RETRY_BACKOFF_SECONDS": "0.5",
+    "KILN_PENDING_REPUBLISH_SECONDS": "3",
+    "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": "1",
+    "KILN_TELEGRAM_DAILY_QUOTA": "3",
+}
+
+
+@pytest.fixture(scope="module")
+def telegram() -> TelegramServer:
+    return TelegramServer()
+
+
+@pytest.fixture(scope="module")
+def tg_stack(telegram: TelegramServer) -> Iterator[LocalStack]:
+    with LocalStack(StackConfig(env=dict(ENV), sweep_interval=1.0, companions=[telegram])) as stack:
+        # As an operator would (kiln telegram set-webhook): Telegram now knows where to post.
+        BotClient(telegram.token, telegram.url).set_webhook(
+            f"{stack.ingress_url}/telegram/webhook", telegram.secret, allowed_updates=["message"])
+        # One job first, so the timings below measure warm instances, not a cold start.
+        warm_up = random.randint(10**8, 10**9)
+        telegram.post_update(telegram.text_update(warm_up, "/image warm up"), timeout=60)
+        wait_for(lambda: telegram.calls_for(warm_up, "sendPhoto"), timeout=60, what="warm-up")
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def tg_services(tg_stack: LocalStack) -> Any:
+    return tg_stack.services()
+
+
+@pytest.fixture
+def chat() -> int:
+    return random.randint(10**8, 10**9)
+
+
+def send(telegram: TelegramServer, chat_id: int, text: str, **kw: Any) -> httpx.Response:
+    response = telegram.post_update(telegram.text_update(chat_id, text, **kw))
+    assert response.status_code == 200, response.text
+    return response
+
+
+def jobs_of(services: Any, chat_id: int) -> list[tuple[str, dict[str, Any]]]:
+    return list(services.store.find(uid=f"telegram:{chat_id}"))
+
+
+def one_job(services: Any, chat_id: int) -> tuple[str, dict[str, Any]]:
+    jobs = wait_for(lambda: jobs_of(services, chat_id), what="the chat's job")
+    assert len(jobs) == 1, jobs
+    return jobs[0]  # type: ignore[no-any-return]
+
+
+def calls(telegram: TelegramServer, chat_id: int, method: str | None = None,
+          ok: bool | None = None) -> list[dict[str, Any]]:
+    return [c for c in telegram.calls_for(chat_id, method) if ok is None or c["ok"] is ok]
+
+
+def wait_call(telegram: TelegramServer, chat_id: int, method: str, **kw: Any) -> dict[str, Any]:
+    return wait_for(lambda: calls(telegram, chat_id, method, **kw), timeout=30,  # type: ignore[no-any-return]
+                    what=f"{method} to chat {chat_id}")[-1]
+
+
+# --- the flows ------------------------------------------------------------------------------
+
+
+def test_image_is_acknowledged_at_once_then_sent_as_a_photo(telegram, tg_services, chat):
+    """Given a private chat, when the user sends /image, then the webhook answers 200 fast
+    with a "working on it" reply, and the PNG arrives as a photo replying to the user's
+    message, captioned, while the working message is deleted."""
+    update = telegram.text_update(chat, "/image a red sphere")
+    started = time.perf_counter()
+    response = telegram.post_update(update)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    assert elapsed < 2.0  # ~0.1 s warm here; the margin is for a loaded test machine
+    job_id, job = one_job(tg_services, chat)
+    assert (job["channel"], job["kind"], job["prompt"]) == ("telegram", "image", "a red sphere")
+    working = calls(telegram, chat, "sendMessage")
+    assert len(working) == 1 and "Working on your image" in working[0]["text"]
+    state = job["_server"]["telegram"]
+    assert state["statusMessageId"] == working[0]["result"]["message_id"]
+    assert state["updateId"] == update["update_id"]
+
+    done = wait_terminal(tg_services, job_id)
+    photo = wait_call(telegram, chat, "sendPhoto")
+    assert done["status"] == "completed" and photo["ok"]
+    assert photo["file"]["content_type"] == "image/png"
+    assert photo["file"]["sha256"] == done["result"]["sha256"]
+    assert photo["file"]["size"] == done["result"]["bytes"]
+    assert photo["caption"] == "🎨 “a red sphere”"
+    assert photo["result"]["reply_to_message"]["message_id"] == update["message"]["message_id"]
+    wait_call(telegram, chat, "deleteMessage")
+    assert telegram.message(chat, state["statusMessageId"]) is None
+
+
+def test_model_shows_progress_within_limits_then_arrives_as_glb(telegram, tg_services, chat):
+    """Given a 4 s model job, when it runs, then the working message is edited with progress
+    no more often than every 3 s, and the result arrives as a .glb document."""
+    send(telegram, chat, "/model a blue cube")
+    job_id, _job = one_job(tg_services, chat)
+    done = wait_terminal(tg_services, job_id)
+    document = wait_call(telegram, chat, "sendDocument")
+    assert done["status"] == "completed" and document["ok"]
+    assert document["file"]["name"].endswith(".glb")
+    assert document["file"]["content_type"] == "model/gltf-binary"
+    assert document["file"]["sha256"] == done["result"]["sha256"]
+    edits = calls(telegram, chat, "editMessageText")
+    assert edits, "no progress edit during a 4 s job"
+    assert all("%" in e["text"] for e in edits)
+    times = [calls(telegram, chat, "sendMessage")[0]["at"]] + [e["at"] for e in edits]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= notifier.EDIT_INTERVAL - 0.1, gaps
+
+
+def test_a_failed_job_says_why_and_how_to_retry(telegram, tg_services, chat):
+    """Given a prompt the provider refuses, when the job fails, then the working message
+    becomes the reason and the command to send again."""
+    send(telegram, chat, "/image a cube [fail:permanent]")
+    job_id, job = one_job(tg_services, chat)
+    assert wait_terminal(tg_services, job_id)["status"] == "failed"
+    edit = wait_call(telegram, chat, "editMessageText", ok=True)
+    assert edit["message_id"] == job["_server"]["telegram"]["statusMessageId"]
+    assert "refused this prompt" in edit["text"]
+    assert "send: /image a cube [fail:permanent]" in edit["text"]
+
+
+def test_telegram_retrying_an_update_makes_one_job_and_one_reply(telegram, tg_services, chat):
+    """Given one update delivered three times (Telegram retries), then there is one job,
+    one working message and one photo."""
+    update = telegram.text_update(chat, "/image a green star")
+    for _ in range(3):
+        assert telegram.post_update(update).status_code == 200
+    job_id, _job = one_job(tg_services, chat)
+    wait_terminal(tg_services, job_id)
+    wait_call(telegram, chat, "deleteMessage")
+    assert len(calls(telegram, chat, "sendMessage")) == 1
+    assert len(calls(telegram, chat, "sendPhoto")) == 1
+    assert len(jobs_of(tg_services, chat)) == 1
+
+
+@pytest.mark.parametrize("secret", ["forged-secret", None, ""])
+def test_a_wrong_or_missing_secret_is_refused(telegram, tg_services, chat, secret):
+    """Given a request without the right secret header, then 401 with no detail, no job."""
+    update = telegram.text_update(chat, "/image a red sphere")
+    headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
+    response = httpx.post(telegram.webhook["url"], json=update, headers=headers, timeout=10)
+    assert response.status_code == 401
+    assert response.json() == {"error": {"code": "unauthorized", "message": "Unauthorized."}}
+    assert jobs_of(tg_services, chat) == [] and telegram.calls_for(chat) == []
+
+
+@pytest.mark.parametrize("event", sorted(p.name for p in EVENTS.glob("telegram_ignored_*.json")))
+def test_updates_kiln_ignores_are_answered_200(telegram, tg_services, chat, event):
+    """Given an update that is not for the bot (edit, sticker, channel post, member change,
+    unaddressed group text, another bot's command, a stray button), then 200 and no job."""
+    text = (EVENTS / event).read_text().replace("424242", str(chat))
+    update = json.loads(text)
+    update["update_id"] = telegram.next_update_id()
+    response = telegram.post_update(update)
+    assert response.status_code == 200
+    group = int(f"-100{chat}")
+    replies = calls(telegram, chat) + calls(telegram, group)
+    if "callback_query" in update:  # only the spinner is stopped, in the webhook answer
+        assert response.json() == {"method": "answerCallbackQuery",
+                                   "callback_query_id": update["callback_query"]["id"]}
+    else:
+        assert response.json() == {} and replies == []
+    assert jobs_of(tg_services, chat) == [] and jobs_of(tg_services, group) == []
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("/image", "Tell me what to make"),
+    ("/model@kiln_local_bot   ", "Tell me what to make after the command, e.g.\n/model"),
+    ("/image " + "x" * 1001, "up to 1000"),
+    ("/start", "/image <description>"),
+    ("/help@kiln_local_bot", "/cancel"),
+    ("/frobnicate", "I don't know /frobnicate"),
+])
+def test_commands_without_a_job_get_a_friendly_reply(telegram, tg_services, chat, text, expected):
+    """Given an empty or over-long prompt, /start, /help or an unknown command, then the
+    webhook answer carries the reply (one Bot API call, no extra request) and no job."""
+    answer = send(telegram, chat, text).json()
+    assert answer["method"] == "sendMessage" and answer["chat_id"] == chat
+    assert expected in answer["text"]
+    assert [c["via"] for c in calls(telegram, chat)] == ["webhook-reply"]
+    assert jobs_of(tg_services, chat) == []
+
+
+def test_plain_text_in_a_private_chat_makes_the_default_kind(telegram, tg_services, chat):
+    send(telegram, chat, "a teal ring")
+    _job_id, job = one_job(tg_services, chat)
+    assert (job["kind"], job["prompt"]) == ("image", "a teal ring")
+
+
+@pytest.mark.parametrize(("text", "reply_to_bot", "prompt"), [
+    ("/image@kiln_local_bot a green cone", False, "a green cone"),
+    ("@kiln_local_bot a red ring please", False, "a red ring please"),
+    ("a gold star", True, "a gold star"),
+])
+def test_a_group_is_served_when_it_addresses_the_bot(telegram, tg_services, text, reply_to_bot, prompt):
+    """Given a group chat, when a message is a command, mentions the bot or replies to it,
+    then it starts a job for the group (uid telegram:<negative chat id>)."""
+    group = -random.randint(10**8, 10**9)
+    send(telegram, group, text, chat_type="supergroup", reply_to_bot=reply_to_bot)
+    _job_id, job = one_job(tg_services, group)
+    assert (job["kind"], job["prompt"], job["uid"]) == ("image", prompt, f"telegram:{group}")
+    assert job["_server"]["telegram"]["chatType"] == "supergroup"
+
+
+def test_status_running_limit_and_cancel(telegram, tg_services, chat):
+    """Given a running model job, then /status lists it, a second job is refused politely
+    (1 running per chat here), /cancel cancels it like the API does and edits the working
+    message, and a second /cancel finds nothing."""
+    send(telegram, chat, "/model a slow teal torus")
+    job_id, job = one_job(tg_services, chat)
+    status = send(telegram, chat, "/status").json()["text"]
+    assert "Your recent jobs" in status and "a slow teal torus" in status
+    assert "already have 1 job running" in send(telegram, chat, "/image one more").json()["text"]
+    assert len(jobs_of(tg_services, chat)) == 1
+
+    answer = send(telegram, chat, "/cancel").json()
+    assert answer["text"].startswith("Canceled your 3D model")
+    assert tg_services.store.get(job_id)["status"] == "canceled"
+    edit = wait_call(telegram, chat, "editMessageText", ok=True)
+    assert edit["text"].startswith("✖️ Canceled") and (
+        edit["message_id"] == job["_server"]["telegram"]["statusMessageId"])
+    assert send(telegram, chat, "/cancel").json()["text"] == "Nothing is running right now."
+    assert "canceled" in send(telegram, chat, "/status").json()["text"]
+
+
+def test_the_daily_quota_is_enforced_politely(telegram, tg_services, chat):
+    """Given a quota of 3 a day, when a chat starts a fourth job, then it gets a polite
+    reply and no job; canceled jobs count."""
+    for n in range(3):
+        send(telegram, chat, f"/model a cube number {n}")
+        send(telegram, chat, "/cancel")
+    answer = send(telegram, chat, "/image one too many").json()
+    assert "today's 3 generations" in answer["text"]
+    assert len(jobs_of(tg_services, chat)) == 3
+    chat_doc = tg_services.firestore.collection("telegramChats").document(str(chat)).get().to_dict()
+    assert chat_doc["quotaUsed"] == 3
+
+
+# --- Telegram's refusals -------------------------------------------------------------------
+
+
+def test_429_is_waited_out_for_the_result_and_never_delays_the_webhook(telegram, tg_services, chat):
+    """Given Telegram answering 429 to the working message (retry after 5 s) and once to the
+    photo (retry after 1 s), then the webhook still answers at once and the job runs, and
+    the photo is sent again after the wait."""
+    telegram.fail("sendMessage", chat_id=chat, error_code=429, retry_after=5)
+    telegram.fail("sendPhoto", chat_id=chat, error_code=429, retry_after=1)
+    started = time.perf_counter()
+    send(telegram, chat, "/image a pink ball")
+    assert time.perf_counter() - started < 3.0  # never the 5 s Telegram asked for
+    job_id, job = one_job(tg_services, chat)
+    assert job["_server"]["telegram"]["statusMessageId"] is None
+    wait_terminal(tg_services, job_id)
+    sent = wait_call(telegram, chat, "sendPhoto", ok=True)
+    refused = calls(telegram, chat, "sendPhoto", ok=False)
+    assert [c["error_code"] for c in refused] == [429]
+    assert sent["at"] - refused[0]["at"] >= 1.0
+
+
+def test_403_marks_the_chat_blocked_and_stops(telegram, tg_services, chat):
+    """Given a user who blocks the bot while the job runs, then the result gets 403 once, the
+    chat is marked blocked in Firestore, nothing more is sent; writing again unblocks."""
+    send(telegram, chat, "/image a black cube")
+    telegram.block(chat)
+    job_id, _job = one_job(tg_services, chat)
+    wait_terminal(tg_services, job_id)
+    refused = wait_call(telegram, chat, "sendPhoto", ok=False)
+    assert refused["error_code"] == 403
+    chats = tg_services.firestore.collection("telegramChats").document(str(chat))
+    wait_for(lambda: (chats.get().to_dict() or {}).get("blocked") is True, what="blocked mark")
+    wait_for(lambda: (tg_services.store.get(job_id)["_server"]["notify"] or {}).get("state") == "sent",
+             what="the notification to be recorded")
+    assert calls(telegram, chat)[-1] is refused  # no retry, no deleteMessage after it
+
+    telegram.unblock(chat)
+    send(telegram, chat, "/cancel")
+    send(telegram, chat, "/image a white cube")
+    assert chats.get().to_dict()["blocked"] is False
+
+
+# --- over Telegram's limits -----------------------------------------------------------------
+
+
+def _completed_image_job(services: Any, chat_id: int, png: bytes) -> tuple[str, dict[str, Any]]:
+    """A completed job whose stored result is ``png`` (results the offline provider can't make)."""
+    job_id = f"tgbig{random.randint(10**9, 10**10)}"
+    stored = services.blobs.put_bytes(result_path(f"telegram:{chat_id}", job_id, "png"), png, "image/png")
+    job = {"uid": f"telegram:{chat_id}", "channel": "telegram", "kind": "image", "status": "completed",
+           "prompt": "a very wide panorama", "error": None,
+           "result": {"path": stored.path, "contentType": "image/png", "bytes": stored.bytes,
+                      "sha256": stored.sha256, "downloadUrl": stored.download_url},
+           "_server": {"telegram": {"chatId": chat_id, "messageId": 1, "statusMessageId": None}}}
+    return job_id, job
+
+
+def test_an_image_over_the_photo_dimensions_is_sent_as_a_document(telegram, tg_services, chat):
+    """Given a finished 6000×4200 PNG (width + height > 10000), when the notifier delivers
+    it, then it goes as a document (Telegram would refuse it as a photo)."""
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 4200), 90).save(buffer, "PNG")
+    job_id, job = _completed_image_job(tg_services, chat, buffer.getvalue())
+    report = notifier.on_finished(tg_services, job_id, job)
+    document = wait_call(telegram, chat, "sendDocument", ok=True)
+    assert report == {"sent": "document", "bytes": len(buffer.getvalue())}
+    assert document["file"]["content_type"] == "image/png"
+    assert document["file"]["size"] == len(buffer.getvalue())
+    assert calls(telegram, chat, "sendPhoto") == []
+
+
+def test_results_over_the_upload_limits_go_as_document_or_link(telegram, tg_services, chat):
+    """Given real finished jobs and lowered limits (10 MB photo / 50 MB file stand-ins),
+    then an image over the photo size goes as a document and a model over the file size
+    becomes a link to its download URL in the working message."""
+    send(telegram, chat, "/image a silver orb")
+    image_id, _ = one_job(tg_services, chat)
+    image = wait_terminal(tg_services, image_id)
+    wait_call(telegram, chat, "sendPhoto", ok=True)
+    small = notifier.UploadLimits(photo_bytes=1024)
+    assert notifier.deliver_result(tg_services, image_id, image, limits=small)["sent"] == "document"
+    document = wait_call(telegram, chat, "sendDocument", ok=True)
+    assert document["file"]["sha256"] == image["result"]["sha256"]
+
+    model_id, model = _completed_image_job(tg_services, chat, b"\x89PNG-not-really")
+    model.update(kind="model", prompt="a huge castle")
+    working = BotClient(telegram.token, telegram.url).send_message(chat, "🧊 Working on it…")
+    assert working is not None
+    model["_server"]["telegram"]["statusMessageId"] = working["message_id"]
+    report = notifier.deliver_result(tg_services, model_id, model,
+                                     limits=notifier.UploadLimits(document_bytes=10))
+    assert report["sent"] == "link"
+    link = calls(telegram, chat, "editMessageText", ok=True)[-1]
+    assert model["result"]["downloadUrl"] in link["text"] and "too big" in link["text"]
+
+
+def test_a_photo_telegram_refuses_is_sent_again_as_a_document(telegram, tg_services, chat):
+    """Given Telegram refusing the photo (400 PHOTO_INVALID_DIMENSIONS), then the same file
+    is sent as a document and the working message still goes away."""
+    telegram.fail("sendPhoto", chat_id=chat, error_code=400,
+                  description="Bad Request: PHOTO_INVALID_DIMENSIONS")
+    send(telegram, chat, "/image a yellow pyramid")
+    job_id, _job = one_job(tg_services, chat)
+    done = wait_terminal(tg_services, job_id)
+    document = wait_call(telegram, chat, "sendDocument", ok=True)
+    assert document["file"]["sha256"] == done["result"]["sha256"]
+    assert [c["ok"] for c in calls(telegram, chat, "sendPhoto")] == [False]
+    wait_call(telegram, chat, "deleteMessage", ok=True)
+
+
+def test_token_never_reaches_the_functions_logs(tg_stack, telegram):
+    """Given all the traffic above, then the bot token appears in no function's log."""
+    for log_file in Path(tg_stack.logs).glob("*.log"):
+        assert telegram.token not in log_file.read_text(errors="replace"), log_file.name

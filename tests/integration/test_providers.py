@@ -1,0 +1,268 @@
+"""The real provider adapters against the local provider server, through the real worker.
+
+Each test creates a job document in the emulated Firestore and runs ``kiln.worker.run_job``
+in this process with the adapter under test, so the whole fetch → validate → upload path
+runs against the Storage emulator. Failures are steered by prompt tokens (see
+``kiln.local.provider_server``).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from kiln import lifecycle
+from kiln.errors import RetryableError
+from kiln.local.provider_server import ProviderServer
+from kiln.model import JobRequest, new_job_id
+from kiln.providers.base import Provider, TaskStatus
+from kiln.providers.gemini import GeminiImageProvider
+from kiln.providers.meshy import MeshyProvider
+from kiln.providers.taskserver import TaskServerProvider
+from kiln.settings import Settings
+from kiln.store import utcnow
+from kiln.worker import run_job
+from support import wait_for
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ProviderServer]:
+    running = ProviderServer(task_seconds=0.5, gemini_seconds=0.1, hang_seconds=20).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(stack: Any, server: ProviderServer) -> Settings:
+    return Settings.from_env({**stack.client_env(), **server.env()})
+
+
+@pytest.fixture(scope="module")
+def worker_services(stack: Any) -> Any:
+    """Services of an in-process worker (its provider cache is set per test)."""
+    return stack.services()
+
+
+def build(name: str, settings: Settings, server: ProviderServer, **kw: Any) -> Provider:
+    if name == "meshy":
+        return MeshyProvider(settings, poll_interval=0.1, **kw)
+    if name == "taskserver":
+        return TaskServerProvider(settings, poll_interval=0.1, **kw)
+    return GeminiImageProvider(settings, base_url=server.url, **kw)
+
+
+def kind_of(name: str) -> str:
+    return "image" if name == "gemini" else "model"
+
+
+LAST_JOB: dict[str, str] = {}  # uid → the job ``run`` made last
+
+
+def run(services: Any, provider: Provider, uid: str, prompt: str, kind: str = "model",
+        options: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Create a pending job, run it in the worker with ``provider``; (outcome, job id)."""
+    job_id = LAST_JOB[uid] = new_job_id(uid)
+    services.store.create(job_id, lifecycle.new_job(
+        uid=uid, channel="api", request=JobRequest(kind, prompt, options or {}), now=utcnow(),
+        max_age_seconds=3600))
+    services.__dict__.setdefault("_providers", {})[kind] = provider
+    return run_job(job_id, services), job_id
+
+
+def stored(services: Any, uid: str, job_id: str) -> list[str]:
+    return services.blobs.list(f"generations/{uid}/{job_id}/")
+
+
+# --- success ---------------------------------------------------------------------------
+
+
+def test_meshy_preview_then_refine_completes_with_progress(worker_services: Any, settings: Settings,
+                                                           server: ProviderServer, uid: str) -> None:
+    # given Meshy, whose polls are recorded
+    provider = build("meshy", settings, server)
+    seen: list[TaskStatus] = []
+    poll = provider.poll
+    provider.poll = lambda task_id: seen.append(poll(task_id)) or seen[-1]  # type: ignore[method-assign]
+    # when a text-to-3D job runs
+    outcome, job_id = run(worker_services, provider, uid, "a gold star [size:300k]")
+    # then it completed through both stages, progress never went back, the refine was
+    # checkpointed, and the GLB with the provider's thumbnail is in the bucket
+    job = worker_services.store.get(job_id)
+    assert outcome == "completed" and job["status"] == "completed"
+    progress = [s.progress for s in seen]
+    assert progress == sorted(progress) and max(progress) == 90
+    assert {"modeling", "texturing"} <= {s.stage for s in seen}
+    assert lifecycle.server(job)["providerTaskId"].startswith("refine:")
+    assert job["result"]["contentType"] == "model/gltf-binary"
+    assert 300 * 1024 - 8 <= job["result"]["bytes"] <= 300 * 1024
+    assert "thumbnailPath" in job["result"]
+    assert job["provenance"]["provider"] == "meshy" and job["provenance"]["previewTaskId"]
+    assert sorted(stored(worker_services, uid, job_id))[0].endswith("result.glb")
+
+
+def test_meshy_image_to_3d_completes(worker_services: Any, settings: Settings, server: ProviderServer,
+                                     uid: str) -> None:
+    provider = build("meshy", settings, server)
+    outcome, job_id = run(worker_services, provider, uid, "from a picture",
+                          options={"imageUrl": f"{server.url}/cat.png"})
+    job = worker_services.store.get(job_id)
+    assert outcome == "completed", job.get("error")
+    assert job["provenance"]["mode"] == "image-to-3d"
+
+
+def test_taskserver_image_completes_with_thumbnail_and_usage(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str) -> None:
+    outcome, job_id = run(worker_services, build("taskserver", settings, server), uid,
+                          "a teal sphere [redirect]", kind="image")
+    job = worker_services.store.get(job_id)
+    assert outcome == "completed", job.get("error")
+    assert job["result"]["contentType"] == "image/png" and "thumbnailPath" in job["result"]
+    assert job["provenance"] == {"provider": "taskserver", "taskId": job["provenance"]["taskId"],
+                                 "model": "local-model-v1", "credits": 5, "costUsd": 0.02}
+
+
+def test_gemini_jpeg_is_stored_as_png(worker_services: Any, settings: Settings, server: ProviderServer,
+                                      uid: str) -> None:
+    outcome, job_id = run(worker_services, build("gemini", settings, server), uid,
+                          "a cat in a hat [jpeg]", kind="image", options={"aspectRatio": "4:3"})
+    job = worker_services.store.get(job_id)
+    assert outcome == "completed", job.get("error")
+    png = worker_services.blobs.read(job["result"]["path"])
+    assert png.startswith(b"\x89PNG")
+    assert job["provenance"]["model"] == settings.gemini_model
+    assert job["provenance"]["convertedFrom"] == "image/jpeg"
+    request = [r for r in server.requests if r["path"].endswith(":generateContent")][-1]
+    assert request["path"] == f"/v1beta/models/{settings.gemini_model}:generateContent"
+    assert request["body"]["generationConfig"]["responseModalities"] == ["IMAGE"]
+
+
+# --- failures --------------------------------------------------------------------------
+
+PERMANENT = [
+    ("meshy", "[fail:402]", "provider_credits"),
+    ("taskserver", "[fail:402]", "provider_credits"),
+    ("meshy", "[fail:401]", "provider_auth"),
+    ("taskserver", "[fail:403]", "provider_auth"),
+    ("gemini", "[fail:401]", "provider_auth"),
+    ("meshy", "[fail:task]", "provider_failed"),
+    ("taskserver", "[fail:refused]", "content_refused"),
+    ("gemini", "[fail:refused]", "content_refused"),
+    ("gemini", "[fail:image-safety]", "content_refused"),
+    ("meshy", "[invalid]", "invalid_artifact"),
+    ("taskserver", "[invalid]", "invalid_artifact"),
+    ("meshy", "[redirect:169.254.169.254]", "unsafe_result_url"),
+    ("taskserver", "[redirect:10.0.0.1]", "unsafe_result_url"),
+]
+
+
+@pytest.mark.parametrize("name, token, code", PERMANENT)
+def test_permanent_failures_fail_the_job_and_store_nothing(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        name: str, token: str, code: str) -> None:
+    # when the provider answers with a permanent failure
+    outcome, job_id = run(worker_services, build(name, settings, server), uid, f"a box {token}",
+                          kind=kind_of(name))
+    # then the job failed with a clear code, a readable message, no key, and nothing stored
+    job = worker_services.store.get(job_id)
+    assert (outcome, job["status"], job["error"]["code"]) == ("failed", "failed", code)
+    assert job["error"]["message"] and server.api_key not in job["error"]["message"]
+    assert stored(worker_services, uid, job_id) == []
+
+
+def test_credits_message_is_the_users(worker_services: Any, settings: Settings, server: ProviderServer,
+                                      uid: str) -> None:
+    _, job_id = run(worker_services, build("meshy", settings, server), uid, "x [fail:402]")
+    assert worker_services.store.get(job_id)["error"]["message"] == (
+        "The generation service is out of credits.")
+
+
+def test_a_wrong_gemini_key_is_an_auth_error_without_the_key(
+        worker_services: Any, stack: Any, server: ProviderServer, uid: str) -> None:
+    secret = "wrong-" + uuid.uuid4().hex
+    settings = Settings.from_env({**stack.client_env(), **server.env(), "KILN_GEMINI_API_KEY": secret})
+    outcome, job_id = run(worker_services, build("gemini", settings, server), uid, "a dog",
+                          kind="image")
+    error = worker_services.store.get(job_id)["error"]
+    assert outcome == "failed" and error["code"] == "provider_auth" and secret not in str(error)
+
+
+RETRYABLE = [
+    ("meshy", "[fail:429]", "provider_rate_limited", 7.0),
+    ("taskserver", "[fail:429]", "provider_rate_limited", 7.0),
+    ("gemini", "[fail:429]", "provider_rate_limited", 7.0),
+    ("meshy", "[fail:500]", "provider_unavailable", None),
+    ("taskserver", "[fail:503]", "provider_unavailable", None),
+    ("gemini", "[fail:500]", "provider_unavailable", None),
+    ("meshy", "[hang]", "provider_timeout", None),
+    ("taskserver", "[hang]", "provider_timeout", None),
+    ("gemini", "[hang]", "provider_timeout", None),
+]
+
+
+@pytest.mark.parametrize("name, token, code, retry_after", RETRYABLE)
+def test_passing_faults_release_the_job_for_a_retry(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        name: str, token: str, code: str, retry_after: float | None) -> None:
+    # given short timeouts, so a hang is noticed quickly
+    provider = build(name, settings, server, timeout=1.0)
+    # when the provider is busy, failing or hanging
+    with pytest.raises(RetryableError) as caught:
+        run(worker_services, provider, uid, f"a cone {token}", kind=kind_of(name))
+    # then the worker nacks with the provider's wait, and the job waits to retry
+    assert caught.value.code == code and caught.value.retry_after == retry_after
+    job = worker_services.store.get(LAST_JOB[uid])
+    assert (job["status"], job["error"]["code"]) == ("pending", code)
+    assert job["error"]["retryable"] is True and server.api_key not in job["error"]["message"]
+
+
+def test_an_oversized_result_fails_the_job(worker_services: Any, stack: Any, server: ProviderServer,
+                                           uid: str) -> None:
+    # given a 1 MiB limit
+    settings = Settings.from_env({**stack.client_env(), **server.env(),
+                                  "KILN_MAX_ARTIFACT_BYTES": str(1024 * 1024)})
+    for name, token in (("meshy", "[size:2m]"), ("taskserver", "[size:2m]"),
+                        ("meshy", "[size:2m] [chunked]")):
+        # when the provider's result is 2 MiB (declared, or only found out while streaming)
+        outcome, job_id = run(worker_services, build(name, settings, server), uid, f"a ring {token}")
+        # then the job failed as too large and nothing was stored
+        job = worker_services.store.get(job_id)
+        assert (outcome, job["error"]["code"]) == ("failed", "artifact_too_large"), (name, token)
+        assert stored(worker_services, uid, job_id) == []
+
+
+def test_a_private_image_url_is_refused_before_the_provider_sees_it(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str) -> None:
+    before = len(server.requests)
+    outcome, job_id = run(worker_services, build("meshy", settings, server), uid, "from a picture",
+                          options={"imageUrl": "http://169.254.169.254/latest/meta-data/"})
+    job = worker_services.store.get(job_id)
+    assert (outcome, job["error"]["code"]) == ("failed", "invalid_image_url")
+    assert not any(r["method"] == "POST" for r in server.requests[before:])
+
+
+@pytest.mark.parametrize("name", ["meshy", "taskserver"])
+def test_canceling_the_job_cancels_the_remote_task(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        api: httpx.Client, name: str) -> None:
+    # given a long-running job in the worker
+    outcome: list[str] = []
+    job_id = new_job_id(uid)
+    worker_services.store.create(job_id, lifecycle.new_job(
+        uid=uid, channel="api", request=JobRequest("model", "a tower [slow:30]", {}), now=utcnow(),
+        max_age_seconds=3600))
+    worker_services.__dict__.setdefault("_providers", {})["model"] = build(name, settings, server)
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker_services)))
+    thread.start()
+    task_id = wait_for(lambda: lifecycle.server(worker_services.store.get(job_id) or {}).get(
+        "providerTaskId"), 10, what="the task to be checkpointed")
+    # when the owner cancels it through the HTTP API
+    assert api.post(f"/v1/jobs/{job_id}:cancel").status_code < 300
+    thread.join(15)
+    # then the worker stopped and canceled the remote task (the server saw it)
+    assert outcome == ["canceled"]
+    assert task_id.rsplit(":", 1)[-1] in server.cancels

@@ -1,0 +1,169 @@
+"""The generated contract (kiln.schema) agrees with the Python model and is up to date.
+
+docs/generated/job.schema.json, docs/generated/kiln.d.ts, clients/web/src/kiln.d.ts and
+docs/openapi.yaml are generated from kiln.model; the example documents in
+docs/client-contract.md are validated against the schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from kiln import lifecycle, schema
+from kiln.errors import RequestError
+from kiln.model import _OPTION_RULES, CHANNELS, KINDS, PROMPT_MAX, JobRequest, JobStatus, parse_job_request
+
+CONTRACT = schema.REPO / "docs" / "client-contract.md"
+NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return schema.json_schema()
+
+
+def validate(instance: Any, node: dict[str, Any], root: dict[str, Any], where: str = "$") -> list[str]:
+    """A small JSON Schema validator for the keywords kiln.schema uses (errors as strings)."""
+    errors: list[str] = []
+    if "$ref" in node:
+        errors += validate(instance, root["$defs"][node["$ref"].rsplit("/", 1)[1]], root, where)
+    if "anyOf" in node and all(validate(instance, s, root, where) for s in node["anyOf"]):
+        errors.append(f"{where}: matches none of anyOf")
+    for sub in node.get("allOf", []):
+        errors += validate(instance, sub, root, where)
+    if "if" in node and not validate(instance, node["if"], root, where):
+        errors += validate(instance, node["then"], root, where)
+    types = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list,
+             "null": type(None), "number": (int, float)}
+    kind = node.get("type")
+    if kind and (not isinstance(instance, types[kind]) or (kind in ("integer", "number")
+                                                            and isinstance(instance, bool))):
+        return [*errors, f"{where}: {instance!r} is not {kind}"]
+    if "enum" in node and instance not in node["enum"]:
+        errors.append(f"{where}: {instance!r} not in {node['enum']}")
+    if "const" in node and instance != node["const"]:
+        errors.append(f"{where}: {instance!r} != {node['const']!r}")
+    if isinstance(instance, str):
+        if len(instance) < node.get("minLength", 0) or len(instance) > node.get("maxLength", 1e9):
+            errors.append(f"{where}: length {len(instance)} out of range")
+        if "pattern" in node and not re.search(node["pattern"], instance):
+            errors.append(f"{where}: does not match {node['pattern']}")
+    if isinstance(instance, int) and not node.get("minimum", -1e18) <= instance <= node.get("maximum", 1e18):
+        errors.append(f"{where}: {instance} out of range")
+    if isinstance(instance, dict) and "properties" in node:
+        errors += [f"{where}: missing {name}" for name in node.get("required", []) if name not in instance]
+        for name, value in instance.items():
+            if name in node["properties"]:
+                errors += validate(value, node["properties"][name], root, f"{where}.{name}")
+            elif node.get("additionalProperties") is False:
+                errors.append(f"{where}: unexpected field {name}")
+    if isinstance(instance, list) and "items" in node:
+        for i, item in enumerate(instance):
+            errors += validate(item, node["items"], root, f"{where}[{i}]")
+    return errors
+
+
+def doc_examples() -> list[tuple[str, Any]]:
+    """(schema name, instance) for each ```json block after <!-- schema: Name --> in the contract."""
+    text = CONTRACT.read_text()
+    found = re.findall(r"<!-- schema: (\w+) -->\s*```json\n(.*?)```", text, re.S)
+    return [(name, json.loads(body)) for name, body in found]
+
+
+def test_generated_files_are_current() -> None:
+    """Given the model as it is, when regenerating, then every generated file is unchanged
+    (run `python -m kiln.schema --write` after changing kiln.model)."""
+    assert schema.stale() == [], "run: python -m kiln.schema --write"
+    assert schema.main(["--check"]) == 0
+
+
+def test_enums_and_limits_come_from_the_model(spec: dict[str, Any]) -> None:
+    defs = spec["$defs"]
+    assert defs["JobStatus"]["enum"] == [s.value for s in JobStatus]
+    assert defs["Kind"]["enum"] == list(KINDS)
+    assert defs["Channel"]["enum"] == list(CHANNELS)
+    assert defs["Job"]["properties"]["prompt"]["maxLength"] == PROMPT_MAX
+    for kind in KINDS:
+        props = defs[f"{kind.capitalize()}Options"]["properties"]
+        assert {n: schema.JSON_TYPES[t] for n, t in _OPTION_RULES[kind].items()} == {  # type: ignore[index]
+            n: p["type"] for n, p in props.items()}
+
+
+def test_job_fields_match_the_lifecycle(spec: dict[str, Any]) -> None:
+    """Given a new job document and every transition's updates, then each top-level field
+    they write is in the schema, and the schema requires exactly the new document's fields."""
+    doc = lifecycle.new_job(uid="u", channel="app", request=JobRequest("image", "p"), now=NOW,
+                            max_age_seconds=60)
+    job = spec["$defs"]["Job"]
+    assert set(job["required"]) == set(doc) - {"_server"}
+    running = {**doc, "status": "processing", "_server": {"leaseOwner": "w"}}
+    writes = [lifecycle.complete(running, worker_id="w", result={}),
+              lifecycle.fail(running, code="c", message="m"),
+              lifecycle.report_progress(running, worker_id="w", now=NOW, lease_seconds=5, progress=5,
+                                        stage="generating"),
+              lifecycle.cancel(running) or {},
+              lifecycle.retry({**doc, "status": "failed"}, now=NOW, max_age_seconds=60) or {}]
+    for updates in writes:
+        top = {key.split(".")[0] for key in updates}
+        assert top <= set(job["properties"]), top - set(job["properties"])
+
+
+def test_http_view_matches_public_view(spec: dict[str, Any]) -> None:
+    view = lifecycle.public_view("job-1", {"createdAt": NOW})
+    assert list(spec["$defs"]["JobView"]["properties"]) == list(view)
+
+
+@pytest.mark.parametrize(("options", "ok"), [
+    ({"seed": 0}, True), ({"seed": 2**31 - 1}, True), ({"seed": 2**31}, False), ({"seed": -1}, False),
+    ({"style": "x" * 64}, True), ({"style": "x" * 65}, False), ({"style": ""}, False),
+    ({"aspectRatio": "16:9"}, True), ({"aspectRatio": "2:1"}, False), ({"texture": True}, False),
+])
+def test_option_limits_agree_with_validation(spec: dict[str, Any], options: dict[str, Any], ok: bool) -> None:
+    """Given image options at the schema's boundaries, then the server's validation and the
+    schema give the same verdict."""
+    body = {"kind": "image", "prompt": "a fox", "options": options}
+    assert (validate(body, spec["$defs"]["CreateJobRequest"], spec) == []) is ok
+    try:
+        parse_job_request(body)
+        accepted = True
+    except RequestError:
+        accepted = False
+    assert accepted is ok
+
+
+def test_docs_examples_are_valid(spec: dict[str, Any]) -> None:
+    """Given every example document in docs/client-contract.md, then each is valid; there is
+    one job example per status."""
+    examples = doc_examples()
+    assert examples, "no <!-- schema: … --> examples found"
+    for name, instance in examples:
+        assert validate(instance, spec["$defs"][name], spec) == [], (name, instance)
+    statuses = {inst["status"] for name, inst in examples if name == "Job"}
+    assert statuses == {s.value for s in JobStatus}
+
+
+def test_validator_catches_bad_documents(spec: dict[str, Any]) -> None:
+    """The checker above can fail: a wrong status, an option of the other kind, an unknown field."""
+    job = next(inst for name, inst in doc_examples() if name == "Job")
+    assert validate({**job, "status": "done"}, spec["$defs"]["Job"], spec)
+    assert validate({**job, "kind": "image", "options": {"texture": True}}, spec["$defs"]["Job"], spec)
+    assert validate({**job, "extra": 1}, spec["$defs"]["Job"], spec)
+
+
+def test_openapi_covers_every_endpoint(spec: dict[str, Any]) -> None:
+    doc = yaml.safe_load((schema.REPO / "docs" / "openapi.yaml").read_text())
+    assert doc["openapi"].startswith("3.1")
+    assert {(path, method) for path, ops in doc["paths"].items() for method in ops} == {
+        ("/v1/jobs", "post"), ("/v1/jobs", "get"), ("/v1/jobs/{jobId}", "get"),
+        ("/v1/jobs/{jobId}:cancel", "post"), ("/v1/jobs/{jobId}:retry", "post"),
+        ("/healthz", "get"), ("/telegram/webhook", "post")}
+    assert set(doc["components"]["schemas"]) == set(spec["$defs"])
+    text = json.dumps(doc)
+    for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text):
+        assert ref in doc["components"]["schemas"]

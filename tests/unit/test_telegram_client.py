@@ -1,0 +1,156 @@
+"""The Bot API client's error mapping, against the local Bot API server (no mocks)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import traceback
+from collections.abc import Iterator
+
+import pytest
+
+from kiln.errors import ConfigError, PermanentError, RetryableError
+from kiln.local.stack import free_port
+from kiln.local.telegram_server import TelegramServer
+from kiln.telegram.client import BotBlockedError, BotClient, TelegramApiError
+
+CHAT = 4242
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TelegramServer]:
+    running = TelegramServer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def slept() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def blocked() -> list[int | str]:
+    return []
+
+
+@pytest.fixture
+def bot(server: TelegramServer, slept: list[float], blocked: list[int | str]) -> Iterator[BotClient]:
+    server.faults.clear()
+    server.blocked.clear()
+    client = BotClient(server.token, server.url, on_blocked=blocked.append, sleep=slept.append)
+    yield client
+    client.close()
+
+
+def test_a_call_returns_the_result(bot, server):
+    sent = bot.send_message(CHAT, "hello", reply_to=3)
+    assert sent is not None and sent["text"] == "hello" and sent["chat"]["id"] == CHAT
+    assert sent["reply_to_message"]["message_id"] == 3
+    assert bot.username == "kiln_local_bot" and bot.bot_id == server.bot_id
+
+
+def test_a_short_429_is_waited_out_and_retried_once(bot, server, slept):
+    """Given a 429 with retry_after 2 (≤ max_wait), then the client waits 2 s and succeeds."""
+    server.fail("sendMessage", chat_id=CHAT, error_code=429, retry_after=2)
+    assert bot.send_message(CHAT, "after the wait") is not None
+    assert slept == [2.0]
+
+
+def test_a_long_or_repeated_429_raises_retryable_with_retry_after(bot, server, slept):
+    server.fail("sendMessage", chat_id=CHAT, error_code=429, retry_after=30)
+    with pytest.raises(RetryableError) as long_wait:
+        bot.send_message(CHAT, "too long to wait")
+    assert long_wait.value.retry_after == 30 and long_wait.value.code == "telegram_rate_limited"
+    assert slept == []
+
+    server.fail("sendMessage", chat_id=CHAT, error_code=429, retry_after=1, times=2)
+    with pytest.raises(RetryableError) as twice:
+        bot.send_message(CHAT, "refused twice")
+    assert twice.value.retry_after == 1 and slept == [1.0]
+
+
+def test_max_wait_zero_never_sleeps(bot, server, slept):
+    server.fail("editMessageText", error_code=429, retry_after=1)
+    with pytest.raises(RetryableError):
+        bot.edit_message_text(CHAT, 1, "x", max_wait=0)
+    assert slept == []
+
+
+def test_403_reports_the_chat_blocked_and_is_not_retried(bot, server, blocked):
+    server.block(CHAT)
+    with pytest.raises(BotBlockedError) as exc:
+        bot.send_message(CHAT, "anyone there?")
+    assert exc.value.chat_id == CHAT and blocked == [CHAT]
+    assert isinstance(exc.value, PermanentError)
+    assert len([c for c in server.calls_for(CHAT) if c["text"] == "anyone there?"]) == 1
+
+
+def test_ignorable_400s_return_none(bot):
+    """Editing or deleting a message that is gone, or editing it to the same text, is a no-op."""
+    sent = bot.send_message(CHAT, "same")
+    assert sent is not None
+    assert bot.edit_message_text(CHAT, sent["message_id"], "same") is None
+    assert bot.edit_message_text(CHAT, 99_999, "gone") is None
+    assert bot.delete_message(CHAT, sent["message_id"]) is True
+    assert bot.delete_message(CHAT, sent["message_id"]) is False
+
+
+def test_other_400s_are_permanent_with_telegrams_reason(bot):
+    with pytest.raises(TelegramApiError) as exc:
+        bot.send_message(CHAT, " ")
+    assert exc.value.error_code == 400 and "message text is empty" in exc.value.description
+
+
+def test_5xx_is_retryable(bot, server):
+    server.fail("sendMessage", error_code=502, description="Bad Gateway")
+    with pytest.raises(RetryableError) as exc:
+        bot.send_message(CHAT, "x")
+    assert exc.value.code == "telegram_unavailable"
+
+
+def test_a_refused_token_is_permanent_and_not_shown(server):
+    wrong = "123456789:WRONG-token-value-that-must-stay-secret"
+    client = BotClient(wrong, server.url)
+    with pytest.raises(PermanentError) as exc:
+        client.get_me()
+    assert exc.value.code == "telegram_unauthorized"
+    assert "WRONG-token" not in "".join(traceback.format_exception(exc.value))
+
+
+def test_network_errors_are_retryable_and_never_show_the_token(caplog):
+    """Given nothing listening, then RetryableError whose message, traceback and chained
+    causes hold no URL; httpx's own log line shows ``bot***``."""
+    token = "123456789:SECRET-token-value-never-in-logs"
+    client = BotClient(token, f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.DEBUG), pytest.raises(RetryableError) as exc:
+        client.send_message(CHAT, "x")
+    assert exc.value.code == "telegram_unreachable"
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__
+    assert "SECRET-token" not in "".join(traceback.format_exception(exc.value))
+    assert "SECRET-token" not in caplog.text
+
+
+def test_the_token_is_not_in_httpx_log_lines(server, caplog):
+    client = BotClient(server.token, server.url)
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        client.get_me()
+    assert "/bot***/getMe" in caplog.text and server.token not in caplog.text
+
+
+def test_uploads_stream_the_file_with_name_and_type(bot, server, slept):
+    """A multipart upload carries the file's name, type and bytes; a 429 retry re-sends it whole."""
+    data = b"glTF" + bytes(range(256)) * 4000
+    server.fail("sendDocument", chat_id=CHAT, error_code=429, retry_after=1)
+    sent = bot.send_document(CHAT, io.BytesIO(data), filename="cube.glb",
+                             content_type="model/gltf-binary", caption="🧊 a cube")
+    assert sent is not None and sent["document"]["file_size"] == len(data)
+    upload = server.calls_for(CHAT, "sendDocument")[-1]
+    assert upload["file"]["name"] == "cube.glb" and upload["file"]["size"] == len(data)
+    assert upload["file"]["content_type"] == "model/gltf-binary" and upload["caption"] == "🧊 a cube"
+    assert slept == [1.0]
+
+
+def test_a_missing_token_is_a_config_error():
+    with pytest.raises(ConfigError):
+        BotClient("", "http://127.0.0.1:1")

@@ -1,0 +1,125 @@
+"""Command parsing and group-chat addressing (``kiln.telegram.commands``), pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.telegram.commands import Command, interpret, strip_mention, update_kind
+from kiln.telegram.messages import filename, progress_text
+
+BOT_ID = 123456789
+
+
+def message(text: Any, chat_type: str = "private", **extra: Any) -> dict[str, Any]:
+    chat_id = 42 if chat_type == "private" else -10042
+    return {"message_id": 7, "chat": {"id": chat_id, "type": chat_type}, "text": text, **extra}
+
+
+def parse(msg: dict[str, Any], default_kind: str = "image") -> Command | None:
+    asked: list[bool] = []
+
+    def username() -> str:
+        asked.append(True)
+        return "Kiln_Bot"
+
+    return interpret(msg, bot_id=BOT_ID, bot_username=username, default_kind=default_kind)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("/image a red sphere", Command("image", "a red sphere", "/image")),
+    ("/model   a  blue cube ", Command("model", "a  blue cube", "/model")),
+    ("/IMAGE a red sphere", Command("image", "a red sphere", "/IMAGE")),
+    ("/image@kiln_bot a red sphere", Command("image", "a red sphere", "/image")),
+    ("/image@KILN_BOT", Command("image", "", "/image")),
+    ("/image\na red\nsphere", Command("image", "a red\nsphere", "/image")),
+    ("/status", Command("status", "", "/status")),
+    ("/cancel@kiln_bot", Command("cancel", "", "/cancel")),
+    ("/start deeplink-payload", Command("start", "deeplink-payload", "/start")),
+    ("/help", Command("help", "", "/help")),
+    ("/frobnicate now", Command("unknown", "now", "/frobnicate")),
+    ("a red sphere", Command("image", "a red sphere")),
+    ("  a red sphere  ", Command("image", "a red sphere")),
+])
+def test_private_chat_commands(text, expected):
+    """Given a private chat, then every command (any case, optional @thisbot) and plain text
+    (the default kind) is for the bot."""
+    assert parse(message(text)) == expected
+
+
+def test_plain_text_follows_the_configured_default_kind():
+    assert parse(message("a golden torus"), default_kind="model") == Command("model", "a golden torus")
+
+
+def test_a_longer_command_word_is_not_a_known_command():
+    assert parse(message("/imagery a red sphere")) == Command("unknown", "a red sphere", "/imagery")
+
+
+def test_another_bots_command_is_ignored_even_in_private():
+    assert parse(message("/image@other_bot a red sphere")) is None
+
+
+@pytest.mark.parametrize(("msg", "expected"), [
+    (message("/image@kiln_bot a cone", "group"), Command("image", "a cone", "/image")),
+    (message("/image a cone", "supergroup"), Command("image", "a cone", "/image")),
+    (message("@kiln_bot a red ring", "group"), Command("image", "a red ring")),
+    (message("make @Kiln_Bot a red ring", "supergroup"), Command("image", "make a red ring")),
+    (message("a gold star", "group", reply_to_message={"from": {"id": BOT_ID, "is_bot": True}}),
+     Command("image", "a gold star")),
+    (message("/frobnicate@kiln_bot", "group"), Command("unknown", "", "/frobnicate")),
+])
+def test_a_group_is_served_only_when_it_addresses_the_bot(msg, expected):
+    assert parse(msg) == expected
+
+
+@pytest.mark.parametrize("msg", [
+    message("a red sphere, anyone?", "group"),
+    message("ask @kiln_bot_fan about it", "group"),
+    message("reply to a person", "group", reply_to_message={"from": {"id": 5, "is_bot": False}}),
+    message("/weather Berlin", "supergroup"),
+    message("/image@other_bot a cone", "group"),
+    message("/image a red sphere", "channel"),
+    message(None),
+    {"message_id": 1, "chat": {"id": 42, "type": "private"}, "sticker": {"file_id": "x"}},
+])
+def test_messages_not_for_the_bot(msg):
+    """Unaddressed group text, mentions of someone else, other bots' commands, channels,
+    stickers and photos (no text): not for us."""
+    assert parse(msg) is None
+
+
+def test_the_username_is_looked_up_only_when_needed():
+    """A plain private message or a bare command never costs a getMe."""
+    calls: list[int] = []
+
+    def username() -> str:
+        calls.append(1)
+        return "kiln_bot"
+
+    for text in ("/image a cone", "a cone", "/status"):
+        interpret(message(text), bot_id=BOT_ID, bot_username=username, default_kind="image")
+    assert calls == []
+    interpret(message("/image@kiln_bot a cone"), bot_id=BOT_ID, bot_username=username,
+              default_kind="image")
+    assert calls == [1]
+
+
+def test_strip_mention_matches_whole_usernames_only():
+    assert strip_mention("@kiln_bot  a  cube", "kiln_bot") == "a cube"
+    assert strip_mention("@kiln_bot2 a cube", "kiln_bot") is None
+    assert strip_mention("mail me@kiln_bot", "kiln_bot") is None
+    assert strip_mention("anything", "") is None
+
+
+def test_update_kind_names_the_payload():
+    assert update_kind({"update_id": 1, "edited_message": {}}) == "edited_message"
+    assert update_kind({"update_id": 1}) == "empty"
+
+
+def test_texts_stay_within_telegram_limits():
+    prompt = "word " * 200
+    assert len(progress_text("image", prompt, 45, "generating")) <= 4096
+    assert "45%" in progress_text("image", prompt, 45, "generating")
+    assert filename("abcdef123456", "A Red Sphere!", "png") == "a-red-sphere-abcdef.png"
+    assert filename("abcdef123456", "日本", "glb") == "kiln-abcdef.glb"
