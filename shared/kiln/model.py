@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,8 +138,12 @@ def validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "seed" in out and not 0 <= out["seed"] < 2**31:
         raise RequestError(400, "invalid_options", "'seed' must be between 0 and 2147483647.")
-    if "imageUrl" in out and (len(out["imageUrl"]) > 2048 or not out["imageUrl"].strip()):
-        raise RequestError(400, "invalid_options", "'imageUrl' must be a URL of at most 2048 characters.")
+    if "imageUrl" in out:
+        # The full check (public address, redirects, size) runs before a provider sees it.
+        url = urllib.parse.urlsplit(out["imageUrl"].strip())
+        if len(out["imageUrl"]) > 2048 or url.scheme not in ("https", "http") or not url.hostname:
+            raise RequestError(400, "invalid_options",
+                               "'imageUrl' must be an https URL of at most 2048 characters.")
     if "style" in out and not 0 < len(out["style"]) <= 64:
         raise RequestError(400, "invalid_options", "'style' must be 1 to 64 characters.")
     return out

@@ -41,6 +41,9 @@ def test_valid_request_is_trimmed_and_kept() -> None:
         ({"kind": "image", "prompt": "x", "options": {"seed": True}}, "invalid_options"),
         ({"kind": "image", "prompt": "x", "options": {"seed": -1}}, "invalid_options"),
         ({"kind": "model", "prompt": "x", "options": {"texture": "yes"}}, "invalid_options"),
+        ({"kind": "model", "prompt": "x", "options": {"imageUrl": "file:///etc/passwd"}},
+         "invalid_options"),
+        ({"kind": "model", "prompt": "x", "options": {"imageUrl": "https://"}}, "invalid_options"),
         ({"kind": "image", "prompt": "x", "priority": 1}, "unknown_field"),
     ],
 )
