@@ -19,6 +19,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kiln.local.background import BackgroundServer
+
 _ERRORS: dict[str, tuple[int, str, str]] = {
     "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found."),
     "INVALID_ARGUMENT": (400, "INVALID_ARGUMENT",
@@ -30,35 +32,19 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
-class FcmServer:
+class FcmServer(BackgroundServer):
     """Run with ``start()``; ``url`` is the base to give ``KILN_FCM_ENDPOINT``."""
+
+    thread_name = "fcm-server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.messages: list[dict[str, Any]] = []
         self.token_errors: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FcmServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name="fcm-server")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        httpd = ThreadingHTTPServer((host, port), self._handler())
+        httpd.daemon_threads = True
+        super().__init__(httpd)
 
     def _answer(self, path: str, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any]]:
         parts = path.split("/")

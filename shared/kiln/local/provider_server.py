@@ -50,6 +50,8 @@ from typing import Any
 
 from PIL import Image
 
+from kiln.local.background import BackgroundServer
+
 API_KEY = "kiln-local-provider-key"
 PIECE = 1024 * 1024
 _ZEROS = bytes(PIECE)
@@ -87,8 +89,10 @@ class _Task:
         return ("failed" if failed else "succeeded"), 100
 
 
-class ProviderServer:
+class ProviderServer(BackgroundServer):
     """Run with ``start()``; ``url`` is its base; ``env()`` configures Kiln to use it."""
+
+    thread_name = "provider-server"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str = API_KEY,
                  task_seconds: float = 1.0, gemini_seconds: float = 0.2,
@@ -104,24 +108,13 @@ class ProviderServer:
         self._idempotent: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def start(self) -> ProviderServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name="provider-server")
-        self._thread.start()
-        return self
+        httpd = ThreadingHTTPServer((host, port), _handler(self))
+        httpd.daemon_threads = True
+        super().__init__(httpd)
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
 
     def env(self) -> dict[str, str]:
         return {

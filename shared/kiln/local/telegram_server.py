@@ -31,6 +31,8 @@ import httpx
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from kiln.local.background import BackgroundServer
+
 DEFAULT_TOKEN = "123456789:KILN-local-test-token_abcdefghijklmnop"
 DEFAULT_SECRET = "kiln-local-webhook-secret"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -65,8 +67,10 @@ class _Quiet(WSGIRequestHandler):
         pass  # the request line holds the token
 
 
-class TelegramServer:
+class TelegramServer(BackgroundServer):
     """Bind in ``__init__`` (so ``env()`` is known), serve after ``start()``."""
+
+    thread_name = "telegram-server"
 
     def __init__(self, token: str = DEFAULT_TOKEN, *, secret: str = DEFAULT_SECRET,
                  username: str = "kiln_local_bot", host: str = "127.0.0.1", port: int = 0) -> None:
@@ -80,28 +84,13 @@ class TelegramServer:
         self._ids: dict[int, Iterator[int]] = {}
         self._update_ids = itertools.count(700_000_000)
         self._lock = threading.Lock()
-        self._httpd = make_server(host, port, self._wsgi, threaded=True, request_handler=_Quiet)
-        self._thread: threading.Thread | None = None
+        super().__init__(make_server(host, port, self._wsgi, threaded=True, request_handler=_Quiet))
 
     # --- companion ------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_port}"
 
     def env(self) -> dict[str, str]:
         return {"KILN_TELEGRAM_BOT_TOKEN": self.token, "KILN_TELEGRAM_WEBHOOK_SECRET": self.secret,
                 "KILN_TELEGRAM_API_BASE": self.url}
-
-    def start(self) -> TelegramServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name="telegram-server")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     # --- test controls ----------------------------------------------------------------------
 

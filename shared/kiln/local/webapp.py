@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from kiln.local.background import BackgroundServer
 from kiln.local.stack import REPO, LocalStack, StackConfig
 
 WEB = REPO / "clients" / "web"
@@ -70,31 +71,23 @@ def app_config(stack: LocalStack) -> dict[str, Any]:
     }
 
 
-class WebServer:
+class WebServer(BackgroundServer):
     """Serves a built app, its ``/config.json`` and the Storage proxy; ``start()``/``stop()``."""
+
+    thread_name = "web-server"
 
     def __init__(self, dist: Path, config: dict[str, Any], host: str = "127.0.0.1",
                  port: int = 0) -> None:
         self.dist = dist.resolve()
         self.config = config
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        httpd = ThreadingHTTPServer((host, port), self._handler())
+        httpd.daemon_threads = True
+        super().__init__(httpd)
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
-
-    def start(self) -> WebServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name="web-server")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def __enter__(self) -> WebServer:
         return self.start()

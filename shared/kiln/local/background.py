@@ -1,0 +1,38 @@
+"""Run a local stand-in server (FCM, Telegram, a provider, the web app) on a thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Self
+
+
+class BackgroundServer:
+    """Wraps a socketserver-style server (``serve_forever``/``shutdown``/``server_close``).
+
+    The port is bound when the server is built, so ``url`` (and a companion's ``env()``)
+    is known before ``start()``.
+    """
+
+    thread_name = "local-server"
+
+    def __init__(self, httpd: Any) -> None:
+        self._httpd = httpd
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        name=self.thread_name)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
