@@ -17,18 +17,7 @@ import pytest
 
 from kiln.auth import emulator_id_token
 from kiln.local.stack import LocalStack, StackConfig
-
-#: Fast but honest settings for the functions under test.
-STACK_ENV = {
-    "KILN_OFFLINE_IMAGE_SECONDS": "0.6",
-    "KILN_OFFLINE_MODEL_SECONDS": "1.5",
-    "KILN_PROGRESS_INTERVAL_SECONDS": "0.3",
-    "KILN_LEASE_SECONDS": "6",
-    "KILN_RETRY_BACKOFF_SECONDS": "0.5",
-    "KILN_PENDING_REPUBLISH_SECONDS": "3",
-    "KILN_MAX_ATTEMPTS": "3",
-    "KILN_LOG_LEVEL": "INFO",
-}
+from support import STACK_ENV
 
 
 @pytest.fixture(scope="session")

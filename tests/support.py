@@ -10,6 +10,18 @@ from typing import Any
 
 EVENTS = Path(__file__).parent / "events"
 
+#: Fast but honest settings for the functions under test.
+STACK_ENV = {
+    "KILN_OFFLINE_IMAGE_SECONDS": "0.6",
+    "KILN_OFFLINE_MODEL_SECONDS": "1.5",
+    "KILN_PROGRESS_INTERVAL_SECONDS": "0.3",
+    "KILN_LEASE_SECONDS": "6",
+    "KILN_RETRY_BACKOFF_SECONDS": "0.5",
+    "KILN_PENDING_REPUBLISH_SECONDS": "3",
+    "KILN_MAX_ATTEMPTS": "3",
+    "KILN_LOG_LEVEL": "INFO",
+}
+
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
              what: str = "condition") -> Any:

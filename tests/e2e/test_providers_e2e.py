@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import STACK_ENV
 from kiln.auth import emulator_id_token
 from kiln.local.provider_server import ProviderServer
 from kiln.local.stack import LocalStack, StackConfig
-from support import wait_terminal
+from support import STACK_ENV, wait_terminal
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,570 @@
+"""Reliability end to end: failures, crashes, hand-offs, sweeps, cancels, operator tools.
+
+One stack of its own for this module (faults would disturb the shared session stack):
+two gunicorn worker processes, fault proxies in front of Storage and Pub/Sub for the
+functions, and a slow remote-task server for 3D models with a 3 s worker budget, so a
+long model job must hand itself on.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from kiln import lifecycle
+from kiln.auth import emulator_id_token
+from kiln.chaos_tasks import SlowTaskServer
+from kiln.local.stack import DEAD_TOPIC, LocalStack, StackConfig
+from kiln.model import JobRequest, new_job_id
+from kiln.store import utcnow
+from kiln.sweeper import sweep
+from support import wait_for, wait_terminal
+
+pytestmark = pytest.mark.e2e
+
+ENV = {
+    "KILN_OFFLINE_IMAGE_SECONDS": "0.5",
+    "KILN_OFFLINE_MODEL_SECONDS": "1.0",
+    "KILN_PROGRESS_INTERVAL_SECONDS": "0.3",
+    "KILN_LEASE_SECONDS": "5",
+    "KILN_RETRY_BACKOFF_SECONDS": "0.5",
+    "KILN_PENDING_REPUBLISH_SECONDS": "3",
+    "KILN_MAX_ATTEMPTS": "3",
+    "KILN_WORKER_BUDGET_SECONDS": "3",
+    "KILN_MODEL_PROVIDER": "taskserver",
+    "KILN_LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="module")
+def tasks() -> SlowTaskServer:
+    return SlowTaskServer(seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def rstack(tasks: SlowTaskServer) -> Iterator[LocalStack]:
+    config = StackConfig(env=dict(ENV), sweep_interval=1.0, worker_processes=2,
+                         fault_proxies=("storage", "pubsub"), proxy_seed=11, companions=[tasks])
+    with LocalStack(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def svc(rstack: LocalStack) -> Any:
+    return rstack.services()
+
+
+class User:
+    """A signed-in user with one registered device."""
+
+    def __init__(self, stack: LocalStack, services: Any) -> None:
+        self.uid = f"rel-{uuid.uuid4().hex[:10]}"
+        self.token = f"tok-{self.uid}"
+        services.firestore.collection("users").document(self.uid).collection("devices").document(
+            "phone").set({"token": self.token, "platform": "android", "updatedAt": time.time()})
+        self.stack = stack
+        self.http = httpx.Client(base_url=stack.ingress_url, timeout=30, headers={
+            "Authorization": f"Bearer {emulator_id_token(self.uid, stack.config.project)}"})
+
+    def submit(self, prompt: str, kind: str = "image") -> str:
+        response = self.http.post("/v1/jobs", json={"kind": kind, "prompt": prompt})
+        assert response.status_code == 202, response.text
+        return str(response.json()["jobId"])
+
+    def pushes(self, job_id: str) -> list[dict[str, Any]]:
+        return [m["message"] for m in self.stack.fcm.messages
+                if m["message"]["data"].get("jobId") == job_id]
+
+
+@pytest.fixture
+def user(rstack: LocalStack, svc: Any) -> Iterator[User]:
+    person = User(rstack, svc)
+    yield person
+    person.http.close()
+
+
+def job_lines(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stack.worker_log_lines():
+        if job_id in line and line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def create_direct(services: Any, uid: str, prompt: str, *, status: str = "pending",
+                  kind: str = "image", **fields: Any) -> str:
+    """A job document written straight to Firestore, never published (a lost publish)."""
+    job_id = uuid.uuid4().hex[:20]
+    doc = lifecycle.new_job(uid=uid, channel="app", request=JobRequest(kind, prompt),
+                            now=utcnow(), max_age_seconds=3600)
+    doc["status"] = status
+    server = doc.pop("_server")
+    server.update(fields.pop("_server", {}))
+    doc.update(fields)
+    doc["_server"] = server
+    assert services.store.create(job_id, doc)
+    return job_id
+
+
+def stored_sha(services: Any, job: dict[str, Any]) -> tuple[str, str]:
+    """The stored result's SHA-256 and its version (generation; the emulator leaves it
+    unset on an object whose resumable upload was retried, so then its update time)."""
+    blob = services.blobs.bucket.get_blob(job["result"]["path"])
+    version = str(blob.generation or blob._properties.get("updated"))
+    return hashlib.sha256(blob.download_as_bytes()).hexdigest(), version
+
+
+# --- 1. error classification and attempts -------------------------------------------
+
+
+def test_permanent_provider_failure_fails_at_once_with_its_code(user: User, svc: Any) -> None:
+    """Given a prompt the provider refuses, when it runs, then the job fails on the first
+    attempt with the provider's code and one failure push."""
+    job_id = user.submit("a red cube [fail:permanent]")
+    job = wait_terminal(svc, job_id)
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1
+    assert job["error"]["code"] == "content_refused" and job["error"]["retryable"] is False
+    wait_for(lambda: user.pushes(job_id), 10, what="failure push")
+    time.sleep(1.0)
+    assert [p["data"]["type"] for p in user.pushes(job_id)] == ["generation_failed"]
+
+
+def test_retryable_failure_is_retried_with_backoff_then_gives_up(user: User, svc: Any,
+                                                                 rstack: LocalStack) -> None:
+    """Given a provider that keeps failing retryably, when the job runs, then it is tried
+    KILN_MAX_ATTEMPTS times, each release waits a growing backoff before the next claim,
+    and it ends failed with the provider's code, counted attempts and one push."""
+    job_id = user.submit("a teal cone [fail:retryable]")
+    job = wait_terminal(svc, job_id, 60)
+    assert job["status"] == "failed"
+    assert job["attempts"] == 3
+    assert job["error"]["code"] == "provider_unavailable"
+    assert "Gave up after 3 attempts" in job["error"]["message"]
+    lines = job_lines(rstack, job_id)
+    claims = [_ts(x) for x in lines if x["message"] == "job claimed"]
+    releases = [(x["backoffSeconds"], _ts(x)) for x in lines
+                if x["message"] == "job released for retry"]
+    assert [b for b, _ in releases] == [0.5, 1.0]
+    assert len(claims) == 3
+    for (backoff, released), claimed in zip(releases, claims[1:], strict=True):
+        assert (claimed - released).total_seconds() >= backoff - 0.05
+    wait_for(lambda: user.pushes(job_id), 10, what="failure push")
+
+
+def _ts(line: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_flaky_storage_is_absorbed(user: User, svc: Any, rstack: LocalStack) -> None:
+    """Given Storage answering 503 or resetting a third of requests, when jobs upload, then
+    they complete (the client's retries absorb it) with the object the job records."""
+    proxy = rstack.storage_proxy
+    assert proxy is not None
+    before = proxy.stats["error"] + proxy.stats["reset"]
+    proxy.error_rate, proxy.reset_rate = 0.2, 0.15
+    try:
+        ids = [user.submit(f"a gold star {i}") for i in range(4)]
+        jobs = [wait_terminal(svc, job_id, 90) for job_id in ids]
+    finally:
+        proxy.calm()
+    assert proxy.stats["error"] + proxy.stats["reset"] > before, "no fault was injected"
+    for job in jobs:
+        assert job["status"] == "completed", job.get("error")
+        assert stored_sha(svc, job)[0] == job["result"]["sha256"]
+
+
+def test_storage_outage_then_emulator_restart(user: User, svc: Any, rstack: LocalStack) -> None:
+    """Given Storage unreachable for 3 s and then restarted, when a job uploads meanwhile,
+    then it completes once Storage is back (nothing is lost, the job is not failed)."""
+    proxy = rstack.storage_proxy
+    assert proxy is not None
+    proxy.down = True
+    job_id = user.submit("a navy torus")
+    time.sleep(3.0)
+    proxy.down = False
+    rstack.restart("storage")
+    job = wait_terminal(svc, job_id, 120)
+    assert job["status"] == "completed", job.get("error")
+    assert proxy.stats["reset_down"] > 0
+
+
+def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc: Any) -> None:
+    """Given unreadable messages and one for an unknown job published to the jobs topic,
+    when the worker receives them, then each is logged once and acked (never redelivered)."""
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(rstack.config.project, svc.settings.jobs_topic)
+    unknown = f"nosuchjob{uuid.uuid4().hex[:12]}"
+    for data in (b"not json at all", json.dumps({"jobId": "../../etc"}).encode(),
+                 json.dumps({"jobId": unknown}).encode()):
+        publisher.publish(topic, data).result(timeout=10)
+
+    def counts() -> tuple[int, int]:
+        lines = rstack.worker_log_lines()
+        poison = sum(1 for x in lines if '"poison message acked"' in x)
+        missing = sum(1 for x in lines if unknown in x and "delivery ignored: missing" in x)
+        return poison, missing
+
+    start = counts()[0]
+    wait_for(lambda: counts()[0] >= start + 2 and counts()[1] >= 1, 20, what="poison logs")
+    settled = counts()
+    time.sleep(5.0)  # a nacked message would be back many times by now
+    assert counts() == settled
+    assert settled[1] == 1
+
+
+# --- 2. leases that heal --------------------------------------------------------------
+
+
+def test_killed_worker_leaves_a_lease_that_heals(user: User, svc: Any, rstack: LocalStack,
+                                                tasks: SlowTaskServer) -> None:
+    """Given a model job mid-run, when the whole worker function is killed -9 and started
+    again, then its lease expires, the sweeper re-publishes it and a second attempt
+    resumes the same provider task to completion with exactly one push."""
+    job_id = user.submit("a gold sphere [task:4]", kind="model")
+    wait_for(lambda: (svc.store.get(job_id) or {}).get("progress", 0) > 0, 20, what="progress")
+    republished = sum(s.get("republished_processing", 0) for s in rstack.sweeps)
+    rstack.kill("worker")
+    try:
+        job = svc.store.get(job_id)
+        assert job["status"] == "processing" and lifecycle.server(job)["leaseOwner"]
+    finally:
+        rstack.start_part("worker")
+    job = wait_terminal(svc, job_id, 60)
+    assert job["status"] == "completed"
+    assert job["attempts"] == 2
+    assert sum(s.get("republished_processing", 0) for s in rstack.sweeps) > republished
+    assert tasks.submissions[job_id] == 1
+    wait_for(lambda: user.pushes(job_id), 10, what="push")
+    time.sleep(1.0)
+    assert len(user.pushes(job_id)) == 1
+
+
+def test_expired_lease_out_of_attempts_or_past_deadline_fails(user: User, svc: Any) -> None:
+    """Given processing jobs whose lease expired, one with no attempts left and one past
+    its maximum age, when the sweeper runs, then both fail with a code and one push."""
+    expired = utcnow() - dt.timedelta(seconds=30)
+    out_of_attempts = create_direct(svc, user.uid, "a red ring", status="processing",
+                                    attempts=3, _server={"leaseOwner": "dead-worker",
+                                                         "leaseExpiresAt": expired})
+    too_old = create_direct(svc, user.uid, "a red ring", status="processing", attempts=1,
+                            _server={"leaseOwner": "dead-worker", "leaseExpiresAt": expired,
+                                     "deadlineAt": expired})
+    first = wait_terminal(svc, out_of_attempts, 30)
+    assert first["status"] == "failed" and first["error"]["code"] == "attempts_exhausted"
+    second = wait_terminal(svc, too_old, 30)
+    assert second["status"] == "failed" and second["error"]["code"] == "deadline_exceeded"
+    for job_id in (out_of_attempts, too_old):
+        wait_for(lambda j=job_id: user.pushes(j), 10, what="failure push")
+
+
+# --- 3. long jobs hand themselves on --------------------------------------------------
+
+
+def test_long_model_job_hands_off_without_a_second_task(user: User, svc: Any,
+                                                        tasks: SlowTaskServer) -> None:
+    """Given a 9 s provider task and a 3 s worker budget, when the job runs, then it
+    completes across several invocations, in one attempt, with one provider task, and
+    the progress a listener sees never goes backwards."""
+    seen: list[int] = []
+    key = uuid.uuid4().hex
+    job_id = new_job_id(user.uid, key)  # known before submit: the listener misses nothing
+    done = threading.Event()
+
+    def on_snapshot(docs: list[Any], _changes: Any, _time: Any) -> None:
+        for doc in docs:
+            data = doc.to_dict() or {}
+            seen.append(int(data.get("progress") or 0))
+            if data.get("status") in ("completed", "failed", "canceled"):
+                done.set()
+
+    watch = svc.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
+    try:
+        response = user.http.post("/v1/jobs", headers={"Idempotency-Key": key},
+                                  json={"kind": "model", "prompt": "a teal torus [task:9]"})
+        assert response.json()["jobId"] == job_id
+        assert done.wait(60), "the long job did not end"
+    finally:
+        watch.unsubscribe()
+    job = svc.store.get(job_id)
+    assert job["status"] == "completed", job.get("error")
+    assert job["attempts"] == 1
+    assert lifecycle.server(job)["handoffs"] >= 2
+    assert tasks.submissions[job_id] == 1
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert len(set(seen)) >= 4 and seen[-1] == 100
+
+
+# --- 4. the sweeper -------------------------------------------------------------------
+
+
+def test_sweeper_republishes_a_lost_publish(user: User, svc: Any) -> None:
+    """Given a pending job that was never published, when the sweeper runs, then the
+    job is published and completes."""
+    job_id = create_direct(svc, user.uid, "a lime box")
+    job = wait_terminal(svc, job_id, 30)
+    assert job["status"] == "completed"
+
+
+def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
+                                                 rstack: LocalStack) -> None:
+    """Given lost publishes and jobs past their maximum age, when two sweeps run at once
+    (beside the stack's own sweeper and the workers), then every lost job completes
+    once, every old job fails once (one push each) and the reports add up."""
+    stale = {"updatedAt": utcnow() - dt.timedelta(seconds=60)}
+    lost = [create_direct(svc, user.uid, f"a pink cube {i}", **stale) for i in range(6)]
+    past = utcnow() - dt.timedelta(seconds=1)
+    old = [create_direct(svc, user.uid, f"an old cube {i}", _server={"deadlineAt": past},
+                         **stale) for i in range(3)]
+    reports: list[dict[str, int]] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        services = rstack.services()
+        barrier.wait()
+        reports.append(sweep(services))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(reports) == 2
+    assert all("scanned" in r for r in reports)
+    assert sum(r.get("republished_pending", 0) for r in reports) >= 1
+    failed_here = sum(r.get("failed_expired", 0) for r in reports)
+    for job_id in lost:
+        assert wait_terminal(svc, job_id, 30)["status"] == "completed"
+    for job_id in old:
+        job = wait_terminal(svc, job_id, 30)
+        assert job["status"] == "failed" and job["error"]["code"] == "deadline_exceeded"
+    assert failed_here <= 3  # each expired job was failed by exactly one sweep
+    time.sleep(1.5)
+    for job_id in lost + old:
+        assert len(user.pushes(job_id)) == 1, job_id
+
+
+# --- 5. side effects exactly once -----------------------------------------------------
+
+
+def test_redeliveries_do_not_push_or_upload_again(user: User, svc: Any, rstack: LocalStack) -> None:
+    """Given a completed job, when its message is delivered five more times, then no
+    second push is sent and the stored object is the same generation and content."""
+    job_id = user.submit("a silver star")
+    job = wait_terminal(svc, job_id)
+    wait_for(lambda: user.pushes(job_id), 10, what="push")
+    sha, generation = stored_sha(svc, job)
+    assert sha == job["result"]["sha256"]
+    for _ in range(5):
+        svc.queue.publish(job_id, reason="test-duplicate")
+    wait_for(lambda: sum(1 for x in job_lines(rstack, job_id)
+                         if x["message"] == "delivery ignored: terminal") >= 5, 20,
+             what="duplicates ignored")
+    assert len(user.pushes(job_id)) == 1
+    assert stored_sha(svc, job) == (sha, generation)
+    assert svc.blobs.list(f"generations/{user.uid}/{job_id}/") == [job["result"]["path"],
+                                                                    job["result"]["thumbnailPath"]]
+
+
+def test_publish_failure_after_accept_is_recovered(user: User, svc: Any, rstack: LocalStack) -> None:
+    """Given Pub/Sub unreachable from the ingress, when a job is submitted, then it is
+    still accepted (202) and the sweeper publishes it, so it completes."""
+    proxy = rstack.pubsub_proxy
+    assert proxy is not None
+    proxy.down()
+    try:
+        job_id = user.submit("a purple planet")
+    finally:
+        proxy.up()
+    assert proxy.stats["refused"] > 0
+    job = wait_terminal(svc, job_id, 40)
+    assert job["status"] == "completed"
+    wait_for(lambda: user.pushes(job_id), 10, what="push")
+
+
+# --- 6. cancel and retry --------------------------------------------------------------
+
+
+def test_cancel_pending_job(user: User, svc: Any) -> None:
+    """Given a pending job, when its owner cancels it (twice), then it ends canceled,
+    never runs, and nobody is notified."""
+    job_id = create_direct(svc, user.uid, "a brown box")
+    first = user.http.post(f"/v1/jobs/{job_id}:cancel")
+    assert first.status_code == 200 and first.json()["status"] == "canceled"
+    again = user.http.post(f"/v1/jobs/{job_id}:cancel")
+    assert again.status_code == 200 and again.json()["status"] == "canceled"
+    svc.queue.publish(job_id, reason="test")
+    time.sleep(4.0)  # past the sweeper's re-publish age, too
+    job = svc.store.get(job_id)
+    assert job["status"] == "canceled" and job["attempts"] == 0
+    assert user.pushes(job_id) == []
+
+
+def test_cancel_running_job_stops_it(user: User, svc: Any, rstack: LocalStack,
+                                     tasks: SlowTaskServer) -> None:
+    """Given a running model job, when its owner cancels it, then the worker notices
+    within a few seconds, cancels the provider task, stores no result and sends no push."""
+    job_id = user.submit("a cyan cylinder [task:20]", kind="model")
+    wait_for(lambda: (svc.store.get(job_id) or {}).get("progress", 0) > 0, 20, what="running")
+    answer = user.http.post(f"/v1/jobs/{job_id}:cancel")
+    assert answer.status_code == 200
+    noticed = time.monotonic()
+    wait_for(lambda: any(x["message"] == "job canceled while running; stopped"
+                         for x in job_lines(rstack, job_id)), 10, what="worker noticed")
+    assert time.monotonic() - noticed < 6
+    job = svc.store.get(job_id)
+    assert job["status"] == "canceled" and job["result"] is None
+    assert any(t["canceled"] for t in tasks.tasks.values() if t["jobId"] == job_id)
+    time.sleep(1.0)
+    assert user.pushes(job_id) == []
+    assert svc.blobs.list(f"generations/{user.uid}/{job_id}/") == []
+
+
+def test_retry_failed_job_resets_attempts_and_completes(user: User, svc: Any) -> None:
+    """Given a job that failed after all its attempts, when its owner retries it (twice),
+    then attempts start again and it completes; retrying a completed job is a 409."""
+    job_id = create_direct(svc, user.uid, "a gold cube", status="failed", attempts=3,
+                           error={"code": "provider_unavailable", "message": "down",
+                                  "retryable": False})
+    first = user.http.post(f"/v1/jobs/{job_id}:retry")
+    assert first.status_code == 202 and first.json()["status"] == "pending"
+    again = user.http.post(f"/v1/jobs/{job_id}:retry")
+    assert again.status_code == 202
+    job = wait_terminal(svc, job_id, 30)
+    assert job["status"] == "completed" and job["attempts"] == 1 and job["error"] is None
+    late = user.http.post(f"/v1/jobs/{job_id}:retry")
+    assert late.status_code == 409
+    assert late.json()["error"] == {
+        "code": "invalid_transition",
+        "message": "Only a failed job can be retried; this one is completed."}
+    wait_for(lambda: user.pushes(job_id), 10, what="push")
+
+
+def test_cancel_and_retry_are_owner_only_and_checked(user: User, svc: Any,
+                                                     rstack: LocalStack) -> None:
+    """Given someone else's job, when another user cancels or retries it, then 404 (as
+    for a missing job) and nothing changes; cancelling a completed job is a 409."""
+    job_id = user.submit("a white sphere")
+    wait_terminal(svc, job_id)
+    other = User(rstack, svc)
+    try:
+        for action in (":cancel", ":retry"):
+            response = other.http.post(f"/v1/jobs/{job_id}{action}")
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "not_found"
+    finally:
+        other.http.close()
+    conflict = user.http.post(f"/v1/jobs/{job_id}:cancel")
+    assert conflict.status_code == 409
+    assert conflict.json()["error"] == {
+        "code": "invalid_transition",
+        "message": "This job is already completed and cannot be canceled."}
+    assert svc.store.get(job_id)["status"] == "completed"
+
+
+# --- 7. operator tools and logs -------------------------------------------------------
+
+
+@pytest.fixture
+def ops_env(rstack: LocalStack, svc: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Operator commands bound to this module's stack."""
+    import kiln.services
+
+    for key, value in rstack.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(kiln.services, "_services", svc)
+    return svc
+
+
+def test_jobs_commands(user: User, ops_env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Given jobs, when an operator lists, shows, cancels and retries them, then the
+    commands act on Firestore and say what they did; an invalid one exits 1."""
+    from kiln.cli import main
+
+    svc = ops_env
+    failed = create_direct(svc, user.uid, "a red cone", status="failed", attempts=3,
+                           error={"code": "x_failed", "message": "x", "retryable": False})
+    pending = create_direct(svc, user.uid, "a red cone", updatedAt=utcnow() + dt.timedelta(hours=1))
+    assert main(["jobs", "list", "--uid", user.uid]) == 0
+    listing = capsys.readouterr().out
+    assert failed in listing and pending in listing
+    assert main(["jobs", "show", failed]) == 0
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "x_failed"
+    assert main(["jobs", "cancel", pending]) == 0
+    assert svc.store.get(pending)["status"] == "canceled"
+    assert main(["jobs", "cancel", pending]) == 0  # idempotent
+    assert main(["jobs", "retry", failed]) == 0
+    assert wait_terminal(svc, failed, 30)["status"] == "completed"
+    capsys.readouterr()
+    assert main(["jobs", "retry", pending]) == 1
+    assert "Only a failed job can be retried; this one is canceled." in capsys.readouterr().out
+
+
+def test_dead_letters_list_and_replay(user: User, ops_env: Any, rstack: LocalStack,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Given messages dead-lettered for two jobs (and one unreadable), when an operator
+    lists and replays them, then listing leaves them in place, replaying one re-publishes
+    just that job (it completes), --all the other, and the unreadable one stays."""
+    from kiln.cli import main
+
+    svc = ops_env
+    later = {"updatedAt": utcnow() + dt.timedelta(hours=1)}  # the sweeper leaves them be
+    first = create_direct(svc, user.uid, "a gold ball", **later)
+    second = create_direct(svc, user.uid, "a teal ball", **later)
+    publisher = pubsub_v1.PublisherClient()
+    dead = publisher.topic_path(rstack.config.project, DEAD_TOPIC)
+    ids = {}
+    for job_id in (first, second):
+        ids[job_id] = publisher.publish(dead, json.dumps({"jobId": job_id}).encode()).result(10)
+    poison = publisher.publish(dead, base64.b64encode(b"\xff garbage")).result(10)
+    assert main(["dlq", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(x in listing for x in (first, second, ids[first], poison, "(unreadable)"))
+    assert main(["dlq", "list"]) == 0  # still there
+    assert ids[second] in capsys.readouterr().out
+    assert main(["dlq", "replay", ids[first]]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] == [ids[first]]
+    assert wait_terminal(svc, first, 30)["status"] == "completed"
+    assert svc.store.get(second)["status"] == "pending"
+    assert main(["dlq", "replay", "--all"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["replayed"] == [ids[second]] and out["unreadable"] == [poison]
+    assert wait_terminal(svc, second, 30)["status"] == "completed"
+    assert main(["dlq", "replay", "no-such-message"]) == 1
+    capsys.readouterr()
+    assert main(["dlq", "replay", "--all", "--drop-unreadable"]) == 0
+    assert json.loads(capsys.readouterr().out)["unreadable"] == [poison]
+    assert main(["dlq", "list"]) == 0
+    assert "0 dead letter(s)" in capsys.readouterr().out
+
+
+def test_every_worker_log_line_of_a_job_carries_its_id(user: User, svc: Any,
+                                                       rstack: LocalStack) -> None:
+    """Given a job that completes, when reading the worker's log file, then its lines are
+    JSON with the job id, and every line of the job's loggers carries some job id."""
+    job_id = user.submit("a violet pyramid")
+    wait_terminal(svc, job_id)
+    wait_for(lambda: any(x["message"] == "push sent" for x in job_lines(rstack, job_id)), 10,
+             what="push log")
+    mine = [x for x in job_lines(rstack, job_id) if x.get("jobId") == job_id]
+    assert {"job claimed", "job completed", "push sent"} <= {x["message"] for x in mine}
+    assert all(x["logging.googleapis.com/labels"] == {"jobId": job_id} for x in mine)
+    for line in rstack.worker_log_lines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("logger") in ("kiln.worker", "kiln.notify", "kiln.push", "kiln.progress") \
+                and entry["message"] != "poison message acked":
+            assert entry.get("jobId"), f"a job's log line without jobId: {line}"
+

@@ -1,0 +1,112 @@
+"""The fault proxies against the real emulators: they pass traffic, and they break it.
+
+Uses the shared session stack's emulators only through proxies of its own, so the
+session stack itself never sees a fault.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from kiln.errors import RetryableError
+from kiln.local.faults import HttpFaultProxy, TcpProxy
+from kiln.local.stack import LocalStack
+from kiln.queue import PUBLISH_TIMEOUT, PubSubQueue
+
+
+@pytest.fixture
+def storage_proxy(stack: LocalStack) -> Iterator[HttpFaultProxy]:
+    proxy = HttpFaultProxy(stack.config.host, stack.config.storage_port, seed=3).start()
+    yield proxy
+    proxy.stop()
+
+
+def _media_upload(proxy: HttpFaultProxy, stack: LocalStack, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{proxy.url}/upload/storage/v1/b/{stack.bucket}/o",
+                      params={"uploadType": "media", "name": name}, content=data,
+                      headers={"Content-Type": "application/octet-stream"}, timeout=10)
+
+
+def test_http_proxy_passes_uploads_and_downloads(storage_proxy: HttpFaultProxy,
+                                                 stack: LocalStack, services: Any) -> None:
+    """Given a calm proxy, when uploading and downloading through it, then the bytes
+    arrive intact and the request is counted."""
+    name = f"faults/{uuid.uuid4().hex}.bin"
+    assert _media_upload(storage_proxy, stack, name, b"through the proxy").status_code == 200
+    assert services.blobs.read(name) == b"through the proxy"
+    download = httpx.get(f"{storage_proxy.url}/download/storage/v1/b/{stack.bucket}/o/"
+                         f"{name.replace('/', '%2F')}", params={"alt": "media"}, timeout=10)
+    assert download.content == b"through the proxy"
+    assert storage_proxy.stats["requests"] == 2
+
+
+def test_http_proxy_injects_503_without_forwarding(storage_proxy: HttpFaultProxy,
+                                                   stack: LocalStack, services: Any) -> None:
+    """Given error_rate 1, when uploading, then the client gets a 503 JSON error and the
+    object is never created."""
+    storage_proxy.error_rate = 1.0
+    name = f"faults/{uuid.uuid4().hex}.bin"
+    response = _media_upload(storage_proxy, stack, name, b"x")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == 503
+    assert not services.blobs.exists(name)
+    assert storage_proxy.stats["error"] == 1
+
+
+def test_http_proxy_resets_before_and_after_forwarding(storage_proxy: HttpFaultProxy,
+                                                       stack: LocalStack, services: Any) -> None:
+    """Given resets, when uploading, then the client sees a broken connection either way;
+    a reset *after* forwarding leaves the object created (the client never heard)."""
+    before, after = f"faults/{uuid.uuid4().hex}", f"faults/{uuid.uuid4().hex}"
+    storage_proxy.reset_rate = 1.0
+    with pytest.raises(httpx.TransportError):
+        _media_upload(storage_proxy, stack, before, b"x")
+    storage_proxy.calm()
+    storage_proxy.reset_after_rate = 1.0
+    with pytest.raises(httpx.TransportError):
+        _media_upload(storage_proxy, stack, after, b"y")
+    assert not services.blobs.exists(before)
+    assert services.blobs.read(after) == b"y"
+
+
+def test_http_proxy_faults_only_matching_requests(storage_proxy: HttpFaultProxy,
+                                                  stack: LocalStack) -> None:
+    """Given a matcher for uploads, when both uploads and reads go through, then only
+    uploads fail; and ``down`` resets everything regardless."""
+    storage_proxy.error_rate = 1.0
+    storage_proxy.match = lambda method, path: path.startswith("/upload/")
+    assert _media_upload(storage_proxy, stack, "faults/m", b"x").status_code == 503
+    listing = httpx.get(f"{storage_proxy.url}/storage/v1/b/{stack.bucket}/o", timeout=10)
+    assert listing.status_code == 200
+    storage_proxy.down = True
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{storage_proxy.url}/storage/v1/b/{stack.bucket}/o", timeout=10)
+
+
+def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the Pub/Sub emulator behind a TCP proxy, when the proxy goes down, then a
+    publish fails as RetryableError (queue_unavailable) within the publish timeout, and
+    publishing works again once it is up."""
+    proxy = TcpProxy(stack.config.host, stack.config.pubsub_port).start()
+    try:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.address)
+        queue = PubSubQueue(stack.config.project, services.settings.jobs_topic)
+        assert queue.publish("proxyjob0001", reason="test")
+        proxy.down()
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as caught:
+            queue.publish("proxyjob0002", reason="test")
+        assert caught.value.code == "queue_unavailable"
+        assert time.monotonic() - started <= PUBLISH_TIMEOUT + 2
+        assert proxy.stats["refused"] > 0
+        proxy.up()
+        assert queue.publish("proxyjob0003", reason="test")
+    finally:
+        proxy.stop()
