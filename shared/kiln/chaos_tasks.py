@@ -29,6 +29,7 @@ from typing import Any
 
 from kiln.providers.base import GenerationRequest
 
+API_KEY = "slowtask-local-key"  # not a secret: a local stand-in checks it like a real one
 _SECONDS = re.compile(r"\[task:(\d+(?:\.\d+)?)\]")
 
 
@@ -49,7 +50,7 @@ class SlowTaskServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def env(self) -> dict[str, str]:
-        return {"KILN_TASKSERVER_URL": self.url}
+        return {"KILN_TASKSERVER_URL": self.url, "KILN_TASKSERVER_API_KEY": API_KEY}
 
     def start(self) -> SlowTaskServer:
         threading.Thread(target=self._httpd.serve_forever, daemon=True,
@@ -132,7 +133,15 @@ class SlowTaskServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {API_KEY}":
+                    return True
+                self._send(401, {"error": {"code": "unauthenticated", "message": "Bad key."}})
+                return False
+
             def do_POST(self) -> None:
+                if not self._authorized():
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/v1/tasks":
@@ -147,6 +156,8 @@ class SlowTaskServer:
 
             def do_GET(self) -> None:
                 parts = self.path.strip("/").split("/")
+                if parts[:2] == ["v1", "tasks"] and len(parts) == 3 and not self._authorized():
+                    return
                 if parts == ["_kiln", "tasks"]:
                     tasks = [{k: v for k, v in t.items() if k != "data"}
                              for t in list(server.tasks.values())]

@@ -24,6 +24,7 @@ import argparse
 import base64
 import datetime as dt
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +78,12 @@ class DeadLetters:
         empty_pulls = 0
         while len(letters) < limit and empty_pulls < 2:
             try:
-                response = self.subscriber.pull(request={
-                    "subscription": self.path, "return_immediately": True,
-                    "max_messages": min(PULL_BATCH, limit - len(letters))}, timeout=10)
+                with warnings.catch_warnings():
+                    # Deprecated, yet what an operator's one-off look wants: answer at once.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    response = self.subscriber.pull(request={
+                        "subscription": self.path, "return_immediately": True,
+                        "max_messages": min(PULL_BATCH, limit - len(letters))}, timeout=10)
             except gexc.DeadlineExceeded:
                 response = None
             except gexc.GoogleAPIError as exc:

@@ -42,6 +42,8 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                 try:
                     services.queue.publish(job_id, reason=f"sweep-{status.value}")
                     report[f"republished_{status.value}"] += 1
+                    # Remembered, so a backlog is not re-published again every pass.
+                    services.store.update(job_id, {"_server.republishedAt": now})
                 except RetryableError:
                     report["publish_errors"] += 1
     result = dict(report)
@@ -54,6 +56,9 @@ def _decide(job: dict[str, Any], *, now: dt.datetime, stale: dt.datetime) -> str
     deadline = srv.get("deadlineAt")
     if deadline is not None and now >= deadline:
         return "fail"
+    republished = srv.get("republishedAt")
+    if republished is not None and republished > stale:
+        return None  # re-published recently: that message is still on its way
     if job["status"] == JobStatus.PROCESSING.value:
         return None if lifecycle.lease_live(job, now) else "republish"
     not_before = srv.get("notBefore")

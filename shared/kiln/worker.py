@@ -168,7 +168,15 @@ def _generate(
                          deadline=deadline, clock=clock)
     assert isinstance(provider, SyncProvider)
     reporter.update(0, "generating")
-    return provider.generate(request, reporter.update, reporter.should_stop)
+
+    def should_stop() -> bool:
+        # A generator that never returns must not hold the invocation past its budget
+        # (heartbeats would keep its lease alive): release the attempt instead.
+        if clock() >= deadline:
+            raise RetryableError("The generator did not finish in time.", code="provider_timeout")
+        return reporter.should_stop()
+
+    return provider.generate(request, reporter.update, should_stop)
 
 
 def _run_task(

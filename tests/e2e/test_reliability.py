@@ -167,6 +167,19 @@ def _ts(line: dict[str, Any]) -> dt.datetime:
     return dt.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def test_hung_provider_is_released_at_the_budget_then_fails(user: User, svc: Any) -> None:
+    """Given a generator that never answers, when the job runs, then each attempt is
+    released at the 3 s worker budget (not held until the job's maximum age) and the job
+    fails with provider_timeout once its attempts are spent."""
+    started = time.monotonic()
+    job_id = user.submit("a grey sphere [hang]")
+    job = wait_terminal(svc, job_id, 60)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "provider_timeout"
+    assert job["attempts"] == 3
+    assert time.monotonic() - started < 30
+
+
 def test_flaky_storage_is_absorbed(user: User, svc: Any, rstack: LocalStack) -> None:
     """Given Storage answering 503 or resetting a third of requests, when jobs upload, then
     they complete (the client's retries absorb it) with the object the job records."""
@@ -200,28 +213,33 @@ def test_storage_outage_then_emulator_restart(user: User, svc: Any, rstack: Loca
     assert proxy.stats["reset_down"] > 0
 
 
-def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc: Any) -> None:
+def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Given unreadable messages and one for an unknown job published to the jobs topic,
     when the worker receives them, then each is logged once and acked (never redelivered)."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", rstack.client_env()["PUBSUB_EMULATOR_HOST"])
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(rstack.config.project, svc.settings.jobs_topic)
     unknown = f"nosuchjob{uuid.uuid4().hex[:12]}"
+    start = counts(rstack, unknown)[0]
     for data in (b"not json at all", json.dumps({"jobId": "../../etc"}).encode(),
                  json.dumps({"jobId": unknown}).encode()):
         publisher.publish(topic, data).result(timeout=10)
 
-    def counts() -> tuple[int, int]:
-        lines = rstack.worker_log_lines()
-        poison = sum(1 for x in lines if '"poison message acked"' in x)
-        missing = sum(1 for x in lines if unknown in x and "delivery ignored: missing" in x)
-        return poison, missing
-
-    start = counts()[0]
-    wait_for(lambda: counts()[0] >= start + 2 and counts()[1] >= 1, 20, what="poison logs")
-    settled = counts()
+    wait_for(lambda: counts(rstack, unknown)[0] >= start + 2 and counts(rstack, unknown)[1] >= 1,
+             20, what="poison logs")
+    settled = counts(rstack, unknown)
     time.sleep(5.0)  # a nacked message would be back many times by now
-    assert counts() == settled
-    assert settled[1] == 1
+    assert counts(rstack, unknown) == settled
+    assert settled == (start + 2, 1)
+
+
+def counts(stack: LocalStack, unknown: str) -> tuple[int, int]:
+    """(poison messages acked, deliveries for the unknown job) in the worker's log."""
+    lines = stack.worker_log_lines()
+    poison = sum(1 for x in lines if '"poison message acked"' in x)
+    missing = sum(1 for x in lines if unknown in x and "delivery ignored: missing" in x)
+    return poison, missing
 
 
 # --- 2. leases that heal --------------------------------------------------------------

@@ -168,6 +168,8 @@ class HttpFaultProxy:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
+        # Clients that give up mid-request are part of the weather, not news.
+        self._httpd.handle_error = lambda *_args: None  # type: ignore[method-assign,assignment]
         self._thread: threading.Thread | None = None
 
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -262,6 +263,7 @@ class LocalStack:
                cwd: Path | None = None, ready: str | None = None,
                want: int | None = None) -> None:
         self._specs[name] = {"cmd": cmd, "env": env, "cwd": cwd, "ready": ready, "want": want}
+        self.logs.mkdir(parents=True, exist_ok=True)  # a restart must survive a /tmp cleanup
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -408,16 +410,24 @@ class LocalStack:
             text = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
         except OSError:
             return []
-        return [int(pid) for pid in text.split()]
+        alive = []
+        for pid in (int(x) for x in text.split()):
+            try:  # a killed worker stays a zombie until the arbiter reaps it
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                alive.append(pid)
+        return alive
 
     def kill_worker_process(self, pid: int | None = None) -> int | None:
         """SIGKILL one gunicorn worker of the worker function (its in-flight jobs die
         mid-run); the arbiter starts a replacement. Returns the pid killed, if any."""
-        pids = self.worker_processes()
         if pid is None:
+            pids = self.worker_processes()
             if not pids:
                 return None
-            pid = pids[0]
+            pid = random.choice(pids)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         return pid
