@@ -199,18 +199,24 @@ def list_jobs(request: flask.Request, services: Services) -> flask.Response:
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
     _owned_job(request, services, job_id)
 
-    def decide(job: dict[str, Any] | None) -> tuple[Any, str]:
+    def decide(job: dict[str, Any] | None) -> tuple[Any, bool]:
         assert job is not None
         try:
             updates = lifecycle.cancel(job)
         except TransitionError as exc:
             raise RequestError(409, "invalid_transition", exc.message) from exc
-        return updates, JobStatus.CANCELED.value
+        return updates, updates is not None and bool(lifecycle.server(job).get("providerTaskId"))
 
-    status = services.store.transact(job_id, decide)
+    remote_task = services.store.transact(job_id, decide)
     with log.job_context(job_id):
+        if remote_task:
+            # Wake a worker to cancel the provider's task even if none holds the job now.
+            try:
+                services.queue.publish(job_id, reason="cancel")
+            except RetryableError:
+                log.event(logger, "cancel wake-up not published", logging.WARNING)
         log.event(logger, "job canceled by owner")
-    return json_response(200, {"jobId": job_id, "status": status})
+    return json_response(200, {"jobId": job_id, "status": JobStatus.CANCELED.value})
 
 
 def retry_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:

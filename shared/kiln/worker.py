@@ -19,6 +19,7 @@ from kiln.artifacts import make_thumbnail, validator_for
 from kiln.blobs import result_path, thumbnail_path
 from kiln.errors import (
     CanceledError,
+    ConfigError,
     KilnError,
     LeaseLostError,
     PermanentError,
@@ -81,7 +82,13 @@ def run_job(job_id: str, services: Services, *, clock: Callable[[], float] = tim
         clock=clock, start_progress=int(job.get("progress") or 0) if resume_task_id else 0,
         on_write=lambda progress, stage: notify.on_progress(services, job_id, job, progress, stage),
     )
-    provider = services.provider(request.kind)
+    try:
+        provider = services.provider(request.kind)
+    except ConfigError as exc:
+        log.event(logger, "provider misconfigured", logging.ERROR, detail=exc.message)
+        noun = "3D models" if request.kind == "model" else "images"
+        return _fail(job_id, services, "provider_unconfigured",
+                     f"This service is not set up to make {noun} right now.")
     log.event(logger, "job claimed", attempt=job.get("attempts", 0) + 1, provider=provider.name,
               resume=bool(resume_task_id))
     try:
@@ -148,9 +155,24 @@ def _claim(job_id: str, services: Services) -> tuple[str, dict[str, Any] | None,
     elif outcome == "not_yet":
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
         raise RetryableError("The job is waiting to retry.", code="backoff")
+    elif outcome == "terminal" and job is not None and _remote_task_left(job):
+        # Canceled while no worker held it (e.g. between hand-offs): the paid remote
+        # task may still be running. The cancel's wake-up message brings us here.
+        provider_name = lifecycle.server(job).get("provider")
+        try:
+            _cancel_remote(services.provider(job["kind"]), job_id, services)
+        except ConfigError:
+            log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
+                      provider=provider_name)
     elif outcome != "claimed":
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
+
+
+def _remote_task_left(job: dict[str, Any]) -> bool:
+    srv = lifecycle.server(job)
+    return (job.get("status") == "canceled" and bool(srv.get("providerTaskId"))
+            and not srv.get("remoteCanceled"))
 
 
 def _generate(
@@ -336,9 +358,10 @@ def _cancel_remote(provider: Any, job_id: str, services: Services) -> None:
         return
     job = services.store.get(job_id) or {}
     task_id = lifecycle.server(job).get("providerTaskId")
-    if task_id:
+    if task_id and not lifecycle.server(job).get("remoteCanceled"):
         try:
             provider.cancel(task_id)
+            services.store.update(job_id, {"_server.remoteCanceled": True})
             log.event(logger, "provider task canceled", taskId=task_id)
         except KilnError as exc:
             log.event(logger, "provider cancel failed", logging.WARNING, code=exc.code)

@@ -93,7 +93,9 @@ class JsonApi:
         self.base_url = base_url.rstrip("/")
         self.label = label
         self._key = api_key
-        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
+        if api_key:  # a team's own task server may need none; never send an empty Bearer
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout), trust_env=False)
 
