@@ -489,15 +489,22 @@ def _stop_all() -> None:
         stack.stop()
 
 
+#: Serializes ``_env``: Google clients read their emulator hosts from the environment
+#: when built, and two threads swapping it at once (a stack's sweeper thread and a test
+#: building clients) would leave the other's values behind for good.
+_ENV_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _env(**values: str) -> Any:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with _ENV_LOCK:
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
