@@ -31,8 +31,14 @@ lint: setup
 	$(PY) -m ruff check shared functions tests scripts
 	$(PY) -m mypy shared/kiln
 
+# Modules that start stacks of their own (fault proxies, restarts, companions) run in
+# their own pytest process, so nothing one of them leaves behind reaches another.
+ISOLATED := tests/e2e/test_reliability.py tests/e2e/test_chaos.py tests/e2e/test_telegram.py \
+	tests/e2e/test_providers_e2e.py
+
 test: setup lint $(TEST_DEPS) ## lint, type-check, then every test layer on the real emulators
-	$(PY) -m pytest
+	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED))
+	@for module in $(ISOLATED); do $(PY) -m pytest $$module || exit 1; done
 
 test-fast: setup ## unit tests only
 	$(PY) -m pytest tests/unit
