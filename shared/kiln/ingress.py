@@ -205,7 +205,11 @@ def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask
             updates = lifecycle.cancel(job)
         except TransitionError as exc:
             raise RequestError(409, "invalid_transition", exc.message) from exc
-        return updates, updates is not None and bool(lifecycle.server(job).get("providerTaskId"))
+        # Nobody holds the job (e.g. between hand-offs): a worker must wake to cancel the
+        # provider's task. A lease holder notices the cancel by itself.
+        orphaned = not lifecycle.lease_live(job, utcnow())
+        return updates, (updates is not None and orphaned
+                         and bool(lifecycle.server(job).get("providerTaskId")))
 
     remote_task = services.store.transact(job_id, decide)
     with log.job_context(job_id):

@@ -242,6 +242,8 @@ def _run_task(
             raise PermanentError(status.error_message or "The provider could not make this.",
                                  code=status.error_code or "provider_failed")
         if status.state is TaskState.CANCELED:
+            if (services.store.get(request.job_id) or {}).get("status") == "canceled":
+                raise CanceledError("The job was canceled.")  # we asked for it
             raise PermanentError("The provider canceled the task.", code="provider_canceled")
         reporter.update(status.progress, status.stage or
                         ("queued" if status.state is TaskState.PENDING else "generating"))
