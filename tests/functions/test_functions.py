@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import uuid
 from typing import Any
 
 import functions_framework
 import pytest
 
+from kiln import lifecycle
 from kiln.local.stack import REPO
+from kiln.model import parse_job_request
+from kiln.store import utcnow
 from support import load_event, wait_for
 
 
@@ -90,14 +94,18 @@ def test_worker_acks_poison_messages(worker: Any) -> None:
     assert worker.post("/", json=push_body("doesnotexist123")).status_code in (200, 204)
 
 
-def test_worker_nacks_a_retryable_failure(ingress: Any, worker: Any, services: Any, token: Any,
-                                          uid: str) -> None:
-    """A retryable provider failure returns 5xx (so Pub/Sub redelivers) and spends an attempt."""
-    auth = {"Authorization": f"Bearer {token(uid)}"}
-    job_id = ingress.post("/v1/jobs", json={"kind": "image", "prompt": "x [fail:retryable]"},
-                          headers=auth).get_json()["jobId"]
-    # The stack's own worker may get there first; call until this process has seen a nack.
+def test_worker_nacks_a_retryable_failure(worker: Any, services: Any, uid: str) -> None:
+    """A retryable provider failure returns 5xx (so Pub/Sub redelivers), spends an attempt
+    and leaves the job pending with a retryable error until its backoff has passed."""
+    # Recorded but not published: only this delivery runs it (the stack's worker never sees it).
+    job_id = uuid.uuid4().hex[:20]
+    services.store.create(job_id, lifecycle.new_job(
+        uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
+        request=parse_job_request({"kind": "image", "prompt": "x [fail:retryable]"})))
     response = worker.post("/", json=push_body(job_id))
+    assert response.status_code >= 500
     job = services.store.get(job_id)
-    assert job["attempts"] >= 1
-    assert response.status_code >= 500 or job["status"] in ("pending", "failed")
+    assert (job["status"], job["attempts"]) == ("pending", 1)
+    assert job["error"] == {"code": "provider_unavailable", "retryable": True,
+                            "message": job["error"]["message"]}
+    assert job["_server"]["notBefore"] > job["updatedAt"]  # a backoff before the next try

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kiln.local.background import BackgroundServer
+
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade", "content-length"}
 
@@ -143,7 +145,7 @@ class TcpProxy:
 Matcher = Callable[[str, str], bool]
 
 
-class HttpFaultProxy:
+class HttpFaultProxy(BackgroundServer):
     """An HTTP/1.1 reverse proxy that fails a fraction of requests.
 
     Attributes (change them at any time):
@@ -166,29 +168,12 @@ class HttpFaultProxy:
         self.stats: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
+        httpd = ThreadingHTTPServer((host, port), self._handler())
+        httpd.daemon_threads = True
         # Clients that give up mid-request are part of the weather, not news.
-        self._httpd.handle_error = lambda *_args: None  # type: ignore[method-assign,assignment]
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> HttpFaultProxy:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name=f"{self.name}-proxy")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        httpd.handle_error = lambda *_args: None  # type: ignore[method-assign,assignment]
+        super().__init__(httpd)
+        self.thread_name = f"{name}-proxy"
 
     def calm(self) -> None:
         """No more faults."""
