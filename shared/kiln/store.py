@@ -7,6 +7,7 @@ Kiln's retryable errors.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -31,6 +32,15 @@ _TRANSIENT = (
 )
 
 
+@contextlib.contextmanager
+def unavailable_is_retryable(store: str = "job store") -> Iterator[None]:
+    """Turn "Firestore is not reachable right now" into a RetryableError (try again later)."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise RetryableError(f"The {store} is unavailable.", code="store_unavailable") from exc
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -53,18 +63,15 @@ class JobStore:
     def create(self, job_id: str, doc: dict[str, Any]) -> bool:
         """Create the job; False when a job with this id exists already."""
         try:
-            self.ref(job_id).create(doc)
+            with unavailable_is_retryable():
+                self.ref(job_id).create(doc)
         except gexc.AlreadyExists:
             return False
-        except _TRANSIENT as exc:
-            raise RetryableError("The job store is unavailable.", code="store_unavailable") from exc
         return True
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        try:
+        with unavailable_is_retryable():
             snap = self.ref(job_id).get()
-        except _TRANSIENT as exc:
-            raise RetryableError("The job store is unavailable.", code="store_unavailable") from exc
         return snap.to_dict() if snap.exists else None
 
     def transact(
@@ -86,9 +93,8 @@ class JobStore:
             return value
 
         try:
-            return run(self.client.transaction(max_attempts=TX_ATTEMPTS))
-        except _TRANSIENT as exc:
-            raise RetryableError("The job store is unavailable.", code="store_unavailable") from exc
+            with unavailable_is_retryable():
+                return run(self.client.transaction(max_attempts=TX_ATTEMPTS))
         except ValueError as exc:
             if "Failed to commit transaction" not in str(exc):
                 raise
@@ -97,10 +103,8 @@ class JobStore:
 
     def update(self, job_id: str, updates: dict[str, Any]) -> None:
         """A blind update of server-only bookkeeping (never a status change)."""
-        try:
+        with unavailable_is_retryable():
             self.ref(job_id).update(updates)
-        except _TRANSIENT as exc:
-            raise RetryableError("The job store is unavailable.", code="store_unavailable") from exc
 
     # --- queries (operators, sweeper, channels) ---------------------------------------
 

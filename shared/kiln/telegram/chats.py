@@ -15,9 +15,8 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore import SERVER_TIMESTAMP
 
-from kiln.errors import RetryableError
 from kiln.model import JobStatus
-from kiln.store import _TRANSIENT, JobStore
+from kiln.store import JobStore, unavailable_is_retryable
 
 CHATS = "telegramChats"
 
@@ -98,7 +97,5 @@ class ChatStore:
 
     @staticmethod
     def _guard(action: Callable[[], Any]) -> Any:
-        try:
+        with unavailable_is_retryable("chat store"):
             return action()
-        except _TRANSIENT as exc:
-            raise RetryableError("The chat store is unavailable.", code="store_unavailable") from exc
