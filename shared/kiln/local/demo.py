@@ -52,6 +52,7 @@ def demo(out: Path, *, image_prompt: str, model_prompt: str) -> int:
         board.start()
         finished = board.wait(TIMEOUT)
         board.stop()
+        _wait_notified(services, list(jobs))
         done_at = time.monotonic()
         out.mkdir(parents=True, exist_ok=True)
         print("\nsummary")
@@ -76,6 +77,17 @@ def demo(out: Path, *, image_prompt: str, model_prompt: str) -> int:
         print(f"  total {done_at - t0:.1f}s (stack start {started:.1f}s); stopping the stack…")
     print("done." if ok else "demo FAILED", flush=True)
     return 0 if ok else 1
+
+
+def _wait_notified(services: Any, job_ids: list[str], timeout: float = 15.0) -> None:
+    """The push is sent just after the completing write: wait until it went (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [((services.store.get(j) or {}).get("_server") or {}).get("notify") or {}
+                  for j in job_ids]
+        if all(s.get("state") != "claimed" for s in states):
+            return
+        time.sleep(0.1)
 
 
 def _seconds(job: dict[str, Any]) -> float:
