@@ -63,3 +63,23 @@ def fcm(stack: LocalStack) -> Any:
     stack.fcm.messages.clear()
     stack.fcm.token_errors.clear()
     return stack.fcm
+
+
+@pytest.fixture(autouse=True)
+def _stack_environment(request: pytest.FixtureRequest) -> None:
+    """Tests on the session stack run in its environment, whatever an earlier test left.
+
+    Google clients and ``get_services()`` read emulator hosts from ``os.environ``; a test
+    that ran another stack in this process may have changed it.
+    """
+    if "stack" not in request.fixturenames:
+        return
+    import kiln.services
+
+    running: LocalStack = request.getfixturevalue("stack")
+    env = running.client_env()
+    os.environ.update(env)
+    current = kiln.services._services
+    if current is not None and (current.settings.firestore_emulator_host
+                                != env["FIRESTORE_EMULATOR_HOST"]):
+        kiln.services._services = None  # rebuilt for this stack on next use
