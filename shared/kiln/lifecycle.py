@@ -116,6 +116,7 @@ def claim(
     now: dt.datetime,
     lease_seconds: float,
     max_attempts: int,
+    claim_token: str | None = None,
 ) -> Claim:
     """Decide a delivery; on ``claimed`` the updates take the lease and count an attempt.
 
@@ -127,6 +128,10 @@ def claim(
     if current in TERMINAL:
         return Claim("terminal")
     if current is JobStatus.PROCESSING and lease_live(job, now):
+        if claim_token is not None and srv.get("claimToken") == claim_token:
+            # Our own claim committed, but the SDK retried the transaction (its answer was
+            # lost under contention): it is ours, nothing more to write.
+            return Claim("claimed", None, resume_task_id=srv.get("providerTaskId"))
         return Claim("busy")
     deadline = srv.get("deadlineAt")
     if deadline is not None and now >= deadline:
@@ -145,6 +150,7 @@ def claim(
         "_server.leaseExpiresAt": now + dt.timedelta(seconds=lease_seconds),
         "_server.notBefore": None,
         "_server.handoff": DELETE_FIELD,
+        "_server.claimToken": claim_token,
     }
     if handoff:
         # A hand-off continues the same attempt in a fresh invocation.

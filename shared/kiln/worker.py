@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,13 +130,14 @@ def run_job(job_id: str, services: Services, *, clock: Callable[[], float] = tim
 def _claim(job_id: str, services: Services) -> tuple[str, dict[str, Any] | None, str | None]:
     settings = services.settings
     now = utcnow()
+    token = uuid.uuid4().hex  # this delivery's claim, recognised if the SDK retries it
 
     def decide(job: dict[str, Any] | None) -> tuple[Any, tuple[str, Any, Any]]:
         if job is None:
             return None, ("missing", None, None)
         claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
                                 lease_seconds=settings.lease_seconds,
-                                max_attempts=settings.max_attempts)
+                                max_attempts=settings.max_attempts, claim_token=token)
         if claim.outcome == "exhausted":
             last = job.get("error") or {}
             message = (f"{last.get('message') or 'The job kept failing.'} "

@@ -43,7 +43,7 @@ def test_concurrent_claims_give_exactly_one_lease(services: Any) -> None:
     def claim(worker: str) -> None:
         def decide(job: dict[str, Any] | None) -> tuple[Any, str]:
             c = lifecycle.claim(job or {}, worker_id=worker, now=utcnow(), lease_seconds=60,
-                                max_attempts=3)
+                                max_attempts=3, claim_token=worker)
             return c.updates, c.outcome
 
         outcomes.append(services.store.transact(job_id, decide))

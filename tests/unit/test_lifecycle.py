@@ -167,3 +167,16 @@ def test_hand_off_keeps_the_attempt_and_the_task() -> None:
     assert c.outcome == "claimed" and c.resume_task_id == "t"
     after = apply(handed, c.updates or {})
     assert after["attempts"] == 1 and after["_server"]["handoffs"] == 1
+
+
+def test_a_retried_claim_recognises_its_own_commit() -> None:
+    """The SDK re-runs a claim whose commit landed: same token → claimed, no second write."""
+    c = lifecycle.claim(job(), worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
+                        claim_token="t1")
+    leased = apply(job(), c.updates or {})
+    again = lifecycle.claim(leased, worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
+                            claim_token="t1")
+    assert again.outcome == "claimed" and again.updates is None
+    other = lifecycle.claim(leased, worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
+                            claim_token="t2")
+    assert other.outcome == "busy"
