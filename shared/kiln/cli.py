@@ -12,9 +12,11 @@ when it exists, else to whatever the environment points at (a real project).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (exc.name and module.startswith(exc.name)):
                 raise
     args = parser.parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack: how to see where a stuck command is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     handler: Callable[[argparse.Namespace], int] = args.handler if hasattr(args, "handler") else {
         "demo": run_demo, "dev": run_dev, "watch": run_watch}[args.command]
     try:
@@ -82,8 +86,8 @@ def run_dev(args: argparse.Namespace) -> int:
               "    -d '{\"kind\": \"image\", \"prompt\": \"a blue cube\"}'\n"
               "  kiln watch JOB_ID\n\nCtrl-C stops everything.", flush=True)
         try:
-            while True:
-                time.sleep(3600)
+            while True:  # short naps: a signal that lands on another thread is seen within 1 s
+                time.sleep(1)
         finally:
             DEV_FILE.unlink(missing_ok=True)
     return 0

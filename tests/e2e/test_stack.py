@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -33,6 +34,13 @@ def processes_under(folder: Path) -> list[int]:
     return found
 
 
+def describe(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_dev_stack_stops_every_process(tmp_path: Path, sig: signal.Signals) -> None:
     """Given ``kiln dev`` running, when it gets Ctrl-C or SIGTERM, then nothing it started lives on."""
@@ -57,6 +65,17 @@ def test_dev_stack_stops_every_process(tmp_path: Path, sig: signal.Signals) -> N
     assert len(processes_under(workdir)) >= 5  # emulators (+ their JVMs), storage, functions
     assert (tmp_path / ".kiln" / "dev.json").exists()
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # kiln's faulthandler: every thread's stack
+        time.sleep(2)
+        proc.kill()
+        left = {pid: describe(pid) for pid in processes_under(workdir)}
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"kiln dev still running 60 s after {sig.name}; left: {left}\n"
+                    + proc.communicate()[0][-8000:])
     wait_for(lambda: processes_under(workdir) == [], timeout=20, what="no processes left")
     assert not (tmp_path / ".kiln" / "dev.json").exists()

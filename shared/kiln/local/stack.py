@@ -345,9 +345,8 @@ class LocalStack:
     def stop(self) -> None:
         self._sweeper_stop.set()
         if self._sweeper is not None:
-            self._sweeper.join(timeout=10)
-        for name in reversed(list(self.procs)):
-            _kill_group(self.procs[name])
+            self._sweeper.join(timeout=5)
+        _kill_groups(list(reversed(self.procs.values())))
         self.procs.clear()
         proxies = [p for p in (self.storage_proxy, self.pubsub_proxy, self.firestore_proxy) if p]
         for companion in [self.fcm, *self.config.companions, *proxies]:
@@ -445,20 +444,26 @@ class LocalStack:
         httpx.delete(url, timeout=10).raise_for_status()
 
 
-def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+def _kill_groups(procs: list[subprocess.Popen[bytes]], grace: float = 8.0) -> None:
+    """Stop the process groups of ``procs`` together: SIGTERM to all, a shared ``grace``
+    period, then SIGKILL for the rest. Bounded (about ``grace`` + 5 s) however many parts
+    there are or however slowly one of them shuts down."""
+    live = [proc for proc in procs if proc.poll() is None]
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(proc.poll() is None for proc in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # SIGKILL every group, exited leader or not: it may hold children (gcloud → java)
+    # that outlive their parent.
+    for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    # The group may hold children (gcloud → java) that outlive their parent.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    for proc in live:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 _cleanup_installed = False

@@ -20,7 +20,7 @@ import mimetypes
 import os
 import shutil
 import subprocess
-import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Kiln web app: {web.url}/?uid=alice  (API {stack.ingress_url}; Ctrl-C stops)",
               flush=True)
         try:
-            threading.Event().wait()
+            while True:  # short naps: a signal that lands on another thread is seen within 1 s
+                time.sleep(1)
         except KeyboardInterrupt:
             print("stopping…", flush=True)
     return 0
