@@ -12,8 +12,10 @@ when it exists, else to whatever the environment points at (a real project).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
+import io
 import json
 import os
 import signal
@@ -52,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (exc.name and module.startswith(exc.name)):
                 raise
     args = parser.parse_args(argv)
-    # `kill -USR1 <pid>` prints every thread's stack: how to see where a stuck command is.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # `kill -USR1 <pid>` prints every thread's stack: how to see where a stuck command is
+    # (not when stderr is no real file, as under a test's capture).
+    with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     handler: Callable[[argparse.Namespace], int] = args.handler if hasattr(args, "handler") else {
         "demo": run_demo, "dev": run_dev, "watch": run_watch}[args.command]
     try:
