@@ -176,8 +176,10 @@ class Chaos:
                     fcm.token_errors[devices["flaky"]] = self.random.choice(
                         ["UNAVAILABLE", "INTERNAL"])
             col = self.services.firestore.collection("users").document(uid).collection("devices")
-            for device_id, token in devices.items():
-                col.document(device_id).set({"token": token, "platform": "android",
+            for device_id, address in devices.items():
+                # Device "b" is an app not yet on FIDs: a legacy registration token.
+                field = "token" if device_id == "b" else "fid"
+                col.document(device_id).set({field: address, "platform": "android",
                                              "updatedAt": time.time()})
 
     def _job_spec(self, index: int) -> dict[str, Any]:

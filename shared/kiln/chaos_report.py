@@ -104,7 +104,7 @@ def check(report: Report, *, jobs: dict[str, dict[str, Any]], docs: dict[str, di
         docs: job id → its Firestore document now.
         messages: the FCM server's record.
         blobs: a ``BlobStore`` reading the bucket directly.
-        healthy_tokens: uid → tokens that FCM accepts.
+        healthy_tokens: uid → FIDs and tokens that FCM accepts.
         submissions: job id → provider tasks created for it.
     """
     pushes: dict[str, Counter[str]] = defaultdict(Counter)
@@ -114,7 +114,7 @@ def check(report: Report, *, jobs: dict[str, dict[str, Any]], docs: dict[str, di
         data = message.get("data") or {}
         job_id = data.get("jobId")
         if job_id in jobs:
-            pushes[job_id][str(message.get("token"))] += 1
+            pushes[job_id][str(message.get("fid") or message.get("token"))] += 1
             push_types[job_id].add(str(data.get("type")))
     for job_id, info in jobs.items():
         doc = docs.get(job_id) or {}

@@ -18,6 +18,8 @@ from kiln.errors import RequestError
 PROMPT_MAX = 1000
 KINDS = ("image", "model")
 CHANNELS = ("app", "telegram", "api")
+#: ``platform`` of a device document (users/{uid}/devices/{deviceId}).
+PLATFORMS = ("android", "ios", "web")
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")
 
 
@@ -161,3 +163,23 @@ def new_job_id(uid: str, idempotency_key: str | None = None) -> str:
 
 def is_valid_job_id(job_id: str) -> bool:
     return 8 <= len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where one app instance receives pushes: its FID, or (legacy) its registration token."""
+
+    id: str
+    fid: str = ""
+    token: str = ""
+
+    @classmethod
+    def from_doc(cls, device_id: str, doc: Mapping[str, Any]) -> Device | None:
+        """The device of a ``users/{uid}/devices/{deviceId}`` document (None if it has no
+        usable address). The FID wins if an old document somehow carries both."""
+        fid, token = doc.get("fid"), doc.get("token")
+        if isinstance(fid, str) and fid:
+            return cls(device_id, fid=fid)
+        if isinstance(token, str) and token:
+            return cls(device_id, token=token)
+        return None

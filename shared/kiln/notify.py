@@ -73,16 +73,16 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
 
 
 def send_push(services: Services, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
-    """FCM to the owner's devices; dead tokens are deleted."""
+    """FCM to the owner's devices; the ones FCM calls dead are deleted."""
     uid = str(job.get("uid", ""))
-    tokens = services.store.device_tokens(uid) if uid else []
-    if not tokens:
+    devices = services.store.devices(uid) if uid else []
+    if not devices:
         return {"sent": 0, "failed": 0, "removed": 0}
     title, body, data = push.build_message(job_id, job, services.settings.link_template)
-    result = services.push.send(tokens, title, body, data, image=push.image_url(job))
+    result = services.push.send(devices, title, body, data, image=push.image_url(job))
     for device_id in result.dead_devices:
         services.store.delete_device(uid, device_id)
-        log.event(logger, "removed dead device token", deviceId=device_id)
+        log.event(logger, "removed dead device", deviceId=device_id)
     log.event(logger, "push sent", sent=result.sent, failed=result.failed,
               removed=len(result.dead_devices), type=data["type"])
     return {"sent": result.sent, "failed": result.failed, "removed": len(result.dead_devices)}

@@ -4,14 +4,19 @@ The message (contract, docs/push.md) is one notification per job for Android, iO
 title and body, data ``{type, jobId, kind, link}`` (``link`` from ``KILN_LINK_TEMPLATE``),
 and the result's thumbnail as the notification image when there is one.
 
+A device is addressed by its Firebase Installation ID (``fid``, what FCM's SDKs register
+since late 2026) or by a legacy FCM registration token (``token``, deprecated but still
+delivered; apps that have not switched yet). A device document carries one or the other.
+
 Locally (``KILN_FCM_ENDPOINT``) the client's HTTP session is routed to an FCM HTTP v1
 compatible server on 127.0.0.1; the message encoding, the error parsing and the
-per-token results are firebase-admin's own.
+per-device results are firebase-admin's own.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +27,12 @@ from firebase_admin import exceptions as fb_exc
 from firebase_admin import messaging
 
 from kiln import log
+from kiln.model import Device
 
 logger = log.get("push")
 
 FCM_HOST = "https://fcm.googleapis.com"
-MAX_TOKENS = 500  # send_each_for_multicast's limit per call
+MAX_BATCH = 500  # send_each's limit per call
 
 
 #: Android notification channel the app must create (``NotificationChannel``) before pushes
@@ -78,9 +84,9 @@ def image_url(job: Mapping[str, Any]) -> str | None:
     return str(url) if url else None
 
 
-def fcm_message(tokens: list[str], title: str, body: str, data: dict[str, str],
-                image: str | None = None) -> messaging.MulticastMessage:
-    """The FCM message for every platform (the exact JSON is in docs/push.md).
+def fcm_message(device: Device, title: str, body: str, data: dict[str, str],
+                image: str | None = None) -> messaging.Message:
+    """The FCM message to one device, for every platform (the exact JSON is in docs/push.md).
 
     One job = one notification: Android ``collapse_key`` and ``tag``, APNs
     ``apns-collapse-id`` and web push ``tag`` are the job id, so a retried job's push
@@ -89,8 +95,8 @@ def fcm_message(tokens: list[str], title: str, body: str, data: dict[str, str],
     """
     job_id = data["jobId"]
     link = data.get("link", "")
-    return messaging.MulticastMessage(
-        tokens=tokens,
+    return _addressed(
+        device,
         notification=messaging.Notification(title=title, body=body, image=image),
         data=data,
         android=messaging.AndroidConfig(
@@ -120,6 +126,16 @@ def fcm_message(tokens: list[str], title: str, body: str, data: dict[str, str],
     )
 
 
+def _addressed(device: Device, **parts: Any) -> messaging.Message:
+    if device.fid:
+        return messaging.Message(fid=device.fid, **parts)
+    # Registration tokens are deprecated (firebase-admin warns) but FCM still delivers to
+    # them, and apps that have not moved to FIDs only have a token.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return messaging.Message(token=device.token, **parts)
+
+
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -138,7 +154,7 @@ class _LoopbackAdapter(requests.adapters.HTTPAdapter):
 
 
 class FcmPush:
-    """Sends a job's push to every device of its owner; drops tokens FCM calls dead."""
+    """Sends a job's push to every device of its owner; reports the ones FCM calls dead."""
 
     def __init__(self, app: firebase_admin.App, *, endpoint: str = "") -> None:
         self.app = app
@@ -148,41 +164,42 @@ class FcmPush:
 
     def send(
         self,
-        tokens: list[tuple[str, str]],
+        devices: list[Device],
         title: str,
         body: str,
         data: dict[str, str],
         image: str | None = None,
     ) -> PushResult:
-        """Send to ``tokens`` ((deviceId, token) pairs); report sent, failed and dead ones."""
+        """Send to every device; report sent, failed and dead ones (to be forgotten)."""
         sent = failed = 0
         dead: list[str] = []
-        for start in range(0, len(tokens), MAX_TOKENS):
-            batch = tokens[start:start + MAX_TOKENS]
+        for start in range(0, len(devices), MAX_BATCH):
+            batch = devices[start:start + MAX_BATCH]
             try:
-                message = fcm_message([token for _device, token in batch], title, body, data, image)
-                response = messaging.send_each_for_multicast(message, app=self.app)
+                messages = [fcm_message(device, title, body, data, image) for device in batch]
+                response = messaging.send_each(messages, app=self.app)
             except (fb_exc.FirebaseError, ValueError) as exc:
                 log.event(logger, "push batch failed", logging.WARNING, error=str(exc))
                 failed += len(batch)
                 continue
-            for (device_id, _token), item in zip(batch, response.responses, strict=True):
+            for device, item in zip(batch, response.responses, strict=True):
                 if item.success:
                     sent += 1
                     continue
                 failed += 1
-                if _is_dead_token(item.exception):
-                    dead.append(device_id)
-                log.event(logger, "push to device failed", logging.WARNING, deviceId=device_id,
+                if _is_dead(item.exception):
+                    dead.append(device.id)
+                log.event(logger, "push to device failed", logging.WARNING, deviceId=device.id,
                           error=type(item.exception).__name__)
         return PushResult(sent, failed, dead)
 
 
-def _is_dead_token(exc: BaseException | None) -> bool:
-    """UNREGISTERED, or INVALID_ARGUMENT that says the token itself is not valid."""
+def _is_dead(exc: BaseException | None) -> bool:
+    """UNREGISTERED, or INVALID_ARGUMENT that says the FID or token itself is not valid."""
     if isinstance(exc, messaging.UnregisteredError):
         return True
     if isinstance(exc, fb_exc.InvalidArgumentError):
         text = str(exc).lower()
-        return "registration token" in text or "not a valid fcm" in text
+        return any(words in text for words in ("registration token", "installation id",
+                                                "not a valid fcm"))
     return False

@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from kiln.lifecycle import RETENTION_DAYS
-from kiln.model import _OPTION_RULES, ASPECT_RATIOS, CHANNELS, KINDS, PROMPT_MAX, TRANSITIONS, JobStatus
+from kiln.model import (
+    _OPTION_RULES,
+    ASPECT_RATIOS,
+    CHANNELS,
+    KINDS,
+    PLATFORMS,
+    PROMPT_MAX,
+    TRANSITIONS,
+    JobStatus,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_ID = "https://kiln.dev/schemas/job.schema.json"
 JSON_TYPES: dict[type, str] = {str: "string", int: "integer", bool: "boolean", float: "number"}
-PLATFORMS = ("android", "ios", "web")
 PUSH_TYPES = ("generation_completed", "generation_failed")
 CONTENT_TYPES = {"image": "image/png", "model": "model/gltf-binary"}
 
@@ -178,12 +186,18 @@ def json_schema() -> dict[str, Any]:
         "Timestamp": {"type": "string", "format": "date-time", "x-typescript": "FirestoreTimestamp",
                       "description": "A Firestore Timestamp (server time). JSON renders it as ISO 8601."},
         "JobView": view,
-        "Device": _object({
+        "Device": {**_object({
+            "fid": {"type": "string", "minLength": 1, "maxLength": 4096,
+                    "description": "The Firebase Installation ID FCM registered (onRegistered); "
+                    "give this or token, not both."},
             "token": {"type": "string", "minLength": 1, "maxLength": 4096,
-                      "description": "The FCM registration token."},
+                      "description": "Legacy FCM registration token (getToken), for apps not yet "
+                      "on FIDs; give this or fid, not both."},
             "platform": {"type": "string", "enum": list(PLATFORMS)},
             "updatedAt": {**timestamp, "description": "serverTimestamp() (the rules require it)."},
-        }, description="users/{uid}/devices/{deviceId}: one of the user's devices, written by the app."),
+        }, ["platform", "updatedAt"], "users/{uid}/devices/{deviceId}: one of the user's devices, "
+            "written by the app: exactly one of fid and token."),
+            "oneOf": [{"required": ["fid"]}, {"required": ["token"]}]},
         "PushData": _object({
             "type": {"type": "string", "enum": list(PUSH_TYPES)},
             "jobId": {"type": "string"},

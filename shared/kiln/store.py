@@ -16,6 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from kiln.errors import RetryableError
+from kiln.model import Device
 
 JOBS = "jobs"
 TX_ATTEMPTS = 12  # contention retries (the SDK backs off between them)
@@ -128,15 +129,11 @@ class JobStore:
 
     # --- devices ----------------------------------------------------------------------
 
-    def device_tokens(self, uid: str) -> list[tuple[str, str]]:
-        """(deviceId, token) for each of the user's registered devices."""
-        devices = self.client.collection("users").document(uid).collection("devices")
-        out = []
-        for snap in devices.stream():
-            token = (snap.to_dict() or {}).get("token")
-            if isinstance(token, str) and token:
-                out.append((snap.id, token))
-        return out
+    def devices(self, uid: str) -> list[Device]:
+        """The user's registered devices that have an address (an FID or a token)."""
+        collection = self.client.collection("users").document(uid).collection("devices")
+        found = (Device.from_doc(snap.id, snap.to_dict() or {}) for snap in collection.stream())
+        return [device for device in found if device is not None]
 
     def delete_device(self, uid: str, device_id: str) -> None:
         self.client.collection("users").document(uid).collection("devices").document(

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pygltflib import GLTF2
 
+from kiln.model import Device
 from support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -27,9 +28,10 @@ def submit(api: httpx.Client, kind: str, prompt: str, **headers: str) -> str:
     return str(response.json()["jobId"])
 
 
-def add_device(services: Any, uid: str, device: str, token: str) -> None:
+def add_device(services: Any, uid: str, device: str, fid: str = "", token: str = "") -> None:
+    address = {"fid": fid} if fid else {"token": token}
     services.firestore.collection("users").document(uid).collection("devices").document(
-        device).set({"token": token, "platform": "android"})
+        device).set({**address, "platform": "android"})
 
 
 def pushes_for(fcm: Any, job_id: str) -> list[dict[str, Any]]:
@@ -39,7 +41,7 @@ def pushes_for(fcm: Any, job_id: str) -> list[dict[str, Any]]:
 def test_image_job_completes_with_file_and_one_push(api: httpx.Client, services: Any, fcm: Any,
                                                     uid: str) -> None:
     """An image job ends completed, its PNG is in storage, and exactly one push went out."""
-    add_device(services, uid, "phone", f"tok-{uid}")
+    add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "a red sphere")
     job = wait_terminal(services, job_id)
     assert job["status"] == "completed" and job["progress"] == 100 and job["error"] is None
@@ -54,7 +56,7 @@ def test_image_job_completes_with_file_and_one_push(api: httpx.Client, services:
     assert job["startedAt"] <= job["completedAt"]
     pushes = wait_for(lambda: pushes_for(fcm, job_id), what="push")
     assert len(pushes) == 1
-    assert pushes[0]["token"] == f"tok-{uid}"
+    assert pushes[0]["fid"] == f"fid-{uid}"
     assert pushes[0]["data"] == {"type": "generation_completed", "jobId": job_id,
                                  "kind": "image", "link": f"/jobs/{job_id}"}
     assert pushes[0]["notification"]["title"]
@@ -105,7 +107,7 @@ def test_progress_is_live_monotonic_and_coalesced(api: httpx.Client, services: A
 def test_duplicate_deliveries_do_nothing_harmful(api: httpx.Client, services: Any, fcm: Any,
                                                  uid: str) -> None:
     """The same message delivered 4 times (during and after the run): one attempt, one push."""
-    add_device(services, uid, "phone", f"tok-{uid}")
+    add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "model", "a silver cylinder")
     wait_for(lambda: services.store.get(job_id)["status"] == "processing", what="processing")
     for _ in range(3):
@@ -126,7 +128,7 @@ def test_duplicate_deliveries_do_nothing_harmful(api: httpx.Client, services: An
 def test_idempotency_key_replays_the_same_job(api: httpx.Client, services: Any, fcm: Any,
                                               uid: str) -> None:
     """Same Idempotency-Key → the same job id, no second job; a different body → 422."""
-    add_device(services, uid, "phone", f"tok-{uid}")
+    add_device(services, uid, "phone", fid=f"fid-{uid}")
     key = f"req-{uuid.uuid4().hex}"
     body = {"kind": "image", "prompt": "a pink cube"}
     first = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
@@ -148,7 +150,7 @@ def test_idempotency_key_replays_the_same_job(api: httpx.Client, services: Any, 
 def test_generator_failure_fails_with_readable_reason_and_one_failure_push(
         api: httpx.Client, services: Any, fcm: Any, uid: str) -> None:
     """A permanent provider error → failed (coded, readable), a failure push, no result file."""
-    add_device(services, uid, "phone", f"tok-{uid}")
+    add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "something [fail:permanent]")
     job = wait_terminal(services, job_id)
     assert job["status"] == "failed" and job["result"] is None
@@ -163,7 +165,7 @@ def test_generator_failure_fails_with_readable_reason_and_one_failure_push(
 def test_retryable_failure_retries_then_fails_once(api: httpx.Client, services: Any, fcm: Any,
                                                    uid: str) -> None:
     """A provider that keeps failing is retried up to the attempt limit, then failed once."""
-    add_device(services, uid, "phone", f"tok-{uid}")
+    add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "again [fail:retryable]")
     job = wait_terminal(services, job_id, timeout=60)
     assert job["status"] == "failed" and job["attempts"] == 3
@@ -173,16 +175,19 @@ def test_retryable_failure_retries_then_fails_once(api: httpx.Client, services: 
     assert [p["data"]["type"] for p in pushes_for(fcm, job_id)] == ["generation_failed"]
 
 
-def test_unregistered_token_is_removed(api: httpx.Client, services: Any, fcm: Any,
-                                       uid: str) -> None:
-    """FCM answers UNREGISTERED for one device: that device is deleted, the other notified."""
-    add_device(services, uid, "old-phone", f"gone-{uid}")
-    add_device(services, uid, "new-phone", f"live-{uid}")
+def test_unregistered_devices_are_removed(api: httpx.Client, services: Any, fcm: Any,
+                                          uid: str) -> None:
+    """FCM answers UNREGISTERED for an FID and a legacy token: those devices are deleted, the
+    live one (a legacy token device) notified."""
+    add_device(services, uid, "old-phone", fid=f"gone-{uid}")
+    add_device(services, uid, "old-tablet", token=f"gone-tok-{uid}")
+    add_device(services, uid, "new-phone", token=f"live-{uid}")
     fcm.token_errors[f"gone-{uid}"] = "UNREGISTERED"
+    fcm.token_errors[f"gone-tok-{uid}"] = "UNREGISTERED"
     job_id = submit(api, "image", "a teal ring")
     wait_terminal(services, job_id)
-    wait_for(lambda: services.store.device_tokens(uid) == [("new-phone", f"live-{uid}")],
-             what="dead device removed")
+    wait_for(lambda: services.store.devices(uid) == [Device("new-phone", token=f"live-{uid}")],
+             what="dead devices removed")
     assert [p["token"] for p in pushes_for(fcm, job_id)] == [f"live-{uid}"]
 
 

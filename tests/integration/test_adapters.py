@@ -15,7 +15,7 @@ from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from kiln import lifecycle
 from kiln.artifacts import GlbValidator
 from kiln.errors import PermanentError
-from kiln.model import parse_job_request
+from kiln.model import Device, parse_job_request
 from kiln.push import FcmPush
 from kiln.queue import decode_message
 from kiln.store import utcnow
@@ -108,25 +108,32 @@ def test_invalid_artifact_leaves_nothing_in_the_bucket(services: Any) -> None:
     assert services.blobs.list(path.rsplit("/", 1)[0]) == []
 
 
-def test_fcm_client_sends_and_reports_dead_tokens(services: Any, fcm: Any) -> None:
-    """firebase-admin's client hits the local FCM server; UNREGISTERED is reported dead."""
+def test_fcm_client_sends_and_reports_dead_devices(services: Any, fcm: Any) -> None:
+    """firebase-admin's client hits the local FCM server; UNREGISTERED (FID or token) is
+    reported dead, UNAVAILABLE only failed."""
+    fcm.token_errors["fid-gone"] = "UNREGISTERED"
     fcm.token_errors["tok-gone"] = "UNREGISTERED"
-    fcm.token_errors["tok-busy"] = "UNAVAILABLE"
+    fcm.token_errors["fid-busy"] = "UNAVAILABLE"
     push: FcmPush = services.push
-    result = push.send([("d1", "tok-ok"), ("d2", "tok-gone"), ("d3", "tok-busy")],
-                       "t", "b", {"type": "generation_completed", "jobId": "j", "kind": "image",
-                                  "link": "/jobs/j"})
-    assert (result.sent, result.failed, result.dead_devices) == (1, 2, ["d2"])
-    sent = fcm.messages[-1]["message"]
-    assert sent["token"] == "tok-ok" and sent["data"]["jobId"] == "j"
+    devices = [Device("d1", fid="fid-ok"), Device("d2", fid="fid-gone"), Device("d3", fid="fid-busy"),
+               Device("d4", token="tok-gone"), Device("d5", token="tok-ok")]
+    result = push.send(devices, "t", "b", {"type": "generation_completed", "jobId": "j",
+                                           "kind": "image", "link": "/jobs/j"})
+    assert (result.sent, result.failed, sorted(result.dead_devices)) == (2, 3, ["d2", "d4"])
+    sent = [m["message"] for m in fcm.messages[-2:]]
+    assert sorted(m.get("fid") or m["token"] for m in sent) == ["fid-ok", "tok-ok"]
+    assert all(m["data"]["jobId"] == "j" for m in sent)
 
 
-def test_device_tokens_are_read_and_deleted(services: Any) -> None:
-    """Devices under users/{uid}/devices are listed and a dead one removed."""
+def test_devices_are_read_and_deleted(services: Any) -> None:
+    """Devices under users/{uid}/devices are listed (FID or legacy token; a document with
+    neither is skipped) and a dead one removed."""
     uid = f"u-{uuid.uuid4().hex[:6]}"
     devices = services.firestore.collection("users").document(uid).collection("devices")
-    devices.document("a").set({"token": "ta", "platform": "ios", "updatedAt": dt.datetime.now()})
+    devices.document("a").set({"fid": "fa", "platform": "ios", "updatedAt": dt.datetime.now()})
     devices.document("b").set({"token": "tb", "platform": "android"})
-    assert sorted(services.store.device_tokens(uid)) == [("a", "ta"), ("b", "tb")]
+    devices.document("c").set({"platform": "web"})
+    assert sorted(services.store.devices(uid), key=lambda d: d.id) == [
+        Device("a", fid="fa"), Device("b", token="tb")]
     services.store.delete_device(uid, "a")
-    assert services.store.device_tokens(uid) == [("b", "tb")]
+    assert services.store.devices(uid) == [Device("b", token="tb")]

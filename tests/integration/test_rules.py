@@ -105,7 +105,8 @@ def job_fields(uid: str, **changes: Any) -> dict[str, Any]:
     return {**fields, **changes}
 
 
-DEVICE = {"token": "fcm-token-1", "platform": "android"}
+DEVICE = {"fid": "fid-1", "platform": "android"}
+LEGACY_DEVICE = {"token": "fcm-token-1", "platform": "android"}
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_job_delete(world: World, actor: str) -> None:
     assert world.get("admin", f"jobs/{world.job_id}").status_code == (404 if actor == "admin" else 200)
 
 
-# --- users/{uid}/devices/{deviceId}: the owner's own push tokens -----------------------------
+# --- users/{uid}/devices/{deviceId}: the owner's own push addresses ------------------------
 
 @pytest.mark.parametrize("actor", ACTORS)
 def test_device_get(world: World, actor: str) -> None:
@@ -236,20 +237,22 @@ def test_device_collection_group_query_is_denied(world: World, actor: str) -> No
 
 @pytest.mark.parametrize("actor", ACTORS)
 def test_device_create(world: World, actor: str) -> None:
-    """Given a valid device {token, platform, updatedAt: server time} under alice, then only
-    alice may create it."""
-    path = f"users/{world.owner}/devices/new-{uuid.uuid4().hex[:8]}"
-    response = world.set(actor, path, DEVICE, exists=False, server_time=("updatedAt",))
-    assert allowed(response) == expect(actor, {"owner", "admin"})
+    """Given a valid device {fid, platform, updatedAt: server time} under alice (and a legacy
+    one with a registration token), then only alice may create it."""
+    for device in (DEVICE, LEGACY_DEVICE):
+        path = f"users/{world.owner}/devices/new-{uuid.uuid4().hex[:8]}"
+        response = world.set(actor, path, device, exists=False, server_time=("updatedAt",))
+        assert allowed(response) == expect(actor, {"owner", "admin"})
 
 
 @pytest.mark.parametrize("actor", ACTORS)
 def test_device_update(world: World, actor: str) -> None:
-    """Given alice's device, when its token is refreshed, then only alice may write it."""
+    """Given alice's device, when its address is refreshed (or moved from a token to an FID),
+    then only alice may write it."""
     path = f"users/{world.owner}/devices/{world.device_id}"
-    response = world.set(actor, path, {"token": "fcm-token-2", "platform": "ios"}, exists=True,
-                         server_time=("updatedAt",))
-    assert allowed(response) == expect(actor, {"owner", "admin"})
+    for device in ({"token": "fcm-token-2", "platform": "ios"}, {"fid": "fid-2", "platform": "ios"}):
+        response = world.set(actor, path, device, exists=True, server_time=("updatedAt",))
+        assert allowed(response) == expect(actor, {"owner", "admin"})
 
 
 @pytest.mark.parametrize("actor", ACTORS)
@@ -261,20 +264,25 @@ def test_device_delete(world: World, actor: str) -> None:
 
 @pytest.mark.parametrize(("fields", "server_time"), [
     ({**DEVICE, "extra": "x"}, ("updatedAt",)),
-    ({"token": "fcm-token-1", "platform": "windows"}, ("updatedAt",)),
+    ({"fid": "fid-1", "platform": "windows"}, ("updatedAt",)),
+    ({"fid": "", "platform": "android"}, ("updatedAt",)),
+    ({"fid": "x" * 4097, "platform": "android"}, ("updatedAt",)),
+    ({"fid": 12345, "platform": "android"}, ("updatedAt",)),
     ({"token": "", "platform": "android"}, ("updatedAt",)),
     ({"token": "x" * 4097, "platform": "android"}, ("updatedAt",)),
     ({"token": 12345, "platform": "android"}, ("updatedAt",)),
+    ({"fid": "fid-1", "token": "fcm-token-1", "platform": "android"}, ("updatedAt",)),
     ({"platform": "android"}, ("updatedAt",)),
     (DEVICE, ()),
     ({**DEVICE, "updatedAt": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}, ()),
-], ids=["extra-field", "bad-platform", "empty-token", "long-token", "token-not-string",
-        "no-token", "no-updatedAt", "client-chosen-updatedAt"])
+], ids=["extra-field", "bad-platform", "empty-fid", "long-fid", "fid-not-string", "empty-token",
+        "long-token", "token-not-string", "fid-and-token", "no-address", "no-updatedAt",
+        "client-chosen-updatedAt"])
 def test_device_fields_are_validated(world: World, fields: dict[str, Any],
                                      server_time: tuple[str, ...]) -> None:
-    """Given alice writing her own device, when the document breaks the contract {token:
-    non-empty string ≤ 4096, platform: android|ios|web, updatedAt: server time}, then it is
-    denied, on create and on update."""
+    """Given alice writing her own device, when the document breaks the contract {fid or
+    token (exactly one): non-empty string ≤ 4096, platform: android|ios|web, updatedAt: server
+    time}, then it is denied, on create and on update."""
     new = f"users/{world.owner}/devices/new-{uuid.uuid4().hex[:8]}"
     assert not allowed(world.set("owner", new, fields, exists=False, server_time=server_time))
     old = f"users/{world.owner}/devices/{world.device_id}"
@@ -285,13 +293,13 @@ def test_device_fields_are_validated(world: World, fields: dict[str, Any],
 def test_device_platforms(world: World, platform: str) -> None:
     """Given each supported platform, when alice registers a device, then it is allowed."""
     path = f"users/{world.owner}/devices/{platform}-{uuid.uuid4().hex[:8]}"
-    assert allowed(world.set("owner", path, {"token": "t", "platform": platform}, exists=False,
+    assert allowed(world.set("owner", path, {"fid": "f", "platform": platform}, exists=False,
                              server_time=("updatedAt",)))
 
 
 def test_device_under_another_user_is_denied(world: World) -> None:
     """Given bob, when he registers a valid device under alice's path, then it is denied
-    (a token under someone else's uid would receive their pushes)."""
+    (an address under someone else's uid would receive their pushes)."""
     path = f"users/{world.owner}/devices/bobs-phone"
     assert not allowed(world.set("other", path, DEVICE, exists=False, server_time=("updatedAt",)))
 

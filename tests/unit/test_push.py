@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from firebase_admin import credentials
 
 from kiln import push
 from kiln.local.fcm_server import FcmServer
+from kiln.model import Device
 
 THUMB = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fthumb.png?alt=media&token=t1"
 PNG = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fresult.png?alt=media&token=t2"
@@ -55,17 +57,16 @@ def completed(kind: str = "image", **result: Any) -> dict[str, Any]:
 
 
 def deliver(sender: push.FcmPush, fcm: FcmServer, job: dict[str, Any], template: str = "/jobs/{jobId}",
-            tokens: tuple[str, ...] = ("tok-1",)) -> list[dict[str, Any]]:
+            devices: tuple[Device, ...] = (Device("phone", fid="fid-1"),)) -> list[dict[str, Any]]:
     title, body, data = push.build_message("job-1", job, template)
-    result = sender.send([(f"device-{t}", t) for t in tokens], title, body, data,
-                         image=push.image_url(job))
-    assert (result.sent, result.failed) == (len(tokens), 0)
+    result = sender.send(list(devices), title, body, data, image=push.image_url(job))
+    assert (result.sent, result.failed) == (len(devices), 0)
     return [m["message"] for m in fcm.messages]
 
 
 #: The full message for a completed image job with a thumbnail (docs/push.md shows it).
 EXPECTED_IMAGE = {
-    "token": "tok-1",
+    "fid": "fid-1",
     "notification": {"title": "Your image is ready", "body": "a ceramic fox", "image": THUMB},
     "data": {"type": "generation_completed", "jobId": "job-1", "kind": "image", "link": "/jobs/job-1"},
     "android": {
@@ -159,11 +160,39 @@ def test_link_template(sender: push.FcmPush, fcm: FcmServer, template: str, link
 
 
 def test_every_device_gets_the_same_message(sender: push.FcmPush, fcm: FcmServer) -> None:
-    """Given three devices, then each token gets the same message (one send per token)."""
-    messages = deliver(sender, fcm, completed(downloadUrl=PNG), tokens=("a", "b", "c"))
-    # firebase-admin sends the per-token requests concurrently: arrival order varies.
-    assert sorted(m.pop("token") for m in messages) == ["a", "b", "c"]
+    """Given three devices, then each FID gets the same message (one send per device)."""
+    devices = tuple(Device(f"d-{x}", fid=x) for x in ("a", "b", "c"))
+    messages = deliver(sender, fcm, completed(downloadUrl=PNG), devices=devices)
+    # firebase-admin sends the per-device requests concurrently: arrival order varies.
+    assert sorted(m.pop("fid") for m in messages) == ["a", "b", "c"]
     assert messages[0] == messages[1] == messages[2]
+
+
+def test_legacy_token_devices_get_the_same_message(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given one device on an FID and one still on a registration token, then the token device
+    gets the same message addressed by ``token`` (deprecated by FCM, still delivered), and
+    firebase-admin's deprecation warning stays inside Kiln."""
+    devices = (Device("new", fid="fid-1"), Device("old", token="tok-1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        messages = deliver(sender, fcm, completed(downloadUrl=PNG, thumbnailUrl=THUMB), devices=devices)
+    by_target = {("fid", m.pop("fid")) if "fid" in m else ("token", m.pop("token")): m for m in messages}
+    assert set(by_target) == {("fid", "fid-1"), ("token", "tok-1")}
+    expected = {k: v for k, v in EXPECTED_IMAGE.items() if k != "fid"}
+    assert by_target["fid", "fid-1"] == by_target["token", "tok-1"] == expected
+
+
+@pytest.mark.parametrize(("doc", "device"), [
+    ({"fid": "f", "platform": "ios"}, Device("d", fid="f")),
+    ({"token": "t", "platform": "android"}, Device("d", token="t")),
+    ({"fid": "f", "token": "t"}, Device("d", fid="f")),
+    ({"fid": "", "token": "t"}, Device("d", token="t")),
+    ({"platform": "web"}, None),
+    ({"fid": 12, "token": None}, None),
+])
+def test_device_from_its_document(doc: dict[str, Any], device: Device | None) -> None:
+    """Given a device document, then its address is the FID, else the token, else none."""
+    assert Device.from_doc("d", doc) == device
 
 
 def test_collapse_key_is_per_job() -> None:
@@ -172,7 +201,7 @@ def test_collapse_key_is_per_job() -> None:
     keys = []
     for job_id in ("job-a", "job-b"):
         _t, _b, data = push.build_message(job_id, completed(), "/jobs/{jobId}")
-        message = push.fcm_message(["tok"], "t", "b", data)
+        message = push.fcm_message(Device("d", fid="f"), "t", "b", data)
         assert message.android is not None and message.apns is not None
         keys.append((message.android.collapse_key, message.android.notification.tag,
                      message.apns.headers["apns-collapse-id"]))

@@ -127,10 +127,12 @@ export interface JobView {
   completedAt: string | null;
 }
 
-/** users/{uid}/devices/{deviceId}: one of the user's devices, written by the app. */
+/** users/{uid}/devices/{deviceId}: one of the user's devices, written by the app: exactly one of fid and token. */
 export interface Device {
-  /** The FCM registration token. */
-  token: string;
+  /** The Firebase Installation ID FCM registered (onRegistered); give this or token, not both. */
+  fid?: string;
+  /** Legacy FCM registration token (getToken), for apps not yet on FIDs; give this or fid, not both. */
+  token?: string;
   platform: "android" | "ios" | "web";
   /** serverTimestamp() (the rules require it). */
   updatedAt: Timestamp;

@@ -32,7 +32,7 @@ def demo(out: Path, *, image_prompt: str, model_prompt: str) -> int:
         services = stack.services()
         services.firestore.collection("users").document(DEMO_UID).collection(
             "devices").document("demo-phone").set(
-            {"token": "demo-fcm-token", "platform": "android", "updatedAt": time.time()})
+            {"fid": "demo-fid", "platform": "android", "updatedAt": time.time()})
         token = emulator_id_token(DEMO_UID, stack.config.project)
         jobs: dict[str, dict[str, Any]] = {}
         with httpx.Client(base_url=stack.ingress_url, timeout=10,

@@ -4,11 +4,14 @@ Speaks ``POST /v1/projects/{project}/messages:send`` as FCM does: 200 with
 ``{"name": "projects/{p}/messages/{id}"}``, or FCM's error body (status, and an
 ``FcmError`` detail with the ``errorCode`` firebase-admin maps to its exceptions).
 
+A message targets exactly one of ``fid`` (Firebase Installation ID), ``token`` (legacy
+registration token), ``topic`` or ``condition``, as FCM requires.
+
 Control endpoints for tests: ``GET /_kiln/messages`` (what was received),
-``DELETE /_kiln/messages`` (forget), ``PUT /_kiln/tokens/{token}`` with
+``DELETE /_kiln/messages`` (forget), ``PUT /_kiln/tokens/{address}`` with
 ``{"error": "UNREGISTERED" | "INVALID_ARGUMENT" | "QUOTA_EXCEEDED" | "UNAVAILABLE" |
-"INTERNAL" | null}`` (how to answer for that token). Tokens that start with ``dead-``
-answer UNREGISTERED without setup.
+"INTERNAL" | null}`` (how to answer for that FID or token). Addresses that start with
+``dead-`` answer UNREGISTERED without setup.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
+_TARGETS = ("fid", "token", "topic", "condition")
+
+
 class FcmServer(BackgroundServer):
     """Run with ``start()``; ``url`` is the base to give ``KILN_FCM_ENDPOINT``."""
 
@@ -39,6 +45,7 @@ class FcmServer(BackgroundServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.messages: list[dict[str, Any]] = []
+        #: How to answer for an FID or token (an error code of ``_ERRORS``).
         self.token_errors: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -53,12 +60,16 @@ class FcmServer(BackgroundServer):
         if not auth.startswith("Bearer "):
             return 401, _error(401, "UNAUTHENTICATED", "Missing credentials.", None)
         message = body.get("message")
-        if not isinstance(message, dict) or not message.get("token"):
-            return 400, _error(400, "INVALID_ARGUMENT", "message.token is required.", None)
-        token = str(message["token"])
+        if not isinstance(message, dict):
+            return 400, _error(400, "INVALID_ARGUMENT", "message is required.", None)
+        targets = [key for key in _TARGETS if message.get(key)]
+        if len(targets) != 1:
+            return 400, _error(400, "INVALID_ARGUMENT", "Exactly one of message.fid, message.token, "
+                               "message.topic or message.condition is required.", None)
+        address = str(message[targets[0]])
         with self._lock:
-            code = self.token_errors.get(token) or ("UNREGISTERED" if token.startswith("dead-")
-                                                    else None)
+            code = self.token_errors.get(address) or ("UNREGISTERED" if address.startswith("dead-")
+                                                      else None)
             if code:
                 status, name, text = _ERRORS[code]
                 return status, _error(status, name, text, code)
