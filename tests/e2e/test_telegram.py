@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,20 @@ def test_status_running_limit_and_cancel(telegram, tg_services, chat):
         edit["message_id"] == job["_server"]["telegram"]["statusMessageId"])
     assert send(telegram, chat, "/cancel").json()["text"] == "Nothing is running right now."
     assert "canceled" in send(telegram, chat, "/status").json()["text"]
+
+
+def test_updates_arriving_together_never_exceed_the_running_limit(telegram, tg_services, chat):
+    """Given five /model updates of one chat posted at once (Telegram delivers concurrently
+    over several connections), then exactly one job starts (1 running per chat here) and the
+    other four get the polite refusal."""
+    updates = [telegram.text_update(chat, f"/model a burst cube {n}") for n in range(5)]
+    with ThreadPoolExecutor(len(updates)) as pool:
+        answers = list(pool.map(telegram.post_update, updates))
+    assert [a.status_code for a in answers] == [200] * 5
+    refusals = [a.json()["text"] for a in answers if a.content and "already have" in a.text]
+    assert len(refusals) == 4
+    assert len(jobs_of(tg_services, chat)) == 1
+    send(telegram, chat, "/cancel")
 
 
 def test_the_daily_quota_is_enforced_politely(telegram, tg_services, chat):

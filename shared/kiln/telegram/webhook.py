@@ -125,13 +125,17 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.too_long(len(prompt)))
     job_request = parse_job_request({"kind": kind, "prompt": prompt})
     key = f"tg-update:{incoming.update_id}"
-    if services.store.get(new_job_id(incoming.uid, key)) is not None:
+    job_id = new_job_id(incoming.uid, key)
+    if services.store.get(job_id) is not None:
         log.event(logger, "update replayed; its job exists", updateId=incoming.update_id)
         return None
-    if len(running_jobs(services.store, incoming.uid)) >= settings.telegram_max_running_per_chat:
-        return incoming.reply(messages.too_many_running(settings.telegram_max_running_per_chat))
     chats, day = chat_store(services), today(utcnow())
-    if not chats.reserve(incoming.chat_id, day=day, quota=settings.telegram_daily_quota):
+    place = chats.reserve(incoming.chat_id, job_id=job_id, day=day,
+                          quota=settings.telegram_daily_quota,
+                          max_running=settings.telegram_max_running_per_chat, now=time.time())
+    if place.refused == "running":
+        return incoming.reply(messages.too_many_running(settings.telegram_max_running_per_chat))
+    if place.refused == "quota":
         return incoming.reply(messages.quota_reached(settings.telegram_daily_quota))
     status_id = _say_working(services, incoming, kind, prompt)
     telegram = {"chatId": incoming.chat_id, "chatType": incoming.chat_type,
@@ -143,10 +147,10 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
                                             job_request=job_request, idempotency_key=key,
                                             extra_server={"telegram": telegram})
     except KilnError:
-        _undo(services, incoming, day, status_id)
+        _undo(services, incoming, status_id, refund=(job_id, day) if place.new else None)
         raise  # 503: Telegram retries the update
-    if not created:  # a concurrent delivery of the same update won the race
-        _undo(services, incoming, day, status_id)
+    if not created:  # a concurrent delivery of the same update won the race: its job holds
+        _undo(services, incoming, status_id, refund=None)  # the place and the quota
     return None
 
 
@@ -162,9 +166,13 @@ def _say_working(services: Services, incoming: Incoming, kind: str, prompt: str)
     return int(sent["message_id"]) if sent else None
 
 
-def _undo(services: Services, incoming: Incoming, day: str, status_id: int | None) -> None:
+def _undo(services: Services, incoming: Incoming, status_id: int | None,
+          refund: tuple[str, str] | None) -> None:
+    """Delete the working message of a job that was not created here; ``refund`` (job id,
+    quota day) gives back the place and quota this delivery took."""
     try:
-        chat_store(services).refund(incoming.chat_id, day=day)
+        if refund is not None:
+            chat_store(services).refund(incoming.chat_id, job_id=refund[0], day=refund[1])
         if status_id is not None:
             bot_for(services).delete_message(incoming.chat_id, status_id, max_wait=0)
     except KilnError as exc:
