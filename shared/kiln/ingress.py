@@ -8,15 +8,16 @@ pending jobs, so nothing accepted is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
 
-from kiln import lifecycle, log
+from kiln import actions, lifecycle, log
 from kiln.errors import RequestError, RetryableError, TransitionError
 from kiln.model import JobStatus, is_valid_job_id, new_job_id, parse_job_request
 from kiln.services import Services
@@ -198,54 +199,24 @@ def list_jobs(request: flask.Request, services: Services) -> flask.Response:
 
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
     _owned_job(request, services, job_id)
-
-    def decide(job: dict[str, Any] | None) -> tuple[Any, bool]:
-        assert job is not None
-        try:
-            updates = lifecycle.cancel(job)
-        except TransitionError as exc:
-            raise RequestError(409, "invalid_transition", exc.message) from exc
-        # Nobody holds the job (e.g. between hand-offs): a worker must wake to cancel the
-        # provider's task. A lease holder notices the cancel by itself.
-        orphaned = not lifecycle.lease_live(job, utcnow())
-        return updates, (updates is not None and orphaned
-                         and bool(lifecycle.server(job).get("providerTaskId")))
-
-    remote_task = services.store.transact(job_id, decide)
-    with log.job_context(job_id):
-        if remote_task:
-            # Wake a worker to cancel the provider's task even if none holds the job now.
-            try:
-                services.queue.publish(job_id, reason="cancel")
-            except RetryableError:
-                log.event(logger, "cancel wake-up not published", logging.WARNING)
-        log.event(logger, "job canceled by owner")
+    with _conflict_on_invalid_transition():
+        actions.cancel(services, job_id, by="owner")
     return json_response(200, {"jobId": job_id, "status": JobStatus.CANCELED.value})
 
 
 def retry_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
     _owned_job(request, services, job_id)
-    settings = services.settings
+    with _conflict_on_invalid_transition():
+        outcome = actions.retry(services, job_id, by="owner")
+    return json_response(202, {"jobId": job_id, "status": outcome.status})
 
-    def decide(job: dict[str, Any] | None) -> tuple[Any, tuple[bool, str]]:
-        assert job is not None
-        try:
-            updates = lifecycle.retry(job, now=utcnow(), max_age_seconds=settings.job_max_age_seconds)
-        except TransitionError as exc:
-            raise RequestError(409, "invalid_transition", exc.message) from exc
-        if updates is None:  # already pending or running again: nothing to do
-            return None, (False, str(job["status"]))
-        return updates, (True, JobStatus.PENDING.value)
 
-    retried, status = services.store.transact(job_id, decide)
-    if retried:
-        with log.job_context(job_id):
-            try:
-                services.queue.publish(job_id, reason="retry")
-            except RetryableError:
-                log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
-            log.event(logger, "job retried by owner")
-    return json_response(202, {"jobId": job_id, "status": status})
+@contextlib.contextmanager
+def _conflict_on_invalid_transition() -> Iterator[None]:
+    try:
+        yield
+    except TransitionError as exc:
+        raise RequestError(409, "invalid_transition", exc.message) from exc
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> flask.Response:

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from kiln import lifecycle
+from kiln import actions, lifecycle
 from kiln.errors import TransitionError
 
 
@@ -66,32 +66,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    services = _services()
     try:
-        services.store.transact(args.job_id, lambda job: (_require(job, lifecycle.cancel), None))
+        outcome = actions.cancel(_services(), args.job_id, by="operator")
     except TransitionError as exc:
         print(exc.message)
         return 1
-    print(f"{args.job_id}: canceled")
+    print(f"{args.job_id}: canceled" + ("" if outcome.changed else " (already)"))
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    services = _services()
-    max_age = services.settings.job_max_age_seconds
     try:
-        services.store.transact(args.job_id, lambda job: (_require(
-            job, lambda j: lifecycle.retry(j, now=dt.datetime.now(dt.UTC),
-                                           max_age_seconds=max_age)), None))
+        outcome = actions.retry(_services(), args.job_id, by="operator")
     except TransitionError as exc:
         print(exc.message)
         return 1
-    services.queue.publish(args.job_id, reason="operator-retry")
-    print(f"{args.job_id}: pending again, published")
+    print(f"{args.job_id}: pending again, published" if outcome.changed
+          else f"{args.job_id}: already {outcome.status}")
     return 0
-
-
-def _require(job: dict[str, Any] | None, transition: Any) -> Any:
-    if job is None:
-        raise TransitionError("No such job.")
-    return transition(job)

@@ -13,6 +13,7 @@ import pytest
 from pygltflib import GLTF2
 
 from kiln.local.demo import demo
+from support import wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -38,3 +39,24 @@ def test_watch_follows_a_job_to_the_end(stack: Any, api: httpx.Client) -> None:
     assert done.returncode == 0, done.stderr
     assert "100%  completed" in done.stdout
     assert "generations/" in done.stdout and "result.png" in done.stdout
+
+
+def test_operator_cancels_and_retries_any_job(stack: Any, api: httpx.Client, services: Any) -> None:
+    """``kiln jobs cancel|retry`` act on any owner's job with the API's transitions: a running
+    job is canceled (and again: "already"), a canceled one cannot be retried (exit 1 with the
+    reason), a failed one is pending again."""
+    env = {**os.environ, **stack.client_env()}
+
+    def kiln(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kiln", "jobs", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    job_id = api.post("/v1/jobs", json={"kind": "model", "prompt": "a slow grey arch"}).json()["jobId"]
+    assert kiln("cancel", job_id).stdout.strip() == f"{job_id}: canceled"
+    assert kiln("cancel", job_id).stdout.strip() == f"{job_id}: canceled (already)"
+    refused = kiln("retry", job_id)
+    assert refused.returncode == 1 and "Only a failed job can be retried" in refused.stdout
+    failed = api.post("/v1/jobs", json={"kind": "image", "prompt": "a cup [fail:permanent]"}).json()["jobId"]
+    wait_terminal(services, failed)
+    retried = kiln("retry", failed)
+    assert retried.returncode == 0 and retried.stdout.strip() == f"{failed}: pending again, published"

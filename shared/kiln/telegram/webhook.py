@@ -22,7 +22,7 @@ from typing import Any
 
 import flask
 
-from kiln import lifecycle, log
+from kiln import actions, lifecycle, log
 from kiln.errors import KilnError, RequestError, TransitionError
 from kiln.ingress import accept_job, error_response, json_response, read_json
 from kiln.model import PROMPT_MAX, new_job_id, parse_job_request
@@ -190,17 +190,12 @@ def cancel_running(services: Services, incoming: Incoming) -> Reply:
     if not running:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
     job_id, job = running[0]
-
-    def decide(current: dict[str, Any] | None) -> tuple[Any, bool]:
-        try:
-            return lifecycle.cancel(current or {}), True
-        except (TransitionError, KeyError):
-            return None, False  # it ended meanwhile
-
-    if not services.store.transact(job_id, decide):
+    try:
+        outcome = actions.cancel(services, job_id, by="chat")
+    except TransitionError:
+        outcome = None  # it ended meanwhile
+    if outcome is None or not outcome.changed:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
-    with log.job_context(job_id):
-        log.event(logger, "job canceled from the chat")
     status_id = (lifecycle.server(job).get("telegram") or {}).get("statusMessageId")
     if status_id:
         try:
