@@ -60,8 +60,7 @@ def api(stack: LocalStack, uid: str, token: Callable[[str], str]) -> Iterator[ht
 
 @pytest.fixture
 def fcm(stack: LocalStack) -> Any:
-    stack.fcm.messages.clear()
-    stack.fcm.token_errors.clear()
+    stack.fcm.forget()
     return stack.fcm
 
 

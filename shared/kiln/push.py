@@ -16,6 +16,7 @@ per-device results are firebase-admin's own.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from typing import Any
 
 import firebase_admin
 import requests
+from firebase_admin import _http_client, messaging
 from firebase_admin import exceptions as fb_exc
-from firebase_admin import messaging
 
 from kiln import log
 from kiln.model import Device
@@ -33,6 +34,10 @@ logger = log.get("push")
 
 FCM_HOST = "https://fcm.googleapis.com"
 MAX_BATCH = 500  # send_each's limit per call
+#: Waits before sending again to devices FCM answered 429 QUOTA_EXCEEDED (after the SDK's
+#: own Retry-After handling): FCM asks for backoff, and the job is done, so a little wait
+#: in the worker costs nothing but an instance-second.
+QUOTA_DELAYS = (1.0, 4.0)
 
 
 #: Android notification channel the app must create (``NotificationChannel``) before pushes
@@ -141,10 +146,13 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 class _LoopbackAdapter(requests.adapters.HTTPAdapter):
-    """Sends what firebase-admin addresses to fcm.googleapis.com to a local server."""
+    """Sends what firebase-admin addresses to fcm.googleapis.com to a local server, with
+    the retry policy the SDK mounts for FCM (500/503 and Retry-After answers are retried
+    with backoff), so the local stack retries as production does."""
 
     def __init__(self, endpoint: str) -> None:
-        super().__init__()
+        super().__init__(pool_connections=100, pool_maxsize=100,
+                         max_retries=_http_client.DEFAULT_RETRY_CONFIG)
         self.endpoint = endpoint.rstrip("/")
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
@@ -154,10 +162,17 @@ class _LoopbackAdapter(requests.adapters.HTTPAdapter):
 
 
 class FcmPush:
-    """Sends a job's push to every device of its owner; reports the ones FCM calls dead."""
+    """Sends a job's push to every device of its owner; reports the ones FCM calls dead.
 
-    def __init__(self, app: firebase_admin.App, *, endpoint: str = "") -> None:
+    firebase-admin retries 500/503 and answers that carry Retry-After itself; a device
+    still over quota (429 QUOTA_EXCEEDED) is tried again here after each of
+    ``quota_delays``, as FCM asks. Other failures are final for this push.
+    """
+
+    def __init__(self, app: firebase_admin.App, *, endpoint: str = "",
+                 quota_delays: tuple[float, ...] = QUOTA_DELAYS) -> None:
         self.app = app
+        self.quota_delays = quota_delays
         if endpoint:
             service = messaging._get_messaging_service(app)
             service._client.session.mount(FCM_HOST, _LoopbackAdapter(endpoint))
@@ -173,25 +188,37 @@ class FcmPush:
         """Send to every device; report sent, failed and dead ones (to be forgotten)."""
         sent = failed = 0
         dead: list[str] = []
-        for start in range(0, len(devices), MAX_BATCH):
-            batch = devices[start:start + MAX_BATCH]
-            try:
-                messages = [fcm_message(device, title, body, data, image) for device in batch]
-                response = messaging.send_each(messages, app=self.app)
-            except (fb_exc.FirebaseError, ValueError) as exc:
-                log.event(logger, "push batch failed", logging.WARNING, error=str(exc))
-                failed += len(batch)
-                continue
-            for device, item in zip(batch, response.responses, strict=True):
-                if item.success:
-                    sent += 1
+        pending = list(devices)
+        for delay in (0.0, *self.quota_delays):
+            if not pending:
+                break
+            time.sleep(delay)
+            over_quota: list[Device] = []
+            for start in range(0, len(pending), MAX_BATCH):
+                batch = pending[start:start + MAX_BATCH]
+                try:
+                    messages = [fcm_message(device, title, body, data, image) for device in batch]
+                    response = messaging.send_each(messages, app=self.app)
+                except (fb_exc.FirebaseError, ValueError) as exc:
+                    log.event(logger, "push batch failed", logging.WARNING, error=str(exc))
+                    failed += len(batch)
                     continue
-                failed += 1
-                if _is_dead(item.exception):
-                    dead.append(device.id)
-                log.event(logger, "push to device failed", logging.WARNING, deviceId=device.id,
-                          error=type(item.exception).__name__)
-        return PushResult(sent, failed, dead)
+                for device, item in zip(batch, response.responses, strict=True):
+                    if item.success:
+                        sent += 1
+                    elif isinstance(item.exception, fb_exc.ResourceExhaustedError):
+                        over_quota.append(device)
+                    else:
+                        failed += 1
+                        if _is_dead(item.exception):
+                            dead.append(device.id)
+                        log.event(logger, "push to device failed", logging.WARNING,
+                                  deviceId=device.id, error=type(item.exception).__name__)
+            pending = over_quota
+        for device in pending:
+            log.event(logger, "push to device failed", logging.WARNING, deviceId=device.id,
+                      error="QuotaExceededError")
+        return PushResult(sent, failed + len(pending), dead)
 
 
 def _is_dead(exc: BaseException | None) -> bool:

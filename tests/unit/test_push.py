@@ -45,7 +45,7 @@ def sender(fcm: FcmServer) -> Iterator[push.FcmPush]:
     app = firebase_admin.initialize_app(_Token(), {"projectId": "demo-kiln"},
                                         name=f"test-push-{next(_apps)}")
     try:
-        yield push.FcmPush(app, endpoint=fcm.url)
+        yield push.FcmPush(app, endpoint=fcm.url, quota_delays=(0.2, 0.4))
     finally:
         firebase_admin.delete_app(app)
 
@@ -224,3 +224,67 @@ def test_long_prompt_is_shortened() -> None:
 ])
 def test_image_url(job: dict[str, Any], image: str | None) -> None:
     assert push.image_url(job) == image
+
+
+# --- FCM's transient refusals -------------------------------------------------------------
+
+DATA = {"type": "generation_completed", "jobId": "job-1", "kind": "image", "link": "/jobs/job-1"}
+
+
+def attempts(fcm: FcmServer, address: str) -> list[tuple[str | None, float]]:
+    return [(code, at) for to, code, at in fcm.attempts if to == address]
+
+
+@pytest.mark.parametrize("error", ["UNAVAILABLE", "INTERNAL"])
+def test_unavailable_and_internal_are_retried_with_backoff(sender: push.FcmPush, fcm: FcmServer,
+                                                           error: str) -> None:
+    """Given FCM answering 503 UNAVAILABLE (or 500 INTERNAL) twice, then firebase-admin's
+    own retry policy (kept by the loopback route) sends again with backoff and the device
+    gets exactly one push."""
+    fcm.fail("fid-1", error, times=2)
+    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (1, 0, [])
+    tried = attempts(fcm, "fid-1")
+    assert [code for code, _at in tried] == [error, error, None]
+    assert tried[2][1] - tried[1][1] >= 0.9  # urllib3 backoff: 0 s, then 1 s
+    assert len(fcm.messages) == 1
+
+
+def test_quota_exceeded_with_retry_after_is_waited_out(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given 429 QUOTA_EXCEEDED with Retry-After: 1, then the send is repeated after that
+    second and succeeds."""
+    fcm.fail("fid-1", "QUOTA_EXCEEDED", times=1, retry_after=1)
+    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed) == (1, 0)
+    (first, at1), (second, at2) = attempts(fcm, "fid-1")
+    assert (first, second) == ("QUOTA_EXCEEDED", None) and at2 - at1 >= 1.0
+
+
+def test_quota_exceeded_without_retry_after_is_retried_by_kiln(sender: push.FcmPush,
+                                                               fcm: FcmServer) -> None:
+    """Given 429 QUOTA_EXCEEDED without Retry-After (the SDK does not retry it), then Kiln
+    tries that device again after its quota delays, and only that device."""
+    fcm.fail("fid-1", "QUOTA_EXCEEDED", times=2)
+    result = sender.send([Device("phone", fid="fid-1"), Device("tablet", fid="fid-2")],
+                         "t", "b", DATA)
+    assert (result.sent, result.failed) == (2, 0)
+    assert [code for code, _at in attempts(fcm, "fid-1")] == ["QUOTA_EXCEEDED"] * 2 + [None]
+    assert len(attempts(fcm, "fid-2")) == 1
+
+
+def test_quota_exceeded_for_good_fails_without_forgetting_the_device(sender: push.FcmPush,
+                                                                     fcm: FcmServer) -> None:
+    """Given a device over quota on every try, then it is tried 1 + len(quota_delays) times,
+    counted failed, and not reported dead (its address is fine)."""
+    fcm.fail("fid-1", "QUOTA_EXCEEDED")
+    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (0, 1, [])
+    assert len(attempts(fcm, "fid-1")) == 3
+
+
+def test_unregistered_is_not_retried(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given UNREGISTERED, then there is one attempt and the device is reported dead."""
+    fcm.fail("fid-1", "UNREGISTERED")
+    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (0, 1, ["phone"])
+    assert len(attempts(fcm, "fid-1")) == 1

@@ -10,8 +10,10 @@ registration token), ``topic`` or ``condition``, as FCM requires.
 Control endpoints for tests: ``GET /_kiln/messages`` (what was received),
 ``DELETE /_kiln/messages`` (forget), ``PUT /_kiln/tokens/{address}`` with
 ``{"error": "UNREGISTERED" | "INVALID_ARGUMENT" | "QUOTA_EXCEEDED" | "UNAVAILABLE" |
-"INTERNAL" | null}`` (how to answer for that FID or token). Addresses that start with
-``dead-`` answer UNREGISTERED without setup.
+"INTERNAL" | null, "times": N, "retryAfter": S}`` (how to answer for that FID or token:
+always, or only the next N sends; ``retryAfter`` adds a Retry-After header). Addresses
+that start with ``dead-`` answer UNREGISTERED without setup. ``attempts`` lists every
+send (address, error code or None, time), failed ones included.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,38 +48,73 @@ class FcmServer(BackgroundServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.messages: list[dict[str, Any]] = []
-        #: How to answer for an FID or token (an error code of ``_ERRORS``).
+        #: How to answer for an FID or token (an error code of ``_ERRORS``), every time.
         self.token_errors: dict[str, str] = {}
+        #: Error codes to answer for the next sends to an address, then success.
+        self.scripted: dict[str, list[str]] = {}
+        #: Retry-After (seconds) sent with the error answers for an address.
+        self.retry_after: dict[str, int] = {}
+        self.attempts: list[tuple[str, str | None, float]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         httpd = ThreadingHTTPServer((host, port), self._handler())
         httpd.daemon_threads = True
         super().__init__(httpd)
 
-    def _answer(self, path: str, body: dict[str, Any], auth: str) -> tuple[int, dict[str, Any]]:
+    def _answer(self, path: str, body: dict[str, Any],
+                auth: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         parts = path.split("/")
         if len(parts) != 5 or parts[1] != "v1" or parts[4] != "messages:send":
-            return 404, _error(404, "NOT_FOUND", "Unknown method.", None)
+            return 404, _error(404, "NOT_FOUND", "Unknown method.", None), {}
         if not auth.startswith("Bearer "):
-            return 401, _error(401, "UNAUTHENTICATED", "Missing credentials.", None)
+            return 401, _error(401, "UNAUTHENTICATED", "Missing credentials.", None), {}
         message = body.get("message")
         if not isinstance(message, dict):
-            return 400, _error(400, "INVALID_ARGUMENT", "message is required.", None)
+            return 400, _error(400, "INVALID_ARGUMENT", "message is required.", None), {}
         targets = [key for key in _TARGETS if message.get(key)]
         if len(targets) != 1:
             return 400, _error(400, "INVALID_ARGUMENT", "Exactly one of message.fid, message.token, "
-                               "message.topic or message.condition is required.", None)
+                               "message.topic or message.condition is required.", None), {}
         address = str(message[targets[0]])
         with self._lock:
-            code = self.token_errors.get(address) or ("UNREGISTERED" if address.startswith("dead-")
-                                                      else None)
+            code = self._error_for(address)
+            self.attempts.append((address, code, time.monotonic()))
             if code:
                 status, name, text = _ERRORS[code]
-                return status, _error(status, name, text, code)
+                headers = ({"Retry-After": str(self.retry_after[address])}
+                           if address in self.retry_after else {})
+                return status, _error(status, name, text, code), headers
             message_id = next(self._ids)
             self.messages.append({"project": parts[3], "message": message,
                                   "validateOnly": bool(body.get("validate_only"))})
-        return 200, {"name": f"projects/{parts[3]}/messages/{message_id}"}
+        return 200, {"name": f"projects/{parts[3]}/messages/{message_id}"}, {}
+
+    def _error_for(self, address: str) -> str | None:
+        script = self.scripted.get(address)
+        if script:
+            return script.pop(0)
+        return self.token_errors.get(address) or ("UNREGISTERED" if address.startswith("dead-")
+                                                  else None)
+
+    def fail(self, address: str, error: str, *, times: int | None = None,
+             retry_after: int | None = None) -> None:
+        """Answer ``error`` for ``address``: always, or for the next ``times`` sends."""
+        with self._lock:
+            if times is None:
+                self.token_errors[address] = error
+            else:
+                self.scripted[address] = [error] * times
+            if retry_after is not None:
+                self.retry_after[address] = retry_after
+
+    def forget(self) -> None:
+        """Drop the recorded messages and attempts and every planted failure."""
+        with self._lock:
+            self.messages.clear()
+            self.attempts.clear()
+            self.token_errors.clear()
+            self.scripted.clear()
+            self.retry_after.clear()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -85,9 +123,11 @@ class FcmServer(BackgroundServer):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: Any) -> None:
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json; charset=UTF-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -107,9 +147,7 @@ class FcmServer(BackgroundServer):
 
             def do_DELETE(self) -> None:
                 if self.path == "/_kiln/messages":
-                    with server._lock:
-                        server.messages.clear()
-                        server.token_errors.clear()
+                    server.forget()
                     self._send(200, {})
                 else:
                     self._send(404, {})
@@ -119,13 +157,16 @@ class FcmServer(BackgroundServer):
                 if not self.path.startswith(prefix):
                     self._send(404, {})
                     return
-                error = self._body().get("error")
-                token = self.path[len(prefix):]
-                with server._lock:
-                    if error:
-                        server.token_errors[token] = str(error)
-                    else:
-                        server.token_errors.pop(token, None)
+                body = self._body()
+                address = self.path[len(prefix):]
+                if body.get("error"):
+                    server.fail(address, str(body["error"]), times=body.get("times"),
+                                retry_after=body.get("retryAfter"))
+                else:
+                    with server._lock:
+                        server.token_errors.pop(address, None)
+                        server.scripted.pop(address, None)
+                        server.retry_after.pop(address, None)
                 self._send(200, {})
 
             def do_POST(self) -> None:
@@ -134,9 +175,9 @@ class FcmServer(BackgroundServer):
                 except ValueError:
                     self._send(400, _error(400, "INVALID_ARGUMENT", "Invalid JSON.", None))
                     return
-                status, payload = server._answer(self.path, body,
-                                                 self.headers.get("Authorization", ""))
-                self._send(status, payload)
+                status, payload, headers = server._answer(self.path, body,
+                                                          self.headers.get("Authorization", ""))
+                self._send(status, payload, headers)
 
         return Handler
 
