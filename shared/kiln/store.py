@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -19,7 +21,14 @@ from kiln.errors import RetryableError
 from kiln.model import Device
 
 JOBS = "jobs"
-TX_ATTEMPTS = 12  # contention retries (the SDK backs off between them)
+#: Contention: an aborted transaction is tried again after a random pause of up to each of
+#: TX_PAUSES seconds, one commit per try. The SDK's own immediate re-runs are off (one attempt
+#: each): on the emulator, racers that come straight back re-take their read locks and starve
+#: the writer until every one of them times out (seen: 8 racing claims all failing for 44 s);
+#: random pauses let the first one back commit alone. Before each new try the caller may
+#: look whether there is anything left to write (``settled``).
+TX_ATTEMPTS = 1
+TX_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 T = TypeVar("T")
 
 #: Errors that mean "Firestore is not reachable right now": try again later.
@@ -40,6 +49,37 @@ def unavailable_is_retryable(store: str = "job store") -> Iterator[None]:
         yield
     except _TRANSIENT as exc:
         raise RetryableError(f"The {store} is unavailable.", code="store_unavailable") from exc
+
+
+def in_transaction(client: firestore.Client, body: Callable[[firestore.Transaction], T], *,
+                   store: str = "job store", busy: str = "The job is busy.",
+                   settled: Callable[[], tuple[bool, T]] | None = None) -> T:
+    """Run ``body(tx)`` in a Firestore transaction, through contention.
+
+    ``body`` reads through ``tx`` and decides from what it read, so running it again is
+    safe. After a contention abort, ``settled()`` (if given) may answer ``(True, value)``
+    from a plain read when there is nothing left to write, and no lock is taken again.
+    Still contended after every try → RetryableError ``contention`` (the caller's delivery
+    is retried later); Firestore unreachable → RetryableError ``store_unavailable``.
+    """
+    run = firestore.transactional(body)
+    pauses = iter(TX_PAUSES)
+    while True:
+        try:
+            with unavailable_is_retryable(store):
+                return run(client.transaction(max_attempts=TX_ATTEMPTS))
+        except ValueError as exc:
+            if "Failed to commit transaction" not in str(exc):
+                raise
+            pause = next(pauses, None)
+            if pause is None:
+                raise RetryableError(busy, code="contention") from exc
+        time.sleep(random.uniform(0, pause))
+        if settled is not None:
+            with unavailable_is_retryable(store):
+                done, value = settled()
+            if done:
+                return value
 
 
 def utcnow() -> dt.datetime:
@@ -85,7 +125,6 @@ class JobStore:
         """
         ref = self.ref(job_id)
 
-        @firestore.transactional
         def run(tx: firestore.Transaction) -> T:
             snap = ref.get(transaction=tx)
             updates, value = decide(snap.to_dict() if snap.exists else None)
@@ -93,14 +132,14 @@ class JobStore:
                 tx.update(ref, updates)
             return value
 
-        try:
-            with unavailable_is_retryable():
-                return run(self.client.transaction(max_attempts=TX_ATTEMPTS))
-        except ValueError as exc:
-            if "Failed to commit transaction" not in str(exc):
-                raise
-            # Contention on one document (duplicate deliveries racing): try again later.
-            raise RetryableError("The job is busy.", code="contention") from exc
+        def settled() -> tuple[bool, T]:
+            # One document read is strongly consistent: when it leaves nothing to write
+            # (another racer claimed or ended the job), that answer is the transaction's.
+            snap = ref.get()
+            updates, value = decide(snap.to_dict() if snap.exists else None)
+            return not updates, value
+
+        return in_transaction(self.client, run, settled=settled)
 
     def update(self, job_id: str, updates: dict[str, Any]) -> None:
         """A blind update of server-only bookkeeping (never a status change)."""

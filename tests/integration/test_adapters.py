@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
 from kiln import lifecycle
 from kiln.artifacts import GlbValidator
@@ -18,7 +18,7 @@ from kiln.errors import PermanentError
 from kiln.model import Device, parse_job_request
 from kiln.push import FcmPush
 from kiln.queue import decode_message
-from kiln.store import utcnow
+from kiln.store import JobStore, in_transaction, utcnow
 
 
 def new_doc(uid: str = "u") -> dict[str, Any]:
@@ -34,10 +34,12 @@ def test_create_is_once_per_id(services: Any) -> None:
     assert services.store.get(job_id)["uid"] == "u"
 
 
-def test_concurrent_claims_give_exactly_one_lease(services: Any) -> None:
-    """Eight workers claim the same job at once: exactly one gets it (transactions)."""
+def test_concurrent_claims_give_exactly_one_lease(stack: Any) -> None:
+    """Eight workers claim the same job at once: exactly one gets it (transactions). The
+    job lives in a project of its own, so the stack's sweeper and worker never touch it."""
+    store = JobStore(firestore.Client(project=f"demo-claims-{uuid.uuid4().hex[:8]}"))
     job_id = uuid.uuid4().hex[:20]
-    services.store.create(job_id, new_doc())
+    store.create(job_id, new_doc())
     outcomes: list[str] = []
 
     def claim(worker: str) -> None:
@@ -46,15 +48,52 @@ def test_concurrent_claims_give_exactly_one_lease(services: Any) -> None:
                                 max_attempts=3, claim_token=worker)
             return c.updates, c.outcome
 
-        outcomes.append(services.store.transact(job_id, decide))
+        outcomes.append(store.transact(job_id, decide))
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes).count("claimed") == 1 and outcomes.count("busy") == 7
-    assert services.store.get(job_id)["attempts"] == 1
+    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
+    assert (store.get(job_id) or {})["attempts"] == 1
+
+
+def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
+    """Two transactions that both read before either commits deadlock on the emulator's
+    locks (one is aborted after its lock timeout): exactly one writes, and the other comes
+    back with the answer from what the winner wrote, not an error."""
+    ref = services.store.client.collection("kilnTestLocks").document(uuid.uuid4().hex)
+    ref.set({"owner": None})
+    both_read = threading.Barrier(2, timeout=30)
+    outcomes: list[str] = []
+
+    def race(name: str) -> None:
+        tries = 0
+
+        def body(tx: Any) -> str:
+            nonlocal tries
+            tries += 1
+            owner = (ref.get(transaction=tx).to_dict() or {}).get("owner")
+            if tries == 1:
+                both_read.wait()  # both hold their read locks now
+            if owner is not None:
+                return "lost"
+            tx.update(ref, {"owner": name})
+            return "won"
+
+        def settled() -> tuple[bool, str]:
+            return (ref.get().to_dict() or {}).get("owner") is not None, "lost"
+
+        outcomes.append(in_transaction(services.store.client, body, settled=settled))
+
+    threads = [threading.Thread(target=race, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["lost", "won"]
+    assert ref.get().to_dict()["owner"] in ("a", "b")
 
 
 def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> None:

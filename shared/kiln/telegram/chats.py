@@ -20,7 +20,7 @@ from google.cloud import firestore
 from google.cloud.firestore import SERVER_TIMESTAMP
 
 from kiln.model import TERMINAL, JobStatus
-from kiln.store import JOBS, JobStore, unavailable_is_retryable
+from kiln.store import JOBS, JobStore, in_transaction, unavailable_is_retryable
 
 CHATS = "telegramChats"
 #: A place whose job was never created (the webhook died and Telegram gave up on the update)
@@ -90,7 +90,6 @@ class ChatStore:
         ref = self.ref(chat_id)
         jobs = self.client.collection(JOBS)
 
-        @firestore.transactional
         def run(tx: firestore.Transaction) -> Reservation:
             doc = ref.get(transaction=tx).to_dict() or {}
             places = {str(k): float(v) for k, v in (doc.get("running") or {}).items()}
@@ -114,14 +113,12 @@ class ChatStore:
                          "blocked": False, "updatedAt": SERVER_TIMESTAMP})
             return Reservation()
 
-        result: Reservation = self._guard(lambda: run(self.client.transaction()))
-        return result
+        return in_transaction(self.client, run, store="chat store", busy="The chat is busy.")
 
     def refund(self, chat_id: int | str, *, job_id: str, day: str) -> None:
         """Give back the place and the quota of a reservation whose job was not created."""
         ref = self.ref(chat_id)
 
-        @firestore.transactional
         def run(tx: firestore.Transaction) -> None:
             doc = ref.get(transaction=tx).to_dict() or {}
             places = dict(doc.get("running") or {})
@@ -132,7 +129,7 @@ class ChatStore:
                 used -= 1
             tx.set(ref, {**doc, "quotaUsed": used, "running": places, "updatedAt": SERVER_TIMESTAMP})
 
-        self._guard(lambda: run(self.client.transaction()))
+        in_transaction(self.client, run, store="chat store", busy="The chat is busy.")
 
     @staticmethod
     def _guard(action: Callable[[], Any]) -> Any:
