@@ -189,9 +189,9 @@ class FcmPush:
         sent = failed = 0
         dead: list[str] = []
         pending = list(devices)
-        for delay in (0.0, *self.quota_delays):
-            if not pending:
-                break
+        delays = (0.0, *self.quota_delays)
+        for round_, delay in enumerate(delays):
+            last_round = round_ == len(delays) - 1
             time.sleep(delay)
             over_quota: list[Device] = []
             for start in range(0, len(pending), MAX_BATCH):
@@ -206,7 +206,7 @@ class FcmPush:
                 for device, item in zip(batch, response.responses, strict=True):
                     if item.success:
                         sent += 1
-                    elif isinstance(item.exception, fb_exc.ResourceExhaustedError):
+                    elif isinstance(item.exception, fb_exc.ResourceExhaustedError) and not last_round:
                         over_quota.append(device)
                     else:
                         failed += 1
@@ -215,10 +215,9 @@ class FcmPush:
                         log.event(logger, "push to device failed", logging.WARNING,
                                   deviceId=device.id, error=type(item.exception).__name__)
             pending = over_quota
-        for device in pending:
-            log.event(logger, "push to device failed", logging.WARNING, deviceId=device.id,
-                      error="QuotaExceededError")
-        return PushResult(sent, failed + len(pending), dead)
+            if not pending:
+                break
+        return PushResult(sent, failed, dead)
 
 
 def _is_dead(exc: BaseException | None) -> bool:
