@@ -12,7 +12,7 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -86,12 +86,6 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Snapshot(Protocol):
-    exists: bool
-
-    def to_dict(self) -> dict[str, Any] | None: ...
-
-
 class JobStore:
     """Jobs in ``jobs/{jobId}``, devices in ``users/{uid}/devices/{deviceId}``."""
 
@@ -125,9 +119,11 @@ class JobStore:
         """
         ref = self.ref(job_id)
 
+        def decide_on(snap: firestore.DocumentSnapshot) -> tuple[dict[str, Any] | None, T]:
+            return decide(snap.to_dict() if snap.exists else None)
+
         def run(tx: firestore.Transaction) -> T:
-            snap = ref.get(transaction=tx)
-            updates, value = decide(snap.to_dict() if snap.exists else None)
+            updates, value = decide_on(ref.get(transaction=tx))
             if updates:
                 tx.update(ref, updates)
             return value
@@ -135,8 +131,7 @@ class JobStore:
         def settled() -> tuple[bool, T]:
             # One document read is strongly consistent: when it leaves nothing to write
             # (another racer claimed or ended the job), that answer is the transaction's.
-            snap = ref.get()
-            updates, value = decide(snap.to_dict() if snap.exists else None)
+            updates, value = decide_on(ref.get())
             return not updates, value
 
         return in_transaction(self.client, run, settled=settled)

@@ -107,6 +107,13 @@ class FcmServer(BackgroundServer):
             if retry_after is not None:
                 self.retry_after[address] = retry_after
 
+    def heal(self, address: str) -> None:
+        """Answer success for ``address`` again."""
+        with self._lock:
+            self.token_errors.pop(address, None)
+            self.scripted.pop(address, None)
+            self.retry_after.pop(address, None)
+
     def forget(self) -> None:
         """Drop the recorded messages and attempts and every planted failure."""
         with self._lock:
@@ -163,10 +170,7 @@ class FcmServer(BackgroundServer):
                     server.fail(address, str(body["error"]), times=body.get("times"),
                                 retry_after=body.get("retryAfter"))
                 else:
-                    with server._lock:
-                        server.token_errors.pop(address, None)
-                        server.scripted.pop(address, None)
-                        server.retry_after.pop(address, None)
+                    server.heal(address)
                 self._send(200, {})
 
             def do_POST(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.cloud import firestore
 from google.cloud.firestore import SERVER_TIMESTAMP
@@ -23,6 +23,7 @@ from kiln.model import TERMINAL, JobStatus
 from kiln.store import JOBS, JobStore, in_transaction, unavailable_is_retryable
 
 CHATS = "telegramChats"
+T = TypeVar("T")
 #: A place whose job was never created (the webhook died and Telegram gave up on the update)
 #: is given back after this long.
 ORPHAN_PLACE_SECONDS = 120.0
@@ -113,7 +114,7 @@ class ChatStore:
                          "blocked": False, "updatedAt": SERVER_TIMESTAMP})
             return Reservation()
 
-        return in_transaction(self.client, run, store="chat store", busy="The chat is busy.")
+        return self._transact(run)
 
     def refund(self, chat_id: int | str, *, job_id: str, day: str) -> None:
         """Give back the place and the quota of a reservation whose job was not created."""
@@ -129,7 +130,10 @@ class ChatStore:
                 used -= 1
             tx.set(ref, {**doc, "quotaUsed": used, "running": places, "updatedAt": SERVER_TIMESTAMP})
 
-        in_transaction(self.client, run, store="chat store", busy="The chat is busy.")
+        self._transact(run)
+
+    def _transact(self, run: Callable[[firestore.Transaction], T]) -> T:
+        return in_transaction(self.client, run, store="chat store", busy="The chat is busy.")
 
     @staticmethod
     def _guard(action: Callable[[], Any]) -> Any:
