@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from kiln import lifecycle
+from kiln.model import parse_job_request
+from kiln.store import utcnow
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -48,3 +53,15 @@ def wait_terminal(services: Any, job_id: str, timeout: float = 45.0) -> dict[str
 
 def load_event(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
+
+
+def create_job(services: Any, status: str = "pending", **server: Any) -> str:
+    """A model job of user "u" in ``status``, with ``server`` merged into its ``_server``;
+    its id."""
+    job_id = uuid.uuid4().hex[:20]
+    doc = lifecycle.new_job(uid="u", channel="app", now=utcnow(), max_age_seconds=3600,
+                            request=parse_job_request({"kind": "model", "prompt": "a cube"}))
+    doc["status"] = status
+    doc["_server"].update(server)
+    services.store.create(job_id, doc)
+    return job_id

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from kiln import actions, lifecycle
+from kiln import actions
 from kiln.errors import TransitionError
-from kiln.model import parse_job_request
 from kiln.store import utcnow
+from support import create_job
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +56,6 @@ def published(topic: tuple[str, Any, str]) -> list[tuple[str, str]]:
                                ack_ids=[r.ack_id for r in response.received_messages])
 
 
-def make_job(svc: Any, status: str = "processing", **server: Any) -> str:
-    job_id = uuid.uuid4().hex[:20]
-    doc = lifecycle.new_job(uid="u", channel="app", now=utcnow(), max_age_seconds=3600,
-                            request=parse_job_request({"kind": "model", "prompt": "a cube"}))
-    doc["status"] = status
-    doc["_server"].update(server)
-    svc.store.create(job_id, doc)
-    return job_id
-
-
 @pytest.mark.parametrize("by", ["owner", "chat", "operator"])
 def test_canceling_an_unheld_job_with_a_provider_task_wakes_a_worker(
         svc: Any, topic: Any, by: str) -> None:
@@ -74,7 +64,8 @@ def test_canceling_an_unheld_job_with_a_provider_task_wakes_a_worker(
     worker cancels the provider's task; a second cancel changes and publishes nothing."""
     published(topic)
     expired = utcnow() - dt.timedelta(seconds=30)
-    job_id = make_job(svc, providerTaskId="task-1", leaseOwner="gone", leaseExpiresAt=expired)
+    job_id = create_job(svc, "processing", providerTaskId="task-1", leaseOwner="gone",
+                        leaseExpiresAt=expired)
     outcome = actions.cancel(svc, job_id, by=by)
     assert (outcome.changed, outcome.status) == (True, "canceled")
     assert svc.store.get(job_id)["status"] == "canceled"
@@ -92,7 +83,7 @@ def test_canceling_publishes_nothing_when_no_wake_up_is_needed(
     published(topic)
     if "leaseOwner" in server:
         server["leaseExpiresAt"] = utcnow() + dt.timedelta(seconds=60)
-    job_id = make_job(svc, status, **server)
+    job_id = create_job(svc, status, **server)
     assert actions.cancel(svc, job_id, by="owner").changed is True
     assert published(topic) == []
 
@@ -101,14 +92,14 @@ def test_retry_publishes_once_and_refuses_what_it_cannot_retry(svc: Any, topic: 
     """Given a failed job, when it is retried twice, then it is pending with one message
     (reason retry); a completed job and a missing one are refused with a readable message."""
     published(topic)
-    job_id = make_job(svc, "failed")
+    job_id = create_job(svc, "failed")
     first = actions.retry(svc, job_id, by="operator")
     again = actions.retry(svc, job_id, by="operator")
     assert (first.changed, first.status) == (True, "pending")
     assert (again.changed, again.status) == (False, "pending")
     assert published(topic) == [(job_id, "retry")]
     with pytest.raises(TransitionError, match="Only a failed job can be retried"):
-        actions.retry(svc, make_job(svc, "completed"), by="owner")
+        actions.retry(svc, create_job(svc, "completed"), by="owner")
     with pytest.raises(TransitionError, match="No such job"):
         actions.cancel(svc, "nosuchjob-123456", by="operator")
     assert published(topic) == []

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 
 from kiln import lifecycle
 from kiln.errors import CanceledError, LeaseLostError
-from kiln.model import parse_job_request
 from kiln.progress import ProgressReporter
 from kiln.store import utcnow
+from support import create_job
 
 
 class Clock:
@@ -23,10 +22,7 @@ class Clock:
 
 
 def running_job(services: Any, worker: str = "w1") -> str:
-    job_id = uuid.uuid4().hex[:20]
-    services.store.create(job_id, lifecycle.new_job(
-        uid="u", channel="app", now=utcnow(), max_age_seconds=3600,
-        request=parse_job_request({"kind": "model", "prompt": "a cube"})))
+    job_id = create_job(services)
     services.store.transact(job_id, lambda job: (lifecycle.claim(
         job or {}, worker_id=worker, now=utcnow(), lease_seconds=30, max_attempts=3).updates, None))
     return job_id

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from kiln import lifecycle, worker
+from kiln import worker
 from kiln.local.provider_server import ProviderServer
-from kiln.model import parse_job_request
 from kiln.providers.base import GenerationRequest
-from kiln.store import utcnow
+from support import create_job
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +20,10 @@ def provider_server() -> Iterator[ProviderServer]:
     server.stop()
 
 
-def make_job(services: Any, **server: Any) -> str:
-    job_id = uuid.uuid4().hex[:20]
-    doc = lifecycle.new_job(uid="u", channel="app", now=utcnow(), max_age_seconds=3600,
-                            request=parse_job_request({"kind": "model", "prompt": "a cube"}))
-    doc["_server"].update(server)
-    services.store.create(job_id, doc)
-    return job_id
-
-
 def test_a_provider_without_its_key_fails_the_job_readably(stack: Any) -> None:
     """KILN_MODEL_PROVIDER=meshy with no key → failed 'provider_unconfigured', no retry loop."""
     services = stack.services(model_provider="meshy", meshy_api_key="")
-    job_id = make_job(services)
+    job_id = create_job(services)
     assert worker.run_job(job_id, services) == "failed"
     job = services.store.get(job_id)
     assert job["status"] == "failed" and job["attempts"] == 1
@@ -50,7 +39,7 @@ def test_canceling_a_job_nobody_holds_cancels_its_remote_task(stack: Any, api: A
     services = stack.services(model_provider="taskserver", taskserver_url=env["KILN_TASKSERVER_URL"],
                               taskserver_api_key=env["KILN_TASKSERVER_API_KEY"])
     provider = services.provider("model")
-    job_id = make_job(services)
+    job_id = create_job(services)
     task_id = provider.submit(GenerationRequest(job_id=job_id, kind="model", prompt="a cube"))
     services.store.update(job_id, {"status": "processing", "_server.providerTaskId": task_id,
                                    "_server.provider": provider.name, "_server.handoff": True,
