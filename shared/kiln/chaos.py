@@ -172,9 +172,11 @@ class Chaos:
                 if roll < 0.15:
                     devices["dead"] = f"dead-{uid}"  # UNREGISTERED: the worker deletes it
                 elif roll < 0.25:
+                    # FCM's transient errors: two failures, then a success, over and over;
+                    # firebase-admin retries them, so each push arrives after about 1 s.
                     devices["flaky"] = f"flaky-{uid}"
-                    fcm.token_errors[devices["flaky"]] = self.random.choice(
-                        ["UNAVAILABLE", "INTERNAL"])
+                    fcm.fail(devices["flaky"], self.random.choice(["UNAVAILABLE", "INTERNAL"]),
+                             times=2, repeat=True)
             col = self.services.firestore.collection("users").document(uid).collection("devices")
             for device_id, address in devices.items():
                 # Device "b" is an app not yet on FIDs: a legacy registration token.

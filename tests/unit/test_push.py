@@ -250,6 +250,18 @@ def test_unavailable_and_internal_are_retried_with_backoff(sender: push.FcmPush,
     assert len(fcm.messages) == 1
 
 
+def test_a_device_failing_two_sends_in_three_gets_every_push_once(sender: push.FcmPush,
+                                                                   fcm: FcmServer) -> None:
+    """Given FCM answering UNAVAILABLE, UNAVAILABLE, then success, over and over (the chaos
+    suite's flaky device), then each of two pushes arrives exactly once, after retries."""
+    fcm.fail("fid-1", "UNAVAILABLE", times=2, repeat=True)
+    for _ in range(2):
+        result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+        assert (result.sent, result.failed) == (1, 0)
+    assert [code for code, _at in attempts(fcm, "fid-1")] == ["UNAVAILABLE", "UNAVAILABLE", None] * 2
+    assert len(fcm.messages) == 2
+
+
 def test_quota_exceeded_with_retry_after_is_waited_out(sender: push.FcmPush, fcm: FcmServer) -> None:
     """Given 429 QUOTA_EXCEEDED with Retry-After: 1, then the send is repeated after that
     second and succeeds."""

@@ -10,8 +10,9 @@ registration token), ``topic`` or ``condition``, as FCM requires.
 Control endpoints for tests: ``GET /_kiln/messages`` (what was received),
 ``DELETE /_kiln/messages`` (forget), ``PUT /_kiln/tokens/{address}`` with
 ``{"error": "UNREGISTERED" | "INVALID_ARGUMENT" | "QUOTA_EXCEEDED" | "UNAVAILABLE" |
-"INTERNAL" | null, "times": N, "retryAfter": S}`` (how to answer for that FID or token:
-always, or only the next N sends; ``retryAfter`` adds a Retry-After header). Addresses
+"INTERNAL" | null, "times": N, "repeat": bool, "retryAfter": S}`` (how to answer for that
+FID or token: always, only the next N sends, or ``repeat``: N failures then one success, over
+and over — FCM's transient errors; ``retryAfter`` adds a Retry-After header). Addresses
 that start with ``dead-`` answer UNREGISTERED without setup. ``attempts`` lists every
 send (address, error code or None, time), failed ones included.
 """
@@ -50,8 +51,10 @@ class FcmServer(BackgroundServer):
         self.messages: list[dict[str, Any]] = []
         #: How to answer for an FID or token (an error code of ``_ERRORS``), every time.
         self.token_errors: dict[str, str] = {}
-        #: Error codes to answer for the next sends to an address, then success.
-        self.scripted: dict[str, list[str]] = {}
+        #: Answers (error codes; None = success) for the next sends to an address, then success.
+        self.scripted: dict[str, list[str | None]] = {}
+        #: Answers an address's script is refilled with whenever it runs out.
+        self.cycles: dict[str, list[str | None]] = {}
         #: Retry-After (seconds) sent with the error answers for an address.
         self.retry_after: dict[str, int] = {}
         self.attempts: list[tuple[str, str | None, float]] = []
@@ -90,18 +93,23 @@ class FcmServer(BackgroundServer):
         return 200, {"name": f"projects/{parts[3]}/messages/{message_id}"}, {}
 
     def _error_for(self, address: str) -> str | None:
+        if not self.scripted.get(address) and address in self.cycles:
+            self.scripted[address] = list(self.cycles[address])
         script = self.scripted.get(address)
         if script:
             return script.pop(0)
         return self.token_errors.get(address) or ("UNREGISTERED" if address.startswith("dead-")
                                                   else None)
 
-    def fail(self, address: str, error: str, *, times: int | None = None,
+    def fail(self, address: str, error: str, *, times: int | None = None, repeat: bool = False,
              retry_after: int | None = None) -> None:
-        """Answer ``error`` for ``address``: always, or for the next ``times`` sends."""
+        """Answer ``error`` for ``address``: always, for the next ``times`` sends, or
+        (``repeat``) ``times`` failures then one success, over and over."""
         with self._lock:
             if times is None:
                 self.token_errors[address] = error
+            elif repeat:
+                self.cycles[address] = [error] * times + [None]
             else:
                 self.scripted[address] = [error] * times
             if retry_after is not None:
@@ -112,6 +120,7 @@ class FcmServer(BackgroundServer):
         with self._lock:
             self.token_errors.pop(address, None)
             self.scripted.pop(address, None)
+            self.cycles.pop(address, None)
             self.retry_after.pop(address, None)
 
     def forget(self) -> None:
@@ -121,6 +130,7 @@ class FcmServer(BackgroundServer):
             self.attempts.clear()
             self.token_errors.clear()
             self.scripted.clear()
+            self.cycles.clear()
             self.retry_after.clear()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -168,7 +178,7 @@ class FcmServer(BackgroundServer):
                 address = self.path[len(prefix):]
                 if body.get("error"):
                     server.fail(address, str(body["error"]), times=body.get("times"),
-                                retry_after=body.get("retryAfter"))
+                                repeat=bool(body.get("repeat")), retry_after=body.get("retryAfter"))
                 else:
                     server.heal(address)
                 self._send(200, {})
