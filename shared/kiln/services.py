@@ -48,7 +48,9 @@ class Services:
     def firebase_app(self) -> firebase_admin.App:
         cred: fb_credentials.Base
         cred = _LocalCredential() if self.settings.local else fb_credentials.ApplicationDefault()
-        name = f"kiln-{id(self)}"
+        # Unique for the life of the process: firebase_admin keeps every app registered by
+        # name, and an object's id() comes back once the object is collected.
+        name = f"kiln-{uuid.uuid4().hex}"
         return firebase_admin.initialize_app(
             cred, {"projectId": self.settings.project}, name=name
         )
