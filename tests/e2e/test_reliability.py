@@ -338,8 +338,12 @@ def test_sweeper_republishes_a_lost_publish(user: User, svc: Any) -> None:
 def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
                                                  rstack: LocalStack) -> None:
     """Given lost publishes and jobs past their maximum age, when two sweeps run at once
-    (beside the stack's own sweeper and the workers), then every lost job completes
-    once, every old job fails once (one push each) and the reports add up."""
+    (beside the stack's own sweeper, every second, and the workers), then every lost job
+    completes once, every old job fails once (one push each) and no job is failed twice.
+
+    Which sweeper gets to a job first is a race: the stack's own may take all of them
+    before these two start (it did under load), so the counts here are bounds."""
+    sweepers = [rstack.services() for _ in range(2)]  # built first: the sweeps start together
     stale = {"updatedAt": utcnow() - dt.timedelta(seconds=60)}
     lost = [create_direct(svc, user.uid, f"a pink cube {i}", **stale) for i in range(6)]
     past = utcnow() - dt.timedelta(seconds=1)
@@ -348,19 +352,18 @@ def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
     reports: list[dict[str, int]] = []
     barrier = threading.Barrier(2)
 
-    def run() -> None:
-        services = rstack.services()
+    def run(services: Any) -> None:
         barrier.wait()
         reports.append(sweep(services))
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(services,)) for services in sweepers]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert len(reports) == 2
     assert all("scanned" in r for r in reports)
-    assert sum(r.get("republished_pending", 0) for r in reports) >= 1
+    assert sum(r.get("republished_pending", 0) for r in reports) <= 2 * len(lost)
     failed_here = sum(r.get("failed_expired", 0) for r in reports)
     for job_id in lost:
         assert wait_terminal(svc, job_id, 30)["status"] == "completed"
@@ -456,13 +459,13 @@ def test_retry_failed_job_resets_attempts_and_completes(user: User, svc: Any) ->
                            error={"code": "provider_unavailable", "message": "down",
                                   "retryable": False})
     first = user.http.post(f"/v1/jobs/{job_id}:retry")
-    assert first.status_code == 202 and first.json()["status"] == "pending"
+    assert first.status_code == 202 and first.json()["status"] == "pending", first.text
     again = user.http.post(f"/v1/jobs/{job_id}:retry")
-    assert again.status_code == 202
+    assert again.status_code == 202, again.text
     job = wait_terminal(svc, job_id, 30)
-    assert job["status"] == "completed" and job["attempts"] == 1 and job["error"] is None
+    assert job["status"] == "completed" and job["attempts"] == 1 and job["error"] is None, job
     late = user.http.post(f"/v1/jobs/{job_id}:retry")
-    assert late.status_code == 409
+    assert late.status_code == 409, late.text
     assert late.json()["error"] == {
         "code": "invalid_transition",
         "message": "Only a failed job can be retried; this one is completed."}
