@@ -455,7 +455,8 @@ def test_cancel_running_job_stops_it(user: User, svc: Any, rstack: LocalStack,
 def test_retry_failed_job_resets_attempts_and_completes(user: User, svc: Any) -> None:
     """Given a job that failed after all its attempts, when its owner retries it (twice),
     then attempts start again and it completes; retrying a completed job is a 409."""
-    job_id = create_direct(svc, user.uid, "a gold cube", status="failed", attempts=3,
+    # A model job (a 2 s task) so the second retry surely finds it pending or running.
+    job_id = create_direct(svc, user.uid, "a gold cube", kind="model", status="failed", attempts=3,
                            error={"code": "provider_unavailable", "message": "down",
                                   "retryable": False})
     first = user.http.post(f"/v1/jobs/{job_id}:retry")
