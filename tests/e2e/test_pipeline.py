@@ -182,8 +182,8 @@ def test_unregistered_devices_are_removed(api: httpx.Client, services: Any, fcm:
     add_device(services, uid, "old-phone", fid=f"gone-{uid}")
     add_device(services, uid, "old-tablet", token=f"gone-tok-{uid}")
     add_device(services, uid, "new-phone", token=f"live-{uid}")
-    fcm.token_errors[f"gone-{uid}"] = "UNREGISTERED"
-    fcm.token_errors[f"gone-tok-{uid}"] = "UNREGISTERED"
+    fcm.fail(f"gone-{uid}", "UNREGISTERED")
+    fcm.fail(f"gone-tok-{uid}", "UNREGISTERED")
     job_id = submit(api, "image", "a teal ring")
     wait_terminal(services, job_id)
     wait_for(lambda: services.store.devices(uid) == [Device("new-phone", token=f"live-{uid}")],

@@ -150,9 +150,9 @@ def test_invalid_artifact_leaves_nothing_in_the_bucket(services: Any) -> None:
 def test_fcm_client_sends_and_reports_dead_devices(services: Any, fcm: Any) -> None:
     """firebase-admin's client hits the local FCM server; UNREGISTERED (FID or token) is
     reported dead, UNAVAILABLE only failed."""
-    fcm.token_errors["fid-gone"] = "UNREGISTERED"
-    fcm.token_errors["tok-gone"] = "UNREGISTERED"
-    fcm.token_errors["fid-busy"] = "UNAVAILABLE"
+    fcm.fail("fid-gone", "UNREGISTERED")
+    fcm.fail("tok-gone", "UNREGISTERED")
+    fcm.fail("fid-busy", "UNAVAILABLE")
     push: FcmPush = services.push
     devices = [Device("d1", fid="fid-ok"), Device("d2", fid="fid-gone"), Device("d3", fid="fid-busy"),
                Device("d4", token="tok-gone"), Device("d5", token="tok-ok")]

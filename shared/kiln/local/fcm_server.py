@@ -23,6 +23,7 @@ import itertools
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -42,6 +43,21 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 _TARGETS = ("fid", "token", "topic", "condition")
 
 
+@dataclass
+class _Plan:
+    """How to answer one address: ``answers`` first (error codes; None = success), then
+    ``then`` over and over (empty: success)."""
+
+    answers: list[str | None] = field(default_factory=list)
+    then: list[str | None] = field(default_factory=list)
+    retry_after: int | None = None  # seconds, sent with the error answers
+
+    def next_answer(self) -> str | None:
+        if not self.answers:
+            self.answers = list(self.then)
+        return self.answers.pop(0) if self.answers else None
+
+
 class FcmServer(BackgroundServer):
     """Run with ``start()``; ``url`` is the base to give ``KILN_FCM_ENDPOINT``."""
 
@@ -49,14 +65,8 @@ class FcmServer(BackgroundServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.messages: list[dict[str, Any]] = []
-        #: How to answer for an FID or token (an error code of ``_ERRORS``), every time.
-        self.token_errors: dict[str, str] = {}
-        #: Answers (error codes; None = success) for the next sends to an address, then success.
-        self.scripted: dict[str, list[str | None]] = {}
-        #: Answers an address's script is refilled with whenever it runs out.
-        self.cycles: dict[str, list[str | None]] = {}
-        #: Retry-After (seconds) sent with the error answers for an address.
-        self.retry_after: dict[str, int] = {}
+        #: How to answer for an FID or token (set by ``fail``, cleared by ``heal``).
+        self.plans: dict[str, _Plan] = {}
         self.attempts: list[tuple[str, str | None, float]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -80,58 +90,44 @@ class FcmServer(BackgroundServer):
                                "message.topic or message.condition is required.", None), {}
         address = str(message[targets[0]])
         with self._lock:
-            code = self._error_for(address)
+            plan = self.plans.get(address)
+            code = plan.next_answer() if plan else ("UNREGISTERED" if address.startswith("dead-")
+                                                     else None)
             self.attempts.append((address, code, time.monotonic()))
             if code:
                 status, name, text = _ERRORS[code]
-                headers = ({"Retry-After": str(self.retry_after[address])}
-                           if address in self.retry_after else {})
+                headers = ({"Retry-After": str(plan.retry_after)}
+                           if plan and plan.retry_after is not None else {})
                 return status, _error(status, name, text, code), headers
             message_id = next(self._ids)
             self.messages.append({"project": parts[3], "message": message,
                                   "validateOnly": bool(body.get("validate_only"))})
         return 200, {"name": f"projects/{parts[3]}/messages/{message_id}"}, {}
 
-    def _error_for(self, address: str) -> str | None:
-        if not self.scripted.get(address) and address in self.cycles:
-            self.scripted[address] = list(self.cycles[address])
-        script = self.scripted.get(address)
-        if script:
-            return script.pop(0)
-        return self.token_errors.get(address) or ("UNREGISTERED" if address.startswith("dead-")
-                                                  else None)
-
     def fail(self, address: str, error: str, *, times: int | None = None, repeat: bool = False,
              retry_after: int | None = None) -> None:
         """Answer ``error`` for ``address``: always, for the next ``times`` sends, or
         (``repeat``) ``times`` failures then one success, over and over."""
+        if times is None:
+            plan = _Plan(then=[error], retry_after=retry_after)
+        elif repeat:
+            plan = _Plan(then=[error] * times + [None], retry_after=retry_after)
+        else:
+            plan = _Plan(answers=[error] * times, retry_after=retry_after)
         with self._lock:
-            if times is None:
-                self.token_errors[address] = error
-            elif repeat:
-                self.cycles[address] = [error] * times + [None]
-            else:
-                self.scripted[address] = [error] * times
-            if retry_after is not None:
-                self.retry_after[address] = retry_after
+            self.plans[address] = plan
 
     def heal(self, address: str) -> None:
         """Answer success for ``address`` again."""
         with self._lock:
-            self.token_errors.pop(address, None)
-            self.scripted.pop(address, None)
-            self.cycles.pop(address, None)
-            self.retry_after.pop(address, None)
+            self.plans.pop(address, None)
 
     def forget(self) -> None:
         """Drop the recorded messages and attempts and every planted failure."""
         with self._lock:
             self.messages.clear()
             self.attempts.clear()
-            self.token_errors.clear()
-            self.scripted.clear()
-            self.cycles.clear()
-            self.retry_after.clear()
+            self.plans.clear()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
