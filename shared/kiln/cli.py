@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_dev(args: argparse.Namespace) -> int:
     from kiln.auth import emulator_id_token
-    from kiln.local.stack import LocalStack, StackConfig
+    from kiln.local.stack import LocalStack, StackConfig, wait_until_interrupted
 
     stack = LocalStack(StackConfig(ingress_port=args.port))
     print("starting the local stack…", flush=True)
@@ -90,8 +89,7 @@ def run_dev(args: argparse.Namespace) -> int:
               "    -d '{\"kind\": \"image\", \"prompt\": \"a blue cube\"}'\n"
               "  kiln watch JOB_ID\n\nCtrl-C stops everything.", flush=True)
         try:
-            while True:  # short naps: a signal that lands on another thread is seen within 1 s
-                time.sleep(1)
+            wait_until_interrupted()
         finally:
             DEV_FILE.unlink(missing_ok=True)
     return 0

@@ -64,6 +64,13 @@ class StackError(RuntimeError):
     """A part of the local stack did not start; the message says which and where its log is."""
 
 
+def wait_until_interrupted() -> None:
+    """Block the main thread until a signal ends it (Ctrl-C, or SIGTERM via the stack's
+    handler), in short naps: a signal that lands on another thread is seen within 1 s."""
+    while True:
+        time.sleep(1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

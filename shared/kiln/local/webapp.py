@@ -20,7 +20,6 @@ import mimetypes
 import os
 import shutil
 import subprocess
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 
 from kiln.local.background import BackgroundServer
-from kiln.local.stack import REPO, LocalStack, StackConfig
+from kiln.local.stack import REPO, LocalStack, StackConfig, wait_until_interrupted
 
 WEB = REPO / "clients" / "web"
 DIST = WEB / "dist"
@@ -162,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Kiln web app: {web.url}/?uid=alice  (API {stack.ingress_url}; Ctrl-C stops)",
               flush=True)
         try:
-            while True:  # short naps: a signal that lands on another thread is seen within 1 s
-                time.sleep(1)
+            wait_until_interrupted()
         except KeyboardInterrupt:
             print("stopping…", flush=True)
     return 0
