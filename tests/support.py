@@ -55,13 +55,14 @@ def load_event(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
 
 
-def create_job(services: Any, status: str = "pending", **server: Any) -> str:
-    """A model job of user "u" in ``status``, with ``server`` merged into its ``_server``;
-    its id."""
+def create_job(services: Any, status: str = "pending", *, uid: str = "u", kind: str = "model",
+               prompt: str = "a cube", fields: dict[str, Any] | None = None, **server: Any) -> str:
+    """A job written straight to Firestore (never published), in ``status``, with ``fields``
+    set on the document and ``server`` merged into its ``_server``; its id."""
     job_id = uuid.uuid4().hex[:20]
-    doc = lifecycle.new_job(uid="u", channel="app", now=utcnow(), max_age_seconds=3600,
-                            request=parse_job_request({"kind": "model", "prompt": "a cube"}))
-    doc["status"] = status
+    doc = lifecycle.new_job(uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
+                            request=parse_job_request({"kind": kind, "prompt": prompt}))
+    doc.update(fields or {}, status=status)
     doc["_server"].update(server)
-    services.store.create(job_id, doc)
+    assert services.store.create(job_id, doc)
     return job_id

@@ -26,10 +26,10 @@ from kiln import lifecycle
 from kiln.auth import emulator_id_token
 from kiln.chaos_tasks import SlowTaskServer
 from kiln.local.stack import DEAD_TOPIC, LocalStack, StackConfig
-from kiln.model import JobRequest, new_job_id
+from kiln.model import new_job_id
 from kiln.store import utcnow
 from kiln.sweeper import sweep
-from support import wait_for, wait_terminal
+from support import create_job, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -105,16 +105,8 @@ def job_lines(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
 def create_direct(services: Any, uid: str, prompt: str, *, status: str = "pending",
                   kind: str = "image", **fields: Any) -> str:
     """A job document written straight to Firestore, never published (a lost publish)."""
-    job_id = uuid.uuid4().hex[:20]
-    doc = lifecycle.new_job(uid=uid, channel="app", request=JobRequest(kind, prompt),
-                            now=utcnow(), max_age_seconds=3600)
-    doc["status"] = status
-    server = doc.pop("_server")
-    server.update(fields.pop("_server", {}))
-    doc.update(fields)
-    doc["_server"] = server
-    assert services.store.create(job_id, doc)
-    return job_id
+    server = fields.pop("_server", {})
+    return create_job(services, status, uid=uid, kind=kind, prompt=prompt, fields=fields, **server)
 
 
 def stored_sha(services: Any, job: dict[str, Any]) -> tuple[str, str]:
