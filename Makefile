@@ -19,17 +19,17 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP) ## virtual environment, dependencies, emulator check
-	@$(PY) -m kiln.local.preflight
+	@$(PY) -m kiln_dev.preflight
 
 demo: setup ## start the local stack, run an image and a GLB job end to end, stop
-	$(PY) -m kiln demo
+	$(PY) -m kiln_dev demo
 
 dev: setup ## run the local stack until Ctrl-C
-	$(PY) -m kiln dev
+	$(PY) -m kiln_dev dev
 
 lint: setup
-	$(PY) -m ruff check shared functions tests scripts
-	$(PY) -m mypy shared/kiln
+	$(PY) -m ruff check shared dev functions tests scripts
+	$(PY) -m mypy shared/kiln dev/kiln_dev
 
 # Modules that start stacks of their own (fault proxies, restarts, companions) run in
 # their own pytest process, so nothing one of them leaves behind reaches another.
@@ -44,13 +44,13 @@ test-fast: setup ## unit tests only
 	$(PY) -m pytest tests/unit
 
 bench: setup ## acknowledgement latency, orchestration overhead, memory
-	$(PY) -m kiln.bench
+	$(PY) -m kiln_dev.bench
 
 chaos: setup ## the chaos suite, short run
-	$(PY) -m kiln.chaos --jobs 100
+	$(PY) -m kiln_dev.chaos --jobs 100
 
 chaos-long: setup ## the chaos suite, long run (500+ jobs, all fault kinds)
-	$(PY) -m kiln.chaos --jobs 500
+	$(PY) -m kiln_dev.chaos --jobs 500
 
 package: setup ## build each function's deployable source under build/functions/
 	$(PY) scripts/package_functions.py

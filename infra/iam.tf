@@ -162,7 +162,7 @@ resource "google_pubsub_topic_iam_member" "sweeper_publishes_jobs" {
   member = "serviceAccount:${google_service_account.sweeper.email}"
 }
 
-# Failing an expired job sends its failure push (kiln.sweeper -> kiln.notify).
+# Failing an expired job sends its failure push (kiln.runtime.sweeper -> kiln.runtime.notify).
 resource "google_project_iam_member" "sweeper_fcm_sender" {
   project = var.project_id
   role    = google_project_iam_custom_role.fcm_sender.id

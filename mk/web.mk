@@ -19,4 +19,4 @@ web-build: web-deps ## build clients/web into clients/web/dist
 	cd $(WEB_DIR) && npm run build
 
 web: setup web-deps ## the local stack + the reference web app at http://127.0.0.1:5173/?uid=alice
-	$(PY) -m kiln.local.webapp
+	$(PY) -m kiln_dev.webapp

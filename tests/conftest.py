@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.auth import emulator_id_token
-from kiln.local.stack import LocalStack, StackConfig
+from kiln.adapters.firebase_auth import emulator_id_token
+from kiln_dev.stack import LocalStack, StackConfig
 from support import STACK_ENV
 
 
@@ -73,12 +73,12 @@ def _stack_environment(request: pytest.FixtureRequest) -> None:
     """
     if "stack" not in request.fixturenames:
         return
-    import kiln.services
+    import kiln.compose
 
     running: LocalStack = request.getfixturevalue("stack")
     env = running.client_env()
     os.environ.update(env)
-    current = kiln.services._services
+    current = kiln.compose._services
     if current is not None and (current.settings.firestore_emulator_host
                                 != env["FIRESTORE_EMULATOR_HOST"]):
-        kiln.services._services = None  # rebuilt for this stack on next use
+        kiln.compose._services = None  # rebuilt for this stack on next use

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kiln import lifecycle
-from kiln.model import parse_job_request
-from kiln.store import utcnow
+from kiln.adapters.firestore import utcnow
+from kiln.core import lifecycle
+from kiln.core.requests import parse_job_request
 
 EVENTS = Path(__file__).parent / "events"
 

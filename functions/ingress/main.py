@@ -3,8 +3,8 @@
 import flask
 import functions_framework
 
-from kiln.ingress import handle
-from kiln.services import get_services
+from kiln.compose import get_services
+from kiln.http.api import handle
 
 
 @functions_framework.http

@@ -5,8 +5,8 @@ import json
 import flask
 import functions_framework
 
-from kiln.services import get_services
-from kiln.sweeper import sweep
+from kiln.compose import get_services
+from kiln.runtime.sweeper import sweep
 
 
 @functions_framework.http

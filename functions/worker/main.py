@@ -3,8 +3,8 @@
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from kiln.services import get_services
-from kiln.worker import handle_message
+from kiln.compose import get_services
+from kiln.runtime.worker import handle_message
 
 
 @functions_framework.cloud_event

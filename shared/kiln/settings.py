@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from kiln.errors import ConfigError
+from kiln.core.errors import ConfigError
 
 #: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
 ENV_VARS: dict[str, tuple[str, bool]] = {

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from kiln.local.stack import REPO, LocalStack
-from kiln.local.webapp import WebServer, app_config, build
+from kiln_dev.stack import REPO, LocalStack
+from kiln_dev.webapp import WebServer, app_config, build
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from kiln.local.stack import REPO, LocalStack
-from kiln.local.webapp import WebServer
+from kiln_dev.stack import REPO, LocalStack
+from kiln_dev.webapp import WebServer
 
 pytestmark = pytest.mark.e2e
 

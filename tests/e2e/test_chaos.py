@@ -1,6 +1,6 @@
 """The chaos suite, short: jobs through the real stack while every fault kind strikes.
 
-Runs ``python -m kiln.chaos`` as an operator would (its own stack, its own ports) and
+Runs ``python -m kiln_dev.chaos`` as an operator would (its own stack, its own ports) and
 reads the JSON report: no job lost, no duplicate push or artifact, every failure coded,
 and every fault kind actually injected (a chaos run that broke nothing shows nothing).
 """
@@ -22,7 +22,7 @@ def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     pushes, 0 duplicate artifacts, every failure has a code, and the exit code is 0."""
     out = tmp_path / "chaos.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "kiln.chaos", "--jobs", "36", "--seed", "7", "--rate", "6",
+        [sys.executable, "-m", "kiln_dev.chaos", "--jobs", "36", "--seed", "7", "--rate", "6",
          "--max-age", "35", "--fault-interval", "1.0", "--drain-timeout", "120",
          "--json", str(out)],
         capture_output=True, text=True, timeout=240)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pygltflib import GLTF2
 
-from kiln.local.demo import demo
+from kiln_dev.demo import demo
 from support import wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def test_watch_follows_a_job_to_the_end(stack: Any, api: httpx.Client) -> None:
     """``kiln watch JOB_ID`` prints live progress and exits 0 when the job completes."""
     job_id = api.post("/v1/jobs", json={"kind": "image", "prompt": "a blue orb"}).json()["jobId"]
     env = {**os.environ, **stack.client_env()}
-    done = subprocess.run([sys.executable, "-m", "kiln", "watch", job_id], env=env,
+    done = subprocess.run([sys.executable, "-m", "kiln_dev", "watch", job_id], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "100%  completed" in done.stdout
@@ -48,7 +48,7 @@ def test_operator_cancels_and_retries_any_job(stack: Any, api: httpx.Client, ser
     env = {**os.environ, **stack.client_env()}
 
     def kiln(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "kiln", "jobs", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "kiln_dev", "jobs", *args], env=env,
                               capture_output=True, text=True, timeout=60, check=False)
 
     job_id = api.post("/v1/jobs", json={"kind": "model", "prompt": "a slow grey arch"}).json()["jobId"]

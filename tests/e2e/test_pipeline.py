@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pygltflib import GLTF2
 
-from kiln.model import Device
+from kiln.core.job import Device
 from support import wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.auth import emulator_id_token
-from kiln.local.provider_server import ProviderServer
-from kiln.local.stack import LocalStack, StackConfig
+from kiln.adapters.firebase_auth import emulator_id_token
+from kiln_dev.stack import LocalStack, StackConfig
+from kiln_dev.standins.provider import ProviderServer
 from support import STACK_ENV, wait_terminal
 
 pytestmark = pytest.mark.e2e

@@ -22,13 +22,13 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from kiln import lifecycle
-from kiln.auth import emulator_id_token
-from kiln.chaos_tasks import SlowTaskServer
-from kiln.local.stack import DEAD_TOPIC, LocalStack, StackConfig
-from kiln.model import new_job_id
-from kiln.store import utcnow
-from kiln.sweeper import sweep
+from kiln.adapters.firebase_auth import emulator_id_token
+from kiln.adapters.firestore import utcnow
+from kiln.core import lifecycle
+from kiln.core.job import new_job_id
+from kiln.runtime.sweeper import sweep
+from kiln_dev.chaos_tasks import SlowTaskServer
+from kiln_dev.stack import DEAD_TOPIC, LocalStack, StackConfig
 from support import create_job, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -493,18 +493,18 @@ def test_cancel_and_retry_are_owner_only_and_checked(user: User, svc: Any,
 @pytest.fixture
 def ops_env(rstack: LocalStack, svc: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Operator commands bound to this module's stack."""
-    import kiln.services
+    import kiln.compose
 
     for key, value in rstack.client_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(kiln.services, "_services", svc)
+    monkeypatch.setattr(kiln.compose, "_services", svc)
     return svc
 
 
 def test_jobs_commands(user: User, ops_env: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """Given jobs, when an operator lists, shows, cancels and retries them, then the
     commands act on Firestore and say what they did; an invalid one exits 1."""
-    from kiln.cli import main
+    from kiln_dev.cli import main
 
     svc = ops_env
     failed = create_direct(svc, user.uid, "a red cone", status="failed", attempts=3,
@@ -530,7 +530,7 @@ def test_dead_letters_list_and_replay(user: User, ops_env: Any, rstack: LocalSta
     """Given messages dead-lettered for two jobs (and one unreadable), when an operator
     lists and replays them, then listing leaves them in place, replaying one re-publishes
     just that job (it completes), --all the other, and the unreadable one stays."""
-    from kiln.cli import main
+    from kiln_dev.cli import main
 
     svc = ops_env
     later = {"updatedAt": utcnow() + dt.timedelta(hours=1)}  # the sweeper leaves them be

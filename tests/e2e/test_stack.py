@@ -47,7 +47,7 @@ def test_dev_stack_stops_every_process(tmp_path: Path, sig: signal.Signals) -> N
     env = {**os.environ, "KILN_KEEP_STACK_LOGS": "1", "PYTHONUNBUFFERED": "1"}
     for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "kiln", "dev", "--port", "0"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "kiln_dev", "dev", "--port", "0"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     lines: list[str] = []

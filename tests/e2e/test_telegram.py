@@ -1,5 +1,5 @@
 """The Telegram bot end to end: updates posted to the real local stack as Telegram would,
-answered through a Bot API stand-in (``kiln.local.telegram_server``) that records calls.
+answered through a Bot API stand-in (``kiln_dev.standins.telegram``) that records calls.
 
 The module runs its own stack with the Telegram server as a companion; tests keep apart
 by using a fresh chat id each.
@@ -21,11 +21,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from kiln.blobs import result_path
-from kiln.local.stack import LocalStack, StackConfig
-from kiln.local.telegram_server import TelegramServer
-from kiln.telegram import notifier
-from kiln.telegram.client import BotClient
+from kiln.adapters.storage import result_path
+from kiln.channels.telegram import notifier
+from kiln.channels.telegram.client import BotClient
+from kiln_dev.stack import LocalStack, StackConfig
+from kiln_dev.standins.telegram import TelegramServer
 from support import EVENTS, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e

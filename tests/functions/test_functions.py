@@ -11,10 +11,10 @@ from typing import Any
 import functions_framework
 import pytest
 
-from kiln import lifecycle
-from kiln.local.stack import REPO
-from kiln.model import parse_job_request
-from kiln.store import utcnow
+from kiln.adapters.firestore import utcnow
+from kiln.core import lifecycle
+from kiln.core.requests import parse_job_request
+from kiln_dev.stack import REPO
 from support import load_event, wait_for
 
 
@@ -32,6 +32,16 @@ def ingress(stack: Any) -> Any:
 @pytest.fixture(scope="module")
 def worker(stack: Any) -> Any:
     return app("worker", "cloudevent")
+
+
+@pytest.fixture(scope="module")
+def dev_worker(stack: Any) -> Any:
+    """The worker as the local stack runs it: with the generators that plant failures."""
+    import kiln_dev.functions
+
+    return functions_framework.create_app(
+        target="worker", source=kiln_dev.functions.__file__, signature_type="cloudevent",
+    ).test_client()
 
 
 def push_body(job_id: str) -> dict[str, Any]:
@@ -94,7 +104,7 @@ def test_worker_acks_poison_messages(worker: Any) -> None:
     assert worker.post("/", json=push_body("doesnotexist123")).status_code in (200, 204)
 
 
-def test_worker_nacks_a_retryable_failure(worker: Any, services: Any, uid: str) -> None:
+def test_worker_nacks_a_retryable_failure(dev_worker: Any, services: Any, uid: str) -> None:
     """A retryable provider failure returns 5xx (so Pub/Sub redelivers), spends an attempt
     and leaves the job pending with a retryable error until its backoff has passed."""
     # Recorded but not published: only this delivery runs it (the stack's worker never sees it).
@@ -102,7 +112,7 @@ def test_worker_nacks_a_retryable_failure(worker: Any, services: Any, uid: str) 
     services.store.create(job_id, lifecycle.new_job(
         uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
         request=parse_job_request({"kind": "image", "prompt": "x [fail:retryable]"})))
-    response = worker.post("/", json=push_body(job_id))
+    response = dev_worker.post("/", json=push_body(job_id))
     assert response.status_code >= 500
     job = services.store.get(job_id)
     assert (job["status"], job["attempts"]) == ("pending", 1)

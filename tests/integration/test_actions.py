@@ -1,4 +1,4 @@
-"""Cancel and retry as the API, the chat and the operator CLI share them (kiln.actions):
+"""Cancel and retry as the API, the chat and the operator CLI share them (kiln.runtime.actions):
 the transition, and the messages they publish, observed on a topic of this test's own."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-from kiln import actions
-from kiln.errors import TransitionError
-from kiln.store import utcnow
+from kiln.adapters.firestore import utcnow
+from kiln.core.errors import TransitionError
+from kiln.runtime import actions
 from support import create_job
 
 

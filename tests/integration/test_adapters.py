@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
 
-from kiln import lifecycle
-from kiln.artifacts import GlbValidator
-from kiln.errors import PermanentError
-from kiln.model import Device, parse_job_request
-from kiln.push import FcmPush
-from kiln.queue import decode_message
-from kiln.store import JobStore, in_transaction, utcnow
+from kiln.adapters.fcm import FcmPush
+from kiln.adapters.firestore import JobStore, in_transaction, utcnow
+from kiln.adapters.pubsub import decode_message
+from kiln.core import lifecycle
+from kiln.core.errors import PermanentError
+from kiln.core.job import Device
+from kiln.core.requests import parse_job_request
+from kiln.runtime.artifacts import GlbValidator
 
 
 def new_doc(uid: str = "u") -> dict[str, Any]:

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.errors import RetryableError
-from kiln.local.faults import HttpFaultProxy, TcpProxy
-from kiln.local.stack import LocalStack
-from kiln.queue import PUBLISH_TIMEOUT, PubSubQueue
+from kiln.adapters.pubsub import PUBLISH_TIMEOUT, PubSubQueue
+from kiln.core.errors import RetryableError
+from kiln_dev.faults import HttpFaultProxy, TcpProxy
+from kiln_dev.stack import LocalStack
 from support import wait_for
 
 

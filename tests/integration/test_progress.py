@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from kiln import lifecycle
-from kiln.errors import CanceledError, LeaseLostError
-from kiln.progress import ProgressReporter
-from kiln.store import utcnow
+from kiln.adapters.firestore import utcnow
+from kiln.core import lifecycle
+from kiln.core.errors import CanceledError, LeaseLostError
+from kiln.runtime.progress import ProgressReporter
 from support import create_job
 
 

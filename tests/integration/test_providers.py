@@ -1,9 +1,9 @@
 """The real provider adapters against the local provider server, through the real worker.
 
-Each test creates a job document in the emulated Firestore and runs ``kiln.worker.run_job``
+Each test creates a job document in the emulated Firestore and runs ``kiln.runtime.worker.run_job``
 in this process with the adapter under test, so the whole fetch → validate → upload path
 runs against the Storage emulator. Failures are steered by prompt tokens (see
-``kiln.local.provider_server``).
+``kiln_dev.standins.provider``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln import lifecycle
-from kiln.errors import RetryableError
-from kiln.local.provider_server import ProviderServer
-from kiln.model import JobRequest, new_job_id
+from kiln.adapters.firestore import utcnow
+from kiln.core import lifecycle
+from kiln.core.errors import RetryableError
+from kiln.core.job import new_job_id
+from kiln.core.requests import JobRequest
 from kiln.providers.base import Provider, TaskStatus
 from kiln.providers.gemini import GeminiImageProvider
 from kiln.providers.meshy import MeshyProvider
 from kiln.providers.taskserver import TaskServerProvider
+from kiln.runtime.worker import run_job
 from kiln.settings import Settings
-from kiln.store import utcnow
-from kiln.worker import run_job
+from kiln_dev.standins.provider import ProviderServer
 from support import wait_for
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.auth import emulator_id_token
-from kiln.local.stack import REPO, LocalStack
+from kiln.adapters.firebase_auth import emulator_id_token
+from kiln_dev.stack import REPO, LocalStack
 
 RULES = REPO / "infra" / "firestore.rules"
 ACTORS = ("owner", "other", "signed_out", "admin")

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from kiln.blobs import result_path, thumbnail_path
-from kiln.local.stack import REPO
+from kiln.adapters.storage import result_path, thumbnail_path
+from kiln_dev.stack import REPO
 
 RULES = REPO / "infra" / "storage.rules"
 OPS = {"read": ("get", "list"), "write": ("create", "update", "delete")}
@@ -124,7 +124,7 @@ RESULT = result_path(OWNER, "job123", "png")
 @pytest.mark.parametrize("path", [result_path(OWNER, "job123", "png"), result_path(OWNER, "job123", "glb"),
                                   thumbnail_path(OWNER, "job123")])
 def test_owner_reads_own_results(rules: Block, path: str) -> None:
-    """Given alice's result paths (as kiln.blobs builds them), then alice may get and list
+    """Given alice's result paths (as kiln.adapters.storage builds them), then alice may get and list
     them; bob and a signed-out caller may not."""
     for op in ("get", "list"):
         assert allowed(rules, op, path, OWNER)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kiln.telegram.chats import ORPHAN_PLACE_SECONDS, ChatStore, Reservation
+from kiln.channels.telegram.chats import ORPHAN_PLACE_SECONDS, ChatStore, Reservation
 
 DAY = "2026-11-23"
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from kiln import worker
-from kiln.local.provider_server import ProviderServer
 from kiln.providers.base import GenerationRequest
+from kiln.runtime import worker
+from kiln_dev.standins.provider import ProviderServer
 from support import create_job
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from kiln.artifacts import (
+from kiln.core.errors import PermanentError
+from kiln.runtime.artifacts import (
     CHUNK_BIN,
     CHUNK_JSON,
     GlbInfo,
@@ -24,7 +25,6 @@ from kiln.artifacts import (
     make_thumbnail,
     validator_for,
 )
-from kiln.errors import PermanentError
 
 MiB = 1024 * 1024
 CHUNK_SIZES = [1, 7, MiB]

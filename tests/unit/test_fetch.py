@@ -1,4 +1,4 @@
-"""Safe fetching (kiln.fetch): schemes, hosts, address classes, pinning, redirects, caps.
+"""Safe fetching (kiln.providers.fetch): schemes, hosts, address classes, pinning, redirects, caps.
 
 A local server on 127.0.0.1 stands in for result hosts; a fake resolver gives names the
 addresses a test needs, so DNS answers (and rebinding) are under the test's control.
@@ -14,8 +14,15 @@ from typing import Any
 
 import pytest
 
-from kiln.errors import PermanentError
-from kiln.fetch import FetchPolicy, check_url, check_user_url, fetch_small, forbidden_reason, open_stream
+from kiln.core.errors import PermanentError
+from kiln.providers.fetch import (
+    FetchPolicy,
+    check_url,
+    check_user_url,
+    fetch_small,
+    forbidden_reason,
+    open_stream,
+)
 from kiln.settings import Settings
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from google.cloud.firestore import DELETE_FIELD, Increment
 
-from kiln import lifecycle
-from kiln.errors import CanceledError, LeaseLostError, TransitionError
-from kiln.model import parse_job_request
+from kiln.core import lifecycle
+from kiln.core.errors import CanceledError, LeaseLostError, TransitionError
+from kiln.core.requests import parse_job_request
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.errors import RequestError
-from kiln.model import (
+from kiln.core.errors import RequestError
+from kiln.core.job import (
     TERMINAL,
     TRANSITIONS,
     JobStatus,

@@ -12,10 +12,11 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from kiln.artifacts import GlbValidator, PngValidator
-from kiln.errors import CanceledError, PermanentError, RetryableError
+from kiln.core.errors import CanceledError, PermanentError, RetryableError
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider
 from kiln.providers.offline import OfflineProvider
+from kiln.runtime.artifacts import GlbValidator, PngValidator
+from kiln_dev.providers import ScriptedOfflineProvider
 
 RED, GREEN, BLUE = 0, 1, 2
 
@@ -61,10 +62,11 @@ def generate(
     clock: FakeTime | None = None,
     progress: Callable[[int, str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    provider_class: type[OfflineProvider] = OfflineProvider,
 ) -> tuple[bytes, Artifact]:
     clock = clock or FakeTime()
-    provider = OfflineProvider(image_seconds=seconds, model_seconds=seconds,
-                               sleep=clock.sleep, clock=clock.monotonic)
+    provider = provider_class(image_seconds=seconds, model_seconds=seconds,
+                              sleep=clock.sleep, clock=clock.monotonic)
     request = GenerationRequest("job-1", kind, prompt, dict(options or {}))
     artifact = provider.generate(request, progress or Progress(), should_stop)
     return b"".join(artifact.chunks), artifact
@@ -324,14 +326,23 @@ def test_stop_before_start_reports_nothing() -> None:
     assert progress.calls == [] and clock.sleeps == []
 
 
-# --- failure hooks ---------------------------------------------------------------------
+# --- failure hooks (development package only) ------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["a red ball [fail:permanent]", "[fail:retryable] a ball",
+                                    "a ball [hang]"])
+def test_the_deployed_generator_has_no_planted_failures(prompt: str) -> None:
+    """Given a planted-failure token, then the product's offline provider just draws it:
+    the tokens work only in kiln_dev's scripted provider, which is never deployed."""
+    data, artifact = generate("image", prompt)
+    assert artifact.content_type == "image/png" and data.startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("kind", ["image", "model"])
 def test_permanent_failure_token(kind: str) -> None:
     """Given "[fail:permanent]" in the prompt, then PermanentError content_refused, readable."""
     with pytest.raises(PermanentError) as caught:
-        generate(kind, "a red ball [fail:permanent]")
+        generate(kind, "a red ball [fail:permanent]", provider_class=ScriptedOfflineProvider)
     assert caught.value.code == "content_refused"
     assert caught.value.message == "The provider refused this prompt."
 
@@ -340,5 +351,16 @@ def test_permanent_failure_token(kind: str) -> None:
 def test_retryable_failure_token(kind: str) -> None:
     """Given "[fail:retryable]" in the prompt, then RetryableError provider_unavailable."""
     with pytest.raises(RetryableError) as caught:
-        generate(kind, "[fail:retryable] a red ball")
+        generate(kind, "[fail:retryable] a red ball", provider_class=ScriptedOfflineProvider)
     assert caught.value.code == "provider_unavailable"
+
+
+def test_hang_token_waits_until_stopped() -> None:
+    """Given "[hang]", then the scripted generator only sleeps until told to stop, then ends
+    with CanceledError, reporting no progress."""
+    clock, progress = FakeTime(), Progress()
+    stops = iter([False, False, True])
+    with pytest.raises(CanceledError):
+        generate("model", "a cube [hang]", clock=clock, progress=progress,
+                 should_stop=lambda: next(stops), provider_class=ScriptedOfflineProvider)
+    assert progress.calls == [] and len(clock.sleeps) == 2

@@ -17,9 +17,9 @@ import google.oauth2.credentials
 import pytest
 from firebase_admin import credentials
 
-from kiln import push
-from kiln.local.fcm_server import FcmServer
-from kiln.model import Device
+from kiln.adapters import fcm as push
+from kiln.core.job import Device
+from kiln_dev.standins.fcm import FcmServer
 
 THUMB = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fthumb.png?alt=media&token=t1"
 PNG = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fresult.png?alt=media&token=t2"

@@ -1,7 +1,7 @@
-"""The generated contract (kiln.schema) agrees with the Python model and is up to date.
+"""The generated contract (kiln_dev.schema) agrees with the Python model and is up to date.
 
 docs/generated/job.schema.json, docs/generated/kiln.d.ts, clients/web/src/kiln.d.ts and
-docs/openapi.yaml are generated from kiln.model; the example documents in
+docs/openapi.yaml are generated from kiln.core.job; the example documents in
 docs/client-contract.md are validated against the schema.
 """
 
@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kiln import lifecycle, schema
-from kiln.errors import RequestError
-from kiln.model import _OPTION_RULES, CHANNELS, KINDS, PROMPT_MAX, JobRequest, JobStatus, parse_job_request
+from kiln.core import lifecycle
+from kiln.core.errors import RequestError
+from kiln.core.job import CHANNELS, KINDS, PROMPT_MAX, JobStatus
+from kiln.core.requests import _OPTION_RULES, JobRequest, parse_job_request
+from kiln_dev import schema
 
 CONTRACT = schema.REPO / "docs" / "client-contract.md"
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
@@ -29,7 +31,7 @@ def spec() -> dict[str, Any]:
 
 
 def validate(instance: Any, node: dict[str, Any], root: dict[str, Any], where: str = "$") -> list[str]:
-    """A small JSON Schema validator for the keywords kiln.schema uses (errors as strings)."""
+    """A small JSON Schema validator for the keywords kiln_dev.schema uses (errors as strings)."""
     errors: list[str] = []
     if "$ref" in node:
         errors += validate(instance, root["$defs"][node["$ref"].rsplit("/", 1)[1]], root, where)
@@ -78,8 +80,8 @@ def doc_examples() -> list[tuple[str, Any]]:
 
 def test_generated_files_are_current() -> None:
     """Given the model as it is, when regenerating, then every generated file is unchanged
-    (run `python -m kiln.schema --write` after changing kiln.model)."""
-    assert schema.stale() == [], "run: python -m kiln.schema --write"
+    (run `python -m kiln_dev.schema --write` after changing kiln.core.job)."""
+    assert schema.stale() == [], "run: python -m kiln_dev.schema --write"
     assert schema.main(["--check"]) == 0
 
 

@@ -6,7 +6,7 @@ import gc
 
 import firebase_admin
 
-from kiln.services import Services
+from kiln.compose import Services
 from kiln.settings import Settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.errors import ConfigError
+from kiln.core.errors import ConfigError
 from kiln.settings import ENV_VARS, Settings
 
 

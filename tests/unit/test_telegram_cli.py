@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kiln.cli import main
-from kiln.local.telegram_server import TelegramServer
 from kiln.settings import ENV_VARS
+from kiln_dev.cli import main
+from kiln_dev.standins.telegram import TelegramServer
 
 URL = "https://kiln.example.com/telegram/webhook"
 

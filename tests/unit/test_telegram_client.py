@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from kiln.errors import ConfigError, PermanentError, RetryableError
-from kiln.local.stack import free_port
-from kiln.local.telegram_server import TelegramServer
-from kiln.telegram.client import BotBlockedError, BotClient, TelegramApiError
+from kiln.channels.telegram.client import BotBlockedError, BotClient, TelegramApiError
+from kiln.core.errors import ConfigError, PermanentError, RetryableError
+from kiln_dev.stack import free_port
+from kiln_dev.standins.telegram import TelegramServer
 
 CHAT = 4242
 

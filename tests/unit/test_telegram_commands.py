@@ -1,4 +1,4 @@
-"""Command parsing and group-chat addressing (``kiln.telegram.commands``), pure."""
+"""Command parsing and group-chat addressing (``kiln.channels.telegram.commands``), pure."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from kiln.telegram.commands import Command, interpret, strip_mention, update_kind
-from kiln.telegram.messages import filename, progress_text
+from kiln.channels.telegram.commands import Command, interpret, strip_mention, update_kind
+from kiln.channels.telegram.messages import filename, progress_text
 
 BOT_ID = 123456789
 

@@ -28,7 +28,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from kiln.errors import CanceledError, KilnError, PermanentError, RetryableError
+from kiln.core.errors import CanceledError, KilnError, PermanentError, RetryableError
 from kiln.providers.base import Artifact, GenerationRequest, ProgressCallback
 from kiln.providers.http import as_png, error_for_status, short
 from kiln.settings import Settings

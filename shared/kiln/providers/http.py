@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from kiln.errors import KilnError, PermanentError, RetryableError
+from kiln.core.errors import KilnError, PermanentError, RetryableError
 
 SAFE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -29,9 +29,16 @@ from typing import Any
 import httpx
 
 from kiln import log
-from kiln.errors import KilnError, PermanentError
-from kiln.fetch import FetchPolicy, Resolver, check_user_url, fetch_small, open_stream, system_resolve
+from kiln.core.errors import KilnError, PermanentError
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
+from kiln.providers.fetch import (
+    FetchPolicy,
+    Resolver,
+    check_user_url,
+    fetch_small,
+    open_stream,
+    system_resolve,
+)
 from kiln.providers.http import JsonApi, as_png, short
 from kiln.settings import Settings
 

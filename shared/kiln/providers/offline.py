@@ -12,14 +12,8 @@ Work is spread over ``image_seconds`` / ``model_seconds`` with realistic stages 
 ``packaging``), at most about four progress reports a second, checking ``should_stop``
 after every wait.
 
-Test hooks, so tests and demos can show failures through the real pipeline:
-
-- a prompt containing ``[fail:permanent]`` raises ``PermanentError(code="content_refused")``,
-  as when a provider refuses a prompt;
-- a prompt containing ``[fail:retryable]`` raises
-  ``RetryableError(code="provider_unavailable")``, as when a provider is briefly down;
-- a prompt containing ``[hang]`` never finishes (until the job is stopped), as a provider
-  that stops answering.
+Planted failures for tests and demos (``[fail:…]``, ``[hang]``) are not here: they live in
+the development package (``kiln_dev.providers``), which is never deployed.
 """
 
 from __future__ import annotations
@@ -32,12 +26,12 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from kiln.errors import CanceledError, PermanentError, RetryableError
+from kiln.core.errors import CanceledError, PermanentError
 from kiln.providers.base import Artifact, GenerationRequest, ProgressCallback
 from kiln.providers.procedural_mesh import build_mesh, pack_glb, png_bytes, render_thumbnail
 
@@ -62,12 +56,6 @@ SHAPES: dict[str, str] = {
     **dict.fromkeys(("torus", "donut", "doughnut", "ring"), "torus"),
     **dict.fromkeys(("cylinder", "can", "tower", "pillar"), "cylinder"),
     "star": "star",
-}
-_FAILURES: dict[str, Callable[[], Exception]] = {
-    "[fail:permanent]": lambda: PermanentError(
-        "The provider refused this prompt.", code="content_refused"),
-    "[fail:retryable]": lambda: RetryableError(
-        "The provider is unavailable right now.", code="provider_unavailable"),
 }
 
 
@@ -105,11 +93,6 @@ class OfflineProvider:
         should_stop: Callable[[], bool],
     ) -> Artifact:
         """Make the image or model the request describes (see the module docstring)."""
-        for token, error in _FAILURES.items():
-            if token in request.prompt.lower():
-                raise error()
-        if "[hang]" in request.prompt.lower():
-            _hang(should_stop, self._sleep)
         subject = read_prompt(request.prompt, request.options)
         if request.kind == "image":
             pacer = _Pacer(self.image_seconds, on_progress, should_stop, self._sleep, self._clock)
@@ -118,13 +101,6 @@ class OfflineProvider:
             pacer = _Pacer(self.model_seconds, on_progress, should_stop, self._sleep, self._clock)
             return _make_model(subject, pacer)
         raise PermanentError(f"Unknown kind {request.kind!r}.", code="invalid_kind")
-
-
-def _hang(should_stop: Callable[[], bool], sleep: Callable[[float], None]) -> NoReturn:
-    """``[hang]``: a provider that never answers; only a stop (cancel, lost lease) ends it."""
-    while not should_stop():
-        sleep(TICK_SECONDS)
-    raise CanceledError("Generation was stopped.")
 
 
 def _make_image(subject: Subject, request: GenerationRequest, pacer: _Pacer) -> Artifact:

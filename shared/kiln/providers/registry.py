@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from kiln.errors import ConfigError
+from kiln.core.errors import ConfigError
 from kiln.providers.base import Provider
 from kiln.settings import Settings
 
@@ -66,17 +66,19 @@ KINDS: dict[str, frozenset[str]] = {
 }
 
 
-def build_provider(name: str, settings: Settings, kind: str | None = None) -> Provider:
+def build_provider(name: str, settings: Settings, kind: str | None = None, *,
+                   factories: Mapping[str, Callable[[Settings], Provider]] | None = None) -> Provider:
     """The provider called ``name``; with ``kind``, refuse one that cannot make it.
 
     Raises:
         ConfigError: unknown name, missing key, or a provider configured for a kind it
             does not make.
     """
+    factories = FACTORIES if factories is None else factories
     try:
-        factory = FACTORIES[name]
+        factory = factories[name]
     except KeyError:
-        known = ", ".join(sorted(FACTORIES))
+        known = ", ".join(sorted(factories))
         raise ConfigError(f"Unknown provider {name!r} (known: {known})") from None
     if kind is not None and kind not in KINDS[name]:
         raise ConfigError(f"Provider {name!r} does not make {kind}s")

@@ -3,7 +3,7 @@
 ``POST /v1/tasks`` ``{kind, prompt, options}`` (with ``Idempotency-Key: <jobId>``) →
 ``202 {task_id}``; ``GET /v1/tasks/{id}`` → ``{status, progress, stage, error, result}``;
 ``POST /v1/tasks/{id}:cancel``; the result is downloaded from ``result.url`` through
-:mod:`kiln.fetch` (the server's own host, plus ``KILN_ALLOWED_FETCH_HOSTS``), its
+:mod:`kiln.providers.fetch` (the server's own host, plus ``KILN_ALLOWED_FETCH_HOSTS``), its
 declared ``bytes`` and ``sha256`` checked while it streams.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from kiln.errors import ConfigError, PermanentError
-from kiln.fetch import FetchPolicy, Resolver, check_user_url, open_stream, system_resolve
+from kiln.core.errors import ConfigError, PermanentError
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
+from kiln.providers.fetch import FetchPolicy, Resolver, check_user_url, open_stream, system_resolve
 from kiln.providers.http import SAFE_CODE, JsonApi, short
 from kiln.settings import Settings
 

@@ -1,0 +1,3 @@
+from kiln_dev.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,525 @@
+"""A stand-in for the AI providers on 127.0.0.1: Meshy-style, async-task and Gemini REST.
+
+One server, three protocols, as the real clients speak them:
+
+- Meshy-style: ``POST /openapi/v2/text-to-3d`` (``mode: preview | refine``),
+  ``POST /openapi/v1/image-to-3d``, ``GET``/``DELETE`` ``.../{id}`` (Bearer key);
+- Kiln's async task protocol (``docs/taskserver-protocol.md``): ``POST /v1/tasks``,
+  ``GET /v1/tasks/{id}``, ``POST /v1/tasks/{id}:cancel`` (Bearer key);
+- Gemini: ``POST /{v1beta|v1}/models/{model}:generateContent`` (``x-goog-api-key``).
+
+Results are served from ``/files/{task}.glb|.png``; a GLB of any size (up to many GB)
+is generated while it streams — header, a JSON chunk declaring one buffer, the BIN
+chunk in 1 MiB pieces — so the server's memory stays flat too.
+
+Prompt tokens steer it (case-insensitive):
+
+- ``[fail:400|401|402|403|429|500|503]`` — the create call (or Gemini call) answers so;
+  429 carries ``Retry-After: 7`` (Gemini: a ``RetryInfo`` of 7 s too);
+- ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message;
+- ``[fail:refused]`` — refused content (Gemini: ``promptFeedback.blockReason: SAFETY``;
+  ``[fail:image-safety]``: ``finishReason: IMAGE_SAFETY``; task server: error
+  ``content_refused``);
+- ``[hang]`` — the create call never answers (until the server stops);
+- ``[size:N]`` — the result GLB is N bytes (``k``/``m``/``g`` suffixes: ``[size:50m]``);
+- ``[invalid]`` — the result is not a valid GLB; ``[chunked]`` — no ``Content-Length``;
+- ``[redirect]`` — the result URL redirects once (to the real file);
+  ``[redirect:ADDRESS]`` — it redirects to ``http://ADDRESS/latest/meta-data/``
+  (e.g. ``169.254.169.254`` or ``10.0.0.1``), which a safe fetcher must refuse;
+- ``[jpeg]`` — Gemini answers with a JPEG; ``[slow:S]`` — the task takes S seconds.
+
+Control: ``GET /_kiln/requests`` (what was received), ``GET /_kiln/cancels`` (canceled
+task ids), ``PUT /_kiln/config`` ``{"task_seconds", "gemini_seconds", "poll_delay"}``.
+As a :class:`~kiln_dev.stack.Companion`, ``env()`` points Kiln's providers here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image
+
+from kiln_dev.background import BackgroundServer
+
+API_KEY = "kiln-local-provider-key"
+PIECE = 1024 * 1024
+_ZEROS = bytes(PIECE)
+_TOKEN = re.compile(r"\[(fail|hang|size|invalid|chunked|redirect|jpeg|slow)(?::([^\]]+))?\]", re.I)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_TRIANGLE = struct.pack("<9f", 0, 0, 0, 1, 0, 0, 0, 1, 0)
+
+
+@dataclass
+class _Task:
+    id: str
+    protocol: str  # "meshy" (text), "meshy-image", "task"
+    kind: str
+    prompt: str
+    mode: str = "preview"
+    preview_task_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 1.0
+    canceled: bool = False
+
+    def tokens(self) -> dict[str, str]:
+        return {m.group(1).lower(): (m.group(2) or "").strip().lower()
+                for m in _TOKEN.finditer(self.prompt)}
+
+    def state(self) -> tuple[str, int]:
+        """("queued" | "running" | "succeeded" | "failed" | "canceled", percent)."""
+        if self.canceled:
+            return "canceled", 0
+        share = (time.monotonic() - self.started) / max(self.seconds, 1e-6)
+        if share < 0.1:
+            return "queued", 0
+        if share < 1:
+            return "running", int(share * 100)
+        failed = self.tokens().get("fail") in ("task", "refused")
+        return ("failed" if failed else "succeeded"), 100
+
+
+class ProviderServer(BackgroundServer):
+    """Run with ``start()``; ``url`` is its base; ``env()`` configures Kiln to use it."""
+
+    thread_name = "provider-server"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str = API_KEY,
+                 task_seconds: float = 1.0, gemini_seconds: float = 0.2,
+                 hang_seconds: float = 120.0) -> None:
+        self.api_key = api_key
+        self.task_seconds = task_seconds
+        self.gemini_seconds = gemini_seconds
+        self.poll_delay = 0.0
+        self.hang_seconds = hang_seconds
+        self.tasks: dict[str, _Task] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.cancels: list[str] = []
+        self._idempotent: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        httpd = ThreadingHTTPServer((host, port), _handler(self))
+        httpd.daemon_threads = True
+        super().__init__(httpd)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KILN_MESHY_BASE_URL": self.url, "KILN_MESHY_API_KEY": self.api_key,
+            "KILN_TASKSERVER_URL": self.url, "KILN_TASKSERVER_API_KEY": self.api_key,
+            "KILN_GEMINI_API_KEY": self.api_key, "GOOGLE_GEMINI_BASE_URL": self.url,
+        }
+
+    # --- tasks --------------------------------------------------------------------------
+
+    def _new_task(self, protocol: str, kind: str, prompt: str, **kw: Any) -> _Task:
+        task = _Task(id=str(uuid.uuid4()), protocol=protocol, kind=kind, prompt=prompt,
+                     seconds=self.task_seconds, **kw)
+        slow = task.tokens().get("slow")
+        if slow:
+            task.seconds = float(slow)
+        with self._lock:
+            self.tasks[task.id] = task
+        return task
+
+    def _cancel(self, task_id: str) -> bool:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return False
+            task.canceled = True
+            self.cancels.append(task_id)
+            return True
+
+    def result_url(self, task: _Task) -> str:
+        return f"{self.url}/files/{task.id}.{'png' if task.kind == 'image' else 'glb'}"
+
+    def meshy_view(self, task: _Task) -> dict[str, Any]:
+        state, progress = task.state()
+        status = {"queued": "PENDING", "running": "IN_PROGRESS", "succeeded": "SUCCEEDED",
+                  "failed": "FAILED", "canceled": "CANCELED"}[state]
+        done = status == "SUCCEEDED"
+        return {
+            "id": task.id, "mode": task.mode, "name": "", "art_style": "realistic",
+            "status": status, "progress": progress, "preview_task_id": task.preview_task_id or None,
+            "ai_model": "meshy-local", "prompt": task.prompt,
+            "model_urls": {"glb": self.result_url(task) if done else "", "fbx": "", "usdz": ""},
+            "thumbnail_url": f"{self.url}/files/{task.id}/thumb.png" if done else "",
+            "task_error": {"message": "The model could not be generated from this prompt."
+                           if status == "FAILED" else ""},
+            "created_at": 0, "expires_at": 0,
+        }
+
+    def task_view(self, task: _Task) -> dict[str, Any]:
+        state, progress = task.state()
+        view: dict[str, Any] = {"task_id": task.id, "status": state, "progress": progress,
+                                "stage": {"queued": "queued", "running": "generating"}.get(state, ""),
+                                "error": None, "result": None, "model": "local-model-v1"}
+        if state == "failed":
+            refused = task.tokens().get("fail") == "refused"
+            view["error"] = {
+                "code": "content_refused" if refused else "generation_failed",
+                "message": "This prompt was refused." if refused else "The generation failed.",
+                "retryable": False}
+        if state == "succeeded":
+            view["result"] = {"url": self.result_url(task), "bytes": served(task)[0],
+                              "content_type": "image/png" if task.kind == "image"
+                              else "model/gltf-binary"}
+            if task.kind == "image":
+                view["result"]["sha256"] = hashlib.sha256(_png(task.prompt)).hexdigest()
+            view["usage"] = {"credits": 5, "cost_usd": 0.02}
+        return view
+
+
+def result_size(task: _Task) -> int:
+    """The size the prompt asks for (``[size:N]``), 64 KiB by default."""
+    raw = task.tokens().get("size", "")
+    match = re.fullmatch(r"(\d+)([kmg]?)", raw)
+    return int(match.group(1)) * _UNITS[match.group(2)] if match else 64 * 1024
+
+
+def served(task: _Task) -> tuple[int, Any]:
+    """(exact size, pieces) of the file served as the task's result."""
+    if task.kind == "image":
+        data = _png(task.prompt)
+        return len(data), iter([data])
+    size, pieces = glb_pieces(result_size(task))
+    if "invalid" in task.tokens():
+        size = size // 8 * 8
+        return size, iter([b"NOTAGLB!" * (size // 8)])
+    return size, pieces
+
+
+def glb_layout(total: int) -> tuple[bytes, int]:
+    """The header + JSON chunk + BIN chunk header of a GLB of about ``total`` bytes, and
+    the BIN length that follows (the file is exactly ``len(head) + bin_length``)."""
+    bin_length = max(36, total - 200)
+    for _ in range(4):
+        doc = {
+            "asset": {"version": "2.0", "generator": "kiln provider_server"},
+            "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+            "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3",
+                           "min": [0, 0, 0], "max": [1, 1, 0]}],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36}],
+            "buffers": [{"byteLength": bin_length}],
+        }
+        text = json.dumps(doc, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 4)
+        fixed = 12 + 8 + len(text) + 8
+        want = max(36, total - fixed)
+        want -= want % 4
+        if want == bin_length:
+            break
+        bin_length = want
+    head = (struct.pack("<4sII", b"glTF", 2, fixed + bin_length)
+            + struct.pack("<II", len(text), 0x4E4F534A) + text
+            + struct.pack("<II", bin_length, 0x004E4942))
+    return head, bin_length
+
+
+def glb_pieces(total: int) -> tuple[int, Any]:
+    """(exact size, an iterator of pieces) for a valid GLB of about ``total`` bytes."""
+    head, bin_length = glb_layout(total)
+
+    def pieces() -> Any:
+        yield head + _TRIANGLE
+        left = bin_length - len(_TRIANGLE)
+        view = memoryview(_ZEROS)
+        while left > 0:
+            step = min(PIECE, left)
+            yield view[:step]
+            left -= step
+
+    return len(head) + bin_length, pieces()
+
+
+def _png(prompt: str, fmt: str = "PNG") -> bytes:
+    seed = hashlib.sha256(prompt.encode()).digest()
+    image = Image.new("RGB", (64, 64), (seed[0], seed[1], seed[2]))
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        # --- plumbing ---------------------------------------------------------------
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                return json.loads(raw) if raw else {}
+            except ValueError:
+                return None
+
+        def _record(self, body: Any = None) -> None:
+            with server._lock:
+                server.requests.append({"method": self.command, "path": self.path, "body": body})
+
+        def _bearer_ok(self) -> bool:
+            if self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                return True
+            self._send(401, {"message": "Invalid API key"})
+            return False
+
+        def _forced(self, prompt: str, style: str) -> bool:
+            """Answer a ``[fail:NNN]`` or ``[hang]`` token; True when answered."""
+            tokens = {m.group(1).lower(): (m.group(2) or "").lower() for m in _TOKEN.finditer(prompt)}
+            if "hang" in tokens:
+                server._stopping.wait(server.hang_seconds)
+                self.close_connection = True
+                return True
+            code = tokens.get("fail", "")
+            if not code.isdigit():
+                return False
+            status = int(code)
+            headers = {"Retry-After": "7"} if status == 429 else {}
+            if style == "gemini":
+                names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                         429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+                error: dict[str, Any] = {"code": status, "message": f"Forced failure {status}.",
+                                         "status": names.get(status, "UNKNOWN")}
+                if status == 429:
+                    error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                         "retryDelay": "7s"}]
+                self._send(status, {"error": error}, headers)
+            elif style == "task":
+                self._send(status, {"error": {"code": f"http_{status}",
+                                              "message": f"Forced failure {status}."}}, headers)
+            else:
+                self._send(status, {"message": f"Forced failure {status}."}, headers)
+            return True
+
+        # --- routes -----------------------------------------------------------------
+
+        def do_GET(self) -> None:
+            self._record()
+            path = self.path.split("?", 1)[0]
+            if path == "/_kiln/requests":
+                with server._lock:
+                    self._send(200, list(server.requests))
+                return
+            if path == "/_kiln/cancels":
+                with server._lock:
+                    self._send(200, list(server.cancels))
+                return
+            if path.startswith("/files/"):
+                self._file(path[len("/files/"):])
+                return
+            if server.poll_delay:
+                time.sleep(server.poll_delay)
+            task = self._task_for(path)
+            if task is None:
+                return
+            view = server.task_view(task) if task.protocol == "task" else server.meshy_view(task)
+            self._send(200, view)
+
+        def do_DELETE(self) -> None:
+            self._record()
+            task = self._task_for(self.path)
+            if task is not None:
+                server._cancel(task.id)
+                self._send(200, {})
+
+        def do_PUT(self) -> None:
+            body = self._body() or {}
+            self._record(body)
+            if self.path != "/_kiln/config":
+                self._send(404, {})
+                return
+            for key in ("task_seconds", "gemini_seconds", "poll_delay"):
+                if key in body:
+                    setattr(server, key, float(body[key]))
+            self._send(200, {})
+
+        def do_POST(self) -> None:
+            body = self._body()
+            self._record(body)
+            path = self.path.split("?", 1)[0]
+            if body is None:
+                self._send(400, {"message": "Invalid JSON."})
+            elif path.endswith(":generateContent"):
+                self._gemini(path, body)
+            elif path == "/v1/tasks":
+                self._task_create(body)
+            elif path.startswith("/v1/tasks/") and path.endswith(":cancel"):
+                if self._bearer_ok():
+                    task_id = path[len("/v1/tasks/"):-len(":cancel")]
+                    found = server._cancel(task_id)
+                    self._send(200 if found else 404, {"task_id": task_id, "status": "canceled"}
+                               if found else {"error": {"code": "not_found", "message": "No such task."}})
+            elif path in ("/openapi/v2/text-to-3d", "/openapi/v1/image-to-3d"):
+                self._meshy_create(path, body)
+            else:
+                self._send(404, {"message": "Not found."})
+
+        def _task_for(self, path: str) -> _Task | None:
+            """The task a Meshy or task-server path names (answers 404/401 when none)."""
+            match = re.fullmatch(r"/(?:openapi/v[12]/(?:text|image)-to-3d|v1/tasks)/([\w-]+)", path)
+            if not self._bearer_ok():
+                return None
+            with server._lock:
+                task = server.tasks.get(match.group(1)) if match else None
+            if task is None:
+                self._send(404, {"message": "Task not found.",
+                                 "error": {"code": "not_found", "message": "Task not found."}})
+            return task
+
+        def _meshy_create(self, path: str, body: dict[str, Any]) -> None:
+            if not self._bearer_ok():
+                return
+            if path.endswith("image-to-3d"):
+                if not body.get("image_url"):
+                    self._send(400, {"message": "image_url is required."})
+                    return
+                prompt = str(body["image_url"])
+                if not self._forced(prompt, "meshy"):
+                    task = server._new_task("meshy", "model", prompt, mode="image")
+                    self._send(200, {"result": task.id})
+                return
+            if body.get("mode") == "refine":
+                with server._lock:
+                    preview = server.tasks.get(str(body.get("preview_task_id")))
+                if preview is None or preview.state()[0] != "succeeded":
+                    self._send(400, {"message": "preview_task_id must name a succeeded preview."})
+                    return
+                task = server._new_task("meshy", "model", preview.prompt, mode="refine",
+                                        preview_task_id=preview.id)
+                self._send(200, {"result": task.id})
+                return
+            prompt = str(body.get("prompt") or "")
+            if body.get("mode") != "preview" or not prompt:
+                self._send(400, {"message": "mode must be preview or refine; prompt is required."})
+                return
+            if not self._forced(prompt, "meshy"):
+                self._send(200, {"result": server._new_task("meshy", "model", prompt).id})
+
+        def _task_create(self, body: dict[str, Any]) -> None:
+            if not self._bearer_ok():
+                return
+            prompt, kind = str(body.get("prompt") or ""), body.get("kind")
+            if kind not in ("image", "model") or not prompt:
+                self._send(400, {"error": {"code": "invalid_request",
+                                           "message": "kind and prompt are required."}})
+                return
+            if self._forced(prompt, "task"):
+                return
+            key = self.headers.get("Idempotency-Key") or ""
+            with server._lock:
+                known = server._idempotent.get(key) if key else None
+            task_id = known or server._new_task("task", str(kind), prompt).id
+            if key:
+                with server._lock:
+                    server._idempotent[key] = task_id
+            self._send(202, {"task_id": task_id})
+
+        def _gemini(self, path: str, body: dict[str, Any]) -> None:
+            key = self.headers.get("x-goog-api-key")
+            if not key:
+                self._send(403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                           "message": "Method doesn't allow unregistered callers."}})
+                return
+            if key != server.api_key:
+                self._send(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                           "message": "API key not valid. Please pass a valid API key."}})
+                return
+            try:
+                prompt = str(body["contents"][0]["parts"][0]["text"])
+            except (KeyError, IndexError, TypeError):
+                self._send(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                           "message": "contents must hold a text part."}})
+                return
+            if self._forced(prompt, "gemini"):
+                return
+            time.sleep(server.gemini_seconds)
+            model = path.rsplit("/", 1)[-1].split(":", 1)[0]
+            answer: dict[str, Any] = {"modelVersion": model, "responseId": uuid.uuid4().hex[:16],
+                                      "usageMetadata": {"promptTokenCount": 8,
+                                                        "candidatesTokenCount": 1290,
+                                                        "totalTokenCount": 1298}}
+            fail = {m.group(1).lower(): (m.group(2) or "").lower()
+                    for m in _TOKEN.finditer(prompt)}.get("fail")
+            if fail == "refused":
+                answer["promptFeedback"] = {"blockReason": "SAFETY"}
+            elif fail == "image-safety":
+                answer["candidates"] = [{"finishReason": "IMAGE_SAFETY", "index": 0}]
+            else:
+                jpeg = "[jpeg]" in prompt.lower()
+                data = _png(prompt, "JPEG" if jpeg else "PNG")
+                answer["candidates"] = [{"index": 0, "finishReason": "STOP", "content": {
+                    "role": "model", "parts": [{"inlineData": {
+                        "mimeType": "image/jpeg" if jpeg else "image/png",
+                        "data": base64.b64encode(data).decode()}}]}}]
+            self._send(200, answer)
+
+        def _file(self, name: str) -> None:
+            match = re.fullmatch(r"([\w-]+)(/thumb\.png|\.glb|\.png)(?:\.(\d+))?", name)
+            with server._lock:
+                task = server.tasks.get(match.group(1)) if match else None
+            if task is None or match is None:
+                self._send(404, {"message": "No such file."})
+                return
+            tokens = task.tokens()
+            if match.group(2) == "/thumb.png":
+                self._bytes(_png(task.prompt), "image/png")
+                return
+            target = tokens.get("redirect")
+            if "redirect" in tokens and not match.group(3):
+                location = (f"http://{target}/latest/meta-data/" if target
+                            else f"{server.result_url(task)}.1")
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            size, pieces = served(task)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png" if task.kind == "image"
+                             else "model/gltf-binary")
+            if "chunked" in tokens:
+                self.close_connection = True  # HTTP/1.0: the body ends when the connection does
+            else:
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            try:
+                for piece in pieces:
+                    self.wfile.write(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading (a size cap, a cancel)
+
+        def _bytes(self, data: bytes, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

@@ -1,3 +1,0 @@
-from kiln.cli import main
-
-raise SystemExit(main())

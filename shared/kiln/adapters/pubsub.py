@@ -1,0 +1,69 @@
+"""Pub/Sub adapter: wake a worker for a job.
+
+Pub/Sub only wakes workers; Firestore is the source of truth. The message carries the
+job id and nothing a worker could trust over the document. Batching is off: the
+webhook's acknowledgement must not wait for a batch window.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Protocol
+
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.cloud.pubsub_v1.types import BatchSettings
+
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.core.job import is_valid_job_id
+
+PUBLISH_TIMEOUT = 10.0
+
+
+class JobQueue(Protocol):
+    def publish(self, job_id: str, *, reason: str = "new") -> str: ...
+
+
+class PubSubQueue:
+    """Publishes ``{"jobId": ...}`` to the jobs topic."""
+
+    def __init__(
+        self, project: str, topic: str, client: pubsub_v1.PublisherClient | None = None
+    ) -> None:
+        # One message per batch, sent at once: no batching delay on the ack path.
+        self.client = client or pubsub_v1.PublisherClient(
+            batch_settings=BatchSettings(max_messages=1, max_latency=0.001)
+        )
+        self.topic_path = self.client.topic_path(project, topic)
+
+    def publish(self, job_id: str, *, reason: str = "new") -> str:
+        """Publish and wait for the server's message id.
+
+        Raises:
+            RetryableError: Pub/Sub did not take the message.
+        """
+        data = json.dumps({"jobId": job_id}).encode()
+        try:
+            future = self.client.publish(self.topic_path, data, jobId=job_id, reason=reason)
+            return str(future.result(timeout=PUBLISH_TIMEOUT))
+        except (gexc.GoogleAPIError, TimeoutError) as exc:
+            raise RetryableError("The job queue is unavailable.", code="queue_unavailable") from exc
+
+
+def decode_message(data: Any) -> str:
+    """The job id from a Pub/Sub message payload (the CloudEvent's ``data``).
+
+    Raises:
+        PermanentError: a poison message (not base64 JSON with a valid ``jobId``).
+    """
+    try:
+        message = data["message"]
+        payload = json.loads(base64.b64decode(message["data"], validate=True))
+        job_id = payload["jobId"]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise PermanentError("Unreadable job message.", code="poison_message") from exc
+    if not isinstance(job_id, str) or not is_valid_job_id(job_id):
+        raise PermanentError("Job message has an invalid job id.", code="poison_message")
+    return job_id

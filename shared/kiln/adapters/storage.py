@@ -1,0 +1,157 @@
+"""Cloud Storage adapter: stream a result into the bucket, validated and checksummed.
+
+The artifact arrives as chunks and leaves as a resumable upload in fixed-size pieces, so
+the worker's memory stays flat in the file's size. Each chunk goes through the
+validator and a SHA-256 on the way; the upload is finalized only after the validator
+accepted the whole file, so an invalid artifact never becomes an object in the bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import urllib.parse
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage  # type: ignore[attr-defined]
+
+from kiln.core.errors import KilnError, PermanentError, RetryableError
+
+UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+
+
+def result_path(uid: str, job_id: str, ext: str) -> str:
+    """Where a job's result lives (contract): ``generations/{uid}/{jobId}/result.{ext}``."""
+    return f"generations/{uid}/{job_id}/result.{ext}"
+
+
+def thumbnail_path(uid: str, job_id: str) -> str:
+    return f"generations/{uid}/{job_id}/thumb.png"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    path: str
+    content_type: str
+    bytes: int
+    sha256: str
+    download_url: str
+
+
+class Validator(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+class BlobStore:
+    """One bucket; objects get a Firebase download token."""
+
+    def __init__(
+        self,
+        bucket: str,
+        client: storage.Client | None = None,
+        *,
+        project: str | None = None,
+        emulator_host: str = "",
+        chunk_size: int = UPLOAD_CHUNK,
+    ) -> None:
+        if client is None:
+            if emulator_host:
+                client = storage.Client(project=project, credentials=AnonymousCredentials())
+            else:
+                client = storage.Client(project=project)
+        self.client = client
+        self.bucket = client.bucket(bucket)
+        self.emulator_host = emulator_host.rstrip("/")
+        self.chunk_size = chunk_size
+
+    def put_stream(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        content_type: str,
+        validator: Validator | None = None,
+    ) -> StoredObject:
+        """Upload ``chunks`` to ``path``; finalize only if ``validator`` accepts them.
+
+        Raises:
+            PermanentError: the validator refused the artifact (nothing is stored).
+            RetryableError: Cloud Storage failed; an unfinished upload leaves no object.
+        """
+        token = str(uuid.uuid4())
+        blob = self.bucket.blob(path, chunk_size=self.chunk_size)
+        blob.metadata = {"firebaseStorageDownloadTokens": token}
+        blob.cache_control = "private, max-age=3600"
+        digest = hashlib.sha256()
+        total = 0
+        writer = None
+        try:
+            writer = blob.open("wb", content_type=content_type, chunk_size=self.chunk_size)
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                if validator is not None:
+                    validator.feed(chunk)
+                digest.update(chunk)
+                total += len(chunk)
+                writer.write(chunk)
+            if validator is not None:
+                validator.finish()
+            writer.close()  # sends the last piece: only now does the object exist
+        except KilnError:
+            _abandon(writer)
+            raise
+        except (gexc.GoogleAPIError, OSError, ValueError) as exc:
+            _abandon(writer)
+            raise RetryableError("Cloud Storage is unavailable.", code="storage_unavailable") from exc
+        except BaseException:
+            _abandon(writer)
+            raise
+        if total == 0:
+            raise PermanentError("The provider returned an empty file.", code="invalid_artifact")
+        return StoredObject(path, content_type, total, digest.hexdigest(), self.download_url(path, token))
+
+    def put_bytes(self, path: str, data: bytes, content_type: str) -> StoredObject:
+        return self.put_stream(path, [data], content_type)
+
+    def download_url(self, path: str, token: str) -> str:
+        """A Firebase download URL (no expiry until the token is revoked)."""
+        quoted = urllib.parse.quote(path, safe="")
+        if self.emulator_host:
+            return (f"{self.emulator_host}/download/storage/v1/b/{self.bucket.name}/o/"
+                    f"{quoted}?alt=media")
+        return (f"https://firebasestorage.googleapis.com/v0/b/{self.bucket.name}/o/{quoted}"
+                f"?alt=media&token={token}")
+
+    def exists(self, path: str) -> bool:
+        return self.bucket.blob(path).exists()
+
+    def read(self, path: str) -> bytes:
+        return self.bucket.blob(path).download_as_bytes()
+
+    def delete(self, path: str) -> None:
+        with contextlib.suppress(gexc.NotFound):
+            self.bucket.blob(path).delete()
+
+    def list(self, prefix: str) -> list[str]:
+        return [b.name for b in self.client.list_blobs(self.bucket, prefix=prefix)]
+
+
+def _abandon(writer: Any) -> None:
+    """Drop an unfinished resumable upload without finalizing it.
+
+    ``BlobWriter.close()`` (also run by ``__del__``) would upload the buffered tail and so
+    finalize a partial object; closing its buffer first makes ``close()`` a no-op. The
+    unfinished session expires on the server by itself.
+    """
+    if writer is None:
+        return
+    buffer = getattr(writer, "_buffer", None)
+    if buffer is not None and not buffer.closed:
+        buffer.close()

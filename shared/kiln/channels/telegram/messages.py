@@ -1,0 +1,137 @@
+"""Every text the bot sends (pure functions of the job, so they are easy to review)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kiln.core.job import PROMPT_MAX
+
+TEXT_MAX = 4096  # sendMessage / editMessageText
+CAPTION_MAX = 1024
+NOUNS = {"image": "image", "model": "3D model"}
+ICONS = {"image": "🎨", "model": "🧊"}
+_STATUS_ICONS = {"pending": "⏳", "processing": "⚙️", "completed": "✅", "failed": "❌",
+                 "canceled": "✖️"}
+
+
+def _noun(kind: str) -> str:
+    return NOUNS.get(kind, kind)
+
+
+def _quote(prompt: str, limit: int = 200) -> str:
+    prompt = prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
+    return f"“{prompt}”"
+
+
+def _fit(text: str, limit: int = TEXT_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def help_text(default_kind: str) -> str:
+    return (
+        "I make pictures and 3D models from a description.\n\n"
+        "/image <description> — an image (PNG)\n"
+        "/model <description> — a 3D model (GLB file)\n"
+        f"Or just send a description: I'll make {'an image' if default_kind == 'image' else 'a 3D model'}.\n"
+        "/status — your recent jobs\n"
+        "/cancel — stop the job that is running\n\n"
+        "Example: /image a red sphere on a calm sea"
+    )
+
+
+def working(kind: str, prompt: str) -> str:
+    return f"{ICONS.get(kind, '⏳')} Working on your {_noun(kind)}: {_quote(prompt)}…"
+
+
+def bar(progress: int, width: int = 10) -> str:
+    filled = round(width * max(0, min(100, progress)) / 100)
+    return "▓" * filled + "░" * (width - filled)
+
+
+def progress_text(kind: str, prompt: str, progress: int, stage: str) -> str:
+    stage_text = f" · {stage}" if stage else ""
+    return (f"{ICONS.get(kind, '⏳')} Working on your {_noun(kind)}: {_quote(prompt)}\n"
+            f"{bar(progress)} {progress}%{stage_text}")
+
+
+def caption(job: Mapping[str, Any]) -> str:
+    return _fit(f"{ICONS.get(job.get('kind', ''), '')} {_quote(str(job.get('prompt', '')), 900)}",
+                CAPTION_MAX)
+
+
+def too_big_link(job: Mapping[str, Any], url: str, size: int) -> str:
+    return _fit(f"✅ Your {_noun(job.get('kind', ''))} {_quote(str(job.get('prompt', '')))} is ready, "
+                f"but at {size / 1024 / 1024:.0f} MB it is too big to send here. Download it:\n{url}")
+
+
+def failed(job: Mapping[str, Any]) -> str:
+    kind = str(job.get("kind", ""))
+    error = job.get("error") or {}
+    reason = str(error.get("message") or "Something went wrong.")
+    retry = f"/{kind} {job.get('prompt', '')}"
+    if len(retry) > 300:
+        retry = f"/{kind} followed by your description"
+    return _fit(f"❌ I couldn't make your {_noun(kind)} {_quote(str(job.get('prompt', '')))}.\n"
+                f"Reason: {reason}\n\nTo try again, send: {retry}")
+
+
+def canceled(job: Mapping[str, Any]) -> str:
+    return f"✖️ Canceled: your {_noun(str(job.get('kind', '')))} {_quote(str(job.get('prompt', '')))}."
+
+
+def cancel_reply(job: Mapping[str, Any], still_running: int) -> str:
+    text = f"Canceled your {_noun(str(job.get('kind', '')))} {_quote(str(job.get('prompt', '')))}."
+    if still_running:
+        text += f" {still_running} more still running; send /cancel again to stop it too."
+    return text
+
+
+NOTHING_TO_CANCEL = "Nothing is running right now."
+
+
+def empty_prompt(kind: str) -> str:
+    example = "a red sphere on a calm sea" if kind == "image" else "a golden torus"
+    return f"Tell me what to make after the command, e.g.\n/{kind} {example}"
+
+
+def too_long(length: int) -> str:
+    return (f"That description is {length} characters long; I can take up to {PROMPT_MAX}. "
+            "Please shorten it and send it again.")
+
+
+def too_many_running(limit: int) -> str:
+    jobs = "job" if limit == 1 else "jobs"
+    return (f"You already have {limit} {jobs} running. Please wait for it to finish, "
+            "or send /cancel to stop it.")
+
+
+def quota_reached(quota: int) -> str:
+    return f"You've used today's {quota} generations. Please come back tomorrow!"
+
+
+def unknown_command(typed: str) -> str:
+    return f"I don't know {typed}. Send /help to see what I can do."
+
+
+def status(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    if not jobs:
+        return "No jobs yet. Try /image a red sphere"
+    lines = ["Your recent jobs:"]
+    for _job_id, job in jobs:
+        state = str(job.get("status", ""))
+        line = (f"{_STATUS_ICONS.get(state, '•')} {_noun(str(job.get('kind', '')))} "
+                f"{_quote(str(job.get('prompt', '')), 60)} — {state}")
+        if state == "processing":
+            line += f" {int(job.get('progress') or 0)}%"
+        elif state == "failed":
+            line += f": {(job.get('error') or {}).get('message', '')}"
+        lines.append(line)
+    return _fit("\n".join(lines))
+
+
+def filename(job_id: str, prompt: str, ext: str) -> str:
+    """A readable file name: the prompt's first words, then the job id's start."""
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:40].strip("-") or "kiln"
+    return f"{slug}-{job_id[:6]}.{ext}"

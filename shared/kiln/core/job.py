@@ -1,0 +1,225 @@
+"""The job: its statuses and transition table, the typed job and its server-only state,
+and the change a transition makes.
+
+Pure data, no I/O. A job is two documents that change together: ``jobs/{jobId}`` holds
+the contract fields clients read (:data:`PUBLIC_FIELDS`); its server state lives apart
+(``jobs/{jobId}/private/server``), where the security rules deny every client. The
+transitions themselves are in ``kiln.core.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+PROMPT_MAX = 1000
+KINDS = ("image", "model")
+CHANNELS = ("app", "telegram", "api")
+#: ``platform`` of a device document (users/{uid}/devices/{deviceId}).
+PLATFORMS = ("android", "ios", "web")
+ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16")
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+
+#: transition name → (statuses it may start from, status it ends in)
+TRANSITIONS: dict[str, tuple[frozenset[JobStatus], JobStatus]] = {
+    "claim": (frozenset({JobStatus.PENDING, JobStatus.PROCESSING}), JobStatus.PROCESSING),
+    "report_progress": (frozenset({JobStatus.PROCESSING}), JobStatus.PROCESSING),
+    "release": (frozenset({JobStatus.PROCESSING}), JobStatus.PENDING),
+    "complete": (frozenset({JobStatus.PROCESSING}), JobStatus.COMPLETED),
+    "fail": (frozenset({JobStatus.PENDING, JobStatus.PROCESSING}), JobStatus.FAILED),
+    "cancel": (frozenset({JobStatus.PENDING, JobStatus.PROCESSING}), JobStatus.CANCELED),
+    "retry": (frozenset({JobStatus.FAILED}), JobStatus.PENDING),
+}
+
+
+def allowed(transition: str, current: JobStatus | str) -> bool:
+    """Whether ``transition`` may start from ``current``."""
+    sources, _target = TRANSITIONS[transition]
+    return JobStatus(current) in sources
+
+
+def target(transition: str) -> JobStatus:
+    return TRANSITIONS[transition][1]
+
+
+def new_job_id(uid: str, idempotency_key: str | None = None) -> str:
+    """A random id, or one derived from (uid, key) so a replayed request maps to one job.
+
+    Ids are never sequential: sequential ids hot-spot Firestore.
+    """
+    if idempotency_key is None:
+        return secrets.token_hex(10)
+    return hashlib.sha256(f"{uid}\x00{idempotency_key}".encode()).hexdigest()[:20]
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    return 8 <= len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where one app instance receives pushes: its FID, or (legacy) its registration token."""
+
+    id: str
+    fid: str = ""
+    token: str = ""
+
+    @classmethod
+    def from_doc(cls, device_id: str, doc: Mapping[str, Any]) -> Device | None:
+        """The device of a ``users/{uid}/devices/{deviceId}`` document (None if it has no
+        usable address). The FID wins if an old document somehow carries both."""
+        fid, token = doc.get("fid"), doc.get("token")
+        if isinstance(fid, str) and fid:
+            return cls(device_id, fid=fid)
+        if isinstance(token, str) and token:
+            return cls(device_id, token=token)
+        return None
+
+
+# --- the typed job ----------------------------------------------------------------------
+
+#: The fields of ``jobs/{jobId}`` (the client contract), in document order.
+PUBLIC_FIELDS = ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
+                 "attempts", "error", "result", "provenance", "createdAt", "updatedAt",
+                 "startedAt", "completedAt", "expireAt")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What only Kiln reads: the lease, retry backoff, deadline, the provider's task, the
+    notification claim, idempotency, a channel's reply address. Stored camelCase."""
+
+    deadline_at: dt.datetime | None = None
+    fingerprint: str = ""
+    idempotency_key: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+    claim_token: str | None = None
+    not_before: dt.datetime | None = None
+    provider: str | None = None
+    provider_task_id: str | None = None
+    remote_canceled: bool = False
+    handoff: bool = False
+    handoffs: int = 0
+    retries: int = 0
+    republished_at: dt.datetime | None = None
+    notify: Mapping[str, Any] | None = None
+    telegram: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> ServerState:
+        doc = doc or {}
+        values = {f.name: doc[_camel(f.name)] for f in fields(cls)
+                  if doc.get(_camel(f.name)) is not None}
+        return cls(**values)
+
+    def lease_live(self, now: dt.datetime) -> bool:
+        """Someone holds an unexpired lease (an expired lease is derived, never stored)."""
+        return bool(self.lease_owner) and self.lease_expires_at is not None \
+            and self.lease_expires_at > now
+
+    def past_deadline(self, now: dt.datetime) -> bool:
+        return self.deadline_at is not None and now >= self.deadline_at
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as read from its two documents."""
+
+    id: str
+    uid: str
+    channel: str
+    kind: str
+    prompt: str
+    status: JobStatus
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stage: str = ""
+    progress: int = 0
+    attempts: int = 0
+    error: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    server: ServerState = field(default_factory=ServerState)
+
+    @classmethod
+    def from_docs(cls, job_id: str, doc: Mapping[str, Any],
+                  server: Mapping[str, Any] | None = None) -> Job:
+        return cls(
+            id=job_id, uid=str(doc.get("uid", "")), channel=str(doc.get("channel", "")),
+            kind=str(doc.get("kind", "")), prompt=str(doc.get("prompt", "")),
+            status=JobStatus(doc["status"]), options=dict(doc.get("options") or {}),
+            stage=str(doc.get("stage") or ""), progress=int(doc.get("progress") or 0),
+            attempts=int(doc.get("attempts") or 0), error=doc.get("error"),
+            result=doc.get("result"), created_at=doc.get("createdAt"),
+            updated_at=doc.get("updatedAt"), started_at=doc.get("startedAt"),
+            completed_at=doc.get("completedAt"), server=ServerState.from_doc(server),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def public_view(self) -> dict[str, Any]:
+        """The client-facing fields (the HTTP API's job), JSON-ready."""
+        out: dict[str, Any] = {"jobId": self.id, "uid": self.uid, "channel": self.channel,
+                               "kind": self.kind, "prompt": self.prompt,
+                               "options": dict(self.options), "status": self.status.value,
+                               "stage": self.stage, "progress": self.progress,
+                               "attempts": self.attempts, "error": self.error,
+                               "result": self.result}
+        for name in ("created_at", "updated_at", "started_at", "completed_at"):
+            value = getattr(self, name)
+            out[_camel(name)] = value.isoformat() if isinstance(value, dt.datetime) else None
+        return out
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a transition writes: public fields of ``jobs/{jobId}`` and server fields
+    (dotted names reach into maps), values or ``kiln.core.sentinels``. A change with no
+    public fields wakes no listener."""
+
+    job: Mapping[str, Any] = field(default_factory=dict)
+    server: Mapping[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.job or self.server)
+
+    def __or__(self, other: Change) -> Change:
+        return Change({**self.job, **other.job}, {**self.server, **other.server})
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """The two documents of a job about to be created."""
+
+    id: str
+    doc: Mapping[str, Any]
+    server: Mapping[str, Any]

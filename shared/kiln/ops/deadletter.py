@@ -1,0 +1,201 @@
+"""Operator commands for dead letters: ``kiln dlq list`` and ``kiln dlq replay``.
+
+Pub/Sub moves a job message to ``kiln-jobs-dead`` after the worker subscription's
+``max_delivery_attempts`` (infra/pubsub.tf); operators read them from the pull
+subscription ``kiln-jobs-dead-sub``:
+
+    kiln dlq list                  what is there, with each job's current status
+    kiln dlq replay MESSAGE_ID     publish that job to the jobs topic again, drop the letter
+    kiln dlq replay --all          the same for every dead letter
+
+Listing leaves every message in place (each is released at once after reading). A
+replay re-publishes the *job id* (Firestore decides what the job needs, as for any
+delivery) and acks the dead letter only after the publish succeeded. A letter whose
+data is unreadable (a poison message) is never replayed; ``--drop-unreadable`` acks it.
+A job that already ended stays as it is: use ``kiln jobs retry`` to run a failed job again.
+
+The Pub/Sub emulator does not dead-letter by itself; the tests publish to the dead topic
+to stand in for Pub/Sub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from kiln.adapters.pubsub import decode_message
+from kiln.core.errors import PermanentError, RetryableError
+
+DEAD_TOPIC = "kiln-jobs-dead"
+DEAD_SUBSCRIPTION = "kiln-jobs-dead-sub"
+PULL_BATCH = 100
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str
+    ack_id: str
+    job_id: str | None  # None: unreadable (a poison message)
+    attributes: dict[str, str]
+    publish_time: str
+    delivery_attempt: int
+
+
+def add_parser(sub: Any) -> None:
+    dlq = sub.add_parser("dlq", help="list or replay dead-lettered job messages (operators)")
+    verbs = dlq.add_subparsers(dest="verb", required=True)
+    ls = verbs.add_parser("list", help="dead letters and their jobs' status (left in place)")
+    ls.add_argument("--limit", type=int, default=1000)
+    ls.set_defaults(handler=cmd_list)
+    replay = verbs.add_parser("replay", help="re-publish dead-lettered jobs to the jobs topic")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("message_id", nargs="?", help="one dead letter's message id")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    replay.add_argument("--drop-unreadable", action="store_true",
+                        help="ack (delete) selected letters whose data is not a job message")
+    replay.set_defaults(handler=cmd_replay)
+
+
+class DeadLetters:
+    """The dead-letter pull subscription of one project."""
+
+    def __init__(self, project: str, subscriber: Any = None) -> None:
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+        self.subscriber = subscriber or pubsub_v1.SubscriberClient()
+        self.path = self.subscriber.subscription_path(project, DEAD_SUBSCRIPTION)
+
+    def pull_all(self, limit: int = 1000) -> list[DeadLetter]:
+        """Lease every dead letter (up to ``limit``); the caller acks or releases them."""
+        letters: dict[str, DeadLetter] = {}
+        empty_pulls = 0
+        while len(letters) < limit and empty_pulls < 2:
+            try:
+                with warnings.catch_warnings():
+                    # Deprecated, yet what an operator's one-off look wants: answer at once.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    response = self.subscriber.pull(request={
+                        "subscription": self.path, "return_immediately": True,
+                        "max_messages": min(PULL_BATCH, limit - len(letters))}, timeout=10)
+            except gexc.DeadlineExceeded:
+                response = None
+            except gexc.GoogleAPIError as exc:
+                raise RetryableError("The dead-letter subscription is unavailable.",
+                                     code="queue_unavailable") from exc
+            received = list(response.received_messages) if response is not None else []
+            empty_pulls = 0 if received else empty_pulls + 1
+            for item in received:
+                letter = _letter(item)
+                letters.setdefault(letter.message_id, letter)
+        return list(letters.values())
+
+    def ack(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            self.subscriber.acknowledge(request={
+                "subscription": self.path, "ack_ids": [x.ack_id for x in letters]})
+
+    def release(self, letters: list[DeadLetter]) -> None:
+        """Give leased letters back at once (they stay in the subscription)."""
+        if letters:
+            self.subscriber.modify_ack_deadline(request={
+                "subscription": self.path, "ack_ids": [x.ack_id for x in letters],
+                "ack_deadline_seconds": 0})
+
+
+def _letter(item: Any) -> DeadLetter:
+    message = item.message
+    data = base64.b64encode(bytes(message.data)).decode()
+    try:
+        job_id: str | None = decode_message({"message": {"data": data}})
+    except PermanentError:
+        job_id = None
+    published = message.publish_time
+    when = published.isoformat() if isinstance(published, dt.datetime) else str(published)
+    return DeadLetter(message_id=str(message.message_id), ack_id=str(item.ack_id), job_id=job_id,
+                      attributes=dict(message.attributes), publish_time=when,
+                      delivery_attempt=int(getattr(item, "delivery_attempt", 0) or 0))
+
+
+def replay(services: Any, dead: DeadLetters, *, message_id: str | None = None,
+           drop_unreadable: bool = False) -> dict[str, list[str]]:
+    """Re-publish the selected letters' jobs (all when ``message_id`` is None).
+
+    Returns message ids by outcome: ``replayed``, ``unreadable`` (left or dropped),
+    ``failed`` (publish failed; left), ``missing`` (``message_id`` not found).
+    """
+    letters = dead.pull_all()
+    chosen = [x for x in letters if message_id is None or x.message_id == message_id]
+    others = [x for x in letters if x not in chosen]
+    out: dict[str, list[str]] = {"replayed": [], "unreadable": [], "failed": [], "missing": []}
+    done: list[DeadLetter] = []
+    try:
+        for letter in chosen:
+            if letter.job_id is None:
+                out["unreadable"].append(letter.message_id)
+                if drop_unreadable:
+                    done.append(letter)
+                else:
+                    others.append(letter)
+                continue
+            try:
+                services.queue.publish(letter.job_id, reason="dlq-replay")
+            except RetryableError:
+                out["failed"].append(letter.message_id)
+                others.append(letter)
+                continue
+            out["replayed"].append(letter.message_id)
+            done.append(letter)
+    finally:
+        dead.ack(done)
+        dead.release(others)
+    if message_id is not None and not chosen:
+        out["missing"].append(message_id)
+    return out
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def _services() -> Any:
+    from kiln_dev.cli import use_dev_stack
+
+    use_dev_stack()
+    from kiln.compose import get_services
+
+    return get_services()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    services = _services()
+    dead = DeadLetters(services.settings.project)
+    letters = dead.pull_all(args.limit)
+    try:
+        print(f"{'MESSAGE':<20} {'JOB':<22} {'STATUS':<10} {'TRIES':>5}  {'PUBLISHED':<26} ERROR")
+        for letter in letters:
+            job = services.store.get(letter.job_id) if letter.job_id else None
+            status = (job or {}).get("status", "missing") if letter.job_id else "-"
+            error = ((job or {}).get("error") or {}).get("code", "")
+            print(f"{letter.message_id:<20} {letter.job_id or '(unreadable)':<22} {status:<10} "
+                  f"{(job or {}).get('attempts', 0):>5}  {letter.publish_time:<26} {error}")
+        print(f"{len(letters)} dead letter(s)")
+    finally:
+        dead.release(letters)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    services = _services()
+    dead = DeadLetters(services.settings.project)
+    out = replay(services, dead, message_id=None if args.all else args.message_id,
+                 drop_unreadable=args.drop_unreadable)
+    print(json.dumps(out))
+    if out["missing"]:
+        print(f"no dead letter {args.message_id}")
+    return 1 if out["missing"] or out["failed"] else 0

@@ -1,0 +1,321 @@
+"""Safe fetching: download a provider's result, or check a user's URL, without SSRF.
+
+A URL passes only when:
+
+- its scheme is ``https`` (``http`` only to a loopback host, only when ``KILN_ENV=local``);
+- its host is one the caller expects (a provider's own hosts plus
+  ``KILN_ALLOWED_FETCH_HOSTS``; entries are ``host`` or ``*.domain``), when a host list
+  is given — user URLs have none: any public host will do;
+- every address the host resolves to is public: never private, loopback (outside local
+  mode), link-local (``169.254.169.254``), multicast, reserved, unspecified or shared,
+  IPv4-mapped IPv6 included.
+
+The download then connects to the address that was checked (the resolution is pinned
+in the connection pool, while the Host header and TLS SNI keep the name), so a DNS
+answer that changes between the check and the connect cannot redirect it. Redirects
+are followed by hand, at most ``max_redirects``, each hop checked again. The size is
+capped up front by ``Content-Length`` and while streaming; connect and read timeouts
+are bounded. Proxies from the environment are ignored (a proxy would bypass the pin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpcore
+import httpx
+
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.providers.http import retry_after_seconds
+from kiln.settings import Settings
+
+CHUNK_BYTES = 1024 * 1024
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``resolve(host, port)`` → the IP addresses ``host`` stands for.
+Resolver = Callable[[str, int], list[str]]
+
+
+def system_resolve(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RetryableError("The result's host could not be resolved.",
+                             code="fetch_unavailable") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """``KILN_ALLOWED_FETCH_HOSTS``: hosts separated by commas or spaces."""
+    return tuple(h.strip().lower() for h in text.replace(",", " ").split() if h.strip())
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Where a download may go and how much it may take.
+
+    Attributes:
+        hosts: the hosts allowed (``host`` or ``*.domain``); None allows any public host.
+        allow_local: ``http`` and loopback addresses are allowed (``KILN_ENV=local`` only).
+        max_bytes: the largest body accepted.
+        refused_code: the error code when a URL is refused.
+    """
+
+    hosts: tuple[str, ...] | None
+    allow_local: bool = False
+    max_bytes: int = 2 * 1024**3
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_redirects: int = 5
+    refused_code: str = "unsafe_result_url"
+
+    @classmethod
+    def for_provider(cls, settings: Settings, hosts: Iterable[str], **kw: Any) -> FetchPolicy:
+        """A provider's result policy: its own hosts plus ``KILN_ALLOWED_FETCH_HOSTS``."""
+        allowed = tuple(h.lower() for h in hosts if h) + parse_hosts(settings.allowed_fetch_hosts)
+        return cls(hosts=allowed, allow_local=settings.local,
+                   max_bytes=settings.max_artifact_bytes, **kw)
+
+    def host_allowed(self, host: str) -> bool:
+        if self.hosts is None:
+            return True
+        for entry in self.hosts:
+            if entry.startswith("*.") and host.endswith(entry[1:]):
+                return True
+            if host == entry:
+                return True
+        return False
+
+
+def check_user_url(url: str, settings: Settings, resolve: Resolver = system_resolve) -> str:
+    """Check a URL a user gave (``options.imageUrl``) before a provider is asked to fetch it.
+
+    Raises:
+        PermanentError: ``invalid_image_url`` with a message the user can act on.
+    """
+    policy = FetchPolicy(hosts=None, allow_local=settings.local, refused_code="invalid_image_url")
+    check_url(url, policy, resolve)
+    return url
+
+
+def check_url(url: str, policy: FetchPolicy, resolve: Resolver = system_resolve) -> list[Address]:
+    """The checked addresses of ``url``'s host.
+
+    Raises:
+        PermanentError: ``policy.refused_code`` when the URL is not allowed.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        _refuse(policy, "it is not a valid URL")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        _refuse(policy, "it has no host")
+    if parts.username or parts.password:
+        _refuse(policy, "it carries a user name or password")
+    if parts.scheme == "http":
+        if not (policy.allow_local and host in LOCAL_HOSTS):
+            _refuse(policy, "it is not HTTPS")
+    elif parts.scheme != "https":
+        _refuse(policy, "it is not HTTPS")
+    if not policy.host_allowed(host):
+        _refuse(policy, f"the host {host[:100]} is not one this service downloads from")
+    literal = _literal(host)
+    names = [literal] if literal else resolve(host, port or (443 if parts.scheme == "https" else 80))
+    addresses = [ipaddress.ip_address(name.split("%", 1)[0]) for name in names]
+    if not addresses:
+        _refuse(policy, "its host has no address")
+    for address in addresses:
+        reason = forbidden_reason(address, policy.allow_local)
+        if reason:
+            _refuse(policy, f"it points to a {reason} address")
+    return addresses
+
+
+def forbidden_reason(address: Address, allow_loopback: bool = False) -> str:
+    """Why a connection to ``address`` is refused ("" when it is a public address)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            return forbidden_reason(mapped, allow_loopback)
+    if address.is_loopback:
+        return "" if allow_loopback else "loopback"
+    checks = (("unspecified", address.is_unspecified), ("link-local", address.is_link_local),
+              ("multicast", address.is_multicast), ("private", address.is_private),
+              ("reserved", address.is_reserved), ("non-public", not address.is_global))
+    return next((name for name, hit in checks if hit), "")
+
+
+def _literal(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
+
+
+def _refuse(policy: FetchPolicy, why: str) -> Any:
+    what = "image link" if policy.refused_code == "invalid_image_url" else "result link"
+    raise PermanentError(f"The {what} was refused: {why}.", code=policy.refused_code)
+
+
+# --- downloading ----------------------------------------------------------------------
+
+
+@dataclass
+class Download:
+    """An open download: its headers now, its body as chunks (the connection closes after)."""
+
+    url: str
+    content_type: str
+    size: int | None
+    chunks: Iterable[bytes]
+
+
+def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_resolve,
+                headers: dict[str, str] | None = None) -> Download:
+    """Open ``url`` for streaming, following redirects hop by hop.
+
+    Raises:
+        PermanentError: refused URL (``policy.refused_code``), too large
+            (``artifact_too_large``), gone or rejected (``result_unavailable``).
+        RetryableError: network faults, timeouts, 429 and 5xx (``fetch_unavailable``).
+    """
+    backend = _PinnedBackend()
+    client = httpx.Client(
+        transport=_PinnedTransport(backend), trust_env=False, follow_redirects=False,
+        timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
+    )
+    try:
+        response = _follow(client, backend, url, policy, resolve, headers or {})
+        length = _content_length(response)
+        if length is not None and length > policy.max_bytes:
+            raise PermanentError(
+                f"The result is larger than the {policy.max_bytes:,}-byte limit.",
+                code="artifact_too_large")
+    except BaseException:
+        client.close()
+        raise
+    content_type = response.headers.get("content-type", "application/octet-stream")
+    return Download(str(response.url), content_type, length,
+                    _Body(client, response, policy.max_bytes))
+
+
+def _follow(client: httpx.Client, backend: _PinnedBackend, url: str, policy: FetchPolicy,
+            resolve: Resolver, headers: dict[str, str]) -> httpx.Response:
+    for _hop in range(policy.max_redirects + 1):
+        addresses = check_url(url, policy, resolve)
+        host = httpx.URL(url).host.lower()
+        backend.pins[host] = str(addresses[0])
+        try:
+            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+        except httpx.TimeoutException as exc:
+            raise RetryableError("Downloading the result timed out.", code="fetch_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableError("The result could not be downloaded.",
+                                 code="fetch_unavailable") from exc
+        if response.status_code in (301, 302, 303, 307, 308):
+            location = response.headers.get("location", "")
+            response.close()
+            if not location:
+                raise PermanentError("The result link redirects nowhere.", code="result_unavailable")
+            url = urllib.parse.urljoin(url, location)
+            continue
+        if response.status_code == 200:
+            return response
+        response.close()
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise RetryableError("The result's server is busy; try again later.",
+                                 code="fetch_unavailable",
+                                 retry_after=retry_after_seconds(response.headers))
+        raise PermanentError(f"The result could not be downloaded (HTTP {status}); it may have "
+                             "expired.", code="result_unavailable")
+    raise PermanentError(f"The result link redirects more than {policy.max_redirects} times.",
+                         code=policy.refused_code)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length")
+    if raw is None or "content-encoding" in response.headers:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class _Body:
+    """The body's chunks, counted against the cap; closes the connection when done."""
+
+    def __init__(self, client: httpx.Client, response: httpx.Response, max_bytes: int) -> None:
+        self._client, self._response, self._max_bytes = client, response, max_bytes
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = 0
+        try:
+            for chunk in self._response.iter_bytes(CHUNK_BYTES):
+                total += len(chunk)
+                if total > self._max_bytes:
+                    raise PermanentError(
+                        f"The result is larger than the {self._max_bytes:,}-byte limit.",
+                        code="artifact_too_large")
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise RetryableError("Downloading the result timed out.", code="fetch_timeout") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableError("The result download broke off.", code="fetch_unavailable") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()
+        self._client.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects each host only to the address that was checked for it."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, str] = {}
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        address = self.pins.get(host.lower().strip("[]"))
+        if address is None:  # never reached through open_stream: every hop pins first
+            raise httpcore.ConnectError(f"{host} was not checked before connecting")
+        return super().connect_tcp(address, port, timeout, local_address, socket_options)
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    """httpx's transport with a pinned network backend (TLS still verifies the host name)."""
+
+    def __init__(self, backend: _PinnedBackend) -> None:
+        super().__init__(trust_env=False)
+        # httpx has no public hook for the network backend: rebuild its pool with ours.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=4,
+            network_backend=backend,
+        )
+
+
+def fetch_small(url: str, policy: FetchPolicy, limit: int, *,
+                resolve: Resolver = system_resolve) -> bytes:
+    """A small file (a thumbnail) whole in memory, at most ``limit`` bytes, same checks.
+
+    Raises:
+        PermanentError / RetryableError: as :func:`open_stream`.
+    """
+    capped = dataclasses.replace(policy, max_bytes=min(limit, policy.max_bytes))
+    download = open_stream(url, capped, resolve=resolve)
+    return b"".join(download.chunks)
