@@ -7,7 +7,6 @@ apart by using fresh user ids and job ids rather than wiping shared state.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,14 +21,10 @@ from support import STACK_ENV
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
+    """The session's stack. Nothing here touches ``os.environ``: every client is built from
+    the stack's explicit settings, so other stacks can run in this process beside it."""
     with LocalStack(StackConfig(env=dict(STACK_ENV), sweep_interval=1.0)) as running:
-        saved = dict(os.environ)
-        os.environ.update(running.client_env())
-        try:
-            yield running
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -62,23 +57,3 @@ def api(stack: LocalStack, uid: str, token: Callable[[str], str]) -> Iterator[ht
 def fcm(stack: LocalStack) -> Any:
     stack.fcm.forget()
     return stack.fcm
-
-
-@pytest.fixture(autouse=True)
-def _stack_environment(request: pytest.FixtureRequest) -> None:
-    """Tests on the session stack run in its environment, whatever an earlier test left.
-
-    Google clients and ``get_services()`` read emulator hosts from ``os.environ``; a test
-    that ran another stack in this process may have changed it.
-    """
-    if "stack" not in request.fixturenames:
-        return
-    import kiln.compose
-
-    running: LocalStack = request.getfixturevalue("stack")
-    env = running.client_env()
-    os.environ.update(env)
-    current = kiln.compose._services
-    if current is not None and (current.settings.firestore_emulator_host
-                                != env["FIRESTORE_EMULATOR_HOST"]):
-        kiln.compose._services = None  # rebuilt for this stack on next use

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kiln.adapters.firestore import utcnow
+from kiln.adapters.clock import utcnow
 from kiln.core import lifecycle
+from kiln.core.job import Change, Job
 from kiln.core.requests import parse_job_request
 
 EVENTS = Path(__file__).parent / "events"
@@ -41,12 +42,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
-def wait_terminal(services: Any, job_id: str, timeout: float = 45.0) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
+def wait_terminal(services: Any, job_id: str, timeout: float = 45.0) -> Job:
+    def done() -> Job | None:
         job = services.store.get(job_id)
-        if job and job["status"] in ("completed", "failed", "canceled"):
-            return job
-        return None
+        return job if job is not None and job.terminal else None
 
     return wait_for(done, timeout, what=f"job {job_id} to end")  # type: ignore[no-any-return]
 
@@ -57,12 +56,23 @@ def load_event(name: str) -> Any:
 
 def create_job(services: Any, status: str = "pending", *, uid: str = "u", kind: str = "model",
                prompt: str = "a cube", fields: dict[str, Any] | None = None, **server: Any) -> str:
-    """A job written straight to Firestore (never published), in ``status``, with ``fields``
-    set on the document and ``server`` merged into its ``_server``; its id."""
+    """A job written straight to the store (never published), in ``status``, with ``fields``
+    set on its public document and ``server`` on its server state; its id."""
     job_id = uuid.uuid4().hex[:20]
-    doc = lifecycle.new_job(uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
+    new = lifecycle.new_job(job_id=job_id, uid=uid, channel="app", now=utcnow(),
+                            policy=services.policy, server=server or None,
                             request=parse_job_request({"kind": kind, "prompt": prompt}))
-    doc.update(fields or {}, status=status)
-    doc["_server"].update(server)
-    assert services.store.create(job_id, doc)
+    assert services.store.create(new)
+    if status != "pending" or fields:
+        services.store.apply(job_id, Change({**(fields or {}), "status": status}))
     return job_id
+
+
+def emulator_publisher(host: str) -> Any:
+    """A Pub/Sub publisher on the emulator at ``host`` (no environment variable)."""
+    import grpc
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    return pubsub_v1.PublisherClient(
+        transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))

@@ -34,5 +34,9 @@ class BackgroundServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        """Stop serving and release the port (also for a server never started, whose
+        ``shutdown()`` would otherwise wait forever)."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread = None
         self._httpd.server_close()

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
+from kiln.core.job import Job, JobStatus
 from kiln_dev.stack import LocalStack, StackConfig
 
 
@@ -71,7 +72,8 @@ def overhead(stack: LocalStack, services: Any, jobs: int) -> list[float]:
                 "jobId"]
 
             def on_snapshot(docs: list[Any], _c: Any, _t: Any, done: threading.Event = done) -> None:
-                if any((d.to_dict() or {}).get("status") == "completed" for d in docs):
+                if any(d.exists and Job.from_docs(d.id, d.to_dict() or {}).status
+                       is JobStatus.COMPLETED for d in docs):
                     done.set()
 
             watch = services.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 def _drain(services: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = sum(1 for _ in services.store.find(status="pending", limit=1000)) + sum(
-            1 for _ in services.store.find(status="processing", limit=1000))
+        busy = sum(len(services.store.find(status=status.value, limit=1000))
+                   for status in (JobStatus.PENDING, JobStatus.PROCESSING))
         if busy == 0:
             return
         time.sleep(0.5)

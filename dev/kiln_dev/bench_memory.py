@@ -38,17 +38,19 @@ def run_child(job_id: str) -> None:
     from kiln.runtime.worker import run_job
     from kiln.settings import Settings
 
+    # A child process: its environment (the stack's client_env) is its configuration.
     services = Services(Settings.from_env())
     _ = (services.store, services.blobs, services.provider("model"))
     baseline = vm_kib("VmRSS")
     started = time.monotonic()
     outcome = run_job(job_id, services)
-    print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - started,
+    print(json.dumps({"outcome": str(outcome), "seconds": time.monotonic() - started,
                       "baseline_kib": baseline, "peak_kib": vm_kib("VmHWM")}))
 
 
 def measure(sizes: list[str]) -> list[dict[str, Any]]:
-    from kiln.adapters.firestore import utcnow
+    from kiln.adapters.clock import utcnow
+    from kiln.adapters.storage import CloudStorage
     from kiln.core import lifecycle
     from kiln.core.job import new_job_id
     from kiln.core.requests import JobRequest
@@ -65,24 +67,29 @@ def measure(sizes: list[str]) -> list[dict[str, Any]]:
         for size in sizes:
             uid = "bench-memory"
             job_id = new_job_id(uid)
-            services.store.create(job_id, lifecycle.new_job(
-                uid=uid, channel="api", request=JobRequest("model", f"bench [size:{size}]", {}),
-                now=utcnow(), max_age_seconds=3600))
+            # Created, never published: only the child's worker runs it.
+            services.store.create(lifecycle.new_job(
+                job_id=job_id, uid=uid, channel="api",
+                request=JobRequest("model", f"bench [size:{size}]", {}), now=utcnow(),
+                policy=services.policy))
             child = subprocess.run([sys.executable, "-m", "kiln_dev.bench_memory", "--child", job_id],
                                    env=child_env, capture_output=True, text=True, check=False)
             lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
             if child.returncode or not lines:
                 raise SystemExit(f"worker child failed for {size}:\n{child.stderr[-3000:]}")
             report = json.loads(lines[-1])
-            job = services.store.get(job_id) or {}
-            if report["outcome"] != "completed":
-                raise SystemExit(f"job for {size} ended {report['outcome']}: {job.get('error')}")
-            nbytes = int(job["result"]["bytes"])
+            job = services.store.get(job_id)
+            if report["outcome"] != "completed" or job is None or not job.result:
+                error = job.error if job is not None else None
+                raise SystemExit(f"job for {size} ended {report['outcome']}: {error}")
+            nbytes = int(job.result["bytes"])
             rows.append({"size": size, "bytes": nbytes, "seconds": report["seconds"],
                          "mb_per_s": nbytes / 1e6 / report["seconds"],
                          "baseline_mb": report["baseline_kib"] / 1024,
                          "peak_mb": report["peak_kib"] / 1024})
-            services.blobs.delete(job["result"]["path"])
+            blobs = services.blobs
+            assert isinstance(blobs, CloudStorage)  # the port has no delete: the real bucket
+            blobs.delete(job.result["path"])
     return rows
 
 

@@ -51,7 +51,8 @@ from typing import Any
 import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
-from kiln_dev.chaos_report import TERMINAL, Report, check
+from kiln.core.job import Job, JobStatus
+from kiln_dev.chaos_report import Report, check
 from kiln_dev.chaos_tasks import SlowTaskServer
 from kiln_dev.stack import LocalStack, StackConfig
 
@@ -142,13 +143,12 @@ class Chaos:
             if self.stack.storage_proxy is not None:
                 self.stack.storage_proxy.calm()
             drain_start = time.monotonic()
-            docs = self._drain(drain_start + self.config.drain_timeout)
+            self._drain(drain_start + self.config.drain_timeout)
             self.report.drain_seconds = time.monotonic() - drain_start
             if self.has("duplicates"):
                 self._duplicate_wave()
             self._settle()
-            docs = self._read_docs()
-            check(self.report, jobs=self.jobs, docs=docs,
+            check(self.report, jobs=self.jobs, found=self._read_jobs(),
                   messages=list(self.stack.fcm.messages), blobs=self.services.blobs,
                   healthy_tokens=self.healthy, submissions=dict(self.tasks.submissions))
             if self.stack.storage_proxy is not None:
@@ -346,27 +346,32 @@ class Chaos:
 
     # --- the end --------------------------------------------------------------------
 
-    def _read_docs(self) -> dict[str, dict[str, Any]]:
-        client = self.services.firestore
-        refs = [client.collection("jobs").document(job_id) for job_id in self.jobs]
-        docs: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(refs), 200):
-            for snap in client.get_all(refs[start:start + 200]):
-                if snap.exists:
-                    docs[snap.id] = snap.to_dict() or {}
-        return docs
+    def _read_jobs(self) -> dict[str, Job]:
+        """Every submitted job as the store reads it now (typed, with its server state)."""
+        store = self.services.store
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = dict(zip(self.jobs, pool.map(store.get, list(self.jobs)), strict=True))
+        return {job_id: job for job_id, job in found.items() if job is not None}
 
-    def _drain(self, deadline: float) -> dict[str, dict[str, Any]]:
+    def _open_jobs(self) -> Counter[str]:
+        """Submitted jobs still pending or running, by status (one query per status)."""
+        counts: Counter[str] = Counter()
+        for status in (JobStatus.PENDING, JobStatus.PROCESSING):
+            for job in self.services.store.find(status=status.value, limit=10_000):
+                if job.id in self.jobs:
+                    counts[status.value] += 1
+        return counts
+
+    def _drain(self, deadline: float) -> None:
         last = -1
         while True:
-            docs = self._read_docs()
-            open_jobs = [j for j in self.jobs if (docs.get(j) or {}).get("status") not in TERMINAL]
+            counts = self._open_jobs()
+            open_jobs = sum(counts.values())
             if not open_jobs or time.monotonic() > deadline:
-                return docs
-            if len(open_jobs) != last:
-                counts = Counter((docs.get(j) or {}).get("status", "missing") for j in open_jobs)
-                self.say(f"draining: {len(open_jobs)} open ({dict(counts)})")
-                last = len(open_jobs)
+                return
+            if open_jobs != last:
+                self.say(f"draining: {open_jobs} open ({dict(counts)})")
+                last = open_jobs
             time.sleep(1.0)
 
     def _duplicate_wave(self) -> None:

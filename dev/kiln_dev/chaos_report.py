@@ -1,4 +1,5 @@
-"""What a chaos run found: one pass over Firestore, Storage and the FCM record.
+"""What a chaos run found: one pass over the jobs (read typed, through the job store),
+Storage and the FCM record.
 
 The checks are the promises Kiln makes, measured from the outside:
 
@@ -13,7 +14,8 @@ The checks are the promises Kiln makes, measured from the outside:
 Informational, not failures: ``missing_pushes`` (at most once means a crash between the
 claim and the send may lose one), ``orphan_artifacts`` (a job canceled or failed after
 its upload), ``second_tasks`` (a worker killed between a task's creation and its
-checkpoint makes the next attempt create another).
+checkpoint makes the next attempt create another), ``unsent_notifications`` (an ended
+job whose notification claim never recorded an outcome: the worker died after claiming).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = ("completed", "failed", "canceled")
+from kiln.core.job import Job, JobStatus
+from kiln.core.lifecycle import NOTIFY_CLAIMED
+from kiln.providers.base import EXTENSIONS
+from kiln.runtime.results import result_path, thumbnail_path
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Report:
     missing_pushes: int = 0
     orphan_artifacts: int = 0
     second_tasks: int = 0
+    unsent_notifications: int = 0
     unexpected: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     drain_seconds: float = 0.0
@@ -61,7 +67,8 @@ class Report:
             "duplicatePushes": self.duplicate_pushes,
             "duplicateArtifacts": self.duplicate_artifacts,
             "missingPushes": self.missing_pushes, "orphanArtifacts": self.orphan_artifacts,
-            "secondProviderTasks": self.second_tasks, "unexpected": dict(self.unexpected),
+            "secondProviderTasks": self.second_tasks,
+            "unsentNotifications": self.unsent_notifications, "unexpected": dict(self.unexpected),
             "faults": dict(self.faults), "drainSeconds": round(self.drain_seconds, 1),
             "totalSeconds": round(self.total_seconds, 1), "ok": self.ok,
         }
@@ -81,6 +88,7 @@ class Report:
             ("missing pushes (at most once; info)", self.missing_pushes),
             ("orphan artifacts of unfinished jobs (info)", self.orphan_artifacts),
             ("jobs with a second provider task (info)", self.second_tasks),
+            ("notifications claimed, never sent (info)", self.unsent_notifications),
             *[(f"  unexpected outcome: {k} (info)", n) for k, n in sorted(self.unexpected.items())],
             ("time to drain (s)", f"{self.drain_seconds:.1f}"),
             ("total run (s)", f"{self.total_seconds:.1f}"),
@@ -94,16 +102,16 @@ class Report:
         return "\n".join(lines)
 
 
-def check(report: Report, *, jobs: dict[str, dict[str, Any]], docs: dict[str, dict[str, Any]],
+def check(report: Report, *, jobs: dict[str, dict[str, Any]], found: dict[str, Job],
           messages: list[dict[str, Any]], blobs: Any, healthy_tokens: dict[str, set[str]],
           submissions: dict[str, int]) -> Report:
     """Fill ``report`` from the final state.
 
     Args:
         jobs: job id → what was submitted (``uid``, ``expect``: the outcome it was built for).
-        docs: job id → its Firestore document now.
+        found: job id → the job now, as the job store reads it (absent: no such job).
         messages: the FCM server's record.
-        blobs: a ``BlobStore`` reading the bucket directly.
+        blobs: a ``BlobStore`` reading the bucket directly (with ``list``).
         healthy_tokens: uid → FIDs and tokens that FCM accepts.
         submissions: job id → provider tasks created for it.
     """
@@ -117,30 +125,31 @@ def check(report: Report, *, jobs: dict[str, dict[str, Any]], docs: dict[str, di
             pushes[job_id][str(message.get("fid") or message.get("token"))] += 1
             push_types[job_id].add(str(data.get("type")))
     for job_id, info in jobs.items():
-        doc = docs.get(job_id) or {}
-        status = doc.get("status")
-        if status not in TERMINAL:
+        job = found.get(job_id)
+        if job is None or not job.terminal:
             report.lost.append(job_id)
             continue
-        if status == "completed":
+        code = (job.error or {}).get("code")
+        if job.status is JobStatus.COMPLETED:
             report.completed += 1
-        elif status == "canceled":
+        elif job.status is JobStatus.CANCELED:
             report.canceled += 1
         else:
-            code = (doc.get("error") or {}).get("code")
             if not code:
                 report.uncoded += 1
             report.failed_by_code[str(code or "(none)")] += 1
-        outcome = status if status != "failed" else f"failed:{(doc.get('error') or {}).get('code')}"
+        outcome = job.status.value if job.status is not JobStatus.FAILED else f"failed:{code}"
         if not _expected(info["expect"], outcome):
             report.unexpected[f"{info['expect']} → {outcome}"] += 1
         if any(n > 1 for n in pushes[job_id].values()) or len(push_types[job_id]) > 1 or (
-                status == "canceled" and pushes[job_id]):
+                job.status is JobStatus.CANCELED and pushes[job_id]):
             report.duplicate_pushes.append(job_id)
-        if status in ("completed", "failed") and healthy_tokens.get(info["uid"]) and not (
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED) and healthy_tokens.get(info["uid"]) and not (
                 healthy_tokens[info["uid"]] & set(pushes[job_id])):
             report.missing_pushes += 1
-        _check_artifacts(report, job_id, info["uid"], doc, blobs)
+        if (job.server.notify or {}).get("state") == NOTIFY_CLAIMED:
+            report.unsent_notifications += 1
+        _check_artifacts(report, job, blobs)
         if submissions.get(job_id, 0) > 1:
             report.second_tasks += 1
     return report
@@ -156,16 +165,17 @@ def _expected(expect: str, outcome: str) -> bool:
     return outcome.startswith("failed:")
 
 
-def _check_artifacts(report: Report, job_id: str, uid: str, doc: dict[str, Any],
-                     blobs: Any) -> None:
-    names = [n.rsplit("/", 1)[-1] for n in blobs.list(f"generations/{uid}/{job_id}/")]
-    result = doc.get("result") or {}
-    if doc.get("status") != "completed":
+def _check_artifacts(report: Report, job: Job, blobs: Any) -> None:
+    folder = result_path(job.uid, job.id, "").rsplit("/", 1)[0] + "/"  # the job's folder
+    names = [n.rsplit("/", 1)[-1] for n in blobs.list(folder)]
+    if job.status is not JobStatus.COMPLETED or not job.result:
         if names:
             report.orphan_artifacts += 1
         return
-    allowed = {result.get("path", "").rsplit("/", 1)[-1], "thumb.png"}
-    stored = blobs.read(result["path"]) if result.get("path") else b""
+    result = job.result
+    expected = result_path(job.uid, job.id, EXTENSIONS[job.kind])
+    allowed = {path.rsplit("/", 1)[-1] for path in (expected, thumbnail_path(job.uid, job.id))}
+    stored = blobs.read(expected) if result.get("path") == expected else b""
     if (set(names) - allowed or hashlib.sha256(stored).hexdigest() != result.get("sha256")
             or len(stored) != result.get("bytes")):
-        report.duplicate_artifacts.append(job_id)
+        report.duplicate_artifacts.append(job.id)

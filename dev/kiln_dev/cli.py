@@ -6,7 +6,9 @@
     kiln jobs ...         list / show / cancel / retry jobs (see ``kiln jobs --help``)
 
 Commands other than ``demo``/``dev`` talk to the stack described by ``.kiln/dev.json``
-when it exists, else to whatever the environment points at (a real project).
+when it exists (and the environment names no emulator), else to whatever the environment
+points at (a real project). Nothing here rewrites ``os.environ``: the stack's settings are
+built from ``dev.json`` explicitly and handed to the commands as ``args.services``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import importlib
 import io
 import json
@@ -21,17 +24,28 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from kiln.core.job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from kiln.compose import Services
+    from kiln.settings import Settings
+    from kiln_dev.stack import LocalStack
 
 DEV_FILE = Path(".kiln/dev.json")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
 OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *,
+         services: Callable[[], Services] | None = None) -> int:
+    """Run one command. ``services``: where commands get their ``Services`` (a zero-arg
+    callable, set as ``args.services``); by default :func:`dev_services`."""
     parser = argparse.ArgumentParser(prog="kiln", description=__doc__.split("\n\n")[0])
+    parser.set_defaults(services=services or dev_services)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an image and a GLB job through the local stack")
     demo.add_argument("--out", default="out", help="where to save results (default ./out)")
@@ -76,29 +90,67 @@ def run_dev(args: argparse.Namespace) -> int:
     stack = LocalStack(StackConfig(ingress_port=args.port))
     print("starting the local stack…", flush=True)
     with stack:
-        DEV_FILE.parent.mkdir(exist_ok=True)
-        DEV_FILE.write_text(json.dumps({"env": stack.client_env(), "ingress": stack.ingress_url}))
-        token = emulator_id_token("dev-user", stack.config.project)
-        print(f"ingress  {stack.ingress_url}   (POST /v1/jobs, GET /v1/jobs/ID, /healthz)")
-        print(f"worker   {stack.worker_url}   (Pub/Sub push target)")
-        print(f"fcm      {stack.fcm.url}/_kiln/messages   (recorded pushes)")
-        print(f"logs     {stack.logs}")
-        print("\ntry:\n  curl -s -X POST " + stack.ingress_url + "/v1/jobs \\\n"
-              f"    -H 'Authorization: Bearer {token}' \\\n"
-              "    -H 'Content-Type: application/json' \\\n"
-              "    -d '{\"kind\": \"image\", \"prompt\": \"a blue cube\"}'\n"
-              "  kiln watch JOB_ID\n\nCtrl-C stops everything.", flush=True)
         try:
+            write_dev_file(stack)
+            token = emulator_id_token("dev-user", stack.config.project)
+            print(f"ingress  {stack.ingress_url}   (POST /v1/jobs, GET /v1/jobs/ID, /healthz)")
+            print(f"worker   {stack.worker_url}   (Pub/Sub push target)")
+            print(f"fcm      {stack.fcm.url}/_kiln/messages   (recorded pushes)")
+            print(f"logs     {stack.logs}")
+            print("\ntry:\n  curl -s -X POST " + stack.ingress_url + "/v1/jobs \\\n"
+                  f"    -H 'Authorization: Bearer {token}' \\\n"
+                  "    -H 'Content-Type: application/json' \\\n"
+                  "    -d '{\"kind\": \"image\", \"prompt\": \"a blue cube\"}'\n"
+                  "  kiln watch JOB_ID\n\nCtrl-C stops everything.", flush=True)
             wait_until_interrupted()
         finally:
             DEV_FILE.unlink(missing_ok=True)
     return 0
 
 
-def use_dev_stack() -> None:
-    """Point this process at the stack ``kiln dev`` is running, if any."""
-    if DEV_FILE.exists() and "FIRESTORE_EMULATOR_HOST" not in os.environ:
-        os.environ.update(json.loads(DEV_FILE.read_text())["env"])
+def write_dev_file(stack: LocalStack) -> None:
+    """``.kiln/dev.json``: how other commands reach this stack (written whole, atomically)."""
+    DEV_FILE.parent.mkdir(exist_ok=True)
+    partial = DEV_FILE.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"env": stack.client_env(), "ingress": stack.ingress_url,
+                                   "worker": stack.worker_url, "logs": str(stack.logs),
+                                   "pid": os.getpid()}))
+    partial.replace(DEV_FILE)
+
+
+def dev_env() -> dict[str, str] | None:
+    """The environment of the stack ``kiln dev`` runs (``.kiln/dev.json``), or None when
+    none runs here or the process environment names an emulator of its own (it wins)."""
+    if not DEV_FILE.exists() or os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        return None
+    env = json.loads(DEV_FILE.read_text())["env"]
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def dev_settings() -> Settings | None:
+    """The ``Settings`` of the stack ``kiln dev`` runs, if any (read, never put in os.environ)."""
+    from kiln.settings import Settings
+
+    env = dev_env()
+    return None if env is None else Settings.from_env(env)
+
+
+def dev_services() -> Services:
+    """The services of the stack ``kiln dev`` runs, else the environment's (read now: a
+    command line is one invocation). Built once per process and stack."""
+    env = dev_env()
+    return _services_for(tuple(sorted((env if env is not None else os.environ).items())))
+
+
+@functools.cache
+def _services_for(env: tuple[tuple[str, str], ...]) -> Services:
+    from kiln import log
+    from kiln.compose import Services
+    from kiln.settings import Settings
+
+    settings = Settings.from_env(dict(env))
+    log.setup(settings.log_level)
+    return Services(settings)
 
 
 # --- watching -------------------------------------------------------------------------
@@ -117,7 +169,7 @@ class ProgressBoard:
         self.labels = labels
         self.stream = stream
         self.tty = stream.isatty()
-        self.state: dict[str, dict[str, Any]] = {}
+        self.state: dict[str, Job] = {}
         self.done = threading.Event()
         self._lock = threading.Lock()
         self._drawn = 0
@@ -133,18 +185,19 @@ class ProgressBoard:
         for doc in docs:
             if doc.exists:
                 with self._lock:
-                    self.state[doc.id] = doc.to_dict() or {}
+                    # The public document only: the server state is not the listener's.
+                    self.state[doc.id] = Job.from_docs(doc.id, doc.to_dict() or {})
                     self._draw(doc.id)
                     if len(self.state) == len(self.labels) and all(
-                            j.get("status") in ("completed", "failed", "canceled")
-                            for j in self.state.values()):
+                            job.terminal for job in self.state.values()):
                         self.done.set()
 
     def _line(self, job_id: str) -> str:
-        job = self.state.get(job_id, {})
-        progress = int(job.get("progress") or 0)
+        job = self.state.get(job_id)
+        progress = job.progress if job else 0
+        status = job.status.value if job else "…"
         return (f"  {self.labels[job_id]:<6} {bar(progress)} {progress:3d}%  "
-                f"{job.get('status', '…'):<10} {job.get('stage', '')}")
+                f"{status:<10} {job.stage if job else ''}")
 
     def _draw(self, changed: str) -> None:
         if self.tty:
@@ -167,21 +220,22 @@ class ProgressBoard:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    use_dev_stack()
-    from kiln.compose import get_services
-
-    services = get_services()
+    services = args.services()
     board = ProgressBoard(services.firestore, {args.job_id: "job"}).start()
     try:
         board.wait(timeout=24 * 3600)
     finally:
         board.stop()
-    job = board.state.get(args.job_id, {})
-    if job.get("error"):
-        print(f"  error: {job['error'].get('code')}: {job['error'].get('message')}")
-    if job.get("result"):
-        print(f"  result: {job['result'].get('path')} ({job['result'].get('bytes')} bytes)")
-    return 0 if job.get("status") == "completed" else 1
+    job = board.state.get(args.job_id)
+    if job is None:
+        return 1
+    error: Mapping[str, Any] = job.error or {}
+    result: Mapping[str, Any] = job.result or {}
+    if error:
+        print(f"  error: {error.get('code')}: {error.get('message')}")
+    if result:
+        print(f"  result: {result.get('path')} ({result.get('bytes')} bytes)")
+    return 0 if job.status is JobStatus.COMPLETED else 1
 
 
 def run_demo(args: argparse.Namespace) -> int:

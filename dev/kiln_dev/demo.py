@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
+from kiln.core.job import Job, JobStatus
+from kiln.core.lifecycle import NOTIFY_CLAIMED
 from kiln_dev.cli import ProgressBoard
 from kiln_dev.stack import LocalStack, StackConfig
 
@@ -58,18 +60,18 @@ def demo(out: Path, *, image_prompt: str, model_prompt: str) -> int:
         print("\nsummary")
         ok = finished
         for job_id, info in jobs.items():
-            job = services.store.get(job_id) or {}
-            seconds = _seconds(job)
-            line = f"  {info['kind']:<5} {job_id}  {job.get('status', '?'):<9}"
-            result = job.get("result")
-            if job.get("status") == "completed" and result:
+            job = services.store.get(job_id)
+            status = job.status.value if job is not None else "?"
+            line = f"  {info['kind']:<5} {job_id}  {status:<9}"
+            result = job.result if job is not None else None
+            if job is not None and job.status is JobStatus.COMPLETED and result:
                 target = out / f"{job_id}-{Path(result['path']).name}"
                 target.write_bytes(services.blobs.read(result["path"]))
                 line += (f" {result['bytes']:>8,} bytes  ack {info['ack_ms']:.0f} ms  "
-                         f"end-to-end {seconds:.1f}s  → {target}")
+                         f"end-to-end {_seconds(job):.1f}s  → {target}")
             else:
                 ok = False
-                line += f" {json.dumps(job.get('error'))}"
+                line += f" {json.dumps(job.error if job is not None else None)}"
             print(line)
         pushes = stack.fcm.messages
         print(f"  pushes recorded by the FCM stand-in: {len(pushes)} "
@@ -83,15 +85,14 @@ def _wait_notified(services: Any, job_ids: list[str], timeout: float = 15.0) -> 
     """The push is sent just after the completing write: wait until it went (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [((services.store.get(j) or {}).get("_server") or {}).get("notify") or {}
-                  for j in job_ids]
-        if all(s.get("state") != "claimed" for s in states):
+        jobs = [services.store.get(j) for j in job_ids]
+        if all(job is None or (job.server.notify or {}).get("state") != NOTIFY_CLAIMED
+               for job in jobs):
             return
         time.sleep(0.1)
 
 
-def _seconds(job: dict[str, Any]) -> float:
-    created, completed = job.get("createdAt"), job.get("completedAt")
-    if created is None or completed is None:
+def _seconds(job: Job) -> float:
+    if job.created_at is None or job.completed_at is None:
         return float("nan")
-    return float((completed - created).total_seconds())
+    return float((job.completed_at - job.created_at).total_seconds())

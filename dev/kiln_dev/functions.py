@@ -7,6 +7,7 @@ loads this file with ``--source`` and one of the targets below.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -22,19 +23,25 @@ from kiln.runtime.worker import handle_message
 from kiln.settings import Settings
 from kiln_dev.providers import DEV_PROVIDERS
 
-_services: Services | None = None
 _lock = threading.Lock()
 
 
+@functools.cache
+def _services() -> Services:
+    settings = Settings.from_env()
+    log.setup(settings.log_level)
+    return Services(settings, providers=DEV_PROVIDERS)
+
+
 def services() -> Services:
-    """This process's services, from its environment, built on first call."""
-    global _services
+    """This process's services, from its environment (read once), built by the first call."""
     with _lock:
-        if _services is None:
-            settings = Settings.from_env()
-            log.setup(settings.log_level)
-            _services = Services(settings, providers=DEV_PROVIDERS)
-        return _services
+        return _services()
+
+
+def reset_services() -> None:
+    with _lock:
+        _services.cache_clear()
 
 
 @functions_framework.http

@@ -35,12 +35,16 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from kiln_dev.faults import HttpFaultProxy, TcpProxy
 from kiln_dev.standins.fcm import FcmServer
+
+if TYPE_CHECKING:
+    from kiln.compose import Services
+    from kiln.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "demo-kiln"  # demo- ids can never reach a real project
@@ -175,16 +179,17 @@ class LocalStack:
             env["FIRESTORE_EMULATOR_HOST"] = self.firestore_proxy.address
         return {**env, **self.config.env}
 
-    def services(self, **overrides: Any) -> Any:
-        """A ``Services`` bound to this stack, its clients built now (they read the env once)."""
+    def services(self, **overrides: Any) -> Services:
+        """A ``Services`` bound to this stack: its settings come from ``client_env()``
+        explicitly (nothing is read from or written to ``os.environ``), so stacks can live
+        side by side in one process. Uses the development generators, as the functions do."""
         from kiln.compose import Services
+        from kiln_dev.providers import DEV_PROVIDERS
 
-        with _env(**self.client_env()):
-            services = Services(self.settings(**overrides))
-            _ = (services.store, services.queue, services.blobs, services.push, services.auth)
-        return services
+        return Services(self.settings(**overrides), providers=DEV_PROVIDERS)
 
-    def settings(self, **overrides: Any) -> Any:
+    def settings(self, **overrides: Any) -> Settings:
+        """This stack's ``Settings`` (from ``client_env()``, not the process environment)."""
         from kiln.settings import Settings
 
         return Settings.from_env(self.client_env(), **overrides)
@@ -304,14 +309,21 @@ class LocalStack:
     def _create_topology(self) -> None:
         """The jobs topic with the worker's push subscription, and the dead-letter topic
         with its pull subscription (idempotent: also run after a Pub/Sub restart)."""
+        import grpc
         from google.api_core import exceptions as gexc
         from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-        env = self.client_env()
+        host = self._addr(self.config.pubsub_port)
         project = self.config.project
-        with _env(PUBSUB_EMULATOR_HOST=env["PUBSUB_EMULATOR_HOST"]):
-            publisher = pubsub_v1.PublisherClient()
-            subscriber = pubsub_v1.SubscriberClient()
+        # Clients on this stack's emulator, given explicitly: nothing reads the environment.
+        pub_channel, sub_channel = grpc.insecure_channel(host), grpc.insecure_channel(host)
+        try:
+            publisher = pubsub_v1.PublisherClient(
+                transport=PublisherGrpcTransport(channel=pub_channel))
+            subscriber = pubsub_v1.SubscriberClient(
+                transport=SubscriberGrpcTransport(channel=sub_channel))
             topic = publisher.topic_path(project, self.settings().jobs_topic)
             dead = publisher.topic_path(project, DEAD_TOPIC)
             requests: list[tuple[Any, dict[str, Any]]] = [
@@ -336,7 +348,9 @@ class LocalStack:
             for create, kwargs in requests:
                 with contextlib.suppress(gexc.AlreadyExists):
                     create(**kwargs)
-            subscriber.close()
+        finally:
+            pub_channel.close()
+            sub_channel.close()
 
     def _sweep_loop(self) -> None:
         from kiln.runtime.sweeper import sweep
@@ -499,24 +513,3 @@ def _install_cleanup() -> None:
 def _stop_all() -> None:
     for stack in list(_LIVE):
         stack.stop()
-
-
-#: Serializes ``_env``: Google clients read their emulator hosts from the environment
-#: when built, and two threads swapping it at once (a stack's sweeper thread and a test
-#: building clients) would leave the other's values behind for good.
-_ENV_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Any:
-    with _ENV_LOCK:
-        old = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v

@@ -44,11 +44,11 @@ def telegram_demo(out: Path) -> int:
             print("  " + transcript_line(call, start))
         out.mkdir(parents=True, exist_ok=True)
         print("\nresults")
-        for job_id, job in services.store.find(uid=f"telegram:{CHAT_ID}"):
-            result = job.get("result") or {}
-            line = f"  {job['kind']:<5} {job_id}  {job['status']:<9}"
+        for job in services.store.find(uid=f"telegram:{CHAT_ID}"):
+            result = job.result or {}
+            line = f"  {job.kind:<5} {job.id}  {job.status.value:<9}"
             if result:
-                target = out / f"telegram-{job_id}-{Path(result['path']).name}"
+                target = out / f"telegram-{job.id}-{Path(result['path']).name}"
                 target.write_bytes(services.blobs.read(result["path"]))
                 line += f" {result['bytes']:>8,} bytes → {target}"
             else:

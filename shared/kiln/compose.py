@@ -1,7 +1,10 @@
-"""Dependencies, built lazily once per process (never at import).
+"""The composition root: one place that builds Kiln's ports from settings.
 
-Entry points call :func:`get_services`; tests build a :class:`Services` with their own
-settings. Each client is created on first use and cached.
+``Services(settings)`` wires the real adapters, each built on first use from the explicit
+endpoints in ``settings`` (no client reads ``os.environ``), so several stacks can live in
+one process. Tests pass fakes for any port (``Services(settings, store=…, clock=…)``);
+the local stack passes its development generators (``providers=``). Entry points call
+:func:`get_services` (settings from the environment, read once).
 """
 
 from __future__ import annotations
@@ -13,108 +16,131 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import firebase_admin
-import google.oauth2.credentials
-from firebase_admin import credentials as fb_credentials
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore
-
 from kiln import log
-from kiln.adapters.fcm import FcmPush
-from kiln.adapters.firebase_auth import FirebaseAuth
-from kiln.adapters.firestore import JobStore
-from kiln.adapters.pubsub import PubSubQueue
-from kiln.adapters.storage import BlobStore
+from kiln.adapters.clock import SystemClock
+from kiln.channels.telegram.notifier import TelegramChannel
+from kiln.ports import BlobStore, Channel, Clock, DeviceStore, JobStore, Push, Queue, Verifier
 from kiln.providers.base import Provider
 from kiln.settings import Settings
 
 ProviderFactory = Callable[[Settings], Provider]
 
 
-class _LocalCredential(fb_credentials.Base):
-    """A fixed bearer token for the local FCM server: there is no Google to ask."""
-
-    def get_credential(self) -> Any:
-        return google.oauth2.credentials.Credentials(token="kiln-local-token")
-
-
 class Services:
-    """Everything a Kiln entry point talks to."""
+    """Everything a Kiln entry point talks to, as ports."""
 
-    def __init__(self, settings: Settings, *,
-                 providers: Mapping[str, ProviderFactory] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers: Mapping[str, ProviderFactory] | None = None,
+        store: JobStore | None = None,
+        devices: DeviceStore | None = None,
+        queue: Queue | None = None,
+        blobs: BlobStore | None = None,
+        push: Push | None = None,
+        auth: Verifier | None = None,
+        clock: Clock | None = None,
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
         self.settings = settings
-        self._provider_factories = providers
+        self.policy = settings.retry_policy()
         self.worker_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.clock: Clock = clock or SystemClock()
+        #: Channels with a conversation of their own, registered here explicitly.
+        self.channels: Mapping[str, Channel] = (
+            {"telegram": TelegramChannel()} if channels is None else channels)
+        self._provider_factories = providers
+        self._providers: dict[str, Provider] = {}
         self._lock = threading.RLock()
+        given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
+                 "push": push, "auth": auth}
+        self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
-    @functools.cached_property
-    def firebase_app(self) -> firebase_admin.App:
-        cred: fb_credentials.Base
-        cred = _LocalCredential() if self.settings.local else fb_credentials.ApplicationDefault()
-        # Unique for the life of the process: firebase_admin keeps every app registered by
-        # name, and an object's id() comes back once the object is collected.
-        name = f"kiln-{uuid.uuid4().hex}"
-        return firebase_admin.initialize_app(
-            cred, {"projectId": self.settings.project}, name=name
-        )
+    # Each real adapter is built on first use (the ingress never builds Storage or FCM).
 
     @functools.cached_property
-    def firestore(self) -> firestore.Client:
-        if self.settings.firestore_emulator_host:
-            return firestore.Client(project=self.settings.project,
-                                    credentials=AnonymousCredentials())
-        return firestore.Client(project=self.settings.project)
+    def firebase_app(self) -> Any:
+        from kiln.adapters.firebase_auth import firebase_app
+
+        return firebase_app(self.settings)
+
+    @functools.cached_property
+    def firestore(self) -> Any:
+        from kiln.adapters.firestore import connect
+
+        return connect(self.settings.project, self.settings.firestore_emulator_host)
 
     @functools.cached_property
     def store(self) -> JobStore:
-        return JobStore(self.firestore)
+        from kiln.adapters.firestore import FirestoreJobStore
+
+        return FirestoreJobStore(self.firestore)
 
     @functools.cached_property
-    def queue(self) -> PubSubQueue:
-        return PubSubQueue(self.settings.project, self.settings.jobs_topic)
+    def devices(self) -> DeviceStore:
+        from kiln.adapters.firestore import FirestoreDeviceStore
+
+        return FirestoreDeviceStore(self.firestore)
+
+    @functools.cached_property
+    def queue(self) -> Queue:
+        from kiln.adapters.pubsub import PubSubQueue
+
+        return PubSubQueue.connect(self.settings.project, self.settings.jobs_topic,
+                                   emulator_host=self.settings.pubsub_emulator_host)
 
     @functools.cached_property
     def blobs(self) -> BlobStore:
-        return BlobStore(
-            self.settings.bucket_name,
-            project=self.settings.project,
-            emulator_host=self.settings.storage_emulator_host,
-        )
+        from kiln.adapters.storage import CloudStorage
+
+        return CloudStorage(self.settings.bucket_name, project=self.settings.project,
+                            emulator_host=self.settings.storage_emulator_host)
 
     @functools.cached_property
-    def auth(self) -> FirebaseAuth:
+    def auth(self) -> Verifier:
+        from kiln.adapters.firebase_auth import FirebaseAuth
+
         return FirebaseAuth(self.firebase_app)
 
     @functools.cached_property
-    def push(self) -> FcmPush:
+    def push(self) -> Push:
+        from kiln.adapters.fcm import FcmPush
+
         endpoint = self.settings.fcm_endpoint if self.settings.local else ""
         return FcmPush(self.firebase_app, endpoint=endpoint)
 
     def provider(self, kind: str) -> Provider:
         """The configured provider for ``kind`` (cached per kind)."""
         with self._lock:
-            cache: dict[str, Provider] = self.__dict__.setdefault("_providers", {})
-            if kind not in cache:
+            if kind not in self._providers:
                 from kiln.providers.registry import build_provider
 
                 name = self.settings.image_provider if kind == "image" else self.settings.model_provider
-                cache[kind] = build_provider(name, self.settings,
-                                             factories=self._provider_factories)
-            return cache[kind]
+                self._providers[kind] = build_provider(name, self.settings,
+                                                       factories=self._provider_factories)
+            return self._providers[kind]
 
 
-_services: Services | None = None
 _services_lock = threading.Lock()
 
 
+@functools.cache
+def _process_services() -> Services:
+    settings = Settings.from_env()
+    log.setup(settings.log_level)
+    return Services(settings)
+
+
 def get_services() -> Services:
-    """The process-wide services, from the environment, built on first call."""
-    global _services
+    """The process-wide services, from the environment (read once, here), built by the
+    first call (concurrent first requests build one)."""
     with _services_lock:
-        if _services is None:
-            settings = Settings.from_env()
-            log.setup(settings.log_level)
-            _services = Services(settings)
-        return _services
+        return _process_services()
+
+
+def reset_services() -> None:
+    """Forget the process-wide services (the next call reads the environment again)."""
+    with _services_lock:
+        _process_services.cache_clear()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kiln.core.errors import ConfigError
+from kiln.core.policy import RetryPolicy
 
 #: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
 ENV_VARS: dict[str, tuple[str, bool]] = {
@@ -119,6 +120,13 @@ class Settings:
         if self.env == "local" and os.environ.get("K_SERVICE"):
             # K_SERVICE is set by Cloud Run: local mode there would trust unsigned tokens.
             raise ConfigError("KILN_ENV=local is refused on Cloud Run (K_SERVICE is set)")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts,
+                           initial_backoff=self.retry_backoff_seconds,
+                           max_backoff=max(600.0, self.retry_backoff_seconds),
+                           lease_seconds=self.lease_seconds,
+                           max_age_seconds=self.job_max_age_seconds)
 
     @property
     def local(self) -> bool:

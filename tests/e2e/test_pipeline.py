@@ -44,8 +44,8 @@ def test_image_job_completes_with_file_and_one_push(api: httpx.Client, services:
     add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "a red sphere")
     job = wait_terminal(services, job_id)
-    assert job["status"] == "completed" and job["progress"] == 100 and job["error"] is None
-    result = job["result"]
+    assert job.status == "completed" and job.progress == 100 and job.error is None
+    result = job.result
     assert result["path"] == f"generations/{uid}/{job_id}/result.png"
     assert result["contentType"] == "image/png"
     data = services.blobs.read(result["path"])
@@ -53,7 +53,7 @@ def test_image_job_completes_with_file_and_one_push(api: httpx.Client, services:
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG" and image.size == (512, 512)
     assert services.blobs.exists(result["thumbnailPath"])
-    assert job["startedAt"] <= job["completedAt"]
+    assert job.started_at <= job.completed_at
     pushes = wait_for(lambda: pushes_for(fcm, job_id), what="push")
     assert len(pushes) == 1
     assert pushes[0]["fid"] == f"fid-{uid}"
@@ -68,16 +68,16 @@ def test_model_job_stores_a_valid_glb(api: httpx.Client, services: Any) -> None:
     """A model job's result is a glTF 2.0 binary with a mesh, stored as model/gltf-binary."""
     job_id = submit(api, "model", "a blue cube")
     job = wait_terminal(services, job_id)
-    assert job["status"] == "completed", job.get("error")
-    assert job["result"]["contentType"] == "model/gltf-binary"
-    assert job["result"]["path"].endswith(f"/{job_id}/result.glb")
-    glb = services.blobs.read(job["result"]["path"])
+    assert job.status == "completed", job.error
+    assert job.result["contentType"] == "model/gltf-binary"
+    assert job.result["path"].endswith(f"/{job_id}/result.glb")
+    glb = services.blobs.read(job.result["path"])
     assert glb[:4] == b"glTF"
     gltf = GLTF2.load_from_bytes(glb)
     assert gltf.asset.version == "2.0" and len(gltf.meshes) >= 1
-    blob = services.blobs.bucket.get_blob(job["result"]["path"])
+    blob = services.blobs.bucket.get_blob(job.result["path"])
     assert blob.content_type == "model/gltf-binary"
-    assert job["provenance"]["provider"] == "offline"
+    assert job.provenance["provider"] == "offline"
 
 
 def test_progress_is_live_monotonic_and_coalesced(api: httpx.Client, services: Any) -> None:
@@ -109,19 +109,19 @@ def test_duplicate_deliveries_do_nothing_harmful(api: httpx.Client, services: An
     """The same message delivered 4 times (during and after the run): one attempt, one push."""
     add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "model", "a silver cylinder")
-    wait_for(lambda: services.store.get(job_id)["status"] == "processing", what="processing")
+    wait_for(lambda: services.store.get(job_id).status == "processing", what="processing")
     for _ in range(3):
         services.queue.publish(job_id, reason="duplicate")
     job = wait_terminal(services, job_id)
-    first_sha = job["result"]["sha256"]
+    first_sha = job.result["sha256"]
     services.queue.publish(job_id, reason="duplicate-after")
     wait_for(lambda: len(pushes_for(fcm, job_id)) >= 1, what="push")
     # Give the late duplicate time to be delivered and ignored.
-    wait_for(lambda: services.store.get(job_id)["_server"]["notify"]["state"] == "sent",
+    wait_for(lambda: (services.store.get(job_id).server.notify or {}).get("state") == "sent",
              what="notify sent")
     after = services.store.get(job_id)
-    assert after["status"] == "completed" and after["attempts"] == 1
-    assert after["result"]["sha256"] == first_sha
+    assert after.status == "completed" and after.attempts == 1
+    assert after.result["sha256"] == first_sha
     assert len(pushes_for(fcm, job_id)) == 1
 
 
@@ -142,7 +142,7 @@ def test_idempotency_key_replays_the_same_job(api: httpx.Client, services: Any, 
     assert misuse.json()["error"]["code"] == "idempotency_key_reused"
     job_id = first.json()["jobId"]
     wait_terminal(services, job_id)
-    assert [j for j, _ in services.store.find(uid=uid)] == [job_id]
+    assert [j.id for j in services.store.find(uid=uid)] == [job_id]
     wait_for(lambda: pushes_for(fcm, job_id), what="push")
     assert len(pushes_for(fcm, job_id)) == 1
 
@@ -153,10 +153,10 @@ def test_generator_failure_fails_with_readable_reason_and_one_failure_push(
     add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "something [fail:permanent]")
     job = wait_terminal(services, job_id)
-    assert job["status"] == "failed" and job["result"] is None
-    assert job["error"]["code"] == "content_refused"
-    assert job["error"]["retryable"] is False and "refused" in job["error"]["message"]
-    assert job["attempts"] == 1
+    assert job.status == "failed" and job.result is None
+    assert job.error["code"] == "content_refused"
+    assert job.error["retryable"] is False and "refused" in job.error["message"]
+    assert job.attempts == 1
     pushes = wait_for(lambda: pushes_for(fcm, job_id), what="failure push")
     assert [p["data"]["type"] for p in pushes] == ["generation_failed"]
     assert services.blobs.list(f"generations/{uid}/{job_id}/") == []
@@ -168,9 +168,9 @@ def test_retryable_failure_retries_then_fails_once(api: httpx.Client, services: 
     add_device(services, uid, "phone", fid=f"fid-{uid}")
     job_id = submit(api, "image", "again [fail:retryable]")
     job = wait_terminal(services, job_id, timeout=60)
-    assert job["status"] == "failed" and job["attempts"] == 3
-    assert job["error"]["code"] == "provider_unavailable"
-    assert "3 attempts" in job["error"]["message"]
+    assert job.status == "failed" and job.attempts == 3
+    assert job.error["code"] == "provider_unavailable"
+    assert "3 attempts" in job.error["message"]
     wait_for(lambda: pushes_for(fcm, job_id), what="failure push")
     assert [p["data"]["type"] for p in pushes_for(fcm, job_id)] == ["generation_failed"]
 
@@ -186,7 +186,7 @@ def test_unregistered_devices_are_removed(api: httpx.Client, services: Any, fcm:
     fcm.fail(f"gone-tok-{uid}", "UNREGISTERED")
     job_id = submit(api, "image", "a teal ring")
     wait_terminal(services, job_id)
-    wait_for(lambda: services.store.devices(uid) == [Device("new-phone", token=f"live-{uid}")],
+    wait_for(lambda: services.devices.devices(uid) == [Device("new-phone", token=f"live-{uid}")],
              what="dead devices removed")
     assert [p["token"] for p in pushes_for(fcm, job_id)] == [f"live-{uid}"]
 
@@ -194,14 +194,14 @@ def test_unregistered_devices_are_removed(api: httpx.Client, services: Any, fcm:
 def test_cancel_and_retry_through_the_api(api: httpx.Client, services: Any) -> None:
     """Cancel a running job (ends canceled, no result); retry refused on it with 409."""
     job_id = submit(api, "model", "a long brown tower")
-    wait_for(lambda: services.store.get(job_id)["status"] == "processing", what="processing")
+    wait_for(lambda: services.store.get(job_id).status == "processing", what="processing")
     canceled = api.post(f"/v1/jobs/{job_id}:cancel")
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     assert api.post(f"/v1/jobs/{job_id}:cancel").status_code == 200  # idempotent
     refused = api.post(f"/v1/jobs/{job_id}:retry")
     assert refused.status_code == 409 and "canceled" in refused.json()["error"]["message"]
     job = services.store.get(job_id)
-    assert job["status"] == "canceled" and job["result"] is None
+    assert job.status == "canceled" and job.result is None
 
 
 BAD_BODIES = [

@@ -45,10 +45,10 @@ def test_a_meshy_model_job_completes_with_its_result_in_storage(
     job_id = submit(stack, "user-e2e-meshy", "model", "a purple torus [size:2m]")
     job = wait_terminal(services, job_id, timeout=60)
     # then the worker ran preview and refine on the provider and stored the GLB
-    assert job["status"] == "completed", job.get("error")
-    assert job["progress"] == 100 and job["provenance"]["provider"] == "meshy"
-    data = services.blobs.read(job["result"]["path"])
-    assert data[:4] == b"glTF" and len(data) == job["result"]["bytes"]
+    assert job.status == "completed", job.error
+    assert job.progress == 100 and job.provenance["provider"] == "meshy"
+    data = services.blobs.read(job.result["path"])
+    assert data[:4] == b"glTF" and len(data) == job.result["bytes"]
     assert {r["body"].get("mode") for r in server.requests
             if r["method"] == "POST" and r["path"] == "/openapi/v2/text-to-3d"} >= {"preview", "refine"}
 
@@ -59,10 +59,10 @@ def test_a_gemini_image_job_completes_with_a_thumbnail(
     services: Any = stack.services()
     job = wait_terminal(services, submit(stack, "user-e2e-gemini", "image", "a red fox [jpeg]"),
                         timeout=60)
-    assert job["status"] == "completed", job.get("error")
-    assert services.blobs.read(job["result"]["path"]).startswith(b"\x89PNG")
-    assert services.blobs.exists(job["result"]["thumbnailPath"])
-    assert job["provenance"]["provider"] == "gemini"
+    assert job.status == "completed", job.error
+    assert services.blobs.read(job.result["path"]).startswith(b"\x89PNG")
+    assert services.blobs.exists(job.result["thumbnailPath"])
+    assert job.provenance["provider"] == "gemini"
 
 
 def test_an_invalid_glb_fails_the_job_and_leaves_no_object(
@@ -72,5 +72,5 @@ def test_an_invalid_glb_fails_the_job_and_leaves_no_object(
     uid = "user-e2e-invalid"
     job_id = submit(stack, uid, "model", "a broken cube [invalid] [size:9m]")
     job = wait_terminal(services, job_id, timeout=60)
-    assert (job["status"], job["error"]["code"]) == ("failed", "invalid_artifact")
+    assert (job.status, job.error["code"]) == ("failed", "invalid_artifact")
     assert services.blobs.list(f"generations/{uid}/{job_id}/") == []

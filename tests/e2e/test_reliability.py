@@ -20,16 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+from kiln.adapters.clock import utcnow
 from kiln.adapters.firebase_auth import emulator_id_token
-from kiln.adapters.firestore import utcnow
-from kiln.core import lifecycle
 from kiln.core.job import new_job_id
 from kiln.runtime.sweeper import sweep
 from kiln_dev.chaos_tasks import SlowTaskServer
 from kiln_dev.stack import DEAD_TOPIC, LocalStack, StackConfig
-from support import create_job, wait_for, wait_terminal
+from support import create_job, emulator_publisher, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -105,14 +103,31 @@ def job_lines(stack: LocalStack, job_id: str) -> list[dict[str, Any]]:
 def create_direct(services: Any, uid: str, prompt: str, *, status: str = "pending",
                   kind: str = "image", **fields: Any) -> str:
     """A job document written straight to Firestore, never published (a lost publish)."""
-    server = fields.pop("_server", {})
+    server = fields.pop("server", {})
     return create_job(services, status, uid=uid, kind=kind, prompt=prompt, fields=fields, **server)
+
+
+def delivery_lines(stack: LocalStack) -> list[dict[str, Any]]:
+    """The worker's one structured line per delivery: its outcome (and jobId)."""
+    out = []
+    for line in stack.worker_log_lines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("message") == "delivery done":
+                out.append(entry)
+    return out
+
+
+def notified(services: Any, job_id: str) -> None:
+    """Wait until the job's one notification is recorded as sent (the push goes first)."""
+    wait_for(lambda: (services.store.get(job_id).server.notify or {}).get("state") == "sent",
+             20, what=f"the notification of {job_id}")
 
 
 def stored_sha(services: Any, job: dict[str, Any]) -> tuple[str, str]:
     """The stored result's SHA-256 and its version (generation; the emulator leaves it
     unset on an object whose resumable upload was retried, so then its update time)."""
-    blob = services.blobs.bucket.get_blob(job["result"]["path"])
+    blob = services.blobs.bucket.get_blob(job.result["path"])
     version = str(blob.generation or blob._properties.get("updated"))
     return hashlib.sha256(blob.download_as_bytes()).hexdigest(), version
 
@@ -125,11 +140,10 @@ def test_permanent_provider_failure_fails_at_once_with_its_code(user: User, svc:
     attempt with the provider's code and one failure push."""
     job_id = user.submit("a red cube [fail:permanent]")
     job = wait_terminal(svc, job_id)
-    assert job["status"] == "failed"
-    assert job["attempts"] == 1
-    assert job["error"]["code"] == "content_refused" and job["error"]["retryable"] is False
-    wait_for(lambda: user.pushes(job_id), 10, what="failure push")
-    time.sleep(1.0)
+    assert job.status == "failed"
+    assert job.attempts == 1
+    assert job.error["code"] == "content_refused" and job.error["retryable"] is False
+    notified(svc, job_id)
     assert [p["data"]["type"] for p in user.pushes(job_id)] == ["generation_failed"]
 
 
@@ -140,10 +154,10 @@ def test_retryable_failure_is_retried_with_backoff_then_gives_up(user: User, svc
     and it ends failed with the provider's code, counted attempts and one push."""
     job_id = user.submit("a teal cone [fail:retryable]")
     job = wait_terminal(svc, job_id, 60)
-    assert job["status"] == "failed"
-    assert job["attempts"] == 3
-    assert job["error"]["code"] == "provider_unavailable"
-    assert "Gave up after 3 attempts" in job["error"]["message"]
+    assert job.status == "failed"
+    assert job.attempts == 3
+    assert job.error["code"] == "provider_unavailable"
+    assert "Gave up after 3 attempts" in job.error["message"]
     lines = job_lines(rstack, job_id)
     claims = [_ts(x) for x in lines if x["message"] == "job claimed"]
     releases = [(x["backoffSeconds"], _ts(x)) for x in lines
@@ -166,9 +180,9 @@ def test_hung_provider_is_released_at_the_budget_then_fails(user: User, svc: Any
     started = time.monotonic()
     job_id = user.submit("a grey sphere [hang]")
     job = wait_terminal(svc, job_id, 60)
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "provider_timeout"
-    assert job["attempts"] == 3
+    assert job.status == "failed"
+    assert job.error["code"] == "provider_timeout"
+    assert job.attempts == 3
     assert time.monotonic() - started < 30
 
 
@@ -186,8 +200,8 @@ def test_flaky_storage_is_absorbed(user: User, svc: Any, rstack: LocalStack) -> 
         proxy.calm()
     assert proxy.stats["error"] + proxy.stats["reset"] > before, "no fault was injected"
     for job in jobs:
-        assert job["status"] == "completed", job.get("error")
-        assert stored_sha(svc, job)[0] == job["result"]["sha256"]
+        assert job.status == "completed", job.error
+        assert stored_sha(svc, job)[0] == job.result["sha256"]
 
 
 def test_storage_outage_then_emulator_restart(user: User, svc: Any, rstack: LocalStack) -> None:
@@ -197,20 +211,19 @@ def test_storage_outage_then_emulator_restart(user: User, svc: Any, rstack: Loca
     assert proxy is not None
     proxy.down = True
     job_id = user.submit("a navy torus")
-    time.sleep(3.0)
+    # The upload met the outage (the proxy refused it) before Storage comes back.
+    wait_for(lambda: proxy.stats["reset_down"] > 0, 60, what="an upload refused by the outage")
     proxy.down = False
     rstack.restart("storage")
     job = wait_terminal(svc, job_id, 120)
-    assert job["status"] == "completed", job.get("error")
+    assert job.status == "completed", job.error
     assert proxy.stats["reset_down"] > 0
 
 
-def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc: Any,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc: Any) -> None:
     """Given unreadable messages and one for an unknown job published to the jobs topic,
     when the worker receives them, then each is logged once and acked (never redelivered)."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", rstack.client_env()["PUBSUB_EMULATOR_HOST"])
-    publisher = pubsub_v1.PublisherClient()
+    publisher = emulator_publisher(svc.settings.pubsub_emulator_host)
     topic = publisher.topic_path(rstack.config.project, svc.settings.jobs_topic)
     unknown = f"nosuchjob{uuid.uuid4().hex[:12]}"
     start = counts(rstack, unknown)[0]
@@ -220,17 +233,18 @@ def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc
 
     wait_for(lambda: counts(rstack, unknown)[0] >= start + 2 and counts(rstack, unknown)[1] >= 1,
              20, what="poison logs")
-    settled = counts(rstack, unknown)
-    time.sleep(5.0)  # a nacked message would be back many times by now
-    assert counts(rstack, unknown) == settled
-    assert settled == (start + 2, 1)
+    # Each delivery returned an acking outcome (a 2xx: Pub/Sub does not redeliver).
+    outcomes = [line["outcome"] for line in delivery_lines(rstack) if line.get("jobId") == unknown]
+    assert outcomes and set(outcomes) == {"missing"}
+    poison = [line for line in delivery_lines(rstack) if line["outcome"] == "poison"]
+    assert len(poison) >= 2
 
 
 def counts(stack: LocalStack, unknown: str) -> tuple[int, int]:
-    """(poison messages acked, deliveries for the unknown job) in the worker's log."""
-    lines = stack.worker_log_lines()
-    poison = sum(1 for x in lines if '"poison message acked"' in x)
-    missing = sum(1 for x in lines if unknown in x and "delivery ignored: missing" in x)
+    """(poison deliveries, deliveries for the unknown job) from the worker's outcomes."""
+    lines = delivery_lines(stack)
+    poison = sum(1 for x in lines if x["outcome"] == "poison")
+    missing = sum(1 for x in lines if x.get("jobId") == unknown and x["outcome"] == "missing")
     return poison, missing
 
 
@@ -243,21 +257,20 @@ def test_killed_worker_leaves_a_lease_that_heals(user: User, svc: Any, rstack: L
     again, then its lease expires, the sweeper re-publishes it and a second attempt
     resumes the same provider task to completion with exactly one push."""
     job_id = user.submit("a gold sphere [task:4]", kind="model")
-    wait_for(lambda: (svc.store.get(job_id) or {}).get("progress", 0) > 0, 20, what="progress")
+    wait_for(lambda: svc.store.get(job_id).progress > 0, 20, what="progress")
     republished = sum(s.get("republished_processing", 0) for s in rstack.sweeps)
     rstack.kill("worker")
     try:
         job = svc.store.get(job_id)
-        assert job["status"] == "processing" and lifecycle.server(job)["leaseOwner"]
+        assert job.status == "processing" and job.server.lease_owner
     finally:
         rstack.start_part("worker")
     job = wait_terminal(svc, job_id, 60)
-    assert job["status"] == "completed"
-    assert job["attempts"] == 2
+    assert job.status == "completed"
+    assert job.attempts == 2
     assert sum(s.get("republished_processing", 0) for s in rstack.sweeps) > republished
     assert tasks.submissions[job_id] == 1
-    wait_for(lambda: user.pushes(job_id), 10, what="push")
-    time.sleep(1.0)
+    notified(svc, job_id)
     assert len(user.pushes(job_id)) == 1
 
 
@@ -266,15 +279,15 @@ def test_expired_lease_out_of_attempts_or_past_deadline_fails(user: User, svc: A
     its maximum age, when the sweeper runs, then both fail with a code and one push."""
     expired = utcnow() - dt.timedelta(seconds=30)
     out_of_attempts = create_direct(svc, user.uid, "a red ring", status="processing",
-                                    attempts=3, _server={"leaseOwner": "dead-worker",
-                                                         "leaseExpiresAt": expired})
+                                    attempts=3, server={"leaseOwner": "dead-worker",
+                                                        "leaseExpiresAt": expired})
     too_old = create_direct(svc, user.uid, "a red ring", status="processing", attempts=1,
-                            _server={"leaseOwner": "dead-worker", "leaseExpiresAt": expired,
-                                     "deadlineAt": expired})
+                            server={"leaseOwner": "dead-worker", "leaseExpiresAt": expired,
+                                    "deadlineAt": expired})
     first = wait_terminal(svc, out_of_attempts, 30)
-    assert first["status"] == "failed" and first["error"]["code"] == "attempts_exhausted"
+    assert first.status == "failed" and first.error["code"] == "attempts_exhausted"
     second = wait_terminal(svc, too_old, 30)
-    assert second["status"] == "failed" and second["error"]["code"] == "deadline_exceeded"
+    assert second.status == "failed" and second.error["code"] == "deadline_exceeded"
     for job_id in (out_of_attempts, too_old):
         wait_for(lambda j=job_id: user.pushes(j), 10, what="failure push")
 
@@ -308,9 +321,9 @@ def test_long_model_job_hands_off_without_a_second_task(user: User, svc: Any,
     finally:
         watch.unsubscribe()
     job = svc.store.get(job_id)
-    assert job["status"] == "completed", job.get("error")
-    assert job["attempts"] == 1
-    assert lifecycle.server(job)["handoffs"] >= 2
+    assert job.status == "completed", job.error
+    assert job.attempts == 1
+    assert job.server.handoffs >= 2
     assert tasks.submissions[job_id] == 1
     assert seen == sorted(seen), f"progress went backwards: {seen}"
     assert len(set(seen)) >= 4 and seen[-1] == 100
@@ -324,7 +337,7 @@ def test_sweeper_republishes_a_lost_publish(user: User, svc: Any) -> None:
     job is published and completes."""
     job_id = create_direct(svc, user.uid, "a lime box")
     job = wait_terminal(svc, job_id, 30)
-    assert job["status"] == "completed"
+    assert job.status == "completed"
 
 
 def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
@@ -339,7 +352,7 @@ def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
     stale = {"updatedAt": utcnow() - dt.timedelta(seconds=60)}
     lost = [create_direct(svc, user.uid, f"a pink cube {i}", **stale) for i in range(6)]
     past = utcnow() - dt.timedelta(seconds=1)
-    old = [create_direct(svc, user.uid, f"an old cube {i}", _server={"deadlineAt": past},
+    old = [create_direct(svc, user.uid, f"an old cube {i}", server={"deadlineAt": past},
                          **stale) for i in range(3)]
     reports: list[dict[str, int]] = []
     barrier = threading.Barrier(2)
@@ -358,13 +371,13 @@ def test_concurrent_sweeps_with_workers_are_safe(user: User, svc: Any,
     assert sum(r.get("republished_pending", 0) for r in reports) <= 2 * len(lost)
     failed_here = sum(r.get("failed_expired", 0) for r in reports)
     for job_id in lost:
-        assert wait_terminal(svc, job_id, 30)["status"] == "completed"
+        assert wait_terminal(svc, job_id, 30).status == "completed"
     for job_id in old:
         job = wait_terminal(svc, job_id, 30)
-        assert job["status"] == "failed" and job["error"]["code"] == "deadline_exceeded"
+        assert job.status == "failed" and job.error["code"] == "deadline_exceeded"
     assert failed_here <= 3  # each expired job was failed by exactly one sweep
-    time.sleep(1.5)
     for job_id in lost + old:
+        notified(svc, job_id)
         assert len(user.pushes(job_id)) == 1, job_id
 
 
@@ -378,7 +391,7 @@ def test_redeliveries_do_not_push_or_upload_again(user: User, svc: Any, rstack: 
     job = wait_terminal(svc, job_id)
     wait_for(lambda: user.pushes(job_id), 10, what="push")
     sha, generation = stored_sha(svc, job)
-    assert sha == job["result"]["sha256"]
+    assert sha == job.result["sha256"]
     for _ in range(5):
         svc.queue.publish(job_id, reason="test-duplicate")
     wait_for(lambda: sum(1 for x in job_lines(rstack, job_id)
@@ -386,8 +399,8 @@ def test_redeliveries_do_not_push_or_upload_again(user: User, svc: Any, rstack: 
              what="duplicates ignored")
     assert len(user.pushes(job_id)) == 1
     assert stored_sha(svc, job) == (sha, generation)
-    assert svc.blobs.list(f"generations/{user.uid}/{job_id}/") == [job["result"]["path"],
-                                                                    job["result"]["thumbnailPath"]]
+    assert svc.blobs.list(f"generations/{user.uid}/{job_id}/") == [job.result["path"],
+                                                                    job.result["thumbnailPath"]]
 
 
 def test_publish_failure_after_accept_is_recovered(user: User, svc: Any, rstack: LocalStack) -> None:
@@ -402,14 +415,14 @@ def test_publish_failure_after_accept_is_recovered(user: User, svc: Any, rstack:
         proxy.up()
     assert proxy.stats["refused"] > 0
     job = wait_terminal(svc, job_id, 40)
-    assert job["status"] == "completed"
+    assert job.status == "completed"
     wait_for(lambda: user.pushes(job_id), 10, what="push")
 
 
 # --- 6. cancel and retry --------------------------------------------------------------
 
 
-def test_cancel_pending_job(user: User, svc: Any) -> None:
+def test_cancel_pending_job(user: User, svc: Any, rstack: LocalStack) -> None:
     """Given a pending job, when its owner cancels it (twice), then it ends canceled,
     never runs, and nobody is notified."""
     job_id = create_direct(svc, user.uid, "a brown box")
@@ -418,9 +431,13 @@ def test_cancel_pending_job(user: User, svc: Any) -> None:
     again = user.http.post(f"/v1/jobs/{job_id}:cancel")
     assert again.status_code == 200 and again.json()["status"] == "canceled"
     svc.queue.publish(job_id, reason="test")
-    time.sleep(4.0)  # past the sweeper's re-publish age, too
+    wait_for(lambda: [line for line in delivery_lines(rstack) if line.get("jobId") == job_id],
+             20, what="the delivery of the canceled job")
+    assert {line["outcome"] for line in delivery_lines(rstack) if line.get("jobId") == job_id} \
+        == {"terminal"}
     job = svc.store.get(job_id)
-    assert job["status"] == "canceled" and job["attempts"] == 0
+    assert job.status == "canceled" and job.attempts == 0
+    assert job.server.notify is None  # nothing was claimed, so nothing will be sent
     assert user.pushes(job_id) == []
 
 
@@ -429,17 +446,17 @@ def test_cancel_running_job_stops_it(user: User, svc: Any, rstack: LocalStack,
     """Given a running model job, when its owner cancels it, then the worker notices
     within a few seconds, cancels the provider task, stores no result and sends no push."""
     job_id = user.submit("a cyan cylinder [task:20]", kind="model")
-    wait_for(lambda: (svc.store.get(job_id) or {}).get("progress", 0) > 0, 20, what="running")
+    wait_for(lambda: svc.store.get(job_id).progress > 0, 20, what="running")
     answer = user.http.post(f"/v1/jobs/{job_id}:cancel")
     assert answer.status_code == 200
     noticed = time.monotonic()
-    wait_for(lambda: any(x["message"] == "job canceled while running; stopped"
-                         for x in job_lines(rstack, job_id)), 10, what="worker noticed")
+    wait_for(lambda: any(x.get("outcome") == "canceled" for x in delivery_lines(rstack)
+                         if x.get("jobId") == job_id), 10, what="worker noticed")
     assert time.monotonic() - noticed < 6
     job = svc.store.get(job_id)
-    assert job["status"] == "canceled" and job["result"] is None
+    assert job.status == "canceled" and job.result is None
     assert any(t["canceled"] for t in tasks.tasks.values() if t["jobId"] == job_id)
-    time.sleep(1.0)
+    assert job.server.notify is None  # no notification claimed: none will be sent
     assert user.pushes(job_id) == []
     assert svc.blobs.list(f"generations/{user.uid}/{job_id}/") == []
 
@@ -456,7 +473,7 @@ def test_retry_failed_job_resets_attempts_and_completes(user: User, svc: Any) ->
     again = user.http.post(f"/v1/jobs/{job_id}:retry")
     assert again.status_code == 202, again.text
     job = wait_terminal(svc, job_id, 30)
-    assert job["status"] == "completed" and job["attempts"] == 1 and job["error"] is None, job
+    assert job.status == "completed" and job.attempts == 1 and job.error is None, job
     late = user.http.post(f"/v1/jobs/{job_id}:retry")
     assert late.status_code == 409, late.text
     assert late.json()["error"] == {
@@ -484,82 +501,76 @@ def test_cancel_and_retry_are_owner_only_and_checked(user: User, svc: Any,
     assert conflict.json()["error"] == {
         "code": "invalid_transition",
         "message": "This job is already completed and cannot be canceled."}
-    assert svc.store.get(job_id)["status"] == "completed"
+    assert svc.store.get(job_id).status == "completed"
 
 
 # --- 7. operator tools and logs -------------------------------------------------------
 
 
 @pytest.fixture
-def ops_env(rstack: LocalStack, svc: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Operator commands bound to this module's stack."""
-    import kiln.compose
-
-    for key, value in rstack.client_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(kiln.compose, "_services", svc)
-    return svc
-
-
-def test_jobs_commands(user: User, ops_env: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """Given jobs, when an operator lists, shows, cancels and retries them, then the
-    commands act on Firestore and say what they did; an invalid one exits 1."""
+def ops_env(svc: Any) -> Any:
+    """Operator commands bound to this module's stack: the CLI is handed its services."""
     from kiln_dev.cli import main
 
-    svc = ops_env
+    return lambda argv: main(argv, services=lambda: svc)
+
+
+def test_jobs_commands(user: User, svc: Any, ops_env: Any,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Given jobs, when an operator lists, shows, cancels and retries them, then the
+    commands act on Firestore and say what they did; an invalid one exits 1."""
+    ops = ops_env
     failed = create_direct(svc, user.uid, "a red cone", status="failed", attempts=3,
                            error={"code": "x_failed", "message": "x", "retryable": False})
     pending = create_direct(svc, user.uid, "a red cone", updatedAt=utcnow() + dt.timedelta(hours=1))
-    assert main(["jobs", "list", "--uid", user.uid]) == 0
+    assert ops(["jobs", "list", "--uid", user.uid]) == 0
     listing = capsys.readouterr().out
     assert failed in listing and pending in listing
-    assert main(["jobs", "show", failed]) == 0
+    assert ops(["jobs", "show", failed]) == 0
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "x_failed"
-    assert main(["jobs", "cancel", pending]) == 0
-    assert svc.store.get(pending)["status"] == "canceled"
-    assert main(["jobs", "cancel", pending]) == 0  # idempotent
-    assert main(["jobs", "retry", failed]) == 0
-    assert wait_terminal(svc, failed, 30)["status"] == "completed"
+    assert ops(["jobs", "cancel", pending]) == 0
+    assert svc.store.get(pending).status == "canceled"
+    assert ops(["jobs", "cancel", pending]) == 0  # idempotent
+    assert ops(["jobs", "retry", failed]) == 0
+    assert wait_terminal(svc, failed, 30).status == "completed"
     capsys.readouterr()
-    assert main(["jobs", "retry", pending]) == 1
+    assert ops(["jobs", "retry", pending]) == 1
     assert "Only a failed job can be retried; this one is canceled." in capsys.readouterr().out
 
 
-def test_dead_letters_list_and_replay(user: User, ops_env: Any, rstack: LocalStack,
+def test_dead_letters_list_and_replay(user: User, svc: Any, ops_env: Any, rstack: LocalStack,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Given messages dead-lettered for two jobs (and one unreadable), when an operator
     lists and replays them, then listing leaves them in place, replaying one re-publishes
     just that job (it completes), --all the other, and the unreadable one stays."""
-    from kiln_dev.cli import main
-
-    svc = ops_env
+    ops = ops_env
     later = {"updatedAt": utcnow() + dt.timedelta(hours=1)}  # the sweeper leaves them be
     first = create_direct(svc, user.uid, "a gold ball", **later)
     second = create_direct(svc, user.uid, "a teal ball", **later)
-    publisher = pubsub_v1.PublisherClient()
+    publisher = emulator_publisher(svc.settings.pubsub_emulator_host)
     dead = publisher.topic_path(rstack.config.project, DEAD_TOPIC)
     ids = {}
     for job_id in (first, second):
         ids[job_id] = publisher.publish(dead, json.dumps({"jobId": job_id}).encode()).result(10)
     poison = publisher.publish(dead, base64.b64encode(b"\xff garbage")).result(10)
-    assert main(["dlq", "list"]) == 0
+    assert ops(["dlq", "list"]) == 0
     listing = capsys.readouterr().out
     assert all(x in listing for x in (first, second, ids[first], poison, "(unreadable)"))
-    assert main(["dlq", "list"]) == 0  # still there
+    assert ops(["dlq", "list"]) == 0  # still there
     assert ids[second] in capsys.readouterr().out
-    assert main(["dlq", "replay", ids[first]]) == 0
+    assert ops(["dlq", "replay", ids[first]]) == 0
     assert json.loads(capsys.readouterr().out)["replayed"] == [ids[first]]
-    assert wait_terminal(svc, first, 30)["status"] == "completed"
-    assert svc.store.get(second)["status"] == "pending"
-    assert main(["dlq", "replay", "--all"]) == 0
+    assert wait_terminal(svc, first, 30).status == "completed"
+    assert svc.store.get(second).status == "pending"
+    assert ops(["dlq", "replay", "--all"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["replayed"] == [ids[second]] and out["unreadable"] == [poison]
-    assert wait_terminal(svc, second, 30)["status"] == "completed"
-    assert main(["dlq", "replay", "no-such-message"]) == 1
+    assert wait_terminal(svc, second, 30).status == "completed"
+    assert ops(["dlq", "replay", "no-such-message"]) == 1
     capsys.readouterr()
-    assert main(["dlq", "replay", "--all", "--drop-unreadable"]) == 0
+    assert ops(["dlq", "replay", "--all", "--drop-unreadable"]) == 0
     assert json.loads(capsys.readouterr().out)["unreadable"] == [poison]
-    assert main(["dlq", "list"]) == 0
+    assert ops(["dlq", "list"]) == 0
     assert "0 dead letter(s)" in capsys.readouterr().out
 
 
@@ -579,6 +590,6 @@ def test_every_worker_log_line_of_a_job_carries_its_id(user: User, svc: Any,
             continue
         entry = json.loads(line)
         if entry.get("logger") in ("kiln.worker", "kiln.notify", "kiln.push", "kiln.progress") \
-                and entry["message"] != "poison message acked":
+                and entry["message"] != "poison message acked" and entry.get("outcome") != "poison":
             assert entry.get("jobId"), f"a job's log line without jobId: {line}"
 

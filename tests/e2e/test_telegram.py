@@ -7,6 +7,7 @@ by using a fresh chat id each.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -21,12 +22,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from kiln.adapters.storage import result_path
 from kiln.channels.telegram import notifier
 from kiln.channels.telegram.client import BotClient
+from kiln.core.job import Job, JobStatus, ServerState
+from kiln.runtime.results import result_path
 from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.telegram import TelegramServer
-from support import EVENTS, wait_for, wait_terminal
+from support import EVENTS, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,14 +78,33 @@ def send(telegram: TelegramServer, chat_id: int, text: str, **kw: Any) -> httpx.
     return response
 
 
-def jobs_of(services: Any, chat_id: int) -> list[tuple[str, dict[str, Any]]]:
+def jobs_of(services: Any, chat_id: int) -> list[Job]:
     return list(services.store.find(uid=f"telegram:{chat_id}"))
 
 
-def one_job(services: Any, chat_id: int) -> tuple[str, dict[str, Any]]:
+def one_job(services: Any, chat_id: int) -> Job:
     jobs = wait_for(lambda: jobs_of(services, chat_id), what="the chat's job")
     assert len(jobs) == 1, jobs
     return jobs[0]  # type: ignore[no-any-return]
+
+
+def ended(services: Any, job_id: str, timeout: float = 45.0) -> Job:
+    """The job once it is terminal, as read then."""
+    def done() -> Job | None:
+        job = services.store.get(job_id)
+        return job if job is not None and job.terminal else None
+
+    return wait_for(done, timeout, what=f"job {job_id} to end")  # type: ignore[no-any-return]
+
+
+def notified(services: Any, job_id: str) -> dict[str, Any]:
+    """The recorded outcome of the job's notification (``server.notify``), once recorded."""
+    def recorded() -> dict[str, Any] | None:
+        job = services.store.get(job_id)
+        notify = dict(job.server.notify or {}) if job is not None else {}
+        return notify if notify.get("state") in ("sent", "error") else None
+
+    return wait_for(recorded, what=f"job {job_id}'s notification to be recorded")  # type: ignore[no-any-return]
 
 
 def calls(telegram: TelegramServer, chat_id: int, method: str | None = None,
@@ -109,20 +130,22 @@ def test_image_is_acknowledged_at_once_then_sent_as_a_photo(telegram, tg_service
     elapsed = time.perf_counter() - started
     assert response.status_code == 200
     assert elapsed < 2.0  # ~0.1 s warm here; the margin is for a loaded test machine
-    job_id, job = one_job(tg_services, chat)
-    assert (job["channel"], job["kind"], job["prompt"]) == ("telegram", "image", "a red sphere")
+    job = one_job(tg_services, chat)
+    assert (job.channel, job.kind, job.prompt) == ("telegram", "image", "a red sphere")
     working = calls(telegram, chat, "sendMessage")
     assert len(working) == 1 and "Working on your image" in working[0]["text"]
-    state = job["_server"]["telegram"]
+    state = job.server.telegram or {}
     assert state["statusMessageId"] == working[0]["result"]["message_id"]
     assert state["updateId"] == update["update_id"]
+    assert (state["chatId"], state["chatType"]) == (chat, "private")
+    assert state["messageId"] == update["message"]["message_id"]
 
-    done = wait_terminal(tg_services, job_id)
+    done = ended(tg_services, job.id)
     photo = wait_call(telegram, chat, "sendPhoto")
-    assert done["status"] == "completed" and photo["ok"]
+    assert done.status is JobStatus.COMPLETED and photo["ok"] and done.result is not None
     assert photo["file"]["content_type"] == "image/png"
-    assert photo["file"]["sha256"] == done["result"]["sha256"]
-    assert photo["file"]["size"] == done["result"]["bytes"]
+    assert photo["file"]["sha256"] == done.result["sha256"]
+    assert photo["file"]["size"] == done.result["bytes"]
     assert photo["caption"] == "🎨 “a red sphere”"
     assert photo["result"]["reply_to_message"]["message_id"] == update["message"]["message_id"]
     wait_call(telegram, chat, "deleteMessage")
@@ -133,13 +156,12 @@ def test_model_shows_progress_within_limits_then_arrives_as_glb(telegram, tg_ser
     """Given a 4 s model job, when it runs, then the working message is edited with progress
     no more often than every 3 s, and the result arrives as a .glb document."""
     send(telegram, chat, "/model a blue cube")
-    job_id, _job = one_job(tg_services, chat)
-    done = wait_terminal(tg_services, job_id)
+    done = ended(tg_services, one_job(tg_services, chat).id)
     document = wait_call(telegram, chat, "sendDocument")
-    assert done["status"] == "completed" and document["ok"]
+    assert done.status is JobStatus.COMPLETED and document["ok"] and done.result is not None
     assert document["file"]["name"].endswith(".glb")
     assert document["file"]["content_type"] == "model/gltf-binary"
-    assert document["file"]["sha256"] == done["result"]["sha256"]
+    assert document["file"]["sha256"] == done.result["sha256"]
     edits = calls(telegram, chat, "editMessageText")
     assert edits, "no progress edit during a 4 s job"
     assert all("%" in e["text"] for e in edits)
@@ -152,10 +174,10 @@ def test_a_failed_job_says_why_and_how_to_retry(telegram, tg_services, chat):
     """Given a prompt the provider refuses, when the job fails, then the working message
     becomes the reason and the command to send again."""
     send(telegram, chat, "/image a cube [fail:permanent]")
-    job_id, job = one_job(tg_services, chat)
-    assert wait_terminal(tg_services, job_id)["status"] == "failed"
+    job = one_job(tg_services, chat)
+    assert ended(tg_services, job.id).status is JobStatus.FAILED
     edit = wait_call(telegram, chat, "editMessageText", ok=True)
-    assert edit["message_id"] == job["_server"]["telegram"]["statusMessageId"]
+    assert edit["message_id"] == (job.server.telegram or {})["statusMessageId"]
     assert "refused this prompt" in edit["text"]
     assert "send: /image a cube [fail:permanent]" in edit["text"]
 
@@ -166,8 +188,7 @@ def test_telegram_retrying_an_update_makes_one_job_and_one_reply(telegram, tg_se
     update = telegram.text_update(chat, "/image a green star")
     for _ in range(3):
         assert telegram.post_update(update).status_code == 200
-    job_id, _job = one_job(tg_services, chat)
-    wait_terminal(tg_services, job_id)
+    ended(tg_services, one_job(tg_services, chat).id)
     wait_call(telegram, chat, "deleteMessage")
     assert len(calls(telegram, chat, "sendMessage")) == 1
     assert len(calls(telegram, chat, "sendPhoto")) == 1
@@ -227,8 +248,8 @@ def test_commands_without_a_job_get_a_friendly_reply(telegram, tg_services, chat
 
 def test_plain_text_in_a_private_chat_makes_the_default_kind(telegram, tg_services, chat):
     send(telegram, chat, "a teal ring")
-    _job_id, job = one_job(tg_services, chat)
-    assert (job["kind"], job["prompt"]) == ("image", "a teal ring")
+    job = one_job(tg_services, chat)
+    assert (job.kind, job.prompt) == ("image", "a teal ring")
 
 
 @pytest.mark.parametrize(("text", "reply_to_bot", "prompt"), [
@@ -241,9 +262,9 @@ def test_a_group_is_served_when_it_addresses_the_bot(telegram, tg_services, text
     then it starts a job for the group (uid telegram:<negative chat id>)."""
     group = -random.randint(10**8, 10**9)
     send(telegram, group, text, chat_type="supergroup", reply_to_bot=reply_to_bot)
-    _job_id, job = one_job(tg_services, group)
-    assert (job["kind"], job["prompt"], job["uid"]) == ("image", prompt, f"telegram:{group}")
-    assert job["_server"]["telegram"]["chatType"] == "supergroup"
+    job = one_job(tg_services, group)
+    assert (job.kind, job.prompt, job.uid) == ("image", prompt, f"telegram:{group}")
+    assert (job.server.telegram or {})["chatType"] == "supergroup"
 
 
 def test_status_running_limit_and_cancel(telegram, tg_services, chat):
@@ -251,7 +272,7 @@ def test_status_running_limit_and_cancel(telegram, tg_services, chat):
     (1 running per chat here), /cancel cancels it like the API does and edits the working
     message, and a second /cancel finds nothing."""
     send(telegram, chat, "/model a slow teal torus")
-    job_id, job = one_job(tg_services, chat)
+    job = one_job(tg_services, chat)
     status = send(telegram, chat, "/status").json()["text"]
     assert "Your recent jobs" in status and "a slow teal torus" in status
     assert "already have 1 job running" in send(telegram, chat, "/image one more").json()["text"]
@@ -259,10 +280,10 @@ def test_status_running_limit_and_cancel(telegram, tg_services, chat):
 
     answer = send(telegram, chat, "/cancel").json()
     assert answer["text"].startswith("Canceled your 3D model")
-    assert tg_services.store.get(job_id)["status"] == "canceled"
+    assert tg_services.store.get(job.id).status is JobStatus.CANCELED
     edit = wait_call(telegram, chat, "editMessageText", ok=True)
     assert edit["text"].startswith("✖️ Canceled") and (
-        edit["message_id"] == job["_server"]["telegram"]["statusMessageId"])
+        edit["message_id"] == (job.server.telegram or {})["statusMessageId"])
     assert send(telegram, chat, "/cancel").json()["text"] == "Nothing is running right now."
     assert "canceled" in send(telegram, chat, "/status").json()["text"]
 
@@ -306,9 +327,9 @@ def test_429_is_waited_out_for_the_result_and_never_delays_the_webhook(telegram,
     started = time.perf_counter()
     send(telegram, chat, "/image a pink ball")
     assert time.perf_counter() - started < 3.0  # never the 5 s Telegram asked for
-    job_id, job = one_job(tg_services, chat)
-    assert job["_server"]["telegram"]["statusMessageId"] is None
-    wait_terminal(tg_services, job_id)
+    job = one_job(tg_services, chat)
+    assert (job.server.telegram or {})["statusMessageId"] is None
+    ended(tg_services, job.id)
     sent = wait_call(telegram, chat, "sendPhoto", ok=True)
     refused = calls(telegram, chat, "sendPhoto", ok=False)
     assert [c["error_code"] for c in refused] == [429]
@@ -320,14 +341,14 @@ def test_403_marks_the_chat_blocked_and_stops(telegram, tg_services, chat):
     chat is marked blocked in Firestore, nothing more is sent; writing again unblocks."""
     send(telegram, chat, "/image a black cube")
     telegram.block(chat)
-    job_id, _job = one_job(tg_services, chat)
-    wait_terminal(tg_services, job_id)
+    job_id = one_job(tg_services, chat).id
+    ended(tg_services, job_id)
+    notify = notified(tg_services, job_id)  # the notifier is done: nothing more can be sent
+    assert notify["state"] == "sent" and notify["report"]["channel"] == {"blocked": True}
     refused = wait_call(telegram, chat, "sendPhoto", ok=False)
     assert refused["error_code"] == 403
     chats = tg_services.firestore.collection("telegramChats").document(str(chat))
-    wait_for(lambda: (chats.get().to_dict() or {}).get("blocked") is True, what="blocked mark")
-    wait_for(lambda: (tg_services.store.get(job_id)["_server"]["notify"] or {}).get("state") == "sent",
-             what="the notification to be recorded")
+    assert (chats.get().to_dict() or {}).get("blocked") is True
     assert calls(telegram, chat)[-1] is refused  # no retry, no deleteMessage after it
 
     telegram.unblock(chat)
@@ -339,16 +360,18 @@ def test_403_marks_the_chat_blocked_and_stops(telegram, tg_services, chat):
 # --- over Telegram's limits -----------------------------------------------------------------
 
 
-def _completed_image_job(services: Any, chat_id: int, png: bytes) -> tuple[str, dict[str, Any]]:
+def _completed_image_job(services: Any, chat_id: int, png: bytes,
+                         status_message_id: int | None = None) -> Job:
     """A completed job whose stored result is ``png`` (results the offline provider can't make)."""
     job_id = f"tgbig{random.randint(10**9, 10**10)}"
     stored = services.blobs.put_bytes(result_path(f"telegram:{chat_id}", job_id, "png"), png, "image/png")
-    job = {"uid": f"telegram:{chat_id}", "channel": "telegram", "kind": "image", "status": "completed",
-           "prompt": "a very wide panorama", "error": None,
-           "result": {"path": stored.path, "contentType": "image/png", "bytes": stored.bytes,
-                      "sha256": stored.sha256, "downloadUrl": stored.download_url},
-           "_server": {"telegram": {"chatId": chat_id, "messageId": 1, "statusMessageId": None}}}
-    return job_id, job
+    return Job(
+        id=job_id, uid=f"telegram:{chat_id}", channel="telegram", kind="image",
+        prompt="a very wide panorama", status=JobStatus.COMPLETED,
+        result={"path": stored.path, "contentType": "image/png", "bytes": stored.bytes,
+                "sha256": stored.sha256, "downloadUrl": stored.download_url},
+        server=ServerState(telegram={"chatId": chat_id, "messageId": 1,
+                                     "statusMessageId": status_message_id}))
 
 
 def test_an_image_over_the_photo_dimensions_is_sent_as_a_document(telegram, tg_services, chat):
@@ -356,8 +379,8 @@ def test_an_image_over_the_photo_dimensions_is_sent_as_a_document(telegram, tg_s
     it, then it goes as a document (Telegram would refuse it as a photo)."""
     buffer = io.BytesIO()
     Image.new("L", (6000, 4200), 90).save(buffer, "PNG")
-    job_id, job = _completed_image_job(tg_services, chat, buffer.getvalue())
-    report = notifier.on_finished(tg_services, job_id, job)
+    job = _completed_image_job(tg_services, chat, buffer.getvalue())
+    report = notifier.TelegramChannel().on_finished(tg_services, job)
     document = wait_call(telegram, chat, "sendDocument", ok=True)
     assert report == {"sent": "document", "bytes": len(buffer.getvalue())}
     assert document["file"]["content_type"] == "image/png"
@@ -370,24 +393,27 @@ def test_results_over_the_upload_limits_go_as_document_or_link(telegram, tg_serv
     then an image over the photo size goes as a document and a model over the file size
     becomes a link to its download URL in the working message."""
     send(telegram, chat, "/image a silver orb")
-    image_id, _ = one_job(tg_services, chat)
-    image = wait_terminal(tg_services, image_id)
+    image = ended(tg_services, one_job(tg_services, chat).id)
+    assert image.result is not None
     wait_call(telegram, chat, "sendPhoto", ok=True)
     small = notifier.UploadLimits(photo_bytes=1024)
-    assert notifier.deliver_result(tg_services, image_id, image, limits=small)["sent"] == "document"
+    assert notifier.deliver_result(tg_services, image, limits=small)["sent"] == "document"
     document = wait_call(telegram, chat, "sendDocument", ok=True)
-    assert document["file"]["sha256"] == image["result"]["sha256"]
+    assert document["file"]["sha256"] == image.result["sha256"]
 
-    model_id, model = _completed_image_job(tg_services, chat, b"\x89PNG-not-really")
-    model.update(kind="model", prompt="a huge castle")
     working = BotClient(telegram.token, telegram.url).send_message(chat, "🧊 Working on it…")
     assert working is not None
-    model["_server"]["telegram"]["statusMessageId"] = working["message_id"]
-    report = notifier.deliver_result(tg_services, model_id, model,
+    model = dataclasses.replace(
+        _completed_image_job(tg_services, chat, b"\x89PNG-not-really", working["message_id"]),
+        kind="model", prompt="a huge castle")
+    report = notifier.deliver_result(tg_services, model,
                                      limits=notifier.UploadLimits(document_bytes=10))
-    assert report["sent"] == "link"
+    assert report == {"sent": "link", "bytes": len(b"\x89PNG-not-really")}
     link = calls(telegram, chat, "editMessageText", ok=True)[-1]
-    assert model["result"]["downloadUrl"] in link["text"] and "too big" in link["text"]
+    assert link["message_id"] == working["message_id"]
+    assert model.result is not None
+    assert model.result["downloadUrl"] in link["text"] and "too big" in link["text"]
+    assert "a huge castle" in link["text"]
 
 
 def test_a_photo_telegram_refuses_is_sent_again_as_a_document(telegram, tg_services, chat):
@@ -396,10 +422,9 @@ def test_a_photo_telegram_refuses_is_sent_again_as_a_document(telegram, tg_servi
     telegram.fail("sendPhoto", chat_id=chat, error_code=400,
                   description="Bad Request: PHOTO_INVALID_DIMENSIONS")
     send(telegram, chat, "/image a yellow pyramid")
-    job_id, _job = one_job(tg_services, chat)
-    done = wait_terminal(tg_services, job_id)
+    done = ended(tg_services, one_job(tg_services, chat).id)
     document = wait_call(telegram, chat, "sendDocument", ok=True)
-    assert document["file"]["sha256"] == done["result"]["sha256"]
+    assert done.result is not None and document["file"]["sha256"] == done.result["sha256"]
     assert [c["ok"] for c in calls(telegram, chat, "sendPhoto")] == [False]
     wait_call(telegram, chat, "deleteMessage", ok=True)
 

@@ -5,17 +5,30 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import functions_framework
 import pytest
 
-from kiln.adapters.firestore import utcnow
-from kiln.core import lifecycle
-from kiln.core.requests import parse_job_request
+import kiln_dev.functions
+from kiln.compose import reset_services
 from kiln_dev.stack import REPO
-from support import load_event, wait_for
+from support import create_job, load_event, wait_for
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _function_environment(stack: Any) -> Iterator[None]:
+    """A deployed function reads its settings from its environment at start-up: give this
+    process the stack's (for these in-process functions), and forget them afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack.client_env().items():
+            patch.setenv(key, value)
+        reset_services()
+        kiln_dev.functions.reset_services()
+        yield
+    reset_services()
+    kiln_dev.functions.reset_services()
 
 
 def app(name: str, signature: str) -> Any:
@@ -37,8 +50,6 @@ def worker(stack: Any) -> Any:
 @pytest.fixture(scope="module")
 def dev_worker(stack: Any) -> Any:
     """The worker as the local stack runs it: with the generators that plant failures."""
-    import kiln_dev.functions
-
     return functions_framework.create_app(
         target="worker", source=kiln_dev.functions.__file__, signature_type="cloudevent",
     ).test_client()
@@ -90,10 +101,10 @@ def test_worker_function_runs_a_job_from_a_push_body(ingress: Any, worker: Any, 
                           headers=auth).get_json()["jobId"]
     response = worker.post("/", json=push_body(job_id))
     assert response.status_code in (200, 204)
-    job = wait_for(lambda: (j := services.store.get(job_id)) and j["status"] in (
+    job = wait_for(lambda: (j := services.store.get(job_id)) and j.status in (
         "completed", "failed") and j, what="terminal job")
-    assert job["status"] == "completed"
-    assert job["result"]["path"] == f"generations/{uid}/{job_id}/result.png"
+    assert job.status == "completed"
+    assert job.result["path"] == f"generations/{uid}/{job_id}/result.png"
 
 
 def test_worker_acks_poison_messages(worker: Any) -> None:
@@ -108,14 +119,11 @@ def test_worker_nacks_a_retryable_failure(dev_worker: Any, services: Any, uid: s
     """A retryable provider failure returns 5xx (so Pub/Sub redelivers), spends an attempt
     and leaves the job pending with a retryable error until its backoff has passed."""
     # Recorded but not published: only this delivery runs it (the stack's worker never sees it).
-    job_id = uuid.uuid4().hex[:20]
-    services.store.create(job_id, lifecycle.new_job(
-        uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
-        request=parse_job_request({"kind": "image", "prompt": "x [fail:retryable]"})))
+    job_id = create_job(services, uid=uid, kind="image", prompt="x [fail:retryable]")
     response = dev_worker.post("/", json=push_body(job_id))
     assert response.status_code >= 500
     job = services.store.get(job_id)
-    assert (job["status"], job["attempts"]) == ("pending", 1)
-    assert job["error"] == {"code": "provider_unavailable", "retryable": True,
-                            "message": job["error"]["message"]}
-    assert job["_server"]["notBefore"] > job["updatedAt"]  # a backoff before the next try
+    assert (job.status, job.attempts) == ("pending", 1)
+    assert job.error == {"code": "provider_unavailable", "retryable": True,
+                            "message": job.error["message"]}
+    assert job.server.not_before > job.updated_at  # a backoff before the next try

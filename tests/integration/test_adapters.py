@@ -1,70 +1,32 @@
-"""The real adapters against the emulators: store, queue, blobs, push."""
+"""What the real adapters do beyond their port contracts (``tests/contract``): Firestore's
+lock contention, Pub/Sub's message format, resumable uploads, firebase-admin's FCM client."""
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import threading
 import uuid
 from typing import Any
 
+import grpc
 import pytest
-from google.cloud import firestore, pubsub_v1  # type: ignore[attr-defined]
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from kiln.adapters.fcm import FcmPush
-from kiln.adapters.firestore import JobStore, in_transaction, utcnow
+from kiln.adapters.firestore import in_transaction
 from kiln.adapters.pubsub import decode_message
-from kiln.core import lifecycle
 from kiln.core.errors import PermanentError
 from kiln.core.job import Device
-from kiln.core.requests import parse_job_request
 from kiln.runtime.artifacts import GlbValidator
-
-
-def new_doc(uid: str = "u") -> dict[str, Any]:
-    return lifecycle.new_job(uid=uid, channel="app", now=utcnow(), max_age_seconds=3600,
-                             request=parse_job_request({"kind": "image", "prompt": "a cat"}))
-
-
-def test_create_is_once_per_id(services: Any) -> None:
-    """Given a job id, the first create wins and the second reports it exists."""
-    job_id = uuid.uuid4().hex[:20]
-    assert services.store.create(job_id, new_doc())
-    assert not services.store.create(job_id, new_doc("other"))
-    assert services.store.get(job_id)["uid"] == "u"
-
-
-def test_concurrent_claims_give_exactly_one_lease(stack: Any) -> None:
-    """Eight workers claim the same job at once: exactly one gets it (transactions). The
-    job lives in a project of its own, so the stack's sweeper and worker never touch it."""
-    store = JobStore(firestore.Client(project=f"demo-claims-{uuid.uuid4().hex[:8]}"))
-    job_id = uuid.uuid4().hex[:20]
-    store.create(job_id, new_doc())
-    outcomes: list[str] = []
-
-    def claim(worker: str) -> None:
-        def decide(job: dict[str, Any] | None) -> tuple[Any, str]:
-            c = lifecycle.claim(job or {}, worker_id=worker, now=utcnow(), lease_seconds=60,
-                                max_attempts=3, claim_token=worker)
-            return c.updates, c.outcome
-
-        outcomes.append(store.transact(job_id, decide))
-
-    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
-    assert (store.get(job_id) or {})["attempts"] == 1
 
 
 def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
     """Two transactions that both read before either commits deadlock on the emulator's
     locks (one is aborted after its lock timeout): exactly one writes, and the other comes
     back with the answer from what the winner wrote, not an error."""
-    ref = services.store.client.collection("kilnTestLocks").document(uuid.uuid4().hex)
+    ref = services.firestore.collection("kilnTestLocks").document(uuid.uuid4().hex)
     ref.set({"owner": None})
     both_read = threading.Barrier(2, timeout=30)
     outcomes: list[str] = []
@@ -86,7 +48,7 @@ def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
         def settled() -> tuple[bool, str]:
             return (ref.get().to_dict() or {}).get("owner") is not None, "lost"
 
-        outcomes.append(in_transaction(services.store.client, body, settled=settled))
+        outcomes.append(in_transaction(services.firestore, body, settled=settled))
 
     threads = [threading.Thread(target=race, args=(name,)) for name in ("a", "b")]
     for t in threads:
@@ -99,7 +61,8 @@ def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
 
 def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> None:
     """A published job id arrives as base64 JSON that decode_message reads back."""
-    subscriber = pubsub_v1.SubscriberClient()
+    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
+        channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
     sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
     services.queue.publish("abcdef123456")
@@ -163,17 +126,3 @@ def test_fcm_client_sends_and_reports_dead_devices(services: Any, fcm: Any) -> N
     sent = [m["message"] for m in fcm.messages[-2:]]
     assert sorted(m.get("fid") or m["token"] for m in sent) == ["fid-ok", "tok-ok"]
     assert all(m["data"]["jobId"] == "j" for m in sent)
-
-
-def test_devices_are_read_and_deleted(services: Any) -> None:
-    """Devices under users/{uid}/devices are listed (FID or legacy token; a document with
-    neither is skipped) and a dead one removed."""
-    uid = f"u-{uuid.uuid4().hex[:6]}"
-    devices = services.firestore.collection("users").document(uid).collection("devices")
-    devices.document("a").set({"fid": "fa", "platform": "ios", "updatedAt": dt.datetime.now()})
-    devices.document("b").set({"token": "tb", "platform": "android"})
-    devices.document("c").set({"platform": "web"})
-    assert sorted(services.store.devices(uid), key=lambda d: d.id) == [
-        Device("a", fid="fa"), Device("b", token="tb")]
-    services.store.delete_device(uid, "a")
-    assert services.store.devices(uid) == [Device("b", token="tb")]

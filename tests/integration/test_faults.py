@@ -90,15 +90,15 @@ def test_http_proxy_faults_only_matching_requests(storage_proxy: HttpFaultProxy,
         httpx.get(f"{storage_proxy.url}/storage/v1/b/{stack.bucket}/o", timeout=10)
 
 
-def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any) -> None:
     """Given the Pub/Sub emulator behind a TCP proxy, when the proxy goes down, then a
     publish fails as RetryableError (queue_unavailable) within the publish timeout, and
     publishing works again after it is up (once gRPC has reconnected)."""
     proxy = TcpProxy(stack.config.host, stack.config.pubsub_port).start()
     try:
-        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.address)
-        queue = PubSubQueue(stack.config.project, services.settings.jobs_topic)
+        # A queue on the proxy, given explicitly (the environment still names the emulator).
+        queue = PubSubQueue.connect(stack.config.project, services.settings.jobs_topic,
+                                    emulator_host=proxy.address)
         assert queue.publish("proxyjob0001", reason="test")
         proxy.down()
         started = time.monotonic()

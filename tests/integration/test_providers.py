@@ -8,6 +8,7 @@ runs against the Storage emulator. Failures are steered by prompt tokens (see
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.adapters.firestore import utcnow
+from kiln.adapters.clock import utcnow
+from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import new_job_id
@@ -43,10 +45,31 @@ def settings(stack: Any, server: ProviderServer) -> Settings:
     return Settings.from_env({**stack.client_env(), **server.env()})
 
 
+class Worker:
+    """An in-process worker on the stack's emulators, with the provider under test."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+        self.services = stack.services()
+        self.store, self.blobs = self.services.store, self.services.blobs
+
+    def with_provider(self, provider: Provider) -> Services:
+        settings = dataclasses.replace(self.services.settings, image_provider="under-test",
+                                       model_provider="under-test")
+        return Services(settings, providers={"under-test": lambda _s: provider},
+                        store=self.store, devices=self.services.devices,
+                        queue=self.services.queue, blobs=self.blobs, push=self.services.push)
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        """The job as a client reads it, with its provenance (for the assertions)."""
+        job = self.store.get(job_id)
+        assert job is not None
+        return {**job.public_view(), "provenance": job.provenance}
+
+
 @pytest.fixture(scope="module")
-def worker_services(stack: Any) -> Any:
-    """Services of an in-process worker (its provider cache is set per test)."""
-    return stack.services()
+def worker_services(stack: Any) -> Worker:
+    return Worker(stack)
 
 
 def build(name: str, settings: Settings, server: ProviderServer, **kw: Any) -> Provider:
@@ -64,18 +87,18 @@ def kind_of(name: str) -> str:
 LAST_JOB: dict[str, str] = {}  # uid → the job ``run`` made last
 
 
-def run(services: Any, provider: Provider, uid: str, prompt: str, kind: str = "model",
+def run(services: Worker, provider: Provider, uid: str, prompt: str, kind: str = "model",
         options: dict[str, Any] | None = None) -> tuple[str, str]:
     """Create a pending job, run it in the worker with ``provider``; (outcome, job id)."""
     job_id = LAST_JOB[uid] = new_job_id(uid)
-    services.store.create(job_id, lifecycle.new_job(
-        uid=uid, channel="api", request=JobRequest(kind, prompt, options or {}), now=utcnow(),
-        max_age_seconds=3600))
-    services.__dict__.setdefault("_providers", {})[kind] = provider
-    return run_job(job_id, services), job_id
+    composed = services.with_provider(provider)
+    assert services.store.create(lifecycle.new_job(
+        job_id=job_id, uid=uid, channel="api", request=JobRequest(kind, prompt, options or {}),
+        now=utcnow(), policy=composed.policy))
+    return run_job(job_id, composed), job_id
 
 
-def stored(services: Any, uid: str, job_id: str) -> list[str]:
+def stored(services: Worker, uid: str, job_id: str) -> list[str]:
     return services.blobs.list(f"generations/{uid}/{job_id}/")
 
 
@@ -93,12 +116,12 @@ def test_meshy_preview_then_refine_completes_with_progress(worker_services: Any,
     outcome, job_id = run(worker_services, provider, uid, "a gold star [size:300k]")
     # then it completed through both stages, progress never went back, the refine was
     # checkpointed, and the GLB with the provider's thumbnail is in the bucket
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert outcome == "completed" and job["status"] == "completed"
     progress = [s.progress for s in seen]
     assert progress == sorted(progress) and max(progress) == 90
     assert {"modeling", "texturing"} <= {s.stage for s in seen}
-    assert lifecycle.server(job)["providerTaskId"].startswith("refine:")
+    assert worker_services.store.get(job_id).server.provider_task_id.startswith("refine:")
     assert job["result"]["contentType"] == "model/gltf-binary"
     assert 300 * 1024 - 8 <= job["result"]["bytes"] <= 300 * 1024
     assert "thumbnailPath" in job["result"]
@@ -111,7 +134,7 @@ def test_meshy_image_to_3d_completes(worker_services: Any, settings: Settings, s
     provider = build("meshy", settings, server)
     outcome, job_id = run(worker_services, provider, uid, "from a picture",
                           options={"imageUrl": f"{server.url}/cat.png"})
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert outcome == "completed", job.get("error")
     assert job["provenance"]["mode"] == "image-to-3d"
 
@@ -120,7 +143,7 @@ def test_taskserver_image_completes_with_thumbnail_and_usage(
         worker_services: Any, settings: Settings, server: ProviderServer, uid: str) -> None:
     outcome, job_id = run(worker_services, build("taskserver", settings, server), uid,
                           "a teal sphere [redirect]", kind="image")
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert outcome == "completed", job.get("error")
     assert job["result"]["contentType"] == "image/png" and "thumbnailPath" in job["result"]
     assert job["provenance"] == {"provider": "taskserver", "taskId": job["provenance"]["taskId"],
@@ -131,7 +154,7 @@ def test_gemini_jpeg_is_stored_as_png(worker_services: Any, settings: Settings, 
                                       uid: str) -> None:
     outcome, job_id = run(worker_services, build("gemini", settings, server), uid,
                           "a cat in a hat [jpeg]", kind="image", options={"aspectRatio": "4:3"})
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert outcome == "completed", job.get("error")
     png = worker_services.blobs.read(job["result"]["path"])
     assert png.startswith(b"\x89PNG")
@@ -169,7 +192,7 @@ def test_permanent_failures_fail_the_job_and_store_nothing(
     outcome, job_id = run(worker_services, build(name, settings, server), uid, f"a box {token}",
                           kind=kind_of(name))
     # then the job failed with a clear code, a readable message, no key, and nothing stored
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert (outcome, job["status"], job["error"]["code"]) == ("failed", "failed", code)
     assert job["error"]["message"] and server.api_key not in job["error"]["message"]
     assert stored(worker_services, uid, job_id) == []
@@ -178,7 +201,7 @@ def test_permanent_failures_fail_the_job_and_store_nothing(
 def test_credits_message_is_the_users(worker_services: Any, settings: Settings, server: ProviderServer,
                                       uid: str) -> None:
     _, job_id = run(worker_services, build("meshy", settings, server), uid, "x [fail:402]")
-    assert worker_services.store.get(job_id)["error"]["message"] == (
+    assert worker_services.view(job_id)["error"]["message"] == (
         "The generation service is out of credits.")
 
 
@@ -188,7 +211,7 @@ def test_a_wrong_gemini_key_is_an_auth_error_without_the_key(
     settings = Settings.from_env({**stack.client_env(), **server.env(), "KILN_GEMINI_API_KEY": secret})
     outcome, job_id = run(worker_services, build("gemini", settings, server), uid, "a dog",
                           kind="image")
-    error = worker_services.store.get(job_id)["error"]
+    error = worker_services.view(job_id)["error"]
     assert outcome == "failed" and error["code"] == "provider_auth" and secret not in str(error)
 
 
@@ -216,7 +239,7 @@ def test_passing_faults_release_the_job_for_a_retry(
         run(worker_services, provider, uid, f"a cone {token}", kind=kind_of(name))
     # then the worker nacks with the provider's wait, and the job waits to retry
     assert caught.value.code == code and caught.value.retry_after == retry_after
-    job = worker_services.store.get(LAST_JOB[uid])
+    job = worker_services.view(LAST_JOB[uid])
     assert (job["status"], job["error"]["code"]) == ("pending", code)
     assert job["error"]["retryable"] is True and server.api_key not in job["error"]["message"]
 
@@ -231,7 +254,7 @@ def test_an_oversized_result_fails_the_job(worker_services: Any, stack: Any, ser
         # when the provider's result is 2 MiB (declared, or only found out while streaming)
         outcome, job_id = run(worker_services, build(name, settings, server), uid, f"a ring {token}")
         # then the job failed as too large and nothing was stored
-        job = worker_services.store.get(job_id)
+        job = worker_services.view(job_id)
         assert (outcome, job["error"]["code"]) == ("failed", "artifact_too_large"), (name, token)
         assert stored(worker_services, uid, job_id) == []
 
@@ -241,7 +264,7 @@ def test_a_private_image_url_is_refused_before_the_provider_sees_it(
     before = len(server.requests)
     outcome, job_id = run(worker_services, build("meshy", settings, server), uid, "from a picture",
                           options={"imageUrl": "http://169.254.169.254/latest/meta-data/"})
-    job = worker_services.store.get(job_id)
+    job = worker_services.view(job_id)
     assert (outcome, job["error"]["code"]) == ("failed", "invalid_image_url")
     assert not any(r["method"] == "POST" for r in server.requests[before:])
 
@@ -253,14 +276,14 @@ def test_canceling_the_job_cancels_the_remote_task(
     # given a long-running job in the worker
     outcome: list[str] = []
     job_id = new_job_id(uid)
-    worker_services.store.create(job_id, lifecycle.new_job(
-        uid=uid, channel="api", request=JobRequest("model", "a tower [slow:30]", {}), now=utcnow(),
-        max_age_seconds=3600))
-    worker_services.__dict__.setdefault("_providers", {})["model"] = build(name, settings, server)
-    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, worker_services)))
+    composed = worker_services.with_provider(build(name, settings, server))
+    assert worker_services.store.create(lifecycle.new_job(
+        job_id=job_id, uid=uid, channel="api", request=JobRequest("model", "a tower [slow:30]", {}),
+        now=utcnow(), policy=composed.policy))
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, composed)))
     thread.start()
-    task_id = wait_for(lambda: lifecycle.server(worker_services.store.get(job_id) or {}).get(
-        "providerTaskId"), 10, what="the task to be checkpointed")
+    task_id = wait_for(lambda: worker_services.store.get(job_id).server.provider_task_id,
+                       10, what="the task to be checkpointed")
     # when the owner cancels it through the HTTP API
     assert api.post(f"/v1/jobs/{job_id}:cancel").status_code < 300
     thread.join(15)

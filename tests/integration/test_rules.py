@@ -124,6 +124,8 @@ def world(emulator: httpx.Client, stack: LocalStack) -> World:
     tag = uuid.uuid4().hex[:10]
     w = World(emulator, stack.config.project, f"alice-{tag}", f"bob-{tag}", f"job-{tag}", "phone-1")
     for path, fields in [(f"jobs/{w.job_id}", job_fields(w.owner)),
+                         (f"jobs/{w.job_id}/private/server",
+                          {"leaseOwner": "host-1", "claimToken": "secret", "idempotencyKey": "k"}),
                          (f"jobs/{w.job_id}-bob", job_fields(w.other)),
                          (f"users/{w.owner}", {"name": "Alice"}),
                          (f"users/{w.owner}/devices/{w.device_id}",
@@ -302,6 +304,23 @@ def test_device_under_another_user_is_denied(world: World) -> None:
     (an address under someone else's uid would receive their pushes)."""
     path = f"users/{world.owner}/devices/bobs-phone"
     assert not allowed(world.set("other", path, DEVICE, exists=False, server_time=("updatedAt",)))
+
+
+# --- jobs/{jobId}/private/server: the server's alone, even for the job's owner ---------------
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_job_server_state_is_closed_to_every_client(world: World, actor: str) -> None:
+    """Given alice's job's server state (lease owner, claim token, idempotency key), then
+    no client — alice included — may read, list, create, update or delete it."""
+    doc = f"jobs/{world.job_id}/private/server"
+    server = {"admin"}
+    assert allowed(world.get(actor, doc)) == expect(actor, server)
+    assert allowed(world.query(actor, f"jobs/{world.job_id}", "private")) == expect(actor, server)
+    assert allowed(world.query(actor, "", "private", all_descendants=True)) == expect(actor, server)
+    assert allowed(world.set(actor, doc, {"leaseOwner": "me"}, exists=True)) == expect(actor, server)
+    assert allowed(world.set(actor, f"jobs/{world.job_id}/private/n-{uuid.uuid4().hex[:6]}",
+                             {"x": 1}, exists=False)) == expect(actor, server)
+    assert allowed(world.delete(actor, doc)) == expect(actor, server)
 
 
 # --- everything else: closed ---------------------------------------------------------------

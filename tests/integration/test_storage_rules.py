@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kiln.adapters.storage import result_path, thumbnail_path
+from kiln.runtime.results import result_path, thumbnail_path
 from kiln_dev.stack import REPO
 
 RULES = REPO / "infra" / "storage.rules"

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
-from kiln.channels.telegram.chats import ORPHAN_PLACE_SECONDS, ChatStore, Reservation
+from kiln.channels.telegram.chats import ORPHAN_PLACE_SECONDS, ChatStore, Reservation, chat_uid
+from kiln.core import lifecycle
+from kiln.core.job import JobStatus
+from kiln.core.requests import parse_job_request
 
 DAY = "2026-11-23"
 
@@ -67,13 +70,21 @@ def test_the_same_job_counts_once(chats: ChatStore, chat: int) -> None:
 
 
 def test_an_ended_job_gives_its_place_back(chats: ChatStore, chat: int, services: Any) -> None:
-    """Given the only place held by a job, when that job ends (any terminal status), then the
-    next job gets the place and the map forgets the ended one."""
+    """Given the only place held by a job, when that job runs and then ends (canceled), then
+    the next job waits while it runs, then gets the place and the map forgets the ended one."""
     first, second = job_id(), job_id()
     assert reserve(chats, chat, first, max_running=1).refused == ""
-    services.store.ref(first).set({"status": "processing"})
+    store, now = services.store, services.clock.now()
+    assert store.create(lifecycle.new_job(
+        job_id=first, uid=chat_uid(chat), channel="telegram", now=now, policy=services.policy,
+        request=parse_job_request({"kind": "image", "prompt": "a red sphere"})))
+    store.transact(first, lambda job: (lifecycle.claim(
+        job, worker_id="test-worker", now=now, policy=services.policy,
+        claim_token=uuid.uuid4().hex).change, None))
+    assert store.get(first).status is JobStatus.PROCESSING
     assert reserve(chats, chat, second, max_running=1).refused == "running"
-    services.store.ref(first).set({"status": "canceled"})
+    store.transact(first, lambda job: (lifecycle.cancel(job), None))
+    assert store.get(first).status is JobStatus.CANCELED
     assert reserve(chats, chat, second, max_running=1).refused == ""
     assert set(chats.get(chat)["running"]) == {second}
 

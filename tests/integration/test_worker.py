@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kiln.core.job import Change
 from kiln.providers.base import GenerationRequest
 from kiln.runtime import worker
 from kiln_dev.standins.provider import ProviderServer
@@ -24,11 +25,11 @@ def test_a_provider_without_its_key_fails_the_job_readably(stack: Any) -> None:
     """KILN_MODEL_PROVIDER=meshy with no key → failed 'provider_unconfigured', no retry loop."""
     services = stack.services(model_provider="meshy", meshy_api_key="")
     job_id = create_job(services)
-    assert worker.run_job(job_id, services) == "failed"
+    assert worker.run_job(job_id, services) is worker.RunOutcome.FAILED
     job = services.store.get(job_id)
-    assert job["status"] == "failed" and job["attempts"] == 1
-    assert job["error"]["code"] == "provider_unconfigured"
-    assert "3D models" in job["error"]["message"] and "KILN_" not in job["error"]["message"]
+    assert job.status == "failed" and job.attempts == 1
+    assert job.error["code"] == "provider_unconfigured"
+    assert "3D models" in job.error["message"] and "KILN_" not in job.error["message"]
 
 
 def test_canceling_a_job_nobody_holds_cancels_its_remote_task(stack: Any, api: Any,
@@ -39,16 +40,15 @@ def test_canceling_a_job_nobody_holds_cancels_its_remote_task(stack: Any, api: A
     services = stack.services(model_provider="taskserver", taskserver_url=env["KILN_TASKSERVER_URL"],
                               taskserver_api_key=env["KILN_TASKSERVER_API_KEY"])
     provider = services.provider("model")
-    job_id = create_job(services)
+    job_id = create_job(services, uid=uid)
     task_id = provider.submit(GenerationRequest(job_id=job_id, kind="model", prompt="a cube"))
-    services.store.update(job_id, {"status": "processing", "_server.providerTaskId": task_id,
-                                   "_server.provider": provider.name, "_server.handoff": True,
-                                   "uid": uid})
+    services.store.apply(job_id, Change({"status": "processing"}, {
+        "providerTaskId": task_id, "provider": provider.name, "handoff": True}))
     canceled = api.post(f"/v1/jobs/{job_id}:cancel")
     assert canceled.status_code == 200
     # The stack's own worker uses the offline provider; this delivery is ours to run.
-    assert worker.run_job(job_id, services) == "terminal"
+    assert worker.run_job(job_id, services) is worker.RunOutcome.TERMINAL
     assert task_id in provider_server.cancels
-    assert services.store.get(job_id)["_server"]["remoteCanceled"] is True
+    assert services.store.get(job_id).server.remote_canceled is True
     worker.run_job(job_id, services)  # a second wake-up cancels nothing more
     assert provider_server.cancels.count(task_id) == 1

@@ -1,182 +1,330 @@
-"""The lifecycle transitions on plain job dicts: leases, attempts, notification claims."""
+"""The lifecycle's transitions on typed jobs: leases, attempts, deadlines, the notification
+claim. Changes are applied by the in-memory store, as the real one applies them."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from google.cloud.firestore import DELETE_FIELD, Increment
 
 from kiln.core import lifecycle
-from kiln.core.errors import CanceledError, LeaseLostError, TransitionError
+from kiln.core.errors import CanceledError, LeaseLostError, RetryableError, TransitionError
+from kiln.core.job import Change, Job, JobStatus
+from kiln.core.lifecycle import ClaimOutcome, SweepAction
+from kiln.core.policy import RetryPolicy
 from kiln.core.requests import parse_job_request
+from kiln_dev.fakes import FakeClock, InMemoryJobStore
 
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
-
-
-def job(**changes: Any) -> dict[str, Any]:
-    doc = lifecycle.new_job(uid="u", channel="app", now=NOW, max_age_seconds=3600,
-                            request=parse_job_request({"kind": "image", "prompt": "a cat"}))
-    server = changes.pop("_server", {})
-    doc.update(changes)
-    doc["_server"].update(server)
-    return doc
+POLICY = RetryPolicy(max_attempts=3, initial_backoff=10, lease_seconds=60, max_age_seconds=3600)
 
 
-def apply(doc: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """Apply Firestore-style dotted updates (increments too) to a dict, like the server."""
-    out = {**doc, "_server": dict(doc["_server"])}
-    for key, value in updates.items():
-        target, name = (out["_server"], key.split(".", 1)[1]) if key.startswith("_server.") else (
-            out, key)
-        if isinstance(value, Increment):
-            target[name] = (target.get(name) or 0) + value.value
-        elif value is DELETE_FIELD:
-            target.pop(name, None)
-        else:
-            target[name] = value
-    return out
+class World:
+    """One job in a fake store, moved by transitions."""
+
+    def __init__(self, kind: str = "image", **server: Any) -> None:
+        self.clock = FakeClock()
+        self.store = InMemoryJobStore(self.clock)
+        request = parse_job_request({"kind": kind, "prompt": "a cat"})
+        self.new = lifecycle.new_job(job_id="job-1", uid="u", channel="app", request=request,
+                                     now=self.clock.now(), policy=POLICY, server=server,
+                                     idempotency_key="k1")
+        assert self.store.create(self.new)
+
+    @property
+    def job(self) -> Job:
+        job = self.store.get("job-1")
+        assert job is not None
+        return job
+
+    def do(self, transition: Callable[[Job], Change | None]) -> Change | None:
+        change = transition(self.job)
+        if change:
+            self.store.apply("job-1", change)
+        return change
+
+    def claim(self, worker: str = "w1", token: str = "t1") -> lifecycle.Claim:
+        claim = lifecycle.claim(self.job, worker_id=worker, now=self.clock.now(), policy=POLICY,
+                                claim_token=token)
+        if claim.change:
+            self.store.apply("job-1", claim.change)
+        return claim
 
 
-def claimed(doc: dict[str, Any], worker: str = "w1", now: dt.datetime = NOW) -> dict[str, Any]:
-    c = lifecycle.claim(doc, worker_id=worker, now=now, lease_seconds=60, max_attempts=3)
-    assert c.outcome == "claimed" and c.updates is not None
-    return apply(doc, c.updates)
-
-
-def test_new_job_is_pending_with_contract_fields() -> None:
-    """A new job document has every contract field, pending, progress 0, no error."""
-    doc = job()
-    for name in ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
-                 "attempts", "error", "result", "createdAt", "updatedAt", "startedAt",
-                 "completedAt"):
-        assert name in doc
-    assert (doc["status"], doc["progress"], doc["attempts"]) == ("pending", 0, 0)
+def test_new_job_is_pending_with_contract_fields_and_server_state_apart() -> None:
+    """A new job has every contract field, pending, progress 0; its deadline, fingerprint
+    and idempotency key are server state, not in the client's document."""
+    w = World()
+    job = w.job
+    assert (job.status, job.progress, job.attempts, job.stage) == (JobStatus.PENDING, 0, 0, "queued")
+    assert job.created_at == w.clock.now() and job.updated_at == w.clock.now()
+    assert job.server.deadline_at == w.clock.now() + dt.timedelta(seconds=3600)
+    assert job.server.idempotency_key == "k1" and job.server.fingerprint
+    assert "deadlineAt" not in w.store.docs["job-1"] and "fingerprint" not in w.store.docs["job-1"]
+    assert w.store.docs["job-1"]["expireAt"] == w.store.servers["job-1"]["expireAt"]
 
 
 def test_claim_takes_a_lease_and_counts_an_attempt() -> None:
     """Given a pending job, when claimed, then it is processing under our lease, attempt 1."""
-    doc = claimed(job())
-    assert doc["status"] == "processing" and doc["attempts"] == 1
-    assert doc["_server"]["leaseOwner"] == "w1"
-    assert lifecycle.lease_live(doc, NOW + dt.timedelta(seconds=59))
-    assert not lifecycle.lease_live(doc, NOW + dt.timedelta(seconds=61))
+    w = World()
+    claim = w.claim()
+    job = w.job
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.resume_task_id is None
+    assert (job.status, job.attempts, job.stage) == (JobStatus.PROCESSING, 1, "starting")
+    assert job.server.lease_owner == "w1" and job.started_at == w.clock.now()
+    assert job.server.lease_expires_at == w.clock.now() + dt.timedelta(seconds=60)
 
 
-def test_second_delivery_while_leased_is_busy_and_after_end_is_terminal() -> None:
-    """A duplicate delivery during the run is 'busy'; after completion it is 'terminal'."""
-    running = claimed(job())
-    dup = lifecycle.claim(running, worker_id="w2", now=NOW, lease_seconds=60, max_attempts=3)
-    assert dup.outcome == "busy" and dup.updates is None
-    done = apply(running, lifecycle.complete(running, worker_id="w1", result={"path": "p"}))
-    again = lifecycle.claim(done, worker_id="w2", now=NOW, lease_seconds=60, max_attempts=3)
-    assert again.outcome == "terminal"
+def test_missing_busy_terminal_and_own_retried_claim() -> None:
+    """No job → missing; a live lease → busy for others, but our own committed claim (same
+    token, SDK retry) is recognised with nothing more to write; an ended job → terminal."""
+    w = World()
+    assert lifecycle.claim(None, worker_id="w", now=w.clock.now(), policy=POLICY,
+                           claim_token="t").outcome is ClaimOutcome.MISSING
+    w.claim("w1", "t1")
+    assert w.claim("w2", "t2").outcome is ClaimOutcome.BUSY
+    again = w.claim("w1", "t1")
+    assert again.outcome is ClaimOutcome.CLAIMED and again.change is None
+    w.do(lambda j: lifecycle.complete(j, worker_id="w1", result={"path": "p"}))
+    assert w.claim("w3", "t3").outcome is ClaimOutcome.TERMINAL
 
 
 def test_expired_lease_is_claimed_again_and_resumes_the_provider_task() -> None:
-    """A dead worker's job is claimed by another after the lease, with its task id."""
-    running = claimed(job(_server={"providerTaskId": "task-1"}))
-    later = NOW + dt.timedelta(seconds=120)
-    c = lifecycle.claim(running, worker_id="w2", now=later, lease_seconds=60, max_attempts=3)
-    assert c.outcome == "claimed" and c.resume_task_id == "task-1"
+    """Given a worker that checkpointed a task and died, when its lease expires, then the
+    next claim takes it (attempt 2) and resumes that task."""
+    w = World(kind="model")
+    w.claim()
+    w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                        provider="meshy", task_id="task-9"))
+    assert w.job.server.provider_task_id == "task-9" and w.job.server.provider == "meshy"
+    w.clock.advance(61)
+    claim = w.claim("w2", "t2")
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.resume_task_id == "task-9"
+    assert (w.job.attempts, w.job.server.lease_owner) == (2, "w2")
 
 
-def test_out_of_attempts_and_past_deadline_are_reported() -> None:
-    """Attempts used up → exhausted; deadline passed → expired (the caller fails the job)."""
-    spent = job(attempts=3)
-    assert lifecycle.claim(spent, worker_id="w", now=NOW, lease_seconds=60,
-                           max_attempts=3).outcome == "exhausted"
-    late = NOW + dt.timedelta(hours=2)
-    assert lifecycle.claim(job(), worker_id="w", now=late, lease_seconds=60,
-                           max_attempts=3).outcome == "expired"
+def test_out_of_attempts_fails_with_the_last_error_and_past_deadline_expires() -> None:
+    """Given a job that used every attempt, the claim fails it with its last error and
+    how many attempts were made; past its deadline, the claim fails it deadline_exceeded."""
+    w = World()
+    w.store.apply("job-1", Change({"attempts": 3, "error": {"code": "provider_down",
+                                                            "message": "Down."}}))
+    claim = w.claim()
+    assert claim.outcome is ClaimOutcome.EXHAUSTED and claim.change is not None
+    assert claim.change.job["error"] == {"code": "provider_down", "retryable": False,
+                                         "message": "Down. Gave up after 3 attempts."}
+    bare = World()
+    bare.store.apply("job-1", Change({"attempts": 3}))
+    assert bare.claim().change.job["error"]["code"] == "attempts_exhausted"  # type: ignore[union-attr]
+    late = World()
+    late.clock.advance(3601)
+    claim = late.claim()
+    assert claim.outcome is ClaimOutcome.EXPIRED
+    assert claim.change is not None and claim.change.job["error"]["code"] == "deadline_exceeded"
 
 
-def test_backoff_delays_the_next_claim_without_spending_an_attempt() -> None:
-    """A released job is 'not_yet' until its backoff passes, then claimable."""
-    running = claimed(job())
-    released = apply(running, lifecycle.release(running, worker_id="w1", now=NOW,
-                                                backoff_seconds=10, error={"code": "x"}))
-    assert released["status"] == "pending" and released["attempts"] == 1
-    assert lifecycle.claim(released, worker_id="w2", now=NOW + dt.timedelta(seconds=5),
-                           lease_seconds=60, max_attempts=3).outcome == "not_yet"
-    again = claimed(released, "w2", NOW + dt.timedelta(seconds=11))
-    assert again["attempts"] == 2
+def test_retryable_failure_releases_with_backoff_then_gives_up() -> None:
+    """A retryable failure goes back to pending with the policy's backoff (no claim before
+    it, no attempt spent by waiting); the last attempt's failure fails the job."""
+    w = World(kind="model")
+    w.claim()
+    w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                        provider="p", task_id="t"))
+    error = RetryableError("Busy.", code="provider_busy", retry_after=25)
+    change, released = lifecycle.retry_or_fail(w.job, worker_id="w1", now=w.clock.now(),
+                                               policy=POLICY, error=error, forget_task=True)
+    w.store.apply("job-1", change)
+    job = w.job
+    assert released and (job.status, job.stage) == (JobStatus.PENDING, "retrying")
+    assert job.error == {"code": "provider_busy", "message": "Busy.", "retryable": True}
+    assert job.server.not_before == w.clock.now() + dt.timedelta(seconds=25)  # Retry-After wins
+    assert job.server.provider_task_id is None and job.server.lease_owner is None
+    assert w.claim("w2", "t2").outcome is ClaimOutcome.NOT_YET
+    w.clock.advance(25)
+    assert w.claim("w2", "t2").outcome is ClaimOutcome.CLAIMED
+    w.store.apply("job-1", Change({"attempts": 3}))
+    change, released = lifecycle.retry_or_fail(w.job, worker_id="w2", now=w.clock.now(),
+                                               policy=POLICY, error=error)
+    assert not released and change.job["status"] == "failed"
+    assert change.job["error"]["message"] == "Busy. Gave up after 3 attempts."
 
 
-def test_progress_never_goes_backwards_and_renews_the_lease() -> None:
-    """Reporting 40 after 60 keeps 60; the lease moves forward."""
-    running = apply(claimed(job()), {"progress": 60})
-    later = NOW + dt.timedelta(seconds=30)
-    updates = lifecycle.report_progress(running, worker_id="w1", now=later, lease_seconds=60,
-                                        progress=40, stage="x")
-    assert updates["progress"] == 60
-    assert updates["_server.leaseExpiresAt"] == later + dt.timedelta(seconds=60)
+def test_policy_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(initial_backoff=10, backoff_coefficient=2, max_backoff=35)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
+    assert policy.backoff(1, retry_after=50) == 50 and policy.exhausted(3)
+
+
+@pytest.mark.parametrize("bad", [dict(max_attempts=0), dict(initial_backoff=-1),
+                                 dict(backoff_coefficient=0.5), dict(lease_seconds=0)])
+def test_policy_refuses_nonsense(bad: dict[str, Any]) -> None:
+    from kiln.core.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        RetryPolicy(**bad)
+
+
+def test_progress_never_goes_backwards_and_a_heartbeat_touches_only_server_state() -> None:
+    """Progress only moves forward; a heartbeat with nothing new writes no public field
+    (no listener wakes), only the lease."""
+    w = World()
+    w.claim()
+    writes = w.store.public_writes["job-1"]
+    w.do(lambda j: lifecycle.report_progress(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                             progress=40, stage="generating"))
+    w.do(lambda j: lifecycle.report_progress(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                             progress=30, stage="generating"))
+    assert (w.job.progress, w.job.stage) == (40, "generating")
+    assert w.store.public_writes["job-1"] == writes + 1
+    w.clock.advance(30)
+    w.do(lambda j: lifecycle.report_progress(j, worker_id="w1", now=w.clock.now(), policy=POLICY))
+    assert w.store.public_writes["job-1"] == writes + 1
+    assert w.job.server.lease_expires_at == w.clock.now() + dt.timedelta(seconds=60)
 
 
 def test_only_the_lease_holder_may_write() -> None:
-    """Another worker's progress or completion raises LeaseLostError; cancel → CanceledError."""
-    running = claimed(job())
+    """Another worker, a canceled job or a vanished job: the write is refused."""
+    w = World()
+    w.claim()
     with pytest.raises(LeaseLostError):
-        lifecycle.report_progress(running, worker_id="w2", now=NOW, lease_seconds=60)
+        lifecycle.report_progress(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY)
     with pytest.raises(LeaseLostError):
-        lifecycle.complete(running, worker_id="w2", result={})
-    canceled = apply(running, lifecycle.cancel(running) or {})
+        lifecycle.hand_off(None, worker_id="w1")
+    w.do(lifecycle.cancel)
     with pytest.raises(CanceledError):
-        lifecycle.complete(canceled, worker_id="w1", result={})
+        lifecycle.complete(w.job, worker_id="w1", result={})
 
 
-def test_endings_claim_the_notification_exactly_once() -> None:
-    """complete/fail set notify=claimed; a terminal job cannot be failed or completed again."""
-    running = claimed(job())
-    done = apply(running, lifecycle.complete(running, worker_id="w1", result={"path": "p"}))
-    assert done["_server"]["notify"]["type"] == "generation_completed"
+def test_endings_claim_the_notification_and_record_provenance() -> None:
+    """Completing and failing both claim the one notification in the same write."""
+    w = World()
+    w.claim()
+    w.do(lambda j: lifecycle.complete(j, worker_id="w1", result={"path": "p"},
+                                      provenance={"model": "m"}))
+    job = w.job
+    assert (job.status, job.progress, job.result) == (JobStatus.COMPLETED, 100, {"path": "p"})
+    assert job.server.notify == {"state": "claimed", "type": "generation_completed"}
+    assert w.store.docs["job-1"]["provenance"] == {"model": "m"}
     with pytest.raises(TransitionError):
-        lifecycle.fail(done, code="x", message="y")
-    with pytest.raises(LeaseLostError):
-        lifecycle.complete(done, worker_id="w1", result={})
+        lifecycle.fail(job, code="x", message="y")
+    with pytest.raises(TransitionError):
+        lifecycle.fail(None, code="x", message="y")
+    other = World()
+    other.do(lambda j: lifecycle.fail(j, code="bad", message="Bad."))
+    assert other.job.server.notify == {"state": "claimed", "type": "generation_failed"}
 
 
 def test_cancel_is_idempotent_and_refuses_finished_jobs() -> None:
-    """Cancel twice → no second write; canceling a completed job → TransitionError."""
-    canceled = apply(job(), lifecycle.cancel(job()) or {})
-    assert canceled["status"] == "canceled"
-    assert lifecycle.cancel(canceled) is None
-    running = claimed(job())
-    done = apply(running, lifecycle.complete(running, worker_id="w1", result={}))
-    with pytest.raises(TransitionError, match="completed"):
-        lifecycle.cancel(done)
+    w = World()
+    assert w.do(lifecycle.cancel) is not None
+    assert w.job.status is JobStatus.CANCELED
+    assert lifecycle.cancel(w.job) is None
+    done = World()
+    done.do(lambda j: lifecycle.fail(j, code="c", message="m"))
+    with pytest.raises(TransitionError):
+        lifecycle.cancel(done.job)
+    with pytest.raises(TransitionError):
+        lifecycle.cancel(None)
 
 
 def test_retry_restarts_a_failed_job_only() -> None:
-    """A failed job retried is pending with attempts 0 and no error; others are refused."""
-    failed = apply(job(), lifecycle.fail(job(), code="c", message="m"))
-    again = apply(failed, lifecycle.retry(failed, now=NOW, max_age_seconds=60) or {})
-    assert (again["status"], again["attempts"], again["error"]) == ("pending", 0, None)
-    assert lifecycle.retry(again, now=NOW, max_age_seconds=60) is None
-    canceled = apply(job(), lifecycle.cancel(job()) or {})
+    """A failed job restarts from scratch (attempts, deadline, notification); a pending one
+    is left alone; a completed one cannot be retried."""
+    w = World()
+    w.claim()
+    w.do(lambda j: lifecycle.fail(j, code="c", message="m", worker_id="w1"))
+    w.clock.advance(100)
+    w.do(lambda j: lifecycle.retry(j, now=w.clock.now(), policy=POLICY))
+    job = w.job
+    assert (job.status, job.attempts, job.error, job.server.notify) == (
+        JobStatus.PENDING, 0, None, None)
+    assert job.server.retries == 1
+    assert job.server.deadline_at == w.clock.now() + dt.timedelta(seconds=3600)
+    assert lifecycle.retry(job, now=w.clock.now(), policy=POLICY) is None
     with pytest.raises(TransitionError):
-        lifecycle.retry(canceled, now=NOW, max_age_seconds=60)
+        lifecycle.retry(None, now=w.clock.now(), policy=POLICY)
+    w.claim()
+    w.do(lambda j: lifecycle.complete(j, worker_id="w1", result={}))
+    with pytest.raises(TransitionError):
+        lifecycle.retry(w.job, now=w.clock.now(), policy=POLICY)
 
 
 def test_hand_off_keeps_the_attempt_and_the_task() -> None:
-    """A hand-off releases the lease; the next claim continues without a new attempt."""
-    running = claimed(job(_server={"providerTaskId": "t"}))
-    handed = apply(running, lifecycle.hand_off(running, worker_id="w1"))
-    c = lifecycle.claim(handed, worker_id="w2", now=NOW, lease_seconds=60, max_attempts=1)
-    assert c.outcome == "claimed" and c.resume_task_id == "t"
-    after = apply(handed, c.updates or {})
-    assert after["attempts"] == 1 and after["_server"]["handoffs"] == 1
+    """A hand-off gives up the lease; the next claim continues the same attempt."""
+    w = World(kind="model")
+    w.claim()
+    w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                        provider="p", task_id="t"))
+    w.do(lambda j: lifecycle.hand_off(j, worker_id="w1"))
+    assert w.job.server.handoff and w.job.server.lease_owner is None
+    w.store.apply("job-1", Change({"attempts": 3}))  # even the last attempt continues
+    claim = w.claim("w2", "t2")
+    assert claim.outcome is ClaimOutcome.CLAIMED and claim.resume_task_id == "t"
+    assert (w.job.attempts, w.job.server.handoffs, w.job.server.handoff) == (3, 1, False)
 
 
-def test_a_retried_claim_recognises_its_own_commit() -> None:
-    """The SDK re-runs a claim whose commit landed: same token → claimed, no second write."""
-    c = lifecycle.claim(job(), worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
-                        claim_token="t1")
-    leased = apply(job(), c.updates or {})
-    again = lifecycle.claim(leased, worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
-                            claim_token="t1")
-    assert again.outcome == "claimed" and again.updates is None
-    other = lifecycle.claim(leased, worker_id="w1", now=NOW, lease_seconds=60, max_attempts=3,
-                            claim_token="t2")
-    assert other.outcome == "busy"
+def test_sweep_actions() -> None:
+    """Leave fresh, leased, backing-off and recently re-published jobs; re-publish stale
+    pending jobs, expired leases and ended backoffs; expire what is past its deadline."""
+    stale = 60.0
+    w = World()
+    act = lambda: lifecycle.sweep_action(w.job, now=w.clock.now(), stale_after=stale)  # noqa: E731
+    assert act() is SweepAction.LEAVE
+    w.clock.advance(61)
+    assert act() is SweepAction.REPUBLISH
+    w.store.apply("job-1", lifecycle.republished(w.clock.now()))
+    assert act() is SweepAction.LEAVE
+    w.clock.advance(61)
+    w.claim()
+    assert act() is SweepAction.LEAVE
+    w.clock.advance(61)
+    assert act() is SweepAction.REPUBLISH  # the lease expired
+    w.claim("w2", "t2")
+    change, _ = lifecycle.retry_or_fail(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY,
+                                        error=RetryableError("x"))
+    w.store.apply("job-1", change)
+    assert act() is SweepAction.LEAVE  # in backoff (20 s for attempt 2)
+    w.clock.advance(21)
+    assert act() is SweepAction.REPUBLISH
+    w.clock.advance(3600)
+    assert act() is SweepAction.EXPIRE
+    assert lifecycle.expire(w.job, now=w.clock.now()) is not None
+    w.do(lambda j: lifecycle.expire(j, now=w.clock.now()))
+    assert act() is SweepAction.LEAVE and w.job.error["code"] == "deadline_exceeded"  # type: ignore[index]
+    assert lifecycle.expire(w.job, now=w.clock.now()) is None
+
+
+def test_bookkeeping_changes_touch_only_server_state() -> None:
+    """Notification reports, remote cancels and channel state never wake a listener."""
+    w = World(kind="model", telegram={"chatId": 5})
+    writes = w.store.public_writes["job-1"]
+    for change in (lifecycle.notified("sent", {"push": {"sent": 1}}), lifecycle.remote_canceled(),
+                   lifecycle.channel_state("telegram", {"statusMessageId": 9})):
+        assert not change.job
+        w.store.apply("job-1", change)
+    assert w.store.public_writes["job-1"] == writes
+    job = w.job
+    assert job.server.notify is not None and job.server.notify["state"] == "sent"
+    assert job.server.remote_canceled and job.server.telegram == {"chatId": 5, "statusMessageId": 9}
+
+
+def test_remote_task_left_only_for_a_canceled_job_with_an_uncanceled_task() -> None:
+    w = World(kind="model")
+    w.claim()
+    w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                        provider="p", task_id="t"))
+    assert not lifecycle.remote_task_left(w.job)
+    w.do(lifecycle.cancel)
+    assert lifecycle.remote_task_left(w.job)
+    w.store.apply("job-1", lifecycle.remote_canceled())
+    assert not lifecycle.remote_task_left(w.job)
+
+
+def test_public_view_is_the_contract() -> None:
+    w = World()
+    view = w.job.public_view()
+    assert set(view) == {"jobId", "uid", "channel", "kind", "prompt", "options", "status",
+                         "stage", "progress", "attempts", "error", "result", "createdAt",
+                         "updatedAt", "startedAt", "completedAt"}
+    assert view["createdAt"] == w.clock.now().isoformat() and view["startedAt"] is None

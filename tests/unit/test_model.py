@@ -12,8 +12,8 @@ from kiln.core.job import (
     allowed,
     is_valid_job_id,
     new_job_id,
-    parse_job_request,
 )
+from kiln.core.requests import parse_job_request
 
 
 def test_valid_request_is_trimmed_and_kept() -> None:

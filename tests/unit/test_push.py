@@ -18,7 +18,7 @@ import pytest
 from firebase_admin import credentials
 
 from kiln.adapters import fcm as push
-from kiln.core.job import Device
+from kiln.core.job import Device, Job
 from kiln_dev.standins.fcm import FcmServer
 
 THUMB = "https://firebasestorage.googleapis.com/v0/b/demo-kiln.appspot.com/o/generations%2Falice%2Fjob-1%2Fthumb.png?alt=media&token=t1"
@@ -50,6 +50,11 @@ def sender(fcm: FcmServer) -> Iterator[push.FcmPush]:
         firebase_admin.delete_app(app)
 
 
+def as_job(job_id: str, doc: dict[str, Any]) -> Job:
+    """A typed job from a document's fields (what the store would read)."""
+    return Job.from_docs(job_id, doc)
+
+
 def completed(kind: str = "image", **result: Any) -> dict[str, Any]:
     return {"uid": "alice", "kind": kind, "status": "completed", "prompt": "a ceramic fox",
             "result": {"path": f"generations/alice/job-1/result.{'png' if kind == 'image' else 'glb'}",
@@ -58,8 +63,8 @@ def completed(kind: str = "image", **result: Any) -> dict[str, Any]:
 
 def deliver(sender: push.FcmPush, fcm: FcmServer, job: dict[str, Any], template: str = "/jobs/{jobId}",
             devices: tuple[Device, ...] = (Device("phone", fid="fid-1"),)) -> list[dict[str, Any]]:
-    title, body, data = push.build_message("job-1", job, template)
-    result = sender.send(list(devices), title, body, data, image=push.image_url(job))
+    title, body, data = push.build_message(as_job("job-1", job), template)
+    result = sender.send(list(devices), title, body, data, image=push.image_url(as_job("job-1", job)))
     assert (result.sent, result.failed) == (len(devices), 0)
     return [m["message"] for m in fcm.messages]
 
@@ -200,7 +205,7 @@ def test_collapse_key_is_per_job() -> None:
     so one job's push never replaces another's."""
     keys = []
     for job_id in ("job-a", "job-b"):
-        _t, _b, data = push.build_message(job_id, completed(), "/jobs/{jobId}")
+        _t, _b, data = push.build_message(as_job(job_id, completed()), "/jobs/{jobId}")
         message = push.fcm_message(Device("d", fid="f"), "t", "b", data)
         assert message.android is not None and message.apns is not None
         keys.append((message.android.collapse_key, message.android.notification.tag,
@@ -211,7 +216,8 @@ def test_collapse_key_is_per_job() -> None:
 def test_long_prompt_is_shortened() -> None:
     """Given a 1000-character prompt, then the body is at most 120 characters (payload
     limit is 4 KB) and ends with an ellipsis."""
-    _title, body, _data = push.build_message("j", {**completed(), "prompt": "x" * 1000}, "/jobs/{jobId}")
+    _title, body, _data = push.build_message(as_job("j", {**completed(), "prompt": "x" * 1000}),
+                                          "/jobs/{jobId}")
     assert len(body) == 120 and body.endswith("…")
 
 
@@ -223,7 +229,7 @@ def test_long_prompt_is_shortened() -> None:
     ({"kind": "image", "status": "completed", "result": None}, None),
 ])
 def test_image_url(job: dict[str, Any], image: str | None) -> None:
-    assert push.image_url(job) == image
+    assert push.image_url(as_job("job-1", job)) == image
 
 
 # --- FCM's transient refusals -------------------------------------------------------------

@@ -1,13 +1,18 @@
-"""Command parsing and group-chat addressing (``kiln.channels.telegram.commands``), pure."""
+"""Command parsing and group-chat addressing (``kiln.channels.telegram.commands``) and the
+texts the bot sends of a typed job (``messages``), pure."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 
+from kiln.channels.telegram import messages
+from kiln.channels.telegram.chats import newest_first
 from kiln.channels.telegram.commands import Command, interpret, strip_mention, update_kind
 from kiln.channels.telegram.messages import filename, progress_text
+from kiln.core.job import Job, JobStatus
 
 BOT_ID = 123456789
 
@@ -123,3 +128,52 @@ def test_texts_stay_within_telegram_limits():
     assert "45%" in progress_text("image", prompt, 45, "generating")
     assert filename("abcdef123456", "A Red Sphere!", "png") == "a-red-sphere-abcdef.png"
     assert filename("abcdef123456", "日本", "glb") == "kiln-abcdef.glb"
+
+
+def job(status: JobStatus = JobStatus.PENDING, *, kind: str = "image", prompt: str = "a red sphere",
+        created: int | None = None, **fields: Any) -> Job:
+    created_at = None if created is None else dt.datetime(2026, 11, 23, 12, created, tzinfo=dt.UTC)
+    return Job(id=f"job{created or 0:02d}abcdef", uid="telegram:42", channel="telegram", kind=kind,
+               prompt=prompt, status=status, created_at=created_at, **fields)
+
+
+def test_status_lists_typed_jobs_with_progress_and_reasons():
+    text = messages.status([
+        job(JobStatus.PROCESSING, kind="model", prompt="a blue cube", progress=40),
+        job(JobStatus.FAILED, error={"code": "refused", "message": "The provider refused."}),
+        job(JobStatus.COMPLETED, prompt="a teal ring"),
+    ])
+    assert text.splitlines() == [
+        "Your recent jobs:",
+        "⚙️ 3D model “a blue cube” — processing 40%",
+        "❌ image “a red sphere” — failed: The provider refused.",
+        "✅ image “a teal ring” — completed",
+    ]
+    assert messages.status([]) == "No jobs yet. Try /image a red sphere"
+
+
+def test_failure_cancel_and_caption_texts_read_the_typed_job():
+    failed = job(JobStatus.FAILED, prompt="a cube [fail:permanent]",
+                 error={"code": "content_refused", "message": "The provider refused this prompt."})
+    assert messages.failed(failed) == (
+        "❌ I couldn't make your image “a cube [fail:permanent]”.\n"
+        "Reason: The provider refused this prompt.\n\n"
+        "To try again, send: /image a cube [fail:permanent]")
+    assert "Reason: Something went wrong." in messages.failed(job(JobStatus.FAILED))
+    assert messages.failed(job(JobStatus.FAILED, prompt="x" * 400)).endswith(
+        "send: /image followed by your description")
+    model = job(JobStatus.CANCELED, kind="model", prompt="a golden torus")
+    assert messages.canceled(model) == "✖️ Canceled: your 3D model “a golden torus”."
+    assert messages.cancel_reply(model, 0) == "Canceled your 3D model “a golden torus”."
+    assert messages.cancel_reply(model, 1).endswith(
+        "1 more still running; send /cancel again to stop it too.")
+    assert messages.caption(job(prompt="word " * 400)).startswith("🎨 “word")
+    assert len(messages.caption(job(prompt="word " * 400))) <= messages.CAPTION_MAX
+    link = messages.too_big_link(model, "https://example.com/castle.glb", 60 * 1024 * 1024)
+    assert "at 60 MB it is too big" in link and link.endswith("\nhttps://example.com/castle.glb")
+
+
+def test_newest_first_orders_typed_jobs_by_creation_untimestamped_last():
+    jobs = [job(created=5), job(), job(created=30), job(created=1)]
+    assert [j.created_at.minute if j.created_at else None for j in newest_first(jobs)] == [
+        30, 5, 1, None]

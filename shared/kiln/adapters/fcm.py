@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import firebase_admin
@@ -28,7 +27,8 @@ from firebase_admin import _http_client, messaging
 from firebase_admin import exceptions as fb_exc
 
 from kiln import log
-from kiln.core.job import Device
+from kiln.core.job import Device, Job
+from kiln.ports import PushResult
 
 logger = log.get("push")
 
@@ -49,42 +49,32 @@ ANDROID_CLICK_ACTION = "OPEN_JOB"
 IOS_THREAD_ID = "kiln-jobs"
 
 
-@dataclass(frozen=True)
-class PushResult:
-    sent: int = 0
-    failed: int = 0
-    dead_devices: list[str] = field(default_factory=list)
-
-
-def build_message(job_id: str, job: Mapping[str, Any], link_template: str) -> tuple[
-    str, str, dict[str, str]
-]:
+def build_message(job: Job, link_template: str) -> tuple[str, str, dict[str, str]]:
     """Title, body and data (contract, docs/push.md) of a job's completion or failure push."""
-    kind = str(job.get("kind", "image"))
-    noun = "3D model" if kind == "model" else "image"
-    completed = job.get("status") == "completed"
-    link = link_template.replace("{jobId}", job_id)
+    noun = "3D model" if job.kind == "model" else "image"
+    completed = job.status == "completed"
+    link = link_template.replace("{jobId}", job.id)
     if completed:
-        title, body = f"Your {noun} is ready", _short(str(job.get("prompt", "")))
+        title, body = f"Your {noun} is ready", _short(job.prompt)
     else:
-        error = job.get("error") or {}
+        error = job.error or {}
         title = f"Your {noun} could not be made"
         body = _short(str(error.get("message") or "Something went wrong."))
     data = {
         "type": "generation_completed" if completed else "generation_failed",
-        "jobId": job_id,
-        "kind": kind,
+        "jobId": job.id,
+        "kind": job.kind or "image",
         "link": link,
     }
     return title, body, data
 
 
-def image_url(job: Mapping[str, Any]) -> str | None:
+def image_url(job: Job) -> str | None:
     """The picture a completed job's notification shows: its thumbnail, or the PNG itself."""
-    if job.get("status") != "completed":
+    if job.status != "completed":
         return None
-    result = job.get("result") or {}
-    url = result.get("thumbnailUrl") or (result.get("downloadUrl") if job.get("kind") == "image"
+    result = job.result or {}
+    url = result.get("thumbnailUrl") or (result.get("downloadUrl") if job.kind == "image"
                                          else None)
     return str(url) if url else None
 
@@ -179,10 +169,11 @@ class FcmPush:
 
     def send(
         self,
-        devices: list[Device],
+        devices: Sequence[Device],
         title: str,
         body: str,
         data: dict[str, str],
+        *,
         image: str | None = None,
     ) -> PushResult:
         """Send to every device; report sent, failed and dead ones (to be forgotten)."""

@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import firebase_admin
+import google.oauth2.credentials
 from firebase_admin import auth as fb_auth
+from firebase_admin import credentials as fb_credentials
 
 from kiln.core.errors import RequestError, RetryableError
+from kiln.settings import Settings
 
 
 def bearer_token(header: str | None) -> str:
@@ -26,6 +30,23 @@ def bearer_token(header: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise RequestError(401, "unauthenticated", "Authorization must be 'Bearer <ID token>'.")
     return token.strip()
+
+
+class _LocalCredential(fb_credentials.Base):
+    """A fixed bearer token for the local FCM server: there is no Google to ask."""
+
+    def get_credential(self) -> Any:
+        return google.oauth2.credentials.Credentials(token="kiln-local-token")
+
+
+def firebase_app(settings: Settings) -> firebase_admin.App:
+    """A firebase_admin app of its own for one ``Services`` (local: a fixed credential)."""
+    cred: fb_credentials.Base
+    cred = _LocalCredential() if settings.local else fb_credentials.ApplicationDefault()
+    # Unique for the life of the process: firebase_admin keeps every app registered by
+    # name, and an object's id() comes back once the object is collected.
+    return firebase_admin.initialize_app(cred, {"projectId": settings.project},
+                                         name=f"kiln-{uuid.uuid4().hex}")
 
 
 class FirebaseAuth:

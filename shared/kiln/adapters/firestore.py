@@ -1,26 +1,32 @@
-"""Firestore adapter: job documents and device tokens.
+"""Firestore adapter: jobs (two documents each) and devices.
 
-Each transition runs as read → decide (a pure function from ``kiln.core.lifecycle``) → write,
-inside one Firestore transaction; side effects happen outside it. SDK errors become
-Kiln's retryable errors.
+A job is ``jobs/{jobId}`` (the contract fields clients read) and
+``jobs/{jobId}/private/server`` (server state; the rules deny every client). Both are
+read and written in one transaction: read → decide (``kiln.core.lifecycle``) → write;
+side effects happen outside it. Kiln's sentinels become Firestore's; a change with no
+public field leaves ``jobs/{jobId}`` untouched, so no listener wakes for bookkeeping.
+SDK errors become Kiln's retryable errors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
+from kiln.core import sentinels
 from kiln.core.errors import RetryableError
-from kiln.core.job import Device
+from kiln.core.job import Change, Device, Job, NewJob
 
 JOBS = "jobs"
+PRIVATE = "private"  # jobs/{jobId}/private/server: server state, no client access
+SERVER_DOC = "server"
 #: Contention: an aborted transaction is tried again after a random pause of up to each of
 #: TX_PAUSES seconds, one commit per try. The SDK's own immediate re-runs are off (one attempt
 #: each): on the emulator, racers that come straight back re-take their read locks and starve
@@ -82,12 +88,41 @@ def in_transaction(client: firestore.Client, body: Callable[[firestore.Transacti
                 return value
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def _firestore_value(value: Any) -> Any:
+    """Kiln's sentinels as Firestore's (recursing into maps)."""
+    if value is sentinels.SERVER_TIME:
+        return firestore.SERVER_TIMESTAMP
+    if value is sentinels.DELETE:
+        return firestore.DELETE_FIELD
+    if isinstance(value, sentinels.Increment):
+        return firestore.Increment(value.by)
+    if isinstance(value, dict):
+        return {k: _firestore_value(v) for k, v in value.items()}
+    return value
 
 
-class JobStore:
-    """Jobs in ``jobs/{jobId}``, devices in ``users/{uid}/devices/{deviceId}``."""
+def _fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _firestore_value(value) for name, value in values.items()}
+
+
+class _EmulatorClient(firestore.Client):
+    """A client of the Firestore emulator at an explicit ``host:port`` (the SDK otherwise
+    finds the emulator only through ``FIRESTORE_EMULATOR_HOST``)."""
+
+    def __init__(self, project: str, host: str) -> None:
+        super().__init__(project=project, credentials=AnonymousCredentials())
+        self._emulator_host = host
+
+
+def connect(project: str, emulator_host: str = "") -> firestore.Client:
+    """A Firestore client: the emulator at ``emulator_host``, else the real service."""
+    if emulator_host:
+        return _EmulatorClient(project, emulator_host)
+    return firestore.Client(project=project)
+
+
+class FirestoreJobStore:
+    """Jobs in ``jobs/{jobId}`` with their server state in ``jobs/{jobId}/private/server``."""
 
     def __init__(self, client: firestore.Client) -> None:
         self.client = client
@@ -95,81 +130,99 @@ class JobStore:
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self.client.collection(JOBS).document(job_id)
 
-    def create(self, job_id: str, doc: dict[str, Any]) -> bool:
-        """Create the job; False when a job with this id exists already."""
+    def server_ref(self, job_id: str) -> firestore.DocumentReference:
+        return self.ref(job_id).collection(PRIVATE).document(SERVER_DOC)
+
+    def create(self, job: NewJob) -> bool:
+        """Create both documents in one commit; False when the job exists already."""
+        batch = self.client.batch()
+        batch.create(self.ref(job.id), _fields(job.doc))
+        batch.create(self.server_ref(job.id), _fields(job.server))
         try:
             with unavailable_is_retryable():
-                self.ref(job_id).create(doc)
+                batch.commit()
         except gexc.AlreadyExists:
             return False
         return True
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> Job | None:
         with unavailable_is_retryable():
-            snap = self.ref(job_id).get()
-        return snap.to_dict() if snap.exists else None
+            return self._read(job_id, None)
 
-    def transact(
-        self, job_id: str, decide: Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, T]]
-    ) -> T:
-        """Run ``decide(job)`` in a transaction; write its updates (if any); return its value.
+    def _read(self, job_id: str, tx: firestore.Transaction | None) -> Job | None:
+        refs = [self.ref(job_id), self.server_ref(job_id)]
+        snaps = {snap.reference.path: snap for snap in self.client.get_all(refs, transaction=tx)}
+        public, server = snaps.get(refs[0].path), snaps.get(refs[1].path)
+        if public is None or not public.exists:
+            return None
+        return Job.from_docs(job_id, public.to_dict() or {},
+                             server.to_dict() if server is not None and server.exists else None)
 
-        ``decide`` receives the current document (None if missing) and returns
-        ``(updates or None, value)``. It may raise to abort without writing.
-        """
-        ref = self.ref(job_id)
-
-        def decide_on(snap: firestore.DocumentSnapshot) -> tuple[dict[str, Any] | None, T]:
-            return decide(snap.to_dict() if snap.exists else None)
+    def transact(self, job_id: str, decide: Callable[[Job | None], tuple[Change | None, T]]) -> T:
+        """Run ``decide(job)`` in a transaction; write its change (if any); return its value.
+        ``decide`` may raise to abort without writing."""
 
         def run(tx: firestore.Transaction) -> T:
-            updates, value = decide_on(ref.get(transaction=tx))
-            if updates:
-                tx.update(ref, updates)
+            change, value = decide(self._read(job_id, tx))
+            if change:
+                self._write(tx, job_id, change)
             return value
 
         def settled() -> tuple[bool, T]:
-            # One document read is strongly consistent: when it leaves nothing to write
-            # (another racer claimed or ended the job), that answer is the transaction's.
-            updates, value = decide_on(ref.get())
-            return not updates, value
+            # One read is strongly consistent: when it leaves nothing to write (another
+            # racer claimed or ended the job), that answer is the transaction's.
+            change, value = decide(self._read(job_id, None))
+            return not change, value
 
         return in_transaction(self.client, run, settled=settled)
 
-    def update(self, job_id: str, updates: dict[str, Any]) -> None:
-        """A blind update of server-only bookkeeping (never a status change)."""
+    def _write(self, writer: Any, job_id: str, change: Change) -> None:
+        if change.job:
+            writer.update(self.ref(job_id), _fields(change.job))
+        if change.server:
+            writer.update(self.server_ref(job_id), _fields(change.server))
+
+    def apply(self, job_id: str, change: Change) -> None:
+        """Write a change without reading (server bookkeeping)."""
+        batch = self.client.batch()
+        self._write(batch, job_id, change)
         with unavailable_is_retryable():
-            self.ref(job_id).update(updates)
+            batch.commit()
 
-    # --- queries (operators, sweeper, channels) ---------------------------------------
-
-    def find(
-        self,
-        *,
-        status: str | None = None,
-        uid: str | None = None,
-        updated_before: dt.datetime | None = None,
-        limit: int = 100,
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def find(self, *, status: str | None = None, uid: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """Jobs by status and/or owner (unordered), with their server state."""
         query: Any = self.client.collection(JOBS)
         if status is not None:
             query = query.where(filter=firestore.FieldFilter("status", "==", status))
         if uid is not None:
             query = query.where(filter=firestore.FieldFilter("uid", "==", uid))
-        if updated_before is not None:
-            query = query.where(filter=firestore.FieldFilter("updatedAt", "<", updated_before))
-        for snap in query.limit(limit).stream():
-            yield snap.id, snap.to_dict() or {}
+        with unavailable_is_retryable():
+            public = {snap.id: snap.to_dict() or {} for snap in query.limit(limit).stream()}
+            if not public:
+                return []
+            servers = {snap.reference.parent.parent.id: snap.to_dict() or {}
+                       for snap in self.client.get_all([self.server_ref(i) for i in public])
+                       if snap.exists}
+        return [Job.from_docs(job_id, doc, servers.get(job_id)) for job_id, doc in public.items()]
 
-    # --- devices ----------------------------------------------------------------------
+
+class FirestoreDeviceStore:
+    """Devices in ``users/{uid}/devices/{deviceId}``."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self.client = client
+
+    def _collection(self, uid: str) -> Any:
+        return self.client.collection("users").document(uid).collection("devices")
 
     def devices(self, uid: str) -> list[Device]:
         """The user's registered devices that have an address (an FID or a token)."""
-        collection = self.client.collection("users").document(uid).collection("devices")
-        found = (Device.from_doc(snap.id, snap.to_dict() or {}) for snap in collection.stream())
+        with unavailable_is_retryable("device store"):
+            found = [Device.from_doc(snap.id, snap.to_dict() or {})
+                     for snap in self._collection(uid).stream()]
         return [device for device in found if device is not None]
 
     def delete_device(self, uid: str, device_id: str) -> None:
-        self.client.collection("users").document(uid).collection("devices").document(
-            device_id
-        ).delete()
+        with unavailable_is_retryable("device store"):
+            self._collection(uid).document(device_id).delete()

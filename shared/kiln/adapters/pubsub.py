@@ -10,20 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Protocol
+from typing import Any
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.cloud.pubsub_v1.types import BatchSettings
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import is_valid_job_id
 
 PUBLISH_TIMEOUT = 10.0
-
-
-class JobQueue(Protocol):
-    def publish(self, job_id: str, *, reason: str = "new") -> str: ...
+BATCHING = BatchSettings(max_messages=1, max_latency=0.001)
 
 
 class PubSubQueue:
@@ -33,10 +32,16 @@ class PubSubQueue:
         self, project: str, topic: str, client: pubsub_v1.PublisherClient | None = None
     ) -> None:
         # One message per batch, sent at once: no batching delay on the ack path.
-        self.client = client or pubsub_v1.PublisherClient(
-            batch_settings=BatchSettings(max_messages=1, max_latency=0.001)
-        )
+        self.client = client or pubsub_v1.PublisherClient(batch_settings=BATCHING)
         self.topic_path = self.client.topic_path(project, topic)
+
+    @classmethod
+    def connect(cls, project: str, topic: str, *, emulator_host: str = "") -> PubSubQueue:
+        """A queue on the real service, or on the emulator at ``emulator_host``."""
+        kwargs: dict[str, Any] = {}
+        if emulator_host:
+            kwargs["transport"] = PublisherGrpcTransport(channel=grpc.insecure_channel(emulator_host))
+        return cls(project, topic, pubsub_v1.PublisherClient(batch_settings=BATCHING, **kwargs))
 
     def publish(self, job_id: str, *, reason: str = "new") -> str:
         """Publish and wait for the server's message id.

@@ -13,43 +13,19 @@ import hashlib
 import urllib.parse
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
 from kiln.core.errors import KilnError, PermanentError, RetryableError
+from kiln.ports import StoredObject, Validator
 
 UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
 
 
-def result_path(uid: str, job_id: str, ext: str) -> str:
-    """Where a job's result lives (contract): ``generations/{uid}/{jobId}/result.{ext}``."""
-    return f"generations/{uid}/{job_id}/result.{ext}"
-
-
-def thumbnail_path(uid: str, job_id: str) -> str:
-    return f"generations/{uid}/{job_id}/thumb.png"
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    path: str
-    content_type: str
-    bytes: int
-    sha256: str
-    download_url: str
-
-
-class Validator(Protocol):
-    def feed(self, chunk: bytes) -> None: ...
-
-    def finish(self) -> Any: ...
-
-
-class BlobStore:
+class CloudStorage:
     """One bucket; objects get a Firebase download token."""
 
     def __init__(
@@ -63,7 +39,8 @@ class BlobStore:
     ) -> None:
         if client is None:
             if emulator_host:
-                client = storage.Client(project=project, credentials=AnonymousCredentials())
+                client = storage.Client(project=project, credentials=AnonymousCredentials(),
+                                        client_options={"api_endpoint": emulator_host})
             else:
                 client = storage.Client(project=project)
         self.client = client
@@ -128,6 +105,13 @@ class BlobStore:
                     f"{quoted}?alt=media")
         return (f"https://firebasestorage.googleapis.com/v0/b/{self.bucket.name}/o/{quoted}"
                 f"?alt=media&token={token}")
+
+    def open(self, path: str, chunk_size: int) -> IO[bytes]:
+        """A seekable reader of a stored object that holds ``chunk_size`` at a time."""
+        try:
+            return self.bucket.blob(path).open("rb", chunk_size=chunk_size)  # type: ignore[no-any-return]
+        except gexc.GoogleAPIError as exc:
+            raise RetryableError("The result could not be read.", code="storage_unavailable") from exc
 
     def exists(self, path: str) -> bool:
         return self.bucket.blob(path).exists()

@@ -66,6 +66,28 @@ class LeaseLostError(KilnError):
     code = "lease_lost"
 
 
+class ValidationError(KilnError):
+    """What was asked is not valid (a request field, an option): the message names it."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.field = field
+
+
+class NotFoundError(KilnError):
+    """No such job (or not the caller's: the same answer, so ids are not probeable)."""
+
+    code = "not_found"
+
+
+class ConflictError(KilnError):
+    """The request contradicts what exists (an idempotency key reused for another request)."""
+
+    code = "conflict"
+
+
 class RequestError(KilnError):
     """The caller's mistake: answered with ``status`` and ``{error: {code, message}}``."""
 

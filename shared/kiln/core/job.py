@@ -166,6 +166,7 @@ class Job:
     updated_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
+    provenance: Mapping[str, Any] | None = None
     server: ServerState = field(default_factory=ServerState)
 
     @classmethod
@@ -179,7 +180,8 @@ class Job:
             attempts=int(doc.get("attempts") or 0), error=doc.get("error"),
             result=doc.get("result"), created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"), started_at=doc.get("startedAt"),
-            completed_at=doc.get("completedAt"), server=ServerState.from_doc(server),
+            completed_at=doc.get("completedAt"), provenance=doc.get("provenance"),
+            server=ServerState.from_doc(server),
         )
 
     @property

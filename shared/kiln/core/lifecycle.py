@@ -1,341 +1,310 @@
-"""The job lifecycle, written once: each named transition as a pure function.
+"""The job lifecycle: the one place that decides how a job's state changes.
 
-Every function here takes the job document as it is (a dict read inside a Firestore
-transaction) and returns the field updates to write in that same transaction, or raises
-when the transition is not allowed. ``kiln.adapters.firestore.JobStore.transact`` applies them. No I/O
-happens here, so the rules are unit-tested on plain dicts.
-
-Server-only state lives under ``_server`` (clients must not rely on it):
-``leaseOwner``/``leaseExpiresAt`` (who runs the job, until when), ``notBefore`` (retry
-backoff), ``deadlineAt`` (the job's maximum age), ``providerTaskId`` (a remote task to
-resume, never to pay for twice), ``notify`` (the completion notification claim).
-An expired lease is derived from ``leaseExpiresAt``, never stored.
+Each named transition takes the typed :class:`~kiln.core.job.Job` as read inside a store
+transaction and returns the :class:`~kiln.core.job.Change` to write in that same
+transaction, or raises when the transition is not allowed. The store applies changes
+(``JobStore.transact``); nobody else builds a write to a job. No I/O here: the rules are
+unit-tested on typed jobs, and attempts, backoff, leases and deadlines come from one
+:class:`~kiln.core.policy.RetryPolicy`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP, Increment
-
-from kiln.core.errors import CanceledError, LeaseLostError, TransitionError
-from kiln.core.job import TERMINAL, JobStatus, allowed, target
+from kiln.core.errors import CanceledError, LeaseLostError, RetryableError, TransitionError
+from kiln.core.job import Change, Job, JobStatus, NewJob, allowed, target
+from kiln.core.policy import RetryPolicy
 from kiln.core.requests import JobRequest
-
-Updates = dict[str, Any]
+from kiln.core.sentinels import DELETE, SERVER_TIME, Increment
 
 #: Job documents are kept this long (a TTL policy on ``expireAt``), like their results.
 RETENTION_DAYS = 90
 
-#: A job is pending too long (publish lost?) or its lease expired: the sweeper acts.
 NOTIFY_CLAIMED = "claimed"
+DEADLINE_MESSAGE = "The job took too long and was stopped."
 
 
-def new_job(
-    *,
-    uid: str,
-    channel: str,
-    request: JobRequest,
-    now: dt.datetime,
-    max_age_seconds: float,
-    idempotency_key: str | None = None,
-    extra_server: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The document of a new ``pending`` job."""
-    server: dict[str, Any] = {
-        "deadlineAt": now + dt.timedelta(seconds=max_age_seconds),
-        "fingerprint": request.fingerprint(),
-        "leaseOwner": None,
-        "leaseExpiresAt": None,
-        "notBefore": None,
-        "providerTaskId": None,
-        "notify": None,
-        "handoffs": 0,
-    }
-    if idempotency_key is not None:
-        server["idempotencyKey"] = idempotency_key
-    server.update(extra_server or {})
-    return {
-        "uid": uid,
-        "channel": channel,
-        "kind": request.kind,
-        "prompt": request.prompt,
-        "options": dict(request.options),
-        "status": JobStatus.PENDING.value,
-        "stage": "queued",
-        "progress": 0,
-        "attempts": 0,
-        "error": None,
-        "result": None,
-        "createdAt": SERVER_TIMESTAMP,
-        "updatedAt": SERVER_TIMESTAMP,
-        "startedAt": None,
+class ClaimOutcome(enum.StrEnum):
+    """What one worker delivery does with a job."""
+
+    CLAIMED = "claimed"  # run it (the change takes the lease)
+    TERMINAL = "terminal"  # already ended: ack
+    BUSY = "busy"  # another worker holds a live lease: ack
+    NOT_YET = "not_yet"  # in retry backoff: nack so Pub/Sub redelivers later
+    EXHAUSTED = "exhausted"  # out of attempts: the change fails it
+    EXPIRED = "expired"  # past its deadline: the change fails it
+    MISSING = "missing"  # no such job: ack
+
+
+class SweepAction(enum.StrEnum):
+    """What the sweeper does with a pending or running job."""
+
+    LEAVE = "leave"
+    REPUBLISH = "republish"  # its publish or its worker was lost: wake a worker
+    EXPIRE = "expire"  # past its deadline: fail it
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    change: Change | None = None
+    resume_task_id: str | None = None
+
+
+def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt.datetime,
+            policy: RetryPolicy, idempotency_key: str | None = None,
+            server: Mapping[str, Any] | None = None) -> NewJob:
+    """The documents of a new ``pending`` job."""
+    doc = {
+        "uid": uid, "channel": channel, "kind": request.kind, "prompt": request.prompt,
+        "options": dict(request.options), "status": JobStatus.PENDING.value, "stage": "queued",
+        "progress": 0, "attempts": 0, "error": None, "result": None,
+        "createdAt": SERVER_TIME, "updatedAt": SERVER_TIME, "startedAt": None,
         "completedAt": None,
-        # Firestore's TTL policy deletes the document after this (infra: jobs.expireAt).
+        # Firestore's TTL policy deletes the documents after this (infra: jobs.expireAt).
         "expireAt": now + dt.timedelta(days=RETENTION_DAYS),
-        "_server": server,
     }
-
-
-def server(job: dict[str, Any]) -> dict[str, Any]:
-    return job.get("_server") or {}
-
-
-def status(job: dict[str, Any]) -> JobStatus:
-    return JobStatus(job["status"])
-
-
-def lease_live(job: dict[str, Any], now: dt.datetime) -> bool:
-    """Whether someone holds an unexpired lease on the job."""
-    expires = server(job).get("leaseExpiresAt")
-    return bool(server(job).get("leaseOwner")) and expires is not None and expires > now
+    private: dict[str, Any] = {"deadlineAt": policy.deadline(now),
+                               "fingerprint": request.fingerprint(), "handoffs": 0,
+                               "expireAt": doc["expireAt"], **(server or {})}
+    if idempotency_key is not None:
+        private["idempotencyKey"] = idempotency_key
+    return NewJob(job_id, doc, private)
 
 
 # --- claim --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What a worker delivery should do with a job.
-
-    ``outcome`` is one of: ``claimed`` (run it), ``terminal`` (already ended: ack),
-    ``busy`` (another worker holds a live lease: ack), ``not_yet`` (in retry backoff:
-    nack so Pub/Sub redelivers later), ``exhausted`` / ``expired`` (fail it now).
-    """
-
-    outcome: str
-    updates: Updates | None = None
-    resume_task_id: str | None = None
-
-
-def claim(
-    job: dict[str, Any],
-    *,
-    worker_id: str,
-    now: dt.datetime,
-    lease_seconds: float,
-    max_attempts: int,
-    claim_token: str | None = None,
-) -> Claim:
-    """Decide a delivery; on ``claimed`` the updates take the lease and count an attempt.
-
-    A job whose lease expired mid-run (worker killed, instance recycled) is claimed
-    again; if its provider task id was checkpointed the run resumes that task.
-    """
-    current = status(job)
-    srv = server(job)
-    if current in TERMINAL:
-        return Claim("terminal")
-    if current is JobStatus.PROCESSING and lease_live(job, now):
-        if claim_token is not None and srv.get("claimToken") == claim_token:
+def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
+          claim_token: str) -> Claim:
+    """Decide a delivery; on ``CLAIMED`` the change takes the lease and counts an attempt
+    (a hand-off continues the same attempt). A job whose lease expired mid-run is claimed
+    again and resumes its checkpointed provider task."""
+    if job is None:
+        return Claim(ClaimOutcome.MISSING)
+    srv = job.server
+    if job.terminal:
+        return Claim(ClaimOutcome.TERMINAL)
+    if job.status is JobStatus.PROCESSING and srv.lease_live(now):
+        if srv.claim_token == claim_token:
             # Our own claim committed, but the SDK retried the transaction (its answer was
             # lost under contention): it is ours, nothing more to write.
-            return Claim("claimed", None, resume_task_id=srv.get("providerTaskId"))
-        return Claim("busy")
-    deadline = srv.get("deadlineAt")
-    if deadline is not None and now >= deadline:
-        return Claim("expired")
-    handoff = bool(srv.get("handoff"))
-    if not handoff and job.get("attempts", 0) >= max_attempts:
-        return Claim("exhausted")
-    not_before = srv.get("notBefore")
-    if not_before is not None and now < not_before:
-        return Claim("not_yet")
-    assert allowed("claim", current)
-    updates: Updates = {
-        "status": target("claim").value,
-        "updatedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": worker_id,
-        "_server.leaseExpiresAt": now + dt.timedelta(seconds=lease_seconds),
-        "_server.notBefore": None,
-        "_server.handoff": DELETE_FIELD,
-        "_server.claimToken": claim_token,
-    }
-    if handoff:
-        # A hand-off continues the same attempt in a fresh invocation.
-        updates["_server.handoffs"] = Increment(1)
+            return Claim(ClaimOutcome.CLAIMED, None, srv.provider_task_id)
+        return Claim(ClaimOutcome.BUSY)
+    if srv.past_deadline(now):
+        return Claim(ClaimOutcome.EXPIRED, fail(job, code="deadline_exceeded",
+                                                message=DEADLINE_MESSAGE))
+    if not srv.handoff and policy.exhausted(job.attempts):
+        last = job.error or {}
+        return Claim(ClaimOutcome.EXHAUSTED, _give_up(
+            job, str(last.get("code") or "attempts_exhausted"),
+            str(last.get("message") or "The job kept failing.")))
+    if srv.not_before is not None and now < srv.not_before:
+        return Claim(ClaimOutcome.NOT_YET)
+    public: dict[str, Any] = {"status": target("claim").value, "updatedAt": SERVER_TIME}
+    private: dict[str, Any] = {"leaseOwner": worker_id, "leaseExpiresAt": policy.lease_until(now),
+                               "notBefore": None, "handoff": DELETE, "claimToken": claim_token}
+    if srv.handoff:
+        private["handoffs"] = Increment(1)
     else:
-        updates["attempts"] = Increment(1)
-        updates["stage"] = "starting"
-    if job.get("startedAt") is None:
-        updates["startedAt"] = SERVER_TIMESTAMP
-    return Claim("claimed", updates, resume_task_id=srv.get("providerTaskId"))
+        public["attempts"] = Increment(1)
+        public["stage"] = "starting"
+    if job.started_at is None:
+        public["startedAt"] = SERVER_TIME
+    return Claim(ClaimOutcome.CLAIMED, Change(public, private), srv.provider_task_id)
 
 
-def _check_owner(job: dict[str, Any], worker_id: str) -> None:
-    """Raise unless the job is still processing under our lease."""
-    current = status(job)
-    if current is JobStatus.CANCELED:
+def check_owner(job: Job | None, worker_id: str) -> Job:
+    """The job, still processing under our lease; raise otherwise."""
+    if job is None:
+        raise LeaseLostError("The job document is gone.")
+    if job.status is JobStatus.CANCELED:
         raise CanceledError("The job was canceled.")
-    if current is not JobStatus.PROCESSING or server(job).get("leaseOwner") != worker_id:
+    if job.status is not JobStatus.PROCESSING or job.server.lease_owner != worker_id:
         raise LeaseLostError("Another worker owns this job now.")
+    return job
 
 
 # --- while running ------------------------------------------------------------------
 
 
-def report_progress(
-    job: dict[str, Any],
-    *,
-    worker_id: str,
-    now: dt.datetime,
-    lease_seconds: float,
-    progress: int | None = None,
-    stage: str | None = None,
-) -> Updates:
-    """Progress (never backwards within an attempt) and a lease heartbeat."""
-    _check_owner(job, worker_id)
-    updates: Updates = {
-        "updatedAt": SERVER_TIMESTAMP,
-        "_server.leaseExpiresAt": now + dt.timedelta(seconds=lease_seconds),
-    }
+def report_progress(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
+                    progress: int | None = None, stage: str | None = None) -> Change:
+    """Progress (never backwards within an attempt) and a lease heartbeat; the public
+    document is written only when progress or stage really moved."""
+    job = check_owner(job, worker_id)
+    public: dict[str, Any] = {}
     if progress is not None:
-        updates["progress"] = max(int(job.get("progress") or 0), min(100, max(0, int(progress))))
-    if stage:
-        updates["stage"] = stage
-    return updates
+        value = max(job.progress, min(100, max(0, int(progress))))
+        if value != job.progress:
+            public["progress"] = value
+    if stage and stage != job.stage:
+        public["stage"] = stage
+    if public:
+        public["updatedAt"] = SERVER_TIME
+    return Change(public, {"leaseExpiresAt": policy.lease_until(now)})
 
 
-def checkpoint(
-    job: dict[str, Any], *, worker_id: str, now: dt.datetime, lease_seconds: float,
-    provider: str, task_id: str,
-) -> Updates:
+def checkpoint(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
+               provider: str, task_id: str) -> Change:
     """Record the provider's task id so no later run pays for a second task."""
-    updates = report_progress(job, worker_id=worker_id, now=now, lease_seconds=lease_seconds)
-    updates["_server.providerTaskId"] = task_id
-    updates["_server.provider"] = provider
-    return updates
+    check_owner(job, worker_id)
+    return Change({}, {"leaseExpiresAt": policy.lease_until(now), "providerTaskId": task_id,
+                       "provider": provider})
 
 
-def hand_off(job: dict[str, Any], *, worker_id: str) -> Updates:
+def hand_off(job: Job | None, *, worker_id: str) -> Change:
     """Give up the lease near the invocation deadline; a fresh one continues the task."""
-    _check_owner(job, worker_id)
-    return {
-        "updatedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": None,
-        "_server.leaseExpiresAt": None,
-        "_server.handoff": True,
-    }
+    check_owner(job, worker_id)
+    return Change({}, {"leaseOwner": None, "leaseExpiresAt": None, "handoff": True})
 
 
-def release(
-    job: dict[str, Any], *, worker_id: str, now: dt.datetime, backoff_seconds: float,
-    error: dict[str, Any],
-) -> Updates:
-    """A retryable failure: back to ``pending`` after a backoff (the attempt is spent)."""
-    _check_owner(job, worker_id)
-    return {
-        "status": target("release").value,
-        "stage": "retrying",
-        "error": error,
-        "updatedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": None,
-        "_server.leaseExpiresAt": None,
-        "_server.notBefore": now + dt.timedelta(seconds=backoff_seconds),
-    }
+def retry_or_fail(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
+                  error: RetryableError, forget_task: bool = False) -> tuple[Change, float | None]:
+    """A retryable failure of a run: back to ``pending`` after the policy's backoff, or
+    ``failed`` when no attempt is left. Returns the change and the backoff in seconds
+    (None: no attempt was left, the job failed).
+    ``forget_task``: the provider's task itself failed, so the next attempt starts anew."""
+    job = check_owner(job, worker_id)
+    if policy.exhausted(job.attempts):
+        return _give_up(job, error.code, error.message), None
+    backoff = policy.backoff(max(1, job.attempts), error.retry_after)
+    private: dict[str, Any] = {"leaseOwner": None, "leaseExpiresAt": None,
+                               "notBefore": now + dt.timedelta(seconds=backoff)}
+    if forget_task:
+        private["providerTaskId"] = None
+    return Change({"status": target("release").value, "stage": "retrying",
+                   "error": {"code": error.code, "message": error.message, "retryable": True},
+                   "updatedAt": SERVER_TIME}, private), backoff
+
+
+def _give_up(job: Job, code: str, message: str) -> Change:
+    return fail(job, code=code, message=f"{message} Gave up after {job.attempts} attempts.")
 
 
 # --- endings ------------------------------------------------------------------------
 
 
-def complete(job: dict[str, Any], *, worker_id: str, result: dict[str, Any]) -> Updates:
+def complete(job: Job | None, *, worker_id: str, result: Mapping[str, Any],
+             provenance: Mapping[str, Any] | None = None) -> Change:
     """``processing → completed``, claiming the completion notification in the same write."""
-    _check_owner(job, worker_id)
-    return {
-        "status": target("complete").value,
-        "stage": "done",
-        "progress": 100,
-        "error": None,
-        "result": result,
-        "updatedAt": SERVER_TIMESTAMP,
-        "completedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": None,
-        "_server.leaseExpiresAt": None,
-        "_server.notify": {"state": NOTIFY_CLAIMED, "type": "generation_completed"},
-    }
+    check_owner(job, worker_id)
+    public: dict[str, Any] = {"status": target("complete").value, "stage": "done",
+                              "progress": 100, "error": None, "result": dict(result),
+                              "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME}
+    if provenance:
+        public["provenance"] = dict(provenance)
+    return Change(public, _ended("generation_completed"))
 
 
-def fail(
-    job: dict[str, Any], *, code: str, message: str, worker_id: str | None = None,
-) -> Updates:
+def fail(job: Job | None, *, code: str, message: str, worker_id: str | None = None) -> Change:
     """``pending | processing → failed`` with a user-readable reason; claims the push.
 
     With ``worker_id`` the caller must still own the job (a worker's own failure);
     without it (the sweeper, an exhausted or expired claim) any non-terminal job fails.
     """
     if worker_id is not None:
-        _check_owner(job, worker_id)
-    elif not allowed("fail", status(job)):
-        raise TransitionError(f"A {job['status']} job cannot fail.")
-    return {
-        "status": target("fail").value,
-        "stage": "failed",
-        "error": {"code": code, "message": message, "retryable": False},
-        "updatedAt": SERVER_TIMESTAMP,
-        "completedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": None,
-        "_server.leaseExpiresAt": None,
-        "_server.notify": {"state": NOTIFY_CLAIMED, "type": "generation_failed"},
-    }
+        job = check_owner(job, worker_id)
+    elif job is None or not allowed("fail", job.status):
+        raise TransitionError(f"A {job.status.value if job else 'missing'} job cannot fail.")
+    return Change({"status": target("fail").value, "stage": "failed",
+                   "error": {"code": code, "message": message, "retryable": False},
+                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME},
+                  _ended("generation_failed"))
 
 
-def cancel(job: dict[str, Any]) -> Updates | None:
+def _ended(push_type: str) -> dict[str, Any]:
+    return {"leaseOwner": None, "leaseExpiresAt": None,
+            "notify": {"state": NOTIFY_CLAIMED, "type": push_type}}
+
+
+def cancel(job: Job | None) -> Change | None:
     """``pending | processing → canceled``; None when it is canceled already (idempotent).
-
-    A running worker notices on its next progress write or stop check.
-    """
-    current = status(job)
-    if current is JobStatus.CANCELED:
+    A running worker notices on its next progress write or stop check."""
+    if job is None:
+        raise TransitionError("No such job.")
+    if job.status is JobStatus.CANCELED:
         return None
-    if not allowed("cancel", current):
-        raise TransitionError(f"This job is already {current.value} and cannot be canceled.")
-    return {
-        "status": target("cancel").value,
-        "stage": "canceled",
-        "updatedAt": SERVER_TIMESTAMP,
-        "completedAt": SERVER_TIMESTAMP,
-        "_server.leaseOwner": None,
-        "_server.leaseExpiresAt": None,
-        "_server.notBefore": None,
-    }
+    if not allowed("cancel", job.status):
+        raise TransitionError(f"This job is already {job.status.value} and cannot be canceled.")
+    return Change({"status": target("cancel").value, "stage": "canceled",
+                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME},
+                  {"leaseOwner": None, "leaseExpiresAt": None, "notBefore": None})
 
 
-def retry(job: dict[str, Any], *, now: dt.datetime, max_age_seconds: float) -> Updates | None:
+def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change | None:
     """``failed → pending``: an explicit retry starts afresh (attempts, deadline, push).
-
-    None when the job is already pending or processing again (idempotent).
-    """
-    current = status(job)
-    if current in (JobStatus.PENDING, JobStatus.PROCESSING):
+    None when the job is already pending or processing again (idempotent)."""
+    if job is None:
+        raise TransitionError("No such job.")
+    if job.status in (JobStatus.PENDING, JobStatus.PROCESSING):
         return None
-    if not allowed("retry", current):
-        raise TransitionError(f"Only a failed job can be retried; this one is {current.value}.")
-    return {
-        "status": target("retry").value,
-        "stage": "queued",
-        "progress": 0,
-        "attempts": 0,
-        "error": None,
-        "result": None,
-        "completedAt": None,
-        "updatedAt": SERVER_TIMESTAMP,
-        "_server.deadlineAt": now + dt.timedelta(seconds=max_age_seconds),
-        "_server.notBefore": None,
-        "_server.providerTaskId": None,
-        "_server.notify": None,
-        "_server.retries": Increment(1),
-    }
+    if not allowed("retry", job.status):
+        raise TransitionError(f"Only a failed job can be retried; this one is {job.status.value}.")
+    return Change({"status": target("retry").value, "stage": "queued", "progress": 0,
+                   "attempts": 0, "error": None, "result": None, "completedAt": None,
+                   "updatedAt": SERVER_TIME},
+                  {"deadlineAt": policy.deadline(now), "notBefore": None,
+                   "providerTaskId": None, "notify": None, "retries": Increment(1)})
 
 
-def public_view(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
-    """The client-facing fields of a job (the contract), JSON-ready."""
-    out: dict[str, Any] = {"jobId": job_id}
-    for name in ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
-                 "attempts", "error", "result"):
-        out[name] = job.get(name)
-    for name in ("createdAt", "updatedAt", "startedAt", "completedAt"):
-        value = job.get(name)
-        out[name] = value.isoformat() if isinstance(value, dt.datetime) else None
-    return out
+# --- the sweeper's view -------------------------------------------------------------
+
+
+def sweep_action(job: Job, *, now: dt.datetime, stale_after: float) -> SweepAction:
+    """Pending too long (publish lost?), lease expired, or past the deadline."""
+    srv = job.server
+    if job.terminal:
+        return SweepAction.LEAVE
+    if srv.past_deadline(now):
+        return SweepAction.EXPIRE
+    stale = now - dt.timedelta(seconds=stale_after)
+    if srv.republished_at is not None and srv.republished_at > stale:
+        return SweepAction.LEAVE  # re-published recently: that message is on its way
+    if job.status is JobStatus.PROCESSING:
+        return SweepAction.LEAVE if srv.lease_live(now) else SweepAction.REPUBLISH
+    if srv.not_before is not None:
+        return SweepAction.REPUBLISH if now >= srv.not_before else SweepAction.LEAVE
+    updated = job.updated_at
+    return SweepAction.REPUBLISH if updated is None or updated <= stale else SweepAction.LEAVE
+
+
+def expire(job: Job | None, *, now: dt.datetime) -> Change | None:
+    """Fail a job past its deadline; None when it ended or is no longer late."""
+    if job is None or job.terminal or not job.server.past_deadline(now):
+        return None
+    return fail(job, code="deadline_exceeded", message=DEADLINE_MESSAGE)
+
+
+def republished(now: dt.datetime) -> Change:
+    """Remembered, so a backlog is not re-published again every pass."""
+    return Change({}, {"republishedAt": now})
+
+
+# --- bookkeeping (server state only: no listener wakes) --------------------------------
+
+
+def notified(state: str, report: Mapping[str, Any]) -> Change:
+    """What the notification of an ended job did (``sent`` or ``error``)."""
+    return Change({}, {"notify.state": state, "notify.at": SERVER_TIME,
+                       "notify.report": dict(report)})
+
+
+def remote_task_left(job: Job) -> bool:
+    """A canceled job whose paid provider task may still be running."""
+    return (job.status is JobStatus.CANCELED and bool(job.server.provider_task_id)
+            and not job.server.remote_canceled)
+
+
+def remote_canceled() -> Change:
+    return Change({}, {"remoteCanceled": True})
+
+
+def channel_state(channel: str, fields: Mapping[str, Any]) -> Change:
+    """A channel's own bookkeeping (e.g. the Telegram status message id), server-side."""
+    return Change({}, {f"{channel}.{name}": value for name, value in fields.items()})

@@ -15,7 +15,8 @@ data is unreadable (a poison message) is never replayed; ``--drop-unreadable`` a
 A job that already ended stays as it is: use ``kiln jobs retry`` to run a failed job again.
 
 The Pub/Sub emulator does not dead-letter by itself; the tests publish to the dead topic
-to stand in for Pub/Sub.
+to stand in for Pub/Sub. Like ``kiln jobs``, the commands act on the ``Services`` the
+command line gives them (``args.services``), else on the environment's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from typing import Any
 from google.api_core import exceptions as gexc
 
 from kiln.adapters.pubsub import decode_message
+from kiln.compose import Services
 from kiln.core.errors import PermanentError, RetryableError
+from kiln.ops.jobs import services_of
 
 DEAD_TOPIC = "kiln-jobs-dead"
 DEAD_SUBSCRIPTION = "kiln-jobs-dead-sub"
@@ -66,11 +69,17 @@ def add_parser(sub: Any) -> None:
 class DeadLetters:
     """The dead-letter pull subscription of one project."""
 
-    def __init__(self, project: str, subscriber: Any = None) -> None:
-        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-        self.subscriber = subscriber or pubsub_v1.SubscriberClient()
+    def __init__(self, project: str, subscriber: Any = None, *, emulator_host: str = "") -> None:
+        """``subscriber``: a client to use; else one on the emulator at ``emulator_host``
+        (given explicitly: no client reads the environment), else on the real service."""
+        self.subscriber = subscriber or _subscriber(emulator_host)
         self.path = self.subscriber.subscription_path(project, DEAD_SUBSCRIPTION)
+
+    @classmethod
+    def of(cls, services: Services) -> DeadLetters:
+        """The dead letters of the project (or emulator) ``services`` are bound to."""
+        settings = services.settings
+        return cls(settings.project, emulator_host=settings.pubsub_emulator_host)
 
     def pull_all(self, limit: int = 1000) -> list[DeadLetter]:
         """Lease every dead letter (up to ``limit``); the caller acks or releases them."""
@@ -109,6 +118,18 @@ class DeadLetters:
                 "ack_deadline_seconds": 0})
 
 
+def _subscriber(emulator_host: str) -> Any:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    if not emulator_host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    return pubsub_v1.SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator_host)))
+
+
 def _letter(item: Any) -> DeadLetter:
     message = item.message
     data = base64.b64encode(bytes(message.data)).decode()
@@ -123,7 +144,7 @@ def _letter(item: Any) -> DeadLetter:
                       delivery_attempt=int(getattr(item, "delivery_attempt", 0) or 0))
 
 
-def replay(services: Any, dead: DeadLetters, *, message_id: str | None = None,
+def replay(services: Services, dead: DeadLetters, *, message_id: str | None = None,
            drop_unreadable: bool = False) -> dict[str, list[str]]:
     """Re-publish the selected letters' jobs (all when ``message_id`` is None).
 
@@ -163,27 +184,21 @@ def replay(services: Any, dead: DeadLetters, *, message_id: str | None = None,
 # --- commands ---------------------------------------------------------------------------
 
 
-def _services() -> Any:
-    from kiln_dev.cli import use_dev_stack
-
-    use_dev_stack()
-    from kiln.compose import get_services
-
-    return get_services()
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    services = _services()
-    dead = DeadLetters(services.settings.project)
+    services = services_of(args)
+    dead = DeadLetters.of(services)
     letters = dead.pull_all(args.limit)
     try:
         print(f"{'MESSAGE':<20} {'JOB':<22} {'STATUS':<10} {'TRIES':>5}  {'PUBLISHED':<26} ERROR")
         for letter in letters:
             job = services.store.get(letter.job_id) if letter.job_id else None
-            status = (job or {}).get("status", "missing") if letter.job_id else "-"
-            error = ((job or {}).get("error") or {}).get("code", "")
+            status = job.status.value if job is not None else "missing"
+            if letter.job_id is None:
+                status = "-"
+            error = str((job.error or {}).get("code", "")) if job is not None else ""
+            attempts = job.attempts if job is not None else 0
             print(f"{letter.message_id:<20} {letter.job_id or '(unreadable)':<22} {status:<10} "
-                  f"{(job or {}).get('attempts', 0):>5}  {letter.publish_time:<26} {error}")
+                  f"{attempts:>5}  {letter.publish_time:<26} {error}")
         print(f"{len(letters)} dead letter(s)")
     finally:
         dead.release(letters)
@@ -191,8 +206,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    services = _services()
-    dead = DeadLetters(services.settings.project)
+    services = services_of(args)
+    dead = DeadLetters.of(services)
     out = replay(services, dead, message_id=None if args.all else args.message_id,
                  drop_unreadable=args.drop_unreadable)
     print(json.dumps(out))

@@ -1,20 +1,35 @@
 """Operator commands: ``kiln jobs list|show|cancel|retry``.
 
 They act on Firestore directly with the same lifecycle transitions as the API (an
-operator may act on any user's job), against the local stack (``.kiln/dev.json``) or
-the project the environment points at.
+operator may act on any user's job). Which project or stack they act on is the caller's
+choice: the command line that mounts them sets ``args.services``, a zero-arg callable
+returning the ``Services`` to use (the dev CLI's reads ``.kiln/dev.json``); without one
+they use :func:`kiln.compose.get_services` (the environment).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
-from kiln.core import lifecycle
+from kiln.compose import Services, get_services
 from kiln.core.errors import TransitionError
 from kiln.runtime import actions
+
+#: Where a handler's ``Services`` come from (``args.services``).
+ServicesSource = Callable[[], Services]
+_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def services_of(args: argparse.Namespace) -> Services:
+    """The ``Services`` an operator command acts on: ``args.services()`` when the command
+    line provides a source, else the environment's (:func:`kiln.compose.get_services`)."""
+    source: ServicesSource | None = getattr(args, "services", None)
+    return (source or get_services)()
 
 
 def add_jobs_parser(sub: Any) -> None:
@@ -32,43 +47,40 @@ def add_jobs_parser(sub: Any) -> None:
         verb.set_defaults(handler=handler)
 
 
-def _services() -> Any:
-    from kiln_dev.cli import use_dev_stack
-
-    use_dev_stack()
-    from kiln.compose import get_services
-
-    return get_services()
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    services = _services()
-    rows = list(services.store.find(status=args.status, uid=args.uid, limit=500))
-    rows.sort(key=lambda r: r[1].get("createdAt") or dt.datetime.min.replace(tzinfo=dt.UTC),
-              reverse=True)
+    services = services_of(args)
+    jobs = services.store.find(status=args.status, uid=args.uid, limit=500)
+    jobs.sort(key=lambda job: job.created_at or _EPOCH, reverse=True)
     print(f"{'JOB':<22} {'STATUS':<10} {'KIND':<5} {'PROG':>4} {'TRIES':>5}  {'UID':<20} PROMPT")
-    for job_id, job in rows[: args.limit]:
-        print(f"{job_id:<22} {job.get('status', ''):<10} {job.get('kind', ''):<5} "
-              f"{job.get('progress', 0):>3}% {job.get('attempts', 0):>5}  "
-              f"{str(job.get('uid', ''))[:20]:<20} {str(job.get('prompt', ''))[:40]}")
+    for job in jobs[: args.limit]:
+        print(f"{job.id:<22} {job.status.value:<10} {job.kind:<5} "
+              f"{job.progress:>3}% {job.attempts:>5}  "
+              f"{job.uid[:20]:<20} {job.prompt[:40]}")
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    services = _services()
-    job = services.store.get(args.job_id)
+def show(services: Services, job_id: str) -> dict[str, Any] | None:
+    """What ``kiln jobs show`` prints: the public view and the typed server state."""
+    job = services.store.get(job_id)
     if job is None:
+        return None
+    view = job.public_view()
+    view["server"] = dataclasses.asdict(job.server)
+    return view
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    view = show(services_of(args), args.job_id)
+    if view is None:
         print(f"no job {args.job_id}")
         return 1
-    view = lifecycle.public_view(args.job_id, job)
-    view["_server"] = lifecycle.server(job)
     print(json.dumps(view, indent=2, default=str))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     try:
-        outcome = actions.cancel(_services(), args.job_id, by="operator")
+        outcome = actions.cancel(services_of(args), args.job_id, by="operator")
     except TransitionError as exc:
         print(exc.message)
         return 1
@@ -78,7 +90,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     try:
-        outcome = actions.retry(_services(), args.job_id, by="operator")
+        outcome = actions.retry(services_of(args), args.job_id, by="operator")
     except TransitionError as exc:
         print(exc.message)
         return 1

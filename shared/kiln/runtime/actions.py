@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln import log
-from kiln.adapters.firestore import utcnow
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import RetryableError, TransitionError
-from kiln.core.job import JobStatus
+from kiln.core.errors import RetryableError
+from kiln.core.job import Job, JobStatus
 
 logger = log.get("actions")
 
@@ -25,11 +24,11 @@ logger = log.get("actions")
 @dataclass(frozen=True)
 class Outcome:
     """``changed``: this call moved the job; ``status``: the job's status now; ``job``: the
-    document as it was before the call."""
+    job as it was before the call."""
 
     changed: bool
-    status: str
-    job: dict[str, Any]
+    status: JobStatus
+    job: Job
 
 
 def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
@@ -39,42 +38,37 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
     task. When nobody holds it (its worker died, or between hand-offs) and a provider task
     exists, a wake-up message is published so a worker cancels that task.
     """
+    now = services.clock.now()
 
-    def decide(job: dict[str, Any] | None) -> tuple[Any, tuple[bool, bool, dict[str, Any]]]:
-        if job is None:
-            raise TransitionError("No such job.")
-        updates = lifecycle.cancel(job)
-        orphaned = not lifecycle.lease_live(job, utcnow())
-        remote_task = bool(lifecycle.server(job).get("providerTaskId"))
-        return updates, (updates is not None, updates is not None and orphaned and remote_task, job)
+    def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
+        change = lifecycle.cancel(job)
+        assert job is not None
+        return change, (change is not None, job)
 
-    changed, wake, job = services.store.transact(job_id, decide)
+    changed, job = services.store.transact(job_id, decide)
     with log.job_context(job_id):
-        if wake:
+        if changed and job.server.provider_task_id and not job.server.lease_live(now):
             _publish(services, job_id, "cancel", "cancel wake-up not published")
         if changed:
             log.event(logger, "job canceled", by=by)
-    return Outcome(changed, JobStatus.CANCELED.value, job)
+    return Outcome(changed, JobStatus.CANCELED, job)
 
 
 def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     """Run a failed job again: pending, published. A job that is already pending or running
     again is left as it is."""
-    max_age = services.settings.job_max_age_seconds
-
-    def decide(job: dict[str, Any] | None) -> tuple[Any, tuple[bool, dict[str, Any]]]:
-        if job is None:
-            raise TransitionError("No such job.")
-        updates = lifecycle.retry(job, now=utcnow(), max_age_seconds=max_age)
-        return updates, (updates is not None, job)
+    def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
+        change = lifecycle.retry(job, now=services.clock.now(), policy=services.policy)
+        assert job is not None
+        return change, (change is not None, job)
 
     changed, job = services.store.transact(job_id, decide)
     if not changed:
-        return Outcome(False, str(job["status"]), job)
+        return Outcome(False, job.status, job)
     with log.job_context(job_id):
         _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
         log.event(logger, "job retried", by=by)
-    return Outcome(True, JobStatus.PENDING.value, job)
+    return Outcome(True, JobStatus.PENDING, job)
 
 
 def _publish(services: Services, job_id: str, reason: str, warning: str) -> None:

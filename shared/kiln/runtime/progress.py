@@ -1,22 +1,22 @@
-"""Coalesced progress: at most one job write per interval, and only when it moved.
+"""Coalesced progress: at most one public write per interval, and only when it moved.
 
-Each write is a transaction that also renews the lease and notices a cancel or a lost
-lease (raising ``CanceledError`` / ``LeaseLostError`` into the provider's loop, which is
-how a running generation stops). Between writes, ``should_stop`` reads the job every
-few seconds so a cancel is noticed even when progress stalls.
+Each write is a transaction that also renews the lease (server state only, so a
+heartbeat wakes no listener) and notices a cancel or a lost lease, raising
+``CanceledError`` / ``LeaseLostError`` into the provider's loop — that is how a running
+generation stops. Between writes, ``should_stop`` reads the job every few seconds so a
+cancel is noticed even when progress stalls.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from collections.abc import Callable
 from typing import Any
 
-from kiln.adapters.firestore import JobStore, utcnow
 from kiln.core import lifecycle
 from kiln.core.errors import CanceledError, KilnError, LeaseLostError
-from kiln.core.job import JobStatus
+from kiln.core.job import Job, JobStatus
+from kiln.core.policy import RetryPolicy
+from kiln.ports import Clock, JobStore
 
 STOP_CHECK_SECONDS = 2.0
 
@@ -28,25 +28,22 @@ class ProgressReporter:
         job_id: str,
         worker_id: str,
         *,
+        policy: RetryPolicy,
+        clock: Clock,
         interval: float,
-        lease_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], dt.datetime] = utcnow,
         start_progress: int = 0,
         on_write: Callable[[int, str], None] | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.worker_id = worker_id
-        self.interval = interval
-        self.lease_seconds = lease_seconds
+        self.policy = policy
         self.clock = clock
-        self.now = now
+        self.interval = interval
         self.writes = 0
         self._written: tuple[int, str] = (start_progress, "")
         self._pending: tuple[int, str] = (start_progress, "")
-        self._last_write = clock()
-        self._last_check = clock()
+        self._last_write = self._last_check = clock.monotonic()
         self.stop_reason: KilnError | None = None
         self.on_write = on_write
 
@@ -54,13 +51,17 @@ class ProgressReporter:
     def progress(self) -> int:
         return self._pending[0]
 
+    @property
+    def _heartbeat_due(self) -> bool:
+        return self.clock.monotonic() - self._last_write >= self.policy.lease_seconds / 3
+
     def update(self, progress: int, stage: str = "") -> None:
         """Note progress; write it if the interval passed (or the lease needs renewing)."""
         progress = max(self._pending[0], min(100, max(0, int(progress))))
         self._pending = (progress, stage or self._pending[1])
-        elapsed = self.clock() - self._last_write
         moved = self._pending != self._written
-        if (moved and elapsed >= self.interval) or elapsed >= self.lease_seconds / 3:
+        if (moved and self.clock.monotonic() - self._last_write >= self.interval) \
+                or self._heartbeat_due:
             self.flush()
 
     def flush(self) -> None:
@@ -68,11 +69,9 @@ class ProgressReporter:
         progress, stage = self._pending
         moved = self._pending != self._written
 
-        def decide(job: dict[str, Any] | None) -> tuple[Any, None]:
-            if job is None:
-                raise LeaseLostError("The job document is gone.")
+        def decide(job: Job | None) -> tuple[Any, None]:
             return lifecycle.report_progress(
-                job, worker_id=self.worker_id, now=self.now(), lease_seconds=self.lease_seconds,
+                job, worker_id=self.worker_id, now=self.clock.now(), policy=self.policy,
                 progress=progress if moved else None, stage=stage if moved else None,
             ), None
 
@@ -83,7 +82,7 @@ class ProgressReporter:
             raise
         self.writes += 1
         self._written = self._pending
-        self._last_write = self._last_check = self.clock()
+        self._last_write = self._last_check = self.clock.monotonic()
         if moved and self.on_write is not None:
             self.on_write(progress, stage)
 
@@ -91,20 +90,19 @@ class ProgressReporter:
         """True once the job was canceled or our lease was lost (checked every few s)."""
         if self.stop_reason is not None:
             return True
-        if self.clock() - self._last_check < STOP_CHECK_SECONDS:
+        if self.clock.monotonic() - self._last_check < STOP_CHECK_SECONDS:
             return False
-        self._last_check = self.clock()
-        if self.clock() - self._last_write >= self.lease_seconds / 3:
+        self._last_check = self.clock.monotonic()
+        if self._heartbeat_due:
             try:
                 self.flush()
             except (CanceledError, LeaseLostError):
                 return True
             return False
         job = self.store.get(self.job_id)
-        if job is None or job.get("status") == JobStatus.CANCELED.value:
+        if job is None or job.status is JobStatus.CANCELED:
             self.stop_reason = CanceledError("The job was canceled.")
-        elif (job.get("status") != JobStatus.PROCESSING.value
-              or lifecycle.server(job).get("leaseOwner") != self.worker_id):
+        elif job.status is not JobStatus.PROCESSING or job.server.lease_owner != self.worker_id:
             self.stop_reason = LeaseLostError("Another worker owns this job now.")
         return self.stop_reason is not None
 

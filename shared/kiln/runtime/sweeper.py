@@ -1,25 +1,25 @@
 """The sweeper: no accepted job is ever left without an end.
 
-Runs every minute (Cloud Scheduler; locally a loop in the stack). It re-publishes
-pending jobs whose publish may have been lost and running jobs whose lease expired (the
-next claim resumes or fails them), and fails jobs past their maximum age. Every change
-goes through the same lifecycle transactions as the worker, so sweepers may run
-concurrently with each other and with workers.
+Runs every minute (Cloud Scheduler; locally a loop in the stack). For each pending or
+running job the lifecycle decides (``sweep_action``): re-publish one whose publish may
+have been lost or whose lease expired (the next claim resumes or fails it), or fail one
+past its deadline. Every change goes through the same lifecycle transactions as the
+worker, so sweepers may run concurrently with each other and with workers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 from collections import Counter
-from typing import Any
 
 from kiln import log
-from kiln.adapters.firestore import utcnow
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import RetryableError, TransitionError
-from kiln.core.job import JobStatus
+from kiln.core.errors import RetryableError
+from kiln.core.job import Change, Job, JobStatus
+from kiln.core.lifecycle import SweepAction
 from kiln.runtime import notify
 
 logger = log.get("sweeper")
@@ -27,58 +27,44 @@ logger = log.get("sweeper")
 SCAN_LIMIT = 500
 
 
+class SweepCount(enum.StrEnum):
+    """The counts a sweep reports."""
+
+    SCANNED = "scanned"
+    FAILED_EXPIRED = "failed_expired"
+    REPUBLISHED_PENDING = "republished_pending"
+    REPUBLISHED_PROCESSING = "republished_processing"
+    PUBLISH_ERRORS = "publish_errors"
+
+
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
     """One pass; returns counts of what it did (also logged)."""
-    settings = services.settings
-    now = now or utcnow()
+    now = now or services.clock.now()
+    stale_after = services.settings.pending_republish_seconds
     report: Counter[str] = Counter()
-    stale = now - dt.timedelta(seconds=settings.pending_republish_seconds)
     for status in (JobStatus.PENDING, JobStatus.PROCESSING):
-        for job_id, job in services.store.find(status=status.value, limit=SCAN_LIMIT):
-            report["scanned"] += 1
-            action = _decide(job, now=now, stale=stale)
-            if action == "fail":
-                if _fail_expired(services, job_id):
-                    report["failed_expired"] += 1
-            elif action == "republish":
+        for job in services.store.find(status=status.value, limit=SCAN_LIMIT):
+            report[SweepCount.SCANNED] += 1
+            action = lifecycle.sweep_action(job, now=now, stale_after=stale_after)
+            if action is SweepAction.EXPIRE:
+                if _expire(services, job.id, now):
+                    report[SweepCount.FAILED_EXPIRED] += 1
+            elif action is SweepAction.REPUBLISH:
                 try:
-                    services.queue.publish(job_id, reason=f"sweep-{status.value}")
-                    report[f"republished_{status.value}"] += 1
-                    # Remembered, so a backlog is not re-published again every pass.
-                    services.store.update(job_id, {"_server.republishedAt": now})
+                    services.queue.publish(job.id, reason=f"sweep-{status.value}")
+                    report[SweepCount(f"republished_{status.value}")] += 1
+                    services.store.apply(job.id, lifecycle.republished(now))
                 except RetryableError:
-                    report["publish_errors"] += 1
-    result = dict(report)
+                    report[SweepCount.PUBLISH_ERRORS] += 1
+    result = {str(name): count for name, count in report.items()}
     log.event(logger, "sweep done", **result)
     return result
 
 
-def _decide(job: dict[str, Any], *, now: dt.datetime, stale: dt.datetime) -> str | None:
-    srv = lifecycle.server(job)
-    deadline = srv.get("deadlineAt")
-    if deadline is not None and now >= deadline:
-        return "fail"
-    republished = srv.get("republishedAt")
-    if republished is not None and republished > stale:
-        return None  # re-published recently: that message is still on its way
-    if job["status"] == JobStatus.PROCESSING.value:
-        return None if lifecycle.lease_live(job, now) else "republish"
-    not_before = srv.get("notBefore")
-    if not_before is not None:
-        return "republish" if now >= not_before else None
-    updated = job.get("updatedAt")
-    return "republish" if updated is None or updated <= stale else None
-
-
-def _fail_expired(services: Services, job_id: str) -> bool:
-    def decide(job: dict[str, Any] | None) -> tuple[Any, bool]:
-        if job is None or JobStatus(job["status"]).terminal:
-            return None, False
-        try:
-            return lifecycle.fail(job, code="deadline_exceeded",
-                                  message="The job took too long and was stopped."), True
-        except TransitionError:
-            return None, False
+def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
+    def decide(job: Job | None) -> tuple[Change | None, bool]:
+        change = lifecycle.expire(job, now=now)
+        return change, change is not None
 
     if not services.store.transact(job_id, decide):
         return False

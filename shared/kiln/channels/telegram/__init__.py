@@ -6,8 +6,9 @@
 - ``chats``: per-chat state in ``telegramChats/{chatId}`` (blocked, daily quota) and the
   running-jobs limit.
 - ``client`` / ``bot``: the Bot API on httpx, errors translated, the token never shown.
-- ``notifier``: the worker's hooks — progress edits within Telegram's limits, then the
-  result (photo, document or link) or a readable failure.
+- ``notifier``: ``TelegramChannel``, the worker's hooks (registered in ``kiln.compose``)
+  — progress edits within Telegram's limits, then the result (photo, document or link)
+  or a readable failure.
 - ``messages``: every text the bot sends.
 - ``cli``: ``kiln telegram set-webhook | delete-webhook | info`` for operators.
 """

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
 from kiln.channels.telegram.chats import ChatStore
 from kiln.channels.telegram.client import BotClient
-from kiln.compose import Services
+
+if TYPE_CHECKING:  # the composition root imports this channel: no run-time import back
+    from kiln.compose import Services
 
 _bots: weakref.WeakKeyDictionary[Services, BotClient] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()

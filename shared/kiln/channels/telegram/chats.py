@@ -14,13 +14,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.cloud import firestore
 from google.cloud.firestore import SERVER_TIMESTAMP
 
-from kiln.adapters.firestore import JOBS, JobStore, in_transaction, unavailable_is_retryable
-from kiln.core.job import TERMINAL, JobStatus
+from kiln.adapters.firestore import JOBS, in_transaction, unavailable_is_retryable
+from kiln.core.job import TERMINAL, Job, JobStatus
+
+if TYPE_CHECKING:
+    from kiln.ports import JobStore
 
 CHATS = "telegramChats"
 T = TypeVar("T")
@@ -48,16 +51,17 @@ def today(now: dt.datetime) -> str:
     return now.astimezone(dt.UTC).date().isoformat()
 
 
-def running_jobs(store: JobStore, uid: str, limit: int = 20) -> list[tuple[str, dict[str, Any]]]:
+def running_jobs(store: JobStore, uid: str, limit: int = 20) -> list[Job]:
     """The owner's pending and processing jobs, newest first."""
     jobs = [*store.find(status=JobStatus.PENDING.value, uid=uid, limit=limit),
             *store.find(status=JobStatus.PROCESSING.value, uid=uid, limit=limit)]
     return newest_first(jobs)
 
 
-def newest_first(jobs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+def newest_first(jobs: list[Job]) -> list[Job]:
+    """``jobs`` by creation time, newest first (a job not yet timestamped sorts last)."""
     floor = dt.datetime.min.replace(tzinfo=dt.UTC)
-    return sorted(jobs, key=lambda item: item[1].get("createdAt") or floor, reverse=True)
+    return sorted(jobs, key=lambda job: job.created_at or floor, reverse=True)
 
 
 class ChatStore:

@@ -41,13 +41,18 @@ def add_parser(sub: Any) -> None:
     info.set_defaults(handler=cmd_info)
 
 
-def _settings_and_bot() -> tuple[Any, Any]:
+def _settings_and_bot(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The settings the command line points at (``args.services``, see ``kiln.ops.jobs``)
+    and a Bot API client for them."""
     from kiln.channels.telegram.client import BotClient
-    from kiln.settings import Settings
-    from kiln_dev.cli import use_dev_stack
 
-    use_dev_stack()
-    settings = Settings.from_env()
+    source = getattr(args, "services", None)
+    if source is not None:
+        settings = source().settings
+    else:
+        from kiln.settings import Settings
+
+        settings = Settings.from_env()
     return settings, BotClient(settings.telegram_bot_token, settings.telegram_api_base)
 
 
@@ -58,7 +63,7 @@ def shown(secret: str) -> str:
 
 def cmd_set_webhook(args: argparse.Namespace) -> int:
     try:
-        settings, bot = _settings_and_bot()
+        settings, bot = _settings_and_bot(args)
         if not args.url.startswith("https://") and not settings.local:
             print("The webhook URL must start with https:// (Telegram calls only HTTPS).",
                   file=sys.stderr)
@@ -87,7 +92,7 @@ def cmd_set_webhook(args: argparse.Namespace) -> int:
 
 def cmd_delete_webhook(args: argparse.Namespace) -> int:
     try:
-        _settings, bot = _settings_and_bot()
+        _settings, bot = _settings_and_bot(args)
         bot.delete_webhook(drop_pending_updates=args.drop_pending)
     except KilnError as exc:
         print(f"delete-webhook failed: {exc.message}", file=sys.stderr)
@@ -96,9 +101,9 @@ def cmd_delete_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(_args: argparse.Namespace) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     try:
-        _settings, bot = _settings_and_bot()
+        _settings, bot = _settings_and_bot(args)
         me, hook = bot.get_me(), bot.get_webhook_info()
     except KilnError as exc:
         print(f"info failed: {exc.message}", file=sys.stderr)

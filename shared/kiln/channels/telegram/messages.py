@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from kiln.core.job import PROMPT_MAX
+from kiln.core.job import PROMPT_MAX, Job, JobStatus
 
 TEXT_MAX = 4096  # sendMessage / editMessageText
 CAPTION_MAX = 1024
@@ -56,33 +55,30 @@ def progress_text(kind: str, prompt: str, progress: int, stage: str) -> str:
             f"{bar(progress)} {progress}%{stage_text}")
 
 
-def caption(job: Mapping[str, Any]) -> str:
-    return _fit(f"{ICONS.get(job.get('kind', ''), '')} {_quote(str(job.get('prompt', '')), 900)}",
-                CAPTION_MAX)
+def caption(job: Job) -> str:
+    return _fit(f"{ICONS.get(job.kind, '')} {_quote(job.prompt, 900)}", CAPTION_MAX)
 
 
-def too_big_link(job: Mapping[str, Any], url: str, size: int) -> str:
-    return _fit(f"✅ Your {_noun(job.get('kind', ''))} {_quote(str(job.get('prompt', '')))} is ready, "
+def too_big_link(job: Job, url: str, size: int) -> str:
+    return _fit(f"✅ Your {_noun(job.kind)} {_quote(job.prompt)} is ready, "
                 f"but at {size / 1024 / 1024:.0f} MB it is too big to send here. Download it:\n{url}")
 
 
-def failed(job: Mapping[str, Any]) -> str:
-    kind = str(job.get("kind", ""))
-    error = job.get("error") or {}
-    reason = str(error.get("message") or "Something went wrong.")
-    retry = f"/{kind} {job.get('prompt', '')}"
+def failed(job: Job) -> str:
+    reason = str((job.error or {}).get("message") or "Something went wrong.")
+    retry = f"/{job.kind} {job.prompt}"
     if len(retry) > 300:
-        retry = f"/{kind} followed by your description"
-    return _fit(f"❌ I couldn't make your {_noun(kind)} {_quote(str(job.get('prompt', '')))}.\n"
+        retry = f"/{job.kind} followed by your description"
+    return _fit(f"❌ I couldn't make your {_noun(job.kind)} {_quote(job.prompt)}.\n"
                 f"Reason: {reason}\n\nTo try again, send: {retry}")
 
 
-def canceled(job: Mapping[str, Any]) -> str:
-    return f"✖️ Canceled: your {_noun(str(job.get('kind', '')))} {_quote(str(job.get('prompt', '')))}."
+def canceled(job: Job) -> str:
+    return f"✖️ Canceled: your {_noun(job.kind)} {_quote(job.prompt)}."
 
 
-def cancel_reply(job: Mapping[str, Any], still_running: int) -> str:
-    text = f"Canceled your {_noun(str(job.get('kind', '')))} {_quote(str(job.get('prompt', '')))}."
+def cancel_reply(job: Job, still_running: int) -> str:
+    text = f"Canceled your {_noun(job.kind)} {_quote(job.prompt)}."
     if still_running:
         text += f" {still_running} more still running; send /cancel again to stop it too."
     return text
@@ -101,6 +97,10 @@ def too_long(length: int) -> str:
             "Please shorten it and send it again.")
 
 
+def invalid_request(reason: str) -> str:
+    return f"I can't make that: {reason} Please change it and send it again."
+
+
 def too_many_running(limit: int) -> str:
     jobs = "job" if limit == 1 else "jobs"
     return (f"You already have {limit} {jobs} running. Please wait for it to finish, "
@@ -115,18 +115,18 @@ def unknown_command(typed: str) -> str:
     return f"I don't know {typed}. Send /help to see what I can do."
 
 
-def status(jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+def status(jobs: Sequence[Job]) -> str:
     if not jobs:
         return "No jobs yet. Try /image a red sphere"
     lines = ["Your recent jobs:"]
-    for _job_id, job in jobs:
-        state = str(job.get("status", ""))
-        line = (f"{_STATUS_ICONS.get(state, '•')} {_noun(str(job.get('kind', '')))} "
-                f"{_quote(str(job.get('prompt', '')), 60)} — {state}")
-        if state == "processing":
-            line += f" {int(job.get('progress') or 0)}%"
-        elif state == "failed":
-            line += f": {(job.get('error') or {}).get('message', '')}"
+    for job in jobs:
+        state = job.status.value
+        line = (f"{_STATUS_ICONS.get(state, '•')} {_noun(job.kind)} "
+                f"{_quote(job.prompt, 60)} — {state}")
+        if job.status is JobStatus.PROCESSING:
+            line += f" {job.progress}%"
+        elif job.status is JobStatus.FAILED:
+            line += f": {(job.error or {}).get('message', '')}"
         lines.append(line)
     return _fit("\n".join(lines))
 

@@ -1,7 +1,8 @@
 """The chat's side of a running job: progress edits, then the result or the reason.
 
-Called by ``kiln.runtime.notify`` in the worker. ``on_progress`` follows each coalesced progress
-write and edits the "working on it" message — at most every ``EDIT_INTERVAL`` seconds
+:class:`TelegramChannel` is registered in the composition root (``kiln.compose``) and
+called by ``kiln.runtime.notify`` in the worker. ``on_progress`` follows each coalesced
+progress write and edits the "working on it" message — at most every ``EDIT_INTERVAL`` seconds
 per job and ``CHAT_GAP`` per chat, only when the progress or stage moved, and never
 while Telegram asked us to wait. The last edit is remembered in this process (seeded
 from the time the "working" message was sent), not in the job document, so the edits
@@ -20,9 +21,9 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 
@@ -30,9 +31,11 @@ from kiln import log
 from kiln.channels.telegram import messages
 from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.client import BotBlockedError, BotClient, TelegramApiError
-from kiln.compose import Services
-from kiln.core import lifecycle
 from kiln.core.errors import KilnError, RetryableError
+from kiln.core.job import Job, JobStatus
+
+if TYPE_CHECKING:  # the composition root imports this module: no run-time import back
+    from kiln.compose import Services
 
 logger = log.get("telegram.notifier")
 
@@ -92,51 +95,53 @@ class _EditThrottle:
 _THROTTLE = _EditThrottle()
 
 
-def telegram_state(job: dict[str, Any]) -> dict[str, Any]:
-    """The job's ``_server.telegram`` map: chat, the user's message, the status message."""
-    return lifecycle.server(job).get("telegram") or {}
+class TelegramChannel:
+    """The Telegram chat as a :class:`kiln.ports.Channel`: told of progress and of the end."""
+
+    def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
+        """Edit the "working" message if an edit is due; a refusal only delays the next one."""
+        tg = telegram_state(job)
+        chat_id, message_id = tg.get("chatId"), tg.get("statusMessageId")
+        if chat_id is None or message_id is None:
+            return
+        now = time.time()
+        if not _THROTTLE.permit(job.id, chat_id, (progress, stage), float(tg.get("sentAt") or 0),
+                                now):
+            return
+        text = messages.progress_text(job.kind, job.prompt, progress, stage)
+        try:
+            bot_for(services).edit_message_text(chat_id, message_id, text, max_wait=0,
+                                                timeout=EDIT_TIMEOUT)
+        except RetryableError as exc:
+            _THROTTLE.quiet(chat_id, exc.retry_after or EDIT_INTERVAL, now)
+            log.event(logger, "progress edit skipped", code=exc.code, retryAfter=exc.retry_after)
+        except BotBlockedError:
+            _THROTTLE.quiet(chat_id, 24 * 3600, now)
+
+    def on_finished(self, services: Services, job: Job) -> dict[str, Any]:
+        """Send the result (or the failure) to the chat; return what was sent."""
+        _THROTTLE.forget(job.id)
+        tg = telegram_state(job)
+        chat_id = tg.get("chatId")
+        if chat_id is None:
+            return {"skipped": "no_chat"}
+        if chat_store(services).is_blocked(chat_id):
+            return {"skipped": "blocked"}
+        try:
+            if job.status is JobStatus.COMPLETED:
+                return deliver_result(services, job)
+            return deliver_failure(services, job)
+        except BotBlockedError:
+            log.event(logger, "chat blocked the bot; nothing more is sent", logging.WARNING)
+            return {"blocked": True}
 
 
-def on_progress(services: Services, job_id: str, job: dict[str, Any], progress: int,
-                stage: str) -> None:
-    """Edit the "working" message if an edit is due; a refusal only delays the next one."""
-    tg = telegram_state(job)
-    chat_id, message_id = tg.get("chatId"), tg.get("statusMessageId")
-    if chat_id is None or message_id is None:
-        return
-    now = time.time()
-    if not _THROTTLE.permit(job_id, chat_id, (progress, stage), float(tg.get("sentAt") or 0), now):
-        return
-    text = messages.progress_text(job.get("kind", ""), job.get("prompt", ""), progress, stage)
-    try:
-        bot_for(services).edit_message_text(chat_id, message_id, text, max_wait=0,
-                                            timeout=EDIT_TIMEOUT)
-    except RetryableError as exc:
-        _THROTTLE.quiet(chat_id, exc.retry_after or EDIT_INTERVAL, now)
-        log.event(logger, "progress edit skipped", code=exc.code, retryAfter=exc.retry_after)
-    except BotBlockedError:
-        _THROTTLE.quiet(chat_id, 24 * 3600, now)
+def telegram_state(job: Job) -> Mapping[str, Any]:
+    """The job's Telegram server state: chat, the user's message, the status message."""
+    return job.server.telegram or {}
 
 
-def on_finished(services: Services, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Send the result (or the failure) to the chat; return what was sent."""
-    _THROTTLE.forget(job_id)
-    tg = telegram_state(job)
-    chat_id = tg.get("chatId")
-    if chat_id is None:
-        return {"skipped": "no_chat"}
-    if chat_store(services).is_blocked(chat_id):
-        return {"skipped": "blocked"}
-    try:
-        if job.get("status") == "completed":
-            return deliver_result(services, job_id, job)
-        return deliver_failure(services, job)
-    except BotBlockedError:
-        log.event(logger, "chat blocked the bot; nothing more is sent", logging.WARNING)
-        return {"blocked": True}
-
-
-def deliver_failure(services: Services, job: dict[str, Any]) -> dict[str, Any]:
+def deliver_failure(services: Services, job: Job) -> dict[str, Any]:
     """Turn the "working" message into the reason (or send it when that is gone)."""
     bot, tg = bot_for(services), telegram_state(job)
     text = messages.failed(job)
@@ -148,17 +153,17 @@ def deliver_failure(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     return {"sent": "failure", "edited": False}
 
 
-def deliver_result(services: Services, job_id: str, job: dict[str, Any], *,
+def deliver_result(services: Services, job: Job, *,
                    limits: UploadLimits = LIMITS) -> dict[str, Any]:
     """Send the result file as Telegram allows; fall back to its link if sending fails."""
     bot, tg = bot_for(services), telegram_state(job)
-    result = job.get("result") or {}
+    result = job.result or {}
     size = int(result.get("bytes") or 0)
     if size > limits.document_bytes:
         return _send_link(bot, job, tg, size)
     try:
         with open_result(services, str(result["path"])) as reader:
-            sent = _send_file(bot, job_id, job, tg, reader, size, limits)
+            sent = _send_file(bot, job, tg, reader, size, limits)
     except BotBlockedError:
         raise
     except (KilnError, gexc.GoogleAPIError, OSError) as exc:
@@ -172,17 +177,16 @@ def deliver_result(services: Services, job_id: str, job: dict[str, Any], *,
     return {"sent": sent, "bytes": size}
 
 
-def _send_file(bot: BotClient, job_id: str, job: dict[str, Any], tg: dict[str, Any],
-               reader: IO[bytes], size: int, limits: UploadLimits) -> str:
-    kind = job.get("kind")
+def _send_file(bot: BotClient, job: Job, tg: Mapping[str, Any], reader: IO[bytes], size: int,
+               limits: UploadLimits) -> str:
     common: dict[str, Any] = {
         "caption": messages.caption(job), "reply_to": tg.get("messageId"),
         "max_wait": RESULT_MAX_WAIT,
     }
-    if kind == "image":
+    if job.kind == "image":
         width, height = png_size(reader.read(24))
         reader.seek(0)
-        name = messages.filename(job_id, str(job.get("prompt", "")), "png")
+        name = messages.filename(job.id, job.prompt, "png")
         if size <= limits.photo_bytes and width + height <= limits.photo_sides:
             try:
                 bot.send_photo(tg["chatId"], reader, filename=name, content_type="image/png",
@@ -193,14 +197,14 @@ def _send_file(bot: BotClient, job_id: str, job: dict[str, Any], tg: dict[str, A
                 reader.seek(0)
         bot.send_document(tg["chatId"], reader, filename=name, content_type="image/png", **common)
         return "document"
-    name = messages.filename(job_id, str(job.get("prompt", "")), "glb")
+    name = messages.filename(job.id, job.prompt, "glb")
     bot.send_document(tg["chatId"], reader, filename=name, content_type="model/gltf-binary",
                       **common)
     return "document"
 
 
-def _send_link(bot: BotClient, job: dict[str, Any], tg: dict[str, Any], size: int) -> dict[str, Any]:
-    url = str((job.get("result") or {}).get("downloadUrl") or "")
+def _send_link(bot: BotClient, job: Job, tg: Mapping[str, Any], size: int) -> dict[str, Any]:
+    url = str((job.result or {}).get("downloadUrl") or "")
     text = messages.too_big_link(job, url, size)
     status_id = tg.get("statusMessageId")
     if status_id is not None and bot.edit_message_text(tg["chatId"], status_id, text,
@@ -212,11 +216,9 @@ def _send_link(bot: BotClient, job: dict[str, Any], tg: dict[str, Any], size: in
 
 @contextlib.contextmanager
 def open_result(services: Services, path: str) -> Iterator[IO[bytes]]:
-    """A seekable reader of the stored result that holds one ``READ_CHUNK`` at a time."""
-    try:
-        reader = services.blobs.bucket.blob(path).open("rb", chunk_size=READ_CHUNK)
-    except gexc.GoogleAPIError as exc:
-        raise RetryableError("The result could not be read.", code="storage_unavailable") from exc
+    """A seekable reader of the stored result that holds one ``READ_CHUNK`` at a time
+    (``RetryableError`` ``storage_unavailable`` when it cannot be opened)."""
+    reader = services.blobs.open(path, READ_CHUNK)
     try:
         yield reader
     finally:

@@ -5,8 +5,8 @@ down and a retry can help), including the ones Kiln ignores, so Telegram never r
 them. Simple replies ride in the webhook answer itself (``{"method": "sendMessage", …}``
 — no extra request, and a failed answer executes nothing, so a retried update cannot
 reply twice). A job is different: its "working on it" message is sent synchronously
-before the job is recorded, so the job document is created once with that message's id
-(for the progress edits) and no second write is needed.
+before the job is recorded, so the job's server state (``server.telegram``) is created
+once with that message's id (for the progress edits) and no second write is needed.
 
 One job per ``update_id``: the idempotency key ``tg-update:{update_id}`` maps to one job
 id, and an update whose job exists already is answered without doing anything again.
@@ -18,23 +18,24 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 
 from kiln import log
-from kiln.adapters.firestore import utcnow
 from kiln.channels.telegram import messages
 from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
 from kiln.channels.telegram.commands import JOB_COMMANDS, interpret, update_kind
-from kiln.compose import Services
-from kiln.core import lifecycle
 from kiln.core.errors import KilnError, RequestError, TransitionError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
-from kiln.http.api import accept_job, error_response, json_response, read_json
+from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
+from kiln.runtime.accept import accept_job
+
+if TYPE_CHECKING:
+    from kiln.compose import Services
 
 logger = log.get("telegram.webhook")
 
@@ -126,13 +127,16 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.empty_prompt(kind))
     if len(prompt) > PROMPT_MAX:
         return incoming.reply(messages.too_long(len(prompt)))
-    job_request = parse_job_request({"kind": kind, "prompt": prompt})
+    try:
+        job_request = parse_job_request({"kind": kind, "prompt": prompt})
+    except KilnError as exc:  # RequestError, or ValidationError once requests use pydantic
+        return incoming.reply(messages.invalid_request(exc.message))
     key = f"tg-update:{incoming.update_id}"
     job_id = new_job_id(incoming.uid, key)
     if services.store.get(job_id) is not None:
         log.event(logger, "update replayed; its job exists", updateId=incoming.update_id)
         return None
-    chats, day = chat_store(services), today(utcnow())
+    chats, day = chat_store(services), today(services.clock.now())
     place = chats.reserve(incoming.chat_id, job_id=job_id, day=day,
                           quota=settings.telegram_daily_quota,
                           max_running=settings.telegram_max_running_per_chat, now=time.time())
@@ -146,14 +150,14 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
                 "updateId": incoming.update_id, "statusMessageId": status_id,
                 "sentAt": time.time() if status_id else None}
     try:
-        _job_id, created, _doc = accept_job(services, uid=incoming.uid, channel="telegram",
-                                            job_request=job_request, idempotency_key=key,
-                                            extra_server={"telegram": telegram})
+        accepted = accept_job(services, uid=incoming.uid, channel="telegram",
+                              request=job_request, idempotency_key=key,
+                              server={"telegram": telegram})
     except KilnError:
         _undo(services, incoming, status_id, refund=(job_id, day) if place.new else None)
         raise  # 503: Telegram retries the update
-    if not created:  # a concurrent delivery of the same update won the race: its job holds
-        _undo(services, incoming, status_id, refund=None)  # the place and the quota
+    if not accepted.created:  # a concurrent delivery of the same update won the race:
+        _undo(services, incoming, status_id, refund=None)  # its job holds place and quota
     return None
 
 
@@ -183,7 +187,7 @@ def _undo(services: Services, incoming: Incoming, status_id: int | None,
 
 
 def show_status(services: Services, incoming: Incoming) -> Reply:
-    jobs = newest_first(list(services.store.find(uid=incoming.uid, limit=200)))
+    jobs = newest_first(services.store.find(uid=incoming.uid, limit=200))
     return incoming.reply(messages.status(jobs[:STATUS_JOBS]))
 
 
@@ -192,14 +196,14 @@ def cancel_running(services: Services, incoming: Incoming) -> Reply:
     running = running_jobs(services.store, incoming.uid)
     if not running:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
-    job_id, job = running[0]
+    job = running[0]
     try:
-        outcome = actions.cancel(services, job_id, by="chat")
+        outcome = actions.cancel(services, job.id, by="chat")
     except TransitionError:
         outcome = None  # it ended meanwhile
     if outcome is None or not outcome.changed:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
-    status_id = (lifecycle.server(job).get("telegram") or {}).get("statusMessageId")
+    status_id = (job.server.telegram or {}).get("statusMessageId")
     if status_id:
         try:
             bot_for(services).edit_message_text(incoming.chat_id, status_id,

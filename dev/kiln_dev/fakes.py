@@ -1,0 +1,255 @@
+"""In-memory fakes of Kiln's ports (``kiln.ports``), for unit tests.
+
+Each keeps to its port's contract, which ``tests/contract`` checks against the fake and
+the real adapter alike: a job is two documents changed together, Kiln's sentinels
+resolve against the fake clock, a transaction's ``decide`` that raises writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import io
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from kiln.core import sentinels
+from kiln.core.errors import RetryableError
+from kiln.core.job import Change, Device, Job, NewJob
+from kiln.ports import Decide, PushResult, StoredObject, Validator
+
+T = TypeVar("T")
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class FakeClock:
+    """Time that moves only when told (or when something sleeps)."""
+
+    def __init__(self, start: dt.datetime = EPOCH) -> None:
+        self._now = start
+        self._mono = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self._now += dt.timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+def _resolve(value: Any, old: Any, now: dt.datetime) -> Any:
+    if value is sentinels.SERVER_TIME:
+        return now
+    if isinstance(value, sentinels.Increment):
+        return (old or 0) + value.by
+    if isinstance(value, dict):
+        return {k: _resolve(v, None, now) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def apply_fields(doc: dict[str, Any], fields: Mapping[str, Any], now: dt.datetime) -> None:
+    """Firestore's update semantics: dotted names reach into maps; DELETE removes."""
+    for name, value in fields.items():
+        *parents, leaf = name.split(".")
+        target = doc
+        for part in parents:
+            nested = target.get(part)
+            if not isinstance(nested, dict):
+                nested = target[part] = {}
+            target = nested
+        if value is sentinels.DELETE:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = _resolve(value, target.get(leaf), now)
+
+
+class InMemoryJobStore:
+    """``kiln.ports.JobStore`` in a dict; counts writes per document."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.public_writes: Counter[str] = Counter()
+        self.server_writes: Counter[str] = Counter()
+        self.unavailable = False
+        self._lock = threading.RLock()
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise RetryableError("The job store is unavailable.", code="store_unavailable")
+
+    def create(self, job: NewJob) -> bool:
+        with self._lock:
+            self._check()
+            if job.id in self.docs:
+                return False
+            now = self.clock.now()
+            self.docs[job.id], self.servers[job.id] = {}, {}
+            apply_fields(self.docs[job.id], job.doc, now)
+            apply_fields(self.servers[job.id], job.server, now)
+            return True
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            self._check()
+            doc = self.docs.get(job_id)
+            if doc is None:
+                return None
+            return Job.from_docs(job_id, copy.deepcopy(doc), copy.deepcopy(self.servers[job_id]))
+
+    def transact(self, job_id: str, decide: Decide[T]) -> T:
+        with self._lock:
+            change, value = decide(self.get(job_id))
+            if change:
+                self.apply(job_id, change)
+            return value
+
+    def apply(self, job_id: str, change: Change) -> None:
+        with self._lock:
+            self._check()
+            if job_id not in self.docs:
+                raise KeyError(f"no job {job_id}")  # Firestore: NotFound on update
+            now = self.clock.now()
+            if change.job:
+                apply_fields(self.docs[job_id], change.job, now)
+                self.public_writes[job_id] += 1
+            if change.server:
+                apply_fields(self.servers[job_id], change.server, now)
+                self.server_writes[job_id] += 1
+
+    def find(self, *, status: str | None = None, uid: str | None = None,
+             limit: int = 100) -> list[Job]:
+        with self._lock:
+            ids = [job_id for job_id, doc in self.docs.items()
+                   if (status is None or doc.get("status") == status)
+                   and (uid is None or doc.get("uid") == uid)]
+            return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
+
+
+class InMemoryDevices:
+    """``kiln.ports.DeviceStore``."""
+
+    def __init__(self) -> None:
+        self.by_uid: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def register(self, uid: str, device_id: str, **doc: Any) -> None:
+        self.by_uid.setdefault(uid, {})[device_id] = doc
+
+    def devices(self, uid: str) -> list[Device]:
+        found = (Device.from_doc(i, doc) for i, doc in self.by_uid.get(uid, {}).items())
+        return [device for device in found if device is not None]
+
+    def delete_device(self, uid: str, device_id: str) -> None:
+        self.by_uid.get(uid, {}).pop(device_id, None)
+
+
+class RecordingQueue:
+    """``kiln.ports.Queue``: records what was published; can refuse the next N."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+        self.fail_next = 0
+
+    def publish(self, job_id: str, *, reason: str = "new") -> str:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise RetryableError("The job queue is unavailable.", code="queue_unavailable")
+        self.published.append((job_id, reason))
+        return str(len(self.published))
+
+    def ids(self) -> list[str]:
+        return [job_id for job_id, _reason in self.published]
+
+
+class InMemoryBlobs:
+    """``kiln.ports.BlobStore``: objects in a dict, validated like the real upload."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.fail_next = 0
+
+    def put_stream(self, path: str, chunks: Iterable[bytes], content_type: str,
+                   validator: Validator | None = None) -> StoredObject:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise RetryableError("Cloud Storage is unavailable.", code="storage_unavailable")
+        data = bytearray()
+        for chunk in chunks:
+            if validator is not None:
+                validator.feed(chunk)
+            data += chunk
+        if validator is not None:
+            validator.finish()  # raises before anything is stored
+        self.objects[path] = (bytes(data), content_type)
+        return StoredObject(path, content_type, len(data), hashlib.sha256(data).hexdigest(),
+                            f"memory://{path}")
+
+    def put_bytes(self, path: str, data: bytes, content_type: str) -> StoredObject:
+        return self.put_stream(path, [data], content_type)
+
+    def open(self, path: str, chunk_size: int) -> IO[bytes]:
+        return io.BytesIO(self.read(path))
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.objects[path][0]
+        except KeyError:
+            raise RetryableError("The result could not be read.",
+                                 code="storage_unavailable") from None
+
+    def exists(self, path: str) -> bool:
+        return path in self.objects
+
+    def delete(self, path: str) -> None:
+        self.objects.pop(path, None)
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(path for path in self.objects if path.startswith(prefix))
+
+
+@dataclass
+class SentPush:
+    devices: list[Device]
+    title: str
+    body: str
+    data: dict[str, str]
+    image: str | None
+
+
+@dataclass
+class RecordingPush:
+    """``kiln.ports.Push``: records each send; devices listed in ``dead`` are refused."""
+
+    sent: list[SentPush] = field(default_factory=list)
+    dead: set[str] = field(default_factory=set)
+
+    def send(self, devices: Sequence[Device], title: str, body: str, data: dict[str, str],
+             *, image: str | None = None) -> PushResult:
+        self.sent.append(SentPush(list(devices), title, body, dict(data), image))
+        dead = [d.id for d in devices if d.id in self.dead]
+        return PushResult(sent=len(devices) - len(dead), failed=len(dead), dead_devices=dead)
+
+
+class TokenVerifier:
+    """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``."""
+
+    def verify(self, authorization: str | None) -> str:
+        from kiln.core.errors import RequestError
+
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.startswith("uid:") or len(token) == 4:
+            raise RequestError(401, "unauthenticated", "Sign in first.")
+        return token[4:]

@@ -1,0 +1,132 @@
+"""The outside services Kiln talks to, one ``typing.Protocol`` each.
+
+The real adapters live in ``kiln.adapters`` (Firestore, Pub/Sub, Cloud Storage, FCM,
+Firebase Auth); the in-memory fakes in ``kiln_dev.fakes``. The same contract tests
+(``tests/contract``) run against both, so a fake cannot drift from its adapter. The
+composition root (``kiln.compose``) wires one of each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol, TypeVar
+
+from kiln.core.job import Change, Device, Job, NewJob
+
+T = TypeVar("T")
+
+#: ``decide(job)`` → (the change to write or None, the value to return).
+Decide = Callable[[Job | None], tuple[Change | None, T]]
+
+
+class JobStore(Protocol):
+    """Jobs: the public document and its server state, always changed together."""
+
+    def create(self, job: NewJob) -> bool:
+        """Create both documents at once; False when a job with this id exists."""
+        ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def transact(self, job_id: str, decide: Decide[T]) -> T:
+        """Read the job, ``decide``, write the change, atomically; return the value.
+        ``decide`` may run more than once (contention) and may raise to write nothing."""
+        ...
+
+    def apply(self, job_id: str, change: Change) -> None:
+        """A blind write of a change that needs no read (server bookkeeping)."""
+        ...
+
+    def find(self, *, status: str | None = None, uid: str | None = None,
+             limit: int = 100) -> list[Job]: ...
+
+
+class DeviceStore(Protocol):
+    """Where a user's app instances receive pushes (``users/{uid}/devices/*``)."""
+
+    def devices(self, uid: str) -> list[Device]: ...
+
+    def delete_device(self, uid: str, device_id: str) -> None: ...
+
+
+class Queue(Protocol):
+    """Wakes a worker for a job (the message carries only the id)."""
+
+    def publish(self, job_id: str, *, reason: str = "new") -> str: ...
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    path: str
+    content_type: str
+    bytes: int
+    sha256: str
+    download_url: str
+
+
+class Validator(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+class BlobStore(Protocol):
+    """Results in the bucket, each with a download URL."""
+
+    def put_stream(self, path: str, chunks: Iterable[bytes], content_type: str,
+                   validator: Validator | None = None) -> StoredObject: ...
+
+    def put_bytes(self, path: str, data: bytes, content_type: str) -> StoredObject: ...
+
+    def open(self, path: str, chunk_size: int) -> IO[bytes]:
+        """A seekable reader of a stored object."""
+        ...
+
+    def read(self, path: str) -> bytes: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def delete(self, path: str) -> None: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+
+@dataclass
+class PushResult:
+    sent: int = 0
+    failed: int = 0
+    dead_devices: list[str] = field(default_factory=list)
+
+
+class Push(Protocol):
+    """App notifications (FCM)."""
+
+    def send(self, devices: Sequence[Device], title: str, body: str, data: dict[str, str],
+             *, image: str | None = None) -> PushResult: ...
+
+
+class Verifier(Protocol):
+    """Who calls the HTTP API: the uid behind an ``Authorization`` header."""
+
+    def verify(self, authorization: str | None) -> str: ...
+
+
+class Clock(Protocol):
+    """Wall time for documents, monotonic time for budgets, and sleeping."""
+
+    def now(self) -> dt.datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Channel(Protocol):
+    """A channel with a conversation of its own (Telegram): told of progress and of the
+    end. ``services`` is the composition root (``kiln.compose.Services``)."""
+
+    def on_progress(self, services: Any, job: Job, progress: int, stage: str) -> None: ...
+
+    def on_finished(self, services: Any, job: Job) -> dict[str, Any]: ...

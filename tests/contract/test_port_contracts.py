@@ -1,0 +1,175 @@
+"""One contract per port, run against the in-memory fake and the real adapter on the
+emulators: what unit tests assume of a fake is what production gets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kiln.core import lifecycle, sentinels
+from kiln.core.errors import PermanentError
+from kiln.core.job import Change, Job, JobStatus
+from kiln.core.policy import RetryPolicy
+from kiln.core.requests import parse_job_request
+from kiln.providers.base import GenerationRequest
+from kiln.providers.offline import OfflineProvider
+from kiln.runtime.artifacts import PngValidator
+from kiln_dev.fakes import FakeClock, InMemoryBlobs, InMemoryDevices, InMemoryJobStore, RecordingQueue
+
+POLICY = RetryPolicy()
+BACKENDS = ["fake", "emulator"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """(kind, the composition's services or None for the fake, a clock's now)."""
+    if request.param == "fake":
+        return None
+    return request.getfixturevalue("services")
+
+
+@pytest.fixture
+def store(backend: Any) -> Any:
+    return InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC))) if backend is None else backend.store
+
+
+def new(job_id: str | None = None, **server: Any) -> Any:
+    return lifecycle.new_job(job_id=job_id or uuid.uuid4().hex[:20], uid="contract",
+                             channel="app", now=dt.datetime.now(dt.UTC), policy=POLICY,
+                             request=parse_job_request({"kind": "image", "prompt": "a cube"}),
+                             server=server or None, idempotency_key="key-1")
+
+
+# --- JobStore ---------------------------------------------------------------------------
+
+
+def test_create_once_and_read_back_typed(store: Any) -> None:
+    job = new(telegram={"chatId": 7})
+    assert store.create(job) is True
+    assert store.create(job) is False
+    read = store.get(job.id)
+    assert isinstance(read, Job) and read.status is JobStatus.PENDING and read.uid == "contract"
+    assert isinstance(read.created_at, dt.datetime) and read.created_at.tzinfo is not None
+    assert read.server.idempotency_key == "key-1" and read.server.telegram == {"chatId": 7}
+    assert read.server.deadline_at is not None and read.server.fingerprint
+    assert store.get("nosuchjob-" + uuid.uuid4().hex[:8]) is None
+
+
+def test_transact_applies_public_and_server_fields_and_sentinels(store: Any) -> None:
+    job = new()
+    store.create(job)
+    value = store.transact(job.id, lambda j: (Change(
+        {"attempts": sentinels.Increment(2), "stage": "x", "startedAt": sentinels.SERVER_TIME},
+        {"handoffs": sentinels.Increment(1), "notify.state": "claimed", "handoff": True}), "done"))
+    assert value == "done"
+    store.transact(job.id, lambda j: (Change({}, {"handoff": sentinels.DELETE,
+                                                  "notify.type": "t"}), None))
+    read = store.get(job.id)
+    assert (read.attempts, read.stage, read.server.handoffs) == (2, "x", 1)
+    assert read.server.notify == {"state": "claimed", "type": "t"} and not read.server.handoff
+    assert isinstance(read.started_at, dt.datetime)
+
+
+def test_a_decide_that_raises_writes_nothing(store: Any) -> None:
+    job = new()
+    store.create(job)
+
+    def refuse(j: Job | None) -> tuple[Change, None]:
+        raise PermanentError("no")
+
+    with pytest.raises(PermanentError):
+        store.transact(job.id, refuse)
+    assert store.get(job.id).stage == "queued"
+    assert store.transact("missing-" + uuid.uuid4().hex[:8], lambda j: (None, j)) is None
+
+
+def test_apply_and_find(store: Any) -> None:
+    uid = f"finder-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for _ in range(3):
+        job = new()
+        job = type(job)(job.id, {**job.doc, "uid": uid}, job.server)
+        store.create(job)
+        ids.append(job.id)
+    store.apply(ids[0], Change({"status": "processing"}, {"leaseOwner": "w"}))
+    found = store.find(uid=uid)
+    assert sorted(j.id for j in found) == sorted(ids)
+    running = store.find(uid=uid, status="processing")
+    assert [j.id for j in running] == [ids[0]] and running[0].server.lease_owner == "w"
+    assert len(store.find(uid=uid, limit=2)) == 2
+    assert store.find(uid=f"nobody-{uuid.uuid4().hex}") == []
+
+
+def test_concurrent_claims_give_exactly_one_lease(store: Any) -> None:
+    """Eight workers race for one job: one claims it, the rest see it busy."""
+    job = new()
+    store.create(job)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def race(n: int) -> None:
+        barrier.wait()
+        now = dt.datetime.now(dt.UTC)
+        outcomes.append(store.transact(job.id, lambda j: (
+            (claim := lifecycle.claim(j, worker_id=f"w{n}", now=now, policy=POLICY,
+                                      claim_token=f"t{n}")).change, claim.outcome)))
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
+    assert store.get(job.id).attempts == 1
+
+
+# --- DeviceStore, Queue, BlobStore --------------------------------------------------------
+
+
+def test_devices(backend: Any) -> None:
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    if backend is None:
+        devices: Any = InMemoryDevices()
+        register: Callable[..., None] = devices.register
+    else:
+        devices = backend.devices
+
+        def register(uid: str, device_id: str, **doc: Any) -> None:
+            backend.firestore.collection("users").document(uid).collection("devices").document(
+                device_id).set(doc)
+    register(uid, "a", fid="fid-a", platform="android")
+    register(uid, "b", token="tok-b", platform="ios")
+    register(uid, "c", platform="web")  # no address: not a device
+    assert sorted((d.id, d.fid, d.token) for d in devices.devices(uid)) == [
+        ("a", "fid-a", ""), ("b", "", "tok-b")]
+    devices.delete_device(uid, "a")
+    assert [d.id for d in devices.devices(uid)] == ["b"]
+
+
+def test_queue_publish_returns_a_message_id(backend: Any) -> None:
+    queue = RecordingQueue() if backend is None else backend.queue
+    first = queue.publish("job-contract-1", reason="new")
+    second = queue.publish("job-contract-1", reason="sweep-pending")
+    assert isinstance(first, str) and first and first != second
+
+
+def test_blobs_store_validated_streams_only(backend: Any) -> None:
+    blobs = InMemoryBlobs() if backend is None else backend.blobs
+    path = f"generations/contract/{uuid.uuid4().hex[:8]}/result.png"
+    data = b"".join(OfflineProvider(0.0, 0.0, sleep=lambda _s: None).generate(
+        GenerationRequest("x", "image", "a cube"), lambda _p, _s: None, lambda: False).chunks)
+    stored = blobs.put_stream(path, [data[:100], data[100:]], "image/png", PngValidator(max_bytes=10**6))
+    assert (stored.path, stored.bytes, stored.content_type) == (path, len(data), "image/png")
+    assert blobs.exists(path) and blobs.read(path) == data
+    reader = blobs.open(path, 256 * 1024)
+    reader.seek(8)
+    assert reader.read(4) == data[8:12]
+    bad = path.replace("result", "broken")
+    with pytest.raises(PermanentError):
+        blobs.put_stream(bad, [b"not a png at all"], "image/png", PngValidator(max_bytes=10**6))
+    assert not blobs.exists(bad)

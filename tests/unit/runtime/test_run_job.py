@@ -1,0 +1,311 @@
+"""The worker on fakes: every way a delivery can go, exactly one end and one notification."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from conftest import Rig, SyncFake, TaskFake, build_rig
+from kiln.core import lifecycle
+from kiln.core.errors import ConfigError, KilnError, PermanentError, RetryableError
+from kiln.core.job import Change, JobStatus
+from kiln.providers.base import TaskState, TaskStatus
+from kiln.runtime.worker import RunOutcome, handle_message, run_job
+
+
+def message(job_id: str) -> dict[str, object]:
+    return {"message": {"data": base64.b64encode(json.dumps({"jobId": job_id}).encode()).decode()}}
+
+
+def test_an_image_job_completes_with_its_result_and_one_push(rig: Rig) -> None:
+    """Given a pending image job and a device, when delivered, then it completes with a
+    validated PNG and thumbnail in the bucket, progress 100, and one push is sent."""
+    rig.devices.register("alice", "phone", fid="fid-1", platform="android")
+    job_id = rig.submit()
+    assert handle_message(message(job_id), rig.services) is RunOutcome.COMPLETED
+    job = rig.job(job_id)
+    assert (job.status, job.progress, job.stage, job.attempts) == (JobStatus.COMPLETED, 100, "done", 1)
+    assert job.result is not None and rig.blobs.exists(job.result["path"])
+    assert job.result["path"] == f"generations/alice/{job_id}/result.png"
+    assert rig.blobs.exists(job.result["thumbnailPath"])
+    assert [p.data["type"] for p in rig.push.sent] == ["generation_completed"]
+    assert job.server.notify is not None and job.server.notify["state"] == "sent"
+    assert job.server.lease_owner is None
+
+
+def test_a_redelivery_of_an_ended_job_does_nothing(rig: Rig) -> None:
+    job_id = rig.submit()
+    run_job(job_id, rig.services)
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
+    assert len(rig.push.sent) == 0 or len(rig.push.sent) == 1  # no devices: no sends at all
+    assert rig.providers["image"].calls == 1
+
+
+def test_poison_and_missing_messages_are_acked(rig: Rig) -> None:
+    assert handle_message({"message": {"data": "bm90IGpzb24="}}, rig.services) is RunOutcome.POISON
+    assert handle_message(message("nosuchjob123"), rig.services) is RunOutcome.MISSING
+
+
+def test_progress_is_coalesced_and_passed_to_the_channel(rig: Rig) -> None:
+    """Progress is written at most once per interval and only when it moved; a channel job
+    hears each written step; a failing channel never fails the job."""
+    provider = SyncFake(rig.clock, steps=[(10, "generating"), (11, "generating"),
+                                          (50, "generating"), (50, "generating")],
+                        step_seconds=0.6)
+    rig.providers["image"] = provider
+    job_id = rig.submit(channel="telegram")
+    run_job(job_id, rig.services)
+    heard = [p for _id, p, _s in rig.channel.progress]
+    assert heard == sorted(heard) and 0 < len(heard) < 5
+    assert rig.channel.finished == [job_id]
+    rig2 = build_rig()
+    rig2.channel.fail_progress = True
+    other = rig2.submit(channel="telegram")
+    assert run_job(other, rig2.services) is RunOutcome.COMPLETED
+
+
+def test_a_permanent_failure_fails_once_with_the_providers_reason(rig: Rig) -> None:
+    rig.providers["image"] = SyncFake(rig.clock, error=PermanentError(
+        "The provider refused this prompt.", code="content_refused"))
+    rig.devices.register("alice", "phone", token="tok")
+    job_id = rig.submit()
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    job = rig.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error == {
+        "code": "content_refused", "message": "The provider refused this prompt.", "retryable": False}
+    assert [p.data["type"] for p in rig.push.sent] == ["generation_failed"]
+
+
+def test_retryable_failures_back_off_then_give_up_readably(rig: Rig) -> None:
+    """A retryable failure releases the job (the delivery nacks); a redelivery in backoff
+    nacks without spending an attempt; after the last attempt the job fails and says so."""
+    rig.providers["image"] = SyncFake(rig.clock, error=RetryableError(
+        "The provider is unavailable right now.", code="provider_unavailable"))
+    job_id = rig.submit()
+    for attempt in (1, 2):
+        with pytest.raises(RetryableError):
+            run_job(job_id, rig.services)
+        assert (rig.job(job_id).status, rig.job(job_id).attempts) == (JobStatus.PENDING, attempt)
+        with pytest.raises(RetryableError) as waiting:
+            run_job(job_id, rig.services)
+        assert waiting.value.code == "backoff" and rig.job(job_id).attempts == attempt
+        rig.clock.advance(rig.services.policy.backoff(attempt))
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    job = rig.job(job_id)
+    assert job.error is not None and job.error["code"] == "provider_unavailable"
+    assert job.error["message"].endswith("Gave up after 3 attempts.")
+
+
+def test_an_unexpected_error_is_retried_as_internal(rig: Rig) -> None:
+    rig.providers["image"] = SyncFake(rig.clock, error=ZeroDivisionError("bug"))
+    job_id = rig.submit()
+    with pytest.raises(RetryableError) as caught:
+        run_job(job_id, rig.services)
+    assert caught.value.code == "internal"
+    assert rig.job(job_id).error == {"code": "internal", "retryable": True,
+                                     "message": "Something went wrong on our side."}
+
+
+def test_a_generator_past_its_budget_is_released(rig: Rig) -> None:
+    rig = build_rig(worker_budget_seconds=5.0)
+    rig.providers["image"] = SyncFake(rig.clock, hang=True)
+    job_id = rig.submit()
+    with pytest.raises(RetryableError) as caught:
+        run_job(job_id, rig.services)
+    assert caught.value.code == "provider_timeout"
+
+
+def test_an_unconfigured_provider_fails_the_job_readably() -> None:
+    rig = build_rig()
+
+    def broken(_settings: object) -> object:
+        raise ConfigError("KILN_MESHY_API_KEY must be set")
+
+    rig.services._provider_factories = {"model": broken}  # type: ignore[attr-defined]
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    assert rig.job(job_id).error == {"code": "provider_unconfigured", "retryable": False,
+                                     "message": "This service is not set up to make 3D models right now."}
+
+
+def test_cancel_while_running_stops_the_generator_and_sends_nothing(rig: Rig) -> None:
+    """A cancel noticed at a progress write stops the run: canceled, no result, no push."""
+    provider = SyncFake(rig.clock, hang=True)
+    rig.providers["image"] = provider
+    job_id = rig.submit()
+    original = provider.generate
+
+    def cancel_midway(request, on_progress, should_stop):  # type: ignore[no-untyped-def]
+        rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+        return original(request, on_progress, should_stop)
+
+    provider.generate = cancel_midway  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    job = rig.job(job_id)
+    assert job.status is JobStatus.CANCELED and job.result is None and rig.push.sent == []
+
+
+def test_a_lost_lease_stops_without_writing(rig: Rig) -> None:
+    provider = SyncFake(rig.clock, hang=True)
+    rig.providers["image"] = provider
+    job_id = rig.submit()
+    original = provider.generate
+
+    def stolen(request, on_progress, should_stop):  # type: ignore[no-untyped-def]
+        rig.store.apply(job_id, Change({}, {"leaseOwner": "someone-else"}))
+        return original(request, on_progress, should_stop)
+
+    provider.generate = stolen  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert rig.job(job_id).status is JobStatus.PROCESSING  # the other worker's now
+
+
+# --- remote tasks -----------------------------------------------------------------------
+
+
+def test_a_remote_task_is_checkpointed_polled_and_fetched(rig: Rig) -> None:
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    provider: TaskFake = rig.providers["model"]
+    job = rig.job(job_id)
+    assert provider.submitted == ["task-1"] and provider.polled == ["task-1", "task-1"]
+    assert job.server.provider_task_id == "task-1" and job.server.provider == "taskfake"
+    assert job.result is not None and job.result["path"].endswith("result.glb")
+
+
+def test_a_provider_that_moves_to_a_next_task_is_checkpointed_again(rig: Rig) -> None:
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[
+        TaskStatus(TaskState.RUNNING, 50, "refining", task_id="task-refine"),
+        TaskStatus(TaskState.SUCCEEDED, 95)])
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    assert rig.job(job_id).server.provider_task_id == "task-refine"
+    assert rig.providers["model"].polled == ["task-1", "task-refine"]
+
+
+def test_a_long_task_hands_off_and_the_next_invocation_resumes_it() -> None:
+    """Near its budget the worker hands the job on (same attempt, same task); the next
+    delivery resumes polling that task without submitting another."""
+    rig = build_rig(worker_budget_seconds=12.0)
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)] * 3
+                                      + [TaskStatus(TaskState.SUCCEEDED, 90)])
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
+    assert rig.queue.published[-1] == (job_id, "handoff")
+    assert rig.job(job_id).server.handoff
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    job = rig.job(job_id)
+    assert rig.providers["model"].submitted == ["task-1"]
+    assert (job.attempts, job.server.handoffs) == (1, 1)
+
+
+def test_a_handoff_whose_publish_fails_is_left_to_the_sweeper() -> None:
+    rig = build_rig(worker_budget_seconds=6.0)
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
+    job_id = rig.submit(kind="model")
+    rig.queue.fail_next = 1
+    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
+    assert rig.job(job_id).server.lease_owner is None
+
+
+@pytest.mark.parametrize(("retryable", "outcome"), [(False, RunOutcome.FAILED), (True, None)])
+def test_a_failed_task(retryable: bool, outcome: RunOutcome | None) -> None:
+    """A task that failed for good fails the job with the provider's code; one that may
+    succeed anew releases the job and forgets the task, so the next attempt submits again."""
+    rig = build_rig()
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(
+        TaskState.FAILED, error_code="provider_failed", error_message="Meshy failed.",
+        retryable=retryable)])
+    job_id = rig.submit(kind="model")
+    if outcome is None:
+        with pytest.raises(RetryableError):
+            run_job(job_id, rig.services)
+        assert rig.job(job_id).server.provider_task_id is None
+    else:
+        assert run_job(job_id, rig.services) is outcome
+        assert rig.job(job_id).error["code"] == "provider_failed"  # type: ignore[index]
+
+
+def test_a_task_canceled_by_the_provider_fails_and_one_we_canceled_stops(rig: Rig) -> None:
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.CANCELED)])
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    assert rig.job(job_id).error["code"] == "provider_canceled"  # type: ignore[index]
+
+
+def test_cancel_between_handoffs_cancels_the_remote_task_once() -> None:
+    """A job canceled while nobody holds it still has a paid task running: the cancel's
+    wake-up delivery cancels that task, once; a provider that cannot cancel is only logged."""
+    rig = build_rig(worker_budget_seconds=6.0)
+    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
+    rig.providers["model"] = provider
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
+    rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+    other = build_rig(worker_budget_seconds=6.0)
+    other.providers["model"] = TaskFake(other.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)],
+                                        cancel_error=KilnError("no cancel", code="unsupported"))
+    job_id = other.submit(kind="model")
+    run_job(job_id, other.services)
+    other.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+    assert run_job(job_id, other.services) is RunOutcome.TERMINAL
+    assert not other.job(job_id).server.remote_canceled
+
+
+def test_a_canceled_running_task_is_canceled_at_the_provider(rig: Rig) -> None:
+    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)], poll_interval=1.0)
+    rig.providers["model"] = provider
+    job_id = rig.submit(kind="model")
+    original = provider.poll
+
+    def poll_then_cancel(task_id: str) -> TaskStatus:
+        if len(provider.polled) == 2:
+            rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+        return original(task_id)
+
+    provider.poll = poll_then_cancel  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    assert provider.canceled == ["task-1"]
+
+
+def test_an_artifact_over_the_limit_fails_without_storing() -> None:
+    rig = build_rig(max_artifact_bytes=100)
+    job_id = rig.submit()
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    assert rig.job(job_id).error["code"] in ("artifact_too_large", "invalid_artifact")  # type: ignore[index]
+    assert rig.blobs.objects == {}
+
+
+def test_expired_and_exhausted_claims_fail_and_notify(rig: Rig) -> None:
+    rig.devices.register("alice", "phone", fid="f")
+    job_id = rig.submit()
+    rig.clock.advance(3601)
+    assert run_job(job_id, rig.services) is RunOutcome.EXPIRED
+    assert rig.job(job_id).error["code"] == "deadline_exceeded"  # type: ignore[index]
+    other = rig.submit(prompt="another")
+    rig.store.apply(other, Change({"attempts": 3}))
+    assert run_job(other, rig.services) is RunOutcome.EXHAUSTED
+    assert [p.data["type"] for p in rig.push.sent] == ["generation_failed"] * 2
+
+
+def test_a_busy_job_is_left_to_its_holder(rig: Rig) -> None:
+    job_id = rig.submit()
+    rig.store.transact(job_id, lambda job: (lifecycle.claim(
+        job, worker_id="other", now=rig.clock.now(), policy=rig.services.policy,
+        claim_token="x").change, None))
+    assert run_job(job_id, rig.services) is RunOutcome.BUSY
+
+
+def test_a_failing_store_at_the_end_releases_for_retry(rig: Rig) -> None:
+    """A completion that cannot be written is retried like a crash (never half-done)."""
+    job_id = rig.submit()
+    rig.blobs.fail_next = 1
+    with pytest.raises(RetryableError) as caught:
+        run_job(job_id, rig.services)
+    assert caught.value.code == "storage_unavailable"
+    assert rig.job(job_id).status is JobStatus.PENDING
