@@ -21,7 +21,7 @@ from kiln import log
 from kiln.adapters.firestore import utcnow
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import RequestError, RetryableError, TransitionError
+from kiln.core.errors import RequestError, RetryableError, TransitionError, ValidationError
 from kiln.core.job import JobStatus, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.runtime import actions
@@ -128,7 +128,10 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise RequestError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1-255 printable ASCII characters.")
-    job_request = parse_job_request(read_json(request, settings.max_body_bytes))
+    try:
+        job_request = parse_job_request(read_json(request, settings.max_body_bytes))
+    except ValidationError as exc:
+        raise RequestError(400, exc.code, exc.message) from exc
     job_id, created, job = accept_job(services, uid=uid, channel="app", job_request=job_request,
                                       idempotency_key=key)
     headers = {} if created else {"Idempotent-Replayed": "true"}

@@ -30,7 +30,7 @@ from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, t
 from kiln.channels.telegram.commands import JOB_COMMANDS, interpret, update_kind
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import KilnError, RequestError, TransitionError
+from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http.api import accept_job, error_response, json_response, read_json
@@ -126,7 +126,10 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.empty_prompt(kind))
     if len(prompt) > PROMPT_MAX:
         return incoming.reply(messages.too_long(len(prompt)))
-    job_request = parse_job_request({"kind": kind, "prompt": prompt})
+    try:
+        job_request = parse_job_request({"kind": kind, "prompt": prompt})
+    except ValidationError as exc:  # e.g. control characters; the message is for the user
+        return incoming.reply(exc.message)
     key = f"tg-update:{incoming.update_id}"
     job_id = new_job_id(incoming.uid, key)
     if services.store.get(job_id) is not None:
