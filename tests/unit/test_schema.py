@@ -1,8 +1,9 @@
 """The generated contract (kiln_dev.schema) agrees with the Python model and is up to date.
 
-docs/generated/job.schema.json, docs/generated/kiln.d.ts, clients/web/src/kiln.d.ts and
-docs/openapi.yaml are generated from kiln.core.job; the example documents in
-docs/client-contract.md are validated against the schema.
+docs/generated/job.schema.json, docs/generated/kiln.d.ts (the only copy of the TypeScript;
+the web app imports it) and docs/openapi.yaml are generated from the pydantic models in
+kiln.core.contract and kiln.core.requests; the example documents in docs/client-contract.md
+are validated against the schema.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ import pytest
 import yaml
 
 from kiln.core import lifecycle
-from kiln.core.errors import RequestError
-from kiln.core.job import CHANNELS, KINDS, PROMPT_MAX, JobStatus
-from kiln.core.requests import _OPTION_RULES, JobRequest, parse_job_request
+from kiln.core.errors import ValidationError
+from kiln.core.job import (
+    ASPECT_RATIOS,
+    CHANNELS,
+    KINDS,
+    PLATFORMS,
+    PROMPT_MAX,
+    PUBLIC_FIELDS,
+    Job,
+    JobStatus,
+)
+from kiln.core.policy import RetryPolicy
+from kiln.core.requests import OPTION_MODELS, JobRequest, parse_job_request
 from kiln_dev import schema
 
 CONTRACT = schema.REPO / "docs" / "client-contract.md"
@@ -37,6 +48,8 @@ def validate(instance: Any, node: dict[str, Any], root: dict[str, Any], where: s
         errors += validate(instance, root["$defs"][node["$ref"].rsplit("/", 1)[1]], root, where)
     if "anyOf" in node and all(validate(instance, s, root, where) for s in node["anyOf"]):
         errors.append(f"{where}: matches none of anyOf")
+    if "oneOf" in node and sum(not validate(instance, s, root, where) for s in node["oneOf"]) != 1:
+        errors.append(f"{where}: does not match exactly one of oneOf")
     for sub in node.get("allOf", []):
         errors += validate(instance, sub, root, where)
     if "if" in node and not validate(instance, node["if"], root, where):
@@ -44,6 +57,8 @@ def validate(instance: Any, node: dict[str, Any], root: dict[str, Any], where: s
     types = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list,
              "null": type(None), "number": (int, float)}
     kind = node.get("type")
+    if kind == "integer" and isinstance(instance, float) and instance.is_integer():
+        instance = int(instance)  # JSON Schema: 1.0 is an integer
     if kind and (not isinstance(instance, types[kind]) or (kind in ("integer", "number")
                                                             and isinstance(instance, bool))):
         return [*errors, f"{where}: {instance!r} is not {kind}"]
@@ -80,7 +95,7 @@ def doc_examples() -> list[tuple[str, Any]]:
 
 def test_generated_files_are_current() -> None:
     """Given the model as it is, when regenerating, then every generated file is unchanged
-    (run `python -m kiln_dev.schema --write` after changing kiln.core.job)."""
+    (run `python -m kiln_dev.schema --write` after changing the models)."""
     assert schema.stale() == [], "run: python -m kiln_dev.schema --write"
     assert schema.main(["--check"]) == 0
 
@@ -91,33 +106,45 @@ def test_enums_and_limits_come_from_the_model(spec: dict[str, Any]) -> None:
     assert defs["Kind"]["enum"] == list(KINDS)
     assert defs["Channel"]["enum"] == list(CHANNELS)
     assert defs["Job"]["properties"]["prompt"]["maxLength"] == PROMPT_MAX
-    for kind in KINDS:
-        props = defs[f"{kind.capitalize()}Options"]["properties"]
-        assert {n: schema.JSON_TYPES[t] for n, t in _OPTION_RULES[kind].items()} == {  # type: ignore[index]
-            n: p["type"] for n, p in props.items()}
+    assert defs["ImageJobRequest"]["properties"]["prompt"]["maxLength"] == PROMPT_MAX
+    assert defs["ImageOptions"]["properties"]["aspectRatio"]["enum"] == list(ASPECT_RATIOS)
+    assert defs["Device"]["properties"]["platform"]["enum"] == list(PLATFORMS)
+    assert list(OPTION_MODELS) == list(KINDS)
+    assert defs["CreateJobRequest"]["discriminator"]["mapping"] == {
+        kind: f"#/$defs/{kind.capitalize()}JobRequest" for kind in KINDS}
+    for kind, model in OPTION_MODELS.items():
+        assert list(defs[f"{kind.capitalize()}Options"]["properties"]) == list(model.model_fields)
 
 
 def test_job_fields_match_the_lifecycle(spec: dict[str, Any]) -> None:
-    """Given a new job document and every transition's updates, then each top-level field
-    they write is in the schema, and the schema requires exactly the new document's fields."""
-    doc = lifecycle.new_job(uid="u", channel="app", request=JobRequest("image", "p"), now=NOW,
-                            max_age_seconds=60)
+    """Given a new job document and every transition's change, then each public field they
+    write is in the schema, the schema requires exactly the new document's fields, and it
+    has no room for server state (that lives in jobs/{id}/private/server)."""
+    policy = RetryPolicy()
+    new = lifecycle.new_job(job_id="job-1", uid="u", channel="app", request=JobRequest("image", "p"),
+                            now=NOW, policy=policy)
     job = spec["$defs"]["Job"]
-    assert set(job["required"]) == set(doc) - {"_server"}
-    running = {**doc, "status": "processing", "_server": {"leaseOwner": "w"}}
-    writes = [lifecycle.complete(running, worker_id="w", result={}),
-              lifecycle.fail(running, code="c", message="m"),
-              lifecycle.report_progress(running, worker_id="w", now=NOW, lease_seconds=5, progress=5,
-                                        stage="generating"),
-              lifecycle.cancel(running) or {},
-              lifecycle.retry({**doc, "status": "failed"}, now=NOW, max_age_seconds=60) or {}]
-    for updates in writes:
-        top = {key.split(".")[0] for key in updates}
-        assert top <= set(job["properties"]), top - set(job["properties"])
+    assert "_server" not in job["properties"] and job["additionalProperties"] is False
+    assert set(job["required"]) == set(new.doc)
+    assert set(job["properties"]) == set(PUBLIC_FIELDS)
+    assert not set(new.server) & set(job["properties"]) - {"expireAt"}
+    running = Job.from_docs("job-1", {**new.doc, "status": "processing", "createdAt": NOW},
+                            {"leaseOwner": "w"})
+    failed = Job.from_docs("job-1", {**new.doc, "status": "failed"})
+    changes = [lifecycle.complete(running, worker_id="w", result={}, provenance={"model": "m"}),
+               lifecycle.fail(running, code="c", message="m"),
+               lifecycle.report_progress(running, worker_id="w", now=NOW, policy=policy,
+                                         progress=5, stage="generating"),
+               lifecycle.cancel(running), lifecycle.retry(failed, now=NOW, policy=policy),
+               lifecycle.claim(Job.from_docs("job-1", {**new.doc}), worker_id="w", now=NOW,
+                               policy=policy, claim_token="t").change]
+    for change in changes:
+        assert change is not None
+        assert set(change.job) <= set(job["properties"]), set(change.job) - set(job["properties"])
 
 
 def test_http_view_matches_public_view(spec: dict[str, Any]) -> None:
-    view = lifecycle.public_view("job-1", {"createdAt": NOW})
+    view = Job.from_docs("job-1", {"status": "pending", "createdAt": NOW}).public_view()
     assert list(spec["$defs"]["JobView"]["properties"]) == list(view)
 
 
@@ -125,6 +152,7 @@ def test_http_view_matches_public_view(spec: dict[str, Any]) -> None:
     ({"seed": 0}, True), ({"seed": 2**31 - 1}, True), ({"seed": 2**31}, False), ({"seed": -1}, False),
     ({"style": "x" * 64}, True), ({"style": "x" * 65}, False), ({"style": ""}, False),
     ({"aspectRatio": "16:9"}, True), ({"aspectRatio": "2:1"}, False), ({"texture": True}, False),
+    ({"seed": 30920248.0}, True), ({"seed": 1.5}, False), ({"seed": True}, False), ({"seed": "7"}, False),
 ])
 def test_option_limits_agree_with_validation(spec: dict[str, Any], options: dict[str, Any], ok: bool) -> None:
     """Given image options at the schema's boundaries, then the server's validation and the
@@ -134,7 +162,7 @@ def test_option_limits_agree_with_validation(spec: dict[str, Any], options: dict
     try:
         parse_job_request(body)
         accepted = True
-    except RequestError:
+    except ValidationError:
         accepted = False
     assert accepted is ok
 

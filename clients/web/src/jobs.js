@@ -5,8 +5,8 @@
 
 import { collection, doc, limit, onSnapshot, orderBy, query, where } from "firebase/firestore";
 
-/** @typedef {import("./kiln").Job} Job */
-/** @typedef {Job & {id: string}} JobWithId */
+/** @typedef {import("../../../docs/generated/kiln").Job} Job */
+/** @typedef {import("../../../docs/generated/kiln").JobWithId} JobWithId */
 
 /**
  * Calls `onJobs` with the user's newest jobs whenever any of them changes.

@@ -5,6 +5,8 @@
   runs out of attempts.
 - :class:`PermanentError`: retrying cannot help (bad prompt, refused content, invalid
   artifact). The worker records ``failed`` with the code and message, then acks.
+- :class:`ValidationError`: what was asked is not valid (a bad job request); raised by the
+  domain with no HTTP in it. Each edge maps it: the HTTP API answers 400, a chat replies.
 - :class:`RequestError`: the caller's mistake at the HTTP edge, with its status code.
 
 Adapters translate SDK exceptions into these (``raise ... from exc``). Every ``message``
@@ -67,11 +69,12 @@ class LeaseLostError(KilnError):
 
 
 class ValidationError(KilnError):
-    """What was asked is not valid (a request field, an option): the message names it."""
+    """A request the domain refuses: ``code`` (e.g. ``invalid_prompt``), a ``message`` to
+    show the user as is, and the ``field`` at fault (``"options.seed"``; None for the body)."""
 
-    code = "invalid_request"
+    code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
         super().__init__(message, code=code)
         self.field = field
 

@@ -1,19 +1,31 @@
 """Validation of new job requests (every channel): what may be asked, and how it is said.
 
-Pure logic, no I/O. A refused request raises ``RequestError`` naming the bad field; the
-HTTP edge answers it with its status, a chat with a polite reply.
+The request is a pydantic model, a union on ``kind`` (:class:`ImageJobRequest`,
+:class:`ModelJobRequest`), each with its own options model; the JSON Schema, TypeScript
+and OpenAPI of the contract are generated from these models (``kiln_dev.schema``).
+
+Pure logic, no I/O. A refused request raises :class:`kiln.core.errors.ValidationError`
+with a stable code (``invalid_body``, ``unknown_field``, ``invalid_kind``,
+``invalid_prompt``, ``invalid_options``) and a message that names the bad field; the HTTP
+edge answers it with 400, a chat with a polite reply.
 """
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeAlias
 
-from kiln.core.errors import RequestError
-from kiln.core.job import ASPECT_RATIOS, KINDS, PROMPT_MAX
+import pydantic
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic_core import ErrorDetails, PydanticCustomError
+from typing_extensions import TypeAliasType
+
+from kiln.core.errors import ValidationError
+from kiln.core.job import PROMPT_MAX
 
 
 @dataclass(frozen=True)
@@ -30,78 +42,232 @@ class JobRequest:
         return hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
-_OPTION_RULES: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "image": {"aspectRatio": str, "seed": int, "style": str},
-    "model": {"imageUrl": str, "seed": int, "style": str, "texture": bool},
-}
+# --- field types ------------------------------------------------------------------------
 
+def _integral(value: Any) -> Any:
+    """A float with no fraction is an integer, as in JSON Schema (``7.0`` is ``7``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _collapse(value: Any) -> Any:
+    return " ".join(value.split()) if isinstance(value, str) else value
+
+
+def _visible(value: str) -> str:
+    """Refuse text a user cannot see: control characters and lone surrogates."""
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            raise PydanticCustomError("control_characters", "must not contain control characters")
+        if category == "Cs":
+            raise PydanticCustomError("string_unicode", "must be valid Unicode text")
+    return value
+
+
+def _http_url(value: str) -> str:
+    # The full check (public address, redirects, size) runs before a provider sees it.
+    try:
+        url = urllib.parse.urlsplit(value.strip())
+        ok = url.scheme in ("https", "http") and bool(url.hostname)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        ok = False
+    if not ok:
+        raise PydanticCustomError("url", "must be an https URL of at most 2048 characters")
+    return value
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+#: What to generate: whitespace collapsed, then 1–1000 visible characters.
+Prompt: TypeAlias = Annotated[
+    str, BeforeValidator(_collapse), Strict(), Field(
+        min_length=1, max_length=PROMPT_MAX, description="What to generate; whitespace collapsed."),
+    AfterValidator(_visible),
+]
+#: A JSON integer (not a bool, not a string; ``7.0`` counts).
+Seed: TypeAlias = Annotated[int, Strict(), Field(
+    ge=0, le=2**31 - 1, description="Same prompt + seed gives the same result (where the provider can)."),
+    BeforeValidator(_integral)]
+Style: TypeAlias = Annotated[str, Strict(), Field(
+    min_length=1, max_length=64, description="A style hint passed to the provider."),
+    AfterValidator(_visible)]
+
+ImageUrl: TypeAlias = Annotated[str, Strict(), Field(
+    min_length=1, max_length=2048, description="Image-to-3D: a public URL of the source image."),
+    AfterValidator(_visible), AfterValidator(_http_url)]
+
+
+#: The default of a field that may be absent but is never null: pydantic does not validate
+#: defaults, absent fields stay out of ``model_dump(exclude_unset=True)`` (so out of
+#: JobRequest.options), and the JSON Schema lists the field as optional, not nullable.
+ABSENT: Any = None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageOptions(_Model):
+    """Options when kind is `image`; all optional."""
+
+    aspectRatio: Annotated[Literal["1:1", "4:3", "3:4", "16:9", "9:16"], Field(
+        description="Image shape.")] = ABSENT
+    seed: Seed = ABSENT
+    style: Style = ABSENT
+
+
+class ModelOptions(_Model):
+    """Options when kind is `model`; all optional."""
+
+    imageUrl: ImageUrl = ABSENT
+    seed: Seed = ABSENT
+    style: Style = ABSENT
+    texture: Annotated[bool, Strict(), Field(description="Generate textures (slower).")] = ABSENT
+
+
+class ImageJobRequest(_Model):
+    """Body of POST /v1/jobs for an image (a PNG)."""
+
+    kind: Literal["image"]
+    prompt: Prompt
+    options: Annotated[ImageOptions, BeforeValidator(_none_is_empty)] = ImageOptions()
+
+
+class ModelJobRequest(_Model):
+    """Body of POST /v1/jobs for a 3D model (a GLB)."""
+
+    kind: Literal["model"]
+    prompt: Prompt
+    options: Annotated[ModelOptions, BeforeValidator(_none_is_empty)] = ModelOptions()
+
+
+CreateJobRequest = TypeAliasType("CreateJobRequest", Annotated[
+    ImageJobRequest | ModelJobRequest,
+    Field(discriminator="kind", description="Body of POST /v1/jobs."),
+])
+REQUEST_MODELS: dict[str, type[ImageJobRequest] | type[ModelJobRequest]] = {
+    "image": ImageJobRequest, "model": ModelJobRequest}
+OPTION_MODELS: dict[str, type[ImageOptions] | type[ModelOptions]] = {
+    "image": ImageOptions, "model": ModelOptions}
+_REQUEST = pydantic.TypeAdapter(CreateJobRequest)
+_PROMPT = pydantic.TypeAdapter(Prompt)
+
+
+# --- the entry points -------------------------------------------------------------------
 
 def parse_job_request(body: Any) -> JobRequest:
-    """Validate a ``POST /v1/jobs`` body.
+    """Validate a ``POST /v1/jobs`` body (any JSON value).
 
     Raises:
-        RequestError: 400 with a message that names the bad field.
+        ValidationError: with the code and a message that names the bad field.
     """
-    if not isinstance(body, Mapping):
-        raise RequestError(400, "invalid_body", "The body must be a JSON object.")
-    unknown = set(body) - {"kind", "prompt", "options"}
-    if unknown:
-        raise RequestError(400, "unknown_field", f"Unknown field(s): {', '.join(sorted(unknown))}.")
-    kind = body.get("kind")
-    if kind not in KINDS:
-        raise RequestError(400, "invalid_kind", "'kind' must be \"image\" or \"model\".")
-    prompt = clean_prompt(body.get("prompt"))
-    options = body.get("options", {})
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping):
-        raise RequestError(400, "invalid_options", "'options' must be an object.")
-    return JobRequest(kind=kind, prompt=prompt, options=validate_options(kind, options))
+    try:
+        model = _REQUEST.validate_python(body)
+    except pydantic.ValidationError as exc:
+        raise _refusal(body, exc.errors(include_url=False, include_input=False)) from None
+    return JobRequest(kind=model.kind, prompt=model.prompt,
+                      options=model.options.model_dump(exclude_unset=True))
 
 
 def clean_prompt(prompt: Any) -> str:
-    """Trim and check a prompt (1–1000 characters)."""
-    if not isinstance(prompt, str):
-        raise RequestError(400, "invalid_prompt", "'prompt' must be a string.")
-    prompt = " ".join(prompt.split())
-    if not prompt:
-        raise RequestError(400, "invalid_prompt", "'prompt' must not be empty.")
-    if len(prompt) > PROMPT_MAX:
-        raise RequestError(
-            400, "invalid_prompt", f"'prompt' must be at most {PROMPT_MAX} characters."
-        )
-    return prompt
+    """Collapse whitespace in a prompt and check it (1–1000 visible characters)."""
+    try:
+        return _PROMPT.validate_python(prompt)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise min((_classify(e, "", ("prompt", *e["loc"])) for e in errors), key=_rank) from None
 
 
-def validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    rules = _OPTION_RULES[kind]
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in rules:
-            allowed_names = ", ".join(sorted(rules))
-            raise RequestError(
-                400, "invalid_options",
-                f"Unknown option '{name}' for kind '{kind}' (allowed: {allowed_names}).",
-            )
-        expected = rules[name]
-        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            type_name = getattr(expected, "__name__", str(expected))
-            raise RequestError(400, "invalid_options", f"Option '{name}' must be a {type_name}.")
-        out[name] = value
-    if "aspectRatio" in out and out["aspectRatio"] not in ASPECT_RATIOS:
-        raise RequestError(
-            400, "invalid_options", f"'aspectRatio' must be one of {', '.join(ASPECT_RATIOS)}."
-        )
-    if "seed" in out and not 0 <= out["seed"] < 2**31:
-        raise RequestError(400, "invalid_options", "'seed' must be between 0 and 2147483647.")
-    if "imageUrl" in out:
-        # The full check (public address, redirects, size) runs before a provider sees it.
-        url = urllib.parse.urlsplit(out["imageUrl"].strip())
-        if len(out["imageUrl"]) > 2048 or url.scheme not in ("https", "http") or not url.hostname:
-            raise RequestError(400, "invalid_options",
-                               "'imageUrl' must be an https URL of at most 2048 characters.")
-    if "style" in out and not 0 < len(out["style"]) <= 64:
-        raise RequestError(400, "invalid_options", "'style' must be 1 to 64 characters.")
-    return out
+# --- pydantic's errors → ours -----------------------------------------------------------
+
+_TYPES = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
+          "bool_type": "true or false", "model_type": "an object", "dict_type": "an object",
+          "model_attributes_type": "an object"}
+_EXTRA = ("extra_forbidden", "invalid_key")
+_ORDER = ("invalid_body", "unknown_field", "invalid_kind", "invalid_prompt", "invalid_options")
+_TOP_FIELDS = sorted({name for model in REQUEST_MODELS.values() for name in model.model_fields})
 
 
+def _shown(name: Any, limit: int = 40) -> str:
+    """A field name fit for a message (a caller may send any key)."""
+    text = name if isinstance(name, str) and name.isprintable() else ascii(name).strip("'")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _predicate(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind in _TYPES:
+        return f"must be {_TYPES[kind]}"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty" if ctx.get("min_length") == 1 else \
+            f"must be at least {ctx.get('min_length')} characters"
+    if kind in ("too_long", "string_too_long"):
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind == "string_unicode":
+        return "must be valid Unicode text"
+    return str(error["msg"]).rstrip(".")  # our own PydanticCustomError messages
+
+
+def _unknown_fields(names: Iterable[Any]) -> ValidationError:
+    shown = sorted(_shown(n) for n in names)
+    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+    return ValidationError("unknown_field", f"Unknown field(s): {', '.join(shown[:5])}{more} "
+                           f"(allowed: {', '.join(_TOP_FIELDS)}).")
+
+
+def _classify(error: ErrorDetails, kind: str, path: tuple[int | str, ...]) -> ValidationError:
+    """One pydantic error at ``path`` (below the request of ``kind``) as ours."""
+    if not path:
+        return ValidationError("invalid_body", "The body must be a JSON object.")
+    name = str(path[0])
+    if name == "prompt":
+        return ValidationError("invalid_prompt", f"'prompt' {_predicate(error)}.", field="prompt")
+    if name != "options":
+        return ValidationError("invalid_body", f"'{_shown(name)}' {_predicate(error)}.", field=name)
+    if len(path) == 1 and error["type"] == "string_unicode":  # a key, not a value
+        return ValidationError("invalid_options", "An option name is not valid Unicode text.",
+                               field="options")
+    if len(path) == 1:
+        return ValidationError("invalid_options", "'options' must be an object.", field="options")
+    option = _shown(path[1])
+    if error["type"] in _EXTRA and len(path) == 2:
+        allowed = ", ".join(OPTION_MODELS[kind].model_fields)
+        return ValidationError("invalid_options", f"Unknown option '{option}' for kind '{kind}' "
+                               f"(allowed: {allowed}).", field=f"options.{option}")
+    return ValidationError("invalid_options", f"Option '{option}' {_predicate(error)}.",
+                           field=f"options.{option}")
+
+
+def _rank(error: ValidationError) -> int:
+    return _ORDER.index(error.code)
+
+
+def _refusal(body: Any, errors: list[ErrorDetails]) -> ValidationError:
+    """The one error to report, in the order body, unknown fields (all of them), kind,
+    prompt, options."""
+    if any(e["type"] in ("union_tag_not_found", "union_tag_invalid") for e in errors):
+        extra = set(body) - set(_TOP_FIELDS) if isinstance(body, dict) else set()
+        if extra:
+            return _unknown_fields(extra)
+        kinds = " or ".join(f'"{k}"' for k in REQUEST_MODELS)
+        return ValidationError("invalid_kind", f"'kind' must be {kinds}.", field="kind")
+    unknown = [e["loc"][1] for e in errors if e["type"] in _EXTRA and len(e["loc"]) == 2]
+    if unknown:
+        return _unknown_fields(unknown)
+    if any(e["type"] == "string_unicode" and len(e["loc"]) == 1 for e in errors):
+        return ValidationError("unknown_field", "A field name is not valid Unicode text.")
+    # a discriminated union puts the tag first: ("image", "options", "seed")
+    return min((_classify(e, str(e["loc"][0]) if e["loc"] else "", e["loc"][1:]) for e in errors),
+               key=_rank)

@@ -27,7 +27,7 @@ from kiln.channels.telegram import messages
 from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
 from kiln.channels.telegram.commands import JOB_COMMANDS, interpret, update_kind
-from kiln.core.errors import KilnError, RequestError, TransitionError
+from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
@@ -129,7 +129,7 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.too_long(len(prompt)))
     try:
         job_request = parse_job_request({"kind": kind, "prompt": prompt})
-    except KilnError as exc:  # RequestError, or ValidationError once requests use pydantic
+    except ValidationError as exc:  # e.g. control characters: the message is for the user
         return incoming.reply(messages.invalid_request(exc.message))
     key = f"tg-update:{incoming.update_id}"
     job_id = new_job_id(incoming.uid, key)
