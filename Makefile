@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench chaos chaos-long package lock clean
+.PHONY: setup demo dev test test-fast lint typecheck bench chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,16 @@ lint: setup
 ISOLATED := tests/e2e/test_reliability.py tests/e2e/test_chaos.py tests/e2e/test_telegram.py \
 	tests/e2e/test_providers_e2e.py
 
-test: setup lint $(TEST_DEPS) ## lint, type-check, then every test layer on the real emulators
+# Offline `terraform validate` of infra/ against the provider schemas the pins in
+# infra/versions.tf name. The checker is not copied here: CI (and every developer) has the
+# shared tools folder beside the repository, read-only, at ../shared/.
+TFCHECK := ../shared/tools/tfcheck/tfcheck.py
+tfcheck: $(STAMP) ## check infra/*.tf against the real provider schemas (../shared/tools/tfcheck)
+	@test -f $(TFCHECK) || { echo "tfcheck: $(TFCHECK) is missing; the shared tools folder must" \
+	  "be checked out beside this repository (as ../shared, which CI always has)" >&2; exit 1; }
+	$(PY) $(TFCHECK) infra --quiet
+
+test: setup lint tfcheck $(TEST_DEPS) ## lint, type-check, tfcheck, then every test layer on the real emulators
 	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED))
 	@for module in $(ISOLATED); do $(PY) -m pytest $$module || exit 1; done
 
