@@ -4,16 +4,16 @@ terraform {
   required_providers {
     google = {
       source  = "hashicorp/google"
-      version = ">= 6.20, < 8.0"
+      version = "~> 6.50.0"
     }
     # Firebase Storage bucket link and the Pub/Sub service identity are beta-only.
     google-beta = {
       source  = "hashicorp/google-beta"
-      version = ">= 6.20, < 8.0"
+      version = "~> 6.50.0"
     }
     archive = {
       source  = "hashicorp/archive"
-      version = ">= 2.4, < 3.0"
+      version = "~> 2.7.0"
     }
   }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -23,6 +24,30 @@ def package(root: Path, out: Path, *names: str) -> subprocess.CompletedProcess[s
         [sys.executable, str(SCRIPT), "--root", str(root), "--out", str(out), *names],
         capture_output=True, text=True, timeout=120, check=False,
     )
+
+
+def hashes(char: str) -> str:
+    return f"--hash=sha256:{char * 64}"
+
+
+#: A lock as ``make lock`` writes it: header, entries one hash a line, "# via" comments.
+LOCK = f"""# header
+functions-framework==3.8.2 \\
+    {hashes("a")} \\
+    {hashes("b")}
+    # via x (pyproject.toml)
+httpx==0.27.0 \\
+    {hashes("c")}
+    # via
+    #   x (pyproject.toml)
+"""
+
+
+def requirement_entries(text: str) -> list[str]:
+    """Each requirement of a requirements file on one line, comments dropped."""
+    joined = re.sub(r"\s*\\\n\s*", " ", text)
+    return [line.strip() for line in joined.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
 
 
 def files(tree: Path) -> list[Path]:
@@ -63,7 +88,8 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A small repository: two functions (one with extra requirements) and a library."""
+    """A small repository: two functions (one with extra requirements), the lock and a
+    library."""
     root = tmp_path / "repo"
     (root / "functions" / "alpha").mkdir(parents=True)
     (root / "functions" / "beta").mkdir(parents=True)
@@ -71,8 +97,11 @@ def repo(tmp_path: Path) -> Path:
     (root / "pyproject.toml").write_text(
         '[project]\nname = "x"\nversion = "0"\n'
         'dependencies = ["functions-framework>=3.8,<4", "httpx>=0.27"]\n')
+    (root / "requirements").mkdir()
+    (root / "requirements" / "functions.lock").write_text(LOCK)
     (root / "functions" / "alpha" / "main.py").write_text("def alpha(request):\n    return 'a'\n")
-    (root / "functions" / "alpha" / "requirements.txt").write_text("# extra\nhttpx>=0.27\nrich\n")
+    (root / "functions" / "alpha" / "requirements.txt").write_text(
+        f"# extra\nhttpx==0.27.0 {hashes('c')}\nrich==13.7.1 \\\n    {hashes('d')}\n")
     (root / "functions" / "beta" / "main.py").write_text("def beta(event):\n    pass\n")
     kiln = root / "shared" / "kiln"
     (kiln / "__init__.py").write_text('"""kiln"""\n')
@@ -88,16 +117,20 @@ def repo(tmp_path: Path) -> Path:
 
 def test_builds_each_function_tree(repo: Path, tmp_path: Path) -> None:
     """Given two functions and the library, when packaging, then each tree has its main.py,
-    the runtime requirements plus its own extras, and the library without caches."""
+    the locked requirements (pins and hashes) plus its own new extras, and the library
+    without caches."""
     out = tmp_path / "out"
     result = package(repo, out)
     assert result.returncode == 0, result.stderr
     alpha = out / "alpha"
     assert (alpha / "main.py").read_text() == (repo / "functions/alpha/main.py").read_text()
-    requirements = [line for line in (alpha / "requirements.txt").read_text().splitlines()
-                    if not line.startswith("#")]
-    assert requirements == ["functions-framework>=3.8,<4", "httpx>=0.27", "rich"]
-    assert (out / "beta" / "requirements.txt").read_text().count("rich") == 0
+    requirements = requirement_entries((alpha / "requirements.txt").read_text())
+    assert requirements == [
+        f"functions-framework==3.8.2 {hashes('a')} {hashes('b')}",
+        f"httpx==0.27.0 {hashes('c')}",
+        f"rich==13.7.1 {hashes('d')}",
+    ]
+    assert requirement_entries((out / "beta" / "requirements.txt").read_text()) == requirements[:2]
     shipped = {p.relative_to(out / "beta").as_posix() for p in files(out / "beta")}
     assert shipped == {"main.py", "requirements.txt", "kiln/__init__.py", "kiln/settings.py",
                        "kiln/providers/base.py"}
@@ -151,23 +184,114 @@ def test_missing_main_fails_clearly(repo: Path, tmp_path: Path) -> None:
     assert "functions/beta/main.py is missing" in result.stderr
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    ("rich\n", "'rich' is not pinned (==) with --hash= values"),
+    ("rich==13.7.1\n", "'rich==13.7.1' is not pinned (==) with --hash= values"),
+    ("rich>=13 --hash=sha256:" + "d" * 64 + "\n", "'rich>=13' is not pinned"),
+    (f"httpx==0.28.0 {hashes('e')}\n", "httpx==0.28.0 but requirements/functions.lock pins 0.27.0"),
+])
+def test_extra_requirement_must_be_pinned_with_hashes(
+        repo: Path, tmp_path: Path, extra: str, message: str) -> None:
+    """Given a function's extra requirement without a pin or a hash (pip's hash-checking
+    mode would reject the file), or pinning a locked project at another version, when
+    packaging, then it exits non-zero and says which line."""
+    (repo / "functions" / "alpha" / "requirements.txt").write_text(extra)
+    result = package(repo, tmp_path / "out", "alpha")
+    assert result.returncode == 1
+    assert "functions/alpha/requirements.txt" in result.stderr
+    assert message in result.stderr
+
+
+def test_missing_lock_fails_clearly(repo: Path, tmp_path: Path) -> None:
+    """Given no requirements/functions.lock, when packaging, then it exits non-zero and says
+    to run make lock."""
+    (repo / "requirements" / "functions.lock").unlink()
+    result = package(repo, tmp_path / "out")
+    assert result.returncode == 1
+    assert "requirements/functions.lock is missing (run `make lock`)" in result.stderr
+
+
+def test_stale_lock_fails_clearly(repo: Path, tmp_path: Path) -> None:
+    """Given a runtime dependency added to pyproject but not locked, when packaging, then it
+    exits non-zero and names the dependency."""
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"httpx>=0.27"', '"httpx>=0.27", "Pydantic>=2"'))
+    result = package(repo, tmp_path / "out")
+    assert result.returncode == 1
+    assert "'Pydantic>=2' is not in requirements/functions.lock (run `make lock`)" in result.stderr
+
+
+def test_unhashed_lock_entry_fails(repo: Path, tmp_path: Path) -> None:
+    """Given a lock entry without hashes, when packaging, then it exits non-zero."""
+    lock = repo / "requirements" / "functions.lock"
+    lock.write_text(lock.read_text() + "idna==3.7\n")
+    result = package(repo, tmp_path / "out")
+    assert result.returncode == 1
+    assert "requirements/functions.lock: 'idna==3.7' is not pinned" in result.stderr
+
+
+@pytest.mark.parametrize(("path", "source", "message"), [
+    ("shared/kiln/settings.py", "def f():\n    import kiln_dev.local as local\n",
+     "settings.py: imports kiln_dev.local"),
+    ("shared/kiln/providers/base.py", "from kiln_dev.standins import fcm\n",
+     "providers/base.py: imports kiln_dev.standins"),
+    ("shared/kiln/providers/base.py", "import importlib\nm = importlib.import_module('kiln_dev')\n",
+     "providers/base.py: imports kiln_dev"),
+    ("shared/kiln/kiln_dev/__init__.py", "", "kiln_dev/__init__.py: inside a kiln_dev folder"),
+    ("functions/beta/main.py", "import os, kiln_dev\n", "main.py: imports kiln_dev"),
+])
+def test_refuses_the_development_package(
+        repo: Path, tmp_path: Path, path: str, source: str, message: str) -> None:
+    """Given a library module or a function's main.py that imports kiln_dev (at the top or
+    inside a function), or a kiln_dev folder in the library, when packaging, then it exits
+    non-zero, names the file and writes no tree."""
+    target = repo / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source)
+    out = tmp_path / "out"
+    result = package(repo, out, "beta")
+    assert result.returncode == 1
+    assert "development package kiln_dev" in result.stderr
+    assert message in result.stderr
+    assert not (out / "beta").exists()
+
+
+def test_dev_package_lookalikes_are_packaged(repo: Path, tmp_path: Path) -> None:
+    """Given names that only look like the development package (kiln_devices, a relative
+    .kiln_dev module of kiln itself, a string), when packaging, then it succeeds."""
+    (repo / "shared" / "kiln" / "settings.py").write_text(
+        "import json\nfrom . import kiln_dev\nNAME = 'kiln_dev'\n"
+        "def f():\n    import kiln_devices\n")
+    result = package(repo, tmp_path / "out", "beta")
+    assert result.returncode == 0, result.stderr
+
+
 def test_packages_this_repository(tmp_path: Path) -> None:
     """Given this repository, when packaging every function, then each tree has main.py,
-    requirements.txt with exactly pyproject's runtime dependencies, and the kiln package."""
+    requirements.txt with exactly the lock's requirements (each ``==``-pinned with hashes,
+    pyproject's runtime dependencies among them), and the kiln package."""
     out = tmp_path / "functions"
     result = package(REPO, out)
     assert result.returncode == 0, result.stderr
     with (REPO / "pyproject.toml").open("rb") as f:
         dependencies = tomllib.load(f)["project"]["dependencies"]
+    locked = requirement_entries((REPO / "requirements" / "functions.lock").read_text())
+    assert locked
     names = sorted(p.name for p in (REPO / "functions").iterdir()
                    if p.is_dir() and not p.name.startswith((".", "_", "__")))
     assert {"ingress", "worker", "sweeper"} <= set(names)
     for name in names:
         tree = out / name
         assert (tree / "main.py").is_file(), name
-        lines = [line for line in (tree / "requirements.txt").read_text().splitlines()
-                 if line and not line.startswith("#")]
-        assert lines[:len(dependencies)] == dependencies
-        assert any(line.startswith("functions-framework") for line in lines)
+        lines = requirement_entries((tree / "requirements.txt").read_text())
+        assert lines[:len(locked)] == locked
+        for line in lines:
+            assert re.match(r"^[A-Za-z0-9][A-Za-z0-9._\[\]-]*==[^\s;]+", line), line
+            assert re.search(r" --hash=sha256:[0-9a-f]{64}(\s|$)", line), line
+        pinned = {re.sub(r"[-_.]+", "-", line.split("==", 1)[0]).lower() for line in lines}
+        for dependency in dependencies:
+            name = re.match(r"[A-Za-z0-9._-]+", dependency)
+            assert name and re.sub(r"[-_.]+", "-", name.group()).lower() in pinned, dependency
+        assert any(line.startswith("functions-framework==") for line in lines)
         assert (tree / "kiln" / "settings.py").is_file() or (tree / "kiln" / "__init__.py").is_file()
         assert not list(tree.rglob("__pycache__"))
