@@ -1,7 +1,7 @@
 """Property tests of the request models: whatever JSON-like value arrives, parse_job_request
 returns a JobRequest or raises ValidationError with a known code, never anything else.
 
-Needs hypothesis (the dev extra); skipped where it is not installed.
+Hypothesis comes with the dev extra.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from kiln.core.errors import ValidationError  # noqa: E402
-from kiln.core.requests import JobRequest, parse_job_request  # noqa: E402
+from kiln.core.errors import ValidationError
+from kiln.core.requests import JobRequest, parse_job_request
 
 CODES = {"invalid_body", "unknown_field", "invalid_kind", "invalid_prompt", "invalid_options"}
 
