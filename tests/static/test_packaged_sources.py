@@ -35,26 +35,12 @@ DEV_PACKAGE = "kiln_dev"
 PACKAGE = "kiln"
 MAX_LINES = 400
 
-# To be removed by the core restructure: the import cycles of today's shared/kiln, each
-# the set of modules of one strongly connected component, with why it exists. A cycle
-# found must lie within one of these sets; any other fails.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"kiln.cli", "kiln.ops", "kiln.local.demo"}):
-        "cli imports ops and local.demo in functions; they import cli back (use_dev_stack, "
-        "ProgressBoard)",
-    frozenset({"kiln.ingress", "kiln.telegram.webhook"}):
-        "ingress routes to telegram.webhook inside _route; the webhook imports ingress's "
-        "response helpers and accept_job",
-}
+# Import cycles allowed in the deployed package, each the set of modules of one strongly
+# connected component with why it exists. None: any cycle fails.
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
-# To be removed by the core restructure: modules over MAX_LINES lines (path inside the
-# package -> one-line reason).
-LONG_MODULES: dict[str, str] = {
-    "chaos.py": "the chaos suite's runner and checks in one module (moves to kiln_dev)",
-    "local/provider_server.py": "the stand-in provider servers, all kinds in one module (moves to kiln_dev)",
-    "local/stack.py": "the local stack: emulators, functions and push in one module (moves to kiln_dev)",
-    "schema.py": "the client contract generators (JSON Schema, TypeScript, OpenAPI) in one module",
-}
+# Modules allowed over MAX_LINES lines (path inside the package -> one-line reason). None.
+LONG_MODULES: dict[str, str] = {}
 
 
 # -- building ------------------------------------------------------------------------------
