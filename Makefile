@@ -31,11 +31,6 @@ lint: setup
 	$(PY) -m ruff check shared dev functions tests scripts
 	$(PY) -m mypy shared/kiln dev/kiln_dev
 
-# Modules that start stacks of their own (fault proxies, restarts, companions) run in
-# their own pytest process, so nothing one of them leaves behind reaches another.
-ISOLATED := tests/e2e/test_reliability.py tests/e2e/test_chaos.py tests/e2e/test_telegram.py \
-	tests/e2e/test_providers_e2e.py
-
 # Offline `terraform validate` of infra/ against the provider schemas the pins in
 # infra/versions.tf name. The checker is not copied here: CI (and every developer) has the
 # shared tools folder beside the repository, read-only, at ../shared/.
@@ -45,9 +40,16 @@ tfcheck: $(STAMP) ## check infra/*.tf against the real provider schemas (../shar
 	  "be checked out beside this repository (as ../shared, which CI always has)" >&2; exit 1; }
 	$(PY) $(TFCHECK) infra --quiet
 
+# One pytest process: no client reads os.environ after start-up, so the stacks that some
+# modules start of their own (fault proxies, restarts, companions) live beside the session's.
 test: setup lint tfcheck $(TEST_DEPS) ## lint, type-check, tfcheck, then every test layer on the real emulators
-	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED))
-	@for module in $(ISOLATED); do $(PY) -m pytest $$module || exit 1; done
+	$(PY) -m pytest
+
+# Branch coverage of the runtime from the unit tests alone (fakes, fake clock).
+COVERED := shared/kiln/runtime/worker.py,shared/kiln/core/lifecycle.py,shared/kiln/runtime/sweeper.py,shared/kiln/runtime/progress.py,shared/kiln/runtime/actions.py,shared/kiln/runtime/notify.py,shared/kiln/runtime/accept.py,shared/kiln/core/policy.py
+coverage: setup ## branch coverage of worker, lifecycle, sweeper, progress (unit tests only)
+	$(PY) -m coverage run --branch --include='$(COVERED)' -m pytest -q tests/unit
+	$(PY) -m coverage report -m
 
 test-fast: setup ## unit tests only
 	$(PY) -m pytest tests/unit
