@@ -394,8 +394,8 @@ def test_redeliveries_do_not_push_or_upload_again(user: User, svc: Any, rstack: 
     assert sha == job.result["sha256"]
     for _ in range(5):
         svc.queue.publish(job_id, reason="test-duplicate")
-    wait_for(lambda: sum(1 for x in job_lines(rstack, job_id)
-                         if x["message"] == "delivery ignored: terminal") >= 5, 20,
+    wait_for(lambda: sum(1 for x in delivery_lines(rstack)
+                         if x.get("jobId") == job_id and x["outcome"] == "terminal") >= 5, 20,
              what="duplicates ignored")
     assert len(user.pushes(job_id)) == 1
     assert stored_sha(svc, job) == (sha, generation)

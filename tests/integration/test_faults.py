@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.adapters.pubsub import PUBLISH_TIMEOUT, PubSubQueue
+from kiln.adapters.pubsub import PubSubQueue
 from kiln.core.errors import RetryableError
 from kiln_dev.faults import HttpFaultProxy, TcpProxy
 from kiln_dev.stack import LocalStack
@@ -98,14 +98,14 @@ def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any)
     try:
         # A queue on the proxy, given explicitly (the environment still names the emulator).
         queue = PubSubQueue.connect(stack.config.project, services.settings.jobs_topic,
-                                    emulator_host=proxy.address)
+                                    emulator_host=proxy.address, timeout=2.0)
         assert queue.publish("proxyjob0001", reason="test")
         proxy.down()
         started = time.monotonic()
         with pytest.raises(RetryableError) as caught:
             queue.publish("proxyjob0002", reason="test")
         assert caught.value.code == "queue_unavailable"
-        assert time.monotonic() - started <= PUBLISH_TIMEOUT + 2
+        assert time.monotonic() - started <= queue.timeout + 2
         assert proxy.stats["refused"] > 0
         proxy.up()
 

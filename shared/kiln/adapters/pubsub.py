@@ -29,19 +29,23 @@ class PubSubQueue:
     """Publishes ``{"jobId": ...}`` to the jobs topic."""
 
     def __init__(
-        self, project: str, topic: str, client: pubsub_v1.PublisherClient | None = None
+        self, project: str, topic: str, client: pubsub_v1.PublisherClient | None = None, *,
+        timeout: float = PUBLISH_TIMEOUT,
     ) -> None:
+        self.timeout = timeout
         # One message per batch, sent at once: no batching delay on the ack path.
         self.client = client or pubsub_v1.PublisherClient(batch_settings=BATCHING)
         self.topic_path = self.client.topic_path(project, topic)
 
     @classmethod
-    def connect(cls, project: str, topic: str, *, emulator_host: str = "") -> PubSubQueue:
+    def connect(cls, project: str, topic: str, *, emulator_host: str = "",
+                timeout: float = PUBLISH_TIMEOUT) -> PubSubQueue:
         """A queue on the real service, or on the emulator at ``emulator_host``."""
         kwargs: dict[str, Any] = {}
         if emulator_host:
             kwargs["transport"] = PublisherGrpcTransport(channel=grpc.insecure_channel(emulator_host))
-        return cls(project, topic, pubsub_v1.PublisherClient(batch_settings=BATCHING, **kwargs))
+        return cls(project, topic, pubsub_v1.PublisherClient(batch_settings=BATCHING, **kwargs),
+                   timeout=timeout)
 
     def publish(self, job_id: str, *, reason: str = "new") -> str:
         """Publish and wait for the server's message id.
@@ -52,7 +56,7 @@ class PubSubQueue:
         data = json.dumps({"jobId": job_id}).encode()
         try:
             future = self.client.publish(self.topic_path, data, jobId=job_id, reason=reason)
-            return str(future.result(timeout=PUBLISH_TIMEOUT))
+            return str(future.result(timeout=self.timeout))
         except (gexc.GoogleAPIError, TimeoutError) as exc:
             raise RetryableError("The job queue is unavailable.", code="queue_unavailable") from exc
 

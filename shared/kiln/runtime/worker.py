@@ -34,6 +34,8 @@ from kiln.runtime.results import store_result
 
 logger = log.get("worker")
 
+BACKOFF = "backoff"  # the code of the nack of a delivery that came before the job's backoff ended
+
 
 class RunOutcome(enum.StrEnum):
     """What one delivery did (logged, returned to tests)."""
@@ -42,6 +44,7 @@ class RunOutcome(enum.StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     RELEASED = "released"  # a retryable failure: back to pending (raised, not returned)
+    NOT_YET = "not_yet"  # in retry backoff: nacked (raised, not returned)
     HANDED_OFF = "handed_off"
     LEASE_LOST = "lease_lost"
     POISON = "poison"
@@ -78,6 +81,9 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
         try:
             outcome = run_job(job_id, services)
             return outcome
+        except RetryableError as exc:
+            outcome = RunOutcome.NOT_YET if exc.code == BACKOFF else RunOutcome.RELEASED
+            raise
         finally:
             _log_delivery(outcome, started, services)
 
@@ -164,7 +170,7 @@ def _claim(job_id: str, services: Services) -> tuple[ClaimOutcome, Job | None, s
         notify.deliver(services, job_id)
     elif outcome is ClaimOutcome.NOT_YET:
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
-        raise RetryableError("The job is waiting to retry.", code="backoff")
+        raise RetryableError("The job is waiting to retry.", code=BACKOFF)
     elif outcome is ClaimOutcome.TERMINAL and job is not None and lifecycle.remote_task_left(job):
         # Canceled while no worker held it (e.g. between hand-offs): the paid remote
         # task may still be running. The cancel's wake-up message brings us here.

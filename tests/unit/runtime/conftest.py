@@ -141,9 +141,13 @@ class Rig:
         return job
 
 
-def build_rig(provider: Any = None, **settings: Any) -> Rig:
-    clock = FakeClock()
-    store, queue, blobs = InMemoryJobStore(clock), RecordingQueue(), InMemoryBlobs()
+def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
+              store: InMemoryJobStore | None = None, **settings: Any) -> Rig:
+    """A composition of fakes; ``factories`` replace the provider factories, ``store``
+    shares another rig's jobs."""
+    clock = FakeClock() if store is None else store.clock
+    store = store or InMemoryJobStore(clock)
+    queue, blobs = RecordingQueue(), InMemoryBlobs()
     push, devices, channel = RecordingPush(), InMemoryDevices(), Channel()
     providers: dict[str, Any] = {"image": provider or SyncFake(clock),
                                  "model": provider or TaskFake(clock)}
@@ -153,7 +157,8 @@ def build_rig(provider: Any = None, **settings: Any) -> Rig:
                 image_provider="image", model_provider="model")
     services = Services(
         Settings(**{**base, **settings}),
-        providers={"image": lambda _s: providers["image"], "model": lambda _s: providers["model"]},
+        providers=factories or {"image": lambda _s: providers["image"],
+                                "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel},
     )

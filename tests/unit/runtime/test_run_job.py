@@ -118,12 +118,10 @@ def test_a_generator_past_its_budget_is_released(rig: Rig) -> None:
 
 
 def test_an_unconfigured_provider_fails_the_job_readably() -> None:
-    rig = build_rig()
-
     def broken(_settings: object) -> object:
         raise ConfigError("KILN_MESHY_API_KEY must be set")
 
-    rig.services._provider_factories = {"model": broken}  # type: ignore[attr-defined]
+    rig = build_rig(factories={"model": broken})
     job_id = rig.submit(kind="model")
     assert run_job(job_id, rig.services) is RunOutcome.FAILED
     assert rig.job(job_id).error == {"code": "provider_unconfigured", "retryable": False,
@@ -309,3 +307,87 @@ def test_a_failing_store_at_the_end_releases_for_retry(rig: Rig) -> None:
         run_job(job_id, rig.services)
     assert caught.value.code == "storage_unavailable"
     assert rig.job(job_id).status is JobStatus.PENDING
+
+
+def test_a_task_the_provider_reports_canceled_after_our_cancel_stops_quietly(rig: Rig) -> None:
+    """Our own cancel makes the provider report the task canceled: the job stays canceled
+    (no failure), and the task is not canceled twice."""
+    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10),
+                                             TaskStatus(TaskState.CANCELED)], poll_interval=1.0)
+    rig.providers["model"] = provider
+    job_id = rig.submit(kind="model")
+    original = provider.poll
+
+    def cancel_then_poll(task_id: str) -> TaskStatus:
+        if len(provider.polled) == 1:
+            rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+        return original(task_id)
+
+    provider.poll = cancel_then_poll  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    assert rig.job(job_id).status is JobStatus.CANCELED and rig.job(job_id).error is None
+
+
+@pytest.mark.parametrize("error", [PermanentError("Refused.", code="content_refused"),
+                                   RetryableError("Busy.", code="provider_busy")])
+def test_an_ending_after_the_lease_was_lost_writes_nothing(rig: Rig, error: Exception) -> None:
+    """A worker whose lease another worker took may not fail or release the job."""
+    provider = SyncFake(rig.clock, error=error)
+    rig.providers["image"] = provider
+    job_id = rig.submit()
+    original = provider.generate
+
+    def stolen(request, on_progress, should_stop):  # type: ignore[no-untyped-def]
+        try:
+            return original(request, on_progress, should_stop)
+        finally:
+            rig.store.apply(job_id, Change({}, {"leaseOwner": "someone-else"}))
+
+    provider.generate = stolen  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert rig.job(job_id).status is JobStatus.PROCESSING and rig.job(job_id).error is None
+
+
+def test_a_handoff_after_the_lease_was_lost_writes_nothing() -> None:
+    rig = build_rig(worker_budget_seconds=6.0)
+    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
+    rig.providers["model"] = provider
+    job_id = rig.submit(kind="model")
+    original = provider.poll
+
+    def poll_then_lose(task_id: str) -> TaskStatus:
+        rig.store.apply(job_id, Change({}, {"leaseOwner": "someone-else"}))
+        return original(task_id)
+
+    provider.poll = poll_then_lose  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert not rig.job(job_id).server.handoff
+
+
+def test_a_canceled_jobs_task_whose_provider_is_gone_is_left_to_expire() -> None:
+    """The cancel's wake-up finds the provider no longer configured: logged, nothing raised."""
+    rig = build_rig(worker_budget_seconds=6.0)
+    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
+    rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+
+    def gone(_settings: object) -> object:
+        raise ConfigError("KILN_MODEL_PROVIDER names nothing")
+
+    fresh = build_rig(factories={"model": gone}, store=rig.store)
+    assert run_job(job_id, fresh.services) is RunOutcome.TERMINAL
+    assert not rig.job(job_id).server.remote_canceled
+
+
+def test_every_delivery_says_what_it_did(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """One structured line per delivery: its outcome (a nack in backoff is not_yet)."""
+    rig.providers["image"] = SyncFake(rig.clock, error=RetryableError("Busy.", code="busy"))
+    job_id = rig.submit()
+    caplog.set_level("INFO", logger="kiln.worker")
+    for _ in range(2):
+        with pytest.raises(RetryableError):
+            handle_message(message(job_id), rig.services)
+    outcomes = [getattr(r, "fields", {}).get("outcome") for r in caplog.records
+                if r.getMessage() == "delivery done"]
+    assert outcomes == ["released", "not_yet"]
