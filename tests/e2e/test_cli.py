@@ -14,11 +14,11 @@ import httpx
 import pytest
 from pygltflib import GLTF2
 
-from kiln.core.job import Job, JobStatus
+from kiln.core.job import JobStatus
 from kiln_dev import cli
 from kiln_dev.demo import demo
 from kiln_dev.stack import LocalStack, StackConfig
-from support import wait_for
+from support import wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ def test_operator_cancels_and_retries_any_job(stack: Any, api: httpx.Client, ser
     refused = kiln("retry", job_id)
     assert refused.returncode == 1 and "Only a failed job can be retried" in refused.stdout
     failed = api.post("/v1/jobs", json={"kind": "image", "prompt": "a cup [fail:permanent]"}).json()["jobId"]
-    ended = wait_ended(services, failed)
+    ended = wait_terminal(services, failed)
     assert ended.status is JobStatus.FAILED and ended.server.notify is not None
     shown = kiln("show", failed)
     assert shown.returncode == 0, shown.stderr
@@ -75,14 +75,6 @@ def test_operator_cancels_and_retries_any_job(stack: Any, api: httpx.Client, ser
     assert "_server" not in view
     retried = kiln("retry", failed)
     assert retried.returncode == 0 and retried.stdout.strip() == f"{failed}: pending again, published"
-
-
-def wait_ended(services: Any, job_id: str, timeout: float = 45.0) -> Job:
-    def ended() -> Job | None:
-        job = services.store.get(job_id)
-        return job if job is not None and job.terminal else None
-
-    return wait_for(ended, timeout, what=f"job {job_id} to end")  # type: ignore[no-any-return]
 
 
 def test_stacks_build_services_from_their_own_settings(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from kiln.core.job import Job, JobStatus, ServerState
 from kiln.runtime.results import result_path
 from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.telegram import TelegramServer
-from support import EVENTS, wait_for
+from support import EVENTS, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -88,15 +88,6 @@ def one_job(services: Any, chat_id: int) -> Job:
     return jobs[0]  # type: ignore[no-any-return]
 
 
-def ended(services: Any, job_id: str, timeout: float = 45.0) -> Job:
-    """The job once it is terminal, as read then."""
-    def done() -> Job | None:
-        job = services.store.get(job_id)
-        return job if job is not None and job.terminal else None
-
-    return wait_for(done, timeout, what=f"job {job_id} to end")  # type: ignore[no-any-return]
-
-
 def notified(services: Any, job_id: str) -> dict[str, Any]:
     """The recorded outcome of the job's notification (``server.notify``), once recorded."""
     def recorded() -> dict[str, Any] | None:
@@ -140,7 +131,7 @@ def test_image_is_acknowledged_at_once_then_sent_as_a_photo(telegram, tg_service
     assert (state["chatId"], state["chatType"]) == (chat, "private")
     assert state["messageId"] == update["message"]["message_id"]
 
-    done = ended(tg_services, job.id)
+    done = wait_terminal(tg_services, job.id)
     photo = wait_call(telegram, chat, "sendPhoto")
     assert done.status is JobStatus.COMPLETED and photo["ok"] and done.result is not None
     assert photo["file"]["content_type"] == "image/png"
@@ -156,7 +147,7 @@ def test_model_shows_progress_within_limits_then_arrives_as_glb(telegram, tg_ser
     """Given a 4 s model job, when it runs, then the working message is edited with progress
     no more often than every 3 s, and the result arrives as a .glb document."""
     send(telegram, chat, "/model a blue cube")
-    done = ended(tg_services, one_job(tg_services, chat).id)
+    done = wait_terminal(tg_services, one_job(tg_services, chat).id)
     document = wait_call(telegram, chat, "sendDocument")
     assert done.status is JobStatus.COMPLETED and document["ok"] and done.result is not None
     assert document["file"]["name"].endswith(".glb")
@@ -175,7 +166,7 @@ def test_a_failed_job_says_why_and_how_to_retry(telegram, tg_services, chat):
     becomes the reason and the command to send again."""
     send(telegram, chat, "/image a cube [fail:permanent]")
     job = one_job(tg_services, chat)
-    assert ended(tg_services, job.id).status is JobStatus.FAILED
+    assert wait_terminal(tg_services, job.id).status is JobStatus.FAILED
     edit = wait_call(telegram, chat, "editMessageText", ok=True)
     assert edit["message_id"] == (job.server.telegram or {})["statusMessageId"]
     assert "refused this prompt" in edit["text"]
@@ -188,7 +179,7 @@ def test_telegram_retrying_an_update_makes_one_job_and_one_reply(telegram, tg_se
     update = telegram.text_update(chat, "/image a green star")
     for _ in range(3):
         assert telegram.post_update(update).status_code == 200
-    ended(tg_services, one_job(tg_services, chat).id)
+    wait_terminal(tg_services, one_job(tg_services, chat).id)
     wait_call(telegram, chat, "deleteMessage")
     assert len(calls(telegram, chat, "sendMessage")) == 1
     assert len(calls(telegram, chat, "sendPhoto")) == 1
@@ -329,7 +320,7 @@ def test_429_is_waited_out_for_the_result_and_never_delays_the_webhook(telegram,
     assert time.perf_counter() - started < 3.0  # never the 5 s Telegram asked for
     job = one_job(tg_services, chat)
     assert (job.server.telegram or {})["statusMessageId"] is None
-    ended(tg_services, job.id)
+    wait_terminal(tg_services, job.id)
     sent = wait_call(telegram, chat, "sendPhoto", ok=True)
     refused = calls(telegram, chat, "sendPhoto", ok=False)
     assert [c["error_code"] for c in refused] == [429]
@@ -342,7 +333,7 @@ def test_403_marks_the_chat_blocked_and_stops(telegram, tg_services, chat):
     send(telegram, chat, "/image a black cube")
     telegram.block(chat)
     job_id = one_job(tg_services, chat).id
-    ended(tg_services, job_id)
+    wait_terminal(tg_services, job_id)
     notify = notified(tg_services, job_id)  # the notifier is done: nothing more can be sent
     assert notify["state"] == "sent" and notify["report"]["channel"] == {"blocked": True}
     refused = wait_call(telegram, chat, "sendPhoto", ok=False)
@@ -393,7 +384,7 @@ def test_results_over_the_upload_limits_go_as_document_or_link(telegram, tg_serv
     then an image over the photo size goes as a document and a model over the file size
     becomes a link to its download URL in the working message."""
     send(telegram, chat, "/image a silver orb")
-    image = ended(tg_services, one_job(tg_services, chat).id)
+    image = wait_terminal(tg_services, one_job(tg_services, chat).id)
     assert image.result is not None
     wait_call(telegram, chat, "sendPhoto", ok=True)
     small = notifier.UploadLimits(photo_bytes=1024)
@@ -422,7 +413,7 @@ def test_a_photo_telegram_refuses_is_sent_again_as_a_document(telegram, tg_servi
     telegram.fail("sendPhoto", chat_id=chat, error_code=400,
                   description="Bad Request: PHOTO_INVALID_DIMENSIONS")
     send(telegram, chat, "/image a yellow pyramid")
-    done = ended(tg_services, one_job(tg_services, chat).id)
+    done = wait_terminal(tg_services, one_job(tg_services, chat).id)
     document = wait_call(telegram, chat, "sendDocument", ok=True)
     assert done.result is not None and document["file"]["sha256"] == done.result["sha256"]
     assert [c["ok"] for c in calls(telegram, chat, "sendPhoto")] == [False]
