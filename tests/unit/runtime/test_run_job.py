@@ -6,8 +6,8 @@ import base64
 import json
 
 import pytest
+from rig import Rig, SyncFake, TaskFake, build_rig
 
-from conftest import Rig, SyncFake, TaskFake, build_rig
 from kiln.core import lifecycle
 from kiln.core.errors import ConfigError, KilnError, PermanentError, RetryableError
 from kiln.core.job import Change, JobStatus

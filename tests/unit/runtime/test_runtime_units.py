@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from rig import Rig, build_rig
 
-from conftest import Rig, build_rig
 from kiln.core import lifecycle
 from kiln.core.errors import CanceledError, ConflictError, LeaseLostError, RetryableError, TransitionError
 from kiln.core.job import Change, JobStatus

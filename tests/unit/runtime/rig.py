@@ -1,0 +1,165 @@
+"""A Kiln composed of fakes (``kiln_dev.fakes``) and scripted providers, on a fake clock
+(a unique module name: ``from rig import …``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.compose import Services
+from kiln.core.errors import CanceledError
+from kiln.core.job import Job
+from kiln.core.requests import parse_job_request
+from kiln.providers.base import Artifact, GenerationRequest, TaskState, TaskStatus
+from kiln.providers.offline import OfflineProvider
+from kiln.runtime.accept import accept_job
+from kiln.settings import Settings
+from kiln_dev.fakes import (
+    FakeClock,
+    InMemoryBlobs,
+    InMemoryDevices,
+    InMemoryJobStore,
+    RecordingPush,
+    RecordingQueue,
+    TokenVerifier,
+)
+
+
+def real_artifact(kind: str, clock: FakeClock) -> Artifact:
+    """A real PNG or GLB (the offline generator, instantly), so validators run for real."""
+    provider = OfflineProvider(0.0, 0.0, sleep=clock.sleep, clock=clock.monotonic)
+    return provider.generate(GenerationRequest("x", kind, "a red cube"), lambda _p, _s: None,
+                             lambda: False)
+
+
+@dataclass
+class SyncFake:
+    """A one-call provider: reports ``steps`` of progress (advancing the clock), then
+    returns a real artifact or raises ``error``; ``hang`` waits for a stop."""
+
+    clock: FakeClock
+    name: str = "syncfake"
+    steps: list[tuple[int, str]] = field(default_factory=lambda: [(30, "generating"),
+                                                                  (80, "generating")])
+    step_seconds: float = 1.0
+    error: Exception | None = None
+    hang: bool = False
+    calls: int = 0
+
+    def generate(self, request: GenerationRequest, on_progress: Callable[[int, str], None],
+                 should_stop: Callable[[], bool]) -> Artifact:
+        self.calls += 1
+        for progress, stage in self.steps:
+            self.clock.advance(self.step_seconds)
+            on_progress(progress, stage)
+            if should_stop():
+                raise CanceledError("stopped")
+        while self.hang:
+            self.clock.advance(1.0)
+            if should_stop():
+                raise CanceledError("stopped")
+        if self.error is not None:
+            raise self.error
+        return real_artifact(request.kind, self.clock)
+
+
+@dataclass
+class TaskFake:
+    """A remote-task provider whose polls answer ``statuses`` in turn (the last repeats)."""
+
+    clock: FakeClock
+    statuses: list[TaskStatus] = field(default_factory=lambda: [
+        TaskStatus(TaskState.RUNNING, 40, "meshing"), TaskStatus(TaskState.SUCCEEDED, 90)])
+    name: str = "taskfake"
+    poll_interval: float = 5.0
+    submitted: list[str] = field(default_factory=list)
+    polled: list[str] = field(default_factory=list)
+    canceled: list[str] = field(default_factory=list)
+    cancel_error: Exception | None = None
+
+    def submit(self, request: GenerationRequest) -> str:
+        task_id = f"task-{len(self.submitted) + 1}"
+        self.submitted.append(task_id)
+        return task_id
+
+    def poll(self, task_id: str) -> TaskStatus:
+        self.polled.append(task_id)
+        index = min(len(self.polled) - 1, len(self.statuses) - 1)
+        return self.statuses[index]
+
+    def fetch(self, task_id: str, request: GenerationRequest) -> Artifact:
+        return real_artifact(request.kind, self.clock)
+
+    def cancel(self, task_id: str) -> None:
+        if self.cancel_error is not None:
+            raise self.cancel_error
+        self.canceled.append(task_id)
+
+
+@dataclass
+class Channel:
+    """A conversation channel that records what it was told."""
+
+    progress: list[tuple[str, int, str]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    fail_progress: bool = False
+
+    def on_progress(self, services: Any, job: Job, progress: int, stage: str) -> None:
+        if self.fail_progress:
+            raise RuntimeError("chat down")
+        self.progress.append((job.id, progress, stage))
+
+    def on_finished(self, services: Any, job: Job) -> dict[str, Any]:
+        self.finished.append(job.id)
+        return {"sent": "reply"}
+
+
+@dataclass
+class Rig:
+    services: Services
+    clock: FakeClock
+    store: InMemoryJobStore
+    queue: RecordingQueue
+    blobs: InMemoryBlobs
+    push: RecordingPush
+    devices: InMemoryDevices
+    channel: Channel
+    providers: dict[str, Any]
+
+    def submit(self, kind: str = "image", prompt: str = "a red cube", uid: str = "alice",
+               channel: str = "app", **server: Any) -> str:
+        accepted = accept_job(self.services, uid=uid, channel=channel,
+                              request=parse_job_request({"kind": kind, "prompt": prompt}),
+                              server=server or None)
+        return accepted.job_id
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+
+def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
+              store: InMemoryJobStore | None = None, **settings: Any) -> Rig:
+    """A composition of fakes; ``factories`` replace the provider factories, ``store``
+    shares another rig's jobs."""
+    clock = FakeClock() if store is None else store.clock
+    store = store or InMemoryJobStore(clock)
+    queue, blobs = RecordingQueue(), InMemoryBlobs()
+    push, devices, channel = RecordingPush(), InMemoryDevices(), Channel()
+    providers: dict[str, Any] = {"image": provider or SyncFake(clock),
+                                 "model": provider or TaskFake(clock)}
+    base = dict(project="demo-unit", progress_interval_seconds=1.0, lease_seconds=30.0,
+                retry_backoff_seconds=10.0, max_attempts=3, worker_budget_seconds=480.0,
+                pending_republish_seconds=60.0, job_max_age_seconds=3600.0,
+                image_provider="image", model_provider="model")
+    services = Services(
+        Settings(**{**base, **settings}),
+        providers=factories or {"image": lambda _s: providers["image"],
+                                "model": lambda _s: providers["model"]},
+        store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
+        clock=clock, channels={"telegram": channel},
+    )
+    return Rig(services, clock, store, queue, blobs, push, devices, channel, providers)
+
