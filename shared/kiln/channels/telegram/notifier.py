@@ -144,13 +144,18 @@ def telegram_state(job: Job) -> Mapping[str, Any]:
 def deliver_failure(services: Services, job: Job) -> dict[str, Any]:
     """Turn the "working" message into the reason (or send it when that is gone)."""
     bot, tg = bot_for(services), telegram_state(job)
-    text = messages.failed(job)
+    return {"sent": "failure", "edited": _say_in_place(bot, tg, messages.failed(job))}
+
+
+def _say_in_place(bot: BotClient, tg: Mapping[str, Any], text: str) -> bool:
+    """Turn the "working" message into ``text``; when it is gone (or was never sent), send
+    ``text`` as a reply to the user's message instead. True when the message was edited."""
     status_id = tg.get("statusMessageId")
     if status_id is not None and bot.edit_message_text(tg["chatId"], status_id, text,
                                                        max_wait=RESULT_MAX_WAIT):
-        return {"sent": "failure", "edited": True}
+        return True
     bot.send_message(tg["chatId"], text, reply_to=tg.get("messageId"), max_wait=RESULT_MAX_WAIT)
-    return {"sent": "failure", "edited": False}
+    return False
 
 
 def deliver_result(services: Services, job: Job, *,
@@ -205,12 +210,7 @@ def _send_file(bot: BotClient, job: Job, tg: Mapping[str, Any], reader: IO[bytes
 
 def _send_link(bot: BotClient, job: Job, tg: Mapping[str, Any], size: int) -> dict[str, Any]:
     url = str((job.result or {}).get("downloadUrl") or "")
-    text = messages.too_big_link(job, url, size)
-    status_id = tg.get("statusMessageId")
-    if status_id is not None and bot.edit_message_text(tg["chatId"], status_id, text,
-                                                       max_wait=RESULT_MAX_WAIT):
-        return {"sent": "link", "bytes": size}
-    bot.send_message(tg["chatId"], text, reply_to=tg.get("messageId"), max_wait=RESULT_MAX_WAIT)
+    _say_in_place(bot, tg, messages.too_big_link(job, url, size))
     return {"sent": "link", "bytes": size}
 
 
