@@ -23,9 +23,9 @@ def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     proc = subprocess.run(
         [sys.executable, "-m", "kiln_dev.chaos", "--jobs", "36", "--seed", "7", "--rate", "6",
-         "--max-age", "35", "--fault-interval", "1.0", "--drain-timeout", "120",
+         "--max-age", "60", "--fault-interval", "1.0", "--drain-timeout", "150",
          "--json", str(out)],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=300)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     detail = proc.stdout[-2500:]
