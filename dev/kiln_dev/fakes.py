@@ -20,7 +20,7 @@ from typing import IO, Any, TypeVar
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Device, Job, NewJob
-from kiln.ports import Decide, PushResult, StoredObject, Validator
+from kiln.ports import Decide, Delivery, PushResult, StoredObject, Validator
 
 T = TypeVar("T")
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -161,17 +161,92 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, str]] = []
+        self.deliveries: list[Delivery] = []  # in order, with check numbers
         self.fail_next = 0
 
-    def publish(self, job_id: str, *, reason: str = "new") -> str:
+    def publish(self, job_id: str, *, reason: str = "new", check: int | None = None) -> str:
         if self.fail_next > 0:
             self.fail_next -= 1
             raise RetryableError("The job queue is unavailable.", code="queue_unavailable")
         self.published.append((job_id, reason))
+        self.deliveries.append(Delivery(job_id, check))
         return str(len(self.published))
 
     def ids(self) -> list[str]:
         return [job_id for job_id, _reason in self.published]
+
+
+@dataclass(frozen=True)
+class ScheduledCheck:
+    job_id: str
+    check: int
+    at: dt.datetime
+
+
+class FakeScheduler:
+    """``kiln.ports.Scheduler``: remembers checks by (job, check) like Cloud Tasks' task
+    names (a second schedule of one is refused); tests release due ones with :meth:`due`
+    (or the queue they publish to, with :meth:`fire`)."""
+
+    def __init__(self, queue: RecordingQueue | None = None) -> None:
+        self.queue = queue
+        self.pending: dict[tuple[str, int], ScheduledCheck] = {}
+        self.names: set[tuple[str, int]] = set()
+        self.fail_next = 0
+
+    def schedule(self, job_id: str, check: int, at: dt.datetime) -> bool:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise RetryableError("The scheduler is unavailable.", code="scheduler_unavailable")
+        key = (job_id, check)
+        if key in self.names:
+            return False
+        self.names.add(key)
+        self.pending[key] = ScheduledCheck(job_id, check, at)
+        return True
+
+    def due(self, now: dt.datetime) -> list[ScheduledCheck]:
+        """Remove and return the checks due at ``now``, earliest first."""
+        ready = sorted((c for c in self.pending.values() if c.at <= now), key=lambda c: c.at)
+        for item in ready:
+            del self.pending[(item.job_id, item.check)]
+        return ready
+
+    def next_at(self) -> dt.datetime | None:
+        return min((c.at for c in self.pending.values()), default=None)
+
+    def fire(self, now: dt.datetime) -> list[ScheduledCheck]:
+        """Publish the due checks to ``queue`` (as the real scheduler does)."""
+        assert self.queue is not None
+        ready = self.due(now)
+        for item in ready:
+            self.queue.publish(item.job_id, reason="check", check=item.check)
+        return ready
+
+
+class InMemoryTaskIndex:
+    """``kiln.ports.TaskIndex`` in dicts."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[tuple[str, str], str] = {}
+        self.early: set[tuple[str, str]] = set()
+        self.events: set[tuple[str, str]] = set()
+
+    def link(self, provider: str, task_id: str, job_id: str) -> bool:
+        self.jobs[(provider, task_id)] = job_id
+        return (provider, task_id) in self.early
+
+    def job_for(self, provider: str, task_id: str) -> str | None:
+        job_id = self.jobs.get((provider, task_id))
+        if job_id is None:
+            self.early.add((provider, task_id))
+        return job_id
+
+    def first_seen(self, provider: str, event_id: str) -> bool:
+        if (provider, event_id) in self.events:
+            return False
+        self.events.add((provider, event_id))
+        return True
 
 
 class InMemoryBlobs:

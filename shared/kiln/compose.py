@@ -19,7 +19,18 @@ from typing import Any
 from kiln import log
 from kiln.adapters.clock import SystemClock
 from kiln.channels.telegram.notifier import TelegramChannel
-from kiln.ports import BlobStore, Channel, Clock, DeviceStore, JobStore, Push, Queue, Verifier
+from kiln.ports import (
+    BlobStore,
+    Channel,
+    Clock,
+    DeviceStore,
+    JobStore,
+    Push,
+    Queue,
+    Scheduler,
+    TaskIndex,
+    Verifier,
+)
 from kiln.providers.base import Provider
 from kiln.settings import Settings
 
@@ -42,6 +53,8 @@ class Services:
         auth: Verifier | None = None,
         clock: Clock | None = None,
         channels: Mapping[str, Channel] | None = None,
+        scheduler: Scheduler | None = None,
+        task_index: TaskIndex | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -54,7 +67,7 @@ class Services:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
-                 "push": push, "auth": auth}
+                 "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -90,6 +103,18 @@ class Services:
 
         return PubSubQueue.connect(self.settings.project, self.settings.jobs_topic,
                                    emulator_host=self.settings.pubsub_emulator_host)
+
+    @functools.cached_property
+    def scheduler(self) -> Scheduler:
+        from kiln.adapters.cloudtasks import CloudTasksScheduler
+
+        return CloudTasksScheduler.connect(self.settings)
+
+    @functools.cached_property
+    def task_index(self) -> TaskIndex:
+        from kiln.adapters.firestore import FirestoreTaskIndex
+
+        return FirestoreTaskIndex(self.firestore)
 
     @functools.cached_property
     def blobs(self) -> BlobStore:

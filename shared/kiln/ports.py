@@ -51,10 +51,52 @@ class DeviceStore(Protocol):
     def delete_device(self, uid: str, device_id: str) -> None: ...
 
 
-class Queue(Protocol):
-    """Wakes a worker for a job (the message carries only the id)."""
+@dataclass(frozen=True)
+class Delivery:
+    """What one job message asks: run ``job_id``; with ``check``, the scheduled check
+    number ``check`` of a job that waits on a remote task."""
 
-    def publish(self, job_id: str, *, reason: str = "new") -> str: ...
+    job_id: str
+    check: int | None = None
+
+
+class Queue(Protocol):
+    """Wakes a worker for a job (the message carries only the id, and for a scheduled
+    check of a waiting job its check number)."""
+
+    def publish(self, job_id: str, *, reason: str = "new", check: int | None = None) -> str: ...
+
+
+class Scheduler(Protocol):
+    """Publishes a job's check message later (Cloud Tasks): the timer of a job that waits
+    on a remote task, so no invocation sleeps."""
+
+    def schedule(self, job_id: str, check: int, at: dt.datetime) -> bool:
+        """Publish ``(job_id, check)`` to the jobs topic at ``at`` (at once if past).
+        One task per (job, check): False when that one was scheduled already (refused).
+
+        Raises:
+            RetryableError: the scheduling service did not take it.
+        """
+        ...
+
+
+class TaskIndex(Protocol):
+    """A provider's task id → its job, and provider callback events seen (dedupe)."""
+
+    def link(self, provider: str, task_id: str, job_id: str) -> bool:
+        """Record that ``task_id`` belongs to ``job_id``; True when a callback for the task
+        arrived before this link (the job should be checked at once)."""
+        ...
+
+    def job_for(self, provider: str, task_id: str) -> str | None:
+        """The job of a task; None for a task not linked (yet), remembered as early so
+        :meth:`link` reports it."""
+        ...
+
+    def first_seen(self, provider: str, event_id: str) -> bool:
+        """True the first time a provider event id is seen, False for a replay."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,22 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_ALLOWED_FETCH_HOSTS": ("allowed_fetch_hosts", False),
     "KILN_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", False),
     "KILN_LOG_LEVEL": ("log_level", False),
+    # Scheduled checks of jobs that wait on a remote task (Cloud Tasks → Pub/Sub publish).
+    "KILN_TASKS_LOCATION": ("tasks_location", False),
+    "KILN_TASKS_QUEUE": ("tasks_queue", False),
+    "KILN_TASKS_SERVICE_ACCOUNT": ("tasks_service_account", False),
+    # Provider callbacks: the ingress's public URL (given to providers that take a
+    # per-task callback URL) and each provider's signing secret.
+    "KILN_PUBLIC_URL": ("public_url", False),
+    "KILN_TASKSERVER_WEBHOOK_SECRET": ("taskserver_webhook_secret", True),
+    "KILN_MESHY_WEBHOOK_SECRET": ("meshy_webhook_secret", True),
     # Standard emulator variables, honoured by the Google client libraries themselves.
     "FIRESTORE_EMULATOR_HOST": ("firestore_emulator_host", False),
     "PUBSUB_EMULATOR_HOST": ("pubsub_emulator_host", False),
     "STORAGE_EMULATOR_HOST": ("storage_emulator_host", False),
     "FIREBASE_AUTH_EMULATOR_HOST": ("auth_emulator_host", False),
+    # Not a Google standard (the Tasks client has no emulator variable): read here only.
+    "CLOUD_TASKS_EMULATOR_HOST": ("tasks_emulator_host", False),
 }
 
 _SECRET_ATTRS = frozenset(attr for attr, secret in ENV_VARS.values() if secret)
@@ -98,10 +109,17 @@ class Settings:
     allowed_fetch_hosts: str = ""
     max_artifact_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    tasks_location: str = "us-central1"
+    tasks_queue: str = "kiln-checks"
+    tasks_service_account: str = ""
+    public_url: str = ""
+    taskserver_webhook_secret: str = field(default="", repr=False)
+    meshy_webhook_secret: str = field(default="", repr=False)
     firestore_emulator_host: str = ""
     pubsub_emulator_host: str = ""
     storage_emulator_host: str = ""
     auth_emulator_host: str = ""
+    tasks_emulator_host: str = ""
 
     def __post_init__(self) -> None:
         if self.env not in ("local", "cloud"):

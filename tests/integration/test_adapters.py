@@ -69,7 +69,7 @@ def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> No
     response = subscriber.pull(subscription=sub, max_messages=1, timeout=10)
     message = response.received_messages[0].message
     data = {"message": {"data": base64.b64encode(message.data).decode()}}
-    assert decode_message(data) == "abcdef123456"
+    assert decode_message(data).job_id == "abcdef123456"
     assert message.attributes["jobId"] == "abcdef123456"
     subscriber.delete_subscription(subscription=sub)
 

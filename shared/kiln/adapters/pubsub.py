@@ -20,6 +20,7 @@ from google.pubsub_v1.services.publisher.transports import PublisherGrpcTranspor
 
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import is_valid_job_id
+from kiln.ports import Delivery
 
 PUBLISH_TIMEOUT = 10.0
 BATCHING = BatchSettings(max_messages=1, max_latency=0.001)
@@ -47,22 +48,34 @@ class PubSubQueue:
         return cls(project, topic, pubsub_v1.PublisherClient(batch_settings=BATCHING, **kwargs),
                    timeout=timeout)
 
-    def publish(self, job_id: str, *, reason: str = "new") -> str:
+    def publish(self, job_id: str, *, reason: str = "new", check: int | None = None) -> str:
         """Publish and wait for the server's message id.
 
         Raises:
             RetryableError: Pub/Sub did not take the message.
         """
-        data = json.dumps({"jobId": job_id}).encode()
+        data, attributes = encode_message(job_id, reason=reason, check=check)
         try:
-            future = self.client.publish(self.topic_path, data, jobId=job_id, reason=reason)
+            future = self.client.publish(self.topic_path, data, **attributes)
             return str(future.result(timeout=self.timeout))
         except (gexc.GoogleAPIError, TimeoutError) as exc:
             raise RetryableError("The job queue is unavailable.", code="queue_unavailable") from exc
 
 
-def decode_message(data: Any) -> str:
-    """The job id from a Pub/Sub message payload (the CloudEvent's ``data``).
+def encode_message(job_id: str, *, reason: str = "new",
+                   check: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """The message body (JSON) and attributes for a job; the one format every publisher
+    (the ingress, the sweeper, the Cloud Tasks scheduler) sends."""
+    body: dict[str, Any] = {"jobId": job_id}
+    attributes = {"jobId": job_id, "reason": reason}
+    if check is not None:
+        body["check"] = check
+        attributes["check"] = str(check)
+    return json.dumps(body, separators=(",", ":")).encode(), attributes
+
+
+def decode_message(data: Any) -> Delivery:
+    """The delivery in a Pub/Sub message payload (the CloudEvent's ``data``).
 
     Raises:
         PermanentError: a poison message (not base64 JSON with a valid ``jobId``).
@@ -71,8 +84,11 @@ def decode_message(data: Any) -> str:
         message = data["message"]
         payload = json.loads(base64.b64decode(message["data"], validate=True))
         job_id = payload["jobId"]
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        check = payload.get("check")
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise PermanentError("Unreadable job message.", code="poison_message") from exc
     if not isinstance(job_id, str) or not is_valid_job_id(job_id):
         raise PermanentError("Job message has an invalid job id.", code="poison_message")
-    return job_id
+    if check is not None and (not isinstance(check, int) or isinstance(check, bool) or check < 0):
+        raise PermanentError("Job message has an invalid check number.", code="poison_message")
+    return Delivery(job_id, check)

@@ -134,7 +134,7 @@ def _letter(item: Any) -> DeadLetter:
     message = item.message
     data = base64.b64encode(bytes(message.data)).decode()
     try:
-        job_id: str | None = decode_message({"message": {"data": data}})
+        job_id: str | None = decode_message({"message": {"data": data}}).job_id
     except PermanentError:
         job_id = None
     published = message.publish_time

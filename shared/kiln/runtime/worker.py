@@ -70,7 +70,7 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
     outcome = RunOutcome.RELEASED
     job_id: str | None = None
     try:
-        job_id = decode_message(data)
+        job_id = decode_message(data).job_id
     except PermanentError as exc:
         # A poison message can never succeed: ack it (log) instead of retrying forever.
         log.event(logger, "poison message acked", logging.ERROR, reason=exc.message)
