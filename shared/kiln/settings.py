@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kiln.core.errors import ConfigError
-from kiln.core.policy import RetryPolicy
+from kiln.core.policy import PollCadence, RetryPolicy
 
 #: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
 ENV_VARS: dict[str, tuple[str, bool]] = {
@@ -54,6 +54,9 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_TASKS_LOCATION": ("tasks_location", False),
     "KILN_TASKS_QUEUE": ("tasks_queue", False),
     "KILN_TASKS_SERVICE_ACCOUNT": ("tasks_service_account", False),
+    # How often a job waiting on a remote task is checked (0: the provider's own cadence).
+    "KILN_POLL_FIRST_SECONDS": ("poll_first_seconds", False),
+    "KILN_POLL_MAX_SECONDS": ("poll_max_seconds", False),
     # Provider callbacks: the ingress's public URL (given to providers that take a
     # per-task callback URL) and each provider's signing secret.
     "KILN_PUBLIC_URL": ("public_url", False),
@@ -112,6 +115,8 @@ class Settings:
     tasks_location: str = "us-central1"
     tasks_queue: str = "kiln-checks"
     tasks_service_account: str = ""
+    poll_first_seconds: float = 0.0
+    poll_max_seconds: float = 0.0
     public_url: str = ""
     taskserver_webhook_secret: str = field(default="", repr=False)
     meshy_webhook_secret: str = field(default="", repr=False)
@@ -145,6 +150,13 @@ class Settings:
                            max_backoff=max(600.0, self.retry_backoff_seconds),
                            lease_seconds=self.lease_seconds,
                            max_age_seconds=self.job_max_age_seconds)
+
+    def poll_cadence(self, default: PollCadence) -> PollCadence:
+        """A provider's check cadence, with the operator's overrides; on the local stack
+        (stand-ins whose tasks take seconds) checks start after half a second."""
+        first = self.poll_first_seconds or (min(0.5, default.first) if self.local else default.first)
+        top = self.poll_max_seconds or (min(5.0, default.max) if self.local else default.max)
+        return PollCadence(first=first, factor=default.factor, max=max(first, top))
 
     @property
     def local(self) -> bool:

@@ -65,13 +65,13 @@ def test_transact_applies_public_and_server_fields_and_sentinels(store: Any) -> 
     store.create(job)
     value = store.transact(job.id, lambda j: (Change(
         {"attempts": sentinels.Increment(2), "stage": "x", "startedAt": sentinels.SERVER_TIME},
-        {"handoffs": sentinels.Increment(1), "notify.state": "claimed", "handoff": True}), "done"))
+        {"checks": sentinels.Increment(1), "notify.state": "claimed", "wake": True}), "done"))
     assert value == "done"
-    store.transact(job.id, lambda j: (Change({}, {"handoff": sentinels.DELETE,
+    store.transact(job.id, lambda j: (Change({}, {"wake": sentinels.DELETE,
                                                   "notify.type": "t"}), None))
     read = store.get(job.id)
-    assert (read.attempts, read.stage, read.server.handoffs) == (2, "x", 1)
-    assert read.server.notify == {"state": "claimed", "type": "t"} and not read.server.handoff
+    assert (read.attempts, read.stage, read.server.checks) == (2, "x", 1)
+    assert read.server.notify == {"state": "claimed", "type": "t"} and not read.server.wake
     assert isinstance(read.started_at, dt.datetime)
 
 

@@ -9,7 +9,7 @@ runs against the Storage emulator. Failures are steered by prompt tokens (see
 from __future__ import annotations
 
 import dataclasses
-import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,15 +22,16 @@ from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import new_job_id
+from kiln.core.policy import PollCadence
 from kiln.core.requests import JobRequest
 from kiln.providers.base import Provider, TaskStatus
 from kiln.providers.gemini import GeminiImageProvider
 from kiln.providers.meshy import MeshyProvider
 from kiln.providers.taskserver import TaskServerProvider
-from kiln.runtime.worker import run_job
+from kiln.runtime.worker import RunOutcome, run_job
 from kiln.settings import Settings
+from kiln_dev.fakes import FakeScheduler, InMemoryTaskIndex, RecordingQueue
 from kiln_dev.standins.provider import ProviderServer
-from support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,15 @@ class Worker:
         self.store, self.blobs = self.services.store, self.services.blobs
 
     def with_provider(self, provider: Provider) -> Services:
+        """Services with ``provider``; checks and wake-ups stay in this process (a fake
+        scheduler over a recording queue), so the stack's own worker never runs them."""
         settings = dataclasses.replace(self.services.settings, image_provider="under-test",
                                        model_provider="under-test")
+        queue = RecordingQueue()
         return Services(settings, providers={"under-test": lambda _s: provider},
-                        store=self.store, devices=self.services.devices,
-                        queue=self.services.queue, blobs=self.blobs, push=self.services.push)
+                        store=self.store, devices=self.services.devices, queue=queue,
+                        scheduler=FakeScheduler(queue), task_index=InMemoryTaskIndex(),
+                        blobs=self.blobs, push=self.services.push)
 
     def view(self, job_id: str) -> dict[str, Any]:
         """The job as a client reads it, with its provenance (for the assertions)."""
@@ -72,11 +77,14 @@ def worker_services(stack: Any) -> Worker:
     return Worker(stack)
 
 
+FAST = PollCadence(first=0.1, factor=1.0, max=0.1)
+
+
 def build(name: str, settings: Settings, server: ProviderServer, **kw: Any) -> Provider:
     if name == "meshy":
-        return MeshyProvider(settings, poll_interval=0.1, **kw)
+        return MeshyProvider(settings, cadence=FAST, **kw)
     if name == "taskserver":
-        return TaskServerProvider(settings, poll_interval=0.1, **kw)
+        return TaskServerProvider(settings, cadence=FAST, **kw)
     return GeminiImageProvider(settings, base_url=server.url, **kw)
 
 
@@ -95,7 +103,26 @@ def run(services: Worker, provider: Provider, uid: str, prompt: str, kind: str =
     assert services.store.create(lifecycle.new_job(
         job_id=job_id, uid=uid, channel="api", request=JobRequest(kind, prompt, options or {}),
         now=utcnow(), policy=composed.policy))
-    return run_job(job_id, composed), job_id
+    return drive(composed, job_id), job_id
+
+
+def drive(composed: Services, job_id: str, limit: int = 200) -> RunOutcome:
+    """Run the first delivery, then each check the worker sends, when it is due (the
+    provider's task runs in real time on the stand-in), until the job stops waiting."""
+    queue, scheduler = composed.queue, composed.scheduler
+    assert isinstance(queue, RecordingQueue) and isinstance(scheduler, FakeScheduler)
+    outcome, seen = run_job(job_id, composed), len(queue.deliveries)
+    for _ in range(limit):
+        if outcome is not RunOutcome.WAITING:
+            return outcome
+        if len(queue.deliveries) == seen:  # the next check is scheduled: wait until it is due
+            due = scheduler.next_at()
+            assert due is not None, "a waiting job without a check"
+            time.sleep(max(0.0, (due - utcnow()).total_seconds()))
+            scheduler.fire(due)
+        delivery, seen = queue.deliveries[seen], seen + 1
+        outcome = run_job(delivery.job_id, composed, check=delivery.check)
+    raise AssertionError(f"still waiting after {limit} checks")
 
 
 def stored(services: Worker, uid: str, job_id: str) -> list[str]:
@@ -273,20 +300,17 @@ def test_a_private_image_url_is_refused_before_the_provider_sees_it(
 def test_canceling_the_job_cancels_the_remote_task(
         worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
         api: httpx.Client, name: str) -> None:
-    # given a long-running job in the worker
-    outcome: list[str] = []
+    # given a long-running job waiting on its remote task (nothing holds it)
     job_id = new_job_id(uid)
     composed = worker_services.with_provider(build(name, settings, server))
     assert worker_services.store.create(lifecycle.new_job(
         job_id=job_id, uid=uid, channel="api", request=JobRequest("model", "a tower [slow:30]", {}),
         now=utcnow(), policy=composed.policy))
-    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, composed)))
-    thread.start()
-    task_id = wait_for(lambda: worker_services.store.get(job_id).server.provider_task_id,
-                       10, what="the task to be checkpointed")
+    assert run_job(job_id, composed) is RunOutcome.WAITING
+    task_id = worker_services.store.get(job_id).server.provider_task_id
     # when the owner cancels it through the HTTP API
     assert api.post(f"/v1/jobs/{job_id}:cancel").status_code < 300
-    thread.join(15)
-    # then the worker stopped and canceled the remote task (the server saw it)
-    assert outcome == ["canceled"]
+    # then the next delivery (the cancel's wake-up, or the check) cancels the remote task
+    assert run_job(job_id, composed) is RunOutcome.TERMINAL
     assert task_id.rsplit(":", 1)[-1] in server.cancels
+    assert worker_services.store.get(job_id).server.remote_canceled

@@ -35,7 +35,8 @@ def test_a_provider_without_its_key_fails_the_job_readably(stack: Any) -> None:
 def test_canceling_a_job_nobody_holds_cancels_its_remote_task(stack: Any, api: Any,
                                                               provider_server: ProviderServer,
                                                               uid: str) -> None:
-    """A job canceled between hand-offs: the cancel's wake-up makes a worker cancel the task."""
+    """A job canceled while it waits on its remote task: the cancel's wake-up makes a worker
+    cancel the task."""
     env = provider_server.env()
     services = stack.services(model_provider="taskserver", taskserver_url=env["KILN_TASKSERVER_URL"],
                               taskserver_api_key=env["KILN_TASKSERVER_API_KEY"])
@@ -43,7 +44,8 @@ def test_canceling_a_job_nobody_holds_cancels_its_remote_task(stack: Any, api: A
     job_id = create_job(services, uid=uid)
     task_id = provider.submit(GenerationRequest(job_id=job_id, kind="model", prompt="a cube"))
     services.store.apply(job_id, Change({"status": "processing"}, {
-        "providerTaskId": task_id, "provider": provider.name, "handoff": True}))
+        "providerTaskId": task_id, "provider": provider.name,
+        "nextCheckAt": services.clock.now(), "checkSeq": 1}))
     canceled = api.post(f"/v1/jobs/{job_id}:cancel")
     assert canceled.status_code == 200
     # The stack's own worker uses the offline provider; this delivery is ours to run.

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from kiln.core import lifecycle
-from kiln.core.errors import CanceledError, LeaseLostError, RetryableError, TransitionError
+from kiln.core.errors import CanceledError, ConfigError, LeaseLostError, RetryableError, TransitionError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome, SweepAction
-from kiln.core.policy import RetryPolicy
+from kiln.core.policy import PollCadence, RetryPolicy
 from kiln.core.requests import parse_job_request
 from kiln_dev.fakes import FakeClock, InMemoryJobStore
 
@@ -190,7 +190,7 @@ def test_only_the_lease_holder_may_write() -> None:
     with pytest.raises(LeaseLostError):
         lifecycle.report_progress(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY)
     with pytest.raises(LeaseLostError):
-        lifecycle.hand_off(None, worker_id="w1")
+        lifecycle.park(None, worker_id="w1", now=w.clock.now(), delay=5)
     w.do(lifecycle.cancel)
     with pytest.raises(CanceledError):
         lifecycle.complete(w.job, worker_id="w1", result={})
@@ -250,18 +250,77 @@ def test_retry_restarts_a_failed_job_only() -> None:
         lifecycle.retry(w.job, now=w.clock.now(), policy=POLICY)
 
 
-def test_hand_off_keeps_the_attempt_and_the_task() -> None:
-    """A hand-off gives up the lease; the next claim continues the same attempt."""
+def park(w: World, worker: str = "w1", delay: float = 5.0, **kw: Any) -> lifecycle.Check:
+    change, check = lifecycle.park(w.job, worker_id=worker, now=w.clock.now(), delay=delay, **kw)
+    w.store.apply("job-1", change)
+    return check
+
+
+def test_park_gives_up_the_lease_and_only_the_live_check_continues_the_attempt() -> None:
+    """A parked job holds no lease; its live check claims it without counting an attempt
+    or writing anything a listener sees; other deliveries of it are acked."""
     w = World(kind="model")
     w.claim()
     w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
                                         provider="p", task_id="t"))
-    w.do(lambda j: lifecycle.hand_off(j, worker_id="w1"))
-    assert w.job.server.handoff and w.job.server.lease_owner is None
+    writes = w.store.public_writes["job-1"]
+    check = park(w)
+    assert check == lifecycle.Check(1, w.clock.now() + dt.timedelta(seconds=5))
+    assert w.job.server.waiting and w.job.server.lease_owner is None
+    assert w.store.public_writes["job-1"] == writes  # nothing moved: no public write
     w.store.apply("job-1", Change({"attempts": 3}))  # even the last attempt continues
-    claim = w.claim("w2", "t2")
-    assert claim.outcome is ClaimOutcome.CLAIMED and claim.resume_task_id == "t"
-    assert (w.job.attempts, w.job.server.handoffs, w.job.server.handoff) == (3, 1, False)
+    assert w.claim("w2", "t2").outcome is ClaimOutcome.WAITING  # a plain message
+    stale = lifecycle.claim(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY,
+                            claim_token="t2", check=0)
+    assert stale.outcome is ClaimOutcome.STALE
+    live = lifecycle.claim(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY,
+                           claim_token="t2", check=1)
+    assert live.outcome is ClaimOutcome.CLAIMED and live.resume_task_id == "t"
+    assert live.change is not None and not live.change.job
+    w.store.apply("job-1", live.change)
+    assert (w.job.attempts, w.job.server.lease_owner, w.job.server.waiting) == (3, "w2", False)
+    assert park(w, "w2", 7.5, progress=40, stage="meshing").number == 2
+    assert (w.job.progress, w.job.stage, w.job.server.checks) == (40, "meshing", 2)
+    assert w.store.public_writes["job-1"] == writes + 2  # the attempts edit, the progress
+
+
+def test_wake_and_recheck() -> None:
+    """A wake makes a new live check due now (once: a due check is not doubled); a held job
+    is marked so its next park is immediate; ended and pending jobs need nothing."""
+    w = World(kind="model")
+    assert lifecycle.wake(w.job, now=w.clock.now()) == (None, None)  # pending
+    w.claim()
+    change, check = lifecycle.wake(w.job, now=w.clock.now())
+    assert check is None and change is not None and change.server == {"wake": True}
+    w.store.apply("job-1", change)
+    assert lifecycle.wake(w.job, now=w.clock.now()) == (None, None)  # marked already
+    assert park(w, delay=30).at == w.clock.now()  # woken while held: at once
+    assert not w.job.server.wake
+    assert lifecycle.wake(w.job, now=w.clock.now()) == (None, None)  # a due check exists
+    w.claim("w1", "t9")  # (a plain message: waiting)
+    live = lifecycle.claim(w.job, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                           claim_token="t9", check=1)
+    assert live.change is not None
+    w.store.apply("job-1", live.change)
+    park(w, delay=30)
+    change, check = lifecycle.wake(w.job, now=w.clock.now())
+    assert check == lifecycle.Check(3, w.clock.now()) and change is not None
+    w.store.apply("job-1", change)
+    change, check = lifecycle.recheck(w.job, now=w.clock.now())
+    assert check is not None and check.number == 4
+    w.do(lifecycle.cancel)
+    assert lifecycle.wake(w.job, now=w.clock.now()) == (None, None)
+    assert lifecycle.recheck(w.job, now=w.clock.now()) == (None, None)
+    assert lifecycle.wake(None, now=w.clock.now()) == (None, None)
+
+
+def test_poll_cadence() -> None:
+    cadence = PollCadence(first=2, factor=2, max=10)
+    assert [cadence.delay(n) for n in range(5)] == [2, 4, 8, 10, 10]
+    with pytest.raises(ConfigError):
+        PollCadence(first=0)
+    with pytest.raises(ConfigError):
+        PollCadence(first=5, max=1)
 
 
 def test_sweep_actions() -> None:
@@ -293,6 +352,20 @@ def test_sweep_actions() -> None:
     w.do(lambda j: lifecycle.expire(j, now=w.clock.now()))
     assert act() is SweepAction.LEAVE and w.job.error["code"] == "deadline_exceeded"  # type: ignore[index]
     assert lifecycle.expire(w.job, now=w.clock.now()) is None
+
+
+def test_sweep_rechecks_a_waiting_job_only_when_its_check_is_overdue() -> None:
+    w = World(kind="model")
+    act = lambda: lifecycle.sweep_action(w.job, now=w.clock.now(), stale_after=60)  # noqa: E731
+    w.claim()
+    park(w, delay=30)
+    assert act() is SweepAction.LEAVE
+    w.clock.advance(89)
+    assert act() is SweepAction.LEAVE  # due 59 s ago: within the grace
+    w.clock.advance(2)
+    assert act() is SweepAction.RECHECK
+    w.clock.advance(3600)
+    assert act() is SweepAction.EXPIRE
 
 
 def test_bookkeeping_changes_touch_only_server_state() -> None:

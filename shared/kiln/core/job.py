@@ -123,8 +123,12 @@ class ServerState:
     provider: str | None = None
     provider_task_id: str | None = None
     remote_canceled: bool = False
-    handoff: bool = False
-    handoffs: int = 0
+    #: Waiting on the remote task, no lease held: the live check's number and when it is due
+    #: (``next_check_at`` set ⇔ waiting). ``checks`` counts the checks made (the cadence).
+    check_seq: int = 0
+    next_check_at: dt.datetime | None = None
+    checks: int = 0
+    wake: bool = False  # woken (a callback) while a worker held it: check again at once
     retries: int = 0
     republished_at: dt.datetime | None = None
     notify: Mapping[str, Any] | None = None
@@ -141,6 +145,11 @@ class ServerState:
         """Someone holds an unexpired lease (an expired lease is derived, never stored)."""
         return bool(self.lease_owner) and self.lease_expires_at is not None \
             and self.lease_expires_at > now
+
+    @property
+    def waiting(self) -> bool:
+        """Parked on a remote task until its next check (no worker holds it)."""
+        return self.next_check_at is not None
 
     def past_deadline(self, now: dt.datetime) -> bool:
         return self.deadline_at is not None and now >= self.deadline_at

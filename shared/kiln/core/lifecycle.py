@@ -39,6 +39,8 @@ class ClaimOutcome(enum.StrEnum):
     EXHAUSTED = "exhausted"  # out of attempts: the change fails it
     EXPIRED = "expired"  # past its deadline: the change fails it
     MISSING = "missing"  # no such job: ack
+    WAITING = "waiting"  # parked on its remote task; only its live check runs it: ack
+    STALE = "stale"  # a check that is not the job's live one (superseded, duplicate): ack
 
 
 class SweepAction(enum.StrEnum):
@@ -46,6 +48,7 @@ class SweepAction(enum.StrEnum):
 
     LEAVE = "leave"
     REPUBLISH = "republish"  # its publish or its worker was lost: wake a worker
+    RECHECK = "recheck"  # waiting, and its scheduled check is overdue (lost): check it now
     EXPIRE = "expire"  # past its deadline: fail it
 
 
@@ -81,10 +84,12 @@ def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt
 
 
 def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
-          claim_token: str) -> Claim:
+          claim_token: str, check: int | None = None) -> Claim:
     """Decide a delivery; on ``CLAIMED`` the change takes the lease and counts an attempt
-    (a hand-off continues the same attempt). A job whose lease expired mid-run is claimed
-    again and resumes its checkpointed provider task."""
+    (a check of a job waiting on its remote task continues the same attempt). A job whose
+    lease expired mid-run is claimed again and resumes its checkpointed provider task.
+    ``check``: the delivery is that scheduled check; a waiting job runs only for its live
+    check (``check_seq``), every other delivery of it is acked."""
     if job is None:
         return Claim(ClaimOutcome.MISSING)
     srv = job.server
@@ -99,7 +104,18 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
     if srv.past_deadline(now):
         return Claim(ClaimOutcome.EXPIRED, fail(job, code="deadline_exceeded",
                                                 message=DEADLINE_MESSAGE))
-    if not srv.handoff and policy.exhausted(job.attempts):
+    # A waiting job runs only for its live check. A check of a job that is not waiting
+    # (released for a retry, or its worker died) is an ordinary delivery, decided below.
+    if srv.waiting:
+        if check is None:
+            return Claim(ClaimOutcome.WAITING)  # a duplicate or re-published plain message
+        if check != srv.check_seq:
+            return Claim(ClaimOutcome.STALE)
+        # Invisible to listeners: the job was and stays processing.
+        return Claim(ClaimOutcome.CLAIMED, Change(
+            {}, {"leaseOwner": worker_id, "leaseExpiresAt": policy.lease_until(now),
+             "claimToken": claim_token, "nextCheckAt": None}), srv.provider_task_id)
+    if policy.exhausted(job.attempts):
         last = job.error or {}
         return Claim(ClaimOutcome.EXHAUSTED, _give_up(
             job, str(last.get("code") or "attempts_exhausted"),
@@ -108,12 +124,9 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
         return Claim(ClaimOutcome.NOT_YET)
     public: dict[str, Any] = {"status": target("claim").value, "updatedAt": SERVER_TIME}
     private: dict[str, Any] = {"leaseOwner": worker_id, "leaseExpiresAt": policy.lease_until(now),
-                               "notBefore": None, "handoff": DELETE, "claimToken": claim_token}
-    if srv.handoff:
-        private["handoffs"] = Increment(1)
-    else:
-        public["attempts"] = Increment(1)
-        public["stage"] = "starting"
+                               "notBefore": None, "claimToken": claim_token}
+    public["attempts"] = Increment(1)
+    public["stage"] = "starting"
     if job.started_at is None:
         public["startedAt"] = SERVER_TIME
     return Claim(ClaimOutcome.CLAIMED, Change(public, private), srv.provider_task_id)
@@ -158,10 +171,59 @@ def checkpoint(job: Job | None, *, worker_id: str, now: dt.datetime, policy: Ret
                        "provider": provider})
 
 
-def hand_off(job: Job | None, *, worker_id: str) -> Change:
-    """Give up the lease near the invocation deadline; a fresh one continues the task."""
-    check_owner(job, worker_id)
-    return Change({}, {"leaseOwner": None, "leaseExpiresAt": None, "handoff": True})
+@dataclass(frozen=True)
+class Check:
+    """A scheduled check to send: the job's live check number and when it is due."""
+
+    number: int
+    at: dt.datetime
+
+
+def park(job: Job | None, *, worker_id: str, now: dt.datetime, delay: float,
+         progress: int | None = None, stage: str | None = None) -> tuple[Change, Check]:
+    """Wait on the remote task without holding anything: give up the lease and make check
+    ``check_seq + 1`` the live one, due after ``delay`` (at once if a callback woke the job
+    meanwhile). Progress and stage, when they moved, go in the same write."""
+    job = check_owner(job, worker_id)
+    srv = job.server
+    check = Check(srv.check_seq + 1, now if srv.wake else now + dt.timedelta(seconds=delay))
+    public: dict[str, Any] = {}
+    if progress is not None and max(0, min(100, int(progress))) > job.progress:
+        public["progress"] = max(0, min(100, int(progress)))
+    if stage and stage != job.stage:
+        public["stage"] = stage
+    if public:
+        public["updatedAt"] = SERVER_TIME
+    return Change(public, {"leaseOwner": None, "leaseExpiresAt": None, "claimToken": None,
+                           "checkSeq": check.number, "nextCheckAt": check.at,
+                           "checks": Increment(1), "wake": DELETE}), check
+
+
+def wake(job: Job | None, *, now: dt.datetime) -> tuple[Change | None, Check | None]:
+    """Check a waiting job now (a provider callback says its task ended): a new live check
+    due at once, unless one is due already (coalesced). A job a worker holds is marked, so
+    its next park checks at once; a pending or ended job needs nothing."""
+    if job is None or job.terminal:
+        return None, None
+    srv = job.server
+    if srv.waiting:
+        assert srv.next_check_at is not None
+        if srv.next_check_at <= now:
+            return None, None  # a due check is on its way already
+        check = Check(srv.check_seq + 1, now)
+        return Change({}, {"checkSeq": check.number, "nextCheckAt": now}), check
+    if job.status is JobStatus.PROCESSING and not srv.wake:
+        return Change({}, {"wake": True}), None
+    return None, None
+
+
+def recheck(job: Job | None, *, now: dt.datetime) -> tuple[Change | None, Check | None]:
+    """The sweeper's repair of a waiting job whose check never came: a new live check, due
+    now (any late copy of the lost one is then stale)."""
+    if job is None or job.terminal or not job.server.waiting:
+        return None, None
+    check = Check(job.server.check_seq + 1, now)
+    return Change({}, {"checkSeq": check.number, "nextCheckAt": now}), check
 
 
 def retry_or_fail(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
@@ -219,7 +281,7 @@ def fail(job: Job | None, *, code: str, message: str, worker_id: str | None = No
 
 
 def _ended(push_type: str) -> dict[str, Any]:
-    return {"leaseOwner": None, "leaseExpiresAt": None,
+    return {"leaseOwner": None, "leaseExpiresAt": None, "nextCheckAt": None,
             "notify": {"state": NOTIFY_CLAIMED, "type": push_type}}
 
 
@@ -234,7 +296,8 @@ def cancel(job: Job | None) -> Change | None:
         raise TransitionError(f"This job is already {job.status.value} and cannot be canceled.")
     return Change({"status": target("cancel").value, "stage": "canceled",
                    "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME},
-                  {"leaseOwner": None, "leaseExpiresAt": None, "notBefore": None})
+                  {"leaseOwner": None, "leaseExpiresAt": None, "notBefore": None,
+                   "nextCheckAt": None})
 
 
 def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change | None:
@@ -257,13 +320,17 @@ def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change |
 
 
 def sweep_action(job: Job, *, now: dt.datetime, stale_after: float) -> SweepAction:
-    """Pending too long (publish lost?), lease expired, or past the deadline."""
+    """Pending too long (publish lost?), lease expired, a waiting job's check overdue, or
+    past the deadline."""
     srv = job.server
     if job.terminal:
         return SweepAction.LEAVE
     if srv.past_deadline(now):
         return SweepAction.EXPIRE
     stale = now - dt.timedelta(seconds=stale_after)
+    if srv.waiting:
+        assert srv.next_check_at is not None
+        return SweepAction.RECHECK if srv.next_check_at <= stale else SweepAction.LEAVE
     if srv.republished_at is not None and srv.republished_at > stale:
         return SweepAction.LEAVE  # re-published recently: that message is on its way
     if job.status is JobStatus.PROCESSING:

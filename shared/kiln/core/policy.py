@@ -51,3 +51,22 @@ class RetryPolicy:
 
     def lease_until(self, now: dt.datetime) -> dt.datetime:
         return now + dt.timedelta(seconds=self.lease_seconds)
+
+
+@dataclass(frozen=True)
+class PollCadence:
+    """How often a job waiting on a remote task is checked: ``first`` seconds after the
+    submit, then each wait ``factor`` times longer, at most ``max`` (data, per provider).
+    A provider callback checks at once in between; polling is the fallback."""
+
+    first: float = 2.0
+    factor: float = 1.5
+    max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.first <= 0 or self.factor < 1 or self.max < self.first:
+            raise ConfigError("a poll cadence needs first > 0, factor >= 1, max >= first")
+
+    def delay(self, checks: int) -> float:
+        """Seconds until the next check after ``checks`` checks were made."""
+        return min(self.max, self.first * self.factor ** max(0, checks))

@@ -6,8 +6,8 @@ Providers come in two shapes and the worker drives both:
   the offline generator). It reports progress through a callback and checks
   ``should_stop`` so a cancel or lost lease stops it early.
 - :class:`TaskProvider` — create a remote task, poll it, fetch its result (3D
-  providers). The task id is checkpointed in the job so a later invocation resumes
-  polling instead of paying for a second task.
+  providers). The task id is checkpointed in the job; no invocation waits on it: each
+  scheduled check (``cadence``) polls once, so waiting costs no worker time.
 
 An :class:`Artifact` is a stream of chunks, never required to be whole in memory.
 """
@@ -18,6 +18,8 @@ import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from kiln.core.policy import PollCadence
 
 CONTENT_TYPES = {"image": "image/png", "model": "model/gltf-binary"}
 EXTENSIONS = {"image": "png", "model": "glb"}
@@ -121,7 +123,7 @@ class TaskProvider(Protocol):
     """A provider with remote tasks: submit → poll → fetch (→ cancel)."""
 
     name: str
-    poll_interval: float
+    cadence: PollCadence
 
     def submit(self, request: GenerationRequest) -> str:
         """Start a task; return the provider's task id."""

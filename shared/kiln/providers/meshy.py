@@ -30,6 +30,7 @@ import httpx
 
 from kiln import log
 from kiln.core.errors import KilnError, PermanentError
+from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.fetch import (
     FetchPolicy,
@@ -62,11 +63,12 @@ class MeshyProvider:
 
     name = "meshy"
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 5.0, timeout: float = 30.0,
+    def __init__(self, settings: Settings, *, cadence: PollCadence | None = None,
+                 timeout: float = 30.0,
                  client: httpx.Client | None = None, resolve: Resolver = system_resolve,
                  fetch_read_timeout: float = 60.0) -> None:
         self.settings = settings
-        self.poll_interval = poll_interval
+        self.cadence = cadence or settings.poll_cadence(PollCadence(first=5.0, max=30.0))
         self._api = JsonApi(settings.meshy_base_url, settings.meshy_api_key, LABEL,
                             timeout=timeout, client=client)
         own_host = urllib.parse.urlsplit(settings.meshy_base_url).hostname or ""

@@ -33,15 +33,14 @@ def _meshy(settings: Settings) -> Provider:
     from kiln.providers.meshy import MeshyProvider
 
     _require(settings.meshy_api_key, "KILN_MESHY_API_KEY", "meshy")
-    # Poll faster against a local stand-in: its tasks take seconds, not minutes.
-    return MeshyProvider(settings, poll_interval=0.5 if settings.local else 5.0)
+    return MeshyProvider(settings)
 
 
 def _taskserver(settings: Settings) -> Provider:
     from kiln.providers.taskserver import TaskServerProvider
 
     _require(settings.taskserver_url, "KILN_TASKSERVER_URL", "taskserver")
-    return TaskServerProvider(settings, poll_interval=0.5 if settings.local else 2.0)
+    return TaskServerProvider(settings)
 
 
 def _require(value: str, var: str, name: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from kiln.core.errors import ConfigError, PermanentError
+from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.fetch import FetchPolicy, Resolver, check_user_url, open_stream, system_resolve
 from kiln.providers.http import SAFE_CODE, JsonApi, short
@@ -33,13 +34,14 @@ class TaskServerProvider:
 
     name = "taskserver"
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 2.0, timeout: float = 30.0,
+    def __init__(self, settings: Settings, *, cadence: PollCadence | None = None,
+                 timeout: float = 30.0,
                  client: httpx.Client | None = None, resolve: Resolver = system_resolve,
                  fetch_read_timeout: float = 60.0) -> None:
         if not settings.taskserver_url:
             raise ConfigError("KILN_TASKSERVER_URL must be set to use the taskserver provider")
         self.settings = settings
-        self.poll_interval = poll_interval
+        self.cadence = cadence or settings.poll_cadence(PollCadence(first=2.0, max=30.0))
         self._api = JsonApi(settings.taskserver_url, settings.taskserver_api_key, LABEL,
                             timeout=timeout, client=client)
         host = urllib.parse.urlsplit(settings.taskserver_url).hostname or ""

@@ -35,8 +35,8 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
     """Cancel a pending or running job (``by`` names who, for the log).
 
     A worker holding the job notices within a progress interval and cancels the provider's
-    task. When nobody holds it (its worker died, or between hand-offs) and a provider task
-    exists, a wake-up message is published so a worker cancels that task.
+    task. When nobody holds it (it waits on its remote task, or its worker died) and a
+    provider task exists, a wake-up message is published so a worker cancels that task.
     """
     now = services.clock.now()
 

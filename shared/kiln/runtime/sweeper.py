@@ -2,7 +2,8 @@
 
 Runs every minute (Cloud Scheduler; locally a loop in the stack). For each pending or
 running job the lifecycle decides (``sweep_action``): re-publish one whose publish may
-have been lost or whose lease expired (the next claim resumes or fails it), or fail one
+have been lost or whose lease expired (the next claim resumes or fails it), send a new
+check to one waiting on its remote task whose scheduled check is overdue, or fail one
 past its deadline. Every change goes through the same lifecycle transactions as the
 worker, so sweepers may run concurrently with each other and with workers.
 """
@@ -20,7 +21,7 @@ from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.lifecycle import SweepAction
-from kiln.runtime import notify
+from kiln.runtime import checks, notify
 
 logger = log.get("sweeper")
 
@@ -34,6 +35,7 @@ class SweepCount(enum.StrEnum):
     FAILED_EXPIRED = "failed_expired"
     REPUBLISHED_PENDING = "republished_pending"
     REPUBLISHED_PROCESSING = "republished_processing"
+    RECHECKED = "rechecked"
     PUBLISH_ERRORS = "publish_errors"
 
 
@@ -49,6 +51,12 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
             if action is SweepAction.EXPIRE:
                 if _expire(services, job.id, now):
                     report[SweepCount.FAILED_EXPIRED] += 1
+            elif action is SweepAction.RECHECK:
+                with log.job_context(job.id):
+                    if checks.recheck(services, job.id):
+                        report[SweepCount.RECHECKED] += 1
+                    else:
+                        report[SweepCount.PUBLISH_ERRORS] += 1
             elif action is SweepAction.REPUBLISH:
                 try:
                     services.queue.publish(job.id, reason=f"sweep-{status.value}")

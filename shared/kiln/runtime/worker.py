@@ -4,6 +4,10 @@ Called for every Pub/Sub delivery (at least once, often more). ``kiln.core.lifec
 decides every state change; this module runs the provider and applies those decisions.
 The return value (a :class:`RunOutcome`) acks; raising ``RetryableError`` nacks so
 Pub/Sub redelivers after a backoff.
+
+A synchronous provider runs inside the delivery. A remote task never holds one: the
+first delivery submits it and parks the job; each scheduled check (``kiln.runtime.checks``)
+polls it once, then parks again or fetches the result.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from kiln.core.errors import (
 from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
-from kiln.runtime import notify
+from kiln.runtime import checks, notify
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
 
@@ -45,7 +49,8 @@ class RunOutcome(enum.StrEnum):
     CANCELED = "canceled"
     RELEASED = "released"  # a retryable failure: back to pending (raised, not returned)
     NOT_YET = "not_yet"  # in retry backoff: nacked (raised, not returned)
-    HANDED_OFF = "handed_off"
+    WAITING = "waiting"  # parked on its remote task until the next check
+    STALE = "stale"  # a check that is not the job's live one
     LEASE_LOST = "lease_lost"
     POISON = "poison"
     TERMINAL = "terminal"
@@ -55,8 +60,12 @@ class RunOutcome(enum.StrEnum):
     MISSING = "missing"
 
 
-class _HandOff(Exception):
-    """The invocation's time budget ran out while a provider task was still running."""
+class _Wait(Exception):
+    """The remote task is still running: park the job until its next check."""
+
+    def __init__(self, progress: int, stage: str, *, at_once: bool = False) -> None:
+        super().__init__(stage)
+        self.progress, self.stage, self.at_once = progress, stage, at_once
 
 
 def handle_message(data: Any, services: Services) -> RunOutcome:
@@ -70,7 +79,8 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
     outcome = RunOutcome.RELEASED
     job_id: str | None = None
     try:
-        job_id = decode_message(data).job_id
+        delivery = decode_message(data)
+        job_id = delivery.job_id
     except PermanentError as exc:
         # A poison message can never succeed: ack it (log) instead of retrying forever.
         log.event(logger, "poison message acked", logging.ERROR, reason=exc.message)
@@ -79,7 +89,7 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
         return outcome
     with log.job_context(job_id):
         try:
-            outcome = run_job(job_id, services)
+            outcome = run_job(job_id, services, check=delivery.check)
             return outcome
         except RetryableError as exc:
             outcome = RunOutcome.NOT_YET if exc.code == BACKOFF else RunOutcome.RELEASED
@@ -93,10 +103,11 @@ def _log_delivery(outcome: RunOutcome, started: float, services: Services) -> No
               seconds=round(services.clock.monotonic() - started, 3))
 
 
-def run_job(job_id: str, services: Services) -> RunOutcome:
+def run_job(job_id: str, services: Services, *, check: int | None = None) -> RunOutcome:
+    """Run one delivery of ``job_id`` (``check``: the scheduled check it is)."""
     clock = services.clock
     started = clock.monotonic()
-    outcome, job, resume_task_id = _claim(job_id, services)
+    outcome, job, resume_task_id = _claim(job_id, services, check)
     if outcome is not ClaimOutcome.CLAIMED:
         return RunOutcome(outcome.value)
     assert job is not None
@@ -115,8 +126,9 @@ def run_job(job_id: str, services: Services) -> RunOutcome:
         noun = "3D models" if request.kind == "model" else "images"
         return _fail(job_id, services, "provider_unconfigured",
                      f"This service is not set up to make {noun} right now.")
-    log.event(logger, "job claimed", attempt=job.attempts + 1, provider=provider.name,
-              resume=bool(resume_task_id))
+    if check is None:
+        log.event(logger, "job claimed", attempt=job.attempts + 1, provider=provider.name,
+                  resume=bool(resume_task_id))
     deadline = started + services.settings.worker_budget_seconds
     try:
         produced = _generate(provider, request, reporter, services, resume_task_id, deadline)
@@ -132,8 +144,9 @@ def run_job(job_id: str, services: Services) -> RunOutcome:
         if ended:
             notify.deliver(services, job_id)
         return RunOutcome.COMPLETED
-    except _HandOff:
-        return _hand_off(job_id, services)
+    except _Wait as wait:
+        assert isinstance(provider, TaskProvider)
+        return _park(job_id, services, provider, job, wait)
     except CanceledError:
         _cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while running; stopped")
@@ -155,13 +168,14 @@ def run_job(job_id: str, services: Services) -> RunOutcome:
             "Something went wrong on our side.", code="internal"))
 
 
-def _claim(job_id: str, services: Services) -> tuple[ClaimOutcome, Job | None, str | None]:
+def _claim(job_id: str, services: Services,
+           check: int | None) -> tuple[ClaimOutcome, Job | None, str | None]:
     now = services.clock.now()
     token = uuid.uuid4().hex  # this delivery's claim, recognised if the SDK retries it
 
     def decide(job: Job | None) -> tuple[Any, tuple[ClaimOutcome, Job | None, str | None]]:
         claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
-                                policy=services.policy, claim_token=token)
+                                policy=services.policy, claim_token=token, check=check)
         return claim.change, (claim.outcome, job, claim.resume_task_id)
 
     outcome, job, task_id = services.store.transact(job_id, decide)
@@ -179,7 +193,7 @@ def _claim(job_id: str, services: Services) -> tuple[ClaimOutcome, Job | None, s
         except ConfigError:
             log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
                       provider=job.server.provider)
-    elif outcome is not ClaimOutcome.CLAIMED:
+    elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
 
@@ -212,59 +226,67 @@ def _generate(provider: Any, request: GenerationRequest, reporter: ProgressRepor
 
 def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: ProgressReporter,
               services: Services, task_id: str | None, deadline: float) -> Artifact:
-    """Submit (or resume) a remote task and poll it until it ends or the budget runs out."""
-    clock = services.clock
-
-    def save(current: str) -> None:
-        # Checkpoint at once: any later invocation resumes this task instead of paying twice.
-        services.store.transact(request.job_id, lambda job: (lifecycle.checkpoint(
-            job, worker_id=services.worker_id, now=clock.now(), policy=services.policy,
-            provider=provider.name, task_id=current), None))
-        log.event(logger, "provider task submitted", taskId=current)
-
+    """Submit the remote task (first delivery) or poll it once (a check); park the job
+    (``_Wait``) while it runs, fetch the result when it succeeded."""
+    del deadline  # nothing here waits: one submit or one poll per delivery
     if task_id is None:
         task_id = provider.submit(request)
-        save(task_id)
-    while True:
-        reporter.raise_if_stopped()
-        status = provider.poll(task_id)
-        if status.task_id and status.task_id != task_id:
-            task_id = status.task_id  # the provider moved on to its next remote task
-            save(task_id)
-        if status.state is TaskState.SUCCEEDED:
-            reporter.update(status.progress or 90, status.stage or "downloading")
-            return provider.fetch(task_id, request)
-        if status.state is TaskState.FAILED:
-            message = status.error_message or "The provider failed."
-            code = status.error_code or "provider_failed"
-            if status.retryable:
-                raise _TaskFailed(RetryableError(message, code=code))
-            raise PermanentError(status.error_message or "The provider could not make this.",
-                                 code=code)
-        if status.state is TaskState.CANCELED:
-            current = services.store.get(request.job_id)
-            if current is not None and current.status is JobStatus.CANCELED:
-                raise CanceledError("The job was canceled.")  # we asked for it
-            raise PermanentError("The provider canceled the task.", code="provider_canceled")
-        reporter.update(status.progress, status.stage or
-                        ("queued" if status.state is TaskState.PENDING else "generating"))
-        if clock.monotonic() + provider.poll_interval >= deadline:
-            raise _HandOff()
-        clock.sleep(provider.poll_interval)
+        early = _save_task(provider, request.job_id, task_id, services)
+        log.event(logger, "provider task submitted", taskId=task_id)
+        raise _Wait(reporter.progress, "queued", at_once=early)
+    reporter.raise_if_stopped()
+    status = provider.poll(task_id)
+    if status.task_id and status.task_id != task_id:
+        task_id = status.task_id  # the provider moved on to its next remote task
+        _save_task(provider, request.job_id, task_id, services)
+    if status.state is TaskState.SUCCEEDED:
+        reporter.update(status.progress or 90, status.stage or "downloading")
+        return provider.fetch(task_id, request)
+    if status.state is TaskState.FAILED:
+        message = status.error_message or "The provider failed."
+        code = status.error_code or "provider_failed"
+        if status.retryable:
+            raise _TaskFailed(RetryableError(message, code=code))
+        raise PermanentError(status.error_message or "The provider could not make this.",
+                             code=code)
+    if status.state is TaskState.CANCELED:
+        current = services.store.get(request.job_id)
+        if current is not None and current.status is JobStatus.CANCELED:
+            raise CanceledError("The job was canceled.")  # we asked for it
+        raise PermanentError("The provider canceled the task.", code="provider_canceled")
+    raise _Wait(status.progress, status.stage or
+                ("queued" if status.state is TaskState.PENDING else "generating"))
 
 
-def _hand_off(job_id: str, services: Services) -> RunOutcome:
+def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services) -> bool:
+    """Checkpoint the task id at once (no later delivery pays for a second task) and index
+    it for callbacks; True when a callback for it came first (check at once)."""
+    services.store.transact(job_id, lambda job: (lifecycle.checkpoint(
+        job, worker_id=services.worker_id, now=services.clock.now(), policy=services.policy,
+        provider=provider.name, task_id=task_id), None))
     try:
-        services.store.transact(job_id, lambda job: (lifecycle.hand_off(
-            job, worker_id=services.worker_id), None))
+        return services.task_index.link(provider.name, task_id, job_id)
+    except KilnError as exc:  # callbacks for it are ignored; the checks still find its end
+        log.event(logger, "task not indexed; polling only", logging.WARNING, code=exc.code)
+        return False
+
+
+def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
+          wait: _Wait) -> RunOutcome:
+    delay = 0.0 if wait.at_once else provider.cadence.delay(job.server.checks)
+
+    def decide(current: Job | None) -> tuple[Any, lifecycle.Check]:
+        return lifecycle.park(current, worker_id=services.worker_id, now=services.clock.now(),
+                              delay=delay, progress=wait.progress, stage=wait.stage)
+
+    try:
+        check = services.store.transact(job_id, decide)
     except (CanceledError, LeaseLostError):
         return RunOutcome.LEASE_LOST
-    try:
-        services.queue.publish(job_id, reason="handoff")
-    except RetryableError:
-        log.event(logger, "hand-off publish failed; the sweeper will pick it up", logging.WARNING)
-    log.event(logger, "job handed off to a fresh invocation")
-    return RunOutcome.HANDED_OFF
+    if wait.progress > job.progress or wait.stage != job.stage:
+        notify.on_progress(services, job, max(wait.progress, job.progress), wait.stage)
+    checks.send(services, job_id, check)
+    return RunOutcome.WAITING
 
 
 def _fail(job_id: str, services: Services, code: str, message: str) -> RunOutcome:

@@ -10,16 +10,20 @@ from typing import Any
 from kiln.compose import Services
 from kiln.core.errors import CanceledError
 from kiln.core.job import Job
+from kiln.core.policy import PollCadence
 from kiln.core.requests import parse_job_request
 from kiln.providers.base import Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.offline import OfflineProvider
 from kiln.runtime.accept import accept_job
+from kiln.runtime.worker import RunOutcome, run_job
 from kiln.settings import Settings
 from kiln_dev.fakes import (
     FakeClock,
+    FakeScheduler,
     InMemoryBlobs,
     InMemoryDevices,
     InMemoryJobStore,
+    InMemoryTaskIndex,
     RecordingPush,
     RecordingQueue,
     TokenVerifier,
@@ -72,7 +76,7 @@ class TaskFake:
     statuses: list[TaskStatus] = field(default_factory=lambda: [
         TaskStatus(TaskState.RUNNING, 40, "meshing"), TaskStatus(TaskState.SUCCEEDED, 90)])
     name: str = "taskfake"
-    poll_interval: float = 5.0
+    cadence: PollCadence = field(default_factory=lambda: PollCadence(first=5.0, max=20.0))
     submitted: list[str] = field(default_factory=list)
     polled: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
@@ -126,18 +130,50 @@ class Rig:
     devices: InMemoryDevices
     channel: Channel
     providers: dict[str, Any]
+    scheduler: FakeScheduler
+    task_index: InMemoryTaskIndex
+    cursor: int = 0  # queue deliveries already run by deliver_next / drive
 
     def submit(self, kind: str = "image", prompt: str = "a red cube", uid: str = "alice",
                channel: str = "app", **server: Any) -> str:
         accepted = accept_job(self.services, uid=uid, channel=channel,
                               request=parse_job_request({"kind": kind, "prompt": prompt}),
                               server=server or None)
+        # The acceptance's own message is the test's to run (run_job or drive).
+        self.cursor = len(self.queue.deliveries)
         return accepted.job_id
 
     def job(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         assert job is not None
         return job
+
+    def deliver_next(self) -> RunOutcome | None:
+        """Run the next published delivery, as Pub/Sub would; when none is queued, move
+        the clock to the next scheduled check and let the scheduler publish it. None when
+        nothing is left."""
+        if self.cursor >= len(self.queue.deliveries):
+            at = self.scheduler.next_at()
+            if at is None:
+                return None
+            if at > self.clock.now():
+                self.clock.advance((at - self.clock.now()).total_seconds())
+            self.scheduler.fire(self.clock.now())
+        delivery = self.queue.deliveries[self.cursor]
+        self.cursor += 1
+        return run_job(delivery.job_id, self.services, check=delivery.check)
+
+    def drive(self, job_id: str, limit: int = 50) -> list[RunOutcome]:
+        """The first delivery of a just-submitted job, then every delivery and scheduled
+        check that follows, until nothing is left (or ``limit``)."""
+        self.cursor = len(self.queue.deliveries)
+        outcomes = [run_job(job_id, self.services)]
+        while len(outcomes) < limit:
+            outcome = self.deliver_next()
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+        return outcomes
 
 
 def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
@@ -147,6 +183,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
     clock = FakeClock() if store is None else store.clock
     store = store or InMemoryJobStore(clock)
     queue, blobs = RecordingQueue(), InMemoryBlobs()
+    scheduler, task_index = FakeScheduler(queue), InMemoryTaskIndex()
     push, devices, channel = RecordingPush(), InMemoryDevices(), Channel()
     providers: dict[str, Any] = {"image": provider or SyncFake(clock),
                                  "model": provider or TaskFake(clock)}
@@ -159,7 +196,8 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
         providers=factories or {"image": lambda _s: providers["image"],
                                 "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
-        clock=clock, channels={"telegram": channel},
+        clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
     )
-    return Rig(services, clock, store, queue, blobs, push, devices, channel, providers)
+    return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
+               scheduler, task_index)
 

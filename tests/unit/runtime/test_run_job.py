@@ -6,12 +6,11 @@ import base64
 import json
 
 import pytest
-from rig import Rig, SyncFake, TaskFake, build_rig
+from rig import Rig, SyncFake, build_rig
 
 from kiln.core import lifecycle
-from kiln.core.errors import ConfigError, KilnError, PermanentError, RetryableError
+from kiln.core.errors import ConfigError, PermanentError, RetryableError
 from kiln.core.job import Change, JobStatus
-from kiln.providers.base import TaskState, TaskStatus
 from kiln.runtime.worker import RunOutcome, handle_message, run_job
 
 
@@ -160,117 +159,6 @@ def test_a_lost_lease_stops_without_writing(rig: Rig) -> None:
     assert rig.job(job_id).status is JobStatus.PROCESSING  # the other worker's now
 
 
-# --- remote tasks -----------------------------------------------------------------------
-
-
-def test_a_remote_task_is_checkpointed_polled_and_fetched(rig: Rig) -> None:
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
-    provider: TaskFake = rig.providers["model"]
-    job = rig.job(job_id)
-    assert provider.submitted == ["task-1"] and provider.polled == ["task-1", "task-1"]
-    assert job.server.provider_task_id == "task-1" and job.server.provider == "taskfake"
-    assert job.result is not None and job.result["path"].endswith("result.glb")
-
-
-def test_a_provider_that_moves_to_a_next_task_is_checkpointed_again(rig: Rig) -> None:
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[
-        TaskStatus(TaskState.RUNNING, 50, "refining", task_id="task-refine"),
-        TaskStatus(TaskState.SUCCEEDED, 95)])
-    job_id = rig.submit(kind="model")
-    run_job(job_id, rig.services)
-    assert rig.job(job_id).server.provider_task_id == "task-refine"
-    assert rig.providers["model"].polled == ["task-1", "task-refine"]
-
-
-def test_a_long_task_hands_off_and_the_next_invocation_resumes_it() -> None:
-    """Near its budget the worker hands the job on (same attempt, same task); the next
-    delivery resumes polling that task without submitting another."""
-    rig = build_rig(worker_budget_seconds=12.0)
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)] * 3
-                                      + [TaskStatus(TaskState.SUCCEEDED, 90)])
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
-    assert rig.queue.published[-1] == (job_id, "handoff")
-    assert rig.job(job_id).server.handoff
-    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
-    job = rig.job(job_id)
-    assert rig.providers["model"].submitted == ["task-1"]
-    assert (job.attempts, job.server.handoffs) == (1, 1)
-
-
-def test_a_handoff_whose_publish_fails_is_left_to_the_sweeper() -> None:
-    rig = build_rig(worker_budget_seconds=6.0)
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
-    job_id = rig.submit(kind="model")
-    rig.queue.fail_next = 1
-    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
-    assert rig.job(job_id).server.lease_owner is None
-
-
-@pytest.mark.parametrize(("retryable", "outcome"), [(False, RunOutcome.FAILED), (True, None)])
-def test_a_failed_task(retryable: bool, outcome: RunOutcome | None) -> None:
-    """A task that failed for good fails the job with the provider's code; one that may
-    succeed anew releases the job and forgets the task, so the next attempt submits again."""
-    rig = build_rig()
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(
-        TaskState.FAILED, error_code="provider_failed", error_message="Meshy failed.",
-        retryable=retryable)])
-    job_id = rig.submit(kind="model")
-    if outcome is None:
-        with pytest.raises(RetryableError):
-            run_job(job_id, rig.services)
-        assert rig.job(job_id).server.provider_task_id is None
-    else:
-        assert run_job(job_id, rig.services) is outcome
-        assert rig.job(job_id).error["code"] == "provider_failed"  # type: ignore[index]
-
-
-def test_a_task_canceled_by_the_provider_fails_and_one_we_canceled_stops(rig: Rig) -> None:
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.CANCELED)])
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.FAILED
-    assert rig.job(job_id).error["code"] == "provider_canceled"  # type: ignore[index]
-
-
-def test_cancel_between_handoffs_cancels_the_remote_task_once() -> None:
-    """A job canceled while nobody holds it still has a paid task running: the cancel's
-    wake-up delivery cancels that task, once; a provider that cannot cancel is only logged."""
-    rig = build_rig(worker_budget_seconds=6.0)
-    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
-    rig.providers["model"] = provider
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
-    rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
-    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
-    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
-    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
-    other = build_rig(worker_budget_seconds=6.0)
-    other.providers["model"] = TaskFake(other.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)],
-                                        cancel_error=KilnError("no cancel", code="unsupported"))
-    job_id = other.submit(kind="model")
-    run_job(job_id, other.services)
-    other.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
-    assert run_job(job_id, other.services) is RunOutcome.TERMINAL
-    assert not other.job(job_id).server.remote_canceled
-
-
-def test_a_canceled_running_task_is_canceled_at_the_provider(rig: Rig) -> None:
-    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)], poll_interval=1.0)
-    rig.providers["model"] = provider
-    job_id = rig.submit(kind="model")
-    original = provider.poll
-
-    def poll_then_cancel(task_id: str) -> TaskStatus:
-        if len(provider.polled) == 2:
-            rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
-        return original(task_id)
-
-    provider.poll = poll_then_cancel  # type: ignore[method-assign]
-    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
-    assert provider.canceled == ["task-1"]
-
-
 def test_an_artifact_over_the_limit_fails_without_storing() -> None:
     rig = build_rig(max_artifact_bytes=100)
     job_id = rig.submit()
@@ -309,25 +197,6 @@ def test_a_failing_store_at_the_end_releases_for_retry(rig: Rig) -> None:
     assert rig.job(job_id).status is JobStatus.PENDING
 
 
-def test_a_task_the_provider_reports_canceled_after_our_cancel_stops_quietly(rig: Rig) -> None:
-    """Our own cancel makes the provider report the task canceled: the job stays canceled
-    (no failure), and the task is not canceled twice."""
-    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10),
-                                             TaskStatus(TaskState.CANCELED)], poll_interval=1.0)
-    rig.providers["model"] = provider
-    job_id = rig.submit(kind="model")
-    original = provider.poll
-
-    def cancel_then_poll(task_id: str) -> TaskStatus:
-        if len(provider.polled) == 1:
-            rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
-        return original(task_id)
-
-    provider.poll = cancel_then_poll  # type: ignore[method-assign]
-    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
-    assert rig.job(job_id).status is JobStatus.CANCELED and rig.job(job_id).error is None
-
-
 @pytest.mark.parametrize("error", [PermanentError("Refused.", code="content_refused"),
                                    RetryableError("Busy.", code="provider_busy")])
 def test_an_ending_after_the_lease_was_lost_writes_nothing(rig: Rig, error: Exception) -> None:
@@ -346,38 +215,6 @@ def test_an_ending_after_the_lease_was_lost_writes_nothing(rig: Rig, error: Exce
     provider.generate = stolen  # type: ignore[method-assign]
     assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
     assert rig.job(job_id).status is JobStatus.PROCESSING and rig.job(job_id).error is None
-
-
-def test_a_handoff_after_the_lease_was_lost_writes_nothing() -> None:
-    rig = build_rig(worker_budget_seconds=6.0)
-    provider = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
-    rig.providers["model"] = provider
-    job_id = rig.submit(kind="model")
-    original = provider.poll
-
-    def poll_then_lose(task_id: str) -> TaskStatus:
-        rig.store.apply(job_id, Change({}, {"leaseOwner": "someone-else"}))
-        return original(task_id)
-
-    provider.poll = poll_then_lose  # type: ignore[method-assign]
-    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
-    assert not rig.job(job_id).server.handoff
-
-
-def test_a_canceled_jobs_task_whose_provider_is_gone_is_left_to_expire() -> None:
-    """The cancel's wake-up finds the provider no longer configured: logged, nothing raised."""
-    rig = build_rig(worker_budget_seconds=6.0)
-    rig.providers["model"] = TaskFake(rig.clock, statuses=[TaskStatus(TaskState.RUNNING, 10)])
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.HANDED_OFF
-    rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
-
-    def gone(_settings: object) -> object:
-        raise ConfigError("KILN_MODEL_PROVIDER names nothing")
-
-    fresh = build_rig(factories={"model": gone}, store=rig.store)
-    assert run_job(job_id, fresh.services) is RunOutcome.TERMINAL
-    assert not rig.job(job_id).server.remote_canceled
 
 
 def test_every_delivery_says_what_it_did(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
