@@ -301,3 +301,17 @@ def test_an_index_outage_leaves_the_job_to_polling() -> None:
     rig.task_index.link = down  # type: ignore[method-assign]
     job_id = rig.submit(kind="model")
     assert rig.drive(job_id) == [RunOutcome.WAITING, RunOutcome.COMPLETED]
+
+
+def test_a_recheck_that_cannot_publish_is_counted_and_tried_next_pass() -> None:
+    rig, _provider = task_rig(RUNNING, DONE)
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    rig.scheduler.pending.clear()  # the scheduled check is lost
+    rig.clock.advance(5 + rig.services.settings.pending_republish_seconds + 1)
+    rig.queue.fail_next = 1
+    assert sweep(rig.services)["publish_errors"] == 1
+    assert sweep(rig.services) == {"scanned": 1}  # its new check is not overdue yet
+    rig.clock.advance(rig.services.settings.pending_republish_seconds + 1)
+    assert sweep(rig.services)["rechecked"] == 1
+    assert rig.deliver_next() is RunOutcome.WAITING and rig.job(job_id).server.checks == 2
