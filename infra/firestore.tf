@@ -82,6 +82,26 @@ resource "google_firestore_field" "jobs_expire_at" {
   index_config {}
 }
 
+# The provider task index (kiln.adapters.firestore.FirestoreTaskIndex): task links and
+# callback events seen, server-only (the rules deny clients), deleted 7 days after use.
+resource "google_firestore_field" "provider_tasks_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "providerTasks"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
+resource "google_firestore_field" "provider_events_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "providerEvents"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # --- security rules (the files are owned next to this one) -----------------------------------
 
 resource "google_firebaserules_ruleset" "firestore" {

@@ -225,28 +225,32 @@ class FakeScheduler:
 
 
 class InMemoryTaskIndex:
-    """``kiln.ports.TaskIndex`` in dicts."""
+    """``kiln.ports.TaskIndex`` in dicts (one lock: callbacks race the worker's link)."""
 
     def __init__(self) -> None:
         self.jobs: dict[tuple[str, str], str] = {}
         self.early: set[tuple[str, str]] = set()
         self.events: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def link(self, provider: str, task_id: str, job_id: str) -> bool:
-        self.jobs[(provider, task_id)] = job_id
-        return (provider, task_id) in self.early
+        with self._lock:
+            self.jobs[(provider, task_id)] = job_id
+            return (provider, task_id) in self.early
 
     def job_for(self, provider: str, task_id: str) -> str | None:
-        job_id = self.jobs.get((provider, task_id))
-        if job_id is None:
-            self.early.add((provider, task_id))
-        return job_id
+        with self._lock:
+            job_id = self.jobs.get((provider, task_id))
+            if job_id is None:
+                self.early.add((provider, task_id))
+            return job_id
 
     def first_seen(self, provider: str, event_id: str) -> bool:
-        if (provider, event_id) in self.events:
-            return False
-        self.events.add((provider, event_id))
-        return True
+        with self._lock:
+            if (provider, event_id) in self.events:
+                return False
+            self.events.add((provider, event_id))
+            return True
 
 
 class InMemoryBlobs:

@@ -19,7 +19,14 @@ from kiln.core.requests import parse_job_request
 from kiln.providers.base import GenerationRequest
 from kiln.providers.offline import OfflineProvider
 from kiln.runtime.artifacts import PngValidator
-from kiln_dev.fakes import FakeClock, InMemoryBlobs, InMemoryDevices, InMemoryJobStore, RecordingQueue
+from kiln_dev.fakes import (
+    FakeClock,
+    InMemoryBlobs,
+    InMemoryDevices,
+    InMemoryJobStore,
+    InMemoryTaskIndex,
+    RecordingQueue,
+)
 
 POLICY = RetryPolicy()
 BACKENDS = ["fake", "emulator"]
@@ -173,3 +180,45 @@ def test_blobs_store_validated_streams_only(backend: Any) -> None:
     with pytest.raises(PermanentError):
         blobs.put_stream(bad, [b"not a png at all"], "image/png", PngValidator(max_bytes=10**6))
     assert not blobs.exists(bad)
+
+
+# --- TaskIndex --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def task_index(backend: Any) -> Any:
+    return InMemoryTaskIndex() if backend is None else backend.task_index
+
+
+def test_task_index_links_a_task_to_its_job(task_index: Any) -> None:
+    task = f"task/{uuid.uuid4().hex[:8]}"  # a "/" in a provider's id is kept apart
+    assert task_index.link("taskserver", task, "job-1") is False
+    assert task_index.job_for("taskserver", task) == "job-1"
+    assert task_index.job_for("meshy", task) is None  # per provider
+    assert task_index.link("taskserver", task, "job-1") is False  # a repeated link
+
+
+def test_task_index_reports_a_callback_that_came_before_the_link(task_index: Any) -> None:
+    task = f"task-{uuid.uuid4().hex[:8]}"
+    assert task_index.job_for("taskserver", task) is None  # remembered as early
+    assert task_index.link("taskserver", task, "job-2") is True
+    assert task_index.job_for("taskserver", task) == "job-2"
+
+
+def test_task_index_sees_each_event_once(task_index: Any) -> None:
+    event = f"evt-{uuid.uuid4().hex[:8]}"
+    assert task_index.first_seen("taskserver", event) is True
+    assert task_index.first_seen("taskserver", event) is False
+    assert task_index.first_seen("meshy", event) is True
+
+
+def test_task_index_sees_an_event_once_among_racers(task_index: Any) -> None:
+    event = f"evt-{uuid.uuid4().hex[:8]}"
+    seen: list[bool] = []
+    threads = [threading.Thread(target=lambda: seen.append(task_index.first_seen("taskserver", event)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == [False] * 5 + [True]
