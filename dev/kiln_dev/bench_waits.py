@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tasks = SlowTaskServer(seconds=args.job_seconds,
-                           callback_secret=None if args.no_callbacks else SECRET)
+                           callback_secret="" if args.no_callbacks else SECRET)
     env = {
         "KILN_MODEL_PROVIDER": "taskserver",
         "KILN_POLL_FIRST_SECONDS": str(args.poll_first),
