@@ -112,3 +112,26 @@ def test_an_unavailable_index_is_retryable_for_the_provider() -> None:
     rig.task_index.first_seen = down  # type: ignore[method-assign]
     with pytest.raises(RetryableError):
         send(rig, "task-1")
+
+
+def test_the_route_answers_503_with_retry_after_when_firestore_is_down() -> None:
+    """A provider retries a 5xx: Firestore unavailable is a 503 with Retry-After, not 500."""
+    import flask
+
+    from kiln.http.api import handle
+
+    rig, _provider = callback_rig()
+
+    def down(provider: str, event_id: str) -> bool:
+        raise RetryableError("Firestore is unavailable.", code="store_unavailable")
+
+    rig.task_index.first_seen = down  # type: ignore[method-assign]
+    body = json.dumps({"task_id": "task-1", "status": "succeeded"}).encode()
+    now = rig.clock.now()
+    headers = {"webhook-id": "m", "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": Webhook(SECRET).sign("m", now, body)}
+    with flask.Flask(__name__).test_request_context(
+            "/v1/providers/taskserver/events", method="POST", data=body, headers=headers):
+        response = handle(flask.request, rig.services)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert json.loads(response.get_data())["error"]["code"] == "store_unavailable"
