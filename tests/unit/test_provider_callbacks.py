@@ -107,3 +107,25 @@ def test_task_keys_and_the_callback_url() -> None:
     assert task_key("taskserver", "refine:abc") == "refine:abc"
     assert callback_url(SETTINGS, "meshy") == "https://kiln.example/v1/providers/meshy/events"
     assert callback_url(Settings(project="demo-unit"), "meshy") == ""
+
+
+@pytest.mark.parametrize(("secret", "expected"), [
+    (SECRET, "https://kiln.example/v1/providers/taskserver/events"), ("", None)])
+def test_taskserver_asks_for_callbacks_only_where_it_can_verify_them(
+        secret: str, expected: str | None) -> None:
+    import httpx
+
+    from kiln.providers.base import GenerationRequest
+    from kiln.providers.taskserver import TaskServerProvider
+
+    sent: list[dict[str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(202, json={"task_id": "t-1"})
+
+    settings = Settings(project="demo-unit", taskserver_url="http://tasks.example",
+                        public_url="https://kiln.example", taskserver_webhook_secret=secret)
+    provider = TaskServerProvider(settings, client=httpx.Client(transport=httpx.MockTransport(answer)))
+    assert provider.submit(GenerationRequest("job-1", "model", "a cube")) == "t-1"
+    assert sent[0].get("callback_url") == expected
