@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-callbacks chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ test-fast: setup ## unit tests only
 
 bench: setup ## acknowledgement latency, orchestration overhead, memory
 	$(PY) -m kiln_dev.bench
+
+bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
+	$(PY) -m kiln_dev.bench_callbacks
 
 chaos: setup ## the chaos suite, short run
 	$(PY) -m kiln_dev.chaos --jobs 100

@@ -93,6 +93,20 @@ resource "google_cloudfunctions2_function" "ingress" {
       secret     = google_secret_manager_secret.telegram_bot_token.secret_id
       version    = "latest"
     }
+
+    secret_environment_variables {
+      key        = "KILN_TASKSERVER_WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.taskserver_webhook_secret.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
+      key        = "KILN_MESHY_WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.meshy_webhook_secret.secret_id
+      version    = "latest"
+    }
   }
 
   depends_on = [
@@ -103,6 +117,8 @@ resource "google_cloudfunctions2_function" "ingress" {
     google_storage_bucket_iam_member.builder_reads_sources,
     google_secret_manager_secret_iam_member.ingress_telegram_webhook_secret,
     google_secret_manager_secret_iam_member.ingress_telegram_bot_token,
+    google_secret_manager_secret_iam_member.ingress_taskserver_webhook_secret,
+    google_secret_manager_secret_iam_member.ingress_meshy_webhook_secret,
   ]
 }
 
@@ -161,6 +177,7 @@ resource "google_cloudfunctions2_function" "worker" {
       KILN_GEMINI_MODEL              = var.gemini_model
       KILN_MESHY_BASE_URL            = var.meshy_base_url
       KILN_TASKSERVER_URL            = var.taskserver_url
+      KILN_PUBLIC_URL                = coalesce(var.public_url, google_cloudfunctions2_function.ingress.url) # callbacks
       KILN_ALLOWED_FETCH_HOSTS       = var.allowed_fetch_hosts
       KILN_MAX_ARTIFACT_BYTES        = var.max_artifact_bytes
       KILN_TELEGRAM_API_BASE         = var.telegram_api_base
@@ -194,6 +211,13 @@ resource "google_cloudfunctions2_function" "worker" {
       secret     = google_secret_manager_secret.taskserver_api_key.secret_id
       version    = "latest"
     }
+
+    secret_environment_variables {
+      key        = "KILN_TASKSERVER_WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.taskserver_webhook_secret.secret_id
+      version    = "latest"
+    }
   }
 
   depends_on = [
@@ -206,6 +230,7 @@ resource "google_cloudfunctions2_function" "worker" {
     google_secret_manager_secret_iam_member.worker_meshy_api_key,
     google_secret_manager_secret_iam_member.worker_gemini_api_key,
     google_secret_manager_secret_iam_member.worker_taskserver_api_key,
+    google_secret_manager_secret_iam_member.worker_taskserver_webhook_secret,
   ]
 }
 

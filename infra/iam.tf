@@ -71,6 +71,20 @@ resource "google_secret_manager_secret_iam_member" "ingress_telegram_bot_token" 
   member    = "serviceAccount:${google_service_account.ingress.email}"
 }
 
+# Verifies the task server's signed callbacks (POST /v1/providers/taskserver/events).
+resource "google_secret_manager_secret_iam_member" "ingress_taskserver_webhook_secret" {
+  secret_id = google_secret_manager_secret.taskserver_webhook_secret.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.ingress.email}"
+}
+
+# Compares the ?token= of Meshy's webhooks (POST /v1/providers/meshy/events).
+resource "google_secret_manager_secret_iam_member" "ingress_meshy_webhook_secret" {
+  secret_id = google_secret_manager_secret.meshy_webhook_secret.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.ingress.email}"
+}
+
 # Anyone may call the ingress: it authenticates each request itself (Firebase ID token,
 # Telegram secret token).
 resource "google_cloud_run_v2_service_iam_member" "ingress_public" {
@@ -218,4 +232,11 @@ resource "google_project_iam_member" "builder_gcf_staging_buckets" {
     title      = "gcf-staging-buckets-only"
     expression = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\") || resource.name.startsWith(\"projects/_/buckets/gcf-v2-uploads-\")"
   }
+}
+
+# Asks the task server for signed callbacks only when their secret is configured.
+resource "google_secret_manager_secret_iam_member" "worker_taskserver_webhook_secret" {
+  secret_id = google_secret_manager_secret.taskserver_webhook_secret.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.worker.email}"
 }

@@ -56,3 +56,28 @@ resource "google_secret_manager_secret" "taskserver_api_key" {
 
   depends_on = [google_project_service.apis]
 }
+
+# Verifies the task server's Standard Webhooks callbacks (a whsec_ secret; the server
+# signs with the same one). The worker reads it too: it asks for callbacks only when set.
+resource "google_secret_manager_secret" "taskserver_webhook_secret" {
+  secret_id = "kiln-taskserver-webhook-secret"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# The ?token= of the webhook URL configured in Meshy's dashboard (docs/providers.md).
+resource "google_secret_manager_secret" "meshy_webhook_secret" {
+  secret_id = "kiln-meshy-webhook-secret"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}

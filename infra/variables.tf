@@ -205,6 +205,12 @@ variable "gemini_model" {
   default     = "gemini-2.5-flash-image"
 }
 
+variable "public_url" {
+  description = "KILN_PUBLIC_URL: the ingress's public base URL, for provider callbacks (default: the ingress function's URL)."
+  type        = string
+  default     = ""
+}
+
 variable "taskserver_url" {
   description = "KILN_TASKSERVER_URL: base URL of a create/poll/fetch task server, if one is used."
   type        = string

@@ -24,7 +24,10 @@ API and, while they run, injects (``--faults``, all by default):
   undelivered messages are lost) and the Storage emulator. The Firestore emulator is
   never restarted: it keeps everything in memory, so a restart deletes every job —
   a loss of the source of truth that no cloud Firestore outage causes;
-- ``cancel``: owners cancel some jobs at random moments.
+- ``cancel``: owners cancel some jobs at random moments;
+- ``callbacks``: the task server posts signed end callbacks, and misbehaves
+  (``kiln_dev.standins.callbacks.CallbackFaults``): some are dropped, duplicated, late,
+  forged, sent before the task ended or preceded by progress events.
 
 Then it waits for every job to end (``--drain-timeout``), checks the promises
 (``kiln_dev.chaos_report``), prints a table and exits 1 if any job was lost, any push or
@@ -55,8 +58,11 @@ from kiln.core.job import Job, JobStatus
 from kiln_dev.chaos_report import Report, check
 from kiln_dev.chaos_tasks import SlowTaskServer
 from kiln_dev.stack import LocalStack, StackConfig
+from kiln_dev.standins.callbacks import CallbackFaults
 
-FAULTS = ("duplicates", "kills", "provider", "storage", "fcm", "publish", "restart", "cancel")
+FAULTS = ("duplicates", "kills", "provider", "storage", "fcm", "publish", "restart", "cancel",
+          "callbacks")
+CALLBACK_SECRET = "whsec_" + "Y2hhb3MtY2FsbGJhY2tzLWxvY2FsLXNlY3JldC1ub3QtcmVhbA=="  # local only
 
 
 @dataclass
@@ -102,14 +108,23 @@ class Chaos:
         self.lock = threading.Lock()
         self.storm = threading.Event()  # set while faults are being injected
         self.planned = threading.Event()  # every enabled fault kind has struck once
-        self.tasks = SlowTaskServer(seconds=2.0)
+        callbacks = self.has("callbacks")
+        self.tasks = SlowTaskServer(
+            seconds=2.0, callback_secret=CALLBACK_SECRET if callbacks else "",
+            faults=CallbackFaults(drop=0.2, duplicate=0.2, jitter=1.0, forge=0.1, early=0.2,
+                                  progress=1, seed=config.seed))
+        env = stack_env(config)
+        if callbacks:
+            env["KILN_TASKSERVER_WEBHOOK_SECRET"] = CALLBACK_SECRET
         # A workdir of its own name: other tools tidy up kiln-stack-* directories.
         self.workdir = Path(tempfile.mkdtemp(prefix="kiln-chaos-"))
         self.stack = LocalStack(StackConfig(
             workdir=self.workdir,
-            env=stack_env(config), sweep_interval=1.0, worker_processes=config.worker_processes,
+            env=env, sweep_interval=1.0, worker_processes=config.worker_processes,
             worker_threads=config.worker_threads, fault_proxies=("storage", "pubsub"),
             proxy_seed=config.seed, companions=[self.tasks]))
+        if callbacks:
+            self.stack.config.env["KILN_PUBLIC_URL"] = self.stack.ingress_url
 
     def has(self, fault: str) -> bool:
         return fault in self.config.faults
@@ -151,6 +166,8 @@ class Chaos:
             check(self.report, jobs=self.jobs, found=self._read_jobs(),
                   messages=list(self.stack.fcm.messages), blobs=self.services.blobs,
                   healthy_tokens=self.healthy, submissions=dict(self.tasks.submissions))
+            for sent in self.tasks.callbacks.sent if self.tasks.callbacks is not None else []:
+                self.report.faults[f"callback_{sent.kind}_{sent.status}"] += 1
             if self.stack.storage_proxy is not None:
                 for key, n in self.stack.storage_proxy.stats.items():
                     if key != "requests":

@@ -11,6 +11,11 @@ take ``seconds`` (or ``[task:N]`` in the prompt) and produce the offline generat
 PNG/GLB. It counts task creations per ``Idempotency-Key`` (the job id) without
 deduplicating them, so a test sees any job that paid for a second task.
 
+Callbacks: given ``callback_secret`` (a ``whsec_`` secret), a task created with a
+``callback_url`` gets a Standard-Webhooks-signed ``task.ended`` event posted there when it
+ends, from a background thread over real HTTP (``kiln_dev.standins.callbacks``, with
+``faults`` for chaos runs); ``callback_times()`` says when each job's end was delivered.
+
 Prompt tokens: ``[task:N]`` (N seconds), ``[fail:permanent]`` / ``[fail:retryable]``
 (the task fails half-way, permanent or retryable).
 """
@@ -28,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kiln.providers.base import GenerationRequest
+from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
 
 API_KEY = "slowtask-local-key"  # not a secret: a local stand-in checks it like a real one
 _SECONDS = re.compile(r"\[task:(\d+(?:\.\d+)?)\]")
@@ -36,8 +42,11 @@ _SECONDS = re.compile(r"\[task:(\d+(?:\.\d+)?)\]")
 class SlowTaskServer:
     """An HTTP task server on 127.0.0.1 (``start``/``stop``/``env`` like any companion)."""
 
-    def __init__(self, seconds: float = 8.0, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, seconds: float = 8.0, host: str = "127.0.0.1", port: int = 0, *,
+                 callback_secret: str | None = "", faults: CallbackFaults | None = None) -> None:
         self.seconds = seconds
+        self.callbacks = (CallbackSender(callback_secret, faults or CallbackFaults())
+                          if callback_secret else None)
         self.tasks: dict[str, dict[str, Any]] = {}
         self.submissions: Counter[str] = Counter()  # jobId → tasks created for it
         self._ids = itertools.count(1)
@@ -58,8 +67,19 @@ class SlowTaskServer:
         return self
 
     def stop(self) -> None:
+        if self.callbacks is not None:
+            self.callbacks.close()
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def callback_times(self) -> dict[str, float]:
+        """Job id → when (``time.time()``) its task's end callback was first accepted."""
+        times: dict[str, float] = {}
+        for sent in self.callbacks.ended() if self.callbacks is not None else []:
+            task = self.tasks.get(sent.task_id)
+            if task is not None:
+                times.setdefault(str(task["jobId"]), sent.at)
+        return times
 
     def create(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         prompt = str(body.get("prompt", ""))
@@ -73,7 +93,23 @@ class SlowTaskServer:
                 "seconds": float(match[1]) if match else self.seconds,
                 "started": time.monotonic(), "canceled": False, "polls": 0,
             }
+        url = body.get("callback_url")
+        if self.callbacks is not None and isinstance(url, str) and url:
+            task = self.tasks[task_id]
+            fails = "[fail:" in prompt.lower()
+            self.callbacks.schedule(task_id, url, task["seconds"] * (0.5 if fails else 1.0),
+                                    end=lambda: self._end_event(task_id),
+                                    progress=lambda pct: {"type": "task.progress",
+                                                          "task_id": task_id,
+                                                          "status": "running", "progress": pct})
         return {"task_id": task_id}
+
+    def _end_event(self, task_id: str) -> dict[str, Any]:
+        task = self.tasks[task_id]
+        prompt = str(task["prompt"]).lower()
+        status = ("canceled" if task["canceled"] else
+                  "failed" if "[fail:" in prompt else "succeeded")
+        return {"type": "task.ended", "task_id": task_id, "status": status, "progress": 100}
 
     def status(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:

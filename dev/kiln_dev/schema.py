@@ -230,6 +230,35 @@ def openapi() -> dict[str, Any]:
                 "responses": {"200": {"description": "OK", "content": {"application/json": {
                     "schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}},
             }},
+            "/v1/providers/{provider}/events": {"post": {
+                "operationId": "providerEvent", "summary": "A generation provider's task callback",
+                "description": "For providers only (docs/providers.md, Callbacks): a hint that a "
+                "remote task changed; the job's next check polls the provider. taskserver: "
+                "signed with Standard Webhooks (webhook-id, webhook-timestamp, "
+                "webhook-signature; KILN_TASKSERVER_WEBHOOK_SECRET). meshy: the task object, "
+                "with the shared secret as ?token= (KILN_MESHY_WEBHOOK_SECRET). Only ended "
+                "tasks act; progress events are acknowledged.",
+                "security": [{"standardWebhooks": []}, {"callbackToken": []}],
+                "parameters": [{"name": "provider", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": ["taskserver", "meshy"]}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "description": "The provider's event."},
+                    "example": {"type": "task.ended", "task_id": "task-1",
+                                "status": "succeeded", "progress": 100}}}},
+                "responses": {
+                    "200": {"description": "Acknowledged.", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["status"], "properties": {
+                            "status": {"enum": ["accepted", "duplicate", "ignored"]}}}}}},
+                    "400": _json_body("ApiError", "Not an event this provider sends."),
+                    "401": _json_body("ApiError", "Bad signature or token, or a timestamp more "
+                                      "than 5 minutes off."),
+                    "404": _json_body("ApiError", "Unknown provider, or its callbacks are not "
+                                      "configured."),
+                    "413": _json_body("ApiError", "Body over 64 KiB."),
+                    "503": _json_body("ApiError", "Firestore is busy; send it again "
+                                      "(Retry-After)."),
+                },
+            }},
             "/telegram/webhook": {"post": {
                 "operationId": "telegramWebhook", "summary": "Telegram Bot API updates",
                 "description": "For Telegram only. Authenticated by the "
@@ -249,6 +278,10 @@ def openapi() -> dict[str, Any]:
                                     "preflights for the origins in KILN_CORS_ORIGINS."},
                 "telegramSecret": {"type": "apiKey", "in": "header",
                                    "name": "X-Telegram-Bot-Api-Secret-Token"},
+                "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature",
+                                     "description": "Standard Webhooks: v1,HMAC-SHA256 of "
+                                     "{webhook-id}.{webhook-timestamp}.{body}."},
+                "callbackToken": {"type": "apiKey", "in": "query", "name": "token"},
             },
             "schemas": components,
         },

@@ -40,6 +40,7 @@ NEEDS: dict[str, frozenset[str]] = {
         "KILN_MAX_BODY_BYTES", "KILN_CORS_ORIGINS", "KILN_TELEGRAM_WEBHOOK_SECRET", "KILN_TELEGRAM_BOT_TOKEN",
         "KILN_TELEGRAM_API_BASE", "KILN_TELEGRAM_DEFAULT_KIND",
         "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT", "KILN_TELEGRAM_DAILY_QUOTA",
+        "KILN_TASKSERVER_WEBHOOK_SECRET", "KILN_MESHY_WEBHOOK_SECRET",
     },
     "worker": LIFECYCLE | {
         "KILN_BUCKET", "KILN_WORKER_BUDGET_SECONDS", "KILN_PROGRESS_INTERVAL_SECONDS",
@@ -47,7 +48,7 @@ NEEDS: dict[str, frozenset[str]] = {
         "KILN_MAX_ARTIFACT_BYTES", "KILN_ALLOWED_FETCH_HOSTS", "KILN_TELEGRAM_BOT_TOKEN",
         "KILN_TELEGRAM_API_BASE", "KILN_MESHY_API_KEY", "KILN_MESHY_BASE_URL",
         "KILN_GEMINI_API_KEY", "KILN_GEMINI_MODEL", "KILN_TASKSERVER_URL",
-        "KILN_TASKSERVER_API_KEY",
+        "KILN_TASKSERVER_API_KEY", "KILN_PUBLIC_URL", "KILN_TASKSERVER_WEBHOOK_SECRET",
     },
     # Failing an expired job notifies its owner: FCM push and Telegram reply.
     "sweeper": LIFECYCLE | {
@@ -57,7 +58,8 @@ NEEDS: dict[str, frozenset[str]] = {
 
 SECRET_IDS = frozenset({
     "kiln-telegram-bot-token", "kiln-telegram-webhook-secret", "kiln-meshy-api-key",
-    "kiln-gemini-api-key", "kiln-taskserver-api-key",
+    "kiln-gemini-api-key", "kiln-taskserver-api-key", "kiln-taskserver-webhook-secret",
+    "kiln-meshy-webhook-secret",
 })
 
 PRIMITIVE_ROLE = re.compile(r"roles/(owner|editor|viewer)\b")
@@ -366,7 +368,7 @@ def test_secrets_come_only_from_secret_manager(
 
 
 def test_secret_values_never_enter_terraform(tf: TfModule) -> None:
-    """Given the secrets, when reading the Terraform, then the five secrets exist and no
+    """Given the secrets, when reading the Terraform, then the seven secrets exist and no
     secret version (a value) is managed by Terraform."""
     ids = {b["secret_id"] for b in tf.resources("google_secret_manager_secret").values()}
     assert ids == SECRET_IDS

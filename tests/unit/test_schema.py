@@ -192,7 +192,8 @@ def test_openapi_covers_every_endpoint(spec: dict[str, Any]) -> None:
     assert {(path, method) for path, ops in doc["paths"].items() for method in ops} == {
         ("/v1/jobs", "post"), ("/v1/jobs", "get"), ("/v1/jobs/{jobId}", "get"),
         ("/v1/jobs/{jobId}:cancel", "post"), ("/v1/jobs/{jobId}:retry", "post"),
-        ("/healthz", "get"), ("/telegram/webhook", "post")}
+        ("/healthz", "get"), ("/telegram/webhook", "post"),
+        ("/v1/providers/{provider}/events", "post")}
     assert set(doc["components"]["schemas"]) == set(spec["$defs"])
     text = json.dumps(doc)
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text):

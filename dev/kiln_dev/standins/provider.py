@@ -28,6 +28,11 @@ Prompt tokens steer it (case-insensitive):
   (e.g. ``169.254.169.254`` or ``10.0.0.1``), which a safe fetcher must refuse;
 - ``[jpeg]`` — Gemini answers with a JPEG; ``[slow:S]`` — the task takes S seconds.
 
+Meshy webhooks: given ``meshy_webhook_secret`` and a ``meshy_webhook_url`` (set the
+attribute once the ingress's address is known, as an operator sets it in Meshy's
+dashboard), every Meshy task's end is posted there as Meshy does (the task object), the
+secret as ``?token=`` (``kiln_dev.standins.callbacks``, ``faults`` for chaos runs).
+
 Control: ``GET /_kiln/requests`` (what was received), ``GET /_kiln/cancels`` (canceled
 task ids), ``PUT /_kiln/config`` ``{"task_seconds", "gemini_seconds", "poll_delay"}``.
 As a :class:`~kiln_dev.stack.Companion`, ``env()`` points Kiln's providers here.
@@ -51,6 +56,7 @@ from typing import Any
 from PIL import Image
 
 from kiln_dev.background import BackgroundServer
+from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
 
 API_KEY = "kiln-local-provider-key"
 PIECE = 1024 * 1024
@@ -96,8 +102,12 @@ class ProviderServer(BackgroundServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str = API_KEY,
                  task_seconds: float = 1.0, gemini_seconds: float = 0.2,
-                 hang_seconds: float = 120.0) -> None:
+                 hang_seconds: float = 120.0, meshy_webhook_url: str = "",
+                 meshy_webhook_secret: str = "", faults: CallbackFaults | None = None) -> None:
         self.api_key = api_key
+        self.meshy_webhook_url = meshy_webhook_url
+        self.meshy_webhooks = (CallbackSender(meshy_webhook_secret, faults or CallbackFaults(),
+                                              scheme="token") if meshy_webhook_secret else None)
         self.task_seconds = task_seconds
         self.gemini_seconds = gemini_seconds
         self.poll_delay = 0.0
@@ -114,6 +124,8 @@ class ProviderServer(BackgroundServer):
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.meshy_webhooks is not None:
+            self.meshy_webhooks.close()
         super().stop()
 
     def env(self) -> dict[str, str]:
@@ -133,6 +145,10 @@ class ProviderServer(BackgroundServer):
             task.seconds = float(slow)
         with self._lock:
             self.tasks[task.id] = task
+        if protocol == "meshy" and self.meshy_webhooks is not None and self.meshy_webhook_url:
+            self.meshy_webhooks.schedule(task.id, self.meshy_webhook_url, task.seconds,
+                                         end=lambda: self.meshy_view(task),
+                                         progress=lambda _pct: self.meshy_view(task))
         return task
 
     def _cancel(self, task_id: str) -> bool:

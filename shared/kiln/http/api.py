@@ -34,10 +34,13 @@ from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
+from kiln.runtime.callbacks import receive
 
 logger = log.get("ingress")
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: A provider callback names one task; anything larger is not one.
+CALLBACK_MAX_BYTES = 64 * 1024
 Handler = Callable[..., flask.Response]
 
 #: Domain error → HTTP status (the only place that knows both).
@@ -48,6 +51,10 @@ STATUS: dict[type[KilnError], int] = {
 
 class _JobId(BaseConverter):
     regex = r"[A-Za-z0-9_-]{1,64}"
+
+
+class _Provider(BaseConverter):
+    regex = r"[a-z0-9_-]{1,32}"
 
 
 # --- handlers ---------------------------------------------------------------------------
@@ -114,6 +121,17 @@ def telegram_webhook(request: flask.Request, services: Services) -> flask.Respon
     return handle_update(request, services)
 
 
+def provider_event(request: flask.Request, services: Services, provider: str) -> flask.Response:
+    """A provider's callback: verified, de-duplicated, its job woken (never generated)."""
+    length = request.content_length
+    raw = b"" if length == 0 else request.stream.read(CALLBACK_MAX_BYTES + 1)
+    if (length is not None and length > CALLBACK_MAX_BYTES) or len(raw) > CALLBACK_MAX_BYTES:
+        raise RequestError(413, "body_too_large",
+                           f"The body must be at most {CALLBACK_MAX_BYTES} bytes.")
+    outcome = receive(services, provider, dict(request.headers), raw, request.args.to_dict())
+    return json_response(200, {"status": outcome.value})
+
+
 # --- routing ----------------------------------------------------------------------------
 
 #: Every route of the ingress: the app API and, beside it, the Telegram webhook.
@@ -125,7 +143,8 @@ ROUTES = Map([
     Rule("/v1/jobs/<job:job_id>", methods=["GET"], endpoint=get_job),
     Rule("/v1/jobs/<job:job_id>:cancel", methods=["POST"], endpoint=cancel_job),
     Rule("/v1/jobs/<job:job_id>:retry", methods=["POST"], endpoint=retry_job),
-], converters={"job": _JobId}, strict_slashes=False)
+    Rule("/v1/providers/<provider:provider>/events", methods=["POST"], endpoint=provider_event),
+], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False)
 
 
 def handle(request: flask.Request, services: Services) -> flask.Response:

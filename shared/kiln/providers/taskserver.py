@@ -2,9 +2,12 @@
 
 ``POST /v1/tasks`` ``{kind, prompt, options}`` (with ``Idempotency-Key: <jobId>``) →
 ``202 {task_id}``; ``GET /v1/tasks/{id}`` → ``{status, progress, stage, error, result}``;
-``POST /v1/tasks/{id}:cancel``; the result is downloaded from ``result.url`` through
-:mod:`kiln.providers.fetch` (the server's own host, plus ``KILN_ALLOWED_FETCH_HOSTS``), its
-declared ``bytes`` and ``sha256`` checked while it streams.
+``POST /v1/tasks/{id}:cancel``; with ``KILN_PUBLIC_URL`` and
+``KILN_TASKSERVER_WEBHOOK_SECRET`` set, the create body carries ``callback_url`` (the
+server posts signed events there, ``kiln.providers.callbacks``); the result is
+downloaded from ``result.url`` through :mod:`kiln.providers.fetch` (the server's own host,
+plus ``KILN_ALLOWED_FETCH_HOSTS``), its declared ``bytes`` and ``sha256`` checked while it
+streams.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import httpx
 from kiln.core.errors import ConfigError, PermanentError
 from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
+from kiln.providers.callbacks import callback_url
 from kiln.providers.fetch import FetchPolicy, Resolver, check_user_url, open_stream, system_resolve
 from kiln.providers.http import SAFE_CODE, JsonApi, short
 from kiln.settings import Settings
@@ -47,14 +51,20 @@ class TaskServerProvider:
         host = urllib.parse.urlsplit(settings.taskserver_url).hostname or ""
         self._policy = FetchPolicy.for_provider(settings, (host,), read_timeout=fetch_read_timeout)
         self._resolve = resolve
+        # Callbacks are asked for only where they can be verified (a secret is set).
+        self._callback_url = (callback_url(settings, self.name)
+                              if settings.taskserver_webhook_secret else "")
 
     def submit(self, request: GenerationRequest) -> str:
         options = dict(request.options)
         if options.get("imageUrl"):
             check_user_url(str(options["imageUrl"]), self.settings, self._resolve)
-        answer = self._api.call("POST", "/v1/tasks", json={
-            "kind": request.kind, "prompt": request.prompt, "options": options,
-        }, headers={"Idempotency-Key": request.job_id})
+        body: dict[str, Any] = {"kind": request.kind, "prompt": request.prompt,
+                                "options": options}
+        if self._callback_url:
+            body["callback_url"] = self._callback_url
+        answer = self._api.call("POST", "/v1/tasks", json=body,
+                                headers={"Idempotency-Key": request.job_id})
         task_id = answer.get("task_id") if isinstance(answer, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise PermanentError("The generation service did not start a task.",

@@ -32,6 +32,7 @@ from kiln.core.errors import (
 from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
+from kiln.providers.callbacks import task_key
 from kiln.runtime import checks, notify
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
@@ -265,7 +266,7 @@ def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Serv
         job, worker_id=services.worker_id, now=services.clock.now(), policy=services.policy,
         provider=provider.name, task_id=task_id), None))
     try:
-        return services.task_index.link(provider.name, task_id, job_id)
+        return services.task_index.link(provider.name, task_key(provider.name, task_id), job_id)
     except KilnError as exc:  # callbacks for it are ignored; the checks still find its end
         log.event(logger, "task not indexed; polling only", logging.WARNING, code=exc.code)
         return False

@@ -1,0 +1,115 @@
+"""The stand-ins' callbacks are what Kiln verifies: real HTTP from the task-server and
+Meshy stand-ins to a recording receiver, each request read back with
+``kiln.providers.callbacks.verify``; the faults do what they say."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from kiln.providers.callbacks import CallbackUnauthenticated, verify
+from kiln.settings import Settings
+from kiln_dev.chaos_tasks import API_KEY, SlowTaskServer
+from kiln_dev.standins.callbacks import CallbackFaults
+from kiln_dev.standins.provider import API_KEY as PROVIDER_KEY
+from kiln_dev.standins.provider import ProviderServer
+
+SECRET = "whsec_" + "c3RhbmRpbnMtdGVzdC1zZWNyZXQtbm90LWEtcmVhbC1vbmU="
+SETTINGS = Settings(project="demo-unit", taskserver_webhook_secret=SECRET,
+                    meshy_webhook_secret="meshy-standin-token")
+
+
+class Receiver:
+    """Records every POST (query, headers, body) and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with receiver.arrived:
+                    receiver.requests.append((query, dict(self.headers), body))
+                    receiver.arrived.notify_all()
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/events"
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, str], dict[str, str], bytes]]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout), self.requests
+            return list(self.requests)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+def test_the_task_server_signs_its_end_and_its_faults_arrive_as_named(receiver: Receiver) -> None:
+    """Given every fault at certainty, when a task ends, then the receiver gets an early
+    end, a progress event, a forged end (refused by verify), the end and its replay (the
+    same webhook-id); callback_times() records the job."""
+    faults = CallbackFaults(duplicate=1.0, forge=1.0, early=1.0, progress=1, seed=3)
+    tasks = SlowTaskServer(seconds=0.3, callback_secret=SECRET, faults=faults).start()
+    try:
+        created = httpx.post(f"{tasks.url}/v1/tasks", headers={
+            "Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "job-standin"},
+            json={"kind": "model", "prompt": "a cube", "callback_url": receiver.url})
+        task_id = created.json()["task_id"]
+        got = receiver.wait(5)
+    finally:
+        tasks.stop()
+    now = dt.datetime.now(dt.UTC)
+    read = []
+    for _query, headers, body in got:
+        try:
+            [event] = verify("taskserver", headers, body, SETTINGS, now)
+            read.append((event.kind, event.ended, event.task_id, event.event_id))
+        except CallbackUnauthenticated:
+            read.append(("forged", True, task_id, ""))
+    kinds = [kind for kind, *_ in read]
+    assert kinds == ["task.ended", "task.progress", "forged", "task.ended", "task.ended"]
+    assert {t for _k, _e, t, _i in read} == {task_id}
+    assert read[3][3] == read[4][3] != read[0][3]  # the replay repeats the end's id
+    assert list(tasks.callback_times()) == ["job-standin"]
+
+
+def test_the_meshy_stand_in_posts_the_task_object_with_the_token(receiver: Receiver) -> None:
+    """Given a webhook configured as in Meshy's dashboard, when a preview task ends, then
+    its task object arrives with ?token= and verify reads it as that task's end."""
+    server = ProviderServer(task_seconds=0.3, meshy_webhook_secret="meshy-standin-token",
+                            meshy_webhook_url=receiver.url).start()
+    try:
+        created = httpx.post(f"{server.url}/openapi/v2/text-to-3d",
+                             headers={"Authorization": f"Bearer {PROVIDER_KEY}"},
+                             json={"mode": "preview", "prompt": "a cube"})
+        remote = created.json()["result"]
+        [(query, headers, body)] = receiver.wait(1)
+    finally:
+        server.stop()
+    [event] = verify("meshy", headers, body, SETTINGS, dt.datetime.now(dt.UTC), query=query)
+    assert event.task_id == remote and event.ended and event.kind == "succeeded"
