@@ -252,6 +252,10 @@ class InMemoryTaskIndex:
             self.events.add((provider, event_id))
             return True
 
+    def forget(self, provider: str, event_id: str) -> None:
+        with self._lock:
+            self.events.discard((provider, event_id))
+
 
 class InMemoryBlobs:
     """``kiln.ports.BlobStore``: objects in a dict, validated like the real upload."""

@@ -98,6 +98,10 @@ class TaskIndex(Protocol):
         """True the first time a provider event id is seen, False for a replay."""
         ...
 
+    def forget(self, provider: str, event_id: str) -> None:
+        """Unsee an event whose handling failed, so the provider's retry is not a replay."""
+        ...
+
 
 @dataclass(frozen=True)
 class StoredObject:

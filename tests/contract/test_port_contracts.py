@@ -210,6 +210,8 @@ def test_task_index_sees_each_event_once(task_index: Any) -> None:
     assert task_index.first_seen("taskserver", event) is True
     assert task_index.first_seen("taskserver", event) is False
     assert task_index.first_seen("meshy", event) is True
+    task_index.forget("taskserver", event)  # its handling failed: the retry is handled
+    assert task_index.first_seen("taskserver", event) is True
 
 
 def test_task_index_sees_an_event_once_among_racers(task_index: Any) -> None:

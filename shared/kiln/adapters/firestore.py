@@ -291,3 +291,7 @@ class FirestoreTaskIndex:
         except gexc.AlreadyExists:
             return False
         return True
+
+    def forget(self, provider: str, event_id: str) -> None:
+        with unavailable_is_retryable("task index"):
+            self._ref(EVENTS, provider, event_id).delete()

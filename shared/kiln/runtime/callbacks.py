@@ -10,11 +10,13 @@ job cost one check). The callback never changes the job: the check polls the pro
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Mapping
 
 from kiln import log
 from kiln.compose import Services
+from kiln.core.errors import RetryableError
 from kiln.providers.callbacks import task_key, verify
 from kiln.runtime import checks
 
@@ -46,10 +48,20 @@ def receive(services: Services, provider: str, headers: Mapping[str, str], body:
             outcome = outcome if outcome is Received.ACCEPTED else Received.DUPLICATE
             continue
         outcome = Received.ACCEPTED
-        job_id = services.task_index.job_for(provider, task_key(provider, event.task_id))
-        if job_id is None:
-            log.event(logger, "callback before its task was linked", provider=provider)
-            continue
-        woken = checks.wake(services, job_id, reason=f"callback-{provider}")
-        log.event(logger, "callback received", provider=provider, jobId=job_id, woken=woken)
+        try:
+            _wake(services, provider, task_key(provider, event.task_id))
+        except RetryableError:
+            # Unseen again, so the provider's retry (it gets a 503) is handled, not a replay.
+            with contextlib.suppress(RetryableError):
+                services.task_index.forget(provider, event.event_id)
+            raise
     return outcome
+
+
+def _wake(services: Services, provider: str, task: str) -> None:
+    job_id = services.task_index.job_for(provider, task)
+    if job_id is None:
+        log.event(logger, "callback before its task was linked", provider=provider)
+        return
+    woken = checks.wake(services, job_id, reason=f"callback-{provider}")
+    log.event(logger, "callback received", provider=provider, jobId=job_id, woken=woken)

@@ -114,6 +114,26 @@ def test_an_unavailable_index_is_retryable_for_the_provider() -> None:
         send(rig, "task-1")
 
 
+def test_an_end_whose_wake_failed_is_handled_when_the_provider_sends_it_again() -> None:
+    """Recorded as seen, then the job store fails: the event is unseen again, so the
+    provider's retry (after the 503) wakes the job instead of answering duplicate."""
+    rig, _provider = callback_rig()
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    published = len(rig.queue.deliveries)
+    job_for = rig.task_index.job_for
+
+    def down(provider: str, task_id: str) -> str | None:
+        raise RetryableError("Firestore is unavailable.", code="store_unavailable")
+
+    rig.task_index.job_for = down  # type: ignore[method-assign]
+    with pytest.raises(RetryableError):
+        send(rig, "task-1")
+    rig.task_index.job_for = job_for  # type: ignore[method-assign]
+    assert send(rig, "task-1") is Received.ACCEPTED
+    assert len(rig.queue.deliveries) == published + 1
+
+
 def test_the_route_answers_503_with_retry_after_when_firestore_is_down() -> None:
     """A provider retries a 5xx: Firestore unavailable is a 503 with Retry-After, not 500."""
     import flask
