@@ -222,3 +222,9 @@ variable "max_artifact_bytes" {
   type        = number
   default     = 2147483648
 }
+
+variable "tasks_max_dispatches_per_second" {
+  description = "Rate cap of the kiln-checks Cloud Tasks queue (scheduled checks published per second; at most 500)."
+  type        = number
+  default     = 100
+}
