@@ -40,6 +40,9 @@ TRANSIENT: tuple[type[Exception], ...] = (
     gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError,
     gexc.TooManyRequests, gexc.Aborted, gexc.RetryError, grpc.RpcError, TimeoutError,
 )
+#: A restarted emulator is reached again within a second (gRPC's default backoff grows to 2 min).
+EMULATOR_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100),
+                      ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -91,7 +94,7 @@ class CloudTasksScheduler:
             raise ConfigError("KILN_TASKS_SERVICE_ACCOUNT is not set: scheduled checks "
                               "cannot publish to Pub/Sub (see docs/deploy.md, Cloud Tasks).")
         if settings.tasks_emulator_host:
-            channel = grpc.insecure_channel(settings.tasks_emulator_host)
+            channel = grpc.insecure_channel(settings.tasks_emulator_host, options=EMULATOR_RECONNECT)
             transport = CloudTasksGrpcTransport(credentials=AnonymousCredentials(), channel=channel)
             client = tasks_v2.CloudTasksClient(transport=transport)
         else:
