@@ -178,6 +178,11 @@ resource "google_cloudfunctions2_function" "worker" {
       KILN_MESHY_BASE_URL            = var.meshy_base_url
       KILN_TASKSERVER_URL            = var.taskserver_url
       KILN_PUBLIC_URL                = coalesce(var.public_url, google_cloudfunctions2_function.ingress.url) # callbacks
+      KILN_TASKS_LOCATION            = google_cloud_tasks_queue.checks.location
+      KILN_TASKS_QUEUE               = google_cloud_tasks_queue.checks.name
+      KILN_TASKS_SERVICE_ACCOUNT     = google_service_account.tasks.email
+      KILN_POLL_FIRST_SECONDS        = var.poll_first_seconds
+      KILN_POLL_MAX_SECONDS          = var.poll_max_seconds
       KILN_ALLOWED_FETCH_HOSTS       = var.allowed_fetch_hosts
       KILN_MAX_ARTIFACT_BYTES        = var.max_artifact_bytes
       KILN_TELEGRAM_API_BASE         = var.telegram_api_base
@@ -231,6 +236,8 @@ resource "google_cloudfunctions2_function" "worker" {
     google_secret_manager_secret_iam_member.worker_gemini_api_key,
     google_secret_manager_secret_iam_member.worker_taskserver_api_key,
     google_secret_manager_secret_iam_member.worker_taskserver_webhook_secret,
+    google_cloud_tasks_queue_iam_member.worker_enqueues_checks,
+    google_service_account_iam_member.worker_acts_as_tasks,
   ]
 }
 

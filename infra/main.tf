@@ -17,6 +17,7 @@ resource "google_project_service" "apis" {
     "cloudbuild.googleapis.com",       # builds function sources
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudtasks.googleapis.com", # scheduled checks of waiting jobs
     "fcm.googleapis.com",
     "firebase.googleapis.com",
     "firebaserules.googleapis.com",

@@ -169,6 +169,18 @@ variable "offline_model_seconds" {
   default     = 8
 }
 
+variable "poll_first_seconds" {
+  description = "KILN_POLL_FIRST_SECONDS: first check of a remote task after submit (0 = the provider's own cadence)."
+  type        = number
+  default     = 0
+}
+
+variable "poll_max_seconds" {
+  description = "KILN_POLL_MAX_SECONDS: longest gap between checks of a remote task (0 = the provider's own cadence)."
+  type        = number
+  default     = 0
+}
+
 variable "telegram_api_base" {
   description = "KILN_TELEGRAM_API_BASE."
   type        = string
@@ -227,4 +239,10 @@ variable "max_artifact_bytes" {
   description = "KILN_MAX_ARTIFACT_BYTES: largest result the worker stores."
   type        = number
   default     = 2147483648
+}
+
+variable "tasks_max_dispatches_per_second" {
+  description = "Rate cap of the kiln-checks Cloud Tasks queue (scheduled checks published per second; at most 500)."
+  type        = number
+  default     = 100
 }

@@ -1,9 +1,11 @@
 """The local stack: every part of Kiln on one machine, no cloud account.
 
 Starts the Firestore emulator (with ``infra/firestore.rules``), the Pub/Sub emulator,
-the Cloud Storage emulator, an FCM-compatible server, and the ingress and worker
-functions under functions-framework; creates the jobs topic and a push subscription
-from the emulator to the local worker; runs the sweeper in a loop. Readiness is probed,
+the Cloud Storage emulator, the Cloud Tasks emulator (``kiln_dev.tasks_emulator``, in
+its own venv ``.venv-tasks``: scheduled checks travel through it to Pub/Sub), an
+FCM-compatible server, and the ingress and worker functions under functions-framework;
+creates the jobs topic and a push subscription from the emulator to the local worker;
+runs the sweeper in a loop. Readiness is probed,
 never slept for. Ports are picked free unless given, so stacks run side by side.
 
 Every child runs in its own process group and is killed with it on ``stop()``, on
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from kiln.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+#: The Cloud Tasks emulator's interpreter (``make tasks-emulator``: protobuf<5, apart).
+TASKS_PYTHON = REPO / ".venv-tasks" / "bin" / "python"
 PROJECT = "demo-kiln"  # demo- ids can never reach a real project
 _LIVE: weakref.WeakSet[LocalStack] = weakref.WeakSet()
 
@@ -91,6 +95,10 @@ class StackConfig:
     ingress_port: int = 0
     worker_port: int = 0
     fcm_port: int = 0
+    tasks_port: int = 0  # the Cloud Tasks gRPC API
+    tasks_http_port: int = 0  # its side port: GET / (ready), GET /stats
+    tasks_drop_rate: float = 0.0  # fraction of tasks the emulator loses (chaos: lost checks)
+    tasks_seed: int | None = None
     sweep_interval: float = 2.0  # 0 turns the local sweeper loop off
     worker_threads: int = 8
     workdir: Path | None = None
@@ -114,7 +122,8 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
         c = self.config
-        for name in ("firestore", "pubsub", "storage", "ingress", "worker"):
+        for name in ("firestore", "pubsub", "storage", "tasks", "tasks_http", "ingress",
+                     "worker"):
             if getattr(c, f"{name}_port") == 0:
                 setattr(c, f"{name}_port", free_port(c.host))
         self._own_workdir = c.workdir is None
@@ -164,6 +173,9 @@ class LocalStack:
             "FIREBASE_AUTH_EMULATOR_HOST": self._addr(c.firestore_port),
             "KILN_FCM_ENDPOINT": self.fcm.url,
             "KILN_BUCKET": self.bucket,
+            "CLOUD_TASKS_EMULATOR_HOST": self._addr(c.tasks_port),
+            # Where providers reach the ingress (callbacks: POST {url}/v1/providers/…/events).
+            "KILN_PUBLIC_URL": self.ingress_url,
             **{k: v for companion in c.companions for k, v in companion.env().items()},
             **c.env,
         }
@@ -235,12 +247,13 @@ class LocalStack:
                                 f"--host={c.host}", f"--port={c.storage_port}",
                                 f"--default-bucket={self.bucket}", "--quiet"],
                     cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
+        self._spawn_tasks()
         self.fcm.start()
         for companion in c.companions:
             companion.start()
         self._start_proxies()
         deadline = time.monotonic() + c.startup_timeout
-        for name in ("firestore", "pubsub", "storage"):
+        for name in ("firestore", "pubsub", "storage", "tasks"):
             self._wait_ready(name, deadline)
         env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
                "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
@@ -254,6 +267,31 @@ class LocalStack:
         if c.sweep_interval > 0:
             self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="sweeper")
             self._sweeper.start()
+
+    def _spawn_tasks(self) -> None:
+        c = self.config
+        if not TASKS_PYTHON.exists():
+            raise StackError(f"the Cloud Tasks emulator is not installed ({TASKS_PYTHON} is "
+                             "missing): run `make tasks-emulator` (see README, Requirements).")
+        settings = self.settings()
+        queue = (f"projects/{c.project}/locations/{settings.tasks_location}"
+                 f"/queues/{settings.tasks_queue}")
+        cmd = [str(TASKS_PYTHON), str(Path(__file__).with_name("tasks_emulator.py")),
+               f"--host={c.host}", f"--port={c.tasks_port}", f"--http-port={c.tasks_http_port}",
+               f"--queue={queue}", f"--drop-rate={c.tasks_drop_rate}"]
+        if c.tasks_seed is not None:
+            cmd.append(f"--seed={c.tasks_seed}")
+        # Its own interpreter and nothing of ours on the path (protobuf<5 lives there).
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        self._spawn("tasks", cmd, env={**env, "PYTHONUNBUFFERED": "1"},
+                    ready=f"http://{self._addr(c.tasks_http_port)}/")
+
+    def tasks_stats(self) -> dict[str, int]:
+        """The Cloud Tasks emulator's counters: created, refused_duplicates, dispatched,
+        dropped, failed (since it last started)."""
+        url = f"http://{self._addr(self.config.tasks_http_port)}/stats"
+        stats: dict[str, int] = httpx.get(url, timeout=5).json()
+        return stats
 
     def _ff(self, name: str, signature: str, port: int) -> list[str]:
         return [sys.executable, "-m", "functions_framework", "--target", name,
@@ -384,7 +422,8 @@ class LocalStack:
         """SIGKILL one part (its whole process group), as a crash or a lost instance.
 
         A killed Firestore emulator loses every document; Pub/Sub loses its topics,
-        subscriptions and undelivered messages; the Storage emulator keeps its files.
+        subscriptions and undelivered messages; the Storage emulator keeps its files; the
+        Cloud Tasks emulator loses its pending tasks (lost checks) and the names it knew.
         """
         proc = self.procs[name]
         with contextlib.suppress(ProcessLookupError):

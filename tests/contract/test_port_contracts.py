@@ -3,8 +3,10 @@ emulators: what unit tests assume of a fake is what production gets."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,7 @@ from kiln.providers.offline import OfflineProvider
 from kiln.runtime.artifacts import PngValidator
 from kiln_dev.fakes import (
     FakeClock,
+    FakeScheduler,
     InMemoryBlobs,
     InMemoryDevices,
     InMemoryJobStore,
@@ -224,3 +227,91 @@ def test_task_index_sees_an_event_once_among_racers(task_index: Any) -> None:
     for thread in threads:
         thread.join()
     assert sorted(seen) == [False] * 5 + [True]
+
+
+# --- Scheduler --------------------------------------------------------------------------
+
+
+class Checks:
+    """A scheduler under test and the check messages it published, per job: the fake's
+    are released by firing it at their time, the emulator's pulled from a subscription."""
+
+    def __init__(self, scheduler: Any, arrived: Callable[..., list[Any]]) -> None:
+        self.scheduler = scheduler
+        self.arrived = arrived  # (job id, due at, count) → [(delivery, reason, arrived at)]
+
+
+@pytest.fixture
+def checks(backend: Any, request: pytest.FixtureRequest) -> Any:
+    if backend is None:
+        queue = RecordingQueue()
+        fake = FakeScheduler(queue)
+
+        def fire(job_id: str, at: dt.datetime, count: int = 1) -> list[Any]:
+            when = max(at, dt.datetime.now(dt.UTC))
+            fake.fire(when)
+            return [(d, reason, when) for d, (_j, reason) in zip(queue.deliveries, queue.published,
+                                                                 strict=True) if d.job_id == job_id]
+
+        return Checks(fake, fire)
+    return Checks(backend.scheduler, request.getfixturevalue("jobs_subscription"))
+
+
+@pytest.fixture(scope="module")
+def jobs_subscription(services: Any) -> Any:
+    """A pull subscription on the jobs topic of the session's stack (the worker's push one
+    acks every message); a function that waits for a job's check message."""
+    import grpc
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    from kiln.adapters.pubsub import decode_message
+
+    settings = services.settings
+    channel = grpc.insecure_channel(settings.pubsub_emulator_host)
+    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    path = subscriber.subscription_path(settings.project, f"contract-checks-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=path, topic=f"projects/{settings.project}/topics/"
+                                                    f"{settings.jobs_topic}")
+    seen: dict[str, list[Any]] = {}
+
+    def arrived(job_id: str, at: dt.datetime, count: int = 1) -> list[Any]:
+        deadline = time.monotonic() + max(0.0, (at - dt.datetime.now(dt.UTC)).total_seconds()) + 10
+        while len(seen.get(job_id, ())) < count and time.monotonic() < deadline:
+            answer = subscriber.pull(subscription=path, max_messages=50, timeout=5)
+            now = dt.datetime.now(dt.UTC)
+            for received in answer.received_messages:
+                data = base64.b64encode(received.message.data).decode()
+                delivery = decode_message({"message": {"data": data}})
+                seen.setdefault(delivery.job_id, []).append(
+                    (delivery, received.message.attributes["reason"], now))
+            if answer.received_messages:
+                subscriber.acknowledge(subscription=path,
+                                       ack_ids=[m.ack_id for m in answer.received_messages])
+        return seen.get(job_id, [])
+
+    yield arrived
+    subscriber.delete_subscription(subscription=path)
+    channel.close()
+
+
+def test_scheduler_publishes_the_check_at_its_time_once(checks: Any) -> None:
+    """Given a check due in a second, when it is scheduled twice, then the second schedule
+    is refused and the jobs topic gets the check message once, not before its time."""
+    job_id, at = uuid.uuid4().hex[:20], dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    assert checks.scheduler.schedule(job_id, 3, at) is True
+    assert checks.scheduler.schedule(job_id, 3, at) is False
+    ((delivery, reason, when),) = checks.arrived(job_id, at)
+    assert (delivery.job_id, delivery.check, reason) == (job_id, 3, "check")
+    assert at - dt.timedelta(milliseconds=100) <= when <= at + dt.timedelta(seconds=3)
+
+
+def test_scheduler_publishes_a_past_check_promptly(checks: Any) -> None:
+    """Given a check whose time has passed, when it is scheduled, then it arrives at once;
+    another check of the same job is a new task."""
+    job_id, now = uuid.uuid4().hex[:20], dt.datetime.now(dt.UTC)
+    assert checks.scheduler.schedule(job_id, 1, now - dt.timedelta(minutes=1)) is True
+    assert checks.scheduler.schedule(job_id, 2, now - dt.timedelta(minutes=1)) is True
+    arrived = checks.arrived(job_id, now, 2)
+    assert sorted(d.check for d, _r, _w in arrived) == [1, 2]
+    assert max(w for _d, _r, w in arrived) <= now + dt.timedelta(seconds=3)

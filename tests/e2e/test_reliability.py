@@ -296,7 +296,7 @@ def test_expired_lease_out_of_attempts_or_past_deadline_fails(user: User, svc: A
 
 
 def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
-        user: User, svc: Any, tasks: SlowTaskServer) -> None:
+        user: User, svc: Any, tasks: SlowTaskServer, rstack: LocalStack) -> None:
     """Given a 9 s provider task, when the job runs, then it completes through several
     scheduled checks (Cloud Tasks emulator → Pub/Sub), in one attempt, with one provider
     task, and the progress a listener sees never goes backwards."""
@@ -304,6 +304,7 @@ def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
     key = uuid.uuid4().hex
     job_id = new_job_id(user.uid, key)  # known before submit: the listener misses nothing
     done = threading.Event()
+    dispatched = rstack.tasks_stats()["dispatched"]
 
     def on_snapshot(docs: list[Any], _changes: Any, _time: Any) -> None:
         for doc in docs:
@@ -324,6 +325,7 @@ def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
     assert job.status == "completed", job.error
     assert job.attempts == 1
     assert job.server.checks >= 2
+    assert rstack.tasks_stats()["dispatched"] > dispatched, "no check went through Cloud Tasks"
     assert tasks.submissions[job_id] == 1
     assert seen == sorted(seen), f"progress went backwards: {seen}"
     assert len(set(seen)) >= 4 and seen[-1] == 100

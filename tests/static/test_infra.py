@@ -21,7 +21,7 @@ from tf_config import INFRA, REPO, TfModule, block, blocks, refs, strings
 #: Read by the emulator-backed local stack only; never set in the cloud.
 LOCAL_ONLY = frozenset({
     "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
-    "FIREBASE_AUTH_EMULATOR_HOST", "KILN_FCM_ENDPOINT",
+    "FIREBASE_AUTH_EMULATOR_HOST", "KILN_FCM_ENDPOINT", "CLOUD_TASKS_EMULATOR_HOST",
 })
 
 #: Read by the platform's functions-framework, not by Kiln (checked below).
@@ -49,6 +49,10 @@ NEEDS: dict[str, frozenset[str]] = {
         "KILN_TELEGRAM_API_BASE", "KILN_MESHY_API_KEY", "KILN_MESHY_BASE_URL",
         "KILN_GEMINI_API_KEY", "KILN_GEMINI_MODEL", "KILN_TASKSERVER_URL",
         "KILN_TASKSERVER_API_KEY", "KILN_PUBLIC_URL", "KILN_TASKSERVER_WEBHOOK_SECRET",
+        # Schedules a waiting job's next check (Cloud Tasks → the jobs topic).
+        "KILN_TASKS_LOCATION", "KILN_TASKS_QUEUE", "KILN_TASKS_SERVICE_ACCOUNT",
+        # The cadence of those checks (0: each provider's own).
+        "KILN_POLL_FIRST_SECONDS", "KILN_POLL_MAX_SECONDS",
     },
     # Failing an expired job notifies its owner: FCM push and Telegram reply.
     "sweeper": LIFECYCLE | {
@@ -243,6 +247,43 @@ def test_only_the_pusher_may_invoke_the_worker(tf: TfModule, functions: dict[str
                   "google_service_account")
     assert [refs(m, "google_service_account") for m in invokers] == [pusher]
     assert worker.service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+
+
+def test_checks_queue_the_worker_schedules_on(tf: TfModule, functions: dict[str, Function]) -> None:
+    """Given Settings' default checks queue, when reading Cloud Tasks, then the queue exists
+    with bounded retries and rate, the worker's KILN_TASKS_* name it and its token account,
+    the worker may enqueue there and act as that account, and that account may publish to
+    the jobs topic and nothing else."""
+    from kiln.settings import Settings
+
+    assert '"cloudtasks.googleapis.com"' in tf.resources("google_project_service")["apis"]["for_each"]
+    queues = tf.resources("google_cloud_tasks_queue")
+    by_name = {body["name"]: name for name, body in queues.items()}
+    assert Settings().tasks_queue in by_name, f"no google_cloud_tasks_queue {Settings().tasks_queue!r}"
+    queue = by_name[Settings().tasks_queue]
+    retry = block(queues[queue], "retry_config")
+    assert retry["max_attempts"] > 0 and retry.get("max_retry_duration")
+    rate = variable_default(tf, block(queues[queue], "rate_limits")["max_dispatches_per_second"])
+    assert 0 < rate <= 500
+    worker = functions["worker"]
+    assert refs(worker.env.get("KILN_TASKS_QUEUE"), "google_cloud_tasks_queue") == [queue]
+    assert refs(worker.env.get("KILN_TASKS_LOCATION"), "google_cloud_tasks_queue") == [queue]
+    (account,) = refs(worker.env.get("KILN_TASKS_SERVICE_ACCOUNT"), "google_service_account")
+    assert account not in {fn.service_account for fn in functions.values()}
+    enqueuers = [b for b in members_of(tf, "google_cloud_tasks_queue_iam_member", worker).values()
+                 if b["role"] == "roles/cloudtasks.enqueuer"]
+    assert [refs(b["name"], "google_cloud_tasks_queue") for b in enqueuers] == [[queue]]
+    acts_as = [b for b in members_of(tf, "google_service_account_iam_member", worker).values()
+               if b["role"] == "roles/iam.serviceAccountUser"]
+    assert [refs(b["service_account_id"], "google_service_account") for b in acts_as] == [[account]]
+    topics = tf.resources("google_pubsub_topic")
+    grants = [(b["role"], topics[refs(b["topic"], "google_pubsub_topic")[0]]["name"])
+              for b in tf.resources("google_pubsub_topic_iam_member").values()
+              if account in refs(b["member"], "google_service_account")]
+    assert grants == [("roles/pubsub.publisher", "kiln-jobs")]
+    project = [b for b in tf.resources("google_project_iam_member").values()
+               if account in refs(b["member"], "google_service_account")]
+    assert not project, "the tasks account needs no project role"
 
 
 # --- functions ---------------------------------------------------------------------------------
