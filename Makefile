@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-callbacks chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: setup ## acknowledgement latency, orchestration overhead, memory
 
 bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
 	$(PY) -m kiln_dev.bench_callbacks
+
+# ~12 minutes: one 10-minute remote task beside 200 one-minute ones on 4 worker slots
+# (ARGS="--long-seconds 60 --jobs 20" for a quick look).
+bench-waits: setup ## what waiting on remote tasks costs: worker-seconds, 200 jobs on 4 slots, callback lag
+	$(PY) -m kiln_dev.bench_waits $(ARGS)
 
 chaos: setup ## the chaos suite, short run
 	$(PY) -m kiln_dev.chaos --jobs 100

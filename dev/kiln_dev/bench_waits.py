@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         env["KILN_TASKSERVER_WEBHOOK_SECRET"] = SECRET
     stack = LocalStack(StackConfig(env=env, worker_threads=args.slots, worker_processes=1,
                                    sweep_interval=5.0, companions=[tasks]))
-    stack.config.env["KILN_PUBLIC_URL"] = stack.ingress_url  # known once ports are chosen
     print(f"bench-waits: {args.jobs} x {args.job_seconds:g} s remote jobs and one "
           f"{args.long_seconds:g} s task; worker capped at {args.slots} concurrent invocations; "
           f"callbacks {'off' if args.no_callbacks else 'on'}", flush=True)

@@ -3,8 +3,8 @@
     python -m kiln_dev.chaos --jobs 100 [--seed 7] [--faults duplicates,kills,...] [--json out.json]
 
 Starts its own local stack (two gunicorn worker processes, fault proxies in front of
-Storage and Pub/Sub, a slow remote-task server for 3D models with a 3 s worker budget,
-so long jobs hand themselves on), registers users with several devices each (some
+Storage and Pub/Sub, a slow remote-task server for 3D models whose jobs wait on scheduled
+checks and callbacks, a 4 s worker budget), registers users with several devices each (some
 UNREGISTERED, some answering UNAVAILABLE / INTERNAL), submits N jobs through the HTTP
 API and, while they run, injects (``--faults``, all by default):
 
@@ -27,7 +27,9 @@ API and, while they run, injects (``--faults``, all by default):
 - ``cancel``: owners cancel some jobs at random moments;
 - ``callbacks``: the task server posts signed end callbacks, and misbehaves
   (``kiln_dev.standins.callbacks.CallbackFaults``): some are dropped, duplicated, late,
-  forged, sent before the task ended or preceded by progress events.
+  forged, sent before the task ended or preceded by progress events;
+- ``checks``: the Cloud Tasks emulator loses a fifth of the scheduled checks of waiting
+  model jobs (the sweeper must send another when one is overdue).
 
 Then it waits for every job to end (``--drain-timeout``), checks the promises
 (``kiln_dev.chaos_report``), prints a table and exits 1 if any job was lost, any push or
@@ -61,7 +63,7 @@ from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.callbacks import CallbackFaults
 
 FAULTS = ("duplicates", "kills", "provider", "storage", "fcm", "publish", "restart", "cancel",
-          "callbacks")
+          "callbacks", "checks")
 CALLBACK_SECRET = "whsec_" + "Y2hhb3MtY2FsbGJhY2tzLWxvY2FsLXNlY3JldC1ub3QtcmVhbA=="  # local only
 
 
@@ -122,9 +124,8 @@ class Chaos:
             workdir=self.workdir,
             env=env, sweep_interval=1.0, worker_processes=config.worker_processes,
             worker_threads=config.worker_threads, fault_proxies=("storage", "pubsub"),
-            proxy_seed=config.seed, companions=[self.tasks]))
-        if callbacks:
-            self.stack.config.env["KILN_PUBLIC_URL"] = self.stack.ingress_url
+            proxy_seed=config.seed, companions=[self.tasks],
+            tasks_drop_rate=0.2 if self.has("checks") else 0.0, tasks_seed=config.seed))
 
     def has(self, fault: str) -> bool:
         return fault in self.config.faults
@@ -168,6 +169,8 @@ class Chaos:
                   healthy_tokens=self.healthy, submissions=dict(self.tasks.submissions))
             for sent in self.tasks.callbacks.sent if self.tasks.callbacks is not None else []:
                 self.report.faults[f"callback_{sent.kind}_{sent.status}"] += 1
+            for key, n in self.stack.tasks_stats().items():
+                self.report.faults[f"scheduled_checks_{key}"] += n
             if self.stack.storage_proxy is not None:
                 for key, n in self.stack.storage_proxy.stats.items():
                     if key != "requests":
@@ -216,7 +219,7 @@ class Chaos:
             elif roll < 0.11 and kind == "image":
                 prompt, expect = prompt + " [hang]", "hang"
         if kind == "model" and expect == "complete" and rnd.random() < 0.3:
-            prompt += " [task:5]"  # longer than the worker budget: hands itself on
+            prompt += " [task:5]"  # a longer remote task: several scheduled checks
         if expect == "complete" and self.has("cancel") and rnd.random() < 0.05:
             expect = "cancel"
         return {"uid": rnd.choice(self.users), "kind": kind, "prompt": prompt, "expect": expect}

@@ -34,7 +34,6 @@ def cstack(tasks: SlowTaskServer) -> Iterator[LocalStack]:
            "KILN_POLL_FIRST_SECONDS": str(FIRST_CHECK), "KILN_POLL_MAX_SECONDS": str(FIRST_CHECK),
            "KILN_PENDING_REPUBLISH_SECONDS": "120", "KILN_LOG_LEVEL": "INFO"}
     stack = LocalStack(StackConfig(env=env, sweep_interval=30.0, companions=[tasks]))
-    stack.config.env["KILN_PUBLIC_URL"] = stack.ingress_url  # known once ports are chosen
     with stack:
         yield stack
 
