@@ -194,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                    if j in watcher.completed and watcher.statuses.get(j) == "completed"]
     cb = f"p50 {percentile(to_listener, 50):.0f} ms, p95 {percentile(to_listener, 95):.0f} ms" \
         if to_listener else "n/a (callbacks off)"
-    print(f"  callback → completed seen by a listener: {cb} over {len(to_listener)} jobs")
+    print(f"  callback → completed seen by a listener: {cb} over {len(to_listener)} jobs "
+          f"(the short jobs' callbacks come in one burst: a backlog on {args.slots} slots)")
+    if long_id in callbacks and long_id in watcher.completed:
+        alone = (watcher.completed[long_id] - callbacks[long_id]) * 1000
+        print(f"  callback → completed for the {args.long_seconds:g} s task, alone on the "
+              f"stack by then: {alone:.0f} ms")
     p50 = f"{percentile(to_listener, 50):.0f}" if to_listener else "n/a"
     print(f"waits: worker-seconds per {args.long_seconds / 60:g}-min task "
           f"{long_total - long_transfer:.1f} (was {was:.0f}); {args.jobs} x "
