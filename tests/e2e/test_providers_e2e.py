@@ -3,6 +3,9 @@
 This module runs its own stack: the worker function (a separate process) is configured
 with ``KILN_MODEL_PROVIDER=meshy`` and ``KILN_IMAGE_PROVIDER=gemini``, and the provider
 server is the stack's companion, so every byte goes provider → worker → Storage emulator.
+Meshy posts its webhooks to the ingress (``/v1/providers/meshy/events?token=``) and a
+waiting job's first scheduled check is a minute away, so a model job that completes in
+seconds was woken by its callbacks (the polling path runs in ``test_reliability``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ from support import STACK_ENV, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
+MESHY_TOKEN = "meshy-e2e-webhook-token"  # the local stand-in's only
+FIRST_CHECK = 60.0  # seconds: no scheduled check comes within any wait below
+
 
 @pytest.fixture(scope="module")
 def provider_stack() -> Iterator[tuple[LocalStack, ProviderServer]]:
-    server = ProviderServer(task_seconds=0.8, gemini_seconds=0.2, hang_seconds=20)
-    env = {**STACK_ENV, "KILN_MODEL_PROVIDER": "meshy", "KILN_IMAGE_PROVIDER": "gemini"}
-    with LocalStack(StackConfig(env=env, companions=[server], sweep_interval=1.0)) as stack:
+    server = ProviderServer(task_seconds=0.8, gemini_seconds=0.2, hang_seconds=20,
+                            meshy_webhook_secret=MESHY_TOKEN)
+    env = {**STACK_ENV, "KILN_MODEL_PROVIDER": "meshy", "KILN_IMAGE_PROVIDER": "gemini",
+           "KILN_MESHY_WEBHOOK_SECRET": MESHY_TOKEN,
+           "KILN_POLL_FIRST_SECONDS": str(FIRST_CHECK), "KILN_POLL_MAX_SECONDS": str(FIRST_CHECK)}
+    stack = LocalStack(StackConfig(env=env, companions=[server], sweep_interval=1.0))
+    # As an operator sets it in Meshy's dashboard (the ingress's port is chosen by now).
+    server.meshy_webhook_url = f"{stack.ingress_url}/v1/providers/meshy/events"
+    with stack:
         yield stack, server
 
 
@@ -43,9 +55,11 @@ def test_a_meshy_model_job_completes_with_its_result_in_storage(
     services: Any = stack.services()
     # when the app asks for a model
     job_id = submit(stack, "user-e2e-meshy", "model", "a purple torus [size:2m]")
-    job = wait_terminal(services, job_id, timeout=60)
-    # then the worker ran preview and refine on the provider and stored the GLB
+    job = wait_terminal(services, job_id, timeout=FIRST_CHECK / 3)
+    # then Meshy's webhooks woke it after preview and after refine (no scheduled check
+    # came), the worker ran both stages on the provider and stored the GLB
     assert job.status == "completed", job.error
+    assert job.server.checks == 2  # one woken check per stage
     assert job.progress == 100 and job.provenance["provider"] == "meshy"
     data = services.blobs.read(job.result["path"])
     assert data[:4] == b"glTF" and len(data) == job.result["bytes"]
@@ -71,6 +85,6 @@ def test_an_invalid_glb_fails_the_job_and_leaves_no_object(
     services: Any = stack.services()
     uid = "user-e2e-invalid"
     job_id = submit(stack, uid, "model", "a broken cube [invalid] [size:9m]")
-    job = wait_terminal(services, job_id, timeout=60)
+    job = wait_terminal(services, job_id, timeout=FIRST_CHECK / 3)
     assert (job.status, job.error["code"]) == ("failed", "invalid_artifact")
     assert services.blobs.list(f"generations/{uid}/{job_id}/") == []
