@@ -163,7 +163,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request (the message names the field).", 401: "Missing or invalid ID token.",
             404: "No such job, or not the caller's (the same answer for both).",
             405: "Wrong method.", 409: "The job's status does not allow this.",
-            413: "Body too large.", 422: "Idempotency-Key reused for a different request.",
+            413: "Body too large.", 415: "The body is not declared application/json (UTF-8).",
+            422: "Idempotency-Key reused for a different request.",
             503: "A dependency is busy; retry with backoff."}
     return {str(c): _json_body("ApiError", text[c]) for c in codes}
 
@@ -198,7 +199,7 @@ def openapi() -> dict[str, Any]:
                         "example": {"kind": "image", "prompt": "a ceramic fox",
                                     "options": {"aspectRatio": "1:1"}}}}},
                     "responses": {"202": _json_body("CreateJobResponse", "Accepted: watch jobs/{jobId}."),
-                                  **_errors(400, 401, 413, 422, 503)},
+                                  **_errors(400, 401, 413, 415, 422, 503)},
                 },
                 "get": {
                     "operationId": "listJobs", "summary": "The caller's recent jobs, newest first",
@@ -267,7 +268,7 @@ def openapi() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"type": "object", "description": "A Telegram Update."}}}},
                 "responses": {"200": {"description": "Handled (the body may carry one Bot API "
-                                      "method call)."}, **_errors(401, 413)},
+                                      "method call)."}, **_errors(401, 413, 415)},
             }},
         },
         "components": {

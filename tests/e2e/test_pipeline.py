@@ -206,6 +206,7 @@ def test_cancel_and_retry_through_the_api(api: httpx.Client, services: Any) -> N
 
 BAD_BODIES = [
     (b"{not json", 400, "invalid_json"),
+    (b'{"kind": "image", "prompt": "a cube", "prompt": "a sphere"}', 400, "duplicate_key"),
     (b'{"kind": "image", "prompt": 5}', 400, "invalid_prompt"),
     (b'{"kind": "image", "prompt": ""}', 400, "invalid_prompt"),
     (b'{"kind": "image", "prompt": "' + b"x" * 1001 + b'"}', 400, "invalid_prompt"),

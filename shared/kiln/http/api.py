@@ -96,10 +96,10 @@ def get_job(request: flask.Request, services: Services, job_id: str) -> flask.Re
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     """The caller's most recent jobs (newest first), for callers that cannot listen."""
     uid = services.auth.verify(request.headers.get("Authorization"))
-    try:
-        limit = max(1, min(100, int(request.args.get("limit", "20"))))
-    except ValueError as exc:
-        raise RequestError(400, "invalid_limit", "'limit' must be a number.") from exc
+    raw_limit = request.args.get("limit", "20")
+    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
+        raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
+    limit = int(raw_limit)
     jobs = [job.public_view() for job in services.store.find(uid=uid, limit=500)]
     jobs.sort(key=lambda j: j["createdAt"] or "", reverse=True)
     return json_response(200, {"jobs": jobs[:limit]})

@@ -12,17 +12,54 @@ from kiln.core.errors import RequestError
 
 
 def read_json(request: flask.Request, max_bytes: int) -> Any:
-    """The JSON body, refusing oversized or malformed ones before they cost anything."""
+    """The JSON body, refusing what is not strictly one JSON document before it costs
+    anything: a media type other than ``application/json`` (415; a ``charset`` other than
+    UTF-8 too), an oversized body (413), a body shorter than its ``Content-Length``, bytes
+    that are not UTF-8, duplicate keys in an object, or malformed JSON (400)."""
+    media, _, params = (request.headers.get("Content-Type") or "").partition(";")
+    charset = next((v.strip().strip('"').lower() for k, _, v in
+                    (p.strip().partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), "utf-8")
+    if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise RequestError(415, "unsupported_media_type",
+                           "Send the body as JSON, with Content-Type: application/json "
+                           "(UTF-8).")
     length = request.content_length
     if length is not None and length > max_bytes:
         raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
     raw = request.stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    if length is not None and len(raw) < length:
+        raise RequestError(400, "incomplete_body",
+                           f"The body ended after {len(raw)} of its {length} bytes.")
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise RequestError(400, "duplicate_key",
+                           f"The key {_shown(exc.key)} appears twice in one object.") from exc
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(400, "invalid_json", "The body is not valid JSON.") from exc
+        raise RequestError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from exc
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _shown(key: str, limit: int = 40) -> str:
+    text = json.dumps(key)
+    return text if len(text) <= limit else text[:limit] + "…\""
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> flask.Response:

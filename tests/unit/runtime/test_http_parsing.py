@@ -1,0 +1,72 @@
+"""The HTTP edge reads exactly one strict JSON document: the media type, the charset,
+the length, the bytes and the keys are checked before a request costs anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+import pytest
+from rig import build_rig
+
+from kiln.http.api import handle
+
+GOOD = b'{"kind": "image", "prompt": "a red cube"}'
+
+
+def call(method: str, path: str, body: bytes = b"", environ: dict[str, str] | None = None,
+         **headers: str) -> tuple[int, dict[str, Any]]:
+    rig = build_rig()
+    headers = {"Authorization": "Bearer uid:alice", **headers}
+    with flask.Flask(__name__).test_request_context(path, method=method, data=body,
+                                                    headers=headers,
+                                                    environ_overrides=environ or {}):
+        response = handle(flask.request, rig.services)
+    assert rig.store.find(uid="alice") == [] or response.status_code < 300
+    return response.status_code, response.get_json()
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx",
+    "application/json; charset=latin-1", "application/json; charset=utf-16",
+])
+def test_a_body_that_is_not_declared_utf8_json_is_415(content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    status, body = call("POST", "/v1/jobs", GOOD, **headers)
+    assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=UTF-8",
+                                          "Application/JSON;charset=\"utf-8\""])
+def test_utf8_json_in_any_spelling_is_taken(content_type: str) -> None:
+    assert call("POST", "/v1/jobs", GOOD, **{"Content-Type": content_type})[0] == 202
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b'{"kind": "image", "prompt": "a", "prompt": "b"}', "duplicate_key"),
+    (b'{"kind": "image", "prompt": "a", "options": {"style": "x", "style": "y"}}', "duplicate_key"),
+    ('{"kind": "image", "prompt": "café"}'.encode("latin-1"), "invalid_json"),
+    ('{"kind": "image", "prompt": "cube"}'.encode("utf-16"), "invalid_json"),
+])
+def test_duplicate_keys_and_bytes_that_are_not_utf8_are_400(raw: bytes, code: str) -> None:
+    status, body = call("POST", "/v1/jobs", raw, **{"Content-Type": "application/json"})
+    assert (status, body["error"]["code"]) == (400, code)
+    assert body["error"]["message"]
+
+
+def test_a_body_shorter_than_its_content_length_creates_nothing() -> None:
+    # As a client that stopped sending (or a proxy that cut it) leaves it to the server.
+    status, body = call("POST", "/v1/jobs", GOOD, {"CONTENT_LENGTH": str(len(GOOD) + 10)},
+                        **{"Content-Type": "application/json"})
+    assert (status, body["error"]["code"]) == (400, "incomplete_body")
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "101", "1e30", "2.5", "", "٣"])
+def test_an_out_of_range_limit_is_400_not_clamped(limit: str) -> None:
+    status, body = call("GET", f"/v1/jobs?limit={limit}")
+    assert (status, body["error"]["code"]) == (400, "invalid_limit")
+
+
+@pytest.mark.parametrize("limit", ["1", "100"])
+def test_a_limit_in_range_lists(limit: str) -> None:
+    assert call("GET", f"/v1/jobs?limit={limit}") == (200, {"jobs": []})
