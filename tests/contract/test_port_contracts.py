@@ -106,7 +106,10 @@ def test_apply_and_find(store: Any) -> None:
         job = type(job)(job.id, {**job.doc, "uid": uid}, job.server)
         store.create(job)
         ids.append(job.id)
-    store.apply(ids[0], Change({"status": "processing"}, {"leaseOwner": "w"}))
+    # A live lease: the session stack's sweeper shares this emulator and would hand a
+    # processing job without one to its worker (seen under load: the lease taken over).
+    store.apply(ids[0], Change({"status": "processing"}, {
+        "leaseOwner": "w", "leaseExpiresAt": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)}))
     found = store.find(uid=uid)
     assert sorted(j.id for j in found) == sorted(ids)
     running = store.find(uid=uid, status="processing")
