@@ -46,7 +46,7 @@ test: setup lint tfcheck $(TEST_DEPS) ## lint, type-check, tfcheck, then every t
 	$(PY) -m pytest
 
 # Branch coverage of the runtime from the unit tests alone (fakes, fake clock).
-COVERED := shared/kiln/runtime/worker.py,shared/kiln/runtime/checks.py,shared/kiln/core/lifecycle.py,shared/kiln/runtime/sweeper.py,shared/kiln/runtime/progress.py,shared/kiln/runtime/actions.py,shared/kiln/runtime/notify.py,shared/kiln/runtime/accept.py,shared/kiln/core/policy.py
+COVERED := shared/kiln/runtime/worker.py,shared/kiln/runtime/checks.py,shared/kiln/runtime/callbacks.py,shared/kiln/core/lifecycle.py,shared/kiln/runtime/sweeper.py,shared/kiln/runtime/progress.py,shared/kiln/runtime/actions.py,shared/kiln/runtime/notify.py,shared/kiln/runtime/accept.py,shared/kiln/core/policy.py
 coverage: setup ## branch coverage of worker, lifecycle, sweeper, progress (unit tests only)
 	$(PY) -m coverage run --branch --include='$(COVERED)' -m pytest -q tests/unit
 	$(PY) -m coverage report -m
