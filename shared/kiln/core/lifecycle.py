@@ -165,7 +165,10 @@ def report_progress(job: Job | None, *, worker_id: str, now: dt.datetime, policy
 
 def checkpoint(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
                provider: str, task_id: str) -> Change:
-    """Record the provider's task id so no later run pays for a second task."""
+    """Record the provider's task id so no later run pays for a second task. A job canceled
+    while the task was being submitted records it too, so the cancel can reach the task."""
+    if job is not None and job.status is JobStatus.CANCELED:
+        return Change({}, {"providerTaskId": task_id, "provider": provider})
     check_owner(job, worker_id)
     return Change({}, {"leaseExpiresAt": policy.lease_until(now), "providerTaskId": task_id,
                        "provider": provider})

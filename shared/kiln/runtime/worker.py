@@ -282,7 +282,12 @@ def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
 
     try:
         check = services.store.transact(job_id, decide)
-    except (CanceledError, LeaseLostError):
+    except CanceledError:
+        # Canceled while we held it (its cancel woke nobody): the paid task is ours to stop.
+        _cancel_remote(provider, job_id, services)
+        log.event(logger, "job canceled while checking; stopped")
+        return RunOutcome.CANCELED
+    except LeaseLostError:
         return RunOutcome.LEASE_LOST
     if wait.progress > job.progress or wait.stage != job.stage:
         notify.on_progress(services, job, max(wait.progress, job.progress), wait.stage)

@@ -81,14 +81,20 @@ class TaskFake:
     polled: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
     cancel_error: Exception | None = None
+    #: called inside every submit and poll: what happens while the provider answers
+    during_call: Callable[[], None] | None = None
 
     def submit(self, request: GenerationRequest) -> str:
         task_id = f"task-{len(self.submitted) + 1}"
         self.submitted.append(task_id)
+        if self.during_call is not None:
+            self.during_call()
         return task_id
 
     def poll(self, task_id: str) -> TaskStatus:
         self.polled.append(task_id)
+        if self.during_call is not None:
+            self.during_call()
         index = min(len(self.polled) - 1, len(self.statuses) - 1)
         return self.statuses[index]
 

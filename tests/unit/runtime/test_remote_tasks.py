@@ -203,6 +203,36 @@ def test_cancel_reaches_a_waiting_job_at_once_and_cancels_its_task_once() -> Non
     assert provider.canceled == ["task-1"] and provider.polled == []
 
 
+def test_a_cancel_during_a_check_cancels_the_remote_task() -> None:
+    """Given a job whose check is polling (the lease is live, so the cancel publishes no
+    wake-up), when the user cancels meanwhile, then the check itself cancels the task."""
+    rig, provider = task_rig(RUNNING)
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    provider.during_call = lambda: actions.cancel(rig.services, job_id, by="test")
+    rig.cursor = len(rig.queue.deliveries)
+    assert rig.deliver_next() is RunOutcome.CANCELED
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+    assert rig.job(job_id).status is JobStatus.CANCELED
+
+
+def test_a_cancel_during_the_submit_cancels_the_task_it_created() -> None:
+    """Given a first delivery that is submitting the task, when the user cancels before the
+    task id is checkpointed, then the task id is still recorded and the task canceled."""
+    rig, provider = task_rig(RUNNING)
+    job_id = rig.submit(kind="model")
+    provider.during_call = lambda: actions.cancel(rig.services, job_id, by="test")
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    job = rig.job(job_id)
+    assert provider.canceled == ["task-1"] and job.server.provider_task_id == "task-1"
+    assert job.server.remote_canceled and job.status is JobStatus.CANCELED
+    provider.during_call = None
+    for _ in range(3):  # whatever wake-ups are left find nothing to do
+        if rig.deliver_next() is None:
+            break
+    assert provider.canceled == ["task-1"] and provider.polled == []
+
+
 def test_a_provider_that_cannot_cancel_or_is_gone_is_only_logged() -> None:
     rig, _provider = task_rig(RUNNING)
     rig.providers["model"].cancel_error = KilnError("no cancel", code="unsupported")
