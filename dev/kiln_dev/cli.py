@@ -87,6 +87,9 @@ def run_dev(args: argparse.Namespace) -> int:
     from kiln.adapters.firebase_auth import emulator_id_token
     from kiln_dev.stack import LocalStack, StackConfig, wait_until_interrupted
 
+    # Ctrl-C must stop the stack even when the shell that started us ignored SIGINT (a
+    # background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = LocalStack(StackConfig(ingress_port=args.port))
     print("starting the local stack…", flush=True)
     with stack:
