@@ -114,7 +114,7 @@ class Chaos:
         self.tasks = SlowTaskServer(
             seconds=2.0, callback_secret=CALLBACK_SECRET if callbacks else "",
             faults=CallbackFaults(drop=0.2, duplicate=0.2, jitter=1.0, forge=0.1, early=0.2,
-                                  progress=1, seed=config.seed))
+                                  progress=1, reorder=0.3, seed=config.seed))
         env = stack_env(config)
         if callbacks:
             env["KILN_TASKSERVER_WEBHOOK_SECRET"] = CALLBACK_SECRET

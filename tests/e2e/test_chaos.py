@@ -43,6 +43,11 @@ def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
         assert faults.get(kind, 0) > 0, f"{kind} never happened: {faults}"
     # Waiting model jobs' checks went through the Cloud Tasks emulator (some lost: chaos).
     assert faults.get("scheduled_checks_dispatched", 0) > 0, faults
+    # The provider's callbacks arrived and misbehaved (which ways, and how often, is drawn
+    # per task: a run of a dozen remote tasks need not see every kind).
+    assert faults.get("callback_end_200", 0) > 0, faults
+    assert sum(faults.get(kind, 0) for kind in ("callback_forged_401", "callback_early_200",
+               "callback_duplicate_200", "callback_reordered_200")) > 0, faults
     assert any(k.startswith("storage_") and k not in ("storage_outage",
                "storage_emulator_restarted") for k in faults), faults
     assert proc.returncode == 0, detail

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,9 +18,10 @@ import pytest
 from kiln.providers.callbacks import CallbackUnauthenticated, verify
 from kiln.settings import Settings
 from kiln_dev.chaos_tasks import API_KEY, SlowTaskServer
-from kiln_dev.standins.callbacks import CallbackFaults
+from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
 from kiln_dev.standins.provider import API_KEY as PROVIDER_KEY
 from kiln_dev.standins.provider import ProviderServer
+from support import wait_for
 
 SECRET = "whsec_" + "c3RhbmRpbnMtdGVzdC1zZWNyZXQtbm90LWEtcmVhbC1vbmU="
 SETTINGS = Settings(project="demo-unit", taskserver_webhook_secret=SECRET,
@@ -113,3 +115,35 @@ def test_the_meshy_stand_in_posts_the_task_object_with_the_token(receiver: Recei
         server.stop()
     [event] = verify("meshy", headers, body, SETTINGS, dt.datetime.now(dt.UTC), query=query)
     assert event.task_id == remote and event.ended and event.kind == "succeeded"
+
+
+def test_the_sender_drops_delays_and_reorders_as_told(receiver: Receiver) -> None:
+    """Given a dropped end, a late end and a reordered progress event, then the first
+    task's receiver gets its progress but no end, the second's end comes after its delay,
+    and the third's last progress event arrives after the end it should have preceded."""
+    def end() -> dict[str, Any]:
+        return {"type": "task.ended", "data": {"status": "succeeded"}}
+
+    def progress(percent: int) -> dict[str, Any]:
+        return {"type": "task.progress", "data": {"progress": percent}}
+
+    dropped = CallbackSender(SECRET, CallbackFaults(drop=1.0, progress=1))
+    late = CallbackSender(SECRET, CallbackFaults(delay=0.4))
+    reordered = CallbackSender(SECRET, CallbackFaults(progress=2, reorder=1.0))
+    try:
+        scheduled = time.time()
+        dropped.schedule("dropped", receiver.url, 0.05, end, progress)
+        late.schedule("late", receiver.url, 0.05, end)
+        reordered.schedule("reordered", receiver.url, 0.05, end, progress)
+        # 1 progress (dropped's end never comes), 1 late end, 2 progress + 1 end (reordered),
+        # each recorded by its sender once the receiver answered
+        wait_for(lambda: (len(dropped.sent), len(late.sent), len(reordered.sent)) == (1, 1, 3),
+                 timeout=10, interval=0.02, what="every sender's deliveries")
+    finally:
+        for sender in (dropped, late, reordered):
+            sender.close()
+    assert [(s.kind, s.status) for s in dropped.sent] == [("progress", 200)]
+    [late_end] = late.sent
+    assert late_end.kind == "end" and late_end.at - scheduled >= 0.45
+    assert [(s.kind, s.status) for s in reordered.sent] == [
+        ("progress", 200), ("end", 200), ("reordered", 200)]

@@ -12,7 +12,9 @@ runs show the callback is only a hint: ``drop`` (the end is never sent), ``dupli
 (sent twice, the same id), ``delay`` + ``jitter`` (late), ``forge`` (a copy signed with
 another secret arrives first), ``early`` (an end is claimed as soon as the task is
 created, before the worker links it and before it ended), ``progress`` (that many
-progress events before the end). Probabilities are drawn from ``seed``.
+progress events before the end), ``reorder`` (the last progress event is held back and
+arrives after the end, as a provider's retried deliveries do). Probabilities are drawn
+from ``seed``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class CallbackFaults:
     forge: float = 0.0
     early: float = 0.0
     progress: int = 0
+    reorder: float = 0.0
     seed: int | None = None
 
 
@@ -53,7 +56,7 @@ class Sent:
     """One delivery attempt: what, when (wall clock), and the receiver's status."""
 
     task_id: str
-    kind: str  # "end" | "progress" | "early" | "forged" | "duplicate"
+    kind: str  # "end" | "progress" | "early" | "forged" | "duplicate" | "reordered"
     at: float
     status: int
 
@@ -120,12 +123,17 @@ class CallbackSender:
         if self._chance(faults.early):
             self.send(task_id, url, end(), kind="early")
         steps = faults.progress if progress is not None else 0
+        held: dict[str, Any] | None = None
         for step in range(1, steps + 1):
             if self._stopping.wait(max(0.0, started + ends_in * step / (steps + 1)
                                        - time.monotonic())):
                 return
             assert progress is not None
-            self.send(task_id, url, progress(100 * step // (steps + 1)), kind="progress")
+            event = progress(100 * step // (steps + 1))
+            if step == steps and self._chance(faults.reorder):
+                held = event  # overtaken by the end: sent after it
+                continue
+            self.send(task_id, url, event, kind="progress")
         with self._lock:
             extra = faults.delay + (self._random.uniform(0, faults.jitter) if faults.jitter else 0)
         if self._stopping.wait(max(0.0, started + ends_in + extra - time.monotonic())):
@@ -139,3 +147,5 @@ class CallbackSender:
         self.send(task_id, url, payload, kind="end", msg_id=msg_id)
         if self._chance(faults.duplicate):
             self.send(task_id, url, payload, kind="duplicate", msg_id=msg_id)
+        if held is not None:
+            self.send(task_id, url, held, kind="reordered")

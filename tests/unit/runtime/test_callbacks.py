@@ -155,3 +155,23 @@ def test_the_route_answers_503_with_retry_after_when_firestore_is_down() -> None
         response = handle(flask.request, rig.services)
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert json.loads(response.get_data())["error"]["code"] == "store_unavailable"
+
+
+def test_a_chat_job_woken_by_callbacks_and_duplicates_replies_once() -> None:
+    """Given a Telegram job waiting on a remote task, when its end arrives twice (two ids),
+    every delivery is redelivered and the scheduled check fires too, then the chat gets one
+    reply and the task was polled only by the live checks."""
+    rig, provider = callback_rig()
+    provider.statuses = [RUNNING, DONE]
+    job_id = rig.submit(kind="model", channel="telegram")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    assert rig.deliver_next() is RunOutcome.WAITING  # check 1: still running
+    assert send(rig, "task-1", msg_id="a") is Received.ACCEPTED
+    assert send(rig, "task-1", msg_id="b") is Received.ACCEPTED
+    outcomes = []
+    while (outcome := rig.deliver_next()) is not None:
+        outcomes.append(outcome)
+        outcomes.append(run_job(job_id, rig.services))  # Pub/Sub's duplicate of each
+    assert outcomes.count(RunOutcome.COMPLETED) == 1
+    assert rig.channel.finished == [job_id]
+    assert rig.job(job_id).status is JobStatus.COMPLETED and provider.polled == ["task-1"] * 2
