@@ -7,8 +7,12 @@ apart by using fresh user ids and job ids rather than wiping shared state.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,3 +61,69 @@ def api(stack: LocalStack, uid: str, token: Callable[[str], str]) -> Iterator[ht
 def fcm(stack: LocalStack) -> Any:
     stack.fcm.forget()
     return stack.fcm
+
+
+# --- long operator commands, run beside the suite ------------------------------------------
+#
+# A test marked ``background(command)`` checks what a long operator command (the chaos run:
+# its own stack, about a minute, mostly waiting on timers) printed. The command starts as
+# soon as the tests are chosen and the test runs last, so the rest of the suite runs
+# meanwhile instead of after it. ``command(workdir)`` returns the argv; the test gets the
+# running :class:`Background` from the ``background`` fixture.
+
+
+class Background:
+    def __init__(self, argv: list[str], workdir: Path) -> None:
+        self.workdir = workdir
+        self.output = workdir / "output.txt"
+        with self.output.open("w") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                         cwd=workdir, stdin=subprocess.DEVNULL)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        """The exit code and the output's tail, once the command has ended."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return code, self.output.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        """SIGTERM (the command stops its own stack), then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+_BACKGROUND = pytest.StashKey[Background]()
+_STARTED: list[Background] = []
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: start only what will run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.collectonly:
+        return
+    early = [item for item in items if item.get_closest_marker("background")]
+    items[:] = [item for item in items if item not in early] + early
+    for item in early:
+        marker = item.get_closest_marker("background")
+        assert marker is not None
+        workdir = Path(tempfile.mkdtemp(prefix="kiln-background-"))
+        started = Background(marker.args[0](workdir), workdir)
+        item.stash[_BACKGROUND] = started
+        _STARTED.append(started)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for started in _STARTED:  # a run stopped early (-x, Ctrl-C) leaves nothing behind
+        started.stop()
+        shutil.rmtree(started.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def background(request: pytest.FixtureRequest) -> Background:
+    return request.node.stash[_BACKGROUND]

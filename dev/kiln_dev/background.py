@@ -28,8 +28,10 @@ class BackgroundServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name=self.thread_name)
+        # A short poll: shutdown() waits for the serving loop to look again (0.5 s by default,
+        # paid by every stop of every stand-in).
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True, name=self.thread_name)
         self._thread.start()
         return self
 

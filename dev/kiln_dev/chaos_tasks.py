@@ -62,7 +62,7 @@ class SlowTaskServer:
         return {"KILN_TASKSERVER_URL": self.url, "KILN_TASKSERVER_API_KEY": API_KEY}
 
     def start(self) -> SlowTaskServer:
-        threading.Thread(target=self._httpd.serve_forever, daemon=True,
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True,
                          name="slowtask-server").start()
         return self
 

@@ -51,7 +51,7 @@ class Receiver:
                     receiver.arrived.notify_all()
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/events"
 
     def wait(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, str], dict[str, str], bytes]]:

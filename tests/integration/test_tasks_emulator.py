@@ -50,7 +50,7 @@ class Target:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/publish"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def named(self, task: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["X-CloudTasks-TaskName"] == task]

@@ -61,7 +61,7 @@ class _Files(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def files() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
