@@ -65,7 +65,7 @@ def fcm(stack: LocalStack) -> Any:
 
 # --- long operator commands, run beside the suite ------------------------------------------
 #
-# A test marked ``background(command)`` checks what a long operator command (the chaos run:
+# A test marked ``background(command=…)`` checks what a long operator command (the chaos run:
 # its own stack, about a minute, mostly waiting on timers) printed. The command starts as
 # soon as the tests are chosen and the test runs last, so the rest of the suite runs
 # meanwhile instead of after it. ``command(workdir)`` returns the argv; the test gets the
@@ -113,7 +113,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("background")
         assert marker is not None
         workdir = Path(tempfile.mkdtemp(prefix="kiln-background-"))
-        started = Background(marker.args[0](workdir), workdir)
+        started = Background(marker.kwargs["command"](workdir), workdir)
         item.stash[_BACKGROUND] = started
         _STARTED.append(started)
 

@@ -23,7 +23,7 @@ def chaos_command(workdir: Path) -> list[str]:
             "--json", str(workdir / "chaos.json")]
 
 
-@pytest.mark.background(chaos_command)
+@pytest.mark.background(command=chaos_command)
 def test_short_chaos_run_keeps_every_promise(background: Any) -> None:
     """Given 36 jobs and all fault kinds, when the run drains, then 0 lost, 0 duplicate
     pushes, 0 duplicate artifacts, every failure has a code, and the exit code is 0.

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_completes_an_image_and_a_glb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``kiln demo`` on its own stack: both jobs complete, files saved, two pushes, exit 0."""
-    assert demo(tmp_path, image_prompt="a yellow star", model_prompt="a red cone") == 0
+    fast = {"KILN_OFFLINE_IMAGE_SECONDS": "1", "KILN_OFFLINE_MODEL_SECONDS": "2"}
+    assert demo(tmp_path, image_prompt="a yellow star", model_prompt="a red cone", env=fast) == 0
     files = sorted(p.name.split("-", 1)[1] for p in tmp_path.iterdir())
     assert files == ["result.glb", "result.png"]
     glb = next(tmp_path.glob("*-result.glb"))
