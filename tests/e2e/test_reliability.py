@@ -2,8 +2,8 @@
 
 One stack of its own for this module (faults would disturb the shared session stack):
 two gunicorn worker processes, fault proxies in front of Storage and Pub/Sub for the
-functions, and a slow remote-task server for 3D models with a 3 s worker budget, so a
-long model job must hand itself on.
+functions, a slow remote-task server for 3D models checked every 1–2 s, and a 2 s worker
+budget for synchronous generators.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ ENV = {
     "KILN_RETRY_BACKOFF_SECONDS": "0.5",
     "KILN_PENDING_REPUBLISH_SECONDS": "3",
     "KILN_MAX_ATTEMPTS": "3",
-    "KILN_WORKER_BUDGET_SECONDS": "3",
+    "KILN_WORKER_BUDGET_SECONDS": "2",
     "KILN_MODEL_PROVIDER": "taskserver",
+    # Checks of waiting jobs at 1, 2.5, 4.5, 6.5 s… (the task server's own cadence is 2 s ×1.5)
+    "KILN_POLL_FIRST_SECONDS": "1",
+    "KILN_POLL_MAX_SECONDS": "2",
     "KILN_LOG_LEVEL": "INFO",
 }
 
@@ -175,7 +178,7 @@ def _ts(line: dict[str, Any]) -> dt.datetime:
 
 def test_hung_provider_is_released_at_the_budget_then_fails(user: User, svc: Any) -> None:
     """Given a generator that never answers, when the job runs, then each attempt is
-    released at the 3 s worker budget (not held until the job's maximum age) and the job
+    released at the 2 s worker budget (not held until the job's maximum age) and the job
     fails with provider_timeout once its attempts are spent."""
     started = time.monotonic()
     job_id = user.submit("a grey sphere [hang]")
@@ -296,7 +299,7 @@ def test_expired_lease_out_of_attempts_or_past_deadline_fails(user: User, svc: A
 
 def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
         user: User, svc: Any, tasks: SlowTaskServer, rstack: LocalStack) -> None:
-    """Given a 9 s provider task, when the job runs, then it completes through several
+    """Given a 5 s provider task, when the job runs, then it completes through several
     scheduled checks (Cloud Tasks emulator → Pub/Sub), in one attempt, with one provider
     task, and the progress a listener sees never goes backwards."""
     seen: list[int] = []
@@ -315,7 +318,7 @@ def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
     watch = svc.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
     try:
         response = user.http.post("/v1/jobs", headers={"Idempotency-Key": key},
-                                  json={"kind": "model", "prompt": "a teal torus [task:9]"})
+                                  json={"kind": "model", "prompt": "a teal torus [task:5]"})
         assert response.json()["jobId"] == job_id
         assert done.wait(60), "the long job did not end"
     finally:
