@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
 from kiln import log
@@ -31,6 +31,7 @@ from kiln.core.errors import (
 )
 from kiln.core.job import Job, is_valid_job_id
 from kiln.core.requests import parse_job_request
+from kiln.http import framework
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
@@ -144,7 +145,7 @@ ROUTES = Map([
     Rule("/v1/jobs/<job:job_id>:cancel", methods=["POST"], endpoint=cancel_job),
     Rule("/v1/jobs/<job:job_id>:retry", methods=["POST"], endpoint=retry_job),
     Rule("/v1/providers/<provider:provider>/events", methods=["POST"], endpoint=provider_event),
-], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False)
+], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False, merge_slashes=False)
 
 
 def handle(request: flask.Request, services: Services) -> flask.Response:
@@ -178,6 +179,8 @@ def _dispatch(request: flask.Request, services: Services) -> flask.Response:
         return error_response(405, "method_not_allowed",
                               f"Use {' or '.join(allowed)} for this endpoint.",
                               {"Allow": ", ".join(allowed)})
+    except HTTPException as exc:  # anything else werkzeug refuses (its router included)
+        return framework.http_exception(exc)
     except RequestError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except RetryableError as exc:
