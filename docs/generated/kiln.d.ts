@@ -62,7 +62,7 @@ export interface ImageOptions {
 
 /** Options when kind is `model`; all optional. */
 export interface ModelOptions {
-  /** Image-to-3D: a public URL of the source image. */
+  /** Image-to-3D: a public https URL of the source image: no user name or password, not a loopback, link-local, private or metadata address (else 400 invalid_image_url); a host that does not exist fails the job. */
   imageUrl?: string;
   /** Same prompt + seed gives the same result (where the provider can). */
   seed?: number;

@@ -84,7 +84,8 @@ def _visible(value: str) -> str:
 
 
 def _http_url(value: str) -> str:
-    # The full check (public address, redirects, size) runs before a provider sees it.
+    # The form only: the rules (https, no credentials, public literal) apply at submit
+    # (kiln.runtime.accept, kiln.core.urls), the lookup before a provider sees it.
     try:
         url = urllib.parse.urlsplit(value.strip())
         ok = url.scheme in ("https", "http") and bool(url.hostname)
@@ -116,7 +117,9 @@ Style: TypeAlias = Annotated[str, Strict(), Field(
     AfterValidator(_visible)]
 
 ImageUrl: TypeAlias = Annotated[str, Strict(), Field(
-    min_length=1, max_length=2048, description="Image-to-3D: a public URL of the source image."),
+    min_length=1, max_length=2048, description="Image-to-3D: a public https URL of the source "
+    "image: no user name or password, not a loopback, link-local, private or metadata address "
+    "(else 400 invalid_image_url); a host that does not exist fails the job."),
     AfterValidator(_visible), AfterValidator(_http_url)]
 
 
