@@ -162,7 +162,8 @@ def _json_body(ref: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request (the message names the field).", 401: "Missing or invalid ID token.",
             404: "No such job, or not the caller's (the same answer for both).",
-            405: "Wrong method.", 409: "The job's status does not allow this.",
+            405: "Wrong method.",
+            409: "invalid_transition: the job's status does not allow this.",
             413: "Body too large.", 415: "The body is not declared application/json (UTF-8).",
             422: "Idempotency-Key reused for a different request.",
             431: "A header over 8190 bytes, or more than 100 headers (refused by the server).",
@@ -227,8 +228,12 @@ def openapi() -> dict[str, Any]:
             }},
             "/v1/jobs/{jobId}:retry": {"post": {
                 "operationId": "retryJob", "summary": "Run a failed job again (idempotent)",
+                "description": "A failed job becomes pending and runs again. A job already "
+                "pending or processing (a repeated retry) is left as it is and answered 202 "
+                "with its status; a completed or canceled job is 409 invalid_transition.",
                 "parameters": [job_id],
-                "responses": {"202": _json_body("JobActionResponse", "Pending again."),
+                "responses": {"202": _json_body("JobActionResponse", "Pending again (or "
+                                                "already pending or processing)."),
                               **_errors(401, 404, 409, 503)},
             }},
             "/healthz": {"get": {

@@ -101,9 +101,8 @@ def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
         raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
     limit = int(raw_limit)
-    jobs = [job.public_view() for job in services.store.find(uid=uid, limit=500)]
-    jobs.sort(key=lambda j: j["createdAt"] or "", reverse=True)
-    return json_response(200, {"jobs": jobs[:limit]})
+    return json_response(200, {"jobs": [job.public_view()
+                                         for job in services.store.recent(uid, limit)]})
 
 
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:

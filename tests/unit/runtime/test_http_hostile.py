@@ -120,7 +120,7 @@ def test_an_exception_escaping_the_function_is_a_json_500(client: Any) -> None:
     store = rig.services.store
 
     class Broken:
-        def find(self, **_kw: Any) -> Any:
+        def recent(self, *_a: Any) -> Any:
             raise RuntimeError("bug")
 
     rig.services.store = Broken()
@@ -146,3 +146,11 @@ def test_gunicorns_error_page_is_json(status: int, expected: tuple[int, str]) ->
     assert "Content-Type: application/json" in head
     assert f"Content-Length: {len(body)}" in head
     assert json.loads(body)["error"]["code"] == expected[1]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "TRACE"])
+def test_healthz_answers_only_get_and_head(client: Any, method: str) -> None:
+    assert client.get("/healthz").status_code == client.head("/healthz").status_code == 200
+    response = client.open("/healthz", method=method)
+    assert (response.status_code, error_of(response)["code"]) == (405, "method_not_allowed")
+    assert response.headers["Allow"] == "GET, HEAD"
