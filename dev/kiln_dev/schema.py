@@ -160,7 +160,11 @@ def _json_body(ref: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid request (the message names the field).", 401: "Missing or invalid ID token.",
+    text = {400: "Invalid request (the message names the field).",
+            401: "unauthenticated: missing, invalid or expired ID token; token_revoked: the "
+                 "user's sessions were revoked (sign in again).",
+            403: "user_disabled; unsupported_uid (a uid with '/', '..' or a control "
+                 "character); reserved_uid (a uid starting 'telegram:' or 'api:').",
             404: "No such job, or not the caller's (the same answer for both).",
             405: "Wrong method.",
             409: "invalid_transition: the job's status does not allow this.",
@@ -205,7 +209,7 @@ def openapi() -> dict[str, Any]:
                         "example": {"kind": "image", "prompt": "a ceramic fox",
                                     "options": {"aspectRatio": "1:1"}}}}},
                     "responses": {"202": _json_body("CreateJobResponse", "Accepted: watch jobs/{jobId}."),
-                                  **_errors(400, 401, 413, 415, 422, 431, 503)},
+                                  **_errors(400, 401, 403, 413, 415, 422, 431, 503)},
                 },
                 "get": {
                     "operationId": "listJobs", "summary": "The caller's recent jobs, newest first",
@@ -213,18 +217,19 @@ def openapi() -> dict[str, Any]:
                                     "schema": {"type": "integer", "minimum": 1, "maximum": 100,
                                                "default": 20}}],
                     "responses": {"200": _json_body("JobList", "Up to `limit` jobs."),
-                                  **_errors(400, 401, 503)},
+                                  **_errors(400, 401, 403, 503)},
                 },
             },
             "/v1/jobs/{jobId}": {"get": {
                 "operationId": "getJob", "summary": "One job (owner only)", "parameters": [job_id],
-                "responses": {"200": _json_body("JobView", "The job."), **_errors(401, 404, 503)},
+                "responses": {"200": _json_body("JobView", "The job."),
+                              **_errors(401, 403, 404, 503)},
             }},
             "/v1/jobs/{jobId}:cancel": {"post": {
                 "operationId": "cancelJob", "summary": "Cancel a pending or processing job (idempotent)",
                 "parameters": [job_id],
                 "responses": {"200": _json_body("JobActionResponse", "Canceled (or already was)."),
-                              **_errors(401, 404, 409, 503)},
+                              **_errors(401, 403, 404, 409, 503)},
             }},
             "/v1/jobs/{jobId}:retry": {"post": {
                 "operationId": "retryJob", "summary": "Run a failed job again (idempotent)",
@@ -234,7 +239,7 @@ def openapi() -> dict[str, Any]:
                 "parameters": [job_id],
                 "responses": {"202": _json_body("JobActionResponse", "Pending again (or "
                                                 "already pending or processing)."),
-                              **_errors(401, 404, 409, 503)},
+                              **_errors(401, 403, 404, 409, 503)},
             }},
             "/healthz": {"get": {
                 "operationId": "health", "summary": "Liveness", "security": [],

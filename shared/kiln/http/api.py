@@ -29,6 +29,7 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
+from kiln.core.identity import check_app_uid
 from kiln.core.job import Job, is_valid_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import framework
@@ -61,6 +62,12 @@ class _Provider(BaseConverter):
 # --- handlers ---------------------------------------------------------------------------
 
 
+def caller(request: flask.Request, services: Services) -> str:
+    """The signed-in app user: a verified token whose uid may act here
+    (``kiln.core.identity``)."""
+    return check_app_uid(services.auth.verify(request.headers.get("Authorization")))
+
+
 def healthz(request: flask.Request, services: Services) -> flask.Response:
     return json_response(200, {"status": "ok"})
 
@@ -70,7 +77,7 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise RequestError(400, "invalid_idempotency_key",
@@ -83,7 +90,7 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
 
 
 def _owned_job(request: flask.Request, services: Services, job_id: str) -> Job:
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     job = services.store.get(job_id) if is_valid_job_id(job_id) else None
     if job is None or job.uid != uid:
         raise NotFoundError("No such job.")
@@ -96,7 +103,7 @@ def get_job(request: flask.Request, services: Services, job_id: str) -> flask.Re
 
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     """The caller's most recent jobs (newest first), for callers that cannot listen."""
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     raw_limit = request.args.get("limit", "20")
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
         raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
