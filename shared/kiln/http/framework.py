@@ -5,8 +5,9 @@ documented status and ``{error: {code, message}}``. Two layers answer before it,
 their own HTML pages:
 
 - Flask (inside functions-framework) for what never reaches the function: the
-  framework's own routes (``/robots.txt``, ``/favicon.ico``), a request Flask or werkzeug
-  refuses, and — were there ever one — an exception escaping the function (500).
+  framework's own routes (``/robots.txt``, ``/favicon.ico``), a path starting ``//``, a
+  request Flask or werkzeug refuses, and — were there ever one — an exception escaping
+  the function (500).
   :func:`install` registers error handlers through ``functions_framework.errorhandler``.
 - gunicorn (the HTTP server functions-framework runs) for requests it cannot parse:
   oversized or malformed header lines, more than 100 headers, a header field over
@@ -94,6 +95,11 @@ def install(errorhandler: Callable[[Any], Callable[[Any], Any]]) -> None:
     """
     errorhandler(HTTPException)(http_exception)
     errorhandler(500)(internal_error)
+    if flask.has_app_context():
+        # functions-framework adds its catch-all routes after loading the module; without
+        # this, "//x" would be a 308 redirect to "/x" (Flask's HTML page, no handler sees
+        # it) instead of a 404 in the contract's shape.
+        flask.current_app.url_map.merge_slashes = False
     try:
         import gunicorn.util
     except ImportError:  # pragma: no cover - functions-framework on Windows runs waitress
