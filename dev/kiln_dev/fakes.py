@@ -138,6 +138,14 @@ class InMemoryJobStore:
                    and (uid is None or doc.get("uid") == uid)]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
+    def recent(self, uid: str, limit: int) -> list[Job]:
+        with self._lock:
+            self._check()
+            ids = sorted((doc["createdAt"], job_id) for job_id, doc in self.docs.items()
+                         if doc.get("uid") == uid)
+            return [Job.from_docs(job_id, copy.deepcopy(self.docs[job_id]), None)
+                    for _, job_id in reversed(ids[-limit:])]
+
 
 class InMemoryDevices:
     """``kiln.ports.DeviceStore``."""

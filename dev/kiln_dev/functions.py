@@ -17,6 +17,7 @@ from cloudevents.http import CloudEvent
 
 from kiln import log
 from kiln.compose import Services
+from kiln.http import framework
 from kiln.http.api import handle
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import handle_message
@@ -24,6 +25,7 @@ from kiln.settings import Settings
 from kiln_dev.providers import DEV_PROVIDERS
 
 _lock = threading.Lock()
+framework.install(functions_framework.errorhandler)
 
 
 @functools.cache

@@ -56,17 +56,17 @@ export interface ImageOptions {
   aspectRatio?: "1:1" | "4:3" | "3:4" | "16:9" | "9:16";
   /** Same prompt + seed gives the same result (where the provider can). */
   seed?: number;
-  /** A style hint passed to the provider. */
+  /** A style hint passed to the provider; length in Unicode code points. */
   style?: string;
 }
 
 /** Options when kind is `model`; all optional. */
 export interface ModelOptions {
-  /** Image-to-3D: a public URL of the source image. */
+  /** Image-to-3D: a public https URL of the source image: no user name or password, not a loopback, link-local, private or metadata address (else 400 invalid_image_url); a host that does not exist fails the job. */
   imageUrl?: string;
   /** Same prompt + seed gives the same result (where the provider can). */
   seed?: number;
-  /** A style hint passed to the provider. */
+  /** A style hint passed to the provider; length in Unicode code points. */
   style?: string;
   /** Generate textures (slower). */
   texture?: boolean;
@@ -188,7 +188,7 @@ export interface ApiErrorBody {
 /** Body of POST /v1/jobs for an image (a PNG). */
 export interface ImageJobRequest {
   kind: "image";
-  /** What to generate; whitespace collapsed. */
+  /** What to generate; whitespace collapsed; length in Unicode code points. */
   prompt: string;
   options?: ImageOptions;
 }
@@ -196,7 +196,7 @@ export interface ImageJobRequest {
 /** Body of POST /v1/jobs for a 3D model (a GLB). */
 export interface ModelJobRequest {
   kind: "model";
-  /** What to generate; whitespace collapsed. */
+  /** What to generate; whitespace collapsed; length in Unicode code points. */
   prompt: string;
   options?: ModelOptions;
 }

@@ -4,7 +4,10 @@ import flask
 import functions_framework
 
 from kiln.compose import get_services
+from kiln.http import framework
 from kiln.http.api import handle
+
+framework.install(functions_framework.errorhandler)
 
 
 @functions_framework.http

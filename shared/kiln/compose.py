@@ -127,7 +127,8 @@ class Services:
     def auth(self) -> Verifier:
         from kiln.adapters.firebase_auth import FirebaseAuth
 
-        return FirebaseAuth(self.firebase_app)
+        # The local stack's unsigned tokens have no Auth server to ask about revocation.
+        return FirebaseAuth(self.firebase_app, check_revoked=not self.settings.auth_emulator_host)
 
     @functools.cached_property
     def push(self) -> Push:

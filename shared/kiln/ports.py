@@ -42,6 +42,12 @@ class JobStore(Protocol):
     def find(self, *, status: str | None = None, uid: str | None = None,
              limit: int = 100) -> list[Job]: ...
 
+    def recent(self, uid: str, limit: int) -> list[Job]:
+        """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
+        indexed query however many jobs the owner has). Public documents only: each
+        job's ``server`` state is empty."""
+        ...
+
 
 class DeviceStore(Protocol):
     """Where a user's app instances receive pushes (``users/{uid}/devices/*``)."""

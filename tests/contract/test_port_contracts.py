@@ -118,6 +118,22 @@ def test_apply_and_find(store: Any) -> None:
     assert store.find(uid=f"nobody-{uuid.uuid4().hex}") == []
 
 
+def test_recent_is_the_owners_newest_first_and_limited(store: Any) -> None:
+    uid = f"recent-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for _ in range(4):
+        job = new()
+        store.create(type(job)(job.id, {**job.doc, "uid": uid}, job.server))
+        ids.append(job.id)
+        if isinstance(store, InMemoryJobStore):  # the emulator's clock moves by itself
+            store.clock.advance(1.0)
+    store.create(new())  # another owner's job is never listed
+    assert [j.id for j in store.recent(uid, 10)] == ids[::-1]
+    assert [j.id for j in store.recent(uid, 2)] == ids[:1:-1]
+    assert all(j.uid == uid and j.created_at for j in store.recent(uid, 10))
+    assert store.recent(f"nobody-{uuid.uuid4().hex}", 5) == []
+
+
 def test_concurrent_claims_give_exactly_one_lease(store: Any) -> None:
     """Eight workers race for one job: one claims it, the rest see it busy."""
     job = new()

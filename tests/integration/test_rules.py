@@ -170,6 +170,20 @@ def test_job_list_filtered_by_owner(world: World, actor: str) -> None:
         assert [n.rsplit("/", 1)[1] for n in names] == [world.job_id]
 
 
+@pytest.mark.parametrize("prefix", ["telegram:", "api:"])
+def test_an_app_user_named_like_another_channels_owner_reads_nothing(world: World,
+                                                                     prefix: str) -> None:
+    """Given a chat's job (uid telegram:<chatId>), when a Firebase user whose uid is that
+    same string reads or lists it, then it is denied (issue 15, item 12)."""
+    owner = f"{prefix}{uuid.uuid4().int % 10**9}"
+    job_id = f"chat-{uuid.uuid4().hex[:10]}"
+    world.set("admin", f"jobs/{job_id}", job_fields(owner, channel="telegram")).raise_for_status()
+    token = {"Authorization": f"Bearer {emulator_id_token(owner, world.project)}"}
+    read = world.client.get(f"/v1/{world.docs}/jobs/{job_id}", headers=token)
+    assert not allowed(read)
+    assert allowed(world.get("admin", f"jobs/{job_id}"))
+
+
 @pytest.mark.parametrize("actor", ACTORS)
 def test_job_list_without_owner_filter_is_denied(world: World, actor: str) -> None:
     """Given a query over all jobs (no uid filter), then it is denied to every client: the

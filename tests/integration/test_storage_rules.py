@@ -23,7 +23,7 @@ OPS = {"read": ("get", "list"), "write": ("create", "update", "delete")}
 ALL_OPS = ("get", "list", "create", "update", "delete")
 #: The only condition grammar these rules may use (anything else must be reviewed by hand).
 CONDITION = re.compile(r"^(?:false|true|request\.auth\s*!=\s*null|request\.auth\.uid\s*==\s*\w+"
-                       r"|&&|\|\||\s)+$")
+                       r"|!request\.auth\.uid\.matches\('[^'\\]*'\)|&&|\|\||\s)+$")
 
 
 @dataclass
@@ -82,11 +82,15 @@ def match(pattern: str, segments: list[str]) -> tuple[dict[str, str], list[str]]
 
 def evaluate(condition: str, auth_uid: str | None, bound: dict[str, str]) -> bool:
     assert CONDITION.match(condition), f"unreviewed condition grammar: {condition!r}"
-    expr = condition.replace("&&", " and ").replace("||", " or ")
+    # Firebase's string.matches(re) matches the whole string.
+    expr = re.sub(r"!request\.auth\.uid\.matches\(('[^']*')\)",
+                  r" not fullmatch(\1, auth_uid or '') ", condition)
+    expr = expr.replace("&&", " and ").replace("||", " or ")
     expr = re.sub(r"\bfalse\b", "False", re.sub(r"\btrue\b", "True", expr))
     expr = expr.replace("request.auth.uid", "auth_uid").replace("request.auth", "auth")
     expr = expr.replace("null", "None")
-    names: dict[str, Any] = {"auth": {} if auth_uid else None, "auth_uid": auth_uid, **bound}
+    names: dict[str, Any] = {"auth": {} if auth_uid else None, "auth_uid": auth_uid,
+                             "fullmatch": lambda p, v: re.fullmatch(p, v) is not None, **bound}
     return bool(eval(expr, {"__builtins__": {}}, names))
 
 
@@ -130,6 +134,15 @@ def test_owner_reads_own_results(rules: Block, path: str) -> None:
         assert allowed(rules, op, path, OWNER)
         assert not allowed(rules, op, path, OTHER)
         assert not allowed(rules, op, path, None)
+
+
+@pytest.mark.parametrize("owner", ["telegram:123456", "api:partner"])
+def test_an_app_user_named_like_another_channels_owner_reads_nothing(rules: Block,
+                                                                     owner: str) -> None:
+    """Given a chat's result (uid telegram:<chatId>), when a Firebase user whose uid is
+    that same string reads it, then it is denied (issue 15, item 12)."""
+    for op in ("get", "list"):
+        assert not allowed(rules, op, result_path(owner, "job123", "png"), owner)
 
 
 @pytest.mark.parametrize("auth", [OWNER, OTHER, None])

@@ -141,6 +141,35 @@ def test_prompt_whitespace_is_collapsed_and_visible_text_kept() -> None:
     assert len(parse_job_request({"kind": "image", "prompt": " " * 50 + "é" * 1000}).prompt) == 1000
 
 
+@pytest.mark.parametrize("text", ["\u202eevil", "a\u202ab", "x\u2066y\u2069", "ok\u202d"])
+def test_bidi_controls_are_refused_in_prompt_and_style(text: str) -> None:
+    """Text a user sees reordered (issue 15, item 9) is refused, in prompt and in style."""
+    for body, code in [({"kind": "image", "prompt": text}, "invalid_prompt"),
+                       (image(style=text), "invalid_options")]:
+        error = refusal(body)
+        assert error.code == code and "bidirectional controls" in error.message
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b \u200d\ufeff", "\u3164\u3164", "\u2800",
+                                  "\u0301\u0308", "\u2060\u00ad", "\u115f\u1160\uffa0"])
+def test_nothing_but_invisible_characters_is_refused(text: str) -> None:
+    assert refusal({"kind": "image", "prompt": text}).message == (
+        "'prompt' must contain a visible character, not only spaces or invisible ones.")
+    assert refusal(image(style=text)).code == "invalid_options"
+
+
+@pytest.mark.parametrize("text", ["🔥", "1", "?", "a\u200bb", "e\u0301", "👩\u200d🚀", "日本"])
+def test_visible_text_with_invisible_parts_is_kept(text: str) -> None:
+    assert parse_job_request({"kind": "image", "prompt": text}).prompt == text
+
+
+def test_lengths_are_counted_in_code_points() -> None:
+    """The contract's unit: 1000 astral emoji (2000 UTF-16 units in JavaScript's
+    ``length``, 1000 in ``[...text].length``) is a prompt of 1000."""
+    assert len(parse_job_request({"kind": "image", "prompt": "🦊" * 1000}).prompt) == 1000
+    assert refusal({"kind": "image", "prompt": "🦊" * 1001}).code == "invalid_prompt"
+
+
 def test_options_absent_null_or_empty_are_the_same_request() -> None:
     prints = {parse_job_request({"kind": "image", "prompt": "p", **extra}).fingerprint()
               for extra in ({}, {"options": None}, {"options": {}})}

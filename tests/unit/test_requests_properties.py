@@ -14,25 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.core.errors import ValidationError
-from kiln.core.requests import JobRequest, parse_job_request
+from kiln.core import urls as urls_core
+from kiln.core.errors import PermanentError, ValidationError
+from kiln.core.requests import BLANK_LETTERS, JobRequest, parse_job_request
+from kiln.providers.fetch import FetchPolicy, check_url
+from strategies import bodies, json_like, texts
 
 CODES = {"invalid_body", "unknown_field", "invalid_kind", "invalid_prompt", "invalid_options"}
-
-#: any text, lone surrogates and control characters included
-texts = st.text(st.characters(codec=None, categories=None), max_size=30) | st.sampled_from(
-    ["\ud800", "a\udfffb", "\x00", "x\x1b[31m", "", " ", "image", "model", "1:1", "https://a.b/c"])
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63, max_value=2**2000)
-           | st.floats(allow_nan=True, allow_infinity=True) | texts)
-json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                         | st.dictionaries(texts, inner, max_size=4), max_leaves=25)
-option_names = st.sampled_from(["aspectRatio", "seed", "style", "imageUrl", "texture"]) | texts
-bodies = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["image", "model"]) | json_like, "prompt": texts | json_like},
-    optional={"options": st.dictionaries(option_names, json_like, max_size=4) | json_like,
-              "extra": json_like},
-)
-
 
 def nested(depth: int) -> Any:
     value: Any = "x"
@@ -98,3 +86,65 @@ def test_deeply_nested_values_are_refused_quietly(depth: int) -> None:
                  {"kind": "image", "prompt": "p", "options": {"seed": nested(depth)}},
                  {"kind": "image", "prompt": "p", "deep": nested(depth)}):
         assert isinstance(check(body), ValidationError)
+
+
+# --- issue 15: visible text, integers, imageUrl ---------------------------------------------
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts, st.sampled_from(BIDI), texts)
+def test_a_bidi_control_anywhere_is_refused(before: str, control: str, after: str) -> None:
+    text = before + control + after
+    outcome = check({"kind": "image", "prompt": text})
+    assert isinstance(outcome, ValidationError) and outcome.code == "invalid_prompt"
+    outcome = check({"kind": "image", "prompt": "p", "options": {"style": text[:64]}})
+    assert isinstance(outcome, ValidationError) and outcome.code == "invalid_options"
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_an_accepted_prompt_has_something_visible(prompt: str) -> None:
+    outcome = check({"kind": "image", "prompt": prompt})
+    if isinstance(outcome, JobRequest):
+        assert any(unicodedata.category(c)[0] in "LNPS" and c not in BLANK_LETTERS
+                   for c in outcome.prompt)
+        assert not set(outcome.prompt) & set(BIDI)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_an_integral_float_seed_is_that_integer(seed: int) -> None:
+    options = parse_job_request({"kind": "image", "prompt": "p",
+                                 "options": {"seed": float(seed)}}).options
+    assert options["seed"] == seed and type(options["seed"]) is int
+
+
+hosts = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+                  st.sampled_from(["img.example.org", "localhost", "metadata.google.internal",
+                                   "2130706433", "0x7f.1", "017700000001", "a..b", ""]))
+urls = st.builds(lambda scheme, cred, host, port: f"{scheme}://{cred}{host}{port}/cat.png",
+                 st.sampled_from(["https", "http", "ftp"]),
+                 st.sampled_from(["", "u@", "u:p@"]), hosts,
+                 st.sampled_from(["", ":443", ":8080", ":99999", ":x"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(urls, st.booleans())
+def test_what_submit_refuses_the_fetcher_refuses(url: str, local: bool) -> None:
+    """One set of rules: a URL refused at submit (no lookup) is refused by the fetcher too,
+    and a literal address the fetcher takes is taken at submit."""
+    policy = FetchPolicy(hosts=None, allow_local=local, refused_code="invalid_image_url")
+    try:
+        check_url(url, policy, lambda host, port: ["93.184.216.34"])  # any name is public
+        fetcher_refuses = False
+    except PermanentError:
+        fetcher_refuses = True
+    submit_refuses = bool(urls_core.refusal(url, allow_local=local))
+    if submit_refuses:
+        # a name refused at submit (localhost, metadata) resolves to a private address
+        # for the fetcher, which this public-only resolver cannot show: names aside
+        assert fetcher_refuses or urls_core.literal(urls_core.host_of(url)) is None
+    elif urls_core.literal(urls_core.host_of(url)) is not None:
+        assert not fetcher_refuses

@@ -8,15 +8,20 @@ Google's signatures.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import firebase_admin
 import google.oauth2.credentials
 from firebase_admin import auth as fb_auth
 from firebase_admin import credentials as fb_credentials
+from firebase_admin import exceptions as firebase_exceptions
 
 from kiln.core.errors import RequestError, RetryableError
 from kiln.settings import Settings
@@ -50,24 +55,66 @@ def firebase_app(settings: Settings) -> firebase_admin.App:
 
 
 class FirebaseAuth:
-    """Verifies Firebase ID tokens; returns the caller's uid."""
+    """Verifies Firebase ID tokens; returns the caller's uid.
 
-    def __init__(self, app: firebase_admin.App) -> None:
+    With ``check_revoked`` (deployed), firebase-admin also asks Firebase Auth whether the
+    user was disabled or their sessions revoked (``verify_id_token(check_revoked=True)``,
+    one user lookup). A token found good is remembered for ``cache_seconds`` (never past
+    its expiry), so a client's repeated calls with one token cost no lookup and the
+    acknowledgement stays fast; a revocation or a disabled account takes effect within
+    that time.
+    """
+
+    def __init__(self, app: firebase_admin.App, *, check_revoked: bool = True,
+                 cache_seconds: float = 60.0, cache_size: int = 10_000,
+                 clock: Callable[[], float] = time.time) -> None:
         self.app = app
+        self.check_revoked = check_revoked
+        self.cache_seconds, self.cache_size, self._clock = cache_seconds, cache_size, clock
+        self._good: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # digest → uid, until
+        self._lock = threading.Lock()
 
     def verify(self, authorization: str | None) -> str:
         token = bearer_token(authorization)
-        try:
-            claims = fb_auth.verify_id_token(token, app=self.app)
-        except fb_auth.CertificateFetchError as exc:
-            raise RetryableError("Token keys are unavailable.", code="auth_unavailable") from exc
-        except (ValueError, fb_auth.InvalidIdTokenError, fb_auth.ExpiredIdTokenError,
-                fb_auth.RevokedIdTokenError, fb_auth.UserDisabledError) as exc:
-            raise RequestError(401, "unauthenticated", "The ID token is invalid or expired.") from exc
+        key, now = hashlib.sha256(token.encode()).digest(), self._clock()
+        with self._lock:
+            hit = self._good.get(key)
+            if hit is not None and hit[1] > now:
+                return hit[0]
+        claims = self._verified(token)
         uid = claims.get("uid") or claims.get("sub")
         if not isinstance(uid, str) or not uid:
             raise RequestError(401, "unauthenticated", "The ID token has no user.")
+        expires = claims.get("exp")
+        until = now + self.cache_seconds
+        if isinstance(expires, (int, float)):
+            until = min(until, float(expires))
+        with self._lock:
+            self._good[key] = (uid, until)
+            self._good.move_to_end(key)
+            while len(self._good) > self.cache_size:
+                self._good.popitem(last=False)
         return uid
+
+    def _verified(self, token: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = fb_auth.verify_id_token(token, app=self.app,
+                                                             check_revoked=self.check_revoked)
+        except fb_auth.CertificateFetchError as exc:
+            raise RetryableError("Token keys are unavailable.", code="auth_unavailable") from exc
+        except fb_auth.RevokedIdTokenError as exc:
+            raise RequestError(401, "token_revoked",
+                               "This sign-in was revoked; sign in again.") from exc
+        except fb_auth.UserDisabledError as exc:
+            raise RequestError(403, "user_disabled", "This account is disabled.") from exc
+        except fb_auth.UserNotFoundError as exc:
+            raise RequestError(401, "unauthenticated",
+                               "The ID token's user no longer exists.") from exc
+        except (ValueError, fb_auth.InvalidIdTokenError) as exc:
+            raise RequestError(401, "unauthenticated", "The ID token is invalid or expired.") from exc
+        except firebase_exceptions.FirebaseError as exc:  # the user lookup: Auth is unreachable
+            raise RetryableError("Firebase Auth is unavailable.", code="auth_unavailable") from exc
+        return claims
 
 
 def emulator_id_token(uid: str, project: str, *, lifetime: int = 3600, **claims: Any) -> str:

@@ -208,6 +208,14 @@ class FirestoreJobStore:
                        if snap.exists}
         return [Job.from_docs(job_id, doc, servers.get(job_id)) for job_id, doc in public.items()]
 
+    def recent(self, uid: str, limit: int) -> list[Job]:
+        """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf)."""
+        query = (self.client.collection(JOBS)
+                 .where(filter=firestore.FieldFilter("uid", "==", uid))
+                 .order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit))
+        with unavailable_is_retryable():
+            return [Job.from_docs(snap.id, snap.to_dict() or {}, None) for snap in query.stream()]
+
 
 class FirestoreDeviceStore:
     """Devices in ``users/{uid}/devices/{deviceId}``."""

@@ -55,19 +55,37 @@ def _collapse(value: Any) -> Any:
     return " ".join(value.split()) if isinstance(value, str) else value
 
 
+#: Bidirectional embeddings, overrides and isolates: they reorder what a reader sees.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Letters that render as nothing (Hangul and Braille fillers, the Mongolian separator).
+BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e")
+
+
 def _visible(value: str) -> str:
-    """Refuse text a user cannot see: control characters and lone surrogates."""
+    """Refuse text a user cannot see as it is: control characters (C0, DEL, C1), lone
+    surrogates, bidirectional controls, and text with nothing visible in it (only spaces,
+    format characters such as U+200B, combining marks or blank fillers)."""
+    seen = False
     for char in value:
         category = unicodedata.category(char)
         if category == "Cc":
             raise PydanticCustomError("control_characters", "must not contain control characters")
         if category == "Cs":
             raise PydanticCustomError("string_unicode", "must be valid Unicode text")
+        if char in BIDI_CONTROLS:
+            raise PydanticCustomError(
+                "bidi_control", "must not contain bidirectional controls (U+202A-U+202E, "
+                "U+2066-U+2069): they reorder what a reader sees")
+        seen = seen or (category[0] in "LNPS" and char not in BLANK_LETTERS)
+    if not seen:
+        raise PydanticCustomError(
+            "invisible", "must contain a visible character, not only spaces or invisible ones")
     return value
 
 
 def _http_url(value: str) -> str:
-    # The full check (public address, redirects, size) runs before a provider sees it.
+    # The form only: the rules (https, no credentials, public literal) apply at submit
+    # (kiln.runtime.accept, kiln.core.urls), the lookup before a provider sees it.
     try:
         url = urllib.parse.urlsplit(value.strip())
         ok = url.scheme in ("https", "http") and bool(url.hostname)
@@ -82,10 +100,11 @@ def _none_is_empty(value: Any) -> Any:
     return {} if value is None else value
 
 
-#: What to generate: whitespace collapsed, then 1–1000 visible characters.
+#: What to generate: whitespace collapsed, then 1–1000 characters (code points), some visible.
 Prompt: TypeAlias = Annotated[
     str, BeforeValidator(_collapse), Strict(), Field(
-        min_length=1, max_length=PROMPT_MAX, description="What to generate; whitespace collapsed."),
+        min_length=1, max_length=PROMPT_MAX,
+        description="What to generate; whitespace collapsed; length in Unicode code points."),
     AfterValidator(_visible),
 ]
 #: A JSON integer (not a bool, not a string; ``7.0`` counts).
@@ -93,11 +112,14 @@ Seed: TypeAlias = Annotated[int, Strict(), Field(
     ge=0, le=2**31 - 1, description="Same prompt + seed gives the same result (where the provider can)."),
     BeforeValidator(_integral)]
 Style: TypeAlias = Annotated[str, Strict(), Field(
-    min_length=1, max_length=64, description="A style hint passed to the provider."),
+    min_length=1, max_length=64,
+    description="A style hint passed to the provider; length in Unicode code points."),
     AfterValidator(_visible)]
 
 ImageUrl: TypeAlias = Annotated[str, Strict(), Field(
-    min_length=1, max_length=2048, description="Image-to-3D: a public URL of the source image."),
+    min_length=1, max_length=2048, description="Image-to-3D: a public https URL of the source "
+    "image: no user name or password, not a loopback, link-local, private or metadata address "
+    "(else 400 invalid_image_url); a host that does not exist fails the job."),
     AfterValidator(_visible), AfterValidator(_http_url)]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
 from kiln import log
@@ -29,8 +29,10 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
+from kiln.core.identity import check_app_uid
 from kiln.core.job import Job, is_valid_job_id
 from kiln.core.requests import parse_job_request
+from kiln.http import framework
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
@@ -60,6 +62,12 @@ class _Provider(BaseConverter):
 # --- handlers ---------------------------------------------------------------------------
 
 
+def caller(request: flask.Request, services: Services) -> str:
+    """The signed-in app user: a verified token whose uid may act here
+    (``kiln.core.identity``)."""
+    return check_app_uid(services.auth.verify(request.headers.get("Authorization")))
+
+
 def healthz(request: flask.Request, services: Services) -> flask.Response:
     return json_response(200, {"status": "ok"})
 
@@ -69,7 +77,7 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise RequestError(400, "invalid_idempotency_key",
@@ -82,7 +90,7 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
 
 
 def _owned_job(request: flask.Request, services: Services, job_id: str) -> Job:
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     job = services.store.get(job_id) if is_valid_job_id(job_id) else None
     if job is None or job.uid != uid:
         raise NotFoundError("No such job.")
@@ -95,14 +103,13 @@ def get_job(request: flask.Request, services: Services, job_id: str) -> flask.Re
 
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     """The caller's most recent jobs (newest first), for callers that cannot listen."""
-    uid = services.auth.verify(request.headers.get("Authorization"))
+    uid = caller(request, services)
     raw_limit = request.args.get("limit", "20")
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
         raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
     limit = int(raw_limit)
-    jobs = [job.public_view() for job in services.store.find(uid=uid, limit=500)]
-    jobs.sort(key=lambda j: j["createdAt"] or "", reverse=True)
-    return json_response(200, {"jobs": jobs[:limit]})
+    return json_response(200, {"jobs": [job.public_view()
+                                         for job in services.store.recent(uid, limit)]})
 
 
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
@@ -144,7 +151,7 @@ ROUTES = Map([
     Rule("/v1/jobs/<job:job_id>:cancel", methods=["POST"], endpoint=cancel_job),
     Rule("/v1/jobs/<job:job_id>:retry", methods=["POST"], endpoint=retry_job),
     Rule("/v1/providers/<provider:provider>/events", methods=["POST"], endpoint=provider_event),
-], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False)
+], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False, merge_slashes=False)
 
 
 def handle(request: flask.Request, services: Services) -> flask.Response:
@@ -178,6 +185,8 @@ def _dispatch(request: flask.Request, services: Services) -> flask.Response:
         return error_response(405, "method_not_allowed",
                               f"Use {' or '.join(allowed)} for this endpoint.",
                               {"Allow": ", ".join(allowed)})
+    except HTTPException as exc:  # anything else werkzeug refuses (its router included)
+        return framework.http_exception(exc)
     except RequestError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except RetryableError as exc:

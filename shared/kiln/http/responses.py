@@ -15,7 +15,8 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
     """The JSON body, refusing what is not strictly one JSON document before it costs
     anything: a media type other than ``application/json`` (415; a ``charset`` other than
     UTF-8 too), an oversized body (413), a body shorter than its ``Content-Length``, bytes
-    that are not UTF-8, duplicate keys in an object, or malformed JSON (400)."""
+    that are not UTF-8, duplicate keys in an object, or malformed JSON (``NaN`` and
+    ``Infinity`` included) or JSON nested too deeply to parse (400)."""
     media, _, params = (request.headers.get("Content-Type") or "").partition(";")
     charset = next((v.strip().strip('"').lower() for k, _, v in
                     (p.strip().partition("=") for p in params.split(";"))
@@ -34,12 +35,17 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
         raise RequestError(400, "incomplete_body",
                            f"The body ended after {len(raw)} of its {length} bytes.")
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                          parse_constant=_not_json)
     except _DuplicateKey as exc:
         raise RequestError(400, "duplicate_key",
                            f"The key {_shown(exc.key)} appears twice in one object.") from exc
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")  # Python's json takes NaN, Infinity
 
 
 class _DuplicateKey(ValueError):

@@ -1,8 +1,10 @@
 """Safe fetching: download a provider's result, or check a user's URL, without SSRF.
 
-A URL passes only when:
+A URL passes only when (the lookup-free rules are ``kiln.core.urls``'s, also applied to
+``options.imageUrl`` at submit):
 
-- its scheme is ``https`` (``http`` only to a loopback host, only when ``KILN_ENV=local``);
+- its scheme is ``https`` (``http`` only to a loopback host, only when ``KILN_ENV=local``)
+  and it carries no user name or password;
 - its host is one the caller expects (a provider's own hosts plus
   ``KILN_ALLOWED_FETCH_HOSTS``; entries are ``host`` or ``*.domain``), when a host list
   is given — user URLs have none: any public host will do;
@@ -31,23 +33,35 @@ from typing import Any
 import httpcore
 import httpx
 
+from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
+from kiln.core.urls import Address, forbidden_reason
 from kiln.providers.http import retry_after_seconds
 from kiln.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``resolve(host, port)`` → the IP addresses ``host`` stands for.
 Resolver = Callable[[str, int], list[str]]
+
+
+class HostNotFound(RetryableError):
+    """DNS says the name does not exist (NXDOMAIN, no address): final for a user's URL,
+    retried for a provider's own host."""
+
+
+#: getaddrinfo's answers that mean "no such name", not "DNS is unreachable".
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 def system_resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise RetryableError("The result's host could not be resolved.",
-                             code="fetch_unavailable") from exc
+    except UnicodeError as exc:
+        raise HostNotFound("The host name is not valid.", code="fetch_unavailable") from exc
+    except socket.gaierror as exc:
+        kind = HostNotFound if exc.errno in _NO_SUCH_NAME else RetryableError
+        raise kind("The result's host could not be resolved.",
+                   code="fetch_unavailable") from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -65,6 +79,8 @@ class FetchPolicy:
         allow_local: ``http`` and loopback addresses are allowed (``KILN_ENV=local`` only).
         max_bytes: the largest body accepted.
         refused_code: the error code when a URL is refused.
+        unknown_host_final: a host that does not exist refuses the URL (a user's URL)
+            instead of being retried as a DNS fault.
     """
 
     hosts: tuple[str, ...] | None
@@ -74,6 +90,7 @@ class FetchPolicy:
     read_timeout: float = 60.0
     max_redirects: int = 5
     refused_code: str = "unsafe_result_url"
+    unknown_host_final: bool = False
 
     @classmethod
     def for_provider(cls, settings: Settings, hosts: Iterable[str], **kw: Any) -> FetchPolicy:
@@ -99,37 +116,38 @@ def check_user_url(url: str, settings: Settings, resolve: Resolver = system_reso
     Raises:
         PermanentError: ``invalid_image_url`` with a message the user can act on.
     """
-    policy = FetchPolicy(hosts=None, allow_local=settings.local, refused_code="invalid_image_url")
+    policy = FetchPolicy(hosts=None, allow_local=settings.local, refused_code="invalid_image_url",
+                         unknown_host_final=True)
     check_url(url, policy, resolve)
     return url
 
 
 def check_url(url: str, policy: FetchPolicy, resolve: Resolver = system_resolve) -> list[Address]:
-    """The checked addresses of ``url``'s host.
+    """The checked addresses of ``url``'s host (the rules of ``kiln.core.urls``, then
+    every address the host resolves to).
 
     Raises:
-        PermanentError: ``policy.refused_code`` when the URL is not allowed.
+        PermanentError: ``policy.refused_code`` when the URL is not allowed, or (when
+            ``policy.unknown_host_final``) its host does not exist.
     """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
-        _refuse(policy, "it is not a valid URL")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        _refuse(policy, "it has no host")
-    if parts.username or parts.password:
-        _refuse(policy, "it carries a user name or password")
-    if parts.scheme == "http":
-        if not (policy.allow_local and host in LOCAL_HOSTS):
-            _refuse(policy, "it is not HTTPS")
-    elif parts.scheme != "https":
-        _refuse(policy, "it is not HTTPS")
+    why = urls.form_refusal(url, allow_local=policy.allow_local)
+    if why:
+        _refuse(policy, why)
+    host = urls.host_of(url)
     if not policy.host_allowed(host):
         _refuse(policy, f"the host {host[:100]} is not one this service downloads from")
-    literal = _literal(host)
-    names = [literal] if literal else resolve(host, port or (443 if parts.scheme == "https" else 80))
-    addresses = [ipaddress.ip_address(name.split("%", 1)[0]) for name in names]
+    address = urls.literal(host)
+    if address is not None:
+        addresses = [address]
+    else:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            names = resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+        except HostNotFound:
+            if not policy.unknown_host_final:
+                raise
+            _refuse(policy, f"its host {host[:100]} does not exist")
+        addresses = [ipaddress.ip_address(name.split("%", 1)[0]) for name in names]
     if not addresses:
         _refuse(policy, "its host has no address")
     for address in addresses:
@@ -137,27 +155,6 @@ def check_url(url: str, policy: FetchPolicy, resolve: Resolver = system_resolve)
         if reason:
             _refuse(policy, f"it points to a {reason} address")
     return addresses
-
-
-def forbidden_reason(address: Address, allow_loopback: bool = False) -> str:
-    """Why a connection to ``address`` is refused ("" when it is a public address)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        mapped = address.ipv4_mapped or address.sixtofour
-        if mapped is not None:
-            return forbidden_reason(mapped, allow_loopback)
-    if address.is_loopback:
-        return "" if allow_loopback else "loopback"
-    checks = (("unspecified", address.is_unspecified), ("link-local", address.is_link_local),
-              ("multicast", address.is_multicast), ("private", address.is_private),
-              ("reserved", address.is_reserved), ("non-public", not address.is_global))
-    return next((name for name, hit in checks if hit), "")
-
-
-def _literal(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return ""
 
 
 def _refuse(policy: FetchPolicy, why: str) -> Any:

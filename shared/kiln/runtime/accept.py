@@ -15,8 +15,8 @@ from typing import Any
 
 from kiln import log
 from kiln.compose import Services
-from kiln.core import lifecycle
-from kiln.core.errors import ConflictError, RetryableError
+from kiln.core import lifecycle, urls
+from kiln.core.errors import ConflictError, RetryableError, ValidationError
 from kiln.core.job import JobStatus, new_job_id
 from kiln.core.requests import JobRequest
 
@@ -36,9 +36,12 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     """Record and publish a job.
 
     Raises:
+        ValidationError: ``invalid_image_url``: ``options.imageUrl`` breaks a rule that
+            needs no lookup (``kiln.core.urls``).
         ConflictError: the idempotency key was used for a different request.
         RetryableError: the job store is unavailable (nothing was accepted).
     """
+    check_image_url(request, allow_local=services.settings.local)
     job_id = new_job_id(uid, idempotency_key)
     new = lifecycle.new_job(job_id=job_id, uid=uid, channel=channel, request=request,
                             now=services.clock.now(), policy=services.policy,
@@ -58,3 +61,13 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
             log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
         log.event(logger, "job accepted", kind=request.kind, channel=channel)
     return Accepted(job_id, True, JobStatus.PENDING)
+
+
+def check_image_url(request: JobRequest, *, allow_local: bool) -> None:
+    """Refuse at submit an ``imageUrl`` the fetcher would refuse without a lookup; a host
+    that does not resolve fails the job once, when a provider checks it."""
+    url = request.options.get("imageUrl")
+    why = urls.refusal(str(url), allow_local=allow_local) if url is not None else ""
+    if why:
+        raise ValidationError("invalid_image_url", f"Option 'imageUrl' was refused: {why}.",
+                              field="options.imageUrl")

@@ -70,3 +70,60 @@ def test_an_out_of_range_limit_is_400_not_clamped(limit: str) -> None:
 @pytest.mark.parametrize("limit", ["1", "100"])
 def test_a_limit_in_range_lists(limit: str) -> None:
     assert call("GET", f"/v1/jobs?limit={limit}") == (200, {"jobs": []})
+
+
+@pytest.mark.parametrize("seed", [b"30920248.0", b"30920248", b"3.0920248e7"])
+def test_an_integral_float_option_is_stored_as_an_integer(seed: bytes) -> None:
+    # JSON Schema's integer: 30920248.0 is 30920248, kept as an int (not 30920248.0).
+    rig = build_rig()
+    body = b'{"kind": "image", "prompt": "a red cube", "options": {"seed": ' + seed + b"}}"
+    with flask.Flask(__name__).test_request_context(
+            "/v1/jobs", method="POST", data=body,
+            headers={"Authorization": "Bearer uid:alice", "Content-Type": "application/json"}):
+        assert handle(flask.request, rig.services).status_code == 202
+    [job] = rig.store.find(uid="alice")
+    assert job.options == {"seed": 30920248} and type(job.options["seed"]) is int
+
+
+def test_the_list_is_the_callers_newest_first_and_limited() -> None:
+    # A user with more jobs than one page (the old code read 500, unordered, and sorted).
+    rig = build_rig()
+    ids = []
+    for n in range(30):
+        ids.append(rig.submit(prompt=f"cube {n}"))
+        rig.clock.advance(1.0)
+    rig.submit(uid="bob")
+    with flask.Flask(__name__).test_request_context(
+            "/v1/jobs?limit=25", headers={"Authorization": "Bearer uid:alice"}):
+        response = handle(flask.request, rig.services)
+    assert [j["jobId"] for j in response.get_json()["jobs"]] == ids[::-1][:25]
+
+
+def test_retry_answers_as_the_contract_says_for_every_status() -> None:
+    """failed → 202 pending (published); pending again → 202, nothing published; completed
+    or canceled → 409 invalid_transition (docs/client-contract.md, docs/openapi.yaml)."""
+    from kiln.core import lifecycle
+    from kiln.runtime import actions
+
+    rig = build_rig()
+
+    def retry(job_id: str) -> tuple[int, dict[str, Any]]:
+        with flask.Flask(__name__).test_request_context(
+                f"/v1/jobs/{job_id}:retry", method="POST",
+                headers={"Authorization": "Bearer uid:alice"}):
+            response = handle(flask.request, rig.services)
+        return response.status_code, response.get_json()
+
+    failed = rig.submit()
+    rig.store.transact(failed, lambda job: (lifecycle.fail(job, code="c", message="m"), None))
+    published = len(rig.queue.published)
+    assert retry(failed) == (202, {"jobId": failed, "status": "pending"})
+    assert retry(failed) == (202, {"jobId": failed, "status": "pending"})
+    assert len(rig.queue.published) == published + 1
+    completed = rig.submit(prompt="done")
+    rig.drive(completed)
+    canceled = rig.submit(prompt="stop")
+    actions.cancel(rig.services, canceled, by="owner")
+    for job_id in (completed, canceled):
+        status, body = retry(job_id)
+        assert (status, body["error"]["code"]) == (409, "invalid_transition")
