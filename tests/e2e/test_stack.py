@@ -49,45 +49,70 @@ def read_dev_file(path: Path) -> dict[str, Any] | None:
         return None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_dev_stack_stops_every_process(tmp_path: Path, sig: signal.Signals) -> None:
-    """Given ``kiln dev`` running, when it gets Ctrl-C or SIGTERM, then nothing it started lives on."""
-    env = {**os.environ, "KILN_KEEP_STACK_LOGS": "1", "PYTHONUNBUFFERED": "1"}
-    for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
-        env.pop(name, None)
-    output = tmp_path / "kiln-dev.out"
-    dev_file = tmp_path / ".kiln" / "dev.json"
-    with output.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kiln_dev", "dev", "--port", "0"],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                text=True)
+class KilnDev:
+    """``kiln dev`` as a user starts it, in ``folder``, with its output kept."""
 
-    def running() -> dict[str, Any] | None:
-        assert proc.poll() is None, f"kiln dev exited {proc.returncode}:\n{output.read_text()}"
-        return read_dev_file(dev_file)
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        env = {**os.environ, "KILN_KEEP_STACK_LOGS": "1", "PYTHONUNBUFFERED": "1"}
+        for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
+            env.pop(name, None)
+        self.output = folder / "kiln-dev.out"
+        self.dev_file = folder / ".kiln" / "dev.json"
+        with self.output.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kiln_dev", "dev", "--port", "0"],
+                                         cwd=folder, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, text=True)
+        self.workdir: Path | None = None
 
-    try:
+    def wait_up(self) -> None:
+        def running() -> dict[str, Any] | None:
+            assert self.proc.poll() is None, \
+                f"kiln dev exited {self.proc.returncode}:\n{self.output.read_text()}"
+            return read_dev_file(self.dev_file)
+
         dev = wait_for(running, timeout=90, interval=0.2, what="kiln dev to write .kiln/dev.json")
-    except BaseException:
-        proc.kill()
-        raise
-    assert dev["pid"] == proc.pid
-    assert httpx.get(f"{dev['ingress']}/healthz").status_code == 200
-    workdir = Path(dev["logs"]).parent
-    assert len(processes_under(workdir)) >= 5  # emulators (+ their JVMs), storage, functions
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR1)  # kiln's faulthandler: every thread's stack
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=2)  # the dump is written meanwhile; the process lives on
-        proc.kill()
-        left = {pid: describe(pid) for pid in processes_under(workdir)}
-        for pid in left:
+        assert dev["pid"] == self.proc.pid
+        assert httpx.get(f"{dev['ingress']}/healthz").status_code == 200
+        self.workdir = Path(dev["logs"]).parent
+        assert len(processes_under(self.workdir)) >= 5  # emulators (+ JVMs), storage, functions
+
+    def assert_stops(self, sig: signal.Signals) -> None:
+        """Exited within 60 s of ``sig`` (sent already), leaving no process behind."""
+        assert self.workdir is not None
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # kiln's faulthandler: every thread's stack
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=2)  # the dump is written meanwhile; the process lives on
+            left = {pid: describe(pid) for pid in processes_under(self.workdir)}
+            self.kill()
+            pytest.fail(f"kiln dev still running 60 s after {sig.name}; left: {left}\n"
+                        + self.output.read_text()[-8000:])
+        workdir = self.workdir
+        wait_for(lambda: processes_under(workdir) == [], timeout=20, what="no processes left")
+        assert not self.dev_file.exists()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        for pid in processes_under(self.workdir) if self.workdir else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"kiln dev still running 60 s after {sig.name}; left: {left}\n"
-                    + output.read_text()[-8000:])
-    wait_for(lambda: processes_under(workdir) == [], timeout=20, what="no processes left")
-    assert not dev_file.exists()
+
+
+def test_dev_stacks_side_by_side_stop_every_process_on_ctrl_c_and_sigterm(tmp_path: Path) -> None:
+    """Given two ``kiln dev`` stacks running side by side (free ports each), when one gets
+    Ctrl-C and the other SIGTERM, then each exits and nothing either started lives on."""
+    devs = {sig: KilnDev(tmp_path / sig.name) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for dev in devs.values():
+            dev.wait_up()
+        for sig, dev in devs.items():
+            dev.proc.send_signal(sig)
+        for sig, dev in devs.items():
+            dev.assert_stops(sig)
+    finally:
+        for dev in devs.values():
+            if dev.proc.poll() is None:
+                dev.kill()
