@@ -7,6 +7,7 @@ apart by using fresh user ids and job ids rather than wiping shared state.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -68,17 +69,19 @@ def fcm(stack: LocalStack) -> Any:
 # A test marked ``background(command=…)`` checks what a long operator command (the chaos run:
 # its own stack, about a minute, mostly waiting on timers) printed. The command starts as
 # soon as the tests are chosen and the test runs last, so the rest of the suite runs
-# meanwhile instead of after it. ``command(workdir)`` returns the argv; the test gets the
-# running :class:`Background` from the ``background`` fixture.
+# meanwhile instead of after it. ``command(workdir)`` returns the argv (run in ``workdir``,
+# with the marker's ``env`` added to the environment); the test gets the running
+# :class:`Background` from the ``background`` fixture.
 
 
 class Background:
-    def __init__(self, argv: list[str], workdir: Path) -> None:
+    def __init__(self, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.output = workdir / "output.txt"
         with self.output.open("w") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                         cwd=workdir, stdin=subprocess.DEVNULL)
+                                         cwd=workdir, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **(env or {})})
 
     def wait(self, timeout: float) -> tuple[int, str]:
         """The exit code and the output's tail, once the command has ended."""
@@ -113,7 +116,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("background")
         assert marker is not None
         workdir = Path(tempfile.mkdtemp(prefix="kiln-background-"))
-        started = Background(marker.kwargs["command"](workdir), workdir)
+        started = Background(marker.kwargs["command"](workdir), workdir, marker.kwargs.get("env"))
         item.stash[_BACKGROUND] = started
         _STARTED.append(started)
 

@@ -24,14 +24,11 @@ DEMO_UID = "demo-user"
 TIMEOUT = 120.0
 
 
-def demo(out: Path, *, image_prompt: str, model_prompt: str,
-         env: dict[str, str] | None = None) -> int:
-    """Run the demo on a stack of its own; ``env``: extra settings for its functions (the
-    tests shorten the offline generator's simulated durations)."""
+def demo(out: Path, *, image_prompt: str, model_prompt: str) -> int:
     t0 = time.monotonic()
     print("Kiln demo: starting the local stack (Firestore, Pub/Sub, Storage emulators, "
           "FCM stand-in, ingress and worker functions)…", flush=True)
-    with LocalStack(StackConfig(env=dict(env or {}))) as stack:
+    with LocalStack(StackConfig()) as stack:
         started = time.monotonic() - t0
         print(f"stack ready in {started:.1f}s  (ingress {stack.ingress_url})\n", flush=True)
         services = stack.services()

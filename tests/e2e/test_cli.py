@@ -16,22 +16,29 @@ from pygltflib import GLTF2
 
 from kiln.core.job import JobStatus
 from kiln_dev import cli
-from kiln_dev.demo import demo
 from kiln_dev.stack import LocalStack, StackConfig
 from support import wait_terminal
 
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_completes_an_image_and_a_glb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``kiln demo`` on its own stack: both jobs complete, files saved, two pushes, exit 0."""
-    fast = {"KILN_OFFLINE_IMAGE_SECONDS": "1", "KILN_OFFLINE_MODEL_SECONDS": "2"}
-    assert demo(tmp_path, image_prompt="a yellow star", model_prompt="a red cone", env=fast) == 0
-    files = sorted(p.name.split("-", 1)[1] for p in tmp_path.iterdir())
+def demo_command(workdir: Path) -> list[str]:
+    return [sys.executable, "-m", "kiln_dev", "demo", "--image-prompt", "a yellow star",
+            "--model-prompt", "a red cone"]
+
+
+@pytest.mark.background(command=demo_command, env={"KILN_OFFLINE_IMAGE_SECONDS": "1",
+                                                   "KILN_OFFLINE_MODEL_SECONDS": "2"})
+def test_demo_completes_an_image_and_a_glb(background: Any) -> None:
+    """``kiln demo`` (what ``make demo`` runs) on its own stack: both jobs complete, the
+    files are saved under ./out, two pushes, exit 0."""
+    returncode, out = background.wait(timeout=180)
+    assert returncode == 0, out
+    saved = background.workdir / "out"
+    files = sorted(p.name.split("-", 1)[1] for p in saved.iterdir())
     assert files == ["result.glb", "result.png"]
-    glb = next(tmp_path.glob("*-result.glb"))
+    glb = next(saved.glob("*-result.glb"))
     assert GLTF2.load_from_bytes(glb.read_bytes()).asset.version == "2.0"
-    out = capsys.readouterr().out
     assert "pushes recorded by the FCM stand-in: 2" in out
     assert out.count("completed") >= 2 and "done." in out
 
