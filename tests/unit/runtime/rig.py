@@ -107,7 +107,14 @@ class Channel:
 
     progress: list[tuple[str, int, str]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     fail_progress: bool = False
+
+    def on_started(self, services: Any, job: Job) -> None:
+        self.started.append(job.id)
+
+    def redeliver(self, services: Any) -> int:
+        return 0
 
     def on_progress(self, services: Any, job: Job, progress: int, stage: str) -> None:
         if self.fail_progress:
