@@ -363,6 +363,108 @@ def test_403_marks_the_chat_blocked_and_stops(telegram, tg_services, chat):
     assert chats.get().to_dict()["blocked"] is False
 
 
+# --- topics, migration, UTF-16, Telegram down (issue 15) ----------------------------------------
+
+
+def test_everything_for_a_topic_message_goes_to_that_topic(telegram, tg_services):
+    """Given a forum supergroup and /image sent in topic 7, then the job records the topic,
+    and the typing answer, the working message, the photo and the /status reply all carry
+    message_thread_id 7 — even after the user's command message is gone."""
+    group = -int(f"100{random.randint(10**8, 10**9)}")
+    telegram.forum(group, {7: "Renders"})
+    update = telegram.text_update(group, "/image a forum lamp", chat_type="supergroup", thread_id=7)
+    answer = telegram.post_update(update).json()
+    assert answer["method"] == "sendChatAction" and answer["message_thread_id"] == 7
+    job = one_job(tg_services, group)
+    assert (job.server.telegram or {})["threadId"] == 7
+    wait_terminal(tg_services, job.id)
+    photo = wait_call(telegram, group, "sendPhoto", ok=True)
+    working = calls(telegram, group, "sendMessage", ok=True)
+    assert working and all(c["message_thread_id"] == 7 for c in working)
+    assert photo["message_thread_id"] == 7 and photo["result"]["message_thread_id"] == 7
+    status = send(telegram, group, "/status", chat_type="supergroup", thread_id=7).json()
+    assert status["message_thread_id"] == 7 and "a forum lamp" in status["text"]
+
+
+def test_a_group_that_becomes_a_supergroup_mid_job_gets_its_result(telegram, tg_services):
+    """Given a model job running in a group, when the group becomes a supergroup, then the
+    result is re-sent to the new chat (after Telegram's 400 migrate_to_chat_id), the job's
+    reply address and the chat's state move there, and /status in the new chat lists it."""
+    group = -random.randint(10**8, 10**9)
+    send(telegram, group, "/model a migrating cube", chat_type="group")
+    job = one_job(tg_services, group)
+    status_id(tg_services, job.id)
+    new_id = telegram.migrate(group)
+    done = wait_terminal(tg_services, job.id)
+    document = wait_call(telegram, new_id, "sendDocument", ok=True)
+    assert done.result is not None and document["file"]["sha256"] == done.result["sha256"]
+    refused = calls(telegram, group, ok=False)
+    assert refused and all(c["error_code"] == 400 for c in refused)
+    moved = wait_for(lambda: (tg_services.store.get(job.id).server.telegram or {}).get("chatId")
+                     == new_id and tg_services.store.get(job.id), what="the reply address moved")
+    assert moved
+    doc = tg_services.firestore.collection("telegramChats").document(str(new_id)).get().to_dict()
+    assert str(group) in doc["formerChatIds"]
+    status = send(telegram, new_id, "/status", chat_type="supergroup").json()
+    assert status["chat_id"] == new_id and "a migrating cube" in status["text"]
+
+
+def test_the_migration_service_messages_move_the_chat(telegram, tg_services):
+    """Given the two service messages of an upgrade (migrate_to / migrate_from), then the
+    chat's state moves once, and nothing is sent."""
+    group = -random.randint(10**8, 10**9)
+    new_id = -int(f"100{abs(group)}")
+    for update in telegram.updates.migration_updates(group, new_id):
+        assert telegram.post_update(update).json() == {}
+    chats = tg_services.firestore.collection("telegramChats")
+    assert chats.document(str(group)).get().to_dict()["migratedTo"] == str(new_id)
+    assert chats.document(str(new_id)).get().to_dict()["formerChatIds"] == [str(group)]
+    assert calls(telegram, group) == [] and calls(telegram, new_id) == []
+
+
+def test_a_prompt_of_emoji_makes_a_caption_telegram_accepts(telegram, tg_services, chat):
+    """Given a prompt of 990 emoji (1980 UTF-16 units), then the photo's caption is cut to
+    Telegram's 1024 units (no lone surrogate) and the photo is accepted."""
+    send(telegram, chat, "/image " + "🦊" * 990)
+    wait_terminal(tg_services, one_job(tg_services, chat).id)
+    photo = wait_call(telegram, chat, "sendPhoto")
+    assert photo["ok"], photo
+    assert len(photo["caption"].encode("utf-16-le")) // 2 <= 1024
+    assert photo["caption"].endswith("…”")
+
+
+def test_a_result_telegram_cannot_take_now_is_delivered_later(telegram, tg_services, chat):
+    """Given Telegram answering 500 to every call for the chat four times in a row after the
+    working message, then the delivery is deferred (notify ``retrying``), the sweeper tries
+    again with backoff, and the photo arrives; the notification ends ``sent``."""
+    send(telegram, chat, "/image a patient owl")
+    job = one_job(tg_services, chat)
+    status_id(tg_services, job.id)
+    telegram.fail("*", chat_id=chat, error_code=500, description="Internal Server Error", times=4)
+    wait_terminal(tg_services, job.id)
+    photo = wait_call(telegram, chat, "sendPhoto", ok=True)
+    assert len(calls(telegram, chat, ok=False)) == 4
+    notify = notified(tg_services, job.id)
+    assert notify["state"] == "sent" and notify["report"]["channel"]["attempt"] > 1
+    assert photo["caption"] == "🎨 “a patient owl”"
+    wait_call(telegram, chat, "deleteMessage", ok=True)
+    doc = tg_services.firestore.collection("telegramChats").document(str(chat)).get().to_dict()
+    assert doc["hasUndelivered"] is False and doc["undelivered"] == {}
+
+
+def test_concurrent_duplicates_of_one_update_make_one_job(telegram, tg_services, chat):
+    """Given one update delivered four times at once (Telegram retrying over several
+    connections), then one job, one working message, one photo."""
+    update = telegram.text_update(chat, "/image a twin star")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(telegram.post_update, [update] * 4))
+    assert [a.status_code for a in answers] == [200] * 4
+    wait_terminal(tg_services, one_job(tg_services, chat).id)
+    wait_call(telegram, chat, "sendPhoto", ok=True)
+    assert len(calls(telegram, chat, "sendMessage", ok=True)) == 1
+    assert len(jobs_of(tg_services, chat)) == 1
+
+
 # --- over Telegram's limits -----------------------------------------------------------------
 
 
