@@ -122,16 +122,15 @@ def status_id(services: Any, job_id: str) -> int:
 
 def test_image_is_acknowledged_at_once_then_sent_as_a_photo(telegram, tg_services, chat):
     """Given a private chat, when the user sends /image, then the webhook answers 200 fast
-    with "typing…" (no Bot API call of its own), the worker says "working on it", and the
-    PNG arrives as a photo replying to the user's message, captioned, while the working
-    message is deleted."""
+    (an empty answer), "working on it" is sent beside it, and the PNG arrives as a photo
+    replying to the user's message, captioned, while the working message is deleted."""
     update = telegram.text_update(chat, "/image a red sphere")
     started = time.perf_counter()
     response = telegram.post_update(update)
     elapsed = time.perf_counter() - started
     assert response.status_code == 200
     assert elapsed < 2.0  # ~0.05 s warm here; the margin is for a loaded test machine
-    assert response.json() == {"method": "sendChatAction", "chat_id": chat, "action": "typing"}
+    assert response.json() == {}
     job = one_job(tg_services, chat)
     assert (job.channel, job.kind, job.prompt) == ("telegram", "image", "a red sphere")
     working = wait_call(telegram, chat, "sendMessage")
@@ -324,16 +323,18 @@ def test_the_daily_quota_is_enforced_politely(telegram, tg_services, chat):
 
 def test_429_is_waited_out_for_the_result_and_never_delays_the_webhook(telegram, tg_services, chat):
     """Given Telegram answering 429 to the working message (retry after 5 s) and once to the
-    photo (retry after 1 s), then the webhook still answers at once and the job runs, and
-    the photo is sent again after the wait."""
+    photo (retry after 1 s), then the webhook still answers at once and the job runs, the
+    worker sends the working message the webhook could not, and the photo is sent again
+    after the wait."""
     telegram.fail("sendMessage", chat_id=chat, error_code=429, retry_after=5)
     telegram.fail("sendPhoto", chat_id=chat, error_code=429, retry_after=1)
     started = time.perf_counter()
     send(telegram, chat, "/image a pink ball")
     assert time.perf_counter() - started < 3.0  # never the 5 s Telegram asked for
     job = one_job(tg_services, chat)
-    done = wait_terminal(tg_services, job.id)
-    assert (done.server.telegram or {}).get("statusMessageId") is None
+    wait_terminal(tg_services, job.id)
+    working = calls(telegram, chat, "sendMessage")
+    assert [c["ok"] for c in working] == [False, True] and working[0]["error_code"] == 429
     sent = wait_call(telegram, chat, "sendPhoto", ok=True)
     refused = calls(telegram, chat, "sendPhoto", ok=False)
     assert [c["error_code"] for c in refused] == [429]
@@ -373,8 +374,7 @@ def test_everything_for_a_topic_message_goes_to_that_topic(telegram, tg_services
     group = -int(f"100{random.randint(10**8, 10**9)}")
     telegram.forum(group, {7: "Renders"})
     update = telegram.text_update(group, "/image a forum lamp", chat_type="supergroup", thread_id=7)
-    answer = telegram.post_update(update).json()
-    assert answer["method"] == "sendChatAction" and answer["message_thread_id"] == 7
+    assert telegram.post_update(update).json() == {}
     job = one_job(tg_services, group)
     assert (job.server.telegram or {})["threadId"] == 7
     wait_terminal(tg_services, job.id)
@@ -450,6 +450,26 @@ def test_a_result_telegram_cannot_take_now_is_delivered_later(telegram, tg_servi
     wait_call(telegram, chat, "deleteMessage", ok=True)
     doc = tg_services.firestore.collection("telegramChats").document(str(chat)).get().to_dict()
     assert doc["hasUndelivered"] is False and doc["undelivered"] == {}
+
+
+def test_a_slow_bot_api_never_slows_the_webhook_and_leaves_no_working_message(
+        telegram, tg_services, chat):
+    """Given a Bot API that answers this chat 2 s late, then the webhook still answers at
+    once, the working message reaches Telegram within a second, and when the (fast) job
+    ends before its id is known, the result still replaces it: none is left behind."""
+    telegram.slow("*", 2.0, chat_id=chat)
+    try:
+        posted = time.time()
+        send(telegram, chat, "/image a sleepy snail")
+        assert time.time() - posted < 1.0
+        arrived = wait_for(lambda: [a for a in telegram.arrivals if a["chat_id"] == chat],
+                           what="the working message")[0]
+        assert arrived["method"] == "sendMessage" and arrived["at"] - posted < 1.0
+        job = one_job(tg_services, chat)
+        wait_call(telegram, chat, "deleteMessage", ok=True)
+        assert telegram.message(chat, status_id(tg_services, job.id)) is None
+    finally:
+        telegram.slow_calls.clear()
 
 
 def test_concurrent_duplicates_of_one_update_make_one_job(telegram, tg_services, chat):

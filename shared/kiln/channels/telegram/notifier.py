@@ -3,15 +3,15 @@
 :class:`TelegramChannel` is registered in the composition root (``kiln.compose``) and
 called by ``kiln.runtime.notify`` in the worker:
 
-- ``on_started`` (the worker claimed the job): send "working on it" in the job's topic and
-  record its id (``server.telegram.statusMessageId``). It is sent here, not in the webhook,
-  so the webhook never waits on the Bot API (docs/telegram.md).
+- ``on_started`` (the worker claimed the job): if the webhook's "working on it" message
+  (``working``) failed, send it now, beside the generation (never blocking it).
 - ``on_progress`` follows each coalesced progress write and edits that message — at most
   every ``EDIT_INTERVAL`` seconds per job and ``CHAT_GAP`` per chat, only when the
   progress or stage moved, and never while Telegram asked us to wait. The last edit is
   remembered in this process, not in the job document, so the edits add no Firestore
   writes to the job's one-write-a-second budget.
-- ``on_finished`` runs once per finished job (``delivery``). When Telegram is down, the
+- ``on_finished`` runs once per finished job (``delivery``), after a pending "working"
+  message is settled (so it can be deleted or edited). When Telegram is down, the
   delivery is *deferred* (``ChatStore.defer_delivery``) and ``redeliver`` — called by the
   sweeper's pass — tries it again with a doubling delay; the last attempt falls back to
   the download link, and a job whose chat could never be told is recorded ``error``.
@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kiln import log
-from kiln.channels.telegram import messages
+from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.client import BotBlockedError, TelegramApiError
 from kiln.channels.telegram.delivery import (
@@ -35,7 +35,7 @@ from kiln.channels.telegram.delivery import (
     telegram_state,
 )
 from kiln.core import lifecycle
-from kiln.core.errors import KilnError, RetryableError
+from kiln.core.errors import RetryableError
 from kiln.core.job import Job, JobStatus
 
 if TYPE_CHECKING:  # the composition root imports this module: no run-time import back
@@ -59,7 +59,6 @@ class _EditThrottle:
         self._jobs: dict[str, tuple[float, tuple[int, str]]] = {}
         self._chats: dict[int, float] = {}
         self._quiet: dict[int, float] = {}
-        self.status: dict[str, int] = {}  # job id → "working" message id sent here
 
     def permit(self, job_id: str, chat_id: int, state: tuple[int, str], seed: float,
                now: float) -> bool:
@@ -74,13 +73,7 @@ class _EditThrottle:
             self._chats[chat_id] = now
             if len(self._jobs) > 10_000:  # jobs that ended elsewhere: keep memory bounded
                 self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < 3600}
-                self.status = {k: v for k, v in self.status.items() if k in self._jobs}
             return True
-
-    def sent(self, job_id: str, message_id: int, now: float) -> None:
-        with self._lock:
-            self.status[job_id] = message_id
-            self._jobs[job_id] = (now, (0, "queued"))
 
     def quiet(self, chat_id: int, seconds: float, now: float) -> None:
         with self._lock:
@@ -89,43 +82,37 @@ class _EditThrottle:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
-            self.status.pop(job_id, None)
 
 
 _THROTTLE = _EditThrottle()
 
 
 def address(job: Job) -> Address | None:
-    """The job's reply address, with the "working" message this process sent for it."""
-    tg = dict(telegram_state(job))
-    if tg.get("statusMessageId") is None and job.id in _THROTTLE.status:
-        tg["statusMessageId"] = _THROTTLE.status[job.id]
-    return Address.of(tg)
+    """The job's reply address (chat, topic, the user's message, the "working" message)."""
+    return Address.of(telegram_state(job))
 
 
 class TelegramChannel:
     """The Telegram chat as a :class:`kiln.ports.Channel`."""
 
     def on_started(self, services: Services, job: Job) -> None:
-        """Say "working on it" in the job's topic, once per job; never fails the job."""
+        """Make sure the job has its "working" message, without waiting on the Bot API."""
         to = address(job)
-        if to is None or to.status_id is not None or telegram_state(job).get("workingSent"):
+        state = telegram_state(job).get("working")
+        if to is None or to.status_id is not None or state == working.SENT:
             return
-        now = time.time()
-        try:
-            sent = to.send(bot_for(services), messages.working(job.kind, job.prompt), max_wait=0)
-        except KilnError as exc:  # the result still comes, as a new message
-            log.event(logger, "working message not sent", logging.WARNING, code=exc.code)
+        if state == working.PENDING:  # the webhook's send may still fail: check beside us
+            working.later(services, job.id, to, messages.working(job.kind, job.prompt))
             return
-        if not sent:
-            return
-        _THROTTLE.sent(job.id, int(sent["message_id"]), now)
-        services.store.apply(job.id, lifecycle.channel_state("telegram", {
-            "statusMessageId": int(sent["message_id"]), "sentAt": now, "workingSent": True}))
+        services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
+        working.announce(services, job.id, to, messages.working(job.kind, job.prompt))
 
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
         to = address(job)
+        if to is not None and to.status_id is None and telegram_state(job).get("working"):
+            job = services.store.get(job.id) or job  # sent beside us since the claim?
+            to = address(job)
         if to is None or to.status_id is None:
             return
         now = time.time()
@@ -145,6 +132,7 @@ class TelegramChannel:
     def on_finished(self, services: Services, job: Job) -> dict[str, Any]:
         """Send the result (or the failure) to the chat; return what was sent. When Telegram
         is down, defer it: ``{"deferred": attempt}`` (``notify`` records ``retrying``)."""
+        job = working.settled(services, job)
         to = address(job)
         _THROTTLE.forget(job.id)
         if to is None:
@@ -163,7 +151,7 @@ class TelegramChannel:
             if attempt is None:
                 continue
             tried += 1
-            to = address(job) if job is not None else None
+            to = address(working.settled(services, job)) if job is not None else None
             if job is None or to is None:
                 chats.delivered(chat_id, job_id)
                 continue

@@ -4,9 +4,8 @@ Every update Telegram sends is answered 200 (unless the secret is wrong, or Fire
 down and a retry can help), including the ones Kiln ignores, so Telegram never retries
 them. The webhook never calls the Bot API (docs/telegram.md): replies ride in the webhook
 answer itself (``{"method": "sendMessage", …}`` — no extra request, and a failed answer
-executes nothing, so a retried update cannot reply twice). A job's answer is a
-``sendChatAction`` ("typing…" at once); its "working on it" message, whose id the
-progress edits need, is sent by the worker that takes the job (``notifier.on_started``).
+executes nothing, so a retried update cannot reply twice). A new job's "working on it"
+message, whose id the progress edits need, is sent beside the answer (``working``).
 Everything the bot sends for a message in a forum topic goes to that topic
 (``message_thread_id``, recorded with the job as ``server.telegram.threadId``).
 
@@ -26,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from kiln import log
-from kiln.channels.telegram import messages
+from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
 from kiln.channels.telegram.commands import HINTS, JOB_COMMANDS, decide, update_kind
+from kiln.channels.telegram.delivery import Address
 from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
@@ -164,7 +164,8 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.quota_reached(settings.telegram_daily_quota))
     telegram = {"chatId": incoming.chat_id, "chatType": incoming.chat_type,
                 "threadId": incoming.thread_id, "messageId": incoming.message_id,
-                "fromId": incoming.from_id, "updateId": incoming.update_id}
+                "fromId": incoming.from_id, "updateId": incoming.update_id,
+                "working": working.PENDING}
     try:
         accepted = accept_job(services, uid=incoming.uid, channel="telegram",
                               request=job_request, idempotency_key=key,
@@ -175,8 +176,9 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         raise  # 503: Telegram retries the update
     if not accepted.created:  # a concurrent delivery of the same update won the race
         return None
-    # "typing…" at once; the worker that takes the job says "working on it" (with an id).
-    return incoming.answer("sendChatAction", action="typing")
+    to = Address(incoming.chat_id, incoming.thread_id, incoming.message_id)
+    working.announce(services, accepted.job_id, to, messages.working(kind, prompt))
+    return None
 
 
 def _refund(services: Services, incoming: Incoming, job_id: str, day: str) -> None:
