@@ -24,6 +24,7 @@ from PIL import Image
 
 from kiln.channels.telegram import delivery, notifier
 from kiln.channels.telegram.client import BotClient
+from kiln.core.errors import RetryableError
 from kiln.core.job import Job, JobStatus, ServerState
 from kiln.runtime.results import result_path
 from kiln_dev.stack import LocalStack, StackConfig
@@ -470,6 +471,27 @@ def test_a_slow_bot_api_never_slows_the_webhook_and_leaves_no_working_message(
         assert telegram.message(chat, status_id(tg_services, job.id)) is None
     finally:
         telegram.slow_calls.clear()
+
+
+def test_the_last_attempt_sends_the_link_when_the_file_cannot_go(telegram, tg_services, chat):
+    """Given Telegram answering 500 to every upload, then a normal attempt raises (to be
+    retried later) and the last attempt edits the working message into the download link,
+    saying Telegram did not take the file — never "too big"."""
+    png = io.BytesIO()
+    Image.new("L", (64, 64), 90).save(png, "PNG")
+    working = BotClient(telegram.token, telegram.url).send_message(chat, "🎨 Working on it…")
+    assert working is not None
+    job = _completed_image_job(tg_services, chat, png.getvalue(), working["message_id"])
+    to = delivery.Address(chat, status_id=working["message_id"])
+    telegram.fail("sendPhoto", chat_id=chat, error_code=500, description="Internal", times=2)
+    with pytest.raises(RetryableError):
+        delivery.deliver_result(tg_services, job, to)
+    report = delivery.deliver_result(tg_services, job, to, final=True)
+    assert report["sent"] == "link" and report["fileError"] == "telegram_unavailable"
+    link = calls(telegram, chat, "editMessageText", ok=True)[-1]
+    assert link["message_id"] == working["message_id"]
+    assert "Telegram did not take it in time" in link["text"] and "too big" not in link["text"]
+    assert (job.result or {})["downloadUrl"] in link["text"]
 
 
 def test_concurrent_duplicates_of_one_update_make_one_job(telegram, tg_services, chat):

@@ -104,6 +104,8 @@ class TelegramChannel:
         if state == working.PENDING:  # the webhook's send may still fail: check beside us
             working.later(services, job.id, to, messages.working(job.kind, job.prompt))
             return
+        if chat_store(services).is_blocked(to.chat_id):
+            return
         services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
         working.announce(services, job.id, to, messages.working(job.kind, job.prompt))
 

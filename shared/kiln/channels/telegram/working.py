@@ -6,8 +6,9 @@ Bot API and the message still appears within a second of the update. When the Bo
 answers, its id is recorded (``statusMessageId``, ``working = "sent"``) for the progress
 edits and the result; when the call fails, ``working = "failed"`` and the worker that
 takes the job sends it instead (``notifier.on_started``). The worker waits a bounded
-time for a pending message before it delivers the end, so the result never leaves a
-"Working on…" message behind (docs/telegram.md).
+time for a pending message before it delivers the end, and a message that arrives after
+``/cancel`` is edited to say so, so no "Working on…" message is left behind
+(docs/telegram.md).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from kiln import log
-from kiln.channels.telegram.bot import bot_for
+from kiln.channels.telegram import messages
+from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.delivery import Address
 from kiln.core import lifecycle
 from kiln.core.errors import KilnError
-from kiln.core.job import Job
+from kiln.core.job import Job, JobStatus
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -48,7 +50,8 @@ def later(services: Services, job_id: str, to: Address, text: str) -> Future[boo
         if job is None:
             return False
         job = settled(services, job)
-        if (job.server.telegram or {}).get("working") != FAILED or job.terminal:
+        if (job.server.telegram or {}).get("working") != FAILED or job.terminal \
+                or chat_store(services).is_blocked(to.chat_id):
             return False
         return send(services, job_id, to, text)
 
@@ -69,6 +72,10 @@ def send(services: Services, job_id: str, to: Address, text: str) -> bool:
             return False
         services.store.apply(job_id, lifecycle.channel_state("telegram", {
             "statusMessageId": int(sent["message_id"]), "sentAt": now, "working": SENT}))
+        job = services.store.get(job_id)
+        if job is not None and job.status is JobStatus.CANCELED:  # /cancel came first
+            bot_for(services).edit_message_text(to.chat_id, int(sent["message_id"]),
+                                                messages.canceled(job), max_wait=0)
     except KilnError as exc:
         log.event(logger, "working message not recorded", logging.WARNING, code=exc.code)
         return False
