@@ -59,6 +59,7 @@ class _EditThrottle:
         self._jobs: dict[str, tuple[float, tuple[int, str]]] = {}
         self._chats: dict[int, float] = {}
         self._quiet: dict[int, float] = {}
+        self._looked: dict[str, float] = {}
 
     def permit(self, job_id: str, chat_id: int, state: tuple[int, str], seed: float,
                now: float) -> bool:
@@ -75,6 +76,17 @@ class _EditThrottle:
                 self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < 3600}
             return True
 
+    def lookup_due(self, job_id: str, now: float) -> bool:
+        """Whether to read the job again for a "working" message id sent since the claim
+        (at most every ``EDIT_INTERVAL`` per job)."""
+        with self._lock:
+            if now - self._looked.get(job_id, 0.0) < EDIT_INTERVAL:
+                return False
+            self._looked[job_id] = now
+            if len(self._looked) > 10_000:
+                self._looked = {k: v for k, v in self._looked.items() if now - v < 3600}
+            return True
+
     def quiet(self, chat_id: int, seconds: float, now: float) -> None:
         with self._lock:
             self._quiet[chat_id] = now + seconds
@@ -82,6 +94,7 @@ class _EditThrottle:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._looked.pop(job_id, None)
 
 
 _THROTTLE = _EditThrottle()
@@ -112,7 +125,7 @@ class TelegramChannel:
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
         to = address(job)
-        if to is not None and to.status_id is None and telegram_state(job).get("working"):
+        if to is not None and to.status_id is None and _THROTTLE.lookup_due(job.id, time.time()):
             job = services.store.get(job.id) or job  # sent beside us since the claim?
             to = address(job)
         if to is None or to.status_id is None:
