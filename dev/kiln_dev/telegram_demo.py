@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kiln.channels.telegram.cli import ALLOWED_UPDATES
 from kiln.channels.telegram.client import BotClient
 from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.telegram import TelegramServer
@@ -30,7 +31,7 @@ def telegram_demo(out: Path) -> int:
         print(f"stack ready in {time.monotonic() - t0:.1f}s  (Bot API {telegram.url})\n", flush=True)
         webhook = f"{stack.ingress_url}/telegram/webhook"
         BotClient(telegram.token, telegram.url).set_webhook(webhook, telegram.secret,
-                                                            allowed_updates=["message", "callback_query"])
+                                                            allowed_updates=ALLOWED_UPDATES)
         services = stack.services()
         for text in PROMPTS:
             sent = time.monotonic()

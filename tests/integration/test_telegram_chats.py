@@ -124,3 +124,34 @@ def test_a_new_day_resets_the_quota_but_not_the_places(chats: ChatStore, chat: i
     assert tomorrow.refused == "running"
     assert chats.reserve(chat, job_id=job_id(), day="2026-11-24", quota=1, max_running=2,
                          now=time.time()).refused == ""
+
+
+def test_a_migration_moves_places_quota_and_former_ids_once(chats: ChatStore, chat: int) -> None:
+    """Given a group with a running place and quota used, when it becomes a supergroup, then
+    the new chat holds the place, the quota and the old id; the old points on; a second
+    migration call (the service message after the 400) changes nothing."""
+    old, new = -chat, -int(f"100{chat}")
+    held = job_id()
+    reserve(chats, old, held)
+    assert chats.migrate(old, new) is True
+    moved = chats.get(new)
+    assert set(moved["running"]) == {held} and moved["quotaUsed"] == 1
+    assert moved["formerChatIds"] == [str(old)] and chats.get(old)["migratedTo"] == str(new)
+    assert chats.uids(new) == [chat_uid(new), chat_uid(old)]
+    assert chats.migrate(old, new) is False
+    assert chats.get(new)["quotaUsed"] == 1
+
+
+def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: ChatStore, chat: int) -> None:
+    """Given a result deferred until t=100, then it is not due before, is due after, only
+    one of two concurrent claims gets it (attempt 2), and once delivered it is forgotten."""
+    job = job_id()
+    chats.defer_delivery(chat, job, attempt=2, at=100.0)
+    assert (str(chat), job) not in chats.due_deliveries(99.0)
+    assert (str(chat), job) in chats.due_deliveries(101.0)
+    claims = [chats.claim_delivery(chat, job, now=101.0, lease=60) for _ in range(2)]
+    assert claims == [2, None]
+    chats.delivered(chat, job)
+    doc = chats.get(chat)
+    assert doc["undelivered"] == {} and doc["hasUndelivered"] is False
+    assert (str(chat), job) not in chats.due_deliveries(1e12)

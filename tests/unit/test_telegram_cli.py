@@ -34,7 +34,7 @@ def test_set_webhook_generates_stores_and_never_prints_the_secret(server, capsys
     secret_file = tmp_path / ".kiln" / "telegram-webhook-secret"
     secret = secret_file.read_text()
     assert server.webhook["url"] == URL and server.webhook["secret_token"] == secret
-    assert server.webhook["allowed_updates"] == ["message", "callback_query"]
+    assert server.webhook["allowed_updates"] == ["message", "callback_query", "my_chat_member"]
     assert len(secret) >= 32 and secret not in out and secret[:4] in out
     assert server.token not in out
     assert "gcloud secrets versions add kiln-telegram-webhook-secret" in out

@@ -154,3 +154,28 @@ def test_uploads_stream_the_file_with_name_and_type(bot, server, slept):
 def test_a_missing_token_is_a_config_error():
     with pytest.raises(ConfigError):
         BotClient("", "http://127.0.0.1:1")
+
+
+def test_a_migrated_group_is_followed_to_its_supergroup(server):
+    """Given a group that became a supergroup, when a message is sent to the old id, then
+    on_migrated(old, new) is called once, the call is repeated to the new chat, and later
+    calls to the old id go straight to the new one."""
+    moved: list[tuple[int | str, int]] = []
+    client = BotClient(server.token, server.url, on_migrated=lambda old, new: moved.append((old, new)))
+    new_id = server.migrate(-777001)
+    sent = client.send_message(-777001, "hello", thread_id=None)
+    assert sent is not None and sent["chat"]["id"] == new_id and moved == [(-777001, new_id)]
+    client.send_message(-777001, "again")
+    assert [c["ok"] for c in server.calls_for(-777001)] == [False]
+    assert len(server.calls_for(new_id, "sendMessage")) == 2
+    client.close()
+
+
+def test_topic_and_reply_parameters_reach_the_api(bot, server):
+    server.forum(-777002, {5: "Renders"})
+    bot.send_message(-777002, "in the topic", reply_to=9, thread_id=5)
+    bot.send_document(-777002, io.BytesIO(b"glTF"), filename="a.glb",
+                      content_type="model/gltf-binary", caption="🧊", reply_to=9, thread_id=5)
+    for call in server.calls_for(-777002):
+        assert call["ok"] and call["message_thread_id"] == 5
+        assert call["reply_parameters"] == {"message_id": 9, "allow_sending_without_reply": True}

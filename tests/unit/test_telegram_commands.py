@@ -86,7 +86,7 @@ def test_a_group_is_served_only_when_it_addresses_the_bot(msg, expected):
     message("/image@other_bot a cone", "group"),
     message("/image a red sphere", "channel"),
     message(None),
-    {"message_id": 1, "chat": {"id": 42, "type": "private"}, "sticker": {"file_id": "x"}},
+    {"message_id": 1, "chat": {"id": -42, "type": "group"}, "sticker": {"file_id": "x"}},
 ])
 def test_messages_not_for_the_bot(msg):
     """Unaddressed group text, mentions of someone else, other bots' commands, channels,
@@ -169,8 +169,39 @@ def test_failure_cancel_and_caption_texts_read_the_typed_job():
         "1 more still running; send /cancel again to stop it too.")
     assert messages.caption(job(prompt="word " * 400)).startswith("🎨 “word")
     assert len(messages.caption(job(prompt="word " * 400))) <= messages.CAPTION_MAX
-    link = messages.too_big_link(model, "https://example.com/castle.glb", 60 * 1024 * 1024)
-    assert "at 60 MB it is too big" in link and link.endswith("\nhttps://example.com/castle.glb")
+    link = messages.too_big_link(model, "https://example.com/castle.glb", 60 * 1024 * 1024,
+                                 50 * 1024 * 1024)
+    assert "at 60.0 MB it is over the 50.0 MB Telegram lets a bot send" in link
+    assert link.endswith("\nhttps://example.com/castle.glb")
+
+
+@pytest.mark.parametrize("prompt", ["🎨" * 1000, "a" * 899 + "🎨" * 200, "e\u0301" * 700])
+def test_captions_and_texts_are_cut_in_utf16_units_without_splitting_a_pair(prompt):
+    """Given a prompt of 1000 emoji (2000 UTF-16 units, 1000 code points), the caption is
+    at most 1024 UTF-16 units, encodes as valid UTF-16 (no lone surrogate) and ends "…”"."""
+    text = messages.caption(job(prompt=prompt))
+    assert messages.utf16_len(text) <= messages.CAPTION_MAX
+    text.encode("utf-16-le")  # a split pair would be a lone surrogate and raise here
+    assert text.endswith("…”")
+    long = messages.failed(job(JobStatus.FAILED, prompt=prompt * 5))
+    assert messages.utf16_len(long) <= messages.TEXT_MAX
+
+
+def test_cut_keeps_whole_pairs_at_every_boundary():
+    for limit in range(1, 12):
+        cut = messages.cut("🎨a🎨🎨b🎨🎨🎨", limit)
+        assert messages.utf16_len(cut) <= limit
+        cut.encode("utf-16-le")
+
+
+def test_every_link_fallback_says_what_happened_never_0_mb():
+    """A small result Telegram refused is not "too big"; sizes under 1 MB read in KB."""
+    image = job(JobStatus.COMPLETED, prompt="a cat")
+    refused = messages.not_sent_link(image, "https://x/y.png", "Telegram refused it: bad")
+    assert "too big" not in refused and "Telegram refused it: bad" in refused
+    assert "0 MB" not in messages.too_big_link(image, "https://x", 300, 200)
+    assert messages.size_text(300) == "1 KB" and messages.size_text(3 * 1024 * 1024) == "3.0 MB"
+    assert "Kiln app" in messages.link_text(image, "", "I couldn't send the file here")
 
 
 def test_newest_first_orders_typed_jobs_by_creation_untimestamped_last():

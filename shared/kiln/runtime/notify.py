@@ -8,7 +8,10 @@ construction.
 
 The app push goes to the owner's registered devices (any channel). A channel with its own
 conversation (Telegram) is registered in the composition root (``Services.channels``)
-and is told of progress and of the end.
+and is told of the start, of progress and of the end. A channel that cannot reach its
+chat right now defers the end itself (its report says ``deferred``: the state is then
+``retrying``) and finishes it from the sweeper's pass (``redeliver``), which records the
+final ``sent`` or ``error``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,30 @@ from kiln.core import lifecycle
 from kiln.core.job import Job
 
 logger = log.get("notify")
+
+
+def on_started(services: Services, job: Job) -> None:
+    """Tell the job's channel that a worker took the job (never fails the job)."""
+    channel = services.channels.get(job.channel)
+    if channel is None:
+        return
+    try:
+        channel.on_started(services, job)
+    except Exception as exc:
+        log.event(logger, "channel start notice failed", logging.WARNING,
+                  error=type(exc).__name__)
+
+
+def redeliver(services: Services) -> int:
+    """Let each channel finish the deliveries it deferred; how many were tried."""
+    tried = 0
+    for name, channel in services.channels.items():
+        try:
+            tried += channel.redeliver(services)
+        except Exception as exc:  # one channel's outage must not stop the sweep
+            log.event(logger, "channel redelivery failed", logging.WARNING, channel=name,
+                      error=type(exc).__name__)
+    return tried
 
 
 def on_progress(services: Services, job: Job, progress: int, stage: str) -> None:
@@ -48,7 +75,7 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
         channel = services.channels.get(job.channel)
         if channel is not None:
             report["channel"] = channel.on_finished(services, job)
-        state = "sent"
+        state = "retrying" if "deferred" in report.get("channel", {}) else "sent"
     except Exception as exc:  # a notification failure must not un-finish the job
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         report["error"] = type(exc).__name__

@@ -4,8 +4,10 @@ Runs every minute (Cloud Scheduler; locally a loop in the stack). For each pendi
 running job the lifecycle decides (``sweep_action``): re-publish one whose publish may
 have been lost or whose lease expired (the next claim resumes or fails it), send a new
 check to one waiting on its remote task whose scheduled check is overdue, or fail one
-past its deadline. Every change goes through the same lifecycle transactions as the
-worker, so sweepers may run concurrently with each other and with workers.
+past its deadline. Then each channel retries the end-of-job messages it deferred because
+its chat could not be reached (``notify.redeliver``). Every change goes through the same
+lifecycle transactions as the worker, so sweepers may run concurrently with each other
+and with workers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SweepCount(enum.StrEnum):
     REPUBLISHED_PROCESSING = "republished_processing"
     RECHECKED = "rechecked"
     PUBLISH_ERRORS = "publish_errors"
+    REDELIVERED = "redelivered"
 
 
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -64,6 +67,9 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                     services.store.apply(job.id, lifecycle.republished(now))
                 except RetryableError:
                     report[SweepCount.PUBLISH_ERRORS] += 1
+    redelivered = notify.redeliver(services)
+    if redelivered:
+        report[SweepCount.REDELIVERED] += redelivered
     result = {str(name): count for name, count in report.items()}
     log.event(logger, "sweep done", **result)
     return result

@@ -130,6 +130,7 @@ def run_job(job_id: str, services: Services, *, check: int | None = None) -> Run
     if check is None:
         log.event(logger, "job claimed", attempt=job.attempts + 1, provider=provider.name,
                   resume=bool(resume_task_id))
+        notify.on_started(services, job)
     deadline = started + services.settings.worker_budget_seconds
     try:
         produced = _generate(provider, request, reporter, services, resume_task_id, deadline)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.compose import Services
+from kiln.core import lifecycle
 from kiln.core.errors import CanceledError
 from kiln.core.job import Job
 from kiln.core.policy import PollCadence
@@ -113,7 +114,19 @@ class Channel:
 
     progress: list[tuple[str, int, str]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    defer: bool = False  # the chat cannot be reached now: defer every end
     fail_progress: bool = False
+
+    def on_started(self, services: Any, job: Job) -> None:
+        self.started.append(job.id)
+
+    def redeliver(self, services: Any) -> int:
+        done, self.deferred = self.deferred, []
+        for job_id in done:
+            services.store.apply(job_id, lifecycle.notified("sent", {"channel": {"attempt": 2}}))
+        return len(done)
 
     def on_progress(self, services: Any, job: Job, progress: int, stage: str) -> None:
         if self.fail_progress:
@@ -122,6 +135,9 @@ class Channel:
 
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]:
         self.finished.append(job.id)
+        if self.defer:
+            self.deferred.append(job.id)
+            return {"deferred": 1}
         return {"sent": "reply"}
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from kiln.channels.telegram.chats import ChatStore
+from kiln import log
+from kiln.channels.telegram.chats import ChatStore, chat_uid
 from kiln.channels.telegram.client import BotClient
+from kiln.core import lifecycle
 
 if TYPE_CHECKING:  # the composition root imports this channel: no run-time import back
     from kiln.compose import Services
 
+logger = log.get("telegram.bot")
+
 _bots: weakref.WeakKeyDictionary[Services, BotClient] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+#: How many of a chat's newest jobs get their reply address moved when it migrates.
+MOVED_JOBS = 100
 
 
 def chat_store(services: Services) -> ChatStore:
@@ -21,12 +28,25 @@ def chat_store(services: Services) -> ChatStore:
 
 
 def bot_for(services: Services) -> BotClient:
-    """The cached Bot API client; a 403 from Telegram marks the chat blocked in Firestore."""
+    """The cached Bot API client; a 403 from Telegram marks the chat blocked in Firestore,
+    a migration moves the chat (``move_chat``)."""
     with _lock:
         bot = _bots.get(services)
         if bot is None:
             settings = services.settings
             bot = BotClient(settings.telegram_bot_token, settings.telegram_api_base,
-                            on_blocked=chat_store(services).mark_blocked)
+                            on_blocked=chat_store(services).mark_blocked,
+                            on_migrated=lambda old, new: move_chat(services, old, new))
             _bots[services] = bot
         return bot
+
+
+def move_chat(services: Services, old: int | str, new: int | str) -> None:
+    """Group ``old`` became supergroup ``new``: move the chat's state, and point its jobs'
+    reply address (``server.telegram.chatId``) at the new chat. Idempotent."""
+    moved = chat_store(services).migrate(old, new)
+    jobs = services.store.find(uid=chat_uid(old), limit=MOVED_JOBS)
+    for job in jobs:
+        if str((job.server.telegram or {}).get("chatId")) == str(old):
+            services.store.apply(job.id, lifecycle.channel_state("telegram", {"chatId": int(new)}))
+    log.event(logger, "chat migrated to a supergroup", logging.INFO, first=moved, jobs=len(jobs))

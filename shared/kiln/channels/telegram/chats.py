@@ -6,7 +6,13 @@ counter ``quotaDay`` / ``quotaUsed`` and ``running`` (job id → when its place 
 the chat's places for running jobs. Quota and place are taken together in one transaction
 before a job is created, so concurrent updates of one chat can never exceed either limit;
 places of jobs that have ended are given back by that same transaction, on the next job.
-A chat's jobs are the jobs whose ``uid`` is ``telegram:{chatId}``.
+A chat's jobs are the jobs whose ``uid`` is ``telegram:{chatId}`` — or the id of a group
+it was before it became a supergroup (``formerChatIds``; the old document points on with
+``migratedTo``).
+
+``undelivered`` (job id → ``{attempt, at}``, with ``hasUndelivered`` for the query) holds
+the results that could not be sent because Telegram was down: the sweeper's pass
+(``TelegramChannel.redeliver``) claims each due one in a transaction and tries again.
 """
 
 from __future__ import annotations
@@ -119,6 +125,79 @@ class ChatStore:
             return Reservation()
 
         return self._transact(run)
+
+    def migrate(self, old: int | str, new: int | str) -> bool:
+        """Group ``old`` is now supergroup ``new``: move places, quota and former ids over;
+        False when that was done already."""
+        old_ref, new_ref = self.ref(old), self.ref(new)
+
+        def run(tx: firestore.Transaction) -> bool:
+            was = old_ref.get(transaction=tx).to_dict() or {}
+            now = new_ref.get(transaction=tx).to_dict() or {}
+            if str(was.get("migratedTo")) == str(new):
+                return False
+            running = {**(was.get("running") or {}), **(now.get("running") or {})}
+            former = sorted({*map(str, was.get("formerChatIds") or []), str(old),
+                             *map(str, now.get("formerChatIds") or [])})
+            moved = {"running": running, "formerChatIds": former, "updatedAt": SERVER_TIMESTAMP}
+            if was.get("quotaDay") and was.get("quotaDay") == now.get("quotaDay", was["quotaDay"]):
+                moved.update(quotaDay=was["quotaDay"],
+                             quotaUsed=int(was.get("quotaUsed") or 0) + int(now.get("quotaUsed") or 0))
+            tx.set(new_ref, {**now, **moved})
+            tx.set(old_ref, {**was, "migratedTo": str(new), "running": {},
+                             "updatedAt": SERVER_TIMESTAMP})
+            return True
+
+        return self._transact(run)
+
+    def uids(self, chat_id: int | str) -> list[str]:
+        """The job owners of this chat: itself and the groups it was before."""
+        return [chat_uid(chat_id), *(chat_uid(c) for c in self.get(chat_id).get("formerChatIds") or [])]
+
+    # --- results waiting for Telegram ---------------------------------------------------
+
+    def defer_delivery(self, chat_id: int | str, job_id: str, *, attempt: int, at: float) -> None:
+        self._guard(lambda: self.ref(chat_id).set(
+            {"undelivered": {job_id: {"attempt": attempt, "at": at}}, "hasUndelivered": True,
+             "updatedAt": SERVER_TIMESTAMP}, merge=True))
+
+    def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
+        """(chat id, job id) of deferred deliveries that are due."""
+        query = self.client.collection(CHATS).where(
+            filter=firestore.FieldFilter("hasUndelivered", "==", True)).limit(limit)
+        docs = self._guard(lambda: list(query.stream()))
+        return [(doc.id, job_id) for doc in docs
+                for job_id, entry in ((doc.to_dict() or {}).get("undelivered") or {}).items()
+                if float((entry or {}).get("at") or 0) <= now]
+
+    def claim_delivery(self, chat_id: int | str, job_id: str, *, now: float,
+                       lease: float) -> int | None:
+        """Take a due deferred delivery for ``lease`` seconds: its attempt number, or None
+        when it is not due (another sweeper has it, or it was done)."""
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> int | None:
+            waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
+            entry = waiting.get(job_id)
+            if not entry or float(entry.get("at") or 0) > now:
+                return None
+            waiting[job_id] = {**entry, "at": now + lease}
+            tx.update(ref, {"undelivered": waiting})
+            return int(entry.get("attempt") or 1)
+
+        return self._transact(run)
+
+    def delivered(self, chat_id: int | str, job_id: str) -> None:
+        """Forget a deferred delivery (sent, or given up)."""
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> None:
+            doc = ref.get(transaction=tx).to_dict() or {}
+            left = dict(doc.get("undelivered") or {})
+            if left.pop(job_id, None) is not None:
+                tx.update(ref, {"undelivered": left, "hasUndelivered": bool(left)})
+
+        self._transact(run)
 
     def refund(self, chat_id: int | str, *, job_id: str, day: str) -> None:
         """Give back the place and the quota of a reservation whose job was not created."""

@@ -19,8 +19,9 @@ from kiln.core.errors import KilnError
 
 DEFAULT_SECRET_FILE = Path(".kiln/telegram-webhook-secret")
 SECRET_NAME = "kiln-telegram-webhook-secret"  # infra/secrets.tf
-#: What the bot needs; Telegram then never sends edits, channel posts, member updates, ….
-ALLOWED_UPDATES = ["message", "callback_query"]
+#: What the bot needs (``my_chat_member``: the user blocked or removed the bot); Telegram
+#: then never sends edits, channel posts, other members' updates, …
+ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
 
 
 def add_parser(sub: Any) -> None:

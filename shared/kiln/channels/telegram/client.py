@@ -10,6 +10,9 @@ Error mapping (``{"ok": false, "error_code", "description", "parameters"}``):
   ``max_wait`` seconds, else :class:`RetryableError` with ``retry_after``;
 - 403 (blocked by the user, kicked from the group): ``on_blocked(chat_id)``, then
   :class:`BotBlockedError` — never retried;
+- 400 with ``parameters.migrate_to_chat_id`` (the group became a supergroup):
+  ``on_migrated(old, new)``, then the same call again to the new chat (and every later
+  call to the old id goes to the new one); :class:`ChatMigratedError` if that fails too;
 - 400 "message to edit not found" / "message is not modified" / "message can't be
   deleted" and the like: ignored, the call returns None;
 - other 400: :class:`TelegramApiError` (permanent); 401/404: the token was refused;
@@ -62,6 +65,16 @@ class TelegramApiError(PermanentError):
         self.error_code = error_code
 
 
+class ChatMigratedError(TelegramApiError):
+    """400 with ``migrate_to_chat_id``: the group is now the supergroup ``new_chat_id``."""
+
+    code = "telegram_chat_migrated"
+
+    def __init__(self, description: str, *, new_chat_id: int) -> None:
+        super().__init__(description, error_code=400)
+        self.new_chat_id = new_chat_id
+
+
 class _TokenTransport(httpx.BaseTransport):
     """Swaps the ``/bot***/`` placeholder for the real token just before sending."""
 
@@ -85,6 +98,7 @@ class BotClient:
 
     Args:
         on_blocked: called with the chat id when Telegram answers 403 for a chat.
+        on_migrated: called with (old, new) chat id when a group became a supergroup.
         max_wait: default longest 429 ``retry_after`` to wait out (then retry once).
     """
 
@@ -94,6 +108,7 @@ class BotClient:
         api_base: str = "https://api.telegram.org",
         *,
         on_blocked: Callable[[int | str], None] | None = None,
+        on_migrated: Callable[[int | str, int], None] | None = None,
         max_wait: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -105,6 +120,8 @@ class BotClient:
         self._http = httpx.Client(transport=_TokenTransport(token, httpx.HTTPTransport()),
                                   timeout=API_TIMEOUT)
         self.on_blocked = on_blocked
+        self.on_migrated = on_migrated
+        self.migrated: dict[str, int] = {}  # old chat id → new, learnt in this process
         self.max_wait = max_wait
         self._sleep = sleep
         self._me: dict[str, Any] | None = None
@@ -132,8 +149,11 @@ class BotClient:
             PermanentError: the token was refused (401/404).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        if "chat_id" in params and str(params["chat_id"]) in self.migrated:
+            params["chat_id"] = self.migrated[str(params["chat_id"])]
         wait = self.max_wait if max_wait is None else max_wait
-        for attempt in (1, 2):
+        waited = moved = False
+        while True:
             response = self._post(method, params, files, timeout)
             body = _body(response)
             if body.get("ok") is True:
@@ -141,11 +161,24 @@ class BotClient:
             code = int(body.get("error_code") or response.status_code)
             description = str(body.get("description") or f"HTTP {response.status_code}")
             retry_after = _retry_after(body)
-            if code == 429 and attempt == 1 and retry_after is not None and retry_after <= wait:
+            if code == 429 and not waited and retry_after is not None and retry_after <= wait:
                 self._sleep(retry_after)
+                waited = True
                 continue  # a multipart body is rendered again (httpx seeks the file to 0)
+            new_chat = _migrate_to(body)
+            if new_chat is not None and not moved and params.get("chat_id") is not None:
+                self._moved(params["chat_id"], new_chat)
+                params["chat_id"] = new_chat if isinstance(params["chat_id"], int) else str(new_chat)
+                moved = True
+                continue
+            if new_chat is not None:
+                raise ChatMigratedError(description, new_chat_id=new_chat)
             return self._fail(method, params, code, description, retry_after)
-        raise AssertionError("unreachable")
+
+    def _moved(self, old: int | str, new: int) -> None:
+        self.migrated[str(old)] = new
+        if self.on_migrated is not None:
+            self.on_migrated(old, new)
 
     def _post(self, method: str, params: dict[str, Any],
               files: Mapping[str, tuple[str, IO[bytes], str]] | None,
@@ -198,8 +231,10 @@ class BotClient:
         return str(self.get_me().get("username") or "")
 
     def send_message(self, chat_id: int | str, text: str, *, reply_to: int | None = None,
-                     **kw: Any) -> dict[str, Any] | None:
+                     thread_id: int | None = None, **kw: Any) -> dict[str, Any] | None:
+        """``thread_id``: the forum topic (``message_thread_id``) the message goes to."""
         return self.call("sendMessage", {"chat_id": chat_id, "text": text,
+                                         "message_thread_id": thread_id,
                                          "reply_parameters": reply_parameters(reply_to)}, **kw)
 
     def edit_message_text(self, chat_id: int | str, message_id: int, text: str,
@@ -212,14 +247,18 @@ class BotClient:
     def delete_message(self, chat_id: int | str, message_id: int, **kw: Any) -> bool:
         return bool(self.call("deleteMessage", {"chat_id": chat_id, "message_id": message_id}, **kw))
 
-    def send_chat_action(self, chat_id: int | str, action: str, **kw: Any) -> bool:
-        return bool(self.call("sendChatAction", {"chat_id": chat_id, "action": action}, **kw))
+    def send_chat_action(self, chat_id: int | str, action: str, *, thread_id: int | None = None,
+                         **kw: Any) -> bool:
+        return bool(self.call("sendChatAction", {"chat_id": chat_id, "action": action,
+                                                 "message_thread_id": thread_id}, **kw))
 
     def send_file(self, method: str, field: str, chat_id: int | str, file: IO[bytes], *,
                   filename: str, content_type: str, caption: str | None = None,
-                  reply_to: int | None = None, **kw: Any) -> dict[str, Any] | None:
+                  reply_to: int | None = None, thread_id: int | None = None,
+                  **kw: Any) -> dict[str, Any] | None:
         """``sendPhoto`` / ``sendDocument`` as a streamed multipart upload of ``file``."""
         params = {"chat_id": str(chat_id), "caption": caption,
+                  "message_thread_id": None if thread_id is None else str(thread_id),
                   "reply_parameters": reply_parameters(reply_to)}
         return self.call(method, params, files={field: (filename, file, content_type)}, **kw)
 
@@ -255,6 +294,13 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"ok": False, "error_code": response.status_code}
     return body if isinstance(body, dict) else {"ok": False, "error_code": response.status_code}
+
+
+def _migrate_to(body: Mapping[str, Any]) -> int | None:
+    parameters = body.get("parameters")
+    if isinstance(parameters, dict) and isinstance(parameters.get("migrate_to_chat_id"), int):
+        return int(parameters["migrate_to_chat_id"])
+    return None
 
 
 def _retry_after(body: Mapping[str, Any]) -> float | None:

@@ -1,10 +1,17 @@
-"""What a Telegram message asks for: pure parsing, no I/O.
+"""What a Telegram message asks for: pure parsing, no I/O (decisions: docs/telegram.md).
 
-A private chat talks to the bot with every message. In a group the bot acts only when
-addressed: a command (``/image`` or ``/image@thisbot``; ``/image@otherbot`` is someone
-else's), an ``@thisbot`` mention, or a reply to one of the bot's messages. Plain text
-means the configured default kind. Anything else (stickers, photos, service messages)
-is not for us.
+A command is found by its ``bot_command`` entity wherever it is in the text or the
+caption (offsets in UTF-16 units), ``/cmd`` or ``/cmd@thisbot``; ``/cmd@otherbot`` is
+someone else's. A message without entities (not as Telegram sends them) is read by its
+leading ``/word``. A private chat talks to the bot with every message. In a group the bot
+acts only when addressed: a command, an ``@thisbot`` mention, or a reply to one of the
+bot's messages. Plain text means the configured default kind.
+
+Not a person typing to this bot, so never a job: messages from bots (other than an
+anonymous group admin), sent ``via_bot``, forwarded (in a private chat the user is told
+how to ask instead), a channel's automatic forward, anything in a channel. Media without
+a command gets a hint in a private chat and nothing in a group; service messages are not
+commands (the migration ones are handled by the webhook).
 """
 
 from __future__ import annotations
@@ -16,21 +23,64 @@ from typing import Any
 
 JOB_COMMANDS = ("image", "model")
 COMMANDS = (*JOB_COMMANDS, "status", "cancel", "help", "start")
+#: Replies that are not commands a user typed: what to tell them instead.
+HINTS = ("media", "forwarded")
 GROUP_TYPES = ("group", "supergroup")
+#: Telegram's own account for anonymous group admins (``from`` of their messages).
+ANONYMOUS_ADMIN_ID = 1087968824
+MEDIA = ("photo", "video", "animation", "document", "audio", "voice", "video_note",
+         "sticker", "paid_media", "story", "location", "venue", "contact", "poll", "dice",
+         "game", "checklist")
 
-_COMMAND = re.compile(
-    r"^/(?P<name>[A-Za-z0-9_]{1,64})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?(?=\s|$)\s*(?P<rest>.*)$",
-    re.DOTALL,
-)
+_COMMAND = re.compile(r"^/(?P<name>[A-Za-z0-9_]{1,64})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?$")
+_LEADING = re.compile(r"^/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?(?=\s|$)")
 
 
 @dataclass(frozen=True)
 class Command:
-    """``name`` is one of ``COMMANDS`` or ``"unknown"``; ``argument`` is the rest, trimmed."""
+    """``name`` is one of ``COMMANDS``, ``HINTS`` or ``"unknown"``; ``argument`` is the
+    rest of the text, trimmed."""
 
     name: str
     argument: str = ""
     typed: str = ""  # the command word as sent, for "unknown command" replies
+
+
+def utf16_slice(text: str, offset: int, length: int) -> tuple[str, str, str]:
+    """``text`` split around the entity at ``offset``/``length`` (UTF-16 units)."""
+    units = text.encode("utf-16-le")
+    cut = (units[: 2 * offset], units[2 * offset: 2 * (offset + length)],
+           units[2 * (offset + length):])
+    before, entity, after = (part.decode("utf-16-le", errors="ignore") for part in cut)
+    return before, entity, after
+
+
+def find_command(text: str, entities: Any) -> tuple[str, str] | None:
+    """(the command word, the rest of the text) of the first ``bot_command`` entity."""
+    if isinstance(entities, list):
+        for entity in entities:
+            if isinstance(entity, dict) and entity.get("type") == "bot_command" and \
+                    isinstance(entity.get("offset"), int) and isinstance(entity.get("length"), int):
+                before, word, after = utf16_slice(text, entity["offset"], entity["length"])
+                return word, " ".join(part for part in (before.strip(), after.strip()) if part)
+        return None
+    leading = _LEADING.match(text.strip())
+    if leading is None:
+        return None
+    return leading.group(), text.strip()[leading.end():].strip()
+
+
+def not_typed_to_us(message: Mapping[str, Any], chat_type: str) -> bool:
+    """A message no person typed to this bot (see the module docstring)."""
+    sender = message.get("from") or {}
+    if sender.get("is_bot") and sender.get("id") != ANONYMOUS_ADMIN_ID:
+        return True
+    if message.get("via_bot") or message.get("is_automatic_forward"):
+        return True
+    sender_chat = message.get("sender_chat") or {}
+    if sender_chat and sender_chat.get("id") != (message.get("chat") or {}).get("id"):
+        return True  # on behalf of a channel
+    return chat_type not in ("private", *GROUP_TYPES)
 
 
 def interpret(
@@ -44,23 +94,23 @@ def interpret(
 
     ``bot_username`` is called only when needed (a ``/cmd@name`` or an ``@mention``).
     """
-    text = message.get("text")
-    chat = message.get("chat") or {}
-    chat_type = chat.get("type")
-    if not isinstance(text, str) or chat_type not in ("private", *GROUP_TYPES):
+    chat_type = str((message.get("chat") or {}).get("type"))
+    if not_typed_to_us(message, chat_type):
         return None
     in_group = chat_type in GROUP_TYPES
-    match = _COMMAND.match(text.strip())
-    if match is not None:
-        name, addressee = match["name"].lower(), match["bot"]
-        if addressee is not None and addressee.lower() != bot_username().lower():
-            return None  # another bot's command
-        if name not in COMMANDS:
-            # In a group an unaddressed unknown command is probably another bot's.
-            if in_group and addressee is None:
-                return None
-            return Command("unknown", match["rest"].strip(), typed=f"/{match['name']}")
-        return Command(name, match["rest"].strip(), typed=f"/{match['name']}")
+    if message.get("forward_origin") or message.get("forward_date"):
+        return None if in_group else Command("forwarded")
+    text, entities = message.get("text"), message.get("entities")
+    if not isinstance(text, str):
+        text, entities = message.get("caption"), message.get("caption_entities")
+        if not isinstance(text, str):
+            media = any(message.get(kind) for kind in MEDIA)
+            return Command("media") if media and not in_group else None
+    found = find_command(text, entities)
+    if found is not None:
+        return _command(found, in_group, bot_username)
+    if message.get("caption") is not None:  # media with words but no command
+        return None if in_group else Command("media")
     if not in_group:
         return Command(default_kind, text.strip())
     if _replies_to(message, bot_id):
@@ -70,6 +120,23 @@ def interpret(
         if stripped is not None:
             return Command(default_kind, stripped)
     return None
+
+
+def _command(found: tuple[str, str], in_group: bool,
+             bot_username: Callable[[], str]) -> Command | None:
+    word, rest = found
+    match = _COMMAND.match(word)
+    if match is None:
+        return None
+    name, addressee = match["name"].lower(), match["bot"]
+    if addressee is not None and addressee.lower() != bot_username().lower():
+        return None  # another bot's command
+    if name not in COMMANDS:
+        # In a group an unaddressed unknown command is probably another bot's.
+        if in_group and addressee is None:
+            return None
+        return Command("unknown", rest, typed=f"/{match['name']}")
+    return Command(name, rest, typed=f"/{match['name']}")
 
 
 def _replies_to(message: Mapping[str, Any], bot_id: int | None) -> bool:
@@ -86,6 +153,72 @@ def strip_mention(text: str, username: str) -> str | None:
     if not pattern.search(text):
         return None
     return " ".join(pattern.sub(" ", text).split())
+
+
+#: Queries a client waits on: answered "no" (Kiln sells nothing).
+REFUSED_QUERIES = {"pre_checkout_query": "answerPreCheckoutQuery",
+                   "shipping_query": "answerShippingQuery"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one update asks of Kiln: ``action`` is ``command`` (``command`` set), ``answer``
+    (a Bot API call for the webhook answer, ``answer`` set), ``blocked`` (``chat_id`` set:
+    the bot was blocked or removed), ``migrate`` (``migrate`` = old, new chat id) or
+    ``ignore``; ``why`` names the case (logs and tests)."""
+
+    action: str
+    why: str
+    command: Command | None = None
+    answer: dict[str, Any] | None = None
+    chat_id: int | None = None
+    migrate: tuple[int, int] | None = None
+
+
+def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Callable[[], str],
+           default_kind: str, refusal: str = "") -> Decision:
+    """Route one update (every ``Update`` field on purpose; docs/telegram.md has the table).
+
+    Only ``message`` can start anything. Queries a client waits on are answered (no
+    buttons, inline mode or payments here); a member update that says the bot was blocked
+    or removed marks the chat blocked; every other field — edits, channel posts, business
+    messages, reactions, polls, boosts, join requests, and fields newer than this code —
+    is acknowledged and ignored.
+    """
+    kind = update_kind(update)
+    payload = update.get(kind)
+    if not isinstance(payload, dict):
+        return Decision("ignore", "not_an_update")
+    if kind == "callback_query" and payload.get("id"):
+        return Decision("answer", kind, answer={"method": "answerCallbackQuery",
+                                                "callback_query_id": payload["id"]})
+    if kind == "inline_query" and payload.get("id"):
+        return Decision("answer", kind, answer={
+            "method": "answerInlineQuery", "inline_query_id": payload["id"], "results": [],
+            "cache_time": 300})
+    if kind in REFUSED_QUERIES and payload.get("id"):
+        return Decision("answer", kind, answer={
+            "method": REFUSED_QUERIES[kind], f"{kind}_id": payload["id"], "ok": False,
+            "error_message": refusal})
+    if kind == "my_chat_member":
+        status = (payload.get("new_chat_member") or {}).get("status")
+        chat_id = (payload.get("chat") or {}).get("id")
+        if status in ("kicked", "left") and isinstance(chat_id, int):
+            return Decision("blocked", f"bot_{status}", chat_id=chat_id)
+        return Decision("ignore", f"bot_{status}")
+    chat_id = (payload.get("chat") or {}).get("id")
+    if kind != "message" or not isinstance(chat_id, int):
+        return Decision("ignore", kind)
+    if isinstance(payload.get("migrate_to_chat_id"), int):
+        return Decision("migrate", "migrate_to", migrate=(chat_id, payload["migrate_to_chat_id"]))
+    if isinstance(payload.get("migrate_from_chat_id"), int):
+        return Decision("migrate", "migrate_from",
+                        migrate=(payload["migrate_from_chat_id"], chat_id))
+    command = interpret(payload, bot_id=bot_id, bot_username=bot_username,
+                        default_kind=default_kind)
+    if command is None:
+        return Decision("ignore", "not_for_us")
+    return Decision("command", command.name, command=command)
 
 
 def update_kind(update: Mapping[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""Every text the bot sends (pure functions of the job, so they are easy to review)."""
+"""Every text the bot sends (pure functions of the job, so they are easy to review).
+
+Telegram counts its limits (text 4096, caption 1024) in UTF-16 code units, so every cut
+here is in those units and never splits a surrogate pair (an emoji is two units).
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,34 @@ def _noun(kind: str) -> str:
     return NOUNS.get(kind, kind)
 
 
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units, as Telegram counts it."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` UTF-16 units: cut with "…", never inside a pair."""
+    if utf16_len(text) <= limit:
+        return text
+    units = text.encode("utf-16-le")[: 2 * (limit - 1)]
+    if units and 0xD800 <= int.from_bytes(units[-2:], "little") <= 0xDBFF:
+        units = units[:-2]  # a high surrogate without its low half
+    return units.decode("utf-16-le") + "…"
+
+
 def _quote(prompt: str, limit: int = 200) -> str:
-    prompt = prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"
-    return f"“{prompt}”"
+    return f"“{cut(prompt, limit)}”"
 
 
 def _fit(text: str, limit: int = TEXT_MAX) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(text, limit)
+
+
+def size_text(size: int) -> str:
+    """A file size as a person reads it (never "0 MB")."""
+    if size >= 1024 * 1024:
+        return f"{size / 1024 / 1024:.1f} MB"
+    return f"{max(1, round(size / 1024))} KB"
 
 
 def help_text(default_kind: str) -> str:
@@ -59,9 +84,22 @@ def caption(job: Job) -> str:
     return _fit(f"{ICONS.get(job.kind, '')} {_quote(job.prompt, 900)}", CAPTION_MAX)
 
 
-def too_big_link(job: Job, url: str, size: int) -> str:
-    return _fit(f"✅ Your {_noun(job.kind)} {_quote(job.prompt)} is ready, "
-                f"but at {size / 1024 / 1024:.0f} MB it is too big to send here. Download it:\n{url}")
+def too_big_link(job: Job, url: str, size: int, limit: int) -> str:
+    """The result is over Telegram's upload limit for bots (``limit`` bytes)."""
+    return link_text(job, url, f"at {size_text(size)} it is over the {size_text(limit)} "
+                               "Telegram lets a bot send")
+
+
+def not_sent_link(job: Job, url: str, why: str) -> str:
+    """The file could not be sent (``why``: what really happened, for the user)."""
+    return link_text(job, url, f"I couldn't send the file here ({why})")
+
+
+def link_text(job: Job, url: str, why: str) -> str:
+    ready = f"✅ Your {_noun(job.kind)} {_quote(job.prompt)} is ready, but {why}."
+    if not url:
+        return _fit(f"{ready} Open the Kiln app to get it (job {job.id}).")
+    return _fit(f"{ready} Download it:\n{url}")
 
 
 def failed(job: Job) -> str:
@@ -135,3 +173,27 @@ def filename(job_id: str, prompt: str, ext: str) -> str:
     """A readable file name: the prompt's first words, then the job id's start."""
     slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower()))[:40].strip("-") or "kiln"
     return f"{slug}-{job_id[:6]}.{ext}"
+
+
+DONE_BELOW = "✅ Done — your result is below."
+
+
+def ready_short(job: Job, url: str) -> str:
+    """The last resort when a longer message was refused: still the truth, and the link."""
+    return _fit(f"✅ Your {_noun(job.kind)} is ready: {url}" if url else
+                f"✅ Your {_noun(job.kind)} is ready; open the Kiln app to get it.")
+
+
+def undeliverable(job: Job) -> str:
+    """The job ended but its result could not be sent here, after retrying."""
+    return (f"⚠️ Your {_noun(job.kind)} {_quote(job.prompt)} is ready, but I couldn't send it "
+            "here. Open the Kiln app to get it, or send /status.")
+
+
+NOTHING_FOR_SALE = "Kiln sells nothing; no payment was taken."
+HINTS = {
+    "media": "I make pictures and 3D models from words, not from files. Send a description, "
+             "e.g. /image a red sphere on a calm sea",
+    "forwarded": "I don't run forwarded messages. To use that text, send it as your own "
+                 "message (or after /image).",
+}

@@ -1,37 +1,41 @@
-"""The chat's side of a running job: progress edits, then the result or the reason.
+"""The chat's side of a running job: the "working" message, progress edits, the end.
 
 :class:`TelegramChannel` is registered in the composition root (``kiln.compose``) and
-called by ``kiln.runtime.notify`` in the worker. ``on_progress`` follows each coalesced
-progress write and edits the "working on it" message — at most every ``EDIT_INTERVAL`` seconds
-per job and ``CHAT_GAP`` per chat, only when the progress or stage moved, and never
-while Telegram asked us to wait. The last edit is remembered in this process (seeded
-from the time the "working" message was sent), not in the job document, so the edits
-add no Firestore writes to the job's one-write-a-second budget.
+called by ``kiln.runtime.notify`` in the worker:
 
-``on_finished`` runs once per finished job: the image as a photo (a document when over
-Telegram's photo limits), the model as a ``.glb`` document (a link when over the upload
-limit), each streamed from Cloud Storage, then the "working" message is deleted; a
-failure edits it into the reason and how to retry.
+- ``on_started`` (the worker claimed the job): if the webhook's "working on it" message
+  (``working``) failed, send it now, beside the generation (never blocking it).
+- ``on_progress`` follows each coalesced progress write and edits that message — at most
+  every ``EDIT_INTERVAL`` seconds per job and ``CHAT_GAP`` per chat, only when the
+  progress or stage moved, and never while Telegram asked us to wait. The last edit is
+  remembered in this process, not in the job document, so the edits add no Firestore
+  writes to the job's one-write-a-second budget.
+- ``on_finished`` runs once per finished job (``delivery``), after a pending "working"
+  message is settled (so it can be deleted or edited). When Telegram is down, the
+  delivery is *deferred* (``ChatStore.defer_delivery``) and ``redeliver`` — called by the
+  sweeper's pass — tries it again with a doubling delay; the last attempt falls back to
+  the download link, and a job whose chat could never be told is recorded ``error``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
-
-from google.api_core import exceptions as gexc
+from typing import TYPE_CHECKING, Any
 
 from kiln import log
-from kiln.channels.telegram import messages
+from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store
-from kiln.channels.telegram.client import BotBlockedError, BotClient, TelegramApiError
-from kiln.core.errors import KilnError, RetryableError
+from kiln.channels.telegram.client import BotBlockedError, TelegramApiError
+from kiln.channels.telegram.delivery import (
+    Address,
+    deliver_failure,
+    deliver_result,
+    telegram_state,
+)
+from kiln.core import lifecycle
+from kiln.core.errors import RetryableError
 from kiln.core.job import Job, JobStatus
 
 if TYPE_CHECKING:  # the composition root imports this module: no run-time import back
@@ -39,24 +43,12 @@ if TYPE_CHECKING:  # the composition root imports this module: no run-time impor
 
 logger = log.get("telegram.notifier")
 
-MiB = 1024 * 1024
 EDIT_INTERVAL = 3.0  # seconds between two edits of one job's message
 CHAT_GAP = 1.0  # seconds between any two edits in one chat (~1 message/s per chat)
 EDIT_TIMEOUT = 5.0  # an edit must never hold up generation for long
-READ_CHUNK = 1 * MiB  # what is held of the result while it streams to Telegram
-RESULT_MAX_WAIT = 30.0  # a 429 on the result itself is waited out (once) up to this
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """Telegram's upload limits (Bot API): photos ≤ 10 MB with width + height ≤ 10000."""
-
-    photo_bytes: int = 10 * MiB
-    photo_sides: int = 10_000
-    document_bytes: int = 50 * MiB
-
-
-LIMITS = UploadLimits()
+REDELIVERY_ATTEMPTS = 8  # then the link (last attempt), then give up
+REDELIVERY_MAX_DELAY = 1800.0
+REDELIVERY_LEASE = 300.0  # a claimed redelivery is another sweeper's again after this
 
 
 class _EditThrottle:
@@ -67,6 +59,7 @@ class _EditThrottle:
         self._jobs: dict[str, tuple[float, tuple[int, str]]] = {}
         self._chats: dict[int, float] = {}
         self._quiet: dict[int, float] = {}
+        self._looked: dict[str, float] = {}
 
     def permit(self, job_id: str, chat_id: int, state: tuple[int, str], seed: float,
                now: float) -> bool:
@@ -83,6 +76,17 @@ class _EditThrottle:
                 self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < 3600}
             return True
 
+    def lookup_due(self, job_id: str, now: float) -> bool:
+        """Whether to read the job again for a "working" message id sent since the claim
+        (at most every ``EDIT_INTERVAL`` per job)."""
+        with self._lock:
+            if now - self._looked.get(job_id, 0.0) < EDIT_INTERVAL:
+                return False
+            self._looked[job_id] = now
+            if len(self._looked) > 10_000:
+                self._looked = {k: v for k, v in self._looked.items() if now - v < 3600}
+            return True
+
     def quiet(self, chat_id: int, seconds: float, now: float) -> None:
         with self._lock:
             self._quiet[chat_id] = now + seconds
@@ -90,144 +94,121 @@ class _EditThrottle:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._looked.pop(job_id, None)
 
 
 _THROTTLE = _EditThrottle()
 
 
+def address(job: Job) -> Address | None:
+    """The job's reply address (chat, topic, the user's message, the "working" message)."""
+    return Address.of(telegram_state(job))
+
+
 class TelegramChannel:
-    """The Telegram chat as a :class:`kiln.ports.Channel`: told of progress and of the end."""
+    """The Telegram chat as a :class:`kiln.ports.Channel`."""
+
+    def on_started(self, services: Services, job: Job) -> None:
+        """Make sure the job has its "working" message, without waiting on the Bot API."""
+        to = address(job)
+        state = telegram_state(job).get("working")
+        if to is None or to.status_id is not None or state == working.SENT:
+            return
+        if state == working.PENDING:  # the webhook's send may still fail: check beside us
+            working.later(services, job.id, to, messages.working(job.kind, job.prompt))
+            return
+        if chat_store(services).is_blocked(to.chat_id):
+            return
+        services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
+        working.announce(services, job.id, to, messages.working(job.kind, job.prompt))
 
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
-        tg = telegram_state(job)
-        chat_id, message_id = tg.get("chatId"), tg.get("statusMessageId")
-        if chat_id is None or message_id is None:
+        to = address(job)
+        if to is not None and to.status_id is None and _THROTTLE.lookup_due(job.id, time.time()):
+            job = services.store.get(job.id) or job  # sent beside us since the claim?
+            to = address(job)
+        if to is None or to.status_id is None:
             return
         now = time.time()
-        if not _THROTTLE.permit(job.id, chat_id, (progress, stage), float(tg.get("sentAt") or 0),
-                                now):
+        seed = float(telegram_state(job).get("sentAt") or 0)
+        if not _THROTTLE.permit(job.id, to.chat_id, (progress, stage), seed, now):
             return
         text = messages.progress_text(job.kind, job.prompt, progress, stage)
         try:
-            bot_for(services).edit_message_text(chat_id, message_id, text, max_wait=0,
+            bot_for(services).edit_message_text(to.chat_id, to.status_id, text, max_wait=0,
                                                 timeout=EDIT_TIMEOUT)
         except RetryableError as exc:
-            _THROTTLE.quiet(chat_id, exc.retry_after or EDIT_INTERVAL, now)
+            _THROTTLE.quiet(to.chat_id, exc.retry_after or EDIT_INTERVAL, now)
             log.event(logger, "progress edit skipped", code=exc.code, retryAfter=exc.retry_after)
         except BotBlockedError:
-            _THROTTLE.quiet(chat_id, 24 * 3600, now)
+            _THROTTLE.quiet(to.chat_id, 24 * 3600, now)
 
     def on_finished(self, services: Services, job: Job) -> dict[str, Any]:
-        """Send the result (or the failure) to the chat; return what was sent."""
+        """Send the result (or the failure) to the chat; return what was sent. When Telegram
+        is down, defer it: ``{"deferred": attempt}`` (``notify`` records ``retrying``)."""
+        job = working.settled(services, job)
+        to = address(job)
         _THROTTLE.forget(job.id)
-        tg = telegram_state(job)
-        chat_id = tg.get("chatId")
-        if chat_id is None:
+        if to is None:
             return {"skipped": "no_chat"}
-        if chat_store(services).is_blocked(chat_id):
+        try:
+            return self._deliver(services, job, to, attempt=1)
+        except RetryableError as exc:
+            return self._defer(services, job, to, attempt=1, exc=exc)
+
+    def redeliver(self, services: Services) -> int:
+        """Try the due deferred deliveries again (the sweeper's pass); how many were tried."""
+        chats, now, tried = chat_store(services), time.time(), 0
+        for chat_id, job_id in chats.due_deliveries(now):
+            attempt = chats.claim_delivery(chat_id, job_id, now=now, lease=REDELIVERY_LEASE)
+            job = services.store.get(job_id) if attempt is not None else None
+            if attempt is None:
+                continue
+            tried += 1
+            to = address(working.settled(services, job)) if job is not None else None
+            if job is None or to is None:
+                chats.delivered(chat_id, job_id)
+                continue
+            try:
+                report = self._deliver(services, job, to, attempt=attempt + 1)
+            except RetryableError as exc:
+                report = self._defer(services, job, to, attempt=attempt + 1, exc=exc)
+                if "deferred" in report:
+                    continue
+            chats.delivered(chat_id, job_id)
+            state = "error" if "gaveUp" in report else "sent"
+            services.store.apply(job_id, lifecycle.notified(state, {"channel": report}))
+        return tried
+
+    def _deliver(self, services: Services, job: Job, to: Address, *,
+                 attempt: int) -> dict[str, Any]:
+        if chat_store(services).is_blocked(to.chat_id):
             return {"skipped": "blocked"}
+        final = attempt >= REDELIVERY_ATTEMPTS
         try:
             if job.status is JobStatus.COMPLETED:
-                return deliver_result(services, job)
-            return deliver_failure(services, job)
+                report = deliver_result(services, job, to, final=final)
+            else:
+                report = deliver_failure(services, job, to)
         except BotBlockedError:
             log.event(logger, "chat blocked the bot; nothing more is sent", logging.WARNING)
             return {"blocked": True}
+        except TelegramApiError as exc:  # a permanent refusal of the reason: say what we can
+            log.event(logger, "failure message refused", logging.WARNING, reason=exc.description)
+            to.send(bot_for(services), messages.undeliverable(job), max_wait=0)
+            return {"sent": "undeliverable", "reason": exc.description}
+        return report | ({"attempt": attempt} if attempt > 1 else {})
 
-
-def telegram_state(job: Job) -> Mapping[str, Any]:
-    """The job's Telegram server state: chat, the user's message, the status message."""
-    return job.server.telegram or {}
-
-
-def deliver_failure(services: Services, job: Job) -> dict[str, Any]:
-    """Turn the "working" message into the reason (or send it when that is gone)."""
-    bot, tg = bot_for(services), telegram_state(job)
-    return {"sent": "failure", "edited": _say_in_place(bot, tg, messages.failed(job))}
-
-
-def _say_in_place(bot: BotClient, tg: Mapping[str, Any], text: str) -> bool:
-    """Turn the "working" message into ``text``; when it is gone (or was never sent), send
-    ``text`` as a reply to the user's message instead. True when the message was edited."""
-    status_id = tg.get("statusMessageId")
-    if status_id is not None and bot.edit_message_text(tg["chatId"], status_id, text,
-                                                       max_wait=RESULT_MAX_WAIT):
-        return True
-    bot.send_message(tg["chatId"], text, reply_to=tg.get("messageId"), max_wait=RESULT_MAX_WAIT)
-    return False
-
-
-def deliver_result(services: Services, job: Job, *,
-                   limits: UploadLimits = LIMITS) -> dict[str, Any]:
-    """Send the result file as Telegram allows; fall back to its link if sending fails."""
-    bot, tg = bot_for(services), telegram_state(job)
-    result = job.result or {}
-    size = int(result.get("bytes") or 0)
-    if size > limits.document_bytes:
-        return _send_link(bot, job, tg, size)
-    try:
-        with open_result(services, str(result["path"])) as reader:
-            sent = _send_file(bot, job, tg, reader, size, limits)
-    except BotBlockedError:
-        raise
-    except (KilnError, gexc.GoogleAPIError, OSError) as exc:
-        code = getattr(exc, "code", type(exc).__name__)
-        log.event(logger, "result file not sent; sending its link", logging.WARNING, code=str(code))
-        return _send_link(bot, job, tg, size) | {"fileError": str(code)}
-    status_id = tg.get("statusMessageId")
-    if status_id is not None:
-        with contextlib.suppress(RetryableError):
-            bot.delete_message(tg["chatId"], status_id, max_wait=RESULT_MAX_WAIT)
-    return {"sent": sent, "bytes": size}
-
-
-def _send_file(bot: BotClient, job: Job, tg: Mapping[str, Any], reader: IO[bytes], size: int,
-               limits: UploadLimits) -> str:
-    common: dict[str, Any] = {
-        "caption": messages.caption(job), "reply_to": tg.get("messageId"),
-        "max_wait": RESULT_MAX_WAIT,
-    }
-    if job.kind == "image":
-        width, height = png_size(reader.read(24))
-        reader.seek(0)
-        name = messages.filename(job.id, job.prompt, "png")
-        if size <= limits.photo_bytes and width + height <= limits.photo_sides:
-            try:
-                bot.send_photo(tg["chatId"], reader, filename=name, content_type="image/png",
-                               **common)
-                return "photo"
-            except TelegramApiError as exc:  # e.g. an aspect ratio Telegram won't show
-                log.event(logger, "photo refused; sending a document", reason=exc.description)
-                reader.seek(0)
-        bot.send_document(tg["chatId"], reader, filename=name, content_type="image/png", **common)
-        return "document"
-    name = messages.filename(job.id, job.prompt, "glb")
-    bot.send_document(tg["chatId"], reader, filename=name, content_type="model/gltf-binary",
-                      **common)
-    return "document"
-
-
-def _send_link(bot: BotClient, job: Job, tg: Mapping[str, Any], size: int) -> dict[str, Any]:
-    url = str((job.result or {}).get("downloadUrl") or "")
-    _say_in_place(bot, tg, messages.too_big_link(job, url, size))
-    return {"sent": "link", "bytes": size}
-
-
-@contextlib.contextmanager
-def open_result(services: Services, path: str) -> Iterator[IO[bytes]]:
-    """A seekable reader of the stored result that holds one ``READ_CHUNK`` at a time
-    (``RetryableError`` ``storage_unavailable`` when it cannot be opened)."""
-    reader = services.blobs.open(path, READ_CHUNK)
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-def png_size(header: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's first 24 bytes; (0, 0) if it is not a PNG."""
-    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
-        return 0, 0
-    width, height = struct.unpack(">II", header[16:24])
-    return int(width), int(height)
+    def _defer(self, services: Services, job: Job, to: Address, *, attempt: int,
+               exc: RetryableError) -> dict[str, Any]:
+        if attempt >= REDELIVERY_ATTEMPTS:
+            log.event(logger, "result not delivered; giving up", logging.ERROR, code=exc.code)
+            return {"gaveUp": exc.code, "attempt": attempt}
+        base = max(services.settings.retry_backoff_seconds, 0.1)
+        delay = min(REDELIVERY_MAX_DELAY, max(base * 2 ** (attempt - 1), exc.retry_after or 0))
+        chat_store(services).defer_delivery(to.chat_id, job.id, attempt=attempt,
+                                            at=time.time() + delay)
+        log.event(logger, "result delivery deferred", logging.WARNING, code=exc.code,
+                  attempt=attempt, seconds=round(delay, 1))
+        return {"deferred": attempt, "reason": exc.code}

@@ -1,15 +1,17 @@
-"""``POST /telegram/webhook``: check the secret, read the update, answer within a second.
+"""``POST /telegram/webhook``: check the secret, read the update, answer at once.
 
 Every update Telegram sends is answered 200 (unless the secret is wrong, or Firestore is
 down and a retry can help), including the ones Kiln ignores, so Telegram never retries
-them. Simple replies ride in the webhook answer itself (``{"method": "sendMessage", …}``
-— no extra request, and a failed answer executes nothing, so a retried update cannot
-reply twice). A job is different: its "working on it" message is sent synchronously
-before the job is recorded, so the job's server state (``server.telegram``) is created
-once with that message's id (for the progress edits) and no second write is needed.
+them. The webhook never calls the Bot API (docs/telegram.md): replies ride in the webhook
+answer itself (``{"method": "sendMessage", …}`` — no extra request, and a failed answer
+executes nothing, so a retried update cannot reply twice). A new job's "working on it"
+message, whose id the progress edits need, is sent beside the answer (``working``).
+Everything the bot sends for a message in a forum topic goes to that topic
+(``message_thread_id``, recorded with the job as ``server.telegram.threadId``).
 
 One job per ``update_id``: the idempotency key ``tg-update:{update_id}`` maps to one job
 id, and an update whose job exists already is answered without doing anything again.
+What each kind of update and message does is decided in ``route`` / ``commands``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 import flask
 
 from kiln import log
-from kiln.channels.telegram import messages
-from kiln.channels.telegram.bot import bot_for, chat_store
+from kiln.channels.telegram import messages, working
+from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
-from kiln.channels.telegram.commands import JOB_COMMANDS, interpret, update_kind
+from kiln.channels.telegram.commands import HINTS, JOB_COMMANDS, decide, update_kind
+from kiln.channels.telegram.delivery import Address
 from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
@@ -54,14 +57,30 @@ class Incoming:
     chat_type: str
     message_id: int | None
     from_id: int | None
+    thread_id: int | None = None  # the forum topic the message is in
+
+    @classmethod
+    def of(cls, update_id: int, message: dict[str, Any]) -> Incoming:
+        topic = message.get("is_topic_message") and isinstance(message.get("message_thread_id"), int)
+        return cls(update_id=update_id, chat_id=int(message["chat"]["id"]),
+                   chat_type=str(message["chat"].get("type")), message_id=message.get("message_id"),
+                   from_id=(message.get("from") or {}).get("id"),
+                   thread_id=int(message["message_thread_id"]) if topic else None)
 
     @property
     def uid(self) -> str:
         return chat_uid(self.chat_id)
 
+    def answer(self, method: str, **params: Any) -> dict[str, Any]:
+        """A Bot API call carried by the webhook answer, in the message's topic."""
+        call: dict[str, Any] = {"method": method, "chat_id": self.chat_id, **params}
+        if self.thread_id is not None:
+            call["message_thread_id"] = self.thread_id
+        return call
+
     def reply(self, text: str) -> dict[str, Any]:
         """A sendMessage carried by the webhook answer, as a reply to the user's message."""
-        answer: dict[str, Any] = {"method": "sendMessage", "chat_id": self.chat_id, "text": text}
+        answer = self.answer("sendMessage", text=text)
         if self.message_id is not None:
             answer["reply_parameters"] = {"message_id": self.message_id,
                                           "allow_sending_without_reply": True}
@@ -90,24 +109,21 @@ def _authentic(given: str | None, expected: str) -> bool:
 
 
 def route(update: dict[str, Any], services: Services) -> Reply:
-    """What to do with one update; the webhook answer (a Bot API call) or None."""
-    callback = update.get("callback_query")
-    if isinstance(callback, dict) and callback.get("id"):
-        # Kiln sends no buttons: stop the client's spinner and ignore it.
-        return {"method": "answerCallbackQuery", "callback_query_id": callback["id"]}
-    message = update.get("message")
-    if not isinstance(message, dict) or not isinstance((message.get("chat") or {}).get("id"), int):
-        return None  # edited messages, channel posts, member updates, …
+    """What to do with one update (``commands.decide``); the webhook answer or None."""
     bot = bot_for(services)
-    command = interpret(message, bot_id=bot.bot_id, bot_username=lambda: bot.username,
-                        default_kind=services.settings.telegram_default_kind)
-    if command is None:
+    decision = decide(update, bot_id=bot.bot_id, bot_username=lambda: bot.username,
+                      default_kind=services.settings.telegram_default_kind,
+                      refusal=messages.NOTHING_FOR_SALE)
+    if decision.action == "answer":
+        return decision.answer
+    if decision.action == "blocked" and decision.chat_id is not None:
+        chat_store(services).mark_blocked(decision.chat_id)
+    if decision.action == "migrate" and decision.migrate is not None:
+        move_chat(services, *decision.migrate)
+    if decision.command is None:
         return None
-    incoming = Incoming(
-        update_id=int(update["update_id"]), chat_id=int(message["chat"]["id"]),
-        chat_type=str(message["chat"].get("type")), message_id=message.get("message_id"),
-        from_id=(message.get("from") or {}).get("id"),
-    )
+    command = decision.command
+    incoming = Incoming.of(int(update["update_id"]), update["message"])
     if command.name in JOB_COMMANDS:
         return start_job(services, incoming, command.name, command.argument)
     if command.name == "status":
@@ -116,6 +132,8 @@ def route(update: dict[str, Any], services: Services) -> Reply:
         return cancel_running(services, incoming)
     if command.name in ("help", "start"):
         return incoming.reply(messages.help_text(services.settings.telegram_default_kind))
+    if command.name in HINTS:
+        return incoming.reply(messages.HINTS[command.name])
     return incoming.reply(messages.unknown_command(command.typed))
 
 
@@ -144,56 +162,44 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         return incoming.reply(messages.too_many_running(settings.telegram_max_running_per_chat))
     if place.refused == "quota":
         return incoming.reply(messages.quota_reached(settings.telegram_daily_quota))
-    status_id = _say_working(services, incoming, kind, prompt)
     telegram = {"chatId": incoming.chat_id, "chatType": incoming.chat_type,
-                "messageId": incoming.message_id, "fromId": incoming.from_id,
-                "updateId": incoming.update_id, "statusMessageId": status_id,
-                "sentAt": time.time() if status_id else None}
+                "threadId": incoming.thread_id, "messageId": incoming.message_id,
+                "fromId": incoming.from_id, "updateId": incoming.update_id,
+                "working": working.PENDING}
     try:
         accepted = accept_job(services, uid=incoming.uid, channel="telegram",
                               request=job_request, idempotency_key=key,
                               server={"telegram": telegram})
     except KilnError:
-        _undo(services, incoming, status_id, refund=(job_id, day) if place.new else None)
+        if place.new:
+            _refund(services, incoming, job_id, day)
         raise  # 503: Telegram retries the update
-    if not accepted.created:  # a concurrent delivery of the same update won the race:
-        _undo(services, incoming, status_id, refund=None)  # its job holds place and quota
+    if not accepted.created:  # a concurrent delivery of the same update won the race
+        return None
+    to = Address(incoming.chat_id, incoming.thread_id, incoming.message_id)
+    working.announce(services, accepted.job_id, to, messages.working(kind, prompt))
     return None
 
 
-def _say_working(services: Services, incoming: Incoming, kind: str, prompt: str) -> int | None:
-    """Send "working on it" now (its id is stored for edits); never fails the update."""
+def _refund(services: Services, incoming: Incoming, job_id: str, day: str) -> None:
+    """Give back the place and quota this delivery took for a job that was not created."""
     try:
-        sent = bot_for(services).send_message(incoming.chat_id, messages.working(kind, prompt),
-                                              reply_to=incoming.message_id, max_wait=0)
+        chat_store(services).refund(incoming.chat_id, job_id=job_id, day=day)
     except KilnError as exc:
-        # A 429 or an outage must not lose the job: the result is sent as a new message.
-        log.event(logger, "working message not sent", logging.WARNING, code=exc.code)
-        return None
-    return int(sent["message_id"]) if sent else None
-
-
-def _undo(services: Services, incoming: Incoming, status_id: int | None,
-          refund: tuple[str, str] | None) -> None:
-    """Delete the working message of a job that was not created here; ``refund`` (job id,
-    quota day) gives back the place and quota this delivery took."""
-    try:
-        if refund is not None:
-            chat_store(services).refund(incoming.chat_id, job_id=refund[0], day=refund[1])
-        if status_id is not None:
-            bot_for(services).delete_message(incoming.chat_id, status_id, max_wait=0)
-    except KilnError as exc:
-        log.event(logger, "undo after a failed accept incomplete", logging.WARNING, code=exc.code)
+        log.event(logger, "refund after a failed accept incomplete", logging.WARNING, code=exc.code)
 
 
 def show_status(services: Services, incoming: Incoming) -> Reply:
-    jobs = newest_first(services.store.find(uid=incoming.uid, limit=200))
-    return incoming.reply(messages.status(jobs[:STATUS_JOBS]))
+    """The chat's newest jobs (also those asked for before the group became a supergroup)."""
+    jobs = [job for uid in chat_store(services).uids(incoming.chat_id)
+            for job in services.store.find(uid=uid, limit=200)]
+    return incoming.reply(messages.status(newest_first(jobs)[:STATUS_JOBS]))
 
 
 def cancel_running(services: Services, incoming: Incoming) -> Reply:
     """Cancel the chat's newest running job (the API's ``cancel`` transition)."""
-    running = running_jobs(services.store, incoming.uid)
+    running = newest_first([job for uid in chat_store(services).uids(incoming.chat_id)
+                            for job in running_jobs(services.store, uid)])
     if not running:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
     job = running[0]
@@ -203,12 +209,10 @@ def cancel_running(services: Services, incoming: Incoming) -> Reply:
         outcome = None  # it ended meanwhile
     if outcome is None or not outcome.changed:
         return incoming.reply(messages.NOTHING_TO_CANCEL)
+    text = messages.cancel_reply(job, len(running) - 1)
     status_id = (job.server.telegram or {}).get("statusMessageId")
-    if status_id:
-        try:
-            bot_for(services).edit_message_text(incoming.chat_id, status_id,
-                                                messages.canceled(job), max_wait=0)
-        except KilnError as exc:
-            log.event(logger, "canceled message not edited", logging.WARNING, code=exc.code)
-    return incoming.reply(messages.cancel_reply(job, len(running) - 1))
-
+    if status_id and str((job.server.telegram or {}).get("chatId")) == str(incoming.chat_id):
+        # One call in the answer: the "working" message itself now says it was canceled.
+        return {"method": "editMessageText", "chat_id": incoming.chat_id,
+                "message_id": status_id, "text": f"{messages.canceled(job)}\n{text}"}
+    return incoming.reply(text)
