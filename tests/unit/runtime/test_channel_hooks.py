@@ -33,13 +33,14 @@ def test_a_deferred_end_is_retrying_until_the_sweeper_delivers_it(rig: Rig) -> N
 
 def test_one_sender_claims_the_working_message(rig: Rig) -> None:
     """Given a job whose "working" message is pending (the ingress's thread and the worker
-    may both try), then exactly one claim wins; a failed send can be claimed again; an
-    ended job's message is claimed by no one."""
+    may both try), then exactly one claim wins; after a failed send exactly one claim wins
+    again; an ended job's message is claimed by no one."""
     job_id = rig.submit(channel="telegram", uid="telegram:42")
     rig.store.apply(job_id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
     assert [working.claim(rig.services, job_id) for _ in range(3)] == [True, False, False]
     assert (rig.job(job_id).server.telegram or {})["working"] == working.SENDING
-    rig.store.apply(job_id, lifecycle.channel_state("telegram", {"working": working.FAILED}))
+    working.release(rig.services, job_id)  # the send failed
+    assert (rig.job(job_id).server.telegram or {})["working"] == working.FAILED
     assert working.claim(rig.services, job_id) and not working.claim(rig.services, job_id)
     rig.store.apply(job_id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
     rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))

@@ -3,7 +3,7 @@
 The webhook records the job with ``server.telegram.working = "pending"`` and hands the
 message to a small thread pool of its process, so the acknowledgement never waits on the
 Bot API and the message still appears within a second of the update. Exactly one sender
-sends it: whoever moves ``pending`` (or ``failed``) to ``sending`` in a transaction
+sends it: whoever first records its claim key while it is ``pending`` (or ``failed``)
 (:func:`claim`). That is normally the ingress's thread; but a thread that runs after the
 answer gets CPU on Cloud Run only while its instance serves requests, so the worker that
 takes the job claims it too (``notifier.on_started``) and, if it wins, sends it inside
@@ -27,7 +27,8 @@ from kiln.channels.telegram.bot import bot_for
 from kiln.channels.telegram.delivery import Address
 from kiln.core import lifecycle
 from kiln.core.errors import KilnError
-from kiln.core.job import Change, Job, JobStatus
+from kiln.core.job import Job, JobStatus
+from kiln.core.sentinels import Increment
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 logger = log.get("telegram.working")
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+#: The namespace of the claim keys in the task index (its seen-once keys).
+CLAIMS = "telegram"
 #: The longest the worker waits for a send in flight (the Bot API's timeout).
 WAIT_SECONDS = 12.0
 #: Sends wait on the network, not the CPU: enough threads for a slow Bot API under a burst.
@@ -58,15 +61,29 @@ def send_if_claimed(services: Services, job_id: str, to: Address, text: str) -> 
 
 
 def claim(services: Services, job_id: str) -> bool:
-    """``pending`` or ``failed`` → ``sending``, atomically: True for the one caller that
-    may send the message now."""
-    def decide(job: Job | None) -> tuple[Change | None, bool]:
-        if job is None or job.terminal or \
-                (job.server.telegram or {}).get("working") not in (PENDING, FAILED):
-            return None, False
-        return lifecycle.channel_state("telegram", {"working": SENDING}), True
+    """True for the one caller that may send the message now: the job still wants it
+    (``pending`` or ``failed``) and this caller recorded the claim key first. The key is a
+    create-if-absent of its own (the task index's seen-once keys), not a transaction on the
+    job, which the worker's claim holds at that very moment; a failed send releases it."""
+    job = services.store.get(job_id)
+    if job is None or job.terminal or \
+            (job.server.telegram or {}).get("working") not in (PENDING, FAILED):
+        return False
+    if not services.task_index.first_seen(CLAIMS, _claim_key(job_id, job)):
+        return False
+    services.store.apply(job_id, lifecycle.channel_state("telegram", {"working": SENDING}))
+    return True
 
-    return services.store.transact(job_id, decide)
+
+def release(services: Services, job_id: str) -> None:
+    """A send failed: ``failed``, and the next try's claim key is free for the next sender."""
+    services.store.apply(job_id, lifecycle.channel_state(
+        "telegram", {"working": FAILED, "workingTries": Increment(1)}))
+
+
+def _claim_key(job_id: str, job: Job) -> str:
+    # One key per try: the n-th claim after n-1 failed sends.
+    return f"working:{job_id}:{int((job.server.telegram or {}).get('workingTries') or 0)}"
 
 
 def send(services: Services, job_id: str, to: Address, text: str) -> bool:
@@ -79,7 +96,7 @@ def send(services: Services, job_id: str, to: Address, text: str) -> bool:
         sent = None
     try:
         if not sent:
-            services.store.apply(job_id, lifecycle.channel_state("telegram", {"working": FAILED}))
+            release(services, job_id)
             return False
         services.store.apply(job_id, lifecycle.channel_state("telegram", {
             "statusMessageId": int(sent["message_id"]), "sentAt": now, "working": SENT}))
