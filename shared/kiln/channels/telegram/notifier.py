@@ -120,7 +120,14 @@ class TelegramChannel:
             services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
         # Pending (the ingress's thread has not run: on Cloud Run it may get no CPU after
         # its answer) or failed: send it here, inside this invocation, if no one else does.
-        working.send_if_claimed(services, job.id, to, messages.working(job.kind, job.prompt))
+        text = messages.working(job.kind, job.prompt)
+        if working.send_if_claimed(services, job.id, to, text):
+            return
+        # Another sender holds the claim: wait (bounded) for its answer, and send it here
+        # if that send failed (a 429 the webhook's thread would not wait out).
+        latest = working.settled(services, services.store.get(job.id) or job)
+        if telegram_state(latest).get("working") == working.FAILED:
+            working.send_if_claimed(services, job.id, to, text)
 
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
