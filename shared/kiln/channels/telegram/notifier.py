@@ -112,22 +112,15 @@ class TelegramChannel:
         """Make sure the job has its "working" message, without waiting on the Bot API."""
         to = address(job)
         state = telegram_state(job).get("working")
-        if to is None or to.status_id is not None or state in (working.SENT, working.SENDING):
+        if to is None or to.status_id is not None or state == working.SENT:
+            return
+        if state == working.PENDING:  # the webhook's send may still fail: check beside us
+            working.later(services, job.id, to, messages.working(job.kind, job.prompt))
             return
         if chat_store(services).is_blocked(to.chat_id):
             return
-        if state is None:  # a job from before the webhook recorded one
-            services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
-        # Pending (the ingress's thread has not run: on Cloud Run it may get no CPU after
-        # its answer) or failed: send it here, inside this invocation, if no one else does.
-        text = messages.working(job.kind, job.prompt)
-        if working.send_if_claimed(services, job.id, to, text):
-            return
-        # Another sender holds the claim: wait (bounded) for its answer, and send it here
-        # if that send failed (a 429 the webhook's thread would not wait out).
-        latest = working.settled(services, services.store.get(job.id) or job)
-        if telegram_state(latest).get("working") == working.FAILED:
-            working.send_if_claimed(services, job.id, to, text)
+        services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
+        working.announce(services, job.id, to, messages.working(job.kind, job.prompt))
 
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
