@@ -52,6 +52,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: The Cloud Tasks emulator's interpreter (``make tasks-emulator``: protobuf<5, apart).
 TASKS_PYTHON = REPO / ".venv-tasks" / "bin" / "python"
 PROJECT = "demo-kiln"  # demo- ids can never reach a real project
+#: the parts every stack starts first, in this order
+EMULATORS = ("firestore", "pubsub", "storage", "tasks")
 _LIVE: weakref.WeakSet[LocalStack] = weakref.WeakSet()
 
 
@@ -70,6 +72,10 @@ class Companion(Protocol):
 
 class StackError(RuntimeError):
     """A part of the local stack did not start; the message says which and where its log is."""
+
+
+class PartExited(StackError):
+    """A part exited before it became ready."""
 
 
 def wait_until_interrupted() -> None:
@@ -122,10 +128,13 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
         c = self.config
+        #: parts whose port we picked: one taken before the part bound it is picked again
+        self._picked: set[str] = set()
         for name in ("firestore", "pubsub", "storage", "tasks", "tasks_http", "ingress",
                      "worker"):
             if getattr(c, f"{name}_port") == 0:
                 setattr(c, f"{name}_port", free_port(c.host))
+                self._picked.add(name)
         self._own_workdir = c.workdir is None
         self.workdir = Path(c.workdir or tempfile.mkdtemp(prefix="kiln-stack-"))
         self.logs = self.workdir / "logs"
@@ -232,29 +241,15 @@ class LocalStack:
         if gcloud is None:
             raise StackError("gcloud is not installed: the Firestore and Pub/Sub emulators "
                              "come with the Google Cloud CLI (see README, Requirements).")
-        rules = REPO / "infra" / "firestore.rules"
-        self._spawn("firestore", [gcloud, "emulators", "firestore", "start",
-                                  f"--host-port={self._addr(c.firestore_port)}",
-                                  f"--rules={rules}", "--quiet"],
-                    ready=f"http://{self._addr(c.firestore_port)}/")
-        self._spawn("pubsub", [gcloud, "beta", "emulators", "pubsub", "start",
-                               f"--host-port={self._addr(c.pubsub_port)}",
-                               f"--project={c.project}", "--quiet"],
-                    ready=f"http://{self._addr(c.pubsub_port)}/")
-        storage_dir = self.workdir / "storage"
-        storage_dir.mkdir(exist_ok=True)
-        self._spawn("storage", [sys.executable, "-m", "gcp_storage_emulator", "start",
-                                f"--host={c.host}", f"--port={c.storage_port}",
-                                f"--default-bucket={self.bucket}", "--quiet"],
-                    cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
-        self._spawn_tasks()
+        for name in EMULATORS:
+            self._spawn_emulator(name, gcloud)
         self.fcm.start()
         for companion in c.companions:
             companion.start()
-        self._start_proxies()
         deadline = time.monotonic() + c.startup_timeout
-        for name in ("firestore", "pubsub", "storage", "tasks"):
-            self._wait_ready(name, deadline)
+        for name in EMULATORS:
+            self._wait_emulator(name, gcloud, deadline)
+        self._start_proxies()  # after the waits: a part may have moved to another port
         env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
                "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
         self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
@@ -267,6 +262,46 @@ class LocalStack:
         if c.sweep_interval > 0:
             self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="sweeper")
             self._sweeper.start()
+
+    def _spawn_emulator(self, name: str, gcloud: str) -> None:
+        c = self.config
+        if name == "firestore":
+            rules = REPO / "infra" / "firestore.rules"
+            self._spawn(name, [gcloud, "emulators", "firestore", "start",
+                               f"--host-port={self._addr(c.firestore_port)}",
+                               f"--rules={rules}", "--quiet"],
+                        ready=f"http://{self._addr(c.firestore_port)}/")
+        elif name == "pubsub":
+            self._spawn(name, [gcloud, "beta", "emulators", "pubsub", "start",
+                               f"--host-port={self._addr(c.pubsub_port)}",
+                               f"--project={c.project}", "--quiet"],
+                        ready=f"http://{self._addr(c.pubsub_port)}/")
+        elif name == "storage":
+            storage_dir = self.workdir / "storage"
+            storage_dir.mkdir(exist_ok=True)
+            self._spawn(name, [sys.executable, "-m", "gcp_storage_emulator", "start",
+                               f"--host={c.host}", f"--port={c.storage_port}",
+                               f"--default-bucket={self.bucket}", "--quiet"],
+                        cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
+        else:
+            self._spawn_tasks()
+
+    def _wait_emulator(self, name: str, gcloud: str, deadline: float) -> None:
+        """Wait until ``name`` is ready. A part that exits first because its picked port
+        was taken in the meantime (by another stack starting beside this one) is started
+        again on a new port, up to twice."""
+        ports = [name, "tasks_http"] if name == "tasks" else [name]
+        for attempt in range(3):
+            try:
+                self._wait_ready(name, deadline)
+                return
+            except PartExited:
+                if attempt == 2 or not self._picked.issuperset(ports):
+                    raise
+            self.kill(name)
+            for port in ports:
+                setattr(self.config, f"{port}_port", free_port(self.config.host))
+            self._spawn_emulator(name, gcloud)
 
     def _spawn_tasks(self) -> None:
         c = self.config
@@ -312,9 +347,10 @@ class LocalStack:
     def _spawn(self, name: str, cmd: list[str], *, env: dict[str, str] | None = None,
                cwd: Path | None = None, ready: str | None = None,
                want: int | None = None) -> None:
-        self._specs[name] = {"cmd": cmd, "env": env, "cwd": cwd, "ready": ready, "want": want}
         self.logs.mkdir(parents=True, exist_ok=True)  # a restart must survive a /tmp cleanup
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self._specs[name] = {"cmd": cmd, "env": env, "cwd": cwd, "ready": ready, "want": want,
+                             "log_from": log.tell()}
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env or {**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
@@ -327,12 +363,21 @@ class LocalStack:
         if spec["ready"]:
             self._wait_http(name, spec["ready"], deadline, want=spec["want"])
 
+    def _port_taken(self, name: str) -> bool:
+        """Whether ``name`` said, since it was last started, that it could not bind."""
+        with contextlib.suppress(OSError), open(self.logs / f"{name}.log", "rb") as log:
+            log.seek(self._specs.get(name, {}).get("log_from", 0))
+            return b"address already in use" in log.read().lower()
+        return False
+
     def _wait_http(self, name: str, url: str, deadline: float, want: int | None = None) -> None:
         delay = 0.05
         while True:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
-                raise StackError(f"{name} exited with {proc.returncode}; see {self.logs / name}.log")
+                raise PartExited(f"{name} exited with {proc.returncode}; see {self.logs / name}.log")
+            if self._port_taken(name):  # some parts live on when their server cannot bind
+                raise PartExited(f"{name} found its port taken; see {self.logs / name}.log")
             try:
                 response = httpx.get(url, timeout=2.0)
                 if want is None or response.status_code == want:

@@ -1,4 +1,5 @@
-"""The local stack cleans up after itself: no orphan processes on Ctrl-C or SIGTERM."""
+"""The local stack starts beside others and cleans up after itself: a part whose port was
+taken moves to another; no orphan processes on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from kiln_dev.stack import LocalStack, StackConfig
 from support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -116,3 +120,23 @@ def test_dev_stacks_side_by_side_stop_every_process_on_ctrl_c_and_sigterm(tmp_pa
         for dev in devs.values():
             if dev.proc.poll() is None:
                 dev.kill()
+
+
+def test_a_part_whose_picked_port_is_taken_before_it_binds_starts_on_another(
+        tmp_path: Path) -> None:
+    """Given a stack whose picked Storage port another process binds first (stacks starting
+    side by side race for free ports), when the part starts, then it is started again on a
+    new port and answers there (the Storage emulator lives on after a failed bind; the
+    Firestore emulator exits: both are seen)."""
+    stack = LocalStack(StackConfig(workdir=tmp_path))
+    taken = stack.config.storage_port
+    with socket.socket() as squatter:
+        squatter.bind((stack.config.host, taken))
+        try:
+            stack._spawn_emulator("storage", "gcloud")
+            stack._wait_emulator("storage", "gcloud", deadline=time.monotonic() + 30)
+            moved = stack.config.storage_port
+            assert moved != taken
+            assert httpx.get(f"http://{stack.config.host}:{moved}/", timeout=5).status_code == 200
+        finally:
+            stack.stop()
