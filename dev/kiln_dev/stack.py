@@ -250,14 +250,7 @@ class LocalStack:
         for name in EMULATORS:
             self._wait_emulator(name, gcloud, deadline)
         self._start_proxies()  # after the waits: a part may have moved to another port
-        env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
-               "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
-        self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
-                    ready=f"{self.ingress_url}/healthz", want=200)
-        self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
-                    ready=f"{self.worker_url}/")
-        self._wait_ready("ingress", deadline)
-        self._wait_ready("worker", deadline)
+        self._start_functions(deadline)
         self._create_topology()
         if c.sweep_interval > 0:
             self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="sweeper")
@@ -302,6 +295,28 @@ class LocalStack:
             for port in ports:
                 setattr(self.config, f"{port}_port", free_port(self.config.host))
             self._spawn_emulator(name, gcloud)
+
+    def _start_functions(self, deadline: float) -> None:
+        """The ingress and the worker; each knows the other's address, so a port taken
+        before either bound moves both."""
+        c = self.config
+        for attempt in range(3):
+            env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
+                   "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
+            self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
+                        ready=f"{self.ingress_url}/healthz", want=200)
+            self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
+                        ready=f"{self.worker_url}/")
+            try:
+                self._wait_ready("ingress", deadline)
+                self._wait_ready("worker", deadline)
+                return
+            except PartExited:
+                if attempt == 2 or not self._picked.issuperset(("ingress", "worker")):
+                    raise
+            for name in ("ingress", "worker"):
+                self.kill(name)
+                setattr(c, f"{name}_port", free_port(c.host))
 
     def _spawn_tasks(self) -> None:
         c = self.config
@@ -367,7 +382,8 @@ class LocalStack:
         """Whether ``name`` said, since it was last started, that it could not bind."""
         with contextlib.suppress(OSError), open(self.logs / f"{name}.log", "rb") as log:
             log.seek(self._specs.get(name, {}).get("log_from", 0))
-            return b"address already in use" in log.read().lower()
+            said = log.read().lower()
+            return b"address already in use" in said or b"connection in use" in said  # gunicorn
         return False
 
     def _wait_http(self, name: str, url: str, deadline: float, want: int | None = None) -> None:

@@ -122,21 +122,25 @@ def test_dev_stacks_side_by_side_stop_every_process_on_ctrl_c_and_sigterm(tmp_pa
                 dev.kill()
 
 
-def test_a_part_whose_picked_port_is_taken_before_it_binds_starts_on_another(
+def test_parts_whose_picked_ports_are_taken_before_they_bind_start_on_others(
         tmp_path: Path) -> None:
-    """Given a stack whose picked Storage port another process binds first (stacks starting
-    side by side race for free ports), when the part starts, then it is started again on a
-    new port and answers there (the Storage emulator lives on after a failed bind; the
-    Firestore emulator exits: both are seen)."""
+    """Given a stack whose picked Storage and ingress ports other processes bind first
+    (stacks starting side by side race for free ports), when the parts start, then each is
+    started again on a new port and answers there (the Storage emulator lives on after a
+    failed bind, gunicorn retries it: both are seen)."""
     stack = LocalStack(StackConfig(workdir=tmp_path))
-    taken = stack.config.storage_port
-    with socket.socket() as squatter:
-        squatter.bind((stack.config.host, taken))
+    host, taken = stack.config.host, (stack.config.storage_port, stack.config.ingress_port)
+    with socket.socket() as storage_squatter, socket.socket() as ingress_squatter:
+        storage_squatter.bind((host, taken[0]))
+        ingress_squatter.bind((host, taken[1]))
         try:
+            deadline = time.monotonic() + 60
             stack._spawn_emulator("storage", "gcloud")
-            stack._wait_emulator("storage", "gcloud", deadline=time.monotonic() + 30)
-            moved = stack.config.storage_port
-            assert moved != taken
-            assert httpx.get(f"http://{stack.config.host}:{moved}/", timeout=5).status_code == 200
+            stack._wait_emulator("storage", "gcloud", deadline)
+            stack._start_functions(deadline)
+            moved = (stack.config.storage_port, stack.config.ingress_port)
+            assert moved[0] != taken[0] and moved[1] != taken[1]
+            assert httpx.get(f"http://{host}:{moved[0]}/", timeout=5).status_code == 200
+            assert httpx.get(f"{stack.ingress_url}/healthz", timeout=5).status_code == 200
         finally:
             stack.stop()
