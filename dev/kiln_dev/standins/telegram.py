@@ -65,6 +65,10 @@ from kiln_dev.standins.telegram_wire import (
 DEFAULT_TOKEN = "123456789:KILN-local-test-token_abcdefghijklmnop"
 DEFAULT_SECRET = "kiln-local-webhook-secret"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+#: The Bot API's chat actions (sendChatAction's ``action``).
+CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
+                          "upload_voice", "upload_document", "choose_sticker", "find_location",
+                          "record_video_note", "upload_video_note"})
 _METHODS = ("getMe", "sendMessage", "editMessageText", "deleteMessage", "sendPhoto",
             "sendDocument", "sendChatAction", "answerCallbackQuery", "setWebhook",
             "deleteWebhook", "getWebhookInfo")
@@ -266,6 +270,8 @@ class TelegramServer(BackgroundServer):
 
     def _api_sendChatAction(self, chat_id: int | None, p: dict[str, Any], _f: Any) -> bool:
         self._topic(self._require_chat(chat_id), p)
+        if p.get("action") not in CHAT_ACTIONS:
+            raise ApiError(400, "Bad Request: wrong parameter action in request")
         return True
 
     def _api_editMessageText(self, chat_id: int | None, p: dict[str, Any], _f: Any) -> dict[str, Any]:

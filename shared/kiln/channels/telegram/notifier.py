@@ -3,15 +3,14 @@
 :class:`TelegramChannel` is registered in the composition root (``kiln.compose``) and
 called by ``kiln.runtime.notify`` in the worker:
 
-- ``on_started`` (the worker claimed the job): if the webhook's "working on it" message
-  (``working``) failed, send it now, beside the generation (never blocking it).
+- ``on_started`` (the worker claimed the job): send the "working on it" message
+  (``working``) before generating, unless the job has one from an earlier attempt.
 - ``on_progress`` follows each coalesced progress write and edits that message — at most
   every ``EDIT_INTERVAL`` seconds per job and ``CHAT_GAP`` per chat, only when the
   progress or stage moved, and never while Telegram asked us to wait. The last edit is
   remembered in this process, not in the job document, so the edits add no Firestore
   writes to the job's one-write-a-second budget.
-- ``on_finished`` runs once per finished job (``delivery``), after a pending "working"
-  message is settled (so it can be deleted or edited). When Telegram is down, the
+- ``on_finished`` runs once per finished job (``delivery``). When Telegram is down, the
   delivery is *deferred* (``ChatStore.defer_delivery``) and ``redeliver`` — called by the
   sweeper's pass — tries it again with a doubling delay; the last attempt falls back to
   the download link, and a job whose chat could never be told is recorded ``error``.
@@ -109,24 +108,21 @@ class TelegramChannel:
     """The Telegram chat as a :class:`kiln.ports.Channel`."""
 
     def on_started(self, services: Services, job: Job) -> None:
-        """Make sure the job has its "working" message, without waiting on the Bot API."""
+        """Send the job's "working" message unless it has one: in this invocation, under
+        the claim (so no other sender exists), before the generation starts."""
         to = address(job)
-        state = telegram_state(job).get("working")
-        if to is None or to.status_id is not None or state == working.SENT:
-            return
-        if state == working.PENDING:  # the webhook's send may still fail: check beside us
-            working.later(services, job.id, to, messages.working(job.kind, job.prompt))
+        if to is None or to.status_id is not None \
+                or telegram_state(job).get("working") == working.SENT:
             return
         if chat_store(services).is_blocked(to.chat_id):
             return
-        services.store.apply(job.id, lifecycle.channel_state("telegram", {"working": working.PENDING}))
-        working.announce(services, job.id, to, messages.working(job.kind, job.prompt))
+        working.send(services, job.id, to, messages.working(job.kind, job.prompt))
 
     def on_progress(self, services: Services, job: Job, progress: int, stage: str) -> None:
         """Edit the "working" message if an edit is due; a refusal only delays the next one."""
         to = address(job)
         if to is not None and to.status_id is None and _THROTTLE.lookup_due(job.id, time.time()):
-            job = services.store.get(job.id) or job  # sent beside us since the claim?
+            job = services.store.get(job.id) or job  # its id, recorded after the claim
             to = address(job)
         if to is None or to.status_id is None:
             return
@@ -147,7 +143,6 @@ class TelegramChannel:
     def on_finished(self, services: Services, job: Job) -> dict[str, Any]:
         """Send the result (or the failure) to the chat; return what was sent. When Telegram
         is down, defer it: ``{"deferred": attempt}`` (``notify`` records ``retrying``)."""
-        job = working.settled(services, job)
         to = address(job)
         _THROTTLE.forget(job.id)
         if to is None:
@@ -166,7 +161,7 @@ class TelegramChannel:
             if attempt is None:
                 continue
             tried += 1
-            to = address(working.settled(services, job)) if job is not None else None
+            to = address(job) if job is not None else None
             if job is None or to is None:
                 chats.delivered(chat_id, job_id)
                 continue

@@ -29,7 +29,6 @@ from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
 from kiln.channels.telegram.commands import HINTS, JOB_COMMANDS, decide, update_kind
-from kiln.channels.telegram.delivery import Address
 from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
@@ -45,6 +44,8 @@ logger = log.get("telegram.webhook")
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_UPDATE_BYTES = 1024 * 1024
 STATUS_JOBS = 5
+#: What the chat shows while the job waits for its worker (a Bot API chat action).
+CHAT_ACTION = {"image": "upload_photo", "model": "upload_document"}
 Reply = dict[str, Any] | None
 
 
@@ -176,9 +177,9 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         raise  # 503: Telegram retries the update
     if not accepted.created:  # a concurrent delivery of the same update won the race
         return None
-    to = Address(incoming.chat_id, incoming.thread_id, incoming.message_id)
-    working.announce(services, accepted.job_id, to, messages.working(kind, prompt))
-    return None
+    # The worker that claims the job says "working on it" (``working``); until then the
+    # chat shows the bot at work, at no cost to this answer.
+    return incoming.answer("sendChatAction", action=CHAT_ACTION.get(kind, "typing"))
 
 
 def _refund(services: Services, incoming: Incoming, job_id: str, day: str) -> None:

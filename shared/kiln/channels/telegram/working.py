@@ -1,13 +1,15 @@
-"""The "working on it" message of a new job: sent beside the webhook's answer, never in it.
+"""The "working on it" message of a new job: sent by the worker that claims the job.
 
-The webhook records the job with ``server.telegram.working = "pending"`` and hands the
-message to a small thread pool of its process, so the acknowledgement never waits on the
-Bot API and the message still appears within a second of the update. When the Bot API
-answers, its id is recorded (``statusMessageId``, ``working = "sent"``) for the progress
-edits and the result; when the call fails, ``working = "failed"`` and the worker that
-takes the job sends it instead (``notifier.on_started``). The worker waits a bounded
-time for a pending message before it delivers the end, and a message that arrives after
-``/cancel`` is edited to say so, so no "Working on…" message is left behind
+The webhook only records the job (``server.telegram.working = "pending"``) and answers:
+it never waits on the Bot API, and it starts nothing that would run after its answer (on
+Cloud Run an instance gets CPU only while it serves a request, so a thread left behind by
+the webhook may not run until the next update arrives). The job's Pub/Sub message reaches
+a worker within a fraction of a second; the worker that claims the job sends the message
+inside its own invocation, before generating (``notifier.on_started``), and records its
+id (``statusMessageId``, ``working = "sent"``) for the progress edits and the result. The
+claim makes that worker the only sender, so a duplicate delivery cannot send it twice.
+When Telegram refuses it (a 429 longer than ``MAX_WAIT``, an outage), ``working =
+"failed"`` and the result arrives as a new reply; a 403 marks the chat blocked
 (docs/telegram.md).
 """
 
@@ -15,16 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from kiln import log
-from kiln.channels.telegram import messages
-from kiln.channels.telegram.bot import bot_for, chat_store
+from kiln.channels.telegram.bot import bot_for
 from kiln.channels.telegram.delivery import Address
 from kiln.core import lifecycle
 from kiln.core.errors import KilnError
-from kiln.core.job import Job, JobStatus
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -32,38 +31,16 @@ if TYPE_CHECKING:
 logger = log.get("telegram.working")
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
-#: The longest the worker waits for a pending "working" message (the Bot API's timeout).
-WAIT_SECONDS = 12.0
-#: Sends wait on the network, not the CPU: enough threads for a slow Bot API under a burst.
-_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="telegram-working")
+#: The longest a 429 may hold the message back (and the generation behind it).
+MAX_WAIT = 5.0
 
 
-def announce(services: Services, job_id: str, to: Address, text: str) -> Future[bool]:
-    """Send ``text`` for ``job_id`` without waiting; True (in the future) when it was sent."""
-    return _POOL.submit(send, services, job_id, to, text)
-
-
-def later(services: Services, job_id: str, to: Address, text: str) -> Future[bool]:
-    """Once the webhook's pending send settles: send ``text`` if it failed."""
-    def run() -> bool:
-        job = services.store.get(job_id)
-        if job is None:
-            return False
-        job = settled(services, job)
-        if (job.server.telegram or {}).get("working") != FAILED or job.terminal \
-                or chat_store(services).is_blocked(to.chat_id):
-            return False
-        return send(services, job_id, to, text)
-
-    return _POOL.submit(run)
-
-
-def send(services: Services, job_id: str, to: Address, text: str) -> bool:
-    """Send the "working" message now and record what happened."""
-    now = time.time()
+def send(services: Services, job_id: str, to: Address, text: str, *,
+         max_wait: float = MAX_WAIT) -> bool:
+    """Send the "working" message now and record what happened; True when it was sent."""
     try:
-        sent = to.send(bot_for(services), text, max_wait=0)
-    except KilnError as exc:  # the worker sends it instead; the result comes either way
+        sent = to.send(bot_for(services), text, max_wait=max_wait)
+    except KilnError as exc:  # the result comes either way, as a reply of its own
         log.event(logger, "working message not sent", logging.WARNING, code=exc.code)
         sent = None
     try:
@@ -71,22 +48,8 @@ def send(services: Services, job_id: str, to: Address, text: str) -> bool:
             services.store.apply(job_id, lifecycle.channel_state("telegram", {"working": FAILED}))
             return False
         services.store.apply(job_id, lifecycle.channel_state("telegram", {
-            "statusMessageId": int(sent["message_id"]), "sentAt": now, "working": SENT}))
-        job = services.store.get(job_id)
-        if job is not None and job.status is JobStatus.CANCELED:  # /cancel came first
-            bot_for(services).edit_message_text(to.chat_id, int(sent["message_id"]),
-                                                messages.canceled(job), max_wait=0)
+            "statusMessageId": int(sent["message_id"]), "sentAt": time.time(), "working": SENT}))
     except KilnError as exc:
         log.event(logger, "working message not recorded", logging.WARNING, code=exc.code)
         return False
     return True
-
-
-def settled(services: Services, job: Job, *, timeout: float = WAIT_SECONDS,
-            poll: float = 0.2) -> Job:
-    """``job`` once its pending "working" message is sent or failed (or ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while (job.server.telegram or {}).get("working") == PENDING and time.monotonic() < deadline:
-        time.sleep(poll)
-        job = services.store.get(job.id) or job
-    return job
