@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
+from collections.abc import Sequence
 
+from kiln.core.batches import Batch
+from kiln.core.job import NewJob
 from kiln.core.keys import ApiKey, Tenant
+from kiln_dev.fakes import InMemoryJobStore
 
 
 class InMemoryKeyStore:
@@ -47,3 +51,41 @@ class InMemoryKeyStore:
     def put_tenant(self, tenant: Tenant) -> None:
         with self._lock:
             self.tenants[tenant.tenant] = tenant
+
+
+class InMemoryBatchStore:
+    """``kiln.ports.BatchStore`` over an ``InMemoryJobStore`` (one lock: all or nothing)."""
+
+    def __init__(self, jobs: InMemoryJobStore) -> None:
+        self.jobs = jobs
+        self.batches: dict[str, Batch] = {}
+        self.ended: set[str] = set()
+
+    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+        with self.jobs._lock:
+            self.jobs._check()
+            if batch.id in self.batches or any(job.id in self.jobs.docs for job in jobs):
+                return False
+            self.batches[batch.id] = dataclasses.replace(batch,
+                                                         created_at=self.jobs.clock.now())
+            for job in jobs:
+                assert self.jobs.create(job)
+            return True
+
+    def get(self, batch_id: str) -> Batch | None:
+        with self.jobs._lock:
+            self.jobs._check()
+            return self.batches.get(batch_id)
+
+    def statuses(self, batch_id: str) -> dict[str, str]:
+        with self.jobs._lock:
+            self.jobs._check()
+            return {job_id: str(doc.get("status")) for job_id, doc in self.jobs.docs.items()
+                    if doc.get("batchId") == batch_id}
+
+    def mark_ended(self, batch_id: str) -> bool:
+        with self.jobs._lock:
+            if batch_id in self.ended:
+                return False
+            self.ended.add(batch_id)
+            return True

@@ -23,6 +23,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from kiln.core.contract import CONTRACT
+from kiln_dev.schema_batches import batch_paths
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_ID = "https://kiln.dev/schemas/job.schema.json"
@@ -167,7 +168,7 @@ def _errors(*codes: int) -> dict[str, Any]:
             403: "insufficient_scope: the API key lacks this route's scope; user_disabled; "
                  "unsupported_uid (a uid with '/', '..' or a control character); "
                  "reserved_uid (a uid starting 'telegram:' or 'api:').",
-            404: "No such job, or not the caller's (the same answer for both).",
+            404: "No such job or batch, or not the caller's (the same answer for both).",
             405: "Wrong method.",
             409: "invalid_transition: the job's status does not allow this.",
             413: "Body too large.", 415: "The body is not declared application/json (UTF-8).",
@@ -243,6 +244,7 @@ def openapi() -> dict[str, Any]:
                                                 "already pending or processing)."),
                               **_errors(401, 403, 404, 409, 503)},
             }},
+            **batch_paths(_json_body, _errors),
             "/healthz": {"get": {
                 "operationId": "health", "summary": "Liveness", "security": [],
                 "responses": {"200": {"description": "OK", "content": {"application/json": {

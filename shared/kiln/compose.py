@@ -20,6 +20,7 @@ from kiln import log
 from kiln.adapters.clock import SystemClock
 from kiln.channels.telegram.notifier import TelegramChannel
 from kiln.ports import (
+    BatchStore,
     BlobStore,
     Channel,
     Clock,
@@ -57,6 +58,7 @@ class Services:
         scheduler: Scheduler | None = None,
         task_index: TaskIndex | None = None,
         keys: KeyStore | None = None,
+        batches: BatchStore | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -70,7 +72,7 @@ class Services:
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
                  "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
-                 "keys": keys}
+                 "keys": keys, "batches": batches}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -138,6 +140,12 @@ class Services:
         from kiln.adapters.keys import FirestoreKeyStore
 
         return FirestoreKeyStore(self.firestore)
+
+    @functools.cached_property
+    def batches(self) -> BatchStore:
+        from kiln.adapters.batches import FirestoreBatchStore
+
+        return FirestoreBatchStore(self.firestore)
 
     @functools.cached_property
     def api_keys(self) -> Any:

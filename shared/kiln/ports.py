@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
+from kiln.core.batches import Batch
 from kiln.core.job import Change, Device, Job, NewJob
 from kiln.core.keys import ApiKey, Tenant
 
@@ -47,6 +48,25 @@ class JobStore(Protocol):
         """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
         indexed query however many jobs the owner has). Public documents only: each
         job's ``server`` state is empty."""
+        ...
+
+
+class BatchStore(Protocol):
+    """Batches (``batches/{batchId}``), written with their jobs in one commit."""
+
+    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+        """Create the batch and every job's two documents at once (all or nothing); False
+        when the batch exists (nothing written)."""
+        ...
+
+    def get(self, batch_id: str) -> Batch | None: ...
+
+    def statuses(self, batch_id: str) -> dict[str, str]:
+        """Job id → status of the jobs whose ``batchId`` is ``batch_id`` (one query)."""
+        ...
+
+    def mark_ended(self, batch_id: str) -> bool:
+        """Create the batch's end marker; True only for the first caller."""
         ...
 
 

@@ -100,7 +100,7 @@ class Device:
 #: The fields of ``jobs/{jobId}`` (the client contract), in document order.
 PUBLIC_FIELDS = ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
                  "attempts", "error", "result", "provenance", "createdAt", "updatedAt",
-                 "startedAt", "completedAt", "expireAt")
+                 "startedAt", "completedAt", "expireAt", "batchId")
 
 
 def _camel(name: str) -> str:
@@ -176,6 +176,7 @@ class Job:
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     provenance: Mapping[str, Any] | None = None
+    batch_id: str | None = None
     server: ServerState = field(default_factory=ServerState)
 
     @classmethod
@@ -190,7 +191,7 @@ class Job:
             result=doc.get("result"), created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"), started_at=doc.get("startedAt"),
             completed_at=doc.get("completedAt"), provenance=doc.get("provenance"),
-            server=ServerState.from_doc(server),
+            batch_id=doc.get("batchId"), server=ServerState.from_doc(server),
         )
 
     @property
@@ -208,6 +209,8 @@ class Job:
         for name in ("created_at", "updated_at", "started_at", "completed_at"):
             value = getattr(self, name)
             out[_camel(name)] = value.isoformat() if isinstance(value, dt.datetime) else None
+        if self.batch_id is not None:
+            out["batchId"] = self.batch_id
         return out
 
 

@@ -31,7 +31,7 @@ from kiln.core.errors import (
 )
 from kiln.core.job import Job, is_valid_job_id
 from kiln.core.requests import parse_job_request
-from kiln.http import framework
+from kiln.http import batches, framework
 from kiln.http.auth import authenticate
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
@@ -72,16 +72,25 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
     principal = authenticate(request, services, "submit")
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise RequestError(400, "invalid_idempotency_key",
-                           "Idempotency-Key must be 1-255 printable ASCII characters.")
+    key = idempotency_key(request)
     job_request = parse_job_request(read_json(request, settings.max_body_bytes))
     accepted = accept_job(services, uid=principal.uid, channel=principal.channel,
                           request=job_request,
                           idempotency_key=key)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
+
+
+def idempotency_key(request: flask.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise RequestError(400, "invalid_idempotency_key",
+                           "Idempotency-Key must be 1-255 printable ASCII characters.")
+    return key
+
+
+def create_batch(request: flask.Request, services: Services) -> flask.Response:
+    return batches.create_batch(request, services, idempotency_key(request))
 
 
 def _owned_job(request: flask.Request, services: Services, job_id: str, scope: str) -> Job:
@@ -145,6 +154,9 @@ ROUTES = Map([
     Rule("/v1/jobs/<job:job_id>", methods=["GET"], endpoint=get_job),
     Rule("/v1/jobs/<job:job_id>:cancel", methods=["POST"], endpoint=cancel_job),
     Rule("/v1/jobs/<job:job_id>:retry", methods=["POST"], endpoint=retry_job),
+    Rule("/v1/batches", methods=["POST"], endpoint=create_batch),
+    Rule("/v1/batches/<job:batch_id>", methods=["GET"], endpoint=batches.get_batch),
+    Rule("/v1/batches/<job:batch_id>:cancel", methods=["POST"], endpoint=batches.cancel_batch),
     Rule("/v1/providers/<provider:provider>/events", methods=["POST"], endpoint=provider_event),
 ], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False, merge_slashes=False)
 
