@@ -82,6 +82,16 @@ resource "google_firestore_field" "jobs_expire_at" {
   index_config {}
 }
 
+# Batches (kiln.adapters.batches): deleted with their jobs, expireAt as on the jobs.
+resource "google_firestore_field" "batches_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "batches"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # The provider task index (kiln.adapters.firestore.FirestoreTaskIndex): task links and
 # callback events seen, server-only (the rules deny clients), deleted 7 days after use.
 resource "google_firestore_field" "provider_tasks_expire_at" {

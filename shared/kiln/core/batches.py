@@ -20,6 +20,7 @@ from typing import Any
 
 from kiln.core.errors import ValidationError
 from kiln.core.job import JobStatus
+from kiln.core.lifecycle import RETENTION_DAYS
 from kiln.core.requests import JobRequest, parse_job_request
 
 BATCH_MAX = 100
@@ -46,9 +47,13 @@ class Batch:
                    doc.get("createdAt"), doc.get("tenant"))
 
     def doc(self) -> dict[str, Any]:
+        """The stored document; ``expireAt`` as its jobs' (Firestore's TTL policy)."""
+        expire = (self.created_at + dt.timedelta(days=RETENTION_DAYS)
+                  if self.created_at is not None else None)
         return {"uid": self.uid, "channel": self.channel, "tenant": self.tenant,
                 "jobIds": list(self.job_ids), "count": len(self.job_ids),
-                "fingerprint": self.fingerprint, "createdAt": self.created_at}
+                "fingerprint": self.fingerprint, "createdAt": self.created_at,
+                "expireAt": expire}
 
 
 def parse_batch_request(body: Any) -> list[JobRequest]:
