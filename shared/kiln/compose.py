@@ -32,9 +32,11 @@ from kiln.ports import (
     Scheduler,
     TaskIndex,
     Verifier,
+    WebhookStore,
 )
 from kiln.providers.base import Provider
 from kiln.settings import Settings
+from kiln.webhooks.channel import ApiChannel
 
 ProviderFactory = Callable[[Settings], Provider]
 
@@ -59,6 +61,7 @@ class Services:
         task_index: TaskIndex | None = None,
         keys: KeyStore | None = None,
         batches: BatchStore | None = None,
+        webhooks: WebhookStore | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -66,13 +69,13 @@ class Services:
         self.clock: Clock = clock or SystemClock()
         #: Channels with a conversation of their own, registered here explicitly.
         self.channels: Mapping[str, Channel] = (
-            {"telegram": TelegramChannel()} if channels is None else channels)
+            {"telegram": TelegramChannel(), "api": ApiChannel()} if channels is None else channels)
         self._provider_factories = providers
         self._providers: dict[str, Provider] = {}
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
                  "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
-                 "keys": keys, "batches": batches}
+                 "keys": keys, "batches": batches, "webhooks": webhooks}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -120,6 +123,12 @@ class Services:
         from kiln.adapters.firestore import FirestoreTaskIndex
 
         return FirestoreTaskIndex(self.firestore)
+
+    @functools.cached_property
+    def webhooks(self) -> WebhookStore:
+        from kiln.adapters.firestore_webhooks import FirestoreWebhookStore
+
+        return FirestoreWebhookStore(self.firestore)
 
     @functools.cached_property
     def blobs(self) -> BlobStore:

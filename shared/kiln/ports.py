@@ -9,18 +9,22 @@ composition root (``kiln.compose``) wires one of each.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
 from kiln.core.batches import Batch
 from kiln.core.job import Change, Device, Job, NewJob
 from kiln.core.keys import ApiKey, Tenant
+from kiln.webhooks.model import Delivery as WebhookDelivery
+from kiln.webhooks.model import Endpoint, Event
 
 T = TypeVar("T")
 
 #: ``decide(job)`` → (the change to write or None, the value to return).
 Decide = Callable[[Job | None], tuple[Change | None, T]]
+#: ``decide(delivery)`` → (the fields to merge or None, the value to return).
+DecideDelivery = Callable[[WebhookDelivery | None], tuple[Mapping[str, Any] | None, T]]
 
 
 class JobStore(Protocol):
@@ -232,3 +236,48 @@ class Channel(Protocol):
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]: ...
 
     def redeliver(self, services: Any) -> int: ...
+
+
+class WebhookStore(Protocol):
+    """Webhook endpoints, tenants' signing secrets, events, deliveries and their attempts
+    (``kiln.webhooks.model``; server-only Firestore collections)."""
+
+    def put_endpoint(self, endpoint: Endpoint) -> None: ...
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None: ...
+
+    def endpoints(self, tenant: str | None = None) -> list[Endpoint]: ...
+
+    def delete_endpoint(self, endpoint_id: str) -> bool: ...
+
+    def disable_endpoint(self, endpoint_id: str, reason: str) -> None: ...
+
+    def tenant_secret(self, tenant: str, new: str) -> str:
+        """The tenant's secret for per-job webhook URLs; ``new`` becomes it if it has none."""
+        ...
+
+    def create_event(self, event: Event) -> bool:
+        """Record an event; False when one with its id exists (nothing written)."""
+        ...
+
+    def event(self, event_id: str) -> Event | None: ...
+
+    def create_delivery(self, delivery: WebhookDelivery) -> bool:
+        """Record a delivery; False when one with its id exists (nothing written)."""
+        ...
+
+    def delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+
+    def transact_delivery(self, delivery_id: str, decide: DecideDelivery[T]) -> T:
+        """Read, ``decide`` (fields to merge or None), write, atomically; return the value."""
+        ...
+
+    def deliveries(self, *, endpoint_id: str | None = None, event_id: str | None = None,
+                   due_before: dt.datetime | None = None, limit: int = 100) -> list[WebhookDelivery]:
+        """Deliveries of an endpoint or event (newest first), or the pending ones whose
+        next attempt is due before ``due_before``."""
+        ...
+
+    def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None: ...
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]: ...

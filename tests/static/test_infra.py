@@ -22,6 +22,7 @@ from tf_config import INFRA, REPO, TfModule, block, blocks, refs, strings
 LOCAL_ONLY = frozenset({
     "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
     "FIREBASE_AUTH_EMULATOR_HOST", "KILN_FCM_ENDPOINT", "CLOUD_TASKS_EMULATOR_HOST",
+    "KILN_WEBHOOK_SCHEDULE_SCALE",  # the delivery benchmark's; refused on the cloud
 })
 
 #: Read by the platform's functions-framework, not by Kiln (checked below).

@@ -133,6 +133,7 @@ class ServerState:
     republished_at: dt.datetime | None = None
     notify: Mapping[str, Any] | None = None
     telegram: Mapping[str, Any] | None = None
+    webhook: str | None = None  # an API job's own webhook URL (kiln.webhooks)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> ServerState:

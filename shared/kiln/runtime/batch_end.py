@@ -13,7 +13,6 @@ its own job's end was committed.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -21,6 +20,7 @@ from kiln import log
 from kiln.compose import Services
 from kiln.core.batches import Batch, counts, ended
 from kiln.core.job import Job
+from kiln.webhooks import events
 
 logger = log.get("batches")
 
@@ -58,18 +58,11 @@ def event_data(batch: Batch, tally: dict[str, int]) -> dict[str, Any]:
             "jobIds": list(batch.job_ids)}
 
 
-def emit_completed(services: Services, batch: Batch, tally: dict[str, int]) -> str | None:
-    """``batch.completed`` for the tenant (``kiln.webhooks.events``, the webhook branch's
-    module; until it is present the event is only logged)."""
-    try:
-        events = importlib.import_module("kiln.webhooks.events")
-    except ModuleNotFoundError:
-        log.event(logger, "webhooks not available; batch.completed not emitted",
-                  logging.WARNING, batchId=batch.id)
-        return None
-    event_id: str = events.emit(services, tenant=batch.tenant, event_type="batch.completed",
-                                subject_id=batch.id, data=event_data(batch, tally))
-    return event_id
+def emit_completed(services: Services, batch: Batch, tally: dict[str, int]) -> str:
+    """``batch.completed`` for the tenant; the event's id (stable per batch)."""
+    assert batch.tenant is not None
+    return events.emit(services, tenant=batch.tenant, event_type="batch.completed",
+                       subject_id=batch.id, data=event_data(batch, tally))
 
 
 def push_completed(services: Services, batch: Batch, tally: dict[str, int]) -> int:

@@ -30,6 +30,7 @@ from kiln_dev.fakes import (
     TokenVerifier,
 )
 from kiln_dev.fakes_api import InMemoryBatchStore, InMemoryKeyStore
+from kiln_dev.fakes_webhooks import InMemoryWebhookStore
 
 
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
@@ -221,6 +222,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
         keys=InMemoryKeyStore(), batches=InMemoryBatchStore(store),
+        webhooks=InMemoryWebhookStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
                scheduler, task_index)

@@ -5,8 +5,7 @@ ended; cancel ends every job not yet ended."""
 
 from __future__ import annotations
 
-import sys
-import types
+import json
 from typing import Any
 
 import flask
@@ -15,6 +14,7 @@ from rig import Rig
 
 from kiln.http.api import handle
 from kiln.runtime.keys import create_key
+from kiln.webhooks.model import event_id
 
 CUBE = {"kind": "image", "prompt": "a red cube"}
 
@@ -39,25 +39,12 @@ def run_all(rig: Rig) -> None:
         pass
 
 
-@pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """A stand-in for the webhook branch's ``kiln.webhooks.events.emit``: records each
-    emit, and (as the real one) treats a second emit of one event as a no-op."""
-    emitted: list[dict[str, Any]] = []
-
-    def emit(services: Any, *, tenant: str, event_type: str, subject_id: str,
-             data: dict[str, Any], url: str | None = None) -> str:
-        event_id = f"{event_type}:{subject_id}"
-        if all(e["id"] != event_id for e in emitted):
-            emitted.append({"id": event_id, "tenant": tenant, "data": data})
-        return event_id
-
-    package = types.ModuleType("kiln.webhooks")
-    module = types.ModuleType("kiln.webhooks.events")
-    module.emit = emit  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kiln.webhooks", package)
-    monkeypatch.setitem(sys.modules, "kiln.webhooks.events", module)
-    return emitted
+def batch_events(rig: Rig) -> list[dict[str, Any]]:
+    """The ``batch.completed`` events recorded (``kiln.webhooks.events.emit`` on the fake
+    webhook store)."""
+    store = rig.services.webhooks.events  # type: ignore[attr-defined]
+    return [{"id": e.id, "tenant": e.tenant, "data": json.loads(e.body)["data"]}
+            for e in store.values() if e.type == "batch.completed"]
 
 
 def test_a_batch_is_accepted_whole_and_published(rig: Rig) -> None:
@@ -136,8 +123,7 @@ def test_counts_come_from_the_jobs_and_an_app_user_gets_one_push(rig: Rig) -> No
     assert call(rig, "Bearer uid:bob", "GET", f"/v1/batches/{batch_id}")[0] == 404
 
 
-def test_an_api_tenant_gets_one_batch_completed_event(rig: Rig,
-                                                      events: list[dict[str, Any]]) -> None:
+def test_an_api_tenant_gets_one_batch_completed_event(rig: Rig) -> None:
     key = create_key(rig.services.keys, rig.clock, tenant="acme",
                      scopes=["submit", "read", "cancel"]).secret
     status, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(4)})
@@ -148,13 +134,12 @@ def test_an_api_tenant_gets_one_batch_completed_event(rig: Rig,
     from kiln.runtime.batch_end import on_job_ended
 
     on_job_ended(rig.services, rig.job(answer["jobIds"][-1]))
-    assert [(e["id"], e["tenant"], e["data"]["counts"]["completed"]) for e in events] == \
-        [(f"batch.completed:{answer['batchId']}", "acme", 4)]
+    assert [(e["id"], e["tenant"], e["data"]["counts"]["completed"]) for e in batch_events(rig)] \
+        == [(event_id("batch.completed", answer["batchId"]), "acme", 4)]
     assert rig.push.sent == []
 
 
-def test_cancel_ends_every_job_not_yet_ended_and_announces_once(
-        rig: Rig, events: list[dict[str, Any]]) -> None:
+def test_cancel_ends_every_job_not_yet_ended_and_announces_once(rig: Rig) -> None:
     key = create_key(rig.services.keys, rig.clock, tenant="acme",
                      scopes=["submit", "read", "cancel"]).secret
     _, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(3)})
@@ -166,7 +151,7 @@ def test_cancel_ends_every_job_not_yet_ended_and_announces_once(
     assert status == 200 and result["canceled"] == 2
     assert result["counts"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0,
                                 "canceled": 2}
-    assert [e["id"] for e in events] == [f"batch.completed:{batch_id}"]
+    assert [e["id"] for e in batch_events(rig)] == [event_id("batch.completed", batch_id)]
     # cancelling again changes nothing
     assert call(rig, f"Bearer {key}", "POST", f"/v1/batches/{batch_id}:cancel")[1]["canceled"] == 0
 
