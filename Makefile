@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-batch bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ test-fast: setup ## unit tests only
 
 bench: setup ## acknowledgement latency, orchestration overhead, memory
 	$(PY) -m kiln_dev.bench
+
+bench-batch: setup ## a batch of 100 images through POST /v1/batches: acknowledgement time
+	$(PY) -m kiln_dev.bench_batch $(ARGS)
 
 bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
 	$(PY) -m kiln_dev.bench_callbacks
