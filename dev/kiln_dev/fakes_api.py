@@ -8,7 +8,7 @@ import datetime as dt
 import threading
 from collections.abc import Sequence
 
-from kiln.core.batches import Batch
+from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
 from kiln.core.keys import ApiKey, Tenant
 from kiln_dev.fakes import InMemoryJobStore
@@ -82,6 +82,9 @@ class InMemoryBatchStore:
             self.jobs._check()
             return {job_id: str(doc.get("status")) for job_id, doc in self.jobs.docs.items()
                     if doc.get("batchId") == batch_id}
+
+    def ended_count(self, batch_id: str) -> int:
+        return sum(status in TERMINAL for status in self.statuses(batch_id).values())
 
     def mark_ended(self, batch_id: str) -> bool:
         with self.jobs._lock:

@@ -69,6 +69,11 @@ class BatchStore(Protocol):
         """Job id → status of the jobs whose ``batchId`` is ``batch_id`` (one query)."""
         ...
 
+    def ended_count(self, batch_id: str) -> int:
+        """How many of the batch's jobs have ended (one count aggregation: a batch's end
+        check costs no read per job)."""
+        ...
+
     def mark_ended(self, batch_id: str) -> bool:
         """Create the batch's end marker; True only for the first caller."""
         ...

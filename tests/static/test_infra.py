@@ -535,11 +535,12 @@ INDEXES = {
     ("status", "ASCENDING", "updatedAt", "ASCENDING"),
     ("uid", "ASCENDING", "status", "ASCENDING"),
     ("uid", "ASCENDING", "createdAt", "ASCENDING"),
+    ("batchId", "ASCENDING", "status", "ASCENDING"),
 }
 
 
 def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
-    """Given the Firestore resources, when reading them, then the native database, the four
+    """Given the Firestore resources, when reading them, then the native database, the
     jobs indexes and a TTL policy on jobs.expireAt exist."""
     (db,) = tf.resources("google_firestore_database").values()
     assert (db["name"], db["type"]) == ("(default)", "FIRESTORE_NATIVE")

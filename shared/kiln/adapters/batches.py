@@ -5,12 +5,13 @@ one batched write."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from kiln.adapters.firestore import JOBS, FirestoreJobStore, _fields, unavailable_is_retryable
-from kiln.core.batches import Batch
+from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
 
 BATCHES = "batches"
@@ -48,6 +49,16 @@ class FirestoreBatchStore:
                  .select(["status"]))
         with unavailable_is_retryable("batch store"):
             return {snap.id: str((snap.to_dict() or {}).get("status")) for snap in query.stream()}
+
+    def ended_count(self, batch_id: str) -> int:
+        """A count aggregation (index ``jobs_batch_status`` in infra/firestore.tf)."""
+        query = (self.client.collection(JOBS)
+                 .where(filter=firestore.FieldFilter("batchId", "==", batch_id))
+                 .where(filter=firestore.FieldFilter("status", "in", sorted(TERMINAL))))
+        aggregate: Any = query.count()
+        with unavailable_is_retryable("batch store"):
+            results = aggregate.get()
+        return int(results[0][0].value)
 
     def mark_ended(self, batch_id: str) -> bool:
         ref = self._ref(batch_id).collection("private").document("ended")

@@ -2,7 +2,8 @@
 
 Called after any job of a batch ends (``kiln.runtime.notify.deliver`` for completed and
 failed jobs, ``kiln.runtime.actions.cancel`` for canceled ones). Each call counts the
-batch's jobs (one query); the call that finds every job ended creates the batch's end
+batch's ended jobs (one count aggregation, not a read per job); the call that finds every
+job ended reads their statuses once and creates the batch's end
 marker (create-if-absent), and only the one that created it sends the app user's one
 push. For an API tenant every such call emits ``batch.completed`` through
 ``kiln.webhooks.events.emit``, whose event id is stable per batch (a second emit is a
@@ -32,7 +33,7 @@ def on_job_ended(services: Services, job: Job) -> bool:
         return False
     try:
         batch = services.batches.get(job.batch_id)
-        if batch is None:
+        if batch is None or services.batches.ended_count(batch.id) < len(batch.job_ids):
             return False
         statuses = services.batches.statuses(batch.id)
         if not ended(batch, statuses):
