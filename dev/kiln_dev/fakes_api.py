@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 from kiln.core.batches import TERMINAL, Batch
+from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
 from kiln.core.keys import ApiKey, Tenant
 from kiln_dev.fakes import InMemoryJobStore
@@ -54,12 +55,15 @@ class InMemoryKeyStore:
 
 
 class InMemoryBatchStore:
-    """``kiln.ports.BatchStore`` over an ``InMemoryJobStore`` (one lock: all or nothing)."""
+    """``kiln.ports.BatchStore`` over an ``InMemoryJobStore`` (one lock: all or nothing);
+    the next ``fail_counts`` end counts fail as an unreachable store would."""
 
     def __init__(self, jobs: InMemoryJobStore) -> None:
         self.jobs = jobs
         self.batches: dict[str, Batch] = {}
         self.ended: set[str] = set()
+        self.closed: set[str] = set()
+        self.fail_counts = 0
 
     def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
         with self.jobs._lock:
@@ -84,7 +88,20 @@ class InMemoryBatchStore:
                     if doc.get("batchId") == batch_id}
 
     def ended_count(self, batch_id: str) -> int:
+        if self.fail_counts > 0:
+            self.fail_counts -= 1
+            raise RetryableError("The batch store is unavailable.", code="store_unavailable")
         return sum(status in TERMINAL for status in self.statuses(batch_id).values())
+
+    def close(self, batch_id: str) -> None:
+        with self.jobs._lock:
+            self.jobs._check()
+            self.closed.add(batch_id)
+
+    def open_batches(self, limit: int) -> list[Batch]:
+        with self.jobs._lock:
+            self.jobs._check()
+            return [b for i, b in self.batches.items() if i not in self.closed][:limit]
 
     def mark_ended(self, batch_id: str) -> bool:
         with self.jobs._lock:

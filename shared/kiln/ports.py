@@ -78,6 +78,14 @@ class BatchStore(Protocol):
         """Create the batch's end marker; True only for the first caller."""
         ...
 
+    def close(self, batch_id: str) -> None:
+        """Mark the batch announced (``open`` false): the sweeper stops looking at it."""
+        ...
+
+    def open_batches(self, limit: int) -> list[Batch]:
+        """Batches not yet closed (any order)."""
+        ...
+
 
 class DeviceStore(Protocol):
     """Where a user's app instances receive pushes (``users/{uid}/devices/*``)."""

@@ -75,6 +75,9 @@ def test_batches_are_written_whole_once_and_counted(backend: Any) -> None:
     assert batches.ended_count(batch_id) == 3
     assert batches.mark_ended(batch_id) is True
     assert batches.mark_ended(batch_id) is False
+    assert batch_id in [b.id for b in batches.open_batches(500)]
+    batches.close(batch_id)
+    assert batch_id not in [b.id for b in batches.open_batches(500)]
     assert batches.get(uuid.uuid4().hex[:20]) is None
 
 

@@ -60,6 +60,16 @@ class FirestoreBatchStore:
             results = aggregate.get()
         return int(results[0][0].value)
 
+    def close(self, batch_id: str) -> None:
+        with unavailable_is_retryable("batch store"):
+            self._ref(batch_id).update({"open": False})
+
+    def open_batches(self, limit: int) -> list[Batch]:
+        query = (self.client.collection(BATCHES)
+                 .where(filter=firestore.FieldFilter("open", "==", True)).limit(limit))
+        with unavailable_is_retryable("batch store"):
+            return [Batch.from_doc(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
     def mark_ended(self, batch_id: str) -> bool:
         ref = self._ref(batch_id).collection("private").document("ended")
         try:

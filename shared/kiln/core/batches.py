@@ -53,7 +53,7 @@ class Batch:
         return {"uid": self.uid, "channel": self.channel, "tenant": self.tenant,
                 "jobIds": list(self.job_ids), "count": len(self.job_ids),
                 "fingerprint": self.fingerprint, "createdAt": self.created_at,
-                "expireAt": expire}
+                "expireAt": expire, "open": True}
 
 
 def parse_batch_request(body: Any) -> list[JobRequest]:

@@ -166,3 +166,20 @@ def test_batch_routes_check_their_scopes(rig: Rig) -> None:
     assert call(rig, f"Bearer {key}", "POST", f"/v1/batches/{batch_id}:cancel")[0] == 403
     assert call(rig, f"Bearer {submit}", "GET", f"/v1/batches/{batch_id}")[0] == 403
     assert call(rig, f"Bearer {key}", "GET", f"/v1/batches/{batch_id}")[0] == 200
+
+
+def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:
+    # given an API batch whose last job's own end check failed (the store was unreachable)
+    key = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["submit"]).secret
+    _, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(2)})
+    from kiln.runtime import batch_end, sweeper
+
+    rig.services.batches.fail_counts = 2  # type: ignore[attr-defined]
+    run_all(rig)
+    assert batch_events(rig) == [] and rig.services.batches.fail_counts == 0  # type: ignore[attr-defined]
+    # when the sweeper runs
+    assert sweeper.sweep(rig.services).get("batches_ended") == 1
+    # then batch.completed was emitted once, and the closed batch is not looked at again
+    assert [e["data"]["batchId"] for e in batch_events(rig)] == [answer["batchId"]]
+    assert batch_end.sweep(rig.services) == 0
+    assert rig.services.batches.open_batches(10) == []
