@@ -140,3 +140,20 @@ def test_a_keys_principal_carries_the_tenants_plan(rig: Rig) -> None:
         principal = authenticate(flask.request, rig.services, "read")
     assert (principal.uid, principal.channel, principal.tenant, principal.plan,
             principal.scopes) == ("api:globex", "api", "globex", "business", frozenset({"read"}))
+
+
+def test_the_secret_never_reaches_a_log_or_an_answer(rig: Rig,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    key = new_key(rig)
+    secret = key.split("_", 2)[2]
+    answers = [call(rig, f"Bearer {key}", "POST", "/v1/jobs", CUBE)[1],
+               call(rig, f"Bearer {key[:-1]}x", "GET", "/v1/jobs")[1],
+               call(rig, f"Bearer {key}x", "GET", "/v1/jobs")[1]]
+    (record,) = rig.services.keys.list_keys()
+    rig.services.keys.revoke_key(record.key_id, rig.clock.now())
+    rig.clock.advance(CACHE_SECONDS + 1)
+    answers.append(call(rig, f"Bearer {key}", "GET", "/v1/jobs")[1])
+    assert answers[0]["jobId"] and answers[-1]["error"]["code"] == "api_key_revoked"
+    assert secret[:12] not in caplog.text and secret[:12] not in str(answers)
+    assert all(secret[:12] not in str(doc) for doc in rig.store.docs.values())
