@@ -14,7 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln import log
 from kiln.adapters.clock import SystemClock
@@ -37,6 +37,9 @@ from kiln.ports import (
 from kiln.providers.base import Provider
 from kiln.settings import Settings
 from kiln.webhooks.channel import ApiChannel
+
+if TYPE_CHECKING:
+    from kiln.runtime.keys import ApiKeyVerifier
 
 ProviderFactory = Callable[[Settings], Provider]
 
@@ -157,8 +160,8 @@ class Services:
         return FirestoreBatchStore(self.firestore)
 
     @functools.cached_property
-    def api_keys(self) -> Any:
-        """The API-key verifier (``kiln.runtime.keys.ApiKeyVerifier``), with its cache."""
+    def api_keys(self) -> ApiKeyVerifier:
+        """The API-key verifier, with its short cache."""
         from kiln.runtime.keys import ApiKeyVerifier
 
         return ApiKeyVerifier(self.keys, self.clock)

@@ -49,9 +49,11 @@ class FirestoreKeyStore:
     def revoke_key(self, key_id: str, at: dt.datetime) -> bool:
         ref = self.client.collection(KEYS).document(key_id)
         with unavailable_is_retryable("key store"):
-            if not ref.get().exists:
+            snap = ref.get()
+            if not snap.exists:
                 return False
-            ref.update({"revokedAt": at})
+            if (snap.to_dict() or {}).get("revokedAt") is None:
+                ref.update({"revokedAt": at})
         return True
 
     def get_tenant(self, tenant: str) -> Tenant | None:
