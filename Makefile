@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-batch bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e clients/python
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -28,8 +29,8 @@ dev: setup ## run the local stack until Ctrl-C
 	$(PY) -m kiln_dev dev
 
 lint: setup
-	$(PY) -m ruff check shared dev functions tests scripts
-	$(PY) -m mypy shared/kiln dev/kiln_dev
+	$(PY) -m ruff check shared dev functions tests scripts clients/python
+	$(PY) -m mypy shared/kiln dev/kiln_dev clients/python/kiln_client
 
 # Offline `terraform validate` of infra/ against the provider schemas the pins in
 # infra/versions.tf name. The checker is not copied here: CI (and every developer) has the
@@ -56,6 +57,9 @@ test-fast: setup ## unit tests only
 
 bench: setup ## acknowledgement latency, orchestration overhead, memory
 	$(PY) -m kiln_dev.bench
+
+bench-batch: setup ## a batch of 100 images through POST /v1/batches: acknowledgement time
+	$(PY) -m kiln_dev.bench_batch $(ARGS)
 
 bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
 	$(PY) -m kiln_dev.bench_callbacks

@@ -55,6 +55,21 @@ resource "google_firestore_index" "jobs_uid_status" {
   }
 }
 
+# Batches: how many of a batch's jobs have ended (a count aggregation at each job's end).
+resource "google_firestore_index" "jobs_batch_status" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+
+  fields {
+    field_path = "batchId"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+}
+
 # Telegram chats (uid "telegram:<chatId>"): jobs since a time, for the daily quota.
 resource "google_firestore_index" "jobs_uid_created_asc" {
   database   = google_firestore_database.default.name
@@ -79,6 +94,16 @@ resource "google_firestore_field" "jobs_expire_at" {
   ttl_config {}
 
   # Nothing queries expireAt; indexing a timestamp only adds write cost and hot-spotting.
+  index_config {}
+}
+
+# Batches (kiln.adapters.batches): deleted with their jobs, expireAt as on the jobs.
+resource "google_firestore_field" "batches_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "batches"
+  field      = "expireAt"
+
+  ttl_config {}
   index_config {}
 }
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DEV_FILE = Path(".kiln/dev.json")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
-OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter")
+OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter", "kiln.ops.keys")
 
 
 def main(argv: Sequence[str] | None = None, *,
@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None, *,
     demo.add_argument("--model-prompt", default="a golden torus")
     demo.add_argument("--telegram", action="store_true",
                       help="show a whole Telegram chat exchange instead (bot API stand-in)")
+    demo.add_argument("--backend", action="store_true",
+                      help="show a backend instead: an API key, a batch of 14 images, one "
+                      "signed batch.completed webhook")
     dev = sub.add_parser("dev", help="run the local stack until Ctrl-C")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
     watch = sub.add_parser("watch", help="show a job's live progress")
@@ -246,6 +249,10 @@ def run_demo(args: argparse.Namespace) -> int:
         from kiln_dev.telegram_demo import telegram_demo
 
         return telegram_demo(Path(args.out))
+    if args.backend:
+        from kiln_dev.demo_backend import backend_demo
+
+        return backend_demo()
     from kiln_dev.demo import demo
 
     return demo(Path(args.out), image_prompt=args.image_prompt, model_prompt=args.model_prompt)

@@ -23,6 +23,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from kiln.core.contract import CONTRACT
+from kiln_dev.schema_batches import batch_paths
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_ID = "https://kiln.dev/schemas/job.schema.json"
@@ -162,10 +163,12 @@ def _json_body(ref: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request (the message names the field).",
             401: "unauthenticated: missing, invalid or expired ID token; token_revoked: the "
-                 "user's sessions were revoked (sign in again).",
-            403: "user_disabled; unsupported_uid (a uid with '/', '..' or a control "
-                 "character); reserved_uid (a uid starting 'telegram:' or 'api:').",
-            404: "No such job, or not the caller's (the same answer for both).",
+                 "user's sessions were revoked (sign in again); invalid_api_key: a malformed "
+                 "or unknown API key; api_key_revoked.",
+            403: "insufficient_scope: the API key lacks this route's scope; user_disabled; "
+                 "unsupported_uid (a uid with '/', '..' or a control character); "
+                 "reserved_uid (a uid starting 'telegram:' or 'api:').",
+            404: "No such job or batch, or not the caller's (the same answer for both).",
             405: "Wrong method.",
             409: "invalid_transition: the job's status does not allow this.",
             413: "Body too large.", 415: "The body is not declared application/json (UTF-8).",
@@ -180,7 +183,7 @@ def openapi() -> dict[str, Any]:
     components = json.loads(json.dumps(json_schema()["$defs"]).replace("#/$defs/", "#/components/schemas/"))
     job_id = {"name": "jobId", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}}
-    secured: list[dict[str, list[str]]] = [{"firebaseIdToken": []}]
+    secured: list[dict[str, list[str]]] = [{"firebaseIdToken": []}, {"apiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kiln HTTP API", "version": "1",
@@ -241,6 +244,7 @@ def openapi() -> dict[str, Any]:
                                                 "already pending or processing)."),
                               **_errors(401, 403, 404, 409, 503)},
             }},
+            **batch_paths(_json_body, _errors),
             "/healthz": {"get": {
                 "operationId": "health", "summary": "Liveness", "security": [],
                 "responses": {"200": {"description": "OK", "content": {"application/json": {
@@ -292,6 +296,11 @@ def openapi() -> dict[str, Any]:
                                     "description": "A Firebase Auth ID token "
                                     "(user.getIdToken()). Browsers: the API answers CORS "
                                     "preflights for the origins in KILN_CORS_ORIGINS."},
+                "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "kiln_<keyId>_<secret>",
+                           "description": "A backend's API key (`kiln keys create`), bound to "
+                           "a tenant with scopes submit, read, cancel: submit for POST "
+                           "/v1/jobs, /v1/batches and :retry; read for GET; cancel for "
+                           ":cancel. Its jobs are owned by api:<tenant>, channel api."},
                 "telegramSecret": {"type": "apiKey", "in": "header",
                                    "name": "X-Telegram-Bot-Api-Secret-Token"},
                 "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature",

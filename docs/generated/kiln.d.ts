@@ -39,6 +39,8 @@ export interface Job {
   completedAt: Timestamp | null;
   /** When Firestore's TTL policy deletes the job (about 90 days after creation, like its files). */
   expireAt: Timestamp;
+  /** The batch this job belongs to (POST /v1/batches); absent for a job submitted alone. */
+  batchId?: string;
 }
 
 /** Job status. Terminal: completed, failed, canceled (failed → pending only by an explicit retry). Transitions: claim: pending|processing → processing; report_progress: processing → processing; release: processing → pending; complete: processing → completed; fail: pending|processing → failed; cancel: pending|processing → canceled; retry: failed → pending. */
@@ -130,6 +132,7 @@ export interface JobView {
   updatedAt: string | null;
   startedAt: string | null;
   completedAt: string | null;
+  batchId?: string;
 }
 
 /** users/{uid}/devices/{deviceId}: one of the user's devices, written by the app: exactly one of fid and token. */
@@ -175,6 +178,58 @@ export interface JobList {
 /** Every error answer of the HTTP API. */
 export interface ApiError {
   error: ApiErrorBody;
+}
+
+/** POST /v1/batches: 1–100 jobs accepted together (all or none). */
+export interface CreateBatchRequest {
+  /** Each item is a POST /v1/jobs body; a refused item is named in the error (items[3].prompt …). */
+  items: CreateJobRequest[];
+}
+
+/** 202: the batch and all its jobs were accepted (or replayed, see Idempotent-Replayed). */
+export interface CreateBatchResponse {
+  batchId: string;
+  /** One job per item, in the items' order. */
+  jobIds: string[];
+}
+
+/** How many of the batch's jobs are in each status. */
+export interface BatchCounts {
+  pending: number;
+  processing: number;
+  completed: number;
+  failed: number;
+  canceled: number;
+}
+
+/** GET /v1/batches/{batchId}: counted from the jobs themselves. */
+export interface BatchView {
+  batchId: string;
+  /** Owner: the Firebase Auth uid (`telegram:<chatId>` for bot users). */
+  uid: string;
+  channel: Channel;
+  total: number;
+  counts: BatchCounts;
+  /** Every job has ended (completed, failed or canceled). */
+  done: boolean;
+  jobIds: string[];
+  createdAt: string | null;
+}
+
+/** POST /v1/batches/{batchId}:cancel: every job not yet ended is canceled. */
+export interface CancelBatchResponse {
+  batchId: string;
+  /** Jobs this call canceled. */
+  canceled: number;
+  counts: BatchCounts;
+}
+
+/** The data of the one push an app user gets when a whole batch has ended. */
+export interface BatchPushData {
+  type: "batch_completed";
+  batchId: string;
+  total: string;
+  completed: string;
 }
 
 /** What went wrong. */

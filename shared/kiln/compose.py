@@ -14,25 +14,32 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln import log
 from kiln.adapters.clock import SystemClock
 from kiln.channels.telegram.notifier import TelegramChannel
 from kiln.ports import (
+    BatchStore,
     BlobStore,
     Channel,
     Clock,
     DeviceStore,
     JobStore,
+    KeyStore,
     Push,
     Queue,
     Scheduler,
     TaskIndex,
     Verifier,
+    WebhookStore,
 )
 from kiln.providers.base import Provider
 from kiln.settings import Settings
+from kiln.webhooks.channel import ApiChannel
+
+if TYPE_CHECKING:
+    from kiln.runtime.keys import ApiKeyVerifier
 
 ProviderFactory = Callable[[Settings], Provider]
 
@@ -55,6 +62,9 @@ class Services:
         channels: Mapping[str, Channel] | None = None,
         scheduler: Scheduler | None = None,
         task_index: TaskIndex | None = None,
+        keys: KeyStore | None = None,
+        batches: BatchStore | None = None,
+        webhooks: WebhookStore | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -62,12 +72,13 @@ class Services:
         self.clock: Clock = clock or SystemClock()
         #: Channels with a conversation of their own, registered here explicitly.
         self.channels: Mapping[str, Channel] = (
-            {"telegram": TelegramChannel()} if channels is None else channels)
+            {"telegram": TelegramChannel(), "api": ApiChannel()} if channels is None else channels)
         self._provider_factories = providers
         self._providers: dict[str, Provider] = {}
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
-                 "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index}
+                 "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
+                 "keys": keys, "batches": batches, "webhooks": webhooks}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -117,6 +128,12 @@ class Services:
         return FirestoreTaskIndex(self.firestore)
 
     @functools.cached_property
+    def webhooks(self) -> WebhookStore:
+        from kiln.adapters.firestore_webhooks import FirestoreWebhookStore
+
+        return FirestoreWebhookStore(self.firestore)
+
+    @functools.cached_property
     def blobs(self) -> BlobStore:
         from kiln.adapters.storage import CloudStorage
 
@@ -129,6 +146,25 @@ class Services:
 
         # The local stack's unsigned tokens have no Auth server to ask about revocation.
         return FirebaseAuth(self.firebase_app, check_revoked=not self.settings.auth_emulator_host)
+
+    @functools.cached_property
+    def keys(self) -> KeyStore:
+        from kiln.adapters.keys import FirestoreKeyStore
+
+        return FirestoreKeyStore(self.firestore)
+
+    @functools.cached_property
+    def batches(self) -> BatchStore:
+        from kiln.adapters.batches import FirestoreBatchStore
+
+        return FirestoreBatchStore(self.firestore)
+
+    @functools.cached_property
+    def api_keys(self) -> ApiKeyVerifier:
+        """The API-key verifier, with its short cache."""
+        from kiln.runtime.keys import ApiKeyVerifier
+
+        return ApiKeyVerifier(self.keys, self.clock)
 
     @functools.cached_property
     def push(self) -> Push:

@@ -9,16 +9,22 @@ composition root (``kiln.compose``) wires one of each.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
+from kiln.core.batches import Batch
 from kiln.core.job import Change, Device, Job, NewJob
+from kiln.core.keys import ApiKey, Tenant
+from kiln.webhooks.model import Delivery as WebhookDelivery
+from kiln.webhooks.model import Endpoint, Event
 
 T = TypeVar("T")
 
 #: ``decide(job)`` → (the change to write or None, the value to return).
 Decide = Callable[[Job | None], tuple[Change | None, T]]
+#: ``decide(delivery)`` → (the fields to merge or None, the value to return).
+DecideDelivery = Callable[[WebhookDelivery | None], tuple[Mapping[str, Any] | None, T]]
 
 
 class JobStore(Protocol):
@@ -46,6 +52,38 @@ class JobStore(Protocol):
         """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
         indexed query however many jobs the owner has). Public documents only: each
         job's ``server`` state is empty."""
+        ...
+
+
+class BatchStore(Protocol):
+    """Batches (``batches/{batchId}``), written with their jobs in one commit."""
+
+    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+        """Create the batch and every job's two documents at once (all or nothing); False
+        when the batch exists (nothing written)."""
+        ...
+
+    def get(self, batch_id: str) -> Batch | None: ...
+
+    def statuses(self, batch_id: str) -> dict[str, str]:
+        """Job id → status of the jobs whose ``batchId`` is ``batch_id`` (one query)."""
+        ...
+
+    def ended_count(self, batch_id: str) -> int:
+        """How many of the batch's jobs have ended (one count aggregation: a batch's end
+        check costs no read per job)."""
+        ...
+
+    def mark_ended(self, batch_id: str) -> bool:
+        """Create the batch's end marker; True only for the first caller."""
+        ...
+
+    def close(self, batch_id: str) -> None:
+        """Mark the batch announced (``open`` false): the sweeper stops looking at it."""
+        ...
+
+    def open_batches(self, limit: int) -> list[Batch]:
+        """Batches not yet closed (any order)."""
         ...
 
 
@@ -164,6 +202,31 @@ class Verifier(Protocol):
 
     def verify(self, authorization: str | None) -> str: ...
 
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        """The uid and its plan (the custom claim ``plan``, None when unset)."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys (``apiKeys/{keyId}``, hashes only) and tenants (``tenants/{tenant}``);
+    server-only documents."""
+
+    def put_key(self, key: ApiKey) -> None: ...
+
+    def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+
+    def revoke_key(self, key_id: str, at: dt.datetime) -> bool:
+        """Mark the key revoked; False when there is no such key."""
+        ...
+
+    def get_tenant(self, tenant: str) -> Tenant | None: ...
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        """Create the tenant record, or replace its plan and settings."""
+        ...
+
 
 class Clock(Protocol):
     """Wall time for documents, monotonic time for budgets, and sleeping."""
@@ -186,3 +249,48 @@ class Channel(Protocol):
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]: ...
 
     def redeliver(self, services: Any) -> int: ...
+
+
+class WebhookStore(Protocol):
+    """Webhook endpoints, tenants' signing secrets, events, deliveries and their attempts
+    (``kiln.webhooks.model``; server-only Firestore collections)."""
+
+    def put_endpoint(self, endpoint: Endpoint) -> None: ...
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None: ...
+
+    def endpoints(self, tenant: str | None = None) -> list[Endpoint]: ...
+
+    def delete_endpoint(self, endpoint_id: str) -> bool: ...
+
+    def disable_endpoint(self, endpoint_id: str, reason: str) -> None: ...
+
+    def tenant_secret(self, tenant: str, new: str) -> str:
+        """The tenant's secret for per-job webhook URLs; ``new`` becomes it if it has none."""
+        ...
+
+    def create_event(self, event: Event) -> bool:
+        """Record an event; False when one with its id exists (nothing written)."""
+        ...
+
+    def event(self, event_id: str) -> Event | None: ...
+
+    def create_delivery(self, delivery: WebhookDelivery) -> bool:
+        """Record a delivery; False when one with its id exists (nothing written)."""
+        ...
+
+    def delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+
+    def transact_delivery(self, delivery_id: str, decide: DecideDelivery[T]) -> T:
+        """Read, ``decide`` (fields to merge or None), write, atomically; return the value."""
+        ...
+
+    def deliveries(self, *, endpoint_id: str | None = None, event_id: str | None = None,
+                   due_before: dt.datetime | None = None, limit: int = 100) -> list[WebhookDelivery]:
+        """Deliveries of an endpoint or event (newest first), or the pending ones whose
+        next attempt is due before ``due_before``."""
+        ...
+
+    def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None: ...
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]: ...

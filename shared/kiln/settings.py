@@ -62,6 +62,9 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_PUBLIC_URL": ("public_url", False),
     "KILN_TASKSERVER_WEBHOOK_SECRET": ("taskserver_webhook_secret", True),
     "KILN_MESHY_WEBHOOK_SECRET": ("meshy_webhook_secret", True),
+    # Outbound webhooks: the retry schedule's scale, local only (the delivery benchmark
+    # shrinks the Standard Webhooks schedule so it runs in minutes; 1 on the cloud).
+    "KILN_WEBHOOK_SCHEDULE_SCALE": ("webhook_schedule_scale", False),
     # Standard emulator variables, honoured by the Google client libraries themselves.
     "FIRESTORE_EMULATOR_HOST": ("firestore_emulator_host", False),
     "PUBSUB_EMULATOR_HOST": ("pubsub_emulator_host", False),
@@ -120,6 +123,9 @@ class Settings:
     public_url: str = ""
     taskserver_webhook_secret: str = field(default="", repr=False)
     meshy_webhook_secret: str = field(default="", repr=False)
+    webhook_timeout_seconds: float = 15.0
+    webhook_schedule_scale: float = 1.0
+    webhook_progress_seconds: float = 10.0
     firestore_emulator_host: str = ""
     pubsub_emulator_host: str = ""
     storage_emulator_host: str = ""
@@ -137,6 +143,8 @@ class Settings:
             raise ConfigError("KILN_LINK_TEMPLATE must contain {jobId}")
         if self.telegram_default_kind not in ("image", "model"):
             raise ConfigError("KILN_TELEGRAM_DEFAULT_KIND must be 'image' or 'model'")
+        if self.env == "cloud" and self.webhook_schedule_scale != 1.0:
+            raise ConfigError("KILN_WEBHOOK_SCHEDULE_SCALE is for the local stack only")
         if self.env == "cloud" and self.auth_emulator_host:
             # A deployed function must never accept unsigned tokens.
             raise ConfigError("FIREBASE_AUTH_EMULATOR_HOST is set outside KILN_ENV=local")

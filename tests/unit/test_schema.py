@@ -145,7 +145,9 @@ def test_job_fields_match_the_lifecycle(spec: dict[str, Any]) -> None:
 
 def test_http_view_matches_public_view(spec: dict[str, Any]) -> None:
     view = Job.from_docs("job-1", {"status": "pending", "createdAt": NOW}).public_view()
-    assert list(spec["$defs"]["JobView"]["properties"]) == list(view)
+    assert list(spec["$defs"]["JobView"]["properties"]) == [*view, "batchId"]
+    in_batch = Job.from_docs("job-1", {"status": "pending", "batchId": "b-1"}).public_view()
+    assert list(spec["$defs"]["JobView"]["properties"]) == list(in_batch)
 
 
 @pytest.mark.parametrize(("options", "ok"), [
@@ -193,7 +195,8 @@ def test_openapi_covers_every_endpoint(spec: dict[str, Any]) -> None:
         ("/v1/jobs", "post"), ("/v1/jobs", "get"), ("/v1/jobs/{jobId}", "get"),
         ("/v1/jobs/{jobId}:cancel", "post"), ("/v1/jobs/{jobId}:retry", "post"),
         ("/healthz", "get"), ("/telegram/webhook", "post"),
-        ("/v1/providers/{provider}/events", "post")}
+        ("/v1/providers/{provider}/events", "post"), ("/v1/batches", "post"),
+        ("/v1/batches/{batchId}", "get"), ("/v1/batches/{batchId}:cancel", "post")}
     assert set(doc["components"]["schemas"]) == set(spec["$defs"])
     text = json.dumps(doc)
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from typing_extensions import TypeAliasType
 
+from kiln.core.batches import BATCH_MAX
 from kiln.core.job import PROMPT_MAX, TRANSITIONS
 from kiln.core.lifecycle import RETENTION_DAYS
 from kiln.core.requests import ABSENT, OPTION_MODELS, CreateJobRequest, ImageOptions, ModelOptions
@@ -124,6 +125,8 @@ class Job(_Model):
                                           "canceled); null again after a retry.")
     expireAt: Timestamp = Field(description="When Firestore's TTL policy deletes the job "
                                 f"(about {RETENTION_DAYS} days after creation, like its files).")
+    batchId: str = Field(ABSENT, description="The batch this job belongs to (POST "
+                         "/v1/batches); absent for a job submitted alone.")
 
 
 class JobView(_Model):
@@ -148,6 +151,7 @@ class JobView(_Model):
     updatedAt: dt.datetime | None
     startedAt: dt.datetime | None
     completedAt: dt.datetime | None
+    batchId: str = ABSENT
 
 
 class Device(_Model):
@@ -190,6 +194,61 @@ class JobActionResponse(_Model):
     status: JobStatus
 
 
+class CreateBatchRequest(_Model):
+    """POST /v1/batches: 1–100 jobs accepted together (all or none)."""
+
+    items: list[CreateJobRequest] = Field(min_length=1, max_length=BATCH_MAX, description=
+                                          "Each item is a POST /v1/jobs body; a refused item "
+                                          "is named in the error (items[3].prompt …).")
+
+
+class CreateBatchResponse(_Model):
+    """202: the batch and all its jobs were accepted (or replayed, see Idempotent-Replayed)."""
+
+    batchId: str
+    jobIds: list[str] = Field(description="One job per item, in the items' order.")
+
+
+class BatchCounts(_Model):
+    """How many of the batch's jobs are in each status."""
+
+    pending: int = Field(ge=0)
+    processing: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    canceled: int = Field(ge=0)
+
+
+class BatchView(_Model):
+    """GET /v1/batches/{batchId}: counted from the jobs themselves."""
+
+    batchId: str
+    uid: Uid
+    channel: Channel
+    total: int = Field(ge=1, le=BATCH_MAX)
+    counts: BatchCounts
+    done: bool = Field(description="Every job has ended (completed, failed or canceled).")
+    jobIds: list[str]
+    createdAt: dt.datetime | None
+
+
+class CancelBatchResponse(_Model):
+    """POST /v1/batches/{batchId}:cancel: every job not yet ended is canceled."""
+
+    batchId: str
+    canceled: int = Field(ge=0, description="Jobs this call canceled.")
+    counts: BatchCounts
+
+
+class BatchPushData(_Model):
+    """The data of the one push an app user gets when a whole batch has ended."""
+
+    type: Literal["batch_completed"]
+    batchId: str
+    total: str
+    completed: str
+
+
 class JobList(_Model):
     """GET /v1/jobs: newest first."""
 
@@ -213,4 +272,5 @@ class ApiError(_Model):
 CONTRACT: tuple[Any, ...] = (Job, JobStatus, Kind, Channel, ImageOptions, ModelOptions, JobError,
                              JobResult, Provenance, Timestamp, JobView, Device, PushData,
                              CreateJobRequest, CreateJobResponse, JobActionResponse, JobList,
-                             ApiError)
+                             ApiError, CreateBatchRequest, CreateBatchResponse, BatchCounts,
+                             BatchView, CancelBatchResponse, BatchPushData)

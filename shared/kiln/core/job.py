@@ -100,7 +100,7 @@ class Device:
 #: The fields of ``jobs/{jobId}`` (the client contract), in document order.
 PUBLIC_FIELDS = ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
                  "attempts", "error", "result", "provenance", "createdAt", "updatedAt",
-                 "startedAt", "completedAt", "expireAt")
+                 "startedAt", "completedAt", "expireAt", "batchId")
 
 
 def _camel(name: str) -> str:
@@ -133,6 +133,7 @@ class ServerState:
     republished_at: dt.datetime | None = None
     notify: Mapping[str, Any] | None = None
     telegram: Mapping[str, Any] | None = None
+    webhook: str | None = None  # an API job's own webhook URL (kiln.webhooks)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> ServerState:
@@ -176,6 +177,7 @@ class Job:
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     provenance: Mapping[str, Any] | None = None
+    batch_id: str | None = None
     server: ServerState = field(default_factory=ServerState)
 
     @classmethod
@@ -190,7 +192,7 @@ class Job:
             result=doc.get("result"), created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"), started_at=doc.get("startedAt"),
             completed_at=doc.get("completedAt"), provenance=doc.get("provenance"),
-            server=ServerState.from_doc(server),
+            batch_id=doc.get("batchId"), server=ServerState.from_doc(server),
         )
 
     @property
@@ -208,6 +210,8 @@ class Job:
         for name in ("created_at", "updated_at", "started_at", "completed_at"):
             value = getattr(self, name)
             out[_camel(name)] = value.isoformat() if isinstance(value, dt.datetime) else None
+        if self.batch_id is not None:
+            out["batchId"] = self.batch_id
         return out
 
 

@@ -157,8 +157,11 @@ def check_url(url: str, policy: FetchPolicy, resolve: Resolver = system_resolve)
     return addresses
 
 
+_WHAT = {"invalid_image_url": "image link", "invalid_webhook_url": "webhook URL"}
+
+
 def _refuse(policy: FetchPolicy, why: str) -> Any:
-    what = "image link" if policy.refused_code == "invalid_image_url" else "result link"
+    what = _WHAT.get(policy.refused_code, "result link")
     raise PermanentError(f"The {what} was refused: {why}.", code=policy.refused_code)
 
 
@@ -304,6 +307,18 @@ class _PinnedTransport(httpx.HTTPTransport):
             ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=4,
             network_backend=backend,
         )
+
+
+def pinned_client(policy: FetchPolicy) -> tuple[httpx.Client, dict[str, str]]:
+    """A client that connects each host only to the address pinned for it in the returned
+    map (fill it from :func:`check_url` before each request), follows no redirect and
+    ignores proxies (``kiln.webhooks.send`` posts through it)."""
+    backend = _PinnedBackend()
+    client = httpx.Client(
+        transport=_PinnedTransport(backend), trust_env=False, follow_redirects=False,
+        timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
+    )
+    return client, backend.pins
 
 
 def fetch_small(url: str, policy: FetchPolicy, limit: int, *,

@@ -17,6 +17,7 @@ from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import Job, JobStatus
+from kiln.runtime import batch_end
 
 logger = log.get("actions")
 
@@ -51,6 +52,8 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
             _publish(services, job_id, "cancel", "cancel wake-up not published")
         if changed:
             log.event(logger, "job canceled", by=by)
+    if changed:
+        batch_end.on_job_ended(services, job)
     return Outcome(changed, JobStatus.CANCELED, job)
 
 

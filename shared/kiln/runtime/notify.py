@@ -24,6 +24,7 @@ from kiln.adapters.fcm import build_message, image_url
 from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.job import Job
+from kiln.runtime import batch_end
 
 logger = log.get("notify")
 
@@ -81,11 +82,15 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
         report["error"] = type(exc).__name__
         state = "error"
     services.store.apply(job_id, lifecycle.notified(state, report))
+    batch_end.on_job_ended(services, job)
     return report
 
 
 def send_push(services: Services, job: Job) -> dict[str, Any]:
-    """FCM to the owner's devices; the ones FCM calls dead are deleted."""
+    """FCM to the owner's devices; the ones FCM calls dead are deleted. A batch's jobs
+    send none of their own: the batch sends one push when it has ended."""
+    if job.batch_id is not None:
+        return {"sent": 0, "failed": 0, "removed": 0, "batch": job.batch_id}
     devices = services.devices.devices(job.uid) if job.uid else []
     if not devices:
         return {"sent": 0, "failed": 0, "removed": 0}

@@ -23,7 +23,7 @@ from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.lifecycle import SweepAction
-from kiln.runtime import checks, notify
+from kiln.runtime import batch_end, checks, notify
 
 logger = log.get("sweeper")
 
@@ -40,6 +40,7 @@ class SweepCount(enum.StrEnum):
     RECHECKED = "rechecked"
     PUBLISH_ERRORS = "publish_errors"
     REDELIVERED = "redelivered"
+    BATCHES_ENDED = "batches_ended"
 
 
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -70,6 +71,9 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
     redelivered = notify.redeliver(services)
     if redelivered:
         report[SweepCount.REDELIVERED] += redelivered
+    batches_ended = batch_end.sweep(services)
+    if batches_ended:
+        report[SweepCount.BATCHES_ENDED] += batches_ended
     result = {str(name): count for name, count in report.items()}
     log.event(logger, "sweep done", **result)
     return result

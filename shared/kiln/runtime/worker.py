@@ -36,6 +36,8 @@ from kiln.providers.callbacks import task_key
 from kiln.runtime import checks, notify
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
+from kiln.webhooks import delivery as webhook_delivery
+from kiln.webhooks.model import DELIVERY_PREFIX
 
 logger = log.get("worker")
 
@@ -59,6 +61,7 @@ class RunOutcome(enum.StrEnum):
     EXHAUSTED = "exhausted"
     EXPIRED = "expired"
     MISSING = "missing"
+    WEBHOOK = "webhook"  # a webhook delivery's attempt (kiln.webhooks.delivery)
 
 
 class _Wait(Exception):
@@ -86,6 +89,11 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
         # A poison message can never succeed: ack it (log) instead of retrying forever.
         log.event(logger, "poison message acked", logging.ERROR, reason=exc.message)
         outcome = RunOutcome.POISON
+        _log_delivery(outcome, started, services)
+        return outcome
+    if job_id.startswith(DELIVERY_PREFIX):
+        webhook_delivery.attempt(services, job_id, delivery.check or 1)
+        outcome = RunOutcome.WEBHOOK
         _log_delivery(outcome, started, services)
         return outcome
     with log.job_context(job_id):

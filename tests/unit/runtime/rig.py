@@ -29,6 +29,8 @@ from kiln_dev.fakes import (
     RecordingQueue,
     TokenVerifier,
 )
+from kiln_dev.fakes_api import InMemoryBatchStore, InMemoryKeyStore
+from kiln_dev.fakes_webhooks import InMemoryWebhookStore
 
 
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
@@ -219,6 +221,8 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
                                 "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
+        keys=InMemoryKeyStore(), batches=InMemoryBatchStore(store),
+        webhooks=InMemoryWebhookStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
                scheduler, task_index)

@@ -1,0 +1,157 @@
+"""``KilnClient``: Kiln's HTTP API for a backend holding an API key.
+
+Calls that are safe to repeat are retried on 429/503 and connection errors, waiting the
+answer's ``Retry-After`` (else an exponential backoff): every GET, and every submission,
+because each carries an ``Idempotency-Key`` (one is generated when the caller gives none),
+so a retried submission returns the same job instead of a second one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from kiln_client.errors import ApiError, KilnError, UnavailableError, WaitTimeout, error_for
+from kiln_client.models import Batch, Job, Submitted, SubmittedBatch
+
+USER_AGENT = "kiln-client/0.1"
+
+
+class KilnClient:
+    """A Kiln API client for one API key (``kiln_…``). Use as a context manager, or
+    call :meth:`close`. ``transport`` replaces the network (tests: ``httpx.WSGITransport``)."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
+                 retries: int = 4, backoff: float = 0.5, max_backoff: float = 10.0,
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not api_key:
+            raise KilnError("an API key is required")
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                  transport=transport,
+                                  headers={"Authorization": f"Bearer {api_key}",
+                                           "User-Agent": USER_AGENT})
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self._sleep, self._clock = sleep, clock
+
+    def __enter__(self) -> KilnClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def submit(self, kind: str, prompt: str, options: Mapping[str, Any] | None = None, *,
+               idempotency_key: str | None = None) -> Submitted:
+        """Submit one job; Kiln answers at once (202) and works in the background."""
+        body: dict[str, Any] = {"kind": kind, "prompt": prompt}
+        if options:
+            body["options"] = dict(options)
+        response = self._call("POST", "/v1/jobs", json=body,
+                              idempotency_key=idempotency_key or str(uuid.uuid4()))
+        data = response.json()
+        return Submitted(data["jobId"], data["status"],
+                         response.headers.get("Idempotent-Replayed") == "true")
+
+    def get(self, job_id: str) -> Job:
+        return Job.from_api(self._call("GET", f"/v1/jobs/{job_id}").json())
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a pending or running job; its status now (``canceled``)."""
+        return str(self._call("POST", f"/v1/jobs/{job_id}:cancel").json()["status"])
+
+    def wait(self, job_id: str, *, on_progress: Callable[[Job], None] | None = None,
+             timeout: float = 600.0, interval: float = 0.5, max_interval: float = 5.0) -> Job:
+        """Poll until the job has ended; ``on_progress(job)`` on every change of status,
+        stage or progress. The interval grows (×1.5) to ``max_interval`` while nothing
+        changes and starts again after a change; a busy answer's Retry-After is honoured.
+
+        Raises:
+            WaitTimeout: still running after ``timeout`` seconds.
+        """
+        deadline = self._clock() + timeout
+        pause, seen = interval, None
+        while True:
+            job = self.get(job_id)
+            state = (job.status, job.stage, job.progress)
+            if state != seen:
+                seen, pause = state, interval
+                if on_progress is not None:
+                    on_progress(job)
+            else:
+                pause = min(pause * 1.5, max_interval)
+            if job.done:
+                return job
+            left = deadline - self._clock()
+            if left <= 0:
+                raise WaitTimeout(job_id, timeout)
+            self._sleep(min(pause, left))
+
+    # --- batches --------------------------------------------------------------------------
+
+    def submit_batch(self, items: Iterable[Mapping[str, Any]], *,
+                     idempotency_key: str | None = None) -> SubmittedBatch:
+        """Submit 1–100 jobs together (all or none); each item is ``{kind, prompt,
+        options?}``."""
+        response = self._call("POST", "/v1/batches", json={"items": [dict(i) for i in items]},
+                              idempotency_key=idempotency_key or str(uuid.uuid4()))
+        data = response.json()
+        return SubmittedBatch(data["batchId"], list(data["jobIds"]),
+                              response.headers.get("Idempotent-Replayed") == "true")
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return Batch.from_api(self._call("GET", f"/v1/batches/{batch_id}").json())
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """Cancel every job of the batch not yet ended; how many this call canceled."""
+        return int(self._call("POST", f"/v1/batches/{batch_id}:cancel").json()["canceled"])
+
+    # --- the wire -------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None,
+              idempotency_key: str | None = None) -> httpx.Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        repeatable = method == "GET" or idempotency_key is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.request(method, path, json=json, headers=headers)
+            except httpx.TransportError as exc:
+                if not repeatable or attempt > self.retries:
+                    raise UnavailableError(0, "connection_failed",
+                                           f"{type(exc).__name__}: {exc}") from exc
+                self._sleep(self._pause(attempt, None))
+                continue
+            if response.is_success:
+                return response
+            error = _error(response)
+            if isinstance(error, UnavailableError) and repeatable and attempt <= self.retries:
+                self._sleep(self._pause(attempt, error.retry_after))
+                continue
+            raise error
+
+    def _pause(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff * 6)
+        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:200] or response.reason_phrase
+    raw = response.headers.get("Retry-After")
+    retry_after = float(raw) if raw and raw.replace(".", "", 1).isdigit() else None
+    return error_for(response.status_code, code, message, retry_after)

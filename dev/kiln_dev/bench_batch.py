@@ -1,0 +1,67 @@
+"""``python -m kiln_dev.bench_batch``: how long a batch of 100 takes to be acknowledged.
+
+On the local stack (its worker's push subscription removed, so the jobs wait and the
+two cores go to the ingress), an API key submits ``--rounds`` batches of ``--items``
+images with ``kiln-client``, after one warm-up batch; each ``POST /v1/batches`` is timed
+from the request to the 202 (the batch and its jobs written in one commit, every job
+published). Prints numbers; asserts nothing. The last line:
+``batch: N items acknowledged in p50 X ms, max Y ms (R rounds)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from kiln_client import KilnClient
+
+from kiln.runtime.keys import create_key
+from kiln_dev.bench import percentile
+from kiln_dev.stack import WORKER_SUBSCRIPTION, LocalStack, StackConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kiln_dev.bench_batch",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    print("starting the local stack…", flush=True)
+    with LocalStack(StackConfig()) as stack:
+        _stop_the_worker(stack)
+        services = stack.services()
+        key = create_key(services.keys, services.clock, tenant="bench-batch",
+                         scopes=["submit", "read"]).secret
+        items = [{"kind": "image", "prompt": f"bench tile {i}"} for i in range(args.items)]
+        with KilnClient(stack.ingress_url, key, retries=0) as kiln:
+            kiln.submit_batch(items[:10])  # warm-up: connections, the key's cache
+            times = []
+            for round_ in range(args.rounds):
+                sent = time.perf_counter()
+                batch = kiln.submit_batch(items)
+                ms = (time.perf_counter() - sent) * 1000
+                times.append(ms)
+                print(f"round {round_ + 1}: {len(batch.job_ids)} jobs acknowledged in "
+                      f"{ms:.0f} ms", flush=True)
+    times.sort()
+    print(f"batch: {args.items} items acknowledged in p50 {percentile(times, 50):.0f} ms, "
+          f"max {times[-1]:.0f} ms ({args.rounds} rounds)", flush=True)
+    return 0
+
+
+def _stop_the_worker(stack: LocalStack) -> None:
+    """Delete the worker's push subscription: the bench measures the acknowledgement."""
+    import grpc
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    settings = stack.settings()
+    channel = grpc.insecure_channel(settings.pubsub_emulator_host)
+    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    subscriber.delete_subscription(
+        subscription=subscriber.subscription_path(settings.project, WORKER_SUBSCRIPTION))
+    channel.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Firestore adapter of ``kiln.ports.BatchStore``: ``batches/{batchId}`` and its end
+marker ``batches/{batchId}/private/ended`` (server only), written with the batch's jobs in
+one batched write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from kiln.adapters.firestore import JOBS, FirestoreJobStore, _fields, unavailable_is_retryable
+from kiln.core.batches import TERMINAL, Batch
+from kiln.core.job import NewJob
+
+BATCHES = "batches"
+
+
+class FirestoreBatchStore:
+    def __init__(self, client: firestore.Client) -> None:
+        self.client = client
+        self.jobs = FirestoreJobStore(client)
+
+    def _ref(self, batch_id: str) -> firestore.DocumentReference:
+        return self.client.collection(BATCHES).document(batch_id)
+
+    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+        writes = self.client.batch()
+        writes.create(self._ref(batch.id), _fields(batch.doc()))
+        for job in jobs:
+            writes.create(self.jobs.ref(job.id), _fields(job.doc))
+            writes.create(self.jobs.server_ref(job.id), _fields(job.server))
+        try:
+            with unavailable_is_retryable("batch store"):
+                writes.commit()
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    def get(self, batch_id: str) -> Batch | None:
+        with unavailable_is_retryable("batch store"):
+            snap = self._ref(batch_id).get()
+        return Batch.from_doc(batch_id, snap.to_dict() or {}) if snap.exists else None
+
+    def statuses(self, batch_id: str) -> dict[str, str]:
+        query = (self.client.collection(JOBS)
+                 .where(filter=firestore.FieldFilter("batchId", "==", batch_id))
+                 .select(["status"]))
+        with unavailable_is_retryable("batch store"):
+            return {snap.id: str((snap.to_dict() or {}).get("status")) for snap in query.stream()}
+
+    def ended_count(self, batch_id: str) -> int:
+        """A count aggregation (index ``jobs_batch_status`` in infra/firestore.tf)."""
+        query = (self.client.collection(JOBS)
+                 .where(filter=firestore.FieldFilter("batchId", "==", batch_id))
+                 .where(filter=firestore.FieldFilter("status", "in", sorted(TERMINAL))))
+        aggregate: Any = query.count()
+        with unavailable_is_retryable("batch store"):
+            results = aggregate.get()
+        return int(results[0][0].value)
+
+    def close(self, batch_id: str) -> None:
+        with unavailable_is_retryable("batch store"):
+            self._ref(batch_id).update({"open": False})
+
+    def open_batches(self, limit: int) -> list[Batch]:
+        query = (self.client.collection(BATCHES)
+                 .where(filter=firestore.FieldFilter("open", "==", True)).limit(limit))
+        with unavailable_is_retryable("batch store"):
+            return [Batch.from_doc(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+
+    def mark_ended(self, batch_id: str) -> bool:
+        ref = self._ref(batch_id).collection("private").document("ended")
+        try:
+            with unavailable_is_retryable("batch store"):
+                ref.create({"endedAt": firestore.SERVER_TIMESTAMP})
+        except gexc.AlreadyExists:
+            return False
+        return True

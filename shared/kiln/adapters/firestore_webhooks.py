@@ -1,0 +1,138 @@
+"""Firestore adapter of ``kiln.ports.WebhookStore``: server-only collections.
+
+``webhookEndpoints``, ``webhookSecrets``, ``webhookEvents``, ``webhookDeliveries`` and
+``webhookAttempts`` (the security rules deny every client). Creation is create-if-absent
+(an event or a delivery is recorded once, whoever emits it twice); a delivery's state
+changes in one transaction (read → decide → write); the HTTP attempt happens outside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
+from kiln.ports import DecideDelivery
+from kiln.webhooks.model import Delivery, Endpoint, Event, newest_first
+
+ENDPOINTS = "webhookEndpoints"
+SECRETS = "webhookSecrets"
+EVENTS = "webhookEvents"
+DELIVERIES = "webhookDeliveries"
+ATTEMPTS = "webhookAttempts"
+STORE = "webhook store"
+T = TypeVar("T")
+
+
+class FirestoreWebhookStore:
+    def __init__(self, client: firestore.Client) -> None:
+        self.client = client
+
+    def _doc(self, collection: str, name: str) -> firestore.DocumentReference:
+        return self.client.collection(collection).document(name)
+
+    def _get(self, collection: str, name: str) -> dict[str, Any] | None:
+        with unavailable_is_retryable(STORE):
+            snap = self._doc(collection, name).get()
+        return (snap.to_dict() or {}) if snap.exists else None
+
+    def _create(self, collection: str, name: str, doc: Mapping[str, Any]) -> bool:
+        try:
+            with unavailable_is_retryable(STORE):
+                self._doc(collection, name).create(dict(doc))
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    def put_endpoint(self, endpoint: Endpoint) -> None:
+        with unavailable_is_retryable(STORE):
+            self._doc(ENDPOINTS, endpoint.id).set(endpoint.to_doc())
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        doc = self._get(ENDPOINTS, endpoint_id)
+        return None if doc is None else Endpoint.from_doc(endpoint_id, doc)
+
+    def endpoints(self, tenant: str | None = None) -> list[Endpoint]:
+        query: Any = self.client.collection(ENDPOINTS)
+        if tenant is not None:
+            query = query.where(filter=firestore.FieldFilter("tenant", "==", tenant))
+        with unavailable_is_retryable(STORE):
+            found = [Endpoint.from_doc(s.id, s.to_dict() or {}) for s in query.stream()]
+        return sorted(found, key=lambda e: (e.tenant, e.id))
+
+    def delete_endpoint(self, endpoint_id: str) -> bool:
+        if self._get(ENDPOINTS, endpoint_id) is None:
+            return False
+        with unavailable_is_retryable(STORE):
+            self._doc(ENDPOINTS, endpoint_id).delete()
+        return True
+
+    def disable_endpoint(self, endpoint_id: str, reason: str) -> None:
+        try:
+            with unavailable_is_retryable(STORE):
+                self._doc(ENDPOINTS, endpoint_id).update({"disabled": reason})
+        except gexc.NotFound:
+            pass
+
+    def tenant_secret(self, tenant: str, new: str) -> str:
+        if self._create(SECRETS, tenant, {"secret": new}):
+            return new
+        return str((self._get(SECRETS, tenant) or {}).get("secret") or new)
+
+    def create_event(self, event: Event) -> bool:
+        return self._create(EVENTS, event.id, event.to_doc())
+
+    def event(self, event_id: str) -> Event | None:
+        doc = self._get(EVENTS, event_id)
+        return None if doc is None else Event.from_doc(event_id, doc)
+
+    def create_delivery(self, delivery: Delivery) -> bool:
+        return self._create(DELIVERIES, delivery.id, delivery.to_doc())
+
+    def delivery(self, delivery_id: str) -> Delivery | None:
+        doc = self._get(DELIVERIES, delivery_id)
+        return None if doc is None else Delivery.from_doc(delivery_id, doc)
+
+    def transact_delivery(self, delivery_id: str, decide: DecideDelivery[T]) -> T:
+        ref = self._doc(DELIVERIES, delivery_id)
+
+        def body(tx: firestore.Transaction) -> T:
+            snap = ref.get(transaction=tx)
+            current = Delivery.from_doc(delivery_id, snap.to_dict() or {}) if snap.exists else None
+            fields, value = decide(current)
+            if fields and current is not None:
+                tx.update(ref, dict(fields))
+            return value
+
+        return in_transaction(self.client, body, store=STORE, busy="The delivery is busy.")
+
+    def deliveries(self, *, endpoint_id: str | None = None, event_id: str | None = None,
+                   due_before: dt.datetime | None = None, limit: int = 100) -> list[Delivery]:
+        query: Any = self.client.collection(DELIVERIES)
+        if endpoint_id is not None:
+            query = query.where(filter=firestore.FieldFilter("endpointId", "==", endpoint_id))
+        if event_id is not None:
+            query = query.where(filter=firestore.FieldFilter("eventId", "==", event_id))
+        if due_before is not None:
+            query = (query.where(filter=firestore.FieldFilter("state", "==", "pending"))
+                     .where(filter=firestore.FieldFilter("nextAt", "<=", due_before)))
+        with unavailable_is_retryable(STORE):
+            found = [Delivery.from_doc(s.id, s.to_dict() or {})
+                     for s in query.limit(limit).stream()]
+        return newest_first(found)
+
+    def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None:
+        doc = {**record, "deliveryId": delivery_id, "number": number}
+        with unavailable_is_retryable(STORE):
+            self._doc(ATTEMPTS, f"{delivery_id}-{number}").set(doc)
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        query = self.client.collection(ATTEMPTS).where(
+            filter=firestore.FieldFilter("deliveryId", "==", delivery_id))
+        with unavailable_is_retryable(STORE):
+            found = [s.to_dict() or {} for s in query.stream()]
+        return sorted(found, key=lambda a: int(a.get("number", 0)))

@@ -1,0 +1,44 @@
+"""The batch endpoints of the HTTP API (routed in ``kiln.http.api``):
+``POST /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}:cancel``."""
+
+from __future__ import annotations
+
+import flask
+
+from kiln.compose import Services
+from kiln.core.batches import parse_batch_request
+from kiln.core.errors import RequestError
+from kiln.http.auth import authenticate
+from kiln.http.responses import json_response, read_json
+from kiln.runtime import batches
+
+#: A batch body: up to 100 job requests (each ≤ 64 KiB alone, far less in practice).
+BATCH_MAX_BYTES = 1024 * 1024
+
+
+def create_batch(request: flask.Request, services: Services, idempotency_key: str | None
+                 ) -> flask.Response:
+    if request.content_length is not None and request.content_length > BATCH_MAX_BYTES:
+        raise RequestError(413, "body_too_large",
+                           f"The body must be at most {BATCH_MAX_BYTES} bytes.")
+    principal = authenticate(request, services, "submit")
+    requests = parse_batch_request(read_json(request, BATCH_MAX_BYTES))
+    accepted = batches.accept_batch(services, principal=principal, requests=requests,
+                                    idempotency_key=idempotency_key)
+    headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
+    return json_response(202, {"batchId": accepted.batch_id,
+                               "jobIds": list(accepted.job_ids)}, headers)
+
+
+def get_batch(request: flask.Request, services: Services, batch_id: str) -> flask.Response:
+    principal = authenticate(request, services, "read")
+    batch = batches.owned_batch(services, principal, batch_id)
+    return json_response(200, batches.view(services, batch))
+
+
+def cancel_batch(request: flask.Request, services: Services, batch_id: str) -> flask.Response:
+    principal = authenticate(request, services, "cancel")
+    batch = batches.owned_batch(services, principal, batch_id)
+    canceled = batches.cancel(services, batch)
+    return json_response(200, {"batchId": batch.id, "canceled": canceled,
+                               "counts": batches.view(services, batch)["counts"]})

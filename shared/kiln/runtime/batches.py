@@ -1,0 +1,129 @@
+"""Accepting, reading and canceling batches, for app users and API keys alike.
+
+A batch's jobs are created with it in one commit (``kiln.ports.BatchStore.create``), then
+published concurrently; a publish that fails leaves a pending job the sweeper publishes,
+as for a single job. A replay with the same Idempotency-Key returns the same ids without
+publishing again. See ``kiln.core.batches`` for the shapes and docs/client-contract.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kiln import log
+from kiln.compose import Services
+from kiln.core import lifecycle
+from kiln.core.batches import (
+    TERMINAL,
+    Batch,
+    counts,
+    fingerprint,
+    item_error,
+    item_job_id,
+    new_batch_id,
+)
+from kiln.core.errors import ConflictError, NotFoundError, RetryableError, TransitionError, ValidationError
+from kiln.core.job import NewJob, is_valid_job_id
+from kiln.core.principal import Principal
+from kiln.core.requests import JobRequest
+from kiln.runtime import actions
+from kiln.runtime.accept import check_image_url
+
+logger = log.get("ingress")
+#: Publishes in flight at once for one batch (the publisher client is thread-safe).
+PUBLISH_THREADS = 16
+
+
+@dataclass(frozen=True)
+class AcceptedBatch:
+    batch_id: str
+    job_ids: tuple[str, ...]
+    created: bool  # False: an idempotent replay
+
+
+def accept_batch(services: Services, *, principal: Principal, requests: list[JobRequest],
+                 idempotency_key: str | None = None) -> AcceptedBatch:
+    """Record a batch and its jobs together, then publish them.
+
+    Raises:
+        ValidationError: an item's ``options.imageUrl`` is refused (named ``items[i]…``).
+        ConflictError: the Idempotency-Key was used for a different request.
+        RetryableError: the store is unavailable (nothing was accepted).
+    """
+    for index, request in enumerate(requests):
+        try:
+            check_image_url(request, allow_local=services.settings.local)
+        except ValidationError as exc:
+            raise item_error(index, exc) from None
+    uid = principal.uid
+    batch_id = new_batch_id(uid, idempotency_key)
+    now = services.clock.now()
+    jobs: list[NewJob] = []
+    for index, request in enumerate(requests):
+        new = lifecycle.new_job(job_id=item_job_id(batch_id, index), uid=uid,
+                                channel=principal.channel, request=request, now=now,
+                                policy=services.policy)
+        jobs.append(NewJob(new.id, {**new.doc, "batchId": batch_id}, new.server))
+    batch = Batch(batch_id, uid, principal.channel, tuple(job.id for job in jobs),
+                  fingerprint(requests), now, principal.tenant)
+    if not services.batches.create(batch, jobs):
+        existing = services.batches.get(batch_id)
+        if existing is None or existing.uid != uid or existing.fingerprint != batch.fingerprint:
+            raise ConflictError("This Idempotency-Key was already used for a different request.",
+                                code="idempotency_key_reused")
+        return AcceptedBatch(batch_id, existing.job_ids, False)
+    publish_all(services, batch.job_ids)
+    log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs),
+              channel=principal.channel)
+    return AcceptedBatch(batch_id, batch.job_ids, True)
+
+
+def publish_all(services: Services, job_ids: tuple[str, ...]) -> int:
+    """Publish every job (concurrently); how many failed (the sweeper publishes those)."""
+    def one(job_id: str) -> bool:
+        try:
+            services.queue.publish(job_id)
+            return True
+        except RetryableError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(PUBLISH_THREADS, len(job_ids))) as pool:
+        failed = sum(not ok for ok in pool.map(one, job_ids))
+    if failed:
+        log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING,
+                  failed=failed)
+    return failed
+
+
+def owned_batch(services: Services, principal: Principal, batch_id: str) -> Batch:
+    batch = services.batches.get(batch_id) if is_valid_job_id(batch_id) else None
+    if batch is None or batch.uid != principal.uid:
+        raise NotFoundError("No such batch.")
+    return batch
+
+
+def view(services: Services, batch: Batch) -> dict[str, Any]:
+    """``GET /v1/batches/{id}``: the counts per status, from the jobs."""
+    statuses = services.batches.statuses(batch.id)
+    tally = counts({job_id: statuses.get(job_id, "pending") for job_id in batch.job_ids})
+    created = batch.created_at.isoformat() if batch.created_at is not None else None
+    return {"batchId": batch.id, "uid": batch.uid, "channel": batch.channel,
+            "total": len(batch.job_ids), "counts": tally,
+            "done": sum(tally[s] for s in TERMINAL) == len(batch.job_ids),
+            "jobIds": list(batch.job_ids), "createdAt": created}
+
+
+def cancel(services: Services, batch: Batch) -> int:
+    """Cancel every job of the batch that has not ended; how many this call canceled."""
+    statuses = services.batches.statuses(batch.id)
+    canceled = 0
+    for job_id in batch.job_ids:
+        if statuses.get(job_id) in TERMINAL:
+            continue
+        with contextlib.suppress(TransitionError):  # it ended meanwhile
+            canceled += actions.cancel(services, job_id, by="owner").changed
+    return canceled

@@ -1,0 +1,100 @@
+"""One signed POST to a receiver, under the fetch rules (``kiln.providers.fetch``).
+
+The URL is checked (https, every address public; ``http`` and loopback only in local
+mode) and the connection pinned to the checked address; redirects are not followed (a
+3xx is a failed attempt); the receiver has :data:`RECEIVER_TIMEOUT` seconds. The
+signature is the ``standardwebhooks`` library's, over ``{id}.{timestamp}.{body}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.providers.fetch import FetchPolicy, Resolver, check_url, pinned_client, system_resolve
+from kiln.webhooks.model import RECEIVER_TIMEOUT
+
+USER_AGENT = "Kiln-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one attempt got: the receiver's status (None when it never answered)."""
+
+    status: int | None
+    error: str = ""  # "timeout", "connection", "dns", "redirect", "http_<status>", "refused"
+    detail: str = ""
+    ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def refused(self) -> bool:
+        return self.error == "refused"
+
+
+def url_policy(*, allow_local: bool, timeout: float = RECEIVER_TIMEOUT,
+               unknown_host_final: bool = False) -> FetchPolicy:
+    """At registration a host that does not exist is refused; at delivery it is a failed
+    attempt (DNS may be fixed before the schedule ends)."""
+    return FetchPolicy(hosts=None, allow_local=allow_local, refused_code="invalid_webhook_url",
+                       unknown_host_final=unknown_host_final, connect_timeout=min(timeout, 10.0),
+                       read_timeout=timeout, max_redirects=0)
+
+
+def check_webhook_url(url: str, *, allow_local: bool, resolve: Resolver = system_resolve) -> None:
+    """Refuse a webhook URL the delivery would refuse (at registration: a 400).
+
+    Raises:
+        PermanentError: ``invalid_webhook_url`` with a message the caller can act on.
+    """
+    if len(url) > 2000:
+        raise PermanentError("The webhook URL was refused: it is longer than 2000 characters.",
+                             code="invalid_webhook_url")
+    check_url(url, url_policy(allow_local=allow_local, unknown_host_final=True), resolve)
+
+
+def signed_headers(secret: str, message_id: str, timestamp: dt.datetime, body: bytes) -> dict[str, str]:
+    signature = Webhook(secret).sign(message_id, timestamp, body)
+    return {"webhook-id": message_id, "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": signature, "content-type": "application/json",
+            "user-agent": USER_AGENT}
+
+
+def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
+         timeout: float = RECEIVER_TIMEOUT, resolve: Resolver = system_resolve) -> SendResult:
+    """POST ``body`` once; never raises for the receiver's or the network's faults."""
+    started = time.monotonic()
+
+    def done(status: int | None, error: str = "", detail: str = "") -> SendResult:
+        return SendResult(status, error, detail[:200], round((time.monotonic() - started) * 1000, 1))
+
+    policy = url_policy(allow_local=allow_local, timeout=timeout)
+    try:
+        addresses = check_url(url, policy, resolve)
+    except PermanentError as exc:
+        return done(None, "refused", exc.message)
+    except RetryableError as exc:
+        return done(None, "dns", exc.message)
+    client, pins = pinned_client(policy)
+    pins[httpx.URL(url).host.lower()] = str(addresses[0])
+    try:
+        with client:
+            response = client.post(url, content=body, headers=headers)
+    except httpx.TimeoutException:
+        return done(None, "timeout", f"no answer within {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return done(None, "connection", type(exc).__name__)
+    status = response.status_code
+    if 300 <= status < 400:
+        return done(status, "redirect", "redirects are not followed")
+    if status >= 300:
+        return done(status, f"http_{status}")
+    return done(status)

@@ -1,0 +1,95 @@
+"""The contracts of the ports backends use (``KeyStore``, ``BatchStore``), run against the
+in-memory fakes and the Firestore adapters on the emulator."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from kiln.core import lifecycle
+from kiln.core.batches import Batch, item_job_id
+from kiln.core.job import NewJob
+from kiln.core.keys import Tenant, new_key
+from kiln.core.policy import RetryPolicy
+from kiln.core.requests import parse_job_request
+from kiln_dev.fakes import FakeClock, InMemoryJobStore
+from kiln_dev.fakes_api import InMemoryBatchStore, InMemoryKeyStore
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def backend(request: pytest.FixtureRequest) -> Any:
+    return None if request.param == "fake" else request.getfixturevalue("services")
+
+
+def test_keys_round_trip_and_revoke(backend: Any) -> None:
+    keys = InMemoryKeyStore() if backend is None else backend.keys
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    secret, record = new_key(tenant, ["submit", "read"], now, name="n")
+    keys.put_key(record)
+    read = keys.get_key(record.key_id)
+    assert read is not None and read.matches(secret.split("_", 2)[2])
+    assert (read.tenant, read.scopes, read.revoked, read.name) == \
+        (tenant, frozenset({"submit", "read"}), False, "n")
+    assert [k.key_id for k in keys.list_keys(tenant)] == [record.key_id]
+    assert keys.revoke_key(record.key_id, now) is True
+    assert keys.get_key(record.key_id).revoked  # type: ignore[union-attr]
+    assert keys.revoke_key("0123456789ab", now) is False
+    assert keys.get_key("0123456789ab") is None
+    assert keys.get_tenant(tenant) is None
+    keys.put_tenant(Tenant(tenant, "pro", True))
+    assert keys.get_tenant(tenant) == Tenant(tenant, "pro", True, {})
+
+
+def _jobs(batch_id: str, statuses: list[str]) -> list[NewJob]:
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for index, status in enumerate(statuses):
+        new = lifecycle.new_job(job_id=item_job_id(batch_id, index), uid="contract",
+                                channel="api", now=now, policy=RetryPolicy(),
+                                request=parse_job_request({"kind": "image", "prompt": "x"}))
+        # Created already ended (or held by a live lease): no worker or sweeper takes them.
+        server = {**new.server, "leaseOwner": "contract",
+                  "leaseExpiresAt": now + dt.timedelta(hours=1)}
+        out.append(NewJob(new.id, {**new.doc, "status": status, "batchId": batch_id}, server))
+    return out
+
+
+def test_batches_are_written_whole_once_and_counted(backend: Any) -> None:
+    batches = (InMemoryBatchStore(InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC))))
+               if backend is None else backend.batches)
+    batch_id = uuid.uuid4().hex[:20]
+    jobs = _jobs(batch_id, ["completed", "failed", "processing", "canceled"])
+    batch = Batch(batch_id, "contract", "api", tuple(j.id for j in jobs), "fp",
+                  dt.datetime.now(dt.UTC), "acme")
+    assert batches.create(batch, jobs) is True
+    assert batches.create(batch, jobs) is False
+    read = batches.get(batch_id)
+    assert read is not None and (read.uid, read.job_ids, read.fingerprint, read.tenant) == \
+        ("contract", batch.job_ids, "fp", "acme")
+    assert batches.statuses(batch_id) == {j.id: j.doc["status"] for j in jobs}
+    assert batches.ended_count(batch_id) == 3
+    assert batches.mark_ended(batch_id) is True
+    assert batches.mark_ended(batch_id) is False
+    assert batch_id in [b.id for b in batches.open_batches(500)]
+    batches.close(batch_id)
+    assert batch_id not in [b.id for b in batches.open_batches(500)]
+    assert batches.get(uuid.uuid4().hex[:20]) is None
+
+
+def test_a_batch_whose_job_exists_writes_nothing(backend: Any) -> None:
+    batches = (InMemoryBatchStore(InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC))))
+               if backend is None else backend.batches)
+    batch_id = uuid.uuid4().hex[:20]
+    jobs = _jobs(batch_id, ["completed", "completed"])
+    first = Batch(uuid.uuid4().hex[:20], "contract", "api", (jobs[1].id,), "fp", None)
+    assert batches.create(first, [jobs[1]])
+    whole = dataclasses.replace(first, id=batch_id, job_ids=tuple(j.id for j in jobs))
+    assert batches.create(whole, jobs) is False
+    # then neither the batch nor its other job was written
+    assert batches.get(batch_id) is None
+    assert batches.statuses(batch_id) == {jobs[1].id: "completed"}

@@ -1,0 +1,185 @@
+"""Batches (issue 13, items 3 and 5): 1–100 jobs accepted together, all or nothing, with
+the same ids on a replay; a bad item is a 400 naming it and nothing is created; counts come
+from the jobs; one batch.completed (API tenants) or one push (app users) when every job has
+ended; cancel ends every job not yet ended."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+import pytest
+from rig import Rig
+
+from kiln.http.api import handle
+from kiln.runtime.keys import create_key
+from kiln.webhooks.model import event_id
+
+CUBE = {"kind": "image", "prompt": "a red cube"}
+
+
+def call(rig: Rig, authorization: str, method: str, path: str, body: Any = None,
+         key: str | None = None) -> tuple[int, Any, Any]:
+    headers = {"Authorization": authorization}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    with flask.Flask(__name__).test_request_context(path, method=method, json=body,
+                                                    headers=headers):
+        response = handle(flask.request, rig.services)
+    return response.status_code, response.get_json(), response.headers
+
+
+def items(n: int) -> list[dict[str, Any]]:
+    return [{"kind": "image", "prompt": f"tile {i}"} for i in range(n)]
+
+
+def run_all(rig: Rig) -> None:
+    while rig.deliver_next() is not None:
+        pass
+
+
+def batch_events(rig: Rig) -> list[dict[str, Any]]:
+    """The ``batch.completed`` events recorded (``kiln.webhooks.events.emit`` on the fake
+    webhook store)."""
+    store = rig.services.webhooks.events  # type: ignore[attr-defined]
+    return [{"id": e.id, "tenant": e.tenant, "data": json.loads(e.body)["data"]}
+            for e in store.values() if e.type == "batch.completed"]
+
+
+def test_a_batch_is_accepted_whole_and_published(rig: Rig) -> None:
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches",
+                             {"items": items(14)}, key="k-1")
+    assert status == 202 and len(answer["jobIds"]) == 14
+    jobs = [rig.job(job_id) for job_id in answer["jobIds"]]
+    assert {(j.uid, j.channel, j.batch_id, j.status.value) for j in jobs} == \
+        {("alice", "app", answer["batchId"], "pending")}
+    assert [j.prompt for j in jobs] == [f"tile {i}" for i in range(14)]
+    assert sorted(rig.queue.ids()) == sorted(answer["jobIds"])
+
+
+def test_a_replay_returns_the_same_ids_without_publishing_again(rig: Rig) -> None:
+    first = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)}, key="k")
+    again = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)}, key="k")
+    assert first[1] == again[1] and again[2].get("Idempotent-Replayed") == "true"
+    assert len(rig.queue.ids()) == 3 and len(rig.store.docs) == 3
+    other = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(4)}, key="k")
+    assert (other[0], other[1]["error"]["code"]) == (422, "idempotency_key_reused")
+
+
+@pytest.mark.parametrize("body, code, named", [
+    ({"items": []}, "invalid_items", "'items'"),
+    ({"items": items(101)}, "invalid_items", "got 101"),
+    ({"items": "x"}, "invalid_items", "'items'"),
+    ({}, "invalid_items", "'items'"),
+    ({"items": items(1), "extra": 1}, "unknown_field", "extra"),
+    ({"items": [*items(3), {"kind": "image", "prompt": ""}]}, "invalid_prompt", "items[3].prompt"),
+    ({"items": [*items(2), {"kind": "vase", "prompt": "x"}]}, "invalid_kind", "items[2].kind"),
+    ({"items": [CUBE, {**CUBE, "options": {"seed": "x"}}]}, "invalid_options",
+     "items[1].options.seed"),
+    ({"items": [CUBE, 7]}, "invalid_body", "items[1]"),
+    ({"items": [CUBE, {"kind": "model", "prompt": "x",
+                         "options": {"imageUrl": "https://169.254.169.254/x"}}]},
+     "invalid_image_url", "items[1].options.imageUrl"),
+])
+def test_a_bad_batch_is_400_naming_the_item_and_creates_nothing(
+        rig: Rig, body: Any, code: str, named: str) -> None:
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="k")
+    assert (status, answer["error"]["code"]) == (400, code)
+    assert named in answer["error"]["message"]
+    assert rig.store.docs == {} and rig.services.batches.batches == {}  # type: ignore[attr-defined]
+    assert rig.queue.ids() == []
+
+
+def test_all_or_nothing_when_a_job_id_is_taken(rig: Rig) -> None:
+    # given a batch whose second job id already exists (a collision the store refuses)
+    from kiln.core.batches import item_job_id, new_batch_id
+
+    taken = item_job_id(new_batch_id("alice", "k"), 1)
+    rig.store.docs[taken] = {"status": "completed", "uid": "alice"}
+    rig.store.servers[taken] = {}
+    status, _, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)},
+                        key="k")
+    # then nothing of the batch was written
+    assert status == 422 and list(rig.store.docs) == [taken]
+    assert rig.queue.ids() == []
+
+
+def test_counts_come_from_the_jobs_and_an_app_user_gets_one_push(rig: Rig) -> None:
+    rig.devices.register("alice", "phone", fid="fid-1", platform="android")
+    _, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)})
+    batch_id = answer["batchId"]
+    status, view, _ = call(rig, "Bearer uid:alice", "GET", f"/v1/batches/{batch_id}")
+    assert status == 200 and view["counts"]["pending"] == 3 and not view["done"]
+    run_all(rig)
+    _, view, _ = call(rig, "Bearer uid:alice", "GET", f"/v1/batches/{batch_id}")
+    assert view["counts"] == {"pending": 0, "processing": 0, "completed": 3, "failed": 0,
+                              "canceled": 0} and view["done"]
+    # one push for the whole batch, none per job
+    assert [p.data for p in rig.push.sent] == [{"type": "batch_completed", "batchId": batch_id,
+                                                "total": "3", "completed": "3"}]
+    assert rig.services.batches.batches[batch_id].id == batch_id  # type: ignore[attr-defined]
+    # another user cannot see it
+    assert call(rig, "Bearer uid:bob", "GET", f"/v1/batches/{batch_id}")[0] == 404
+
+
+def test_an_api_tenant_gets_one_batch_completed_event(rig: Rig) -> None:
+    key = create_key(rig.services.keys, rig.clock, tenant="acme",
+                     scopes=["submit", "read", "cancel"]).secret
+    status, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(4)})
+    assert status == 202
+    assert {rig.job(j).uid for j in answer["jobIds"]} == {"api:acme"}
+    run_all(rig)
+    # a late redelivery of the last job's end does not announce it twice
+    from kiln.runtime.batch_end import on_job_ended
+
+    on_job_ended(rig.services, rig.job(answer["jobIds"][-1]))
+    assert [(e["id"], e["tenant"], e["data"]["counts"]["completed"]) for e in batch_events(rig)] \
+        == [(event_id("batch.completed", answer["batchId"]), "acme", 4)]
+    assert rig.push.sent == []
+
+
+def test_cancel_ends_every_job_not_yet_ended_and_announces_once(rig: Rig) -> None:
+    key = create_key(rig.services.keys, rig.clock, tenant="acme",
+                     scopes=["submit", "read", "cancel"]).secret
+    _, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(3)})
+    batch_id, job_ids = answer["batchId"], answer["jobIds"]
+    from kiln.runtime.worker import run_job
+
+    run_job(job_ids[0], rig.services)  # the first one completes
+    status, result, _ = call(rig, f"Bearer {key}", "POST", f"/v1/batches/{batch_id}:cancel")
+    assert status == 200 and result["canceled"] == 2
+    assert result["counts"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0,
+                                "canceled": 2}
+    assert [e["id"] for e in batch_events(rig)] == [event_id("batch.completed", batch_id)]
+    # cancelling again changes nothing
+    assert call(rig, f"Bearer {key}", "POST", f"/v1/batches/{batch_id}:cancel")[1]["canceled"] == 0
+
+
+def test_batch_routes_check_their_scopes(rig: Rig) -> None:
+    key = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["read"]).secret
+    status, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(2)})
+    assert (status, answer["error"]["code"]) == (403, "insufficient_scope")
+    assert rig.store.docs == {}
+    submit = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["submit"]).secret
+    batch_id = call(rig, f"Bearer {submit}", "POST", "/v1/batches", {"items": items(2)})[1]["batchId"]
+    assert call(rig, f"Bearer {key}", "POST", f"/v1/batches/{batch_id}:cancel")[0] == 403
+    assert call(rig, f"Bearer {submit}", "GET", f"/v1/batches/{batch_id}")[0] == 403
+    assert call(rig, f"Bearer {key}", "GET", f"/v1/batches/{batch_id}")[0] == 200
+
+
+def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:
+    # given an API batch whose last job's own end check failed (the store was unreachable)
+    key = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["submit"]).secret
+    _, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(2)})
+    from kiln.runtime import batch_end, sweeper
+
+    rig.services.batches.fail_counts = 2  # type: ignore[attr-defined]
+    run_all(rig)
+    assert batch_events(rig) == [] and rig.services.batches.fail_counts == 0  # type: ignore[attr-defined]
+    # when the sweeper runs
+    assert sweeper.sweep(rig.services).get("batches_ended") == 1
+    # then batch.completed was emitted once, and the closed batch is not looked at again
+    assert [e["data"]["batchId"] for e in batch_events(rig)] == [answer["batchId"]]
+    assert batch_end.sweep(rig.services) == 0
+    assert rig.services.batches.open_batches(10) == []
