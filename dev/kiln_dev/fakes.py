@@ -335,12 +335,17 @@ class RecordingPush:
 
 
 class TokenVerifier:
-    """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``."""
+    """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``;
+    ``uid:<uid>#<plan>`` with the custom claim ``plan``."""
 
     def verify(self, authorization: str | None) -> str:
+        return self.verify_user(authorization)[0]
+
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
         from kiln.core.errors import RequestError
 
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.startswith("uid:") or len(token) == 4:
             raise RequestError(401, "unauthenticated", "Sign in first.")
-        return token[4:]
+        uid, _, plan = token[4:].partition("#")
+        return uid, plan or None

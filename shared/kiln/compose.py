@@ -25,6 +25,7 @@ from kiln.ports import (
     Clock,
     DeviceStore,
     JobStore,
+    KeyStore,
     Push,
     Queue,
     Scheduler,
@@ -57,6 +58,7 @@ class Services:
         channels: Mapping[str, Channel] | None = None,
         scheduler: Scheduler | None = None,
         task_index: TaskIndex | None = None,
+        keys: KeyStore | None = None,
         webhooks: WebhookStore | None = None,
     ) -> None:
         self.settings = settings
@@ -71,7 +73,7 @@ class Services:
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
                  "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
-                 "webhooks": webhooks}
+                 "keys": keys, "webhooks": webhooks}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -139,6 +141,19 @@ class Services:
 
         # The local stack's unsigned tokens have no Auth server to ask about revocation.
         return FirebaseAuth(self.firebase_app, check_revoked=not self.settings.auth_emulator_host)
+
+    @functools.cached_property
+    def keys(self) -> KeyStore:
+        from kiln.adapters.keys import FirestoreKeyStore
+
+        return FirestoreKeyStore(self.firestore)
+
+    @functools.cached_property
+    def api_keys(self) -> Any:
+        """The API-key verifier (``kiln.runtime.keys.ApiKeyVerifier``), with its cache."""
+        from kiln.runtime.keys import ApiKeyVerifier
+
+        return ApiKeyVerifier(self.keys, self.clock)
 
     @functools.cached_property
     def push(self) -> Push:

@@ -71,30 +71,37 @@ class FirebaseAuth:
         self.app = app
         self.check_revoked = check_revoked
         self.cache_seconds, self.cache_size, self._clock = cache_seconds, cache_size, clock
-        self._good: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # digest → uid, until
+        # token digest → (uid, plan, good until)
+        self._good: OrderedDict[bytes, tuple[str, str | None, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def verify(self, authorization: str | None) -> str:
+        return self.verify_user(authorization)[0]
+
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        """The caller's uid and plan (the custom claim ``plan``; None when unset)."""
         token = bearer_token(authorization)
         key, now = hashlib.sha256(token.encode()).digest(), self._clock()
         with self._lock:
             hit = self._good.get(key)
-            if hit is not None and hit[1] > now:
-                return hit[0]
+            if hit is not None and hit[2] > now:
+                return hit[0], hit[1]
         claims = self._verified(token)
         uid = claims.get("uid") or claims.get("sub")
         if not isinstance(uid, str) or not uid:
             raise RequestError(401, "unauthenticated", "The ID token has no user.")
+        plan = claims.get("plan")
+        plan = plan if isinstance(plan, str) and plan else None
         expires = claims.get("exp")
         until = now + self.cache_seconds
         if isinstance(expires, (int, float)):
             until = min(until, float(expires))
         with self._lock:
-            self._good[key] = (uid, until)
+            self._good[key] = (uid, plan, until)
             self._good.move_to_end(key)
             while len(self._good) > self.cache_size:
                 self._good.popitem(last=False)
-        return uid
+        return uid, plan
 
     def _verified(self, token: str) -> dict[str, Any]:
         try:

@@ -29,6 +29,7 @@ from kiln_dev.fakes import (
     RecordingQueue,
     TokenVerifier,
 )
+from kiln_dev.fakes_api import InMemoryKeyStore
 
 
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
@@ -219,6 +220,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
                                 "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
+        keys=InMemoryKeyStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
                scheduler, task_index)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hookkit import Kit, build_kit
 
-from conftest import Kit, build_kit
 from kiln.core.errors import PermanentError
 from kiln.core.job import Job, JobStatus, ServerState
 from kiln.webhooks import delivery, events, model
