@@ -30,6 +30,7 @@ from kiln_dev.fakes import (
     TokenVerifier,
 )
 from kiln_dev.fakes_api import InMemoryKeyStore
+from kiln_dev.fakes_webhooks import InMemoryWebhookStore
 
 
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
@@ -220,7 +221,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
                                 "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
-        keys=InMemoryKeyStore(),
+        keys=InMemoryKeyStore(), webhooks=InMemoryWebhookStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
                scheduler, task_index)
