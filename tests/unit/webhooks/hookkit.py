@@ -8,6 +8,7 @@ from typing import Any
 
 from kiln.adapters.clock import utcnow
 from kiln.compose import Services
+from kiln.core.job import Job, JobStatus, ServerState
 from kiln.settings import Settings
 from kiln.webhooks.channel import ApiChannel
 from kiln_dev.fakes import FakeClock, FakeScheduler, InMemoryJobStore, RecordingQueue
@@ -40,3 +41,13 @@ def build_kit(**settings: Any) -> Kit:
                         queue=queue, scheduler=scheduler, webhooks=hooks, clock=clock,
                         channels={"api": ApiChannel()})
     return Kit(services, clock, queue, scheduler, hooks)
+
+
+def finished_job(status: JobStatus = JobStatus.COMPLETED, *, job_id: str = "job0000001",
+                 webhook: str | None = None) -> Job:
+    result = {"downloadUrl": "https://files.example/r.png", "contentType": "image/png",
+              "bytes": 10} if status is JobStatus.COMPLETED else None
+    error = {"code": "provider_failed", "message": "It failed."} \
+        if status is JobStatus.FAILED else None
+    return Job(job_id, "api:acme", "api", "image", "a cube", status, result=result, error=error,
+               progress=100, server=ServerState(webhook=webhook))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from hookkit import Kit, build_kit
+from hookkit import Kit, build_kit, finished_job
 
 from kiln.core.errors import PermanentError
-from kiln.core.job import Job, JobStatus, ServerState
+from kiln.core.job import JobStatus
 from kiln.webhooks import delivery, events, model
 from kiln.webhooks.delivery import AttemptOutcome
 from kiln.webhooks.model import DeliveryState, Endpoint
@@ -24,16 +24,6 @@ def add_endpoint(kit: Kit, url: str, *, tenant: str = "acme", events_: tuple[str
                         created_at=kit.clock.now())
     kit.hooks.put_endpoint(endpoint)
     return endpoint
-
-
-def finished_job(status: JobStatus = JobStatus.COMPLETED, *, job_id: str = "job0000001",
-                 webhook: str | None = None) -> Job:
-    result = {"downloadUrl": "https://files.example/r.png", "contentType": "image/png",
-              "bytes": 10} if status is JobStatus.COMPLETED else None
-    error = {"code": "provider_failed", "message": "It failed."} \
-        if status is JobStatus.FAILED else None
-    return Job(job_id, "api:acme", "api", "image", "a cube", status, result=result, error=error,
-               progress=100, server=ServerState(webhook=webhook))
 
 
 def run_wakes(kit: Kit) -> list[AttemptOutcome]:
