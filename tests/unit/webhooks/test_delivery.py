@@ -6,11 +6,12 @@ sweeper's repair, replay."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from hookkit import Kit, build_kit, finished_job
 
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import JobStatus
 from kiln.webhooks import delivery, events, model
 from kiln.webhooks.delivery import AttemptOutcome
@@ -250,3 +251,52 @@ def test_the_worker_runs_a_wake_up_message(kit: Kit, receiver: WebhookReceiver) 
     message = {"message": {"data": base64.b64encode(data).decode()}}
     assert handle_message(message, kit.services) is RunOutcome.WEBHOOK
     assert kit.hooks.delivery(delivery_id).state is DeliveryState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_progress_is_coalesced_per_window_and_opt_in(kit: Kit) -> None:
+    """Given an endpoint that opted in to job.progress and one that did not, when a job
+    reports progress three times in one 10 s window and once in the next, then two
+    progress events are recorded, each delivered only to the opted-in endpoint."""
+    wants = add_endpoint(kit, "https://a.example/h", events_=("job.progress",))
+    add_endpoint(kit, "https://b.example/h")
+    job = finished_job(JobStatus.PROCESSING)
+    channel = kit.services.channels["api"]
+    kit.clock.advance(10 - kit.clock.now().timestamp() % 10)  # the start of a window
+    for progress in (10, 20, 30):
+        channel.on_progress(kit.services, job, progress, "generating")
+        kit.clock.advance(1)
+    kit.clock.advance(10)
+    channel.on_progress(kit.services, job, 60, "generating")
+    progress_events = [e for e in kit.hooks.events.values() if e.type == "job.progress"]
+    assert len(progress_events) == 2
+    assert {d.endpoint_id for d in kit.hooks.deliveries()} == {wants.id}
+    import json
+    assert sorted(json.loads(e.body)["data"]["progress"] for e in progress_events) == [10, 60]
+
+
+def test_an_end_event_survives_a_store_blip(kit: Kit) -> None:
+    """Given a webhook store that refuses the first write, when a job ends, then the
+    channel tries again and the event is recorded once."""
+    add_endpoint(kit, "https://a.example/h")
+    real = kit.hooks.create_event
+    calls = []
+
+    def flaky(event: Any) -> bool:
+        calls.append(event.id)
+        if len(calls) == 1:
+            raise RetryableError("The webhook store is unavailable.", code="store_unavailable")
+        return real(event)
+
+    kit.hooks.create_event = flaky  # type: ignore[method-assign]
+    report = kit.services.channels["api"].on_finished(kit.services, finished_job())
+    assert len(calls) == 2 and report["webhookEvent"] in kit.hooks.events
+    assert len(kit.pending_wakes()) == 1
+
+
+def test_the_schedule_scale_is_local_only() -> None:
+    from kiln.core.errors import ConfigError
+    from kiln.settings import Settings
+    with pytest.raises(ConfigError):
+        Settings(env="cloud", webhook_schedule_scale=0.1)
+    assert Settings.from_env({"KILN_ENV": "local",
+                              "KILN_WEBHOOK_SCHEDULE_SCALE": "0.02"}).webhook_schedule_scale == 0.02
