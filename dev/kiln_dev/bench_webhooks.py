@@ -1,8 +1,10 @@
 """``python -m kiln_dev.bench_webhooks``: signed webhooks delivered through bad receivers.
 
 On the local stack, a backend (an API key) registers three endpoints over the HTTP API —
-one healthy, one that fails every other request (500), one that is down (503) for its
-first ``--down`` seconds (2 minutes) — and submits ``--jobs`` image jobs. Each job's
+one healthy, one that fails half its requests (500 to the first try of each event, so
+each event takes two; a receiver failing at random would now and then need a sixth
+attempt, 9 minutes in at this scale), one that is down (503) for its first ``--down``
+seconds (2 minutes) — and submits ``--jobs`` image jobs. Each job's
 ``job.completed`` event goes to all three. Retries follow the Standard Webhooks schedule
 scaled by ``KILN_WEBHOOK_SCHEDULE_SCALE`` (``--scale``, 0.02: 5 s → 0.1 s, 5 min → 6 s,
 30 min → 36 s, 2 h → 144 s), so the down receiver is reached on its fifth attempt, about
@@ -42,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = {"KILN_WEBHOOK_SCHEDULE_SCALE": str(args.scale), "KILN_OFFLINE_IMAGE_SECONDS": "0.5",
            "KILN_LOG_LEVEL": "WARNING"}
-    print(f"bench-webhooks: {args.jobs} jobs, 3 receivers (healthy; 500 on every other "
-          f"request; down {args.down:.0f} s), retry schedule x{args.scale}", flush=True)
+    print(f"bench-webhooks: {args.jobs} jobs, 3 receivers (healthy; 500 to each event's first "
+          f"try; down {args.down:.0f} s), retry schedule x{args.scale}", flush=True)
     with LocalStack(StackConfig(env=env)) as stack, WebhookReceiver() as receiver:
         services = stack.services()
         tenant = f"bench-{uuid.uuid4().hex[:6]}"
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in RECEIVERS:
                 created = api.post("/v1/webhooks", json={"url": receiver.url(path)})
                 created.raise_for_status()
-                behavior = {"/flaky": Behavior(fail_every=2),
+                behavior = {"/flaky": Behavior(fail_first=True),
                             "/down": Behavior(down_until=started + args.down)}.get(path, Behavior())
                 behavior.secret = created.json()["secret"]
                 receiver.behave(path, behavior)

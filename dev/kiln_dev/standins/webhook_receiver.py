@@ -1,7 +1,8 @@
 """A webhook receiver on 127.0.0.1 that misbehaves on demand (tests and the benchmark).
 
 Each path is its own receiver with a :class:`Behavior`: answer ``status`` (2xx, 5xx,
-410), fail every ``fail_every``-th request, be down (answer 503) until a time, hold the
+410), fail every ``fail_every``-th request of each event (``webhook-id``) or the first one
+(``fail_first``), be down (answer 503) until a time, hold the
 answer ``delay`` seconds (a slow receiver), or ``reset`` the connection without an
 answer. Every request is recorded (:class:`Received`: headers, body, wall time, whether
 the Standard Webhooks signature verified with the path's secret) and announced through
@@ -25,12 +26,14 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 @dataclass
 class Behavior:
     status: int = 200
-    fail_every: int = 0  # every n-th request (1-based) answers 500
+    fail_every: int = 0  # every n-th request of each webhook-id (1-based) answers 500
+    fail_first: bool = False  # the first request of each webhook-id answers 500
     down_until: float = 0.0  # time.time() before which every request answers 503
     delay: float = 0.0  # seconds before answering
     reset: bool = False  # close the connection with RST, no answer
     secret: str | None = None  # verify signatures with it
     seen: int = 0
+    seen_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ class WebhookReceiver:
         with self._cond:
             behavior = self.behaviors.setdefault(path, Behavior())
             behavior.seen += 1
-            n = behavior.seen
+            webhook_id = headers.get("webhook-id", "")
+            n = behavior.seen_ids[webhook_id] = behavior.seen_ids.get(webhook_id, 0) + 1
         verified = None
         if behavior.secret:
             try:
@@ -137,7 +141,8 @@ class WebhookReceiver:
             status = 0
         elif time.time() < behavior.down_until:
             status = 503
-        elif behavior.fail_every and n % behavior.fail_every == 0:
+        elif (behavior.fail_every and n % behavior.fail_every == 0) or \
+                (behavior.fail_first and n == 1):
             status = 500
         else:
             status = behavior.status
