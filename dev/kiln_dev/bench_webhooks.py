@@ -8,7 +8,7 @@ seconds (2 minutes) — and submits ``--jobs`` image jobs. Each job's
 ``job.completed`` event goes to all three. Retries follow the Standard Webhooks schedule
 scaled by ``KILN_WEBHOOK_SCHEDULE_SCALE`` (``--scale``, 0.02: 5 s → 0.1 s, 5 min → 6 s,
 30 min → 36 s, 2 h → 144 s), so the down receiver is reached on its fifth attempt, about
-3 minutes in, and the whole run takes about 4½ minutes with the stack's start.
+3 minutes in, and the whole run takes about 4 minutes with the stack's start.
 
 Each receiver de-duplicates by ``webhook-id`` and verifies every signature. The bench
 checks that every event reached every receiver exactly once after de-duplication and
