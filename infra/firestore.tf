@@ -127,6 +127,22 @@ resource "google_firestore_field" "provider_events_expire_at" {
   index_config {}
 }
 
+# Webhook deliveries (kiln.webhooks, docs/webhooks.md): the sweeper's query for pending
+# deliveries whose next attempt is overdue (a lost wake-up).
+resource "google_firestore_index" "webhook_deliveries_state_next_at" {
+  database   = google_firestore_database.default.name
+  collection = "webhookDeliveries"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "nextAt"
+    order      = "ASCENDING"
+  }
+}
+
 # --- security rules (the files are owned next to this one) -----------------------------------
 
 resource "google_firebaserules_ruleset" "firestore" {

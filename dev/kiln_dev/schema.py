@@ -207,6 +207,11 @@ def openapi() -> dict[str, Any]:
                                     "(per user) always maps to the same job: a retried request "
                                     "returns it with header Idempotent-Replayed: true.",
                                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}],
+                    "description": "An API key's request may also carry `webhook`: an https URL "
+                    "that gets this job's end event (signed with GET /v1/webhooks/secret's "
+                    "secret), when the tenant's settings allow per-job webhooks (else 403 "
+                    "job_webhooks_not_allowed; a private, loopback or metadata URL is 400 "
+                    "invalid_webhook_url).",
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/CreateJobRequest"},
                         "example": {"kind": "image", "prompt": "a ceramic fox",
@@ -279,6 +284,7 @@ def openapi() -> dict[str, Any]:
                                       "(Retry-After)."),
                 },
             }},
+            **_webhook_paths(),
             "/telegram/webhook": {"post": {
                 "operationId": "telegramWebhook", "summary": "Telegram Bot API updates",
                 "description": "For Telegram only. Authenticated by the "
@@ -290,6 +296,20 @@ def openapi() -> dict[str, Any]:
                                       "method call)."}, **_errors(401, 413, 415)},
             }},
         },
+        "webhooks": {name: {"post": {
+            "operationId": f"receive_{name.replace('.', '_')}",
+            "summary": f"{name}, sent to your endpoint (docs/webhooks.md)",
+            "description": "Signed by Standard Webhooks: headers webhook-id (the same for "
+            "every attempt of one event: de-duplicate on it), webhook-timestamp, "
+            "webhook-signature (v1,HMAC-SHA256 with the endpoint's whsec_ secret). Answer 2xx "
+            "within 15 s; anything else is retried (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, "
+            "10 h, 14 h, 20 h, 24 h); 410 disables the endpoint.",
+            "security": [{"standardWebhooks": []}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/WebhookEvent"}}}},
+            "responses": {"2XX": {"description": "Received."}}}}
+            for name in ("job.completed", "job.failed", "job.canceled", "batch.completed",
+                         "job.progress")},
         "components": {
             "securitySchemes": {
                 "firebaseIdToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
@@ -308,8 +328,95 @@ def openapi() -> dict[str, Any]:
                                      "{webhook-id}.{webhook-timestamp}.{body}."},
                 "callbackToken": {"type": "apiKey", "in": "query", "name": "token"},
             },
-            "schemas": components,
+            "schemas": {**components, **WEBHOOK_SCHEMAS},
         },
+    }
+
+
+WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "WebhookEndpoint": {
+        "type": "object", "required": ["id", "url", "events"],
+        "properties": {
+            "id": {"type": "string", "examples": ["ep_3f2a9c0d1b7e4a55"]},
+            "url": {"type": "string", "format": "uri"},
+            "events": {"type": "array", "items": {"type": "string"},
+                       "description": "Event types it receives; empty: every type but "
+                       "job.progress (which is opt-in)."},
+            "disabled": {"type": ["string", "null"],
+                         "description": "Why it receives nothing: 'gone' (it answered 410)."},
+            "createdAt": {"type": ["string", "null"], "format": "date-time"},
+            "secret": {"type": "string", "description": "whsec_…, only in the answer that "
+                       "created the endpoint."}}},
+    "WebhookEvent": {
+        "type": "object", "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"enum": ["job.completed", "job.failed", "job.canceled", "batch.completed",
+                              "job.progress"]},
+            "timestamp": {"type": "string", "format": "date-time",
+                          "description": "When the event happened (not the attempt)."},
+            "data": {"type": "object", "properties": {
+                "jobId": {"type": "string"}, "status": {"type": "string"},
+                "kind": {"enum": ["image", "model"]}, "progress": {"type": "integer"},
+                "stage": {"type": "string", "description": "job.progress only"},
+                "resultUrl": {"type": "string", "format": "uri",
+                              "description": "job.completed: the result's download URL"},
+                "contentType": {"type": "string"}, "bytes": {"type": "integer"},
+                "error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}}},
+                "batchId": {"type": "string"}},
+                "description": "job.*: the job; batch.completed: the batch (docs/webhooks.md)."}},
+        "example": {"type": "job.completed", "timestamp": "2026-12-06T01:02:03.456789Z",
+                    "data": {"jobId": "bb750ae6e97d606dd959", "status": "completed",
+                             "kind": "image", "progress": 100,
+                             "resultUrl": "https://storage.googleapis.com/…/result.png",
+                             "contentType": "image/png", "bytes": 22401}}},
+}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    key_only: list[dict[str, list[str]]] = [{"apiKey": []}]
+    endpoint_id = {"name": "endpointId", "in": "path", "required": True,
+                   "schema": {"type": "string"}}
+    return {
+        "/v1/webhooks": {
+            "post": {
+                "operationId": "createWebhookEndpoint", "security": key_only,
+                "summary": "Register an endpoint for the tenant's events (scope submit)",
+                "description": "The URL must be https to a public address (resolved now and "
+                "at every delivery; private, loopback, link-local and metadata addresses are "
+                "refused). The answer is the only time the endpoint's secret is shown.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["url"], "additionalProperties": False,
+                    "properties": {"url": {"type": "string", "format": "uri"},
+                                   "events": {"type": "array", "items": {"type": "string"}}}},
+                    "example": {"url": "https://backend.example/kiln", "events": ["job.completed"]}}}},
+                "responses": {"201": _json_body("WebhookEndpoint", "Registered; with its secret."),
+                              **_errors(400, 401, 403, 413, 415, 503)},
+            },
+            "get": {
+                "operationId": "listWebhookEndpoints", "security": key_only,
+                "summary": "The tenant's endpoints (never their secrets; scope read)",
+                "responses": {"200": {"description": "The endpoints.", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "endpoints": {"type": "array", "items": {
+                            "$ref": "#/components/schemas/WebhookEndpoint"}}}}}}},
+                    **_errors(401, 403, 503)},
+            },
+        },
+        "/v1/webhooks/secret": {"get": {
+            "operationId": "getJobWebhookSecret", "security": key_only,
+            "summary": "The tenant's secret for per-job webhook URLs (scope read)",
+            "description": "Deliveries to a job's own `webhook` URL (POST /v1/jobs, when the "
+            "tenant's settings allow it) are signed with this secret.",
+            "responses": {"200": {"description": "The secret.", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"secret": {"type": "string"}}}}}},
+                **_errors(401, 403, 503)},
+        }},
+        "/v1/webhooks/{endpointId}": {"delete": {
+            "operationId": "deleteWebhookEndpoint", "security": key_only,
+            "summary": "Remove an endpoint (scope submit)", "parameters": [endpoint_id],
+            "responses": {"200": {"description": "Removed."}, **_errors(401, 403, 404, 503)},
+        }},
     }
 
 

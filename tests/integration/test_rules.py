@@ -133,7 +133,9 @@ def world(emulator: httpx.Client, stack: LocalStack) -> World:
                          (f"settings/{tag}", {"x": 1}),
                          (f"apiKeys/{tag}", {"tenant": "acme", "secretHash": "ab" * 32}),
                          (f"tenants/{tag}", {"plan": "pro", "allowJobWebhooks": True}),
-                         (f"batches/{tag}", {"uid": w.owner, "count": 3})]:
+                         (f"batches/{tag}", {"uid": w.owner, "count": 3}),
+                         (f"webhookEndpoints/{tag}", {"tenant": "acme", "secret": "whsec_x"}),
+                         (f"webhookDeliveries/{tag}", {"tenant": "acme", "state": "pending"})]:
         w.set("admin", path, fields).raise_for_status()
     return w
 
@@ -343,7 +345,8 @@ def test_job_server_state_is_closed_to_every_client(world: World, actor: str) ->
 # --- everything else: closed ---------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["users/{owner}", "settings/{tag}", "apiKeys/{tag}",
-                                  "tenants/{tag}", "batches/{tag}"])
+                                  "tenants/{tag}", "batches/{tag}", "webhookEndpoints/{tag}",
+                                  "webhookDeliveries/{tag}"])
 @pytest.mark.parametrize("actor", ACTORS)
 def test_other_documents_are_closed(world: World, actor: str, path: str) -> None:
     """Given any document outside jobs and devices (the user's own profile doc, API keys,

@@ -540,14 +540,19 @@ INDEXES = {
 
 
 def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
-    """Given the Firestore resources, when reading them, then the native database, the
-    jobs indexes and a TTL policy on jobs.expireAt exist."""
+    """Given the Firestore resources, when reading them, then the native database, the four
+    jobs indexes, the webhook deliveries' sweep index and a TTL policy on jobs.expireAt
+    exist."""
     (db,) = tf.resources("google_firestore_database").values()
     assert (db["name"], db["type"]) == ("(default)", "FIRESTORE_NATIVE")
     found = set()
     for index in tf.resources("google_firestore_index").values():
+        fields = tuple(x for f in blocks(index, "fields") for x in (f["field_path"], f["order"]))
+        if index["collection"] == "webhookDeliveries":
+            assert fields == ("state", "ASCENDING", "nextAt", "ASCENDING")
+            continue
         assert index["collection"] == "jobs"
-        found.add(tuple(x for f in blocks(index, "fields") for x in (f["field_path"], f["order"])))
+        found.add(fields)
     assert found >= INDEXES, f"missing indexes {INDEXES - found}"
     ttl = [f for f in tf.resources("google_firestore_field").values()
            if (f["collection"], f["field"]) == ("jobs", "expireAt") and blocks(f, "ttl_config")]

@@ -196,8 +196,12 @@ def test_openapi_covers_every_endpoint(spec: dict[str, Any]) -> None:
         ("/v1/jobs/{jobId}:cancel", "post"), ("/v1/jobs/{jobId}:retry", "post"),
         ("/healthz", "get"), ("/telegram/webhook", "post"),
         ("/v1/providers/{provider}/events", "post"), ("/v1/batches", "post"),
-        ("/v1/batches/{batchId}", "get"), ("/v1/batches/{batchId}:cancel", "post")}
-    assert set(doc["components"]["schemas"]) == set(spec["$defs"])
+        ("/v1/batches/{batchId}", "get"), ("/v1/batches/{batchId}:cancel", "post"),
+        ("/v1/webhooks", "post"), ("/v1/webhooks", "get"), ("/v1/webhooks/secret", "get"),
+        ("/v1/webhooks/{endpointId}", "delete")}
+    assert set(doc["components"]["schemas"]) == set(spec["$defs"]) | set(schema.WEBHOOK_SCHEMAS)
+    assert set(doc["webhooks"]) == {"job.completed", "job.failed", "job.canceled",
+                                    "batch.completed", "job.progress"}
     text = json.dumps(doc)
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', text):
         assert ref in doc["components"]["schemas"]

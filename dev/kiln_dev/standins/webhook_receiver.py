@@ -1,9 +1,10 @@
 """A webhook receiver on 127.0.0.1 that misbehaves on demand (tests and the benchmark).
 
 Each path is its own receiver with a :class:`Behavior`: answer ``status`` (2xx, 5xx,
-410), fail every ``fail_every``-th request, be down (answer 503) until a time, hold the
-answer ``delay`` seconds (a slow receiver), or ``reset`` the connection without an
-answer. Every request is recorded (:class:`Received`: headers, body, wall time, whether
+410), fail every ``fail_every``-th request of each event (``webhook-id``) or its first
+one (``fail_first``), be down (answer 503) until a time, answer only after ``delay``
+seconds or once the test releases ``hold`` (a slow receiver), or ``reset`` the connection
+without an answer. Every request is recorded (:class:`Received`: headers, body, wall time, whether
 the Standard Webhooks signature verified with the path's secret) and announced through
 a condition, so tests wait on arrivals instead of sleeping.
 """
@@ -25,12 +26,15 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 @dataclass
 class Behavior:
     status: int = 200
-    fail_every: int = 0  # every n-th request (1-based) answers 500
+    fail_every: int = 0  # every n-th request of each webhook-id (1-based) answers 500
+    fail_first: bool = False  # the first request of each webhook-id answers 500
     down_until: float = 0.0  # time.time() before which every request answers 503
     delay: float = 0.0  # seconds before answering
+    hold: threading.Event | None = None  # answer only once it is set (at most 10 s)
     reset: bool = False  # close the connection with RST, no answer
     secret: str | None = None  # verify signatures with it
     seen: int = 0
+    seen_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class WebhookReceiver:
         with self._cond:
             behavior = self.behaviors.setdefault(path, Behavior())
             behavior.seen += 1
-            n = behavior.seen
+            webhook_id = headers.get("webhook-id", "")
+            n = behavior.seen_ids[webhook_id] = behavior.seen_ids.get(webhook_id, 0) + 1
         verified = None
         if behavior.secret:
             try:
@@ -130,6 +135,8 @@ class WebhookReceiver:
                 verified = False
         if behavior.delay:
             time.sleep(behavior.delay)
+        if behavior.hold is not None:
+            behavior.hold.wait(10)
         if behavior.reset:
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                           struct.pack("ii", 1, 0))
@@ -137,7 +144,8 @@ class WebhookReceiver:
             status = 0
         elif time.time() < behavior.down_until:
             status = 503
-        elif behavior.fail_every and n % behavior.fail_every == 0:
+        elif (behavior.fail_every and n % behavior.fail_every == 0) or \
+                (behavior.fail_first and n == 1):
             status = 500
         else:
             status = behavior.status

@@ -31,12 +31,13 @@ from kiln.core.errors import (
 )
 from kiln.core.job import Job, is_valid_job_id
 from kiln.core.requests import parse_job_request
-from kiln.http import batches, framework
+from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
 from kiln.runtime.callbacks import receive
+from kiln.webhooks.endpoints import job_webhook
 
 logger = log.get("ingress")
 
@@ -73,10 +74,12 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
                            f"The body must be at most {settings.max_body_bytes} bytes.")
     principal = authenticate(request, services, "submit")
     key = idempotency_key(request)
-    job_request = parse_job_request(read_json(request, settings.max_body_bytes))
+    body = read_json(request, settings.max_body_bytes)
+    server = job_webhook(services, principal, body)  # the job's own webhook URL, if any
+    job_request = parse_job_request(body)
     accepted = accept_job(services, uid=principal.uid, channel=principal.channel,
                           request=job_request,
-                          idempotency_key=key)
+                          idempotency_key=key, server=server)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
 
@@ -158,6 +161,10 @@ ROUTES = Map([
     Rule("/v1/batches/<job:batch_id>", methods=["GET"], endpoint=batches.get_batch),
     Rule("/v1/batches/<job:batch_id>:cancel", methods=["POST"], endpoint=batches.cancel_batch),
     Rule("/v1/providers/<provider:provider>/events", methods=["POST"], endpoint=provider_event),
+    Rule("/v1/webhooks", methods=["GET"], endpoint=webhooks.list_endpoints),
+    Rule("/v1/webhooks", methods=["POST"], endpoint=webhooks.create_endpoint),
+    Rule("/v1/webhooks/secret", methods=["GET"], endpoint=webhooks.job_secret),
+    Rule("/v1/webhooks/<job:endpoint_id>", methods=["DELETE"], endpoint=webhooks.delete_endpoint),
 ], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False, merge_slashes=False)
 
 

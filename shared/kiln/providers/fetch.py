@@ -23,8 +23,10 @@ are bounded. Proxies from the environment are ignored (a proxy would bypass the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -297,6 +299,12 @@ class _PinnedBackend(httpcore.SyncBackend):
         return super().connect_tcp(address, port, timeout, local_address, socket_options)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context per process (building one loads the CA bundle: ~50 ms)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _PinnedTransport(httpx.HTTPTransport):
     """httpx's transport with a pinned network backend (TLS still verifies the host name)."""
 
@@ -304,7 +312,7 @@ class _PinnedTransport(httpx.HTTPTransport):
         super().__init__(trust_env=False)
         # httpx has no public hook for the network backend: rebuild its pool with ours.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=4,
+            ssl_context=_ssl_context(), max_connections=4,
             network_backend=backend,
         )
 

@@ -14,12 +14,15 @@ import logging
 from typing import Any
 
 from kiln import log
+from kiln.core.errors import RetryableError
 from kiln.core.job import Job
 from kiln.webhooks import delivery, events
 
 logger = log.get("webhooks")
 #: At most one ``job.progress`` event per job in this many seconds (coalesced).
 PROGRESS_SECONDS = 10.0
+#: Pauses between the tries of an end event's emit when the webhook store is unreachable.
+EMIT_PAUSES = (0.2, 1.0, 3.0)
 API_OWNER = "api:"
 
 
@@ -54,10 +57,19 @@ class ApiChannel:
         event_type = events.job_event_type(job)
         if tenant is None or event_type is None:
             return {}
-        event_id = events.emit(services, tenant=tenant, event_type=event_type,
-                               subject_id=job.id, data=events.job_data(job),
-                               url=job.server.webhook)
-        return {"webhookEvent": event_id}
+        for pause in (*EMIT_PAUSES, None):
+            try:
+                event_id = events.emit(services, tenant=tenant, event_type=event_type,
+                                       subject_id=job.id, data=events.job_data(job),
+                                       url=job.server.webhook)
+                return {"webhookEvent": event_id}
+            except RetryableError:
+                # The job's notification is claimed once: a store blip must not lose the
+                # event, so try again briefly (a second emit completes a partial one).
+                if pause is None:
+                    raise
+                services.clock.sleep(pause)
+        raise AssertionError("unreachable")
 
     def redeliver(self, services: Any) -> int:
         try:

@@ -96,7 +96,8 @@ def job_data(job: Job) -> dict[str, Any]:
                 data[name] = result[name]
     if job.error:
         data["error"] = {"code": job.error.get("code", ""), "message": job.error.get("message", "")}
-    batch_id = (job.options or {}).get("batchId")
+    # ``Job.batch_id`` comes with batches (branch i13a); a job without one has none.
+    batch_id = getattr(job, "batch_id", None)
     if batch_id:
         data["batchId"] = batch_id
     return data

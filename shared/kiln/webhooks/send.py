@@ -86,13 +86,13 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
     client, pins = pinned_client(policy)
     pins[httpx.URL(url).host.lower()] = str(addresses[0])
     try:
-        with client:
-            response = client.post(url, content=body, headers=headers)
+        # Streamed and never read: only the status counts, so a huge answer costs nothing.
+        with client, client.stream("POST", url, content=body, headers=headers) as response:
+            status = response.status_code
     except httpx.TimeoutException:
         return done(None, "timeout", f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         return done(None, "connection", type(exc).__name__)
-    status = response.status_code
     if 300 <= status < 400:
         return done(status, "redirect", "redirects are not followed")
     if status >= 300:

@@ -6,12 +6,13 @@ sweeper's repair, replay."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
+from hookkit import Kit, build_kit, finished_job
 
-from conftest import Kit, build_kit
-from kiln.core.errors import PermanentError
-from kiln.core.job import Job, JobStatus, ServerState
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.core.job import JobStatus
 from kiln.webhooks import delivery, events, model
 from kiln.webhooks.delivery import AttemptOutcome
 from kiln.webhooks.model import DeliveryState, Endpoint
@@ -24,16 +25,6 @@ def add_endpoint(kit: Kit, url: str, *, tenant: str = "acme", events_: tuple[str
                         created_at=kit.clock.now())
     kit.hooks.put_endpoint(endpoint)
     return endpoint
-
-
-def finished_job(status: JobStatus = JobStatus.COMPLETED, *, job_id: str = "job0000001",
-                 webhook: str | None = None) -> Job:
-    result = {"downloadUrl": "https://files.example/r.png", "contentType": "image/png",
-              "bytes": 10} if status is JobStatus.COMPLETED else None
-    error = {"code": "provider_failed", "message": "It failed."} \
-        if status is JobStatus.FAILED else None
-    return Job(job_id, "api:acme", "api", "image", "a cube", status, result=result, error=error,
-               progress=100, server=ServerState(webhook=webhook))
 
 
 def run_wakes(kit: Kit) -> list[AttemptOutcome]:
@@ -142,7 +133,7 @@ def test_410_disables_the_endpoint(kit: Kit, receiver: WebhookReceiver) -> None:
 
 
 @pytest.mark.parametrize("behavior,error", [
-    (Behavior(delay=0.8), "timeout"),
+    (Behavior(delay=0.6), "timeout"),
     (Behavior(reset=True), "connection"),
     (Behavior(status=302), "redirect"),
 ])
@@ -160,11 +151,12 @@ def test_timeouts_resets_and_redirects_are_retried(receiver: WebhookReceiver, be
 
 
 def test_a_slow_receiver_does_not_hold_other_deliveries(receiver: WebhookReceiver) -> None:
-    """Given one receiver that takes 0.8 s and one that answers at once, when both
-    deliveries run (each its own invocation), then the fast one is received while the
-    slow one is still being waited for."""
+    """Given one receiver that does not answer (held) and one that answers at once, when
+    both deliveries run (each its own invocation, the slow one first), then the fast one
+    is received and settled while the slow one is still unanswered."""
     kit = build_kit()
-    add_endpoint(kit, receiver.behave("/slow", Behavior(delay=0.8)))
+    held = threading.Event()
+    add_endpoint(kit, receiver.behave("/slow", Behavior(hold=held)))
     add_endpoint(kit, receiver.behave("/fast", Behavior()))
     events.emit(kit.services, tenant="acme", event_type="job.completed", subject_id="j", data={})
     wakes = kit.pending_wakes()
@@ -173,10 +165,12 @@ def test_a_slow_receiver_does_not_hold_other_deliveries(receiver: WebhookReceive
                for d, n in slow_first]
     for thread in threads:
         thread.start()
-    receiver.wait(lambda got: any(r.path == "/fast" for r in got), timeout=5)
+    threads[1].join(5)
+    states = {d.url.rsplit("/", 1)[1]: d.state for d in kit.hooks.deliveries()}
+    assert states == {"fast": DeliveryState.SUCCEEDED, "slow": DeliveryState.PENDING}
     assert [r.path for r in receiver.received] == ["/fast"]
-    for thread in threads:
-        thread.join(5)
+    held.set()
+    threads[0].join(5)
     assert sorted(r.path for r in receiver.received) == ["/fast", "/slow"]
 
 
@@ -260,3 +254,52 @@ def test_the_worker_runs_a_wake_up_message(kit: Kit, receiver: WebhookReceiver) 
     message = {"message": {"data": base64.b64encode(data).decode()}}
     assert handle_message(message, kit.services) is RunOutcome.WEBHOOK
     assert kit.hooks.delivery(delivery_id).state is DeliveryState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_progress_is_coalesced_per_window_and_opt_in(kit: Kit) -> None:
+    """Given an endpoint that opted in to job.progress and one that did not, when a job
+    reports progress three times in one 10 s window and once in the next, then two
+    progress events are recorded, each delivered only to the opted-in endpoint."""
+    wants = add_endpoint(kit, "https://a.example/h", events_=("job.progress",))
+    add_endpoint(kit, "https://b.example/h")
+    job = finished_job(JobStatus.PROCESSING)
+    channel = kit.services.channels["api"]
+    kit.clock.advance(10 - kit.clock.now().timestamp() % 10)  # the start of a window
+    for progress in (10, 20, 30):
+        channel.on_progress(kit.services, job, progress, "generating")
+        kit.clock.advance(1)
+    kit.clock.advance(10)
+    channel.on_progress(kit.services, job, 60, "generating")
+    progress_events = [e for e in kit.hooks.events.values() if e.type == "job.progress"]
+    assert len(progress_events) == 2
+    assert {d.endpoint_id for d in kit.hooks.deliveries()} == {wants.id}
+    import json
+    assert sorted(json.loads(e.body)["data"]["progress"] for e in progress_events) == [10, 60]
+
+
+def test_an_end_event_survives_a_store_blip(kit: Kit) -> None:
+    """Given a webhook store that refuses the first write, when a job ends, then the
+    channel tries again and the event is recorded once."""
+    add_endpoint(kit, "https://a.example/h")
+    real = kit.hooks.create_event
+    calls = []
+
+    def flaky(event: Any) -> bool:
+        calls.append(event.id)
+        if len(calls) == 1:
+            raise RetryableError("The webhook store is unavailable.", code="store_unavailable")
+        return real(event)
+
+    kit.hooks.create_event = flaky  # type: ignore[method-assign]
+    report = kit.services.channels["api"].on_finished(kit.services, finished_job())
+    assert len(calls) == 2 and report["webhookEvent"] in kit.hooks.events
+    assert len(kit.pending_wakes()) == 1
+
+
+def test_the_schedule_scale_is_local_only() -> None:
+    from kiln.core.errors import ConfigError
+    from kiln.settings import Settings
+    with pytest.raises(ConfigError):
+        Settings(env="cloud", webhook_schedule_scale=0.1)
+    assert Settings.from_env({"KILN_ENV": "local",
+                              "KILN_WEBHOOK_SCHEDULE_SCALE": "0.02"}).webhook_schedule_scale == 0.02

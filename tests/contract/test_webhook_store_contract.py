@@ -1,0 +1,61 @@
+"""The webhook store's contract, on the in-memory fake and on the Firestore emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from kiln.webhooks import model
+from kiln.webhooks.model import Delivery, DeliveryState, Endpoint, Event
+from kiln_dev.fakes_webhooks import InMemoryWebhookStore
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def hooks(request: pytest.FixtureRequest) -> Any:
+    if request.param == "fake":
+        return InMemoryWebhookStore()
+    return request.getfixturevalue("services").webhooks
+
+
+def test_endpoints_per_tenant_secret_kept_and_disable(hooks: Any) -> None:
+    tenant = "t-" + uuid.uuid4().hex[:8]
+    now = dt.datetime.now(dt.UTC)
+    endpoint = Endpoint(model.new_endpoint_id(), tenant, "https://a.example/h", model.new_secret(),
+                        ("job.completed",), created_at=now)
+    hooks.put_endpoint(endpoint)
+    assert [e.id for e in hooks.endpoints(tenant)] == [endpoint.id]
+    read = hooks.endpoint(endpoint.id)
+    assert read.secret == endpoint.secret and read.events == ("job.completed",)
+    hooks.disable_endpoint(endpoint.id, "gone")
+    assert hooks.endpoint(endpoint.id).disabled == "gone"
+    assert hooks.delete_endpoint(endpoint.id) is True
+    assert hooks.delete_endpoint(endpoint.id) is False and hooks.endpoints(tenant) == []
+    first = hooks.tenant_secret(tenant, "whsec_first")
+    assert first == "whsec_first" and hooks.tenant_secret(tenant, "whsec_other") == first
+
+
+def test_events_and_deliveries_are_created_once_and_transacted(hooks: Any) -> None:
+    now = dt.datetime.now(dt.UTC)
+    subject = uuid.uuid4().hex
+    event = Event(model.event_id("job.completed", subject), "t", "job.completed", subject,
+                  '{"type":"job.completed"}', None, now)
+    assert hooks.create_event(event) is True and hooks.create_event(event) is False
+    assert hooks.event(event.id).body == event.body
+    delivery = Delivery(model.delivery_id(event.id, "ep_1"), event.id, "ep_1", "t",
+                        "https://a.example/h", next_at=now, created_at=now)
+    assert hooks.create_delivery(delivery) is True and hooks.create_delivery(delivery) is False
+    due = [d.id for d in hooks.deliveries(due_before=now + dt.timedelta(seconds=1), limit=500)]
+    assert delivery.id in due
+    assert hooks.transact_delivery(delivery.id, lambda d: ({"state": "succeeded",
+                                                            "lastStatus": 204}, d.attempt)) == 1
+    read = hooks.delivery(delivery.id)
+    assert read.state is DeliveryState.SUCCEEDED and read.last_status == 204
+    assert delivery.id not in [d.id for d in hooks.deliveries(
+        due_before=now + dt.timedelta(seconds=1), limit=500)]
+    assert [d.id for d in hooks.deliveries(event_id=event.id)] == [delivery.id]
+    hooks.add_attempt(delivery.id, 2, {"status": 500})
+    hooks.add_attempt(delivery.id, 1, {"status": 204})
+    assert [a["status"] for a in hooks.attempts(delivery.id)] == [204, 500]
