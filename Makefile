@@ -54,8 +54,9 @@ coverage: setup ## branch coverage of worker, lifecycle, sweeper, progress (unit
 test-fast: setup ## unit tests only
 	$(PY) -m pytest tests/unit
 
-bench: setup ## acknowledgement latency, orchestration overhead, memory
-	$(PY) -m kiln_dev.bench
+# ~15 minutes; ARGS=--quick for a 1–2 minute look.
+bench: setup ## Kiln against its floor and a Celery + Redis peer: ack, throughput, CPU, e2e, RSS
+	$(PY) -m kiln_dev.bench $(ARGS)
 
 bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
 	$(PY) -m kiln_dev.bench_callbacks

@@ -101,6 +101,7 @@ class StackConfig:
     tasks_seed: int | None = None
     sweep_interval: float = 2.0  # 0 turns the local sweeper loop off
     worker_threads: int = 8
+    ingress_threads: int = 8  # gunicorn threads of the ingress (THREADS)
     workdir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra KILN_* settings for functions
     companions: list[Companion] = field(default_factory=list)
@@ -257,7 +258,8 @@ class LocalStack:
             self._wait_ready(name, deadline)
         env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
                "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
-        self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
+        self._spawn("ingress", self._ff("ingress", "http", c.ingress_port),
+                    env={**env, "THREADS": str(c.ingress_threads)},
                     ready=f"{self.ingress_url}/healthz", want=200)
         self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
                     ready=f"{self.worker_url}/")
