@@ -4,6 +4,7 @@
     kiln dev              run the stack until Ctrl-C (writes .kiln/dev.json for the others)
     kiln watch JOB_ID     live progress of one job (snapshot listener)
     kiln jobs ...         list / show / cancel / retry jobs (see ``kiln jobs --help``)
+    kiln trace JOB_ID     a job's timeline as a waterfall (accepted → notified)
 
 Commands other than ``demo``/``dev`` talk to the stack described by ``.kiln/dev.json``
 when it exists (and the environment names no emulator), else to whatever the environment
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 DEV_FILE = Path(".kiln/dev.json")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
-OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter")
+OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter", "kiln.ops.trace")
 
 
 def main(argv: Sequence[str] | None = None, *,

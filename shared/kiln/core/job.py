@@ -133,6 +133,7 @@ class ServerState:
     republished_at: dt.datetime | None = None
     notify: Mapping[str, Any] | None = None
     telegram: Mapping[str, Any] | None = None
+    timeline: Mapping[str, Any] | None = None  # step → when (kiln.core.timeline)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> ServerState:
