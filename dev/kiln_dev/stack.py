@@ -244,7 +244,7 @@ class LocalStack:
                     ready=f"http://{self._addr(c.pubsub_port)}/")
         storage_dir = self.workdir / "storage"
         storage_dir.mkdir(exist_ok=True)
-        self._spawn("storage", [sys.executable, "-m", "gcp_storage_emulator", "start",
+        self._spawn("storage", [sys.executable, "-m", "kiln_dev.storage_emulator", "start",
                                 f"--host={c.host}", f"--port={c.storage_port}",
                                 f"--default-bucket={self.bucket}", "--quiet"],
                     cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
