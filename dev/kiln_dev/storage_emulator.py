@@ -6,15 +6,17 @@ whole, as indented JSON, after every upload: the n-th upload serialises n entrie
 run's cost per job grows with the objects stored (measured in docs/benchmarks.md: 22 →
 78 ms per job within one 640-job run). Its in-memory mode does the same serialisation.
 
-Here an upload appends its one entry to a journal beside the index (``.meta.journal``, a
-line of JSON, written before the answer as the index was, so a SIGKILLed emulator keeps
-it); every other change (buckets, deletes, resumable sessions, patches) still rewrites the
-index and empties the journal; on start the journal is replayed over the index. Same
+Here an upload (simple, or a resumable session and its final object) appends its one
+entry to a journal beside the index (``.meta.journal``, a line of JSON, written before the
+answer as the index was, so a SIGKILLed emulator keeps it); every other change (buckets,
+deletes, patches) still rewrites the index and empties the journal; on start the journal
+is replayed over the index. Same
 command line, same HTTP API, same files.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from typing import Any
@@ -51,8 +53,22 @@ def _read_config_from_file(self: Any) -> None:
             try:
                 entry = json.loads(line)
             except ValueError:
-                continue  # a line cut by a kill mid-write: its upload was never answered
+                continue  # a line cut by a kill mid-write: its request was never answered
+            if "resumable" in entry:
+                self.resumable[entry["resumable"]] = entry["object"]
+                continue
+            self.resumable.pop(entry.get("dropResumable"), None)
             self.objects.setdefault(entry["bucket"], {})[entry["name"]] = entry["object"]
+
+
+def _journal(self: Any, entry: dict[str, Any]) -> bool:
+    """Append ``entry`` to the journal; False when there is none (in-memory mode)."""
+    path = _journal_path(self)
+    if path is None:
+        return False
+    with open(path, "a", encoding="utf-8") as journal:
+        journal.write(json.dumps(entry) + "\n")
+    return True
 
 
 def create_file(self: Any, bucket_name: str, file_name: str, content: bytes,
@@ -62,16 +78,24 @@ def create_file(self: Any, bucket_name: str, file_name: str, content: bytes,
         raise NotFound
     self._store.write_bytes(self._object_path(bucket_name, file_name), content)
     self.objects.setdefault(bucket_name, {})[file_name] = file_obj
-    path = _journal_path(self)
-    if file_id or path is None:
-        if file_id:
-            self.delete_resumable_file_obj(file_id)
-            self._delete_file(_storage.RESUMABLE_DIR, self.safe_id(file_id))
+    if file_id:
+        self.delete_resumable_file_obj(file_id)
+        self._delete_file(_storage.RESUMABLE_DIR, self.safe_id(file_id))
+    if not _journal(self, {"bucket": bucket_name, "name": file_name, "object": file_obj,
+                           "dropResumable": file_id}):
         self._write_config_to_file()
-        return
-    line = json.dumps({"bucket": bucket_name, "name": file_name, "object": file_obj})
-    with open(path, "a", encoding="utf-8") as journal:
-        journal.write(line + "\n")
+
+
+def create_resumable_upload(self: Any, bucket_name: str, file_name: str,
+                            file_obj: dict[str, Any]) -> str:
+    """The emulator's ``create_resumable_upload``, journaling the session."""
+    if bucket_name not in self.buckets:
+        raise NotFound
+    file_id = f"{bucket_name}:{file_name}:{dt.datetime.now()}"
+    self.resumable[file_id] = file_obj
+    if not _journal(self, {"resumable": file_id, "object": file_obj}):
+        self._write_config_to_file()
+    return file_id
 
 
 def install() -> None:
@@ -79,6 +103,7 @@ def install() -> None:
     _Storage._write_config_to_file = _write_config_to_file
     _Storage._read_config_from_file = _read_config_from_file
     _Storage.create_file = create_file
+    _Storage.create_resumable_upload = create_resumable_upload
 
 
 if __name__ == "__main__":
