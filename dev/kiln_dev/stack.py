@@ -101,7 +101,7 @@ class StackConfig:
     tasks_seed: int | None = None
     sweep_interval: float = 2.0  # 0 turns the local sweeper loop off
     worker_threads: int = 8
-    ingress_threads: int = 8  # gunicorn threads of the ingress (THREADS)
+    ingress_threads: int = 16  # gunicorn threads of the ingress (THREADS), sized by make bench
     workdir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra KILN_* settings for functions
     companions: list[Companion] = field(default_factory=list)
