@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None, *,
                       help="show a whole Telegram chat exchange instead (bot API stand-in)")
     dev = sub.add_parser("dev", help="run the local stack until Ctrl-C")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
+    dev.add_argument("--worker-concurrency", type=int, default=8, metavar="N",
+                     help="jobs the worker runs at once, as a cloud instance (default 8; "
+                          "0: the Pub/Sub emulator's own push, at most 2)")
     watch = sub.add_parser("watch", help="show a job's live progress")
     watch.add_argument("job_id")
     from kiln.ops.jobs import add_jobs_parser
@@ -91,14 +94,15 @@ def run_dev(args: argparse.Namespace) -> int:
     # Ctrl-C must stop the stack even when the shell that started us ignored SIGINT (a
     # background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    stack = LocalStack(StackConfig(ingress_port=args.port))
+    stack = LocalStack(StackConfig(ingress_port=args.port, push_relay=args.worker_concurrency))
     print("starting the local stack…", flush=True)
     with stack:
         try:
             write_dev_file(stack)
             token = emulator_id_token("dev-user", stack.config.project)
             print(f"ingress  {stack.ingress_url}   (POST /v1/jobs, GET /v1/jobs/ID, /healthz)")
-            print(f"worker   {stack.worker_url}   (Pub/Sub push target)")
+            relay = f", {args.worker_concurrency} at once" if args.worker_concurrency else ""
+            print(f"worker   {stack.worker_url}   (Pub/Sub push target{relay})")
             print(f"fcm      {stack.fcm.url}/_kiln/messages   (recorded pushes)")
             print(f"logs     {stack.logs}")
             print("\ntry:\n  curl -s -X POST " + stack.ingress_url + "/v1/jobs \\\n"
