@@ -25,6 +25,7 @@ from kiln.core import lifecycle
 from kiln.core.job import new_job_id
 from kiln.core.requests import parse_job_request
 from kiln_dev.bench_peer import DONE_CHANNEL, PeerStack
+from kiln_dev.pusher import PushRelay
 from kiln_dev.stack import LocalStack, free_port
 
 
@@ -94,7 +95,8 @@ class _PushSink:
 
 
 def push_floor(stack: LocalStack, jobs: int) -> list[float]:
-    """Seconds from publish to the emulator's push arriving at a bare HTTP endpoint."""
+    """Seconds from publish to the push arriving at a bare HTTP endpoint, the way the
+    stack's worker is pushed to (its push relay when it has one, else the emulator's push)."""
     sink = _PushSink()
     host = f"{stack.config.host}:{stack.config.pubsub_port}"
     publisher = _publisher(stack)
@@ -103,9 +105,13 @@ def push_floor(stack: LocalStack, jobs: int) -> list[float]:
     project = stack.config.project
     topic = publisher.topic_path(project, "bench-push-floor")
     publisher.create_topic(name=topic)
+    name = subscriber.subscription_path(project, "bench-push-floor")
+    relayed = stack.config.push_relay > 0
     subscriber.create_subscription(request={
-        "name": subscriber.subscription_path(project, "bench-push-floor"), "topic": topic,
-        "push_config": {"push_endpoint": sink.url}, "ack_deadline_seconds": 60})
+        "name": name, "topic": topic, "ack_deadline_seconds": 60,
+        "push_config": {} if relayed else {"push_endpoint": sink.url}})
+    relay = PushRelay(host, name, sink.url, concurrency=stack.config.push_relay).start() \
+        if relayed else None
     out = []
     try:
         for i in range(jobs):
@@ -115,6 +121,8 @@ def push_floor(stack: LocalStack, jobs: int) -> list[float]:
                 PubsubMessage(data=b"{}", attributes={"jobId": key})], timeout=3)
             out.append(sink.wait(key) - started)
     finally:
+        if relay is not None:
+            relay.stop()
         sink.server.shutdown()
     return out
 
