@@ -4,6 +4,7 @@ with the push delivery's own floor, and the ingress's cold start."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -127,13 +128,21 @@ def push_floor(stack: LocalStack, jobs: int) -> list[float]:
     return out
 
 
-def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str],
-               jobs: int) -> tuple[dict[str, list[float]], list[float]]:
-    """POST → completed seen by a listener, one job at a time, Kiln and peer alternating."""
+#: The steps of a synchronous job's timeline, in order (docs/timeline.md).
+STEPS = ("accepted", "published", "delivered", "claimed", "submitted", "generated", "stored",
+         "completed", "notified")
+
+
+def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str], jobs: int
+               ) -> tuple[dict[str, list[float]], list[float], dict[str, list[float]]]:
+    """POST → completed seen by a listener, one job at a time, Kiln and peer alternating;
+    Kiln's also without its generation (``kiln-gen``, from each job's timeline), and the
+    timelines' gaps between consecutive steps (ms)."""
     from kiln_dev.bench import completed
 
     services = stack.services()
-    out: dict[str, list[float]] = {"kiln": [], "peer": []}
+    out: dict[str, list[float]] = {"kiln": [], "peer": [], "kiln-gen": []}
+    gaps: dict[str, list[float]] = {f"{a} → {b}": [] for a, b in itertools.pairwise(STEPS)}
     redis = peer.client()
     with httpx.Client(base_url=stack.ingress_url, timeout=30, headers=headers) as kiln, \
             httpx.Client(base_url=peer.url, timeout=30, headers=headers) as other, \
@@ -146,6 +155,7 @@ def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str],
                 "jobId"]
             completed(services, job_id)
             out["kiln"].append(time.perf_counter() - started)
+            _timeline_gaps(services, job_id, out, gaps)
             started = time.perf_counter()
             peer_id = other.post("/v1/jobs", json={"kind": "image", "prompt": f"e2e {i}"}).json()[
                 "jobId"]
@@ -156,7 +166,19 @@ def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str],
                 if message.get("data") == peer_id.encode():
                     break
             out["peer"].append(time.perf_counter() - started)
-    return out, push_floor(stack, jobs)
+    return out, push_floor(stack, jobs), gaps
+
+
+def _timeline_gaps(services: Any, job_id: str, out: dict[str, list[float]],
+                   gaps: dict[str, list[float]]) -> None:
+    job = services.store.get(job_id)
+    at = dict((job.server.timeline or {}) if job is not None else {})
+    if "submitted" in at and "generated" in at:
+        generation = (at["generated"] - at["submitted"]).total_seconds()
+        out["kiln-gen"].append(out["kiln"][-1] - generation)
+    for a, b in itertools.pairwise(STEPS):
+        if a in at and b in at:
+            gaps[f"{a} → {b}"].append((at[b] - at[a]).total_seconds() * 1000)
 
 
 def cold_start(stack: LocalStack, timeout: float = 60) -> float:
