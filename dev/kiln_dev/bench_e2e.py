@@ -171,8 +171,13 @@ def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str], jobs
 
 def _timeline_gaps(services: Any, job_id: str, out: dict[str, list[float]],
                    gaps: dict[str, list[float]]) -> None:
-    job = services.store.get(job_id)
-    at = dict((job.server.timeline or {}) if job is not None else {})
+    at: dict[str, Any] = {}
+    deadline = time.monotonic() + 5  # the notification record lands just after `completed`
+    while "notified" not in at and time.monotonic() < deadline:
+        job = services.store.get(job_id)
+        at = dict((job.server.timeline or {}) if job is not None else {})
+        if "notified" not in at:
+            time.sleep(0.02)
     if "submitted" in at and "generated" in at:
         generation = (at["generated"] - at["submitted"]).total_seconds()
         out["kiln-gen"].append(out["kiln"][-1] - generation)
