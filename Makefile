@@ -56,6 +56,7 @@ test-fast: setup ## unit tests only
 
 # ~15 minutes; ARGS=--quick for a 1–2 minute look.
 bench: setup ## Kiln against its floor and a Celery + Redis peer: ack, throughput, CPU, e2e, RSS
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	$(PY) -m kiln_dev.bench $(ARGS)
 
 bench-callbacks: setup ## provider callback route latency, serial and 8 concurrent senders
