@@ -55,8 +55,10 @@ coverage: setup ## branch coverage of worker, lifecycle, sweeper, progress (unit
 test-fast: setup ## unit tests only
 	$(PY) -m pytest tests/unit
 
-bench: setup ## acknowledgement latency, orchestration overhead, memory
-	$(PY) -m kiln_dev.bench
+# ~15 minutes; ARGS=--quick for a 1–2 minute look.
+bench: setup ## Kiln against its floor and a Celery + Redis peer: ack, throughput, CPU, e2e, RSS
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	$(PY) -m kiln_dev.bench $(ARGS)
 
 bench-batch: setup ## a batch of 100 images through POST /v1/batches: acknowledgement time
 	$(PY) -m kiln_dev.bench_batch $(ARGS)

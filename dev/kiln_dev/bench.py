@@ -1,140 +1,238 @@
-"""``python -m kiln_dev.bench``: Kiln's budgets, measured on the local stack.
+"""``python -m kiln_dev.bench`` (``make bench``): Kiln against its floor and a peer.
 
-1. Webhook acknowledgement: ``POST /v1/jobs`` latency (p50/p95/p99) at 64 concurrent
-   clients, while the worker processes the accepted jobs (as in production).
-2. Orchestration overhead: end-to-end time of jobs whose generation takes 0 s
-   (so all that remains is Kiln: publish, push, claim, upload, complete, notify).
-3. Firestore writes per job document, from the worker's own structured logs.
+One interleaved run on this machine, one load generator (``kiln_dev.bench_load``):
 
-Prints numbers; asserts nothing (budgets are judged by people, not by flaky timers).
+- **kiln**: ``POST /v1/jobs`` on the local stack's ingress (the worker runs the jobs).
+- **floor**: the same Firestore create (both job documents) and Pub/Sub publish, done
+  directly from this process against the same emulators (the worker runs those too).
+- **peer**: Flask under gunicorn + Redis + a Celery prefork worker (``kiln_dev.bench_peer``).
+
+Each round measures every target at 1, 16 and 64 concurrent clients, in turn, and waits
+until that target's worker has finished the jobs before the next (so CPU per job covers
+accept and run, and no backlog leaks into the next target). Then sequential end-to-end
+jobs (generation 0 s): POST → the result seen by a listener (Firestore snapshot / Redis
+pub/sub), beside the push delivery's own floor (publish → the emulator's push arrives).
+Medians over the rounds. Prints numbers; asserts nothing. ``--quick``: one short round.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import datetime as dt
+import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core.job import Job, JobStatus
+from kiln_dev.bench_load import Run, closed_loop, cpu_seconds, median, rss_mb, wait_for
 from kiln_dev.stack import LocalStack, StackConfig
 
+if TYPE_CHECKING:  # the peer's Celery and Redis are imported when the bench runs
+    from kiln_dev.bench_peer import PeerStack
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+TARGETS = ("floor", "kiln", "peer")
+LEVELS = (1, 16, 64)
+_COMPLETED = re.compile(rb'"message": "job completed"')
 
 
-def ack_latency(stack: LocalStack, requests: int, concurrency: int) -> list[float]:
-    token = emulator_id_token("bench-ack", stack.config.project)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    lock = threading.Lock()
-    with httpx.Client(base_url=stack.ingress_url, timeout=30, limits=limits,
-                      headers={"Authorization": f"Bearer {token}"}) as client:
-        client.get("/healthz")
+@dataclass
+class Result:
+    run: Run
+    cpu: dict[str, float]  # part → CPU seconds per 1,000 jobs
 
-        def one(i: int) -> None:
-            started = time.perf_counter()
+
+@dataclass
+class Bench:
+    stack: LocalStack
+    peer: PeerStack
+    results: dict[tuple[str, int], list[Result]] = field(default_factory=lambda: defaultdict(list))
+    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self) -> None:
+        from kiln_dev import bench_e2e
+
+        token = emulator_id_token("bench-ack", self.stack.config.project)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.floor = bench_e2e.Floor(self.stack)
+        self._peer_base = self.peer.completed()
+
+    def sender(self, target: str, client: httpx.Client | None) -> Callable[[int], None]:
+        lock = threading.Lock()
+
+        def counted(send: Callable[[int], None]) -> Callable[[int], None]:
+            def one(i: int) -> None:
+                send(i)
+                with lock:
+                    self.sent[target] += 1
+            return one
+
+        if target == "floor":
+            return counted(self.floor.accept)
+        assert client is not None
+
+        def post(i: int) -> None:
             response = client.post("/v1/jobs", json={"kind": "image", "prompt": f"bench {i}"})
-            elapsed = (time.perf_counter() - started) * 1000
             if response.status_code != 202:
-                raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
-            with lock:
-                latencies.append(elapsed)
+                raise RuntimeError(f"{target}: unexpected {response.status_code}: {response.text}")
+        return counted(post)
 
-        # Warm up every connection and thread first.
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(concurrency)))
-        latencies.clear()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(requests)))
-    return latencies
+    def parts(self, target: str) -> dict[str, list[int]]:
+        procs = self.stack.procs
+        if target == "peer":
+            return {"ingress": self.peer.pgids("gunicorn"), "worker": self.peer.pgids("celery"),
+                    "stack": self.peer.pgids()}
+        stack = [p.pid for p in procs.values()]
+        return {"ingress": [procs["ingress"].pid] if target == "kiln" else [],
+                "worker": [procs["worker"].pid], "stack": stack,
+                "storage": [procs["storage"].pid]}
+
+    def done(self, target: str) -> int:
+        if target == "peer":
+            return self.peer.completed() - self._peer_base
+        log = (self.stack.logs / "worker.log").read_bytes()
+        return len(_COMPLETED.findall(log))
+
+    def expected(self, target: str) -> int:
+        return self.sent["peer"] if target == "peer" else self.sent["floor"] + self.sent["kiln"]
+
+    def measure(self, target: str, concurrency: int, requests: int) -> Result:
+        url = self.peer.url if target == "peer" else self.stack.ingress_url
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        parts = self.parts(target)
+        with httpx.Client(base_url=url, timeout=60, limits=limits, headers=self.headers) as client:
+            send = self.sender(target, client if target != "floor" else None)
+            before = {name: cpu_seconds(pgids) for name, pgids in parts.items()}
+            sent_before = self.sent[target]
+            run = closed_loop(send, requests, concurrency)
+            jobs = self.sent[target] - sent_before
+        wait_for(lambda: self.done(target) >= self.expected(target), 900, f"{target}'s worker")
+        cpu = {name: (cpu_seconds(pgids) - before[name]) / jobs * 1000
+               for name, pgids in parts.items() if pgids}
+        result = Result(run, cpu)
+        self.results[(target, concurrency)].append(result)
+        return result
 
 
-def overhead(stack: LocalStack, services: Any, jobs: int) -> list[float]:
-    """Seconds from POST to a completed document seen by a listener, generation = 0 s."""
-    token = emulator_id_token("bench-e2e", stack.config.project)
-    out = []
-    with httpx.Client(base_url=stack.ingress_url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as client:
-        for i in range(jobs):
-            done = threading.Event()
-            started = time.perf_counter()
-            job_id = client.post("/v1/jobs", json={"kind": "image", "prompt": f"o {i}"}).json()[
-                "jobId"]
-
-            def on_snapshot(docs: list[Any], _c: Any, _t: Any, done: threading.Event = done) -> None:
-                if any(d.exists and Job.from_docs(d.id, d.to_dict() or {}).status
-                       is JobStatus.COMPLETED for d in docs):
-                    done.set()
-
-            watch = services.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
-            if not done.wait(60):
-                raise RuntimeError(f"job {job_id} did not complete")
-            out.append(time.perf_counter() - started)
-            watch.unsubscribe()
-    return out
+def _row(label: str, values: dict[str, str]) -> str:
+    return f"  {label:<34}" + "".join(f"{values.get(t, '—'):>16}" for t in TARGETS)
 
 
-def writes_per_job(stack: LocalStack) -> list[int]:
-    """create + claim + progress writes + complete + notification record, per job."""
-    counts = []
-    for line in (stack.logs / "worker.log").read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("message") == "job completed":
-            counts.append(1 + 1 + int(entry.get("progressWrites", 0)) + 1 + 1)
-    return counts
+def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
+           rss: dict[str, float], cold: dict[str, float],
+           gaps: dict[str, list[float]] | None = None) -> list[str]:
+    res = bench.results
+
+    def med(target: str, level: int, pick: Callable[[Result], float]) -> float:
+        return median(pick(r) for r in res.get((target, level), []))
+
+    lines = ["", _row("measure (median of rounds)", {t: t for t in TARGETS})]
+    for level in LEVELS:
+        lines.append(_row(f"ack p50 / p99 ms, {level} client(s)", {
+            t: f"{med(t, level, lambda r: r.run.p50):.1f} / {med(t, level, lambda r: r.run.p99):.1f}"
+            for t in TARGETS}))
+        lines.append(_row(f"  throughput req/s, {level}", {
+            t: f"{med(t, level, lambda r: r.run.throughput):.0f}" for t in TARGETS}))
+    for part in ("ingress", "worker", "stack", "storage"):
+        lines.append(_row(f"CPU s per 1,000 jobs: {part}", {
+            t: f"{median(r.cpu[part] for lv in LEVELS for r in res.get((t, lv), []) if part in r.cpu):.2f}"
+            for t in TARGETS if any(part in r.cpu for lv in LEVELS for r in res.get((t, lv), []))}))
+    storage = [r.cpu["storage"] for lv in LEVELS for r in res.get(("kiln", lv), [])
+               if "storage" in r.cpu]
+    if storage:
+        lines.append("  Storage emulator CPU per 1,000 jobs, run by run: "
+                     + " ".join(f"{s:.1f}" for s in storage) + " s")
+    lines.append(_row("e2e overhead p50 / p95 ms", {
+        t: f"{median(v) * 1000:.0f} / {sorted(v)[int(0.95 * (len(v) - 1))] * 1000:.0f}"
+        for t, v in e2e.items() if v}))
+    if e2e.get("kiln-gen"):
+        lines.append(f"  Kiln e2e without the generator's own time (timeline: generated − "
+                     f"submitted) p50 {median(e2e['kiln-gen']) * 1000:.0f} ms")
+    for gap, values in (gaps or {}).items():
+        if values:
+            lines.append(f"    {gap:<24} p50 {median(values):7.1f} ms")
+    if push_floor:
+        lines.append(f"  push delivery floor (publish → push received at a bare endpoint) p50 "
+                     f"{median(push_floor) * 1000:.0f} ms")
+    lines.append(_row("RSS MB (ingress+worker / stack)", {
+        t: f"{rss.get(t + ':fn', 0):.0f} / {rss.get(t, 0):.0f}" for t in ("kiln", "peer")}))
+    for name, seconds in cold.items():
+        lines.append(f"  cold start, {name}: {seconds * 1000:.0f} ms")
+    ratio_p50 = med("kiln", 1, lambda r: r.run.p50) / med("floor", 1, lambda r: r.run.p50)
+    ratio_p99 = med("kiln", 64, lambda r: r.run.p99) / med("floor", 64, lambda r: r.run.p99)
+    kiln_cpu = median(r.cpu["ingress"] for lv in LEVELS for r in res.get(("kiln", lv), []))
+    peer_cpu = median(r.cpu["ingress"] for lv in LEVELS for r in res.get(("peer", lv), []))
+    lines.append("")
+    lines.append(f"bench: ack p50 {ratio_p50:.2f}× floor, c64 p99 {ratio_p99:.2f}× floor, "
+                 f"ingress cpu/job {kiln_cpu / peer_cpu:.2f}× peer, "
+                 f"e2e p50 {median(e2e.get('kiln-gen') or e2e.get('kiln', [])) * 1000:.0f} ms")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kiln_dev.bench", description=__doc__)
-    parser.add_argument("--requests", type=int, default=640)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="one short round (1–2 minutes)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400, help="per target and level")
+    parser.add_argument("--jobs", type=int, default=20, help="sequential end-to-end jobs")
+    parser.add_argument("--worker-concurrency", type=int, default=8,
+                        help="pushes the worker takes at once (the stack's push relay; 0: the "
+                             "Pub/Sub emulator's own push, at most 2)")
+    parser.add_argument("--threads", type=int, default=16,
+                        help="gunicorn threads of both ingresses (16: measured best at 64 clients)")
     args = parser.parse_args(argv)
+    from kiln_dev import bench_e2e
+    from kiln_dev.bench_peer import PeerStack
+
+    if args.quick:
+        args.rounds, args.requests, args.jobs = 1, 128, 10
     env = {"KILN_OFFLINE_IMAGE_SECONDS": "0", "KILN_OFFLINE_MODEL_SECONDS": "0"}
-    print("starting the local stack…", flush=True)
-    with LocalStack(StackConfig(env=env, sweep_interval=0)) as stack:
-        services = stack.services()
-        lat = ack_latency(stack, args.requests, args.concurrency)
-        print(f"\nPOST /v1/jobs acknowledgement, {args.requests} requests at "
-              f"{args.concurrency} concurrent (worker busy with the accepted jobs):")
-        print(f"  p50 {percentile(lat, 50):6.1f} ms   p95 {percentile(lat, 95):6.1f} ms   "
-              f"p99 {percentile(lat, 99):6.1f} ms   max {max(lat):6.1f} ms   "
-              f"throughput ≈ {args.requests / (sum(lat) / 1000 / args.concurrency):.0f}/s")
-        # Let the worker drain the acknowledged jobs before timing single jobs.
-        _drain(services, timeout=300)
-        e2e = overhead(stack, services, args.jobs)
-        print(f"\nOrchestration overhead (generation 0 s), {args.jobs} sequential image jobs,")
-        print("POST → completed seen by a snapshot listener:")
-        print(f"  p50 {percentile(e2e, 50) * 1000:6.0f} ms   p95 {percentile(e2e, 95) * 1000:6.0f} ms"
-              f"   mean {statistics.mean(e2e) * 1000:6.0f} ms")
-        counts = writes_per_job(stack)
-        if counts:
-            print(f"\nFirestore writes per job document (0 s jobs): min {min(counts)}  "
-                  f"median {statistics.median(counts)}  max {max(counts)}")
+    print(f"starting the local stack and the peer… ({time.strftime('%H:%M:%S')})", flush=True)
+    cold: dict[str, float] = {}
+    config = StackConfig(env=env, sweep_interval=0, ingress_threads=args.threads,
+                         push_relay=args.worker_concurrency)
+    with LocalStack(config) as stack, \
+            PeerStack(threads=args.threads) as peer:
+        cold["ingress (process start → first 202)"] = bench_e2e.cold_start(stack)
+        bench = Bench(stack, peer)
+        bench.sent["kiln"] += 1  # the cold start's job
+        for round_no in range(args.rounds):
+            for level in LEVELS:
+                for target in TARGETS:
+                    requests = args.requests if level > 1 else max(50, args.requests // 2)
+                    result = bench.measure(target, level, requests)
+                    print(f"round {round_no + 1} c{level:<3} {target:<6} p50 {result.run.p50:6.1f} "
+                          f"p99 {result.run.p99:6.1f} ms  {result.run.throughput:5.0f}/s  "
+                          + "  ".join(f"{k} {v:.2f}" for k, v in result.cpu.items()), flush=True)
+        e2e, push_floor, gaps = bench_e2e.sequential(stack, peer, bench.headers, args.jobs)
+        rss = {"kiln": rss_mb(bench.parts("kiln")["stack"]),
+               "kiln:fn": rss_mb([stack.procs["ingress"].pid, stack.procs["worker"].pid]),
+               "peer": rss_mb(peer.pgids()), "peer:fn": rss_mb(peer.pgids("gunicorn", "celery"))}
+        print("\n".join(report(bench, e2e, push_floor, rss, cold, gaps)), flush=True)
     return 0
 
 
-def _drain(services: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = sum(len(services.store.find(status=status.value, limit=1000))
-                   for status in (JobStatus.PENDING, JobStatus.PROCESSING))
-        if busy == 0:
-            return
-        time.sleep(0.5)
+def completed(services: Any, job_id: str, timeout: float = 60) -> None:
+    """Block until ``job_id``'s document says completed (a snapshot listener, as an app)."""
+    done = threading.Event()
+
+    def on_snapshot(docs: list[Any], _c: Any, _t: Any) -> None:
+        if any(d.exists and Job.from_docs(d.id, d.to_dict() or {}).status
+               is JobStatus.COMPLETED for d in docs):
+            done.set()
+
+    watch = services.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
+    try:
+        if not done.wait(timeout):
+            raise RuntimeError(f"job {job_id} did not complete by {dt.datetime.now():%H:%M:%S}")
+    finally:
+        watch.unsubscribe()
 
 
 if __name__ == "__main__":

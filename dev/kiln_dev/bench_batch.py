@@ -16,7 +16,7 @@ import time
 from kiln_client import KilnClient
 
 from kiln.runtime.keys import create_key
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.stack import WORKER_SUBSCRIPTION, LocalStack, StackConfig
 
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.stack import LocalStack, StackConfig
 
 SECRET = "whsec_" + "YmVuY2gtY2FsbGJhY2tzLWxvY2FsLXNlY3JldC1ub3QtcmVhbA=="  # local only

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kiln.adapters.cloudtasks import CloudTasksScheduler
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.stack import WORKER_SUBSCRIPTION, LocalStack, StackConfig
 
 

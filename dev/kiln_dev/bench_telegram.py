@@ -22,7 +22,7 @@ import time
 import httpx
 
 from kiln.channels.telegram.client import BotClient
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.telegram import SECRET_HEADER, TelegramServer
 

@@ -34,7 +34,7 @@ import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core.job import Job
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.chaos_tasks import SlowTaskServer
 from kiln_dev.stack import LocalStack, StackConfig
 

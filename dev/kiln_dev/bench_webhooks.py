@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from kiln.runtime.keys import create_key
-from kiln_dev.bench import percentile
+from kiln_dev.bench_load import percentile
 from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.webhook_receiver import Behavior, Received, WebhookReceiver
 

@@ -4,6 +4,7 @@
     kiln dev              run the stack until Ctrl-C (writes .kiln/dev.json for the others)
     kiln watch JOB_ID     live progress of one job (snapshot listener)
     kiln jobs ...         list / show / cancel / retry jobs (see ``kiln jobs --help``)
+    kiln trace JOB_ID     a job's timeline as a waterfall (accepted → notified)
 
 Commands other than ``demo``/``dev`` talk to the stack described by ``.kiln/dev.json``
 when it exists (and the environment names no emulator), else to whatever the environment
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 DEV_FILE = Path(".kiln/dev.json")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
 OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter", "kiln.ops.keys",
-                     "kiln.ops.webhooks")
+                     "kiln.ops.webhooks", "kiln.ops.trace")
 
 
 def main(argv: Sequence[str] | None = None, *,
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None, *,
                       "signed batch.completed webhook")
     dev = sub.add_parser("dev", help="run the local stack until Ctrl-C")
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
+    dev.add_argument("--worker-concurrency", type=int, default=8, metavar="N",
+                     help="jobs the worker runs at once, as a cloud instance (default 8; "
+                          "0: the Pub/Sub emulator's own push, at most 2)")
     watch = sub.add_parser("watch", help="show a job's live progress")
     watch.add_argument("job_id")
     from kiln.ops.jobs import add_jobs_parser
@@ -94,14 +98,15 @@ def run_dev(args: argparse.Namespace) -> int:
     # Ctrl-C must stop the stack even when the shell that started us ignored SIGINT (a
     # background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    stack = LocalStack(StackConfig(ingress_port=args.port))
+    stack = LocalStack(StackConfig(ingress_port=args.port, push_relay=args.worker_concurrency))
     print("starting the local stack…", flush=True)
     with stack:
         try:
             write_dev_file(stack)
             token = emulator_id_token("dev-user", stack.config.project)
             print(f"ingress  {stack.ingress_url}   (POST /v1/jobs, GET /v1/jobs/ID, /healthz)")
-            print(f"worker   {stack.worker_url}   (Pub/Sub push target)")
+            relay = f", {args.worker_concurrency} at once" if args.worker_concurrency else ""
+            print(f"worker   {stack.worker_url}   (Pub/Sub push target{relay})")
             print(f"fcm      {stack.fcm.url}/_kiln/messages   (recorded pushes)")
             print(f"logs     {stack.logs}")
             print("\ntry:\n  curl -s -X POST " + stack.ingress_url + "/v1/jobs \\\n"

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from kiln_dev.faults import HttpFaultProxy, TcpProxy
+from kiln_dev.pusher import PushRelay
 from kiln_dev.standins.fcm import FcmServer
 
 if TYPE_CHECKING:
@@ -107,11 +108,15 @@ class StackConfig:
     tasks_seed: int | None = None
     sweep_interval: float = 2.0  # 0 turns the local sweeper loop off
     worker_threads: int = 8
+    ingress_threads: int = 16  # gunicorn threads of the ingress (THREADS), sized by make bench
     workdir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra KILN_* settings for functions
     companions: list[Companion] = field(default_factory=list)
     startup_timeout: float = 90.0
     worker_processes: int = 1  # gunicorn worker processes of the worker function (WORKERS)
+    #: Pushes the worker receives at once through ``kiln_dev.pusher`` (the emulator's own
+    #: push loop carries at most 2); 0 keeps the emulator's push subscription.
+    push_relay: int = 0
     #: parts the *functions* reach through a fault proxy: "storage" (HTTP, per-request
     #: faults), "pubsub" / "firestore" (TCP, on/off). Tests and the sweeper loop go direct.
     fault_proxies: tuple[str, ...] = ()
@@ -149,6 +154,7 @@ class LocalStack:
         self.fcm = FcmServer(c.host, c.fcm_port)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self.relay: PushRelay | None = None
         self.sweeps: list[dict[str, int]] = []
         self.started = False
 
@@ -252,6 +258,11 @@ class LocalStack:
         self._start_proxies()  # after the waits: a part may have moved to another port
         self._start_functions(deadline)
         self._create_topology()
+        if c.push_relay > 0:
+            self.relay = PushRelay(
+                self._addr(c.pubsub_port),
+                f"projects/{c.project}/subscriptions/{WORKER_SUBSCRIPTION}", f"{self.worker_url}/",
+                concurrency=c.push_relay).start()
         if c.sweep_interval > 0:
             self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="sweeper")
             self._sweeper.start()
@@ -272,7 +283,7 @@ class LocalStack:
         elif name == "storage":
             storage_dir = self.workdir / "storage"
             storage_dir.mkdir(exist_ok=True)
-            self._spawn(name, [sys.executable, "-m", "gcp_storage_emulator", "start",
+            self._spawn(name, [sys.executable, "-m", "kiln_dev.storage_emulator", "start",
                                f"--host={c.host}", f"--port={c.storage_port}",
                                f"--default-bucket={self.bucket}", "--quiet"],
                         cwd=storage_dir, ready=f"http://{self._addr(c.storage_port)}/")
@@ -301,9 +312,11 @@ class LocalStack:
         before either bound moves both."""
         c = self.config
         for attempt in range(3):
-            env = {**os.environ, **self.function_env(), "THREADS": str(c.worker_threads),
+            env = {**os.environ, **self.function_env(),
+                   "THREADS": str(max(c.worker_threads, c.push_relay)),
                    "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
-            self._spawn("ingress", self._ff("ingress", "http", c.ingress_port), env=env,
+            self._spawn("ingress", self._ff("ingress", "http", c.ingress_port),
+                        env={**env, "THREADS": str(c.ingress_threads)},
                         ready=f"{self.ingress_url}/healthz", want=200)
             self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
                         ready=f"{self.worker_url}/")
@@ -431,7 +444,9 @@ class LocalStack:
                 (subscriber.create_subscription, {"request": {
                     "name": subscriber.subscription_path(project, WORKER_SUBSCRIPTION),
                     "topic": topic,
-                    "push_config": {"push_endpoint": f"{self.worker_url}/"},
+                    # Pulled by the push relay when there is one (kiln_dev.pusher).
+                    "push_config": {} if self.config.push_relay > 0
+                    else {"push_endpoint": f"{self.worker_url}/"},
                     "ack_deadline_seconds": 600,
                     "retry_policy": {"minimum_backoff": "1s", "maximum_backoff": "10s"},
                     # Accepted, not honoured, by the emulator (see docs/reliability.md).
@@ -466,6 +481,9 @@ class LocalStack:
         self._sweeper_stop.set()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
         _kill_groups(list(reversed(self.procs.values())))
         self.procs.clear()
         proxies = [p for p in (self.storage_proxy, self.pubsub_proxy, self.firestore_proxy) if p]

@@ -102,6 +102,7 @@ class Delivery:
 
     job_id: str
     check: int | None = None
+    published_at: dt.datetime | None = None  # when Pub/Sub took the message (its timeline)
 
 
 class Queue(Protocol):

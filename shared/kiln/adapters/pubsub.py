@@ -1,8 +1,10 @@
 """Pub/Sub adapter: wake a worker for a job.
 
 Pub/Sub only wakes workers; Firestore is the source of truth. The message carries the
-job id and nothing a worker could trust over the document. Batching is off: the
-webhook's acknowledgement must not wait for a batch window.
+job id and nothing a worker could trust over the document. Each publish is one direct
+``Publish`` RPC on the generated (GAPIC) client, made on the caller's thread: no batch,
+no commit thread, no future (docs/benchmarks.md measures why: the batching client started
+a thread per message and made the webhook wait on a future behind a batch lock).
 """
 
 from __future__ import annotations
@@ -14,32 +16,34 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-from google.cloud.pubsub_v1.types import BatchSettings
+from google.api_core import retry as retries
+from google.pubsub_v1 import PublisherClient, PubsubMessage
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
+from kiln.core import timeline
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import is_valid_job_id
 from kiln.ports import Delivery
 
-#: How long a publish may hold its caller. A healthy publish takes milliseconds; past this
-#: the job (already durable) is left to the sweeper, so an outage costs the webhook 3 s,
-#: not 10 (the message may still go out: the client keeps retrying it in the background).
+#: How long a publish may hold its caller, retries included. A healthy publish takes
+#: milliseconds; past this the job (already durable) is left to the sweeper, so an outage
+#: costs the webhook 3 s, not the SDK's default 60.
 PUBLISH_TIMEOUT = 3.0
-BATCHING = BatchSettings(max_messages=1, max_latency=0.001)
+_RETRYABLE = retries.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded,
+                                       gexc.InternalServerError, gexc.Aborted,
+                                       gexc.ResourceExhausted, gexc.Unknown)
 
 
 class PubSubQueue:
     """Publishes ``{"jobId": ...}`` to the jobs topic."""
 
-    def __init__(
-        self, project: str, topic: str, client: pubsub_v1.PublisherClient | None = None, *,
-        timeout: float = PUBLISH_TIMEOUT,
-    ) -> None:
+    def __init__(self, project: str, topic: str, client: PublisherClient | None = None, *,
+                 timeout: float = PUBLISH_TIMEOUT) -> None:
         self.timeout = timeout
-        # One message per batch, sent at once: no batching delay on the ack path.
-        self.client = client or pubsub_v1.PublisherClient(batch_settings=BATCHING)
+        self.client = client or PublisherClient()
         self.topic_path = self.client.topic_path(project, topic)
+        self.retry = retries.Retry(initial=0.05, maximum=1.0, multiplier=2.0,
+                                   predicate=_RETRYABLE, timeout=timeout)
 
     @classmethod
     def connect(cls, project: str, topic: str, *, emulator_host: str = "",
@@ -48,21 +52,22 @@ class PubSubQueue:
         kwargs: dict[str, Any] = {}
         if emulator_host:
             kwargs["transport"] = PublisherGrpcTransport(channel=grpc.insecure_channel(emulator_host))
-        return cls(project, topic, pubsub_v1.PublisherClient(batch_settings=BATCHING, **kwargs),
-                   timeout=timeout)
+        return cls(project, topic, PublisherClient(**kwargs), timeout=timeout)
 
     def publish(self, job_id: str, *, reason: str = "new", check: int | None = None) -> str:
-        """Publish and wait for the server's message id.
+        """Publish and wait for the server's message id (at most ``timeout`` seconds).
 
         Raises:
             RetryableError: Pub/Sub did not take the message.
         """
         data, attributes = encode_message(job_id, reason=reason, check=check)
+        message = PubsubMessage(data=data, attributes=attributes)
         try:
-            future = self.client.publish(self.topic_path, data, **attributes)
-            return str(future.result(timeout=self.timeout))
+            response = self.client.publish(topic=self.topic_path, messages=[message],
+                                           retry=self.retry, timeout=self.timeout)
         except (gexc.GoogleAPIError, TimeoutError) as exc:
             raise RetryableError("The job queue is unavailable.", code="queue_unavailable") from exc
+        return str(response.message_ids[0])
 
 
 def encode_message(job_id: str, *, reason: str = "new",
@@ -94,4 +99,4 @@ def decode_message(data: Any) -> Delivery:
         raise PermanentError("Job message has an invalid job id.", code="poison_message")
     if check is not None and (not isinstance(check, int) or isinstance(check, bool) or check < 0):
         raise PermanentError("Job message has an invalid check number.", code="poison_message")
-    return Delivery(job_id, check)
+    return Delivery(job_id, check, timeline.parse_time(message.get("publishTime")))

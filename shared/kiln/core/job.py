@@ -134,6 +134,7 @@ class ServerState:
     notify: Mapping[str, Any] | None = None
     telegram: Mapping[str, Any] | None = None
     webhook: str | None = None  # an API job's own webhook URL (kiln.webhooks)
+    timeline: Mapping[str, Any] | None = None  # step → when (kiln.core.timeline)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any] | None) -> ServerState:

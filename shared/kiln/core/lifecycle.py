@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.core import timeline
 from kiln.core.errors import CanceledError, LeaseLostError, RetryableError, TransitionError
 from kiln.core.job import Change, Job, JobStatus, NewJob, allowed, target
 from kiln.core.policy import RetryPolicy
@@ -74,7 +75,8 @@ def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt
     }
     private: dict[str, Any] = {"deadlineAt": policy.deadline(now),
                                "fingerprint": request.fingerprint(), "handoffs": 0,
-                               "expireAt": doc["expireAt"], **(server or {})}
+                               "expireAt": doc["expireAt"],
+                               timeline.FIELD: {"accepted": now}, **(server or {})}
     if idempotency_key is not None:
         private["idempotencyKey"] = idempotency_key
     return NewJob(job_id, doc, private)

@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from PIL import Image
 
 from kiln.core.errors import KilnError, PermanentError, RetryableError
 
@@ -155,6 +154,8 @@ def as_png(data: bytes, what: str = "image") -> bytes:
     """
     if data.startswith(PNG_SIGNATURE):
         return data
+    from PIL import Image  # here: the ingress imports this module (URL rules), never Pillow
+
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG", "WEBP", "PNG", "GIF"]) as image:
             if image.width * image.height > MAX_CONVERT_PIXELS:

@@ -22,7 +22,7 @@ from typing import Any
 from kiln import log
 from kiln.adapters.fcm import build_message, image_url
 from kiln.compose import Services
-from kiln.core import lifecycle
+from kiln.core import lifecycle, timeline
 from kiln.core.job import Job
 from kiln.runtime import batch_end
 
@@ -81,7 +81,8 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         report["error"] = type(exc).__name__
         state = "error"
-    services.store.apply(job_id, lifecycle.notified(state, report))
+    services.store.apply(job_id, timeline.carry(lifecycle.notified(state, report),
+                                                {"notified": services.clock.now()}))
     batch_end.on_job_ended(services, job)
     return report
 

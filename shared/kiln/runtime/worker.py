@@ -12,15 +12,17 @@ polls it once, then parks again or fetches the result.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from kiln import log
 from kiln.adapters.pubsub import decode_message
 from kiln.compose import Services
-from kiln.core import lifecycle
+from kiln.core import lifecycle, timeline
 from kiln.core.errors import (
     CanceledError,
     ConfigError,
@@ -80,6 +82,7 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
         RetryableError: the job was released for another attempt, or is in backoff (nack).
     """
     started = services.clock.monotonic()
+    delivered_at = services.clock.now()
     outcome = RunOutcome.RELEASED
     job_id: str | None = None
     try:
@@ -98,7 +101,8 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
         return outcome
     with log.job_context(job_id):
         try:
-            outcome = run_job(job_id, services, check=delivery.check)
+            outcome = run_job(job_id, services, check=delivery.check,
+                              published_at=delivery.published_at, delivered_at=delivered_at)
             return outcome
         except RetryableError as exc:
             outcome = RunOutcome.NOT_YET if exc.code == BACKOFF else RunOutcome.RELEASED
@@ -112,14 +116,19 @@ def _log_delivery(outcome: RunOutcome, started: float, services: Services) -> No
               seconds=round(services.clock.monotonic() - started, 3))
 
 
-def run_job(job_id: str, services: Services, *, check: int | None = None) -> RunOutcome:
-    """Run one delivery of ``job_id`` (``check``: the scheduled check it is)."""
+def run_job(job_id: str, services: Services, *, check: int | None = None,
+            published_at: dt.datetime | None = None,
+            delivered_at: dt.datetime | None = None) -> RunOutcome:
+    """Run one delivery of ``job_id`` (``check``: the scheduled check it is; the two times
+    go on the job's timeline with its claim)."""
     clock = services.clock
     started = clock.monotonic()
-    outcome, job, resume_task_id = _claim(job_id, services, check)
+    outcome, job, resume_task_id = _claim(job_id, services, check,
+                                          {"published": published_at, "delivered": delivered_at})
     if outcome is not ClaimOutcome.CLAIMED:
         return RunOutcome(outcome.value)
     assert job is not None
+    attempt = job.attempts + (0 if check is not None else 1)
     request = GenerationRequest(job_id=job_id, kind=job.kind, prompt=job.prompt,
                                 options=dict(job.options))
     reporter = ProgressReporter(
@@ -140,15 +149,22 @@ def run_job(job_id: str, services: Services, *, check: int | None = None) -> Run
                   resume=bool(resume_task_id))
         notify.on_started(services, job)
     deadline = started + services.settings.worker_budget_seconds
+    # The end write carries when generation began (a synchronous provider's submit) and
+    # when the result was stored.
+    marks = {timeline.step("submitted", attempt): clock.now()
+             if isinstance(provider, SyncProvider) else None}
     try:
         produced = _generate(provider, request, reporter, services, resume_task_id, deadline)
+        marks[timeline.step("generated", attempt)] = clock.now()
         reporter.update(max(reporter.progress, 95), "uploading")
         reporter.raise_if_stopped()
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
-        ended = services.store.transact(job_id, lambda current: (lifecycle.complete(
-            current, worker_id=services.worker_id, result=result,
-            provenance=produced.provenance), True))
+        marks[timeline.step("stored", attempt)] = clock.now()
+        ended = services.store.transact(job_id, lambda current: (timeline.carry(
+            lifecycle.complete(current, worker_id=services.worker_id, result=result,
+                               provenance=produced.provenance),
+            {**marks, "completed": clock.now()}), True))
         log.event(logger, "job completed", bytes=result["bytes"], progressWrites=reporter.writes,
                   seconds=round(clock.monotonic() - started, 3))
         if ended:
@@ -165,11 +181,11 @@ def run_job(job_id: str, services: Services, *, check: int | None = None) -> Run
         log.event(logger, "lease lost; another worker continues", logging.WARNING)
         return RunOutcome.LEASE_LOST
     except PermanentError as exc:
-        return _fail(job_id, services, exc.code, exc.message)
+        return _fail(job_id, services, exc.code, exc.message, steps=marks)
     except _TaskFailed as exc:
-        return _retry_later(job_id, services, exc.error, forget_task=True)
+        return _retry_later(job_id, services, exc.error, forget_task=True, steps=marks)
     except RetryableError as exc:
-        return _retry_later(job_id, services, exc)
+        return _retry_later(job_id, services, exc, steps=marks)
     except Exception as exc:
         # A bug or an SDK error nobody translated: retry like a crash would, within limits.
         log.event(logger, "unexpected error", logging.ERROR, error=type(exc).__name__,
@@ -178,15 +194,16 @@ def run_job(job_id: str, services: Services, *, check: int | None = None) -> Run
             "Something went wrong on our side.", code="internal"))
 
 
-def _claim(job_id: str, services: Services,
-           check: int | None) -> tuple[ClaimOutcome, Job | None, str | None]:
+def _claim(job_id: str, services: Services, check: int | None,
+           arrival: dict[str, dt.datetime | None]) -> tuple[ClaimOutcome, Job | None, str | None]:
     now = services.clock.now()
     token = uuid.uuid4().hex  # this delivery's claim, recognised if the SDK retries it
 
     def decide(job: Job | None) -> tuple[Any, tuple[ClaimOutcome, Job | None, str | None]]:
         claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
                                 policy=services.policy, claim_token=token, check=check)
-        return claim.change, (claim.outcome, job, claim.resume_task_id)
+        return (timeline.carry(claim.change, _claim_steps(claim.outcome, job, check, now, arrival)),
+                (claim.outcome, job, claim.resume_task_id))
 
     outcome, job, task_id = services.store.transact(job_id, decide)
     if outcome in (ClaimOutcome.EXHAUSTED, ClaimOutcome.EXPIRED):
@@ -206,6 +223,20 @@ def _claim(job_id: str, services: Services,
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
+
+
+def _claim_steps(outcome: ClaimOutcome, job: Job | None, check: int | None, now: dt.datetime,
+                 arrival: dict[str, dt.datetime | None]) -> dict[str, dt.datetime | None]:
+    """The timeline steps a claim's write carries."""
+    if outcome in (ClaimOutcome.EXHAUSTED, ClaimOutcome.EXPIRED):
+        return {"failed": now}
+    if outcome is not ClaimOutcome.CLAIMED or job is None:
+        return {}
+    if check is not None:
+        return {f"check_{check}": now}
+    attempt = job.attempts + 1
+    return {**{timeline.step(name, attempt): at for name, at in arrival.items()},
+            timeline.step("claimed", attempt): now}
 
 
 class _TaskFailed(Exception):
@@ -271,9 +302,11 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
 def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services) -> bool:
     """Checkpoint the task id at once (no later delivery pays for a second task) and index
     it for callbacks; True when a callback for it came first (check at once)."""
-    services.store.transact(job_id, lambda job: (lifecycle.checkpoint(
-        job, worker_id=services.worker_id, now=services.clock.now(), policy=services.policy,
-        provider=provider.name, task_id=task_id), None))
+    now = services.clock.now()
+    services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.checkpoint(
+        job, worker_id=services.worker_id, now=now, policy=services.policy,
+        provider=provider.name, task_id=task_id),
+        {timeline.step("submitted", job.attempts if job else 1): now}), None))
     try:
         return services.task_index.link(provider.name, task_key(provider.name, task_id), job_id)
     except KilnError as exc:  # callbacks for it are ignored; the checks still find its end
@@ -304,10 +337,12 @@ def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
     return RunOutcome.WAITING
 
 
-def _fail(job_id: str, services: Services, code: str, message: str) -> RunOutcome:
+def _fail(job_id: str, services: Services, code: str, message: str, *,
+          steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
     try:
-        services.store.transact(job_id, lambda job: (lifecycle.fail(
-            job, code=code, message=message, worker_id=services.worker_id), None))
+        services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.fail(
+            job, code=code, message=message, worker_id=services.worker_id),
+            {**(steps or {}), "failed": services.clock.now()}), None))
     except (CanceledError, LeaseLostError):
         return RunOutcome.LEASE_LOST
     log.event(logger, "job failed", logging.WARNING, code=code)
@@ -316,12 +351,17 @@ def _fail(job_id: str, services: Services, code: str, message: str) -> RunOutcom
 
 
 def _retry_later(job_id: str, services: Services, exc: RetryableError, *,
-                 forget_task: bool = False) -> RunOutcome:
+                 forget_task: bool = False,
+                 steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
     """Release for another attempt (and raise to nack), or fail if none are left."""
     def decide(job: Job | None) -> tuple[Any, float | None]:
-        return lifecycle.retry_or_fail(job, worker_id=services.worker_id,
-                                       now=services.clock.now(), policy=services.policy,
-                                       error=exc, forget_task=forget_task)
+        now = services.clock.now()
+        change, backoff = lifecycle.retry_or_fail(job, worker_id=services.worker_id, now=now,
+                                                  policy=services.policy, error=exc,
+                                                  forget_task=forget_task)
+        step = "failed" if backoff is None or job is None else timeline.step("released",
+                                                                             job.attempts)
+        return timeline.carry(change, {**(steps or {}), step: now}), backoff
 
     try:
         backoff = services.store.transact(job_id, decide)

@@ -1,0 +1,100 @@
+"""The local stack's push relay (``kiln_dev.pusher``): more than two pushes at once, a
+held push never stalls the others, a failed push comes back after the backoff."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import pytest
+from google.pubsub_v1 import PublisherClient, PubsubMessage, SubscriberClient
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from kiln_dev.pusher import PushRelay
+from kiln_dev.stack import LocalStack
+from support import wait_for
+
+
+class Sink:
+    """An endpoint that holds every push until released; the first push of each key in
+    ``fail_once`` is answered 500."""
+
+    def __init__(self, fail_once: set[str]) -> None:
+        self.release, self.lock = threading.Event(), threading.Lock()
+        self.held: set[str] = set()
+        self.answered: list[tuple[str, int]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                key = body["message"]["attributes"]["key"]
+                assert body["message"]["publishTime"].endswith("Z")
+                status = 204
+                with sink.lock:
+                    if key in fail_once:
+                        fail_once.discard(key)
+                        status = 500
+                    else:
+                        sink.held.add(key)
+                if status == 204:
+                    sink.release.wait(30)
+                self.send_response(status)
+                self.end_headers()
+                with sink.lock:
+                    sink.answered.append((key, status))
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+
+@pytest.fixture
+def relay_topic(stack: LocalStack) -> Iterator[tuple[PublisherClient, str, str]]:
+    host = f"{stack.config.host}:{stack.config.pubsub_port}"
+    publisher = PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))
+    subscriber = SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(host)))
+    name = f"relay-{uuid.uuid4().hex[:8]}"
+    topic = publisher.topic_path(stack.config.project, name)
+    subscription = subscriber.subscription_path(stack.config.project, name)
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(request={"name": subscription, "topic": topic,
+                                            "ack_deadline_seconds": 60})
+    yield publisher, topic, subscription
+    subscriber.delete_subscription(subscription=subscription)
+    publisher.delete_topic(topic=topic)
+
+
+def test_six_pushes_at_once_and_a_failed_one_comes_back(
+        stack: LocalStack, relay_topic: tuple[PublisherClient, str, str]) -> None:
+    """Given a relay with 6 slots and an endpoint that holds every push, when 8 messages
+    are published, then 6 are held at once (never more) while the rest wait; once released
+    all 8 are acked, and the one answered 500 first is delivered again."""
+    publisher, topic, subscription = relay_topic
+    sink = Sink(fail_once={"m7"})
+    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
+                      sink.url, concurrency=6).start()
+    try:
+        for i in range(8):
+            publisher.publish(topic=topic, messages=[
+                PubsubMessage(data=b"{}", attributes={"key": f"m{i}"})])
+        wait_for(lambda: len(sink.held) >= 6, 30, what="six pushes held at once")
+        assert relay.peak == 6
+        sink.release.set()
+        wait_for(lambda: {k for k, s in sink.answered if s == 204} == {f"m{i}" for i in range(8)},
+                 30, what="every push answered")
+        assert ("m7", 500) in sink.answered and relay.peak == 6
+    finally:
+        sink.release.set()
+        relay.stop()
+        sink.server.shutdown()

@@ -1,0 +1,40 @@
+"""``make bench``'s report: medians over rounds, ratios against the floor and the peer, and
+the exact last line the issue asks for (numbers made up here; no timing is asserted)."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+from kiln_dev.bench import LEVELS, Result, report
+from kiln_dev.bench_load import Run, closed_loop
+
+
+def result(ms: float, ingress: float) -> Result:
+    return Result(Run([ms] * 98 + [ms * 3] * 2, wall=1.0), {"ingress": ingress, "worker": 1.0,
+                                                        "stack": 2.0})
+
+
+def test_the_last_line_gives_the_ratios() -> None:
+    """Given two rounds per target and level, when reported, then the last line is the
+    issue's, with Kiln's c1 p50 and c64 p99 over the floor's and ingress CPU over the peer's."""
+    results = {}
+    for level in LEVELS:
+        results[("floor", level)] = [result(2.0, 0.0), result(4.0, 0.0)]
+        results[("kiln", level)] = [result(3.0, 2.4), result(6.0, 2.4)]
+        results[("peer", level)] = [result(1.0, 1.2), result(1.0, 1.2)]
+    bench = SimpleNamespace(results=results)
+    lines = report(bench, {"kiln": [0.040, 0.050, 0.060], "peer": [0.005]}, [0.010],  # type: ignore[arg-type]
+                   {"kiln": 900.0, "kiln:fn": 400.0, "peer": 270.0, "peer:fn": 260.0},
+                   {"ingress": 1.5})
+    assert lines[-1] == ("bench: ack p50 1.50× floor, c64 p99 1.50× floor, "
+                         "ingress cpu/job 2.00× peer, e2e p50 50 ms")
+    assert re.search(r"ack p50 / p99 ms, 64 client\(s\)\s+3.0 / 9.0\s+4.5 / 13.5\s+1.0 / 3.0",
+                     "\n".join(lines))
+
+
+def test_the_closed_loop_counts_every_request_once() -> None:
+    seen: list[int] = []
+    run = closed_loop(seen.append, requests=50, concurrency=4)
+    assert len(run.latencies) == 50 and len(seen) == 54  # 4 warm-ups, then 50 measured
+    assert sorted(seen) == list(range(54))
