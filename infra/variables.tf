@@ -246,3 +246,58 @@ variable "tasks_max_dispatches_per_second" {
   type        = number
   default     = 100
 }
+
+
+variable "plans" {
+  description = "KILN_PLANS: the plan table, 'name:daily=N,running=N,priority=N;...'."
+  type        = string
+  default     = "free:daily=50,running=2,priority=0;pro:daily=2000,running=8,priority=10"
+}
+
+variable "default_plan" {
+  description = "KILN_DEFAULT_PLAN: the plan of an app user without a plan claim."
+  type        = string
+  default     = "free"
+}
+
+variable "telegram_plan" {
+  description = "KILN_TELEGRAM_PLAN: the plan of every Telegram chat."
+  type        = string
+  default     = "free"
+}
+
+variable "plan_grants" {
+  description = "KILN_PLAN_GRANTS: an operator's grants, 'uid=plan,...'."
+  type        = string
+  default     = ""
+}
+
+variable "max_waiting" {
+  description = "KILN_MAX_WAITING: jobs waiting to start across Kiln before new ones get 503."
+  type        = number
+  default     = 10000
+}
+
+variable "queue_ttl_seconds" {
+  description = "KILN_QUEUE_TTL_SECONDS: a job waiting longer to start fails 'expired'."
+  type        = number
+  default     = 3600
+}
+
+variable "queue_ageing_seconds" {
+  description = "KILN_QUEUE_AGEING_SECONDS: a waiting job gains one priority point per this."
+  type        = number
+  default     = 30
+}
+
+variable "provider_capacity" {
+  description = "KILN_PROVIDER_CAPACITY: tasks at once per provider account, 'K' or 'name=K,...'."
+  type        = string
+  default     = "8"
+}
+
+variable "provider_backoff_seconds" {
+  description = "KILN_PROVIDER_BACKOFF_SECONDS: how long a provider 429 halves its window."
+  type        = number
+  default     = 60
+}

@@ -20,7 +20,7 @@ from typing import IO, Any, TypeVar
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Device, Job, NewJob
-from kiln.ports import Decide, Delivery, PushResult, StoredObject, Validator
+from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
 T = TypeVar("T")
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -335,12 +335,97 @@ class RecordingPush:
 
 
 class TokenVerifier:
-    """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``."""
+    """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``;
+    ``Bearer uid:<uid>;plan=<plan>`` with that plan claim."""
 
     def verify(self, authorization: str | None) -> str:
+        return self.identify(authorization).uid
+
+    def identify(self, authorization: str | None) -> Identity:
         from kiln.core.errors import RequestError
 
         scheme, _, token = (authorization or "").partition(" ")
+        token, _, plan = token.partition(";plan=")
         if scheme.lower() != "bearer" or not token.startswith("uid:") or len(token) == 4:
             raise RequestError(401, "unauthenticated", "Sign in first.")
-        return token[4:]
+        return Identity(token[4:], plan or None)
+
+
+class InMemoryCounters:
+    """``kiln.ports.Counters``: counters in a dict; ``waiting`` counts the store's
+    pending jobs (as the real one's aggregation query does)."""
+
+    def __init__(self, store: InMemoryJobStore | None = None, shards: int = 4) -> None:
+        self.store = store
+        self.values: Counter[str] = Counter()
+        self.shard_writes: Counter[str] = Counter()  # "key~shard" → writes
+        self.shards = shards
+        self._turn = 0
+
+    def total(self, key: str) -> int:
+        return self.values[key]
+
+    def add(self, key: str, amount: int) -> None:
+        self._turn += 1
+        self.values[key] += amount
+        self.shard_writes[f"{key}~{self._turn % self.shards}"] += 1
+
+    def waiting(self) -> int:
+        if self.store is None:
+            return 0
+        return sum(1 for doc in self.store.docs.values() if doc.get("status") == "pending")
+
+
+class InMemorySlots:
+    """``kiln.ports.Slots``: places in dicts; counts writes per place (the bench)."""
+
+    def __init__(self) -> None:
+        self.places: dict[str, list[str | None]] = {}
+        self.narrowed: dict[str, tuple[int, dt.datetime]] = {}
+        self.writes: Counter[str] = Counter()  # "pool~index" → writes
+        self._lock = threading.Lock()
+
+    def take(self, pool: str, capacity: int, job_id: str,
+             done: Any = None, limit: int | None = None) -> bool:
+        with self._lock:
+            places = self.places.setdefault(pool, [])
+            if job_id in places:
+                return True
+            places.extend([None] * (capacity - len(places)))
+            if done is not None:
+                for index in range(capacity):
+                    holder = places[index]
+                    if holder is not None and done(holder):
+                        places[index] = None
+                        self.writes[f"{pool}~{index}"] += 1
+            held = sum(1 for h in places[:capacity] if h is not None)
+            if limit is not None and held >= limit:
+                return False
+            for index in range(capacity):
+                holder = places[index]
+                if holder is None or (done is not None and done(holder)):
+                    places[index] = job_id
+                    self.writes[f"{pool}~{index}"] += 1
+                    return True
+            return False
+
+    def release(self, pool: str, job_id: str) -> None:
+        with self._lock:
+            places = self.places.get(pool, [])
+            if job_id in places:
+                index = places.index(job_id)
+                places[index] = None
+                self.writes[f"{pool}~{index}"] += 1
+
+    def holders(self, pool: str) -> list[str]:
+        with self._lock:
+            return [h for h in self.places.get(pool, []) if h is not None]
+
+    def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
+        self.narrowed[pool] = (capacity, until)
+
+    def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
+        narrowed = self.narrowed.get(pool)
+        if narrowed is not None and narrowed[1] > now:
+            return min(capacity, narrowed[0])
+        return capacity

@@ -23,11 +23,13 @@ from kiln.ports import (
     BlobStore,
     Channel,
     Clock,
+    Counters,
     DeviceStore,
     JobStore,
     Push,
     Queue,
     Scheduler,
+    Slots,
     TaskIndex,
     Verifier,
 )
@@ -55,6 +57,8 @@ class Services:
         channels: Mapping[str, Channel] | None = None,
         scheduler: Scheduler | None = None,
         task_index: TaskIndex | None = None,
+        counters: Counters | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -67,7 +71,8 @@ class Services:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
-                 "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index}
+                 "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
+                 "counters": counters, "slots": slots}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -117,6 +122,18 @@ class Services:
         return FirestoreTaskIndex(self.firestore)
 
     @functools.cached_property
+    def counters(self) -> Counters:
+        from kiln.adapters.firestore_queue import FirestoreCounters
+
+        return FirestoreCounters(self.firestore)
+
+    @functools.cached_property
+    def slots(self) -> Slots:
+        from kiln.adapters.firestore_queue import FirestoreSlots
+
+        return FirestoreSlots(self.firestore)
+
+    @functools.cached_property
     def blobs(self) -> BlobStore:
         from kiln.adapters.storage import CloudStorage
 
@@ -128,7 +145,10 @@ class Services:
         from kiln.adapters.firebase_auth import FirebaseAuth
 
         # The local stack's unsigned tokens have no Auth server to ask about revocation.
-        return FirebaseAuth(self.firebase_app, check_revoked=not self.settings.auth_emulator_host)
+        # Their claims are unsigned too: anyone could write ``plan`` into one.
+        local_tokens = bool(self.settings.auth_emulator_host)
+        return FirebaseAuth(self.firebase_app, check_revoked=not local_tokens,
+                            trust_claims=not local_tokens)
 
     @functools.cached_property
     def push(self) -> Push:

@@ -159,10 +159,67 @@ class Push(Protocol):
              *, image: str | None = None) -> PushResult: ...
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller: its uid and the plan its credentials carry (None: none, or a
+    claim that cannot be trusted, e.g. an unsigned local token's)."""
+
+    uid: str
+    plan: str | None = None
+
+
 class Verifier(Protocol):
     """Who calls the HTTP API: the uid behind an ``Authorization`` header."""
 
     def verify(self, authorization: str | None) -> str: ...
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The caller with its plan claim (``verify``'s checks, same errors)."""
+        ...
+
+
+class Counters(Protocol):
+    """Admission's counts with no hot document: a counter is spread over shards (each
+    written at a fraction of its rate); the jobs not yet started are counted by a query."""
+
+    def total(self, key: str) -> int:
+        """The counter's value (the sum of its shards; 0 when it was never added to)."""
+        ...
+
+    def add(self, key: str, amount: int) -> None:
+        """Add ``amount`` to one shard (a blind increment, no transaction)."""
+        ...
+
+    def waiting(self) -> int:
+        """Jobs accepted and not yet started (``pending``), at most a second stale."""
+        ...
+
+
+class Slots(Protocol):
+    """Pools of places held by running jobs: a user's running limit, a provider account's
+    capacity. One document per place, so no document is written more than twice per job."""
+
+    def take(self, pool: str, capacity: int, job_id: str,
+             done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
+        """Hold a free place of ``pool`` (of ``capacity``) for ``job_id``; True when held
+        (also when it held one already). With ``done``, a place whose holder is done (its
+        job ended) counts as free; with ``limit``, no place is taken while ``limit`` are
+        held (a narrowed window)."""
+        ...
+
+    def release(self, pool: str, job_id: str) -> None:
+        """Give back ``job_id``'s place in ``pool`` (nothing when it holds none)."""
+        ...
+
+    def holders(self, pool: str) -> list[str]: ...
+
+    def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
+        """Use at most ``capacity`` places of ``pool`` until ``until`` (a provider's 429)."""
+        ...
+
+    def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
+        """The places usable now: ``capacity``, or less while a narrowing lasts."""
+        ...
 
 
 class Clock(Protocol):

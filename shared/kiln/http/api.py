@@ -23,19 +23,22 @@ from kiln.compose import Services
 from kiln.core.errors import (
     ConflictError,
     KilnError,
+    LimitError,
     NotFoundError,
+    OverloadedError,
     RequestError,
     RetryableError,
     TransitionError,
     ValidationError,
 )
 from kiln.core.identity import check_app_uid
-from kiln.core.job import Job, is_valid_job_id
+from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import framework
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
+from kiln.runtime.admission import admit
 from kiln.runtime.callbacks import receive
 
 logger = log.get("ingress")
@@ -77,14 +80,19 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
-    uid = caller(request, services)
+    identity = services.auth.identify(request.headers.get("Authorization"))
+    uid = check_app_uid(identity.uid)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise RequestError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1-255 printable ASCII characters.")
     job_request = parse_job_request(read_json(request, settings.max_body_bytes))
+    # A replay of a keyed request was admitted the first time: it costs no quota.
+    replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
+    admission = None if replay else admit(services, uid=uid, channel="app",
+                                          plan=identity.plan)
     accepted = accept_job(services, uid=uid, channel="app", request=job_request,
-                          idempotency_key=key)
+                          idempotency_key=key, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
 
@@ -189,6 +197,10 @@ def _dispatch(request: flask.Request, services: Services) -> flask.Response:
         return framework.http_exception(exc)
     except RequestError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except LimitError as exc:  # admission: nothing was created
+        return error_response(503 if isinstance(exc, OverloadedError) else 429,
+                              exc.code, exc.message,
+                              {"Retry-After": str(max(1, int(exc.retry_after)))})
     except RetryableError as exc:
         log.event(logger, "dependency unavailable", logging.WARNING, code=exc.code)
         return error_response(503, exc.code, "The service is busy; try again shortly.",

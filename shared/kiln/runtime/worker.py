@@ -33,12 +33,13 @@ from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
 from kiln.providers.callbacks import task_key
-from kiln.runtime import checks, notify
+from kiln.runtime import checks, dispatch, notify
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
 
 logger = log.get("worker")
 
+RATE_LIMITED = "provider_rate_limited"  # a provider's 429 (kiln.providers.http)
 BACKOFF = "backoff"  # the code of the nack of a delivery that came before the job's backoff ended
 
 
@@ -52,6 +53,7 @@ class RunOutcome(enum.StrEnum):
     NOT_YET = "not_yet"  # in retry backoff: nacked (raised, not returned)
     WAITING = "waiting"  # parked on its remote task until the next check
     STALE = "stale"  # a check that is not the job's live one
+    QUEUED = "queued"  # waiting for its places in the fair queue (or put back there)
     LEASE_LOST = "lease_lost"
     POISON = "poison"
     TERMINAL = "terminal"
@@ -104,7 +106,26 @@ def _log_delivery(outcome: RunOutcome, started: float, services: Services) -> No
               seconds=round(services.clock.monotonic() - started, 3))
 
 
+#: Outcomes after which the job holds no place: the next waiting job may start.
+_GAVE_BACK = frozenset({RunOutcome.COMPLETED, RunOutcome.FAILED, RunOutcome.CANCELED,
+                        RunOutcome.EXHAUSTED, RunOutcome.EXPIRED, RunOutcome.TERMINAL,
+                        RunOutcome.QUEUED})
+
+
 def run_job(job_id: str, services: Services, *, check: int | None = None) -> RunOutcome:
+    """Run one delivery of ``job_id`` (``check``: the scheduled check it is); when the job
+    ended (or went back to the queue), start who is next in the fair queue."""
+    outcome = _run_job(job_id, services, check=check)
+    if outcome in _GAVE_BACK:
+        try:
+            dispatch.after_end(services, job_id)
+        except KilnError as exc:  # the sweeper's pass starts them within a minute
+            log.event(logger, "queue pass deferred to the sweeper", logging.WARNING,
+                      code=exc.code)
+    return outcome
+
+
+def _run_job(job_id: str, services: Services, *, check: int | None = None) -> RunOutcome:
     """Run one delivery of ``job_id`` (``check``: the scheduled check it is)."""
     clock = services.clock
     started = clock.monotonic()
@@ -161,6 +182,9 @@ def run_job(job_id: str, services: Services, *, check: int | None = None) -> Run
     except _TaskFailed as exc:
         return _retry_later(job_id, services, exc.error, forget_task=True)
     except RetryableError as exc:
+        if exc.code == RATE_LIMITED and job.server.queued_at is not None \
+                and not _task_started(services, job_id):
+            return _requeue(job_id, services, job, exc)
         return _retry_later(job_id, services, exc)
     except Exception as exc:
         # A bug or an SDK error nobody translated: retry like a crash would, within limits.
@@ -294,6 +318,26 @@ def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
         notify.on_progress(services, job, max(wait.progress, job.progress), wait.stage)
     checks.send(services, job_id, check)
     return RunOutcome.WAITING
+
+
+def _task_started(services: Services, job_id: str) -> bool:
+    current = services.store.get(job_id)
+    return current is None or bool(current.server.provider_task_id)
+
+
+def _requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> RunOutcome:
+    """The provider is at capacity (429) and no task began: back to the queue, the attempt
+    not spent, the provider's window narrowed for a while."""
+    try:
+        delay = exc.retry_after or services.settings.retry_backoff_seconds
+        services.store.transact(job_id, lambda current: (lifecycle.requeue(
+            current, worker_id=services.worker_id, now=services.clock.now(), delay=delay), None))
+    except (CanceledError, LeaseLostError):
+        return RunOutcome.LEASE_LOST
+    dispatch.provider_refused(services, job, exc.retry_after)
+    log.event(logger, "provider at capacity; job back in the queue", logging.WARNING,
+              retryAfter=exc.retry_after)
+    return RunOutcome.QUEUED
 
 
 def _fail(job_id: str, services: Services, code: str, message: str) -> RunOutcome:
