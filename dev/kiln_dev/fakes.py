@@ -352,23 +352,29 @@ class TokenVerifier:
 
 
 class InMemoryCounters:
-    """``kiln.ports.Counters``: counters in a dict; ``waiting`` counts the store's
-    pending jobs (as the real one's aggregation query does)."""
+    """``kiln.ports.Counters``: tickets in sets; ``waiting`` counts the store's pending
+    jobs (as the real one's aggregation query does)."""
 
-    def __init__(self, store: InMemoryJobStore | None = None, shards: int = 4) -> None:
+    def __init__(self, store: InMemoryJobStore | None = None) -> None:
         self.store = store
-        self.values: Counter[str] = Counter()
-        self.shard_writes: Counter[str] = Counter()  # "key~shard" → writes
-        self.shards = shards
-        self._turn = 0
+        self.tickets: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
 
-    def total(self, key: str) -> int:
-        return self.values[key]
+    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+        with self._lock:
+            held = self.tickets.setdefault(key, set())
+            free = [n for n in range(1, limit + 1) if n not in held][:count]
+            if len(free) < count:
+                return None
+            held.update(free)
+            return free
 
-    def add(self, key: str, amount: int) -> None:
-        self._turn += 1
-        self.values[key] += amount
-        self.shard_writes[f"{key}~{self._turn % self.shards}"] += 1
+    def give_back(self, key: str, numbers: list[int]) -> None:
+        with self._lock:
+            self.tickets.get(key, set()).difference_update(numbers)
+
+    def used(self, key: str) -> int:
+        return len(self.tickets.get(key, ()))
 
     def waiting(self) -> int:
         if self.store is None:

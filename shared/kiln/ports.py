@@ -179,15 +179,25 @@ class Verifier(Protocol):
 
 
 class Counters(Protocol):
-    """Admission's counts with no hot document: a counter is spread over shards (each
-    written at a fraction of its rate); the jobs not yet started are counted by a query."""
+    """Admission's counts with no hot document: a quota is numbered tickets, one document
+    each, created once (create-if-absent makes it exact under concurrency); the jobs not
+    yet started are counted by a query."""
 
-    def total(self, key: str) -> int:
-        """The counter's value (the sum of its shards; 0 when it was never added to)."""
+    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+        """Take ``count`` of the ``limit`` tickets of ``key``: their numbers, or None
+        (nothing taken) when fewer than ``count`` are left.
+
+        Raises:
+            RetryableError: the store is unavailable or too contended right now.
+        """
         ...
 
-    def add(self, key: str, amount: int) -> None:
-        """Add ``amount`` to one shard (a blind increment, no transaction)."""
+    def give_back(self, key: str, numbers: list[int]) -> None:
+        """Return tickets taken for a request that created nothing."""
+        ...
+
+    def used(self, key: str) -> int:
+        """How many tickets of ``key`` are taken."""
         ...
 
     def waiting(self) -> int:

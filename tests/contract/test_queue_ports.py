@@ -20,14 +20,28 @@ def ports(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     return services.counters, services.slots
 
 
-def test_a_counter_adds_across_its_shards(ports: tuple[Any, Any]) -> None:
+def test_quota_tickets_are_exact_and_given_back(ports: tuple[Any, Any]) -> None:
     counters, _slots = ports
     key = f"quota:user/{uuid.uuid4().hex}:2026-01-01"  # any characters in a key
-    assert counters.total(key) == 0
-    for amount in (1, 1, 3, 1):
-        counters.add(key, amount)
-    assert counters.total(key) == 6
+    assert counters.used(key) == 0
+    assert counters.take(key, 1, 3) == [1]
+    assert counters.take(key, 3, 3) is None  # only 2 left: nothing taken
+    assert counters.take(key, 2, 3) == [2, 3]
+    assert counters.take(key, 1, 3) is None and counters.used(key) == 3
+    counters.give_back(key, [3])
+    assert counters.take(key, 1, 3) == [3]
     assert counters.waiting() >= 0
+
+
+def test_concurrent_takes_never_exceed_the_limit(ports: tuple[Any, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    counters, _slots = ports
+    key = f"quota:{uuid.uuid4().hex}"
+    with ThreadPoolExecutor(6) as pool:
+        taken = list(pool.map(lambda _n: counters.take(key, 1, 4), range(6)))
+    got = [t for t in taken if t is not None]
+    assert len(got) == 4 and sorted(n for t in got for n in t) == [1, 2, 3, 4]
 
 
 def test_places_are_taken_up_to_capacity_given_back_and_reclaimed(ports: tuple[Any, Any]) -> None:

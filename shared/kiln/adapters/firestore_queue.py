@@ -1,7 +1,10 @@
 """Admission's counters and the running places, in Firestore, with no hot document.
 
-- ``counters/{key}~{shard}``: a counter is ``SHARDS`` documents; an add is a blind
-  increment of one random shard, a total reads them all (one ``get_all``).
+- ``quotaTickets/{key}~{n}``: a quota (a user's jobs today) is numbered tickets, one
+  document each, created once: a take counts the key's tickets (an aggregation query, a
+  read) and creates the next numbers with create-if-absent in one batch; a number taken
+  meanwhile by a concurrent request fails the batch, and it tries the next ones. Exact
+  under concurrency, and no document is written twice.
 - ``slots/{pool}~{index}``: one document per place of a pool (a user's running limit, a
   provider account's capacity), ``{jobId}`` when held; a take is a transaction over the
   pool's places, a release a transaction over one. ``slots/{pool}`` holds a narrowing
@@ -22,13 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
+from kiln.core.errors import RetryableError
 
-COUNTERS, SLOTS, JOBS = "counters", "slots", "jobs"
-#: Shards per counter: a counter takes SHARDS writes per second before any shard is hot.
-SHARDS = 8
+TICKETS, SLOTS, JOBS = "quotaTickets", "slots", "jobs"
+#: Tries of a take whose numbers concurrent requests keep taking first.
+TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
 
 
@@ -41,25 +46,46 @@ def doc_id(key: str) -> str:
 class FirestoreCounters:
     """``kiln.ports.Counters`` on Firestore."""
 
-    def __init__(self, client: firestore.Client, *, shards: int = SHARDS,
+    def __init__(self, client: firestore.Client, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.client, self.shards, self._clock = client, shards, clock
+        self.client, self._clock = client, clock
         self._waiting: tuple[float, int] | None = None
         self._lock = threading.Lock()
 
-    def _shard(self, key: str, index: int) -> firestore.DocumentReference:
-        return self.client.collection(COUNTERS).document(f"{doc_id(key)}~{index}")
+    def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
+        return self.client.collection(TICKETS).document(f"{doc_id(key)}~{number}")
 
-    def total(self, key: str) -> int:
-        refs = [self._shard(key, i) for i in range(self.shards)]
+    def used(self, key: str) -> int:
+        query = self.client.collection(TICKETS).where(
+            filter=firestore.FieldFilter("key", "==", key))
         with unavailable_is_retryable("admission store"):
-            return sum(int((snap.to_dict() or {}).get("n") or 0)
-                       for snap in self.client.get_all(refs) if snap.exists)
+            result: Any = query.count().get()  # type: ignore[call-arg]
+        return int(result[0][0].value)
 
-    def add(self, key: str, amount: int) -> None:
-        ref = self._shard(key, random.randrange(self.shards))
+    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+        start = self.used(key) + 1
+        for _attempt in range(TAKE_ATTEMPTS):
+            numbers = list(range(start, start + count))
+            if numbers[-1] > limit:
+                return None
+            batch = self.client.batch()
+            for number in numbers:
+                batch.create(self._ticket(key, number), {"key": key, "n": number,
+                                                         "at": firestore.SERVER_TIMESTAMP})
+            try:
+                with unavailable_is_retryable("admission store"):
+                    batch.commit()
+                return numbers
+            except gexc.Conflict:  # AlreadyExists: a concurrent request took one of them
+                start = max(start + 1, self.used(key) + 1)
+        raise RetryableError("The quota is busy.", code="contention")
+
+    def give_back(self, key: str, numbers: list[int]) -> None:
+        batch = self.client.batch()
+        for number in numbers:
+            batch.delete(self._ticket(key, number))
         with unavailable_is_retryable("admission store"):
-            ref.set({"n": firestore.Increment(amount), "key": key}, merge=True)
+            batch.commit()
 
     def waiting(self) -> int:
         now = self._clock()

@@ -23,7 +23,7 @@ from kiln.core.errors import ConflictError, KilnError, RetryableError, Validatio
 from kiln.core.job import JobStatus, new_job_id
 from kiln.core.requests import JobRequest
 from kiln.runtime import dispatch
-from kiln.runtime.admission import Admission, plan_for
+from kiln.runtime.admission import Admission, give_back, plan_for
 
 logger = log.get("ingress")
 
@@ -52,8 +52,12 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     job_id = new_job_id(uid, idempotency_key)
     plan = admission.plan if admission else plan_for(services, uid=uid, channel=channel,
                                                      claimed=None)
-    pools, reason = dispatch.take_places(services, job_id=job_id, uid=uid,
-                                         kind=request.kind, plan=plan)
+    try:
+        pools, reason = dispatch.take_places(services, job_id=job_id, uid=uid,
+                                             kind=request.kind, plan=plan)
+    except KilnError:
+        give_back(services, admission)
+        raise
     queue = lifecycle.QueueEntry(plan=plan.name, priority=plan.priority,
                                  ttl_seconds=services.settings.queue_ttl_seconds,
                                  reason=reason or dispatch.RUNNING_LIMIT, pools=tuple(pools))
@@ -64,8 +68,10 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
         created = services.store.create(new)
     except KilnError:
         dispatch.release_places(services, job_id, pools)
+        give_back(services, admission)
         raise
-    if not created:
+    if not created:  # a replay (its first request was admitted): this one costs nothing
+        give_back(services, admission)
         existing = services.store.get(job_id)
         held = existing.server.pools if existing else ()
         dispatch.release_places(services, job_id, [p for p in pools if p not in held])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kiln import log
 from kiln.compose import Services
-from kiln.core.errors import OverloadedError, QuotaExceededError
+from kiln.core.errors import KilnError, OverloadedError, QuotaExceededError
 from kiln.core.plans import Plan
 
 logger = log.get("ingress")
@@ -35,6 +35,8 @@ class Admission:
     channel: str
     plan: Plan
     count: int = 1
+    quota_key: str = ""
+    tickets: tuple[int, ...] = ()
 
 
 def plan_for(services: Services, *, uid: str, channel: str, claimed: str | None) -> Plan:
@@ -78,8 +80,8 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
                               retry_after=OVERLOADED_RETRY_SECONDS)
     now = services.clock.now().astimezone(dt.UTC)
     key = quota_key(uid, now.date().isoformat())
-    used = services.counters.total(key)
-    if used + count > granted.daily_jobs:
+    tickets = services.counters.take(key, count, granted.daily_jobs)
+    if tickets is None:
         midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(),
                                        tzinfo=dt.UTC)
         wait = max(1, math.ceil((midnight - now).total_seconds()))
@@ -87,5 +89,14 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
             f"You have used today's {granted.daily_jobs} jobs on the {granted.name} plan "
             f"(this request needs {count}). The quota resets at midnight UTC.",
             code="quota_exceeded", retry_after=wait)
-    services.counters.add(key, count)
-    return Admission(uid, channel, granted, count)
+    return Admission(uid, channel, granted, count, key, tuple(tickets))
+
+
+def give_back(services: Services, admission: Admission | None) -> None:
+    """Return the quota of an admission whose job was not created (best effort)."""
+    if admission is None or not admission.tickets:
+        return
+    try:
+        services.counters.give_back(admission.quota_key, list(admission.tickets))
+    except KilnError as exc:
+        log.event(logger, "quota not given back", logging.WARNING, code=exc.code)

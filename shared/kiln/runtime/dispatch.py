@@ -55,10 +55,14 @@ def take_places(services: Services, *, job_id: str, uid: str, kind: str, plan: P
                 done: Callable[[str], bool] | None = None) -> tuple[list[str], str | None]:
     """Hold the user's and the provider's place for ``job_id``: (the pools, None), or
     ([], why it must wait) holding nothing."""
+    pool, capacity, window = provider_pool(services, kind)
+    if done is None and len(services.slots.holders(pool)) >= window:
+        # Full (a read, no write): taking the user's place only to give it back would
+        # write the user's place document at each arrival.
+        return [], PROVIDER_CAPACITY
     mine = user_pool(uid)
     if not services.slots.take(mine, plan.running, job_id, done):
         return [], RUNNING_LIMIT
-    pool, capacity, window = provider_pool(services, kind)
     if not services.slots.take(pool, capacity, job_id, done,
                                limit=window if window < capacity else None):
         services.slots.release(mine, job_id)
@@ -86,8 +90,12 @@ def _ended(services: Services) -> Callable[[str], bool]:
 def try_start(services: Services, job: Job) -> str | None:
     """Start one waiting job if its places are free: None when started (or no longer
     waiting), else why it still waits."""
+    pool, _capacity, window = provider_pool(services, job.kind)
+    done = _ended(services)
+    if sum(1 for holder in services.slots.holders(pool) if not done(holder)) >= window:
+        return PROVIDER_CAPACITY  # full: decided by reads, nothing written
     pools, reason = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
-                                plan=job_plan(services, job), done=_ended(services))
+                                plan=job_plan(services, job), done=done)
     if reason is not None:
         return reason
     started = services.store.transact(job.id, lambda current: (
