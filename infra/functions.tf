@@ -87,8 +87,6 @@ resource "google_cloudfunctions2_function" "ingress" {
       KILN_ALLOWED_FETCH_HOSTS           = var.allowed_fetch_hosts
       KILN_TELEGRAM_API_BASE             = var.telegram_api_base
       KILN_TELEGRAM_DEFAULT_KIND         = var.telegram_default_kind
-      KILN_TELEGRAM_MAX_RUNNING_PER_CHAT = var.telegram_max_running_per_chat
-      KILN_TELEGRAM_DAILY_QUOTA          = var.telegram_daily_quota
       THREADS                            = var.ingress_concurrency
     }
 

@@ -193,18 +193,6 @@ variable "telegram_default_kind" {
   default     = "image"
 }
 
-variable "telegram_max_running_per_chat" {
-  description = "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT."
-  type        = number
-  default     = 2
-}
-
-variable "telegram_daily_quota" {
-  description = "KILN_TELEGRAM_DAILY_QUOTA: jobs per chat per day."
-  type        = number
-  default     = 20
-}
-
 variable "meshy_base_url" {
   description = "KILN_MESHY_BASE_URL."
   type        = string

@@ -40,8 +40,6 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_TELEGRAM_WEBHOOK_SECRET": ("telegram_webhook_secret", True),
     "KILN_TELEGRAM_API_BASE": ("telegram_api_base", False),
     "KILN_TELEGRAM_DEFAULT_KIND": ("telegram_default_kind", False),
-    "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": ("telegram_max_running_per_chat", False),
-    "KILN_TELEGRAM_DAILY_QUOTA": ("telegram_daily_quota", False),
     "KILN_MESHY_API_KEY": ("meshy_api_key", True),
     "KILN_MESHY_BASE_URL": ("meshy_base_url", False),
     "KILN_GEMINI_API_KEY": ("gemini_api_key", True),
@@ -113,8 +111,6 @@ class Settings:
     telegram_webhook_secret: str = field(default="", repr=False)
     telegram_api_base: str = "https://api.telegram.org"
     telegram_default_kind: str = "image"
-    telegram_max_running_per_chat: int = 2
-    telegram_daily_quota: int = 20
     meshy_api_key: str = field(default="", repr=False)
     meshy_base_url: str = "https://api.meshy.ai"
     gemini_api_key: str = field(default="", repr=False)
