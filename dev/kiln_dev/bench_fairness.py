@@ -92,17 +92,24 @@ class _Store(InMemoryJobStore):
 
 
 class _Instant:
-    """A generator that answers at once (the simulation holds the job for its duration)."""
+    """A generator that answers at once with one small real PNG (the simulation holds the
+    job for its duration; the thumbnail is the provider's, so none is rendered)."""
 
     name = "sim"
 
     def __init__(self) -> None:
-        from kiln.providers.offline import OfflineProvider
+        import io
 
-        self.offline = OfflineProvider(0.0, 0.0, sleep=lambda _s: None, clock=time.monotonic)
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 60, 40)).save(out, "PNG")
+        self.png = out.getvalue()
 
     def generate(self, request: Any, on_progress: Any, should_stop: Any) -> Any:
-        return self.offline.generate(request, on_progress, should_stop)
+        from kiln.providers.base import Artifact
+
+        return Artifact.from_bytes("image", self.png, thumbnail=self.png)
 
 
 def simulate(seed: int = 14) -> dict[str, Any]:

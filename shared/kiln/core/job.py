@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -106,6 +107,7 @@ PUBLIC_FIELDS = ("uid", "channel", "kind", "prompt", "options", "status", "stage
 QUEUE_REASONS = ("running_limit", "provider_capacity")
 
 
+@functools.cache
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)

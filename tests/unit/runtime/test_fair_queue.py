@@ -184,3 +184,38 @@ def test_plan_settings_from_the_environment() -> None:
     assert settings.plan_table()["pro"].running == 2 and settings.grants() == {"alice": "pro"}
     with pytest.raises(ConfigError, match="KILN_PLAN_GRANTS"):
         Settings.from_env({"KILN_PLAN_GRANTS": "alice=diamond"})
+
+
+def test_canceling_a_running_job_starts_the_next_one(rig: Rig) -> None:
+    from kiln.runtime import actions
+
+    first, second = post(rig)[1]["jobId"], post(rig)[1]["jobId"]
+    assert started(rig) == [first]
+    actions.cancel(rig.services, first, by="owner")
+    assert started(rig) == [first, second]
+    assert run_job(second, rig.services) is RunOutcome.COMPLETED
+
+
+def test_which_plan_a_caller_has() -> None:
+    """A grant wins; a chat has the Telegram plan whatever it claims; a claimed plan the
+    table lacks falls back to the default; no claim is the default."""
+    from kiln.runtime.admission import plan_for
+
+    rig = build_rig(plans=PLANS, telegram_plan="pro", plan_grants="vip=pro")
+    services = rig.services
+    assert plan_for(services, uid="vip", channel="app", claimed=None).name == "pro"
+    assert plan_for(services, uid="telegram:1", channel="telegram", claimed="free").name == "pro"
+    assert plan_for(services, uid="u", channel="app", claimed="diamond").name == "free"
+    assert plan_for(services, uid="u", channel="app", claimed=None).name == "free"
+    assert plan_for(services, uid="u", channel="api", claimed="pro").name == "pro"
+
+
+def test_admit_counts_a_batch_as_many_jobs(rig: Rig) -> None:
+    """A batch of n takes n of the day's jobs at once, or none of them."""
+    from kiln.core.errors import QuotaExceededError
+    from kiln.runtime.admission import admit
+
+    assert admit(rig.services, uid="b", channel="api", plan=None, count=2).tickets == (1, 2)
+    with pytest.raises(QuotaExceededError):
+        admit(rig.services, uid="b", channel="api", plan=None, count=2)
+    assert admit(rig.services, uid="b", channel="api", plan=None, count=1).tickets == (3,)
