@@ -79,12 +79,13 @@ class _Store(InMemoryJobStore):
     every job's end: the fake's copying would dominate the run)."""
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]:
+             limit: int = 100, waiting: bool = False) -> list[Job]:
         with self._lock:
             found = []
             for job_id, doc in self.docs.items():
                 if (status is None or doc.get("status") == status) and \
-                        (uid is None or doc.get("uid") == uid):
+                        (uid is None or doc.get("uid") == uid) and \
+                        (not waiting or doc.get("queueReason") is not None):
                     found.append(Job.from_docs(job_id, doc, self.servers[job_id]))
                     if len(found) >= limit:
                         break
@@ -244,14 +245,19 @@ def _wrap(store: InMemoryJobStore, counters: InMemoryCounters, slots: InMemorySl
     slots.take, slots.release = t_take, t_release  # type: ignore[method-assign]
 
 
-def admission_on_stack(rate: float = 50.0, seconds: float = 10.0) -> list[float]:
-    """Latencies (ms) of admit + accept_job at ``rate``/s on the local stack."""
-    from kiln_dev.stack import LocalStack
+def admission_on_stack(rate: float = 50.0, seconds: float = 10.0) -> tuple[list[float], Counter[str]]:
+    """Latencies (ms) of admit + accept_job at ``rate``/s on the local stack (the
+    acceptances answered), and the codes of those refused (a 503 to a caller)."""
+    from kiln.core.errors import KilnError
+    from kiln_dev.stack import LocalStack, StackConfig
 
     latencies: list[float] = []
+    refused: Counter[str] = Counter()
     lock = threading.Lock()
-    with LocalStack() as stack:
-        services = stack.services(plans=PLANS, max_waiting=100_000)
+    env = {"KILN_PLANS": PLANS, "KILN_PROVIDER_CAPACITY": str(CAPACITY),
+           "KILN_MAX_WAITING": "100000"}
+    with LocalStack(StackConfig(env=env)) as stack:
+        services = stack.services()
         for uid in ("warm-a", "warm-b"):  # first calls build the clients
             accept_job(services, uid=uid, channel="app", request=REQUEST,
                        admission=admit(services, uid=uid, channel="app", plan=None))
@@ -259,8 +265,13 @@ def admission_on_stack(rate: float = 50.0, seconds: float = 10.0) -> list[float]
         def one(n: int) -> None:
             uid = f"u{n % 100}"
             start = time.perf_counter()
-            accept_job(services, uid=uid, channel="app", request=REQUEST,
-                       admission=admit(services, uid=uid, channel="app", plan="pro"))
+            try:
+                accept_job(services, uid=uid, channel="app", request=REQUEST,
+                           admission=admit(services, uid=uid, channel="app", plan="pro"))
+            except KilnError as exc:
+                with lock:
+                    refused[exc.code] += 1
+                return
             with lock:
                 latencies.append((time.perf_counter() - start) * 1000)
 
@@ -275,7 +286,7 @@ def admission_on_stack(rate: float = 50.0, seconds: float = 10.0) -> list[float]
             threads.append(thread)
         for thread in threads:
             thread.join()
-    return latencies
+    return latencies, refused
 
 
 def pct(values: list[float], q: float) -> float:
@@ -288,6 +299,7 @@ def pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-stack", action="store_true", help="skip the emulator part")
+    parser.add_argument("--seconds", type=float, default=10.0, help="the emulator part's length")
     args = parser.parse_args(argv)
     result = simulate()
     waits = result["waits"]
@@ -303,9 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  hottest document {result['hot_doc']}: {result['hot_rate']:.2f} writes/s "
           "(busiest 10 s)")
     if not args.no_stack:
-        latencies = admission_on_stack()
-        print(f"stack: admission (admit + accept_job) at 50 jobs/s, {len(latencies)} jobs: "
-              f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms")
+        latencies, refused = admission_on_stack(seconds=args.seconds)
+        print(f"stack: admission (admit + accept_job) at 50 jobs/s, {len(latencies)} accepted: "
+              f"p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms; "
+              f"refused (503) {sum(refused.values())} {dict(refused)}")
     print(f"fairness: lost {result['lost']}, over-limit {result['over_limit']}, "
           f"paid p50 wait {statistics.median(waits['paid']):.1f} s, "
           f"free p50 wait {statistics.median(waits['free']):.1f} s, "

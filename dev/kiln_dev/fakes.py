@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError
-from kiln.core.job import Change, Device, Job, NewJob
+from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
 from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
 T = TypeVar("T")
@@ -131,11 +131,12 @@ class InMemoryJobStore:
                 self.server_writes[job_id] += 1
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]:
+             limit: int = 100, waiting: bool = False) -> list[Job]:
         with self._lock:
             ids = [job_id for job_id, doc in self.docs.items()
                    if (status is None or doc.get("status") == status)
-                   and (uid is None or doc.get("uid") == uid)]
+                   and (uid is None or doc.get("uid") == uid)
+                   and (not waiting or doc.get("queueReason") in QUEUE_REASONS)]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
     def recent(self, uid: str, limit: int) -> list[Job]:
@@ -376,10 +377,11 @@ class InMemoryCounters:
     def used(self, key: str) -> int:
         return len(self.tickets.get(key, ()))
 
-    def waiting(self) -> int:
+    def waiting(self, reason: str | None = None) -> int:
         if self.store is None:
             return 0
-        return sum(1 for doc in self.store.docs.values() if doc.get("status") == "pending")
+        return sum(1 for doc in self.store.docs.values() if doc.get("status") == "pending"
+                   and (reason is None or doc.get("queueReason") == reason))
 
 
 class InMemorySlots:

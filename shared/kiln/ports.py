@@ -40,7 +40,10 @@ class JobStore(Protocol):
         ...
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]: ...
+             limit: int = 100, waiting: bool = False) -> list[Job]:
+        """Jobs by status and/or owner; ``waiting``: only those waiting in the fair queue
+        (``queueReason`` set)."""
+        ...
 
     def recent(self, uid: str, limit: int) -> list[Job]:
         """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
@@ -200,8 +203,9 @@ class Counters(Protocol):
         """How many tickets of ``key`` are taken."""
         ...
 
-    def waiting(self) -> int:
-        """Jobs accepted and not yet started (``pending``), at most a second stale."""
+    def waiting(self, reason: str | None = None) -> int:
+        """Jobs accepted and not yet started (``pending``); with ``reason``, those waiting
+        for it (``queueReason``). At most a second stale."""
         ...
 
 

@@ -6,9 +6,9 @@
   meanwhile by a concurrent request fails the batch, and it tries the next ones. Exact
   under concurrency, and no document is written twice.
 - ``slots/{pool}~{index}``: one document per place of a pool (a user's running limit, a
-  provider account's capacity), ``{jobId}`` when held; a take is a transaction over the
-  pool's places, a release a transaction over one. ``slots/{pool}`` holds a narrowing
-  (a provider's 429) as ``{capacity, until}``.
+  provider account's capacity), present while held (``{jobId, pool}``); taken by a
+  create-if-absent, given back by a delete with a precondition: no transaction.
+  ``slotWindows/{pool}`` holds a narrowing (a provider's 429) as ``{capacity, until}``.
 - The jobs not yet started are counted by an aggregation query over ``jobs`` (status
   ``pending``), cached for a second per process: nothing is written to count them.
 
@@ -17,6 +17,7 @@ Why no document is hot at 50 jobs/s: docs/architecture.md ("Fair queues").
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import random
@@ -28,10 +29,10 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
+from kiln.adapters.firestore import unavailable_is_retryable
 from kiln.core.errors import RetryableError
 
-TICKETS, SLOTS, JOBS = "quotaTickets", "slots", "jobs"
+TICKETS, SLOTS, WINDOWS, JOBS = "quotaTickets", "slots", "slotWindows", "jobs"
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
@@ -49,7 +50,8 @@ class FirestoreCounters:
     def __init__(self, client: firestore.Client, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client, self._clock = client, clock
-        self._waiting: tuple[float, int] | None = None
+        self._waiting: dict[str | None, tuple[float, int]] = {}
+        self._next: dict[str, int] = {}  # key → the number this process expects to be free
         self._lock = threading.Lock()
 
     def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
@@ -63,22 +65,41 @@ class FirestoreCounters:
         return int(result[0][0].value)
 
     def take(self, key: str, count: int, limit: int) -> list[int] | None:
-        start = self.used(key) + 1
+        with self._lock:  # a guess (no read): the number after this process's last take
+            start = self._next.get(key) or 0
+        start = start or self.used(key) + 1
         for _attempt in range(TAKE_ATTEMPTS):
             numbers = list(range(start, start + count))
             if numbers[-1] > limit:
-                return None
-            batch = self.client.batch()
-            for number in numbers:
-                batch.create(self._ticket(key, number), {"key": key, "n": number,
-                                                         "at": firestore.SERVER_TIMESTAMP})
+                if self.used(key) + count > limit:  # the guess may be past given-back ones
+                    return None
+                start = self.used(key) + 1
+                continue
             try:
                 with unavailable_is_retryable("admission store"):
-                    batch.commit()
+                    self._create(key, numbers)
+                with self._lock:
+                    self._next[key] = numbers[-1] + 1
+                    if len(self._next) > 10_000:
+                        self._next.clear()
                 return numbers
-            except gexc.Conflict:  # AlreadyExists: a concurrent request took one of them
-                start = max(start + 1, self.used(key) + 1)
+            except gexc.Conflict:
+                pass  # AlreadyExists: another request took one of these numbers first
+            except RetryableError as exc:
+                if not isinstance(exc.__cause__, gexc.Aborted):
+                    raise  # (Aborted: the emulator's lock on a number another one takes)
+            start = max(start + 1, self.used(key) + 1)
         raise RetryableError("The quota is busy.", code="contention")
+
+    def _create(self, key: str, numbers: list[int]) -> None:
+        fields = {"key": key, "at": firestore.SERVER_TIMESTAMP}
+        if len(numbers) == 1:  # one create-if-absent write
+            self._ticket(key, numbers[0]).create({**fields, "n": numbers[0]})
+            return
+        batch = self.client.batch()
+        for number in numbers:
+            batch.create(self._ticket(key, number), {**fields, "n": number})
+        batch.commit()
 
     def give_back(self, key: str, numbers: list[int]) -> None:
         batch = self.client.batch()
@@ -87,23 +108,34 @@ class FirestoreCounters:
         with unavailable_is_retryable("admission store"):
             batch.commit()
 
-    def waiting(self) -> int:
+    def waiting(self, reason: str | None = None) -> int:
         now = self._clock()
         with self._lock:
-            if self._waiting is not None and now - self._waiting[0] < WAITING_CACHE_SECONDS:
-                return self._waiting[1]
+            hit = self._waiting.get(reason)
+            if hit is not None and now - hit[0] < WAITING_CACHE_SECONDS:
+                return hit[1]
         query = self.client.collection(JOBS).where(
             filter=firestore.FieldFilter("status", "==", "pending"))
+        if reason is not None:
+            query = query.where(filter=firestore.FieldFilter("queueReason", "==", reason))
         with unavailable_is_retryable("admission store"):
             result: Any = query.count().get()  # type: ignore[call-arg]
         count = int(result[0][0].value)
         with self._lock:
-            self._waiting = (now, count)
+            self._waiting[reason] = (now, count)
         return count
 
 
 class FirestoreSlots:
-    """``kiln.ports.Slots`` on Firestore."""
+    """``kiln.ports.Slots`` on Firestore: a place is held while its document exists.
+
+    Taking one is a create-if-absent of one place document (no transaction: two requests
+    contend only when they try the same place, and the create decides); a place whose
+    holder is done is deleted with a precondition on its update time, then created again.
+    Giving one back deletes it the same way. A narrowed window is checked by counting
+    the held places first, so concurrent starts may pass it by a few; the capacity itself
+    is exact.
+    """
 
     def __init__(self, client: firestore.Client) -> None:
         self.client = client
@@ -114,24 +146,33 @@ class FirestoreSlots:
     def take(self, pool: str, capacity: int, job_id: str,
              done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
         refs = [self._place(pool, i) for i in range(capacity)]
-
-        def body(tx: firestore.Transaction) -> bool:
-            held = {snap.reference.id: (snap.to_dict() or {}).get("jobId")
-                    for snap in tx.get_all(refs)}
-            if job_id in held.values():
-                return True
-            if done is not None:  # a holder that ended leaves its place free
-                held = {ref: job for ref, job in held.items() if job and not done(str(job))}
-            free = [ref for ref in refs if not held.get(ref.id)]
-            busy = sum(1 for job in held.values() if job)
-            if not free or (limit is not None and busy >= limit):
-                return False
-            tx.set(random.choice(free), {"jobId": job_id, "pool": pool,
-                                         "at": firestore.SERVER_TIMESTAMP})
+        with unavailable_is_retryable("admission store"):
+            snaps = {snap.reference.id: snap for snap in self.client.get_all(refs)}
+        held = {ref.id: (snaps[ref.id].to_dict() or {}).get("jobId")
+                for ref in refs if snaps[ref.id].exists}
+        if job_id in held.values():
             return True
-
-        return in_transaction(self.client, body, store="admission store",
-                              busy="The queue is busy.")
+        ended = {ref_id for ref_id, holder in held.items()
+                 if done is not None and done(str(holder))}
+        if limit is not None and len(held) - len(ended) >= limit:
+            return False
+        start = random.randrange(capacity)
+        order = [refs[(start + i) % capacity] for i in range(capacity)]
+        doc = {"jobId": job_id, "pool": pool, "at": firestore.SERVER_TIMESTAMP}
+        for ref in [r for r in order if r.id not in held] + [r for r in order if r.id in ended]:
+            try:
+                with unavailable_is_retryable("admission store"):
+                    if ref.id in ended:  # only if nobody changed it since we read it
+                        ref.delete(option=self.client.write_option(
+                            last_update_time=snaps[ref.id].update_time))
+                    ref.create(doc)
+                return True
+            except RetryableError as exc:
+                if not isinstance(exc.__cause__, gexc.Aborted):
+                    raise
+            except (gexc.Conflict, gexc.FailedPrecondition, gexc.NotFound):
+                continue  # another request took this place first
+        return False
 
     def release(self, pool: str, job_id: str) -> None:
         query = self.client.collection(SLOTS).where(
@@ -140,12 +181,10 @@ class FirestoreSlots:
             for snap in query.stream():
                 if (snap.to_dict() or {}).get("pool") != pool:
                     continue
-
-                def body(tx: firestore.Transaction, ref: Any = snap.reference) -> None:
-                    if (ref.get(transaction=tx).to_dict() or {}).get("jobId") == job_id:
-                        tx.set(ref, {"jobId": None, "pool": pool})
-
-                in_transaction(self.client, body, store="admission store")
+                # Taken over meanwhile (its holder had ended): not ours to delete any more.
+                with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound):
+                    snap.reference.delete(option=self.client.write_option(
+                        last_update_time=snap.update_time))
 
     def holders(self, pool: str) -> list[str]:
         query = self.client.collection(SLOTS).where(
@@ -156,12 +195,12 @@ class FirestoreSlots:
 
     def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
         with unavailable_is_retryable("admission store"):
-            self.client.collection(SLOTS).document(doc_id(pool)).set(
+            self.client.collection(WINDOWS).document(doc_id(pool)).set(
                 {"capacity": capacity, "until": until})
 
     def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
         with unavailable_is_retryable("admission store"):
-            doc = self.client.collection(SLOTS).document(doc_id(pool)).get().to_dict() or {}
+            doc = self.client.collection(WINDOWS).document(doc_id(pool)).get().to_dict() or {}
         until = doc.get("until")
         if until is not None and until > now:
             return max(1, min(capacity, int(doc.get("capacity") or capacity)))

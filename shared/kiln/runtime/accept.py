@@ -52,9 +52,16 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     job_id = new_job_id(uid, idempotency_key)
     plan = admission.plan if admission else plan_for(services, uid=uid, channel=channel,
                                                      claimed=None)
+    pools: list[str]
+    reason: str | None
     try:
-        pools, reason = dispatch.take_places(services, job_id=job_id, uid=uid,
-                                             kind=request.kind, plan=plan)
+        if services.counters.waiting(dispatch.PROVIDER_CAPACITY) > 0:
+            # Others already wait for the generator: this job joins them (and no place is
+            # read or written on the way in).
+            pools, reason = [], dispatch.PROVIDER_CAPACITY
+        else:
+            pools, reason = dispatch.take_places(services, job_id=job_id, uid=uid,
+                                                 kind=request.kind, plan=plan)
     except KilnError:
         give_back(services, admission)
         raise

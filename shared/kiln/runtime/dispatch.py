@@ -27,8 +27,8 @@ from kiln.core.plans import Plan
 
 logger = log.get("dispatch")
 
-#: Waiting jobs one pass looks at.
-SCAN_LIMIT = 500
+#: Waiting jobs one pass looks at (each costs two document reads).
+SCAN_LIMIT = 200
 RUNNING_LIMIT, PROVIDER_CAPACITY = "running_limit", "provider_capacity"
 
 
@@ -116,7 +116,7 @@ def dispatch(services: Services, *, positions: bool = False) -> int:
     pass, once a minute, so no job document is written more often)."""
     now = services.clock.now()
     waiting = {job.id: job for job in services.store.find(status=JobStatus.PENDING.value,
-                                                          limit=SCAN_LIMIT)
+                                                          limit=SCAN_LIMIT, waiting=True)
                if job.server.queued and not lifecycle.queue_expired(job, now)
                and (job.server.not_before is None or job.server.not_before <= now)}
     ordered = fairness.order(

@@ -158,7 +158,11 @@ def test_a_provider_429_narrows_its_window_and_spends_no_attempt(rig: Rig) -> No
     assert pool[1:] == (4, 2)
     provider.error = None
     others = [post(rig, uid, "pro")[1]["jobId"] for uid in "bcd"]
-    assert len([j for j in others if not rig.job(j).server.queued]) == 2  # window 2
+    # One waits for the provider already: new jobs join the queue; a pass starts two of
+    # them (window 2), not the refused job (not before its Retry-After).
+    assert all(rig.job(j).server.queued for j in others)
+    assert dispatch.dispatch(rig.services) == 2
+    assert len([j for j in others if not rig.job(j).server.queued]) == 2
     rig.clock.advance(121)
     assert dispatch.provider_pool(rig.services, "image")[2] == 4
     sweep(rig.services)
