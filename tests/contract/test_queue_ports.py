@@ -65,3 +65,30 @@ def test_a_narrowed_window_limits_takes_until_it_lapses(ports: tuple[Any, Any]) 
     assert slots.window(pool, 4, now) == 1
     assert slots.window(pool, 4, now + dt.timedelta(seconds=61)) == 4
     assert slots.take(pool, 4, "a", limit=1) and not slots.take(pool, 4, "b", limit=1)
+
+
+def test_find_waiting_returns_only_jobs_in_the_fair_queue(request: pytest.FixtureRequest,
+                                                          ports: tuple[Any, Any]) -> None:
+    """Given a waiting job and a started one, then ``find(waiting=True)`` returns only the
+    waiting one (the queue's pass reads nothing else)."""
+    from kiln.core import lifecycle
+    from kiln.core.policy import RetryPolicy
+    from kiln.core.requests import parse_job_request
+    from kiln_dev.fakes import FakeClock, InMemoryJobStore
+
+    counters, _slots = ports
+    if isinstance(counters, InMemoryCounters):
+        store: Any = InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC)))
+    else:
+        store = request.getfixturevalue("services").store
+    uid = f"contract-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for pools in ((), ("user:x",)):
+        new = lifecycle.new_job(
+            job_id=uuid.uuid4().hex[:20], uid=uid, channel="app", now=dt.datetime.now(dt.UTC),
+            policy=RetryPolicy(), request=parse_job_request({"kind": "image", "prompt": "a"}),
+            queue=lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60, pools=pools))
+        assert store.create(new)
+        ids.append(new.id)
+    found = {job.id for job in store.find(status="pending", uid=uid, waiting=True)}
+    assert found == {ids[0]}
