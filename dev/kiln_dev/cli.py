@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 DEV_FILE = Path(".kiln/dev.json")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
-OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter")
+OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter", "kiln.ops.keys")
 
 
 def main(argv: Sequence[str] | None = None, *,

@@ -337,10 +337,14 @@ class RecordingPush:
 
 class TokenVerifier:
     """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``;
-    ``Bearer uid:<uid>;plan=<plan>`` with that plan claim."""
+    ``uid:<uid>#<plan>`` (or ``uid:<uid>;plan=<plan>``) with the custom claim ``plan``."""
 
     def verify(self, authorization: str | None) -> str:
         return self.identify(authorization).uid
+
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        identity = self.identify(authorization)
+        return identity.uid, identity.plan
 
     def identify(self, authorization: str | None) -> Identity:
         from kiln.core.errors import RequestError
@@ -349,7 +353,8 @@ class TokenVerifier:
         token, _, plan = token.partition(";plan=")
         if scheme.lower() != "bearer" or not token.startswith("uid:") or len(token) == 4:
             raise RequestError(401, "unauthenticated", "Sign in first.")
-        return Identity(token[4:], plan or None)
+        uid, _, claimed = token[4:].partition("#")
+        return Identity(uid, plan or claimed or None)
 
 
 # The fair queue's ports, kept in a module of their own (re-exported here).

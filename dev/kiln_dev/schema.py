@@ -162,9 +162,11 @@ def _json_body(ref: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request (the message names the field).",
             401: "unauthenticated: missing, invalid or expired ID token; token_revoked: the "
-                 "user's sessions were revoked (sign in again).",
-            403: "user_disabled; unsupported_uid (a uid with '/', '..' or a control "
-                 "character); reserved_uid (a uid starting 'telegram:' or 'api:').",
+                 "user's sessions were revoked (sign in again); invalid_api_key: a malformed "
+                 "or unknown API key; api_key_revoked.",
+            403: "insufficient_scope: the API key lacks this route's scope; user_disabled; "
+                 "unsupported_uid (a uid with '/', '..' or a control character); "
+                 "reserved_uid (a uid starting 'telegram:' or 'api:').",
             404: "No such job, or not the caller's (the same answer for both).",
             405: "Wrong method.",
             409: "invalid_transition: the job's status does not allow this.",
@@ -183,7 +185,7 @@ def openapi() -> dict[str, Any]:
     components = json.loads(json.dumps(json_schema()["$defs"]).replace("#/$defs/", "#/components/schemas/"))
     job_id = {"name": "jobId", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}}
-    secured: list[dict[str, list[str]]] = [{"firebaseIdToken": []}]
+    secured: list[dict[str, list[str]]] = [{"firebaseIdToken": []}, {"apiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kiln HTTP API", "version": "1",
@@ -295,6 +297,11 @@ def openapi() -> dict[str, Any]:
                                     "description": "A Firebase Auth ID token "
                                     "(user.getIdToken()). Browsers: the API answers CORS "
                                     "preflights for the origins in KILN_CORS_ORIGINS."},
+                "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "kiln_<keyId>_<secret>",
+                           "description": "A backend's API key (`kiln keys create`), bound to "
+                           "a tenant with scopes submit, read, cancel: submit for POST "
+                           "/v1/jobs, /v1/batches and :retry; read for GET; cancel for "
+                           ":cancel. Its jobs are owned by api:<tenant>, channel api."},
                 "telegramSecret": {"type": "apiKey", "in": "header",
                                    "name": "X-Telegram-Bot-Api-Secret-Token"},
                 "standardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature",

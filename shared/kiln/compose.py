@@ -26,6 +26,7 @@ from kiln.ports import (
     Counters,
     DeviceStore,
     JobStore,
+    KeyStore,
     Push,
     Queue,
     Scheduler,
@@ -59,6 +60,7 @@ class Services:
         task_index: TaskIndex | None = None,
         counters: Counters | None = None,
         slots: Slots | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.retry_policy()
@@ -72,7 +74,7 @@ class Services:
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
                  "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
-                 "counters": counters, "slots": slots}
+                 "counters": counters, "slots": slots, "keys": keys}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -149,6 +151,19 @@ class Services:
         local_tokens = bool(self.settings.auth_emulator_host)
         return FirebaseAuth(self.firebase_app, check_revoked=not local_tokens,
                             trust_claims=not local_tokens)
+
+    @functools.cached_property
+    def keys(self) -> KeyStore:
+        from kiln.adapters.keys import FirestoreKeyStore
+
+        return FirestoreKeyStore(self.firestore)
+
+    @functools.cached_property
+    def api_keys(self) -> Any:
+        """The API-key verifier (``kiln.runtime.keys.ApiKeyVerifier``), with its cache."""
+        from kiln.runtime.keys import ApiKeyVerifier
+
+        return ApiKeyVerifier(self.keys, self.clock)
 
     @functools.cached_property
     def push(self) -> Push:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
 from kiln.core.job import Change, Device, Job, NewJob
+from kiln.core.keys import ApiKey, Tenant
 
 T = TypeVar("T")
 
@@ -176,6 +177,11 @@ class Verifier(Protocol):
 
     def verify(self, authorization: str | None) -> str: ...
 
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        """The uid and its plan (the custom claim ``plan``, None when unset or from a
+        token whose claims cannot be trusted)."""
+        ...
+
     def identify(self, authorization: str | None) -> Identity:
         """The caller with its plan claim (``verify``'s checks, same errors)."""
         ...
@@ -233,6 +239,27 @@ class Slots(Protocol):
 
     def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
         """The places usable now: ``capacity``, or less while a narrowing lasts."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys (``apiKeys/{keyId}``, hashes only) and tenants (``tenants/{tenant}``);
+    server-only documents."""
+
+    def put_key(self, key: ApiKey) -> None: ...
+
+    def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+
+    def revoke_key(self, key_id: str, at: dt.datetime) -> bool:
+        """Mark the key revoked; False when there is no such key."""
+        ...
+
+    def get_tenant(self, tenant: str) -> Tenant | None: ...
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        """Create the tenant record, or replace its plan and settings."""
         ...
 
 

@@ -130,7 +130,10 @@ def world(emulator: httpx.Client, stack: LocalStack) -> World:
                          (f"users/{w.owner}", {"name": "Alice"}),
                          (f"users/{w.owner}/devices/{w.device_id}",
                           {**DEVICE, "updatedAt": dt.datetime.now(dt.UTC)}),
-                         (f"settings/{tag}", {"x": 1})]:
+                         (f"settings/{tag}", {"x": 1}),
+                         (f"apiKeys/{tag}", {"tenant": "acme", "secretHash": "ab" * 32}),
+                         (f"tenants/{tag}", {"plan": "pro", "allowJobWebhooks": True}),
+                         (f"batches/{tag}", {"uid": w.owner, "count": 3})]:
         w.set("admin", path, fields).raise_for_status()
     return w
 
@@ -339,10 +342,12 @@ def test_job_server_state_is_closed_to_every_client(world: World, actor: str) ->
 
 # --- everything else: closed ---------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["users/{owner}", "settings/{tag}"])
+@pytest.mark.parametrize("path", ["users/{owner}", "settings/{tag}", "apiKeys/{tag}",
+                                  "tenants/{tag}", "batches/{tag}"])
 @pytest.mark.parametrize("actor", ACTORS)
 def test_other_documents_are_closed(world: World, actor: str, path: str) -> None:
-    """Given any document outside jobs and devices (the user's own profile doc included),
+    """Given any document outside jobs and devices (the user's own profile doc, API keys,
+    tenants and batches included),
     then no client may get, list, create, update or delete it."""
     tag = world.job_id.removeprefix("job-")
     doc = path.format(owner=world.owner, tag=tag)

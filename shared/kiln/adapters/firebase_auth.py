@@ -84,6 +84,12 @@ class FirebaseAuth:
     def verify(self, authorization: str | None) -> str:
         return self.identify(authorization).uid
 
+    def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        """The caller's uid and plan (the custom claim ``plan``, from a trusted token;
+        None when unset or untrusted)."""
+        identity = self.identify(authorization)
+        return identity.uid, identity.plan
+
     def identify(self, authorization: str | None) -> Identity:
         token = bearer_token(authorization)
         key, now = hashlib.sha256(token.encode()).digest(), self._clock()

@@ -31,10 +31,10 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
-from kiln.core.identity import check_app_uid
 from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import framework
+from kiln.http.auth import authenticate
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
@@ -65,12 +65,6 @@ class _Provider(BaseConverter):
 # --- handlers ---------------------------------------------------------------------------
 
 
-def caller(request: flask.Request, services: Services) -> str:
-    """The signed-in app user: a verified token whose uid may act here
-    (``kiln.core.identity``)."""
-    return check_app_uid(services.auth.verify(request.headers.get("Authorization")))
-
-
 def healthz(request: flask.Request, services: Services) -> flask.Response:
     return json_response(200, {"status": "ok"})
 
@@ -80,25 +74,26 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
-    identity = services.auth.identify(request.headers.get("Authorization"))
-    uid = check_app_uid(identity.uid)
+    principal = authenticate(request, services, "submit")
+    uid = principal.uid
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise RequestError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1-255 printable ASCII characters.")
     job_request = parse_job_request(read_json(request, settings.max_body_bytes))
-    # A replay of a keyed request was admitted the first time: it costs no quota.
+    # A replay of a keyed request was admitted the first time: it costs no quota. The
+    # plan is the principal's (an app user's trusted claim, an API key's tenant).
     replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
-    admission = None if replay else admit(services, uid=uid, channel="app",
-                                          plan=identity.plan)
-    accepted = accept_job(services, uid=uid, channel="app", request=job_request,
+    admission = None if replay else admit(services, uid=uid, channel=principal.channel,
+                                          plan=principal.plan)
+    accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
 
 
-def _owned_job(request: flask.Request, services: Services, job_id: str) -> Job:
-    uid = caller(request, services)
+def _owned_job(request: flask.Request, services: Services, job_id: str, scope: str) -> Job:
+    uid = authenticate(request, services, scope).uid
     job = services.store.get(job_id) if is_valid_job_id(job_id) else None
     if job is None or job.uid != uid:
         raise NotFoundError("No such job.")
@@ -106,12 +101,12 @@ def _owned_job(request: flask.Request, services: Services, job_id: str) -> Job:
 
 
 def get_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
-    return json_response(200, _owned_job(request, services, job_id).public_view())
+    return json_response(200, _owned_job(request, services, job_id, "read").public_view())
 
 
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     """The caller's most recent jobs (newest first), for callers that cannot listen."""
-    uid = caller(request, services)
+    uid = authenticate(request, services, "read").uid
     raw_limit = request.args.get("limit", "20")
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
         raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
@@ -121,13 +116,13 @@ def list_jobs(request: flask.Request, services: Services) -> flask.Response:
 
 
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
-    _owned_job(request, services, job_id)
+    _owned_job(request, services, job_id, "cancel")
     outcome = actions.cancel(services, job_id, by="owner")
     return json_response(200, {"jobId": job_id, "status": outcome.status.value})
 
 
 def retry_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
-    _owned_job(request, services, job_id)
+    _owned_job(request, services, job_id, "submit")
     outcome = actions.retry(services, job_id, by="owner")
     return json_response(202, {"jobId": job_id, "status": outcome.status.value})
 

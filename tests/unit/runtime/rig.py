@@ -31,6 +31,7 @@ from kiln_dev.fakes import (
     RecordingQueue,
     TokenVerifier,
 )
+from kiln_dev.fakes_api import InMemoryKeyStore
 
 
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
@@ -225,6 +226,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
         counters=counters, slots=slots,
+        keys=InMemoryKeyStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
                scheduler, task_index, counters, slots)
