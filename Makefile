@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-batch bench-callbacks bench-waits chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-batch bench-callbacks bench-waits bench-fairness chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-callbacks: setup ## provider callback route latency, serial and 8 concurre
 
 # ~12 minutes: one 10-minute remote task beside 200 one-minute ones on 4 worker slots
 # (ARGS="--long-seconds 60 --jobs 20" for a quick look).
+bench-fairness: setup ## the fair queue: 2,000 jobs from 200 users on the fakes, admission p99 on the stack
+	$(PY) -m kiln_dev.bench_fairness $(ARGS)
+
 bench-waits: setup ## what waiting on remote tasks costs: worker-seconds, 200 jobs on 4 slots, callback lag
 	$(PY) -m kiln_dev.bench_waits $(ARGS)
 

@@ -70,13 +70,23 @@ resource "google_cloudfunctions2_function" "ingress" {
       KILN_JOB_MAX_AGE_SECONDS           = var.job_max_age_seconds
       KILN_PENDING_REPUBLISH_SECONDS     = var.pending_republish_seconds
       KILN_RETRY_BACKOFF_SECONDS         = var.retry_backoff_seconds
+      # The fair queue (issue 14): admission, places, TTL; pools are named by provider.
+      KILN_PLANS                         = var.plans
+      KILN_DEFAULT_PLAN                  = var.default_plan
+      KILN_TELEGRAM_PLAN                 = var.telegram_plan
+      KILN_PLAN_GRANTS                   = var.plan_grants
+      KILN_MAX_WAITING                   = var.max_waiting
+      KILN_QUEUE_TTL_SECONDS             = var.queue_ttl_seconds
+      KILN_QUEUE_AGEING_SECONDS          = var.queue_ageing_seconds
+      KILN_PROVIDER_CAPACITY             = var.provider_capacity
+      KILN_PROVIDER_BACKOFF_SECONDS      = var.provider_backoff_seconds
+      KILN_IMAGE_PROVIDER                = var.image_provider
+      KILN_MODEL_PROVIDER                = var.model_provider
       KILN_MAX_BODY_BYTES                = var.max_body_bytes
       KILN_CORS_ORIGINS                  = join(",", var.cors_origins) # web app → HTTP API
       KILN_ALLOWED_FETCH_HOSTS           = var.allowed_fetch_hosts
       KILN_TELEGRAM_API_BASE             = var.telegram_api_base
       KILN_TELEGRAM_DEFAULT_KIND         = var.telegram_default_kind
-      KILN_TELEGRAM_MAX_RUNNING_PER_CHAT = var.telegram_max_running_per_chat
-      KILN_TELEGRAM_DAILY_QUOTA          = var.telegram_daily_quota
       THREADS                            = var.ingress_concurrency
     }
 
@@ -167,6 +177,16 @@ resource "google_cloudfunctions2_function" "worker" {
       KILN_JOB_MAX_AGE_SECONDS       = var.job_max_age_seconds
       KILN_PENDING_REPUBLISH_SECONDS = var.pending_republish_seconds
       KILN_RETRY_BACKOFF_SECONDS     = var.retry_backoff_seconds
+      # The fair queue (issue 14): admission, places, TTL; pools are named by provider.
+      KILN_PLANS                     = var.plans
+      KILN_DEFAULT_PLAN              = var.default_plan
+      KILN_TELEGRAM_PLAN             = var.telegram_plan
+      KILN_PLAN_GRANTS               = var.plan_grants
+      KILN_MAX_WAITING               = var.max_waiting
+      KILN_QUEUE_TTL_SECONDS         = var.queue_ttl_seconds
+      KILN_QUEUE_AGEING_SECONDS      = var.queue_ageing_seconds
+      KILN_PROVIDER_CAPACITY         = var.provider_capacity
+      KILN_PROVIDER_BACKOFF_SECONDS  = var.provider_backoff_seconds
       KILN_WORKER_BUDGET_SECONDS     = var.worker_budget_seconds
       KILN_PROGRESS_INTERVAL_SECONDS = var.progress_interval_seconds
       KILN_LINK_TEMPLATE             = var.link_template
@@ -286,6 +306,18 @@ resource "google_cloudfunctions2_function" "sweeper" {
       KILN_JOB_MAX_AGE_SECONDS       = var.job_max_age_seconds
       KILN_PENDING_REPUBLISH_SECONDS = var.pending_republish_seconds
       KILN_RETRY_BACKOFF_SECONDS     = var.retry_backoff_seconds
+      # The fair queue (issue 14): admission, places, TTL; pools are named by provider.
+      KILN_PLANS                     = var.plans
+      KILN_DEFAULT_PLAN              = var.default_plan
+      KILN_TELEGRAM_PLAN             = var.telegram_plan
+      KILN_PLAN_GRANTS               = var.plan_grants
+      KILN_MAX_WAITING               = var.max_waiting
+      KILN_QUEUE_TTL_SECONDS         = var.queue_ttl_seconds
+      KILN_QUEUE_AGEING_SECONDS      = var.queue_ageing_seconds
+      KILN_PROVIDER_CAPACITY         = var.provider_capacity
+      KILN_PROVIDER_BACKOFF_SECONDS  = var.provider_backoff_seconds
+      KILN_IMAGE_PROVIDER            = var.image_provider
+      KILN_MODEL_PROVIDER            = var.model_provider
       KILN_LINK_TEMPLATE             = var.link_template
       KILN_TELEGRAM_API_BASE         = var.telegram_api_base
       THREADS                        = 1

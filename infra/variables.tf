@@ -193,18 +193,6 @@ variable "telegram_default_kind" {
   default     = "image"
 }
 
-variable "telegram_max_running_per_chat" {
-  description = "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT."
-  type        = number
-  default     = 2
-}
-
-variable "telegram_daily_quota" {
-  description = "KILN_TELEGRAM_DAILY_QUOTA: jobs per chat per day."
-  type        = number
-  default     = 20
-}
-
 variable "meshy_base_url" {
   description = "KILN_MESHY_BASE_URL."
   type        = string
@@ -245,4 +233,59 @@ variable "tasks_max_dispatches_per_second" {
   description = "Rate cap of the kiln-checks Cloud Tasks queue (scheduled checks published per second; at most 500)."
   type        = number
   default     = 100
+}
+
+
+variable "plans" {
+  description = "KILN_PLANS: the plan table, 'name:daily=N,running=N,priority=N;...'."
+  type        = string
+  default     = "free:daily=50,running=2,priority=0;pro:daily=2000,running=8,priority=10"
+}
+
+variable "default_plan" {
+  description = "KILN_DEFAULT_PLAN: the plan of an app user without a plan claim."
+  type        = string
+  default     = "free"
+}
+
+variable "telegram_plan" {
+  description = "KILN_TELEGRAM_PLAN: the plan of every Telegram chat."
+  type        = string
+  default     = "free"
+}
+
+variable "plan_grants" {
+  description = "KILN_PLAN_GRANTS: an operator's grants, 'uid=plan,...'."
+  type        = string
+  default     = ""
+}
+
+variable "max_waiting" {
+  description = "KILN_MAX_WAITING: jobs waiting to start across Kiln before new ones get 503."
+  type        = number
+  default     = 10000
+}
+
+variable "queue_ttl_seconds" {
+  description = "KILN_QUEUE_TTL_SECONDS: a job waiting longer to start fails 'expired'."
+  type        = number
+  default     = 3600
+}
+
+variable "queue_ageing_seconds" {
+  description = "KILN_QUEUE_AGEING_SECONDS: a waiting job gains one priority point per this."
+  type        = number
+  default     = 30
+}
+
+variable "provider_capacity" {
+  description = "KILN_PROVIDER_CAPACITY: tasks at once per provider account, 'K' or 'name=K,...'."
+  type        = string
+  default     = "8"
+}
+
+variable "provider_backoff_seconds" {
+  description = "KILN_PROVIDER_BACKOFF_SECONDS: how long a provider 429 halves its window."
+  type        = number
+  default     = 60
 }

@@ -27,7 +27,8 @@ from kiln_dev.stack import LocalStack, StackConfig
 from kiln_dev.standins.telegram import SECRET_HEADER, TelegramServer
 
 ENV = {"KILN_LOG_LEVEL": "WARNING", "KILN_OFFLINE_IMAGE_SECONDS": "0.5",
-       "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": "5", "KILN_TELEGRAM_DAILY_QUOTA": "100"}
+       "KILN_PLANS": "free:daily=50,running=2;chat:daily=100,running=5",
+       "KILN_TELEGRAM_PLAN": "chat"}
 
 
 def post(client: httpx.Client, url: str, secret: str, update: dict[str, object]) -> float:

@@ -19,8 +19,8 @@ from typing import IO, Any, TypeVar
 
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError
-from kiln.core.job import Change, Device, Job, NewJob
-from kiln.ports import Decide, Delivery, PushResult, StoredObject, Validator
+from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
+from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
 T = TypeVar("T")
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -131,11 +131,12 @@ class InMemoryJobStore:
                 self.server_writes[job_id] += 1
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]:
+             limit: int = 100, waiting: bool = False) -> list[Job]:
         with self._lock:
             ids = [job_id for job_id, doc in self.docs.items()
                    if (status is None or doc.get("status") == status)
-                   and (uid is None or doc.get("uid") == uid)]
+                   and (uid is None or doc.get("uid") == uid)
+                   and (not waiting or doc.get("queueReason") in QUEUE_REASONS)]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
     def recent(self, uid: str, limit: int) -> list[Job]:
@@ -336,16 +337,26 @@ class RecordingPush:
 
 class TokenVerifier:
     """``kiln.ports.Verifier``: ``Bearer uid:<uid>`` signs in as ``<uid>``;
-    ``uid:<uid>#<plan>`` with the custom claim ``plan``."""
+    ``uid:<uid>#<plan>`` (or ``uid:<uid>;plan=<plan>``) with the custom claim ``plan``."""
 
     def verify(self, authorization: str | None) -> str:
-        return self.verify_user(authorization)[0]
+        return self.identify(authorization).uid
 
     def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
+        identity = self.identify(authorization)
+        return identity.uid, identity.plan
+
+    def identify(self, authorization: str | None) -> Identity:
         from kiln.core.errors import RequestError
 
         scheme, _, token = (authorization or "").partition(" ")
+        token, _, plan = token.partition(";plan=")
         if scheme.lower() != "bearer" or not token.startswith("uid:") or len(token) == 4:
             raise RequestError(401, "unauthenticated", "Sign in first.")
-        uid, _, plan = token[4:].partition("#")
-        return uid, plan or None
+        uid, _, claimed = token[4:].partition("#")
+        return Identity(uid, plan or claimed or None)
+
+
+# The fair queue's ports, kept in a module of their own (re-exported here).
+from kiln_dev.fakes_queue import InMemoryCounters as InMemoryCounters  # noqa: E402
+from kiln_dev.fakes_queue import InMemorySlots as InMemorySlots  # noqa: E402

@@ -173,8 +173,11 @@ def _errors(*codes: int) -> dict[str, Any]:
             409: "invalid_transition: the job's status does not allow this.",
             413: "Body too large.", 415: "The body is not declared application/json (UTF-8).",
             422: "Idempotency-Key reused for a different request.",
+            429: "quota_exceeded: the caller's plan allows no more jobs today (UTC); "
+                 "Retry-After gives the seconds until the quota resets. Nothing was created.",
             431: "A header over 8190 bytes, or more than 100 headers (refused by the server).",
-            503: "A dependency is busy; retry with backoff."}
+            503: "A dependency is busy; retry with backoff. overloaded: too many jobs wait "
+                 "to start across Kiln (backpressure); Retry-After says when to try again."}
     return {str(c): _json_body("ApiError", text[c]) for c in codes}
 
 
@@ -217,7 +220,7 @@ def openapi() -> dict[str, Any]:
                         "example": {"kind": "image", "prompt": "a ceramic fox",
                                     "options": {"aspectRatio": "1:1"}}}}},
                     "responses": {"202": _json_body("CreateJobResponse", "Accepted: watch jobs/{jobId}."),
-                                  **_errors(400, 401, 403, 413, 415, 422, 431, 503)},
+                                  **_errors(400, 401, 403, 413, 415, 422, 429, 431, 503)},
                 },
                 "get": {
                     "operationId": "listJobs", "summary": "The caller's recent jobs, newest first",

@@ -122,6 +122,7 @@ class StackConfig:
     fault_proxies: tuple[str, ...] = ()
     proxy_seed: int | None = None
 
+LOCAL_PLANS = "free:daily=100000,running=64,priority=0;pro:daily=100000,running=64,priority=10"
 DEAD_TOPIC = "kiln-jobs-dead"
 DEAD_SUBSCRIPTION = "kiln-jobs-dead-sub"
 WORKER_SUBSCRIPTION = "kiln-jobs-worker"
@@ -191,6 +192,10 @@ class LocalStack:
             "CLOUD_TASKS_EMULATOR_HOST": self._addr(c.tasks_port),
             # Where providers reach the ingress (callbacks: POST {url}/v1/providers/…/events).
             "KILN_PUBLIC_URL": self.ingress_url,
+            # The stack's callers are tests, demos and chaos runs of hundreds of jobs from a
+            # few uids: generous plans unless the config sets its own (the fair queue's own
+            # tests and bench-fairness do).
+            "KILN_PLANS": LOCAL_PLANS, "KILN_PROVIDER_CAPACITY": "64",
             **{k: v for companion in c.companions for k, v in companion.env().items()},
             **c.env,
         }

@@ -29,6 +29,9 @@ export interface Job {
   error: JobError | null;
   result: JobResult | null;
   provenance?: Provenance;
+  queueReason?: QueueReason;
+  /** An estimate of the jobs that start before this one (1 = next), refreshed about once a minute; null when unknown or not waiting. Show it as a hint, not a promise. */
+  queuePosition?: number | null;
   /** When the job was accepted (server time). */
   createdAt: Timestamp;
   /** Last write (server time). */
@@ -128,6 +131,9 @@ export interface JobView {
   attempts: number;
   error: JobError | null;
   result: JobResult | null;
+  queueReason?: QueueReason;
+  /** An estimate of the jobs that start before this one (1 = next), refreshed about once a minute; null when unknown or not waiting. Show it as a hint, not a promise. */
+  queuePosition?: number | null;
   createdAt: string | null;
   updatedAt: string | null;
   startedAt: string | null;
@@ -255,6 +261,9 @@ export interface ModelJobRequest {
   prompt: string;
   options?: ModelOptions;
 }
+
+/** Why a pending job (stage queued) waits to start: running_limit = the owner already runs as many jobs as its plan allows; provider_capacity = the generator's account is at capacity (or asked us to slow down). null (or absent) once it started, and on jobs that never waited. */
+export type QueueReason = "running_limit" | "provider_capacity" | null;
 
 /** A job document with its id, as a snapshot listener hands it over. */
 export type JobWithId = Job & { id: string };

@@ -24,12 +24,14 @@ from kiln.ports import (
     BlobStore,
     Channel,
     Clock,
+    Counters,
     DeviceStore,
     JobStore,
     KeyStore,
     Push,
     Queue,
     Scheduler,
+    Slots,
     TaskIndex,
     Verifier,
     WebhookStore,
@@ -62,6 +64,8 @@ class Services:
         channels: Mapping[str, Channel] | None = None,
         scheduler: Scheduler | None = None,
         task_index: TaskIndex | None = None,
+        counters: Counters | None = None,
+        slots: Slots | None = None,
         keys: KeyStore | None = None,
         batches: BatchStore | None = None,
         webhooks: WebhookStore | None = None,
@@ -78,7 +82,8 @@ class Services:
         self._lock = threading.RLock()
         given = {"store": store, "devices": devices, "queue": queue, "blobs": blobs,
                  "push": push, "auth": auth, "scheduler": scheduler, "task_index": task_index,
-                 "keys": keys, "batches": batches, "webhooks": webhooks}
+                 "keys": keys, "batches": batches, "webhooks": webhooks,
+                 "counters": counters, "slots": slots}
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
@@ -134,6 +139,18 @@ class Services:
         return FirestoreWebhookStore(self.firestore)
 
     @functools.cached_property
+    def counters(self) -> Counters:
+        from kiln.adapters.firestore_queue import FirestoreCounters
+
+        return FirestoreCounters(self.firestore)
+
+    @functools.cached_property
+    def slots(self) -> Slots:
+        from kiln.adapters.firestore_queue import FirestoreSlots
+
+        return FirestoreSlots(self.firestore)
+
+    @functools.cached_property
     def blobs(self) -> BlobStore:
         from kiln.adapters.storage import CloudStorage
 
@@ -145,7 +162,10 @@ class Services:
         from kiln.adapters.firebase_auth import FirebaseAuth
 
         # The local stack's unsigned tokens have no Auth server to ask about revocation.
-        return FirebaseAuth(self.firebase_app, check_revoked=not self.settings.auth_emulator_host)
+        # Their claims are unsigned too: anyone could write ``plan`` into one.
+        local_tokens = bool(self.settings.auth_emulator_host)
+        return FirebaseAuth(self.firebase_app, check_revoked=not local_tokens,
+                            trust_claims=not local_tokens)
 
     @functools.cached_property
     def keys(self) -> KeyStore:

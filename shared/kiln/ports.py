@@ -46,7 +46,10 @@ class JobStore(Protocol):
         ...
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]: ...
+             limit: int = 100, waiting: bool = False) -> list[Job]:
+        """Jobs by status and/or owner; ``waiting``: only those waiting in the fair queue
+        (``queueReason`` set)."""
+        ...
 
     def recent(self, uid: str, limit: int) -> list[Job]:
         """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
@@ -198,13 +201,82 @@ class Push(Protocol):
              *, image: str | None = None) -> PushResult: ...
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller: its uid and the plan its credentials carry (None: none, or a
+    claim that cannot be trusted, e.g. an unsigned local token's)."""
+
+    uid: str
+    plan: str | None = None
+
+
 class Verifier(Protocol):
     """Who calls the HTTP API: the uid behind an ``Authorization`` header."""
 
     def verify(self, authorization: str | None) -> str: ...
 
     def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
-        """The uid and its plan (the custom claim ``plan``, None when unset)."""
+        """The uid and its plan (the custom claim ``plan``, None when unset or from a
+        token whose claims cannot be trusted)."""
+        ...
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The caller with its plan claim (``verify``'s checks, same errors)."""
+        ...
+
+
+class Counters(Protocol):
+    """Admission's counts with no hot document: a quota is numbered tickets, one document
+    each, created once (create-if-absent makes it exact under concurrency); the jobs not
+    yet started are counted by a query."""
+
+    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+        """Take ``count`` of the ``limit`` tickets of ``key``: their numbers, or None
+        (nothing taken) when fewer than ``count`` are left.
+
+        Raises:
+            RetryableError: the store is unavailable or too contended right now.
+        """
+        ...
+
+    def give_back(self, key: str, numbers: list[int]) -> None:
+        """Return tickets taken for a request that created nothing."""
+        ...
+
+    def used(self, key: str) -> int:
+        """How many tickets of ``key`` are taken."""
+        ...
+
+    def waiting(self, reason: str | None = None) -> int:
+        """Jobs accepted and not yet started (``pending``); with ``reason``, those waiting
+        for it (``queueReason``). At most a second stale."""
+        ...
+
+
+class Slots(Protocol):
+    """Pools of places held by running jobs: a user's running limit, a provider account's
+    capacity. One document per place, so no document is written more than twice per job."""
+
+    def take(self, pool: str, capacity: int, job_id: str,
+             done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
+        """Hold a free place of ``pool`` (of ``capacity``) for ``job_id``; True when held
+        (also when it held one already). With ``done``, a place whose holder is done (its
+        job ended) counts as free; with ``limit``, no place is taken while ``limit`` are
+        held (a narrowed window)."""
+        ...
+
+    def release(self, pool: str, job_id: str) -> None:
+        """Give back ``job_id``'s place in ``pool`` (nothing when it holds none)."""
+        ...
+
+    def holders(self, pool: str) -> list[str]: ...
+
+    def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
+        """Use at most ``capacity`` places of ``pool`` until ``until`` (a provider's 429)."""
+        ...
+
+    def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
+        """The places usable now: ``capacity``, or less while a narrowing lasts."""
         ...
 
 

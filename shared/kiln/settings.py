@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kiln.core.errors import ConfigError
+from kiln.core.plans import DEFAULT_PLANS, Plan, check_plan_name, parse_capacity, parse_plans
 from kiln.core.policy import PollCadence, RetryPolicy
 
 #: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
@@ -39,8 +40,6 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_TELEGRAM_WEBHOOK_SECRET": ("telegram_webhook_secret", True),
     "KILN_TELEGRAM_API_BASE": ("telegram_api_base", False),
     "KILN_TELEGRAM_DEFAULT_KIND": ("telegram_default_kind", False),
-    "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": ("telegram_max_running_per_chat", False),
-    "KILN_TELEGRAM_DAILY_QUOTA": ("telegram_daily_quota", False),
     "KILN_MESHY_API_KEY": ("meshy_api_key", True),
     "KILN_MESHY_BASE_URL": ("meshy_base_url", False),
     "KILN_GEMINI_API_KEY": ("gemini_api_key", True),
@@ -50,6 +49,17 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_ALLOWED_FETCH_HOSTS": ("allowed_fetch_hosts", False),
     "KILN_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", False),
     "KILN_LOG_LEVEL": ("log_level", False),
+    # Fair queues: the plan table, who gets which plan, backpressure, the queue's TTL and
+    # ageing, each provider account's capacity and how long a provider 429 narrows it.
+    "KILN_PLANS": ("plans", False),
+    "KILN_DEFAULT_PLAN": ("default_plan", False),
+    "KILN_TELEGRAM_PLAN": ("telegram_plan", False),
+    "KILN_PLAN_GRANTS": ("plan_grants", False),
+    "KILN_MAX_WAITING": ("max_waiting", False),
+    "KILN_QUEUE_TTL_SECONDS": ("queue_ttl_seconds", False),
+    "KILN_QUEUE_AGEING_SECONDS": ("queue_ageing_seconds", False),
+    "KILN_PROVIDER_CAPACITY": ("provider_capacity", False),
+    "KILN_PROVIDER_BACKOFF_SECONDS": ("provider_backoff_seconds", False),
     # Scheduled checks of jobs that wait on a remote task (Cloud Tasks → Pub/Sub publish).
     "KILN_TASKS_LOCATION": ("tasks_location", False),
     "KILN_TASKS_QUEUE": ("tasks_queue", False),
@@ -104,8 +114,6 @@ class Settings:
     telegram_webhook_secret: str = field(default="", repr=False)
     telegram_api_base: str = "https://api.telegram.org"
     telegram_default_kind: str = "image"
-    telegram_max_running_per_chat: int = 2
-    telegram_daily_quota: int = 20
     meshy_api_key: str = field(default="", repr=False)
     meshy_base_url: str = "https://api.meshy.ai"
     gemini_api_key: str = field(default="", repr=False)
@@ -115,6 +123,15 @@ class Settings:
     allowed_fetch_hosts: str = ""
     max_artifact_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    plans: str = DEFAULT_PLANS
+    default_plan: str = "free"  # an app user without a (trusted) ``plan`` claim
+    telegram_plan: str = "free"  # every Telegram chat
+    plan_grants: str = ""  # "uid=plan,..." an operator's grants (e.g. the local stack's users)
+    max_waiting: int = 10_000  # jobs accepted but not started, across Kiln: beyond → 503
+    queue_ttl_seconds: float = 3600.0  # a job that waits longer to start fails ``expired``
+    queue_ageing_seconds: float = 30.0  # a waiting job gains one priority point per this
+    provider_capacity: str = "8"  # K tasks at once per provider account: "K" or "name=K,..."
+    provider_backoff_seconds: float = 60.0  # a provider 429 halves its window this long
     tasks_location: str = "us-central1"
     tasks_queue: str = "kiln-checks"
     tasks_service_account: str = ""
@@ -151,6 +168,36 @@ class Settings:
         if self.env == "local" and os.environ.get("K_SERVICE"):
             # K_SERVICE is set by Cloud Run: local mode there would trust unsigned tokens.
             raise ConfigError("KILN_ENV=local is refused on Cloud Run (K_SERVICE is set)")
+
+        table = self.plan_table()
+        check_plan_name(table, self.default_plan, "KILN_DEFAULT_PLAN")
+        check_plan_name(table, self.telegram_plan, "KILN_TELEGRAM_PLAN")
+        for uid, plan in self.grants().items():
+            check_plan_name(table, plan, f"KILN_PLAN_GRANTS ({uid})")
+        self.capacity_table()
+        for name in ("max_waiting", "queue_ttl_seconds", "queue_ageing_seconds",
+                     "provider_backoff_seconds"):
+            if getattr(self, name) <= 0:
+                var = next(v for v, (a, _s) in ENV_VARS.items() if a == name)
+                raise ConfigError(f"{var} must be positive, got {getattr(self, name)!r}")
+
+    def plan_table(self) -> Mapping[str, Plan]:
+        """The plans of ``KILN_PLANS`` by name."""
+        return parse_plans(self.plans)
+
+    def grants(self) -> dict[str, str]:
+        """``KILN_PLAN_GRANTS``: uid → plan name."""
+        out: dict[str, str] = {}
+        for item in (i.strip() for i in self.plan_grants.split(",") if i.strip()):
+            uid, sep, plan = item.rpartition("=")
+            if not sep or not uid:
+                raise ConfigError(f"KILN_PLAN_GRANTS: {item!r} is not 'uid=plan'")
+            out[uid.strip()] = plan.strip()
+        return out
+
+    def capacity_table(self) -> Mapping[str, int]:
+        """``KILN_PROVIDER_CAPACITY``: provider → tasks at once (``*``: the rest)."""
+        return parse_capacity(self.provider_capacity, 8)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts,

@@ -40,8 +40,9 @@ ENV = {
     "KILN_LEASE_SECONDS": "6",
     "KILN_RETRY_BACKOFF_SECONDS": "0.5",
     "KILN_PENDING_REPUBLISH_SECONDS": "3",
-    "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT": "1",
-    "KILN_TELEGRAM_DAILY_QUOTA": "3",
+    # Every chat's plan: 3 jobs a day, 1 running at once (more wait in the fair queue).
+    "KILN_PLANS": "free:daily=50,running=2;chat:daily=3,running=1",
+    "KILN_TELEGRAM_PLAN": "chat",
 }
 
 
@@ -273,16 +274,21 @@ def test_a_group_is_served_when_it_addresses_the_bot(telegram, tg_services, text
 
 
 def test_status_running_limit_and_cancel(telegram, tg_services, chat):
-    """Given a running model job, then /status lists it, a second job is refused politely
-    (1 running per chat here), /cancel cancels it like the API does and edits the working
-    message, and a second /cancel finds nothing."""
+    """Given a running model job, then /status lists it, a second job waits its turn in the
+    fair queue (1 running per chat here: pending, queued, running_limit), /cancel cancels
+    the newest (the waiting one), then the running one like the API does and edits its
+    working message, and a third /cancel finds nothing."""
     send(telegram, chat, "/model a slow teal torus")
     job = one_job(tg_services, chat)
     working_id = status_id(tg_services, job.id)
     status = send(telegram, chat, "/status").json()["text"]
     assert "Your recent jobs" in status and "a slow teal torus" in status
-    assert "already have 1 job running" in send(telegram, chat, "/image one more").json()["text"]
-    assert len(jobs_of(tg_services, chat)) == 1
+    send(telegram, chat, "/image one more")
+    waiting = next(j for j in jobs_of(tg_services, chat) if j.id != job.id)
+    assert (waiting.status, waiting.stage, waiting.queue_reason) == \
+        (JobStatus.PENDING, "queued", "running_limit")
+    assert "Canceled" in send(telegram, chat, "/cancel").text
+    assert tg_services.store.get(waiting.id).status is JobStatus.CANCELED
 
     answer = send(telegram, chat, "/cancel").json()
     assert answer["method"] == "editMessageText" and answer["message_id"] == working_id
@@ -294,31 +300,36 @@ def test_status_running_limit_and_cancel(telegram, tg_services, chat):
     assert "canceled" in send(telegram, chat, "/status").json()["text"]
 
 
-def test_updates_arriving_together_never_exceed_the_running_limit(telegram, tg_services, chat):
+def test_updates_arriving_together_never_exceed_the_limits(telegram, tg_services, chat):
     """Given five /model updates of one chat posted at once (Telegram delivers concurrently
-    over several connections), then exactly one job starts (1 running per chat here) and the
-    other four get the polite refusal."""
+    over several connections), then exactly three jobs are accepted (3 a day here) and two
+    get the polite quota reply; one starts and two wait (1 running per chat here)."""
     updates = [telegram.text_update(chat, f"/model a burst cube {n}") for n in range(5)]
     with ThreadPoolExecutor(len(updates)) as pool:
         answers = list(pool.map(telegram.post_update, updates))
     assert [a.status_code for a in answers] == [200] * 5
-    refusals = [a.json()["text"] for a in answers if a.content and "already have" in a.text]
-    assert len(refusals) == 4
-    assert len(jobs_of(tg_services, chat)) == 1
-    send(telegram, chat, "/cancel")
+    refusals = [a.json()["text"] for a in answers if a.content and "today's 3" in a.text]
+    assert len(refusals) == 2
+    jobs = jobs_of(tg_services, chat)
+    assert len(jobs) == 3
+    assert sum(1 for j in jobs if j.queue_reason == "running_limit") == 2
+    for _ in range(3):
+        send(telegram, chat, "/cancel")
 
 
 def test_the_daily_quota_is_enforced_politely(telegram, tg_services, chat):
     """Given a quota of 3 a day, when a chat starts a fourth job, then it gets a polite
     reply and no job; canceled jobs count."""
+    from kiln.runtime.admission import quota_key
+
     for n in range(3):
         send(telegram, chat, f"/model a cube number {n}")
         send(telegram, chat, "/cancel")
     answer = send(telegram, chat, "/image one too many").json()
     assert "today's 3 generations" in answer["text"]
     assert len(jobs_of(tg_services, chat)) == 3
-    chat_doc = tg_services.firestore.collection("telegramChats").document(str(chat)).get().to_dict()
-    assert chat_doc["quotaUsed"] == 3
+    day = tg_services.clock.now().date().isoformat()
+    assert tg_services.counters.used(quota_key(f"telegram:{chat}", day)) == 3
 
 
 # --- Telegram's refusals -------------------------------------------------------------------

@@ -35,15 +35,23 @@ LIFECYCLE = frozenset({
     "KILN_PENDING_REPUBLISH_SECONDS", "KILN_RETRY_BACKOFF_SECONDS",
 })
 
+#: The fair queue: every function takes places or starts waiting jobs, and names a
+#: provider's pool after the provider that makes each kind.
+FAIR_QUEUE = frozenset({
+    "KILN_PLANS", "KILN_DEFAULT_PLAN", "KILN_TELEGRAM_PLAN", "KILN_PLAN_GRANTS",
+    "KILN_MAX_WAITING", "KILN_QUEUE_TTL_SECONDS", "KILN_QUEUE_AGEING_SECONDS",
+    "KILN_PROVIDER_CAPACITY", "KILN_PROVIDER_BACKOFF_SECONDS", "KILN_IMAGE_PROVIDER",
+    "KILN_MODEL_PROVIDER",
+})
+
 #: function (folder under functions/) -> variables its code path reads.
 NEEDS: dict[str, frozenset[str]] = {
-    "ingress": LIFECYCLE | {
+    "ingress": LIFECYCLE | FAIR_QUEUE | {
         "KILN_MAX_BODY_BYTES", "KILN_CORS_ORIGINS", "KILN_TELEGRAM_WEBHOOK_SECRET", "KILN_TELEGRAM_BOT_TOKEN",
         "KILN_TELEGRAM_API_BASE", "KILN_TELEGRAM_DEFAULT_KIND",
-        "KILN_TELEGRAM_MAX_RUNNING_PER_CHAT", "KILN_TELEGRAM_DAILY_QUOTA",
         "KILN_TASKSERVER_WEBHOOK_SECRET", "KILN_MESHY_WEBHOOK_SECRET",
     },
-    "worker": LIFECYCLE | {
+    "worker": LIFECYCLE | FAIR_QUEUE | {
         "KILN_BUCKET", "KILN_WORKER_BUDGET_SECONDS", "KILN_PROGRESS_INTERVAL_SECONDS",
         "KILN_LINK_TEMPLATE", "KILN_IMAGE_PROVIDER", "KILN_MODEL_PROVIDER",
         "KILN_MAX_ARTIFACT_BYTES", "KILN_ALLOWED_FETCH_HOSTS", "KILN_TELEGRAM_BOT_TOKEN",
@@ -56,7 +64,7 @@ NEEDS: dict[str, frozenset[str]] = {
         "KILN_POLL_FIRST_SECONDS", "KILN_POLL_MAX_SECONDS",
     },
     # Failing an expired job notifies its owner: FCM push and Telegram reply.
-    "sweeper": LIFECYCLE | {
+    "sweeper": LIFECYCLE | FAIR_QUEUE | {
         "KILN_LINK_TEMPLATE", "KILN_TELEGRAM_BOT_TOKEN", "KILN_TELEGRAM_API_BASE",
     },
 }

@@ -40,7 +40,10 @@ MAX_LINES = 400
 KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 # Modules allowed over MAX_LINES lines (path inside the package -> one-line reason). None.
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "core/lifecycle.py": "the one writer of job state: the fair queue's transitions sit "
+                         "beside the others",
+}
 
 
 # -- building ------------------------------------------------------------------------------

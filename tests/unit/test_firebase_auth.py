@@ -161,3 +161,19 @@ def test_the_cache_never_outlives_the_token(auth: FirebaseAuth, accounts: Accoun
     clock.now += 11  # the cache's 60 s are not over, the token's life is: asked again
     auth.verify(token)
     assert accounts.lookups == ["dan", "dan"]
+
+
+def test_a_forged_plan_claim_is_ignored_in_local_mode(accounts: AccountsServer) -> None:
+    """Given the local stack's composition (unsigned tokens, anyone can write a claim),
+    when a token claims plan "pro", then the caller has no plan from it; a signed-token
+    verifier (deployed) does take the claim."""
+    from kiln.compose import Services
+
+    host = f"127.0.0.1:{accounts.server_address[1]}"
+    local = Services(Settings(env="local", project=PROJECT, auth_emulator_host=host))
+    forged = bearer("mallory", plan="pro")
+    assert local.auth.identify(forged).uid == "mallory"
+    assert local.auth.identify(forged).plan is None
+    trusting = FirebaseAuth(firebase_app(Settings(env="local", project=PROJECT)),
+                            check_revoked=False, trust_claims=True)
+    assert trusting.identify(forged).plan == "pro"

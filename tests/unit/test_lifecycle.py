@@ -398,6 +398,6 @@ def test_public_view_is_the_contract() -> None:
     w = World()
     view = w.job.public_view()
     assert set(view) == {"jobId", "uid", "channel", "kind", "prompt", "options", "status",
-                         "stage", "progress", "attempts", "error", "result", "createdAt",
-                         "updatedAt", "startedAt", "completedAt"}
+                         "stage", "progress", "attempts", "error", "result", "queueReason",
+                         "queuePosition", "createdAt", "updatedAt", "startedAt", "completedAt"}
     assert view["createdAt"] == w.clock.now().isoformat() and view["startedAt"] is None

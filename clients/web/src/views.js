@@ -74,6 +74,8 @@ export function jobCard(config, job, actions) {
     el("div", { class: "fill", style: `width: ${progress}%` }))
     : null,
   active ? el("p", { class: "stage" }, `${job.stage || "queued"} · ${progress}%`) : null,
+  job.status === "pending" && job.queueReason
+    ? el("p", { class: "queue", "data-queue-reason": job.queueReason }, queueText(job)) : null,
   job.status === "failed"
     ? el("div", { class: "error", role: "alert" },
       el("p", {}, job.error?.message || "Something went wrong."),
@@ -87,8 +89,17 @@ export function jobCard(config, job, actions) {
     el("time", {}, when(job.createdAt))));
 }
 
+/** Why a job waits to start (the fair queue), and roughly how many go first. */
+export function queueText(job) {
+  const why = job.queueReason === "provider_capacity"
+    ? "Waiting for the generator to free up"
+    : "Waiting for your other jobs to finish (your plan's limit)";
+  return job.queuePosition ? `${why} · about ${job.queuePosition} ahead` : why;
+}
+
 /** A key that changes whenever the card would look different. */
 export function cardKey(job) {
-  return [job.status, job.stage, job.progress, job.error?.message, job.result?.downloadUrl,
+  return [job.status, job.stage, job.progress, job.queueReason, job.queuePosition,
+    job.error?.message, job.result?.downloadUrl,
     job.createdAt?.toMillis?.()].join("|");
 }

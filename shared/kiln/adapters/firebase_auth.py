@@ -24,6 +24,7 @@ from firebase_admin import credentials as fb_credentials
 from firebase_admin import exceptions as firebase_exceptions
 
 from kiln.core.errors import RequestError, RetryableError
+from kiln.ports import Identity
 from kiln.settings import Settings
 
 
@@ -63,45 +64,55 @@ class FirebaseAuth:
     its expiry), so a client's repeated calls with one token cost no lookup and the
     acknowledgement stays fast; a revocation or a disabled account takes effect within
     that time.
+
+    The caller's plan is the custom claim ``plan``, trusted only from a signed token
+    (``trust_claims``): on the local stack tokens are unsigned, anyone can write any
+    claim, so there the claim is ignored (the plan comes from ``KILN_PLAN_GRANTS``).
     """
 
     def __init__(self, app: firebase_admin.App, *, check_revoked: bool = True,
-                 cache_seconds: float = 60.0, cache_size: int = 10_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 trust_claims: bool = True, cache_seconds: float = 60.0,
+                 cache_size: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         self.app = app
         self.check_revoked = check_revoked
+        self.trust_claims = trust_claims
         self.cache_seconds, self.cache_size, self._clock = cache_seconds, cache_size, clock
-        # token digest → (uid, plan, good until)
-        self._good: OrderedDict[bytes, tuple[str, str | None, float]] = OrderedDict()
+        # digest → the caller, until
+        self._good: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def verify(self, authorization: str | None) -> str:
-        return self.verify_user(authorization)[0]
+        return self.identify(authorization).uid
 
     def verify_user(self, authorization: str | None) -> tuple[str, str | None]:
-        """The caller's uid and plan (the custom claim ``plan``; None when unset)."""
+        """The caller's uid and plan (the custom claim ``plan``, from a trusted token;
+        None when unset or untrusted)."""
+        identity = self.identify(authorization)
+        return identity.uid, identity.plan
+
+    def identify(self, authorization: str | None) -> Identity:
         token = bearer_token(authorization)
         key, now = hashlib.sha256(token.encode()).digest(), self._clock()
         with self._lock:
             hit = self._good.get(key)
-            if hit is not None and hit[2] > now:
-                return hit[0], hit[1]
+            if hit is not None and hit[1] > now:
+                return hit[0]
         claims = self._verified(token)
         uid = claims.get("uid") or claims.get("sub")
         if not isinstance(uid, str) or not uid:
             raise RequestError(401, "unauthenticated", "The ID token has no user.")
-        plan = claims.get("plan")
-        plan = plan if isinstance(plan, str) and plan else None
         expires = claims.get("exp")
         until = now + self.cache_seconds
         if isinstance(expires, (int, float)):
             until = min(until, float(expires))
+        plan = claims.get("plan") if self.trust_claims else None
+        identity = Identity(uid, plan if isinstance(plan, str) and plan else None)
         with self._lock:
-            self._good[key] = (uid, plan, until)
+            self._good[key] = (identity, until)
             self._good.move_to_end(key)
             while len(self._good) > self.cache_size:
                 self._good.popitem(last=False)
-        return uid, plan
+        return identity
 
     def _verified(self, token: str) -> dict[str, Any]:
         try:

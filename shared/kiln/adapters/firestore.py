@@ -24,7 +24,7 @@ from google.cloud import firestore
 
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError
-from kiln.core.job import Change, Device, Job, NewJob
+from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
 
 JOBS = "jobs"
 PRIVATE = "private"  # jobs/{jobId}/private/server: server state, no client access
@@ -192,11 +192,15 @@ class FirestoreJobStore:
             batch.commit()
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100) -> list[Job]:
-        """Jobs by status and/or owner (unordered), with their server state."""
+             limit: int = 100, waiting: bool = False) -> list[Job]:
+        """Jobs by status and/or owner (unordered), with their server state; ``waiting``:
+        only those waiting in the fair queue."""
         query: Any = self.client.collection(JOBS)
         if status is not None:
             query = query.where(filter=firestore.FieldFilter("status", "==", status))
+        if waiting:
+            query = query.where(filter=firestore.FieldFilter("queueReason", "in",
+                                                             list(QUEUE_REASONS)))
         if uid is not None:
             query = query.where(filter=firestore.FieldFilter("uid", "==", uid))
         with unavailable_is_retryable():

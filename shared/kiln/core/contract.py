@@ -53,6 +53,15 @@ Stage = Annotated[str, Field(description="Short human step: queued, starting, ge
 Progress = Annotated[int, Field(ge=0, le=100, description="0–100; never goes backwards within an "
                                 "attempt (a retry restarts at 0).")]
 Attempts = Annotated[int, Field(ge=0, description="Worker attempts so far.")]
+QueueReason = TypeAliasType("QueueReason", Annotated[
+    Literal["running_limit", "provider_capacity"] | None, Field(
+        description="Why a pending job (stage queued) waits to start: running_limit = the "
+        "owner already runs as many jobs as its plan allows; provider_capacity = the "
+        "generator's account is at capacity (or asked us to slow down). null (or absent) "
+        "once it started, and on jobs that never waited.")])
+QueuePosition = Annotated[int | None, Field(ge=1, description=(
+    "An estimate of the jobs that start before this one (1 = next), refreshed about once "
+    "a minute; null when unknown or not waiting. Show it as a hint, not a promise."))]
 
 
 def _options_follow_kind(schema: dict[str, Any]) -> None:
@@ -118,6 +127,8 @@ class Job(_Model):
     error: JobError | None
     result: JobResult | None
     provenance: Provenance = ABSENT
+    queueReason: QueueReason = None
+    queuePosition: QueuePosition = None
     createdAt: Timestamp = Field(description="When the job was accepted (server time).")
     updatedAt: Timestamp = Field(description="Last write (server time).")
     startedAt: Timestamp | None = Field(description="First claim by a worker.")
@@ -147,6 +158,8 @@ class JobView(_Model):
     attempts: Attempts
     error: JobError | None
     result: JobResult | None
+    queueReason: QueueReason = None
+    queuePosition: QueuePosition = None
     createdAt: dt.datetime | None
     updatedAt: dt.datetime | None
     startedAt: dt.datetime | None

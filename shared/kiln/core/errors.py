@@ -103,3 +103,20 @@ class TransitionError(KilnError):
     """A state change the job's current status does not allow."""
 
     code = "invalid_transition"
+
+
+class LimitError(KilnError):
+    """Admission refused the request (nothing was created); try again after
+    ``retry_after`` seconds. The message is for the caller as is."""
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class QuotaExceededError(LimitError):
+    """The caller's plan allows no more jobs today (HTTP 429)."""
+
+
+class OverloadedError(LimitError):
+    """Too many jobs are waiting to start across Kiln (backpressure, HTTP 503)."""

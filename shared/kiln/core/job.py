@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import secrets
 from collections.abc import Mapping
@@ -100,9 +101,14 @@ class Device:
 #: The fields of ``jobs/{jobId}`` (the client contract), in document order.
 PUBLIC_FIELDS = ("uid", "channel", "kind", "prompt", "options", "status", "stage", "progress",
                  "attempts", "error", "result", "provenance", "createdAt", "updatedAt",
-                 "startedAt", "completedAt", "expireAt", "batchId")
+                 "startedAt", "completedAt", "expireAt", "batchId", "queueReason",
+                 "queuePosition")
+
+#: Why a ``pending`` job waits to start (``queueReason``; null once it started).
+QUEUE_REASONS = ("running_limit", "provider_capacity")
 
 
+@functools.cache
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -131,6 +137,14 @@ class ServerState:
     wake: bool = False  # woken (a callback) while a worker held it: check again at once
     retries: int = 0
     republished_at: dt.datetime | None = None
+    #: The fair queue: waiting for places (``queued``) since ``queued_at``, failing
+    #: ``expired`` at ``queue_until``; its plan and priority; the places it holds.
+    queued: bool = False
+    queued_at: dt.datetime | None = None
+    queue_until: dt.datetime | None = None
+    plan: str | None = None
+    priority: int = 0
+    pools: tuple[str, ...] | list[str] = ()
     notify: Mapping[str, Any] | None = None
     telegram: Mapping[str, Any] | None = None
     webhook: str | None = None  # an API job's own webhook URL (kiln.webhooks)
@@ -179,6 +193,8 @@ class Job:
     completed_at: dt.datetime | None = None
     provenance: Mapping[str, Any] | None = None
     batch_id: str | None = None
+    queue_reason: str | None = None
+    queue_position: int | None = None
     server: ServerState = field(default_factory=ServerState)
 
     @classmethod
@@ -193,7 +209,9 @@ class Job:
             result=doc.get("result"), created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"), started_at=doc.get("startedAt"),
             completed_at=doc.get("completedAt"), provenance=doc.get("provenance"),
-            batch_id=doc.get("batchId"), server=ServerState.from_doc(server),
+            batch_id=doc.get("batchId"),
+            queue_reason=doc.get("queueReason"), queue_position=doc.get("queuePosition"),
+            server=ServerState.from_doc(server),
         )
 
     @property
@@ -207,7 +225,8 @@ class Job:
                                "options": dict(self.options), "status": self.status.value,
                                "stage": self.stage, "progress": self.progress,
                                "attempts": self.attempts, "error": self.error,
-                               "result": self.result}
+                               "result": self.result, "queueReason": self.queue_reason,
+                               "queuePosition": self.queue_position}
         for name in ("created_at", "updated_at", "started_at", "completed_at"):
             value = getattr(self, name)
             out[_camel(name)] = value.isoformat() if isinstance(value, dt.datetime) else None

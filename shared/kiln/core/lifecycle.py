@@ -28,6 +28,8 @@ RETENTION_DAYS = 90
 
 NOTIFY_CLAIMED = "claimed"
 DEADLINE_MESSAGE = "The job took too long and was stopped."
+QUEUE_EXPIRED_MESSAGE = ("The job waited too long for its turn to start and was dropped. "
+                         "Nothing was generated; please try again later.")
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -42,6 +44,7 @@ class ClaimOutcome(enum.StrEnum):
     MISSING = "missing"  # no such job: ack
     WAITING = "waiting"  # parked on its remote task; only its live check runs it: ack
     STALE = "stale"  # a check that is not the job's live one (superseded, duplicate): ack
+    QUEUED = "queued"  # waiting for its places in the fair queue; its start publishes it: ack
 
 
 class SweepAction(enum.StrEnum):
@@ -60,10 +63,24 @@ class Claim:
     resume_task_id: str | None = None
 
 
+@dataclass(frozen=True)
+class QueueEntry:
+    """Where a new job waits: its plan and priority, how long it may wait, and why."""
+
+    plan: str
+    priority: int
+    ttl_seconds: float
+    reason: str = "running_limit"
+    position: int | None = None
+    #: The places it got at once (it starts now), or none (it waits its turn).
+    pools: tuple[str, ...] = ()
+
+
 def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt.datetime,
             policy: RetryPolicy, idempotency_key: str | None = None,
-            server: Mapping[str, Any] | None = None) -> NewJob:
-    """The documents of a new ``pending`` job."""
+            server: Mapping[str, Any] | None = None, queue: QueueEntry | None = None) -> NewJob:
+    """The documents of a new ``pending`` job; with ``queue``, waiting in the fair queue
+    until :func:`start` gives it its places."""
     doc = {
         "uid": uid, "channel": channel, "kind": request.kind, "prompt": request.prompt,
         "options": dict(request.options), "status": JobStatus.PENDING.value, "stage": "queued",
@@ -77,6 +94,13 @@ def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt
                                "fingerprint": request.fingerprint(), "handoffs": 0,
                                "expireAt": doc["expireAt"],
                                timeline.FIELD: {"accepted": now}, **(server or {})}
+    if queue is not None:
+        waits = not queue.pools
+        doc.update(queueReason=queue.reason if waits else None,
+                   queuePosition=queue.position if waits else None)
+        private.update(queued=waits, queuedAt=now, plan=queue.plan, priority=queue.priority,
+                       queueUntil=now + dt.timedelta(seconds=queue.ttl_seconds),
+                       pools=list(queue.pools))
     if idempotency_key is not None:
         private["idempotencyKey"] = idempotency_key
     return NewJob(job_id, doc, private)
@@ -103,9 +127,10 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
             # lost under contention): it is ours, nothing more to write.
             return Claim(ClaimOutcome.CLAIMED, None, srv.provider_task_id)
         return Claim(ClaimOutcome.BUSY)
-    if srv.past_deadline(now):
-        return Claim(ClaimOutcome.EXPIRED, fail(job, code="deadline_exceeded",
-                                                message=DEADLINE_MESSAGE))
+    if srv.past_deadline(now) or queue_expired(job, now):
+        return Claim(ClaimOutcome.EXPIRED, expire(job, now=now))
+    if srv.queued and job.status is JobStatus.PENDING:
+        return Claim(ClaimOutcome.QUEUED)
     # A waiting job runs only for its live check. A check of a job that is not waiting
     # (released for a retry, or its worker died) is an ordinary delivery, decided below.
     if srv.waiting:
@@ -281,8 +306,13 @@ def fail(job: Job | None, *, code: str, message: str, worker_id: str | None = No
         raise TransitionError(f"A {job.status.value if job else 'missing'} job cannot fail.")
     return Change({"status": target("fail").value, "stage": "failed",
                    "error": {"code": code, "message": message, "retryable": False},
-                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME},
+                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME, **_dequeued(job)},
                   _ended("generation_failed"))
+
+
+def _dequeued(job: Job | None) -> dict[str, Any]:
+    """An ending job waits for nothing any more."""
+    return {"queueReason": None, "queuePosition": None} if job and job.queue_reason else {}
 
 
 def _ended(push_type: str) -> dict[str, Any]:
@@ -300,7 +330,7 @@ def cancel(job: Job | None) -> Change | None:
     if not allowed("cancel", job.status):
         raise TransitionError(f"This job is already {job.status.value} and cannot be canceled.")
     return Change({"status": target("cancel").value, "stage": "canceled",
-                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME},
+                   "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME, **_dequeued(job)},
                   {"leaseOwner": None, "leaseExpiresAt": None, "notBefore": None,
                    "nextCheckAt": None})
 
@@ -314,11 +344,15 @@ def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change |
         return None
     if not allowed("retry", job.status):
         raise TransitionError(f"Only a failed job can be retried; this one is {job.status.value}.")
+    queued: dict[str, Any] = {}
+    if job.server.queued_at is not None:  # it came through the fair queue: back into it
+        ttl = (job.server.queue_until or job.server.queued_at) - job.server.queued_at
+        queued = {"queued": True, "queuedAt": now, "queueUntil": now + ttl, "pools": []}
     return Change({"status": target("retry").value, "stage": "queued", "progress": 0,
                    "attempts": 0, "error": None, "result": None, "completedAt": None,
-                   "updatedAt": SERVER_TIME},
+                   "updatedAt": SERVER_TIME, **({"queueReason": "running_limit"} if queued else {})},
                   {"deadlineAt": policy.deadline(now), "notBefore": None,
-                   "providerTaskId": None, "notify": None, "retries": Increment(1)})
+                   "providerTaskId": None, "notify": None, "retries": Increment(1), **queued})
 
 
 # --- the sweeper's view -------------------------------------------------------------
@@ -330,8 +364,10 @@ def sweep_action(job: Job, *, now: dt.datetime, stale_after: float) -> SweepActi
     srv = job.server
     if job.terminal:
         return SweepAction.LEAVE
-    if srv.past_deadline(now):
+    if srv.past_deadline(now) or queue_expired(job, now):
         return SweepAction.EXPIRE
+    if srv.queued and job.status is JobStatus.PENDING:
+        return SweepAction.LEAVE  # the fair queue starts it (runtime/dispatch.py)
     stale = now - dt.timedelta(seconds=stale_after)
     if srv.waiting:
         assert srv.next_check_at is not None
@@ -347,10 +383,54 @@ def sweep_action(job: Job, *, now: dt.datetime, stale_after: float) -> SweepActi
 
 
 def expire(job: Job | None, *, now: dt.datetime) -> Change | None:
-    """Fail a job past its deadline; None when it ended or is no longer late."""
-    if job is None or job.terminal or not job.server.past_deadline(now):
+    """Fail a job past its deadline, or one that waited past its queue TTL (``expired``);
+    None when it ended or is no longer late."""
+    if job is None or job.terminal:
+        return None
+    if queue_expired(job, now):
+        return fail(job, code="expired", message=QUEUE_EXPIRED_MESSAGE)
+    if not job.server.past_deadline(now):
         return None
     return fail(job, code="deadline_exceeded", message=DEADLINE_MESSAGE)
+
+
+# --- the fair queue -------------------------------------------------------------------
+
+
+def queue_expired(job: Job, now: dt.datetime) -> bool:
+    """Still waiting to start at its queue TTL."""
+    srv = job.server
+    return (srv.queued and job.status is JobStatus.PENDING and srv.queue_until is not None
+            and now >= srv.queue_until)
+
+
+def start(job: Job | None, *, pools: list[str]) -> Change | None:
+    """A queued job got its places (``pools``): it leaves the queue and may be claimed.
+    None when it is no longer waiting (started by another dispatcher, ended)."""
+    if job is None or job.status is not JobStatus.PENDING or not job.server.queued:
+        return None
+    return Change({"queueReason": None, "queuePosition": None, "updatedAt": SERVER_TIME},
+                  {"queued": False, "pools": list(pools), "notBefore": None})
+
+
+def queue_reason(job: Job, reason: str, position: int | None) -> Change | None:
+    """What a waiting job waits for, when that changed (written at most once per pass)."""
+    if not job.server.queued or (job.queue_reason, job.queue_position) == (reason, position):
+        return None
+    return Change({"queueReason": reason, "queuePosition": position}, {})
+
+
+def requeue(job: Job | None, *, worker_id: str, now: dt.datetime, delay: float) -> Change:
+    """The provider refused the task for capacity (429) before it began: back to the
+    queue, not started again for ``delay`` seconds, without spending the attempt; its
+    places are given back by the caller."""
+    job = check_owner(job, worker_id)
+    return Change({"status": target("release").value, "stage": "queued",
+                   "attempts": Increment(-1), "queueReason": "provider_capacity",
+                   "queuePosition": None, "updatedAt": SERVER_TIME},
+                  {"leaseOwner": None, "leaseExpiresAt": None, "claimToken": None,
+                   "queued": True, "pools": [], "requeues": Increment(1),
+                   "notBefore": now + dt.timedelta(seconds=delay)})
 
 
 def republished(now: dt.datetime) -> Change:

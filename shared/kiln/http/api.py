@@ -23,19 +23,22 @@ from kiln.compose import Services
 from kiln.core.errors import (
     ConflictError,
     KilnError,
+    LimitError,
     NotFoundError,
+    OverloadedError,
     RequestError,
     RetryableError,
     TransitionError,
     ValidationError,
 )
-from kiln.core.job import Job, is_valid_job_id
+from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
+from kiln.runtime.admission import admit
 from kiln.runtime.callbacks import receive
 from kiln.webhooks.endpoints import job_webhook
 
@@ -73,13 +76,18 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
         raise RequestError(413, "body_too_large",
                            f"The body must be at most {settings.max_body_bytes} bytes.")
     principal = authenticate(request, services, "submit")
+    uid = principal.uid
     key = idempotency_key(request)
     body = read_json(request, settings.max_body_bytes)
     server = job_webhook(services, principal, body)  # the job's own webhook URL, if any
     job_request = parse_job_request(body)
-    accepted = accept_job(services, uid=principal.uid, channel=principal.channel,
-                          request=job_request,
-                          idempotency_key=key, server=server)
+    # A replay of a keyed request was admitted the first time: it costs no quota. The
+    # plan is the principal's (an app user's trusted claim, an API key's tenant).
+    replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
+    admission = None if replay else admit(services, uid=uid, channel=principal.channel,
+                                          plan=principal.plan)
+    accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
+                          idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
 
@@ -203,6 +211,10 @@ def _dispatch(request: flask.Request, services: Services) -> flask.Response:
         return framework.http_exception(exc)
     except RequestError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except LimitError as exc:  # admission: nothing was created
+        return error_response(503 if isinstance(exc, OverloadedError) else 429,
+                              exc.code, exc.message,
+                              {"Retry-After": str(max(1, int(exc.retry_after)))})
     except RetryableError as exc:
         log.event(logger, "dependency unavailable", logging.WARNING, code=exc.code)
         return error_response(503, exc.code, "The service is busy; try again shortly.",

@@ -15,9 +15,9 @@ from typing import Any
 from kiln import log
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import RetryableError
+from kiln.core.errors import KilnError, RetryableError
 from kiln.core.job import Job, JobStatus
-from kiln.runtime import batch_end
+from kiln.runtime import batch_end, dispatch
 
 logger = log.get("actions")
 
@@ -52,6 +52,7 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
             _publish(services, job_id, "cancel", "cancel wake-up not published")
         if changed:
             log.event(logger, "job canceled", by=by)
+            _next_in_queue(services, job_id)
     if changed:
         batch_end.on_job_ended(services, job)
     return Outcome(changed, JobStatus.CANCELED, job)
@@ -69,9 +70,21 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     if not changed:
         return Outcome(False, job.status, job)
     with log.job_context(job_id):
-        _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
+        if job.server.queued_at is not None:  # back in the fair queue: a pass starts it
+            _next_in_queue(services, job_id)
+        else:
+            _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
         log.event(logger, "job retried", by=by)
     return Outcome(True, JobStatus.PENDING, job)
+
+
+def _next_in_queue(services: Services, job_id: str) -> None:
+    """Give back an ended job's places and start who is next (the sweeper's pass does it
+    otherwise, within a minute)."""
+    try:
+        dispatch.after_end(services, job_id)
+    except KilnError as exc:
+        log.event(logger, "queue pass deferred to the sweeper", logging.WARNING, code=exc.code)
 
 
 def _publish(services: Services, job_id: str, reason: str, warning: str) -> None:

@@ -4,10 +4,11 @@ Runs every minute (Cloud Scheduler; locally a loop in the stack). For each pendi
 running job the lifecycle decides (``sweep_action``): re-publish one whose publish may
 have been lost or whose lease expired (the next claim resumes or fails it), send a new
 check to one waiting on its remote task whose scheduled check is overdue, or fail one
-past its deadline. Then each channel retries the end-of-job messages it deferred because
-its chat could not be reached (``notify.redeliver``). Every change goes through the same
-lifecycle transactions as the worker, so sweepers may run concurrently with each other
-and with workers.
+past its deadline or its queue TTL (``expired``). A pass of the fair queue then starts
+the waiting jobs whose places are free (``dispatch.dispatch``). Then each channel
+retries the end-of-job messages it deferred because its chat could not be reached
+(``notify.redeliver``). Every change goes through the same lifecycle transactions as
+the worker, so sweepers may run concurrently with each other and with workers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.lifecycle import SweepAction
-from kiln.runtime import batch_end, checks, notify
+from kiln.runtime import batch_end, checks, dispatch, notify
 
 logger = log.get("sweeper")
 
@@ -41,6 +42,7 @@ class SweepCount(enum.StrEnum):
     PUBLISH_ERRORS = "publish_errors"
     REDELIVERED = "redelivered"
     BATCHES_ENDED = "batches_ended"
+    STARTED = "started"  # waiting jobs the queue's pass started
 
 
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -68,6 +70,12 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                     services.store.apply(job.id, lifecycle.republished(now))
                 except RetryableError:
                     report[SweepCount.PUBLISH_ERRORS] += 1
+    try:  # the fair queue: start whoever's places are free, refresh the positions shown
+        started = dispatch.dispatch(services, positions=True)
+        if started:
+            report[SweepCount.STARTED] += started
+    except RetryableError:
+        report[SweepCount.PUBLISH_ERRORS] += 1
     redelivered = notify.redeliver(services)
     if redelivered:
         report[SweepCount.REDELIVERED] += redelivered

@@ -13,10 +13,8 @@ polls it once, then parks again or fetches the result.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from kiln import log
@@ -35,7 +33,8 @@ from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
 from kiln.providers.callbacks import task_key
-from kiln.runtime import checks, notify
+from kiln.runtime import checks, dispatch, endings, notify
+from kiln.runtime.outcomes import RunOutcome
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
 from kiln.webhooks import delivery as webhook_delivery
@@ -43,27 +42,8 @@ from kiln.webhooks.model import DELIVERY_PREFIX
 
 logger = log.get("worker")
 
+RATE_LIMITED = "provider_rate_limited"  # a provider's 429 (kiln.providers.http)
 BACKOFF = "backoff"  # the code of the nack of a delivery that came before the job's backoff ended
-
-
-class RunOutcome(enum.StrEnum):
-    """What one delivery did (logged, returned to tests)."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    RELEASED = "released"  # a retryable failure: back to pending (raised, not returned)
-    NOT_YET = "not_yet"  # in retry backoff: nacked (raised, not returned)
-    WAITING = "waiting"  # parked on its remote task until the next check
-    STALE = "stale"  # a check that is not the job's live one
-    LEASE_LOST = "lease_lost"
-    POISON = "poison"
-    TERMINAL = "terminal"
-    BUSY = "busy"
-    EXHAUSTED = "exhausted"
-    EXPIRED = "expired"
-    MISSING = "missing"
-    WEBHOOK = "webhook"  # a webhook delivery's attempt (kiln.webhooks.delivery)
 
 
 class _Wait(Exception):
@@ -116,11 +96,32 @@ def _log_delivery(outcome: RunOutcome, started: float, services: Services) -> No
               seconds=round(services.clock.monotonic() - started, 3))
 
 
+#: Outcomes after which the job holds no place: the next waiting job may start.
+_GAVE_BACK = frozenset({RunOutcome.COMPLETED, RunOutcome.FAILED, RunOutcome.CANCELED,
+                        RunOutcome.EXHAUSTED, RunOutcome.EXPIRED, RunOutcome.TERMINAL,
+                        RunOutcome.QUEUED})
+
+
 def run_job(job_id: str, services: Services, *, check: int | None = None,
             published_at: dt.datetime | None = None,
             delivered_at: dt.datetime | None = None) -> RunOutcome:
     """Run one delivery of ``job_id`` (``check``: the scheduled check it is; the two times
-    go on the job's timeline with its claim)."""
+    go on the job's timeline with its claim); when the job ended (or went back to the
+    queue), start who is next in the fair queue."""
+    outcome = _run_job(job_id, services, check=check, published_at=published_at,
+                       delivered_at=delivered_at)
+    if outcome in _GAVE_BACK:
+        try:
+            dispatch.after_end(services, job_id)
+        except KilnError as exc:  # the sweeper's pass starts them within a minute
+            log.event(logger, "queue pass deferred to the sweeper", logging.WARNING,
+                      code=exc.code)
+    return outcome
+
+
+def _run_job(job_id: str, services: Services, *, check: int | None,
+             published_at: dt.datetime | None, delivered_at: dt.datetime | None) -> RunOutcome:
+    """Run one delivery of ``job_id``."""
     clock = services.clock
     started = clock.monotonic()
     outcome, job, resume_task_id = _claim(job_id, services, check,
@@ -142,7 +143,7 @@ def run_job(job_id: str, services: Services, *, check: int | None = None,
     except ConfigError as exc:
         log.event(logger, "provider misconfigured", logging.ERROR, detail=exc.message)
         noun = "3D models" if request.kind == "model" else "images"
-        return _fail(job_id, services, "provider_unconfigured",
+        return endings.fail(job_id, services, "provider_unconfigured",
                      f"This service is not set up to make {noun} right now.")
     if check is None:
         log.event(logger, "job claimed", attempt=job.attempts + 1, provider=provider.name,
@@ -181,16 +182,19 @@ def run_job(job_id: str, services: Services, *, check: int | None = None,
         log.event(logger, "lease lost; another worker continues", logging.WARNING)
         return RunOutcome.LEASE_LOST
     except PermanentError as exc:
-        return _fail(job_id, services, exc.code, exc.message, steps=marks)
+        return endings.fail(job_id, services, exc.code, exc.message, steps=marks)
     except _TaskFailed as exc:
-        return _retry_later(job_id, services, exc.error, forget_task=True, steps=marks)
+        return endings.retry_later(job_id, services, exc.error, forget_task=True, steps=marks)
     except RetryableError as exc:
-        return _retry_later(job_id, services, exc, steps=marks)
+        if exc.code == RATE_LIMITED and job.server.queued_at is not None \
+                and not endings.task_started(services, job_id):
+            return endings.requeue(job_id, services, job, exc)
+        return endings.retry_later(job_id, services, exc, steps=marks)
     except Exception as exc:
         # A bug or an SDK error nobody translated: retry like a crash would, within limits.
         log.event(logger, "unexpected error", logging.ERROR, error=type(exc).__name__,
                   detail=str(exc)[:500])
-        return _retry_later(job_id, services, RetryableError(
+        return endings.retry_later(job_id, services, RetryableError(
             "Something went wrong on our side.", code="internal"))
 
 
@@ -335,45 +339,6 @@ def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
         notify.on_progress(services, job, max(wait.progress, job.progress), wait.stage)
     checks.send(services, job_id, check)
     return RunOutcome.WAITING
-
-
-def _fail(job_id: str, services: Services, code: str, message: str, *,
-          steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
-    try:
-        services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.fail(
-            job, code=code, message=message, worker_id=services.worker_id),
-            {**(steps or {}), "failed": services.clock.now()}), None))
-    except (CanceledError, LeaseLostError):
-        return RunOutcome.LEASE_LOST
-    log.event(logger, "job failed", logging.WARNING, code=code)
-    notify.deliver(services, job_id)
-    return RunOutcome.FAILED
-
-
-def _retry_later(job_id: str, services: Services, exc: RetryableError, *,
-                 forget_task: bool = False,
-                 steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
-    """Release for another attempt (and raise to nack), or fail if none are left."""
-    def decide(job: Job | None) -> tuple[Any, float | None]:
-        now = services.clock.now()
-        change, backoff = lifecycle.retry_or_fail(job, worker_id=services.worker_id, now=now,
-                                                  policy=services.policy, error=exc,
-                                                  forget_task=forget_task)
-        step = "failed" if backoff is None or job is None else timeline.step("released",
-                                                                             job.attempts)
-        return timeline.carry(change, {**(steps or {}), step: now}), backoff
-
-    try:
-        backoff = services.store.transact(job_id, decide)
-    except (CanceledError, LeaseLostError):
-        return RunOutcome.LEASE_LOST
-    if backoff is None:
-        log.event(logger, "job failed", logging.WARNING, code=exc.code)
-        notify.deliver(services, job_id)
-        return RunOutcome.FAILED
-    log.event(logger, "job released for retry", logging.WARNING, code=exc.code,
-              backoffSeconds=backoff)
-    raise exc
 
 
 def _cancel_remote(provider: Any, job_id: str, services: Services) -> None:

@@ -22,8 +22,10 @@ from kiln_dev.fakes import (
     FakeClock,
     FakeScheduler,
     InMemoryBlobs,
+    InMemoryCounters,
     InMemoryDevices,
     InMemoryJobStore,
+    InMemorySlots,
     InMemoryTaskIndex,
     RecordingPush,
     RecordingQueue,
@@ -156,6 +158,8 @@ class Rig:
     providers: dict[str, Any]
     scheduler: FakeScheduler
     task_index: InMemoryTaskIndex
+    counters: InMemoryCounters
+    slots: InMemorySlots
     cursor: int = 0  # queue deliveries already run by deliver_next / drive
 
     def submit(self, kind: str = "image", prompt: str = "a red cube", uid: str = "alice",
@@ -209,6 +213,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
     queue, blobs = RecordingQueue(), InMemoryBlobs()
     scheduler, task_index = FakeScheduler(queue), InMemoryTaskIndex()
     push, devices, channel = RecordingPush(), InMemoryDevices(), Channel()
+    counters, slots = InMemoryCounters(store), InMemorySlots()
     providers: dict[str, Any] = {"image": provider or SyncFake(clock),
                                  "model": provider or TaskFake(clock)}
     base = dict(project="demo-unit", progress_interval_seconds=1.0, lease_seconds=30.0,
@@ -221,9 +226,10 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
                                 "model": lambda _s: providers["model"]},
         store=store, devices=devices, queue=queue, blobs=blobs, push=push, auth=TokenVerifier(),
         clock=clock, channels={"telegram": channel}, scheduler=scheduler, task_index=task_index,
+        counters=counters, slots=slots,
         keys=InMemoryKeyStore(), batches=InMemoryBatchStore(store),
         webhooks=InMemoryWebhookStore(),
     )
     return Rig(services, clock, store, queue, blobs, push, devices, channel, providers,
-               scheduler, task_index)
+               scheduler, task_index, counters, slots)
 

@@ -4,8 +4,9 @@
   job (or answer a command) and answer at once, never calling the Bot API itself.
 - ``commands``: what an update asks for (pure: every Update field and Message kind
   decided on purpose, commands by their ``bot_command`` entity, group-chat addressing).
-- ``chats``: per-chat state in ``telegramChats/{chatId}`` (blocked, daily quota, running
-  places, a group's migration, deliveries waiting for Telegram).
+- ``chats``: per-chat state in ``telegramChats/{chatId}`` (blocked, a group's migration,
+  deliveries waiting for Telegram); a chat's quota and running limit are its plan's,
+  through ``kiln.runtime.admission`` like every channel.
 - ``client`` / ``bot``: the Bot API on httpx, errors translated (a migrated group is
   followed), the token never shown.
 - ``working``: the "working on it" message, sent beside the webhook's answer.

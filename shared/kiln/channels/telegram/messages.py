@@ -139,10 +139,7 @@ def invalid_request(reason: str) -> str:
     return f"I can't make that: {reason} Please change it and send it again."
 
 
-def too_many_running(limit: int) -> str:
-    jobs = "job" if limit == 1 else "jobs"
-    return (f"You already have {limit} {jobs} running. Please wait for it to finish, "
-            "or send /cancel to stop it.")
+BUSY = "I'm very busy right now. Please send that again in a minute."
 
 
 def quota_reached(quota: int) -> str:

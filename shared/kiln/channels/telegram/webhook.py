@@ -4,8 +4,9 @@ Every update Telegram sends is answered 200 (unless the secret is wrong, or Fire
 down and a retry can help), including the ones Kiln ignores, so Telegram never retries
 them. The webhook never calls the Bot API (docs/telegram.md): replies ride in the webhook
 answer itself (``{"method": "sendMessage", …}`` — no extra request, and a failed answer
-executes nothing, so a retried update cannot reply twice). A new job's "working on it"
-message, whose id the progress edits need, is sent beside the answer (``working``).
+executes nothing, so a retried update cannot reply twice). A new job's answer is a chat
+action; its "working on it" message, whose id the progress edits need, is sent by the
+worker that claims the job (``working``).
 Everything the bot sends for a message in a forum topic goes to that topic
 (``message_thread_id``, recorded with the job as ``server.telegram.threadId``).
 
@@ -17,7 +18,6 @@ What each kind of update and message does is decided in ``route`` / ``commands``
 from __future__ import annotations
 
 import hmac
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,14 +27,21 @@ import flask
 from kiln import log
 from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
-from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs, today
+from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs
 from kiln.channels.telegram.commands import HINTS, JOB_COMMANDS, decide, update_kind
-from kiln.core.errors import KilnError, RequestError, TransitionError, ValidationError
+from kiln.core.errors import (
+    OverloadedError,
+    QuotaExceededError,
+    RequestError,
+    TransitionError,
+    ValidationError,
+)
 from kiln.core.job import PROMPT_MAX, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
+from kiln.runtime.admission import admit
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -155,39 +162,27 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     if services.store.get(job_id) is not None:
         log.event(logger, "update replayed; its job exists", updateId=incoming.update_id)
         return None
-    chats, day = chat_store(services), today(services.clock.now())
-    place = chats.reserve(incoming.chat_id, job_id=job_id, day=day,
-                          quota=settings.telegram_daily_quota,
-                          max_running=settings.telegram_max_running_per_chat, now=time.time())
-    if place.refused == "running":
-        return incoming.reply(messages.too_many_running(settings.telegram_max_running_per_chat))
-    if place.refused == "quota":
-        return incoming.reply(messages.quota_reached(settings.telegram_daily_quota))
+    try:  # the same admission as every channel: the chat's plan is KILN_TELEGRAM_PLAN
+        admission = admit(services, uid=incoming.uid, channel="telegram", plan=None)
+    except QuotaExceededError:
+        return incoming.reply(messages.quota_reached(
+            settings.plan_table()[settings.telegram_plan].daily_jobs))
+    except OverloadedError:
+        return incoming.reply(messages.BUSY)
+    chat_store(services).unblock(incoming.chat_id)  # it wrote to us: it has the bot again
     telegram = {"chatId": incoming.chat_id, "chatType": incoming.chat_type,
                 "threadId": incoming.thread_id, "messageId": incoming.message_id,
                 "fromId": incoming.from_id, "updateId": incoming.update_id,
                 "working": working.PENDING}
-    try:
-        accepted = accept_job(services, uid=incoming.uid, channel="telegram",
-                              request=job_request, idempotency_key=key,
-                              server={"telegram": telegram})
-    except KilnError:
-        if place.new:
-            _refund(services, incoming, job_id, day)
-        raise  # 503: Telegram retries the update
+    # A KilnError here is a 503: Telegram retries the update (the quota was given back).
+    accepted = accept_job(services, uid=incoming.uid, channel="telegram",
+                          request=job_request, idempotency_key=key,
+                          server={"telegram": telegram}, admission=admission)
     if not accepted.created:  # a concurrent delivery of the same update won the race
         return None
     # The worker that claims the job says "working on it" (``working``); until then the
     # chat shows the bot at work, at no cost to this answer.
     return incoming.answer("sendChatAction", action=CHAT_ACTION.get(kind, "typing"))
-
-
-def _refund(services: Services, incoming: Incoming, job_id: str, day: str) -> None:
-    """Give back the place and quota this delivery took for a job that was not created."""
-    try:
-        chat_store(services).refund(incoming.chat_id, job_id=job_id, day=day)
-    except KilnError as exc:
-        log.event(logger, "refund after a failed accept incomplete", logging.WARNING, code=exc.code)
 
 
 def show_status(services: Services, incoming: Incoming) -> Reply:

@@ -1,0 +1,97 @@
+"""In-memory fakes of the fair queue's ports (``kiln.ports.Counters``, ``Slots``), for
+unit tests and bench-fairness; ``tests/contract/test_queue_ports.py`` holds them to the
+Firestore adapters' contract. Re-exported by ``kiln_dev.fakes``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+from typing import Any
+
+
+class InMemoryCounters:
+    """``kiln.ports.Counters``: tickets in sets; ``waiting`` counts the store's pending
+    jobs (as the real one's aggregation query does)."""
+
+    def __init__(self, store: Any = None) -> None:
+        self.store = store
+        self.tickets: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+        with self._lock:
+            held = self.tickets.setdefault(key, set())
+            free = [n for n in range(1, limit + 1) if n not in held][:count]
+            if len(free) < count:
+                return None
+            held.update(free)
+            return free
+
+    def give_back(self, key: str, numbers: list[int]) -> None:
+        with self._lock:
+            self.tickets.get(key, set()).difference_update(numbers)
+
+    def used(self, key: str) -> int:
+        return len(self.tickets.get(key, ()))
+
+    def waiting(self, reason: str | None = None) -> int:
+        if self.store is None:
+            return 0
+        return sum(1 for doc in self.store.docs.values() if doc.get("status") == "pending"
+                   and (reason is None or doc.get("queueReason") == reason))
+
+
+class InMemorySlots:
+    """``kiln.ports.Slots``: places in dicts; counts writes per place (the bench)."""
+
+    def __init__(self) -> None:
+        self.places: dict[str, list[str | None]] = {}
+        self.narrowed: dict[str, tuple[int, dt.datetime]] = {}
+        self.writes: Counter[str] = Counter()  # "pool~index" → writes
+        self._lock = threading.Lock()
+
+    def take(self, pool: str, capacity: int, job_id: str,
+             done: Any = None, limit: int | None = None) -> bool:
+        with self._lock:
+            places = self.places.setdefault(pool, [])
+            if job_id in places:
+                return True
+            places.extend([None] * (capacity - len(places)))
+            if done is not None:
+                for index in range(capacity):
+                    holder = places[index]
+                    if holder is not None and done(holder):
+                        places[index] = None
+                        self.writes[f"{pool}~{index}"] += 1
+            held = sum(1 for h in places[:capacity] if h is not None)
+            if limit is not None and held >= limit:
+                return False
+            for index in range(capacity):
+                holder = places[index]
+                if holder is None or (done is not None and done(holder)):
+                    places[index] = job_id
+                    self.writes[f"{pool}~{index}"] += 1
+                    return True
+            return False
+
+    def release(self, pool: str, job_id: str) -> None:
+        with self._lock:
+            places = self.places.get(pool, [])
+            if job_id in places:
+                index = places.index(job_id)
+                places[index] = None
+                self.writes[f"{pool}~{index}"] += 1
+
+    def holders(self, pool: str) -> list[str]:
+        with self._lock:
+            return [h for h in self.places.get(pool, []) if h is not None]
+
+    def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
+        self.narrowed[pool] = (capacity, until)
+
+    def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
+        narrowed = self.narrowed.get(pool)
+        if narrowed is not None and narrowed[1] > now:
+            return min(capacity, narrowed[0])
+        return capacity

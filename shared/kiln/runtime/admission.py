@@ -1,0 +1,102 @@
+"""Admission, for every channel: the caller's plan, its daily quota, and backpressure.
+
+``admit`` is called before a job (or a batch of ``count`` jobs) is created: over the
+plan's daily quota → :class:`~kiln.core.errors.QuotaExceededError` (HTTP 429, a polite
+chat reply), too many jobs waiting across Kiln → :class:`~kiln.core.errors.OverloadedError`
+(HTTP 503); either way nothing is created. Within both, the jobs are accepted and wait
+for their places in the fair queue (``kiln.runtime.dispatch``). The counters are sharded
+and the waiting count is a query (``kiln.ports.Counters``): no hot document; see
+docs/architecture.md ("Fair queues").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass
+
+from kiln import log
+from kiln.compose import Services
+from kiln.core.errors import KilnError, OverloadedError, QuotaExceededError
+from kiln.core.plans import Plan
+
+logger = log.get("ingress")
+
+#: How long a caller refused for backpressure is asked to wait.
+OVERLOADED_RETRY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission granted: ``count`` jobs for ``uid`` on ``plan``."""
+
+    uid: str
+    channel: str
+    plan: Plan
+    count: int = 1
+    quota_key: str = ""
+    tickets: tuple[int, ...] = ()
+
+
+def plan_for(services: Services, *, uid: str, channel: str, claimed: str | None) -> Plan:
+    """The caller's plan: an operator's grant (``KILN_PLAN_GRANTS``) first; a Telegram
+    chat's from ``KILN_TELEGRAM_PLAN``; otherwise the plan its verified credentials carry
+    (an app user's custom claim, an API key's tenant), else ``KILN_DEFAULT_PLAN``. A
+    claimed plan the table lacks falls back to the default (logged)."""
+    settings = services.settings
+    table = settings.plan_table()
+    granted = settings.grants().get(uid)
+    if granted is not None:
+        return table[granted]
+    if channel == "telegram":
+        return table[settings.telegram_plan]
+    if claimed is not None:
+        if claimed in table:
+            return table[claimed]
+        log.event(logger, "unknown plan claimed; default plan used", logging.WARNING,
+                  plan=claimed[:40])
+    return table[settings.default_plan]
+
+
+def quota_key(uid: str, day: str) -> str:
+    return f"quota:{uid}:{day}"
+
+
+def admit(services: Services, *, uid: str, channel: str, plan: str | None,
+          count: int = 1) -> Admission:
+    """Admit ``count`` new jobs of ``uid`` on its ``plan`` (the claimed plan name).
+
+    Raises:
+        OverloadedError: more than ``KILN_MAX_WAITING`` jobs would be waiting to start.
+        QuotaExceededError: the plan's jobs per day would be exceeded.
+        RetryableError: the counters are unavailable (nothing was admitted).
+    """
+    settings = services.settings
+    granted = plan_for(services, uid=uid, channel=channel, claimed=plan)
+    if services.counters.waiting() + count > settings.max_waiting:
+        raise OverloadedError("Kiln has too many jobs waiting to start; please try again "
+                              "in a little while.", code="overloaded",
+                              retry_after=OVERLOADED_RETRY_SECONDS)
+    now = services.clock.now().astimezone(dt.UTC)
+    key = quota_key(uid, now.date().isoformat())
+    tickets = services.counters.take(key, count, granted.daily_jobs)
+    if tickets is None:
+        midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(),
+                                       tzinfo=dt.UTC)
+        wait = max(1, math.ceil((midnight - now).total_seconds()))
+        raise QuotaExceededError(
+            f"You have used today's {granted.daily_jobs} jobs on the {granted.name} plan "
+            f"(this request needs {count}). The quota resets at midnight UTC.",
+            code="quota_exceeded", retry_after=wait)
+    return Admission(uid, channel, granted, count, key, tuple(tickets))
+
+
+def give_back(services: Services, admission: Admission | None) -> None:
+    """Return the quota of an admission whose job was not created (best effort)."""
+    if admission is None or not admission.tickets:
+        return
+    try:
+        services.counters.give_back(admission.quota_key, list(admission.tickets))
+    except KilnError as exc:
+        log.event(logger, "quota not given back", logging.WARNING, code=exc.code)

@@ -1,0 +1,172 @@
+"""The fair queue's start: a waiting job gets its places, then a worker is woken.
+
+A job holds two places while it runs (``kiln.ports.Slots``): one of its owner's pool
+(``user:{uid}``, the plan's running limit) and one of its provider account's pool
+(``provider:{name}``, ``KILN_PROVIDER_CAPACITY``, narrowed for a while after a provider
+429). Acceptance takes them at once when both are free; otherwise the job waits
+(``pending``, stage ``queued``, ``queueReason``). A pass (:func:`dispatch`) runs when a
+job ends (the worker), after a cancel, and on every sweep: it orders the waiting jobs
+fairly (``kiln.core.fairness``) and starts those whose places are free. A place whose
+holder ended counts as free in a pass, so a lost release costs nothing but a moment.
+Starting is a lifecycle transition (``lifecycle.start``), so two passes never start a
+job twice; every other guarantee is the worker's and the sweeper's as before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from kiln import log
+from kiln.compose import Services
+from kiln.core import fairness, lifecycle
+from kiln.core.errors import KilnError, RetryableError
+from kiln.core.job import Job, JobStatus
+from kiln.core.plans import Plan
+
+logger = log.get("dispatch")
+
+#: Waiting jobs one pass looks at (each costs two document reads).
+SCAN_LIMIT = 200
+RUNNING_LIMIT, PROVIDER_CAPACITY = "running_limit", "provider_capacity"
+
+
+def job_plan(services: Services, job: Job) -> Plan:
+    table = services.settings.plan_table()
+    return table.get(job.server.plan or "", table[services.settings.default_plan])
+
+
+def provider_pool(services: Services, kind: str) -> tuple[str, int, int]:
+    """The pool of the provider account that makes ``kind``: its capacity and its usable
+    window now (smaller for a while after a provider 429)."""
+    settings = services.settings
+    name = settings.image_provider if kind == "image" else settings.model_provider
+    table = settings.capacity_table()
+    pool, capacity = f"provider:{name}", table.get(name, table["*"])
+    return pool, capacity, services.slots.window(pool, capacity, services.clock.now())
+
+
+def user_pool(uid: str) -> str:
+    return f"user:{uid}"
+
+
+def take_places(services: Services, *, job_id: str, uid: str, kind: str, plan: Plan,
+                done: Callable[[str], bool] | None = None) -> tuple[list[str], str | None]:
+    """Hold the user's and the provider's place for ``job_id``: (the pools, None), or
+    ([], why it must wait) holding nothing."""
+    pool, capacity, window = provider_pool(services, kind)
+    if done is None and len(services.slots.holders(pool)) >= window:
+        # Full (a read, no write): taking the user's place only to give it back would
+        # write the user's place document at each arrival.
+        return [], PROVIDER_CAPACITY
+    mine = user_pool(uid)
+    if not services.slots.take(mine, plan.running, job_id, done):
+        return [], RUNNING_LIMIT
+    if not services.slots.take(pool, capacity, job_id, done,
+                               limit=window if window < capacity else None):
+        services.slots.release(mine, job_id)
+        return [], PROVIDER_CAPACITY
+    return [mine, pool], None
+
+
+def release_places(services: Services, job_id: str, pools: list[str] | tuple[str, ...]) -> None:
+    for pool in pools:
+        try:
+            services.slots.release(pool, job_id)
+        except KilnError as exc:  # a pass finds the place free once the job has ended
+            log.event(logger, "place not released", logging.WARNING, code=exc.code)
+
+
+def _ended(services: Services) -> Callable[[str], bool]:
+    """Whether a place's holder no longer needs it (ended, gone, or queued again)."""
+    def done(job_id: str) -> bool:
+        job = services.store.get(job_id)
+        return job is None or job.terminal or (
+            job.status is JobStatus.PENDING and job.server.queued)
+    return done
+
+
+def try_start(services: Services, job: Job) -> str | None:
+    """Start one waiting job if its places are free: None when started (or no longer
+    waiting), else why it still waits."""
+    pool, _capacity, window = provider_pool(services, job.kind)
+    done = _ended(services)
+    if sum(1 for holder in services.slots.holders(pool) if not done(holder)) >= window:
+        return PROVIDER_CAPACITY  # full: decided by reads, nothing written
+    pools, reason = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
+                                plan=job_plan(services, job), done=done)
+    if reason is not None:
+        return reason
+    started = services.store.transact(job.id, lambda current: (
+        change := lifecycle.start(current, pools=pools), change is not None))
+    if not started:
+        release_places(services, job.id, pools)
+        return None
+    try:
+        services.queue.publish(job.id, reason="start")
+    except RetryableError:  # a started pending job is re-published by the sweeper
+        log.event(logger, "start not published; the sweeper will re-publish", logging.WARNING)
+    return None
+
+
+def dispatch(services: Services, *, positions: bool = False) -> int:
+    """One pass: start the waiting jobs whose places are free, fairly; returns how many
+    started. ``positions``: also write each waiting job's ``queuePosition`` (the sweeper's
+    pass, once a minute, so no job document is written more often)."""
+    now = services.clock.now()
+    waiting = {job.id: job for job in services.store.find(status=JobStatus.PENDING.value,
+                                                          limit=SCAN_LIMIT, waiting=True)
+               if job.server.queued and not lifecycle.queue_expired(job, now)
+               and (job.server.not_before is None or job.server.not_before <= now)}
+    ordered = fairness.order(
+        (fairness.Waiting(job.id, job.uid, job.server.priority,
+                          job.server.queued_at or job.created_at or now)
+         for job in waiting.values()),
+        now=now, ageing_seconds=services.settings.queue_ageing_seconds)
+    started, full, limited = 0, set(), set()
+    still: list[tuple[Job, str]] = []
+    for item in ordered:
+        job = waiting[item.job_id]
+        pool = provider_pool(services, job.kind)[0]
+        if job.uid in limited:
+            still.append((job, RUNNING_LIMIT))
+            continue
+        if pool in full:
+            still.append((job, PROVIDER_CAPACITY))
+            continue
+        try:
+            reason = try_start(services, job)
+        except RetryableError as exc:
+            log.event(logger, "start deferred", logging.WARNING, code=exc.code)
+            still.append((job, job.queue_reason or RUNNING_LIMIT))
+            continue
+        if reason is None:
+            started += 1
+        else:
+            (limited.add(job.uid) if reason == RUNNING_LIMIT else full.add(pool))
+            still.append((job, reason))
+    for position, (job, reason) in enumerate(still, start=1):
+        change = lifecycle.queue_reason(job, reason, position if positions else job.queue_position)
+        if change:
+            services.store.apply(job.id, change)
+    if started:
+        log.event(logger, "queue pass", started=started, waiting=len(still))
+    return started
+
+
+def after_end(services: Services, job_id: str) -> int:
+    """A job ended (or was canceled): give back its places and start who is next."""
+    job = services.store.get(job_id)
+    if job is not None and job.terminal:
+        release_places(services, job_id, job.server.pools)
+    return dispatch(services)
+
+
+def provider_refused(services: Services, job: Job, retry_after: float | None) -> None:
+    """A provider said 429 before the task began: halve its window for a while."""
+    pool, _capacity, window = provider_pool(services, job.kind)
+    until = services.clock.now() + dt.timedelta(
+        seconds=max(services.settings.provider_backoff_seconds, retry_after or 0))
+    services.slots.narrow(pool, max(1, window // 2), until)
+    release_places(services, job.id, job.server.pools)

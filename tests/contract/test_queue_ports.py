@@ -1,0 +1,94 @@
+"""The fair queue's ports (``Counters``, ``Slots``) on the fake and on the Firestore
+emulator: the same contract, so the fake the unit tests and the bench use cannot drift."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from kiln_dev.fakes import InMemoryCounters, InMemorySlots
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def ports(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    if request.param == "fake":
+        return InMemoryCounters(), InMemorySlots()
+    services = request.getfixturevalue("services")
+    return services.counters, services.slots
+
+
+def test_quota_tickets_are_exact_and_given_back(ports: tuple[Any, Any]) -> None:
+    counters, _slots = ports
+    key = f"quota:user/{uuid.uuid4().hex}:2026-01-01"  # any characters in a key
+    assert counters.used(key) == 0
+    assert counters.take(key, 1, 3) == [1]
+    assert counters.take(key, 3, 3) is None  # only 2 left: nothing taken
+    assert counters.take(key, 2, 3) == [2, 3]
+    assert counters.take(key, 1, 3) is None and counters.used(key) == 3
+    counters.give_back(key, [3])
+    assert counters.take(key, 1, 3) == [3]
+    assert counters.waiting() >= 0
+
+
+def test_concurrent_takes_never_exceed_the_limit(ports: tuple[Any, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    counters, _slots = ports
+    key = f"quota:{uuid.uuid4().hex}"
+    with ThreadPoolExecutor(6) as pool:
+        taken = list(pool.map(lambda _n: counters.take(key, 1, 4), range(6)))
+    got = [t for t in taken if t is not None]
+    assert len(got) == 4 and sorted(n for t in got for n in t) == [1, 2, 3, 4]
+
+
+def test_places_are_taken_up_to_capacity_given_back_and_reclaimed(ports: tuple[Any, Any]) -> None:
+    _counters, slots = ports
+    pool = f"user:{uuid.uuid4().hex}"
+    assert slots.take(pool, 2, "j1") and slots.take(pool, 2, "j2")
+    assert slots.take(pool, 2, "j1")  # held already: still True, nothing more taken
+    assert not slots.take(pool, 2, "j3")
+    assert sorted(slots.holders(pool)) == ["j1", "j2"]
+    slots.release(pool, "j1")
+    assert slots.take(pool, 2, "j3") and not slots.take(pool, 2, "j4")
+    assert slots.take(pool, 2, "j4", done=lambda job: job == "j2")  # j2 ended: reclaimed
+    assert sorted(slots.holders(pool)) == ["j3", "j4"]
+
+
+def test_a_narrowed_window_limits_takes_until_it_lapses(ports: tuple[Any, Any]) -> None:
+    _counters, slots = ports
+    pool = f"provider:{uuid.uuid4().hex}"
+    now = dt.datetime.now(dt.UTC)
+    slots.narrow(pool, 1, now + dt.timedelta(seconds=60))
+    assert slots.window(pool, 4, now) == 1
+    assert slots.window(pool, 4, now + dt.timedelta(seconds=61)) == 4
+    assert slots.take(pool, 4, "a", limit=1) and not slots.take(pool, 4, "b", limit=1)
+
+
+def test_find_waiting_returns_only_jobs_in_the_fair_queue(request: pytest.FixtureRequest,
+                                                          ports: tuple[Any, Any]) -> None:
+    """Given a waiting job and a started one, then ``find(waiting=True)`` returns only the
+    waiting one (the queue's pass reads nothing else)."""
+    from kiln.core import lifecycle
+    from kiln.core.policy import RetryPolicy
+    from kiln.core.requests import parse_job_request
+    from kiln_dev.fakes import FakeClock, InMemoryJobStore
+
+    counters, _slots = ports
+    if isinstance(counters, InMemoryCounters):
+        store: Any = InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC)))
+    else:
+        store = request.getfixturevalue("services").store
+    uid = f"contract-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for pools in ((), ("user:x",)):
+        new = lifecycle.new_job(
+            job_id=uuid.uuid4().hex[:20], uid=uid, channel="app", now=dt.datetime.now(dt.UTC),
+            policy=RetryPolicy(), request=parse_job_request({"kind": "image", "prompt": "a"}),
+            queue=lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60, pools=pools))
+        assert store.create(new)
+        ids.append(new.id)
+    found = {job.id for job in store.find(status="pending", uid=uid, waiting=True)}
+    assert found == {ids[0]}

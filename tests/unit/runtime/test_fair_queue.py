@@ -1,0 +1,225 @@
+"""Plans, admission and the fair queue (issue 14) on the fakes with a fake clock: the
+quota's 429, backpressure's 503, the running limit, the fair and prioritised start,
+ageing, the queue's TTL and a provider 429's narrowed window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+import pytest
+from rig import Rig, SyncFake, build_rig
+
+from kiln.core import fairness
+from kiln.core.errors import ConfigError, RetryableError
+from kiln.core.job import JobStatus
+from kiln.http.api import handle
+from kiln.runtime import dispatch
+from kiln.runtime.sweeper import sweep
+from kiln.runtime.worker import RunOutcome, run_job
+from kiln.settings import Settings
+
+PLANS = "free:daily=3,running=1,priority=0;pro:daily=100,running=2,priority=10"
+
+
+def post(rig: Rig, uid: str = "alice", plan: str | None = None, **headers: str) -> Any:
+    """POST /v1/jobs through the real router; the answer as (status, json, headers)."""
+    token = f"uid:{uid}" + (f";plan={plan}" if plan else "")
+    app = flask.Flask("t")
+    with app.test_request_context("/v1/jobs", method="POST",
+                                  json={"kind": "image", "prompt": "a red cube"},
+                                  headers={"Authorization": f"Bearer {token}", **headers}):
+        response = handle(flask.request, rig.services)
+    return response.status_code, response.get_json(), response.headers
+
+
+def started(rig: Rig) -> list[str]:
+    return [job_id for job_id, reason in rig.queue.published]
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return build_rig(plans=PLANS, provider_capacity="4", queue_ttl_seconds=600.0,
+                     queue_ageing_seconds=60.0, provider_backoff_seconds=120.0)
+
+
+def test_over_the_daily_quota_is_429_and_creates_nothing(rig: Rig) -> None:
+    """Given the free plan's 3 jobs a day, when a 4th is posted, then 429 with Retry-After
+    (until midnight UTC) and the error shape, and no job is created."""
+    assert [post(rig)[0] for _ in range(3)] == [202, 202, 202]
+    status, body, headers = post(rig)
+    assert status == 429 and body["error"]["code"] == "quota_exceeded"
+    assert "3 jobs" in body["error"]["message"]
+    assert 0 < int(headers["Retry-After"]) <= 86400
+    assert len(rig.store.docs) == 3
+
+
+def test_an_idempotent_replay_costs_no_quota(rig: Rig) -> None:
+    for _ in range(5):
+        assert post(rig, **{"Idempotency-Key": "k1"})[0] == 202
+    assert len(rig.store.docs) == 1 and post(rig)[0] == 202
+
+
+def test_too_many_waiting_jobs_is_503_with_retry_after(rig: Rig) -> None:
+    """Given a cap of 2 waiting jobs, when a third would wait, then 503 + Retry-After."""
+    rig.services.settings = Settings(**{**vars_of(rig.services.settings), "max_waiting": 2})
+    assert post(rig, "a")[0] == 202 and post(rig, "b")[0] == 202
+    status, body, headers = post(rig, "c")
+    assert (status, body["error"]["code"]) == (503, "overloaded") and headers["Retry-After"]
+    assert len(rig.store.docs) == 2
+
+
+def vars_of(settings: Settings) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def test_over_the_running_limit_waits_queued_and_starts_when_a_place_frees(rig: Rig) -> None:
+    """Given the free plan's 1 running job, when alice posts two, then the second is
+    accepted but waits (pending, queued, running_limit, not published); when the first
+    ends, it starts; alice never runs two at once."""
+    first, second = post(rig)[1]["jobId"], post(rig)[1]["jobId"]
+    waiting = rig.job(second)
+    assert (waiting.status, waiting.stage, waiting.queue_reason) == \
+        (JobStatus.PENDING, "queued", "running_limit")
+    assert started(rig) == [first]
+    assert run_job(second, rig.services) is RunOutcome.QUEUED  # a stray delivery: acked
+    assert run_job(first, rig.services) is RunOutcome.COMPLETED
+    assert started(rig) == [first, second] and rig.job(second).queue_reason is None
+    assert run_job(second, rig.services) is RunOutcome.COMPLETED
+
+
+def test_paid_first_then_users_take_turns() -> None:
+    """Given waiting jobs of a heavy free user, another free user and a pro user, then the
+    pro job starts first and the free users alternate (round-robin), oldest first."""
+    from kiln_dev.fakes import EPOCH
+
+    at = [EPOCH.replace(second=s) for s in range(6)]
+    jobs = [fairness.Waiting("h1", "heavy", 0, at[0]), fairness.Waiting("h2", "heavy", 0, at[1]),
+            fairness.Waiting("h3", "heavy", 0, at[2]), fairness.Waiting("f1", "free", 0, at[3]),
+            fairness.Waiting("p1", "paid", 10, at[4]), fairness.Waiting("f2", "free", 0, at[5])]
+    order = [w.job_id for w in fairness.order(jobs, now=at[5], ageing_seconds=60.0)]
+    assert order == ["p1", "h1", "f1", "h2", "f2", "h3"]
+
+
+def test_ageing_lets_a_long_waiting_free_job_pass_fresh_paid_ones() -> None:
+    from kiln_dev.fakes import EPOCH
+
+    old_free = fairness.Waiting("free", "f", 0, EPOCH)
+    now = EPOCH.replace(minute=11)  # 11 ageing steps of 60 s: 0 + 11 > 10
+    fresh_paid = fairness.Waiting("paid", "p", 10, now)
+    order = fairness.order([fresh_paid, old_free], now=now, ageing_seconds=60.0)
+    assert [w.job_id for w in order] == ["free", "paid"]
+
+
+def test_a_job_waiting_past_its_ttl_fails_expired_with_a_readable_message(rig: Rig) -> None:
+    first, second = post(rig)[1]["jobId"], post(rig)[1]["jobId"]
+    rig.clock.advance(601)
+    sweep(rig.services)
+    job = rig.job(second)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error["code"] == "expired" and "waited too long" in job.error["message"]
+    assert job.queue_reason is None
+    assert rig.job(first).status is JobStatus.PENDING  # started: no TTL any more
+
+
+def test_provider_capacity_is_shared_fairly_and_never_exceeded(rig: Rig) -> None:
+    """Given capacity 4, when 3 users post 3 jobs each (pro plan: 2 running each), then 4
+    start; as each ends the next user in turn starts; never more than 4 at once, nor
+    more than 2 of one user."""
+    ids = {uid: [post(rig, uid, "pro")[1]["jobId"] for _ in range(3)] for uid in "abc"}
+    owner = {job_id: uid for uid, jobs in ids.items() for job_id in jobs}
+    done: list[str] = []
+    while len(done) < 9:
+        running = [j for j in started(rig) if j not in done]
+        assert len(running) <= 4
+        assert max(sum(1 for j in running if owner[j] == u) for u in "abc") <= 2
+        reasons = {rig.job(j).queue_reason for j in owner if j not in started(rig)}
+        assert reasons <= {"provider_capacity", "running_limit"}
+        assert run_job(running[0], rig.services) is RunOutcome.COMPLETED
+        done.append(running[0])
+    assert [owner[j] for j in started(rig)][:4] == ["a", "a", "b", "b"]
+
+
+def test_a_provider_429_narrows_its_window_and_spends_no_attempt(rig: Rig) -> None:
+    """Given a provider that answers 429, when a job runs, then it goes back to the queue
+    (attempts not spent), the provider's window halves for the backoff time, and after it
+    the job starts again."""
+    provider = rig.providers["image"]
+    assert isinstance(provider, SyncFake)
+    provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
+    job_id = post(rig, "a", "pro")[1]["jobId"]
+    assert run_job(job_id, rig.services) is RunOutcome.QUEUED
+    job = rig.job(job_id)
+    assert (job.status, job.attempts, job.queue_reason) == \
+        (JobStatus.PENDING, 0, "provider_capacity")
+    pool = dispatch.provider_pool(rig.services, "image")
+    assert pool[1:] == (4, 2)
+    provider.error = None
+    others = [post(rig, uid, "pro")[1]["jobId"] for uid in "bcd"]
+    # One waits for the provider already: new jobs join the queue; a pass starts two of
+    # them (window 2), not the refused job (not before its Retry-After).
+    assert all(rig.job(j).server.queued for j in others)
+    assert dispatch.dispatch(rig.services) == 2
+    assert len([j for j in others if not rig.job(j).server.queued]) == 2
+    rig.clock.advance(121)
+    assert dispatch.provider_pool(rig.services, "image")[2] == 4
+    sweep(rig.services)
+    assert not rig.job(job_id).server.queued
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"plans": "free:daily=5,running=1;gold:daily=-1,running=1"}, "must not be negative"),
+    ({"default_plan": "platinum"}, "unknown plan 'platinum'"),
+    ({"telegram_plan": "vip"}, "unknown plan 'vip'"),
+    ({"plans": "free:daily=5,running=1,speed=2"}, "unknown field 'speed'"),
+    ({"plans": "free:daily=5,running=0"}, "at least 1"),
+    ({"provider_capacity": "meshy=-2"}, "at least 1"),
+    ({"max_waiting": 0}, "KILN_MAX_WAITING must be positive"),
+])
+def test_bad_plan_settings_are_refused_at_start_up(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**settings)
+
+
+def test_plan_settings_from_the_environment() -> None:
+    settings = Settings.from_env({"KILN_PLANS": PLANS, "KILN_PLAN_GRANTS": "alice=pro"})
+    assert settings.plan_table()["pro"].running == 2 and settings.grants() == {"alice": "pro"}
+    with pytest.raises(ConfigError, match="KILN_PLAN_GRANTS"):
+        Settings.from_env({"KILN_PLAN_GRANTS": "alice=diamond"})
+
+
+def test_canceling_a_running_job_starts_the_next_one(rig: Rig) -> None:
+    from kiln.runtime import actions
+
+    first, second = post(rig)[1]["jobId"], post(rig)[1]["jobId"]
+    assert started(rig) == [first]
+    actions.cancel(rig.services, first, by="owner")
+    assert started(rig) == [first, second]
+    assert run_job(second, rig.services) is RunOutcome.COMPLETED
+
+
+def test_which_plan_a_caller_has() -> None:
+    """A grant wins; a chat has the Telegram plan whatever it claims; a claimed plan the
+    table lacks falls back to the default; no claim is the default."""
+    from kiln.runtime.admission import plan_for
+
+    rig = build_rig(plans=PLANS, telegram_plan="pro", plan_grants="vip=pro")
+    services = rig.services
+    assert plan_for(services, uid="vip", channel="app", claimed=None).name == "pro"
+    assert plan_for(services, uid="telegram:1", channel="telegram", claimed="free").name == "pro"
+    assert plan_for(services, uid="u", channel="app", claimed="diamond").name == "free"
+    assert plan_for(services, uid="u", channel="app", claimed=None).name == "free"
+    assert plan_for(services, uid="u", channel="api", claimed="pro").name == "pro"
+
+
+def test_admit_counts_a_batch_as_many_jobs(rig: Rig) -> None:
+    """A batch of n takes n of the day's jobs at once, or none of them."""
+    from kiln.core.errors import QuotaExceededError
+    from kiln.runtime.admission import admit
+
+    assert admit(rig.services, uid="b", channel="api", plan=None, count=2).tickets == (1, 2)
+    with pytest.raises(QuotaExceededError):
+        admit(rig.services, uid="b", channel="api", plan=None, count=2)
+    assert admit(rig.services, uid="b", channel="api", plan=None, count=1).tickets == (3,)
