@@ -26,12 +26,21 @@ from kiln.core.batches import (
     item_job_id,
     new_batch_id,
 )
-from kiln.core.errors import ConflictError, NotFoundError, RetryableError, TransitionError, ValidationError
+from kiln.core.errors import (
+    ConflictError,
+    KilnError,
+    NotFoundError,
+    RetryableError,
+    TransitionError,
+    ValidationError,
+)
 from kiln.core.job import NewJob, is_valid_job_id
 from kiln.core.principal import Principal
 from kiln.core.requests import JobRequest
-from kiln.runtime import actions
+from kiln.core.plans import Plan
+from kiln.runtime import actions, dispatch
 from kiln.runtime.accept import check_image_url
+from kiln.runtime.admission import admit, give_back
 
 logger = log.get("ingress")
 #: Publishes in flight at once for one batch (the publisher client is thread-safe).
@@ -61,25 +70,81 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
             raise item_error(index, exc) from None
     uid = principal.uid
     batch_id = new_batch_id(uid, idempotency_key)
+    existing = services.batches.get(batch_id) if idempotency_key else None
+    if existing is not None:  # a replay: admitted the first time, costs nothing now
+        return _replayed(existing, uid, fingerprint(requests))
+    # Admitted as many jobs (quota, backpressure); beyond the caller's running limit and the
+    # generator's capacity the batch's jobs wait their turns in the fair queue.
+    admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
+                      count=len(requests))
+    ids = [item_job_id(batch_id, index) for index in range(len(requests))]
+    try:
+        places = _take_places(services, ids, uid, requests, admission.plan)
+    except KilnError:
+        give_back(services, admission)
+        raise
     now = services.clock.now()
     jobs: list[NewJob] = []
-    for index, request in enumerate(requests):
-        new = lifecycle.new_job(job_id=item_job_id(batch_id, index), uid=uid,
-                                channel=principal.channel, request=request, now=now,
-                                policy=services.policy)
+    for job_id, request in zip(ids, requests, strict=True):
+        pools, reason = places[job_id]
+        queue = lifecycle.QueueEntry(plan=admission.plan.name, priority=admission.plan.priority,
+                                     ttl_seconds=services.settings.queue_ttl_seconds,
+                                     reason=reason or dispatch.RUNNING_LIMIT, pools=tuple(pools))
+        new = lifecycle.new_job(job_id=job_id, uid=uid, channel=principal.channel,
+                                request=request, now=now, policy=services.policy, queue=queue)
         jobs.append(NewJob(new.id, {**new.doc, "batchId": batch_id}, new.server))
     batch = Batch(batch_id, uid, principal.channel, tuple(job.id for job in jobs),
                   fingerprint(requests), now, principal.tenant)
-    if not services.batches.create(batch, jobs):
+    try:
+        created = services.batches.create(batch, jobs)
+    except KilnError:
+        created = None
+    if not created:
+        for job_id, (pools, _reason) in places.items():
+            dispatch.release_places(services, job_id, pools)
+        give_back(services, admission)
+        if created is None:
+            raise RetryableError("The job store is unavailable.", code="store_unavailable")
         existing = services.batches.get(batch_id)
-        if existing is None or existing.uid != uid or existing.fingerprint != batch.fingerprint:
+        if existing is None:
             raise ConflictError("This Idempotency-Key was already used for a different request.",
                                 code="idempotency_key_reused")
-        return AcceptedBatch(batch_id, existing.job_ids, False)
-    publish_all(services, batch.job_ids)
-    log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs),
+        return _replayed(existing, uid, batch.fingerprint)
+    started = tuple(job_id for job_id in ids if places[job_id][0])
+    publish_all(services, started)
+    log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs), started=len(started),
               channel=principal.channel)
     return AcceptedBatch(batch_id, batch.job_ids, True)
+
+
+def _replayed(existing: Batch, uid: str, fingerprint_: str) -> AcceptedBatch:
+    if existing.uid != uid or existing.fingerprint != fingerprint_:
+        raise ConflictError("This Idempotency-Key was already used for a different request.",
+                            code="idempotency_key_reused")
+    return AcceptedBatch(existing.id, existing.job_ids, False)
+
+
+def _take_places(services: Services, ids: list[str], uid: str, requests: list[JobRequest],
+                 plan: Plan) -> dict[str, tuple[list[str], str | None]]:
+    """Places for the batch's jobs, as for single jobs (``dispatch.take_places``): taken in
+    order until the caller's running limit or the generator's capacity says wait."""
+    places: dict[str, tuple[list[str], str | None]] = {job_id: ([], None) for job_id in ids}
+    if services.counters.waiting(dispatch.PROVIDER_CAPACITY) > 0:
+        return {job_id: ([], dispatch.PROVIDER_CAPACITY) for job_id in ids}
+    waiting_for: str | None = None
+    try:
+        for job_id, request in zip(ids, requests, strict=True):
+            if waiting_for is None:
+                places[job_id] = dispatch.take_places(services, job_id=job_id, uid=uid,
+                                                      kind=request.kind, plan=plan)
+                waiting_for = places[job_id][1]
+            else:
+                places[job_id] = ([], waiting_for)
+    except KilnError:
+        for job_id, (pools, _reason) in places.items():
+            dispatch.release_places(services, job_id, pools)
+        raise
+    return places
 
 
 def publish_all(services: Services, job_ids: tuple[str, ...]) -> int:

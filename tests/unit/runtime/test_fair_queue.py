@@ -223,3 +223,29 @@ def test_admit_counts_a_batch_as_many_jobs(rig: Rig) -> None:
     with pytest.raises(QuotaExceededError):
         admit(rig.services, uid="b", channel="api", plan=None, count=2)
     assert admit(rig.services, uid="b", channel="api", plan=None, count=1).tickets == (3,)
+
+
+def post_batch(rig: Rig, n: int, uid: str = "alice") -> Any:
+    """POST /v1/batches of ``n`` images through the real router: (status, json)."""
+    with flask.Flask("t").test_request_context(
+            "/v1/batches", method="POST", headers={"Authorization": f"Bearer uid:{uid}"},
+            json={"items": [{"kind": "image", "prompt": f"tile {i}"} for i in range(n)]}):
+        response = handle(flask.request, rig.services)
+    return response.status_code, response.get_json()
+
+
+def test_a_batch_is_admitted_as_its_items_and_waits_beyond_the_running_limit(rig: Rig) -> None:
+    """Given the free plan (3 jobs a day, 1 running), when alice posts a batch of 4, then
+    429 and nothing is created; a batch of 3 is accepted whole, one job starts and the
+    others wait their turns (running_limit), each starting as the one before ends."""
+    status, body = post_batch(rig, 4)
+    assert (status, body["error"]["code"]) == (429, "quota_exceeded") and not rig.store.docs
+    status, body = post_batch(rig, 3)
+    assert status == 202
+    first, *rest = body["jobIds"]
+    assert started(rig) == [first]
+    assert [rig.job(job_id).queue_reason for job_id in rest] == ["running_limit"] * 2
+    for n, job_id in enumerate(body["jobIds"]):
+        assert started(rig) == body["jobIds"][:n + 1]  # one at a time, in order
+        assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert post_batch(rig, 1)[0] == 429  # the day's 3 are spent
