@@ -35,9 +35,9 @@ from kiln.core.errors import (
     ValidationError,
 )
 from kiln.core.job import NewJob, is_valid_job_id
+from kiln.core.plans import Plan
 from kiln.core.principal import Principal
 from kiln.core.requests import JobRequest
-from kiln.core.plans import Plan
 from kiln.runtime import actions, dispatch
 from kiln.runtime.accept import check_image_url
 from kiln.runtime.admission import admit, give_back

@@ -43,6 +43,7 @@ class SweepCount(enum.StrEnum):
     REDELIVERED = "redelivered"
     BATCHES_ENDED = "batches_ended"
     STARTED = "started"  # waiting jobs the queue's pass started
+    JOB_ERRORS = "job_errors"  # jobs a pass could not sweep (logged; the next pass tries again)
 
 
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -53,23 +54,12 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
     for status in (JobStatus.PENDING, JobStatus.PROCESSING):
         for job in services.store.find(status=status.value, limit=SCAN_LIMIT):
             report[SweepCount.SCANNED] += 1
-            action = lifecycle.sweep_action(job, now=now, stale_after=stale_after)
-            if action is SweepAction.EXPIRE:
-                if _expire(services, job.id, now):
-                    report[SweepCount.FAILED_EXPIRED] += 1
-            elif action is SweepAction.RECHECK:
+            try:
+                _sweep_job(services, job, status, now, stale_after, report)
+            except Exception as exc:  # one job that cannot be swept never stops the pass
+                report[SweepCount.JOB_ERRORS] += 1
                 with log.job_context(job.id):
-                    if checks.recheck(services, job.id):
-                        report[SweepCount.RECHECKED] += 1
-                    else:
-                        report[SweepCount.PUBLISH_ERRORS] += 1
-            elif action is SweepAction.REPUBLISH:
-                try:
-                    services.queue.publish(job.id, reason=f"sweep-{status.value}")
-                    report[SweepCount(f"republished_{status.value}")] += 1
-                    services.store.apply(job.id, lifecycle.republished(now))
-                except RetryableError:
-                    report[SweepCount.PUBLISH_ERRORS] += 1
+                    log.event(logger, "job not swept", logging.ERROR, error=type(exc).__name__)
     try:  # the fair queue: start whoever's places are free, refresh the positions shown
         started = dispatch.dispatch(services, positions=True)
         if started:
@@ -85,6 +75,27 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
     result = {str(name): count for name, count in report.items()}
     log.event(logger, "sweep done", **result)
     return result
+
+
+def _sweep_job(services: Services, job: Job, status: JobStatus, now: dt.datetime,
+               stale_after: float, report: Counter[str]) -> None:
+    action = lifecycle.sweep_action(job, now=now, stale_after=stale_after)
+    if action is SweepAction.EXPIRE:
+        if _expire(services, job.id, now):
+            report[SweepCount.FAILED_EXPIRED] += 1
+    elif action is SweepAction.RECHECK:
+        with log.job_context(job.id):
+            if checks.recheck(services, job.id):
+                report[SweepCount.RECHECKED] += 1
+            else:
+                report[SweepCount.PUBLISH_ERRORS] += 1
+    elif action is SweepAction.REPUBLISH:
+        try:
+            services.queue.publish(job.id, reason=f"sweep-{status.value}")
+            report[SweepCount(f"republished_{status.value}")] += 1
+            services.store.apply(job.id, lifecycle.republished(now))
+        except RetryableError:
+            report[SweepCount.PUBLISH_ERRORS] += 1
 
 
 def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:

@@ -10,13 +10,21 @@ from typing import Any
 
 import flask
 import pytest
-from rig import Rig
+from rig import Rig, build_rig
 
 from kiln.http.api import handle
 from kiln.runtime.keys import create_key
 from kiln.webhooks.model import event_id
 
 CUBE = {"kind": "image", "prompt": "a red cube"}
+
+
+@pytest.fixture
+def rig() -> Rig:
+    """Limits no batch here reaches, so every item starts at once (how a batch meets the
+    running limit and the quota: tests/unit/runtime/test_fair_queue.py)."""
+    return build_rig(plans="free:daily=1000,running=200;pro:daily=1000,running=200,priority=10",
+                     provider_capacity="200")
 
 
 def call(rig: Rig, authorization: str, method: str, path: str, body: Any = None,

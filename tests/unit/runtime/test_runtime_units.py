@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rig import Rig, build_rig
 
@@ -118,6 +120,28 @@ def test_a_sweep_that_cannot_publish_counts_it_and_tries_again_next_time(rig: Ri
     assert sweep(rig.services)["publish_errors"] == 1
     assert rig.job(job_id).server.republished_at is None
     assert sweep(rig.services)["republished_pending"] == 1
+
+
+def test_a_job_that_cannot_be_swept_never_stops_the_pass(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given two stale pending jobs, one whose bookkeeping write fails (a document Kiln did
+    not write), when the sweeper passes, then the other is still re-published and recorded,
+    and the failure is counted."""
+    broken, fine = rig.submit(), rig.submit()
+    rig.queue.published.clear()
+    rig.clock.advance(61)
+    apply = rig.store.apply
+
+    def failing(job_id: str, change: Any) -> None:
+        if job_id == broken:
+            raise KeyError(job_id)  # as Firestore's NotFound on update
+        apply(job_id, change)
+
+    monkeypatch.setattr(rig.store, "apply", failing)
+    report = sweep(rig.services)
+    assert report["job_errors"] == 1 and report["republished_pending"] == 2
+    assert rig.job(fine).server.republished_at is not None
+    assert rig.job(broken).server.republished_at is None
 
 
 # --- cancel / retry ---------------------------------------------------------------------
