@@ -107,6 +107,17 @@ resource "google_firestore_field" "batches_expire_at" {
   index_config {}
 }
 
+# Daily quota tickets (kiln.adapters.firestore_queue): one per admitted job, deleted two
+# days after they were taken (a day's quota counts only that day's tickets).
+resource "google_firestore_field" "quota_tickets_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "quotaTickets"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # The provider task index (kiln.adapters.firestore.FirestoreTaskIndex): task links and
 # callback events seen, server-only (the rules deny clients), deleted 7 days after use.
 resource "google_firestore_field" "provider_tasks_expire_at" {

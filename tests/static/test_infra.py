@@ -565,6 +565,10 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
     ttl = [f for f in tf.resources("google_firestore_field").values()
            if (f["collection"], f["field"]) == ("jobs", "expireAt") and blocks(f, "ttl_config")]
     assert ttl, "no TTL policy on jobs.expireAt"
+    tickets = [f for f in tf.resources("google_firestore_field").values()
+               if (f["collection"], f["field"]) == ("quotaTickets", "expireAt")
+               and blocks(f, "ttl_config")]
+    assert tickets, "no TTL policy on quotaTickets.expireAt (a ticket per admitted job)"
 
 
 def test_results_bucket(tf: TfModule, functions: dict[str, Function]) -> None:

@@ -33,6 +33,8 @@ from kiln.adapters.firestore import unavailable_is_retryable
 from kiln.core.errors import RetryableError
 
 TICKETS, SLOTS, WINDOWS, JOBS = "quotaTickets", "slots", "slotWindows", "jobs"
+#: How long a quota ticket is kept (TTL policy quota_tickets_expire_at in infra/firestore.tf).
+TICKET_LIFETIME = dt.timedelta(days=2)
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
@@ -92,7 +94,9 @@ class FirestoreCounters:
         raise RetryableError("The quota is busy.", code="contention")
 
     def _create(self, key: str, numbers: list[int]) -> None:
-        fields = {"key": key, "at": firestore.SERVER_TIMESTAMP}
+        # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
+        fields = {"key": key, "at": firestore.SERVER_TIMESTAMP,
+                  "expireAt": dt.datetime.now(dt.UTC) + TICKET_LIFETIME}
         if len(numbers) == 1:  # one create-if-absent write
             self._ticket(key, numbers[0]).create({**fields, "n": numbers[0]})
             return
