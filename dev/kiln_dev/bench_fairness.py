@@ -221,8 +221,8 @@ def _wrap(store: InMemoryJobStore, counters: InMemoryCounters, slots: InMemorySl
             timed.note(f"jobs/{job_id}/private/server")
         apply(job_id, change)
 
-    def t_tickets(key: str, count: int, limit: int) -> list[int] | None:
-        numbers = tickets(key, count, limit)
+    def t_tickets(key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
+        numbers = tickets(key, count, limit, holder)
         for number in numbers or ():
             timed.note(f"quotaTickets/{key}~{number}")
         return numbers

@@ -17,20 +17,28 @@ class InMemoryCounters:
     def __init__(self, store: Any = None) -> None:
         self.store = store
         self.tickets: dict[str, set[int]] = {}
+        self.holders: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+    def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
         with self._lock:
             held = self.tickets.setdefault(key, set())
             free = [n for n in range(1, limit + 1) if n not in held][:count]
             if len(free) < count:
                 return None
             held.update(free)
+            self.holders.update({(key, n): holder for n in free})
             return free
 
     def give_back(self, key: str, numbers: list[int]) -> None:
         with self._lock:
             self.tickets.get(key, set()).difference_update(numbers)
+            for number in numbers:
+                self.holders.pop((key, number), None)
+
+    def held(self, key: str, holder: str) -> bool:
+        with self._lock:
+            return any(k == key and h == holder for (k, _n), h in self.holders.items())
 
     def used(self, key: str) -> int:
         return len(self.tickets.get(key, ()))

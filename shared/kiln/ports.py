@@ -230,9 +230,10 @@ class Counters(Protocol):
     each, created once (create-if-absent makes it exact under concurrency); the jobs not
     yet started are counted by a query."""
 
-    def take(self, key: str, count: int, limit: int) -> list[int] | None:
-        """Take ``count`` of the ``limit`` tickets of ``key``: their numbers, or None
-        (nothing taken) when fewer than ``count`` are left.
+    def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
+        """Take ``count`` of the ``limit`` tickets of ``key`` for ``holder`` (the job they
+        pay for, when one): their numbers, or None (nothing taken) when fewer than
+        ``count`` are left.
 
         Raises:
             RetryableError: the store is unavailable or too contended right now.
@@ -245,6 +246,11 @@ class Counters(Protocol):
 
     def used(self, key: str) -> int:
         """How many tickets of ``key`` are taken."""
+        ...
+
+    def held(self, key: str, holder: str) -> bool:
+        """Whether a ticket of ``key`` is taken for ``holder`` (a concurrent duplicate of
+        the same request holds one)."""
         ...
 
     def waiting(self, reason: str | None = None) -> int:

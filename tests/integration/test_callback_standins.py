@@ -8,6 +8,7 @@ import datetime as dt
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -93,10 +94,13 @@ def test_the_task_server_signs_its_end_and_its_faults_arrive_as_named(receiver: 
             read.append((event.kind, event.ended, event.task_id, event.event_id))
         except CallbackUnauthenticated:
             read.append(("forged", True, task_id, ""))
-    kinds = [kind for kind, *_ in read]
-    assert kinds == ["task.ended", "task.progress", "forged", "task.ended", "task.ended"]
+    # The sender's threads may land in any order on a loaded machine: what arrives is
+    # asserted, not when.
+    kinds = sorted(kind for kind, *_ in read)
+    assert kinds == ["forged", "task.ended", "task.ended", "task.ended", "task.progress"]
     assert {t for _k, _e, t, _i in read} == {task_id}
-    assert read[3][3] == read[4][3] != read[0][3]  # the replay repeats the end's id
+    ended = Counter(event_id for kind, _e, _t, event_id in read if kind == "task.ended")
+    assert sorted(ended.values()) == [1, 2]  # the early end; the end and its replay (same id)
     assert list(tasks.callback_times()) == ["job-standin"]
 
 

@@ -66,7 +66,14 @@ class FirestoreCounters:
             result: Any = query.count().get()  # type: ignore[call-arg]
         return int(result[0][0].value)
 
-    def take(self, key: str, count: int, limit: int) -> list[int] | None:
+    def held(self, key: str, holder: str) -> bool:
+        query = self.client.collection(TICKETS).where(
+            filter=firestore.FieldFilter("key", "==", key)).where(
+            filter=firestore.FieldFilter("holder", "==", holder)).limit(1)
+        with unavailable_is_retryable("admission store"):
+            return any(True for _ in query.stream())
+
+    def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
         with self._lock:  # a guess (no read): the number after this process's last take
             start = self._next.get(key) or 0
         start = start or self.used(key) + 1
@@ -79,7 +86,7 @@ class FirestoreCounters:
                 continue
             try:
                 with unavailable_is_retryable("admission store"):
-                    self._create(key, numbers)
+                    self._create(key, numbers, holder)
                 with self._lock:
                     self._next[key] = numbers[-1] + 1
                     if len(self._next) > 10_000:
@@ -93,9 +100,9 @@ class FirestoreCounters:
             start = max(start + 1, self.used(key) + 1)
         raise RetryableError("The quota is busy.", code="contention")
 
-    def _create(self, key: str, numbers: list[int]) -> None:
+    def _create(self, key: str, numbers: list[int], holder: str) -> None:
         # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
-        fields = {"key": key, "at": firestore.SERVER_TIMESTAMP,
+        fields = {"key": key, "holder": holder, "at": firestore.SERVER_TIMESTAMP,
                   "expireAt": dt.datetime.now(dt.UTC) + TICKET_LIFETIME}
         if len(numbers) == 1:  # one create-if-absent write
             self._ticket(key, numbers[0]).create({**fields, "n": numbers[0]})

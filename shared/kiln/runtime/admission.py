@@ -64,8 +64,9 @@ def quota_key(uid: str, day: str) -> str:
 
 
 def admit(services: Services, *, uid: str, channel: str, plan: str | None,
-          count: int = 1) -> Admission:
-    """Admit ``count`` new jobs of ``uid`` on its ``plan`` (the claimed plan name).
+          count: int = 1, holder: str = "") -> Admission:
+    """Admit ``count`` new jobs of ``uid`` on its ``plan`` (the claimed plan name);
+    ``holder``: the job the tickets pay for, when its id is known (``duplicate_in_flight``).
 
     Raises:
         OverloadedError: more than ``KILN_MAX_WAITING`` jobs would be waiting to start.
@@ -80,7 +81,7 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
                               retry_after=OVERLOADED_RETRY_SECONDS)
     now = services.clock.now().astimezone(dt.UTC)
     key = quota_key(uid, now.date().isoformat())
-    tickets = services.counters.take(key, count, granted.daily_jobs)
+    tickets = services.counters.take(key, count, granted.daily_jobs, holder)
     if tickets is None:
         midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(),
                                        tzinfo=dt.UTC)
@@ -90,6 +91,13 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
             f"(this request needs {count}). The quota resets at midnight UTC.",
             code="quota_exceeded", retry_after=wait)
     return Admission(uid, channel, granted, count, key, tuple(tickets))
+
+
+def duplicate_in_flight(services: Services, *, uid: str, holder: str) -> bool:
+    """Whether another delivery of the same request holds today's ticket for ``holder``:
+    a duplicate refused for the quota it took itself (the other one creates the job)."""
+    day = services.clock.now().astimezone(dt.UTC).date().isoformat()
+    return services.counters.held(quota_key(uid, day), holder)
 
 
 def give_back(services: Services, admission: Admission | None) -> None:

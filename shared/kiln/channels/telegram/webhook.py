@@ -41,7 +41,7 @@ from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
-from kiln.runtime.admission import admit
+from kiln.runtime.admission import admit, duplicate_in_flight
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -163,8 +163,11 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
         log.event(logger, "update replayed; its job exists", updateId=incoming.update_id)
         return None
     try:  # the same admission as every channel: the chat's plan is KILN_TELEGRAM_PLAN
-        admission = admit(services, uid=incoming.uid, channel="telegram", plan=None)
+        admission = admit(services, uid=incoming.uid, channel="telegram", plan=None,
+                          holder=job_id)
     except QuotaExceededError:
+        if duplicate_in_flight(services, uid=incoming.uid, holder=job_id):
+            return None  # Telegram delivered this update twice at once: the other one runs it
         return incoming.reply(messages.quota_reached(
             settings.plan_table()[settings.telegram_plan].daily_jobs))
     except OverloadedError:
