@@ -15,6 +15,7 @@ import time
 
 from kiln_client import KilnClient
 
+from kiln.core.plans import DEFAULT_PLANS
 from kiln.runtime.keys import create_key
 from kiln_dev.bench_load import percentile
 from kiln_dev.stack import WORKER_SUBSCRIPTION, LocalStack, StackConfig
@@ -27,11 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     print("starting the local stack…", flush=True)
-    with LocalStack(StackConfig()) as stack:
+    # The product's plans and generator capacity (not the local stack's generous ones):
+    # the bench's tenant is on pro (8 running, 2,000 a day), so each batch starts what the
+    # places allow and the rest waits its turn, as in the cloud.
+    env = {"KILN_PLANS": DEFAULT_PLANS, "KILN_PROVIDER_CAPACITY": "8"}
+    with LocalStack(StackConfig(env=env)) as stack:
         _stop_the_worker(stack)
         services = stack.services()
         key = create_key(services.keys, services.clock, tenant="bench-batch",
-                         scopes=["submit", "read"]).secret
+                         scopes=["submit", "read"], plan="pro").secret
         items = [{"kind": "image", "prompt": f"bench tile {i}"} for i in range(args.items)]
         with KilnClient(stack.ingress_url, key, retries=0) as kiln:
             kiln.submit_batch(items[:10])  # warm-up: connections, the key's cache

@@ -126,29 +126,38 @@ def _replayed(existing: Batch, uid: str, fingerprint_: str) -> AcceptedBatch:
 
 def _take_places(services: Services, ids: list[str], uid: str, requests: list[JobRequest],
                  plan: Plan) -> dict[str, tuple[list[str], str | None]]:
-    """Places for the batch's jobs, as for single jobs (``dispatch.take_places``): taken in
-    order until the caller's running limit or the generator's capacity says wait."""
-    places: dict[str, tuple[list[str], str | None]] = {job_id: ([], None) for job_id in ids}
+    """Places for the batch's jobs, as for single jobs (``dispatch.take_places``), taken
+    concurrently (each place is its own create-if-absent document): the jobs that get
+    none wait their turns, with the reason (running limit, generator capacity)."""
     if services.counters.waiting(dispatch.PROVIDER_CAPACITY) > 0:
         return {job_id: ([], dispatch.PROVIDER_CAPACITY) for job_id in ids}
-    waiting_for: str | None = None
-    try:
-        for job_id, request in zip(ids, requests, strict=True):
-            if waiting_for is None:
-                places[job_id] = dispatch.take_places(services, job_id=job_id, uid=uid,
-                                                      kind=request.kind, plan=plan)
-                waiting_for = places[job_id][1]
-            else:
-                places[job_id] = ([], waiting_for)
-    except KilnError:
+
+    def take(item: tuple[str, JobRequest]) -> tuple[list[str], str | None]:
+        job_id, request = item
+        return dispatch.take_places(services, job_id=job_id, uid=uid, kind=request.kind,
+                                    plan=plan)
+
+    places: dict[str, tuple[list[str], str | None]] = {}
+    with ThreadPoolExecutor(max_workers=min(PUBLISH_THREADS, len(ids))) as pool:
+        futures = {job_id: pool.submit(take, (job_id, request))
+                   for job_id, request in zip(ids, requests, strict=True)}
+    failed: KilnError | None = None
+    for job_id, future in futures.items():
+        try:
+            places[job_id] = future.result()
+        except KilnError as exc:
+            failed = exc
+    if failed is not None:
         for job_id, (pools, _reason) in places.items():
             dispatch.release_places(services, job_id, pools)
-        raise
+        raise failed
     return places
 
 
 def publish_all(services: Services, job_ids: tuple[str, ...]) -> int:
     """Publish every job (concurrently); how many failed (the sweeper publishes those)."""
+    if not job_ids:  # every job of the batch waits its turn in the fair queue
+        return 0
     def one(job_id: str) -> bool:
         try:
             services.queue.publish(job_id)

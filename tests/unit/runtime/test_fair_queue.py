@@ -251,3 +251,12 @@ def test_a_batch_is_admitted_as_its_items_and_waits_beyond_the_running_limit(rig
         assert run_job(running[0], rig.services) is RunOutcome.COMPLETED
     assert sorted(started(rig)) == sorted(body["jobIds"])
     assert post_batch(rig, 1)[0] == 429  # the day's 3 are spent
+
+
+def test_a_batch_whose_every_job_must_wait_is_accepted(rig: Rig) -> None:
+    """Given alice's one running place taken, when she posts a batch, then it is accepted
+    with every job waiting (nothing to publish now: no 5xx)."""
+    assert post(rig)[0] == 202
+    status, body = post_batch(rig, 2)
+    assert status == 202
+    assert [rig.job(job_id).queue_reason for job_id in body["jobIds"]] == ["running_limit"] * 2
