@@ -102,7 +102,8 @@ class Bench:
     def expected(self, target: str) -> int:
         return self.sent["peer"] if target == "peer" else self.sent["floor"] + self.sent["kiln"]
 
-    def measure(self, target: str, concurrency: int, requests: int) -> Result:
+    def measure(self, target: str, concurrency: int, requests: int, *,
+                record: bool = True) -> Result:
         url = self.peer.url if target == "peer" else self.stack.ingress_url
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         parts = self.parts(target)
@@ -116,7 +117,8 @@ class Bench:
         cpu = {name: (cpu_seconds(pgids) - before[name]) / jobs * 1000
                for name, pgids in parts.items() if pgids}
         result = Result(run, cpu)
-        self.results[(target, concurrency)].append(result)
+        if record:
+            self.results[(target, concurrency)].append(result)
         return result
 
 
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-concurrency", type=int, default=8,
                         help="pushes the worker takes at once (the stack's push relay; 0: the "
                              "Pub/Sub emulator's own push, at most 2)")
+    parser.add_argument("--warmup", type=int, default=200,
+                        help="requests per target before the first round (not recorded)")
     parser.add_argument("--threads", type=int, default=16,
                         help="gunicorn threads of both ingresses (16: measured best at 64 clients)")
     args = parser.parse_args(argv)
@@ -202,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         cold["ingress (process start → first 202)"] = bench_e2e.cold_start(stack)
         bench = Bench(stack, peer)
         bench.sent["kiln"] += 1  # the cold start's job
+        # Warm every target (the emulators' JITs, connections, caches) before measuring:
+        # not recorded, so the first round measures the same thing as the others.
+        for target in TARGETS:
+            bench.measure(target, 4, args.warmup, record=False)
+        print(f"warmed up: {args.warmup} requests per target ({time.strftime('%H:%M:%S')})",
+              flush=True)
         for round_no in range(args.rounds):
             for level in LEVELS:
                 for target in TARGETS:

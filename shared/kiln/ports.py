@@ -106,6 +106,7 @@ class Delivery:
     job_id: str
     check: int | None = None
     published_at: dt.datetime | None = None  # when Pub/Sub took the message (its timeline)
+    reason: str | None = None  # why it was published (its ``reason`` attribute)
 
 
 class Queue(Protocol):
@@ -255,7 +256,7 @@ class Counters(Protocol):
 
     def waiting(self, reason: str | None = None) -> int:
         """Jobs accepted and not yet started (``pending``); with ``reason``, those waiting
-        for it (``queueReason``). At most a second stale."""
+        for it (``queueReason``). About a second stale (read in the background)."""
         ...
 
 

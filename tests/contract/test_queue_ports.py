@@ -54,6 +54,31 @@ def test_concurrent_takes_never_exceed_the_limit(ports: tuple[Any, Any]) -> None
     assert len(got) == 4 and sorted(n for t in got for n in t) == [1, 2, 3, 4]
 
 
+def test_concurrent_takes_of_one_key_all_succeed_with_distinct_numbers(
+        ports: tuple[Any, Any]) -> None:
+    """Sixteen threads of one process taking one user's tickets at once (one client's 16
+    concurrent requests) all get one, none twice, and nobody is told the quota is busy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counters, _slots = ports
+    key = f"quota:{uuid.uuid4().hex}"
+    for _round in range(2):  # before and after the process knows the key
+        with ThreadPoolExecutor(16) as pool:
+            taken = list(pool.map(lambda _n: counters.take(key, 1, 1000), range(16)))
+        assert all(t is not None for t in taken)
+    assert counters.used(key) == 32
+
+
+def test_a_ticket_given_back_below_the_last_is_found_at_the_limit(
+        ports: tuple[Any, Any]) -> None:
+    counters, _slots = ports
+    key = f"quota:{uuid.uuid4().hex}"
+    assert counters.take(key, 4, 4) == [1, 2, 3, 4]
+    counters.give_back(key, [2])
+    assert counters.take(key, 1, 4) == [2]
+    assert counters.take(key, 1, 4) is None
+
+
 def test_places_are_taken_up_to_capacity_given_back_and_reclaimed(ports: tuple[Any, Any]) -> None:
     _counters, slots = ports
     pool = f"user:{uuid.uuid4().hex}"

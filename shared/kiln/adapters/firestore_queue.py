@@ -1,16 +1,18 @@
 """Admission's counters and the running places, in Firestore, with no hot document.
 
 - ``quotaTickets/{key}~{n}``: a quota (a user's jobs today) is numbered tickets, one
-  document each, created once: a take counts the key's tickets (an aggregation query, a
-  read) and creates the next numbers with create-if-absent in one batch; a number taken
-  meanwhile by a concurrent request fails the batch, and it tries the next ones. Exact
-  under concurrency, and no document is written twice.
+  document each, created once: a take creates the next numbers with create-if-absent in
+  one batch (the next after this process's last, reserved per thread; the key's
+  tickets are counted only when the process has no guess); a number taken meanwhile by
+  another process fails the batch, and it tries the next ones; at the quota's edge it
+  reads which numbers are free. Exact under concurrency; no document is written twice.
 - ``slots/{pool}~{index}``: one document per place of a pool (a user's running limit, a
   provider account's capacity), present while held (``{jobId, pool}``); taken by a
   create-if-absent, given back by a delete with a precondition: no transaction.
   ``slotWindows/{pool}`` holds a narrowing (a provider's 429) as ``{capacity, until}``.
 - The jobs not yet started are counted by an aggregation query over ``jobs`` (status
-  ``pending``), cached for a second per process: nothing is written to count them.
+  ``pending``), cached for a second per process and read again in the background (a
+  request never waits on it after the first): nothing is written to count them.
 
 Why no document is hot at 50 jobs/s: docs/architecture.md ("Fair queues").
 """
@@ -38,6 +40,7 @@ TICKET_LIFETIME = dt.timedelta(days=2)
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
+WINDOW_CACHE_SECONDS = 1.0
 
 
 def doc_id(key: str) -> str:
@@ -54,6 +57,7 @@ class FirestoreCounters:
         self.client, self._clock = client, clock
         self._waiting: dict[str | None, tuple[float, int]] = {}
         self._next: dict[str, int] = {}  # key → the number this process expects to be free
+        self._refreshing: dict[str | None, threading.Thread] = {}  # counts being read
         self._lock = threading.Lock()
 
     def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
@@ -74,31 +78,51 @@ class FirestoreCounters:
             return any(True for _ in query.stream())
 
     def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
-        with self._lock:  # a guess (no read): the number after this process's last take
-            start = self._next.get(key) or 0
-        start = start or self.used(key) + 1
+        # The numbers are guessed with no read (after this process's last ones) and
+        # reserved here before they are tried, so this process's threads never race each
+        # other for one number; only another process's take can make a create fail.
+        start = self._reserve(key, count, None)
         for _attempt in range(TAKE_ATTEMPTS):
             numbers = list(range(start, start + count))
-            if numbers[-1] > limit:
-                if self.used(key) + count > limit:  # the guess may be past given-back ones
+            if numbers[-1] > limit:  # at the quota's edge: the numbers still free, if any
+                numbers = self._free(key, limit)[:count]
+                if len(numbers) < count:
                     return None
-                start = self.used(key) + 1
-                continue
             try:
                 with unavailable_is_retryable("admission store"):
                     self._create(key, numbers, holder)
-                with self._lock:
-                    self._next[key] = numbers[-1] + 1
-                    if len(self._next) > 10_000:
-                        self._next.clear()
                 return numbers
             except gexc.Conflict:
-                pass  # AlreadyExists: another request took one of these numbers first
+                pass  # AlreadyExists: another process took one of these numbers first
             except RetryableError as exc:
                 if not isinstance(exc.__cause__, gexc.Aborted):
                     raise  # (Aborted: the emulator's lock on a number another one takes)
-            start = max(start + 1, self.used(key) + 1)
+            start = self._reserve(key, count, self.used(key) + 1)
         raise RetryableError("The quota is busy.", code="contention")
+
+    def _reserve(self, key: str, count: int, floor: int | None) -> int:
+        """The first of ``count`` numbers for this thread: at least ``floor`` (counted when
+        None and this process has no guess yet) and past every number this process
+        reserved since."""
+        if floor is None:
+            with self._lock:
+                known = self._next.get(key)
+            floor = known if known is not None else self.used(key) + 1
+        with self._lock:
+            start = max(floor, self._next.get(key, 0))
+            if len(self._next) > 10_000:
+                self._next.clear()
+            self._next[key] = start + count
+        return start
+
+    def _free(self, key: str, limit: int) -> list[int]:
+        """The numbers up to ``limit`` nobody holds (given back ones included): one read
+        of at most ``limit`` tickets, made only at the quota's edge."""
+        query = self.client.collection(TICKETS).where(
+            filter=firestore.FieldFilter("key", "==", key)).select(["n"])
+        with unavailable_is_retryable("admission store"):
+            taken = {int((snap.to_dict() or {}).get("n") or 0) for snap in query.stream()}
+        return [n for n in range(1, limit + 1) if n not in taken]
 
     def _create(self, key: str, numbers: list[int], holder: str) -> None:
         # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
@@ -120,11 +144,24 @@ class FirestoreCounters:
             batch.commit()
 
     def waiting(self, reason: str | None = None) -> int:
+        # Read once; afterwards a stale count is answered at once while one thread reads
+        # the next (the acknowledgement never waits on this query after the first).
         now = self._clock()
         with self._lock:
             hit = self._waiting.get(reason)
-            if hit is not None and now - hit[0] < WAITING_CACHE_SECONDS:
-                return hit[1]
+            stale = hit is None or now - hit[0] >= WAITING_CACHE_SECONDS
+            thread = None
+            if stale and hit is not None and reason not in self._refreshing:
+                thread = self._refreshing[reason] = threading.Thread(
+                    target=self._background, args=(reason,), daemon=True,
+                    name="kiln-waiting-count")
+        if hit is None:
+            return self._refresh(reason)
+        if thread is not None:
+            thread.start()
+        return hit[1]
+
+    def _refresh(self, reason: str | None) -> int:
         query = self.client.collection(JOBS).where(
             filter=firestore.FieldFilter("status", "==", "pending"))
         if reason is not None:
@@ -133,29 +170,46 @@ class FirestoreCounters:
             result: Any = query.count().get()  # type: ignore[call-arg]
         count = int(result[0][0].value)
         with self._lock:
-            self._waiting[reason] = (now, count)
+            self._waiting[reason] = (self._clock(), count)
         return count
+
+    def _background(self, reason: str | None) -> None:
+        try:
+            self._refresh(reason)
+        except RetryableError:
+            pass  # the stale count stands; the next call tries again
+        finally:
+            with self._lock:
+                self._refreshing.pop(reason, None)
 
 
 class FirestoreSlots:
     """``kiln.ports.Slots`` on Firestore: a place is held while its document exists.
 
     Taking one is a create-if-absent of one place document (no transaction: two requests
-    contend only when they try the same place, and the create decides); a place whose
+    contend only when they try the same place, and the create decides). A take with no
+    ``done`` first tries the place its job id hashes to, with no read (a new job's
+    arrival: one write while the pool has room); otherwise, or when that place is taken,
+    the pool's places are read and a free one is created. A place whose
     holder is done is deleted with a precondition on its update time, then created again.
     Giving one back deletes it the same way. A narrowed window is checked by counting
     the held places first, so concurrent starts may pass it by a few; the capacity itself
     is exact.
     """
 
-    def __init__(self, client: firestore.Client) -> None:
-        self.client = client
+    def __init__(self, client: firestore.Client, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client, self._clock = client, clock
+        self._windows: dict[str, tuple[float, dict[str, Any]]] = {}  # pool → (read at, doc)
 
     def _place(self, pool: str, index: int) -> firestore.DocumentReference:
         return self.client.collection(SLOTS).document(f"{doc_id(pool)}~{index}")
 
     def take(self, pool: str, capacity: int, job_id: str,
              done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
+        doc = {"jobId": job_id, "pool": pool, "at": firestore.SERVER_TIMESTAMP}
+        if done is None and limit is None and self._first_try(pool, capacity, job_id, doc):
+            return True
         refs = [self._place(pool, i) for i in range(capacity)]
         with unavailable_is_retryable("admission store"):
             snaps = {snap.reference.id: snap for snap in self.client.get_all(refs)}
@@ -169,7 +223,6 @@ class FirestoreSlots:
             return False
         start = random.randrange(capacity)
         order = [refs[(start + i) % capacity] for i in range(capacity)]
-        doc = {"jobId": job_id, "pool": pool, "at": firestore.SERVER_TIMESTAMP}
         for ref in [r for r in order if r.id not in held] + [r for r in order if r.id in ended]:
             try:
                 with unavailable_is_retryable("admission store"):
@@ -184,6 +237,22 @@ class FirestoreSlots:
             except (gexc.Conflict, gexc.FailedPrecondition, gexc.NotFound):
                 continue  # another request took this place first
         return False
+
+    def _first_try(self, pool: str, capacity: int, job_id: str, doc: dict[str, Any]) -> bool:
+        """Create the job's own place (its id's hash picks the index) with no read: one
+        write while the pool has room. Taken (by another job, or by this one: a repeated
+        take tries the same index first) → False, and the pool is read."""
+        index = int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % capacity
+        try:
+            with unavailable_is_retryable("admission store"):
+                self._place(pool, index).create(doc)
+            return True
+        except gexc.Conflict:
+            return False
+        except RetryableError as exc:
+            if not isinstance(exc.__cause__, gexc.Aborted):
+                raise
+            return False
 
     def release(self, pool: str, job_id: str) -> None:
         query = self.client.collection(SLOTS).where(
@@ -205,13 +274,20 @@ class FirestoreSlots:
                     if (job := (snap.to_dict() or {}).get("jobId"))]
 
     def narrow(self, pool: str, capacity: int, until: dt.datetime) -> None:
+        doc = {"capacity": capacity, "until": until}
         with unavailable_is_retryable("admission store"):
-            self.client.collection(WINDOWS).document(doc_id(pool)).set(
-                {"capacity": capacity, "until": until})
+            self.client.collection(WINDOWS).document(doc_id(pool)).set(doc)
+        self._windows[pool] = (self._clock(), doc)
 
     def window(self, pool: str, capacity: int, now: dt.datetime) -> int:
-        with unavailable_is_retryable("admission store"):
-            doc = self.client.collection(WINDOWS).document(doc_id(pool)).get().to_dict() or {}
+        # Read at most once a second per process: a narrowing reaches every instance
+        # within a second (this one at once).
+        hit = self._windows.get(pool)
+        if hit is None or self._clock() - hit[0] >= WINDOW_CACHE_SECONDS:
+            with unavailable_is_retryable("admission store"):
+                doc = self.client.collection(WINDOWS).document(doc_id(pool)).get().to_dict() or {}
+            hit = self._windows[pool] = (self._clock(), doc)
+        doc = hit[1]
         until = doc.get("until")
         if until is not None and until > now:
             return max(1, min(capacity, int(doc.get("capacity") or capacity)))

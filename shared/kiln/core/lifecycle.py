@@ -70,7 +70,8 @@ class QueueEntry:
     plan: str
     priority: int
     ttl_seconds: float
-    reason: str = "running_limit"
+    #: Why it waits; None for an arrival (a worker places it: ``dispatch.arrive``).
+    reason: str | None = "running_limit"
     position: int | None = None
     #: The places it got at once (it starts now), or none (it waits its turn).
     pools: tuple[str, ...] = ()
@@ -110,12 +111,15 @@ def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt
 
 
 def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
-          claim_token: str, check: int | None = None) -> Claim:
+          claim_token: str, check: int | None = None,
+          places: list[str] | None = None) -> Claim:
     """Decide a delivery; on ``CLAIMED`` the change takes the lease and counts an attempt
     (a check of a job waiting on its remote task continues the same attempt). A job whose
     lease expired mid-run is claimed again and resumes its checkpointed provider task.
     ``check``: the delivery is that scheduled check; a waiting job runs only for its live
-    check (``check_seq``), every other delivery of it is acked."""
+    check (``check_seq``), every other delivery of it is acked. ``places``: the delivery
+    holds these places for a queued job (its arrival): it leaves the queue (as
+    :func:`start`) and is claimed in the same write."""
     if job is None:
         return Claim(ClaimOutcome.MISSING)
     srv = job.server
@@ -129,8 +133,11 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
         return Claim(ClaimOutcome.BUSY)
     if srv.past_deadline(now) or queue_expired(job, now):
         return Claim(ClaimOutcome.EXPIRED, expire(job, now=now))
+    started: Change | None = None
     if srv.queued and job.status is JobStatus.PENDING:
-        return Claim(ClaimOutcome.QUEUED)
+        if places is None:
+            return Claim(ClaimOutcome.QUEUED)
+        started = start(job, pools=places)
     # A waiting job runs only for its live check. A check of a job that is not waiting
     # (released for a retry, or its worker died) is an ordinary delivery, decided below.
     if srv.waiting:
@@ -156,7 +163,9 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
     public["stage"] = "starting"
     if job.started_at is None:
         public["startedAt"] = SERVER_TIME
-    return Claim(ClaimOutcome.CLAIMED, Change(public, private), srv.provider_task_id)
+    change = Change(public, private)
+    return Claim(ClaimOutcome.CLAIMED, started | change if started else change,
+                 srv.provider_task_id)
 
 
 def check_owner(job: Job | None, worker_id: str) -> Job:
@@ -366,8 +375,10 @@ def sweep_action(job: Job, *, now: dt.datetime, stale_after: float) -> SweepActi
         return SweepAction.LEAVE
     if srv.past_deadline(now) or queue_expired(job, now):
         return SweepAction.EXPIRE
-    if srv.queued and job.status is JobStatus.PENDING:
+    if srv.queued and job.status is JobStatus.PENDING and job.queue_reason is not None:
         return SweepAction.LEAVE  # the fair queue starts it (runtime/dispatch.py)
+    # (An arrival, queued with no reason yet, waits for its first delivery to place it:
+    # re-published below if that message is lost.)
     stale = now - dt.timedelta(seconds=stale_after)
     if srv.waiting:
         assert srv.next_check_at is not None

@@ -1,18 +1,29 @@
-"""Accepting a job, for every channel: record it, then wake a worker.
+"""Accepting a job, for every channel: record it and wake a worker, at once.
 
 The caller was admitted first (``kiln.runtime.admission``: quota, backpressure). The
-job's places (its owner's running limit, its provider's capacity) are taken when free
-(``kiln.runtime.dispatch``); then its two documents are created at once: started, or
-waiting in the fair queue. A started job's id is published. If the publish fails the job
-is still accepted: the sweeper re-publishes pending jobs, so nothing accepted is lost. A
-waiting job is published when a pass of the queue starts it. The same (uid, idempotency
-key) always maps to the same job id; a replay returns that job without a second publish.
+job's two documents are created in one commit as an *arrival* of the fair queue
+(``pending``, stage ``queued``, no ``queueReason`` yet) while its id is published, both
+at the same time; the answer waits for both, so the job exists before the 202. The
+worker that receives the message gives the job its places (its owner's running limit,
+its provider's capacity) and runs it, or records why it waits
+(``kiln.runtime.dispatch.arrive``). Nothing about places is read or written on the way
+in: the acknowledgement is one commit and one publish (docs/benchmarks.md).
+
+A message may reach a worker before the commit lands: the worker nacks a message whose
+job does not exist yet while the message is young. If the publish fails the job is
+still accepted: an arrival is a waiting job, so the next pass of the fair queue (every
+job's end, every sweep) starts it. The same (uid, idempotency key) always maps to the
+same job id; a replay returns that job (a duplicate message is harmless: the claim
+decides).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +33,6 @@ from kiln.core import lifecycle, urls
 from kiln.core.errors import ConflictError, KilnError, RetryableError, ValidationError
 from kiln.core.job import JobStatus, new_job_id
 from kiln.core.requests import JobRequest
-from kiln.runtime import dispatch
 from kiln.runtime.admission import Admission, give_back, plan_for
 
 logger = log.get("ingress")
@@ -39,7 +49,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
                idempotency_key: str | None = None,
                server: Mapping[str, Any] | None = None,
                admission: Admission | None = None) -> Accepted:
-    """Record a job, and publish it when its places are free (else it waits its turn).
+    """Record a job as an arrival of the fair queue and publish it, both at once.
     ``admission``: what ``admit`` granted (its plan); None for the channel's default plan.
 
     Raises:
@@ -52,53 +62,64 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     job_id = new_job_id(uid, idempotency_key)
     plan = admission.plan if admission else plan_for(services, uid=uid, channel=channel,
                                                      claimed=None)
-    pools: list[str]
-    reason: str | None
-    try:
-        if services.counters.waiting(dispatch.PROVIDER_CAPACITY) > 0:
-            # Others already wait for the generator: this job joins them (and no place is
-            # read or written on the way in).
-            pools, reason = [], dispatch.PROVIDER_CAPACITY
-        else:
-            pools, reason = dispatch.take_places(services, job_id=job_id, uid=uid,
-                                                 kind=request.kind, plan=plan)
-    except KilnError:
-        give_back(services, admission)
-        raise
     queue = lifecycle.QueueEntry(plan=plan.name, priority=plan.priority,
-                                 ttl_seconds=services.settings.queue_ttl_seconds,
-                                 reason=reason or dispatch.RUNNING_LIMIT, pools=tuple(pools))
+                                 ttl_seconds=services.settings.queue_ttl_seconds, reason=None)
     new = lifecycle.new_job(job_id=job_id, uid=uid, channel=channel, request=request,
                             now=services.clock.now(), policy=services.policy,
                             idempotency_key=idempotency_key, server=server, queue=queue)
+    published = _in_parallel(services.queue.publish, job_id)
     try:
         created = services.store.create(new)
     except KilnError:
-        dispatch.release_places(services, job_id, pools)
         give_back(services, admission)
+        _settle(published)
         raise
     if not created:  # a replay (its first request was admitted): this one costs nothing
         give_back(services, admission)
+        _settle(published)
         existing = services.store.get(job_id)
-        held = existing.server.pools if existing else ()
-        dispatch.release_places(services, job_id, [p for p in pools if p not in held])
         if existing is None or existing.uid != uid \
                 or existing.server.fingerprint != request.fingerprint():
             raise ConflictError("This Idempotency-Key was already used for a different request.",
                                 code="idempotency_key_reused")
         return Accepted(job_id, False, existing.status)
     with log.job_context(job_id):
-        if not pools:
-            log.event(logger, "job accepted; waiting its turn", kind=request.kind,
-                      channel=channel, reason=reason)
-            return Accepted(job_id, True, JobStatus.PENDING)
-        try:
-            services.queue.publish(job_id)
-        except RetryableError:
-            # Accepted all the same: the documents are durable and the sweeper re-publishes.
-            log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
+        if not _settle(published):
+            # Accepted all the same: an arrival is a waiting job; a pass of the fair queue
+            # starts it.
+            log.event(logger, "publish failed; the fair queue will start it", logging.WARNING)
         log.event(logger, "job accepted", kind=request.kind, channel=channel)
     return Accepted(job_id, True, JobStatus.PENDING)
+
+
+#: Publishes in flight beside their job's commit (one per ingress thread at most).
+_POOL_SIZE = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+#: The ``reason`` of the message published beside its job's commit: a worker that finds
+#: no job for it while it is young nacks instead of dropping it (kiln.runtime.worker).
+ACCEPT_REASON = "accept"
+
+
+def _in_parallel(publish: Callable[..., object], job_id: str) -> Future[object]:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="kiln-publish")
+    # With the request's context (its log fields, its trace: the message carries it).
+    return _pool.submit(contextvars.copy_context().run, publish, job_id, reason=ACCEPT_REASON)
+
+
+def _settle(published: Future[object]) -> bool:
+    """Wait for the publish; whether it went out (a failure is logged by the caller)."""
+    try:
+        published.result()
+    except RetryableError:
+        return False
+    return True
 
 
 def check_image_url(request: JobRequest, *, allow_local: bool) -> None:

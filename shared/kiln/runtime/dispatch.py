@@ -22,7 +22,7 @@ from kiln import log
 from kiln.compose import Services
 from kiln.core import fairness, lifecycle
 from kiln.core.errors import KilnError, RetryableError
-from kiln.core.job import Job, JobStatus
+from kiln.core.job import Change, Job, JobStatus
 from kiln.core.plans import Plan
 
 logger = log.get("dispatch")
@@ -52,11 +52,13 @@ def user_pool(uid: str) -> str:
 
 
 def take_places(services: Services, *, job_id: str, uid: str, kind: str, plan: Plan,
-                done: Callable[[str], bool] | None = None) -> tuple[list[str], str | None]:
+                done: Callable[[str], bool] | None = None,
+                look_first: bool = True) -> tuple[list[str], str | None]:
     """Hold the user's and the provider's place for ``job_id``: (the pools, None), or
-    ([], why it must wait) holding nothing."""
+    ([], why it must wait) holding nothing. ``look_first``: read whether the provider's
+    pool is full before writing the user's place."""
     pool, capacity, window = provider_pool(services, kind)
-    if done is None and len(services.slots.holders(pool)) >= window:
+    if done is None and look_first and len(services.slots.holders(pool)) >= window:
         # Full (a read, no write): taking the user's place only to give it back would
         # write the user's place document at each arrival.
         return [], PROVIDER_CAPACITY
@@ -98,16 +100,53 @@ def try_start(services: Services, job: Job) -> str | None:
                                 plan=job_plan(services, job), done=done)
     if reason is not None:
         return reason
-    started = services.store.transact(job.id, lambda current: (
-        change := lifecycle.start(current, pools=pools), change is not None))
+    return _start(services, job.id, pools)
+
+
+def _start(services: Services, job_id: str, pools: list[str]) -> str | None:
+    """Leave the queue holding ``pools``. Another dispatcher may have started the same job
+    meanwhile with the same places (a place is its holder's: taking it again is a no-op),
+    so only places the job does not hold now are given back."""
+    def decide(current: Job | None) -> tuple[Change | None, tuple[bool, Job | None]]:
+        change = lifecycle.start(current, pools=pools)
+        return change, (change is not None, current)
+
+    started, current = services.store.transact(job_id, decide)
     if not started:
-        release_places(services, job.id, pools)
+        release_unheld(services, current, job_id, pools)
         return None
     try:
-        services.queue.publish(job.id, reason="start")
+        services.queue.publish(job_id, reason="start")
     except RetryableError:  # a started pending job is re-published by the sweeper
         log.event(logger, "start not published; the sweeper will re-publish", logging.WARNING)
     return None
+
+
+def arrive(services: Services, job: Job) -> list[str]:
+    """A new job's first delivery (an arrival: queued, no reason yet): the places it took
+    (the caller claims it with them), or none: then why it waits is written on the job
+    for its owner to see. A job arriving while others wait for the provider joins them.
+    Nothing is read first: each place is a create-if-absent (``Slots.take`` with no
+    ``done``), so a free pool costs one write per place."""
+    reason = PROVIDER_CAPACITY
+    if services.counters.waiting(PROVIDER_CAPACITY) == 0:
+        pools, why = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
+                                 plan=job_plan(services, job), look_first=False)
+        if why is None:
+            return pools
+        reason = why
+    services.store.transact(job.id, lambda current: (
+        lifecycle.queue_reason(current, reason, None) if current is not None else None, None))
+    return []
+
+
+def release_unheld(services: Services, job: Job | None, job_id: str,
+                   pools: list[str] | tuple[str, ...]) -> None:
+    """Give back ``pools`` taken for ``job_id`` by a start that did not commit, except
+    those the job (as last read) holds: a place is its holder's, so a concurrent start
+    of the same job took the same ones."""
+    held = job.server.pools if job is not None and not job.terminal else ()
+    release_places(services, job_id, [pool for pool in pools if pool not in held])
 
 
 def dispatch(services: Services, *, positions: bool = False) -> int:

@@ -16,6 +16,7 @@ class RunOutcome(enum.StrEnum):
     WAITING = "waiting"  # parked on its remote task until the next check
     STALE = "stale"  # a check that is not the job's live one
     QUEUED = "queued"  # waiting for its places in the fair queue (or put back there)
+    ARRIVED_WAITING = "arrived_waiting"  # a new job's first delivery: no place free, it waits
     LEASE_LOST = "lease_lost"
     POISON = "poison"
     TERMINAL = "terminal"

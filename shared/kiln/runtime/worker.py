@@ -34,6 +34,7 @@ from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
 from kiln.providers.callbacks import task_key
 from kiln.runtime import checks, dispatch, endings, notify
+from kiln.runtime.accept import ACCEPT_REASON
 from kiln.runtime.outcomes import RunOutcome
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
@@ -82,7 +83,8 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
     with log.job_context(job_id):
         try:
             outcome = run_job(job_id, services, check=delivery.check,
-                              published_at=delivery.published_at, delivered_at=delivered_at)
+                              published_at=delivery.published_at, delivered_at=delivered_at,
+                              fresh=delivery.reason == ACCEPT_REASON)
             return outcome
         except RetryableError as exc:
             outcome = RunOutcome.NOT_YET if exc.code == BACKOFF else RunOutcome.RELEASED
@@ -104,12 +106,13 @@ _GAVE_BACK = frozenset({RunOutcome.COMPLETED, RunOutcome.FAILED, RunOutcome.CANC
 
 def run_job(job_id: str, services: Services, *, check: int | None = None,
             published_at: dt.datetime | None = None,
-            delivered_at: dt.datetime | None = None) -> RunOutcome:
+            delivered_at: dt.datetime | None = None, fresh: bool = False) -> RunOutcome:
     """Run one delivery of ``job_id`` (``check``: the scheduled check it is; the two times
-    go on the job's timeline with its claim); when the job ended (or went back to the
-    queue), start who is next in the fair queue."""
+    go on the job's timeline with its claim; ``fresh``: the message was published beside
+    the job's commit); when the job ended (or went back to the queue), start who is next
+    in the fair queue."""
     outcome = _run_job(job_id, services, check=check, published_at=published_at,
-                       delivered_at=delivered_at)
+                       delivered_at=delivered_at, fresh=fresh)
     if outcome in _GAVE_BACK:
         try:
             dispatch.after_end(services, job_id)
@@ -120,12 +123,26 @@ def run_job(job_id: str, services: Services, *, check: int | None = None,
 
 
 def _run_job(job_id: str, services: Services, *, check: int | None,
-             published_at: dt.datetime | None, delivered_at: dt.datetime | None) -> RunOutcome:
+             published_at: dt.datetime | None, delivered_at: dt.datetime | None,
+             fresh: bool) -> RunOutcome:
     """Run one delivery of ``job_id``."""
     clock = services.clock
     started = clock.monotonic()
-    outcome, job, resume_task_id = _claim(job_id, services, check,
-                                          {"published": published_at, "delivered": delivered_at})
+    arrival = {"published": published_at, "delivered": delivered_at}
+    outcome, job, resume_task_id = _claim(job_id, services, check, arrival)
+    if outcome is ClaimOutcome.QUEUED and job is not None and job.queue_reason is None:
+        # A new job's first delivery: it takes its places and is claimed with them in one
+        # write, or it waits its turn.
+        places = dispatch.arrive(services, job)
+        if not places:
+            return RunOutcome.ARRIVED_WAITING
+        outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places)
+        if outcome is not ClaimOutcome.CLAIMED:  # another delivery or a pass was first
+            dispatch.release_unheld(services, job, job_id, places)
+    elif outcome is ClaimOutcome.MISSING and fresh and _young(published_at, services):
+        # Published beside its job's commit (kiln.runtime.accept): the commit may not have
+        # landed yet. Nack; a message whose job never appeared is dropped once it is old.
+        raise RetryableError("The job is not recorded yet.", code=BACKOFF)
     if outcome is not ClaimOutcome.CLAIMED:
         return RunOutcome(outcome.value)
     assert job is not None
@@ -199,13 +216,15 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
 
 
 def _claim(job_id: str, services: Services, check: int | None,
-           arrival: dict[str, dt.datetime | None]) -> tuple[ClaimOutcome, Job | None, str | None]:
+           arrival: dict[str, dt.datetime | None], places: list[str] | None = None,
+           ) -> tuple[ClaimOutcome, Job | None, str | None]:
     now = services.clock.now()
     token = uuid.uuid4().hex  # this delivery's claim, recognised if the SDK retries it
 
     def decide(job: Job | None) -> tuple[Any, tuple[ClaimOutcome, Job | None, str | None]]:
         claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
-                                policy=services.policy, claim_token=token, check=check)
+                                policy=services.policy, claim_token=token, check=check,
+                                places=places)
         return (timeline.carry(claim.change, _claim_steps(claim.outcome, job, check, now, arrival)),
                 (claim.outcome, job, claim.resume_task_id))
 
@@ -227,6 +246,16 @@ def _claim(job_id: str, services: Services, check: int | None,
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
+
+
+#: How long a message published beside its job's commit may wait for it (a commit that
+#: has not landed by then failed, and its request was refused).
+CREATE_GRACE_SECONDS = 10.0
+
+
+def _young(published_at: dt.datetime | None, services: Services) -> bool:
+    return published_at is not None and (
+        services.clock.now() - published_at).total_seconds() < CREATE_GRACE_SECONDS
 
 
 def _claim_steps(outcome: ClaimOutcome, job: Job | None, check: int | None, now: dt.datetime,

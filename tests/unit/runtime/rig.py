@@ -15,6 +15,7 @@ from kiln.core.policy import PollCadence
 from kiln.core.requests import parse_job_request
 from kiln.providers.base import Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.offline import OfflineProvider
+from kiln.runtime import dispatch
 from kiln.runtime.accept import accept_job
 from kiln.runtime.worker import RunOutcome, run_job
 from kiln.settings import Settings
@@ -167,7 +168,13 @@ class Rig:
         accepted = accept_job(self.services, uid=uid, channel=channel,
                               request=parse_job_request({"kind": kind, "prompt": prompt}),
                               server=server or None)
-        # The acceptance's own message is the test's to run (run_job or drive).
+        # Placed as its first delivery would place it (it holds its places and left the
+        # queue, not yet claimed); the acceptance's own message is the test's to run
+        # (run_job or drive).
+        places = dispatch.arrive(self.services, self.job(accepted.job_id))
+        if places:
+            self.store.transact(accepted.job_id,
+                                lambda job: (lifecycle.start(job, pools=places), None))
         self.cursor = len(self.queue.deliveries)
         return accepted.job_id
 

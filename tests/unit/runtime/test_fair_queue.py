@@ -10,7 +10,7 @@ import flask
 import pytest
 from rig import Rig, SyncFake, build_rig
 
-from kiln.core import fairness
+from kiln.core import fairness, lifecycle
 from kiln.core.errors import ConfigError, RetryableError
 from kiln.core.job import JobStatus
 from kiln.http.api import handle
@@ -23,24 +23,58 @@ PLANS = "free:daily=3,running=1,priority=0;pro:daily=100,running=2,priority=10"
 
 
 def post(rig: Rig, uid: str = "alice", plan: str | None = None, **headers: str) -> Any:
-    """POST /v1/jobs through the real router; the answer as (status, json, headers)."""
+    """POST /v1/jobs through the real router, then the job's first delivery places it as
+    the worker does (``dispatch.arrive``); the answer as (status, json, headers)."""
     token = f"uid:{uid}" + (f";plan={plan}" if plan else "")
     app = flask.Flask("t")
     with app.test_request_context("/v1/jobs", method="POST",
                                   json={"kind": "image", "prompt": "a red cube"},
                                   headers={"Authorization": f"Bearer {token}", **headers}):
         response = handle(flask.request, rig.services)
+    body = response.get_json()
+    if response.status_code == 202 and "Idempotent-Replayed" not in response.headers:
+        job = rig.job(body["jobId"])
+        assert job.server.queued and job.queue_reason is None  # an arrival
+        places = dispatch.arrive(rig.services, job)
+        if places:  # started: its delivery's claim takes it out of the queue (not run here)
+            rig.store.transact(job.id, lambda j: (lifecycle.start(j, pools=places), None))
+            _starts(rig).append(job.id)
+    return response.status_code, body, response.headers
+
+
+def post_raw(rig: Rig, kind: str = "image") -> Any:
+    """POST /v1/jobs as alice, nothing more: (status, json, headers)."""
+    with flask.Flask("t").test_request_context(
+            "/v1/jobs", method="POST", json={"kind": kind, "prompt": "a red cube"},
+            headers={"Authorization": "Bearer uid:alice"}):
+        response = handle(flask.request, rig.services)
     return response.status_code, response.get_json(), response.headers
 
 
+def _starts(rig: Rig) -> list[str]:
+    """The jobs that left the fair queue, in order: placed by their first delivery, or
+    started by a pass (its 'start' message), or a batch's jobs created holding places."""
+    starts: list[str] = rig.queue.__dict__.setdefault("starts", [])
+    return starts
+
+
 def started(rig: Rig) -> list[str]:
-    return [job_id for job_id, reason in rig.queue.published]
+    return list(_starts(rig))
 
 
 @pytest.fixture
 def rig() -> Rig:
-    return build_rig(plans=PLANS, provider_capacity="4", queue_ttl_seconds=600.0,
-                     queue_ageing_seconds=60.0, provider_backoff_seconds=120.0)
+    rig = build_rig(plans=PLANS, provider_capacity="4", queue_ttl_seconds=600.0,
+                    queue_ageing_seconds=60.0, provider_backoff_seconds=120.0)
+    publish = rig.queue.publish
+
+    def recording(job_id: str, *, reason: str = "new", check: int | None = None) -> str:
+        if reason == "start":
+            _starts(rig).append(job_id)
+        return publish(job_id, reason=reason, check=check)
+
+    rig.queue.publish = recording  # type: ignore[method-assign]
+    return rig
 
 
 def test_over_the_daily_quota_is_429_and_creates_nothing(rig: Rig) -> None:
@@ -231,7 +265,11 @@ def post_batch(rig: Rig, n: int, uid: str = "alice") -> Any:
             "/v1/batches", method="POST", headers={"Authorization": f"Bearer uid:{uid}"},
             json={"items": [{"kind": "image", "prompt": f"tile {i}"} for i in range(n)]}):
         response = handle(flask.request, rig.services)
-    return response.status_code, response.get_json()
+    body = response.get_json()
+    for job_id in body.get("jobIds", []) if response.status_code == 202 else []:
+        if not rig.job(job_id).server.queued:  # created holding its places
+            _starts(rig).append(job_id)
+    return response.status_code, body
 
 
 def test_a_batch_is_admitted_as_its_items_and_waits_beyond_the_running_limit(rig: Rig) -> None:
@@ -260,3 +298,78 @@ def test_a_batch_whose_every_job_must_wait_is_accepted(rig: Rig) -> None:
     status, body = post_batch(rig, 2)
     assert status == 202
     assert [rig.job(job_id).queue_reason for job_id in body["jobIds"]] == ["running_limit"] * 2
+
+
+def test_an_arrivals_first_delivery_takes_its_places_and_runs_or_records_why_it_waits(
+        rig: Rig) -> None:
+    """Acceptance reads and writes no place: the job is an arrival (queued, no reason)
+    and its message is published. Its first delivery starts and runs it when its places
+    are free; when they are not, the delivery records why it waits and acks, and the job
+    starts when a place frees (free plan: one running)."""
+    from kiln.runtime import actions
+
+    def accept(kind: str = "image") -> str:
+        body = post_raw(rig, kind)[1]
+        job = rig.job(body["jobId"])
+        assert job.server.queued and job.queue_reason is None and not job.server.pools
+        assert rig.queue.published[-1] == (job.id, "accept")
+        assert not any(job.id in held for held in rig.slots.places.values())
+        return job.id
+
+    assert run_job(accept(), rig.services) is RunOutcome.COMPLETED  # places free: runs
+    model = accept("model")
+    assert run_job(model, rig.services) is RunOutcome.WAITING  # its remote task holds it
+    image = accept()
+    assert run_job(image, rig.services) is RunOutcome.ARRIVED_WAITING
+    assert rig.job(image).queue_reason == "running_limit" and rig.job(image).server.queued
+    assert run_job(image, rig.services) is RunOutcome.QUEUED  # a duplicate: acked
+    actions.cancel(rig.services, model, by="owner")  # its place frees: the image starts
+    assert not rig.job(image).server.queued
+    assert run_job(image, rig.services) is RunOutcome.COMPLETED
+
+
+def test_an_arrival_whose_message_was_lost_is_republished_by_the_sweeper(rig: Rig) -> None:
+    rig.queue.fail_next = 1
+    status, body, _headers = post_raw(rig)
+    assert status == 202 and rig.queue.published == []  # accepted all the same
+    rig.clock.advance(61)
+    sweep(rig.services)
+    assert rig.queue.ids() == [body["jobId"]]
+    assert run_job(body["jobId"], rig.services) is RunOutcome.COMPLETED
+
+
+def test_a_message_ahead_of_its_jobs_commit_is_nacked_while_young_then_dropped(
+        rig: Rig) -> None:
+    """Acceptance publishes beside the create (reason ``accept``): a delivery may find no
+    job yet; it is nacked for a few seconds, then dropped. Any other message for no job is
+    acked at once (a poison message is never looped)."""
+    import base64
+    import datetime as dt
+    import json
+
+    from kiln.runtime.worker import handle_message
+
+    def envelope(job_id: str, age: float, reason: str | None) -> dict[str, Any]:
+        at = rig.clock.now() - dt.timedelta(seconds=age)
+        return {"message": {"data": base64.b64encode(json.dumps({"jobId": job_id}).encode()).decode(),
+                            "attributes": {"reason": reason} if reason else {},
+                            "publishTime": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+
+    with pytest.raises(RetryableError):
+        handle_message(envelope("notyetcreated", 0.5, "accept"), rig.services)
+    assert handle_message(envelope("nevercreated", 30, "accept"), rig.services) \
+        is RunOutcome.MISSING
+    assert handle_message(envelope("unknownjob", 0.5, None), rig.services) is RunOutcome.MISSING
+
+
+def test_two_dispatchers_starting_one_job_leave_its_places_held(rig: Rig) -> None:
+    """A pass and the job's own delivery start the same job at once: the one whose start
+    did not commit gives back no place the started job holds."""
+    job_id = post(rig, "a", "pro")[1]["jobId"]  # placed and started by its arrival
+    job = rig.job(job_id)
+    assert not job.server.queued and job.server.pools
+    queued_view = job.__class__.from_docs(job_id, {**rig.store.docs[job_id]},
+                                          {**rig.store.servers[job_id], "queued": True})
+    assert dispatch.try_start(rig.services, queued_view) is None  # the loser
+    held = {pool: rig.slots.holders(pool) for pool in rig.job(job_id).server.pools}
+    assert all(job_id in holders for holders in held.values())
