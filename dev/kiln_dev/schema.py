@@ -236,6 +236,14 @@ def openapi() -> dict[str, Any]:
                 "responses": {"200": _json_body("JobView", "The job."),
                               **_errors(401, 403, 404, 503)},
             }},
+            "/v1/jobs/{jobId}/timeline": {"get": {
+                "operationId": "getJobTimeline", "parameters": [job_id],
+                "summary": "When each step of a job happened (owner only; docs/timeline.md)",
+                "description": "The rows `kiln trace` draws: each step's time since accepted "
+                "and the gap since the step before. Step names and times only.",
+                "responses": {"200": _json_body("JobTimeline", "The job's steps, oldest first."),
+                              **_errors(401, 403, 404, 503)},
+            }},
             "/v1/jobs/{jobId}:cancel": {"post": {
                 "operationId": "cancelJob", "summary": "Cancel a pending or processing job (idempotent)",
                 "parameters": [job_id],

@@ -238,6 +238,31 @@ export interface BatchPushData {
   completed: string;
 }
 
+/** GET /v1/jobs/{jobId}/timeline: when each step of the job happened (owner only), the rows `kiln trace` draws. Step names and times only; nothing else of the server state. */
+export interface JobTimeline {
+  jobId: string;
+  kind: Kind;
+  status: JobStatus;
+  /** Worker attempts so far. */
+  attempts: number;
+  /** From the first step to the last (0 with no steps). */
+  totalMs: number;
+  /** Oldest first; empty for a job that recorded none (accepted before timelines existed). */
+  steps: TimelineStep[];
+}
+
+/** One step of a job's way, as recorded in its server state (docs/timeline.md). */
+export interface TimelineStep {
+  /** accepted, published, delivered, claimed, check_N, submitted, generated, stored, completed | failed | canceled, released, notified; a later attempt's steps end in its number (claimed_2). */
+  step: string;
+  /** When it happened (UTC), by the clock of the process that recorded it (Pub/Sub's for published). */
+  at: string;
+  /** Milliseconds since the first step (accepted). */
+  sinceAcceptedMs: number;
+  /** Milliseconds since the step before (0 for the first). */
+  gapMs: number;
+}
+
 /** What went wrong. */
 export interface ApiErrorBody {
   /** Machine code, e.g. invalid_prompt, not_found. */

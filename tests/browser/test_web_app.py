@@ -139,15 +139,35 @@ def test_cancel_button_cancels_a_running_job(page: Any, web: WebServer, uid: str
     expect(card.locator("button.cancel")).to_have_count(0)
 
 
-def test_deep_link_opens_the_job(page: Any, web: WebServer, api: httpx.Client, uid: str) -> None:
+def test_deep_link_opens_the_job_and_its_timeline(page: Any, web: WebServer, api: httpx.Client,
+                                                  uid: str) -> None:
     """Given a job made through the HTTP API (as a push would announce), when the app is
-    opened at /jobs/{jobId} (the push's link), then it shows that job live until its result."""
+    opened at /jobs/{jobId} (the push's link), then it shows that job live until its result;
+    when the user opens its Timeline panel, then the app fetches GET /v1/jobs/{jobId}/timeline
+    with the user's token and draws one row per step, in the API's order with its
+    milliseconds and a bar as wide as its gap on a shared scale."""
     job_id = api.post("/v1/jobs", json={"kind": "image", "prompt": "a yellow cube"}).json()["jobId"]
     sign_in(page, web, uid, f"/jobs/{job_id}")
     card = page.locator(f'#job [data-job-id="{job_id}"]')
     expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
     expect(card.locator("img.image")).to_be_visible()
     shot(page, "web-deep-link")
+    panel = page.locator(f'#timeline[data-timeline-for="{job_id}"]')
+    panel.locator("summary").click()
+    rows = panel.locator(".wf-row[data-step]")
+    expect(rows.first).to_have_attribute("data-step", "accepted")
+    expect(panel.locator('[data-step="completed"]')).to_have_count(1)
+    shown = rows.evaluate_all("els => els.map(e => [e.dataset.step, Number(e.dataset.sinceMs),"
+                              " e.querySelector('.wf-bar').getBoundingClientRect().width,"
+                              " e.querySelector('.wf-track').getBoundingClientRect().width])")
+    steps = api.get(f"/v1/jobs/{job_id}/timeline").json()["steps"]
+    # The API may have recorded a later step (notified) since the panel fetched.
+    assert [(name, since) for name, since, _, _ in shown] == [
+        (s["step"], s["sinceAcceptedMs"]) for s in steps[:len(shown)]]
+    total = shown[-1][1]
+    for (name, _, bar, track), step in zip(shown, steps, strict=False):
+        assert bar == pytest.approx(max(2.0, step["gapMs"] / total * track), abs=1.5), name
+    shot(page, "web-timeline")
 
 
 def test_another_users_job_is_refused(page: Any, web: WebServer, stack: LocalStack, uid: str,
@@ -164,6 +184,7 @@ def test_another_users_job_is_refused(page: Any, web: WebServer, stack: LocalSta
     expect(missing).to_contain_text("Job not found")
     expect(missing).to_contain_text("not yours")
     expect(page.locator("[data-job-id]")).to_have_count(0)
+    expect(page.locator("#timeline")).to_be_hidden()  # no timeline to ask for
     shot(page, "web-not-yours")
     page.goto(f"{web.url}/?uid={uid}")
     expect(page.locator("#jobs")).to_contain_text("No jobs yet.")

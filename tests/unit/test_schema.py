@@ -193,6 +193,7 @@ def test_openapi_covers_every_endpoint(spec: dict[str, Any]) -> None:
     assert doc["openapi"].startswith("3.1")
     assert {(path, method) for path, ops in doc["paths"].items() for method in ops} == {
         ("/v1/jobs", "post"), ("/v1/jobs", "get"), ("/v1/jobs/{jobId}", "get"),
+        ("/v1/jobs/{jobId}/timeline", "get"),
         ("/v1/jobs/{jobId}:cancel", "post"), ("/v1/jobs/{jobId}:retry", "post"),
         ("/healthz", "get"), ("/telegram/webhook", "post"),
         ("/v1/providers/{provider}/events", "post"), ("/v1/batches", "post"),

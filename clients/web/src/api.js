@@ -1,5 +1,6 @@
-// Kiln's HTTP API (docs/openapi.yaml): create, cancel and retry jobs. Reading happens live
-// through Firestore instead (jobs.js).
+// Kiln's HTTP API (docs/openapi.yaml): create, cancel and retry jobs, and read a job's
+// timeline (server-side state no client can read from Firestore). Jobs themselves are read
+// live through Firestore instead (jobs.js).
 
 export class ApiError extends Error {
   /** @param {number} status @param {string} code @param {string} message */
@@ -31,6 +32,15 @@ export class KilnApi {
 
   retry(jobId) {
     return this.#call("POST", `/v1/jobs/${encodeURIComponent(jobId)}:retry`);
+  }
+
+  /**
+   * When each step of the job happened (owner only): the rows `kiln trace` draws.
+   * @param {string} jobId
+   * @returns {Promise<import("../../../docs/generated/kiln").JobTimeline>}
+   */
+  timeline(jobId) {
+    return this.#call("GET", `/v1/jobs/${encodeURIComponent(jobId)}/timeline`);
   }
 
   async #call(method, path, body, headers = {}) {

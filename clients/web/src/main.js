@@ -9,6 +9,7 @@ import { loadConfig } from "./config.js";
 import { watchJob, watchJobs } from "./jobs.js";
 import { firebaseSession, localSession, localUid, rememberLocalUid } from "./session.js";
 import "./style.css";
+import { timelinePanel } from "./timeline.js";
 import { cardKey, el, jobCard } from "./views.js";
 
 const root = document.getElementById("app");
@@ -116,9 +117,15 @@ function showList() {
 
 function showJob(jobId) {
   const slot = el("section", { id: "job", class: "detail" }, el("p", { class: "empty" }, "Loading…"));
-  root.append(el("p", {}, el("a", { href: "/", "data-link": true }, "← All jobs")), slot);
+  const timeline = timelinePanel(ctx.api, jobId);
+  timeline.node.hidden = true;
+  root.append(el("p", {}, el("a", { href: "/", "data-link": true }, "← All jobs")), slot, timeline.node);
   let key = null;
+  let status = null;
   stopWatching = watchJob(ctx.db, jobId, (job) => {
+    timeline.node.hidden = !job;
+    if (job && job.status !== status) timeline.refresh(); // a new step is likely recorded
+    status = job?.status ?? null;
     if (!job) {
       key = null;
       slot.replaceChildren(el("div", { class: "missing", role: "alert", "data-missing": jobId },

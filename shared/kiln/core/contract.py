@@ -268,6 +268,33 @@ class JobList(_Model):
     jobs: list[JobView]
 
 
+class TimelineStep(_Model):
+    """One step of a job's way, as recorded in its server state (docs/timeline.md)."""
+
+    step: str = Field(description="accepted, published, delivered, claimed, check_N, "
+                      "submitted, generated, stored, completed | failed | canceled, released, "
+                      "notified; a later attempt's steps end in its number (claimed_2).")
+    at: dt.datetime = Field(description="When it happened (UTC), by the clock of the process "
+                            "that recorded it (Pub/Sub's for published).")
+    sinceAcceptedMs: float = Field(ge=0, description="Milliseconds since the first step "
+                                   "(accepted).")
+    gapMs: float = Field(ge=0, description="Milliseconds since the step before (0 for the "
+                         "first).")
+
+
+class JobTimeline(_Model):
+    """GET /v1/jobs/{jobId}/timeline: when each step of the job happened (owner only), the
+    rows `kiln trace` draws. Step names and times only; nothing else of the server state."""
+
+    jobId: str
+    kind: Kind
+    status: JobStatus
+    attempts: Attempts
+    totalMs: float = Field(ge=0, description="From the first step to the last (0 with no steps).")
+    steps: list[TimelineStep] = Field(description="Oldest first; empty for a job that recorded "
+                                      "none (accepted before timelines existed).")
+
+
 class ApiErrorBody(_Model):
     """What went wrong."""
 
@@ -286,4 +313,5 @@ CONTRACT: tuple[Any, ...] = (Job, JobStatus, Kind, Channel, ImageOptions, ModelO
                              JobResult, Provenance, Timestamp, JobView, Device, PushData,
                              CreateJobRequest, CreateJobResponse, JobActionResponse, JobList,
                              ApiError, CreateBatchRequest, CreateBatchResponse, BatchCounts,
-                             BatchView, CancelBatchResponse, BatchPushData)
+                             BatchView, CancelBatchResponse, BatchPushData, JobTimeline,
+                             TimelineStep)

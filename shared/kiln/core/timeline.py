@@ -14,6 +14,10 @@ a write the job makes anyway (docs/timeline.md lists which carries which):
 
 Steps of a later attempt carry its number (``claimed_2``), so a retry adds to the
 timeline instead of overwriting it.
+
+:func:`rows` is what every reader shows (``kiln trace``'s waterfall, the HTTP API's
+``GET /v1/jobs/{jobId}/timeline`` through :func:`view`): each step's time since the
+first and the gap since the one before, computed once here.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from kiln.core.job import Change
+from kiln.core.job import Change, Job
 
 FIELD = "timeline"
 C = TypeVar("C", Change, Change | None)
@@ -84,3 +88,43 @@ def steps(timeline: Mapping[str, Any] | None) -> list[Step]:
     found.sort(key=rank)
     first = found[0][1]
     return [Step(name, at, (at - first).total_seconds() * 1000) for name, at in found]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One step as every reader shows it."""
+
+    step: str
+    at: dt.datetime
+    since_accepted_ms: float  # since the first step (``accepted``)
+    gap_ms: float  # since the step before (0 for the first)
+
+
+def rows(timeline: Mapping[str, Any] | None) -> list[Row]:
+    """The recorded steps, oldest first, each with its offset and its gap."""
+    out: list[Row] = []
+    before = 0.0
+    for found in steps(timeline):
+        out.append(Row(found.name, found.at, found.offset_ms, found.offset_ms - before))
+        before = found.offset_ms
+    return out
+
+
+def view(job: Job) -> dict[str, Any]:
+    """The JSON answer of ``GET /v1/jobs/{jobId}/timeline``: the job's public id, kind,
+    status and attempts, and its steps' names and times; nothing else of its server state.
+    Milliseconds are rounded to 0.1."""
+    found = rows(job.server.timeline)
+    return {
+        "jobId": job.id, "kind": job.kind, "status": job.status.value, "attempts": job.attempts,
+        "totalMs": round(found[-1].since_accepted_ms, 1) if found else 0.0,
+        "steps": [{"step": row.step, "at": _iso(row.at),
+                   "sinceAcceptedMs": round(row.since_accepted_ms, 1),
+                   "gapMs": round(row.gap_ms, 1)} for row in found],
+    }
+
+
+def _iso(at: dt.datetime) -> str:
+    """RFC 3339 in UTC with microseconds (a naive time is taken as UTC)."""
+    utc = at.astimezone(dt.UTC) if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -20,6 +20,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from kiln import log
 from kiln.channels.telegram.webhook import handle_update
 from kiln.compose import Services
+from kiln.core import timeline
 from kiln.core.errors import (
     ConflictError,
     KilnError,
@@ -116,6 +117,11 @@ def get_job(request: flask.Request, services: Services, job_id: str) -> flask.Re
     return json_response(200, _owned_job(request, services, job_id, "read").public_view())
 
 
+def get_job_timeline(request: flask.Request, services: Services, job_id: str) -> flask.Response:
+    """The job's steps and when each happened (docs/timeline.md), for its owner's apps."""
+    return json_response(200, timeline.view(_owned_job(request, services, job_id, "read")))
+
+
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
     """The caller's most recent jobs (newest first), for callers that cannot listen."""
     uid = authenticate(request, services, "read").uid
@@ -163,6 +169,7 @@ ROUTES = Map([
     Rule("/v1/jobs", methods=["GET"], endpoint=list_jobs),
     Rule("/v1/jobs", methods=["POST"], endpoint=create_job),
     Rule("/v1/jobs/<job:job_id>", methods=["GET"], endpoint=get_job),
+    Rule("/v1/jobs/<job:job_id>/timeline", methods=["GET"], endpoint=get_job_timeline),
     Rule("/v1/jobs/<job:job_id>:cancel", methods=["POST"], endpoint=cancel_job),
     Rule("/v1/jobs/<job:job_id>:retry", methods=["POST"], endpoint=retry_job),
     Rule("/v1/batches", methods=["POST"], endpoint=create_batch),

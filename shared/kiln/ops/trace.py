@@ -1,7 +1,8 @@
 """Operator command ``kiln trace JOB_ID``: a job's timeline as a waterfall in the terminal.
 
-Reads the steps the job recorded in its server state (``kiln.core.timeline``); each row
-is one step, its time since the first, the gap since the step before, and a bar over that
+Reads the steps the job recorded in its server state through ``kiln.core.timeline.rows``
+(the same rows the HTTP API's ``GET /v1/jobs/{jobId}/timeline`` answers); each row is one
+step, its time since the first, the gap since the step before, and a bar over that
 gap on a shared scale::
 
     step            at (ms)   took (ms)
@@ -28,21 +29,20 @@ def add_parser(sub: Any) -> None:
     trace.set_defaults(handler=cmd_trace)
 
 
-def waterfall(steps: list[timeline.Step], width: int = WIDTH) -> list[str]:
-    """The rows of the waterfall (no header when there are no steps)."""
-    if not steps:
+def waterfall(rows: list[timeline.Row], width: int = WIDTH) -> list[str]:
+    """The lines of the waterfall (no header when there are no steps)."""
+    if not rows:
         return []
-    total = max(steps[-1].offset_ms, 1e-9)
-    rows = [f"  {'step':<14} {'at (ms)':>9} {'took (ms)':>10}"]
+    total = max(rows[-1].since_accepted_ms, 1e-9)
+    lines = [f"  {'step':<14} {'at (ms)':>9} {'took (ms)':>10}"]
     before = 0.0
-    for step in steps:
+    for row in rows:
         start = min(width - 1, int(before / total * width))
-        end = max(start + 1, round(step.offset_ms / total * width))
-        took = step.offset_ms - before
-        bar = " " * start + ("█" * (end - start) if took > 0 else "▏")
-        rows.append(f"  {step.name:<14} {step.offset_ms:>9.1f} {took:>10.1f}  {bar}")
-        before = step.offset_ms
-    return rows
+        end = max(start + 1, round(row.since_accepted_ms / total * width))
+        bar = " " * start + ("█" * (end - start) if row.gap_ms > 0 else "▏")
+        lines.append(f"  {row.step:<14} {row.since_accepted_ms:>9.1f} {row.gap_ms:>10.1f}  {bar}")
+        before = row.since_accepted_ms
+    return lines
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -50,12 +50,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if job is None:
         print(f"no job {args.job_id}")
         return 1
-    steps = timeline.steps(job.server.timeline)
+    rows = timeline.rows(job.server.timeline)
     print(f"job {job.id}  {job.kind}  {job.status.value}  attempts {job.attempts}")
-    if not steps:
+    if not rows:
         print("  no timeline recorded (a job accepted before timelines existed)")
         return 0
-    print(f"  {len(steps)} steps over {steps[-1].offset_ms:.1f} ms, from "
-          f"{steps[0].at.isoformat(timespec='milliseconds')}")
-    print("\n".join(waterfall(steps, args.width)))
+    print(f"  {len(rows)} steps over {rows[-1].since_accepted_ms:.1f} ms, from "
+          f"{rows[0].at.isoformat(timespec='milliseconds')}")
+    print("\n".join(waterfall(rows, args.width)))
     return 0

@@ -75,6 +75,7 @@ paths = st.one_of(
     st.builds(lambda s: f"/v1/jobs/{s}", segments),
     st.builds(lambda s, a: f"/v1/jobs/{s}:{a}", segments,
               st.sampled_from(["cancel", "retry", "delete", ""])),
+    st.builds(lambda s: f"/v1/jobs/{s}/timeline", segments),
     st.builds(lambda s: f"/v1/providers/{s}/events", segments),
     st.lists(segments, max_size=4).map(lambda parts: "/" + "/".join(parts)),
 )
@@ -132,6 +133,7 @@ api_calls = st.one_of(
     st.tuples(st.just("POST"), st.just("/v1/jobs")),
     st.tuples(st.just("GET"), st.just("/v1/jobs")),
     st.tuples(st.sampled_from(["GET", "HEAD"]), st.just(f"/v1/jobs/{JOB_ID}")),
+    st.tuples(st.sampled_from(["GET", "HEAD"]), st.just(f"/v1/jobs/{JOB_ID}/timeline")),
     st.tuples(st.just("POST"), st.sampled_from([f"/v1/jobs/{JOB_ID}:cancel",
                                                 f"/v1/jobs/{JOB_ID}:retry"])),
     st.tuples(st.sampled_from(["GET", "HEAD", "POST"]), st.just("/healthz")),

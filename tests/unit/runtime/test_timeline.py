@@ -91,8 +91,8 @@ def test_kiln_trace_draws_a_waterfall(rig: Rig, capsys: pytest.CaptureFixture[st
 
 def test_the_waterfall_scales_bars_to_the_width() -> None:
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    steps = timeline.steps({"accepted": t0, "claimed": t0 + dt.timedelta(milliseconds=100),
-                            "completed": t0 + dt.timedelta(milliseconds=400)})
-    rows = waterfall(steps, width=40)
+    recorded = {"accepted": t0, "claimed": t0 + dt.timedelta(milliseconds=100),
+                "completed": t0 + dt.timedelta(milliseconds=400)}
+    rows = waterfall(timeline.rows(recorded), width=40)
     assert rows[1].endswith("▏") and rows[2].endswith("█" * 10)
     assert rows[3].endswith(" " * 10 + "█" * 30)
