@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kiln import log
+from kiln import log, tracing
 from kiln.compose import Services
 from kiln.core import lifecycle, urls
 from kiln.core.errors import ConflictError, KilnError, RetryableError, ValidationError
@@ -88,6 +88,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
                                 code="idempotency_key_reused")
         return Accepted(job_id, False, existing.status)
     with log.job_context(job_id):
+        tracing.accepted(job_id)
         if not pools:
             log.event(logger, "job accepted; waiting its turn", kind=request.kind,
                       channel=channel, reason=reason)
