@@ -169,3 +169,31 @@ def test_tracing_settings_are_checked_and_the_sample_defaults_per_env() -> None:
     assert tracing.sample_ratio(Settings.from_env({"KILN_TRACING": "cloud"})) == 0.1
     assert tracing.sample_ratio(Settings(env="local")) == 1.0
     assert tracing.sample_ratio(Settings.from_env({"KILN_TRACE_SAMPLE": "0.5"})) == 0.5
+
+
+def test_a_trace_not_sampled_records_nothing_and_its_hops_follow() -> None:
+    """Given a sample ratio of 0, when a job is published, then its message still carries a
+    context flagged not sampled, and the delivery that continues it records no span."""
+    exporter = InMemorySpanExporter()
+    tracing.configure(Settings(trace_sample=0.0), exporter=exporter)
+    try:
+        with tracing.span("kiln.accept"):
+            _data, attributes = encode_message("job-12345678")
+        traced = tracing.delivered(lambda data: "ran")
+        assert traced(push(b"{}", attributes)) == "ran"
+    finally:
+        tracing.configure(Settings())
+    assert int(attributes["traceparent"].split("-")[3], 16) & 1 == 0  # the sampled flag
+    assert exporter.get_finished_spans() == ()
+
+
+def test_kiln_dev_trace_names_the_spans_file(tmp_path: Any) -> None:
+    """``kiln dev --trace [PATH]``: the functions' KILN_TRACING (none without the flag)."""
+    from kiln_dev.cli import trace_env
+
+    path = tmp_path / "new" / "spans.jsonl"
+    assert trace_env(None) == {}
+    assert trace_env("-") == {"KILN_TRACING": "console"}
+    assert trace_env(str(path)) == {"KILN_TRACING": f"file:{path}"}
+    assert path.parent.is_dir()
+    Settings.from_env(trace_env(str(path)))  # a value the settings accept
