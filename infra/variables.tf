@@ -92,7 +92,7 @@ variable "tracing" {
 }
 
 variable "trace_sample" {
-  description = "KILN_TRACE_SAMPLE: the ratio of new traces kept (a caller's sampled traceparent is always followed)."
+  description = "KILN_TRACE_SAMPLE: the ratio of traces kept, decided by trace id (the same on every function)."
   type        = number
   default     = 0.1
   validation {

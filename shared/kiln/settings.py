@@ -51,7 +51,7 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", False),
     "KILN_LOG_LEVEL": ("log_level", False),
     # Opt-in OpenTelemetry spans (kiln.tracing): off | cloud | console | file:PATH, and
-    # the ratio of new traces kept (unset: 0.1 on the cloud, 1.0 locally).
+    # the ratio of traces kept, by trace id (unset: 0.1 on the cloud, 1.0 locally).
     "KILN_TRACING": ("tracing", False),
     "KILN_TRACE_SAMPLE": ("trace_sample", False),
     # Fair queues: the plan table, who gets which plan, backpressure, the queue's TTL and

@@ -50,7 +50,7 @@ def check_mode(mode: str) -> None:
 
 
 def sample_ratio(settings: Settings) -> float:
-    """The ratio of new traces kept (a trace continued from a caller follows its flag)."""
+    """The ratio of traces kept, decided by trace id (every function decides alike)."""
     if settings.trace_sample >= 0:
         return settings.trace_sample
     return DEFAULT_SAMPLE["local" if settings.local else "cloud"]

@@ -1,9 +1,10 @@
 """The OpenTelemetry SDK behind :mod:`kiln.tracing`, imported only when tracing is on.
 
 One ``TracerProvider`` of Kiln's own (the global one is left alone, so tests can build
-several), a parent-based ratio sampler, the W3C trace-context propagator, and the
-exporter ``KILN_TRACING`` names: Cloud Trace through a batch processor, or one JSON line
-per span (stdout, or appended to a file that several local processes share).
+several), a parent-based sampler that decides new and remote traces by trace id, the W3C
+trace-context propagator, and the exporter ``KILN_TRACING`` names: Cloud Trace through a
+batch processor, or one JSON line per span (stdout, or appended to a file that several
+local processes share).
 """
 
 from __future__ import annotations
@@ -54,9 +55,14 @@ class Tracer:
     """Kiln's tracer: its spans, the propagator, and where spans go."""
 
     def __init__(self, mode: str, ratio: float, *, project: str, exporter: Any = None) -> None:
+        # A span continues its in-process parent's decision; a trace that arrives from
+        # another process is decided by its trace id alone (the ratio sampler is a pure
+        # function of it), so every function decides the same for one trace and a caller's
+        # traceparent flag can neither force sampling nor turn it off.
+        by_id = TraceIdRatioBased(ratio)
+        sampler = ParentBased(by_id, remote_parent_sampled=by_id, remote_parent_not_sampled=by_id)
         # OTEL_SERVICE_NAME (set per function) names the service; the SDK reads it.
-        self.provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)),
-                                       resource=Resource.create({}))
+        self.provider = TracerProvider(sampler=sampler, resource=Resource.create({}))
         if exporter is not None:
             processor: Any = SimpleSpanProcessor(exporter)
         elif mode == "cloud":

@@ -173,7 +173,8 @@ def test_tracing_settings_are_checked_and_the_sample_defaults_per_env() -> None:
 
 def test_a_trace_not_sampled_records_nothing_and_its_hops_follow() -> None:
     """Given a sample ratio of 0, when a job is published, then its message still carries a
-    context flagged not sampled, and the delivery that continues it records no span."""
+    context flagged not sampled, the delivery that continues it records no span, and a
+    caller's sampled traceparent does not force a trace either."""
     exporter = InMemorySpanExporter()
     tracing.configure(Settings(trace_sample=0.0), exporter=exporter)
     try:
@@ -181,6 +182,8 @@ def test_a_trace_not_sampled_records_nothing_and_its_hops_follow() -> None:
             _data, attributes = encode_message("job-12345678")
         traced = tracing.delivered(lambda data: "ran")
         assert traced(push(b"{}", attributes)) == "ran"
+        request = flask.Request.from_values("/healthz", headers={"traceparent": CALLER})
+        assert tracing.served(lambda r: r.path)(request) == "/healthz"
     finally:
         tracing.configure(Settings())
     assert int(attributes["traceparent"].split("-")[3], 16) & 1 == 0  # the sampled flag
