@@ -65,6 +65,9 @@ resource "google_cloudfunctions2_function" "ingress" {
       KILN_BUCKET                        = google_storage_bucket.results.name
       KILN_JOBS_TOPIC                    = google_pubsub_topic.jobs.name
       KILN_LOG_LEVEL                     = var.log_level
+      KILN_TRACING                       = var.tracing
+      KILN_TRACE_SAMPLE                  = var.trace_sample
+      OTEL_SERVICE_NAME                  = "kiln-ingress" # names the spans' service
       KILN_MAX_ATTEMPTS                  = var.max_attempts
       KILN_LEASE_SECONDS                 = var.lease_seconds
       KILN_JOB_MAX_AGE_SECONDS           = var.job_max_age_seconds
@@ -172,6 +175,9 @@ resource "google_cloudfunctions2_function" "worker" {
       KILN_BUCKET                    = google_storage_bucket.results.name
       KILN_JOBS_TOPIC                = google_pubsub_topic.jobs.name
       KILN_LOG_LEVEL                 = var.log_level
+      KILN_TRACING                   = var.tracing
+      KILN_TRACE_SAMPLE              = var.trace_sample
+      OTEL_SERVICE_NAME              = "kiln-worker" # names the spans' service
       KILN_MAX_ATTEMPTS              = var.max_attempts
       KILN_LEASE_SECONDS             = var.lease_seconds
       KILN_JOB_MAX_AGE_SECONDS       = var.job_max_age_seconds
@@ -301,6 +307,9 @@ resource "google_cloudfunctions2_function" "sweeper" {
       KILN_BUCKET                    = google_storage_bucket.results.name
       KILN_JOBS_TOPIC                = google_pubsub_topic.jobs.name
       KILN_LOG_LEVEL                 = var.log_level
+      KILN_TRACING                   = var.tracing
+      KILN_TRACE_SAMPLE              = var.trace_sample
+      OTEL_SERVICE_NAME              = "kiln-sweeper" # names the spans' service
       KILN_MAX_ATTEMPTS              = var.max_attempts
       KILN_LEASE_SECONDS             = var.lease_seconds
       KILN_JOB_MAX_AGE_SECONDS       = var.job_max_age_seconds

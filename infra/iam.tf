@@ -50,6 +50,13 @@ resource "google_project_iam_member" "ingress_datastore_user" {
   member  = "serviceAccount:${google_service_account.ingress.email}"
 }
 
+# Writes its spans (KILN_TRACING=cloud) to Cloud Trace: cloudtrace.traces.patch only.
+resource "google_project_iam_member" "ingress_trace_agent" {
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
+  member  = "serviceAccount:${google_service_account.ingress.email}"
+}
+
 # Publishes {jobId} after creating the job; this topic only.
 resource "google_pubsub_topic_iam_member" "ingress_publishes_jobs" {
   topic  = google_pubsub_topic.jobs.id
@@ -100,6 +107,13 @@ resource "google_cloud_run_v2_service_iam_member" "ingress_public" {
 resource "google_project_iam_member" "worker_datastore_user" {
   project = var.project_id
   role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.worker.email}"
+}
+
+# Writes its spans (KILN_TRACING=cloud) to Cloud Trace: cloudtrace.traces.patch only.
+resource "google_project_iam_member" "worker_trace_agent" {
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
   member  = "serviceAccount:${google_service_account.worker.email}"
 }
 
@@ -166,6 +180,13 @@ resource "google_cloud_run_v2_service_iam_member" "worker_invoked_by_pusher" {
 resource "google_project_iam_member" "sweeper_datastore_user" {
   project = var.project_id
   role    = "roles/datastore.user"
+  member  = "serviceAccount:${google_service_account.sweeper.email}"
+}
+
+# Writes its spans (KILN_TRACING=cloud) to Cloud Trace: cloudtrace.traces.patch only.
+resource "google_project_iam_member" "sweeper_trace_agent" {
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
   member  = "serviceAccount:${google_service_account.sweeper.email}"
 }
 

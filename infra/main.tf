@@ -18,6 +18,7 @@ resource "google_project_service" "apis" {
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com", # scheduled checks of waiting jobs
+    "cloudtrace.googleapis.com", # spans of every hop of a job (KILN_TRACING=cloud)
     "fcm.googleapis.com",
     "firebase.googleapis.com",
     "firebaserules.googleapis.com",

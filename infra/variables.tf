@@ -81,6 +81,26 @@ variable "log_level" {
   default     = "INFO"
 }
 
+variable "tracing" {
+  description = "KILN_TRACING: cloud (spans to Cloud Trace) or off; docs/tracing.md."
+  type        = string
+  default     = "cloud"
+  validation {
+    condition     = contains(["cloud", "off"], var.tracing)
+    error_message = "tracing must be cloud or off on the cloud."
+  }
+}
+
+variable "trace_sample" {
+  description = "KILN_TRACE_SAMPLE: the ratio of traces kept, decided by trace id (the same on every function)."
+  type        = number
+  default     = 0.1
+  validation {
+    condition     = var.trace_sample >= 0 && var.trace_sample <= 1
+    error_message = "trace_sample is a ratio from 0 to 1."
+  }
+}
+
 variable "max_attempts" {
   description = "KILN_MAX_ATTEMPTS: worker attempts before a job fails."
   type        = number

@@ -1,7 +1,8 @@
 """``kiln``: the local stack, the demo, and operator commands.
 
     kiln demo             start the stack, run an image and a GLB job end to end, stop
-    kiln dev              run the stack until Ctrl-C (writes .kiln/dev.json for the others)
+    kiln dev              run the stack until Ctrl-C (writes .kiln/dev.json for the others;
+                          --trace [PATH]: its OpenTelemetry spans as JSON lines)
     kiln watch JOB_ID     live progress of one job (snapshot listener)
     kiln jobs ...         list / show / cancel / retry jobs (see ``kiln jobs --help``)
     kiln trace JOB_ID     a job's timeline as a waterfall (accepted → notified)
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from kiln_dev.stack import LocalStack
 
 DEV_FILE = Path(".kiln/dev.json")
+SPANS_FILE = Path(".kiln/spans.jsonl")
 #: Modules that add their own sub-commands with ``add_parser(subparsers)``.
 OPTIONAL_COMMANDS = ("kiln.channels.telegram.cli", "kiln.ops.deadletter", "kiln.ops.keys",
                      "kiln.ops.webhooks", "kiln.ops.trace")
@@ -63,6 +65,10 @@ def main(argv: Sequence[str] | None = None, *,
     dev.add_argument("--worker-concurrency", type=int, default=8, metavar="N",
                      help="jobs the worker runs at once, as a cloud instance (default 8; "
                           "0: the Pub/Sub emulator's own push, at most 2)")
+    dev.add_argument("--trace", nargs="?", const=str(SPANS_FILE), metavar="PATH",
+                     help=f"record OpenTelemetry spans, one JSON line each, in PATH (default "
+                          f"{SPANS_FILE}; '-': print them in the functions' logs); "
+                          "docs/tracing.md")
     watch = sub.add_parser("watch", help="show a job's live progress")
     watch.add_argument("job_id")
     from kiln.ops.jobs import add_jobs_parser
@@ -98,7 +104,9 @@ def run_dev(args: argparse.Namespace) -> int:
     # Ctrl-C must stop the stack even when the shell that started us ignored SIGINT (a
     # background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    stack = LocalStack(StackConfig(ingress_port=args.port, push_relay=args.worker_concurrency))
+    env = trace_env(args.trace)
+    stack = LocalStack(StackConfig(ingress_port=args.port, push_relay=args.worker_concurrency,
+                                   env=env))
     print("starting the local stack…", flush=True)
     with stack:
         try:
@@ -109,6 +117,9 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"worker   {stack.worker_url}   (Pub/Sub push target{relay})")
             print(f"fcm      {stack.fcm.url}/_kiln/messages   (recorded pushes)")
             print(f"logs     {stack.logs}")
+            if env:
+                print(f"spans    {args.trace if args.trace != '-' else 'in the logs'}   "
+                      "(KILN_TRACING; docs/tracing.md)")
             print("\ntry:\n  curl -s -X POST " + stack.ingress_url + "/v1/jobs \\\n"
                   f"    -H 'Authorization: Bearer {token}' \\\n"
                   "    -H 'Content-Type: application/json' \\\n"
@@ -118,6 +129,17 @@ def run_dev(args: argparse.Namespace) -> int:
         finally:
             DEV_FILE.unlink(missing_ok=True)
     return 0
+
+
+def trace_env(trace: str | None) -> dict[str, str]:
+    """The functions' tracing settings for ``kiln dev --trace [PATH]`` (none without it)."""
+    if trace is None:
+        return {}
+    if trace == "-":
+        return {"KILN_TRACING": "console"}
+    path = Path(trace).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {"KILN_TRACING": f"file:{path}"}
 
 
 def write_dev_file(stack: LocalStack) -> None:

@@ -15,7 +15,7 @@ import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from kiln import log
+from kiln import log, tracing
 from kiln.compose import Services
 from kiln.http import framework
 from kiln.http.api import handle
@@ -32,6 +32,7 @@ framework.install(functions_framework.errorhandler)
 def _services() -> Services:
     settings = Settings.from_env()
     log.setup(settings.log_level)
+    tracing.configure(settings)
     return Services(settings, providers=DEV_PROVIDERS)
 
 

@@ -320,10 +320,13 @@ class LocalStack:
             env = {**os.environ, **self.function_env(),
                    "THREADS": str(max(c.worker_threads, c.push_relay)),
                    "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
+            # OTEL_SERVICE_NAME names each function's spans, as the Terraform does.
             self._spawn("ingress", self._ff("ingress", "http", c.ingress_port),
-                        env={**env, "THREADS": str(c.ingress_threads)},
+                        env={**env, "THREADS": str(c.ingress_threads),
+                             "OTEL_SERVICE_NAME": "kiln-ingress"},
                         ready=f"{self.ingress_url}/healthz", want=200)
-            self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port), env=env,
+            self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port),
+                        env={**env, "OTEL_SERVICE_NAME": "kiln-worker"},
                         ready=f"{self.worker_url}/")
             try:
                 self._wait_ready("ingress", deadline)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kiln import log
+from kiln import log, tracing
 from kiln.adapters.clock import SystemClock
 from kiln.channels.telegram.notifier import TelegramChannel
 from kiln.ports import (
@@ -212,6 +212,7 @@ _services_lock = threading.Lock()
 def _process_services() -> Services:
     settings = Settings.from_env()
     log.setup(settings.log_level)
+    tracing.configure(settings)
     return Services(settings)
 
 

@@ -77,6 +77,11 @@ def job_context(job_id: str) -> Iterator[None]:
         _job_id.reset(token)
 
 
+def current_job() -> str | None:
+    """The job id of the enclosing ``job_context`` (None outside one)."""
+    return _job_id.get()
+
+
 def setup(level: str = "INFO", stream: Any = None) -> None:
     """Route the ``kiln`` logger to stderr as JSON lines (idempotent)."""
     logger = logging.getLogger("kiln")

@@ -14,6 +14,7 @@ from typing import Any
 from kiln.core.errors import ConfigError
 from kiln.core.plans import DEFAULT_PLANS, Plan, check_plan_name, parse_capacity, parse_plans
 from kiln.core.policy import PollCadence, RetryPolicy
+from kiln.tracing import check_mode as check_tracing_mode
 
 #: Environment variable → (settings attribute, is_secret). The single list of what Kiln reads.
 ENV_VARS: dict[str, tuple[str, bool]] = {
@@ -49,6 +50,10 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_ALLOWED_FETCH_HOSTS": ("allowed_fetch_hosts", False),
     "KILN_MAX_ARTIFACT_BYTES": ("max_artifact_bytes", False),
     "KILN_LOG_LEVEL": ("log_level", False),
+    # Opt-in OpenTelemetry spans (kiln.tracing): off | cloud | console | file:PATH, and
+    # the ratio of traces kept, by trace id (unset: 0.1 on the cloud, 1.0 locally).
+    "KILN_TRACING": ("tracing", False),
+    "KILN_TRACE_SAMPLE": ("trace_sample", False),
     # Fair queues: the plan table, who gets which plan, backpressure, the queue's TTL and
     # ageing, each provider account's capacity and how long a provider 429 narrows it.
     "KILN_PLANS": ("plans", False),
@@ -123,6 +128,8 @@ class Settings:
     allowed_fetch_hosts: str = ""
     max_artifact_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    tracing: str = "off"
+    trace_sample: float = -1.0  # negative: kiln.tracing.DEFAULT_SAMPLE for the env
     plans: str = DEFAULT_PLANS
     default_plan: str = "free"  # an app user without a (trusted) ``plan`` claim
     telegram_plan: str = "free"  # every Telegram chat
@@ -158,6 +165,12 @@ class Settings:
             raise ConfigError("KILN_LEASE_SECONDS must exceed KILN_PROGRESS_INTERVAL_SECONDS")
         if "{jobId}" not in self.link_template:
             raise ConfigError("KILN_LINK_TEMPLATE must contain {jobId}")
+        if not self.trace_sample <= 1.0:
+            raise ConfigError("KILN_TRACE_SAMPLE must be a ratio from 0 to 1")
+        try:
+            check_tracing_mode(self.tracing)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if self.telegram_default_kind not in ("image", "model"):
             raise ConfigError("KILN_TELEGRAM_DEFAULT_KIND must be 'image' or 'model'")
         if self.env == "cloud" and self.webhook_schedule_scale != 1.0:

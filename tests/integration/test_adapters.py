@@ -13,13 +13,16 @@ import grpc
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kiln import tracing
 from kiln.adapters.fcm import FcmPush
 from kiln.adapters.firestore import in_transaction
 from kiln.adapters.pubsub import decode_message
 from kiln.core.errors import PermanentError
 from kiln.core.job import Device
 from kiln.runtime.artifacts import GlbValidator
+from kiln.settings import Settings
 
 
 def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
@@ -60,17 +63,39 @@ def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
 
 
 def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> None:
-    """A published job id arrives as base64 JSON that decode_message reads back."""
+    """A published job id arrives as base64 JSON that decode_message reads back; with
+    tracing off it carries no trace context, with tracing on the emulator delivers the
+    ``traceparent`` attribute and the delivery continues the publish's trace."""
     subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
         channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
     sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
+
+    def pulled() -> Any:
+        response = subscriber.pull(subscription=sub, max_messages=1, timeout=10)
+        (received,) = response.received_messages
+        subscriber.acknowledge(subscription=sub, ack_ids=[received.ack_id])
+        return received.message
+
     services.queue.publish("abcdef123456")
-    response = subscriber.pull(subscription=sub, max_messages=1, timeout=10)
-    message = response.received_messages[0].message
+    message = pulled()
     data = {"message": {"data": base64.b64encode(message.data).decode()}}
     assert decode_message(data).job_id == "abcdef123456"
-    assert message.attributes["jobId"] == "abcdef123456"
+    assert dict(message.attributes) == {"jobId": "abcdef123456", "reason": "new"}
+
+    spans = InMemorySpanExporter()
+    tracing.configure(Settings(trace_sample=1.0), exporter=spans)
+    try:
+        services.queue.publish("abcdef123456")
+        message = pulled()
+        envelope = {"message": {"data": base64.b64encode(message.data).decode(),
+                                "attributes": dict(message.attributes)}}
+        tracing.delivered(lambda data: decode_message(data))(envelope)
+    finally:
+        tracing.configure(Settings())
+    found = {s.name: s for s in spans.get_finished_spans()}
+    assert found["kiln.deliver"].parent.span_id == found["pubsub.publish"].context.span_id
+    assert found["kiln.deliver"].context.trace_id == found["pubsub.publish"].context.trace_id
     subscriber.delete_subscription(subscription=sub)
 
 

@@ -25,8 +25,9 @@ LOCAL_ONLY = frozenset({
     "KILN_WEBHOOK_SCHEDULE_SCALE",  # the delivery benchmark's; refused on the cloud
 })
 
-#: Read by the platform's functions-framework, not by Kiln (checked below).
-PLATFORM_VARS = frozenset({"THREADS"})
+#: Read by the platform's functions-framework (THREADS) and the OpenTelemetry SDK
+#: (OTEL_SERVICE_NAME), not by Kiln (both checked below).
+PLATFORM_VARS = frozenset({"THREADS", "OTEL_SERVICE_NAME"})
 
 #: Job lifecycle settings: written by one function and judged by another, so all agree.
 LIFECYCLE = frozenset({
@@ -34,6 +35,9 @@ LIFECYCLE = frozenset({
     "KILN_MAX_ATTEMPTS", "KILN_LEASE_SECONDS", "KILN_JOB_MAX_AGE_SECONDS",
     "KILN_PENDING_REPUBLISH_SECONDS", "KILN_RETRY_BACKOFF_SECONDS",
 })
+
+#: Tracing: every function makes spans of the jobs it touches (kiln.tracing).
+TRACING = frozenset({"KILN_TRACING", "KILN_TRACE_SAMPLE"})
 
 #: The fair queue: every function takes places or starts waiting jobs, and names a
 #: provider's pool after the provider that makes each kind.
@@ -46,12 +50,12 @@ FAIR_QUEUE = frozenset({
 
 #: function (folder under functions/) -> variables its code path reads.
 NEEDS: dict[str, frozenset[str]] = {
-    "ingress": LIFECYCLE | FAIR_QUEUE | {
+    "ingress": LIFECYCLE | FAIR_QUEUE | TRACING | {
         "KILN_MAX_BODY_BYTES", "KILN_CORS_ORIGINS", "KILN_TELEGRAM_WEBHOOK_SECRET", "KILN_TELEGRAM_BOT_TOKEN",
         "KILN_TELEGRAM_API_BASE", "KILN_TELEGRAM_DEFAULT_KIND",
         "KILN_TASKSERVER_WEBHOOK_SECRET", "KILN_MESHY_WEBHOOK_SECRET",
     },
-    "worker": LIFECYCLE | FAIR_QUEUE | {
+    "worker": LIFECYCLE | FAIR_QUEUE | TRACING | {
         "KILN_BUCKET", "KILN_WORKER_BUDGET_SECONDS", "KILN_PROGRESS_INTERVAL_SECONDS",
         "KILN_LINK_TEMPLATE", "KILN_IMAGE_PROVIDER", "KILN_MODEL_PROVIDER",
         "KILN_MAX_ARTIFACT_BYTES", "KILN_ALLOWED_FETCH_HOSTS", "KILN_TELEGRAM_BOT_TOKEN",
@@ -64,7 +68,7 @@ NEEDS: dict[str, frozenset[str]] = {
         "KILN_POLL_FIRST_SECONDS", "KILN_POLL_MAX_SECONDS",
     },
     # Failing an expired job notifies its owner: FCM push and Telegram reply.
-    "sweeper": LIFECYCLE | FAIR_QUEUE | {
+    "sweeper": LIFECYCLE | FAIR_QUEUE | TRACING | {
         "KILN_LINK_TEMPLATE", "KILN_TELEGRAM_BOT_TOKEN", "KILN_TELEGRAM_API_BASE",
     },
 }
@@ -336,6 +340,18 @@ def test_functions_framework_reads_threads() -> None:
     assert '"THREADS"' in inspect.getsource(gunicorn)
 
 
+def test_the_opentelemetry_sdk_reads_the_service_name(
+        monkeypatch: pytest.MonkeyPatch, functions: dict[str, Function]) -> None:
+    """Given OTEL_SERVICE_NAME as Terraform sets it, when the SDK builds the resource Kiln's
+    tracer uses, then the spans' service is that name (so setting it is not unread)."""
+    from opentelemetry.sdk.resources import Resource
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "kiln-worker")
+    assert Resource.create({}).attributes["service.name"] == "kiln-worker"
+    for fn in functions.values():
+        assert fn.env.get("OTEL_SERVICE_NAME") == f"kiln-{fn.name}", fn.name
+
+
 def _entry_points(main: Path) -> dict[str, str]:
     """Top-level functions of ``main`` decorated by functions-framework -> decorator name."""
     found = {}
@@ -455,9 +471,9 @@ def test_each_function_has_its_own_service_account(
 
 
 EXPECTED_PROJECT_ROLES = {
-    "ingress": {"roles/datastore.user"},
-    "worker": {"roles/datastore.user", "fcm_sender"},
-    "sweeper": {"roles/datastore.user", "fcm_sender"},
+    "ingress": {"roles/datastore.user", "roles/cloudtrace.agent"},
+    "worker": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
+    "sweeper": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,28 @@ WORKER_ONLY = ("numpy", "PIL", "google.genai", "google.cloud.storage", "google.c
 def test_the_ingress_entry_point_imports_no_worker_only_module() -> None:
     """Given a fresh interpreter, when it imports functions/ingress/main.py as the platform
     does, then no image library, provider, Storage, Cloud Tasks or FCM module is loaded."""
-    code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'functions' / 'ingress')!r}); "
-            "import main; print(json.dumps(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60, cwd=REPO)
-    loaded = set(json.loads(out.stdout))
+    loaded = _loaded_by("import main")
     assert "kiln.http.api" in loaded  # the probe imported the real entry point
     assert sorted(m for m in WORKER_ONLY if m in loaded) == []
+
+
+def test_with_tracing_off_the_ingress_imports_no_opentelemetry() -> None:
+    """Given the default settings (``KILN_TRACING`` unset), when a fresh ingress builds its
+    services as its first request does, then no OpenTelemetry module is loaded (the bare
+    ``opentelemetry`` namespace package is probed by google-api-core; nothing under it)."""
+    loaded = _loaded_by("import main; from kiln import compose, tracing; "
+                        "compose.get_services(); assert not tracing.enabled()")
+    assert "kiln.tracing" in loaded
+    assert sorted(m for m in loaded
+                  if m.startswith("opentelemetry.") or m == "kiln.tracing_otel") == []
+
+
+def _loaded_by(statements: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``statements`` with the ingress's
+    folder on its path, as the platform loads it."""
+    code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'functions' / 'ingress')!r}); "
+            f"{statements}; print(json.dumps(sorted(sys.modules)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60, cwd=REPO, env=env)
+    return set(json.loads(out.stdout.splitlines()[-1]))

@@ -3,6 +3,8 @@
 A check is one Cloud Task whose HTTP target is the Pub/Sub REST ``publish`` of the jobs
 topic (on the cloud with an OAuth token of the tasks service account; locally the Pub/Sub
 emulator's REST endpoint, no token), carrying the message :func:`encode_message` builds.
+With tracing on (``kiln.tracing``) the task's headers and the message's attributes carry
+the scheduling delivery's trace context, so the check's delivery joins the job's trace.
 The task is named after its (job, check), so a second schedule of one is refused by
 Cloud Tasks (``AlreadyExists``) for about an hour: :meth:`CloudTasksScheduler.schedule`
 returns False. Why checks go this way is in ``docs/deploy.md`` (Cloud Tasks).
@@ -24,6 +26,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf import duration_pb2
 
+from kiln import tracing
 from kiln.adapters.clock import utcnow
 from kiln.adapters.pubsub import encode_message
 from kiln.core.errors import ConfigError, RetryableError
@@ -106,9 +109,11 @@ class CloudTasksScheduler:
 
     def build_task(self, job_id: str, check: int, at: dt.datetime) -> tasks_v2.Task:
         """The task of a check due at ``at`` (at most 30 days ahead)."""
+        headers = {"Content-Type": "application/json"}
+        tracing.inject(headers)  # the task's request continues this trace (when on)
         request = tasks_v2.HttpRequest(
             url=self.publish_url, http_method=tasks_v2.HttpMethod.POST,
-            headers={"Content-Type": "application/json"}, body=publish_body(job_id, check))
+            headers=headers, body=publish_body(job_id, check))
         if self.service_account:
             request.oauth_token = tasks_v2.OAuthToken(service_account_email=self.service_account)
         deadline = duration_pb2.Duration(seconds=int(DISPATCH_DEADLINE.total_seconds()))
@@ -124,16 +129,17 @@ class CloudTasksScheduler:
                 passing fault, ``scheduler_refused`` for a refusal such as a missing
                 queue or permission, which needs the deployment fixed).
         """
-        task = self.build_task(job_id, check, at)
-        try:
-            self.client.create_task(parent=self.queue_path, task=task, timeout=self.timeout)
-        except gexc.AlreadyExists:
-            return False
-        except TRANSIENT as exc:
-            raise RetryableError("The check scheduler is unavailable.",
-                                 code="scheduler_unavailable") from exc
-        except gexc.GoogleAPIError as exc:
-            # The class name only: an SDK message may quote the request or a credential.
-            raise RetryableError(f"The check scheduler refused the check ({type(exc).__name__}).",
-                                 code="scheduler_refused") from exc
-        return True
+        with tracing.span("cloudtasks.schedule", job_id=job_id, check=check):
+            task = self.build_task(job_id, check, at)
+            try:
+                self.client.create_task(parent=self.queue_path, task=task, timeout=self.timeout)
+            except gexc.AlreadyExists:
+                return False
+            except TRANSIENT as exc:
+                raise RetryableError("The check scheduler is unavailable.",
+                                     code="scheduler_unavailable") from exc
+            except gexc.GoogleAPIError as exc:
+                # The class name only: an SDK message may quote the request or a credential.
+                raise RetryableError("The check scheduler refused the check "
+                                     f"({type(exc).__name__}).", code="scheduler_refused") from exc
+            return True

@@ -20,6 +20,7 @@ from google.api_core import retry as retries
 from google.pubsub_v1 import PublisherClient, PubsubMessage
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
+from kiln import tracing
 from kiln.core import timeline
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import is_valid_job_id
@@ -60,25 +61,29 @@ class PubSubQueue:
         Raises:
             RetryableError: Pub/Sub did not take the message.
         """
-        data, attributes = encode_message(job_id, reason=reason, check=check)
-        message = PubsubMessage(data=data, attributes=attributes)
-        try:
-            response = self.client.publish(topic=self.topic_path, messages=[message],
-                                           retry=self.retry, timeout=self.timeout)
-        except (gexc.GoogleAPIError, TimeoutError) as exc:
-            raise RetryableError("The job queue is unavailable.", code="queue_unavailable") from exc
-        return str(response.message_ids[0])
+        with tracing.span("pubsub.publish", job_id=job_id, reason=reason, check=check):
+            data, attributes = encode_message(job_id, reason=reason, check=check)
+            message = PubsubMessage(data=data, attributes=attributes)
+            try:
+                response = self.client.publish(topic=self.topic_path, messages=[message],
+                                               retry=self.retry, timeout=self.timeout)
+            except (gexc.GoogleAPIError, TimeoutError) as exc:
+                raise RetryableError("The job queue is unavailable.",
+                                     code="queue_unavailable") from exc
+            return str(response.message_ids[0])
 
 
 def encode_message(job_id: str, *, reason: str = "new",
                    check: int | None = None) -> tuple[bytes, dict[str, str]]:
     """The message body (JSON) and attributes for a job; the one format every publisher
-    (the ingress, the sweeper, the Cloud Tasks scheduler) sends."""
+    (the ingress, the sweeper, the Cloud Tasks scheduler) sends. With tracing on, the
+    attributes carry the current trace context (``traceparent``) to the worker."""
     body: dict[str, Any] = {"jobId": job_id}
     attributes = {"jobId": job_id, "reason": reason}
     if check is not None:
         body["check"] = check
         attributes["check"] = str(check)
+    tracing.inject(attributes)
     return json.dumps(body, separators=(",", ":")).encode(), attributes
 
 

@@ -17,7 +17,7 @@ import flask
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
-from kiln import log
+from kiln import log, tracing
 from kiln.channels.telegram.webhook import handle_update
 from kiln.compose import Services
 from kiln.core import timeline
@@ -183,6 +183,7 @@ ROUTES = Map([
 ], converters={"job": _JobId, "provider": _Provider}, strict_slashes=False, merge_slashes=False)
 
 
+@tracing.served
 def handle(request: flask.Request, services: Services) -> flask.Response:
     """Answer one request, with CORS headers for an allowed browser origin."""
     origin = cors_origin(request.headers.get("Origin"), services.settings)

@@ -11,8 +11,8 @@ in: the acknowledgement is one commit and one publish (docs/benchmarks.md).
 
 A message may reach a worker before the commit lands: the worker nacks a message whose
 job does not exist yet while the message is young. If the publish fails the job is
-still accepted: an arrival is a waiting job, so the next pass of the fair queue (every
-job's end, every sweep) starts it. The same (uid, idempotency key) always maps to the
+still accepted: the sweeper re-publishes an arrival whose message was lost, as any
+pending job. The same (uid, idempotency key) always maps to the
 same job id; a replay returns that job (a duplicate message is harmless: the claim
 decides).
 """
@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kiln import log
+from kiln import log, tracing
 from kiln.compose import Services
 from kiln.core import lifecycle, urls
 from kiln.core.errors import ConflictError, KilnError, RetryableError, ValidationError
@@ -84,10 +84,10 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
                                 code="idempotency_key_reused")
         return Accepted(job_id, False, existing.status)
     with log.job_context(job_id):
+        tracing.accepted(job_id)
         if not _settle(published):
-            # Accepted all the same: an arrival is a waiting job; a pass of the fair queue
-            # starts it.
-            log.event(logger, "publish failed; the fair queue will start it", logging.WARNING)
+            # Accepted all the same: the documents are durable and the sweeper re-publishes.
+            log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
         log.event(logger, "job accepted", kind=request.kind, channel=channel)
     return Accepted(job_id, True, JobStatus.PENDING)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kiln import log
+from kiln import log, tracing
 from kiln.adapters.fcm import build_message, image_url
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
@@ -65,6 +65,7 @@ def on_progress(services: Services, job: Job, progress: int, stage: str) -> None
                   error=type(exc).__name__)
 
 
+@tracing.traced("kiln.notify")
 def deliver(services: Services, job_id: str) -> dict[str, Any]:
     """Send the claimed notification of an ended job; record what was sent."""
     job = services.store.get(job_id)

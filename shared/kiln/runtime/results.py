@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from kiln import tracing
 from kiln.core.errors import PermanentError
 from kiln.core.job import Job
 from kiln.ports import BlobStore
@@ -28,6 +29,7 @@ def thumbnail_path(uid: str, job_id: str) -> str:
     return f"generations/{uid}/{job_id}/thumb.png"
 
 
+@tracing.traced("kiln.store")
 def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
                  max_bytes: int) -> dict[str, Any]:
     """Stream the artifact (validated) into the bucket; add a thumbnail. The job's

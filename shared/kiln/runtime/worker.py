@@ -17,7 +17,7 @@ import logging
 import uuid
 from typing import Any
 
-from kiln import log
+from kiln import log, tracing
 from kiln.adapters.pubsub import decode_message
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
@@ -55,6 +55,7 @@ class _Wait(Exception):
         self.progress, self.stage, self.at_once = progress, stage, at_once
 
 
+@tracing.delivered
 def handle_message(data: Any, services: Services) -> RunOutcome:
     """Process one Pub/Sub message; log one line with what the delivery did and how long
     it held the invocation (``RunOutcome.RELEASED`` when it raised to nack).
@@ -215,6 +216,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
             "Something went wrong on our side.", code="internal"))
 
 
+@tracing.traced("kiln.claim")
 def _claim(job_id: str, services: Services, check: int | None,
            arrival: dict[str, dt.datetime | None], places: list[str] | None = None,
            ) -> tuple[ClaimOutcome, Job | None, str | None]:
@@ -280,6 +282,7 @@ class _TaskFailed(Exception):
         self.error = error
 
 
+@tracing.traced("kiln.provider")
 def _generate(provider: Any, request: GenerationRequest, reporter: ProgressReporter,
               services: Services, resume_task_id: str | None, deadline: float) -> Artifact:
     clock = services.clock
