@@ -285,6 +285,9 @@ def test_status_running_limit_and_cancel(telegram, tg_services, chat):
     assert "Your recent jobs" in status and "a slow teal torus" in status
     send(telegram, chat, "/image one more")
     waiting = next(j for j in jobs_of(tg_services, chat) if j.id != job.id)
+    # Its first delivery finds the chat's one place taken and records why it waits.
+    waiting = wait_for(lambda: (j := tg_services.store.get(waiting.id)).queue_reason and j,
+                       what="the second job's queue reason")
     assert (waiting.status, waiting.stage, waiting.queue_reason) == \
         (JobStatus.PENDING, "queued", "running_limit")
     assert "Canceled" in send(telegram, chat, "/cancel").text
@@ -310,9 +313,13 @@ def test_updates_arriving_together_never_exceed_the_limits(telegram, tg_services
     assert [a.status_code for a in answers] == [200] * 5
     refusals = [a.json()["text"] for a in answers if a.content and "today's 3" in a.text]
     assert len(refusals) == 2
+    assert len(jobs_of(tg_services, chat)) == 3
+    # Each job's first delivery takes the chat's one place or records why it waits.
+    wait_for(lambda: sum(1 for j in jobs_of(tg_services, chat) if j.queue_reason) == 2,
+             what="two jobs waiting their turn")
     jobs = jobs_of(tg_services, chat)
-    assert len(jobs) == 3
     assert sum(1 for j in jobs if j.queue_reason == "running_limit") == 2
+    assert sum(1 for j in jobs if not j.server.queued) == 1
     for _ in range(3):
         send(telegram, chat, "/cancel")
 
