@@ -30,6 +30,21 @@ class InMemoryCounters:
             self.holders.update({(key, n): holder for n in free})
             return free
 
+    def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
+        with self._lock:
+            held = self.tickets.get(key, set())
+            free = [n for n in range(1, limit + 1) if n not in held][:count]
+            return free if len(free) == count else None
+
+    def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
+        with self._lock:
+            held = self.tickets.setdefault(key, set())
+            if held & set(numbers):
+                return False
+            held.update(numbers)
+            self.holders.update({(key, n): holder for n in numbers})
+            return True
+
     def give_back(self, key: str, numbers: list[int]) -> None:
         with self._lock:
             self.tickets.get(key, set()).difference_update(numbers)

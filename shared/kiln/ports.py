@@ -241,6 +241,20 @@ class Counters(Protocol):
         """
         ...
 
+    def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
+        """The numbers a :meth:`confirm` should take for ``count`` tickets of ``key`` (no
+        write; usually no read either), or None when fewer than ``count`` are left."""
+        ...
+
+    def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
+        """Take exactly ``numbers`` (from :meth:`reserve`); False (nothing taken) when
+        another request took one of them first: :meth:`take` then.
+
+        Raises:
+            RetryableError: the store is unavailable.
+        """
+        ...
+
     def give_back(self, key: str, numbers: list[int]) -> None:
         """Return tickets taken for a request that created nothing."""
         ...

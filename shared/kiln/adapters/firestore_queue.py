@@ -100,6 +100,25 @@ class FirestoreCounters:
             start = self._reserve(key, count, self.used(key) + 1)
         raise RetryableError("The quota is busy.", code="contention")
 
+    def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
+        start = self._reserve(key, count, None)
+        numbers = list(range(start, start + count))
+        if numbers[-1] > limit:  # at the quota's edge: the numbers still free, if any
+            numbers = self._free(key, limit)[:count]
+        return numbers if len(numbers) == count else None
+
+    def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
+        try:
+            with unavailable_is_retryable("admission store"):
+                self._create(key, numbers, holder)
+            return True
+        except gexc.Conflict:
+            return False
+        except RetryableError as exc:
+            if not isinstance(exc.__cause__, gexc.Aborted):
+                raise
+            return False
+
     def _reserve(self, key: str, count: int, floor: int | None) -> int:
         """The first of ``count`` numbers for this thread: at least ``floor`` (counted when
         None and this process has no guess yet) and past every number this process

@@ -86,7 +86,7 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     # plan is the principal's (an app user's trusted claim, an API key's tenant).
     replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
     admission = None if replay else admit(services, uid=uid, channel=principal.channel,
-                                          plan=principal.plan)
+                                          plan=principal.plan, defer=True)
     accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}

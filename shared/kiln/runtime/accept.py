@@ -20,6 +20,7 @@ decides).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ from kiln.core import lifecycle, urls
 from kiln.core.errors import ConflictError, KilnError, RetryableError, ValidationError
 from kiln.core.job import JobStatus, new_job_id
 from kiln.core.requests import JobRequest
-from kiln.runtime.admission import Admission, give_back, plan_for
+from kiln.runtime.admission import Admission, give_back, over_quota, plan_for
 
 logger = log.get("ingress")
 
@@ -56,6 +57,8 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
         ValidationError: ``invalid_image_url``: ``options.imageUrl`` breaks a rule that
             needs no lookup (``kiln.core.urls``).
         ConflictError: the idempotency key was used for a different request.
+        QuotaExceededError: a deferred admission's quota ran out meanwhile (another
+            instance took the last tickets); the job created beside it failed at once.
         RetryableError: the job store is unavailable (nothing was accepted).
     """
     check_image_url(request, allow_local=services.settings.local)
@@ -67,15 +70,19 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     new = lifecycle.new_job(job_id=job_id, uid=uid, channel=channel, request=request,
                             now=services.clock.now(), policy=services.policy,
                             idempotency_key=idempotency_key, server=server, queue=queue)
-    published = _in_parallel(services.queue.publish, job_id)
+    # Three calls at once: the job's commit, its message and (for a deferred admission)
+    # its quota tickets; the answer waits for all three.
+    ticket = _beside(services.counters.confirm, admission.quota_key, list(admission.tickets)) \
+        if admission is not None and not admission.taken else None
+    published = _beside(services.queue.publish, job_id, reason=ACCEPT_REASON)
     try:
         created = services.store.create(new)
     except KilnError:
-        give_back(services, admission)
+        give_back(services, _paid(services, admission, ticket, created=False))
         _settle(published)
         raise
     if not created:  # a replay (its first request was admitted): this one costs nothing
-        give_back(services, admission)
+        give_back(services, _paid(services, admission, ticket, created=False))
         _settle(published)
         existing = services.store.get(job_id)
         if existing is None or existing.uid != uid \
@@ -85,6 +92,12 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
         return Accepted(job_id, False, existing.status)
     with log.job_context(job_id):
         tracing.accepted(job_id)
+        try:
+            _paid(services, admission, ticket, created=True)
+        except KilnError as exc:  # its quota was taken meanwhile: the job ends at once
+            _refused(services, job_id, exc)
+            _settle(published)
+            raise
         if not _settle(published):
             # Accepted all the same: the documents are durable and the sweeper re-publishes.
             log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
@@ -92,25 +105,64 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     return Accepted(job_id, True, JobStatus.PENDING)
 
 
-#: Publishes in flight beside their job's commit (one per ingress thread at most).
-_POOL_SIZE = 32
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+def _paid(services: Services, admission: Admission | None, ticket: Future[object] | None, *,
+          created: bool) -> Admission | None:
+    """The admission with its tickets taken. A deferred admission's reserved numbers were
+    taken beside the commit; when another instance took one first, the next free ones are
+    taken now (``created``: only for a job that exists; else nothing more is taken).
+
+    Raises:
+        QuotaExceededError: the quota ran out meanwhile.
+        RetryableError: the quota store is unavailable.
+    """
+    if admission is None or ticket is None:
+        return admission
+    try:
+        confirmed = bool(ticket.result())
+    except RetryableError:
+        if not created:
+            return None
+        raise
+    if confirmed:
+        return dataclasses.replace(admission, taken=True)
+    if not created:
+        return None
+    numbers = services.counters.take(admission.quota_key, admission.count,
+                                     admission.plan.daily_jobs)
+    if numbers is None:
+        raise over_quota(admission, services.clock.now())
+    return dataclasses.replace(admission, tickets=tuple(numbers), taken=True)
+
+
+def _refused(services: Services, job_id: str, error: KilnError) -> None:
+    """End a job created beside a quota that ran out (or could not be reached): failed,
+    with the reason its caller is also told (its message may have reached a worker)."""
+    try:
+        services.store.transact(job_id, lambda job: (lifecycle.fail(
+            job, code=error.code, message=error.message) if job and not job.terminal else None,
+            None))
+    except KilnError as exc:  # its deadline or the sweeper ends it
+        log.event(logger, "refused job not ended", logging.WARNING, code=exc.code)
 
 
 #: The ``reason`` of the message published beside its job's commit: a worker that finds
 #: no job for it while it is young nacks instead of dropping it (kiln.runtime.worker).
 ACCEPT_REASON = "accept"
+#: Calls in flight beside the jobs' commits (two per ingress thread at most).
+_POOL_SIZE = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-def _in_parallel(publish: Callable[..., object], job_id: str) -> Future[object]:
+def _beside(call: Callable[..., object], *args: Any, **kwargs: Any) -> Future[object]:
+    """Run ``call`` on the pool with the request's context (its log fields and its trace,
+    which the message carries)."""
     global _pool
     if _pool is None:
         with _pool_lock:
             if _pool is None:
-                _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="kiln-publish")
-    # With the request's context (its log fields, its trace: the message carries it).
-    return _pool.submit(contextvars.copy_context().run, publish, job_id, reason=ACCEPT_REASON)
+                _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="kiln-accept")
+    return _pool.submit(contextvars.copy_context().run, call, *args, **kwargs)
 
 
 def _settle(published: Future[object]) -> bool:

@@ -37,6 +37,9 @@ class Admission:
     count: int = 1
     quota_key: str = ""
     tickets: tuple[int, ...] = ()
+    #: False: the tickets are only reserved (``admit(defer=True)``); acceptance takes them
+    #: beside the job's commit (``kiln.runtime.accept``).
+    taken: bool = True
 
 
 def plan_for(services: Services, *, uid: str, channel: str, claimed: str | None) -> Plan:
@@ -64,9 +67,12 @@ def quota_key(uid: str, day: str) -> str:
 
 
 def admit(services: Services, *, uid: str, channel: str, plan: str | None,
-          count: int = 1, holder: str = "") -> Admission:
+          count: int = 1, holder: str = "", defer: bool = False) -> Admission:
     """Admit ``count`` new jobs of ``uid`` on its ``plan`` (the claimed plan name);
     ``holder``: the job the tickets pay for, when its id is known (``duplicate_in_flight``).
+    ``defer``: reserve the tickets' numbers without writing them (usually no read either:
+    this process knows the next numbers); the caller takes them (``accept_job`` does, at
+    the same time as it creates the job).
 
     Raises:
         OverloadedError: more than ``KILN_MAX_WAITING`` jobs would be waiting to start.
@@ -81,16 +87,23 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
                               retry_after=OVERLOADED_RETRY_SECONDS)
     now = services.clock.now().astimezone(dt.UTC)
     key = quota_key(uid, now.date().isoformat())
-    tickets = services.counters.take(key, count, granted.daily_jobs, holder)
+    counters = services.counters
+    tickets = counters.reserve(key, count, granted.daily_jobs) if defer \
+        else counters.take(key, count, granted.daily_jobs, holder)
     if tickets is None:
-        midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(),
-                                       tzinfo=dt.UTC)
-        wait = max(1, math.ceil((midnight - now).total_seconds()))
-        raise QuotaExceededError(
-            f"You have used today's {granted.daily_jobs} jobs on the {granted.name} plan "
-            f"(this request needs {count}). The quota resets at midnight UTC.",
-            code="quota_exceeded", retry_after=wait)
-    return Admission(uid, channel, granted, count, key, tuple(tickets))
+        raise over_quota(Admission(uid, channel, granted, count, key), now)
+    return Admission(uid, channel, granted, count, key, tuple(tickets), taken=not defer)
+
+
+def over_quota(admission: Admission, now: dt.datetime) -> QuotaExceededError:
+    """The refusal of an admission whose reserved tickets were all taken meanwhile."""
+    now = now.astimezone(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    plan = admission.plan
+    return QuotaExceededError(
+        f"You have used today's {plan.daily_jobs} jobs on the {plan.name} plan "
+        f"(this request needs {admission.count}). The quota resets at midnight UTC.",
+        code="quota_exceeded", retry_after=max(1, math.ceil((midnight - now).total_seconds())))
 
 
 def duplicate_in_flight(services: Services, *, uid: str, holder: str) -> bool:
@@ -102,7 +115,7 @@ def duplicate_in_flight(services: Services, *, uid: str, holder: str) -> bool:
 
 def give_back(services: Services, admission: Admission | None) -> None:
     """Return the quota of an admission whose job was not created (best effort)."""
-    if admission is None or not admission.tickets:
+    if admission is None or not admission.tickets or not admission.taken:
         return
     try:
         services.counters.give_back(admission.quota_key, list(admission.tickets))

@@ -373,3 +373,33 @@ def test_two_dispatchers_starting_one_job_leave_its_places_held(rig: Rig) -> Non
     assert dispatch.try_start(rig.services, queued_view) is None  # the loser
     held = {pool: rig.slots.holders(pool) for pool in rig.job(job_id).server.pools}
     assert all(job_id in holders for holders in held.values())
+
+
+def test_tickets_reserved_at_admission_are_taken_beside_the_jobs_commit(rig: Rig) -> None:
+    """POST /v1/jobs reserves its ticket's number and takes it while the job is created.
+    A number another instance took meanwhile is replaced by the next free one; when the
+    quota ran out meanwhile the caller gets the 429 and the job created beside it is
+    failed at once with the same readable reason (it never runs)."""
+    counters = rig.services.counters
+    key = next(iter(counters.tickets), None)
+    assert key is None  # nothing taken yet
+    reserve = counters.reserve
+    stolen: list[str] = []
+
+    def racing_reserve(key: str, count: int, limit: int) -> list[int] | None:
+        numbers = reserve(key, count, limit)
+        if numbers and stolen:  # another instance takes these numbers first
+            assert counters.confirm(key, numbers, "elsewhere")
+        return numbers
+
+    counters.reserve = racing_reserve  # type: ignore[method-assign]
+    stolen.append("on")
+    status, body, _ = post_raw(rig)  # its number (1) was taken: it takes the next one (2)
+    assert status == 202 and counters.used(f"quota:alice:{rig.clock.now().date()}") == 2
+    status, body, _ = post_raw(rig)  # the last number (3) was taken: the quota ran out
+    assert (status, body["error"]["code"]) == (429, "quota_exceeded")
+    refused = [job for job in rig.store.find(uid="alice") if job.status is JobStatus.FAILED]
+    assert len(refused) == 1 and refused[0].error is not None
+    assert refused[0].error["code"] == "quota_exceeded"
+    assert len(rig.store.docs) == 2
+    assert run_job(refused[0].id, rig.services) is RunOutcome.TERMINAL  # it never runs
