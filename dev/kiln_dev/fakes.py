@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from kiln.core import sentinels
-from kiln.core.errors import RetryableError
+from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
 from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
@@ -85,6 +85,7 @@ class InMemoryJobStore:
         self.public_writes: Counter[str] = Counter()
         self.server_writes: Counter[str] = Counter()
         self.unavailable = False
+        self.counters: Any = None  # an InMemoryCounters bound to this store, for tickets
         self._lock = threading.RLock()
 
     def _check(self) -> None:
@@ -96,6 +97,10 @@ class InMemoryJobStore:
             self._check()
             if job.id in self.docs:
                 return False
+            tickets = job.tickets
+            if tickets is not None and not self.counters.confirm(
+                    tickets.key, list(tickets.numbers), tickets.holder):
+                raise TicketTakenError("A quota ticket was taken first.")
             now = self.clock.now()
             self.docs[job.id], self.servers[job.id] = {}, {}
             apply_fields(self.docs[job.id], job.doc, now)

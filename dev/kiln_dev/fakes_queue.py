@@ -16,6 +16,8 @@ class InMemoryCounters:
 
     def __init__(self, store: Any = None) -> None:
         self.store = store
+        if store is not None:  # a job's create takes the tickets it carries from here
+            store.counters = self
         self.tickets: dict[str, set[int]] = {}
         self.holders: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
@@ -37,6 +39,7 @@ class InMemoryCounters:
             return free if len(free) == count else None
 
     def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
+        """Take exactly ``numbers`` (a job's create carrying them); False when one is held."""
         with self._lock:
             held = self.tickets.setdefault(key, set())
             if held & set(numbers):

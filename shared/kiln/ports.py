@@ -31,7 +31,12 @@ class JobStore(Protocol):
     """Jobs: the public document and its server state, always changed together."""
 
     def create(self, job: NewJob) -> bool:
-        """Create both documents at once; False when a job with this id exists."""
+        """Create both documents at once, with ``job.tickets`` if any; False when a job
+        with this id exists (nothing written).
+
+        Raises:
+            TicketTakenError: one of ``job.tickets`` was taken first (nothing written).
+        """
         ...
 
     def get(self, job_id: str) -> Job | None: ...
@@ -106,7 +111,6 @@ class Delivery:
     job_id: str
     check: int | None = None
     published_at: dt.datetime | None = None  # when Pub/Sub took the message (its timeline)
-    reason: str | None = None  # why it was published (its ``reason`` attribute)
 
 
 class Queue(Protocol):
@@ -242,17 +246,9 @@ class Counters(Protocol):
         ...
 
     def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
-        """The numbers a :meth:`confirm` should take for ``count`` tickets of ``key`` (no
-        write; usually no read either), or None when fewer than ``count`` are left."""
-        ...
-
-    def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
-        """Take exactly ``numbers`` (from :meth:`reserve`); False (nothing taken) when
-        another request took one of them first: :meth:`take` then.
-
-        Raises:
-            RetryableError: the store is unavailable.
-        """
+        """The numbers ``count`` new tickets of ``key`` should have, taken later by a job's
+        create (``NewJob.tickets``): no write, usually no read either; None when fewer
+        than ``count`` are left."""
         ...
 
     def give_back(self, key: str, numbers: list[int]) -> None:

@@ -345,3 +345,25 @@ def test_scheduler_publishes_a_past_check_promptly(checks: Any) -> None:
     arrived = checks.arrived(job_id, now, 2)
     assert sorted(d.check for d, _r, _w in arrived) == [1, 2]
     assert max(w for _d, _r, w in arrived) <= now + dt.timedelta(seconds=3)
+
+
+def test_a_jobs_quota_tickets_are_created_in_its_commit_or_nothing_is(
+        store: Any, backend: Any) -> None:
+    """``NewJob.tickets`` ride on the create: taken with the job, not at all on a replay,
+    and a ticket another request holds fails the create with nothing written."""
+    import dataclasses
+
+    from kiln.core.errors import TicketTakenError
+    from kiln.core.job import Tickets
+    from kiln_dev.fakes_queue import InMemoryCounters
+
+    counters = InMemoryCounters(store) if backend is None else backend.counters
+    key = f"quota:contract:{uuid.uuid4().hex}"
+    first = dataclasses.replace(new(), tickets=Tickets(key, (1,)))
+    assert store.create(first) and counters.used(key) == 1
+    assert not store.create(dataclasses.replace(first, tickets=Tickets(key, (2,))))  # replay
+    assert counters.used(key) == 1
+    second = dataclasses.replace(new(), tickets=Tickets(key, (1,)))
+    with pytest.raises(TicketTakenError):
+        store.create(second)
+    assert store.get(second.id) is None and counters.used(key) == 1

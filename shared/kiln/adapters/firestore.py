@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import random
 import time
 import urllib.parse
@@ -23,7 +24,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from kiln.core import sentinels
-from kiln.core.errors import RetryableError
+from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
 
 JOBS = "jobs"
@@ -123,6 +124,28 @@ def connect(project: str, emulator_host: str = "") -> firestore.Client:
     return firestore.Client(project=project)
 
 
+#: Quota tickets (``kiln.adapters.firestore_queue.FirestoreCounters``).
+TICKETS = "quotaTickets"
+#: How long a quota ticket is kept (TTL policy quota_tickets_expire_at in infra/firestore.tf).
+TICKET_LIFETIME = dt.timedelta(days=2)
+
+
+def doc_id(key: str) -> str:
+    """A document id for any key (uids may hold characters ids cannot)."""
+    safe = "".join(c if c.isalnum() or c in "-_:" else "_" for c in key)[:80]
+    return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def ticket_ref(client: firestore.Client, key: str, number: int) -> firestore.DocumentReference:
+    return client.collection(TICKETS).document(f"{doc_id(key)}~{number}")
+
+
+def ticket_fields(key: str, number: int, holder: str) -> dict[str, Any]:
+    # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
+    return {"key": key, "holder": holder, "n": number, "at": firestore.SERVER_TIMESTAMP,
+            "expireAt": dt.datetime.now(dt.UTC) + TICKET_LIFETIME}
+
+
 class FirestoreJobStore:
     """Jobs in ``jobs/{jobId}`` with their server state in ``jobs/{jobId}/private/server``."""
 
@@ -136,15 +159,22 @@ class FirestoreJobStore:
         return self.ref(job_id).collection(PRIVATE).document(SERVER_DOC)
 
     def create(self, job: NewJob) -> bool:
-        """Create both documents in one commit; False when the job exists already."""
+        """Create both documents (and the job's quota tickets) in one commit; False when
+        the job exists already."""
         batch = self.client.batch()
         batch.create(self.ref(job.id), _fields(job.doc))
         batch.create(self.server_ref(job.id), _fields(job.server))
+        if job.tickets is not None:
+            for number in job.tickets.numbers:
+                batch.create(ticket_ref(self.client, job.tickets.key, number),
+                             ticket_fields(job.tickets.key, number, job.tickets.holder))
         try:
             with unavailable_is_retryable():
                 batch.commit()
         except gexc.AlreadyExists:
-            return False
+            if job.tickets is None or self.get(job.id) is not None:
+                return False
+            raise TicketTakenError("A quota ticket was taken first.") from None
         return True
 
     def get(self, job_id: str) -> Job | None:

@@ -31,22 +31,20 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from kiln.adapters.firestore import unavailable_is_retryable
+from kiln.adapters.firestore import (
+    TICKETS,
+    doc_id,
+    ticket_fields,
+    ticket_ref,
+    unavailable_is_retryable,
+)
 from kiln.core.errors import RetryableError
 
-TICKETS, SLOTS, WINDOWS, JOBS = "quotaTickets", "slots", "slotWindows", "jobs"
-#: How long a quota ticket is kept (TTL policy quota_tickets_expire_at in infra/firestore.tf).
-TICKET_LIFETIME = dt.timedelta(days=2)
+SLOTS, WINDOWS, JOBS = "slots", "slotWindows", "jobs"
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
 WINDOW_CACHE_SECONDS = 1.0
-
-
-def doc_id(key: str) -> str:
-    """A document id for any key (uids may hold characters ids cannot)."""
-    safe = "".join(c if c.isalnum() or c in "-_:" else "_" for c in key)[:80]
-    return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 class FirestoreCounters:
@@ -61,7 +59,7 @@ class FirestoreCounters:
         self._lock = threading.Lock()
 
     def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
-        return self.client.collection(TICKETS).document(f"{doc_id(key)}~{number}")
+        return ticket_ref(self.client, key, number)
 
     def used(self, key: str) -> int:
         query = self.client.collection(TICKETS).where(
@@ -107,18 +105,6 @@ class FirestoreCounters:
             numbers = self._free(key, limit)[:count]
         return numbers if len(numbers) == count else None
 
-    def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
-        try:
-            with unavailable_is_retryable("admission store"):
-                self._create(key, numbers, holder)
-            return True
-        except gexc.Conflict:
-            return False
-        except RetryableError as exc:
-            if not isinstance(exc.__cause__, gexc.Aborted):
-                raise
-            return False
-
     def _reserve(self, key: str, count: int, floor: int | None) -> int:
         """The first of ``count`` numbers for this thread: at least ``floor`` (counted when
         None and this process has no guess yet) and past every number this process
@@ -144,15 +130,12 @@ class FirestoreCounters:
         return [n for n in range(1, limit + 1) if n not in taken]
 
     def _create(self, key: str, numbers: list[int], holder: str) -> None:
-        # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
-        fields = {"key": key, "holder": holder, "at": firestore.SERVER_TIMESTAMP,
-                  "expireAt": dt.datetime.now(dt.UTC) + TICKET_LIFETIME}
         if len(numbers) == 1:  # one create-if-absent write
-            self._ticket(key, numbers[0]).create({**fields, "n": numbers[0]})
+            self._ticket(key, numbers[0]).create(ticket_fields(key, numbers[0], holder))
             return
         batch = self.client.batch()
         for number in numbers:
-            batch.create(self._ticket(key, number), {**fields, "n": number})
+            batch.create(self._ticket(key, number), ticket_fields(key, number, holder))
         batch.commit()
 
     def give_back(self, key: str, numbers: list[int]) -> None:

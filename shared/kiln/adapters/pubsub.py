@@ -104,7 +104,4 @@ def decode_message(data: Any) -> Delivery:
         raise PermanentError("Job message has an invalid job id.", code="poison_message")
     if check is not None and (not isinstance(check, int) or isinstance(check, bool) or check < 0):
         raise PermanentError("Job message has an invalid check number.", code="poison_message")
-    attributes = message.get("attributes")
-    reason = attributes.get("reason") if isinstance(attributes, dict) else None
-    return Delivery(job_id, check, timeline.parse_time(message.get("publishTime")),
-                    reason if isinstance(reason, str) else None)
+    return Delivery(job_id, check, timeline.parse_time(message.get("publishTime")))

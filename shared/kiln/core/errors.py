@@ -50,6 +50,13 @@ class RetryableError(KilnError):
         self.retry_after = retry_after
 
 
+class TicketTakenError(RetryableError):
+    """A quota ticket a job's create carried (``NewJob.tickets``) was taken by another
+    request first: nothing was written; take other numbers and create again."""
+
+    code = "contention"
+
+
 class PermanentError(KilnError):
     """Retrying cannot help: the job fails with this code and message."""
 

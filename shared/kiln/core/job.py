@@ -252,9 +252,20 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Tickets:
+    """Quota tickets to take in the same commit as a job (``kiln.ports.Counters``)."""
+
+    key: str
+    numbers: tuple[int, ...]
+    holder: str = ""
+
+
+@dataclass(frozen=True)
 class NewJob:
-    """The two documents of a job about to be created."""
+    """The two documents of a job about to be created (and the quota tickets it pays
+    with, created in the same commit, when admission deferred them)."""
 
     id: str
     doc: Mapping[str, Any]
     server: Mapping[str, Any]
+    tickets: Tickets | None = None

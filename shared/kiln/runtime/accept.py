@@ -1,38 +1,38 @@
-"""Accepting a job, for every channel: record it and wake a worker, at once.
+"""Accepting a job, for every channel: one commit, then one publish.
 
-The caller was admitted first (``kiln.runtime.admission``: quota, backpressure). The
-job's two documents are created in one commit as an *arrival* of the fair queue
-(``pending``, stage ``queued``, no ``queueReason`` yet) while its id is published, both
-at the same time; the answer waits for both, so the job exists before the 202. The
+The caller was admitted first (``kiln.runtime.admission``: quota, backpressure; for
+``POST /v1/jobs`` the quota tickets are only reserved, and created in the job's commit).
+The job's two documents are created in one commit as an *arrival* of the fair queue
+(``pending``, stage ``queued``, no ``queueReason`` yet), then its id is published. The
 worker that receives the message gives the job its places (its owner's running limit,
 its provider's capacity) and runs it, or records why it waits
 (``kiln.runtime.dispatch.arrive``). Nothing about places is read or written on the way
-in: the acknowledgement is one commit and one publish (docs/benchmarks.md).
+in: the acknowledgement is the floor's own two calls (docs/benchmarks.md).
 
-A message may reach a worker before the commit lands: the worker nacks a message whose
-job does not exist yet while the message is young. If the publish fails the job is
-still accepted: the sweeper re-publishes an arrival whose message was lost, as any
-pending job. The same (uid, idempotency key) always maps to the
-same job id; a replay returns that job (a duplicate message is harmless: the claim
-decides).
+If the publish fails the job is still accepted: the sweeper re-publishes an arrival
+whose message was lost, as any pending job. The same (uid, idempotency key) always maps
+to the same job id; a replay returns that job and takes nothing.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
-import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kiln import log, tracing
 from kiln.compose import Services
 from kiln.core import lifecycle, urls
-from kiln.core.errors import ConflictError, KilnError, RetryableError, ValidationError
-from kiln.core.job import JobStatus, new_job_id
+from kiln.core.errors import (
+    ConflictError,
+    KilnError,
+    RetryableError,
+    TicketTakenError,
+    ValidationError,
+)
+from kiln.core.job import JobStatus, NewJob, Tickets, new_job_id
 from kiln.core.requests import JobRequest
 from kiln.runtime.admission import Admission, give_back, over_quota, plan_for
 
@@ -50,7 +50,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
                idempotency_key: str | None = None,
                server: Mapping[str, Any] | None = None,
                admission: Admission | None = None) -> Accepted:
-    """Record a job as an arrival of the fair queue and publish it, both at once.
+    """Record a job as an arrival of the fair queue, then publish it.
     ``admission``: what ``admit`` granted (its plan); None for the channel's default plan.
 
     Raises:
@@ -58,7 +58,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
             needs no lookup (``kiln.core.urls``).
         ConflictError: the idempotency key was used for a different request.
         QuotaExceededError: a deferred admission's quota ran out meanwhile (another
-            instance took the last tickets); the job created beside it failed at once.
+            instance took the last tickets); nothing was created.
         RetryableError: the job store is unavailable (nothing was accepted).
     """
     check_image_url(request, allow_local=services.settings.local)
@@ -70,20 +70,10 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     new = lifecycle.new_job(job_id=job_id, uid=uid, channel=channel, request=request,
                             now=services.clock.now(), policy=services.policy,
                             idempotency_key=idempotency_key, server=server, queue=queue)
-    # Three calls at once: the job's commit, its message and (for a deferred admission)
-    # its quota tickets; the answer waits for all three.
-    ticket = _beside(services.counters.confirm, admission.quota_key, list(admission.tickets)) \
-        if admission is not None and not admission.taken else None
-    published = _beside(services.queue.publish, job_id, reason=ACCEPT_REASON)
-    try:
-        created = services.store.create(new)
-    except KilnError:
-        give_back(services, _paid(services, admission, ticket, created=False))
-        _settle(published)
-        raise
-    if not created:  # a replay (its first request was admitted): this one costs nothing
-        give_back(services, _paid(services, admission, ticket, created=False))
-        _settle(published)
+    if admission is not None and not admission.taken:  # its tickets ride on the commit
+        new = dataclasses.replace(new, tickets=Tickets(admission.quota_key, admission.tickets))
+    if not _create(services, new, admission):
+        # A replay (its first request was admitted): this one costs nothing.
         existing = services.store.get(job_id)
         if existing is None or existing.uid != uid \
                 or existing.server.fingerprint != request.fingerprint():
@@ -93,85 +83,39 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     with log.job_context(job_id):
         tracing.accepted(job_id)
         try:
-            _paid(services, admission, ticket, created=True)
-        except KilnError as exc:  # its quota was taken meanwhile: the job ends at once
-            _refused(services, job_id, exc)
-            _settle(published)
-            raise
-        if not _settle(published):
+            services.queue.publish(job_id)
+        except RetryableError:
             # Accepted all the same: the documents are durable and the sweeper re-publishes.
             log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
         log.event(logger, "job accepted", kind=request.kind, channel=channel)
     return Accepted(job_id, True, JobStatus.PENDING)
 
 
-def _paid(services: Services, admission: Admission | None, ticket: Future[object] | None, *,
-          created: bool) -> Admission | None:
-    """The admission with its tickets taken. A deferred admission's reserved numbers were
-    taken beside the commit; when another instance took one first, the next free ones are
-    taken now (``created``: only for a job that exists; else nothing more is taken).
+def _create(services: Services, new: NewJob, admission: Admission | None) -> bool:
+    """Create the job (with the quota tickets it carries: one commit); False for a replay,
+    which takes nothing. When another instance took one of the reserved numbers first,
+    the next free ones are taken, then the job is created.
 
     Raises:
-        QuotaExceededError: the quota ran out meanwhile.
-        RetryableError: the quota store is unavailable.
+        QuotaExceededError: the quota ran out meanwhile (nothing created).
     """
-    if admission is None or ticket is None:
-        return admission
     try:
-        confirmed = bool(ticket.result())
-    except RetryableError:
-        if not created:
-            return None
-        raise
-    if confirmed:
-        return dataclasses.replace(admission, taken=True)
+        created = services.store.create(new)
+    except TicketTakenError:
+        assert admission is not None
+        numbers = services.counters.take(admission.quota_key, admission.count,
+                                         admission.plan.daily_jobs)
+        if numbers is None:
+            raise over_quota(admission, services.clock.now()) from None
+        admission = dataclasses.replace(admission, tickets=tuple(numbers), taken=True)
+        try:
+            created = services.store.create(dataclasses.replace(new, tickets=None))
+        except KilnError:
+            give_back(services, admission)
+            raise
     if not created:
-        return None
-    numbers = services.counters.take(admission.quota_key, admission.count,
-                                     admission.plan.daily_jobs)
-    if numbers is None:
-        raise over_quota(admission, services.clock.now())
-    return dataclasses.replace(admission, tickets=tuple(numbers), taken=True)
-
-
-def _refused(services: Services, job_id: str, error: KilnError) -> None:
-    """End a job created beside a quota that ran out (or could not be reached): failed,
-    with the reason its caller is also told (its message may have reached a worker)."""
-    try:
-        services.store.transact(job_id, lambda job: (lifecycle.fail(
-            job, code=error.code, message=error.message) if job and not job.terminal else None,
-            None))
-    except KilnError as exc:  # its deadline or the sweeper ends it
-        log.event(logger, "refused job not ended", logging.WARNING, code=exc.code)
-
-
-#: The ``reason`` of the message published beside its job's commit: a worker that finds
-#: no job for it while it is young nacks instead of dropping it (kiln.runtime.worker).
-ACCEPT_REASON = "accept"
-#: Calls in flight beside the jobs' commits (two per ingress thread at most).
-_POOL_SIZE = 32
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _beside(call: Callable[..., object], *args: Any, **kwargs: Any) -> Future[object]:
-    """Run ``call`` on the pool with the request's context (its log fields and its trace,
-    which the message carries)."""
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="kiln-accept")
-    return _pool.submit(contextvars.copy_context().run, call, *args, **kwargs)
-
-
-def _settle(published: Future[object]) -> bool:
-    """Wait for the publish; whether it went out (a failure is logged by the caller)."""
-    try:
-        published.result()
-    except RetryableError:
-        return False
-    return True
+        give_back(services, admission)  # (only tickets taken apart; the commit took none)
+    return created
 
 
 def check_image_url(request: JobRequest, *, allow_local: bool) -> None:

@@ -34,7 +34,6 @@ from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
 from kiln.providers.callbacks import task_key
 from kiln.runtime import checks, dispatch, endings, notify
-from kiln.runtime.accept import ACCEPT_REASON
 from kiln.runtime.outcomes import RunOutcome
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
@@ -84,8 +83,7 @@ def handle_message(data: Any, services: Services) -> RunOutcome:
     with log.job_context(job_id):
         try:
             outcome = run_job(job_id, services, check=delivery.check,
-                              published_at=delivery.published_at, delivered_at=delivered_at,
-                              fresh=delivery.reason == ACCEPT_REASON)
+                              published_at=delivery.published_at, delivered_at=delivered_at)
             return outcome
         except RetryableError as exc:
             outcome = RunOutcome.NOT_YET if exc.code == BACKOFF else RunOutcome.RELEASED
@@ -107,13 +105,12 @@ _GAVE_BACK = frozenset({RunOutcome.COMPLETED, RunOutcome.FAILED, RunOutcome.CANC
 
 def run_job(job_id: str, services: Services, *, check: int | None = None,
             published_at: dt.datetime | None = None,
-            delivered_at: dt.datetime | None = None, fresh: bool = False) -> RunOutcome:
+            delivered_at: dt.datetime | None = None) -> RunOutcome:
     """Run one delivery of ``job_id`` (``check``: the scheduled check it is; the two times
-    go on the job's timeline with its claim; ``fresh``: the message was published beside
-    the job's commit); when the job ended (or went back to the queue), start who is next
-    in the fair queue."""
+    go on the job's timeline with its claim); when the job ended (or went back to the
+    queue), start who is next in the fair queue."""
     outcome = _run_job(job_id, services, check=check, published_at=published_at,
-                       delivered_at=delivered_at, fresh=fresh)
+                       delivered_at=delivered_at)
     if outcome in _GAVE_BACK:
         try:
             dispatch.after_end(services, job_id)
@@ -124,8 +121,7 @@ def run_job(job_id: str, services: Services, *, check: int | None = None,
 
 
 def _run_job(job_id: str, services: Services, *, check: int | None,
-             published_at: dt.datetime | None, delivered_at: dt.datetime | None,
-             fresh: bool) -> RunOutcome:
+             published_at: dt.datetime | None, delivered_at: dt.datetime | None) -> RunOutcome:
     """Run one delivery of ``job_id``."""
     clock = services.clock
     started = clock.monotonic()
@@ -140,10 +136,6 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places)
         if outcome is not ClaimOutcome.CLAIMED:  # another delivery or a pass was first
             dispatch.release_unheld(services, job, job_id, places)
-    elif outcome is ClaimOutcome.MISSING and fresh and _young(published_at, services):
-        # Published beside its job's commit (kiln.runtime.accept): the commit may not have
-        # landed yet. Nack; a message whose job never appeared is dropped once it is old.
-        raise RetryableError("The job is not recorded yet.", code=BACKOFF)
     if outcome is not ClaimOutcome.CLAIMED:
         return RunOutcome(outcome.value)
     assert job is not None
@@ -248,16 +240,6 @@ def _claim(job_id: str, services: Services, check: int | None,
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
-
-
-#: How long a message published beside its job's commit may wait for it (a commit that
-#: has not landed by then failed, and its request was refused).
-CREATE_GRACE_SECONDS = 10.0
-
-
-def _young(published_at: dt.datetime | None, services: Services) -> bool:
-    return published_at is not None and (
-        services.clock.now() - published_at).total_seconds() < CREATE_GRACE_SECONDS
 
 
 def _claim_steps(outcome: ClaimOutcome, job: Job | None, check: int | None, now: dt.datetime,
