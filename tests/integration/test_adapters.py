@@ -126,6 +126,21 @@ def test_blob_stream_is_checksummed_and_typed(services: Any) -> None:
     assert blob.metadata["firebaseStorageDownloadTokens"]
 
 
+def test_a_one_piece_blob_is_stored_whole_with_its_metadata(services: Any) -> None:
+    """A file of one piece (a thumbnail, most images) goes up in one request, once
+    validated, with the same type, token and caching as a streamed one."""
+    import hashlib
+
+    data = b"\x89PNG small" * 100
+    path = f"generations/u/{uuid.uuid4().hex[:8]}/thumb.png"
+    stored = services.blobs.put_bytes(path, data, "image/png")
+    assert stored.bytes == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert services.blobs.read(path) == data
+    blob = services.blobs.bucket.get_blob(path)
+    assert blob.content_type == "image/png" and blob.cache_control == "private, max-age=3600"
+    assert blob.metadata["firebaseStorageDownloadTokens"]
+
+
 def test_invalid_artifact_leaves_nothing_in_the_bucket(services: Any) -> None:
     """A GLB that fails validation raises and no object (not even partial) exists."""
     path = f"generations/u/{uuid.uuid4().hex[:8]}/result.glb"
