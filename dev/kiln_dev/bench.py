@@ -128,7 +128,8 @@ def _row(label: str, values: dict[str, str]) -> str:
 
 def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
            rss: dict[str, float], cold: dict[str, float],
-           gaps: dict[str, list[float]] | None = None) -> list[str]:
+           gaps: dict[str, list[float]] | None = None,
+           floor_cpu: float | None = None) -> list[str]:
     res = bench.results
 
     def med(target: str, level: int, pick: Callable[[Result], float]) -> float:
@@ -145,6 +146,10 @@ def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
         lines.append(_row(f"CPU s per 1,000 jobs: {part}", {
             t: f"{median(r.cpu[part] for lv in LEVELS for r in res.get((t, lv), []) if part in r.cpu):.2f}"
             for t in TARGETS if any(part in r.cpu for lv in LEVELS for r in res.get((t, lv), []))}))
+    if floor_cpu is not None:
+        peer = median(r.cpu["ingress"] for lv in LEVELS for r in res.get(("peer", lv), []))
+        lines.append(f"  floor's two SDK calls alone, client CPU per 1,000 jobs: {floor_cpu:.2f} s "
+                     f"({floor_cpu / peer:.2f}× the peer's whole ingress)")
     storage = [r.cpu["storage"] for lv in LEVELS for r in res.get(("kiln", lv), [])
                if "storage" in r.cpu]
     if storage:
@@ -220,11 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {round_no + 1} c{level:<3} {target:<6} p50 {result.run.p50:6.1f} "
                           f"p99 {result.run.p99:6.1f} ms  {result.run.throughput:5.0f}/s  "
                           + "  ".join(f"{k} {v:.2f}" for k, v in result.cpu.items()), flush=True)
+        floor_cpu = bench.floor.cpu_per_job(200) * 1000
+        bench.sent["floor"] += 200
+        wait_for(lambda: bench.done("floor") >= bench.expected("floor"), 900, "floor's worker")
         e2e, push_floor, gaps = bench_e2e.sequential(stack, peer, bench.headers, args.jobs)
         rss = {"kiln": rss_mb(bench.parts("kiln")["stack"]),
                "kiln:fn": rss_mb([stack.procs["ingress"].pid, stack.procs["worker"].pid]),
                "peer": rss_mb(peer.pgids()), "peer:fn": rss_mb(peer.pgids("gunicorn", "celery"))}
-        print("\n".join(report(bench, e2e, push_floor, rss, cold, gaps)), flush=True)
+        print("\n".join(report(bench, e2e, push_floor, rss, cold, gaps, floor_cpu)), flush=True)
     return 0
 
 
