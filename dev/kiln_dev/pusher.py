@@ -43,6 +43,8 @@ class PushRelay:
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._open = threading.Event()  # cleared: deliveries wait (``hold``)
+        self._open.set()
         self._thread: threading.Thread | None = None
         self.in_flight = 0
         self.peak = 0
@@ -68,7 +70,19 @@ class PushRelay:
                 future.result(timeout=5)
             self._stop.wait(1.0)
 
+    def hold(self) -> None:
+        """Deliver nothing until :meth:`release` (messages wait, leased, as on a worker
+        that is busy elsewhere); for measuring the ingress alone (``kiln_dev.bench``)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def _deliver(self, message: Any) -> None:
+        while not self._open.wait(1.0):
+            if self._stop.is_set():
+                message.nack()
+                return
         with self._lock:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)

@@ -321,3 +321,40 @@ def test_corrupted_files_only_raise_permanent_error(cls: type, data: bytes) -> N
             del corrupt[rng.randrange(len(corrupt)):]
         with contextlib.suppress(PermanentError):
             stream(cls(), bytes(corrupt), rng.choice([1, 7, MiB]))
+
+
+def test_a_small_image_and_its_thumbnail_are_stored_as_a_streamed_one_is() -> None:
+    """An image of known small size is validated whole, then stored with its thumbnail at
+    the same time: the same objects and result as the streamed path (size unknown)."""
+    from kiln.core.job import Job
+    from kiln.providers.base import Artifact
+    from kiln.runtime.results import store_result
+    from kiln_dev.fakes import InMemoryBlobs
+
+    data = png(64, 48)
+    job = Job.from_docs("job1", {"uid": "u", "kind": "image", "status": "processing"})
+    results = []
+    for size in (len(data), None):
+        blobs = InMemoryBlobs()
+        artifact = Artifact("image", "image/png", [data[:10], data[10:]], size=size)
+        results.append((store_result(blobs, job, artifact, max_bytes=10_000_000),
+                        sorted(blobs.objects)))
+    assert results[0] == results[1]
+    result, objects = results[0]
+    assert objects == ["generations/u/job1/result.png", "generations/u/job1/thumb.png"]
+    assert result["bytes"] == len(data) and result["thumbnailPath"].endswith("thumb.png")
+
+
+def test_a_small_invalid_image_stores_nothing_not_even_a_thumbnail() -> None:
+    from kiln.core.job import Job
+    from kiln.providers.base import Artifact
+    from kiln.runtime.results import store_result
+    from kiln_dev.fakes import InMemoryBlobs
+
+    data = png(64, 48)[:-20]  # cut short: the validator refuses it
+    job = Job.from_docs("job1", {"uid": "u", "kind": "image", "status": "processing"})
+    blobs = InMemoryBlobs()
+    with pytest.raises(PermanentError):
+        store_result(blobs, job, Artifact("image", "image/png", [data], size=len(data)),
+                     max_bytes=10_000_000)
+    assert blobs.objects == {}

@@ -1,23 +1,30 @@
 """A job's result in the bucket: where it lives (contract) and how it gets there.
 
 The artifact streams through a validator and a SHA-256 into ``generations/{uid}/{jobId}/``;
-images get a thumbnail. Paths are deterministic, so a re-run overwrites the same object
-instead of leaving a second artifact.
+images get a thumbnail (a small image's is uploaded at the same time as the image). Paths
+are deterministic, so a re-run overwrites the same object instead of leaving a second
+artifact.
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kiln import tracing
 from kiln.core.errors import PermanentError
 from kiln.core.job import Job
-from kiln.ports import BlobStore
+from kiln.ports import BlobStore, StoredObject
 from kiln.providers.base import EXTENSIONS, Artifact
 from kiln.runtime.artifacts import make_thumbnail, validator_for
 
 THUMBNAIL_SOURCE_MAX = 20 * 1024 * 1024  # images up to this size get a thumbnail made here
+#: Images up to this size (known up front) are held whole: validated, then uploaded at the
+#: same time as their thumbnail (one upload piece: kiln.adapters.storage).
+SMALL_IMAGE = 8 * 1024 * 1024
 
 
 def result_path(uid: str, job_id: str, ext: str) -> str:
@@ -37,6 +44,9 @@ def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
     if artifact.size is not None and artifact.size > max_bytes:
         raise PermanentError("The result is larger than this service accepts.",
                              code="artifact_too_large")
+    if artifact.kind == "image" and artifact.thumbnail is None and artifact.size is not None \
+            and artifact.size <= SMALL_IMAGE:
+        return _store_small_image(blobs, job, artifact, max_bytes)
     kept: list[bytes] | None = None
     chunks: Iterable[bytes] = artifact.chunks
     if artifact.kind == "image" and artifact.thumbnail is None and (
@@ -47,6 +57,37 @@ def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
         result_path(job.uid, job.id, EXTENSIONS[artifact.kind]), chunks, artifact.content_type,
         validator_for(artifact.content_type, max_bytes=max_bytes),
     )
+    thumbnail = artifact.thumbnail
+    if thumbnail is None and kept:
+        thumbnail = make_thumbnail(b"".join(kept))
+    thumb = blobs.put_bytes(thumbnail_path(job.uid, job.id), thumbnail, "image/png") \
+        if thumbnail else None
+    return _result(stored, thumb)
+
+
+def _store_small_image(blobs: BlobStore, job: Job, artifact: Artifact,
+                       max_bytes: int) -> dict[str, Any]:
+    """An image known to be small: validated whole first, then the result and its
+    thumbnail are uploaded at the same time (nothing is stored unless it is valid)."""
+    data = b"".join(artifact.chunks)
+    check = validator_for(artifact.content_type, max_bytes=max_bytes)
+    check.feed(data)
+    check.finish()
+
+    def thumbnail() -> StoredObject:
+        return blobs.put_bytes(thumbnail_path(job.uid, job.id), make_thumbnail(data),
+                               "image/png")
+
+    thumb = _uploads().submit(contextvars.copy_context().run, thumbnail)
+    try:
+        stored = blobs.put_stream(result_path(job.uid, job.id, EXTENSIONS["image"]), [data],
+                                  artifact.content_type)
+    finally:
+        made = thumb.result()  # (its error, if any, is the job's, as in the streamed path)
+    return _result(stored, made)
+
+
+def _result(stored: StoredObject, thumb: StoredObject | None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "path": stored.path,
         "contentType": stored.content_type,
@@ -54,14 +95,23 @@ def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
         "sha256": stored.sha256,
         "downloadUrl": stored.download_url,
     }
-    thumbnail = artifact.thumbnail
-    if thumbnail is None and kept:
-        thumbnail = make_thumbnail(b"".join(kept))
-    if thumbnail:
-        thumb = blobs.put_bytes(thumbnail_path(job.uid, job.id), thumbnail, "image/png")
+    if thumb is not None:
         result["thumbnailPath"] = thumb.path
         result["thumbnailUrl"] = thumb.download_url
     return result
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _uploads() -> ThreadPoolExecutor:
+    """Thumbnail uploads beside their results (one per delivery in flight at most)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(16, thread_name_prefix="kiln-thumbnail")
+        return _pool
 
 
 def _tee(chunks: Iterable[bytes], kept: list[bytes], limit: int) -> Iterator[bytes]:
