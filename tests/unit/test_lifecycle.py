@@ -284,6 +284,29 @@ def test_park_gives_up_the_lease_and_only_the_live_check_continues_the_attempt()
     assert w.store.public_writes["job-1"] == writes + 2  # the attempts edit, the progress
 
 
+def test_once_its_live_check_is_overdue_any_check_runs_a_waiting_job() -> None:
+    """Behind a push backlog longer than the sweeper's repair interval every repaired check
+    would arrive after the next repair: a late copy of an older check runs the job once
+    its live check is overdue (the lease decides between copies); before that it is
+    stale."""
+    w = World(kind="model")
+    w.claim()
+    w.do(lambda j: lifecycle.checkpoint(j, worker_id="w1", now=w.clock.now(), policy=POLICY,
+                                        provider="p", task_id="t"))
+    park(w)  # check 1, due in 5 s
+    w.do(lambda j: lifecycle.recheck(j, now=w.clock.now())[0])  # check 2, due now
+    early = lifecycle.claim(w.job, worker_id="w2", now=w.clock.now() - dt.timedelta(seconds=1),
+                            policy=POLICY, claim_token="t2", check=1)
+    assert early.outcome is ClaimOutcome.STALE
+    late = lifecycle.claim(w.job, worker_id="w2", now=w.clock.now(), policy=POLICY,
+                           claim_token="t2", check=1)
+    assert late.outcome is ClaimOutcome.CLAIMED and late.resume_task_id == "t"
+    w.store.apply("job-1", late.change)
+    copy = lifecycle.claim(w.job, worker_id="w3", now=w.clock.now(), policy=POLICY,
+                           claim_token="t3", check=2)
+    assert copy.outcome is ClaimOutcome.BUSY  # the live check's own copy, too late
+
+
 def test_wake_and_recheck() -> None:
     """A wake makes a new live check due now (once: a due check is not doubled); a held job
     is marked so its next park is immediate; ended and pending jobs need nothing."""

@@ -117,7 +117,8 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
     (a check of a job waiting on its remote task continues the same attempt). A job whose
     lease expired mid-run is claimed again and resumes its checkpointed provider task.
     ``check``: the delivery is that scheduled check; a waiting job runs only for its live
-    check (``check_seq``), every other delivery of it is acked. ``places``: the delivery
+    check (``check_seq``), or for any check once that one is overdue; every other delivery
+    of it is acked. ``places``: the delivery
     holds these places for a queued job (its arrival): it leaves the queue (as
     :func:`start`) and is claimed in the same write."""
     if job is None:
@@ -143,7 +144,11 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
     if srv.waiting:
         if check is None:
             return Claim(ClaimOutcome.WAITING)  # a duplicate or re-published plain message
-        if check != srv.check_seq:
+        overdue = srv.next_check_at is not None and srv.next_check_at <= now
+        if check != srv.check_seq and not overdue:
+            # Once the live check is overdue, any check of the job runs it (the lease
+            # decides which): behind a backlog longer than the sweeper's repair interval,
+            # every repaired check would otherwise arrive after the next repair, stale.
             return Claim(ClaimOutcome.STALE)
         # Invisible to listeners: the job was and stays processing.
         return Claim(ClaimOutcome.CLAIMED, Change(
