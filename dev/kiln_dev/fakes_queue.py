@@ -24,19 +24,21 @@ class InMemoryCounters:
 
     def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
         with self._lock:
-            held = self.tickets.setdefault(key, set())
-            free = [n for n in range(1, limit + 1) if n not in held][:count]
-            if len(free) < count:
-                return None
-            held.update(free)
-            self.holders.update({(key, n): holder for n in free})
+            free = self._free(key, count, limit)
+            if free is not None:
+                self.tickets.setdefault(key, set()).update(free)
+                self.holders.update({(key, n): holder for n in free})
             return free
 
     def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
         with self._lock:
-            held = self.tickets.get(key, set())
-            free = [n for n in range(1, limit + 1) if n not in held][:count]
-            return free if len(free) == count else None
+            return self._free(key, count, limit)
+
+    def _free(self, key: str, count: int, limit: int) -> list[int] | None:
+        """The lowest ``count`` free numbers up to ``limit`` (caller holds the lock)."""
+        held = self.tickets.get(key, set())
+        free = [n for n in range(1, limit + 1) if n not in held][:count]
+        return free if len(free) == count else None
 
     def confirm(self, key: str, numbers: list[int], holder: str = "") -> bool:
         """Take exactly ``numbers`` (a job's create carrying them); False when one is held."""

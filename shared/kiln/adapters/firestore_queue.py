@@ -79,13 +79,10 @@ class FirestoreCounters:
         # The numbers are guessed with no read (after this process's last ones) and
         # reserved here before they are tried, so this process's threads never race each
         # other for one number; only another process's take can make a create fail.
-        start = self._reserve(key, count, None)
+        numbers = self._numbers(key, count, limit, None)
         for _attempt in range(TAKE_ATTEMPTS):
-            numbers = list(range(start, start + count))
-            if numbers[-1] > limit:  # at the quota's edge: the numbers still free, if any
-                numbers = self._free(key, limit)[:count]
-                if len(numbers) < count:
-                    return None
+            if numbers is None:
+                return None
             try:
                 with unavailable_is_retryable("admission store"):
                     self._create(key, numbers, holder)
@@ -95,13 +92,18 @@ class FirestoreCounters:
             except RetryableError as exc:
                 if not isinstance(exc.__cause__, gexc.Aborted):
                     raise  # (Aborted: the emulator's lock on a number another one takes)
-            start = self._reserve(key, count, self.used(key) + 1)
+            numbers = self._numbers(key, count, limit, self.used(key) + 1)
         raise RetryableError("The quota is busy.", code="contention")
 
     def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
-        start = self._reserve(key, count, None)
+        return self._numbers(key, count, limit, None)
+
+    def _numbers(self, key: str, count: int, limit: int, floor: int | None) -> list[int] | None:
+        """The ``count`` numbers to try next (:meth:`_reserve`); at the quota's edge the
+        numbers still free, if any (None: fewer than ``count`` are left)."""
+        start = self._reserve(key, count, floor)
         numbers = list(range(start, start + count))
-        if numbers[-1] > limit:  # at the quota's edge: the numbers still free, if any
+        if numbers[-1] > limit:
             numbers = self._free(key, limit)[:count]
         return numbers if len(numbers) == count else None
 

@@ -118,9 +118,8 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
     lease expired mid-run is claimed again and resumes its checkpointed provider task.
     ``check``: the delivery is that scheduled check; a waiting job runs only for its live
     check (``check_seq``), or for any check once that one is overdue; every other delivery
-    of it is acked. ``places``: the delivery
-    holds these places for a queued job (its arrival): it leaves the queue (as
-    :func:`start`) and is claimed in the same write."""
+    of it is acked. ``places``: the delivery holds these places for a queued job (its
+    arrival): it leaves the queue (as :func:`start`) and is claimed in the same write."""
     if job is None:
         return Claim(ClaimOutcome.MISSING)
     srv = job.server
