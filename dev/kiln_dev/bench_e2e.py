@@ -60,7 +60,6 @@ class Floor:
         self.publisher.publish(topic=self.topic, messages=[
             PubsubMessage(data=data, attributes=attributes)], timeout=3)
 
-
     def cpu_per_job(self, jobs: int) -> float:
         """CPU seconds this process spends per floor acceptance (its SDK calls alone),
         sequential with nothing else running in it."""
