@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import random
 import time
@@ -23,6 +24,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
+from kiln.adapters import wire
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
@@ -142,7 +144,7 @@ def ticket_ref(client: firestore.Client, key: str, number: int) -> firestore.Doc
 
 def ticket_fields(key: str, number: int, holder: str) -> dict[str, Any]:
     # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
-    return {"key": key, "holder": holder, "n": number, "at": firestore.SERVER_TIMESTAMP,
+    return {"key": key, "holder": holder, "n": number, "at": sentinels.SERVER_TIME,
             "expireAt": dt.datetime.now(dt.UTC) + TICKET_LIFETIME}
 
 
@@ -152,6 +154,10 @@ class FirestoreJobStore:
     def __init__(self, client: firestore.Client) -> None:
         self.client = client
 
+    @functools.cached_property
+    def creates(self) -> wire.Creates:
+        return wire.Creates(self.client)
+
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self.client.collection(JOBS).document(job_id)
 
@@ -160,17 +166,17 @@ class FirestoreJobStore:
 
     def create(self, job: NewJob) -> bool:
         """Create both documents (and the job's quota tickets) in one commit; False when
-        the job exists already."""
-        batch = self.client.batch()
-        batch.create(self.ref(job.id), _fields(job.doc))
-        batch.create(self.server_ref(job.id), _fields(job.server))
+        the job exists already. The ingress's one Firestore call: sent as raw protobuf
+        (``kiln.adapters.wire``)."""
+        documents = [(f"{JOBS}/{job.id}", job.doc),
+                     (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
         if job.tickets is not None:
-            for number in job.tickets.numbers:
-                batch.create(ticket_ref(self.client, job.tickets.key, number),
-                             ticket_fields(job.tickets.key, number, job.tickets.holder))
+            documents += [(ticket_ref(self.client, job.tickets.key, number).path,
+                           ticket_fields(job.tickets.key, number, job.tickets.holder))
+                          for number in job.tickets.numbers]
         try:
             with unavailable_is_retryable():
-                batch.commit()
+                self.creates.commit(documents)
         except gexc.AlreadyExists:
             if job.tickets is None or self.get(job.id) is not None:
                 return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import random
 import threading
@@ -31,6 +32,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from kiln.adapters import wire
 from kiln.adapters.firestore import (
     TICKETS,
     doc_id,
@@ -60,6 +62,10 @@ class FirestoreCounters:
 
     def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
         return ticket_ref(self.client, key, number)
+
+    @functools.cached_property
+    def _creates(self) -> wire.Creates:
+        return wire.Creates(self.client)
 
     def used(self, key: str) -> int:
         query = self.client.collection(TICKETS).where(
@@ -132,13 +138,8 @@ class FirestoreCounters:
         return [n for n in range(1, limit + 1) if n not in taken]
 
     def _create(self, key: str, numbers: list[int], holder: str) -> None:
-        if len(numbers) == 1:  # one create-if-absent write
-            self._ticket(key, numbers[0]).create(ticket_fields(key, numbers[0], holder))
-            return
-        batch = self.client.batch()
-        for number in numbers:
-            batch.create(self._ticket(key, number), ticket_fields(key, number, holder))
-        batch.commit()
+        self._creates.commit([(self._ticket(key, number).path, ticket_fields(key, number, holder))
+                              for number in numbers])
 
     def give_back(self, key: str, numbers: list[int]) -> None:
         batch = self.client.batch()

@@ -2,9 +2,10 @@
 
 Pub/Sub only wakes workers; Firestore is the source of truth. The message carries the
 job id and nothing a worker could trust over the document. Each publish is one direct
-``Publish`` RPC on the generated (GAPIC) client, made on the caller's thread: no batch,
-no commit thread, no future (docs/benchmarks.md measures why: the batching client started
-a thread per message and made the webhook wait on a future behind a batch lock).
+``Publish`` RPC, made on the caller's thread: no batch, no commit thread, no future
+(docs/benchmarks.md measures why: the batching client started a thread per message and
+made the webhook wait on a future behind a batch lock). The request is built as raw
+protobuf and sent on the generated client's channel (``kiln.adapters.wire``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
-from google.api_core import retry as retries
-from google.pubsub_v1 import PublisherClient, PubsubMessage
+from google.pubsub_v1 import PublisherClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
 from kiln import tracing
+from kiln.adapters import wire
 from kiln.core import timeline
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import is_valid_job_id
@@ -30,9 +31,6 @@ from kiln.ports import Delivery
 #: milliseconds; past this the job (already durable) is left to the sweeper, so an outage
 #: costs the webhook 3 s, not the SDK's default 60.
 PUBLISH_TIMEOUT = 3.0
-_RETRYABLE = retries.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded,
-                                       gexc.InternalServerError, gexc.Aborted,
-                                       gexc.ResourceExhausted, gexc.Unknown)
 
 
 class PubSubQueue:
@@ -43,8 +41,7 @@ class PubSubQueue:
         self.timeout = timeout
         self.client = client or PublisherClient()
         self.topic_path = self.client.topic_path(project, topic)
-        self.retry = retries.Retry(initial=0.05, maximum=1.0, multiplier=2.0,
-                                   predicate=_RETRYABLE, timeout=timeout)
+        self._publish = wire.Publish(self.client, self.topic_path, timeout=timeout)
 
     @classmethod
     def connect(cls, project: str, topic: str, *, emulator_host: str = "",
@@ -63,14 +60,11 @@ class PubSubQueue:
         """
         with tracing.span("pubsub.publish", job_id=job_id, reason=reason, check=check):
             data, attributes = encode_message(job_id, reason=reason, check=check)
-            message = PubsubMessage(data=data, attributes=attributes)
             try:
-                response = self.client.publish(topic=self.topic_path, messages=[message],
-                                               retry=self.retry, timeout=self.timeout)
+                return self._publish(data, attributes)
             except (gexc.GoogleAPIError, TimeoutError) as exc:
                 raise RetryableError("The job queue is unavailable.",
                                      code="queue_unavailable") from exc
-            return str(response.message_ids[0])
 
 
 def encode_message(job_id: str, *, reason: str = "new",

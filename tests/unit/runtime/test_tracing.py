@@ -8,10 +8,15 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import flask
+import grpc
 import pytest
+from google.pubsub_v1 import PublisherClient
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.types import pubsub
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rig import Rig
 
@@ -27,18 +32,33 @@ CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
 
 
-class StubPublisher:
-    """The generated Pub/Sub client's two calls the adapter makes; keeps the messages."""
+class PublishServer:
+    """A gRPC server on 127.0.0.1 answering Pub/Sub's ``Publish`` as the service does;
+    keeps the messages it was sent."""
 
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        request, response = pubsub.PublishRequest.pb(), pubsub.PublishResponse.pb()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "google.pubsub.v1.Publisher", {"Publish": grpc.unary_unary_rpc_method_handler(
+                self._publish, request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString)})])
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.client = PublisherClient(transport=PublisherGrpcTransport(
+            channel=grpc.insecure_channel(f"127.0.0.1:{port}")))
 
-    def topic_path(self, project: str, topic: str) -> str:
-        return f"projects/{project}/topics/{topic}"
+    def _publish(self, request: Any, context: Any) -> Any:
+        self.messages.extend(request.messages)
+        return pubsub.PublishResponse.pb()(message_ids=[str(len(self.messages))])
 
-    def publish(self, *, topic: str, messages: list[Any], retry: Any, timeout: float) -> Any:
-        self.messages.extend(messages)
-        return type("Response", (), {"message_ids": [str(len(self.messages))]})()
+
+@pytest.fixture
+def publisher() -> Iterator[PublishServer]:
+    server = PublishServer()
+    yield server
+    server.server.stop(None)
 
 
 class StubTasks:
@@ -71,13 +91,12 @@ def push(data: bytes, attributes: dict[str, str]) -> dict[str, Any]:
 
 
 def test_a_job_accepted_over_http_and_delivered_by_push_is_one_trace(
-        rig: Rig, spans: InMemorySpanExporter) -> None:
+        rig: Rig, spans: InMemorySpanExporter, publisher: PublishServer) -> None:
     """Given a request carrying a caller's traceparent, when the ingress accepts the job,
     publishes it, and the worker runs the push, then the push's attributes carry the
     context, and accept, publish, deliver, claim, provider, store and notify are one trace
     in which the delivery is the child of the publish."""
-    publisher = StubPublisher()
-    rig.services.queue = PubSubQueue("demo-unit", "kiln-jobs", publisher)  # type: ignore[arg-type]
+    rig.services.queue = PubSubQueue("demo-unit", "kiln-jobs", publisher.client)
     request = flask.Request.from_values(
         "/v1/jobs", method="POST", json={"kind": "image", "prompt": "a red cube"},
         headers={"Authorization": "Bearer uid:alice", "traceparent": CALLER})
