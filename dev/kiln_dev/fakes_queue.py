@@ -63,7 +63,7 @@ class InMemoryCounters:
     def used(self, key: str) -> int:
         return len(self.tickets.get(key, ()))
 
-    def waiting(self, reason: str | None = None) -> int:
+    def waiting(self, reason: str | None = None, *, unknown: int | None = None) -> int:
         if self.store is None:
             return 0
         return sum(1 for doc in self.store.docs.values() if doc.get("status") == "pending"

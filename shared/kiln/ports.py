@@ -264,9 +264,11 @@ class Counters(Protocol):
         the same request holds one)."""
         ...
 
-    def waiting(self, reason: str | None = None) -> int:
+    def waiting(self, reason: str | None = None, *, unknown: int | None = None) -> int:
         """Jobs accepted and not yet started (``pending``); with ``reason``, those waiting
-        for it (``queueReason``). About a second stale (read in the background)."""
+        for it (``queueReason``). About a second stale (read in the background). With
+        ``unknown``, a process that has no count yet answers ``unknown`` at once and
+        reads the count in the background (the acknowledgement never waits on it)."""
         ...
 
 

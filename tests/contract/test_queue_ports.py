@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from kiln.adapters.firestore_queue import FirestoreCounters
 from kiln_dev.fakes import InMemoryCounters, InMemorySlots
+from support import wait_for
 
 
 @pytest.fixture(params=["fake", "emulator"])
@@ -31,6 +33,17 @@ def test_quota_tickets_are_exact_and_given_back(ports: tuple[Any, Any]) -> None:
     counters.give_back(key, [3])
     assert counters.take(key, 1, 3) == [3]
     assert counters.waiting() >= 0
+
+
+def test_a_count_not_read_yet_is_answered_at_once_then_read(ports: tuple[Any, Any]) -> None:
+    """``unknown``: a process with no count answers it (or the count) without waiting,
+    and has the count soon after."""
+    counters, _slots = ports
+    fresh = counters if isinstance(counters, InMemoryCounters) \
+        else FirestoreCounters(counters.client)
+    assert fresh.waiting(unknown=-1) >= -1
+    assert wait_for(lambda: fresh.waiting(unknown=-1) >= 0, 30, 0.02, "the waiting count")
+    assert fresh.waiting(unknown=-1) == fresh.waiting()
 
 
 def test_a_ticket_knows_the_job_it_pays_for(ports: tuple[Any, Any]) -> None:

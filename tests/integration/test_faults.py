@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from kiln.adapters.firestore import connect
+from kiln.adapters.firestore_queue import COUNT_TIMEOUT, FirestoreCounters
 from kiln.adapters.pubsub import PubSubQueue
 from kiln.core.errors import RetryableError
 from kiln_dev.faults import HttpFaultProxy, TcpProxy
@@ -88,6 +90,24 @@ def test_http_proxy_faults_only_matching_requests(storage_proxy: HttpFaultProxy,
     storage_proxy.down = True
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{storage_proxy.url}/storage/v1/b/{stack.bucket}/o", timeout=10)
+
+
+def test_a_fresh_instance_admits_without_waiting_for_the_waiting_count(stack: LocalStack) -> None:
+    """Given Firestore unreachable (its proxy down) and counters with no count yet, then
+    the admission's ``waiting(unknown=0)`` answers 0 at once (the read goes on in the
+    background), where a plain ``waiting()`` fails as unavailable within its timeout."""
+    proxy = TcpProxy(stack.config.host, stack.config.firestore_port).start()
+    try:
+        counters = FirestoreCounters(connect(stack.config.project, proxy.address))
+        proxy.down()
+        assert counters.waiting(unknown=0) == 0
+        assert counters.waiting(unknown=0) == 0  # one background read at a time
+        started = time.monotonic()
+        with pytest.raises(RetryableError):
+            FirestoreCounters(counters.client).waiting()
+        assert time.monotonic() - started < COUNT_TIMEOUT + 2
+    finally:
+        proxy.stop()
 
 
 def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any) -> None:

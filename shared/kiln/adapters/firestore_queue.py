@@ -46,6 +46,9 @@ SLOTS, WINDOWS, JOBS = "slots", "slotWindows", "jobs"
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
 WAITING_CACHE_SECONDS = 1.0
+#: One try of the waiting count, this long at most: the SDK's default retries the query
+#: for minutes when Firestore is unreachable, and a caller would rather hear so.
+COUNT_TIMEOUT = 5.0
 WINDOW_CACHE_SECONDS = 1.0
 
 
@@ -71,7 +74,7 @@ class FirestoreCounters:
         query = self.client.collection(TICKETS).where(
             filter=firestore.FieldFilter("key", "==", key))
         with unavailable_is_retryable("admission store"):
-            result: Any = query.count().get()  # type: ignore[call-arg]
+            result: Any = query.count().get(retry=None, timeout=COUNT_TIMEOUT)  # type: ignore[call-arg]
         return int(result[0][0].value)
 
     def held(self, key: str, holder: str) -> bool:
@@ -148,23 +151,24 @@ class FirestoreCounters:
         with unavailable_is_retryable("admission store"):
             batch.commit()
 
-    def waiting(self, reason: str | None = None) -> int:
+    def waiting(self, reason: str | None = None, *, unknown: int | None = None) -> int:
         # Read once; afterwards a stale count is answered at once while one thread reads
-        # the next (the acknowledgement never waits on this query after the first).
+        # the next. With ``unknown`` even the first read is made in the background.
         now = self._clock()
         with self._lock:
             hit = self._waiting.get(reason)
             stale = hit is None or now - hit[0] >= WAITING_CACHE_SECONDS
             thread = None
-            if stale and hit is not None and reason not in self._refreshing:
+            if stale and (hit is not None or unknown is not None) \
+                    and reason not in self._refreshing:
                 thread = self._refreshing[reason] = threading.Thread(
                     target=self._background, args=(reason,), daemon=True,
                     name="kiln-waiting-count")
-        if hit is None:
-            return self._refresh(reason)
         if thread is not None:
             thread.start()
-        return hit[1]
+        if hit is not None:
+            return hit[1]
+        return unknown if unknown is not None else self._refresh(reason)
 
     def _refresh(self, reason: str | None) -> int:
         query = self.client.collection(JOBS).where(
@@ -172,7 +176,7 @@ class FirestoreCounters:
         if reason is not None:
             query = query.where(filter=firestore.FieldFilter("queueReason", "==", reason))
         with unavailable_is_retryable("admission store"):
-            result: Any = query.count().get()  # type: ignore[call-arg]
+            result: Any = query.count().get(retry=None, timeout=COUNT_TIMEOUT)  # type: ignore[call-arg]
         count = int(result[0][0].value)
         with self._lock:
             self._waiting[reason] = (self._clock(), count)
@@ -209,6 +213,10 @@ class FirestoreSlots:
 
     def _place(self, pool: str, index: int) -> firestore.DocumentReference:
         return self.client.collection(SLOTS).document(f"{doc_id(pool)}~{index}")
+
+    @functools.cached_property
+    def _creates(self) -> wire.Creates:  # a new job's places (its arrival)
+        return wire.Creates(self.client)
 
     def take(self, pool: str, capacity: int, job_id: str,
              done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
@@ -250,7 +258,7 @@ class FirestoreSlots:
         index = int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % capacity
         try:
             with unavailable_is_retryable("admission store"):
-                self._place(pool, index).create(doc)
+                self._creates.commit([(self._place(pool, index).path, doc)])
             return True
         except gexc.Conflict:
             return False

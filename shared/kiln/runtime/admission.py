@@ -81,7 +81,9 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
     """
     settings = services.settings
     granted = plan_for(services, uid=uid, channel=channel, claimed=plan)
-    if services.counters.waiting() + count > settings.max_waiting:
+    # A soft limit: a fresh instance admits until its first count arrives (one query, in
+    # the background) rather than make its first request wait on it (docs/architecture.md).
+    if services.counters.waiting(unknown=0) + count > settings.max_waiting:
         raise OverloadedError("Kiln has too many jobs waiting to start; please try again "
                               "in a little while.", code="overloaded",
                               retry_after=OVERLOADED_RETRY_SECONDS)

@@ -126,16 +126,12 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     clock = services.clock
     started = clock.monotonic()
     arrival = {"published": published_at, "delivered": delivered_at}
-    outcome, job, resume_task_id = _claim(job_id, services, check, arrival)
-    if outcome is ClaimOutcome.QUEUED and job is not None and job.queue_reason is None:
-        # A new job's first delivery: it takes its places and is claimed with them in one
-        # write, or it waits its turn.
-        places = dispatch.arrive(services, job)
-        if not places:
-            return RunOutcome.ARRIVED_WAITING
-        outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places)
-        if outcome is not ClaimOutcome.CLAIMED:  # another delivery or a pass was first
-            dispatch.release_unheld(services, job, job_id, places)
+    places = _arrival_places(job_id, services) if check is None else None
+    if places == []:
+        return RunOutcome.ARRIVED_WAITING
+    outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places)
+    if places and outcome is not ClaimOutcome.CLAIMED:  # another delivery or a pass was first
+        dispatch.release_unheld(services, job, job_id, places)
     if outcome is not ClaimOutcome.CLAIMED:
         return RunOutcome(outcome.value)
     assert job is not None
@@ -209,6 +205,19 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
 
 
 @tracing.traced("kiln.claim")
+def _arrival_places(job_id: str, services: Services) -> list[str] | None:
+    """A new job's first delivery (most deliveries are one): a plain read finds the job an
+    *arrival* of the fair queue, which takes its places before the claim's transaction
+    (one transaction per arrival, not two). The places taken; ``[]``: it waits (why is
+    written on it); None: not an arrival (the claim decides)."""
+    job = services.store.get(job_id)
+    if job is None or job.queue_reason is not None or lifecycle.claim(
+            job, worker_id=services.worker_id, now=services.clock.now(),
+            policy=services.policy, claim_token="").outcome is not ClaimOutcome.QUEUED:
+        return None
+    return dispatch.arrive(services, job)
+
+
 def _claim(job_id: str, services: Services, check: int | None,
            arrival: dict[str, dt.datetime | None], places: list[str] | None = None,
            ) -> tuple[ClaimOutcome, Job | None, str | None]:

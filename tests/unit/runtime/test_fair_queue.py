@@ -328,6 +328,23 @@ def test_an_arrivals_first_delivery_takes_its_places_and_runs_or_records_why_it_
     assert run_job(image, rig.services) is RunOutcome.COMPLETED
 
 
+def test_an_arrivals_first_transaction_is_its_claim(rig: Rig) -> None:
+    """An arrival's delivery finds it an arrival with a plain read and takes its places
+    first: its first transaction already claims it (one transaction, not two)."""
+    job_id = post_raw(rig)[1]["jobId"]
+    after: list[str] = []
+    transact = rig.services.store.transact
+
+    def recording(tx_job_id: str, decide: Any) -> Any:
+        value = transact(tx_job_id, decide)
+        after.append(rig.job(tx_job_id).status.value)
+        return value
+
+    rig.services.store.transact = recording  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert after[0] == "processing"
+
+
 def test_an_arrival_whose_message_was_lost_is_republished_by_the_sweeper(rig: Rig) -> None:
     rig.queue.fail_next = 1
     status, body, _headers = post_raw(rig)
