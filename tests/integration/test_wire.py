@@ -26,7 +26,9 @@ AT = dt.datetime(2026, 12, 6, 7, 30, 15, 123456, tzinfo=dt.UTC)
 DOCUMENT: dict[str, Any] = {
     "none": None, "text": "a red cube ✓", "empty": "", "yes": True, "no": False,
     "zero": 0, "big": 2**62, "negative": -7, "ratio": 0.25, "at": AT,
-    "naive": dt.datetime(2026, 1, 2, 3, 4, 5), "blob": b"\x00\xff",
+    "naive": dt.datetime(2026, 1, 2, 3, 4, 5), "old": dt.datetime(1969, 7, 20, 20, 17, 40, 5),
+    "offset": dt.datetime(2026, 6, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
+    "blob": b"\x00\xff",
     "nested": {"a": {"b": [1, "two", None, {"c": AT}]}, "x.y": "dotted", "`q`": 1},
     "emptyMap": {}, "emptyList": [], "tuple": (1, 2), "geo": firestore.GeoPoint(1.5, -2.5),
     "createdAt": sentinels.SERVER_TIME,

@@ -37,6 +37,7 @@ _CommitRequest = firestore_types.CommitRequest.pb()
 _CommitResponse = firestore_types.CommitResponse.pb()
 _PublishRequest = pubsub_types.PublishRequest.pb()
 _PublishResponse = pubsub_types.PublishResponse.pb()
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _REQUEST_TIME = write.DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
 
@@ -126,8 +127,10 @@ def _encode_value(value: Any, out: Any, change: Any, path: tuple[str, ...]) -> N
         out.integer_value = value
     elif isinstance(value, float):
         out.double_value = value
-    elif isinstance(value, dt.datetime):
-        out.timestamp_value.FromDatetime(value)
+    elif isinstance(value, dt.datetime):  # naive is UTC, as the SDK takes it
+        since = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)) - _EPOCH
+        stamp = out.timestamp_value  # (Timestamp.FromDatetime is pure Python, 4× slower)
+        stamp.seconds, stamp.nanos = since.days * 86400 + since.seconds, since.microseconds * 1000
     elif isinstance(value, dict):
         out.map_value.SetInParent()
         _encode_map(value, out.map_value.fields, change, path)
