@@ -141,10 +141,12 @@ STEPS = ("accepted", "published", "delivered", "claimed", "submitted", "generate
          "completed", "notified")
 
 
-def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str], jobs: int
+def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str], jobs: int, *,
+               floor: bool = True
                ) -> tuple[dict[str, list[float]], list[float], dict[str, list[float]]]:
     """POST → completed seen by a listener, one job at a time, Kiln and peer alternating;
-    Kiln's also without its generation (``kiln-gen``, from each job's timeline), and the
+    Kiln's also without its generation (``kiln-gen``, from each job's timeline), the push
+    floor (``floor``: measured after the jobs), and the
     timelines' gaps between consecutive steps (ms)."""
     from kiln_dev.bench import completed
 
@@ -174,7 +176,7 @@ def sequential(stack: LocalStack, peer: PeerStack, headers: dict[str, str], jobs
                 if message.get("data") == peer_id.encode():
                     break
             out["peer"].append(time.perf_counter() - started)
-    return out, push_floor(stack, jobs), gaps
+    return out, push_floor(stack, jobs) if floor else [], gaps
 
 
 def _timeline_gaps(services: Any, job_id: str, out: dict[str, list[float]],

@@ -32,6 +32,13 @@ def test_the_last_line_gives_the_ratios() -> None:
     assert re.search(r"ack p50 / p99 ms, 64 client\(s\)\s+3.0 / 9.0\s+4.5 / 13.5\s+1.0 / 3.0",
                      "\n".join(lines))
 
+    later = ({"kiln-gen": [0.070, 0.080, 0.090]}, {"published → delivered": [30.0, 31.0, 32.0]})
+    lines = report(bench, {"kiln": [0.060], "kiln-gen": [0.045]}, [0.010],  # type: ignore[arg-type]
+                   {}, {}, later=later)
+    assert lines[-1].endswith("e2e p50 45 ms (80 ms after the load)")
+    assert any("after the load rounds" in line and "p50 80 ms, published → delivered 31.0 ms"
+               in line for line in lines)
+
 
 def test_the_closed_loop_counts_every_request_once() -> None:
     seen: list[int] = []
