@@ -204,7 +204,6 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
             "Something went wrong on our side.", code="internal"))
 
 
-@tracing.traced("kiln.claim")
 def _arrival_places(job_id: str, services: Services) -> list[str] | None:
     """A new job's first delivery (most deliveries are one): a plain read finds the job an
     *arrival* of the fair queue, which takes its places before the claim's transaction
@@ -218,6 +217,7 @@ def _arrival_places(job_id: str, services: Services) -> list[str] | None:
     return dispatch.arrive(services, job)
 
 
+@tracing.traced("kiln.claim")
 def _claim(job_id: str, services: Services, check: int | None,
            arrival: dict[str, dt.datetime | None], places: list[str] | None = None,
            ) -> tuple[ClaimOutcome, Job | None, str | None]:

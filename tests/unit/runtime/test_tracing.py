@@ -141,10 +141,12 @@ def test_a_scheduled_check_carries_the_trace_in_its_headers_and_its_message(
 
     handle_message({"message": message}, rig.services)
 
-    check = by_name(spans)["kiln.deliver"]  # the last one finished: the check's
+    found = by_name(spans)  # the last of each name finished: the check's
+    check = found["kiln.deliver"]
     assert check.attributes["kiln.check"] == "1"
     assert check.parent.span_id == scheduled.context.span_id
     assert check.context.trace_id == scheduled.context.trace_id
+    assert found["kiln.claim"].parent.span_id == check.context.span_id
 
 
 def test_with_tracing_off_nothing_is_added(rig: Rig) -> None:
