@@ -146,6 +146,7 @@ def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
     """The table; ``e2e``, ``push_floor`` and ``gaps`` from the sequential jobs run before
     the load rounds, ``later`` (e2e, gaps) from the same jobs run again after them."""
     res = bench.results
+    after = median(later[0]["kiln-gen"]) * 1000 if later and later[0].get("kiln-gen") else None
 
     def med(target: str, level: int, pick: Callable[[Result], float]) -> float:
         return median(pick(r) for r in res.get((target, level), []))
@@ -183,11 +184,10 @@ def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
     for gap, values in (gaps or {}).items():
         if values:
             lines.append(f"    {gap:<24} p50 {median(values):7.1f} ms")
-    if later and later[0].get("kiln-gen"):
+    if later and after is not None:
         delivered = later[1].get("published → delivered") or [float("nan")]
         lines.append(f"  …the same after the load rounds (the emulators hold every job by then): "
-                     f"p50 {median(later[0]['kiln-gen']) * 1000:.0f} ms, published → delivered "
-                     f"{median(delivered):.1f} ms")
+                     f"p50 {after:.0f} ms, published → delivered {median(delivered):.1f} ms")
     if push_floor:
         lines.append(f"  push delivery floor (publish → push received at a bare endpoint) p50 "
                      f"{median(push_floor) * 1000:.0f} ms")
@@ -203,8 +203,7 @@ def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
     lines.append(f"bench: ack p50 {ratio_p50:.2f}× floor, c64 p99 {ratio_p99:.2f}× floor, "
                  f"ingress cpu/job {kiln_cpu / peer_cpu:.2f}× peer, "
                  f"e2e p50 {median(e2e.get('kiln-gen') or e2e.get('kiln', [])) * 1000:.0f} ms"
-                 + (f" ({median(later[0]['kiln-gen']) * 1000:.0f} ms after the load)"
-                    if later and later[0].get("kiln-gen") else ""))
+                 + (f" ({after:.0f} ms after the load)" if after is not None else ""))
     return lines
 
 
@@ -239,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         # not recorded, so the first round measures the same thing as the others.
         for target in TARGETS:
             bench.measure(target, 4, args.warmup, record=False)
+        print(f"warmed up: {args.warmup} requests per target ({time.strftime('%H:%M:%S')})",
+              flush=True)
         # A fresh ingress process against warm emulators, as on the cloud (a cold
         # emulator's first count query alone takes ~0.8 s); the median of three.
         cold["ingress (process start → first 202)"] = median(
@@ -249,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         e2e, push_floor, gaps = bench_e2e.sequential(stack, peer, bench.headers, args.jobs)
         bench.sent["kiln"] += args.jobs  # the workers' completions count them
         bench.sent["peer"] += args.jobs
-        print(f"warmed up: {args.warmup} requests per target ({time.strftime('%H:%M:%S')})",
-              flush=True)
         for round_no in range(args.rounds):
             for level in LEVELS:
                 for target in TARGETS:
