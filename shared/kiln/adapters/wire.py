@@ -9,8 +9,8 @@ endpoint and emulator settings apply unchanged, with the SDK's metadata. Errors 
 turned into ``google.api_core`` exceptions, as the SDKs raise them, before the retry
 policy sees them.
 
-Only these two requests are built here; every other call goes through the SDKs. The
-contract tests create documents both ways and read them back equal.
+Only these two requests are built here; every other call goes through the SDKs.
+tests/integration/test_wire.py creates documents both ways and reads them back equal.
 """
 
 from __future__ import annotations
