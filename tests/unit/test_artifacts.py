@@ -291,6 +291,26 @@ def test_thumbnail_keeps_aspect_and_alpha() -> None:
     assert (thumb.format, thumb.size, thumb.mode) == ("PNG", (256, 128), "RGBA")
 
 
+@pytest.mark.parametrize("side", [512, 1000, 1024])
+def test_thumbnail_averages_detail_finer_than_its_pixels(side: int) -> None:
+    """Given a one-pixel black-and-white checkerboard with a white left half, every
+    thumbnail pixel of the checkerboard is mid-grey (no aliasing) and the white half stays
+    white, whether the size divides by a whole number or not."""
+    image = Image.new("L", (side, side), 255)
+    pixels = image.load()
+    for y in range(side):
+        for x in range(side // 2, side):
+            pixels[x, y] = 255 * ((x + y) % 2)
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG")
+    thumb = Image.open(io.BytesIO(make_thumbnail(out.getvalue()))).convert("L")
+    w, h = thumb.size
+    checker = [thumb.getpixel((x, y)) for y in range(h) for x in range(w // 2 + 2, w)]
+    white = [thumb.getpixel((x, y)) for y in range(h) for x in range(w // 2 - 2)]
+    assert all(100 <= value <= 155 for value in checker), (min(checker), max(checker))
+    assert min(white) >= 250
+
+
 def test_thumbnail_of_small_image_is_not_enlarged() -> None:
     """Given a 100x50 PNG and size 256, the thumbnail stays 100x50."""
     assert Image.open(io.BytesIO(make_thumbnail(png(100, 50)))).size == (100, 50)

@@ -362,7 +362,9 @@ def make_thumbnail(png_bytes: bytes, size: int = 256) -> bytes:
                                      code="artifact_too_large")
             alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
             thumb = image.convert("RGBA" if alpha else "RGB")
-            thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+            # Whole-number steps first (box averages), Lanczos for the rest: a 512 px
+            # image's thumbnail in 0.3 ms instead of 3.5 (docs/benchmarks.md).
+            thumb.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=1.0)
     except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError) as exc:
         raise PermanentError("The image could not be read to make a thumbnail.",
                              code="invalid_artifact") from exc
