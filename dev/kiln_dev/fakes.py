@@ -82,6 +82,7 @@ class InMemoryJobStore:
         self.clock = clock or FakeClock()
         self.docs: dict[str, dict[str, Any]] = {}
         self.servers: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}  # job id → writes so far (a read's ``version``)
         self.public_writes: Counter[str] = Counter()
         self.server_writes: Counter[str] = Counter()
         self.unavailable = False
@@ -102,6 +103,7 @@ class InMemoryJobStore:
                     tickets.key, list(tickets.numbers), tickets.holder):
                 raise TicketTakenError("A quota ticket was taken first.")
             now = self.clock.now()
+            self.versions[job.id] = 0
             self.docs[job.id], self.servers[job.id] = {}, {}
             apply_fields(self.docs[job.id], job.doc, now)
             apply_fields(self.servers[job.id], job.server, now)
@@ -113,10 +115,19 @@ class InMemoryJobStore:
             doc = self.docs.get(job_id)
             if doc is None:
                 return None
-            return Job.from_docs(job_id, copy.deepcopy(doc), copy.deepcopy(self.servers[job_id]))
+            return Job.from_docs(job_id, copy.deepcopy(doc), copy.deepcopy(self.servers[job_id]),
+                                 version=self.versions.get(job_id))
 
-    def transact(self, job_id: str, decide: Decide[T]) -> T:
+    def transact(self, job_id: str, decide: Decide[T], *, seen: Job | None = None) -> T:
         with self._lock:
+            if seen is not None and seen.version is not None:
+                self._check()
+                change, value = decide(seen)
+                if not change:
+                    return value
+                if change.job and change.server and seen.version == self.versions.get(job_id):
+                    self.apply(job_id, change)
+                    return value
             change, value = decide(self.get(job_id))
             if change:
                 self.apply(job_id, change)
@@ -128,6 +139,7 @@ class InMemoryJobStore:
             if job_id not in self.docs:
                 raise KeyError(f"no job {job_id}")  # Firestore: NotFound on update
             now = self.clock.now()
+            self.versions[job_id] = self.versions.get(job_id, 0) + 1
             if change.job:
                 apply_fields(self.docs[job_id], change.job, now)
                 self.public_writes[job_id] += 1

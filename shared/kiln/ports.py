@@ -41,9 +41,14 @@ class JobStore(Protocol):
 
     def get(self, job_id: str) -> Job | None: ...
 
-    def transact(self, job_id: str, decide: Decide[T]) -> T:
+    def transact(self, job_id: str, decide: Decide[T], *, seen: Job | None = None) -> T:
         """Read the job, ``decide``, write the change, atomically; return the value.
-        ``decide`` may run more than once (contention) and may raise to write nothing."""
+        ``decide`` may run more than once (contention) and may raise to write nothing.
+
+        ``seen``: the job as a ``get`` just read it. ``decide(seen)`` runs first; a change
+        of both documents is written only if neither changed since that read (one write,
+        no transaction), and nothing to write is the answer. Otherwise the job is read
+        and decided again, as without ``seen``."""
         ...
 
     def apply(self, job_id: str, change: Change) -> None:

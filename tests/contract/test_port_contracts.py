@@ -144,8 +144,10 @@ def unswept_store(backend: Any, request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("stack").services(project="demo-contract-race").store
 
 
-def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any) -> None:
-    """Eight workers race for one job: one claims it, the rest see it busy."""
+@pytest.mark.parametrize("read_first", [False, True], ids=["transaction", "on-a-read"])
+def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any, read_first: bool) -> None:
+    """Eight workers race for one job: one claims it, the rest see it busy; also when
+    each decides on its own plain read first (``seen``)."""
     store = unswept_store
     job = new()
     store.create(job)
@@ -153,11 +155,12 @@ def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any) -> None:
     barrier = threading.Barrier(8)
 
     def race(n: int) -> None:
+        seen = store.get(job.id) if read_first else None
         barrier.wait()
         now = dt.datetime.now(dt.UTC)
         outcomes.append(store.transact(job.id, lambda j: (
             (claim := lifecycle.claim(j, worker_id=f"w{n}", now=now, policy=POLICY,
-                                      claim_token=f"t{n}")).change, claim.outcome)))
+                                      claim_token=f"t{n}")).change, claim.outcome), seen=seen))
 
     threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -166,6 +169,51 @@ def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any) -> None:
         thread.join(60)
     assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
     assert store.get(job.id).attempts == 1
+
+
+def test_a_change_decided_on_a_seen_job_is_written_when_nothing_changed_since(
+        store: Any) -> None:
+    """``transact(seen=...)``: decided once on the read, written on it, no second read."""
+    job = new()
+    store.create(job)
+    seen = store.get(job.id)
+    decided: list[Job | None] = []
+
+    def decide(j: Job | None) -> tuple[Change, str]:
+        decided.append(j)
+        return Change({"stage": "seen"}, {"checks": sentinels.Increment(1)}), "written"
+
+    assert store.transact(job.id, decide, seen=seen) == "written"
+    assert decided == [seen]
+    read = store.get(job.id)
+    assert (read.stage, read.server.checks) == ("seen", 1)
+    # Nothing to write is the answer, with no second read.
+    assert store.transact(job.id, lambda j: (None, j), seen=read) is read
+
+
+@pytest.mark.parametrize("touched", ["public", "server"])
+def test_a_seen_job_written_meanwhile_is_decided_again_on_a_fresh_read(
+        store: Any, touched: str) -> None:
+    """A write between the read and the transaction (to either document): the change
+    decided on the stale read does not land; the job is read and decided again."""
+    job = new()
+    store.create(job)
+    seen = store.get(job.id)
+    store.apply(job.id, Change({"stage": "meanwhile"}, {}) if touched == "public"
+                else Change({}, {"wake": True}))
+    decided: list[Job | None] = []
+
+    def decide(j: Job | None) -> tuple[Change, int]:
+        decided.append(j)
+        return Change({"attempts": sentinels.Increment(1)},
+                      {"checks": sentinels.Increment(1)}), len(decided)
+
+    assert store.transact(job.id, decide, seen=seen) == 2
+    assert decided[0] is seen
+    fresh = decided[1]
+    assert fresh is not None and (fresh.stage == "meanwhile" or fresh.server.wake)
+    read = store.get(job.id)
+    assert (read.attempts, read.server.checks) == (1, 1)  # written once
 
 
 # --- DeviceStore, Queue, BlobStore --------------------------------------------------------

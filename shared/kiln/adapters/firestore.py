@@ -193,12 +193,35 @@ class FirestoreJobStore:
         public, server = snaps.get(refs[0].path), snaps.get(refs[1].path)
         if public is None or not public.exists:
             return None
-        return Job.from_docs(job_id, public.to_dict() or {},
-                             server.to_dict() if server is not None and server.exists else None)
+        if server is not None and server.exists:
+            return Job.from_docs(job_id, public.to_dict() or {}, server.to_dict(),
+                                 version=(public.update_time, server.update_time))
+        return Job.from_docs(job_id, public.to_dict() or {}, None)
 
-    def transact(self, job_id: str, decide: Callable[[Job | None], tuple[Change | None, T]]) -> T:
+    def transact(self, job_id: str, decide: Callable[[Job | None], tuple[Change | None, T]],
+                 *, seen: Job | None = None) -> T:
         """Run ``decide(job)`` in a transaction; write its change (if any); return its value.
-        ``decide`` may raise to abort without writing."""
+        ``decide`` may raise to abort without writing. ``seen`` (``kiln.ports.JobStore``):
+        its change is written with each document's update time as the precondition, one
+        commit instead of a transaction's three calls; a document changed since → the
+        transaction."""
+        if seen is not None and seen.version is not None:
+            change, value = decide(seen)
+            if not change:
+                return value
+            if change.job and change.server:
+                public_time, server_time = seen.version
+                batch = self.client.batch()
+                batch.update(self.ref(job_id), _fields(change.job),
+                             option=self.client.write_option(last_update_time=public_time))
+                batch.update(self.server_ref(job_id), _fields(change.server),
+                             option=self.client.write_option(last_update_time=server_time))
+                try:
+                    with unavailable_is_retryable():
+                        batch.commit()
+                    return value
+                except gexc.FailedPrecondition:
+                    pass  # written meanwhile: decided again on what the transaction reads
 
         def run(tx: firestore.Transaction) -> T:
             change, value = decide(self._read(job_id, tx))

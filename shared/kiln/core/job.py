@@ -196,10 +196,12 @@ class Job:
     queue_reason: str | None = None
     queue_position: int | None = None
     server: ServerState = field(default_factory=ServerState)
+    #: When the store read the two documents (opaque: ``JobStore.transact``'s ``seen``).
+    version: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_docs(cls, job_id: str, doc: Mapping[str, Any],
-                  server: Mapping[str, Any] | None = None) -> Job:
+                  server: Mapping[str, Any] | None = None, version: Any = None) -> Job:
         return cls(
             id=job_id, uid=str(doc.get("uid", "")), channel=str(doc.get("channel", "")),
             kind=str(doc.get("kind", "")), prompt=str(doc.get("prompt", "")),
@@ -211,7 +213,7 @@ class Job:
             completed_at=doc.get("completedAt"), provenance=doc.get("provenance"),
             batch_id=doc.get("batchId"),
             queue_reason=doc.get("queueReason"), queue_position=doc.get("queuePosition"),
-            server=ServerState.from_doc(server),
+            server=ServerState.from_doc(server), version=version,
         )
 
     @property

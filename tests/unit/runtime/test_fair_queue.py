@@ -14,7 +14,7 @@ from kiln.core import fairness, lifecycle
 from kiln.core.errors import ConfigError, RetryableError
 from kiln.core.job import JobStatus
 from kiln.http.api import handle
-from kiln.runtime import dispatch
+from kiln.runtime import actions, dispatch
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import RunOutcome, run_job
 from kiln.settings import Settings
@@ -330,19 +330,39 @@ def test_an_arrivals_first_delivery_takes_its_places_and_runs_or_records_why_it_
 
 def test_an_arrivals_first_transaction_is_its_claim(rig: Rig) -> None:
     """An arrival's delivery finds it an arrival with a plain read and takes its places
-    first: its first transaction already claims it (one transaction, not two)."""
+    first: its first transaction already claims it (one transaction, not two), written on
+    what that read saw."""
     job_id = post_raw(rig)[1]["jobId"]
-    after: list[str] = []
+    after: list[tuple[str, Any]] = []
     transact = rig.services.store.transact
 
-    def recording(tx_job_id: str, decide: Any) -> Any:
-        value = transact(tx_job_id, decide)
-        after.append(rig.job(tx_job_id).status.value)
+    def recording(tx_job_id: str, decide: Any, *, seen: Any = None) -> Any:
+        value = transact(tx_job_id, decide, seen=seen)
+        after.append((rig.job(tx_job_id).status.value, seen))
         return value
 
     rig.services.store.transact = recording  # type: ignore[method-assign]
     assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
-    assert after[0] == "processing"
+    status, seen = after[0]
+    assert status == "processing" and seen is not None and seen.status is JobStatus.PENDING
+
+
+def test_an_arrival_canceled_after_its_read_is_not_claimed(rig: Rig) -> None:
+    """The owner cancels between the delivery's plain read and its claim: the claim
+    written on that read does not land, and the job is decided again (canceled)."""
+    job_id = post_raw(rig)[1]["jobId"]
+    transact = rig.services.store.transact
+
+    def cancel_first(tx_job_id: str, decide: Any, *, seen: Any = None) -> Any:
+        rig.services.store.transact = transact  # type: ignore[method-assign]
+        assert seen is not None and seen.status is JobStatus.PENDING
+        actions.cancel(rig.services, tx_job_id, by="owner")
+        return transact(tx_job_id, decide, seen=seen)
+
+    rig.services.store.transact = cancel_first  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
+    job = rig.job(job_id)
+    assert job.status is JobStatus.CANCELED and job.attempts == 0 and job.result is None
 
 
 def test_an_arrival_whose_message_was_lost_is_republished_by_the_sweeper(rig: Rig) -> None:
