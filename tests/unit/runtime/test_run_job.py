@@ -144,6 +144,27 @@ def test_cancel_while_running_stops_the_generator_and_sends_nothing(rig: Rig) ->
     assert job.status is JobStatus.CANCELED and job.result is None and rig.push.sent == []
 
 
+def test_a_cancel_between_the_completions_read_and_its_write_wins(rig: Rig) -> None:
+    """The completion is decided on a plain read and written on it. The owner cancels
+    just after that read: the completion does not land, the job ends canceled, no push."""
+    rig.devices.register("alice", "phone", fid="fid-1", platform="android")
+    job_id = rig.submit()
+    transact = rig.store.transact
+    seen_at_completion: list[JobStatus] = []
+
+    def cancel_first(tx_job_id: str, decide, *, seen=None):  # type: ignore[no-untyped-def]
+        if seen is not None and seen.status is JobStatus.PROCESSING:  # the completion's
+            seen_at_completion.append(seen.status)
+            transact(tx_job_id, lambda job: (lifecycle.cancel(job), None))
+        return transact(tx_job_id, decide, seen=seen)
+
+    rig.store.transact = cancel_first  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    job = rig.job(job_id)
+    assert seen_at_completion == [JobStatus.PROCESSING]
+    assert job.status is JobStatus.CANCELED and job.result is None and rig.push.sent == []
+
+
 def test_a_lost_lease_stops_without_writing(rig: Rig) -> None:
     provider = SyncFake(rig.clock, hang=True)
     rig.providers["image"] = provider
