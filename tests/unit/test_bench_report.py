@@ -45,3 +45,15 @@ def test_the_closed_loop_counts_every_request_once() -> None:
     run = closed_loop(seen.append, requests=50, concurrency=4)
     assert len(run.latencies) == 50 and len(seen) == 54  # 4 warm-ups, then 50 measured
     assert sorted(seen) == list(range(54))
+
+
+def test_slices_merge_into_one_result_of_their_round() -> None:
+    """The one-client slices of a target are one result: every latency, the walls added,
+    the CPU per job averaged (slices are the same size)."""
+    merged = Result.merged([
+        Result(Run([1.0, 2.0], wall=0.5), {"ingress": 1.0, "worker": 10.0}),
+        Result(Run([3.0, 9.0], wall=1.5), {"ingress": 2.0, "worker": 20.0}),
+    ])
+    assert sorted(merged.run.latencies) == [1.0, 2.0, 3.0, 9.0]
+    assert merged.run.throughput == 2.0
+    assert merged.cpu == {"ingress": 1.5, "worker": 15.0}
