@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-batch bench-callbacks bench-waits bench-fairness chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-parts bench-batch bench-callbacks bench-waits bench-fairness chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test-fast: setup ## unit tests only
 bench: setup ## Kiln against its floor and a Celery + Redis peer: ack, throughput, CPU, e2e, RSS
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	$(PY) -m kiln_dev.bench $(ARGS)
+
+# ~2 minutes: the parts behind make bench's numbers (docs/benchmarks.md, "Where the time goes").
+bench-parts: setup ## ingress CPU by request kind, a transaction against a write on a read, relay streams
+	$(PY) -m kiln_dev.bench_parts $(ARGS)
 
 bench-batch: setup ## a batch of 100 images through POST /v1/batches: acknowledgement time
 	$(PY) -m kiln_dev.bench_batch $(ARGS)
