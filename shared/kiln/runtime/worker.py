@@ -168,8 +168,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
         marks[timeline.step("stored", attempt)] = clock.now()
-        # Decided on a plain read and written on it (a transaction only if the job was
-        # written meanwhile): 4.7 ms instead of 6.3 (docs/benchmarks.md).
+        # Decided on a plain read and written on it: two calls instead of a transaction's
+        # three (the transaction only if the job was written meanwhile; docs/benchmarks.md).
         ended = services.store.transact(job_id, lambda current: (timeline.carry(
             lifecycle.complete(current, worker_id=services.worker_id, result=result,
                                provenance=produced.provenance),
