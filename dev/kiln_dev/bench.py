@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         e2e, push_floor, gaps = bench_e2e.sequential(stack, peer, bench.headers, args.jobs)
         bench.sent["kiln"] += E2E_WARMUP + args.jobs  # the workers' completions count them
         bench.sent["peer"] += E2E_WARMUP + args.jobs
+
         def show(round_no: int, level: int, target: str, held: bool, result: Result) -> None:
             print(f"round {round_no + 1} c{level:<3} {target:<6} "
                   f"{'' if held else 'live '}p50 {result.run.p50:6.1f} "
