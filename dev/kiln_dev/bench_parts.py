@@ -5,6 +5,8 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   ``GET /healthz`` (HTTP, functions-framework, Flask, Kiln's router), a ``POST /v1/jobs``
   refused with 400, and an accepted one, split into the threads that handle requests
   and gRPC's EventEngine threads (``/proc/<pid>/task``).
+- **an accepted request's steps, in process**: the functions-framework app called
+  directly (no HTTP) in a child process, with thread-CPU timers around Kiln's steps.
 - **a transaction against a write on a read**: ``JobStore.transact`` as a transaction
   (begin, read, commit) and with ``seen`` (a plain read, then a commit conditioned on
   both documents' update times), interleaved.
@@ -16,9 +18,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import io
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -104,6 +113,99 @@ def ingress_cpu(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     return lines
 
 
+def request_steps(stack: LocalStack, requests: int) -> list[str]:
+    """:func:`_steps_here` in a child process with the functions' environment."""
+    env = {**os.environ, **stack.function_env(), "KILN_OFFLINE_IMAGE_SECONDS": "0"}
+    done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--steps-here",
+                           str(requests)], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    if done.returncode:
+        raise RuntimeError(f"the in-process steps failed: {done.stderr[-2000:]}")
+    return done.stdout.splitlines()
+
+
+def _steps_here(requests: int) -> list[str]:
+    """Thread CPU of ``POST /v1/jobs`` and ``GET /healthz`` through the functions-framework
+    app of ``kiln_dev/functions.py`` (the stack's ingress), by step."""
+    import functions_framework
+
+    from kiln import log
+    from kiln.adapters import firestore, wire
+    from kiln.http import api
+
+    app = functions_framework.create_app(
+        target="ingress", source=str(Path(__file__).with_name("functions.py")),
+        signature_type="http")
+    spent: dict[str, float] = {}
+
+    def timed(owner: Any, name: str, label: Any) -> None:
+        inner = getattr(owner, name)
+
+        @functools.wraps(inner)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                key = label(args) if callable(label) else label
+                spent[key] = spent.get(key, 0.0) + time.thread_time() - started
+        setattr(owner, name, wrapper)
+
+    timed(wire.Unary, "__call__", lambda args: "gRPC " + args[0].method.rsplit("/", 1)[1])
+    for owner, name, label in (
+            (wire.Creates, "commit", "commit"), (wire.Publish, "__call__", "publish"),
+            (firestore.FirestoreJobStore, "create", "create"), (log, "event", "log lines"),
+            (api, "authenticate", "authentication"), (api, "read_json", "reading the body"),
+            (api, "parse_job_request", "validating it"), (api, "admit", "admission"),
+            (api, "json_response", "the answer")):
+        timed(owner, name, label)
+    token = emulator_id_token("bench-parts-steps", os.environ["GOOGLE_CLOUD_PROJECT"])
+
+    def call(method: str, path: str, body: bytes = b"") -> str:
+        status: list[str] = []
+        environ = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)), "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "HTTP_HOST": "127.0.0.1:8080", "REMOTE_ADDR": "127.0.0.1"}
+        b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+        return status[0][:3]
+
+    def post(i: int) -> str:
+        return call("POST", "/v1/jobs", json.dumps({"kind": "image", "prompt": f"s {i}"}).encode())
+
+    for i in range(200):
+        assert post(i) == "202" and call("GET", "/healthz") == "200"
+    spent.clear()
+    started = time.thread_time()
+    for i in range(requests):
+        post(1000 + i)
+    whole = (time.thread_time() - started) / requests * 1000
+    steps = {key: seconds / requests * 1000 for key, seconds in spent.items()}
+    started = time.thread_time()
+    for _ in range(requests):
+        call("GET", "/healthz")
+    healthz = (time.thread_time() - started) / requests * 1000
+    grpc_ms = steps.get("gRPC Commit", 0.0) + steps.get("gRPC Publish", 0.0)
+    kiln = {
+        "building the commit": steps["commit"] - steps.get("gRPC Commit", 0.0),
+        "the job's documents": steps["create"] - steps["commit"],
+        "building the publish": steps["publish"] - steps.get("gRPC Publish", 0.0),
+        **{key: steps.get(key, 0.0) for key in ("log lines", "authentication",
+                                                 "reading the body", "validating it",
+                                                 "admission", "the answer")}}
+    lines = [f"an accepted request's thread CPU in process (no HTTP; {requests} requests):",
+             f"  whole request         {whole:.2f} ms (GET /healthz: {healthz:.2f} ms)",
+             f"  the two gRPC calls    {grpc_ms:.2f} ms (this thread only)"]
+    lines += [f"  {key:<21} {ms:.2f} ms" for key, ms in kiln.items()]
+    lines.append(f"  the rest              {whole - grpc_ms - sum(kiln.values()):.2f} ms "
+                 "(Flask, functions-framework, routing, building the job)")
+    return lines
+
+
 def transactions(stack: LocalStack, jobs: int, rounds: int) -> list[str]:
     store = stack.services().store
     policy = stack.settings().retry_policy()
@@ -172,12 +274,16 @@ def relay_streams(stack: LocalStack, messages: int, rounds: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kiln_dev.bench_parts", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps-here", type=int, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
+    if args.steps_here:
+        print("\n".join(_steps_here(args.steps_here)), flush=True)
+        return 0
     config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0"}, sweep_interval=0,
                          push_relay=8, ingress_threads=16)
     with LocalStack(config) as stack:
-        for part in (ingress_cpu(stack, 300, args.rounds), transactions(stack, 100, args.rounds),
-                     relay_streams(stack, 40, args.rounds)):
+        for part in (ingress_cpu(stack, 300, args.rounds), request_steps(stack, 1000),
+                     transactions(stack, 100, args.rounds), relay_streams(stack, 40, args.rounds)):
             print("\n".join(part), flush=True)
     return 0
 

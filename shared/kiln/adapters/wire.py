@@ -50,7 +50,7 @@ class Unary:
                  retry: retries.Retry) -> None:
         self._call = channel.unary_unary(method, request_serializer=request.SerializeToString,
                                          response_deserializer=response.FromString)
-        self.metadata, self.timeout = tuple(metadata), timeout
+        self.method, self.metadata, self.timeout = method, tuple(metadata), timeout
         self._retried: Callable[[Any], Any] = retry(self._once)
 
     def __call__(self, request: Any) -> Any:
