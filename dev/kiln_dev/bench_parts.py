@@ -51,7 +51,7 @@ def _threads(pid: int) -> dict[tuple[str, str], float]:
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = open(f"/proc/{pid}/task/{tid}/stat").read()  # noqa: SIM115
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
@@ -63,7 +63,7 @@ def _threads(pid: int) -> dict[tuple[str, str], float]:
 def _gunicorn_worker(arbiter: int) -> int:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) == arbiter:
