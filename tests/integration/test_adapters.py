@@ -4,6 +4,7 @@ lock contention, Pub/Sub's message format, resumable uploads, firebase-admin's F
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import threading
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,8 +21,11 @@ from kiln import tracing
 from kiln.adapters.fcm import FcmPush
 from kiln.adapters.firestore import in_transaction
 from kiln.adapters.pubsub import decode_message
+from kiln.core import lifecycle, sentinels
 from kiln.core.errors import PermanentError
-from kiln.core.job import Device
+from kiln.core.job import Change, Device
+from kiln.core.policy import RetryPolicy
+from kiln.core.requests import parse_job_request
 from kiln.runtime.artifacts import GlbValidator
 from kiln.settings import Settings
 
@@ -60,6 +65,61 @@ def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
         t.join()
     assert sorted(outcomes) == ["lost", "won"]
     assert ref.get().to_dict()["owner"] in ("a", "b")
+
+
+def test_a_write_on_a_read_that_meets_another_transactions_lock_is_decided_again(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``transact(seen=...)`` while another transaction holds the job's documents: the
+    emulator aborts the waiting commit after its 2 s lock timeout; the change is then
+    decided again in a transaction once the lock is gone, and written once (the claim's
+    and the completion's path in the worker, never a release for retry)."""
+    store = services.store
+    job = lifecycle.new_job(job_id=uuid.uuid4().hex[:20], uid="locks", channel="app",
+                            now=dt.datetime.now(dt.UTC), policy=RetryPolicy(),
+                            request=parse_job_request({"kind": "image", "prompt": "a cube"}))
+    store.create(job)
+    seen = store.get(job.id)
+    holder = store.client.transaction(max_attempts=1)
+    holder._begin()
+    list(store.client.get_all([store.ref(job.id), store.server_ref(job.id)], transaction=holder))
+    aborted = threading.Event()
+    real_batch = store.client.batch
+
+    def observed_batch() -> Any:  # the real batch; its commit's Aborted is only noticed
+        batch = real_batch()
+        commit = batch.commit
+
+        def noticed(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return commit(*args, **kwargs)
+            except gexc.Aborted:
+                aborted.set()
+                raise
+        batch.commit = noticed
+        return batch
+
+    monkeypatch.setattr(store.client, "batch", observed_batch)
+    decided: list[Any] = []
+    answer: list[Any] = []
+
+    def decide(current: Any) -> tuple[Change, int]:
+        decided.append(current)
+        return Change({"stage": "decided"}, {"checks": sentinels.Increment(1)}), len(decided)
+
+    def write() -> None:
+        try:
+            answer.append(store.transact(job.id, decide, seen=seen))
+        except Exception as exc:  # the assertion below shows it
+            answer.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert aborted.wait(30), "the commit on the read was not held by the lock"
+    holder._rollback()
+    writer.join(60)
+    assert answer == [2] and decided[0] is seen
+    read = store.get(job.id)
+    assert (read.stage, read.server.checks) == ("decided", 1)
 
 
 def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> None:

@@ -216,12 +216,15 @@ class FirestoreJobStore:
                              option=self.client.write_option(last_update_time=public_time))
                 batch.update(self.server_ref(job_id), _fields(change.server),
                              option=self.client.write_option(last_update_time=server_time))
-                try:
-                    with unavailable_is_retryable():
+                with unavailable_is_retryable():
+                    try:
                         batch.commit()
-                    return value
-                except gexc.FailedPrecondition:
-                    pass  # written meanwhile: decided again on what the transaction reads
+                        return value
+                    except (gexc.FailedPrecondition, gexc.Aborted):
+                        # Written since the read, or held by another transaction (the
+                        # emulator aborts a write that waited 2 s for a lock): decided
+                        # again in the transaction, which waits out contention.
+                        pass
 
         def run(tx: firestore.Transaction) -> T:
             change, value = decide(self._read(job_id, tx))
