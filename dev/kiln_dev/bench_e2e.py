@@ -26,7 +26,7 @@ from kiln.core import lifecycle
 from kiln.core.job import new_job_id
 from kiln.core.requests import parse_job_request
 from kiln_dev.bench_peer import DONE_CHANNEL, PeerStack
-from kiln_dev.pusher import PushRelay
+from kiln_dev.pusher import STREAMS, PushRelay
 from kiln_dev.stack import LocalStack, free_port
 
 
@@ -103,24 +103,28 @@ class _PushSink:
             return self.arrived[key]
 
 
-def push_floor(stack: LocalStack, jobs: int) -> list[float]:
+def push_floor(stack: LocalStack, jobs: int, *, name: str = "bench-push-floor",
+               streams: int = STREAMS, stagger: float = 0.0) -> list[float]:
     """Seconds from publish to the push arriving at a bare HTTP endpoint, the way the
-    stack's worker is pushed to (its push relay when it has one, else the emulator's push)."""
+    stack's worker is pushed to (its push relay, with ``streams`` pull streams, when it has
+    one; else the emulator's push), on a topic of its own (``name``, new in the emulator).
+    ``stagger``: each publish waits 0–3 × ``stagger`` s after the previous arrival, so the
+    publishes fall at varied moments of the emulator's poll."""
     sink = _PushSink()
     host = f"{stack.config.host}:{stack.config.pubsub_port}"
     publisher = _publisher(stack)
     subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
         channel=grpc.insecure_channel(host)))
     project = stack.config.project
-    topic = publisher.topic_path(project, "bench-push-floor")
+    topic = publisher.topic_path(project, name)
     publisher.create_topic(name=topic)
-    name = subscriber.subscription_path(project, "bench-push-floor")
+    name = subscriber.subscription_path(project, name)
     relayed = stack.config.push_relay > 0
     subscriber.create_subscription(request={
         "name": name, "topic": topic, "ack_deadline_seconds": 60,
         "push_config": {} if relayed else {"push_endpoint": sink.url}})
-    relay = PushRelay(host, name, sink.url, concurrency=stack.config.push_relay).start() \
-        if relayed else None
+    relay = PushRelay(host, name, sink.url, concurrency=stack.config.push_relay,
+                      streams=streams).start() if relayed else None
     out = []
     try:
         for i in range(jobs):
@@ -129,6 +133,7 @@ def push_floor(stack: LocalStack, jobs: int) -> list[float]:
             publisher.publish(topic=topic, messages=[
                 PubsubMessage(data=b"{}", attributes={"jobId": key})], timeout=3)
             out.append(sink.wait(key) - started)
+            time.sleep(stagger * (i % 4))
     finally:
         if relay is not None:
             relay.stop()

@@ -29,18 +29,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
-from google.pubsub_v1 import PubsubMessage, SubscriberClient
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core import lifecycle, sentinels
 from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
-from kiln_dev.bench_e2e import _publisher, _PushSink
+from kiln_dev.bench_e2e import push_floor
 from kiln_dev.bench_load import median, percentile
-from kiln_dev.pusher import PushRelay
 from kiln_dev.stack import LocalStack, StackConfig
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,19 +56,8 @@ def _threads(pid: int) -> dict[tuple[str, str], float]:
     return out
 
 
-def _gunicorn_worker(arbiter: int) -> int:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == arbiter:
-            return int(pid)
-    return arbiter
-
-
 def ingress_cpu(stack: LocalStack, requests: int, rounds: int) -> list[str]:
-    worker = _gunicorn_worker(stack.procs["ingress"].pid)
+    worker = stack.worker_processes("ingress")[0]
     assert stack.relay is not None
     stack.relay.hold()  # the jobs wait, undelivered, while the other parts are measured
     kinds = ("healthz", "refused", "accepted")
@@ -239,33 +224,11 @@ def transactions(stack: LocalStack, jobs: int, rounds: int) -> list[str]:
 
 
 def relay_streams(stack: LocalStack, messages: int, rounds: int) -> list[str]:
-    host = f"{stack.config.host}:{stack.config.pubsub_port}"
-    publisher = _publisher(stack)
-    subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(host)))
-    project = stack.config.project
     took: dict[int, list[float]] = {4: [], 8: [], 12: []}
     for n in range(rounds):
         for streams in took:
-            sink = _PushSink()
-            name = f"parts-{streams}-{n}-{uuid.uuid4().hex[:6]}"
-            topic = publisher.topic_path(project, name)
-            publisher.create_topic(name=topic)
-            subscription = subscriber.subscription_path(project, name)
-            subscriber.create_subscription(request={"name": subscription, "topic": topic,
-                                                    "ack_deadline_seconds": 60})
-            relay = PushRelay(host, subscription, sink.url, concurrency=8,
-                              streams=streams).start()
-            try:
-                for i in range(messages):
-                    started = time.perf_counter()
-                    publisher.publish(topic=topic, timeout=3, messages=[
-                        PubsubMessage(data=b"{}", attributes={"jobId": f"m{i}"})])
-                    took[streams].append((sink.wait(f"m{i}") - started) * 1000)
-                    time.sleep(0.013 * (i % 4))  # publishes at varied moments of a poll
-            finally:
-                relay.stop()
-                sink.server.shutdown()
+            took[streams] += [seconds * 1000 for seconds in push_floor(
+                stack, messages, name=f"parts-{streams}-{n}", streams=streams, stagger=0.013)]
     return [f"publish → push received through the relay ({rounds} × {messages} messages):"] + [
         f"  {streams:>2} streams: p50 {median(v):.1f} ms, p90 {percentile(v, 90):.1f} ms, "
         f"max {max(v):.1f} ms" for streams, v in took.items()]

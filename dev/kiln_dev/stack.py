@@ -549,9 +549,10 @@ class LocalStack:
                 except OSError:
                     time.sleep(0.1)
 
-    def worker_processes(self) -> list[int]:
-        """Pids of the worker function's gunicorn workers (children of its arbiter)."""
-        proc = self.procs["worker"]
+    def worker_processes(self, function: str = "worker") -> list[int]:
+        """Pids of a function's gunicorn workers (children of its arbiter), the worker's
+        unless ``function`` names another."""
+        proc = self.procs[function]
         try:
             text = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
         except OSError:
