@@ -41,10 +41,14 @@ tfcheck: $(STAMP) ## check infra/*.tf against the real provider schemas (../shar
 	  "be checked out beside this repository (as ../shared, which CI always has)" >&2; exit 1; }
 	$(PY) $(TFCHECK) infra --quiet
 
-# One pytest process: no client reads os.environ after start-up, so the stacks that some
-# modules start of their own (fault proxies, restarts, companions) live beside the session's.
+# Two pytest-xdist workers, each handed whole files in the order collected: much of the
+# end-to-end layer waits on real timers (leases, backoff, scheduled checks) while the other
+# worker keeps the CPU busy. Each worker starts its own session stack on free ports, and no
+# client reads os.environ after start-up, so every stack lives beside the others.
+# TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
 test: setup lint tfcheck $(TEST_DEPS) ## lint, type-check, tfcheck, then every test layer on the real emulators
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Branch coverage of the runtime from the unit tests alone (fakes, fake clock).
 COVERED := shared/kiln/runtime/worker.py,shared/kiln/runtime/checks.py,shared/kiln/runtime/callbacks.py,shared/kiln/core/lifecycle.py,shared/kiln/runtime/sweeper.py,shared/kiln/runtime/progress.py,shared/kiln/runtime/actions.py,shared/kiln/runtime/notify.py,shared/kiln/runtime/accept.py,shared/kiln/core/policy.py

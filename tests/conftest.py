@@ -67,11 +67,16 @@ def fcm(stack: LocalStack) -> Any:
 # --- long operator commands, run beside the suite ------------------------------------------
 #
 # A test marked ``background(command=…)`` checks what a long operator command (the chaos run:
-# its own stack, about a minute, mostly waiting on timers) printed. The command starts as
-# soon as the tests are chosen and the test runs last, so the rest of the suite runs
-# meanwhile instead of after it. ``command(workdir)`` returns the argv (run in ``workdir``,
-# with the marker's ``env`` added to the environment); the test gets the running
-# :class:`Background` from the ``background`` fixture.
+# its own stack, about a minute, mostly waiting on timers) printed. ``command(workdir)``
+# returns the argv (run in ``workdir``, with the marker's ``env`` added to the environment);
+# the test gets the running :class:`Background` from the ``background`` fixture.
+#
+# In one pytest process the command starts as soon as the tests are chosen and the test
+# runs last, so the rest of the suite runs meanwhile instead of after it. Under pytest-xdist
+# (``make test`` runs two workers) every worker collects every test, so none starts anything
+# at collection: the test goes first instead and starts its command when it runs, and the
+# other worker goes on with the rest (``--dist loadfile --no-loadscope-reorder`` hands out
+# files in the order collected).
 
 
 class Background:
@@ -111,14 +116,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.option.collectonly:
         return
     early = [item for item in items if item.get_closest_marker("background")]
+    if _in_xdist_worker(config):
+        items[:] = early + [item for item in items if item not in early]
+        return
     items[:] = [item for item in items if item not in early] + early
     for item in early:
-        marker = item.get_closest_marker("background")
-        assert marker is not None
-        workdir = Path(tempfile.mkdtemp(prefix="kiln-background-"))
-        started = Background(marker.kwargs["command"](workdir), workdir, marker.kwargs.get("env"))
-        item.stash[_BACKGROUND] = started
-        _STARTED.append(started)
+        item.stash[_BACKGROUND] = _start_background(item)
+
+
+def _in_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _start_background(item: pytest.Item) -> Background:
+    marker = item.get_closest_marker("background")
+    assert marker is not None
+    workdir = Path(tempfile.mkdtemp(prefix="kiln-background-"))
+    started = Background(marker.kwargs["command"](workdir), workdir, marker.kwargs.get("env"))
+    _STARTED.append(started)
+    return started
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -129,4 +145,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture
 def background(request: pytest.FixtureRequest) -> Background:
+    """The test's command: started at collection, or now under pytest-xdist."""
+    if _BACKGROUND not in request.node.stash:
+        request.node.stash[_BACKGROUND] = _start_background(request.node)
     return request.node.stash[_BACKGROUND]
