@@ -138,8 +138,13 @@ def doc_id(key: str) -> str:
     return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def ticket_path(key: str, number: int) -> str:
+    """A quota ticket's path below the database's documents."""
+    return f"{TICKETS}/{doc_id(key)}~{number}"
+
+
 def ticket_ref(client: firestore.Client, key: str, number: int) -> firestore.DocumentReference:
-    return client.collection(TICKETS).document(f"{doc_id(key)}~{number}")
+    return client.document(ticket_path(key, number))
 
 
 def ticket_fields(key: str, number: int, holder: str) -> dict[str, Any]:
@@ -171,7 +176,8 @@ class FirestoreJobStore:
         documents = [(f"{JOBS}/{job.id}", job.doc),
                      (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
         if job.tickets is not None:
-            documents += [(ticket_ref(self.client, job.tickets.key, number).path,
+            # Plain paths: a DocumentReference per ticket cost more than the ticket's encoding.
+            documents += [(ticket_path(job.tickets.key, number),
                            ticket_fields(job.tickets.key, number, job.tickets.holder))
                           for number in job.tickets.numbers]
         try:
