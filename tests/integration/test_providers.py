@@ -121,16 +121,22 @@ def drive(composed: Services, job_id: str, limit: int = 200) -> RunOutcome:
     queue, scheduler = composed.queue, composed.scheduler
     assert isinstance(queue, RecordingQueue) and isinstance(scheduler, FakeScheduler)
     outcome, seen = run_job(job_id, composed), len(queue.deliveries)
+    ran: list[tuple[str, int | None, RunOutcome]] = [(job_id, None, outcome)]
     for _ in range(limit):
         if outcome is not RunOutcome.WAITING:
             return outcome
         if len(queue.deliveries) == seen:  # the next check is scheduled: wait until it is due
             due = scheduler.next_at()
-            assert due is not None, "a waiting job without a check"
+            if due is None:
+                job = composed.store.get(job_id)
+                raise AssertionError(
+                    f"a waiting job without a check: ran {ran}, scheduled {sorted(scheduler.names)}, "
+                    f"server {job.server if job else None}")
             time.sleep(max(0.0, (due - utcnow()).total_seconds()))
             scheduler.fire(due)
         delivery, seen = queue.deliveries[seen], seen + 1
         outcome = run_job(delivery.job_id, composed, check=delivery.check)
+        ran.append((delivery.job_id, delivery.check, outcome))
     raise AssertionError(f"still waiting after {limit} checks")
 
 
