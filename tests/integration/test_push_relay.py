@@ -98,3 +98,30 @@ def test_six_pushes_at_once_and_a_failed_one_comes_back(
         sink.release.set()
         relay.stop()
         sink.server.shutdown()
+
+
+def test_streams_opened_again_and_again_lose_and_repeat_nothing(
+        stack: LocalStack, relay_topic: tuple[PublisherClient, str, str]) -> None:
+    """Given a relay whose streams are half-closed and opened again every 0.2 s, when 200
+    messages are published one after another and in bursts while pushes are in flight,
+    then every one is pushed exactly once (a stream that was cancelled instead could take
+    a message with it until its ack deadline)."""
+    publisher, topic, subscription = relay_topic
+    sink = Sink(fail_once=set())
+    sink.release.set()  # answered at once
+    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
+                      sink.url, concurrency=8, respread=0.2).start()
+    keys = [f"r{i}" for i in range(200)]
+    try:
+        for i, key in enumerate(keys):
+            publisher.publish(topic=topic, messages=[
+                PubsubMessage(data=b"{}", attributes={"key": key})])
+            if i % 10 == 9:  # now and then, wait for the pushes so far: streams turn over
+                wait_for(lambda n=i + 1: len(sink.answered) >= n, 30, what="the pushes so far")
+        wait_for(lambda: len(sink.answered) >= len(keys), 60, what="every push")
+        assert relay.opened > 2 * relay.streams, relay.opened
+    finally:
+        relay.stop()
+        sink.server.shutdown()
+    pushed = [key for key, _status in sink.answered]
+    assert sorted(pushed) == sorted(keys)
