@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 import httpx
+from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub
 
 MIN_BACKOFF, MAX_BACKOFF = 1.0, 10.0
@@ -55,7 +56,6 @@ ACK_DEADLINE = 600
 
 _Pull, _Pulled = pubsub.StreamingPullRequest.pb(), pubsub.StreamingPullResponse.pb()
 _Ack, _Modify = pubsub.AcknowledgeRequest.pb(), pubsub.ModifyAckDeadlineRequest.pb()
-_Empty = pubsub.PullResponse.pb()  # any message parses an empty response
 
 
 class PushRelay:
@@ -73,10 +73,12 @@ class PushRelay:
             request_serializer=_Pull.SerializeToString, response_deserializer=_Pulled.FromString)
         self._ack = self._channel.unary_unary(
             "/google.pubsub.v1.Subscriber/Acknowledge",
-            request_serializer=_Ack.SerializeToString, response_deserializer=_Empty.FromString)
+            request_serializer=_Ack.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString)
         self._modify = self._channel.unary_unary(
             "/google.pubsub.v1.Subscriber/ModifyAckDeadline",
-            request_serializer=_Modify.SerializeToString, response_deserializer=_Empty.FromString)
+            request_serializer=_Modify.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString)
         self._pool = ThreadPoolExecutor(concurrency * streams, thread_name_prefix="push")
         self._slots = threading.Semaphore(concurrency)
         self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(
@@ -109,7 +111,9 @@ class PushRelay:
         turn = self.respread * (n + 1) / self.streams
         while not self._stop.is_set():
             end: queue.SimpleQueue[None] = queue.SimpleQueue()
-            with self._lock:
+            with self._lock:  # under the lock: stop() half-closes every stream it lists
+                if self._stop.is_set():
+                    break
                 self._ends.append(end)
                 self.opened += 1
             timer = threading.Timer(turn, end.put, args=(None,))
