@@ -45,6 +45,11 @@ LEVELS = (1, 16, 64)
 E2E_WARMUP = 10
 #: One-client requests per turn of each target (see main).
 C1_SLICE = 50
+#: Seconds waited after a target's last job is logged "completed": its notification and
+#: the emulators' own work go on for another 0.1–0.3 s (measured, 100 ms samples after a
+#: drain of 50 jobs: the Firestore emulator 1.1 cores, then 0.2, 0.1, then idle), as long
+#: as a slice of one-client requests takes.
+SETTLE = 0.5
 _COMPLETED = re.compile(rb'"message": "job completed"')
 
 
@@ -140,12 +145,22 @@ class Bench:
                     relay.release()
             jobs = self.sent[target] - sent_before
         wait_for(lambda: self.done(target) >= self.expected(target), 900, f"{target}'s worker")
+        time.sleep(SETTLE)  # the jobs' last steps, counted as theirs, not the next target's
         cpu = {name: (cpu_seconds(pgids) - before[name]) / jobs * 1000
                for name, pgids in parts.items() if pgids}
         result = Result(run, cpu)
         if record:
             self.results[(target, concurrency if held else -concurrency)].append(result)
         return result
+
+
+def in_turn(n: int) -> tuple[str, ...]:
+    """The targets in the order of turn ``n``: over any three turns in a row each takes
+    each place once, so whatever one target leaves behind for the next (the emulators'
+    work after a drain, see SETTLE) falls on each of them alike, where a fixed order put
+    Kiln after the floor's jobs every time and the floor after the peer's light ones."""
+    k = n % len(TARGETS)
+    return TARGETS[k:] + TARGETS[:k]
 
 
 def _row(label: str, values: dict[str, str]) -> str:
@@ -181,6 +196,11 @@ def report(bench: Bench, e2e: dict[str, list[float]], push_floor: list[float],
         lines.append(_row(f"CPU s per 1,000 jobs: {part}", {
             t: f"{median(r.cpu[part] for lv in LEVELS for r in res.get((t, lv), []) if part in r.cpu):.2f}"
             for t in TARGETS if any(part in r.cpu for lv in LEVELS for r in res.get((t, lv), []))}))
+    # The ingress's CPU by level: what a request costs beyond its share of work done
+    # once for many (gRPC's and gunicorn's wake-ups are shared by concurrent requests).
+    lines.append(_row("  …ingress at 1/16/64 clients", {
+        t: "/".join(f"{med(t, lv, lambda r: r.cpu['ingress']):.2f}" for lv in LEVELS)
+        for t in ("kiln", "peer") if all(res.get((t, lv)) for lv in LEVELS)}))
     if floor_cpu is not None:
         peer = median(r.cpu["ingress"] for lv in LEVELS for r in res.get(("peer", lv), []))
         lines.append(f"  floor's two SDK calls alone, client CPU per 1,000 jobs: {floor_cpu:.2f} s "
@@ -274,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {result.run.p99:6.1f} ms  {result.run.throughput:5.0f}/s  "
                   + "  ".join(f"{k} {v:.2f}" for k, v in result.cpu.items()), flush=True)
 
+        turn = 0  # the one-client slices' order, turn after turn
         for round_no in range(args.rounds):
-            for level in LEVELS:
+            for level_no, level in enumerate(LEVELS):
                 if level == 1:
                     # The targets take turns in slices of C1_SLICE requests, so the ratio
                     # of their one-client latencies compares the same moments of a noisy
@@ -283,17 +304,19 @@ def main(argv: list[str] | None = None) -> int:
                     requests = max(C1_SLICE, args.requests // 2)
                     slices: dict[str, list[Result]] = defaultdict(list)
                     for _ in range(max(1, requests // C1_SLICE)):
-                        for target in TARGETS:
+                        for target in in_turn(turn):
                             slices[target].append(bench.measure(target, 1, C1_SLICE,
                                                                 record=False))
+                        turn += 1
                     for target in TARGETS:
                         result = Result.merged(slices[target])
                         bench.results[(target, 1)].append(result)
                         show(round_no, 1, target, True, result)
+                    for target in in_turn(round_no):
                         show(round_no, 1, target, False,
                              bench.measure(target, 1, requests, held=False))
                     continue
-                for target in TARGETS:
+                for target in in_turn(round_no + level_no):
                     show(round_no, level, target, True,
                          bench.measure(target, level, args.requests))
         floor_cpu = bench.floor.cpu_per_job(200) * 1000

@@ -53,6 +53,8 @@ RESPREAD = 4.0
 #: How long a delivered message stays leased: the relay's whole ``timeout``, so a
 #: delivery never needs its lease extended (the emulator's maximum is 600 s).
 ACK_DEADLINE = 600
+#: How often a held stream's thread looks for the relay being stopped.
+HELD_CHECK = 0.5
 
 _Pull, _Pulled = pubsub.StreamingPullRequest.pb(), pubsub.StreamingPullResponse.pb()
 _Ack, _Modify = pubsub.AcknowledgeRequest.pb(), pubsub.ModifyAckDeadlineRequest.pb()
@@ -107,13 +109,19 @@ class PushRelay:
     def _run(self, n: int) -> None:
         """Pull until stopped: each stream is half-closed after its turn and read to its
         end, then opened again at a random moment of the emulator's cycle; a broken one
-        (an emulator restart, a cut connection) is opened again after a second."""
-        turn = self.respread * (n + 1) / self.streams
+        (an emulator restart, a cut connection) is opened again after a second. While the
+        relay is held none is open; on release the streams take turns again."""
+        first_turn = turn = self.respread * (n + 1) / self.streams
         while not self._stop.is_set():
+            if not self._open.is_set():  # held: no stream until released
+                while not self._open.wait(HELD_CHECK):
+                    if self._stop.is_set():
+                        return
+                turn = first_turn  # (taking turns again)
             end: queue.SimpleQueue[None] = queue.SimpleQueue()
-            with self._lock:  # under the lock: stop() half-closes every stream it lists
-                if self._stop.is_set():
-                    break
+            with self._lock:  # under the lock: stop() and hold() half-close the streams listed
+                if self._stop.is_set() or not self._open.is_set():
+                    continue
                 self._ends.append(end)
                 self.opened += 1
             timer = threading.Timer(turn, end.put, args=(None,))
@@ -143,9 +151,21 @@ class PushRelay:
         end.get()  # then half-close: the emulator ends the stream at its next loop
 
     def hold(self) -> None:
-        """Deliver nothing until :meth:`release` (messages wait, leased, as on a worker
-        that is busy elsewhere); for measuring the ingress alone (``kiln_dev.bench``)."""
-        self._open.clear()
+        """Pull and deliver nothing until :meth:`release`, for measuring the ingress alone
+        (``kiln_dev.bench``): every stream is half-closed and none is opened, so new
+        messages wait in the subscription and the relay and the emulator do no work for
+        them (on the cloud, Pub/Sub's push runs on no machine of Kiln's); messages pulled
+        before wait, leased. Measured, sequential acknowledgements with the streams left
+        open were 0.6 ms (floor) and 1.4 ms (Kiln) slower at p50."""
+        with self._lock:
+            self._open.clear()
+            for end in self._ends:
+                end.put(None)
+
+    @property
+    def streams_open(self) -> int:
+        with self._lock:
+            return len(self._ends)
 
     def release(self) -> None:
         self._open.set()

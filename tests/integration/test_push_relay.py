@@ -125,3 +125,37 @@ def test_streams_opened_again_and_again_lose_and_repeat_nothing(
         sink.server.shutdown()
     pushed = [key for key, _status in sink.answered]
     assert sorted(pushed) == sorted(keys)
+
+
+def test_a_held_relay_closes_its_streams_and_loses_nothing(
+        stack: LocalStack, relay_topic: tuple[PublisherClient, str, str]) -> None:
+    """Given a relay delivering, when it is held, then every stream ends (the emulator and
+    the relay do no work for new messages), and none is opened while it is held; each
+    message published meanwhile is pushed once after it is released."""
+    publisher, topic, subscription = relay_topic
+    sink = Sink(fail_once=set())
+    sink.release.set()
+    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
+                      sink.url, concurrency=4, streams=4, respread=120).start()  # (no turn ends)
+
+    def publish(key: str) -> None:
+        publisher.publish(topic=topic, messages=[PubsubMessage(data=b"{}", attributes={"key": key})])
+
+    try:
+        publish("before")
+        wait_for(lambda: len(sink.answered) == 1, 30, what="the first push")
+        wait_for(lambda: relay.streams_open == 4, 30, what="every stream open")
+        opened = relay.opened
+        relay.hold()
+        wait_for(lambda: relay.streams_open == 0, 10, what="every stream ended")
+        held = [f"h{i}" for i in range(20)]
+        for key in held:
+            publish(key)
+        assert relay.opened == opened  # no stream was opened while held
+        relay.release()
+        wait_for(lambda: len(sink.answered) >= 1 + len(held), 30, what="the held messages")
+        assert relay.opened >= opened + 1
+    finally:
+        relay.stop()
+        sink.server.shutdown()
+    assert sorted(key for key, _ in sink.answered) == sorted(["before", *held])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
-from kiln_dev.bench import LEVELS, Result, report
+from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_load import Run, closed_loop
 
 
@@ -40,6 +40,22 @@ def test_the_last_line_gives_the_ratios() -> None:
                in line for line in lines)
 
 
+def test_the_ingress_cpu_is_shown_by_level() -> None:
+    """Given Kiln's ingress dearer at one client than at 64 (its wake-ups shared), when
+    reported, then each level's median is shown beside the peer's, and the ratio in the
+    last line is of the medians over all levels and rounds."""
+    cpu = {1: (1.9, 2.1), 16: (1.6, 1.6), 64: (1.3, 1.5)}
+    results = {}
+    for level in LEVELS:
+        results[("floor", level)] = [result(2.0, 0.0)]
+        results[("kiln", level)] = [result(3.0, cpu[level][0]), result(3.0, cpu[level][1])]
+        results[("peer", level)] = [result(2.0, 1.2), result(2.0, 1.2)]
+    lines = report(SimpleNamespace(results=results), {"kiln": [0.04]}, [], {}, {})  # type: ignore[arg-type]
+    assert re.search(r"…ingress at 1/16/64 clients\s+—\s+2.00/1.60/1.40\s+1.20/1.20/1.20$",
+                     "\n".join(lines), re.M)
+    assert "ingress cpu/job 1.33× peer" in lines[-1]
+
+
 def test_the_closed_loop_counts_every_request_once() -> None:
     seen: list[int] = []
     run = closed_loop(seen.append, requests=50, concurrency=4)
@@ -57,3 +73,13 @@ def test_slices_merge_into_one_result_of_their_round() -> None:
     assert sorted(merged.run.latencies) == [1.0, 2.0, 3.0, 9.0]
     assert merged.run.throughput == 2.0
     assert merged.cpu == {"ingress": 1.5, "worker": 15.0}
+
+
+def test_targets_take_each_place_in_turn() -> None:
+    """Over any three turns in a row, each target is measured first, second and last once
+    (none always follows the same other target's jobs)."""
+    for start in range(5):
+        turns = [in_turn(n) for n in range(start, start + 3)]
+        assert all(sorted(order) == sorted(TARGETS) for order in turns)
+        for place in range(len(TARGETS)):
+            assert sorted(order[place] for order in turns) == sorted(TARGETS)
