@@ -159,6 +159,49 @@ def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> No
     subscriber.delete_subscription(subscription=sub)
 
 
+def test_concurrent_publishes_each_arrive_once_with_their_own_id(
+        services: Any, stack: Any) -> None:
+    """Given 32 threads publishing 8 jobs each at once (publishes made while a call is on
+    the wire share the next one), every job arrives exactly once, with its own attributes
+    and the message id its publisher was given."""
+    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
+        channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
+    sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
+    start = threading.Barrier(32)
+    given: dict[str, str] = {}
+
+    def publisher(n: int) -> None:
+        start.wait()
+        for i in range(8):
+            job_id = f"group{n:03d}{i:04d}"
+            given[job_id] = services.queue.publish(job_id, reason="new", check=i)
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(given) == 256 and len(set(given.values())) == 256
+
+    received: dict[str, Any] = {}
+    while len(received) < 256:
+        response = subscriber.pull(subscription=sub, max_messages=100, timeout=10)
+        assert response.received_messages, f"{256 - len(received)} messages never arrived"
+        subscriber.acknowledge(subscription=sub,
+                               ack_ids=[r.ack_id for r in response.received_messages])
+        for r in response.received_messages:
+            job_id = r.message.attributes["jobId"]
+            assert job_id not in received, f"{job_id} arrived twice"
+            received[job_id] = r.message
+    assert {job_id: m.message_id for job_id, m in received.items()} == given
+    for job_id, message in received.items():
+        envelope = {"message": {"data": base64.b64encode(message.data).decode()}}
+        assert decode_message(envelope).job_id == job_id
+        assert message.attributes["check"] == str(int(job_id[-4:]))
+    subscriber.delete_subscription(subscription=sub)
+
+
 @pytest.mark.parametrize("data", [None, {}, {"message": {"data": "%%%"}},
                                   {"message": {"data": base64.b64encode(b"[1]").decode()}},
                                   {"message": {"data": base64.b64encode(

@@ -1,10 +1,12 @@
 """Pub/Sub adapter: wake a worker for a job.
 
 Pub/Sub only wakes workers; Firestore is the source of truth. The message carries the
-job id and nothing a worker could trust over the document. Each publish is one direct
-``Publish`` RPC, made on the caller's thread: no batch, no commit thread, no future
+job id and nothing a worker could trust over the document. A publish is a direct
+``Publish`` RPC made on a caller's thread: no commit thread, no linger, no future
 (docs/benchmarks.md measures why: the batching client started a thread per message and
-made the webhook wait on a future behind a batch lock). The request is built as raw
+made the webhook wait on a future behind a batch lock). Publishes that arrive while a
+call is on the wire go out together in the next one (:class:`GroupPublish`), so
+concurrent webhooks share calls and a lone one sends at once. The request is built as raw
 protobuf and sent on the generated client's channel (``kiln.adapters.wire``).
 """
 
@@ -13,6 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -32,16 +38,120 @@ from kiln.ports import Delivery
 #: costs the webhook 3 s, not the SDK's default 60.
 PUBLISH_TIMEOUT = 3.0
 
+#: The most messages one call carries (Pub/Sub takes up to 1,000 or 10 MB; a job's
+#: message is about 100 bytes).
+MAX_BATCH = 100
+
+Message = tuple[bytes, Mapping[str, str]]
+#: Sends messages in one call within ``timeout`` seconds: their ids, in order.
+Send = Callable[..., list[str]]
+
+
+class _Batch:
+    """Messages waiting to go out in one call, and what became of them."""
+
+    __slots__ = ("deadline", "done", "error", "ids", "messages", "turn")
+
+    def __init__(self, message: Message, deadline: float) -> None:
+        self.messages = [message]
+        self.deadline = deadline  # its first caller's, the earliest
+        self.turn = threading.Event()  # the call before it has returned: send it
+        self.done = threading.Event()
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+
+
+class GroupPublish:
+    """Group commit for publishes: one call on the wire at a time, the rest ride the next.
+
+    A message that finds no call on the wire is sent at once, alone, on its caller's
+    thread: nothing waits and nothing lingers. Messages that arrive while a call is on the
+    wire join one waiting batch (up to ``max_messages``); when the call returns, the
+    batch's first caller sends it for all, and each caller gets its own message id or the
+    call's error. Each caller is held at most ``timeout`` seconds: a batch is sent within
+    its first caller's remaining time, and fails without a call if none is left.
+    """
+
+    def __init__(self, send: Send, *, timeout: float, max_messages: int = MAX_BATCH,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._send, self._timeout, self._max, self._clock = send, timeout, max_messages, clock
+        self._lock = threading.Lock()
+        self._busy = False  # a call is on the wire
+        self._waiting: deque[_Batch] = deque()
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the call on the wire to return."""
+        with self._lock:
+            return sum(len(batch.messages) for batch in self._waiting)
+
+    def __call__(self, data: bytes, attributes: Mapping[str, str]) -> str:
+        """The message's id.
+
+        Raises:
+            Exception: the call's own error (``google.api_core`` exceptions from Pub/Sub).
+        """
+        message = (data, attributes)
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                batch = None
+            elif self._waiting and len(self._waiting[-1].messages) < self._max:
+                batch = self._waiting[-1]
+                index = len(batch.messages)
+                batch.messages.append(message)
+            else:
+                batch, index = _Batch(message, self._clock() + self._timeout), 0
+                self._waiting.append(batch)
+        if batch is None:  # the common case: alone on the wire
+            try:
+                return self._sent([message], None)[0]
+            finally:
+                self._next()
+        if index == 0:
+            batch.turn.wait()
+            try:
+                left = batch.deadline - self._clock()
+                if left <= 0:
+                    raise gexc.DeadlineExceeded("The publish waited its whole time for its turn.")
+                batch.ids = self._sent(batch.messages, left)
+            except BaseException as exc:  # each caller of the batch raises it
+                batch.error = exc
+            finally:
+                batch.done.set()
+                self._next()
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.ids[index]
+
+    def _sent(self, messages: list[Message], timeout: float | None) -> list[str]:
+        ids = self._send(messages, timeout=timeout)
+        if len(ids) != len(messages):
+            raise gexc.InternalServerError(
+                f"Pub/Sub answered {len(ids)} message ids for {len(messages)} messages.")
+        return ids
+
+    def _next(self) -> None:
+        """The call on the wire has returned: hand the wire to the next batch, if any."""
+        with self._lock:
+            following = self._waiting.popleft() if self._waiting else None
+            self._busy = following is not None
+        if following is not None:
+            following.turn.set()
+
 
 class PubSubQueue:
     """Publishes ``{"jobId": ...}`` to the jobs topic."""
 
     def __init__(self, project: str, topic: str, client: PublisherClient | None = None, *,
-                 timeout: float = PUBLISH_TIMEOUT) -> None:
+                 timeout: float = PUBLISH_TIMEOUT, max_batch: int = MAX_BATCH) -> None:
         self.timeout = timeout
         self.client = client or PublisherClient()
         self.topic_path = self.client.topic_path(project, topic)
-        self._publish = wire.Publish(self.client, self.topic_path, timeout=timeout)
+        self._publish = GroupPublish(wire.Publish(self.client, self.topic_path, timeout=timeout),
+                                     timeout=timeout, max_messages=max_batch)
 
     @classmethod
     def connect(cls, project: str, topic: str, *, emulator_host: str = "",

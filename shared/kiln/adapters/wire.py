@@ -16,6 +16,7 @@ tests/integration/test_wire.py creates documents both ways and reads them back e
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,14 +52,19 @@ class Unary:
         self._call = channel.unary_unary(method, request_serializer=request.SerializeToString,
                                          response_deserializer=response.FromString)
         self.method, self.metadata, self.timeout = method, tuple(metadata), timeout
+        self._retry = retry
         self._retried: Callable[[Any], Any] = retry(self._once)
 
-    def __call__(self, request: Any) -> Any:
-        return self._retried(request)
+    def __call__(self, request: Any, timeout: float | None = None) -> Any:
+        """The response; ``timeout`` (seconds, retries included) shortens the call's own."""
+        if timeout is None or timeout >= self.timeout:
+            return self._retried(request)
+        return self._retry.with_timeout(timeout)(
+            functools.partial(self._once, timeout=timeout))(request)
 
-    def _once(self, request: Any) -> Any:
+    def _once(self, request: Any, timeout: float | None = None) -> Any:
         try:
-            return self._call(request, timeout=self.timeout, metadata=self.metadata)
+            return self._call(request, timeout=timeout or self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise gexc.from_grpc_error(exc) from exc
 
@@ -150,7 +156,7 @@ PUBLISH_RETRYABLE = retries.if_exception_type(
 
 
 class Publish:
-    """Publishes one message to one topic."""
+    """Publishes messages to one topic in one call."""
 
     def __init__(self, client: PublisherClient, topic: str, *, timeout: float) -> None:
         self.topic = topic
@@ -162,14 +168,17 @@ class Publish:
             retry=retries.Retry(initial=0.05, maximum=1.0, multiplier=2.0, timeout=timeout,
                                 predicate=PUBLISH_RETRYABLE))
 
-    def __call__(self, data: bytes, attributes: Mapping[str, str]) -> str:
-        """The server's message id.
+    def __call__(self, messages: Sequence[tuple[bytes, Mapping[str, str]]], *,
+                 timeout: float | None = None) -> list[str]:
+        """The server's message ids, in the order of ``messages`` (``(data, attributes)``
+        each); ``timeout`` shortens the call's own. Pub/Sub takes all or none.
 
         Raises:
-            google.api_core.exceptions.GoogleAPIError: Pub/Sub did not take the message.
+            google.api_core.exceptions.GoogleAPIError: Pub/Sub did not take the messages.
         """
         request = _PublishRequest(topic=self.topic)
-        message = request.messages.add()
-        message.data = data
-        message.attributes.update(attributes)
-        return str(self._publish(request).message_ids[0])
+        for data, attributes in messages:
+            message = request.messages.add()
+            message.data = data
+            message.attributes.update(attributes)
+        return list(self._publish(request, timeout).message_ids)

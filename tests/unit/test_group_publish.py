@@ -1,0 +1,205 @@
+"""GroupPublish without a network: a lone publish goes at once, publishes that arrive
+while a call is on the wire share the next call, each caller gets its own id or the
+call's error, and nobody is held past the timeout (a fake clock)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from google.api_core import exceptions as gexc
+
+from kiln.adapters.pubsub import GroupPublish
+
+WAIT = 10.0  # seconds a test waits for a thread before it fails
+
+
+class Wire:
+    """A stand-in for the Publish call: records each call's messages and timeout; a call
+    waits for ``release`` while ``hold`` is set; ``fail`` makes the next calls raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[bytes], float | None]] = []
+        self.on_wire = threading.Event()
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.fail: list[BaseException | None] = []
+        self.answer: Callable[[int], list[str]] | None = None
+        self.during: Callable[[], None] = lambda: None
+
+    def __call__(self, messages: Sequence[tuple[bytes, Mapping[str, str]]], *,
+                 timeout: float | None = None) -> list[str]:
+        number = len(self.calls)
+        self.calls.append(([data for data, _ in messages], timeout))
+        self.on_wire.set()
+        self.during()
+        if self.hold.is_set():
+            assert self.release.wait(WAIT)
+        error = self.fail.pop(0) if self.fail else None
+        if error is not None:
+            raise error
+        if self.answer is not None:
+            return self.answer(len(messages))
+        return [f"{number}:{data.decode()}" for data, _ in messages]
+
+
+def publish_in_threads(group: GroupPublish, names: Sequence[str]) -> dict[str, Any]:
+    """Publishes each name on its own thread; returns name → id or exception."""
+    results: dict[str, Any] = {}
+
+    def one(name: str) -> None:
+        try:
+            results[name] = group(name.encode(), {"jobId": name})
+        except BaseException as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    results["_threads"] = threads
+    return results
+
+
+def joined(results: dict[str, Any]) -> dict[str, Any]:
+    for thread in results.pop("_threads"):
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    return results
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    done = threading.Event()
+    for _ in range(int(WAIT / 0.005)):
+        if condition():
+            return
+        done.wait(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_a_lone_publish_is_sent_at_once_alone() -> None:
+    """Given no call on the wire, a publish is one call with its one message and the
+    call's own timeout, made on the caller's thread."""
+    wire = Wire()
+    callers: list[threading.Thread] = []
+    wire.during = lambda: callers.append(threading.current_thread())
+    group = GroupPublish(wire, timeout=3.0)
+
+    assert group(b"a", {}) == "0:a"
+    assert group(b"b", {}) == "1:b"
+    assert wire.calls == [([b"a"], None), ([b"b"], None)]
+    assert callers == [threading.current_thread()] * 2
+    assert group.queued == 0
+
+
+def test_publishes_made_during_a_call_share_the_next_one() -> None:
+    """Given a call on the wire, when three more publishes arrive, then they wait, go out
+    together in one call when the first returns, and each gets its own message id."""
+    wire = Wire()
+    wire.hold.set()
+    group = GroupPublish(wire, timeout=3.0)
+    first = publish_in_threads(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+    rest = publish_in_threads(group, ["b", "c", "d"])
+    wait_until(lambda: group.queued == 3)
+    assert len(wire.calls) == 1
+
+    wire.release.set()
+
+    assert joined(first) == {"a": "0:a"}
+    assert joined(rest) == {"b": "1:b", "c": "1:c", "d": "1:d"}
+    assert [sorted(messages) for messages, _ in wire.calls] == [[b"a"], [b"b", b"c", b"d"]]
+    assert group.queued == 0
+
+
+def test_a_batch_holds_at_most_max_messages() -> None:
+    """Given max_messages 2 and a call on the wire, five publishes go out as 2, 2 and 1,
+    in the order they arrived."""
+    wire = Wire()
+    wire.hold.set()
+    group = GroupPublish(wire, timeout=3.0, max_messages=2)
+    first = publish_in_threads(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+    rest = []
+    for count, name in enumerate("bcdef", start=1):
+        rest.append(publish_in_threads(group, [name]))
+        wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
+
+    wire.release.set()
+
+    joined(first)
+    results = {name: id_ for each in rest for name, id_ in joined(each).items()}
+    assert [messages for messages, _ in wire.calls] == [[b"a"], [b"b", b"c"], [b"d", b"e"],
+                                                        [b"f"]]
+    assert results == {"b": "1:b", "c": "1:c", "d": "2:d", "e": "2:e", "f": "3:f"}
+
+
+def test_a_failed_call_fails_each_of_its_callers_and_the_next_batch_still_goes() -> None:
+    """Given a call on the wire and two publishes waiting behind it, when the waiting
+    batch's call fails, then both of its callers get that error, the first call's caller
+    its id, and a later publish is sent as usual."""
+    wire = Wire()
+    wire.hold.set()
+    refused = gexc.ServiceUnavailable("emulator gone")
+    wire.fail = [None, refused]
+    group = GroupPublish(wire, timeout=3.0)
+    first = publish_in_threads(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+    rest = publish_in_threads(group, ["b", "c"])
+    wait_until(lambda: group.queued == 2)
+
+    wire.release.set()
+
+    assert joined(first) == {"a": "0:a"}
+    assert joined(rest) == {"b": refused, "c": refused}
+    assert group(b"d", {}) == "2:d"
+
+
+def test_a_call_that_answers_too_few_ids_fails_its_callers() -> None:
+    """An answer whose ids do not match the messages one to one is an error, never a
+    wrong id handed to a caller."""
+    wire = Wire()
+    wire.answer = lambda count: ["only"] * (count - 1)
+    group = GroupPublish(wire, timeout=3.0)
+
+    with pytest.raises(gexc.InternalServerError):
+        group(b"a", {})
+
+
+def test_nobody_waits_past_the_timeout() -> None:
+    """Given a fake clock and a call on the wire, a batch that waited behind it is sent
+    with its earliest caller's remaining time, and one whose time ran out fails with
+    DeadlineExceeded without a call."""
+    now = [100.0]
+    wire = Wire()
+    wire.hold.set()
+    group = GroupPublish(wire, timeout=3.0, clock=lambda: now[0])
+    first = publish_in_threads(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+    rest = publish_in_threads(group, ["b"])
+    wait_until(lambda: group.queued == 1)
+    now[0] += 1.0
+    later = publish_in_threads(group, ["c"])
+    wait_until(lambda: group.queued == 2)
+    now[0] += 1.5  # "b" has 0.5 s left, "c" 1.5 s
+
+    wire.release.set()
+    joined(first)
+    joined(rest)
+    joined(later)
+
+    assert wire.calls[1] == ([b"b", b"c"], pytest.approx(0.5))
+
+    wire.release.clear()
+    wire.on_wire.clear()
+    again = publish_in_threads(group, ["d"])
+    assert wire.on_wire.wait(WAIT)
+    late = publish_in_threads(group, ["e"])
+    wait_until(lambda: group.queued == 1)
+    now[0] += 3.0
+    wire.release.set()
+
+    assert joined(again)["d"] == "2:d"
+    assert isinstance(joined(late)["e"], gexc.DeadlineExceeded)
+    assert len(wire.calls) == 3
