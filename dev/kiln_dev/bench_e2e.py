@@ -35,6 +35,55 @@ def _publisher(stack: LocalStack) -> PublisherClient:
     return PublisherClient(transport=PublisherGrpcTransport(channel=channel))
 
 
+#: Where the emulators' warm-up writes and publishes (nothing of Kiln's reads them).
+WARMUP = "kiln-bench-warmup"
+
+
+def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float:
+    """Warm the Java emulators' JITs before anything is measured: ``pairs`` commits of a
+    job's two documents, each followed by a publish of its message, from ``threads``
+    threads. Each thread writes the same two documents over and over, so the Firestore
+    emulator's data does not grow (it slows as it grows); the messages go to a topic and a
+    subscription of their own, deleted after. Returns the seconds it took."""
+    services = stack.services()
+    client, publisher = services.firestore, _publisher(stack)
+    subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
+        channel=grpc.insecure_channel(f"{stack.config.host}:{stack.config.pubsub_port}")))
+    topic = publisher.topic_path(stack.config.project, WARMUP)
+    subscription = subscriber.subscription_path(stack.config.project, WARMUP)
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+    new = lifecycle.new_job(job_id=new_job_id("bench-warmup"), uid="bench-warmup",
+                            channel="app", request=parse_job_request(
+                                {"kind": "image", "prompt": "warm-up"}),
+                            now=services.clock.now(), policy=services.policy)
+    doc, server = _fields(new.doc), _fields(new.server)
+    data, attributes = encode_message(new.id)
+    taken = itertools.count()
+
+    def warm(n: int) -> None:
+        ref = client.collection(WARMUP).document(f"w{n}")
+        server_ref = ref.collection("private").document("server")
+        while next(taken) < pairs:
+            batch = client.batch()
+            batch.set(ref, doc)
+            batch.set(server_ref, server)
+            batch.commit()
+            publisher.publish(topic=topic, messages=[
+                PubsubMessage(data=data, attributes=attributes)], timeout=10)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=warm, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    subscriber.delete_subscription(subscription=subscription)
+    publisher.delete_topic(topic=topic)
+    return elapsed
+
+
 class Floor:
     """The acknowledgement's floor: the job's two documents created in one commit and its
     message published, straight from this process (no HTTP, no Kiln adapter above the SDKs)."""
