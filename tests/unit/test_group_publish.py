@@ -203,3 +203,23 @@ def test_nobody_waits_past_the_timeout() -> None:
     assert joined(again)["d"] == "2:d"
     assert isinstance(joined(late)["e"], gexc.DeadlineExceeded)
     assert len(wire.calls) == 3
+
+
+def test_a_batch_whose_time_runs_out_before_its_turn_fails_and_leaves_the_queue() -> None:
+    """Given a call that stays on the wire past the timeout (0.3 s here), a publish waiting
+    behind it fails with DeadlineExceeded without waiting for it, nothing is left queued,
+    and once the call returns the next publish is sent at once."""
+    wire = Wire()
+    wire.hold.set()
+    group = GroupPublish(wire, timeout=0.3)
+    first = publish_in_threads(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+
+    late = joined(publish_in_threads(group, ["b"]))
+
+    assert isinstance(late["b"], gexc.DeadlineExceeded)
+    assert group.queued == 0 and len(wire.calls) == 1
+    wire.release.set()
+    assert joined(first) == {"a": "0:a"}
+    wire.hold.clear()
+    assert group(b"c", {}) == "1:c"

@@ -42,6 +42,9 @@ PUBLISH_TIMEOUT = 3.0
 #: message is about 100 bytes).
 MAX_BATCH = 100
 
+#: Why a publish failed without a call: the call before it held the wire its whole time.
+LATE = "The publish waited its whole time for its turn."
+
 Message = tuple[bytes, Mapping[str, str]]
 #: Sends messages in one call within ``timeout`` seconds: their ids, in order.
 Send = Callable[..., list[str]]
@@ -69,7 +72,8 @@ class GroupPublish:
     wire join one waiting batch (up to ``max_messages``); when the call returns, the
     batch's first caller sends it for all, and each caller gets its own message id or the
     call's error. Each caller is held at most ``timeout`` seconds: a batch is sent within
-    its first caller's remaining time, and fails without a call if none is left.
+    its first caller's remaining time, and fails without a call if none is left, even while
+    the call before it is still on the wire.
     """
 
     def __init__(self, send: Send, *, timeout: float, max_messages: int = MAX_BATCH,
@@ -109,11 +113,15 @@ class GroupPublish:
             finally:
                 self._next()
         if index == 0:
-            batch.turn.wait()
+            if not batch.turn.wait(max(0.0, batch.deadline - self._clock())) \
+                    and self._withdraw(batch):
+                batch.error = gexc.DeadlineExceeded(LATE)
+                batch.done.set()
+                raise batch.error
             try:
                 left = batch.deadline - self._clock()
                 if left <= 0:
-                    raise gexc.DeadlineExceeded("The publish waited its whole time for its turn.")
+                    raise gexc.DeadlineExceeded(LATE)
                 batch.ids = self._sent(batch.messages, left)
             except BaseException as exc:  # each caller of the batch raises it
                 batch.error = exc
@@ -132,6 +140,15 @@ class GroupPublish:
             raise gexc.InternalServerError(
                 f"Pub/Sub answered {len(ids)} message ids for {len(messages)} messages.")
         return ids
+
+    def _withdraw(self, batch: _Batch) -> bool:
+        """Take a batch whose time ran out before its turn off the queue; False if its turn
+        has just come (it is then sent, or failed, as usual)."""
+        with self._lock:
+            if batch in self._waiting:
+                self._waiting.remove(batch)
+                return True
+            return False
 
     def _next(self) -> None:
         """The call on the wire has returned: hand the wire to the next batch, if any."""
