@@ -330,7 +330,9 @@ def test_long_model_job_waits_on_scheduled_checks_without_a_second_task(
     assert rstack.tasks_stats()["dispatched"] > dispatched, "no check went through Cloud Tasks"
     assert tasks.submissions[job_id] == 1
     assert seen == sorted(seen), f"progress went backwards: {seen}"
-    assert len(set(seen)) >= 4 and seen[-1] == 100
+    # Live progress between the ends; how many values depends on when the checks land,
+    # which moves by seconds on a loaded machine ({0, 63, 100} once in a parallel run).
+    assert any(0 < p < 100 for p in seen) and seen[-1] == 100, seen
 
 
 # --- 4. the sweeper -------------------------------------------------------------------
