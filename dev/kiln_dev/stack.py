@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,10 +87,39 @@ def wait_until_interrupted() -> None:
         time.sleep(1)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def _any_port(host: str) -> int:
+    """A port the kernel finds free now (the socket is closed again at once)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+class PortPicker:
+    """Hands out free ports, never one it has handed out before.
+
+    A port is picked by binding to port 0 and closing the socket, so the kernel can give
+    the same number to the next pick: two parts of one stack would then share a port, and
+    the faster one would answer the other's readiness probe (seen once: the bench's
+    Firestore client reached an HTTP server on the emulator's port). A port taken by
+    another process between the pick and the bind is the stack's to notice and move.
+    """
+
+    def __init__(self, probe: Callable[[str], int] = _any_port) -> None:
+        self._probe = probe
+        self._given: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, host: str = "127.0.0.1") -> int:
+        with self._lock:
+            while True:
+                port = self._probe(host)
+                if port not in self._given:
+                    self._given.add(port)
+                    return port
+
+
+#: Every port this process picks for a part (stacks, the peer, stand-ins).
+free_port = PortPicker()
 
 
 @dataclass
