@@ -112,27 +112,30 @@ class GroupPublish:
                 return self._sent([message], None)[0]
             finally:
                 self._next()
-        if index == 0:
-            if not batch.turn.wait(max(0.0, batch.deadline - self._clock())) \
-                    and self._withdraw(batch):
-                batch.error = gexc.DeadlineExceeded(LATE)
-                batch.done.set()
-                raise batch.error
-            try:
-                left = batch.deadline - self._clock()
-                if left <= 0:
-                    raise gexc.DeadlineExceeded(LATE)
-                batch.ids = self._sent(batch.messages, left)
-            except BaseException as exc:  # each caller of the batch raises it
-                batch.error = exc
-            finally:
-                batch.done.set()
-                self._next()
-        else:
+        if index > 0:
             batch.done.wait()
+        elif batch.turn.wait(max(0.0, batch.deadline - self._clock())) \
+                or not self._withdraw(batch):
+            self._run(batch)
+        else:  # its time ran out behind the call on the wire: it never had the wire
+            batch.error = gexc.DeadlineExceeded(LATE)
+            batch.done.set()
         if batch.error is not None:
             raise batch.error
         return batch.ids[index]
+
+    def _run(self, batch: _Batch) -> None:
+        """Send a batch whose turn has come, for all its callers; then hand the wire on."""
+        try:
+            left = batch.deadline - self._clock()
+            if left <= 0:
+                raise gexc.DeadlineExceeded(LATE)
+            batch.ids = self._sent(batch.messages, left)
+        except BaseException as exc:  # each caller of the batch raises it
+            batch.error = exc
+        finally:
+            batch.done.set()
+            self._next()
 
     def _sent(self, messages: list[Message], timeout: float | None) -> list[str]:
         ids = self._send(messages, timeout=timeout)
