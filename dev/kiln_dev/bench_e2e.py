@@ -30,9 +30,18 @@ from kiln_dev.pusher import STREAMS, PushRelay
 from kiln_dev.stack import LocalStack, free_port
 
 
+def _pubsub_host(stack: LocalStack) -> str:
+    return f"{stack.config.host}:{stack.config.pubsub_port}"
+
+
 def _publisher(stack: LocalStack) -> PublisherClient:
-    channel = grpc.insecure_channel(f"{stack.config.host}:{stack.config.pubsub_port}")
+    channel = grpc.insecure_channel(_pubsub_host(stack))
     return PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+
+
+def _subscriber(stack: LocalStack) -> SubscriberClient:
+    channel = grpc.insecure_channel(_pubsub_host(stack))
+    return SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 #: Where the emulators' warm-up writes and publishes (nothing of Kiln's reads them).
@@ -46,9 +55,7 @@ def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float
     emulator's data does not grow (it slows as it grows); the messages go to a topic and a
     subscription of their own, deleted after. Returns the seconds it took."""
     services = stack.services()
-    client, publisher = services.firestore, _publisher(stack)
-    subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(f"{stack.config.host}:{stack.config.pubsub_port}")))
+    client, publisher, subscriber = services.firestore, _publisher(stack), _subscriber(stack)
     topic = publisher.topic_path(stack.config.project, WARMUP)
     subscription = subscriber.subscription_path(stack.config.project, WARMUP)
     publisher.create_topic(name=topic)
@@ -160,10 +167,8 @@ def push_floor(stack: LocalStack, jobs: int, *, name: str = "bench-push-floor",
     ``stagger``: each publish waits 0–3 × ``stagger`` s after the previous arrival, so the
     publishes fall at varied moments of the emulator's poll."""
     sink = _PushSink()
-    host = f"{stack.config.host}:{stack.config.pubsub_port}"
-    publisher = _publisher(stack)
-    subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(host)))
+    host = _pubsub_host(stack)
+    publisher, subscriber = _publisher(stack), _subscriber(stack)
     project = stack.config.project
     topic = publisher.topic_path(project, name)
     publisher.create_topic(name=topic)
