@@ -45,28 +45,28 @@ class Wire:
         return [f"{number}:{data.decode()}" for data, _ in messages]
 
 
-def publish_in_threads(group: GroupPublish, names: Sequence[str]) -> dict[str, Any]:
-    """Publishes each name on its own thread; returns name → id or exception."""
-    results: dict[str, Any] = {}
+class Publishers:
+    """Publishes each name on a thread of its own."""
 
-    def one(name: str) -> None:
+    def __init__(self, group: GroupPublish, names: Sequence[str]) -> None:
+        self.results: dict[str, Any] = {}
+        self.threads = [threading.Thread(target=self._one, args=(group, name))
+                        for name in names]
+        for thread in self.threads:
+            thread.start()
+
+    def _one(self, group: GroupPublish, name: str) -> None:
         try:
-            results[name] = group(name.encode(), {"jobId": name})
+            self.results[name] = group(name.encode(), {"jobId": name})
         except BaseException as exc:
-            results[name] = exc
+            self.results[name] = exc
 
-    threads = [threading.Thread(target=one, args=(name,)) for name in names]
-    for thread in threads:
-        thread.start()
-    results["_threads"] = threads
-    return results
-
-
-def joined(results: dict[str, Any]) -> dict[str, Any]:
-    for thread in results.pop("_threads"):
-        thread.join(WAIT)
-        assert not thread.is_alive()
-    return results
+    def joined(self) -> dict[str, Any]:
+        """Name → message id or exception, once every thread has ended."""
+        for thread in self.threads:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        return self.results
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
@@ -99,16 +99,16 @@ def test_publishes_made_during_a_call_share_the_next_one() -> None:
     wire = Wire()
     wire.hold.set()
     group = GroupPublish(wire, timeout=3.0)
-    first = publish_in_threads(group, ["a"])
+    first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
-    rest = publish_in_threads(group, ["b", "c", "d"])
+    rest = Publishers(group, ["b", "c", "d"])
     wait_until(lambda: group.queued == 3)
     assert len(wire.calls) == 1
 
     wire.release.set()
 
-    assert joined(first) == {"a": "0:a"}
-    assert joined(rest) == {"b": "1:b", "c": "1:c", "d": "1:d"}
+    assert first.joined() == {"a": "0:a"}
+    assert rest.joined() == {"b": "1:b", "c": "1:c", "d": "1:d"}
     assert [sorted(messages) for messages, _ in wire.calls] == [[b"a"], [b"b", b"c", b"d"]]
     assert group.queued == 0
 
@@ -119,17 +119,17 @@ def test_a_batch_holds_at_most_max_messages() -> None:
     wire = Wire()
     wire.hold.set()
     group = GroupPublish(wire, timeout=3.0, max_messages=2)
-    first = publish_in_threads(group, ["a"])
+    first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
     rest = []
     for count, name in enumerate("bcdef", start=1):
-        rest.append(publish_in_threads(group, [name]))
+        rest.append(Publishers(group, [name]))
         wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
 
     wire.release.set()
 
-    joined(first)
-    results = {name: id_ for each in rest for name, id_ in joined(each).items()}
+    first.joined()
+    results = {name: id_ for each in rest for name, id_ in each.joined().items()}
     assert [messages for messages, _ in wire.calls] == [[b"a"], [b"b", b"c"], [b"d", b"e"],
                                                         [b"f"]]
     assert results == {"b": "1:b", "c": "1:c", "d": "2:d", "e": "2:e", "f": "3:f"}
@@ -144,15 +144,15 @@ def test_a_failed_call_fails_each_of_its_callers_and_the_next_batch_still_goes()
     refused = gexc.ServiceUnavailable("emulator gone")
     wire.fail = [None, refused]
     group = GroupPublish(wire, timeout=3.0)
-    first = publish_in_threads(group, ["a"])
+    first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
-    rest = publish_in_threads(group, ["b", "c"])
+    rest = Publishers(group, ["b", "c"])
     wait_until(lambda: group.queued == 2)
 
     wire.release.set()
 
-    assert joined(first) == {"a": "0:a"}
-    assert joined(rest) == {"b": refused, "c": refused}
+    assert first.joined() == {"a": "0:a"}
+    assert rest.joined() == {"b": refused, "c": refused}
     assert group(b"d", {}) == "2:d"
 
 
@@ -175,33 +175,33 @@ def test_nobody_waits_past_the_timeout() -> None:
     wire = Wire()
     wire.hold.set()
     group = GroupPublish(wire, timeout=3.0, clock=lambda: now[0])
-    first = publish_in_threads(group, ["a"])
+    first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
-    rest = publish_in_threads(group, ["b"])
+    rest = Publishers(group, ["b"])
     wait_until(lambda: group.queued == 1)
     now[0] += 1.0
-    later = publish_in_threads(group, ["c"])
+    later = Publishers(group, ["c"])
     wait_until(lambda: group.queued == 2)
     now[0] += 1.5  # "b" has 0.5 s left, "c" 1.5 s
 
     wire.release.set()
-    joined(first)
-    joined(rest)
-    joined(later)
+    first.joined()
+    rest.joined()
+    later.joined()
 
     assert wire.calls[1] == ([b"b", b"c"], pytest.approx(0.5))
 
     wire.release.clear()
     wire.on_wire.clear()
-    again = publish_in_threads(group, ["d"])
+    again = Publishers(group, ["d"])
     assert wire.on_wire.wait(WAIT)
-    late = publish_in_threads(group, ["e"])
+    late = Publishers(group, ["e"])
     wait_until(lambda: group.queued == 1)
     now[0] += 3.0
     wire.release.set()
 
-    assert joined(again)["d"] == "2:d"
-    assert isinstance(joined(late)["e"], gexc.DeadlineExceeded)
+    assert again.joined()["d"] == "2:d"
+    assert isinstance(late.joined()["e"], gexc.DeadlineExceeded)
     assert len(wire.calls) == 3
 
 
@@ -212,14 +212,14 @@ def test_a_batch_whose_time_runs_out_before_its_turn_fails_and_leaves_the_queue(
     wire = Wire()
     wire.hold.set()
     group = GroupPublish(wire, timeout=0.3)
-    first = publish_in_threads(group, ["a"])
+    first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
 
-    late = joined(publish_in_threads(group, ["b"]))
+    late = Publishers(group, ["b"]).joined()
 
     assert isinstance(late["b"], gexc.DeadlineExceeded)
     assert group.queued == 0 and len(wire.calls) == 1
     wire.release.set()
-    assert joined(first) == {"a": "0:a"}
+    assert first.joined() == {"a": "0:a"}
     wire.hold.clear()
     assert group(b"c", {}) == "1:c"
