@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -122,14 +123,23 @@ def test_a_write_on_a_read_that_meets_another_transactions_lock_is_decided_again
     assert (read.stage, read.server.checks) == ("decided", 1)
 
 
-def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> None:
-    """A published job id arrives as base64 JSON that decode_message reads back; with
-    tracing off it carries no trace context, with tracing on the emulator delivers the
-    ``traceparent`` attribute and the delivery continues the publish's trace."""
+@pytest.fixture
+def jobs_subscription(services: Any, stack: Any) -> Iterator[tuple[Any, str]]:
+    """A pull subscription of its own on the jobs topic (subscriber, path), deleted after."""
     subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
         channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
     sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
+    yield subscriber, sub
+    subscriber.delete_subscription(subscription=sub)
+
+
+def test_publish_reaches_a_subscriber_as_job_id(
+        services: Any, jobs_subscription: tuple[Any, str]) -> None:
+    """A published job id arrives as base64 JSON that decode_message reads back; with
+    tracing off it carries no trace context, with tracing on the emulator delivers the
+    ``traceparent`` attribute and the delivery continues the publish's trace."""
+    subscriber, sub = jobs_subscription
 
     def pulled() -> Any:
         response = subscriber.pull(subscription=sub, max_messages=1, timeout=10)
@@ -156,18 +166,14 @@ def test_publish_reaches_a_subscriber_as_job_id(services: Any, stack: Any) -> No
     found = {s.name: s for s in spans.get_finished_spans()}
     assert found["kiln.deliver"].parent.span_id == found["pubsub.publish"].context.span_id
     assert found["kiln.deliver"].context.trace_id == found["pubsub.publish"].context.trace_id
-    subscriber.delete_subscription(subscription=sub)
 
 
 def test_concurrent_publishes_each_arrive_once_with_their_own_id(
-        services: Any, stack: Any) -> None:
+        services: Any, jobs_subscription: tuple[Any, str]) -> None:
     """Given 32 threads publishing 8 jobs each at once (publishes made while a call is on
     the wire share the next one), every job arrives exactly once, with its own attributes
     and the message id its publisher was given."""
-    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
-    sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
+    subscriber, sub = jobs_subscription
     start = threading.Barrier(32)
     given: dict[str, str] = {}
 
@@ -199,7 +205,6 @@ def test_concurrent_publishes_each_arrive_once_with_their_own_id(
         envelope = {"message": {"data": base64.b64encode(message.data).decode()}}
         assert decode_message(envelope).job_id == job_id
         assert message.attributes["check"] == str(int(job_id[-4:]))
-    subscriber.delete_subscription(subscription=sub)
 
 
 @pytest.mark.parametrize("data", [None, {}, {"message": {"data": "%%%"}},
