@@ -345,14 +345,18 @@ class LocalStack:
     def _start_functions(self, deadline: float) -> None:
         """The ingress and the worker; each knows the other's address, so a port taken
         before either bound moves both."""
+        from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
         c = self.config
         for attempt in range(3):
             env = {**os.environ, **self.function_env(),
                    "THREADS": str(max(c.worker_threads, c.push_relay)),
                    "WORKERS": str(c.worker_processes), "PYTHONUNBUFFERED": "1"}
             # OTEL_SERVICE_NAME names each function's spans, as the Terraform does.
+            # As the Terraform sets it; one from the caller's environment or config wins.
             self._spawn("ingress", self._ff("ingress", "http", c.ingress_port),
-                        env={**env, "THREADS": str(c.ingress_threads),
+                        env={"GRPC_EXPERIMENTS": INGRESS_GRPC_EXPERIMENTS, **env,
+                             "THREADS": str(c.ingress_threads),
                              "OTEL_SERVICE_NAME": "kiln-ingress"},
                         ready=f"{self.ingress_url}/healthz", want=200)
             self._spawn("worker", self._ff("worker", "cloudevent", c.worker_port),

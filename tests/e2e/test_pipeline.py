@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,6 +63,17 @@ def test_image_job_completes_with_file_and_one_push(api: httpx.Client, services:
     assert pushes[0]["notification"]["title"]
     over_http = api.get(f"/v1/jobs/{job_id}").json()
     assert over_http["status"] == "completed" and over_http["result"]["sha256"] == result["sha256"]
+
+
+def test_the_ingress_serves_on_grpcs_older_client_path(stack: Any) -> None:
+    """Given the local stack, when reading the ingress's serving process, then it runs with
+    the GRPC_EXPERIMENTS the Terraform gives it (gRPC reads it only at import, so it must be
+    in the process's environment from the start)."""
+    from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
+    (pid,) = stack.worker_processes("ingress")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"GRPC_EXPERIMENTS={INGRESS_GRPC_EXPERIMENTS}".encode() in environ
 
 
 def test_model_job_stores_a_valid_glb(api: httpx.Client, services: Any) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,9 @@ LOCAL_ONLY = frozenset({
     "KILN_WEBHOOK_SCHEDULE_SCALE",  # the delivery benchmark's; refused on the cloud
 })
 
-#: Read by the platform's functions-framework (THREADS) and the OpenTelemetry SDK
-#: (OTEL_SERVICE_NAME), not by Kiln (both checked below).
-PLATFORM_VARS = frozenset({"THREADS", "OTEL_SERVICE_NAME"})
+#: Read by the platform's functions-framework (THREADS), the OpenTelemetry SDK
+#: (OTEL_SERVICE_NAME) and gRPC (GRPC_EXPERIMENTS), not by Kiln (each checked below).
+PLATFORM_VARS = frozenset({"THREADS", "OTEL_SERVICE_NAME", "GRPC_EXPERIMENTS"})
 
 #: Job lifecycle settings: written by one function and judged by another, so all agree.
 LIFECYCLE = frozenset({
@@ -338,6 +341,31 @@ def test_functions_framework_reads_threads() -> None:
     from functions_framework._http import gunicorn
 
     assert '"THREADS"' in inspect.getsource(gunicorn)
+
+
+def test_the_ingress_keeps_grpcs_older_client_path(functions: dict[str, Function]) -> None:
+    """Given the ingress, when reading its environment, then GRPC_EXPERIMENTS is the value
+    measured for it (kiln.settings, which the local stack sets too), and only there."""
+    from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
+    assert functions["ingress"].env.get("GRPC_EXPERIMENTS") == INGRESS_GRPC_EXPERIMENTS
+    assert [fn.name for fn in functions.values() if "GRPC_EXPERIMENTS" in fn.env] == ["ingress"]
+
+
+def test_the_installed_grpc_knows_the_ingress_experiment() -> None:
+    """Given the pinned grpcio, when it starts with the ingress's GRPC_EXPERIMENTS, then it
+    names no unknown experiment. gRPC ignores one it no longer knows (logging it), and the
+    ingress's measured CPU saving would silently go: an upgrade that removes it fails here."""
+    from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
+    probe = ("import grpc; grpc.insecure_channel('127.0.0.1:9').close(); "
+             "print('started', flush=True)")
+    for value in (INGRESS_GRPC_EXPERIMENTS, "-no_such_experiment"):
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={**os.environ, "GRPC_EXPERIMENTS": value}, timeout=60)
+        assert run.stdout.strip() == "started", run.stderr
+        unknown = "Unknown experiment" in run.stderr
+        assert unknown == value.startswith("-no_such"), (value, run.stderr)
 
 
 def test_the_opentelemetry_sdk_reads_the_service_name(
