@@ -94,11 +94,10 @@ _SECRET_ATTRS = frozenset(attr for attr, secret in ENV_VARS.values() if secret)
 #: ``GRPC_EXPERIMENTS`` in the ingress's environment (the Terraform, the local stack); read
 #: by gRPC when it is imported, not by Kiln. It keeps gRPC's older client I/O path, on
 #: which the request's own thread reads the answer to its call; gRPC's EventEngine path
-#: (its default since 1.80) reads it on a thread of its own and hands it over, two more
-#: thread switches per call. Measured: 7–13 % less CPU per accepted job at one client,
-#: 18.8 → 11.2 context switches per request (docs/benchmarks.md, eighth pass). gRPC plans
-#: to remove the choice; tests/static/test_infra.py fails once the pinned grpcio no longer
-#: knows it.
+#: (its default since 1.80) reads it on a thread of its own and hands it over. Measured
+#: at one client: 6–13 % less CPU per accepted job, 19–21 → 11–12 context switches per
+#: request (docs/benchmarks.md, the eighth pass). gRPC plans to remove the choice;
+#: tests/static/test_infra.py fails once the pinned grpcio no longer knows it.
 INGRESS_GRPC_EXPERIMENTS = "-event_engine_client"
 
 
