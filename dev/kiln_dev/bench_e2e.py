@@ -25,6 +25,7 @@ from kiln.adapters.pubsub import encode_message
 from kiln.core import lifecycle
 from kiln.core.job import new_job_id
 from kiln.core.requests import parse_job_request
+from kiln_dev.bench_load import closed_loop
 from kiln_dev.bench_peer import DONE_CHANNEL, PeerStack
 from kiln_dev.pusher import STREAMS, PushRelay
 from kiln_dev.stack import LocalStack, free_port
@@ -51,9 +52,10 @@ WARMUP = "kiln-bench-warmup"
 def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float:
     """Warm the Java emulators' JITs before anything is measured: ``pairs`` commits of a
     job's two documents, each followed by a publish of its message, from ``threads``
-    threads. Each thread writes the same two documents over and over, so the Firestore
-    emulator's data does not grow (it slows as it grows); the messages go to a topic and a
-    subscription of their own, deleted after. Returns the seconds it took."""
+    threads (``bench_load.closed_loop``). The commits write over the same ``threads``
+    pairs of documents in turn, so the Firestore emulator's data does not grow (it slows
+    as it grows); the messages go to a topic and a subscription of their own, deleted
+    after. Returns the seconds it took."""
     services = stack.services()
     client, publisher, subscriber = services.firestore, _publisher(stack), _subscriber(stack)
     topic = publisher.topic_path(stack.config.project, WARMUP)
@@ -66,29 +68,20 @@ def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float
                             now=services.clock.now(), policy=services.policy)
     doc, server = _fields(new.doc), _fields(new.server)
     data, attributes = encode_message(new.id)
-    taken = itertools.count()
 
-    def warm(n: int) -> None:
-        ref = client.collection(WARMUP).document(f"w{n}")
-        server_ref = ref.collection("private").document("server")
-        while next(taken) < pairs:
-            batch = client.batch()
-            batch.set(ref, doc)
-            batch.set(server_ref, server)
-            batch.commit()
-            publisher.publish(topic=topic, messages=[
-                PubsubMessage(data=data, attributes=attributes)], timeout=10)
+    def warm(i: int) -> None:
+        ref = client.collection(WARMUP).document(f"w{i % threads}")
+        batch = client.batch()
+        batch.set(ref, doc)
+        batch.set(ref.collection("private").document("server"), server)
+        batch.commit()
+        publisher.publish(topic=topic, messages=[
+            PubsubMessage(data=data, attributes=attributes)], timeout=10)
 
-    started = time.perf_counter()
-    workers = [threading.Thread(target=warm, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
+    run = closed_loop(warm, pairs, threads, warmup=0)
     subscriber.delete_subscription(subscription=subscription)
     publisher.delete_topic(topic=topic)
-    return elapsed
+    return run.wall
 
 
 class Floor:
