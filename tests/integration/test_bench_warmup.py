@@ -8,19 +8,19 @@ from typing import Any
 import grpc
 import pytest
 from google.api_core import exceptions as gexc
-from google.pubsub_v1 import PublisherClient, SubscriberClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1 import SubscriberClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from kiln_dev.bench_e2e import WARMUP, warm_emulators
 from kiln_dev.stack import LocalStack
+from support import emulator_publisher
 
 
 def test_warming_the_emulators_writes_over_the_same_documents_and_removes_its_topic(
         stack: LocalStack, services: Any) -> None:
-    """Given 60 commits and publishes from 4 threads, the warm-up collection holds one job
-    document (and its server document) per thread, each written with the job's fields, and
-    the warm-up's topic and subscription are gone afterwards."""
+    """Given 60 commits and publishes from 4 threads, the warm-up collection holds four job
+    documents (each with its server document), written over and over with the job's
+    fields, and the warm-up's topic and subscription are gone afterwards."""
     seconds = warm_emulators(stack, 60, threads=4)
 
     assert seconds > 0
@@ -31,8 +31,7 @@ def test_warming_the_emulators_writes_over_the_same_documents_and_removes_its_to
     server = services.firestore.document(f"{WARMUP}/w0/private/server").get()
     assert server.exists
     address = f"{stack.config.host}:{stack.config.pubsub_port}"
-    publisher = PublisherClient(transport=PublisherGrpcTransport(
-        channel=grpc.insecure_channel(address)))
+    publisher = emulator_publisher(address)
     subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
         channel=grpc.insecure_channel(address)))
     with pytest.raises(gexc.NotFound):
