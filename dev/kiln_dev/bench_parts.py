@@ -4,7 +4,8 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
 - **ingress CPU by request kind**: the ingress's gunicorn worker process, per request, for
   ``GET /healthz`` (HTTP, functions-framework, Flask, Kiln's router), a ``POST /v1/jobs``
   refused with 400, and an accepted one, split into the threads that handle requests
-  and gRPC's EventEngine threads (``/proc/<pid>/task``).
+  and gRPC's own (EventEngine's, ``/proc/<pid>/task``; the ingress's older client path
+  has none).
 - **an accepted request's steps, in process**: the functions-framework app called
   directly (no HTTP) in a child process, with thread-CPU timers around Kiln's steps.
 - **a transaction against a write on a read**: ``JobStore.transact`` as a transaction
@@ -12,6 +13,13 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   both documents' update times), interleaved.
 - **push relay streams**: publish → a bare HTTP endpoint through ``PushRelay`` with 4, 8
   and 12 pull streams (the emulator's pull loop sleeps 50 ms between looks).
+- **ingress CPU by library, against the peer** (``--libraries``; needs ``perf`` and
+  ``redis-server``): ``POST /v1/jobs`` at one client on Kiln's ingress and on the Celery +
+  Redis peer of ``make bench`` in turn, each gunicorn worker sampled by ``perf record``;
+  its CPU per request (``/proc``) split by the shared object the samples fell in (the
+  Python interpreter, the kernel, gRPC's core, protobuf, the C libraries).
+
+The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 """
 
 from __future__ import annotations
@@ -22,10 +30,14 @@ import functools
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +47,7 @@ from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core import lifecycle, sentinels
 from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
-from kiln_dev.bench_e2e import push_floor
+from kiln_dev.bench_e2e import push_floor, warm_emulators
 from kiln_dev.bench_load import median, percentile
 from kiln_dev.stack import LocalStack, StackConfig
 
@@ -94,7 +106,7 @@ def ingress_cpu(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     for kind in kinds:
         total = median(sum(c.values()) for c in per[kind])
         grpc_ms = median(c["grpc"] for c in per[kind])
-        lines.append(f"  {kind:<9} {total:.2f} ms  (gRPC EventEngine threads {grpc_ms:.2f} ms)")
+        lines.append(f"  {kind:<9} {total:.2f} ms  (gRPC's own threads {grpc_ms:.2f} ms)")
     return lines
 
 
@@ -234,9 +246,115 @@ def relay_streams(stack: LocalStack, messages: int, rounds: int) -> list[str]:
         f"max {max(v):.1f} ms" for streams, v in took.items()]
 
 
+#: Shared objects grouped as the ``--libraries`` part reports them, first match wins.
+LIBRARIES = (("Python interpreter", re.compile(r"^libpython")),
+             ("kernel", re.compile(r"^\[kernel")),
+             ("gRPC core", re.compile(r"^cygrpc")),
+             ("protobuf", re.compile(r"^_message|^_upb")),
+             ("C libraries", re.compile(r"^(libc|ld-linux|libstdc\+\+|libm|libpthread)[.-]")))
+
+
+def by_library(report: str) -> dict[str, float]:
+    """Each library group's share (0–1) of the samples in a ``perf report --sort dso
+    --stdio -q -F sample,dso`` listing; what matches no group is ``other``."""
+    counts = {name: 0 for name, _ in LIBRARIES} | {"other": 0}
+    for line in report.splitlines():
+        fields = line.split(None, 1)
+        if len(fields) != 2 or not fields[0].isdigit():
+            continue
+        dso = os.path.basename(fields[1].strip())
+        group = next((name for name, pattern in LIBRARIES if pattern.search(dso)), "other")
+        counts[group] += int(fields[0])
+    total = sum(counts.values())
+    return {name: n / total for name, n in counts.items()} if total else {}
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def sampled(pid: int, run: Callable[[], int]) -> tuple[float, dict[str, float]]:
+    """``run()`` (which returns how many requests it made) while ``perf record`` samples
+    ``pid``: its CPU per request in ms, and that CPU's split by library."""
+    with tempfile.TemporaryDirectory(prefix="kiln-perf-") as tmp:
+        data = os.path.join(tmp, "perf.data")
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-o", data, "-p", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)  # perf attaches before the first request
+            before = _cpu(pid)
+            requests = run()
+            ms = (_cpu(pid) - before) / requests * 1000
+        finally:
+            perf.send_signal(2)  # SIGINT: perf writes its data and exits
+            _, err = perf.communicate(timeout=60)
+        if perf.returncode not in (0, -2):
+            raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
+        report = subprocess.run(["perf", "report", "-i", data, "--sort", "dso", "--stdio", "-q",
+                                 "-F", "sample,dso"], capture_output=True, text=True, timeout=120,
+                                check=True).stdout
+    return ms, by_library(report)
+
+
+def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
+    """Kiln's ingress and the peer's, one client, in turn: CPU per request by library."""
+    missing = [tool for tool in ("perf", "redis-server") if shutil.which(tool) is None]
+    if missing:
+        return [f"ingress CPU by library: not measured, {' and '.join(missing)} not installed "
+                "(apt-get install -y linux-perf redis-server)"]
+    from kiln_dev.bench_peer import PeerStack
+
+    token = emulator_id_token("parts-libraries", stack.config.project)
+    assert stack.relay is not None
+    stack.relay.hold()  # Kiln's worker runs none of these jobs meanwhile (as make bench)
+    with PeerStack(threads=stack.config.ingress_threads) as peer:
+        arbiter = peer.procs["gunicorn"].pid
+        targets = {"kiln": (stack.ingress_url, stack.worker_processes("ingress")[0]),
+                   "peer": (peer.url, int(Path(f"/proc/{arbiter}/task/{arbiter}/children")
+                                          .read_text().split()[0]))}
+        per: dict[str, list[tuple[float, dict[str, float]]]] = {t: [] for t in targets}
+        for n in range(rounds + 1):  # the first round warms both: not recorded
+            for target, (url, pid) in targets.items():
+                with httpx.Client(base_url=url, timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"}) as client:
+                    def run(client: httpx.Client = client) -> int:
+                        for i in range(requests):
+                            response = client.post("/v1/jobs", json={"kind": "image",
+                                                                     "prompt": f"libraries {i}"})
+                            assert response.status_code == 202, response.text
+                        return requests
+                    result = sampled(pid, run)
+                if n:
+                    per[target].append(result)
+    return library_table(per, rounds, requests)
+
+
+def library_table(per: dict[str, list[tuple[float, dict[str, float]]]], rounds: int,
+                  requests: int) -> list[str]:
+    """The ``--libraries`` part's lines: medians over the rounds, in ms per request."""
+    def med(values: Iterable[float]) -> float:
+        return median(list(values))
+    lines = [f"ingress CPU per request by library (perf record, 1 client, median of "
+             f"{rounds} × {requests}; ms):",
+             f"  {'':<20} {'kiln':>6} {'peer':>6}"]
+    groups = [name for name, _ in LIBRARIES] + ["other"]
+    totals = {t: med(ms for ms, _ in runs) for t, runs in per.items()}
+    for group in groups:
+        cells = [med(ms * split.get(group, 0.0) for ms, split in per[t]) for t in ("kiln", "peer")]
+        lines.append(f"  {group:<20} {cells[0]:>6.2f} {cells[1]:>6.2f}")
+    lines.append(f"  {'whole worker':<20} {totals['kiln']:>6.2f} {totals['peer']:>6.2f}"
+                 f"   ({totals['kiln'] / totals['peer']:.2f}×)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kiln_dev.bench_parts", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warm-emulators", type=int, default=5000, metavar="N",
+                        help="commits and publishes that warm the emulators first (0: none)")
+    parser.add_argument("--libraries", action="store_true",
+                        help="only the ingress's CPU by library against the peer's (perf)")
     parser.add_argument("--steps-here", type=int, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     if args.steps_here:
@@ -245,9 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0"}, sweep_interval=0,
                          push_relay=8, ingress_threads=16)
     with LocalStack(config) as stack:
-        for part in (ingress_cpu(stack, 300, args.rounds), request_steps(stack, 1000),
-                     transactions(stack, 100, args.rounds), relay_streams(stack, 40, args.rounds)):
-            print("\n".join(part), flush=True)
+        if args.warm_emulators:
+            warm_emulators(stack, args.warm_emulators)
+        parts: list[Callable[[], list[str]]] = [
+            lambda: ingress_cpu(stack, 300, args.rounds), lambda: request_steps(stack, 1000),
+            lambda: transactions(stack, 100, args.rounds),
+            lambda: relay_streams(stack, 40, args.rounds)]
+        if args.libraries:
+            parts = [lambda: libraries(stack, 500, args.rounds)]
+        for part in parts:
+            print("\n".join(part()), flush=True)
     return 0
 
 

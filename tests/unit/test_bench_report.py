@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_load import Run, closed_loop
+from kiln_dev.bench_parts import by_library, library_table
 
 
 def result(ms: float, ingress: float) -> Result:
@@ -83,3 +84,45 @@ def test_targets_take_each_place_in_turn() -> None:
         assert all(sorted(order) == sorted(TARGETS) for order in turns)
         for place in range(len(TARGETS)):
             assert sorted(order[place] for order in turns) == sorted(TARGETS)
+
+
+PERF_REPORT = """\
+           850  libpython3.11.so.1.0
+           280  [kernel.kallsyms]
+           140  cygrpc.cpython-311-x86_64-linux-gnu.so
+            46  _message.abi3.so
+            44  libc.so.6
+             8  ld-linux-x86-64.so.2
+             7  libstdc++.so.6.0.30
+            25  _pydantic_core.cpython-311-x86_64-linux-gnu.so
+
+# a comment line perf may print
+"""
+
+
+def test_perf_samples_are_grouped_by_library() -> None:
+    """Given ``perf report --sort dso -F sample,dso`` lines, when grouped, then each group
+    has its share of the samples, libc, ld-linux and libstdc++ together, the rest 'other'."""
+    shares = by_library(PERF_REPORT)
+    assert round(shares["Python interpreter"] * 1400) == 850
+    assert round(shares["kernel"] * 1400) == 280
+    assert round(shares["gRPC core"] * 1400) == 140
+    assert round(shares["protobuf"] * 1400) == 46
+    assert round(shares["C libraries"] * 1400) == 59
+    assert round(shares["other"] * 1400) == 25
+    assert by_library("") == {}
+
+
+def test_the_library_table_gives_medians_and_the_ratio() -> None:
+    """Given three rounds of each target, when tabled, then each cell is the median of ms ×
+    share and the last row the whole worker's medians and their ratio."""
+    kiln = [(1.5, {"Python interpreter": 0.6, "gRPC core": 0.1}),
+            (1.4, {"Python interpreter": 0.6, "gRPC core": 0.1}),
+            (2.0, {"Python interpreter": 0.6, "gRPC core": 0.1})]
+    peer = [(1.2, {"Python interpreter": 0.8}), (1.0, {"Python interpreter": 0.8}),
+            (1.1, {"Python interpreter": 0.8})]
+    lines = library_table({"kiln": kiln, "peer": peer}, 3, 500)
+    text = "\n".join(lines)
+    assert re.search(r"Python interpreter\s+0.90\s+0.88", text)
+    assert re.search(r"gRPC core\s+0.15\s+0.00", text)
+    assert lines[-1].split() == ["whole", "worker", "1.50", "1.10", "(1.36×)"]
