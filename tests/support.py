@@ -68,11 +68,10 @@ def create_job(services: Any, status: str = "pending", *, uid: str = "u", kind: 
     return job_id
 
 
-def emulator_publisher(host: str) -> Any:
-    """A Pub/Sub publisher on the emulator at ``host`` (no environment variable)."""
-    import grpc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+def publish_raw(publisher: Any, topic: str, data: bytes) -> str:
+    """Publish ``data`` as is (no attributes) with a publisher of
+    ``kiln_dev.stack.emulator_publisher``; the message id."""
+    from google.pubsub_v1 import PubsubMessage
 
-    return pubsub_v1.PublisherClient(
-        transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))
+    answer = publisher.publish(topic=topic, messages=[PubsubMessage(data=data)], timeout=10)
+    return str(answer.message_ids[0])

@@ -56,16 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stop_the_worker(stack: LocalStack) -> None:
     """Delete the worker's push subscription: the bench measures the acknowledgement."""
-    import grpc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
-    settings = stack.settings()
-    channel = grpc.insecure_channel(settings.pubsub_emulator_host)
-    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    subscriber = stack.pubsub_subscriber()
     subscriber.delete_subscription(
-        subscription=subscriber.subscription_path(settings.project, WORKER_SUBSCRIPTION))
-    channel.close()
+        subscription=subscriber.subscription_path(stack.config.project, WORKER_SUBSCRIPTION))
+    subscriber.transport.close()
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
 import httpx
-from google.pubsub_v1 import PublisherClient, PubsubMessage, SubscriberClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+from google.pubsub_v1 import PubsubMessage
 
 from kiln.adapters.firestore import FirestoreJobStore, _fields
 from kiln.adapters.pubsub import encode_message
@@ -29,21 +26,6 @@ from kiln_dev.bench_load import closed_loop
 from kiln_dev.bench_peer import DONE_CHANNEL, PeerStack
 from kiln_dev.pusher import STREAMS, PushRelay
 from kiln_dev.stack import LocalStack, free_port
-
-
-def _pubsub_host(stack: LocalStack) -> str:
-    return f"{stack.config.host}:{stack.config.pubsub_port}"
-
-
-def _publisher(stack: LocalStack) -> PublisherClient:
-    channel = grpc.insecure_channel(_pubsub_host(stack))
-    return PublisherClient(transport=PublisherGrpcTransport(channel=channel))
-
-
-def _subscriber(stack: LocalStack) -> SubscriberClient:
-    channel = grpc.insecure_channel(_pubsub_host(stack))
-    return SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-
 
 #: Where the emulators' warm-up writes and publishes (nothing of Kiln's reads them).
 WARMUP = "kiln-bench-warmup"
@@ -57,7 +39,8 @@ def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float
     as it grows); the messages go to a topic and a subscription of their own, deleted
     after. Returns the seconds it took."""
     services = stack.services()
-    client, publisher, subscriber = services.firestore, _publisher(stack), _subscriber(stack)
+    client, publisher, subscriber = (services.firestore, stack.pubsub_publisher(),
+                                      stack.pubsub_subscriber())
     topic = publisher.topic_path(stack.config.project, WARMUP)
     subscription = subscriber.subscription_path(stack.config.project, WARMUP)
     publisher.create_topic(name=topic)
@@ -91,7 +74,7 @@ class Floor:
     def __init__(self, stack: LocalStack) -> None:
         self.services = stack.services()
         self.store = FirestoreJobStore(self.services.firestore)
-        self.publisher = _publisher(stack)
+        self.publisher = stack.pubsub_publisher()
         self.topic = self.publisher.topic_path(stack.config.project,
                                                self.services.settings.jobs_topic)
 
@@ -160,8 +143,7 @@ def push_floor(stack: LocalStack, jobs: int, *, name: str = "bench-push-floor",
     ``stagger``: each publish waits 0–3 × ``stagger`` s after the previous arrival, so the
     publishes fall at varied moments of the emulator's poll."""
     sink = _PushSink()
-    host = _pubsub_host(stack)
-    publisher, subscriber = _publisher(stack), _subscriber(stack)
+    publisher, subscriber = stack.pubsub_publisher(), stack.pubsub_subscriber()
     project = stack.config.project
     topic = publisher.topic_path(project, name)
     publisher.create_topic(name=topic)
@@ -170,7 +152,7 @@ def push_floor(stack: LocalStack, jobs: int, *, name: str = "bench-push-floor",
     subscriber.create_subscription(request={
         "name": name, "topic": topic, "ack_deadline_seconds": 60,
         "push_config": {} if relayed else {"push_endpoint": sink.url}})
-    relay = PushRelay(host, name, sink.url, concurrency=stack.config.push_relay,
+    relay = PushRelay(stack.pubsub_host, name, sink.url, concurrency=stack.config.push_relay,
                       streams=streams).start() if relayed else None
     out = []
     try:

@@ -30,14 +30,8 @@ class Arrivals:
     """Pulls the jobs topic on a thread: when each job's check message arrived."""
 
     def __init__(self, stack: LocalStack, expected: int) -> None:
-        import grpc
-        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
         settings = stack.settings()
-        self._channel = grpc.insecure_channel(settings.pubsub_emulator_host)
-        self.subscriber = pubsub_v1.SubscriberClient(
-            transport=SubscriberGrpcTransport(channel=self._channel))
+        self.subscriber = stack.pubsub_subscriber()
         topic = f"projects/{settings.project}/topics/{settings.jobs_topic}"
         # Only this bench consumes the topic (the worker would compete for the 2 cores).
         self.subscriber.delete_subscription(
@@ -62,7 +56,7 @@ class Arrivals:
         self.done.set()
 
     def close(self) -> None:
-        self._channel.close()
+        self.subscriber.transport.close()
 
 
 def run(stack: LocalStack, checks: int, concurrency: int, timeout: float,

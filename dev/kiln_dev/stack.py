@@ -47,6 +47,8 @@ from kiln_dev.pusher import PushRelay
 from kiln_dev.standins.fcm import FcmServer
 
 if TYPE_CHECKING:
+    from google.pubsub_v1 import PublisherClient, SubscriberClient
+
     from kiln.compose import Services
     from kiln.settings import Settings
 
@@ -70,6 +72,29 @@ class Companion(Protocol):
     def stop(self) -> None: ...
 
     def env(self) -> dict[str, str]: ...
+
+
+def emulator_publisher(host: str) -> PublisherClient:
+    """A Pub/Sub publisher on the emulator at ``host`` (``address:port``), given
+    explicitly: nothing reads ``PUBSUB_EMULATOR_HOST``, so stacks side by side never
+    reach one another's. The SDK's generated client (``google.pubsub_v1``): one call per
+    ``publish(topic=…, messages=[…])``, no batching thread. ``transport.close()`` closes
+    its channel."""
+    import grpc
+    from google.pubsub_v1 import PublisherClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    return PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))
+
+
+def emulator_subscriber(host: str) -> SubscriberClient:
+    """A Pub/Sub subscriber on the emulator at ``host``, as :func:`emulator_publisher`
+    (``pull``, ``acknowledge``, ``create_subscription``, …)."""
+    import grpc
+    from google.pubsub_v1 import SubscriberClient
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    return SubscriberClient(transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(host)))
 
 
 class StackError(RuntimeError):
@@ -199,6 +224,19 @@ class LocalStack:
         return f"http://{self._addr(self.config.ingress_port)}"
 
     @property
+    def pubsub_host(self) -> str:
+        """The Pub/Sub emulator's ``address:port``."""
+        return self._addr(self.config.pubsub_port)
+
+    def pubsub_publisher(self) -> PublisherClient:
+        """A publisher on this stack's Pub/Sub emulator (:func:`emulator_publisher`)."""
+        return emulator_publisher(self.pubsub_host)
+
+    def pubsub_subscriber(self) -> SubscriberClient:
+        """A subscriber on this stack's Pub/Sub emulator (:func:`emulator_subscriber`)."""
+        return emulator_subscriber(self.pubsub_host)
+
+    @property
     def worker_url(self) -> str:
         return f"http://{self._addr(self.config.worker_port)}"
 
@@ -295,7 +333,7 @@ class LocalStack:
         self._create_topology()
         if c.push_relay > 0:
             self.relay = PushRelay(
-                self._addr(c.pubsub_port),
+                self.pubsub_host,
                 f"projects/{c.project}/subscriptions/{WORKER_SUBSCRIPTION}", f"{self.worker_url}/",
                 concurrency=c.push_relay).start()
         if c.sweep_interval > 0:
@@ -463,21 +501,11 @@ class LocalStack:
     def _create_topology(self) -> None:
         """The jobs topic with the worker's push subscription, and the dead-letter topic
         with its pull subscription (idempotent: also run after a Pub/Sub restart)."""
-        import grpc
         from google.api_core import exceptions as gexc
-        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-        host = self._addr(self.config.pubsub_port)
         project = self.config.project
-        # Clients on this stack's emulator, given explicitly: nothing reads the environment.
-        pub_channel, sub_channel = grpc.insecure_channel(host), grpc.insecure_channel(host)
+        publisher, subscriber = self.pubsub_publisher(), self.pubsub_subscriber()
         try:
-            publisher = pubsub_v1.PublisherClient(
-                transport=PublisherGrpcTransport(channel=pub_channel))
-            subscriber = pubsub_v1.SubscriberClient(
-                transport=SubscriberGrpcTransport(channel=sub_channel))
             topic = publisher.topic_path(project, self.settings().jobs_topic)
             dead = publisher.topic_path(project, DEAD_TOPIC)
             requests: list[tuple[Any, dict[str, Any]]] = [
@@ -505,8 +533,8 @@ class LocalStack:
                 with contextlib.suppress(gexc.AlreadyExists):
                     create(**kwargs)
         finally:
-            pub_channel.close()
-            sub_channel.close()
+            publisher.transport.close()
+            subscriber.transport.close()
 
     def _sweep_loop(self) -> None:
         from kiln.runtime.sweeper import sweep

@@ -30,6 +30,7 @@ from kiln_dev.fakes import (
     InMemoryTaskIndex,
     RecordingQueue,
 )
+from kiln_dev.stack import emulator_subscriber
 
 POLICY = RetryPolicy()
 BACKENDS = ["fake", "emulator"]
@@ -339,15 +340,10 @@ def checks(backend: Any, request: pytest.FixtureRequest) -> Any:
 def jobs_subscription(services: Any) -> Any:
     """A pull subscription on the jobs topic of the session's stack (the worker's push one
     acks every message); a function that waits for a job's check message."""
-    import grpc
-    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
     from kiln.adapters.pubsub import decode_message
 
     settings = services.settings
-    channel = grpc.insecure_channel(settings.pubsub_emulator_host)
-    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    subscriber = emulator_subscriber(settings.pubsub_emulator_host)
     path = subscriber.subscription_path(settings.project, f"contract-checks-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=path, topic=f"projects/{settings.project}/topics/"
                                                     f"{settings.jobs_topic}")
@@ -370,7 +366,7 @@ def jobs_subscription(services: Any) -> Any:
 
     yield arrived
     subscriber.delete_subscription(subscription=path)
-    channel.close()
+    subscriber.transport.close()
 
 
 def test_scheduler_publishes_the_check_at_its_time_once(checks: Any) -> None:

@@ -26,8 +26,8 @@ from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core.job import new_job_id
 from kiln.runtime.sweeper import sweep
 from kiln_dev.chaos_tasks import SlowTaskServer
-from kiln_dev.stack import DEAD_TOPIC, LocalStack, StackConfig
-from support import create_job, emulator_publisher, wait_for, wait_terminal
+from kiln_dev.stack import DEAD_TOPIC, LocalStack, StackConfig, emulator_publisher
+from support import create_job, publish_raw, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -232,7 +232,7 @@ def test_poison_messages_are_acked_and_logged_not_looped(rstack: LocalStack, svc
     start = counts(rstack, unknown)[0]
     for data in (b"not json at all", json.dumps({"jobId": "../../etc"}).encode(),
                  json.dumps({"jobId": unknown}).encode()):
-        publisher.publish(topic, data).result(timeout=10)
+        publish_raw(publisher, topic, data)
 
     wait_for(lambda: counts(rstack, unknown)[0] >= start + 2 and counts(rstack, unknown)[1] >= 1,
              20, what="poison logs")
@@ -557,8 +557,8 @@ def test_dead_letters_list_and_replay(user: User, svc: Any, ops_env: Any, rstack
     dead = publisher.topic_path(rstack.config.project, DEAD_TOPIC)
     ids = {}
     for job_id in (first, second):
-        ids[job_id] = publisher.publish(dead, json.dumps({"jobId": job_id}).encode()).result(10)
-    poison = publisher.publish(dead, base64.b64encode(b"\xff garbage")).result(10)
+        ids[job_id] = publish_raw(publisher, dead, json.dumps({"jobId": job_id}).encode())
+    poison = publish_raw(publisher, dead, base64.b64encode(b"\xff garbage"))
     assert ops(["dlq", "list"]) == 0
     listing = capsys.readouterr().out
     assert all(x in listing for x in (first, second, ids[first], poison, "(unreadable)"))

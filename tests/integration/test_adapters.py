@@ -11,11 +11,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kiln import tracing
@@ -29,6 +26,7 @@ from kiln.core.policy import RetryPolicy
 from kiln.core.requests import parse_job_request
 from kiln.runtime.artifacts import GlbValidator
 from kiln.settings import Settings
+from kiln_dev.stack import emulator_subscriber
 
 
 def test_deadlocked_transactions_end_with_one_write(services: Any) -> None:
@@ -126,12 +124,12 @@ def test_a_write_on_a_read_that_meets_another_transactions_lock_is_decided_again
 @pytest.fixture
 def jobs_subscription(services: Any, stack: Any) -> Iterator[tuple[Any, str]]:
     """A pull subscription of its own on the jobs topic (subscriber, path), deleted after."""
-    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(services.settings.pubsub_emulator_host)))
+    subscriber = emulator_subscriber(services.settings.pubsub_emulator_host)
     sub = subscriber.subscription_path(stack.config.project, f"t-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=sub, topic=services.queue.topic_path)
     yield subscriber, sub
     subscriber.delete_subscription(subscription=sub)
+    subscriber.transport.close()
 
 
 def test_publish_reaches_a_subscriber_as_job_id(

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
 from google.api_core import exceptions as gexc
-from google.pubsub_v1 import SubscriberClient
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from kiln_dev.bench_e2e import WARMUP, warm_emulators
 from kiln_dev.stack import LocalStack
-from support import emulator_publisher
 
 
 def test_warming_the_emulators_writes_over_the_same_documents_and_removes_its_topic(
@@ -30,10 +26,7 @@ def test_warming_the_emulators_writes_over_the_same_documents_and_removes_its_to
                for doc in docs.values())
     server = services.firestore.document(f"{WARMUP}/w0/private/server").get()
     assert server.exists
-    address = f"{stack.config.host}:{stack.config.pubsub_port}"
-    publisher = emulator_publisher(address)
-    subscriber = SubscriberClient(transport=SubscriberGrpcTransport(
-        channel=grpc.insecure_channel(address)))
+    publisher, subscriber = stack.pubsub_publisher(), stack.pubsub_subscriber()
     with pytest.raises(gexc.NotFound):
         publisher.get_topic(topic=publisher.topic_path(stack.config.project, WARMUP))
     with pytest.raises(gexc.NotFound):

@@ -10,11 +10,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
 import pytest
-from google.pubsub_v1 import PublisherClient, PubsubMessage, SubscriberClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+from google.pubsub_v1 import PublisherClient, PubsubMessage
 
 from kiln_dev.pusher import PushRelay
 from kiln_dev.stack import LocalStack
@@ -60,10 +57,7 @@ class Sink:
 
 @pytest.fixture
 def relay_topic(stack: LocalStack) -> Iterator[tuple[PublisherClient, str, str]]:
-    host = f"{stack.config.host}:{stack.config.pubsub_port}"
-    publisher = PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))
-    subscriber = SubscriberClient(
-        transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(host)))
+    publisher, subscriber = stack.pubsub_publisher(), stack.pubsub_subscriber()
     name = f"relay-{uuid.uuid4().hex[:8]}"
     topic = publisher.topic_path(stack.config.project, name)
     subscription = subscriber.subscription_path(stack.config.project, name)
@@ -82,8 +76,7 @@ def test_six_pushes_at_once_and_a_failed_one_comes_back(
     all 8 are acked, and the one answered 500 first is delivered again."""
     publisher, topic, subscription = relay_topic
     sink = Sink(fail_once={"m7"})
-    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
-                      sink.url, concurrency=6).start()
+    relay = PushRelay(stack.pubsub_host, subscription, sink.url, concurrency=6).start()
     try:
         for i in range(8):
             publisher.publish(topic=topic, messages=[
@@ -109,8 +102,8 @@ def test_streams_opened_again_and_again_lose_and_repeat_nothing(
     publisher, topic, subscription = relay_topic
     sink = Sink(fail_once=set())
     sink.release.set()  # answered at once
-    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
-                      sink.url, concurrency=8, respread=0.2).start()
+    relay = PushRelay(stack.pubsub_host, subscription, sink.url, concurrency=8,
+                      respread=0.2).start()
     keys = [f"r{i}" for i in range(200)]
     try:
         for i, key in enumerate(keys):
@@ -135,8 +128,8 @@ def test_a_held_relay_closes_its_streams_and_loses_nothing(
     publisher, topic, subscription = relay_topic
     sink = Sink(fail_once=set())
     sink.release.set()
-    relay = PushRelay(f"{stack.config.host}:{stack.config.pubsub_port}", subscription,
-                      sink.url, concurrency=4, streams=4, respread=120).start()  # (no turn ends)
+    relay = PushRelay(stack.pubsub_host, subscription, sink.url, concurrency=4, streams=4,
+                      respread=120).start()  # (no turn ends)
 
     def publish(key: str) -> None:
         publisher.publish(topic=topic, messages=[PubsubMessage(data=b"{}", attributes={"key": key})])
