@@ -61,9 +61,13 @@ def warm_emulators(stack: LocalStack, pairs: int, *, threads: int = 16) -> float
         publisher.publish(topic=topic, messages=[
             PubsubMessage(data=data, attributes=attributes)], timeout=10)
 
-    run = closed_loop(warm, pairs, threads, warmup=0)
-    subscriber.delete_subscription(subscription=subscription)
-    publisher.delete_topic(topic=topic)
+    try:
+        run = closed_loop(warm, pairs, threads, warmup=0)
+    finally:
+        subscriber.delete_subscription(subscription=subscription)
+        publisher.delete_topic(topic=topic)
+        publisher.transport.close()
+        subscriber.transport.close()
     return run.wall
 
 

@@ -15,7 +15,8 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   and 12 pull streams (the emulator's pull loop sleeps 50 ms between looks).
 - **ingress CPU by library, against the peer** (``--libraries``; needs ``perf`` and
   ``redis-server``): ``POST /v1/jobs`` at one client on Kiln's ingress and on the Celery +
-  Redis peer of ``make bench`` in turn, each gunicorn worker sampled by ``perf record``;
+  Redis peer of ``make bench``, taking turns (the order alternating each round), each
+  gunicorn worker sampled by ``perf record``;
   its CPU per request (``/proc``) split by the shared object the samples fell in (the
   Python interpreter, the kernel, gRPC's core, protobuf, the C libraries).
 
@@ -32,12 +33,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +249,7 @@ def relay_streams(stack: LocalStack, messages: int, rounds: int) -> list[str]:
 
 
 #: Shared objects grouped as the ``--libraries`` part reports them, first match wins.
-LIBRARIES = (("Python interpreter", re.compile(r"^libpython")),
+LIBRARIES = (("Python interpreter", re.compile(r"^(libpython|python3)")),
              ("kernel", re.compile(r"^\[kernel")),
              ("gRPC core", re.compile(r"^cygrpc")),
              ("protobuf", re.compile(r"^_message|^_upb")),
@@ -283,26 +285,41 @@ def sampled(pid: int, run: Callable[[], int]) -> tuple[float, dict[str, float]]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(0.5)  # perf attaches before the first request
+            if perf.poll() is not None:  # refused at once (perf_event_paranoid, seccomp)
+                raise RuntimeError(f"perf record failed: {_said(perf)}")
             before = _cpu(pid)
             requests = run()
             ms = (_cpu(pid) - before) / requests * 1000
         finally:
-            perf.send_signal(2)  # SIGINT: perf writes its data and exits
-            _, err = perf.communicate(timeout=60)
-        if perf.returncode not in (0, -2):
-            raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
+            if perf.poll() is None:
+                perf.send_signal(signal.SIGINT)  # perf writes its data and exits
+                try:
+                    perf.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    perf.kill()
+                    raise
+        if perf.returncode not in (0, -signal.SIGINT):
+            raise RuntimeError(f"perf record failed: {_said(perf)}")
         report = subprocess.run(["perf", "report", "-i", data, "--sort", "dso", "--stdio", "-q",
                                  "-F", "sample,dso"], capture_output=True, text=True, timeout=120,
                                 check=True).stdout
     return ms, by_library(report)
 
 
+def _said(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stderr is not None
+    return proc.stderr.read().decode(errors="replace")[-500:]
+
+
+def missing_tools() -> list[str]:
+    """The ``--libraries`` part's tools that are not installed."""
+    return [tool for tool in ("perf", "redis-server") if shutil.which(tool) is None]
+
+
 def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
-    """Kiln's ingress and the peer's, one client, in turn: CPU per request by library."""
-    missing = [tool for tool in ("perf", "redis-server") if shutil.which(tool) is None]
-    if missing:
-        return [f"ingress CPU by library: not measured, {' and '.join(missing)} not installed "
-                "(apt-get install -y linux-perf redis-server)"]
+    """Kiln's ingress and the peer's, one client, taking turns (the order alternates each
+    round, so what one leaves the emulators falls on each alike): CPU per request by
+    library."""
     from kiln_dev.bench_peer import PeerStack
 
     token = emulator_id_token("parts-libraries", stack.config.project)
@@ -315,7 +332,8 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
                                           .read_text().split()[0]))}
         per: dict[str, list[tuple[float, dict[str, float]]]] = {t: [] for t in targets}
         for n in range(rounds + 1):  # the first round warms both: not recorded
-            for target, (url, pid) in targets.items():
+            for target in sorted(targets, reverse=n % 2 == 1):
+                url, pid = targets[target]
                 with httpx.Client(base_url=url, timeout=30,
                                   headers={"Authorization": f"Bearer {token}"}) as client:
                     def run(client: httpx.Client = client) -> int:
@@ -333,15 +351,14 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
 def library_table(per: dict[str, list[tuple[float, dict[str, float]]]], rounds: int,
                   requests: int) -> list[str]:
     """The ``--libraries`` part's lines: medians over the rounds, in ms per request."""
-    def med(values: Iterable[float]) -> float:
-        return median(list(values))
     lines = [f"ingress CPU per request by library (perf record, 1 client, median of "
-             f"{rounds} × {requests}; ms):",
+             f"{rounds} × {requests}; ms; each cell its own median, so a column need not add "
+             "up to its whole):",
              f"  {'':<20} {'kiln':>6} {'peer':>6}"]
     groups = [name for name, _ in LIBRARIES] + ["other"]
-    totals = {t: med(ms for ms, _ in runs) for t, runs in per.items()}
+    totals = {t: median(ms for ms, _ in runs) for t, runs in per.items()}
     for group in groups:
-        cells = [med(ms * split.get(group, 0.0) for ms, split in per[t]) for t in ("kiln", "peer")]
+        cells = [median(ms * split.get(group, 0.0) for ms, split in per[t]) for t in ("kiln", "peer")]
         lines.append(f"  {group:<20} {cells[0]:>6.2f} {cells[1]:>6.2f}")
     lines.append(f"  {'whole worker':<20} {totals['kiln']:>6.2f} {totals['peer']:>6.2f}"
                  f"   ({totals['kiln'] / totals['peer']:.2f}×)")
@@ -360,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps_here:
         print("\n".join(_steps_here(args.steps_here)), flush=True)
         return 0
+    if args.libraries and missing_tools():
+        print(f"ingress CPU by library: not measured, {' and '.join(missing_tools())} not "
+              "installed (apt-get install -y linux-perf redis-server)", file=sys.stderr)
+        return 2
     config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0"}, sweep_interval=0,
                          push_relay=8, ingress_threads=16)
     with LocalStack(config) as stack:
