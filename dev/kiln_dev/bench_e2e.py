@@ -171,6 +171,8 @@ def push_floor(stack: LocalStack, jobs: int, *, name: str = "bench-push-floor",
         if relay is not None:
             relay.stop()
         sink.server.shutdown()
+        publisher.transport.close()
+        subscriber.transport.close()
     return out
 
 

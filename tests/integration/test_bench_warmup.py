@@ -26,9 +26,9 @@ def test_warming_the_emulators_writes_over_the_same_documents_and_removes_its_to
                for doc in docs.values())
     server = services.firestore.document(f"{WARMUP}/w0/private/server").get()
     assert server.exists
-    publisher, subscriber = stack.pubsub_publisher(), stack.pubsub_subscriber()
-    with pytest.raises(gexc.NotFound):
-        publisher.get_topic(topic=publisher.topic_path(stack.config.project, WARMUP))
-    with pytest.raises(gexc.NotFound):
-        subscriber.get_subscription(
-            subscription=subscriber.subscription_path(stack.config.project, WARMUP))
+    with stack.pubsub_publisher() as publisher, stack.pubsub_subscriber() as subscriber:
+        with pytest.raises(gexc.NotFound):
+            publisher.get_topic(topic=publisher.topic_path(stack.config.project, WARMUP))
+        with pytest.raises(gexc.NotFound):
+            subscriber.get_subscription(
+                subscription=subscriber.subscription_path(stack.config.project, WARMUP))

@@ -67,6 +67,8 @@ def relay_topic(stack: LocalStack) -> Iterator[tuple[PublisherClient, str, str]]
     yield publisher, topic, subscription
     subscriber.delete_subscription(subscription=subscription)
     publisher.delete_topic(topic=topic)
+    publisher.transport.close()
+    subscriber.transport.close()
 
 
 def test_six_pushes_at_once_and_a_failed_one_comes_back(
