@@ -9,7 +9,6 @@ are all counted.
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+from kiln_dev import procfs
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,24 +85,23 @@ def _group_pids(pgids: Iterable[int]) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            group = procfs.stat(entry / "stat").pgrp
+        except (OSError, ValueError, IndexError):
             continue
-        if int(fields[2]) in wanted:  # field 5 of stat: the process group
+        if group in wanted:
             pids.append(int(entry.name))
     return pids
 
 
 def cpu_seconds(pgids: Iterable[int]) -> float:
     """User + system CPU of every live process in the groups, with their reaped children."""
-    total = 0
+    total = 0.0
     for pid in _group_pids(pgids):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            total += procfs.stat(f"/proc/{pid}/stat").cpu_with_children
+        except (OSError, ValueError, IndexError):
             continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / _TICKS
+    return total
 
 
 def rss_mb(pgids: Iterable[int]) -> float:

@@ -49,24 +49,22 @@ from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core import lifecycle, sentinels
 from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
+from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
 from kiln_dev.bench_load import median, percentile
 from kiln_dev.stack import LocalStack, StackConfig
-
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _threads(pid: int) -> dict[tuple[str, str], float]:
     """(thread id, name) → CPU seconds so far, of each thread of ``pid``."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
+        path = f"/proc/{pid}/task/{tid}/stat"
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
+            thread = procfs.stat(path)
+        except (OSError, ValueError):
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        out[(tid, name)] = (int(fields[11]) + int(fields[12])) / _TICKS
+        out[(tid, thread.name)] = thread.cpu
     return out
 
 
@@ -271,11 +269,6 @@ def by_library(report: str) -> dict[str, float]:
     return {name: n / total for name, n in counts.items()} if total else {}
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
 def sampled(pid: int, run: Callable[[], int]) -> tuple[float, dict[str, float]]:
     """``run()`` (which returns how many requests it made) while ``perf record`` samples
     ``pid``: its CPU per request in ms, and that CPU's split by library."""
@@ -287,9 +280,9 @@ def sampled(pid: int, run: Callable[[], int]) -> tuple[float, dict[str, float]]:
             time.sleep(0.5)  # perf attaches before the first request
             if perf.poll() is not None:  # refused at once (perf_event_paranoid, seccomp)
                 raise RuntimeError(f"perf record failed: {_said(perf)}")
-            before = _cpu(pid)
+            before = procfs.stat(f"/proc/{pid}/stat").cpu
             requests = run()
-            ms = (_cpu(pid) - before) / requests * 1000
+            ms = (procfs.stat(f"/proc/{pid}/stat").cpu - before) / requests * 1000
         finally:
             if perf.poll() is None:
                 perf.send_signal(signal.SIGINT)  # perf writes its data and exits
@@ -326,10 +319,8 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     assert stack.relay is not None
     stack.relay.hold()  # Kiln's worker runs none of these jobs meanwhile (as make bench)
     with PeerStack(threads=stack.config.ingress_threads) as peer:
-        arbiter = peer.procs["gunicorn"].pid
         targets = {"kiln": (stack.ingress_url, stack.worker_processes("ingress")[0]),
-                   "peer": (peer.url, int(Path(f"/proc/{arbiter}/task/{arbiter}/children")
-                                          .read_text().split()[0]))}
+                   "peer": (peer.url, procfs.live_children(peer.procs["gunicorn"].pid)[0])}
         per: dict[str, list[tuple[float, dict[str, float]]]] = {t: [] for t in targets}
         for n in range(rounds + 1):  # the first round warms both: not recorded
             for target in sorted(targets, reverse=n % 2 == 1):
@@ -377,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps_here:
         print("\n".join(_steps_here(args.steps_here)), flush=True)
         return 0
-    if args.libraries and missing_tools():
-        print(f"ingress CPU by library: not measured, {' and '.join(missing_tools())} not "
+    missing = missing_tools() if args.libraries else []
+    if missing:
+        print(f"ingress CPU by library: not measured, {' and '.join(missing)} not "
               "installed (apt-get install -y linux-perf redis-server)", file=sys.stderr)
         return 2
     config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0"}, sweep_interval=0,

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from kiln_dev import procfs
 from kiln_dev.faults import HttpFaultProxy, TcpProxy
 from kiln_dev.pusher import PushRelay
 from kiln_dev.standins.fcm import FcmServer
@@ -614,20 +615,7 @@ class LocalStack:
     def worker_processes(self, function: str = "worker") -> list[int]:
         """Pids of a function's gunicorn workers (children of its arbiter), the worker's
         unless ``function`` names another."""
-        proc = self.procs[function]
-        try:
-            text = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
-        except OSError:
-            return []
-        alive = []
-        for pid in (int(x) for x in text.split()):
-            try:  # a killed worker stays a zombie until the arbiter reaps it
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                alive.append(pid)
-        return alive
+        return procfs.live_children(self.procs[function].pid)
 
     def kill_worker_process(self, pid: int | None = None) -> int | None:
         """SIGKILL one gunicorn worker of the worker function (its in-flight jobs die
