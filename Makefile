@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_DEPS :=
 -include mk/*.mk
 
-.PHONY: setup demo dev test test-fast lint typecheck bench bench-parts bench-batch bench-callbacks bench-waits bench-fairness chaos chaos-long package lock tfcheck clean
+.PHONY: setup demo dev test test-fast lint typecheck bench bench-parts bench-ab bench-batch bench-callbacks bench-waits bench-fairness chaos chaos-long package lock tfcheck clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-parts: setup ## ingress CPU by request kind, a transaction against a write
 	@case "$(ARGS)" in *--libraries*) command -v redis-server >/dev/null && command -v perf >/dev/null \
 	  || { apt-get update -qq && apt-get install -y -qq redis-server linux-perf; } ;; esac
 	$(PY) -m kiln_dev.bench_parts $(ARGS)
+
+# ~10 minutes: this tree's ingress against another revision's on one stack; ARGS=--base REV
+# (default HEAD), --levels 1,16,64, --rounds 6 (docs/benchmarks.md, the tenth pass).
+bench-ab: setup ## ingress CPU per job and latency, this working tree against another revision
+	$(PY) -m kiln_dev.bench_ab $(ARGS)
 
 bench-batch: setup ## a batch of 100 images through POST /v1/batches: acknowledgement time
 	$(PY) -m kiln_dev.bench_batch $(ARGS)

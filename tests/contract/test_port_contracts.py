@@ -411,3 +411,46 @@ def test_a_jobs_quota_tickets_are_created_in_its_commit_or_nothing_is(
     with pytest.raises(TicketTakenError):
         store.create(second)
     assert store.get(second.id) is None and counters.used(key) == 1
+
+
+def test_concurrent_creates_each_get_their_own_answer(store: Any, backend: Any) -> None:
+    """Given 16 creates at once (the real store's creates share commits: see
+    tests/integration/test_group_creates.py): twelve new jobs, one new job twice, a
+    replay and a job whose quota ticket another holds, then each new job is created once
+    (the doubled one True for exactly one caller), the replay is False, the ticket's job
+    raises TicketTakenError and is not written, and no other answer depends on theirs."""
+    import dataclasses
+
+    from kiln.core.errors import TicketTakenError
+    from kiln.core.job import Tickets
+    from kiln_dev.fakes_queue import InMemoryCounters
+
+    if backend is None:
+        InMemoryCounters(store)  # the fake store's tickets
+    key = f"quota:contract:{uuid.uuid4().hex}"
+    existing = new()
+    assert store.create(existing)
+    assert store.create(dataclasses.replace(new(), tickets=Tickets(key, (1,))))
+    fresh, twice = [new() for _ in range(12)], new()
+    taken = dataclasses.replace(new(), tickets=Tickets(key, (1,)))
+    jobs = [*fresh, twice, twice, existing, taken]
+    start, results = threading.Barrier(len(jobs)), [None] * len(jobs)
+
+    def create(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = store.create(jobs[index])
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+
+    assert results[:12] == [True] * 12
+    assert sorted(results[12:14]) == [False, True] and results[14] is False
+    assert isinstance(results[15], TicketTakenError) and store.get(taken.id) is None
+    assert all(store.get(job.id) is not None for job in [*fresh, twice, existing])

@@ -7,6 +7,7 @@ import re
 from types import SimpleNamespace
 
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
+from kiln_dev.bench_ab import Turn, in_order, summary
 from kiln_dev.bench_load import Run, closed_loop
 from kiln_dev.bench_parts import by_library, library_table
 
@@ -126,3 +127,20 @@ def test_the_library_table_gives_medians_and_the_ratio() -> None:
     assert re.search(r"Python interpreter\s+0.90\s+0.88", text)
     assert re.search(r"gRPC core\s+0.15\s+0.00", text)
     assert lines[-1].split() == ["whole", "worker", "1.50", "1.10", "(1.36×)"]
+
+
+def test_the_ab_turn_order_rotates_with_round_and_level() -> None:
+    """Over two rounds at one level each side goes first once; the level shifts it."""
+    assert [in_order(r, 16)[0] for r in range(2)] == ["this", "base"]
+    assert [in_order(r, 1)[0] for r in range(2)] == ["base", "this"]
+    assert sorted(in_order(0, 64)) == ["base", "this"]
+
+
+def test_the_ab_summary_gives_medians_the_ratio_and_the_rounds_won() -> None:
+    """Each side's medians per level, this side's CPU over the base's, and how many
+    rounds this side used less CPU in (paired by round)."""
+    turns = {("this", 16): [Turn(1.2, 20, 40), Turn(1.4, 22, 50), Turn(2.0, 30, 90)],
+             ("base", 16): [Turn(1.6, 25, 60), Turn(1.3, 24, 45), Turn(2.1, 35, 80)]}
+    [line] = summary(turns, [16])
+    assert "CPU per job 1.400 against 1.600 ms (0.87×; lower in 2 of 3 rounds)" in line
+    assert "p50 22.0 against 25.0 ms, p99 50.0 against 60.0 ms" in line

@@ -25,6 +25,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from kiln.adapters import wire
+from kiln.adapters.group import GroupedCreates
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
@@ -163,6 +164,10 @@ class FirestoreJobStore:
     def creates(self) -> wire.Creates:
         return wire.Creates(self.client)
 
+    @functools.cached_property
+    def grouped(self) -> GroupedCreates:
+        return GroupedCreates(self.creates)
+
     def ref(self, job_id: str) -> firestore.DocumentReference:
         return self.client.collection(JOBS).document(job_id)
 
@@ -171,9 +176,11 @@ class FirestoreJobStore:
 
     def create(self, job: NewJob) -> bool:
         """Create both documents (and the job's quota tickets) in one commit; False when
-        the job exists already. The ingress's one Firestore call: sent as raw protobuf
-        (``kiln.adapters.wire``)."""
-        documents = [(f"{JOBS}/{job.id}", job.doc),
+        the job exists already. The ingress's Firestore call: sent as raw protobuf
+        (``kiln.adapters.wire``); the creates of concurrent requests share commits
+        (``kiln.adapters.group.GroupedCreates``): one that finds no commit on the wire is
+        sent at once, those that arrive meanwhile go together in the next."""
+        documents: list[tuple[str, Mapping[str, Any]]] = [(f"{JOBS}/{job.id}", job.doc),
                      (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
         if job.tickets is not None:
             # Plain paths: a DocumentReference per ticket cost more than the ticket's encoding.
@@ -182,7 +189,7 @@ class FirestoreJobStore:
                           for number in job.tickets.numbers]
         try:
             with unavailable_is_retryable():
-                self.creates.commit(documents)
+                self.grouped(documents)
         except gexc.AlreadyExists:
             if job.tickets is None or self.get(job.id) is not None:
                 return False

@@ -16,7 +16,7 @@ tests/integration/test_wire.py creates documents both ways and reads them back e
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,8 +43,9 @@ _REQUEST_TIME = write.DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
 
 
 class Unary:
-    """One unary RPC with raw protobuf messages on an existing channel: a deadline per
-    attempt, ``retry`` over the whole call, gRPC errors raised as api_core exceptions."""
+    """One unary RPC with raw protobuf messages on an existing channel: ``retry`` over the
+    whole call, each attempt's deadline what is left of the call's time, gRPC errors
+    raised as api_core exceptions."""
 
     def __init__(self, channel: grpc.Channel, method: str, request: Any, response: Any, *,
                  metadata: Sequence[tuple[str, str]], timeout: float,
@@ -53,18 +54,18 @@ class Unary:
                                          response_deserializer=response.FromString)
         self.method, self.metadata, self.timeout = method, tuple(metadata), timeout
         self._retry = retry
-        self._retried: Callable[[Any], Any] = retry(self._once)
+        self._retried: Callable[[Any, float], Any] = retry(self._once)
 
     def __call__(self, request: Any, timeout: float | None = None) -> Any:
         """The response; ``timeout`` (seconds, retries included) shortens the call's own."""
         if timeout is None or timeout >= self.timeout:
-            return self._retried(request)
-        return self._retry.with_timeout(timeout)(
-            functools.partial(self._once, timeout=timeout))(request)
+            return self._retried(request, time.monotonic() + self.timeout)
+        return self._retry.with_timeout(timeout)(self._once)(request, time.monotonic() + timeout)
 
-    def _once(self, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return self._call(request, timeout=timeout or self.timeout, metadata=self.metadata)
+    def _once(self, request: Any, deadline: float) -> Any:
+        try:  # (the retry checks its timeout only between attempts: this bounds the last)
+            return self._call(request, timeout=max(deadline - time.monotonic(), 0.001),
+                              metadata=self.metadata)
         except grpc.RpcError as exc:
             raise gexc.from_grpc_error(exc) from exc
 
@@ -78,6 +79,7 @@ class Creates:
     """Creates documents in one commit, each only if it does not exist yet."""
 
     def __init__(self, client: firestore.Client, *, timeout: float = COMMIT_TIMEOUT) -> None:
+        self.timeout = timeout
         self.database = client._database_string
         transport = client._firestore_api._transport
         self._root = f"{self.database}/documents/"
@@ -91,13 +93,24 @@ class Creates:
                                 predicate=retries.if_exception_type(
                                     gexc.ResourceExhausted, gexc.ServiceUnavailable)))
 
-    def commit(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def commit(self, documents: Sequence[tuple[str, Mapping[str, Any]]], *,
+               timeout: float | None = None) -> None:
         """Create each ``(path, fields)`` (a path below the database's ``documents``).
         Fields hold what the SDK would take, with Kiln's sentinels for server values.
+        ``timeout`` (seconds, retries included) shortens the call's own.
 
         Raises:
             google.api_core.exceptions.AlreadyExists: one of them exists (none was written).
             google.api_core.exceptions.GoogleAPIError: the commit failed.
+        """
+        self.send([self.encode(documents)], timeout=timeout)
+
+    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Any:
+        """The writes that create each ``(path, fields)``, as a commit request for
+        :meth:`send`.
+
+        Raises:
+            ValueError, TypeError: a value Firestore cannot hold (nothing was sent).
         """
         request = _CommitRequest(database=self.database)
         for path, fields in documents:
@@ -105,7 +118,18 @@ class Creates:
             change.update.name = self._root + path
             change.current_document.exists = False
             _encode_map(fields, change.update.fields, change, ())
-        self._commit(request)
+        return request
+
+    def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
+        """Commit the writes of one or more :meth:`encode` results (of one caller or
+        several) at once: all of them or none. Raises as :meth:`commit`."""
+        if len(encoded) == 1:
+            request = encoded[0]
+        else:
+            request = _CommitRequest(database=self.database)
+            for each in encoded:
+                request.writes.extend(each.writes)
+        self._commit(request, timeout)
 
 
 def _encode_map(values: Mapping[str, Any], out: Any, change: Any,

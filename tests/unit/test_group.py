@@ -1,17 +1,19 @@
-"""GroupPublish without a network: a lone publish goes at once, publishes that arrive
-while a call is on the wire share the next call, each caller gets its own id or the
-call's error, and nobody is held past the timeout (a fake clock)."""
+"""Group (``kiln.adapters.group``) without a network, as the ingress's publishes use it: a
+lone publish goes at once, publishes that arrive while a call is on the wire share the
+next call, each caller gets its own id or the call's error, and nobody is held past the
+timeout (a fake clock). The Firestore creates that use it: tests/integration/test_group_creates.py."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
 
-from kiln.adapters.pubsub import GroupPublish
+from kiln.adapters.group import Group
 
 WAIT = 10.0  # seconds a test waits for a thread before it fails
 
@@ -45,6 +47,18 @@ class Wire:
         return [f"{number}:{data.decode()}" for data, _ in messages]
 
 
+GroupPublish = Group[tuple[bytes, Mapping[str, str]], str]
+
+
+def group_publish(wire: Wire, *, timeout: float, max_messages: int = 100,
+                  clock: Callable[[], float] = time.monotonic,
+                  patience: float | None = None) -> GroupPublish:
+    """A Group as ``kiln.adapters.pubsub`` makes one (a message counts one), waiting its
+    whole time for its turn unless given ``patience``."""
+    return Group(wire, timeout=timeout, max_size=max_messages, clock=clock,
+                 patience=patience)
+
+
 class Publishers:
     """Publishes each name on a thread of its own."""
 
@@ -57,7 +71,7 @@ class Publishers:
 
     def _one(self, group: GroupPublish, name: str) -> None:
         try:
-            self.results[name] = group(name.encode(), {"jobId": name})
+            self.results[name] = group((name.encode(), {"jobId": name}))
         except BaseException as exc:
             self.results[name] = exc
 
@@ -84,10 +98,10 @@ def test_a_lone_publish_is_sent_at_once_alone() -> None:
     wire = Wire()
     callers: list[threading.Thread] = []
     wire.during = lambda: callers.append(threading.current_thread())
-    group = GroupPublish(wire, timeout=3.0)
+    group = group_publish(wire, timeout=3.0)
 
-    assert group(b"a", {}) == "0:a"
-    assert group(b"b", {}) == "1:b"
+    assert group((b"a", {})) == "0:a"
+    assert group((b"b", {})) == "1:b"
     assert wire.calls == [([b"a"], None), ([b"b"], None)]
     assert callers == [threading.current_thread()] * 2
     assert group.queued == 0
@@ -98,7 +112,7 @@ def test_publishes_made_during_a_call_share_the_next_one() -> None:
     together in one call when the first returns, and each gets its own message id."""
     wire = Wire()
     wire.hold.set()
-    group = GroupPublish(wire, timeout=3.0)
+    group = group_publish(wire, timeout=3.0)
     first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
     rest = Publishers(group, ["b", "c", "d"])
@@ -118,7 +132,7 @@ def test_a_batch_holds_at_most_max_messages() -> None:
     in the order they arrived."""
     wire = Wire()
     wire.hold.set()
-    group = GroupPublish(wire, timeout=3.0, max_messages=2)
+    group = group_publish(wire, timeout=3.0, max_messages=2)
     first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
     rest = []
@@ -143,7 +157,7 @@ def test_a_failed_call_fails_each_of_its_callers_and_the_next_batch_still_goes()
     wire.hold.set()
     refused = gexc.ServiceUnavailable("emulator gone")
     wire.fail = [None, refused]
-    group = GroupPublish(wire, timeout=3.0)
+    group = group_publish(wire, timeout=3.0)
     first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
     rest = Publishers(group, ["b", "c"])
@@ -153,7 +167,7 @@ def test_a_failed_call_fails_each_of_its_callers_and_the_next_batch_still_goes()
 
     assert first.joined() == {"a": "0:a"}
     assert rest.joined() == {"b": refused, "c": refused}
-    assert group(b"d", {}) == "2:d"
+    assert group((b"d", {})) == "2:d"
 
 
 def test_a_call_that_answers_too_few_ids_fails_its_callers() -> None:
@@ -161,10 +175,10 @@ def test_a_call_that_answers_too_few_ids_fails_its_callers() -> None:
     wrong id handed to a caller."""
     wire = Wire()
     wire.answer = lambda count: ["only"] * (count - 1)
-    group = GroupPublish(wire, timeout=3.0)
+    group = group_publish(wire, timeout=3.0)
 
     with pytest.raises(gexc.InternalServerError):
-        group(b"a", {})
+        group((b"a", {}))
 
 
 def test_nobody_waits_past_the_timeout() -> None:
@@ -174,7 +188,7 @@ def test_nobody_waits_past_the_timeout() -> None:
     now = [100.0]
     wire = Wire()
     wire.hold.set()
-    group = GroupPublish(wire, timeout=3.0, clock=lambda: now[0])
+    group = group_publish(wire, timeout=3.0, clock=lambda: now[0])
     first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
     rest = Publishers(group, ["b"])
@@ -211,7 +225,7 @@ def test_a_batch_whose_time_runs_out_before_its_turn_fails_and_leaves_the_queue(
     and once the call returns the next publish is sent at once."""
     wire = Wire()
     wire.hold.set()
-    group = GroupPublish(wire, timeout=0.3)
+    group = group_publish(wire, timeout=0.3)
     first = Publishers(group, ["a"])
     assert wire.on_wire.wait(WAIT)
 
@@ -222,4 +236,60 @@ def test_a_batch_whose_time_runs_out_before_its_turn_fails_and_leaves_the_queue(
     wire.release.set()
     assert first.joined() == {"a": "0:a"}
     wire.hold.clear()
-    assert group(b"c", {}) == "1:c"
+    assert group((b"c", {})) == "1:c"
+
+
+def test_a_batch_holds_at_most_max_size_counted_by_each_items_size() -> None:
+    """Given items that count their own size (as a job's creates count its documents)
+    and max_size 5, three items of 2 waiting behind a call go out as 2 + 2 and then 2,
+    and an item larger than max_size still goes, alone."""
+    calls: list[list[str]] = []
+    on_wire, release = threading.Event(), threading.Event()
+
+    def send(items: Sequence[str], *, timeout: float | None = None) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            on_wire.set()
+            assert release.wait(WAIT)
+        return [len(item) for item in items]
+
+    group: Group[str, int] = Group(send, timeout=3.0, max_size=5, size=len)
+    results: dict[str, Any] = {}
+
+    def one(item: str) -> None:
+        results[item] = group(item)
+
+    threads = [threading.Thread(target=one, args=("a",))]
+    threads[0].start()
+    assert on_wire.wait(WAIT)
+    for count, item in enumerate(["bb", "cc", "dd", "eeeeeee"], start=1):
+        threads.append(threading.Thread(target=one, args=(item,)))
+        threads[-1].start()
+        wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
+    release.set()
+    for thread in threads:
+        thread.join(WAIT)
+
+    assert calls == [["a"], ["bb", "cc"], ["dd"], ["eeeeeee"]]
+    assert results == {"a": 1, "bb": 2, "cc": 2, "dd": 2, "eeeeeee": 7}
+
+
+def test_a_batch_that_waited_its_patience_goes_beside_a_slow_call() -> None:
+    """Given a call that stays on the wire and patience 0.05 s (timeout 3 s), publishes
+    waiting behind it go out together beside it and get their ids while it is still on
+    the wire; the wire stays the slow call's until it returns."""
+    wire = Wire()
+    wire.hold.set()
+    wire.during = lambda: wire.hold.clear() if len(wire.calls) > 1 else None  # hold the first
+    group = group_publish(wire, timeout=3.0, patience=0.05)
+    first = Publishers(group, ["a"])
+    assert wire.on_wire.wait(WAIT)
+    rest = Publishers(group, ["b", "c"])
+
+    got = rest.joined()  # (together, unless one thread started 50 ms after the other)
+    assert sorted(got) == ["b", "c"] and all(isinstance(v, str) for v in got.values())
+    assert "a" not in first.results and group.queued == 0
+    wire.release.set()
+    assert first.joined() == {"a": "0:a"}
+    assert group((b"d", {})) == f"{len(wire.calls) - 1}:d"
+    assert sorted(m for messages, _ in wire.calls[1:-1] for m in messages) == [b"b", b"c"]
