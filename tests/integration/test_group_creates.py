@@ -55,7 +55,8 @@ def held(services: Any) -> tuple[FirestoreJobStore, HeldCreates]:
     """A store of its own (its own group) whose commits are held and recorded."""
     store = FirestoreJobStore(services.firestore)
     creates = HeldCreates(store.creates)
-    store.__dict__["grouped"] = GroupedCreates(creates)  # type: ignore[arg-type]
+    # No patience: the groups wait for the held commit however slow the machine is.
+    store.__dict__["grouped"] = GroupedCreates(creates, patience=None)  # type: ignore[arg-type]
     return store, creates
 
 

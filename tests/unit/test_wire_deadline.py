@@ -3,7 +3,6 @@ time, so a retried call ends within it (an attempt used to get the whole time ag
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
 
@@ -29,14 +28,15 @@ class Unavailable(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
 
 class Channel:
-    """A channel whose one method fails every attempt, recording each attempt's deadline."""
+    """A channel whose one method fails every attempt, recording when each began and the
+    deadline it was given."""
 
     def __init__(self) -> None:
-        self.deadlines: list[float] = []
+        self.attempts: list[tuple[float, float]] = []
 
     def unary_unary(self, method: str, **kwargs: Any) -> Any:
         def call(request: Any, *, timeout: float, metadata: Any) -> Any:
-            self.deadlines.append(timeout)
+            self.attempts.append((time.monotonic(), timeout))
             raise Unavailable()
         return call
 
@@ -48,8 +48,8 @@ class Message:
 @pytest.mark.parametrize("shortened", [None, 0.3])
 def test_each_attempt_gets_what_is_left_of_the_calls_time(shortened: float | None) -> None:
     """Given a call of 0.3 s (its own, or shortened to it) retried on UNAVAILABLE every
-    ~20 ms, each attempt's deadline is below the one before and within the 0.3 s, and the
-    call ends in about its time with the last error."""
+    ~20 ms, no attempt's deadline reaches past the call's end (each used to get the whole
+    0.3 s again), and the call ends in about its time with the last error."""
     channel = Channel()
     unary = Unary(channel, "/x.Y/Z", Message, Message,  # type: ignore[arg-type]
                   metadata=(), timeout=0.3 if shortened is None else 10.0,
@@ -62,7 +62,7 @@ def test_each_attempt_gets_what_is_left_of_the_calls_time(shortened: float | Non
         unary(object(), shortened)
     elapsed = time.monotonic() - started
 
-    assert len(channel.deadlines) >= 3
-    assert all(b < a for a, b in itertools.pairwise(channel.deadlines))
-    assert channel.deadlines[0] <= 0.3 and channel.deadlines[-1] < 0.1
-    assert elapsed < 0.3 + 0.2
+    assert len(channel.attempts) >= 3
+    # (0.05: an attempt may start late on a loaded machine; each used to end 0.3 s on)
+    assert max(at + deadline for at, deadline in channel.attempts) <= started + 0.3 + 0.05
+    assert elapsed < 0.3 + 0.5

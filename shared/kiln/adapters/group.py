@@ -176,11 +176,12 @@ class GroupedCreates:
     it would have been alone. Each job's writes are encoded on its caller's thread.
     """
 
-    def __init__(self, creates: wire.Creates, *, max_writes: int = MAX_GROUP_WRITES) -> None:
+    def __init__(self, creates: wire.Creates, *, max_writes: int = MAX_GROUP_WRITES,
+                 patience: float | None = PATIENCE) -> None:
         self._creates = creates
         self._group: Group[Any, bool] = Group(
             self._together, timeout=creates.timeout, max_size=max_writes,
-            size=lambda encoded: len(encoded.writes))
+            size=lambda encoded: len(encoded.writes), patience=patience)
 
     @property
     def queued(self) -> int:
