@@ -117,13 +117,15 @@ def test_creates_made_during_a_commit_share_the_next_one(
         assert read is not None and read.uid == "grouped" and read.server.fingerprint
 
 
-def test_a_commit_refused_for_one_job_creates_each_alone(
+def test_a_commit_refused_for_one_job_goes_on_without_it(
         held: tuple[FirestoreJobStore, HeldCreates], services: Any) -> None:
     """Given a create on the wire, when a replay of an existing job, a job whose quota
     ticket another request holds and two new jobs arrive, then their shared commit is
-    refused (nothing of it written) and each is created alone: the new jobs are created,
-    the replay is False and leaves its job as it was, and the ticket's job raises
-    TicketTakenError and exists nowhere."""
+    refused (nothing of it written) for the document the error names, that job is
+    created alone and the rest are sent together again: the replay first, then the
+    ticket's job. The two new jobs are created in one commit, the replay is False and
+    leaves its job as it was, and the ticket's job raises TicketTakenError and exists
+    nowhere."""
     store, creates = held
     key = f"quota:grouped:{uuid.uuid4().hex}"
     existing = job()
@@ -138,10 +140,13 @@ def test_a_commit_refused_for_one_job_creates_each_alone(
     assert results[1] is False and store.get(existing.id) == before
     assert isinstance(results[2], TicketTakenError) and store.get(taken.id) is None
     assert store.get(plain.id) is not None and store.get(other.id) is not None
-    assert len(creates.commits[1]) == 9  # the four together (and the ticket): refused
-    assert len(creates.commits) == 6  # the first; the four together; then each alone
-    alone = [set(commit) for commit in creates.commits[2:]]
-    for new in (existing, taken, plain, other):
+    # the first; the four (9 documents with the ticket), refused for the replay's; the
+    # three (7), refused for the ticket; the two new ones (4), written; then each alone
+    assert [len(commit) for commit in creates.commits[:4]] == [2, 9, 7, 4]
+    assert sorted(creates.commits[3]) == sorted(paths(plain) + paths(other))
+    assert len(creates.commits) == 6
+    alone = [set(commit) for commit in creates.commits[4:]]
+    for new in (existing, taken):
         assert sum(set(paths(new)) <= commit for commit in alone) == 1
 
 

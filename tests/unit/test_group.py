@@ -293,3 +293,100 @@ def test_a_batch_that_waited_its_patience_goes_beside_a_slow_call() -> None:
     assert first.joined() == {"a": "0:a"}
     assert group((b"d", {})) == f"{len(wire.calls) - 1}:d"
     assert sorted(m for messages, _ in wire.calls[1:-1] for m in messages) == [b"b", b"c"]
+
+
+class FakeCreates:
+    """``wire.Creates`` for GroupedCreates without a network: a job's writes are its
+    documents' names; ``refuse`` says what each commit answers (None: written)."""
+
+    timeout = 3.0
+
+    def __init__(self, refuse: Callable[[list[str]], BaseException | None]) -> None:
+        self.refuse, self.commits = refuse, []  # type: list[list[str]]
+
+    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(writes=[SimpleNamespace(update=SimpleNamespace(
+            name=f"projects/p/databases/(default)/documents/{path}")) for path, _ in documents])
+
+    def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
+        names = [w.update.name.split("/documents/")[1] for job in encoded for w in job.writes]
+        self.commits.append(names)
+        error = self.refuse(names)
+        if error is not None:
+            raise error
+
+
+def grouped(creates: FakeCreates, jobs: Sequence[str]) -> dict[str, Any]:
+    """Each job (one document) created at once by a GroupedCreates whose first commit
+    waits on the wire until all the others are queued behind it."""
+    from kiln.adapters.group import GroupedCreates
+
+    group = GroupedCreates(creates, patience=None)  # type: ignore[arg-type]
+    first_refuse, release = creates.refuse, threading.Event()
+
+    def refuse(names: list[str]) -> BaseException | None:
+        if len(creates.commits) == 1:
+            assert release.wait(WAIT)
+        return first_refuse(names)
+
+    creates.refuse = refuse
+    results: dict[str, Any] = {}
+
+    def one(name: str) -> None:
+        try:
+            group([(name, {})])
+            results[name] = True
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=one, args=("jobs/first",))]
+    threads[0].start()
+    wait_until(lambda: len(creates.commits) == 1)
+    for count, name in enumerate(jobs, start=1):
+        threads.append(threading.Thread(target=one, args=(name,)))
+        threads[-1].start()
+        wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
+    release.set()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    return results
+
+
+def test_a_refusal_that_names_no_document_sends_each_job_alone() -> None:
+    """A shared commit refused with no document named (a lock: Aborted) is nobody's
+    answer: each job is then committed alone, and only the one the lock was on fails."""
+    def refuse(names: list[str]) -> BaseException | None:
+        if "jobs/b" in names:
+            return gexc.Aborted("Transaction lock timeout.")
+        return None
+
+    creates = FakeCreates(refuse)
+    results = grouped(creates, ["jobs/a", "jobs/b", "jobs/c"])
+
+    assert results["jobs/first"] is True and results["jobs/a"] is True
+    assert results["jobs/c"] is True and isinstance(results["jobs/b"], gexc.Aborted)
+    assert creates.commits[1] == ["jobs/a", "jobs/b", "jobs/c"]
+    assert sorted(map(tuple, creates.commits[2:])) == [("jobs/a",), ("jobs/b",), ("jobs/c",)]
+
+
+def test_a_group_is_sent_again_at_most_twice_without_the_jobs_named() -> None:
+    """Each refusal naming a job's document sends the rest together again, at most
+    RESENDS (2) times; after that every job left goes alone."""
+    def refuse(names: list[str]) -> BaseException | None:
+        taken = [name for name in names if name.startswith("jobs/x")]
+        if taken:
+            return gexc.AlreadyExists(
+                f"Document already exists: projects/p/databases/(default)/documents/{taken[0]}")
+        return None
+
+    creates = FakeCreates(refuse)
+    results = grouped(creates, ["jobs/x1", "jobs/x2", "jobs/x3", "jobs/ok"])
+
+    assert [len(commit) for commit in creates.commits[1:4]] == [4, 3, 2]
+    assert results["jobs/ok"] is True
+    assert all(isinstance(results[f"jobs/x{i}"], gexc.AlreadyExists) for i in (1, 2, 3))
+    assert sorted(map(tuple, creates.commits[4:])) == [
+        ("jobs/ok",), ("jobs/x1",), ("jobs/x2",), ("jobs/x3",)]

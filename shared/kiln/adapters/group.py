@@ -163,6 +163,8 @@ MAX_GROUP_WRITES = 100
 #: (a document that exists: a replay's, a quota ticket taken first; a lock another holds).
 ONE_JOBS_FAULT = (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.InvalidArgument,
                   gexc.Aborted)
+#: How many times a group is sent again without the job a refusal named.
+RESENDS = 2
 
 
 class GroupedCreates:
@@ -171,9 +173,11 @@ class GroupedCreates:
 
     A commit is atomic, so a group's jobs are written together or not at all. A shared
     commit refused for what one job may hold (``ONE_JOBS_FAULT``), or a group in which two
-    jobs write one document, is nobody's answer: each of its jobs is then created alone,
-    within its own remaining time, and gets its own. Any other error is every job's, as
-    it would have been alone. Each job's writes are encoded on its caller's thread.
+    jobs write one document, is nobody's answer: a job the refusal names is created
+    alone and the rest are sent together again; otherwise each job is created alone,
+    within its own remaining time, and gets its own answer. Any other error is every
+    job's, as it would have been alone. Each job's writes are encoded on its caller's
+    thread.
     """
 
     def __init__(self, creates: wire.Creates, *, max_writes: int = MAX_GROUP_WRITES,
@@ -205,15 +209,37 @@ class GroupedCreates:
 
     def _together(self, jobs: list[Any], *, timeout: float | None) -> list[bool]:
         """One commit of the jobs' writes: True for each when written, False for each
-        when it must be created alone."""
+        that must be created alone. A refusal that names one job's document (Firestore's
+        "already exists" does) sends that job alone and the rest together again, at most
+        ``RESENDS`` times; any other refusal sends them all alone."""
         if len(jobs) > 1:
             names = [change.update.name for job in jobs for change in job.writes]
             if len(set(names)) < len(names):
                 return [False] * len(jobs)
-        try:
-            self._creates.send(jobs, timeout=timeout)
-        except ONE_JOBS_FAULT:
-            if len(jobs) == 1:
-                raise
-            return [False] * len(jobs)
-        return [True] * len(jobs)
+        deadline = time.monotonic() + (self._creates.timeout if timeout is None else timeout)
+        together = list(range(len(jobs)))
+        for _ in range(RESENDS + 1):
+            try:
+                self._creates.send([jobs[i] for i in together],
+                                   timeout=max(deadline - time.monotonic(), 0.001))
+            except ONE_JOBS_FAULT as exc:
+                if len(jobs) == 1:
+                    raise
+                culprit = _named(exc, [jobs[i] for i in together])
+                if culprit is None or len(together) == 1:
+                    break
+                del together[culprit]
+                continue
+            return [i in together for i in range(len(jobs))]
+        return [False] * len(jobs)
+
+
+def _named(exc: gexc.GoogleAPICallError, jobs: list[Any]) -> int | None:
+    """The one job whose document the error names (the emulator's "entity already exists:
+    EntityRef{…, path=/jobs/…}", Firestore's "Document already exists:
+    projects/…/documents/jobs/…"), or None."""
+    message = str(getattr(exc, "message", "") or "").rstrip("} ")
+    named = [index for index, job in enumerate(jobs)
+             if any(message.endswith("/" + change.update.name.split("/documents/", 1)[-1])
+                    for change in job.writes)]
+    return named[0] if len(named) == 1 else None
