@@ -92,6 +92,27 @@ def wait_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+def queued_behind(one: Callable[[str], None], first: str, rest: Sequence[str], *,
+                  on_wire: Callable[[], bool], queued: Callable[[], int]
+                  ) -> list[threading.Thread]:
+    """``one(first)`` on a thread until its call is on the wire, then ``one(item)`` for
+    each of ``rest`` on a thread of its own, each once the one before it is queued."""
+    threads = [threading.Thread(target=one, args=(first,))]
+    threads[0].start()
+    wait_until(on_wire)
+    for count, item in enumerate(rest, start=1):
+        threads.append(threading.Thread(target=one, args=(item,)))
+        threads[-1].start()
+        wait_until(lambda count=count: queued() == count)  # type: ignore[misc]
+    return threads
+
+
+def joined(threads: Sequence[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+
+
 def test_a_lone_publish_is_sent_at_once_alone() -> None:
     """Given no call on the wire, a publish is one call with its one message and the
     call's own timeout, made on the caller's thread."""
@@ -259,16 +280,10 @@ def test_a_batch_holds_at_most_max_size_counted_by_each_items_size() -> None:
     def one(item: str) -> None:
         results[item] = group(item)
 
-    threads = [threading.Thread(target=one, args=("a",))]
-    threads[0].start()
-    assert on_wire.wait(WAIT)
-    for count, item in enumerate(["bb", "cc", "dd", "eeeeeee"], start=1):
-        threads.append(threading.Thread(target=one, args=(item,)))
-        threads[-1].start()
-        wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
+    threads = queued_behind(one, "a", ["bb", "cc", "dd", "eeeeeee"],
+                            on_wire=on_wire.is_set, queued=lambda: group.queued)
     release.set()
-    for thread in threads:
-        thread.join(WAIT)
+    joined(threads)
 
     assert calls == [["a"], ["bb", "cc"], ["dd"], ["eeeeeee"]]
     assert results == {"a": 1, "bb": 2, "cc": 2, "dd": 2, "eeeeeee": 7}
@@ -341,17 +356,10 @@ def grouped(creates: FakeCreates, jobs: Sequence[str]) -> dict[str, Any]:
         except Exception as exc:
             results[name] = exc
 
-    threads = [threading.Thread(target=one, args=("jobs/first",))]
-    threads[0].start()
-    wait_until(lambda: len(creates.commits) == 1)
-    for count, name in enumerate(jobs, start=1):
-        threads.append(threading.Thread(target=one, args=(name,)))
-        threads[-1].start()
-        wait_until(lambda count=count: group.queued == count)  # type: ignore[misc]
+    threads = queued_behind(one, "jobs/first", jobs, on_wire=lambda: len(creates.commits) == 1,
+                            queued=lambda: group.queued)
     release.set()
-    for thread in threads:
-        thread.join(WAIT)
-        assert not thread.is_alive()
+    joined(threads)
     return results
 
 
