@@ -180,7 +180,7 @@ class FirestoreJobStore:
         (``kiln.adapters.wire``); the creates of concurrent requests share commits
         (``kiln.adapters.group.GroupedCreates``): one that finds no commit on the wire is
         sent at once, those that arrive meanwhile go together in the next."""
-        documents: list[tuple[str, Mapping[str, Any]]] = [(f"{JOBS}/{job.id}", job.doc),
+        documents = [(f"{JOBS}/{job.id}", job.doc),
                      (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
         if job.tickets is not None:
             # Plain paths: a DocumentReference per ticket cost more than the ticket's encoding.

@@ -212,25 +212,24 @@ class GroupedCreates:
         that must be created alone. A refusal that names one job's document (Firestore's
         "already exists" does) sends that job alone and the rest together again, at most
         ``RESENDS`` times; any other refusal sends them all alone."""
-        if len(jobs) > 1:
-            names = [change.update.name for job in jobs for change in job.writes]
-            if len(set(names)) < len(names):
-                return [False] * len(jobs)
+        if len(jobs) == 1:  # the common case: its own commit, its own error
+            self._creates.send(jobs, timeout=timeout)
+            return [True]
+        names = [change.update.name for job in jobs for change in job.writes]
+        if len(set(names)) < len(names):
+            return [False] * len(jobs)
         deadline = time.monotonic() + (self._creates.timeout if timeout is None else timeout)
-        together = list(range(len(jobs)))
+        together = list(jobs)
         for _ in range(RESENDS + 1):
             try:
-                self._creates.send([jobs[i] for i in together],
-                                   timeout=max(deadline - time.monotonic(), 0.001))
+                self._creates.send(together, timeout=max(deadline - time.monotonic(), 0.001))
             except ONE_JOBS_FAULT as exc:
-                if len(jobs) == 1:
-                    raise
-                culprit = _named(exc, [jobs[i] for i in together])
+                culprit = _named(exc, together)
                 if culprit is None or len(together) == 1:
                     break
                 del together[culprit]
                 continue
-            return [i in together for i in range(len(jobs))]
+            return [any(job is sent for sent in together) for job in jobs]
         return [False] * len(jobs)
 
 
