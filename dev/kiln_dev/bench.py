@@ -68,6 +68,11 @@ class Result:
                          for name in parts[0].cpu})
 
 
+def completed_jobs(stack: LocalStack) -> int:
+    """Jobs the stack's worker has completed since it started (its log's lines)."""
+    return len(_COMPLETED.findall((stack.logs / "worker.log").read_bytes()))
+
+
 @dataclass
 class Bench:
     stack: LocalStack
@@ -116,8 +121,7 @@ class Bench:
     def done(self, target: str) -> int:
         if target == "peer":
             return self.peer.completed() - self._peer_base
-        log = (self.stack.logs / "worker.log").read_bytes()
-        return len(_COMPLETED.findall(log))
+        return completed_jobs(self.stack)
 
     def expected(self, target: str) -> int:
         return self.sent["peer"] if target == "peer" else self.sent["floor"] + self.sent["kiln"]

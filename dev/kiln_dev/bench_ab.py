@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -31,13 +30,13 @@ from typing import NamedTuple
 import httpx
 
 from kiln.adapters.firebase_auth import emulator_id_token
+from kiln_dev.bench import SETTLE, completed_jobs
 from kiln_dev.bench_e2e import warm_emulators
 from kiln_dev.bench_load import closed_loop, cpu_seconds, median, wait_for
 from kiln_dev.stack import LocalStack, StackConfig, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("this", "base")
-_COMPLETED = re.compile(rb'"message": "job completed"')
 
 
 class Turn(NamedTuple):
@@ -169,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 # The meter also holds closed_loop's warm-up, one request per client.
                 cpu = (cpu_seconds([pgids[name]]) - before) / (requests + concurrency) * 1000
                 sent += requests + concurrency
-                wait_for(lambda: len(_COMPLETED.findall(
-                    (stack.logs / "worker.log").read_bytes())) >= sent, 900, "the worker")
-                time.sleep(0.5)  # the jobs' last steps, before the next turn's meter
+                wait_for(lambda: completed_jobs(stack) >= sent, 900, "the worker")
+                time.sleep(SETTLE)  # the jobs' last steps, before the next turn's meter
                 return Turn(cpu, run.p50, run.p99)
 
             for name in NAMES:
