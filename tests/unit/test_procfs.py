@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from kiln_dev import procfs
+from support import wait_for
 
 
 def test_a_stat_file_is_cut_at_the_last_parenthesis(tmp_path: Path) -> None:
@@ -45,14 +45,12 @@ def test_this_process_reads_its_own_group_and_a_growing_cpu() -> None:
 def test_live_children_leave_out_a_zombie() -> None:
     """Given two children, one killed and not yet reaped, when the live children are
     listed, then only the other is; a pid that does not exist has none."""
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    alive, killed = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+    waiter = [sys.executable, "-c", "import signal; signal.pause()"]  # until killed
+    alive, killed = subprocess.Popen(waiter), subprocess.Popen(waiter)
     try:
         killed.send_signal(signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while procfs.stat(f"/proc/{killed.pid}/stat").state != "Z":
-            assert time.monotonic() < deadline, "the killed child never became a zombie"
-            time.sleep(0.01)
+        wait_for(lambda: procfs.stat(f"/proc/{killed.pid}/stat").state == "Z", timeout=10,
+                 interval=0.01, what="the killed child to become a zombie")
 
         children = procfs.live_children(os.getpid())
 
