@@ -18,7 +18,10 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   Redis peer of ``make bench``, taking turns (the order alternating each round), each
   gunicorn worker sampled by ``perf record``;
   its CPU per request (``/proc``) split by the shared object the samples fell in (the
-  Python interpreter, the kernel, gRPC's core, protobuf, the C libraries).
+  Python interpreter, the kernel, gRPC's core, protobuf, the C libraries). Then each
+  app alone: its WSGI app called directly in a child process (no HTTP, no gunicorn), the
+  CPU of that whole process per accepted request, so the gap splits into the apps' own
+  work and what serving them costs.
 
 The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 """
@@ -159,17 +162,7 @@ def _steps_here(requests: int) -> list[str]:
     token = emulator_id_token("bench-parts-steps", os.environ["GOOGLE_CLOUD_PROJECT"])
 
     def call(method: str, path: str, body: bytes = b"") -> str:
-        status: list[str] = []
-        environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
-            "wsgi.run_once": False, "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)), "HTTP_AUTHORIZATION": f"Bearer {token}",
-            "HTTP_HOST": "127.0.0.1:8080", "REMOTE_ADDR": "127.0.0.1"}
-        b"".join(app(environ, lambda s, h, e=None: status.append(s)))
-        return status[0][:3]
+        return wsgi_call(app, method, path, body, token)
 
     def post(i: int) -> str:
         return call("POST", "/v1/jobs", json.dumps({"kind": "image", "prompt": f"s {i}"}).encode())
@@ -201,6 +194,81 @@ def _steps_here(requests: int) -> list[str]:
     lines.append(f"  the rest              {whole - grpc_ms - sum(kiln.values()):.2f} ms "
                  "(Flask, functions-framework, routing, building the job)")
     return lines
+
+
+def wsgi_call(app: Any, method: str, path: str, body: bytes, token: str) -> str:
+    """Call a WSGI app directly, as gunicorn would (no socket, no HTTP parsing): the
+    status code, as text."""
+    status: list[str] = []
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+        "wsgi.run_once": False, "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)), "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "HTTP_HOST": "127.0.0.1:8080", "REMOTE_ADDR": "127.0.0.1"}
+    b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+    return status[0][:3]
+
+
+def _app_here(target: str, requests: int) -> float:
+    """The CPU of this whole process (every thread) per accepted ``POST /v1/jobs``, in ms,
+    with ``target``'s WSGI app called directly: Kiln's functions-framework app (the
+    stack's ingress) or the peer's Flask app. 200 unrecorded requests first."""
+    if target == "kiln":
+        import functions_framework
+
+        app = functions_framework.create_app(
+            target="ingress", source=str(Path(__file__).with_name("functions.py")),
+            signature_type="http")
+        token = emulator_id_token(f"parts-app-{uuid.uuid4().hex[:8]}",
+                                  os.environ["GOOGLE_CLOUD_PROJECT"])
+    else:
+        from kiln_dev.bench_peer import app
+        token = "peer"  # the peer checks only that a bearer token is there
+
+    def post(i: int) -> None:
+        body = json.dumps({"kind": "image", "prompt": f"in process {i}"}).encode()
+        assert wsgi_call(app, "POST", "/v1/jobs", body, token) == "202"
+
+    for i in range(200):
+        post(i)
+    started = time.process_time()
+    for i in range(requests):
+        post(i)
+    return (time.process_time() - started) / requests * 1000
+
+
+def apps_alone(stack: LocalStack, peer_redis_url: str, requests: int,
+               rounds: int) -> list[str]:
+    """:func:`_app_here` for Kiln and the peer, each round a fresh child process per
+    target (the order alternating), Kiln's with the ingress's environment (its gRPC
+    client path included), the peer's with its Redis."""
+    from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
+    env = {"kiln": {**os.environ, **stack.function_env(), "KILN_OFFLINE_IMAGE_SECONDS": "0",
+                    "GRPC_EXPERIMENTS": INGRESS_GRPC_EXPERIMENTS},
+           "peer": {**os.environ, "KILN_PEER_REDIS_URL": peer_redis_url}}
+    per: dict[str, list[float]] = {"kiln": [], "peer": []}
+    for n in range(rounds):
+        for target in sorted(per, reverse=n % 2 == 1):
+            done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--app-here",
+                                   target, "--requests", str(requests)], env=env[target],
+                                  capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode:
+                raise RuntimeError(f"the {target} app in process failed: {done.stderr[-2000:]}")
+            per[target].append(float(done.stdout.split()[-1]))
+    return apps_table(per, requests)
+
+
+def apps_table(per: dict[str, list[float]], requests: int) -> list[str]:
+    """The in-process comparison's lines: medians over the rounds, in ms per request."""
+    kiln, peer = median(per["kiln"]), median(per["peer"])
+    rounds = len(per["kiln"])
+    return [f"the app alone, called in process (no HTTP, no gunicorn; CPU of the whole "
+            f"process per request, median of {rounds} × {requests}):",
+            f"  kiln {kiln:.2f} ms, peer {peer:.2f} ms ({kiln / peer:.2f}×)"]
 
 
 def transactions(stack: LocalStack, jobs: int, rounds: int) -> list[str]:
@@ -336,7 +404,8 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
                     result = sampled(pid, run)
                 if n:
                     per[target].append(result)
-    return library_table(per, rounds, requests)
+        alone = apps_alone(stack, peer.redis_url, requests, rounds)
+    return library_table(per, rounds, requests) + alone
 
 
 def library_table(per: dict[str, list[tuple[float, dict[str, float]]]], rounds: int,
@@ -363,10 +432,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="commits and publishes that warm the emulators first (0: none)")
     parser.add_argument("--libraries", action="store_true",
                         help="only the ingress's CPU by library against the peer's (perf)")
-    parser.add_argument("--steps-here", type=int, help=argparse.SUPPRESS)  # the child
+    parser.add_argument("--steps-here", type=int, help=argparse.SUPPRESS)  # the children
+    parser.add_argument("--app-here", choices=("kiln", "peer"), help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=500, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps_here:
         print("\n".join(_steps_here(args.steps_here)), flush=True)
+        return 0
+    if args.app_here:
+        print(f"{_app_here(args.app_here, args.requests):.4f}", flush=True)
         return 0
     missing = missing_tools() if args.libraries else []
     if missing:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_ab import Turn, in_order, summary
 from kiln_dev.bench_load import Run, closed_loop
-from kiln_dev.bench_parts import by_library, library_table
+from kiln_dev.bench_parts import apps_table, by_library, library_table, wsgi_call
 
 
 def result(ms: float, ingress: float) -> Result:
@@ -127,6 +127,30 @@ def test_the_library_table_gives_medians_and_the_ratio() -> None:
     assert re.search(r"Python interpreter\s+0.90\s+0.88", text)
     assert re.search(r"gRPC core\s+0.15\s+0.00", text)
     assert lines[-1].split() == ["whole", "worker", "1.50", "1.10", "(1.36×)"]
+
+
+def test_the_apps_alone_table_gives_each_median_and_their_ratio() -> None:
+    """Given three rounds of each app in process, the line holds each median and the ratio."""
+    lines = apps_table({"kiln": [0.9, 1.2, 0.95], "peer": [0.7, 0.76, 0.8]}, 500)
+    assert "median of 3 × 500" in lines[0]
+    assert lines[-1].strip() == "kiln 0.95 ms, peer 0.76 ms (1.25×)"
+
+
+def test_wsgi_call_answers_the_apps_status_with_the_body_and_token_it_was_given() -> None:
+    """The direct call hands the app a WSGI environ as gunicorn would: method, path,
+    body, bearer token."""
+    seen = {}
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        seen.update(method=environ["REQUEST_METHOD"], path=environ["PATH_INFO"],
+                    body=environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])),
+                    auth=environ["HTTP_AUTHORIZATION"])
+        start_response("202 ACCEPTED", [])
+        return [b"{}"]
+
+    assert wsgi_call(app, "POST", "/v1/jobs", b'{"a": 1}', "tok") == "202"
+    assert seen == {"method": "POST", "path": "/v1/jobs", "body": b'{"a": 1}',
+                    "auth": "Bearer tok"}
 
 
 def test_the_ab_turn_order_rotates_with_round_and_level() -> None:
