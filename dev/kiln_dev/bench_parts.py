@@ -16,12 +16,12 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
 - **ingress CPU by library, against the peer** (``--libraries``; needs ``perf`` and
   ``redis-server``): ``POST /v1/jobs`` at one client on Kiln's ingress and on the Celery +
   Redis peer of ``make bench``, taking turns (the order alternating each round), each
-  gunicorn worker sampled by ``perf record``;
-  its CPU per request (``/proc``) split by the shared object the samples fell in (the
-  Python interpreter, the kernel, gRPC's core, protobuf, the C libraries). Then each
-  app alone: its WSGI app called directly in a child process (no HTTP, no gunicorn), the
-  CPU of that whole process per accepted request, so the gap splits into the apps' own
-  work and what serving them costs.
+  gunicorn worker sampled by ``perf record``; its CPU per request (``/proc``) split by
+  the shared object the samples fell in (the Python interpreter, the kernel, gRPC's core,
+  protobuf, the C libraries). Then the same turns without ``perf``, at 1 and 16 clients.
+  Then each app alone: its WSGI app called directly in a child process (no HTTP, no
+  gunicorn), the CPU of that whole process per accepted request, so the gap splits into
+  the apps' own work and what serving them costs.
 
 The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 """
@@ -54,7 +54,7 @@ from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
 from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
-from kiln_dev.bench_load import median, percentile
+from kiln_dev.bench_load import closed_loop, median, percentile
 from kiln_dev.stack import LocalStack, StackConfig
 
 
@@ -404,8 +404,52 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
                     result = sampled(pid, run)
                 if n:
                     per[target].append(result)
+        without_perf = served(targets, token, requests, rounds)
         alone = apps_alone(stack, peer.redis_url, requests, rounds)
-    return library_table(per, rounds, requests) + alone
+    return library_table(per, rounds, requests) + without_perf + alone
+
+
+#: The levels ``served`` measures: one client, where no request shares a call, and 16.
+SERVED_LEVELS = (1, 16)
+
+
+def served(targets: dict[str, tuple[str, int]], token: str, requests: int,
+           rounds: int) -> list[str]:
+    """Each gunicorn worker's CPU per accepted request with no ``perf`` attached, at each
+    of ``SERVED_LEVELS`` (a closed loop; the order alternating each round, the first
+    round not recorded)."""
+    per: dict[tuple[str, int], list[float]] = {(t, c): [] for t in targets
+                                               for c in SERVED_LEVELS}
+    for n in range(rounds + 1):
+        for concurrency in SERVED_LEVELS:
+            for target in sorted(targets, reverse=n % 2 == 1):
+                url, pid = targets[target]
+                limits = httpx.Limits(max_connections=concurrency,
+                                      max_keepalive_connections=concurrency)
+                with httpx.Client(base_url=url, timeout=30, limits=limits,
+                                  headers={"Authorization": f"Bearer {token}"}) as client:
+                    def post(i: int, client: httpx.Client = client) -> None:
+                        response = client.post("/v1/jobs", json={"kind": "image",
+                                                                 "prompt": f"served {i}"})
+                        assert response.status_code == 202, response.text
+                    before = procfs.stat(f"/proc/{pid}/stat").cpu
+                    closed_loop(post, requests, concurrency)  # + one warm-up per client
+                    spent = procfs.stat(f"/proc/{pid}/stat").cpu - before
+                if n:
+                    per[(target, concurrency)].append(spent / (requests + concurrency) * 1000)
+    return served_table(per, requests)
+
+
+def served_table(per: dict[tuple[str, int], list[float]], requests: int) -> list[str]:
+    """The ``served`` lines: medians over the rounds, in ms per request, by level."""
+    rounds = len(next(iter(per.values())))
+    lines = [f"served, without perf (the gunicorn worker's CPU per request from /proc, "
+             f"median of {rounds} × {requests}):"]
+    for concurrency in sorted({c for _, c in per}):
+        kiln, peer = median(per[("kiln", concurrency)]), median(per[("peer", concurrency)])
+        lines.append(f"  {concurrency:>2} client(s): kiln {kiln:.2f} ms, peer {peer:.2f} ms "
+                     f"({kiln / peer:.2f}×)")
+    return lines
 
 
 def library_table(per: dict[str, list[tuple[float, dict[str, float]]]], rounds: int,
@@ -447,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingress CPU by library: not measured, {' and '.join(missing)} not "
               "installed (apt-get install -y linux-perf redis-server)", file=sys.stderr)
         return 2
-    config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0"}, sweep_interval=0,
-                         push_relay=8, ingress_threads=16)
+    # The parts hold the worker off while they send, so the jobs wait; thousands of them
+    # would pass the default admission cap (KILN_MAX_WAITING), which is not measured here.
+    config = StackConfig(env={"KILN_OFFLINE_IMAGE_SECONDS": "0", "KILN_MAX_WAITING": "100000"},
+                         sweep_interval=0, push_relay=8, ingress_threads=16)
     with LocalStack(config) as stack:
         if args.warm_emulators:
             warm_emulators(stack, args.warm_emulators)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_ab import Turn, in_order, summary
 from kiln_dev.bench_load import Run, closed_loop
-from kiln_dev.bench_parts import apps_table, by_library, library_table, wsgi_call
+from kiln_dev.bench_parts import apps_table, by_library, library_table, served_table, wsgi_call
 
 
 def result(ms: float, ingress: float) -> Result:
@@ -134,6 +134,16 @@ def test_the_apps_alone_table_gives_each_median_and_their_ratio() -> None:
     lines = apps_table({"kiln": [0.9, 1.2, 0.95], "peer": [0.7, 0.76, 0.8]}, 500)
     assert "median of 3 × 500" in lines[0]
     assert lines[-1].strip() == "kiln 0.95 ms, peer 0.76 ms (1.25×)"
+
+
+def test_the_served_table_gives_each_levels_medians_and_ratio() -> None:
+    """One line per level, in order, each with both medians and Kiln's over the peer's."""
+    lines = served_table({("kiln", 16): [1.6, 1.5, 1.7], ("peer", 16): [1.6, 1.7, 2.0],
+                          ("kiln", 1): [1.4, 1.3, 1.5], ("peer", 1): [1.0, 1.1, 1.2]}, 500)
+    assert "median of 3 × 500" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["1 client(s)", "16 client(s)"]
+    assert lines[1].endswith("kiln 1.40 ms, peer 1.10 ms (1.27×)")
+    assert lines[2].endswith("kiln 1.60 ms, peer 1.70 ms (0.94×)")
 
 
 def test_wsgi_call_answers_the_apps_status_with_the_body_and_token_it_was_given() -> None:
