@@ -380,7 +380,8 @@ def missing_tools() -> list[str]:
 def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     """Kiln's ingress and the peer's, one client, taking turns (the order alternates each
     round, so what one leaves the emulators falls on each alike): CPU per request by
-    library."""
+    library; then the same turns without ``perf`` (:func:`served`) and each app alone
+    (:func:`apps_alone`)."""
     from kiln_dev.bench_peer import PeerStack
 
     token = emulator_id_token("parts-libraries", stack.config.project)
