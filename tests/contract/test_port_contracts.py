@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kiln.core import lifecycle, sentinels
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.policy import RetryPolicy
 from kiln.core.requests import parse_job_request
@@ -147,8 +147,11 @@ def unswept_store(backend: Any, request: pytest.FixtureRequest) -> Any:
 
 @pytest.mark.parametrize("read_first", [False, True], ids=["transaction", "on-a-read"])
 def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any, read_first: bool) -> None:
-    """Eight workers race for one job: one claims it, the rest see it busy; also when
-    each decides on its own plain read first (``seen``)."""
+    """Eight workers race for one job: exactly one claims it. Each of the rest sees it
+    busy or, when the contention outlasts its tries (the emulator holds a contended
+    write up to 2 s; a slow machine makes that common), is told to come back later
+    (``RetryableError`` ``contention``: its delivery is retried, and then sees it busy).
+    Also when each decides on its own plain read first (``seen``)."""
     store = unswept_store
     job = new()
     store.create(job)
@@ -159,16 +162,22 @@ def test_concurrent_claims_give_exactly_one_lease(unswept_store: Any, read_first
         seen = store.get(job.id) if read_first else None
         barrier.wait()
         now = dt.datetime.now(dt.UTC)
-        outcomes.append(store.transact(job.id, lambda j: (
-            (claim := lifecycle.claim(j, worker_id=f"w{n}", now=now, policy=POLICY,
-                                      claim_token=f"t{n}")).change, claim.outcome), seen=seen))
+        try:
+            outcomes.append(store.transact(job.id, lambda j: (
+                (claim := lifecycle.claim(j, worker_id=f"w{n}", now=now, policy=POLICY,
+                                          claim_token=f"t{n}")).change, claim.outcome),
+                seen=seen))
+        except RetryableError as exc:
+            outcomes.append(exc.code)
 
     threads = [threading.Thread(target=race, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(outcomes) == ["busy"] * 7 + ["claimed"]
+    assert len(outcomes) == 8
+    assert outcomes.count("claimed") == 1
+    assert set(outcomes) <= {"claimed", "busy", "contention"}
     assert store.get(job.id).attempts == 1
 
 
