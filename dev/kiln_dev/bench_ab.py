@@ -32,7 +32,7 @@ import httpx
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln_dev.bench import SETTLE, completed_jobs
 from kiln_dev.bench_e2e import warm_emulators
-from kiln_dev.bench_load import closed_loop, cpu_seconds, median, wait_for
+from kiln_dev.bench_load import closed_loop, cpu_seconds, job_poster, median, wait_for
 from kiln_dev.stack import LocalStack, StackConfig, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,15 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             def turn(name: str, concurrency: int, requests: int) -> Turn:
                 nonlocal sent
                 token = emulator_id_token(f"bench-ab-{name}", stack.config.project)
-                limits = httpx.Limits(max_connections=concurrency,
-                                      max_keepalive_connections=concurrency)
-                with httpx.Client(base_url=urls[name], timeout=60, limits=limits,
-                                  headers={"Authorization": f"Bearer {token}"}) as client:
-                    def post(i: int) -> None:
-                        response = client.post("/v1/jobs", json={"kind": "image",
-                                                                 "prompt": f"ab {i}"})
-                        if response.status_code != 202:
-                            raise RuntimeError(f"{name}: {response.status_code} {response.text}")
+                with job_poster(urls[name], token, concurrency, f"ab {name}") as post:
                     before = cpu_seconds([pgids[name]])
                     assert stack.relay is not None
                     stack.relay.hold()

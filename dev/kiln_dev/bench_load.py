@@ -9,13 +9,16 @@ are all counted.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from kiln_dev import procfs
 
@@ -76,6 +79,22 @@ def closed_loop(send: Callable[[int], None], requests: int, concurrency: int,
         list(pool.map(loop, shares))
         wall = time.perf_counter() - started
     return Run(list(latencies), wall)
+
+
+@contextlib.contextmanager
+def job_poster(url: str, token: str, concurrency: int,
+               label: str) -> Iterator[Callable[[int], None]]:
+    """``send(i)`` for :func:`closed_loop`: one ``POST /v1/jobs`` (an image, prompt
+    ``"{label} {i}"``) to the ingress at ``url`` as ``token``'s user, on a client with a
+    connection per concurrent caller. Raises unless the job was accepted (202)."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(base_url=url, timeout=60, limits=limits,
+                      headers={"Authorization": f"Bearer {token}"}) as client:
+        def post(i: int) -> None:
+            response = client.post("/v1/jobs", json={"kind": "image", "prompt": f"{label} {i}"})
+            if response.status_code != 202:
+                raise RuntimeError(f"{label}: {response.status_code} {response.text}")
+        yield post
 
 
 def _group_pids(pgids: Iterable[int]) -> list[int]:

@@ -54,7 +54,7 @@ from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
 from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
-from kiln_dev.bench_load import closed_loop, median, percentile
+from kiln_dev.bench_load import closed_loop, job_poster, median, percentile
 from kiln_dev.stack import LocalStack, StackConfig
 
 
@@ -127,15 +127,11 @@ def request_steps(stack: LocalStack, requests: int) -> list[str]:
 def _steps_here(requests: int) -> list[str]:
     """Thread CPU of ``POST /v1/jobs`` and ``GET /healthz`` through the functions-framework
     app of ``kiln_dev/functions.py`` (the stack's ingress), by step."""
-    import functions_framework
-
     from kiln import log
     from kiln.adapters import firestore, wire
     from kiln.http import api
 
-    app = functions_framework.create_app(
-        target="ingress", source=str(Path(__file__).with_name("functions.py")),
-        signature_type="http")
+    app = _ingress_app()
     spent: dict[str, float] = {}
 
     def timed(owner: Any, name: str, label: Any) -> None:
@@ -196,6 +192,16 @@ def _steps_here(requests: int) -> list[str]:
     return lines
 
 
+def _ingress_app() -> Any:
+    """The stack's ingress as functions-framework serves it (``kiln_dev/functions.py``),
+    to be called in this process."""
+    import functions_framework
+
+    return functions_framework.create_app(
+        target="ingress", source=str(Path(__file__).with_name("functions.py")),
+        signature_type="http")
+
+
 def wsgi_call(app: Any, method: str, path: str, body: bytes, token: str) -> str:
     """Call a WSGI app directly, as gunicorn would (no socket, no HTTP parsing): the
     status code, as text."""
@@ -217,11 +223,7 @@ def _app_here(target: str, requests: int) -> float:
     with ``target``'s WSGI app called directly: Kiln's functions-framework app (the
     stack's ingress) or the peer's Flask app. 200 unrecorded requests first."""
     if target == "kiln":
-        import functions_framework
-
-        app = functions_framework.create_app(
-            target="ingress", source=str(Path(__file__).with_name("functions.py")),
-            signature_type="http")
+        app = _ingress_app()
         token = emulator_id_token(f"parts-app-{uuid.uuid4().hex[:8]}",
                                   os.environ["GOOGLE_CLOUD_PROJECT"])
     else:
@@ -394,13 +396,10 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
         for n in range(rounds + 1):  # the first round warms both: not recorded
             for target in sorted(targets, reverse=n % 2 == 1):
                 url, pid = targets[target]
-                with httpx.Client(base_url=url, timeout=30,
-                                  headers={"Authorization": f"Bearer {token}"}) as client:
-                    def run(client: httpx.Client = client) -> int:
+                with job_poster(url, token, 1, "libraries") as post:
+                    def run(post: Callable[[int], None] = post) -> int:
                         for i in range(requests):
-                            response = client.post("/v1/jobs", json={"kind": "image",
-                                                                     "prompt": f"libraries {i}"})
-                            assert response.status_code == 202, response.text
+                            post(i)
                         return requests
                     result = sampled(pid, run)
                 if n:
@@ -425,14 +424,7 @@ def served(targets: dict[str, tuple[str, int]], token: str, requests: int,
         for concurrency in SERVED_LEVELS:
             for target in sorted(targets, reverse=n % 2 == 1):
                 url, pid = targets[target]
-                limits = httpx.Limits(max_connections=concurrency,
-                                      max_keepalive_connections=concurrency)
-                with httpx.Client(base_url=url, timeout=30, limits=limits,
-                                  headers={"Authorization": f"Bearer {token}"}) as client:
-                    def post(i: int, client: httpx.Client = client) -> None:
-                        response = client.post("/v1/jobs", json={"kind": "image",
-                                                                 "prompt": f"served {i}"})
-                        assert response.status_code == 202, response.text
+                with job_poster(url, token, concurrency, "served") as post:
                     before = procfs.stat(f"/proc/{pid}/stat").cpu
                     closed_loop(post, requests, concurrency)  # + one warm-up per client
                     spent = procfs.stat(f"/proc/{pid}/stat").cpu - before

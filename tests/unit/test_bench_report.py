@@ -3,12 +3,17 @@ the exact last line the issue asks for (numbers made up here; no timing is asser
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+
+import pytest
 
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_ab import Turn, in_order, summary
-from kiln_dev.bench_load import Run, closed_loop
+from kiln_dev.bench_load import Run, closed_loop, job_poster
 from kiln_dev.bench_parts import apps_table, by_library, library_table, served_table, wsgi_call
 
 
@@ -178,3 +183,38 @@ def test_the_ab_summary_gives_medians_the_ratio_and_the_rounds_won() -> None:
     [line] = summary(turns, [16])
     assert "CPU per job 1.400 against 1.600 ms (0.87×; lower in 2 of 3 rounds)" in line
     assert "p50 22.0 against 25.0 ms, p99 50.0 against 60.0 ms" in line
+
+
+def test_the_job_poster_posts_each_job_as_its_user_and_raises_unless_accepted() -> None:
+    """Against a tiny HTTP server that accepts prompts ending in an even number: each
+    send posts the numbered job with the bearer token; a refused one raises with the
+    label, the status and the body."""
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers["Authorization"], body))
+            status = 202 if int(body["prompt"].rsplit(" ", 1)[1]) % 2 == 0 else 429
+            answer = b'{"error": {"code": "quota_exceeded"}}' if status == 429 else b"{}"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with job_poster(url, "tok", 2, "probe") as post:
+            post(4)
+            with pytest.raises(RuntimeError, match=r"probe: 429 .*quota_exceeded"):
+                post(7)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 4"}),
+                    ("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 7"})]
