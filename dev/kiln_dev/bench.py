@@ -18,6 +18,7 @@ Medians over the rounds. Prints numbers; asserts nothing. ``--quick``: one short
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import re
 import threading
@@ -27,11 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln.core.job import Job, JobStatus
-from kiln_dev.bench_load import Run, closed_loop, cpu_seconds, median, rss_mb, wait_for
+from kiln_dev.bench_load import Run, closed_loop, cpu_seconds, job_poster, median, rss_mb, wait_for
 from kiln_dev.stack import LocalStack, StackConfig
 
 if TYPE_CHECKING:  # the peer's Celery and Redis are imported when the bench runs
@@ -83,30 +82,20 @@ class Bench:
     def __post_init__(self) -> None:
         from kiln_dev import bench_e2e
 
-        token = emulator_id_token("bench-ack", self.stack.config.project)
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.token = emulator_id_token("bench-ack", self.stack.config.project)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
         self.floor = bench_e2e.Floor(self.stack)
         self._peer_base = self.peer.completed()
 
-    def sender(self, target: str, client: httpx.Client | None) -> Callable[[int], None]:
+    def counted(self, target: str, send: Callable[[int], None]) -> Callable[[int], None]:
+        """``send``, counting each request it made for ``target``."""
         lock = threading.Lock()
 
-        def counted(send: Callable[[int], None]) -> Callable[[int], None]:
-            def one(i: int) -> None:
-                send(i)
-                with lock:
-                    self.sent[target] += 1
-            return one
-
-        if target == "floor":
-            return counted(self.floor.accept)
-        assert client is not None
-
-        def post(i: int) -> None:
-            response = client.post("/v1/jobs", json={"kind": "image", "prompt": f"bench {i}"})
-            if response.status_code != 202:
-                raise RuntimeError(f"{target}: unexpected {response.status_code}: {response.text}")
-        return counted(post)
+        def one(i: int) -> None:
+            send(i)
+            with lock:
+                self.sent[target] += 1
+        return one
 
     def parts(self, target: str) -> dict[str, list[int]]:
         procs = self.stack.procs
@@ -133,10 +122,11 @@ class Bench:
         they share two cores, and Kiln's worker spends ~65 ms of CPU per job), then it
         runs them all before the CPU is read; False: it runs them alongside."""
         url = self.peer.url if target == "peer" else self.stack.ingress_url
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         parts = self.parts(target)
-        with httpx.Client(base_url=url, timeout=60, limits=limits, headers=self.headers) as client:
-            send = self.sender(target, client if target != "floor" else None)
+        sender = contextlib.nullcontext(self.floor.accept) if target == "floor" \
+            else job_poster(url, self.token, concurrency, target)
+        with sender as unmetered:
+            send = self.counted(target, unmetered)
             before = {name: cpu_seconds(pgids) for name, pgids in parts.items()}
             sent_before = self.sent[target]
             relay = self.stack.relay if held and target != "peer" else None
