@@ -398,3 +398,19 @@ def test_a_group_is_sent_again_at_most_twice_without_the_jobs_named() -> None:
     assert all(isinstance(results[f"jobs/x{i}"], gexc.AlreadyExists) for i in (1, 2, 3))
     assert sorted(map(tuple, creates.commits[4:])) == [
         ("jobs/ok",), ("jobs/x1",), ("jobs/x2",), ("jobs/x3",)]
+
+
+def test_a_group_left_with_one_job_leaves_it_to_go_alone_once() -> None:
+    """When the refusals leave one job of a group, that job is not sent as a group of one
+    and then alone again: it goes alone once, and gets its own answer."""
+    def refuse(names: list[str]) -> BaseException | None:
+        return gexc.AlreadyExists(
+            f"Document already exists: projects/p/databases/(default)/documents/{names[0]}")
+
+    creates = FakeCreates(refuse)
+    results = grouped(creates, ["jobs/x1", "jobs/x2"])
+
+    assert creates.commits[1] == ["jobs/x1", "jobs/x2"]
+    assert sorted(map(tuple, creates.commits[2:])) == [("jobs/x1",), ("jobs/x2",)]
+    assert all(isinstance(results[name], gexc.AlreadyExists)
+               for name in ("jobs/first", "jobs/x1", "jobs/x2"))

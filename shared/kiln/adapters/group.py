@@ -225,9 +225,11 @@ class GroupedCreates:
                 self._creates.send(together, timeout=max(deadline - time.monotonic(), 0.001))
             except ONE_JOBS_FAULT as exc:
                 culprit = _named(exc, together)
-                if culprit is None or len(together) == 1:
+                if culprit is None:
                     break
                 del together[culprit]
+                if len(together) == 1:  # a group of one is a job alone: its caller sends it
+                    break
                 continue
             return [any(job is sent for sent in together) for job in jobs]
         return [False] * len(jobs)
