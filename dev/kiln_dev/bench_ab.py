@@ -32,7 +32,7 @@ import httpx
 from kiln.adapters.firebase_auth import emulator_id_token
 from kiln_dev.bench import SETTLE, completed_jobs
 from kiln_dev.bench_e2e import warm_emulators
-from kiln_dev.bench_load import closed_loop, cpu_seconds, job_poster, median, wait_for
+from kiln_dev.bench_load import cpu_seconds, job_poster, median, metered_loop, wait_for
 from kiln_dev.stack import LocalStack, StackConfig, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,17 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             def turn(name: str, concurrency: int, requests: int) -> Turn:
                 nonlocal sent
                 token = emulator_id_token(f"bench-ab-{name}", stack.config.project)
-                with job_poster(urls[name], token, concurrency, f"ab {name}") as post:
-                    before = cpu_seconds([pgids[name]])
-                    assert stack.relay is not None
-                    stack.relay.hold()
-                    try:
-                        run = closed_loop(post, requests, concurrency)
-                    finally:
-                        stack.relay.release()
-                # The meter also holds closed_loop's warm-up, one request per client.
-                cpu = (cpu_seconds([pgids[name]]) - before) / (requests + concurrency) * 1000
-                sent += requests + concurrency
+                assert stack.relay is not None
+                stack.relay.hold()
+                try:
+                    with job_poster(urls[name], token, concurrency, f"ab {name}") as post:
+                        run, cpu = metered_loop(post, requests, concurrency,
+                                                lambda: cpu_seconds([pgids[name]]))
+                finally:
+                    stack.relay.release()
+                sent += requests + concurrency  # closed_loop's warm-up, one per client, too
                 wait_for(lambda: completed_jobs(stack) >= sent, 900, "the worker")
                 time.sleep(SETTLE)  # the jobs' last steps, before the next turn's meter
                 return Turn(cpu, run.p50, run.p99)

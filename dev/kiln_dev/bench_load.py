@@ -81,6 +81,16 @@ def closed_loop(send: Callable[[int], None], requests: int, concurrency: int,
     return Run(list(latencies), wall)
 
 
+def metered_loop(send: Callable[[int], None], requests: int, concurrency: int,
+                 cpu: Callable[[], float]) -> tuple[Run, float]:
+    """:func:`closed_loop` of ``send`` and the CPU ``cpu()`` (seconds so far) counted
+    meanwhile, in ms per request sent: its warm-up (one request per client) included,
+    since the meter runs over it too."""
+    before = cpu()
+    run = closed_loop(send, requests, concurrency)
+    return run, (cpu() - before) / (requests + concurrency) * 1000
+
+
 @contextlib.contextmanager
 def job_poster(url: str, token: str, concurrency: int,
                label: str) -> Iterator[Callable[[int], None]]:

@@ -54,8 +54,13 @@ from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
 from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
-from kiln_dev.bench_load import closed_loop, job_poster, median, percentile
+from kiln_dev.bench_load import job_poster, median, metered_loop, percentile
 from kiln_dev.stack import LocalStack, StackConfig
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds so far of process ``pid`` (all its threads)."""
+    return procfs.stat(f"/proc/{pid}/stat").cpu
 
 
 def _threads(pid: int) -> dict[tuple[str, str], float]:
@@ -350,9 +355,9 @@ def sampled(pid: int, run: Callable[[], int]) -> tuple[float, dict[str, float]]:
             time.sleep(0.5)  # perf attaches before the first request
             if perf.poll() is not None:  # refused at once (perf_event_paranoid, seccomp)
                 raise RuntimeError(f"perf record failed: {_said(perf)}")
-            before = procfs.stat(f"/proc/{pid}/stat").cpu
+            before = _cpu(pid)
             requests = run()
-            ms = (procfs.stat(f"/proc/{pid}/stat").cpu - before) / requests * 1000
+            ms = (_cpu(pid) - before) / requests * 1000
         finally:
             if perf.poll() is None:
                 perf.send_signal(signal.SIGINT)  # perf writes its data and exits
@@ -425,11 +430,10 @@ def served(targets: dict[str, tuple[str, int]], token: str, requests: int,
             for target in sorted(targets, reverse=n % 2 == 1):
                 url, pid = targets[target]
                 with job_poster(url, token, concurrency, "served") as post:
-                    before = procfs.stat(f"/proc/{pid}/stat").cpu
-                    closed_loop(post, requests, concurrency)  # + one warm-up per client
-                    spent = procfs.stat(f"/proc/{pid}/stat").cpu - before
+                    _, ms = metered_loop(post, requests, concurrency,
+                                         functools.partial(_cpu, pid))
                 if n:
-                    per[(target, concurrency)].append(spent / (requests + concurrency) * 1000)
+                    per[(target, concurrency)].append(ms)
     return served_table(per, requests)
 
 

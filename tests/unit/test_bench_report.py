@@ -13,7 +13,7 @@ import pytest
 
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_ab import Turn, in_order, summary
-from kiln_dev.bench_load import Run, closed_loop, job_poster
+from kiln_dev.bench_load import Run, closed_loop, job_poster, metered_loop
 from kiln_dev.bench_parts import apps_table, by_library, library_table, served_table, wsgi_call
 
 
@@ -218,3 +218,18 @@ def test_the_job_poster_posts_each_job_as_its_user_and_raises_unless_accepted() 
         server.server_close()
     assert seen == [("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 4"}),
                     ("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 7"})]
+
+
+def test_a_metered_loop_divides_the_cpu_by_every_request_it_sent() -> None:
+    """The meter runs over closed_loop's warm-up too (one request per client), so the CPU
+    is divided by the requests and the warm-up: 2 ms a request reads 2 ms, not more."""
+    spent = [0.0]
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        with lock:
+            spent[0] += 0.002
+
+    run, ms = metered_loop(send, 40, 4, lambda: spent[0])
+    assert len(run.latencies) == 40
+    assert abs(ms - 2.0) < 1e-9
