@@ -6,6 +6,9 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   refused with 400, and an accepted one, split into the threads that handle requests
   and gRPC's own (EventEngine's, ``/proc/<pid>/task``; the ingress's older client path
   has none).
+- **the load generator's client**: ``POST /v1/jobs`` at one client through httpx and
+  through ``bench_load.job_poster``'s lean keep-alive connection, taking turns: each
+  one's p50 and the client's own CPU per request.
 - **an accepted request's steps, in process**: the functions-framework app called
   directly (no HTTP) in a child process, with thread-CPU timers around Kiln's steps.
 - **a transaction against a write on a read**: ``JobStore.transact`` as a transaction
@@ -54,7 +57,7 @@ from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
 from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
-from kiln_dev.bench_load import job_poster, median, metered_loop, percentile
+from kiln_dev.bench_load import closed_loop, job_poster, median, metered_loop, percentile
 from kiln_dev.stack import LocalStack, StackConfig
 
 
@@ -118,6 +121,40 @@ def ingress_cpu(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     return lines
 
 
+def client_cost(stack: LocalStack, requests: int, rounds: int) -> list[str]:
+    """The load generator's own part of a recorded acknowledgement: ``POST /v1/jobs`` at
+    one client through httpx (the benchmark's client before the twelfth pass) and through
+    ``job_poster``'s lean connection, taking turns (the order alternating each round):
+    each one's p50 and the CPU this process spent per request (the client's side)."""
+    assert stack.relay is not None
+    stack.relay.hold()
+    url = stack.ingress_url
+    token = emulator_id_token("parts-client", stack.config.project)
+    per: dict[str, list[tuple[float, float]]] = {"httpx": [], "connection": []}
+    with httpx.Client(base_url=url, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as client, \
+            job_poster(url, token, 1, "client") as lean:
+        def general(i: int) -> None:
+            response = client.post("/v1/jobs", json={"kind": "image", "prompt": f"client {i}"})
+            assert response.status_code == 202, response.text
+
+        sends = {"httpx": general, "connection": lean}
+        for send in sends.values():
+            closed_loop(send, 100, 1)
+        for n in range(rounds):
+            for name in sorted(sends, reverse=n % 2 == 1):
+                started = time.process_time()
+                run = closed_loop(sends[name], requests, 1)
+                cpu = (time.process_time() - started) / (requests + 1) * 1000
+                per[name].append((run.p50, cpu))
+    lines = [f"the load generator's client (POST /v1/jobs, 1 client, median of "
+             f"{rounds} × {requests}):"]
+    for name, values in per.items():
+        lines.append(f"  {name:<11} p50 {median(v[0] for v in values):.2f} ms, "
+                     f"its own CPU {median(v[1] for v in values):.2f} ms per request")
+    return lines
+
+
 def request_steps(stack: LocalStack, requests: int) -> list[str]:
     """:func:`_steps_here` in a child process with the functions' environment."""
     env = {**os.environ, **stack.function_env(), "KILN_OFFLINE_IMAGE_SECONDS": "0"}
@@ -154,7 +191,8 @@ def _steps_here(requests: int) -> list[str]:
 
     timed(wire.Unary, "__call__", lambda args: "gRPC " + args[0].method.rsplit("/", 1)[1])
     for owner, name, label in (
-            (wire.Creates, "commit", "commit"), (wire.Publish, "__call__", "publish"),
+            (wire.Creates, "encode", "encode"), (wire.Creates, "send", "send"),
+            (wire.Publish, "__call__", "publish"),
             (firestore.FirestoreJobStore, "create", "create"), (log, "event", "log lines"),
             (api, "authenticate", "authentication"), (api, "read_json", "reading the body"),
             (api, "parse_job_request", "validating it"), (api, "admit", "admission"),
@@ -168,7 +206,7 @@ def _steps_here(requests: int) -> list[str]:
     def post(i: int) -> str:
         return call("POST", "/v1/jobs", json.dumps({"kind": "image", "prompt": f"s {i}"}).encode())
 
-    for i in range(200):
+    for i in range(min(200, requests)):  # unrecorded
         assert post(i) == "202" and call("GET", "/healthz") == "200"
     spent.clear()
     started = time.thread_time()
@@ -182,8 +220,9 @@ def _steps_here(requests: int) -> list[str]:
     healthz = (time.thread_time() - started) / requests * 1000
     grpc_ms = steps.get("gRPC Commit", 0.0) + steps.get("gRPC Publish", 0.0)
     kiln = {
-        "building the commit": steps["commit"] - steps.get("gRPC Commit", 0.0),
-        "the job's documents": steps["create"] - steps["commit"],
+        # (the store encodes a job's writes, then sends them through its group commit)
+        "building the commit": steps["encode"] + steps["send"] - steps.get("gRPC Commit", 0.0),
+        "the job's documents": steps["create"] - steps["encode"] - steps["send"],
         "building the publish": steps["publish"] - steps.get("gRPC Publish", 0.0),
         **{key: steps.get(key, 0.0) for key in ("log lines", "authentication",
                                                  "reading the body", "validating it",
@@ -496,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm_emulators:
             warm_emulators(stack, args.warm_emulators)
         parts: list[Callable[[], list[str]]] = [
-            lambda: ingress_cpu(stack, 300, args.rounds), lambda: request_steps(stack, 1000),
+            lambda: ingress_cpu(stack, 300, args.rounds),
+            lambda: client_cost(stack, 300, args.rounds), lambda: request_steps(stack, 1000),
             lambda: transactions(stack, 100, args.rounds),
             lambda: relay_streams(stack, 40, args.rounds)]
         if args.libraries:

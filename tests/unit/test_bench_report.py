@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import pytest
 
 from kiln_dev.bench import LEVELS, TARGETS, Result, in_turn, report
 from kiln_dev.bench_ab import Turn, in_order, summary
-from kiln_dev.bench_load import Run, closed_loop, job_poster, metered_loop
+from kiln_dev.bench_load import Connection, Run, closed_loop, job_poster, metered_loop
 from kiln_dev.bench_parts import apps_table, by_library, library_table, served_table, wsgi_call
 
 
@@ -218,6 +219,84 @@ def test_the_job_poster_posts_each_job_as_its_user_and_raises_unless_accepted() 
         server.server_close()
     assert seen == [("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 4"}),
                     ("/v1/jobs", "Bearer tok", {"kind": "image", "prompt": "probe 7"})]
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """An HTTP/1.1 server's handler that keeps connections open, except that it drops the
+    connection of every second request after answering it, without saying so (as a
+    keep-alive timeout does), so the next request on it finds it closed."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[int, str]] = []
+    answered = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append((self.client_address[1], body["prompt"]))
+        type(self).answered += 1
+        self.send_response(202)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+        self.close_connection = type(self).answered % 2 == 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_job_poster_keeps_its_connection_and_resends_once_when_the_server_closed_it() -> None:
+    """Each caller thread posts on one connection while the server keeps it; a request
+    that finds its connection closed by the server is sent once more on a new one: every
+    job is posted exactly once."""
+    _KeepAlive.seen, _KeepAlive.answered = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with job_poster(f"http://127.0.0.1:{server.server_address[1]}", "tok", 1, "k") as post:
+            for i in range(5):
+                post(i)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [prompt for _, prompt in _KeepAlive.seen] == [f"k {i}" for i in range(5)]
+    ports = [port for port, _ in _KeepAlive.seen]
+    # Two requests a connection: the server dropped it after every second one.
+    assert ports[0] == ports[1] != ports[2] == ports[3] != ports[4]
+
+
+def _one_shot_server(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A socket server that reads one request, writes ``answer`` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (b"", "before answering"),  # a new connection closed with no answer: not resent
+    (b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\n{}", "without Content-Length"),
+    (b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\n{}", "mid-answer"),
+])
+def test_a_connection_raises_on_an_answer_it_cannot_read(answer: bytes, error: str) -> None:
+    """No answer on a new connection, an answer with no length, or one cut short: each
+    raises (a benchmark never counts an answer it did not read)."""
+    listener, thread = _one_shot_server(answer)
+    connection = Connection("127.0.0.1", listener.getsockname()[1], timeout=10)
+    try:
+        with pytest.raises(ConnectionError) as raised:
+            connection.round_trip(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert error in str(raised.value)
+    finally:
+        thread.join(10)
+        listener.close()
+        connection.close()
 
 
 def test_a_metered_loop_divides_the_cpu_by_every_request_it_sent() -> None:
