@@ -50,7 +50,7 @@ class Unary:
     def __init__(self, channel: grpc.Channel, method: str, request: Any, response: Any, *,
                  metadata: Sequence[tuple[str, str]], timeout: float,
                  retry: retries.Retry) -> None:
-        self._call = channel.unary_unary(method, request_serializer=request.SerializeToString,
+        self._call = channel.unary_unary(method, request_serializer=_serialized,
                                          response_deserializer=response.FromString)
         self.method, self.metadata, self.timeout = method, tuple(metadata), timeout
         self._retry = retry
@@ -68,6 +68,11 @@ class Unary:
                               metadata=self.metadata)
         except grpc.RpcError as exc:
             raise gexc.from_grpc_error(exc) from exc
+
+
+def _serialized(request: Any) -> bytes:
+    """A request's wire bytes: a message serialized, or bytes already serialized."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 #: The SDK's own retry policy for Commit (ResourceExhausted, ServiceUnavailable), bounded
@@ -123,12 +128,11 @@ class Creates:
     def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
         """Commit the writes of one or more :meth:`encode` results (of one caller or
         several) at once: all of them or none. Raises as :meth:`commit`."""
-        if len(encoded) == 1:
-            request = encoded[0]
-        else:
-            request = _CommitRequest(database=self.database)
-            for each in encoded:
-                request.writes.extend(each.writes)
+        # Serialized protobuf messages concatenated are the serialization of the messages
+        # merged: one request with every caller's writes (and the one database), built
+        # without copying the writes into a new message.
+        request = encoded[0] if len(encoded) == 1 else \
+            b"".join(each.SerializeToString() for each in encoded)
         self._commit(request, timeout)
 
 
