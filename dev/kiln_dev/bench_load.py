@@ -100,8 +100,8 @@ class _ClosedEarly(ConnectionError):
 class Connection:
     """One keep-alive HTTP/1.1 connection of the load generator: a raw socket, the request
     sent as prepared bytes, the response read by its status line, headers and
-    ``Content-Length`` body. A general client (httpx) spent 0.5–0.9 ms of the benchmark's
-    CPU per request and added about 0.4 ms to every round trip it recorded
+    ``Content-Length`` body. A general client (httpx) spent 0.7–0.8 ms of the benchmark's
+    CPU per ``POST /v1/jobs`` and added 0.9–1.5 ms to each one it recorded at one client
     (docs/benchmarks.md, the twelfth pass), time that is the load generator's, not the
     server's; this one spends about 0.1 ms.
 

@@ -143,9 +143,7 @@ def client_cost(stack: LocalStack, requests: int, rounds: int) -> list[str]:
             closed_loop(send, 100, 1)
         for n in range(rounds):
             for name in sorted(sends, reverse=n % 2 == 1):
-                started = time.process_time()
-                run = closed_loop(sends[name], requests, 1)
-                cpu = (time.process_time() - started) / (requests + 1) * 1000
+                run, cpu = metered_loop(sends[name], requests, 1, time.process_time)
                 per[name].append((run.p50, cpu))
     lines = [f"the load generator's client (POST /v1/jobs, 1 client, median of "
              f"{rounds} × {requests}):"]
