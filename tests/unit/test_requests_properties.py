@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic_core import PydanticCustomError
 
 from kiln.core import urls as urls_core
-from kiln.core.errors import PermanentError, ValidationError
-from kiln.core.requests import BLANK_LETTERS, JobRequest, parse_job_request
+from kiln.core.errors import PermanentError, RequestError, ValidationError
+from kiln.core.identity import check_app_uid
+from kiln.core.requests import BLANK_LETTERS, JobRequest, _visible, parse_job_request
 from kiln.providers.fetch import FetchPolicy, check_url
 from strategies import bodies, json_like, texts
 
@@ -148,3 +150,50 @@ def test_what_submit_refuses_the_fetcher_refuses(url: str, local: bool) -> None:
         assert fetcher_refuses or urls_core.literal(urls_core.host_of(url)) is None
     elif urls_core.literal(urls_core.host_of(url)) is not None:
         assert not fetcher_refuses
+
+
+def _visible_by_character(text: str) -> str | None:
+    """The rule of ``requests._visible`` read character by character (its slow path, which
+    ASCII text skips): the error's type, or None when the text passes."""
+    seen = False
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return "control_characters"
+        if category == "Cs":
+            return "string_unicode"
+        if char in BIDI:
+            return "bidi_control"
+        seen = seen or (category[0] in "LNPS" and char not in BLANK_LETTERS)
+    return None if seen else "invisible"
+
+
+ascii_texts = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts | ascii_texts)
+def test_the_ascii_fast_path_decides_as_the_character_rule(text: str) -> None:
+    try:
+        _visible(text)
+        outcome = None
+    except PydanticCustomError as exc:
+        outcome = exc.type
+    assert outcome == _visible_by_character(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts | ascii_texts)
+def test_the_uid_rule_refuses_exactly_control_characters_and_surrogates(uid: str) -> None:
+    unseeable = any(unicodedata.category(c) in ("Cc", "Cs") for c in uid)
+    try:
+        check_app_uid(uid)
+        refused = None
+    except RequestError as exc:
+        refused = exc.code
+    if unseeable:
+        assert refused == "unsupported_uid"
+    elif uid and "/" not in uid and ".." not in uid and uid not in (".", "..") \
+            and not (uid.startswith("__") and uid.endswith("__")) \
+            and not uid.startswith(("telegram:", "api:")):
+        assert refused is None

@@ -133,6 +133,7 @@ TICKETS = "quotaTickets"
 TICKET_LIFETIME = dt.timedelta(days=2)
 
 
+@functools.lru_cache(maxsize=4096)  # an ingress sees the same callers' keys over and over
 def doc_id(key: str) -> str:
     """A document id for any key (uids may hold characters ids cannot)."""
     safe = "".join(c if c.isalnum() or c in "-_:" else "_" for c in key)[:80]

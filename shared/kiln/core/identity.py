@@ -31,7 +31,8 @@ def check_app_uid(uid: str) -> str:
     """
     bad = (not uid or len(uid) > UID_MAX or "/" in uid or uid in (".", "..") or ".." in uid
            or (uid.startswith("__") and uid.endswith("__"))
-           or any(unicodedata.category(c) in ("Cc", "Cs") for c in uid))
+           or (not (uid.isascii() and uid.isprintable())
+           and any(unicodedata.category(c) in ("Cc", "Cs") for c in uid)))
     if bad:
         raise RequestError(403, "unsupported_uid", "This account's user id cannot be used "
                            "here (it contains '/', '..' or a control character, or is over "

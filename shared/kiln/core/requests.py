@@ -65,6 +65,11 @@ def _visible(value: str) -> str:
     """Refuse text a user cannot see as it is: control characters (C0, DEL, C1), lone
     surrogates, bidirectional controls, and text with nothing visible in it (only spaces,
     format characters such as U+200B, combining marks or blank fillers)."""
+    if value.isascii() and value.isprintable():  # most text: no control, no format char
+        if value.strip(" "):
+            return value
+        raise PydanticCustomError(
+            "invisible", "must contain a visible character, not only spaces or invisible ones")
     seen = False
     for char in value:
         category = unicodedata.category(char)
