@@ -16,6 +16,10 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   both documents' update times), interleaved.
 - **push relay streams**: publish → a bare HTTP endpoint through ``PushRelay`` with 4, 8
   and 12 pull streams (the emulator's pull loop sleeps 50 ms between looks).
+- **waking up**: a call's CPU in the calling process by how long its answer takes (0, 2
+  and 5 ms), through gRPC on the ingress's client path and through a plain socket, to
+  servers in another process that sleep that long before answering (the emulators
+  answer Kiln's calls in 0.5–3 ms, Redis the peer's in microseconds).
 - **ingress CPU by library, against the peer** (``--libraries``; needs ``perf`` and
   ``redis-server``): ``POST /v1/jobs`` at one client on Kiln's ingress and on the Celery +
   Redis peer of ``make bench``, taking turns (the order alternating each round), each
@@ -40,9 +44,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -315,6 +321,119 @@ def apps_table(per: dict[str, list[float]], requests: int) -> list[str]:
             f"  kiln {kiln:.2f} ms, peer {peer:.2f} ms ({kiln / peer:.2f}×)"]
 
 
+#: How long the sleeping servers of :func:`waking` take to answer, in ms.
+WAKE_DELAYS = (0, 2, 5)
+_SLEEP_METHOD = "/kiln.bench.Sleep/Sleep"
+
+
+def waking(calls: int, rounds: int) -> list[str]:
+    """:func:`_waking_here` in a child process on the ingress's gRPC client path."""
+    from kiln.settings import INGRESS_GRPC_EXPERIMENTS
+
+    env = {**os.environ, "GRPC_EXPERIMENTS": INGRESS_GRPC_EXPERIMENTS}
+    done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--waking-here",
+                           str(calls), "--rounds", str(rounds)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the waking part failed: {done.stderr[-2000:]}")
+    return done.stdout.splitlines()
+
+
+def _waking_here(calls: int, rounds: int) -> list[str]:
+    """This process's CPU per call, by how long the answer takes: a unary gRPC call and a
+    socket round trip, to :func:`_sleep_servers` in a child process, taking turns (the
+    order alternating each round), ``calls`` calls per turn after 20 unrecorded."""
+    import grpc
+
+    servers = subprocess.Popen([sys.executable, "-m", "kiln_dev.bench_parts",
+                                "--sleep-servers"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert servers.stdin is not None and servers.stdout is not None
+    try:
+        grpc_port, socket_port = (int(port) for port in servers.stdout.readline().split())
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        sleep = channel.unary_unary(_SLEEP_METHOD)  # bytes in, bytes out
+        sock = socket.create_connection(("127.0.0.1", socket_port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        answers = sock.makefile("rb")
+
+        def by_grpc(delay: int) -> None:
+            sleep(b"%d" % delay, timeout=10)
+
+        def by_socket(delay: int) -> None:
+            sock.sendall(b"%d\n" % delay)
+            if answers.readline() != b"ok\n":
+                raise ConnectionError("the sleeping socket server did not answer")
+
+        kinds: list[tuple[str, Callable[[int], None]]] = [("gRPC", by_grpc),
+                                                           ("socket", by_socket)]
+        per: dict[tuple[str, int], list[float]] = {}
+        for _, call in kinds:
+            for delay in WAKE_DELAYS:
+                for _ in range(20):
+                    call(delay)
+        for n in range(rounds):
+            for delay in WAKE_DELAYS:
+                for kind, call in (kinds if n % 2 == 0 else kinds[::-1]):
+                    started = time.process_time()
+                    for _ in range(calls):
+                        call(delay)
+                    spent = (time.process_time() - started) / calls * 1000
+                    per.setdefault((kind, delay), []).append(spent)
+        sock.close()
+        channel.close()
+    finally:
+        servers.stdin.close()
+        try:
+            servers.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            servers.kill()
+    lines = ["a call's CPU in the caller by how long its answer takes (the ingress's gRPC "
+             f"path; the servers in another process; median of {rounds} × {calls}):"]
+    lines += [f"  answered after {delay} ms: gRPC {median(per['gRPC', delay]):.3f} ms, "
+              f"socket round trip {median(per['socket', delay]):.3f} ms"
+              for delay in WAKE_DELAYS]
+    return lines
+
+
+def _sleep_servers() -> None:
+    """A gRPC server and a line-based socket server on 127.0.0.1 that answer after
+    sleeping the milliseconds each request names; prints their ports, then serves until
+    stdin closes."""
+    from concurrent import futures
+
+    import grpc
+
+    def answer(request: bytes, context: Any) -> bytes:
+        time.sleep(int(request) / 1000)
+        return b"ok"
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        _SLEEP_METHOD.split("/")[1], {"Sleep": grpc.unary_unary_rpc_method_handler(answer)}),))
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                time.sleep(int(line) / 1000)
+                conn.sendall(b"ok\n")
+
+    def accept() -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    print(grpc_port, listener.getsockname()[1], flush=True)
+    sys.stdin.read()
+    server.stop(0)
+    listener.close()
+
+
 def transactions(stack: LocalStack, jobs: int, rounds: int) -> list[str]:
     store = stack.services().store
     policy = stack.settings().retry_policy()
@@ -513,7 +632,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-here", type=int, help=argparse.SUPPRESS)  # the children
     parser.add_argument("--app-here", choices=("kiln", "peer"), help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--waking-here", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sleep-servers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sleep_servers:
+        _sleep_servers()
+        return 0
+    if args.waking_here:
+        print("\n".join(_waking_here(args.waking_here, args.rounds)), flush=True)
+        return 0
     if args.steps_here:
         print("\n".join(_steps_here(args.steps_here)), flush=True)
         return 0
@@ -536,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: ingress_cpu(stack, 300, args.rounds),
             lambda: client_cost(stack, 300, args.rounds), lambda: request_steps(stack, 1000),
             lambda: transactions(stack, 100, args.rounds),
-            lambda: relay_streams(stack, 40, args.rounds)]
+            lambda: relay_streams(stack, 40, args.rounds), lambda: waking(300, args.rounds)]
         if args.libraries:
             parts = [lambda: libraries(stack, 500, args.rounds)]
         for part in parts:
