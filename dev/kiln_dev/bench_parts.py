@@ -28,7 +28,10 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   protobuf, the C libraries). Then the same turns without ``perf``, at 1 and 16 clients.
   Then each app alone: its WSGI app called directly in a child process (no HTTP, no
   gunicorn), the CPU of that whole process per accepted request, so the gap splits into
-  the apps' own work and what serving them costs.
+  the apps' own work and what serving them costs. Then the peer's app alone again with
+  its Redis answering through a proxy in another process that holds each answer 0, 1 or
+  2 ms: what the peer's CPU per request would be on a backend as slow as Kiln's
+  emulators.
 
 The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 """
@@ -36,6 +39,7 @@ The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import io
@@ -312,6 +316,83 @@ def apps_alone(stack: LocalStack, peer_redis_url: str, requests: int,
     return apps_table(per, requests)
 
 
+#: How long :func:`slower_redis`'s proxies hold each of Redis's answers, in ms.
+REDIS_DELAYS = (0, 1, 2)
+
+
+def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
+    """The peer's app alone (:func:`_app_here`) on its Redis directly and through a proxy
+    in another process that holds each of Redis's answers ``REDIS_DELAYS`` ms, taking turns
+    (the order alternating each round): the CPU of the app's process per request."""
+    proxies = {delay: subprocess.Popen(
+        [sys.executable, "-m", "kiln_dev.bench_parts", "--delay-proxy", str(redis_port),
+         str(delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for delay in REDIS_DELAYS}
+    try:
+        ports = {"directly": redis_port}
+        for delay, proxy in proxies.items():
+            assert proxy.stdout is not None
+            ports[f"answers held {delay} ms"] = int(proxy.stdout.readline())
+        per: dict[str, list[float]] = {name: [] for name in ports}
+        for n in range(rounds):
+            for name in sorted(ports, reverse=n % 2 == 1):
+                env = {**os.environ, "KILN_PEER_REDIS_URL": f"redis://127.0.0.1:{ports[name]}/0"}
+                done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts",
+                                       "--app-here", "peer", "--requests", str(requests)],
+                                      env=env, capture_output=True, text=True, timeout=300,
+                                      check=False)
+                if done.returncode:
+                    raise RuntimeError(f"the peer app ({name}) failed: {done.stderr[-2000:]}")
+                per[name].append(float(done.stdout.split()[-1]))
+    finally:
+        for proxy in proxies.values():
+            assert proxy.stdin is not None
+            proxy.stdin.close()
+            try:
+                proxy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+    lines = ["the peer's app alone with a slower Redis (CPU of the app's process per request, "
+             f"median of {rounds} × {requests}):"]
+    lines += [f"  Redis {name:<20} {median(values):.2f} ms" for name, values in per.items()]
+    return lines
+
+
+def _delay_proxy(upstream: int, delay_ms: float) -> None:
+    """A TCP proxy on 127.0.0.1 to ``upstream`` that holds each chunk of the server's
+    answers ``delay_ms`` before passing it on; prints its port, then serves until stdin
+    closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def forward(source: socket.socket, sink: socket.socket, hold: float) -> None:
+        try:
+            while data := source.recv(65536):
+                if hold:
+                    time.sleep(hold)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            server = socket.create_connection(("127.0.0.1", upstream))
+            for end in (client, server):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=forward, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=forward, args=(server, client, delay_ms / 1000),
+                             daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    print(listener.getsockname()[1], flush=True)
+    sys.stdin.read()
+    listener.close()
+
+
 def apps_table(per: dict[str, list[float]], requests: int) -> list[str]:
     """The in-process comparison's lines: medians over the rounds, in ms per request."""
     kiln, peer = median(per["kiln"]), median(per["peer"])
@@ -567,7 +648,8 @@ def libraries(stack: LocalStack, requests: int, rounds: int) -> list[str]:
                     per[target].append(result)
         without_perf = served(targets, token, requests, rounds)
         alone = apps_alone(stack, peer.redis_url, requests, rounds)
-    return library_table(per, rounds, requests) + without_perf + alone
+        slower = slower_redis(peer.redis_port, requests, rounds)
+    return library_table(per, rounds, requests) + without_perf + alone + slower
 
 
 #: The levels ``served`` measures: one client, where no request shares a call, and 16.
@@ -634,7 +716,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500, help=argparse.SUPPRESS)
     parser.add_argument("--waking-here", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sleep-servers", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--delay-proxy", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.delay_proxy:
+        _delay_proxy(int(args.delay_proxy[0]), args.delay_proxy[1])
+        return 0
     if args.sleep_servers:
         _sleep_servers()
         return 0

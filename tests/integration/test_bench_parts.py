@@ -1,10 +1,16 @@
 """``make bench-parts``'s in-process split of an accepted request (``request_steps``), on
-the real emulators: every step it times is on the path the ingress takes; and its
-``waking`` part, whose gRPC and socket servers answer each call after the delay it names."""
+the real emulators: every step it times is on the path the ingress takes; its
+``waking`` part, whose gRPC and socket servers answer each call after the delay it names;
+and the delay proxy that holds a slower Redis's answers for the peer."""
 
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 from kiln_dev.bench_parts import WAKE_DELAYS, request_steps, waking
 from kiln_dev.stack import LocalStack
@@ -36,3 +42,35 @@ def test_the_waking_part_times_both_kinds_of_call_at_every_delay() -> None:
                               r"socket round trip (?P<socket>\d+\.\d+) ms", line))}
     assert sorted(read) == sorted(WAKE_DELAYS), lines
     assert all(grpc > 0 and sock > 0 for grpc, sock in read.values()), lines
+
+
+def test_the_delay_proxy_passes_both_ways_and_holds_each_answer() -> None:
+    """Given a line server behind ``--delay-proxy`` holding answers 30 ms, 5 requests
+    through the proxy come back whole and in order, each no sooner than 30 ms after it
+    was sent (the hold is a sleep before forwarding: a lower bound, not a race)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                conn.sendall(b"got " + line)
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = subprocess.Popen([sys.executable, "-m", "kiln_dev.bench_parts", "--delay-proxy",
+                              str(listener.getsockname()[1]), "30"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proxy.stdin is not None and proxy.stdout is not None
+    try:
+        port = int(proxy.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \
+                sock.makefile("rb") as answers:
+            for i in range(5):
+                sent = time.monotonic()
+                sock.sendall(b"line %d\n" % i)
+                assert answers.readline() == b"got line %d\n" % i
+                assert time.monotonic() - sent >= 0.03
+    finally:
+        proxy.stdin.close()
+        proxy.wait(timeout=10)
+        listener.close()
