@@ -39,7 +39,6 @@ The emulators are warmed first, as ``make bench`` does (``--warm-emulators``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import functools
 import io
@@ -322,11 +321,12 @@ REDIS_DELAYS = (0, 1, 2)
 
 def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
     """The peer's app alone (:func:`_app_here`) on its Redis directly and through a proxy
-    in another process that holds each of Redis's answers ``REDIS_DELAYS`` ms, taking turns
+    (``kiln_dev.delay_proxy``) in another process that holds each of Redis's answers
+    ``REDIS_DELAYS`` ms, taking turns
     (the order alternating each round): the CPU of the app's process per request."""
     proxies = {delay: subprocess.Popen(
-        [sys.executable, "-m", "kiln_dev.bench_parts", "--delay-proxy", str(redis_port),
-         str(delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "kiln_dev.delay_proxy", str(redis_port), str(delay),
+         "--until-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for delay in REDIS_DELAYS}
     try:
         ports = {"directly": redis_port}
@@ -356,41 +356,6 @@ def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
              f"median of {rounds} × {requests}):"]
     lines += [f"  Redis {name:<20} {median(values):.2f} ms" for name, values in per.items()]
     return lines
-
-
-def _delay_proxy(upstream: int, delay_ms: float) -> None:
-    """A TCP proxy on 127.0.0.1 to ``upstream`` that holds each chunk of the server's
-    answers ``delay_ms`` before passing it on; prints its port, then serves until stdin
-    closes."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def forward(source: socket.socket, sink: socket.socket, hold: float) -> None:
-        try:
-            while data := source.recv(65536):
-                if hold:
-                    time.sleep(hold)
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def accept() -> None:
-        while True:
-            client, _ = listener.accept()
-            server = socket.create_connection(("127.0.0.1", upstream))
-            for end in (client, server):
-                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=forward, args=(client, server, 0.0), daemon=True).start()
-            threading.Thread(target=forward, args=(server, client, delay_ms / 1000),
-                             daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    print(listener.getsockname()[1], flush=True)
-    sys.stdin.read()
-    listener.close()
 
 
 def apps_table(per: dict[str, list[float]], requests: int) -> list[str]:
@@ -716,11 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500, help=argparse.SUPPRESS)
     parser.add_argument("--waking-here", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sleep-servers", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--delay-proxy", nargs=2, type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.delay_proxy:
-        _delay_proxy(int(args.delay_proxy[0]), args.delay_proxy[1])
-        return 0
     if args.sleep_servers:
         _sleep_servers()
         return 0

@@ -73,12 +73,24 @@ def healthz() -> Any:
     return {"ok": True}
 
 
-class PeerStack:
-    """redis-server + gunicorn (``threads`` threads) + a Celery prefork worker."""
+#: The part name of the proxy that holds Redis's answers (``PeerStack(redis_hold_ms=…)``).
+PROXY = "redis-proxy"
 
-    def __init__(self, *, threads: int, concurrency: int = 2, host: str = "127.0.0.1") -> None:
+
+class PeerStack:
+    """redis-server + gunicorn (``threads`` threads) + a Celery prefork worker.
+
+    ``redis_hold_ms`` > 0 puts a proxy (``kiln_dev.delay_proxy``, a session of its own,
+    outside ``pgids()``) between gunicorn and Celery and Redis that holds each of Redis's
+    answers that long: the peer on a backend as far away as Kiln's. The benchmark's own
+    client (``client()``, ``redis_url``) talks to Redis directly."""
+
+    def __init__(self, *, threads: int, concurrency: int = 2, host: str = "127.0.0.1",
+                 redis_hold_ms: float = 0.0) -> None:
         self.host, self.threads, self.concurrency = host, threads, concurrency
+        self.redis_hold_ms = redis_hold_ms
         self.redis_port, self.http_port = free_port(host), free_port(host)
+        self.proxy_port = free_port(host) if redis_hold_ms > 0 else self.redis_port
         self.workdir = Path(tempfile.mkdtemp(prefix="kiln-peer-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -90,6 +102,11 @@ class PeerStack:
     def redis_url(self) -> str:
         return f"redis://{self.host}:{self.redis_port}/0"
 
+    @property
+    def app_redis_url(self) -> str:
+        """Redis as gunicorn and Celery reach it: through the proxy when answers are held."""
+        return f"redis://{self.host}:{self.proxy_port}/0"
+
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
@@ -97,12 +114,17 @@ class PeerStack:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
-        env = {**os.environ, "KILN_PEER_REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KILN_PEER_REDIS_URL": self.app_redis_url, "PYTHONUNBUFFERED": "1"}
         try:
             self._spawn("redis", [server, "--port", str(self.redis_port), "--bind", self.host,
                                   "--dir", str(self.workdir), "--save", "",
                                   "--appendonly", "yes", "--appendfsync", "everysec"], env)
             self._wait(lambda: bool(self.client().ping()), "redis")
+            if self.redis_hold_ms > 0:
+                self._spawn(PROXY, [sys.executable, "-m", "kiln_dev.delay_proxy",
+                                    str(self.redis_port), str(self.redis_hold_ms),
+                                    "--port", str(self.proxy_port)], env)
+                self._wait(lambda: bool(redis.Redis.from_url(self.app_redis_url).ping()), PROXY)
             self._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "--bind",
                                      f"{self.host}:{self.http_port}", "--workers", "1",
                                      "--threads", str(self.threads), "--log-level", "error",
@@ -126,7 +148,7 @@ class PeerStack:
         with ping.pubsub() as sub:
             sub.subscribe(DONE_CHANNEL)
             sub.get_message(timeout=1)
-            Celery("probe", broker=self.redis_url).send_task("generate", args=[probe])
+            Celery("probe", broker=self.app_redis_url).send_task("generate", args=[probe])
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 message = sub.get_message(timeout=1)
@@ -154,7 +176,10 @@ class PeerStack:
             time.sleep(0.1)
 
     def pgids(self, *names: str) -> list[int]:
-        return [proc.pid for name, proc in self.procs.items() if not names or name in names]
+        """The process groups of the parts named (none named: the peer's own, every part
+        but the proxy, which stands in for a network)."""
+        return [proc.pid for name, proc in self.procs.items()
+                if name in names or (not names and name != PROXY)]
 
     def completed(self) -> int:
         return int(self.client().get("jobs:completed") or 0)

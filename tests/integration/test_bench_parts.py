@@ -45,7 +45,7 @@ def test_the_waking_part_times_both_kinds_of_call_at_every_delay() -> None:
 
 
 def test_the_delay_proxy_passes_both_ways_and_holds_each_answer() -> None:
-    """Given a line server behind ``--delay-proxy`` holding answers 30 ms, 5 requests
+    """Given a line server behind ``kiln_dev.delay_proxy`` holding answers 30 ms, 5 requests
     through the proxy come back whole and in order, each no sooner than 30 ms after it
     was sent (the hold is a sleep before forwarding: a lower bound, not a race)."""
     listener = socket.create_server(("127.0.0.1", 0))
@@ -57,8 +57,8 @@ def test_the_delay_proxy_passes_both_ways_and_holds_each_answer() -> None:
                 conn.sendall(b"got " + line)
 
     threading.Thread(target=serve, daemon=True).start()
-    proxy = subprocess.Popen([sys.executable, "-m", "kiln_dev.bench_parts", "--delay-proxy",
-                              str(listener.getsockname()[1]), "30"],
+    proxy = subprocess.Popen([sys.executable, "-m", "kiln_dev.delay_proxy",
+                              str(listener.getsockname()[1]), "30", "--until-eof"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proxy.stdin is not None and proxy.stdout is not None
     try:

@@ -64,6 +64,25 @@ def test_the_ingress_cpu_is_shown_by_level() -> None:
     assert "ingress cpu/job 1.33× peer" in lines[-1]
 
 
+def test_a_held_peer_backend_is_said_before_the_last_line() -> None:
+    """Given the peer's Redis behind a proxy holding each answer 1.5 ms, when reported,
+    then the report says so, and the issue's last line keeps its exact form; without a
+    hold, nothing is said."""
+    results = {}
+    for level in LEVELS:
+        results[("floor", level)] = [result(2.0, 0.0)]
+        results[("kiln", level)] = [result(3.0, 1.5)]
+        results[("peer", level)] = [result(2.0, 1.5)]
+    bench = SimpleNamespace(results=results)
+    held = report(bench, {"kiln": [0.04]}, [], {}, {}, peer_redis_hold_ms=1.5)  # type: ignore[arg-type]
+    plain = report(bench, {"kiln": [0.04]}, [], {}, {})  # type: ignore[arg-type]
+
+    assert any("through a proxy that held each answer 1.5 ms" in line for line in held)
+    assert not any("proxy" in line for line in plain)
+    assert held[-1] == plain[-1] == ("bench: ack p50 1.50× floor, c64 p99 1.50× floor, "
+                                     "ingress cpu/job 1.00× peer, e2e p50 40 ms")
+
+
 def test_the_closed_loop_counts_every_request_once() -> None:
     seen: list[int] = []
     run = closed_loop(seen.append, requests=50, concurrency=4)
