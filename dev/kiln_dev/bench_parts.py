@@ -346,12 +346,7 @@ def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
                 per[name].append(float(done.stdout.split()[-1]))
     finally:
         for proxy in proxies.values():
-            assert proxy.stdin is not None
-            proxy.stdin.close()
-            try:
-                proxy.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
+            _end(proxy)
     lines = ["the peer's app alone with a slower Redis (CPU of the app's process per request, "
              f"median of {rounds} × {requests}):"]
     lines += [f"  Redis {name:<20} {median(values):.2f} ms" for name, values in per.items()]
@@ -365,6 +360,16 @@ def apps_table(per: dict[str, list[float]], requests: int) -> list[str]:
     return [f"the app alone, called in process (no HTTP, no gunicorn; CPU of the whole "
             f"process per request, median of {rounds} × {requests}):",
             f"  kiln {kiln:.2f} ms, peer {peer:.2f} ms ({kiln / peer:.2f}×)"]
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    """Stop a helper that serves until its stdin closes (killed if it takes over 10 s)."""
+    assert child.stdin is not None
+    child.stdin.close()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 #: How long the sleeping servers of :func:`waking` take to answer, in ms.
@@ -429,11 +434,7 @@ def _waking_here(calls: int, rounds: int) -> list[str]:
         sock.close()
         channel.close()
     finally:
-        servers.stdin.close()
-        try:
-            servers.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            servers.kill()
+        _end(servers)
     lines = ["a call's CPU in the caller by how long its answer takes (the ingress's gRPC "
              f"path; the servers in another process; median of {rounds} × {calls}):"]
     lines += [f"  answered after {delay} ms: gRPC {median(per['gRPC', delay]):.3f} ms, "
