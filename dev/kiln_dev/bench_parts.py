@@ -162,15 +162,20 @@ def client_cost(stack: LocalStack, requests: int, rounds: int) -> list[str]:
     return lines
 
 
+def _child(what: str, env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """What ``python -m kiln_dev.bench_parts ARGS`` printed in a child process with
+    ``env``; raises, naming ``what``, if it failed."""
+    done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
 def request_steps(stack: LocalStack, requests: int) -> list[str]:
     """:func:`_steps_here` in a child process with the functions' environment."""
     env = {**os.environ, **stack.function_env(), "KILN_OFFLINE_IMAGE_SECONDS": "0"}
-    done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--steps-here",
-                           str(requests)], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-    if done.returncode:
-        raise RuntimeError(f"the in-process steps failed: {done.stderr[-2000:]}")
-    return done.stdout.splitlines()
+    return _child("the in-process steps", env, "--steps-here", str(requests)).splitlines()
 
 
 def _steps_here(requests: int) -> list[str]:
@@ -306,12 +311,9 @@ def apps_alone(stack: LocalStack, peer_redis_url: str, requests: int,
     per: dict[str, list[float]] = {"kiln": [], "peer": []}
     for n in range(rounds):
         for target in sorted(per, reverse=n % 2 == 1):
-            done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--app-here",
-                                   target, "--requests", str(requests)], env=env[target],
-                                  capture_output=True, text=True, timeout=300, check=False)
-            if done.returncode:
-                raise RuntimeError(f"the {target} app in process failed: {done.stderr[-2000:]}")
-            per[target].append(float(done.stdout.split()[-1]))
+            said = _child(f"the {target} app in process", env[target], "--app-here", target,
+                          "--requests", str(requests))
+            per[target].append(float(said.split()[-1]))
     return apps_table(per, requests)
 
 
@@ -322,8 +324,8 @@ REDIS_DELAYS = (0, 1, 2)
 def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
     """The peer's app alone (:func:`_app_here`) on its Redis directly and through a proxy
     (``kiln_dev.delay_proxy``) in another process that holds each of Redis's answers
-    ``REDIS_DELAYS`` ms, taking turns
-    (the order alternating each round): the CPU of the app's process per request."""
+    ``REDIS_DELAYS`` ms, taking turns (the order alternating each round): the CPU of the
+    app's process per request."""
     proxies = {delay: subprocess.Popen(
         [sys.executable, "-m", "kiln_dev.delay_proxy", str(redis_port), str(delay),
          "--until-eof"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -337,13 +339,9 @@ def slower_redis(redis_port: int, requests: int, rounds: int) -> list[str]:
         for n in range(rounds):
             for name in sorted(ports, reverse=n % 2 == 1):
                 env = {**os.environ, "KILN_PEER_REDIS_URL": f"redis://127.0.0.1:{ports[name]}/0"}
-                done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts",
-                                       "--app-here", "peer", "--requests", str(requests)],
-                                      env=env, capture_output=True, text=True, timeout=300,
-                                      check=False)
-                if done.returncode:
-                    raise RuntimeError(f"the peer app ({name}) failed: {done.stderr[-2000:]}")
-                per[name].append(float(done.stdout.split()[-1]))
+                said = _child(f"the peer app ({name})", env, "--app-here", "peer",
+                              "--requests", str(requests))
+                per[name].append(float(said.split()[-1]))
     finally:
         for proxy in proxies.values():
             _end(proxy)
@@ -382,12 +380,8 @@ def waking(calls: int, rounds: int) -> list[str]:
     from kiln.settings import INGRESS_GRPC_EXPERIMENTS
 
     env = {**os.environ, "GRPC_EXPERIMENTS": INGRESS_GRPC_EXPERIMENTS}
-    done = subprocess.run([sys.executable, "-m", "kiln_dev.bench_parts", "--waking-here",
-                           str(calls), "--rounds", str(rounds)], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    if done.returncode:
-        raise RuntimeError(f"the waking part failed: {done.stderr[-2000:]}")
-    return done.stdout.splitlines()
+    return _child("the waking part", env, "--waking-here", str(calls), "--rounds",
+                  str(rounds), timeout=600).splitlines()
 
 
 def _waking_here(calls: int, rounds: int) -> list[str]:
