@@ -65,11 +65,18 @@ def _visible(value: str) -> str:
     """Refuse text a user cannot see as it is: control characters (C0, DEL, C1), lone
     surrogates, bidirectional controls, and text with nothing visible in it (only spaces,
     format characters such as U+200B, combining marks or blank fillers)."""
-    if value.isascii() and value.isprintable():  # most text: no control, no format char
-        if value.strip(" "):
-            return value
+    # Printable ASCII (most text) holds no control or format character: visible unless
+    # it is all spaces. Anything else is read character by character.
+    ascii_text = value.isascii() and value.isprintable()
+    if not (value.strip(" ") if ascii_text else _visible_characters(value)):
         raise PydanticCustomError(
             "invisible", "must contain a visible character, not only spaces or invisible ones")
+    return value
+
+
+def _visible_characters(value: str) -> bool:
+    """Whether ``value`` holds a visible character, read character by character; raises
+    on a control character, a lone surrogate or a bidirectional control."""
     seen = False
     for char in value:
         category = unicodedata.category(char)
@@ -82,10 +89,7 @@ def _visible(value: str) -> str:
                 "bidi_control", "must not contain bidirectional controls (U+202A-U+202E, "
                 "U+2066-U+2069): they reorder what a reader sees")
         seen = seen or (category[0] in "LNPS" and char not in BLANK_LETTERS)
-    if not seen:
-        raise PydanticCustomError(
-            "invisible", "must contain a visible character, not only spaces or invisible ones")
-    return value
+    return seen
 
 
 def _http_url(value: str) -> str:
