@@ -20,6 +20,11 @@ time, on the local stack's emulators (docs/benchmarks.md, "Where the time goes")
   and 5 ms), through gRPC on the ingress's client path and through a plain socket, to
   servers in another process that sleep that long before answering (the emulators
   answer Kiln's calls in 0.5–3 ms, Redis the peer's in microseconds).
+- **a queue pass as jobs pile up**: the Firestore emulator's CPU per pass of the fair
+  queue (the worker's, at each job's end: the waiting jobs, at most 200) and per count of
+  jobs waiting for a reason, as ended jobs are added to ``jobs``: through the
+  ``waitingJobs`` index, and with the queries over ``jobs`` it replaced (the emulator
+  reads every document of the collection a query names).
 - **ingress CPU by library, against the peer** (``--libraries``; needs ``perf`` and
   ``redis-server``): ``POST /v1/jobs`` at one client on Kiln's ingress and on the Celery +
   Redis peer of ``make bench``, taking turns (the order alternating each round), each
@@ -66,7 +71,14 @@ from kiln.core.job import Change
 from kiln.core.requests import parse_job_request
 from kiln_dev import procfs
 from kiln_dev.bench_e2e import push_floor, warm_emulators
-from kiln_dev.bench_load import closed_loop, job_poster, median, metered_loop, percentile
+from kiln_dev.bench_load import (
+    closed_loop,
+    cpu_seconds,
+    job_poster,
+    median,
+    metered_loop,
+    percentile,
+)
 from kiln_dev.stack import LocalStack, StackConfig
 
 
@@ -518,6 +530,54 @@ def relay_streams(stack: LocalStack, messages: int, rounds: int) -> list[str]:
         f"max {max(v):.1f} ms" for streams, v in took.items()]
 
 
+def queue_pass(stack: LocalStack, sizes: tuple[int, ...], calls: int,
+               rounds: int) -> list[str]:
+    """The Firestore emulator's CPU per queue pass and per waiting count, with ``sizes``
+    ended jobs added to ``jobs`` in turn: through the ``waitingJobs`` index (what Kiln
+    runs) and over ``jobs`` (what it ran before), median of ``rounds`` × ``calls``."""
+    from google.cloud import firestore
+
+    from kiln.adapters.firestore import JOBS
+    from kiln.adapters.firestore_queue import FirestoreCounters
+    from kiln.core.job import QUEUE_REASONS
+    from kiln.runtime.dispatch import PROVIDER_CAPACITY, SCAN_LIMIT
+
+    services = stack.services()
+    store, client = services.store, services.firestore
+    emulator = [stack.procs["firestore"].pid]
+    pending = firestore.FieldFilter("status", "==", "pending")
+    ways: dict[str, Callable[[], object]] = {
+        "pass, index": lambda: store.find(status="pending", waiting=True, limit=SCAN_LIMIT),
+        "pass, over jobs": lambda: list(client.collection(JOBS).where(filter=pending).where(
+            filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
+            .limit(SCAN_LIMIT).stream()),
+        "count, index": lambda: FirestoreCounters(client).waiting(PROVIDER_CAPACITY),
+        "count, over jobs": lambda: client.collection(JOBS).where(filter=pending).where(
+            filter=firestore.FieldFilter("queueReason", "==", PROVIDER_CAPACITY))
+            .count().get()}
+    lines = [f"the Firestore emulator's CPU per queue pass and per waiting count, by ended "
+             f"jobs added (median of {rounds} × {calls}):"]
+    added = 0
+    for size in sizes:
+        while added < size:
+            batch = client.batch()
+            for _ in range(min(400, size - added)):
+                batch.set(client.collection(JOBS).document(f"parts-ended-{uuid.uuid4().hex}"),
+                          {"status": "completed", "uid": "parts", "queueReason": None})
+                added += 1
+            batch.commit()
+        spent: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(rounds):
+            for name, way in ways.items():
+                before = cpu_seconds(emulator)
+                for _ in range(calls):
+                    way()
+                spent[name].append((cpu_seconds(emulator) - before) / calls * 1000)
+        lines.append(f"  {size:>6} jobs: " + ", ".join(
+            f"{name} {median(v):.1f} ms" for name, v in spent.items()))
+    return lines
+
+
 #: Shared objects grouped as the ``--libraries`` part reports them, first match wins.
 LIBRARIES = (("Python interpreter", re.compile(r"^(libpython|python3)")),
              ("kernel", re.compile(r"^\[kernel")),
@@ -705,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: ingress_cpu(stack, 300, args.rounds),
             lambda: client_cost(stack, 300, args.rounds), lambda: request_steps(stack, 1000),
             lambda: transactions(stack, 100, args.rounds),
-            lambda: relay_streams(stack, 40, args.rounds), lambda: waking(300, args.rounds)]
+            lambda: relay_streams(stack, 40, args.rounds), lambda: waking(300, args.rounds),
+            lambda: queue_pass(stack, (1000, 4000, 8000), 10, args.rounds)]
         if args.libraries:
             parts = [lambda: libraries(stack, 500, args.rounds)]
         for part in parts:

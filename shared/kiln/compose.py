@@ -128,7 +128,7 @@ class Services:
 
     @functools.cached_property
     def task_index(self) -> TaskIndex:
-        from kiln.adapters.firestore import FirestoreTaskIndex
+        from kiln.adapters.firestore_tasks import FirestoreTaskIndex
 
         return FirestoreTaskIndex(self.firestore)
 

@@ -149,3 +149,48 @@ def test_find_waiting_returns_only_jobs_in_the_fair_queue(request: pytest.Fixtur
         ids.append(new.id)
     found = {job.id for job in store.find(status="pending", uid=uid, waiting=True)}
     assert found == {ids[0]}
+
+
+def test_a_pass_finds_a_job_exactly_while_it_waits(request: pytest.FixtureRequest,
+                                                   ports: tuple[Any, Any]) -> None:
+    """Given jobs entering and leaving the fair queue, then a pass (``find(waiting=True)``
+    with no owner: the Firestore store reads its ``waitingJobs`` index, not every job)
+    finds each exactly while it waits: created waiting, waiting for another reason, not
+    once started or canceled."""
+    from kiln.core import lifecycle
+    from kiln.core.policy import RetryPolicy
+    from kiln.core.requests import parse_job_request
+    from kiln_dev.fakes import FakeClock, InMemoryJobStore
+
+    counters, _slots = ports
+    if isinstance(counters, InMemoryCounters):
+        store: Any = InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC)))
+    else:  # a project of its own: no sweeper's pass starts these jobs meanwhile
+        from kiln.adapters.firestore import FirestoreJobStore, connect
+        host = request.getfixturevalue("services").settings.firestore_emulator_host
+        store = FirestoreJobStore(connect(f"demo-pass-{uuid.uuid4().hex[:8]}", host))
+
+    def waiting() -> set[str]:
+        return {job.id for job in store.find(status="pending", waiting=True, limit=5000)}
+
+    def change(job_id: str, decide: Any) -> None:
+        store.transact(job_id, lambda job: (decide(job), None))
+
+    ids = []
+    for _ in range(2):
+        new = lifecycle.new_job(
+            job_id=uuid.uuid4().hex[:20], uid=f"contract-{uuid.uuid4().hex[:8]}", channel="app",
+            now=dt.datetime.now(dt.UTC), policy=RetryPolicy(),
+            request=parse_job_request({"kind": "image", "prompt": "a"}),
+            queue=lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60))
+        assert store.create(new)
+        ids.append(new.id)
+    started, canceled = ids
+    assert {started, canceled} <= waiting()
+    change(started, lambda job: lifecycle.queue_reason(job, "provider_capacity", 3))
+    assert store.get(started).queue_reason == "provider_capacity" and started in waiting()
+    change(started, lambda job: lifecycle.start(job, pools=["user:x"]))
+    change(canceled, lifecycle.cancel)
+    found = waiting()
+    assert started not in found and canceled not in found
+    assert store.get(started).status.value == "pending"  # started, not ended: no longer waits

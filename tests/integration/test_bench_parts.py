@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from kiln_dev.bench_parts import WAKE_DELAYS, request_steps, waking
+from kiln_dev.bench_parts import WAKE_DELAYS, queue_pass, request_steps, waking
 from kiln_dev.stack import LocalStack
 
 
@@ -29,6 +29,29 @@ def test_the_in_process_steps_time_every_step_of_an_accepted_request(stack: Loca
             "building the publish", "log lines", "the rest"} <= set(steps)
     assert steps["the two gRPC calls"] > 0 and steps["building the commit"] > 0
     assert all(ms >= 0 for ms in steps.values()), lines
+
+
+def test_the_queue_pass_part_reads_every_way_at_every_size(stack: LocalStack) -> None:
+    """Given ended jobs added in two steps, each step reads the emulator's CPU for the
+    pass and the count, through the index and over the jobs (none below zero), and the
+    ended jobs were added (a part that wrote nothing would time an empty collection)."""
+    from google.cloud import firestore
+
+    from kiln.adapters.firestore import JOBS
+
+    parts = stack.services().firestore.collection(JOBS).where(
+        filter=firestore.FieldFilter("uid", "==", "parts"))
+    before = parts.count().get()[0][0].value
+    lines = queue_pass(stack, (30, 60), 2, 1)
+
+    read = {int(m["size"]): m["rest"] for line in lines
+            if (m := re.match(r"\s+(?P<size>\d+) jobs: (?P<rest>.+)", line))}
+    assert sorted(read) == [30, 60], lines
+    for rest in read.values():
+        ways = dict(re.findall(r"(pass, index|pass, over jobs|count, index|count, over jobs) "
+                               r"(\d+\.\d+) ms", rest))
+        assert len(ways) == 4 and all(float(ms) >= 0 for ms in ways.values()), rest
+    assert parts.count().get()[0][0].value - before == 60
 
 
 def test_the_waking_part_times_both_kinds_of_call_at_every_delay() -> None:

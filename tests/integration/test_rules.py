@@ -139,7 +139,8 @@ def world(emulator: httpx.Client, stack: LocalStack) -> World:
                          (f"tenants/{tag}", {"plan": "pro", "allowJobWebhooks": True}),
                          (f"batches/{tag}", {"uid": w.owner, "count": 3}),
                          (f"webhookEndpoints/{tag}", {"tenant": "acme", "secret": "whsec_x"}),
-                         (f"webhookDeliveries/{tag}", {"tenant": "acme", "state": "pending"})]:
+                         (f"webhookDeliveries/{tag}", {"tenant": "acme", "state": "pending"}),
+                         (f"waitingJobs/{tag}", {"reason": "running_limit"})]:
         w.set("admin", path, fields).raise_for_status()
     return w
 
@@ -350,11 +351,11 @@ def test_job_server_state_is_closed_to_every_client(world: World, actor: str) ->
 
 @pytest.mark.parametrize("path", ["users/{owner}", "settings/{tag}", "apiKeys/{tag}",
                                   "tenants/{tag}", "batches/{tag}", "webhookEndpoints/{tag}",
-                                  "webhookDeliveries/{tag}"])
+                                  "webhookDeliveries/{tag}", "waitingJobs/{tag}"])
 @pytest.mark.parametrize("actor", ACTORS)
 def test_other_documents_are_closed(world: World, actor: str, path: str) -> None:
     """Given any document outside jobs and devices (the user's own profile doc, API keys,
-    tenants and batches included),
+    tenants, batches and the fair queue's index of waiting jobs included),
     then no client may get, list, create, update or delete it."""
     tag = world.job_id.removeprefix("job-")
     doc = path.format(owner=world.owner, tag=tag)

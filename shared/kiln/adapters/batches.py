@@ -10,7 +10,13 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from kiln.adapters.firestore import JOBS, FirestoreJobStore, _fields, unavailable_is_retryable
+from kiln.adapters.firestore import (
+    JOBS,
+    FirestoreJobStore,
+    _fields,
+    unavailable_is_retryable,
+    waiting_change,
+)
 from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
 
@@ -31,6 +37,9 @@ class FirestoreBatchStore:
         for job in jobs:
             writes.create(self.jobs.ref(job.id), _fields(job.doc))
             writes.create(self.jobs.server_ref(job.id), _fields(job.server))
+            waits = waiting_change(job.id, job.doc)
+            if waits is not None and waits[1] is not None:  # it waits for a place
+                writes.set(self.client.document(waits[0]), waits[1])
         try:
             with unavailable_is_retryable("batch store"):
                 writes.commit()

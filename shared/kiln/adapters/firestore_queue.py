@@ -35,6 +35,7 @@ from google.cloud import firestore
 from kiln.adapters import wire
 from kiln.adapters.firestore import (
     TICKETS,
+    WAITING,
     doc_id,
     ticket_fields,
     ticket_ref,
@@ -171,10 +172,14 @@ class FirestoreCounters:
         return unknown if unknown is not None else self._refresh(reason)
 
     def _refresh(self, reason: str | None) -> int:
-        query = self.client.collection(JOBS).where(
-            filter=firestore.FieldFilter("status", "==", "pending"))
-        if reason is not None:
-            query = query.where(filter=firestore.FieldFilter("queueReason", "==", reason))
+        # Every pending job (the backlog, for backpressure), or those waiting for a reason:
+        # the small ``waitingJobs`` collection (kiln.adapters.firestore.WAITING).
+        if reason is None:
+            query = self.client.collection(JOBS).where(
+                filter=firestore.FieldFilter("status", "==", "pending"))
+        else:
+            query = self.client.collection(WAITING).where(
+                filter=firestore.FieldFilter("reason", "==", reason))
         with unavailable_is_retryable("admission store"):
             result: Any = query.count().get(retry=None, timeout=COUNT_TIMEOUT)  # type: ignore[call-arg]
         count = int(result[0][0].value)
