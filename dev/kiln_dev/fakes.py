@@ -156,6 +156,9 @@ class InMemoryJobStore:
                    and (not waiting or doc.get("queueReason") in QUEUE_REASONS)]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
+    def reindex_waiting(self, limit: int) -> int:
+        return 0  # ``find`` reads the jobs themselves: no index to keep
+
     def recent(self, uid: str, limit: int) -> list[Job]:
         with self._lock:
             self._check()

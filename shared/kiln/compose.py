@@ -109,7 +109,7 @@ class Services:
 
     @functools.cached_property
     def devices(self) -> DeviceStore:
-        from kiln.adapters.firestore import FirestoreDeviceStore
+        from kiln.adapters.firestore_devices import FirestoreDeviceStore
 
         return FirestoreDeviceStore(self.firestore)
 

@@ -61,6 +61,12 @@ class JobStore(Protocol):
         (``queueReason`` set)."""
         ...
 
+    def reindex_waiting(self, limit: int) -> int:
+        """Make every waiting job (up to ``limit`` looked at) found by ``find(waiting=True)``:
+        a store that indexes waiting jobs apart writes the entries it lacks (jobs that
+        waited before the index existed); how many it wrote."""
+        ...
+
     def recent(self, uid: str, limit: int) -> list[Job]:
         """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
         indexed query however many jobs the owner has). Public documents only: each

@@ -56,3 +56,39 @@ def test_the_index_follows_the_jobs_queue_reason(services: Any) -> None:
     assert store.create(waiting) and entry(waiting.id) == {"reason": "running_limit"}
     store.apply(waiting.id, lifecycle.cancel(store.get(waiting.id)))
     assert entry(waiting.id) is None and store.get(waiting.id).status.value == "canceled"
+
+
+def test_a_waiting_job_without_an_entry_is_found_once_reindexed(services: Any) -> None:
+    """Given a job that waited before the index existed (its entry missing) and an entry
+    whose job started (as ``reindex_waiting`` may leave one when the start races it),
+    then a pass finds neither and deletes the stale entry; ``reindex_waiting`` writes the
+    missing entry once (a second call writes nothing), and the pass finds the job."""
+    client = connect(f"demo-reindex-{uuid.uuid4().hex[:8]}",
+                     services.settings.firestore_emulator_host)
+    store = FirestoreJobStore(client)
+    older = _new(lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60))
+    started = _new(lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60))
+    assert store.create(older) and store.create(started)
+    client.collection(WAITING).document(older.id).delete()
+    store.transact(started.id, lambda job: (lifecycle.start(job, pools=["user:x"]), None))
+    client.collection(WAITING).document(started.id).set({"reason": "running_limit"})
+
+    assert store.find(status="pending", waiting=True) == []
+    assert not client.collection(WAITING).document(started.id).get().exists
+    assert store.reindex_waiting(200) == 1 and store.reindex_waiting(200) == 0
+    assert [job.id for job in store.find(status="pending", waiting=True)] == [older.id]
+
+
+def test_the_sweeper_starts_a_waiting_job_that_had_no_entry(services: Any) -> None:
+    """Given a waiting job with free places but no index entry (it waited before the
+    index existed), then the stack's sweeper (a pass a second) writes its entry and its
+    pass starts the job: it does not wait for its queue TTL."""
+    from support import wait_for
+
+    store = services.store
+    job = _new(lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=600))
+    assert store.create(job)
+    store.client.collection(WAITING).document(job.id).delete()
+
+    assert wait_for(lambda: store.get(job.id).queue_reason is None, 30, 0.1, "the job's start")
+    assert store.get(job.id).server.queued is False

@@ -31,7 +31,7 @@ from kiln.adapters import wire
 from kiln.adapters.group import GroupedCreates
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
-from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
+from kiln.core.job import QUEUE_REASONS, Change, Job, NewJob
 
 JOBS = "jobs"
 PRIVATE = "private"  # jobs/{jobId}/private/server: server state, no client access
@@ -331,24 +331,49 @@ class FirestoreJobStore:
 
     def _find_waiting(self, status: str | None, limit: int) -> list[Job]:
         """Up to ``limit`` waiting jobs: ids from ``waitingJobs``, then both documents of
-        each in one read; a job read no longer waiting (a pass raced its start) is left
-        out."""
+        each in one read. An entry whose job does not wait (one ``reindex_waiting`` wrote
+        as the job started) is deleted if unchanged since read."""
         with unavailable_is_retryable():
-            ids = [snap.id for snap in self.client.collection(WAITING).limit(limit).stream()]
-            if not ids:
+            entries = list(self.client.collection(WAITING).limit(limit).stream())
+            if not entries:
                 return []
+            ids = [entry.id for entry in entries]
             refs = [self.ref(i) for i in ids] + [self.server_ref(i) for i in ids]
             snaps = {snap.reference.path: snap for snap in self.client.get_all(refs)}
         jobs = []
-        for job_id in ids:
-            public, server = snaps.get(self.ref(job_id).path), snaps.get(self.server_ref(job_id).path)
-            doc = (public.to_dict() or {}) if public is not None and public.exists else None
-            if doc is None or doc.get("queueReason") not in QUEUE_REASONS \
-                    or (status is not None and doc.get("status") != status):
-                continue
-            jobs.append(Job.from_docs(job_id, doc, server.to_dict() if server is not None
-                                      and server.exists else None))
+        for entry in entries:
+            public = snaps.get(self.ref(entry.id).path)
+            server = snaps.get(self.server_ref(entry.id).path)
+            doc = (public.to_dict() or {}) if public is not None and public.exists else {}
+            if doc.get("queueReason") not in QUEUE_REASONS:
+                with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound, *_TRANSIENT):
+                    entry.reference.delete(
+                        option=self.client.write_option(last_update_time=entry.update_time))
+            elif status is None or doc.get("status") == status:
+                jobs.append(Job.from_docs(entry.id, doc, server.to_dict() if server is not None
+                                          and server.exists else None))
         return jobs
+
+    def reindex_waiting(self, limit: int) -> int:
+        """Waiting jobs read from ``jobs`` itself (the sweeper's, once a pass; an indexed
+        query on Firestore) that have no ``waitingJobs`` entry get one."""
+        query = self.client.collection(JOBS).where(
+            filter=firestore.FieldFilter("status", "==", "pending")).where(
+            filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
+        with unavailable_is_retryable():
+            reasons = {snap.id: (snap.to_dict() or {}).get("queueReason")
+                       for snap in query.select(["queueReason"]).limit(limit).stream()}
+            if not reasons:
+                return 0
+            indexed = {snap.id for snap in self.client.get_all(
+                [self.client.collection(WAITING).document(i) for i in reasons]) if snap.exists}
+            written = 0
+            for job_id, reason in reasons.items():
+                if job_id not in indexed:
+                    with contextlib.suppress(gexc.AlreadyExists):
+                        self.client.collection(WAITING).document(job_id).create({"reason": reason})
+                        written += 1
+        return written
 
     def recent(self, uid: str, limit: int) -> list[Job]:
         """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf)."""
@@ -357,24 +382,3 @@ class FirestoreJobStore:
                  .order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit))
         with unavailable_is_retryable():
             return [Job.from_docs(snap.id, snap.to_dict() or {}, None) for snap in query.stream()]
-
-
-class FirestoreDeviceStore:
-    """Devices in ``users/{uid}/devices/{deviceId}``."""
-
-    def __init__(self, client: firestore.Client) -> None:
-        self.client = client
-
-    def _collection(self, uid: str) -> Any:
-        return self.client.collection("users").document(uid).collection("devices")
-
-    def devices(self, uid: str) -> list[Device]:
-        """The user's registered devices that have an address (an FID or a token)."""
-        with unavailable_is_retryable("device store"):
-            found = [Device.from_doc(snap.id, snap.to_dict() or {})
-                     for snap in self._collection(uid).stream()]
-        return [device for device in found if device is not None]
-
-    def delete_device(self, uid: str, device_id: str) -> None:
-        with unavailable_is_retryable("device store"):
-            self._collection(uid).document(device_id).delete()

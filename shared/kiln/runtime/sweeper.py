@@ -43,6 +43,7 @@ class SweepCount(enum.StrEnum):
     REDELIVERED = "redelivered"
     BATCHES_ENDED = "batches_ended"
     STARTED = "started"  # waiting jobs the queue's pass started
+    REINDEXED = "reindexed"  # waiting jobs the queue's pass could not find, now found
     JOB_ERRORS = "job_errors"  # jobs a pass could not sweep (logged; the next pass tries again)
 
 
@@ -61,6 +62,9 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                 with log.job_context(job.id):
                     log.event(logger, "job not swept", logging.ERROR, error=type(exc).__name__)
     try:  # the fair queue: start whoever's places are free, refresh the positions shown
+        reindexed = services.store.reindex_waiting(dispatch.SCAN_LIMIT)
+        if reindexed:
+            report[SweepCount.REINDEXED] += reindexed
         started = dispatch.dispatch(services, positions=True)
         if started:
             report[SweepCount.STARTED] += started
