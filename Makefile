@@ -66,7 +66,7 @@ bench: setup ## Kiln against its floor and a Celery + Redis peer: ack, throughpu
 
 # ~2 minutes: the parts behind make bench's numbers (docs/benchmarks.md, "Where the time goes");
 # ARGS=--libraries: the ingress's CPU by library against the Celery + Redis peer's (perf).
-bench-parts: setup ## ingress CPU by request kind, the load generator's client, in-process steps, a transaction against a write on a read, relay streams, waking up to a gRPC answer (ARGS=--libraries: against the peer)
+bench-parts: setup ## ingress CPU by request kind, the load generator's client, in-process steps, a transaction against a write on a read, relay streams, waking up to a gRPC answer, a queue pass as jobs pile up (ARGS=--libraries: against the peer)
 	@case "$(ARGS)" in *--libraries*) command -v redis-server >/dev/null && command -v perf >/dev/null \
 	  || { apt-get update -qq && apt-get install -y -qq redis-server linux-perf; } ;; esac
 	$(PY) -m kiln_dev.bench_parts $(ARGS)

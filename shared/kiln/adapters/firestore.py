@@ -345,11 +345,11 @@ class FirestoreJobStore:
             public = snaps.get(self.ref(entry.id).path)
             server = snaps.get(self.server_ref(entry.id).path)
             doc = (public.to_dict() or {}) if public is not None and public.exists else {}
-            if doc.get("queueReason") not in QUEUE_REASONS:
+            if doc.get("queueReason") not in QUEUE_REASONS or doc.get("status") != "pending":
                 with contextlib.suppress(gexc.FailedPrecondition, gexc.NotFound, *_TRANSIENT):
                     entry.reference.delete(
                         option=self.client.write_option(last_update_time=entry.update_time))
-            elif status is None or doc.get("status") == status:
+            elif status in (None, "pending"):
                 jobs.append(Job.from_docs(entry.id, doc, server.to_dict() if server is not None
                                           and server.exists else None))
         return jobs

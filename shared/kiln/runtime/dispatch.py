@@ -186,12 +186,23 @@ def dispatch(services: Services, *, positions: bool = False) -> int:
             (limited.add(job.uid) if reason == RUNNING_LIMIT else full.add(pool))
             still.append((job, reason))
     for position, (job, reason) in enumerate(still, start=1):
-        change = lifecycle.queue_reason(job, reason, position if positions else job.queue_position)
-        if change:
-            services.store.apply(job.id, change)
+        at = position if positions else job.queue_position
+        if lifecycle.queue_reason(job, reason, at):
+            _write_reason(services, job.id, reason, at)
     if started:
         log.event(logger, "queue pass", started=started, waiting=len(still))
     return started
+
+
+def _write_reason(services: Services, job_id: str, reason: str, position: int | None) -> None:
+    """Why a job still waits, decided again on the job as it is now: another pass may
+    have started it since this one read it (a blind write would mark a running job
+    waiting)."""
+    def decide(current: Job | None) -> tuple[Change | None, None]:
+        return (lifecycle.queue_reason(current, reason, position) if current is not None
+                else None), None
+
+    services.store.transact(job_id, decide)
 
 
 def after_end(services: Services, job_id: str) -> int:

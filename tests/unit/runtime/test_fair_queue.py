@@ -388,6 +388,20 @@ def test_two_dispatchers_starting_one_job_leave_its_places_held(rig: Rig) -> Non
     assert all(job_id in holders for holders in held.values())
 
 
+def test_a_pass_that_read_a_job_waiting_does_not_mark_it_waiting_once_started(rig: Rig) -> None:
+    """A pass read alice's second job waiting; another pass started it meanwhile. The
+    first pass's note of why it waits is decided on the job as it is now: nothing is
+    written, so the running job shows no queueReason (and the store's index of waiting
+    jobs gets no entry for it)."""
+    first, second = post(rig)[1]["jobId"], post(rig)[1]["jobId"]
+    stale = rig.job(second)
+    assert stale.queue_reason == "running_limit"
+    assert run_job(first, rig.services) is RunOutcome.COMPLETED  # its end's pass starts it
+    assert rig.job(second).queue_reason is None
+    dispatch._write_reason(rig.services, stale.id, "provider_capacity", 1)
+    assert rig.job(second).queue_reason is None and not rig.job(second).server.queued
+
+
 def test_tickets_reserved_at_admission_are_created_in_the_jobs_commit(rig: Rig) -> None:
     """POST /v1/jobs reserves its ticket's number and creates it in the job's commit. A
     number another instance took meanwhile is replaced by the next free one; when the
