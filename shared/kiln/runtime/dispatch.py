@@ -135,8 +135,7 @@ def arrive(services: Services, job: Job) -> list[str]:
         if why is None:
             return pools
         reason = why
-    services.store.transact(job.id, lambda current: (
-        lifecycle.queue_reason(current, reason, None) if current is not None else None, None))
+    _write_reason(services, job.id, reason, None)
     return []
 
 
