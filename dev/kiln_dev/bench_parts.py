@@ -537,9 +537,8 @@ def queue_pass(stack: LocalStack, sizes: tuple[int, ...], calls: int,
     runs) and over ``jobs`` (what it ran before), median of ``rounds`` × ``calls``."""
     from google.cloud import firestore
 
-    from kiln.adapters.firestore import JOBS
+    from kiln.adapters.firestore import JOBS, waiting_over_jobs
     from kiln.adapters.firestore_queue import FirestoreCounters
-    from kiln.core.job import QUEUE_REASONS
     from kiln.runtime.dispatch import PROVIDER_CAPACITY, SCAN_LIMIT
 
     services = stack.services()
@@ -548,9 +547,7 @@ def queue_pass(stack: LocalStack, sizes: tuple[int, ...], calls: int,
     pending = firestore.FieldFilter("status", "==", "pending")
     ways: dict[str, Callable[[], object]] = {
         "pass, index": lambda: store.find(status="pending", waiting=True, limit=SCAN_LIMIT),
-        "pass, over jobs": lambda: list(client.collection(JOBS).where(filter=pending).where(
-            filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
-            .limit(SCAN_LIMIT).stream()),
+        "pass, over jobs": lambda: list(waiting_over_jobs(client).limit(SCAN_LIMIT).stream()),
         "count, index": lambda: FirestoreCounters(client).waiting(PROVIDER_CAPACITY),
         "count, over jobs": lambda: client.collection(JOBS).where(filter=pending).where(
             filter=firestore.FieldFilter("queueReason", "==", PROVIDER_CAPACITY))

@@ -15,7 +15,8 @@ from kiln.adapters.firestore import (
     FirestoreJobStore,
     _fields,
     unavailable_is_retryable,
-    waiting_change,
+    waiting_fields,
+    waiting_path,
 )
 from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
@@ -37,9 +38,8 @@ class FirestoreBatchStore:
         for job in jobs:
             writes.create(self.jobs.ref(job.id), _fields(job.doc))
             writes.create(self.jobs.server_ref(job.id), _fields(job.server))
-            waits = waiting_change(job.id, job.doc)
-            if waits is not None and waits[1] is not None:  # it waits for a place
-                writes.set(self.client.document(waits[0]), waits[1])
+            if (waits := waiting_fields(job.doc)) is not None:  # it waits for a place
+                writes.set(self.client.document(waiting_path(job.id)), waits)
         try:
             with unavailable_is_retryable("batch store"):
                 writes.commit()

@@ -154,17 +154,23 @@ def ticket_path(key: str, number: int) -> str:
     return f"{TICKETS}/{doc_id(key)}~{number}"
 
 
-def waiting_change(job_id: str, public: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None] | None:
-    """What a change of ``jobs/{job_id}`` (its public fields) does to the job's
-    ``waitingJobs`` document: (its path, the fields to set, or None to delete it), or None
-    when the change leaves ``queueReason`` alone."""
-    if "queueReason" not in public:
-        return None
-    reason = public["queueReason"]
-    path = f"{WAITING}/{job_id}"
-    if reason is None or reason is sentinels.DELETE:
-        return path, None
-    return path, {"reason": reason}
+def waiting_path(job_id: str) -> str:
+    return f"{WAITING}/{job_id}"
+
+
+def waiting_fields(public: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``waitingJobs`` document of a job whose public fields (as created, or as a
+    change writes them) are ``public``: its reason, or None when it does not wait."""
+    reason = public.get("queueReason")
+    return None if reason is None or reason is sentinels.DELETE else {"reason": reason}
+
+
+def waiting_over_jobs(client: firestore.Client) -> Any:
+    """The waiting jobs queried over ``jobs`` itself (indexed on Firestore, every job read
+    on its emulator): what ``reindex_waiting`` checks the index against."""
+    return client.collection(JOBS).where(
+        filter=firestore.FieldFilter("status", "==", "pending")).where(
+        filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
 
 
 def ticket_ref(client: firestore.Client, key: str, number: int) -> firestore.DocumentReference:
@@ -205,9 +211,8 @@ class FirestoreJobStore:
         sent at once, those that arrive meanwhile go together in the next."""
         documents = [(f"{JOBS}/{job.id}", job.doc),
                      (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
-        waits = waiting_change(job.id, job.doc)
-        if waits is not None and waits[1] is not None:  # created waiting (a batch's job)
-            documents.append((waits[0], waits[1]))
+        if (waits := waiting_fields(job.doc)) is not None:  # created waiting
+            documents.append((waiting_path(job.id), waits))
         if job.tickets is not None:
             # Plain paths: a DocumentReference per ticket cost more than the ticket's encoding.
             documents += [(ticket_path(job.tickets.key, number),
@@ -289,14 +294,13 @@ class FirestoreJobStore:
 
     def _write_waiting(self, writer: Any, job_id: str, public: Mapping[str, Any]) -> None:
         """The job's ``waitingJobs`` document, in the same commit as its ``queueReason``."""
-        waits = waiting_change(job_id, public)
-        if waits is None:
+        if "queueReason" not in public:
             return
-        path, fields = waits
+        ref, fields = self.client.document(waiting_path(job_id)), waiting_fields(public)
         if fields is None:
-            writer.delete(self.client.document(path))
+            writer.delete(ref)
         else:
-            writer.set(self.client.document(path), fields)
+            writer.set(ref, fields)
 
     def apply(self, job_id: str, change: Change) -> None:
         """Write a change without reading (server bookkeeping)."""
@@ -357,21 +361,19 @@ class FirestoreJobStore:
     def reindex_waiting(self, limit: int) -> int:
         """Waiting jobs read from ``jobs`` itself (the sweeper's, once a pass; an indexed
         query on Firestore) that have no ``waitingJobs`` entry get one."""
-        query = self.client.collection(JOBS).where(
-            filter=firestore.FieldFilter("status", "==", "pending")).where(
-            filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
+        query = waiting_over_jobs(self.client).select(["queueReason"]).limit(limit)
         with unavailable_is_retryable():
-            reasons = {snap.id: (snap.to_dict() or {}).get("queueReason")
-                       for snap in query.select(["queueReason"]).limit(limit).stream()}
-            if not reasons:
+            waiting = {snap.id: snap.to_dict() or {} for snap in query.stream()}
+            if not waiting:
                 return 0
             indexed = {snap.id for snap in self.client.get_all(
-                [self.client.collection(WAITING).document(i) for i in reasons]) if snap.exists}
+                [self.client.document(waiting_path(i)) for i in waiting]) if snap.exists}
             written = 0
-            for job_id, reason in reasons.items():
-                if job_id not in indexed:
+            for job_id, public in waiting.items():
+                fields = waiting_fields(public)
+                if job_id not in indexed and fields is not None:
                     with contextlib.suppress(gexc.AlreadyExists):
-                        self.client.collection(WAITING).document(job_id).create({"reason": reason})
+                        self.client.document(waiting_path(job_id)).create(fields)
                         written += 1
         return written
 
