@@ -354,9 +354,22 @@ def completed(services: Any, job_id: str, timeout: float = 60) -> None:
     watch = services.firestore.collection("jobs").document(job_id).on_snapshot(on_snapshot)
     try:
         if not done.wait(timeout):
-            raise RuntimeError(f"job {job_id} did not complete by {dt.datetime.now():%H:%M:%S}")
+            raise RuntimeError(f"job {job_id} did not complete by {dt.datetime.now():%H:%M:%S}: "
+                               f"{where(services, job_id)}")
     finally:
         watch.unsubscribe()
+
+
+def where(services: Any, job_id: str) -> str:
+    """Where a job that did not complete stands, read once (a listener may be the one
+    that missed it): its status, stage, why it waits and its timeline's last step."""
+    job = services.store.get(job_id)
+    if job is None:
+        return "no such job"
+    steps = sorted((job.server.timeline or {}).items(), key=lambda step: step[1])
+    last = f"{steps[-1][0]} at {steps[-1][1]:%H:%M:%S.%f}"[:-3] if steps else "none"
+    return (f"status {job.status.value}, stage {job.stage}, queueReason {job.queue_reason}, "
+            f"attempts {job.attempts}, last step {last}")
 
 
 if __name__ == "__main__":

@@ -331,3 +331,22 @@ def test_a_metered_loop_divides_the_cpu_by_every_request_it_sent() -> None:
     run, ms = metered_loop(send, 40, 4, lambda: spent[0])
     assert len(run.latencies) == 40
     assert abs(ms - 2.0) < 1e-9
+
+
+def test_a_job_that_did_not_complete_is_told_where_it_stands() -> None:
+    """The end-to-end wait's error names the job's status, why it waits and its last
+    step, read once after the listener's time ran out (a stalled run says why)."""
+    import datetime as dt
+
+    from kiln.core.job import Job
+    from kiln_dev.bench import where
+
+    at = dt.datetime(2026, 12, 7, 9, 30, 1, 250000, tzinfo=dt.UTC)
+    job = Job.from_docs("j1", {"uid": "u", "status": "pending", "stage": "queued",
+                               "queueReason": "running_limit"},
+                        {"timeline": {"accepted": at, "published": at + dt.timedelta(seconds=1)}})
+    jobs = {"j1": job}
+    services = SimpleNamespace(store=SimpleNamespace(get=jobs.get))
+    assert where(services, "j1") == ("status pending, stage queued, queueReason running_limit, "
+                                     "attempts 0, last step published at 09:30:02.250")
+    assert where(services, "gone") == "no such job"

@@ -127,7 +127,14 @@ def arrive(services: Services, job: Job) -> list[str]:
     (the caller claims it with them), or none: then why it waits is written on the job
     for its owner to see. A job arriving while others wait for the provider joins them.
     Nothing is read first: each place is a create-if-absent (``Slots.take`` with no
-    ``done``), so a free pool costs one write per place."""
+    ``done``), so a free pool costs one write per place.
+
+    A place can free between the failed take and the write of the reason, and the pass
+    that follows its release may look before this job is waiting. So once the reason is
+    written, the pool it names is read again, and a free place runs the pass here: a
+    release before that read is seen by it, one after it is followed by a pass that sees
+    this job waiting. Whoever ends, the job is never left waiting beside a free place
+    until the sweeper's next pass."""
     reason = PROVIDER_CAPACITY
     if services.counters.waiting(PROVIDER_CAPACITY) == 0:
         pools, why = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
@@ -136,7 +143,22 @@ def arrive(services: Services, job: Job) -> list[str]:
             return pools
         reason = why
     _write_reason(services, job.id, reason, None)
+    if _has_room(services, job, reason):
+        try:
+            dispatch(services)
+        except KilnError as exc:  # the job is waiting, visibly: the next pass starts it
+            log.event(logger, "queue pass deferred", logging.WARNING, code=exc.code)
     return []
+
+
+def _has_room(services: Services, job: Job, reason: str) -> bool:
+    """Whether the pool ``job`` waits for has fewer holders than places now (one read; a
+    holder that ended without giving its place back is the sweeper's, as in a pass)."""
+    if reason == RUNNING_LIMIT:
+        pool, places = user_pool(job.uid), job_plan(services, job).running
+    else:
+        pool, _capacity, places = provider_pool(services, job.kind)
+    return len(services.slots.holders(pool)) < places
 
 
 def release_unheld(services: Services, job: Job | None, job_id: str,

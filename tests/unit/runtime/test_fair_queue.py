@@ -64,8 +64,14 @@ def started(rig: Rig) -> list[str]:
 
 @pytest.fixture
 def rig() -> Rig:
-    rig = build_rig(plans=PLANS, provider_capacity="4", queue_ttl_seconds=600.0,
-                    queue_ageing_seconds=60.0, provider_backoff_seconds=120.0)
+    return recording_rig()
+
+
+def recording_rig(provider_capacity: str = "4") -> Rig:
+    """A rig whose queue records the jobs a pass started (``started``)."""
+    rig = build_rig(plans=PLANS, provider_capacity=provider_capacity,
+                    queue_ttl_seconds=600.0, queue_ageing_seconds=60.0,
+                    provider_backoff_seconds=120.0)
     publish = rig.queue.publish
 
     def recording(job_id: str, *, reason: str = "new", check: int | None = None) -> str:
@@ -192,11 +198,12 @@ def test_a_provider_429_narrows_its_window_and_spends_no_attempt(rig: Rig) -> No
     assert pool[1:] == (4, 2)
     provider.error = None
     others = [post(rig, uid, "pro")[1]["jobId"] for uid in "bcd"]
-    # One waits for the provider already: new jobs join the queue; a pass starts two of
-    # them (window 2), not the refused job (not before its Retry-After).
-    assert all(rig.job(j).server.queued for j in others)
-    assert dispatch.dispatch(rig.services) == 2
-    assert len([j for j in others if not rig.job(j).server.queued]) == 2
+    # One waits for the provider already: new jobs join the queue, and while the narrowed
+    # window has room each one's arrival runs a pass, which starts it: two of them
+    # (window 2), not the refused job (not before its Retry-After).
+    assert [j for j in others if not rig.job(j).server.queued] == others[:2]
+    assert rig.job(others[2]).queue_reason == "provider_capacity"
+    assert dispatch.dispatch(rig.services) == 0
     rig.clock.advance(121)
     assert dispatch.provider_pool(rig.services, "image")[2] == 4
     sweep(rig.services)
@@ -400,6 +407,56 @@ def test_a_pass_that_read_a_job_waiting_does_not_mark_it_waiting_once_started(ri
     assert rig.job(second).queue_reason is None
     dispatch._write_reason(rig.services, stale.id, "provider_capacity", 1)
     assert rig.job(second).queue_reason is None and not rig.job(second).server.queued
+
+
+@pytest.mark.parametrize("reason", ["running_limit", "provider_capacity"])
+def test_a_place_freed_while_an_arrival_writes_why_it_waits_starts_it(
+        monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
+    """Alice's arrival finds no place (her running job holds hers, or the provider's pool
+    is full) and goes to write why it waits. Before that write lands, the running job
+    ends: its pass looks for waiting jobs and finds none yet. The arrival, having written
+    its reason, sees the place free and runs the pass itself: it starts at once, not at
+    the next sweep (the benchmark and tests run with none)."""
+    rig = recording_rig(provider_capacity="1" if reason == "provider_capacity" else "4")
+    # bob's job holds the provider's one place, or alice's job her one running place
+    first = post(rig, "bob", "pro")[1]["jobId"] if reason == "provider_capacity" \
+        else post(rig)[1]["jobId"]
+    assert started(rig) == [first]
+    second = post_raw(rig)[1]["jobId"]
+    write_reason = dispatch._write_reason
+
+    def ending_first(services: Any, job_id: str, why: str, position: int | None) -> None:
+        monkeypatch.setattr(dispatch, "_write_reason", write_reason)
+        assert why == reason and job_id == second
+        assert run_job(first, rig.services) is RunOutcome.COMPLETED  # its pass finds nobody
+        assert started(rig) == [first]
+        write_reason(services, job_id, why, position)
+
+    monkeypatch.setattr(dispatch, "_write_reason", ending_first)
+    assert run_job(second, rig.services) is RunOutcome.ARRIVED_WAITING
+    assert started(rig) == [first, second] and rig.job(second).queue_reason is None
+    assert run_job(second, rig.services) is RunOutcome.COMPLETED
+
+
+def test_an_arrival_that_waits_while_places_are_held_runs_no_pass(rig: Rig) -> None:
+    """The look after writing the reason is one read of the pool it waits for: while the
+    place is held, no pass runs (a backlog's arrivals do not each scan the queue)."""
+    first = post(rig)[1]["jobId"]
+    passes: list[int] = []
+    real = dispatch.dispatch
+
+    def counting(services: Any, **kwargs: Any) -> int:
+        passes.append(1)
+        return real(services, **kwargs)
+
+    dispatch.dispatch = counting  # type: ignore[assignment]
+    try:
+        second = post_raw(rig)[1]["jobId"]
+        assert run_job(second, rig.services) is RunOutcome.ARRIVED_WAITING
+    finally:
+        dispatch.dispatch = real  # type: ignore[assignment]
+    assert passes == [] and started(rig) == [first]
+    assert rig.job(second).queue_reason == "running_limit"
 
 
 def test_tickets_reserved_at_admission_are_created_in_the_jobs_commit(rig: Rig) -> None:
