@@ -112,6 +112,9 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
         return _replayed(existing, uid, batch.fingerprint)
     started = tuple(job_id for job_id in ids if places[job_id][0])
     publish_all(services, started)
+    dispatch.look_again(services, uid=uid, plan=admission.plan,  # (nothing when none waits)
+                        waits={(places[job.id][1] or dispatch.RUNNING_LIMIT, job.doc["kind"])
+                               for job in jobs if not places[job.id][0]})
     log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs), started=len(started),
               channel=principal.channel)
     return AcceptedBatch(batch_id, batch.job_ids, True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from kiln import log
 from kiln.compose import Services
@@ -129,12 +129,9 @@ def arrive(services: Services, job: Job) -> list[str]:
     Nothing is read first: each place is a create-if-absent (``Slots.take`` with no
     ``done``), so a free pool costs one write per place.
 
-    A place can free between the failed take and the write of the reason, and the pass
-    that follows its release may look before this job is waiting. So once the reason is
-    written, the pool it names is read again, and a free place runs the pass here: a
-    release before that read is seen by it, one after it is followed by a pass that sees
-    this job waiting. Whoever ends, the job is never left waiting beside a free place
-    until the sweeper's next pass."""
+    Once the reason is written, the pool it names is read again (:func:`look_again`):
+    a place that freed meanwhile runs the pass here, so the job is never left waiting
+    beside a free place until the sweeper's next pass."""
     reason = PROVIDER_CAPACITY
     if services.counters.waiting(PROVIDER_CAPACITY) == 0:
         pools, why = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
@@ -143,22 +140,29 @@ def arrive(services: Services, job: Job) -> list[str]:
             return pools
         reason = why
     _write_reason(services, job.id, reason, None)
-    if _has_room(services, job, reason):
-        try:
-            dispatch(services)
-        except KilnError as exc:  # the job is waiting, visibly: the next pass starts it
-            log.event(logger, "queue pass deferred", logging.WARNING, code=exc.code)
+    look_again(services, uid=job.uid, plan=job_plan(services, job), waits={(reason, job.kind)})
     return []
 
 
-def _has_room(services: Services, job: Job, reason: str) -> bool:
-    """Whether the pool ``job`` waits for has fewer holders than places now (one read; a
-    holder that ended without giving its place back is the sweeper's, as in a pass)."""
-    if reason == RUNNING_LIMIT:
-        pool, places = user_pool(job.uid), job_plan(services, job).running
-    else:
-        pool, _capacity, places = provider_pool(services, job.kind)
-    return len(services.slots.holders(pool)) < places
+def look_again(services: Services, *, uid: str, plan: Plan,
+               waits: Iterable[tuple[str, str]]) -> None:
+    """Jobs of ``uid`` now wait visibly, each for a ``(reason, kind)`` of ``waits``: read
+    each pool they wait for once, and run a pass if one has a free place. A place freed
+    after their take failed was released before they waited, so the pass that followed
+    that release may not have seen them; any later release is followed by a pass that
+    does. (A holder that ended without giving its place back is counted here: the next
+    pass, or the sweeper's, counts it free.)"""
+    for reason, kind in waits:
+        if reason == RUNNING_LIMIT:
+            pool, places = user_pool(uid), plan.running
+        else:
+            pool, _capacity, places = provider_pool(services, kind)
+        if len(services.slots.holders(pool)) < places:
+            try:
+                dispatch(services)
+            except KilnError as exc:  # they wait visibly: the next pass starts them
+                log.event(logger, "queue pass deferred", logging.WARNING, code=exc.code)
+            return
 
 
 def release_unheld(services: Services, job: Job | None, job_id: str,

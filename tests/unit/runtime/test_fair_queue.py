@@ -307,6 +307,28 @@ def test_a_batch_whose_every_job_must_wait_is_accepted(rig: Rig) -> None:
     assert [rig.job(job_id).queue_reason for job_id in body["jobIds"]] == ["running_limit"] * 2
 
 
+def test_a_place_freed_while_a_batch_is_created_starts_one_of_its_jobs(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alice's running job holds her one place while her batch of two takes places: both
+    must wait. Before the batch's commit lands, that job ends and its pass finds nobody
+    waiting. The batch, once created, sees the place free and runs the pass: one of its
+    jobs starts at once, the other waits its turn."""
+    first = post(rig)[1]["jobId"]
+    create = rig.services.batches.create
+
+    def ending_first(batch: Any, jobs: Any) -> Any:
+        monkeypatch.setattr(rig.services.batches, "create", create)
+        assert run_job(first, rig.services) is RunOutcome.COMPLETED  # its pass finds nobody
+        return create(batch, jobs)
+
+    monkeypatch.setattr(rig.services.batches, "create", ending_first)
+    status, body = post_batch(rig, 2)
+    assert status == 202
+    now, later = sorted(body["jobIds"], key=lambda job_id: job_id not in started(rig))
+    assert set(started(rig)) == {first, now}  # (post_batch records it again: not queued)
+    assert not rig.job(now).server.queued and rig.job(later).queue_reason == "running_limit"
+
+
 def test_an_arrivals_first_delivery_takes_its_places_and_runs_or_records_why_it_waits(
         rig: Rig) -> None:
     """Acceptance reads and writes no place: the job is an arrival (queued, no reason)
