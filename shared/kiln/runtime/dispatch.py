@@ -147,11 +147,12 @@ def arrive(services: Services, job: Job) -> list[str]:
 def look_again(services: Services, *, uid: str, plan: Plan,
                waits: Iterable[tuple[str, str]]) -> None:
     """Jobs of ``uid`` now wait visibly, each for a ``(reason, kind)`` of ``waits``: read
-    each pool they wait for once, and run a pass if one has a free place. A place freed
-    after their take failed was released before they waited, so the pass that followed
-    that release may not have seen them; any later release is followed by a pass that
-    does. (A holder that ended without giving its place back is counted here: the next
-    pass, or the sweeper's, counts it free.)"""
+    each pool they wait for once, and run a pass if one has a free place. A place that
+    freed after their take failed but before they waited visibly was released unseen:
+    the pass that followed that release may have looked before they waited. A release
+    after they wait is followed by a pass that sees them. (A holder that ended without
+    giving its place back is counted here: the next pass, or the sweeper's, counts it
+    free.)"""
     for reason, kind in waits:
         if reason == RUNNING_LIMIT:
             pool, places = user_pool(uid), plan.running
