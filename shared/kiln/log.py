@@ -82,12 +82,28 @@ def current_job() -> str | None:
     return _job_id.get()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is written, not as it was when the
+    handler was made: a process that swaps the stream (a test runner capturing output,
+    then closing its capture while a stack's sweeper thread still logs) never leaves
+    the handler on a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # (StreamHandler.__init__ and setStream set it: always the current stderr)
+
+
 def setup(level: str = "INFO", stream: Any = None) -> None:
-    """Route the ``kiln`` logger to stderr as JSON lines (idempotent)."""
+    """Route the ``kiln`` logger to stderr (``stream`` if given) as JSON lines
+    (idempotent)."""
     logger = logging.getLogger("kiln")
     logger.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False

@@ -90,3 +90,18 @@ def test_lines_written_to_a_file_from_many_threads_are_whole(
     assert len(lines) == 3200
     assert sorted((line["message"], line["thread"], line["i"]) for line in lines) == sorted(
         (message, k, i) for message in ("event", "record") for k in range(8) for i in range(200))
+
+
+def test_without_a_stream_lines_go_to_stderr_as_it_is_now(
+        kiln_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that swaps ``sys.stderr`` after the logger was set up (pytest's capture)
+    gets its lines on the new stream, and a closed old one is never written to (the
+    stack's sweeper thread logged into a closed capture: '--- Logging error ---')."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    log.setup("INFO")
+    log.event(log.get("test"), "one")
+    first.close()
+    monkeypatch.setattr("sys.stderr", second)
+    log.event(log.get("test"), "two")
+    assert [entry["message"] for entry in _lines(second.getvalue(), "kiln.test")] == ["two"]
