@@ -152,18 +152,19 @@ def look_again(services: Services, *, uid: str, plan: Plan,
     the pass that followed that release may have looked before they waited. A release
     after they wait is followed by a pass that sees them. (A holder that ended without
     giving its place back is counted here: the next pass, or the sweeper's, counts it
-    free.)"""
-    for reason, kind in waits:
-        if reason == RUNNING_LIMIT:
-            pool, places = user_pool(uid), plan.running
-        else:
-            pool, _capacity, places = provider_pool(services, kind)
-        if len(services.slots.holders(pool)) < places:
-            try:
+    free.) Raises nothing the store raises: the jobs are accepted and wait visibly, and
+    the next pass starts them."""
+    try:
+        for reason, kind in waits:
+            if reason == RUNNING_LIMIT:
+                pool, places = user_pool(uid), plan.running
+            else:
+                pool, _capacity, places = provider_pool(services, kind)
+            if len(services.slots.holders(pool)) < places:
                 dispatch(services)
-            except KilnError as exc:  # they wait visibly: the next pass starts them
-                log.event(logger, "queue pass deferred", logging.WARNING, code=exc.code)
-            return
+                return
+    except KilnError as exc:
+        log.event(logger, "queue pass deferred", logging.WARNING, code=exc.code)
 
 
 def release_unheld(services: Services, job: Job | None, job_id: str,

@@ -329,6 +329,29 @@ def test_a_place_freed_while_a_batch_is_created_starts_one_of_its_jobs(
     assert not rig.job(now).server.queued and rig.job(later).queue_reason == "running_limit"
 
 
+def test_a_batch_is_accepted_when_its_second_look_at_the_pools_fails(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's jobs are created waiting; the store is unavailable when it reads the
+    pool once more. The batch is still a 202 (it is accepted, its jobs wait visibly for
+    the next pass), not a 503 a client would send again as a new batch."""
+    assert post(rig)[0] == 202  # alice's one running place is taken
+    create, holders = rig.services.batches.create, rig.services.slots.holders
+
+    def created_then_unavailable(batch: Any, jobs: Any) -> Any:
+        def unavailable(pool: str) -> list[str]:
+            raise RetryableError("The admission store is unavailable.",
+                                 code="store_unavailable")
+
+        monkeypatch.setattr(rig.services.slots, "holders", unavailable)
+        return create(batch, jobs)
+
+    monkeypatch.setattr(rig.services.batches, "create", created_then_unavailable)
+    status, body = post_batch(rig, 2)
+    monkeypatch.setattr(rig.services.slots, "holders", holders)
+    assert status == 202
+    assert [rig.job(job_id).queue_reason for job_id in body["jobIds"]] == ["running_limit"] * 2
+
+
 def test_an_arrivals_first_delivery_takes_its_places_and_runs_or_records_why_it_waits(
         rig: Rig) -> None:
     """Acceptance reads and writes no place: the job is an arrival (queued, no reason)
