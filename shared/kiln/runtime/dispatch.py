@@ -132,15 +132,15 @@ def arrive(services: Services, job: Job) -> list[str]:
     Once the reason is written, the pool it names is read again (:func:`look_again`):
     a place that freed meanwhile runs the pass here, so the job is never left waiting
     beside a free place until the sweeper's next pass."""
-    reason = PROVIDER_CAPACITY
+    reason, plan = PROVIDER_CAPACITY, job_plan(services, job)
     if services.counters.waiting(PROVIDER_CAPACITY) == 0:
         pools, why = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
-                                 plan=job_plan(services, job), look_first=False)
+                                 plan=plan, look_first=False)
         if why is None:
             return pools
         reason = why
     _write_reason(services, job.id, reason, None)
-    look_again(services, uid=job.uid, plan=job_plan(services, job), waits={(reason, job.kind)})
+    look_again(services, uid=job.uid, plan=plan, waits={(reason, job.kind)})
     return []
 
 
