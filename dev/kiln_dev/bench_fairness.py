@@ -122,7 +122,7 @@ def simulate(seed: int = 14, jobs: int = 2000) -> dict[str, Any]:
     clock = FakeClock()
     timed = Timed(clock)
     store, queue = _Store(clock), RecordingQueue()
-    counters, slots = InMemoryCounters(store), InMemorySlots()
+    counters, slots = InMemoryCounters(store), InMemorySlots(clock.monotonic)
     _wrap(store, counters, slots, timed)
     settings = Settings(project="demo-bench", plans=PLANS, provider_capacity=str(CAPACITY),
                         image_provider="sim", queue_ttl_seconds=3600.0, max_waiting=5000,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 
@@ -73,8 +75,10 @@ class InMemoryCounters:
 class InMemorySlots:
     """``kiln.ports.Slots``: places in dicts; counts writes per place (the bench)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.places: dict[str, list[str | None]] = {}
+        self.since: dict[tuple[str, int], float] = {}  # (pool, index) → taken at
+        self._clock = clock
         self.narrowed: dict[str, tuple[int, dt.datetime]] = {}
         self.writes: Counter[str] = Counter()  # "pool~index" → writes
         self._lock = threading.Lock()
@@ -87,18 +91,19 @@ class InMemorySlots:
                 return True
             places.extend([None] * (capacity - len(places)))
             if done is not None:
+                now = self._clock()
                 for index in range(capacity):
                     holder = places[index]
-                    if holder is not None and done(holder):
+                    if holder is not None and done(holder, now - self.since[(pool, index)]):
                         places[index] = None
                         self.writes[f"{pool}~{index}"] += 1
             held = sum(1 for h in places[:capacity] if h is not None)
             if limit is not None and held >= limit:
                 return False
             for index in range(capacity):
-                holder = places[index]
-                if holder is None or (done is not None and done(holder)):
+                if places[index] is None:
                     places[index] = job_id
+                    self.since[(pool, index)] = self._clock()
                     self.writes[f"{pool}~{index}"] += 1
                     return True
             return False

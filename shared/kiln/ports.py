@@ -73,6 +73,10 @@ class JobStore(Protocol):
         job's ``server`` state is empty."""
         ...
 
+    def unnotified(self, limit: int) -> list[Job]:
+        """Up to ``limit`` ended jobs whose notification is claimed, never sent (any order)."""
+        ...
+
 
 class BatchStore(Protocol):
     """Batches (``batches/{batchId}``), written with their jobs in one commit."""
@@ -288,11 +292,14 @@ class Slots(Protocol):
     capacity. One document per place, so no document is written more than twice per job."""
 
     def take(self, pool: str, capacity: int, job_id: str,
-             done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
+             done: Callable[[str, float], bool] | None = None,
+             limit: int | None = None) -> bool:
         """Hold a free place of ``pool`` (of ``capacity``) for ``job_id``; True when held
-        (also when it held one already). With ``done``, a place whose holder is done (its
-        job ended) counts as free; with ``limit``, no place is taken while ``limit`` are
-        held (a narrowed window)."""
+        (also when it held one already). With ``done``, a place counts as free when
+        ``done(holder, held_for)`` says its holder is done with it (``held_for``: seconds
+        since the place was taken, so a holder that is still between taking its places
+        and starting is told from one that went away); with ``limit``, no place is taken
+        while ``limit`` are held (a narrowed window)."""
         ...
 
     def release(self, pool: str, job_id: str) -> None:

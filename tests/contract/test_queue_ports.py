@@ -110,8 +110,25 @@ def test_places_are_taken_up_to_capacity_given_back_and_reclaimed(ports: tuple[A
     assert sorted(slots.holders(pool)) == ["j1", "j2"]
     slots.release(pool, "j1")
     assert slots.take(pool, 2, "j3") and not slots.take(pool, 2, "j4")
-    assert slots.take(pool, 2, "j4", done=lambda job: job == "j2")  # j2 ended: reclaimed
+    assert slots.take(pool, 2, "j4", done=lambda job, _held_for: job == "j2")  # j2 ended
     assert sorted(slots.holders(pool)) == ["j3", "j4"]
+
+
+def test_done_is_told_how_long_each_place_has_been_held(ports: tuple[Any, Any]) -> None:
+    """A pass tells a holder that left its place behind from one starting right now by
+    the place's age: the store must report it (here: just taken, so seconds at most)."""
+    _counters, slots = ports
+    pool = f"provider:{uuid.uuid4().hex}"
+    assert slots.take(pool, 1, "a")
+    seen: dict[str, float] = {}
+
+    def done(job: str, held_for: float) -> bool:
+        seen[job] = held_for
+        return held_for >= 60
+
+    assert not slots.take(pool, 1, "b", done=done)  # young: not free, whatever its holder
+    assert list(seen) == ["a"] and 0 <= seen["a"] < 10
+    assert slots.holders(pool) == ["a"]
 
 
 def test_a_narrowed_window_limits_takes_until_it_lapses(ports: tuple[Any, Any]) -> None:

@@ -224,7 +224,8 @@ class FirestoreSlots:
         return wire.Creates(self.client)
 
     def take(self, pool: str, capacity: int, job_id: str,
-             done: Callable[[str], bool] | None = None, limit: int | None = None) -> bool:
+             done: Callable[[str, float], bool] | None = None,
+             limit: int | None = None) -> bool:
         doc = {"jobId": job_id, "pool": pool, "at": firestore.SERVER_TIMESTAMP}
         if done is None and limit is None and self._first_try(pool, capacity, job_id, doc):
             return True
@@ -235,8 +236,11 @@ class FirestoreSlots:
                 for ref in refs if snaps[ref.id].exists}
         if job_id in held.values():
             return True
+        # How long each place has been held: the read's time against the place's own
+        # (both the server's clock; a place is created once and never updated).
         ended = {ref_id for ref_id, holder in held.items()
-                 if done is not None and done(str(holder))}
+                 if done is not None and done(str(holder), (
+                     snaps[ref_id].read_time - snaps[ref_id].update_time).total_seconds())}
         if limit is not None and len(held) - len(ended) >= limit:
             return False
         start = random.randrange(capacity)

@@ -429,8 +429,10 @@ def start(job: Job | None, *, pools: list[str]) -> Change | None:
 
 
 def queue_reason(job: Job, reason: str, position: int | None) -> Change | None:
-    """What a waiting job waits for, when that changed (written at most once per pass)."""
-    if not job.server.queued or (job.queue_reason, job.queue_position) == (reason, position):
+    """What a waiting job waits for, when that changed (written at most once per pass).
+    Only a pending job waits: one canceled meanwhile keeps no reason."""
+    if not job.server.queued or job.status is not JobStatus.PENDING \
+            or (job.queue_reason, job.queue_position) == (reason, position):
         return None
     return Change({"queueReason": reason, "queuePosition": position}, {})
 
@@ -438,14 +440,19 @@ def queue_reason(job: Job, reason: str, position: int | None) -> Change | None:
 def requeue(job: Job | None, *, worker_id: str, now: dt.datetime, delay: float) -> Change:
     """The provider refused the task for capacity (429) before it began: back to the
     queue, not started again for ``delay`` seconds, without spending the attempt; its
-    places are given back by the caller."""
+    places are given back by the caller. It keeps its seniority (``queuedAt``) but its
+    time to wait starts again: the wait before its start was not spent on this turn, so
+    a job that waited most of its time and then met a 429 does not expire at once."""
     job = check_owner(job, worker_id)
+    srv = job.server
+    again = {"queueUntil": now + (srv.queue_until - srv.queued_at)} \
+        if srv.queue_until is not None and srv.queued_at is not None else {}
     return Change({"status": target("release").value, "stage": "queued",
                    "attempts": Increment(-1), "queueReason": "provider_capacity",
                    "queuePosition": None, "updatedAt": SERVER_TIME},
                   {"leaseOwner": None, "leaseExpiresAt": None, "claimToken": None,
                    "queued": True, "pools": [], "requeues": Increment(1),
-                   "notBefore": now + dt.timedelta(seconds=delay)})
+                   "notBefore": now + dt.timedelta(seconds=delay), **again})
 
 
 def republished(now: dt.datetime) -> Change:

@@ -7,7 +7,8 @@ A job holds two places while it runs (``kiln.ports.Slots``): one of its owner's 
 (``pending``, stage ``queued``, ``queueReason``). A pass (:func:`dispatch`) runs when a
 job ends (the worker), after a cancel, and on every sweep: it orders the waiting jobs
 fairly (``kiln.core.fairness``) and starts those whose places are free. A place whose
-holder ended counts as free in a pass, so a lost release costs nothing but a moment.
+holder ended counts as free in a pass, so a lost release costs nothing but a moment (a
+holder gone or still queued: after :data:`FRESH_PLACE_SECONDS`, see :func:`_ended`).
 Starting is a lifecycle transition (``lifecycle.start``), so two passes never start a
 job twice; every other guarantee is the worker's and the sweeper's as before.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 from kiln import log
@@ -29,6 +31,10 @@ logger = log.get("dispatch")
 
 #: Waiting jobs one pass looks at (each costs two document reads).
 SCAN_LIMIT = 200
+#: A place held this long by a job that is still (or again) queued, or gone, was left
+#: behind (its taker crashed before its start): a pass takes it. Younger, its holder may
+#: be starting now (milliseconds, seconds while the store retries).
+FRESH_PLACE_SECONDS = 60.0
 RUNNING_LIMIT, PROVIDER_CAPACITY = "running_limit", "provider_capacity"
 
 
@@ -52,7 +58,7 @@ def user_pool(uid: str) -> str:
 
 
 def take_places(services: Services, *, job_id: str, uid: str, kind: str, plan: Plan,
-                done: Callable[[str], bool] | None = None,
+                done: Callable[[str, float], bool] | None = None,
                 look_first: bool = True) -> tuple[list[str], str | None]:
     """Hold the user's and the provider's place for ``job_id``: (the pools, None), or
     ([], why it must wait) holding nothing. ``look_first``: read whether the provider's
@@ -80,12 +86,17 @@ def release_places(services: Services, job_id: str, pools: list[str] | tuple[str
             log.event(logger, "place not released", logging.WARNING, code=exc.code)
 
 
-def _ended(services: Services) -> Callable[[str], bool]:
-    """Whether a place's holder no longer needs it (ended, gone, or queued again)."""
-    def done(job_id: str) -> bool:
+def _ended(services: Services) -> Callable[[str, float], bool]:
+    """Whether a place's holder no longer needs it: its job ended; or it is gone or queued
+    again and has held the place :data:`FRESH_PLACE_SECONDS` (a job between taking its
+    places and its start looks just so: an arrival before its claim, a pass's start
+    before its commit, a batch before its documents exist; its place is not free)."""
+    def done(job_id: str, held_for: float) -> bool:
         job = services.store.get(job_id)
-        return job is None or job.terminal or (
-            job.status is JobStatus.PENDING and job.server.queued)
+        if job is not None and job.terminal:
+            return True
+        taking = job is None or (job.status is JobStatus.PENDING and job.server.queued)
+        return taking and held_for >= FRESH_PLACE_SECONDS
     return done
 
 
@@ -94,7 +105,9 @@ def try_start(services: Services, job: Job) -> str | None:
     waiting), else why it still waits."""
     pool, _capacity, window = provider_pool(services, job.kind)
     done = _ended(services)
-    if sum(1 for holder in services.slots.holders(pool) if not done(holder)) >= window:
+    # (A holder that may be done counts as free here: the take decides by the place's age.)
+    if sum(1 for holder in services.slots.holders(pool)
+           if not done(holder, math.inf)) >= window:
         return PROVIDER_CAPACITY  # full: decided by reads, nothing written
     pools, reason = take_places(services, job_id=job.id, uid=job.uid, kind=job.kind,
                                 plan=job_plan(services, job), done=done)
@@ -241,9 +254,11 @@ def after_end(services: Services, job_id: str) -> int:
 
 
 def provider_refused(services: Services, job: Job, retry_after: float | None) -> None:
-    """A provider said 429 before the task began: halve its window for a while."""
+    """A provider said 429 before the task began: halve its window for a while, and give
+    back the job's places (by its id: ``job`` may be as read before its claim, which
+    wrote them)."""
     pool, _capacity, window = provider_pool(services, job.kind)
     until = services.clock.now() + dt.timedelta(
         seconds=max(services.settings.provider_backoff_seconds, retry_after or 0))
     services.slots.narrow(pool, max(1, window // 2), until)
-    release_places(services, job.id, job.server.pools)
+    release_places(services, job.id, (user_pool(job.uid), pool))

@@ -220,7 +220,7 @@ def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
     queue, blobs = RecordingQueue(), InMemoryBlobs()
     scheduler, task_index = FakeScheduler(queue), InMemoryTaskIndex()
     push, devices, channel = RecordingPush(), InMemoryDevices(), Channel()
-    counters, slots = InMemoryCounters(store), InMemorySlots()
+    counters, slots = InMemoryCounters(store), InMemorySlots(clock.monotonic)
     providers: dict[str, Any] = {"image": provider or SyncFake(clock),
                                  "model": provider or TaskFake(clock)}
     base = dict(project="demo-unit", progress_interval_seconds=1.0, lease_seconds=30.0,

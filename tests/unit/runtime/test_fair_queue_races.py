@@ -1,0 +1,136 @@
+"""The fair queue at the moments between two writes: a place being taken, a provider's 429
+on a job's first delivery, a cancel while a pass decides, a requeue late in a job's wait.
+Each test stops one step at exactly that moment (the rig's fakes, a fake clock)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rig import Rig, SyncFake
+from test_fair_queue import post, post_raw, recording_rig
+
+from kiln.core import lifecycle
+from kiln.core.errors import RetryableError
+from kiln.core.job import JobStatus
+from kiln.runtime import actions, dispatch, worker
+from kiln.runtime.sweeper import sweep
+from kiln.runtime.worker import RunOutcome, run_job
+
+
+def running(rig: Rig) -> list[str]:
+    """Jobs that hold their start: running, or started and not yet claimed."""
+    return [job_id for job_id in rig.store.docs
+            if (job := rig.job(job_id)).status is JobStatus.PROCESSING
+            or (job.status is JobStatus.PENDING and not job.server.queued)]
+
+
+def test_a_place_being_taken_is_not_given_to_another_job() -> None:
+    """Given a provider of capacity 2 with bob's and dave's jobs running and dave's second
+    waiting on his running limit, when dave's first ends and alice's new job takes the
+    freed provider place between its take and its claim, then the pass that dave's ending
+    runs does not count alice's place free (her job still looks queued): dave's second
+    waits, and never more than 2 jobs hold the provider."""
+    rig = recording_rig(provider_capacity="2")
+    b1 = post(rig, "bob", "pro")[1]["jobId"]
+    d1 = post(rig, "dave")[1]["jobId"]
+    d2 = post(rig, "dave")[1]["jobId"]
+    assert rig.job(d2).queue_reason == "running_limit"
+    j = post_raw(rig)[1]["jobId"]
+    taken: dict[str, Any] = {}
+    real = dispatch.dispatch
+
+    def first_alices_take(services: Any, **kw: Any) -> int:  # d1 ended, its places back
+        if not taken:
+            taken["places"], taken["seen"] = worker._arrival_places(j, services)
+        return real(services, **kw)
+
+    dispatch.dispatch = first_alices_take  # type: ignore[assignment]
+    try:
+        assert run_job(d1, rig.services) is RunOutcome.COMPLETED
+    finally:
+        dispatch.dispatch = real  # type: ignore[assignment]
+    assert taken["places"]  # alice's job holds both places, and is still queued
+    assert j in rig.slots.holders(dispatch.provider_pool(rig.services, "image")[0])
+    assert rig.job(d2).server.queued and rig.job(d2).queue_reason == "provider_capacity"
+    # Alice's delivery goes on: its claim takes the job out of the queue with its places.
+    rig.store.transact(j, lambda job: (lifecycle.start(job, pools=taken["places"]), None))
+    assert sorted(running(rig)) == sorted([b1, j])  # two, the provider's capacity
+
+
+def test_a_place_left_behind_by_a_taker_that_died_is_taken_after_a_while() -> None:
+    """Given an arrival that took its places and died before its claim (its job still
+    queued), when a waiting job's pass runs at once the place stays its taker's; once it
+    has been held ``FRESH_PLACE_SECONDS``, the pass takes it."""
+    rig = recording_rig(provider_capacity="1")
+    j = post_raw(rig)[1]["jobId"]
+    places, _seen = worker._arrival_places(j, rig.services)  # ... and the process dies
+    assert places
+    waiting = post(rig, "bob", "pro")[1]["jobId"]
+    assert rig.job(waiting).queue_reason == "provider_capacity"
+    assert dispatch.dispatch(rig.services) == 0
+    rig.clock.advance(dispatch.FRESH_PLACE_SECONDS)
+    assert dispatch.dispatch(rig.services) == 1
+    assert not rig.job(waiting).server.queued
+
+
+def test_a_provider_429_on_a_jobs_first_delivery_gives_its_places_back() -> None:
+    """Given a new job whose first delivery takes its places and meets a provider 429
+    (capacity 2, narrowed to 1), then it holds none afterwards: alice's next job starts
+    in the narrowed window instead of waiting beside the refused job's places."""
+    rig = recording_rig(provider_capacity="2")
+    provider = rig.providers["image"]
+    assert isinstance(provider, SyncFake)
+    provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
+    j = post_raw(rig)[1]["jobId"]
+    assert run_job(j, rig.services) is RunOutcome.QUEUED
+    pool = dispatch.provider_pool(rig.services, "image")[0]
+    assert rig.slots.holders(pool) == [] and rig.slots.holders("user:alice") == []
+    provider.error = None
+    k = post_raw(rig)[1]["jobId"]
+    run_job(k, rig.services)  # it joins the refused job's queue, then a pass starts it
+    assert not rig.job(k).server.queued and rig.job(j).server.queued
+
+
+def test_a_job_canceled_while_its_delivery_decides_why_it_waits_keeps_no_reason() -> None:
+    """Given a new job that finds no place, when its owner cancels it just before its
+    delivery writes why it waits, then the canceled job shows no queue reason."""
+    rig = recording_rig()
+    post(rig)  # alice's one running place (free plan) is taken
+    j = post_raw(rig)[1]["jobId"]
+    real = dispatch._write_reason
+
+    def canceled_first(services: Any, job_id: str, reason: str, position: int | None) -> None:
+        actions.cancel(services, job_id, by="owner")
+        real(services, job_id, reason, position)
+
+    dispatch._write_reason = canceled_first  # type: ignore[assignment]
+    try:
+        assert run_job(j, rig.services) is RunOutcome.ARRIVED_WAITING
+    finally:
+        dispatch._write_reason = real  # type: ignore[assignment]
+    job = rig.job(j)
+    assert job.status is JobStatus.CANCELED and job.queue_reason is None
+
+
+def test_a_job_sent_back_by_a_429_gets_its_whole_time_to_wait_again() -> None:
+    """Given a job that waited 590 s of its 600 s queue time before its start, when the
+    provider refuses it (429), then its time to wait starts again from the refusal (its
+    place in the order is kept): the next sweep does not fail it ``expired``."""
+    rig = recording_rig(provider_capacity="2")
+    provider = rig.providers["image"]
+    assert isinstance(provider, SyncFake)
+    j = post_raw(rig)[1]["jobId"]
+    queued_at = rig.job(j).server.queued_at
+    rig.clock.advance(590)
+    provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
+    refused_at = rig.clock.now()
+    assert run_job(j, rig.services) is RunOutcome.QUEUED
+    provider.error = None
+    job = rig.job(j)
+    assert job.server.queued_at == queued_at
+    assert refused_at + dt.timedelta(seconds=600) <= job.server.queue_until \
+        <= rig.clock.now() + dt.timedelta(seconds=600)
+    rig.clock.advance(15)
+    sweep(rig.services)
+    assert rig.job(j).status is not JobStatus.FAILED
