@@ -154,6 +154,23 @@ resource "google_firestore_index" "webhook_deliveries_state_next_at" {
   }
 }
 
+# The sweeper's repair of lost end notifications (FirestoreJobStore.unnotified): ended
+# jobs whose jobs/{id}/private/server still says notify.state "claimed". A query across
+# every job's "private" collection needs the field's collection-group index; single-field
+# indexes are collection-scoped unless declared.
+resource "google_firestore_field" "private_notify_state" {
+  database   = google_firestore_database.default.name
+  collection = "private"
+  field      = "notify.state"
+
+  index_config {
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+  }
+}
+
 # --- security rules (the files are owned next to this one) -----------------------------------
 
 resource "google_firebaserules_ruleset" "firestore" {

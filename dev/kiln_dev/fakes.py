@@ -159,6 +159,13 @@ class InMemoryJobStore:
     def reindex_waiting(self, limit: int) -> int:
         return 0  # ``find`` reads the jobs themselves: no index to keep
 
+    def unnotified(self, limit: int) -> list[Job]:
+        with self._lock:
+            self._check()
+            ids = [job_id for job_id, server in self.servers.items()
+                   if (server.get("notify") or {}).get("state") == "claimed"]
+            return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
+
     def recent(self, uid: str, limit: int) -> list[Job]:
         with self._lock:
             self._check()

@@ -74,7 +74,7 @@ class JobStore(Protocol):
         ...
 
     def unnotified(self, limit: int) -> list[Job]:
-        """Up to ``limit`` ended jobs whose notification is claimed, never sent (any order)."""
+        """Up to ``limit`` jobs whose end notification is claimed, never sent (any order)."""
         ...
 
 

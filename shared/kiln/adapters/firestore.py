@@ -377,6 +377,15 @@ class FirestoreJobStore:
                         written += 1
         return written
 
+    def unnotified(self, limit: int) -> list[Job]:
+        """Ended jobs whose notification is only claimed: a collection-group query on the
+        server documents (field ``private_notify_state`` in infra/firestore.tf)."""
+        query = self.client.collection_group(PRIVATE).where(
+            filter=firestore.FieldFilter("notify.state", "==", "claimed")).limit(limit)
+        with unavailable_is_retryable():
+            ids = [snap.reference.parent.parent.id for snap in query.stream()]
+        return [job for job in map(self.get, ids) if job is not None]
+
     def recent(self, uid: str, limit: int) -> list[Job]:
         """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf)."""
         query = (self.client.collection(JOBS)
