@@ -32,6 +32,9 @@ MEDIA = ("photo", "video", "animation", "document", "audio", "voice", "video_not
          "sticker", "paid_media", "story", "location", "venue", "contact", "poll", "dice",
          "game", "checklist")
 
+#: The ids Telegram sends are signed 64-bit integers (and Firestore stores no larger ones).
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
 _COMMAND = re.compile(r"^/(?P<name>[A-Za-z0-9_]{1,64})(?:@(?P<bot>[A-Za-z0-9_]{1,64}))?$")
 _LEADING = re.compile(r"^/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?(?=\s|$)")
 
@@ -44,6 +47,18 @@ class Command:
     name: str
     argument: str = ""
     typed: str = ""  # the command word as sent, for "unknown command" replies
+
+
+def obj(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a field of the wrong type reads
+    as absent (the secret proves the sender, not the shape)."""
+    return value if isinstance(value, dict) else {}
+
+
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is an id as Telegram sends them: an integer (not ``true``) that
+    fits in 64 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and ID_MIN <= value <= ID_MAX
 
 
 def utf16_slice(text: str, offset: int, length: int) -> tuple[str, str, str]:
@@ -72,13 +87,13 @@ def find_command(text: str, entities: Any) -> tuple[str, str] | None:
 
 def not_typed_to_us(message: Mapping[str, Any], chat_type: str) -> bool:
     """A message no person typed to this bot (see the module docstring)."""
-    sender = message.get("from") or {}
+    sender = obj(message.get("from"))
     if sender.get("is_bot") and sender.get("id") != ANONYMOUS_ADMIN_ID:
         return True
     if message.get("via_bot") or message.get("is_automatic_forward"):
         return True
-    sender_chat = message.get("sender_chat") or {}
-    if sender_chat and sender_chat.get("id") != (message.get("chat") or {}).get("id"):
+    sender_chat = obj(message.get("sender_chat"))
+    if sender_chat and sender_chat.get("id") != obj(message.get("chat")).get("id"):
         return True  # on behalf of a channel
     return chat_type not in ("private", *GROUP_TYPES)
 
@@ -94,7 +109,7 @@ def interpret(
 
     ``bot_username`` is called only when needed (a ``/cmd@name`` or an ``@mention``).
     """
-    chat_type = str((message.get("chat") or {}).get("type"))
+    chat_type = str(obj(message.get("chat")).get("type"))
     if not_typed_to_us(message, chat_type):
         return None
     in_group = chat_type in GROUP_TYPES
@@ -140,8 +155,7 @@ def _command(found: tuple[str, str], in_group: bool,
 
 
 def _replies_to(message: Mapping[str, Any], bot_id: int | None) -> bool:
-    replied = message.get("reply_to_message") or {}
-    sender = replied.get("from") or {}
+    sender = obj(obj(message.get("reply_to_message")).get("from"))
     return bot_id is not None and sender.get("id") == bot_id
 
 
@@ -158,6 +172,12 @@ def strip_mention(text: str, username: str) -> str | None:
 #: Queries a client waits on: answered "no" (Kiln sells nothing).
 REFUSED_QUERIES = {"pre_checkout_query": "answerPreCheckoutQuery",
                    "shipping_query": "answerShippingQuery"}
+#: ``Decision.why`` of a message (or a member update) with a field Kiln reads in a type
+#: Telegram never sends: acknowledged, logged, and nothing done.
+MALFORMED = "malformed"
+#: The fields of a message Kiln reads that must be objects, and those that must be ids.
+OBJECT_FIELDS = ("chat", "from", "sender_chat", "reply_to_message")
+ID_FIELDS = ("message_id", "message_thread_id", "migrate_to_chat_id", "migrate_from_chat_id")
 
 
 @dataclass(frozen=True)
@@ -183,35 +203,40 @@ def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Calla
     buttons, inline mode or payments here); a member update that says the bot was blocked
     or removed marks the chat blocked; every other field — edits, channel posts, business
     messages, reactions, polls, boosts, join requests, and fields newer than this code —
-    is acknowledged and ignored.
+    is acknowledged and ignored. So is a message or member update with a field Kiln reads
+    in a type Telegram never sends (``MALFORMED``: ``malformed``).
     """
     kind = update_kind(update)
     payload = update.get(kind)
     if not isinstance(payload, dict):
         return Decision("ignore", "not_an_update")
-    if kind == "callback_query" and payload.get("id"):
+    query_id = payload.get("id") if isinstance(payload.get("id"), str) else ""  # (a string)
+    if kind == "callback_query" and query_id:
         return Decision("answer", kind, answer={"method": "answerCallbackQuery",
-                                                "callback_query_id": payload["id"]})
-    if kind == "inline_query" and payload.get("id"):
+                                                "callback_query_id": query_id})
+    if kind == "inline_query" and query_id:
         return Decision("answer", kind, answer={
-            "method": "answerInlineQuery", "inline_query_id": payload["id"], "results": [],
+            "method": "answerInlineQuery", "inline_query_id": query_id, "results": [],
             "cache_time": 300})
-    if kind in REFUSED_QUERIES and payload.get("id"):
+    if kind in REFUSED_QUERIES and query_id:
         return Decision("answer", kind, answer={
-            "method": REFUSED_QUERIES[kind], f"{kind}_id": payload["id"], "ok": False,
+            "method": REFUSED_QUERIES[kind], f"{kind}_id": query_id, "ok": False,
             "error_message": refusal})
+    chat_id: Any = obj(payload.get("chat")).get("id")
     if kind == "my_chat_member":
-        status = (payload.get("new_chat_member") or {}).get("status")
-        chat_id = (payload.get("chat") or {}).get("id")
-        if status in ("kicked", "left") and isinstance(chat_id, int):
-            return Decision("blocked", f"bot_{status}", chat_id=chat_id)
-        return Decision("ignore", f"bot_{status}")
-    chat_id = (payload.get("chat") or {}).get("id")
-    if kind != "message" or not isinstance(chat_id, int):
+        status = obj(payload.get("new_chat_member")).get("status")
+        if status not in ("kicked", "left"):
+            return Decision("ignore", f"bot_{str(status)[:20]}")
+        if not is_id(chat_id):
+            return Decision("ignore", MALFORMED)
+        return Decision("blocked", f"bot_{status}", chat_id=chat_id)
+    if kind != "message":
         return Decision("ignore", kind)
-    if isinstance(payload.get("migrate_to_chat_id"), int):
+    if malformed(payload):
+        return Decision("ignore", MALFORMED)
+    if "migrate_to_chat_id" in payload:
         return Decision("migrate", "migrate_to", migrate=(chat_id, payload["migrate_to_chat_id"]))
-    if isinstance(payload.get("migrate_from_chat_id"), int):
+    if "migrate_from_chat_id" in payload:
         return Decision("migrate", "migrate_from",
                         migrate=(payload["migrate_from_chat_id"], chat_id))
     command = interpret(payload, bot_id=bot_id, bot_username=bot_username,
@@ -219,6 +244,18 @@ def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Calla
     if command is None:
         return Decision("ignore", "not_for_us")
     return Decision("command", command.name, command=command)
+
+
+def malformed(message: Mapping[str, Any]) -> bool:
+    """Whether a field of ``message`` Kiln reads has a type Telegram never sends: a chat
+    without an id, an object field that is not an object, an id that is not an id."""
+    if not is_id(obj(message.get("chat")).get("id")):
+        return True
+    if any(name in message and not isinstance(message[name], dict) for name in OBJECT_FIELDS):
+        return True
+    sender = obj(message.get("from"))
+    return ("id" in sender and not is_id(sender["id"])) or \
+        any(name in message and not is_id(message[name]) for name in ID_FIELDS)
 
 
 def update_kind(update: Mapping[str, Any]) -> str:

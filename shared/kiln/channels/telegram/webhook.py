@@ -18,6 +18,7 @@ What each kind of update and message does is decided in ``route`` / ``commands``
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,14 @@ from kiln import log
 from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
 from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs
-from kiln.channels.telegram.commands import HINTS, JOB_COMMANDS, decide, update_kind
+from kiln.channels.telegram.commands import (
+    HINTS,
+    JOB_COMMANDS,
+    MALFORMED,
+    decide,
+    is_id,
+    update_kind,
+)
 from kiln.core.errors import (
     OverloadedError,
     QuotaExceededError,
@@ -41,7 +49,7 @@ from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
-from kiln.runtime.admission import admit, duplicate_in_flight
+from kiln.runtime.admission import admit
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -69,6 +77,7 @@ class Incoming:
 
     @classmethod
     def of(cls, update_id: int, message: dict[str, Any]) -> Incoming:
+        """A message ``commands.decide`` made a command of: well formed (``malformed``)."""
         topic = message.get("is_topic_message") and isinstance(message.get("message_thread_id"), int)
         return cls(update_id=update_id, chat_id=int(message["chat"]["id"]),
                    chat_type=str(message["chat"].get("type")), message_id=message.get("message_id"),
@@ -101,7 +110,7 @@ def handle_update(request: flask.Request, services: Services) -> flask.Response:
     if not _authentic(request.headers.get(SECRET_HEADER), services.settings.telegram_webhook_secret):
         return error_response(401, "unauthorized", "Unauthorized.")
     update = read_json(request, MAX_UPDATE_BYTES)
-    if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+    if not isinstance(update, dict) or not is_id(update.get("update_id")):
         raise RequestError(400, "invalid_update", "The body is not a Telegram update.")
     answer = route(update, services)
     log.event(logger, "update handled", updateId=update["update_id"], type=update_kind(update),
@@ -122,6 +131,9 @@ def route(update: dict[str, Any], services: Services) -> Reply:
     decision = decide(update, bot_id=bot.bot_id, bot_username=lambda: bot.username,
                       default_kind=services.settings.telegram_default_kind,
                       refusal=messages.NOTHING_FOR_SALE)
+    if decision.why == MALFORMED:  # acknowledged (a retry would be no better), and logged
+        log.event(logger, "malformed update ignored", logging.WARNING,
+                  updateId=update["update_id"], type=update_kind(update))
     if decision.action == "answer":
         return decision.answer
     if decision.action == "blocked" and decision.chat_id is not None:
@@ -162,25 +174,27 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     if services.store.get(job_id) is not None:
         log.event(logger, "update replayed; its job exists", updateId=incoming.update_id)
         return None
-    try:  # the same admission as every channel: the chat's plan is KILN_TELEGRAM_PLAN
-        admission = admit(services, uid=incoming.uid, channel="telegram", plan=None,
-                          holder=job_id)
-    except QuotaExceededError:
-        if duplicate_in_flight(services, uid=incoming.uid, holder=job_id):
-            return None  # Telegram delivered this update twice at once: the other one runs it
-        return incoming.reply(messages.quota_reached(
-            settings.plan_table()[settings.telegram_plan].daily_jobs))
-    except OverloadedError:
-        return incoming.reply(messages.BUSY)
-    chat_store(services).unblock(incoming.chat_id)  # it wrote to us: it has the bot again
     telegram = {"chatId": incoming.chat_id, "chatType": incoming.chat_type,
                 "threadId": incoming.thread_id, "messageId": incoming.message_id,
                 "fromId": incoming.from_id, "updateId": incoming.update_id,
                 "working": working.PENDING}
-    # A KilnError here is a 503: Telegram retries the update (the quota was given back).
-    accepted = accept_job(services, uid=incoming.uid, channel="telegram",
-                          request=job_request, idempotency_key=key,
-                          server={"telegram": telegram}, admission=admission)
+    # The same admission as every channel (the chat's plan is KILN_TELEGRAM_PLAN), deferred
+    # as for POST /v1/jobs: the quota ticket is written in the job's own commit, so a
+    # KilnError on the way (a 503: Telegram delivers the update again) has taken nothing.
+    try:
+        admission = admit(services, uid=incoming.uid, channel="telegram", plan=None,
+                          defer=True)
+        chat_store(services).unblock(incoming.chat_id)  # it wrote to us: it has the bot again
+        accepted = accept_job(services, uid=incoming.uid, channel="telegram",
+                              request=job_request, idempotency_key=key,
+                              server={"telegram": telegram}, admission=admission)
+    except QuotaExceededError:
+        if services.store.get(job_id) is not None:
+            return None  # Telegram delivered this update twice at once: the other one ran it
+        return incoming.reply(messages.quota_reached(
+            settings.plan_table()[settings.telegram_plan].daily_jobs))
+    except OverloadedError:
+        return incoming.reply(messages.BUSY)
     if not accepted.created:  # a concurrent delivery of the same update won the race
         return None
     # The worker that claims the job says "working on it" (``working``); until then the

@@ -1,0 +1,176 @@
+"""``POST /telegram/webhook`` on fakes when things go wrong: a store outage while a job is
+accepted (the update must be delivered again and then make its job, the quota paid once),
+and updates with the right secret but fields of types Telegram never sends (200 ``{}``,
+nothing done, so Telegram does not retry them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import Telegram
+from kiln.channels.telegram.commands import MALFORMED, decide
+from kiln.channels.telegram.webhook import Incoming, start_job
+from kiln.core.errors import RetryableError
+from kiln.core.job import NewJob
+
+CHAT = 777
+UID = f"telegram:{CHAT}"
+
+
+def message(text: str = "a red cube", **fields: Any) -> dict[str, Any]:
+    return {"message_id": 5, "date": 1, "chat": {"id": CHAT, "type": "private"},
+            "from": {"id": CHAT, "is_bot": False}, "text": text, **fields}
+
+
+def tickets(telegram: Telegram) -> list[int]:
+    """The numbers of the chat's quota tickets today (the fake clock's day)."""
+    return sorted(n for key, numbers in telegram.rig.counters.tickets.items()
+                  if key.startswith(f"quota:{UID}:") for n in numbers)
+
+
+def prompts(telegram: Telegram) -> list[str]:
+    return sorted(job.prompt for job in telegram.rig.store.find(uid=UID, limit=50))
+
+
+def test_a_store_outage_while_accepting_takes_no_quota_and_the_redelivery_makes_the_job(
+        telegram: Telegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a chat with two of its three daily jobs used, when the job store fails the
+    third job's create, then the update is a 503 (Telegram delivers it again) with no
+    ticket taken; its redelivery creates the job with the chat's third ticket, and a
+    fourth message is told the quota is used."""
+    store = telegram.rig.store
+    assert telegram.post({"update_id": 1, "message": message("one")})[0] == 200
+    assert telegram.post({"update_id": 2, "message": message("two")})[0] == 200
+    assert tickets(telegram) == [1, 2]
+    create, failures = store.create, [RetryableError("The job store is unavailable.",
+                                                     code="store_unavailable")]
+
+    def create_failing_once(new: NewJob) -> bool:
+        if failures:
+            raise failures.pop()
+        return create(new)
+
+    monkeypatch.setattr(store, "create", create_failing_once)
+    status, body = telegram.post({"update_id": 3, "message": message("three")})
+    assert (status, body["error"]["code"]) == (503, "store_unavailable")
+    assert tickets(telegram) == [1, 2] and prompts(telegram) == ["one", "two"]
+
+    status, body = telegram.post({"update_id": 3, "message": message("three")})
+    assert (status, body["method"]) == (200, "sendChatAction")
+    assert tickets(telegram) == [1, 2, 3] and prompts(telegram) == ["one", "three", "two"]
+    assert telegram.post({"update_id": 3, "message": message("three")}) == (200, {})
+
+    status, body = telegram.post({"update_id": 4, "message": message("four")})
+    assert status == 200 and "3 generations" in body["text"]
+    assert tickets(telegram) == [1, 2, 3] and len(prompts(telegram)) == 3
+
+
+def test_a_chat_store_outage_before_the_job_takes_no_quota(
+        telegram: Telegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the chat document cannot be written (clearing ``blocked``), when a message
+    arrives, then 503 and no ticket; its redelivery makes the job."""
+    def unavailable(*_args: Any, **_kwargs: Any) -> None:
+        raise RetryableError("The chat store is unavailable.", code="store_unavailable")
+
+    monkeypatch.setattr(telegram.chats, "document", unavailable)
+    assert telegram.post({"update_id": 9, "message": message()})[0] == 503
+    assert tickets(telegram) == [] and prompts(telegram) == []
+    monkeypatch.undo()
+    assert telegram.post({"update_id": 9, "message": message()})[0] == 200
+    assert tickets(telegram) == [1] and prompts(telegram) == ["a red cube"]
+    assert telegram.chats.docs[str(CHAT)]["blocked"] is False
+
+
+def test_a_duplicate_refused_at_the_quota_edge_stays_silent(telegram: Telegram) -> None:
+    """Given the chat's last ticket was taken by a delivery of update 3 that created its
+    job, when a twin delivery that checked for the job just before is refused for the
+    quota, then it answers nothing (no "quota reached" for a job that exists)."""
+    for update_id in (1, 2, 3):
+        assert telegram.post({"update_id": update_id, "message": message(f"n{update_id}")})[0] == 200
+    store, reads = telegram.rig.store, []
+
+    class FirstReadMisses:
+        """The job store as the twin saw it: its replay check ran before the commit."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def get(self, job_id: str) -> Any:
+            reads.append(job_id)
+            return None if len(reads) == 1 else store.get(job_id)
+
+    services = telegram.rig.services
+    services.store = FirstReadMisses()  # type: ignore[assignment]
+    assert start_job(services, Incoming.of(3, message("n3")), "image", "n3") is None
+    assert len(reads) == 2 and tickets(telegram) == [1, 2, 3] and len(prompts(telegram)) == 3
+
+
+ODD_MESSAGES = {
+    "from is a string": message(**{"from": "x"}),
+    "from is a list": message(**{"from": [1]}),
+    "from id is true": message(**{"from": {"id": True}}),
+    "chat is a string": message(chat="x"),
+    "chat id is true": message(chat={"id": True, "type": "private"}),
+    "chat id beyond 64 bits": message(chat={"id": 10**40, "type": "private"}),
+    "chat id is a float": message(chat={"id": 7.0, "type": "private"}),
+    "sender_chat is a string": message(sender_chat="x"),
+    "reply_to_message is a string": message(reply_to_message="x"),
+    "message_id is a string": message(message_id="abc"),
+    "message_id is an object": message(message_id={"x": 1}),
+    "thread id beyond 64 bits": message(is_topic_message=True, message_thread_id=2**63),
+    "migrate_to_chat_id is a string": message(migrate_to_chat_id="-100"),
+    "migrate_to_chat_id beyond 64 bits": message(migrate_to_chat_id=10**40),
+    "migrate_from_chat_id is true": message(migrate_from_chat_id=True),
+}
+ODD_UPDATES = {
+    **{name: {"message": body} for name, body in ODD_MESSAGES.items()},
+    "group reply_to_message is a string": {"message": message(
+        chat={"id": -100, "type": "group"}, reply_to_message="x")},
+    "my_chat_member chat is a string": {"my_chat_member": {
+        "chat": "x", "new_chat_member": {"status": "kicked"}}},
+    "my_chat_member chat id is true": {"my_chat_member": {
+        "chat": {"id": True}, "new_chat_member": {"status": "left"}}},
+    "my_chat_member new_chat_member is a string": {"my_chat_member": {
+        "chat": {"id": CHAT}, "new_chat_member": "x"}},
+    "callback_query id is a list": {"callback_query": {"id": [1, 2]}},
+    "inline_query id is a number": {"inline_query": {"id": 5, "query": "x"}},
+}
+
+
+@pytest.mark.parametrize("update", list(ODD_UPDATES.values()), ids=list(ODD_UPDATES))
+def test_an_update_with_fields_of_the_wrong_type_is_acknowledged_and_does_nothing(
+        telegram: Telegram, update: dict[str, Any]) -> None:
+    """Given the right secret and a field of a type Telegram never sends, then 200 ``{}``
+    (no retry) and no job, no ticket, no chat document, no migration."""
+    assert telegram.post({"update_id": 50, **update}) == (200, {})
+    assert telegram.rig.store.docs == {} and telegram.rig.counters.tickets == {}
+    assert telegram.chats.docs == {}
+
+
+@pytest.mark.parametrize("body", list(ODD_MESSAGES.values()), ids=list(ODD_MESSAGES))
+def test_a_message_with_fields_of_the_wrong_type_is_decided_malformed(body: dict[str, Any]) -> None:
+    """The decision names the case, so the webhook logs it (``MALFORMED``)."""
+    decision = decide({"update_id": 1, "message": body}, bot_id=123456789,
+                      bot_username=lambda: "KilnBot", default_kind="image")
+    assert (decision.action, decision.why) == ("ignore", MALFORMED)
+
+
+@pytest.mark.parametrize("update_id", [True, 2**63, -(2**63) - 1, "7", 7.0])
+def test_an_update_id_that_is_not_an_id_is_not_an_update(telegram: Telegram, update_id: Any) -> None:
+    """An ``update_id`` must be a 64-bit integer (``true`` is not one), as a missing one."""
+    status, body = telegram.post({"update_id": update_id, "message": message()})
+    assert (status, body["error"]["code"]) == (400, "invalid_update")
+    assert telegram.rig.store.docs == {}
+
+
+def test_a_well_formed_message_still_makes_its_job(telegram: Telegram) -> None:
+    """The checks above refuse nothing Telegram sends: a message with every id in range
+    (a negative supergroup id, a topic) makes its job."""
+    group = message("/image a lamp", chat={"id": -(10**12), "type": "supergroup"},
+                    is_topic_message=True, message_thread_id=2**31,
+                    entities=[{"type": "bot_command", "offset": 0, "length": 6}])
+    status, body = telegram.post({"update_id": 2**62, "message": group})
+    assert (status, body["method"], body["message_thread_id"]) == (200, "sendChatAction", 2**31)
+    assert [job.prompt for job in telegram.rig.store.find(uid=f"telegram:{-(10**12)}")] == ["a lamp"]
