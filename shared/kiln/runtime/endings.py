@@ -1,5 +1,12 @@
 """How a delivery ends a job it could not complete: failed, released for another attempt,
-or put back in the fair queue — each decided by ``kiln.core.lifecycle``, then notified."""
+or put back in the fair queue — each decided by ``kiln.core.lifecycle``, then notified.
+
+Each returns ``RunOutcome.CANCELED`` when the job was canceled while this delivery held
+it (the caller then cancels the provider's task: the cancel published no wake-up, the
+lease being live), and ``LEASE_LOST`` when another delivery owns it. An ending write
+whose answer was lost but which landed (:func:`ended_here`) is still notified here:
+nobody else would.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,8 @@ from typing import Any
 from kiln import log
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
-from kiln.core.errors import CanceledError, LeaseLostError, RetryableError
-from kiln.core.job import Job
+from kiln.core.errors import CanceledError, KilnError, LeaseLostError, RetryableError
+from kiln.core.job import Job, JobStatus
 from kiln.runtime import dispatch, notify
 from kiln.runtime.outcomes import RunOutcome
 
@@ -24,6 +31,61 @@ def task_started(services: Services, job_id: str) -> bool:
     return current is None or bool(current.server.provider_task_id)
 
 
+def ended_here(services: Services, job_id: str, token: str | None, status: JobStatus,
+               code: str | None = None) -> bool:
+    """Whether this delivery's own ending write landed although its answer was lost: the
+    SDK's retry of a committed write decided again on the ended job (``LeaseLostError``),
+    or the call timed out (``RetryableError``). The job then has ``status`` (and error
+    ``code``), still carries the delivery's claim ``token`` (an ending keeps it; only
+    the claim of a later delivery replaces it) and its notification is claimed, unsent.
+
+    Raises:
+        RetryableError: the job cannot be read now (the caller's delivery is nacked).
+    """
+    job = services.store.get(job_id)
+    return (job is not None and token is not None and job.status is status
+            and job.server.claim_token == token
+            and (job.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED
+            and (code is None or (job.error or {}).get("code") == code))
+
+
+def _landed(lost: KilnError, services: Services, job_id: str, token: str | None,
+            code: str) -> bool:
+    """After ``lost`` from a failure's write: True when it landed (notify it); False for
+    a lease lost to another delivery; a retryable error that did not land is raised."""
+    if ended_here(services, job_id, token, JobStatus.FAILED, code):
+        log.event(logger, "failure written though its answer was lost", logging.WARNING,
+                  code=lost.code)
+        return True
+    if isinstance(lost, RetryableError):
+        raise lost
+    return False
+
+
+def complete(job_id: str, services: Services, token: str, result: Mapping[str, Any],
+             provenance: Mapping[str, Any] | None,
+             steps: Mapping[str, dt.datetime | None]) -> None:
+    """Write the completion, decided on a plain read and written on it: two calls instead
+    of a transaction's three (the transaction only if the job was written meanwhile;
+    docs/benchmarks.md). A write that landed although its answer was lost counts as
+    written (:func:`ended_here`): its notification is then the caller's to send.
+
+    Raises:
+        CanceledError, LeaseLostError: the job is not this delivery's to complete.
+        RetryableError: the store is unreachable and the write did not land.
+    """
+    try:
+        services.store.transact(job_id, lambda current: (timeline.carry(
+            lifecycle.complete(current, worker_id=services.worker_id, result=result,
+                               provenance=provenance), steps), True),
+            seen=services.store.get(job_id))
+    except (LeaseLostError, RetryableError) as lost:
+        if not ended_here(services, job_id, token, JobStatus.COMPLETED):
+            raise
+        log.event(logger, "completion written though its answer was lost", logging.WARNING,
+                  code=lost.code)
+
+
 def requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> RunOutcome:
     """The provider is at capacity (429) and no task began: back to the queue, the attempt
     not spent, the provider's window narrowed for a while."""
@@ -31,7 +93,9 @@ def requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> R
         delay = exc.retry_after or services.settings.retry_backoff_seconds
         services.store.transact(job_id, lambda current: (lifecycle.requeue(
             current, worker_id=services.worker_id, now=services.clock.now(), delay=delay), None))
-    except (CanceledError, LeaseLostError):
+    except CanceledError:
+        return RunOutcome.CANCELED
+    except LeaseLostError:
         return RunOutcome.LEASE_LOST
     dispatch.provider_refused(services, job, exc.retry_after)
     log.event(logger, "provider at capacity; job back in the queue", logging.WARNING,
@@ -40,22 +104,30 @@ def requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> R
 
 
 def fail(job_id: str, services: Services, code: str, message: str, *,
-          steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
+         steps: Mapping[str, dt.datetime | None] | None = None,
+         token: str | None = None) -> RunOutcome:
+    """Fail the job for good (``token``: this delivery's claim, to recognise its own write
+    when the answer is lost) and notify."""
     try:
         services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.fail(
             job, code=code, message=message, worker_id=services.worker_id),
             {**(steps or {}), "failed": services.clock.now()}), None))
-    except (CanceledError, LeaseLostError):
-        return RunOutcome.LEASE_LOST
+    except CanceledError:
+        return RunOutcome.CANCELED
+    except (LeaseLostError, RetryableError) as lost:
+        if not _landed(lost, services, job_id, token, code):
+            return RunOutcome.LEASE_LOST
     log.event(logger, "job failed", logging.WARNING, code=code)
     notify.deliver(services, job_id)
     return RunOutcome.FAILED
 
 
 def retry_later(job_id: str, services: Services, exc: RetryableError, *,
-                 forget_task: bool = False,
-                 steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
-    """Release for another attempt (and raise to nack), or fail if none are left."""
+                forget_task: bool = False,
+                steps: Mapping[str, dt.datetime | None] | None = None,
+                token: str | None = None) -> RunOutcome:
+    """Release for another attempt (and raise to nack), or fail if none are left
+    (``token`` as for :func:`fail`)."""
     def decide(job: Job | None) -> tuple[Any, float | None]:
         now = services.clock.now()
         change, backoff = lifecycle.retry_or_fail(job, worker_id=services.worker_id, now=now,
@@ -67,8 +139,13 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *,
 
     try:
         backoff = services.store.transact(job_id, decide)
-    except (CanceledError, LeaseLostError):
-        return RunOutcome.LEASE_LOST
+    except CanceledError:
+        return RunOutcome.CANCELED
+    except (LeaseLostError, RetryableError) as lost:
+        # A release whose answer was lost leaves a pending job the sweeper re-publishes.
+        if not _landed(lost, services, job_id, token, exc.code):
+            return RunOutcome.LEASE_LOST
+        backoff = None
     if backoff is None:
         log.event(logger, "job failed", logging.WARNING, code=exc.code)
         notify.deliver(services, job_id)

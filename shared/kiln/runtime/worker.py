@@ -129,7 +129,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     places, seen = _arrival_places(job_id, services) if check is None else (None, None)
     if places == []:
         return RunOutcome.ARRIVED_WAITING
-    outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places, seen)
+    token = uuid.uuid4().hex  # this delivery's claim, recognised if a write's answer is lost
+    outcome, job, resume_task_id = _claim(job_id, services, check, arrival, places, seen, token)
     if places and outcome is not ClaimOutcome.CLAIMED:  # another delivery or a pass was first
         dispatch.release_unheld(services, job, job_id, places)
     if outcome is not ClaimOutcome.CLAIMED:
@@ -150,7 +151,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         log.event(logger, "provider misconfigured", logging.ERROR, detail=exc.message)
         noun = "3D models" if request.kind == "model" else "images"
         return endings.fail(job_id, services, "provider_unconfigured",
-                     f"This service is not set up to make {noun} right now.")
+                            f"This service is not set up to make {noun} right now.", token=token)
     if check is None:
         log.event(logger, "job claimed", attempt=job.attempts + 1, provider=provider.name,
                   resume=bool(resume_task_id))
@@ -168,16 +169,11 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
         marks[timeline.step("stored", attempt)] = clock.now()
-        # Decided on a plain read and written on it: two calls instead of a transaction's
-        # three (the transaction only if the job was written meanwhile; docs/benchmarks.md).
-        ended = services.store.transact(job_id, lambda current: (timeline.carry(
-            lifecycle.complete(current, worker_id=services.worker_id, result=result,
-                               provenance=produced.provenance),
-            {**marks, "completed": clock.now()}), True), seen=services.store.get(job_id))
+        endings.complete(job_id, services, token, result, produced.provenance,
+                         {**marks, "completed": clock.now()})
         log.event(logger, "job completed", bytes=result["bytes"], progressWrites=reporter.writes,
                   seconds=round(clock.monotonic() - started, 3))
-        if ended:
-            notify.deliver(services, job_id)
+        notify.deliver(services, job_id)
         return RunOutcome.COMPLETED
     except _Wait as wait:
         assert isinstance(provider, TaskProvider)
@@ -190,20 +186,28 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         log.event(logger, "lease lost; another worker continues", logging.WARNING)
         return RunOutcome.LEASE_LOST
     except PermanentError as exc:
-        return endings.fail(job_id, services, exc.code, exc.message, steps=marks)
+        ended = endings.fail(job_id, services, exc.code, exc.message, steps=marks, token=token)
     except _TaskFailed as exc:
-        return endings.retry_later(job_id, services, exc.error, forget_task=True, steps=marks)
+        ended = endings.retry_later(job_id, services, exc.error, forget_task=True, steps=marks,
+                                    token=token)
     except RetryableError as exc:
         if exc.code == RATE_LIMITED and job.server.queued_at is not None \
                 and not endings.task_started(services, job_id):
-            return endings.requeue(job_id, services, job, exc)
-        return endings.retry_later(job_id, services, exc, steps=marks)
+            ended = endings.requeue(job_id, services, job, exc)
+        else:
+            ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)
     except Exception as exc:
         # A bug or an SDK error nobody translated: retry like a crash would, within limits.
         log.event(logger, "unexpected error", logging.ERROR, error=type(exc).__name__,
                   detail=str(exc)[:500])
-        return endings.retry_later(job_id, services, RetryableError(
-            "Something went wrong on our side.", code="internal"))
+        ended = endings.retry_later(job_id, services, RetryableError(
+            "Something went wrong on our side.", code="internal"), token=token)
+    if ended is RunOutcome.CANCELED:
+        # Canceled while this delivery held it (e.g. a check whose poll then failed): its
+        # cancel published no wake-up, so the paid task is ours to stop.
+        _cancel_remote(provider, job_id, services)
+        log.event(logger, "job canceled while running; stopped")
+    return ended
 
 
 def _arrival_places(job_id: str, services: Services) -> tuple[list[str] | None, Job | None]:
@@ -222,10 +226,9 @@ def _arrival_places(job_id: str, services: Services) -> tuple[list[str] | None, 
 
 @tracing.traced("kiln.claim")
 def _claim(job_id: str, services: Services, check: int | None,
-           arrival: dict[str, dt.datetime | None], places: list[str] | None = None,
-           seen: Job | None = None) -> tuple[ClaimOutcome, Job | None, str | None]:
+           arrival: dict[str, dt.datetime | None], places: list[str] | None,
+           seen: Job | None, token: str) -> tuple[ClaimOutcome, Job | None, str | None]:
     now = services.clock.now()
-    token = uuid.uuid4().hex  # this delivery's claim, recognised if the SDK retries it
 
     def decide(job: Job | None) -> tuple[Any, tuple[ClaimOutcome, Job | None, str | None]]:
         claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
