@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tgkit import Telegram
 
-from conftest import Telegram
 from kiln.channels.telegram.commands import MALFORMED, decide
 from kiln.channels.telegram.webhook import Incoming, start_job
 from kiln.core.errors import RetryableError
