@@ -1,9 +1,10 @@
 """The ``api`` channel: a backend's jobs end in a signed webhook, not a chat message.
 
 Registered in the composition root (``Services.channels["api"]``) and called by
-``kiln.runtime.notify``: ``on_finished`` emits ``job.completed|failed|canceled`` for the
-job's tenant (its owner ``api:<tenant>``; to the tenant's endpoints and the job's own
-``webhook`` URL), ``on_progress`` emits an opt-in ``job.progress`` at most once per
+``kiln.runtime.notify``: ``on_finished`` emits ``job.completed|failed`` for the job's
+tenant (its owner ``api:<tenant>``; to the tenant's endpoints and the job's own
+``webhook`` URL; ``job.canceled`` comes from the cancel itself, ``kiln.runtime.actions``,
+through :func:`announce_end`), ``on_progress`` emits an opt-in ``job.progress`` at most once per
 ``PROGRESS_SECONDS`` per job, and ``redeliver`` (the sweeper's pass) wakes deliveries
 whose wake-up was lost.
 """
@@ -33,6 +34,29 @@ def tenant_of(job: Job) -> str | None:
     return None
 
 
+def announce_end(services: Any, job: Job) -> dict[str, Any]:
+    """Emit the end event of an ended API job (``job.completed|failed|canceled``); what was
+    emitted (``{}`` for a job of no tenant). Once per job and type whoever calls it again:
+    the event's id is stable (``kiln.webhooks.events.emit``)."""
+    tenant = tenant_of(job)
+    event_type = events.job_event_type(job)
+    if tenant is None or event_type is None:
+        return {}
+    for pause in (*EMIT_PAUSES, None):
+        try:
+            event_id = events.emit(services, tenant=tenant, event_type=event_type,
+                                   subject_id=job.id, data=events.job_data(job),
+                                   url=job.server.webhook)
+            return {"webhookEvent": event_id}
+        except RetryableError:
+            # A job's end is announced once: a store blip must not lose the event, so try
+            # again briefly (a second emit completes a partial one).
+            if pause is None:
+                raise
+            services.clock.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 class ApiChannel:
     """``kiln.ports.Channel`` for backends (API keys)."""
 
@@ -53,23 +77,7 @@ class ApiChannel:
                     subject_id=f"{job.id}/{window}", data=data)
 
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]:
-        tenant = tenant_of(job)
-        event_type = events.job_event_type(job)
-        if tenant is None or event_type is None:
-            return {}
-        for pause in (*EMIT_PAUSES, None):
-            try:
-                event_id = events.emit(services, tenant=tenant, event_type=event_type,
-                                       subject_id=job.id, data=events.job_data(job),
-                                       url=job.server.webhook)
-                return {"webhookEvent": event_id}
-            except RetryableError:
-                # The job's notification is claimed once: a store blip must not lose the
-                # event, so try again briefly (a second emit completes a partial one).
-                if pause is None:
-                    raise
-                services.clock.sleep(pause)
-        raise AssertionError("unreachable")
+        return announce_end(services, job)
 
     def redeliver(self, services: Any) -> int:
         try:

@@ -94,7 +94,7 @@ def job_data(job: Job) -> dict[str, Any]:
         for name in ("contentType", "bytes"):
             if name in result:
                 data[name] = result[name]
-    if job.error:
+    if job.error and job.status is not JobStatus.CANCELED:  # a retry's error, not its end
         data["error"] = {"code": job.error.get("code", ""), "message": job.error.get("message", "")}
     # ``Job.batch_id`` comes with batches (branch i13a); a job without one has none.
     batch_id = getattr(job, "batch_id", None)
