@@ -122,7 +122,7 @@ class GeminiImageProvider:
             if should_stop():
                 raise CanceledError("Generation was stopped.")  # the thread ends by its timeout
             if elapsed > self.timeout + 5:
-                raise RetryableError("The image service did not answer in time; the job will retry.",
+                raise RetryableError("The image service did not answer in time.",
                                      code="provider_timeout")
             # An easing curve: moves early, never reaches 90 before the answer comes.
             on_progress(5 + int(80 * (1 - math.exp(-elapsed / 20))), "generating")
@@ -136,10 +136,10 @@ class GeminiImageProvider:
         if isinstance(exc, genai_errors.APIError):
             return _api_error(exc, self._key)
         if isinstance(exc, _TIMEOUTS):
-            return RetryableError("The image service did not answer in time; the job will retry.",
+            return RetryableError("The image service did not answer in time.",
                                   code="provider_timeout")
         if isinstance(exc, _NETWORK):
-            return RetryableError("The image service could not be reached; the job will retry.",
+            return RetryableError("The image service could not be reached.",
                                   code="provider_unavailable")
         return exc
 

@@ -58,14 +58,14 @@ def error_for_status(status: int, label: str, *, detail: str = "",
     if status == 402:
         return PermanentError("The generation service is out of credits.", code="provider_credits")
     if status == 429:
-        return RetryableError(f"The {label} is busy (rate limited); the job will retry.",
+        return RetryableError(f"The {label} is busy (rate limited).",
                               code="provider_rate_limited",
                               retry_after=retry_after_seconds(headers or {}))
     if status in (404, 410):
         return PermanentError(f"The {label} does not know this task (it may have expired).",
                               code="provider_not_found")
     if status >= 500 or status == 408:
-        return RetryableError(f"The {label} is unavailable right now; the job will retry.",
+        return RetryableError(f"The {label} is unavailable right now.",
                               code="provider_unavailable")
     suffix = f": {detail}" if detail else "."
     return PermanentError(f"The {label} rejected the request{suffix}", code="provider_rejected")
@@ -109,10 +109,10 @@ class JsonApi:
             response = self._client.request(method, f"{self.base_url}{path}", json=json,
                                              headers={**self._headers, **(headers or {})})
         except httpx.TimeoutException as exc:
-            raise RetryableError(f"The {self.label} did not answer in time; the job will retry.",
+            raise RetryableError(f"The {self.label} did not answer in time.",
                                  code="provider_timeout") from exc
         except httpx.HTTPError as exc:
-            raise RetryableError(f"The {self.label} could not be reached; the job will retry.",
+            raise RetryableError(f"The {self.label} could not be reached.",
                                  code="provider_unavailable") from exc
         if response.status_code >= 400:
             detail = _error_detail(response)
