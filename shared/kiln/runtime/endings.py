@@ -20,6 +20,7 @@ from kiln.compose import Services
 from kiln.core import lifecycle, timeline
 from kiln.core.errors import CanceledError, KilnError, LeaseLostError, RetryableError
 from kiln.core.job import Job, JobStatus
+from kiln.providers.base import TaskProvider
 from kiln.runtime import dispatch, notify
 from kiln.runtime.outcomes import RunOutcome
 
@@ -153,3 +154,18 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *,
     log.event(logger, "job released for retry", logging.WARNING, code=exc.code,
               backoffSeconds=backoff)
     raise exc
+
+
+def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
+    """Cancel the provider's task of a canceled job, where the provider allows it."""
+    if not isinstance(provider, TaskProvider):
+        return
+    job = services.store.get(job_id)
+    if job is None or not job.server.provider_task_id or job.server.remote_canceled:
+        return
+    try:
+        provider.cancel(job.server.provider_task_id)
+        services.store.apply(job_id, lifecycle.remote_canceled())
+        log.event(logger, "provider task canceled", taskId=job.server.provider_task_id)
+    except KilnError as exc:
+        log.event(logger, "provider cancel failed", logging.WARNING, code=exc.code)

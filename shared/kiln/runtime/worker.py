@@ -15,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kiln import log, tracing
 from kiln.adapters.pubsub import decode_message
@@ -43,15 +44,19 @@ from kiln.webhooks.model import DELIVERY_PREFIX
 logger = log.get("worker")
 
 RATE_LIMITED = "provider_rate_limited"  # a provider's 429 (kiln.providers.http)
+T = TypeVar("T")
 BACKOFF = "backoff"  # the code of the nack of a delivery that came before the job's backoff ended
 
 
 class _Wait(Exception):
-    """The remote task is still running: park the job until its next check."""
+    """The remote task is still running (or its provider could not say): park the job until
+    its next check, no sooner than ``retry_after`` seconds (a provider's 429)."""
 
-    def __init__(self, progress: int, stage: str, *, at_once: bool = False) -> None:
+    def __init__(self, progress: int, stage: str | None, *, at_once: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(stage)
         self.progress, self.stage, self.at_once = progress, stage, at_once
+        self.retry_after = retry_after
 
 
 @tracing.delivered
@@ -179,7 +184,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         assert isinstance(provider, TaskProvider)
         return _park(job_id, services, provider, job, wait)
     except CanceledError:
-        _cancel_remote(provider, job_id, services)
+        endings.cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while running; stopped")
         return RunOutcome.CANCELED
     except LeaseLostError:
@@ -205,7 +210,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     if ended is RunOutcome.CANCELED:
         # Canceled while this delivery held it (e.g. a check whose poll then failed): its
         # cancel published no wake-up, so the paid task is ours to stop.
-        _cancel_remote(provider, job_id, services)
+        endings.cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while running; stopped")
     return ended
 
@@ -248,7 +253,7 @@ def _claim(job_id: str, services: Services, check: int | None,
         # Canceled while no worker held it (e.g. between hand-offs): the paid remote
         # task may still be running. The cancel's wake-up message brings us here.
         try:
-            _cancel_remote(services.provider(job.kind), job_id, services)
+            endings.cancel_remote(services.provider(job.kind), job_id, services)
         except ConfigError:
             log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
                       provider=job.server.provider)
@@ -309,13 +314,14 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         log.event(logger, "provider task submitted", taskId=task_id)
         raise _Wait(reporter.progress, "queued", at_once=early)
     reporter.raise_if_stopped()
-    status = provider.poll(task_id)
+    polled: str = task_id
+    status = _checked(lambda: provider.poll(polled), reporter)
     if status.task_id and status.task_id != task_id:
         task_id = status.task_id  # the provider moved on to its next remote task
         _save_task(provider, request.job_id, task_id, services)
     if status.state is TaskState.SUCCEEDED:
         reporter.update(status.progress or 90, status.stage or "downloading")
-        return provider.fetch(task_id, request)
+        return _checked(lambda: provider.fetch(task_id, request), reporter)
     if status.state is TaskState.FAILED:
         message = status.error_message or "The provider failed."
         code = status.error_code or "provider_failed"
@@ -330,6 +336,17 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise PermanentError("The provider canceled the task.", code="provider_canceled")
     raise _Wait(status.progress, status.stage or
                 ("queued" if status.state is TaskState.PENDING else "generating"))
+
+
+def _checked(call: Callable[[], T], reporter: ProgressReporter) -> T:
+    """A check's poll or fetch. A provider's blip (5xx, timeout, 429) says nothing about
+    its task: check again later in the same attempt (checks spend none; the job's
+    deadline bounds them), not a release that spends one (three blips failed a job)."""
+    try:
+        return call()
+    except RetryableError as exc:
+        log.event(logger, "check failed; checking again", logging.WARNING, code=exc.code)
+        raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
 
 
 def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services) -> bool:
@@ -349,7 +366,8 @@ def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Serv
 
 def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
           wait: _Wait) -> RunOutcome:
-    delay = 0.0 if wait.at_once else provider.cadence.delay(job.server.checks)
+    delay = 0.0 if wait.at_once else max(provider.cadence.delay(job.server.checks),
+                                         wait.retry_after or 0.0)
 
     def decide(current: Job | None) -> tuple[Any, lifecycle.Check]:
         return lifecycle.park(current, worker_id=services.worker_id, now=services.clock.now(),
@@ -359,27 +377,13 @@ def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
         check = services.store.transact(job_id, decide)
     except CanceledError:
         # Canceled while we held it (its cancel woke nobody): the paid task is ours to stop.
-        _cancel_remote(provider, job_id, services)
+        endings.cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while checking; stopped")
         return RunOutcome.CANCELED
     except LeaseLostError:
         return RunOutcome.LEASE_LOST
-    if wait.progress > job.progress or wait.stage != job.stage:
-        notify.on_progress(services, job, max(wait.progress, job.progress), wait.stage)
+    if wait.progress > job.progress or (wait.stage or job.stage) != job.stage:
+        notify.on_progress(services, job, max(wait.progress, job.progress),
+                           wait.stage or job.stage)
     checks.send(services, job_id, check)
     return RunOutcome.WAITING
-
-
-def _cancel_remote(provider: Any, job_id: str, services: Services) -> None:
-    """Cancel the provider's task of a canceled job, where the provider allows it."""
-    if not isinstance(provider, TaskProvider):
-        return
-    job = services.store.get(job_id)
-    if job is None or not job.server.provider_task_id or job.server.remote_canceled:
-        return
-    try:
-        provider.cancel(job.server.provider_task_id)
-        services.store.apply(job_id, lifecycle.remote_canceled())
-        log.event(logger, "provider task canceled", taskId=job.server.provider_task_id)
-    except KilnError as exc:
-        log.event(logger, "provider cancel failed", logging.WARNING, code=exc.code)
