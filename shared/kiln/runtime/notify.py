@@ -2,9 +2,10 @@
 
 The transition that ends a job (``complete`` / ``fail``) also claims the notification in
 the same write. Only the worker (or sweeper) whose transaction made that claim calls
-:func:`deliver`; a redelivery sees a terminal job and does nothing. A crash between the
-claim and the send loses that one push rather than ever sending two: at most once, by
-construction.
+:func:`deliver`; a redelivery sees a terminal job and does nothing. A worker that
+crashed between the claim and the send leaves it claimed: the sweeper sends it after
+``sweeper.UNSENT_GRACE_SECONDS`` (a second send in that rare case is absorbed by the
+push's collapse key and the webhook event's stable id).
 
 The app push goes to the owner's registered devices (any channel). A channel with its own
 conversation (Telegram) is registered in the composition root (``Services.channels``)
