@@ -32,7 +32,9 @@ def create_endpoint(request: flask.Request, services: Services) -> flask.Respons
     body = read_json(request, MAX_BODY)
     if not isinstance(body, dict) or set(body) - {"url", "events"}:
         raise RequestError(400, "invalid_body", "The body must be {\"url\": …, \"events\": […]}.")
-    events = body.get("events") or []
+    events = body.get("events")
+    if events is None:  # absent or null: every event type but job.progress
+        events = []
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise RequestError(400, "invalid_events", "'events' must be a list of event types.")
     endpoint = endpoints.register(services, tenant, body.get("url"), events)

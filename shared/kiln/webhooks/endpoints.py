@@ -36,7 +36,7 @@ def register(services: Any, tenant: str, url: Any, events: Iterable[str] = (), *
     chosen = tuple(dict.fromkeys(events))
     unknown = [e for e in chosen if e not in model.EVENT_TYPES]
     if unknown:
-        raise ValidationError("invalid_events", f"Unknown event type {unknown[0]!r}; use any of "
+        raise ValidationError("invalid_events", f"Unknown event type {unknown[0][:40]!r}; use any of "
                               f"{', '.join(model.EVENT_TYPES)}.", field="events")
     try:
         send.check_webhook_url(url, allow_local=services.settings.local, resolve=resolve)
@@ -88,7 +88,7 @@ def job_webhook(services: Any, principal: Any, body: Any) -> dict[str, Any] | No
                            "register an endpoint instead.")
     if not isinstance(url, str) or len(url) > 2000:
         raise RequestError(400, "invalid_webhook_url", "'webhook' must be an https URL.")
-    why = urls.refusal(url, allow_local=services.settings.local)
+    why = urls.refusal(url, allow_local=services.settings.local) or send.client_refusal(url)
     if why:
         raise RequestError(400, "invalid_webhook_url", f"The webhook URL was refused: {why}.")
     return {"webhook": url}

@@ -1,7 +1,8 @@
 """One signed POST to a receiver, under the fetch rules (``kiln.providers.fetch``).
 
 The URL is checked (https, every address public; ``http`` and loopback only in local
-mode) and the connection pinned to the checked address; redirects are not followed (a
+mode; a form the HTTP client can send: :func:`client_refusal`) and the connection pinned
+to the checked address; redirects are not followed (a
 3xx is a failed attempt); the receiver has :data:`RECEIVER_TIMEOUT` seconds. The
 signature is the ``standardwebhooks`` library's, over ``{id}.{timestamp}.{body}``.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.providers.fetch import FetchPolicy, Resolver, check_url, pinned_client, system_resolve
 from kiln.webhooks.model import RECEIVER_TIMEOUT
@@ -55,10 +57,22 @@ def check_webhook_url(url: str, *, allow_local: bool, resolve: Resolver = system
     Raises:
         PermanentError: ``invalid_webhook_url`` with a message the caller can act on.
     """
-    if len(url) > 2000:
-        raise PermanentError("The webhook URL was refused: it is longer than 2000 characters.",
-                             code="invalid_webhook_url")
+    why = "it is longer than 2000 characters" if len(url) > 2000 else \
+        urls.form_refusal(url, allow_local=allow_local) or client_refusal(url)
+    if why:
+        raise PermanentError(f"The webhook URL was refused: {why}.", code="invalid_webhook_url")
     check_url(url, url_policy(allow_local=allow_local, unknown_host_final=True), resolve)
+
+
+def client_refusal(url: str) -> str:
+    """Why the HTTP client cannot send to ``url`` as written ("" when it can): what the
+    rules of ``kiln.core.urls`` let through that httpx refuses, such as a host that is
+    not a valid international domain name (``xn--zz.example``)."""
+    try:
+        httpx.URL(url).host  # noqa: B018 - the host is decoded when read
+    except (httpx.InvalidURL, UnicodeError):  # (IDNAError is a UnicodeError)
+        return "it is not a valid URL"
+    return ""
 
 
 def signed_headers(secret: str, message_id: str, timestamp: dt.datetime, body: bytes) -> dict[str, str]:
@@ -77,6 +91,10 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
         return SendResult(status, error, detail[:200], round((time.monotonic() - started) * 1000, 1))
 
     policy = url_policy(allow_local=allow_local, timeout=timeout)
+    # A URL stored before a rule existed may break one: refused, so its delivery ends.
+    why = urls.form_refusal(url, allow_local=allow_local) or client_refusal(url)
+    if why:
+        return done(None, "refused", f"The webhook URL was refused: {why}.")
     try:
         addresses = check_url(url, policy, resolve)
     except PermanentError as exc:
@@ -84,8 +102,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
     except RetryableError as exc:
         return done(None, "dns", exc.message)
     client, pins = pinned_client(policy)
-    pins[httpx.URL(url).host.lower()] = str(addresses[0])
     try:
+        pins[httpx.URL(url).host.lower()] = str(addresses[0])
         # Streamed and never read: only the status counts, so a huge answer costs nothing.
         with client, client.stream("POST", url, content=body, headers=headers) as response:
             status = response.status_code
@@ -93,6 +111,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
         return done(None, "timeout", f"no answer within {timeout:g} s")
     except httpx.HTTPError as exc:
         return done(None, "connection", type(exc).__name__)
+    except (httpx.InvalidURL, UnicodeError) as exc:  # (checked above: never raised, never stuck)
+        return done(None, "refused", f"The webhook URL was refused: {type(exc).__name__}.")
     if 300 <= status < 400:
         return done(status, "redirect", "redirects are not followed")
     if status >= 300:
