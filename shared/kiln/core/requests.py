@@ -35,11 +35,18 @@ class JobRequest:
     kind: str
     prompt: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: The job's own webhook URL (``POST /v1/jobs``' ``webhook``, recorded in the job's
+    #: server state): part of what was asked, so of the fingerprint.
+    webhook: str | None = None
 
     def fingerprint(self) -> str:
-        """Stable digest of what was asked, to tell a replay from a reused key."""
-        canon = repr((self.kind, self.prompt, sorted(self.options.items())))
-        return hashlib.sha256(canon.encode()).hexdigest()[:32]
+        """Stable digest of what was asked, to tell a replay from a reused key. A request
+        without a webhook digests as before webhooks were part of it, so a job stored
+        then is still replayed by its key."""
+        asked: tuple[Any, ...] = (self.kind, self.prompt, sorted(self.options.items()))
+        if self.webhook is not None:
+            asked = (*asked, ("webhook", self.webhook))
+        return hashlib.sha256(repr(asked).encode()).hexdigest()[:32]
 
 
 # --- field types ------------------------------------------------------------------------

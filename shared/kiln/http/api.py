@@ -8,6 +8,7 @@ own errors; :func:`handle` alone turns them into statuses and ``{error: {code, m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -82,6 +83,8 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     body = read_json(request, settings.max_body_bytes)
     server = job_webhook(services, principal, body)  # the job's own webhook URL, if any
     job_request = parse_job_request(body)
+    if server is not None:  # part of what was asked: a key reused with another URL is a 422
+        job_request = dataclasses.replace(job_request, webhook=server["webhook"])
     # A replay of a keyed request was admitted the first time: it costs no quota. The
     # plan is the principal's (an app user's trusted claim, an API key's tenant).
     replay = key is not None and services.store.get(new_job_id(uid, key)) is not None

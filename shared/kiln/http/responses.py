@@ -4,6 +4,7 @@ the contract's shape (``{error: {code, message}}``)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import flask
@@ -16,7 +17,9 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
     anything: a media type other than ``application/json`` (415; a ``charset`` other than
     UTF-8 too), an oversized body (413), a body shorter than its ``Content-Length``, bytes
     that are not UTF-8, duplicate keys in an object, or malformed JSON (``NaN`` and
-    ``Infinity`` included) or JSON nested too deeply to parse (400)."""
+    ``Infinity`` included), a number too large to read (an integer of more than
+    Python's 4300 digits, a float beyond a double's range such as ``1e999``) or JSON
+    nested too deeply to parse (400)."""
     media, _, params = (request.headers.get("Content-Type") or "").partition(";")
     charset = next((v.strip().strip('"').lower() for k, _, v in
                     (p.strip().partition("=") for p in params.split(";"))
@@ -36,16 +39,37 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
                            f"The body ended after {len(raw)} of its {length} bytes.")
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
-                          parse_constant=_not_json)
+                          parse_constant=_not_json, parse_int=_integer, parse_float=_finite)
     except _DuplicateKey as exc:
         raise RequestError(400, "duplicate_key",
                            f"The key {_shown(exc.key)} appears twice in one object.") from exc
+    except _TooLarge as exc:
+        raise RequestError(400, "invalid_json", f"A number in the body is too large: {exc}.") \
+            from exc
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from exc
 
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")  # Python's json takes NaN, Infinity
+
+
+class _TooLarge(ValueError):
+    """A JSON number Kiln cannot hold as written."""
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # Python reads at most 4300 digits (sys.get_int_max_str_digits)
+        raise _TooLarge(f"an integer of {len(text.lstrip('-'))} digits") from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as infinity, which is not JSON
+        raise _TooLarge(f"{text[:20]} is beyond a 64-bit float")
+    return value
 
 
 class _DuplicateKey(ValueError):
