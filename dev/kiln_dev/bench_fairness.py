@@ -18,6 +18,7 @@ is measured in part 1, where every write is seen.
 from __future__ import annotations
 
 import argparse
+import bisect
 import heapq
 import random
 import statistics
@@ -79,20 +80,25 @@ class Timed:
 
 class _Store(InMemoryJobStore):
     """The fake job store, with ``find`` that skips the copies (2,000 jobs, a pass at
-    every job's end: the fake's copying would dominate the run)."""
+    every job's end: the fake's copying would dominate the run). A rotated window is
+    drawn as Firestore's is (``adapters.scan``), from a seeded generator."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self._rng = random.Random(0)
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100, waiting: bool = False) -> list[Job]:
+             limit: int = 100, waiting: bool = False, rotate: bool = False) -> list[Job]:
         with self._lock:
-            found = []
-            for job_id, doc in self.docs.items():
-                if (status is None or doc.get("status") == status) and \
-                        (uid is None or doc.get("uid") == uid) and \
-                        (not waiting or doc.get("queueReason") is not None):
-                    found.append(Job.from_docs(job_id, doc, self.servers[job_id]))
-                    if len(found) >= limit:
-                        break
-            return found
+            ids = [job_id for job_id, doc in self.docs.items()
+                   if (status is None or doc.get("status") == status)
+                   and (uid is None or doc.get("uid") == uid)
+                   and (not waiting or doc.get("queueReason") is not None)]
+            if rotate and len(ids) > limit:
+                ids.sort()
+                at = bisect.bisect_left(ids, f"{self._rng.getrandbits(80):020x}")
+                ids = ids[at:] + ids[:at]
+            return [Job.from_docs(i, self.docs[i], self.servers[i]) for i in ids[:limit]]
 
 
 class _Instant:

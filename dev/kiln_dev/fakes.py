@@ -7,10 +7,12 @@ resolve against the fake clock, a transaction's ``decide`` that raises writes no
 
 from __future__ import annotations
 
+import bisect
 import copy
 import datetime as dt
 import hashlib
 import io
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -148,12 +150,16 @@ class InMemoryJobStore:
                 self.server_writes[job_id] += 1
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100, waiting: bool = False) -> list[Job]:
+             limit: int = 100, waiting: bool = False, rotate: bool = False) -> list[Job]:
         with self._lock:
             ids = [job_id for job_id, doc in self.docs.items()
                    if (status is None or doc.get("status") == status)
                    and (uid is None or doc.get("uid") == uid)
                    and (not waiting or doc.get("queueReason") in QUEUE_REASONS)]
+            if rotate and len(ids) > limit:  # a window of ids from a random one, wrapped
+                ids.sort()
+                at = bisect.bisect_left(ids, secrets.token_hex(10))
+                ids = ids[at:] + ids[:at]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
     def reindex_waiting(self, limit: int) -> int:

@@ -58,10 +58,6 @@ class InMemoryCounters:
             for number in numbers:
                 self.holders.pop((key, number), None)
 
-    def held(self, key: str, holder: str) -> bool:
-        with self._lock:
-            return any(k == key and h == holder for (k, _n), h in self.holders.items())
-
     def used(self, key: str) -> int:
         return len(self.tickets.get(key, ()))
 

@@ -56,21 +56,20 @@ class JobStore(Protocol):
         ...
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100, waiting: bool = False) -> list[Job]:
+             limit: int = 100, waiting: bool = False, rotate: bool = False) -> list[Job]:
         """Jobs by status and/or owner; ``waiting``: only those waiting in the fair queue
-        (``queueReason`` set)."""
+        (``queueReason`` set); ``rotate``: with more matches than ``limit``, which are
+        returned moves from call to call, so each match is returned by some calls."""
         ...
 
     def reindex_waiting(self, limit: int) -> int:
-        """Make every waiting job (up to ``limit`` looked at) found by ``find(waiting=True)``:
-        a store that indexes waiting jobs apart writes the entries it lacks (jobs that
-        waited before the index existed); how many it wrote."""
+        """Make every waiting job (up to ``limit`` looked at) found by ``find(waiting=True)``
+        (a store that indexes them apart writes the entries it lacks); how many written."""
         ...
 
     def recent(self, uid: str, limit: int) -> list[Job]:
-        """The owner's newest ``limit`` jobs, newest first (``createdAt`` descending, one
-        indexed query however many jobs the owner has). Public documents only: each
-        job's ``server`` state is empty."""
+        """The owner's newest ``limit`` jobs, newest first (one indexed query however many
+        jobs the owner has). Public documents only: each job's ``server`` is empty."""
         ...
 
     def unnotified(self, limit: int) -> list[Job]:
@@ -274,11 +273,6 @@ class Counters(Protocol):
         """How many tickets of ``key`` are taken."""
         ...
 
-    def held(self, key: str, holder: str) -> bool:
-        """Whether a ticket of ``key`` is taken for ``holder`` (a concurrent duplicate of
-        the same request holds one)."""
-        ...
-
     def waiting(self, reason: str | None = None, *, unknown: int | None = None) -> int:
         """Jobs accepted and not yet started (``pending``); with ``reason``, those waiting
         for it (``queueReason``). About a second stale (read in the background). With
@@ -295,11 +289,10 @@ class Slots(Protocol):
              done: Callable[[str, float], bool] | None = None,
              limit: int | None = None) -> bool:
         """Hold a free place of ``pool`` (of ``capacity``) for ``job_id``; True when held
-        (also when it held one already). With ``done``, a place counts as free when
-        ``done(holder, held_for)`` says its holder is done with it (``held_for``: seconds
-        since the place was taken, so a holder that is still between taking its places
-        and starting is told from one that went away); with ``limit``, no place is taken
-        while ``limit`` are held (a narrowed window)."""
+        (also when it held one already). With ``done``, a place is free when
+        ``done(holder, held_for)`` (``held_for``: seconds since the place was taken, so a
+        holder still starting is told from one that went away); with ``limit``, no place
+        is taken while ``limit`` are held (a narrowed window)."""
         ...
 
     def release(self, pool: str, job_id: str) -> None:

@@ -46,16 +46,6 @@ def test_a_count_not_read_yet_is_answered_at_once_then_read(ports: tuple[Any, An
     assert fresh.waiting(unknown=-1) == fresh.waiting()
 
 
-def test_a_ticket_knows_the_job_it_pays_for(ports: tuple[Any, Any]) -> None:
-    """``held``: a concurrent duplicate of a request finds the ticket its twin took."""
-    counters, _slots = ports
-    key = f"quota:{uuid.uuid4().hex}:2026-01-01"
-    assert counters.take(key, 1, 5, "job-a") == [1]
-    assert counters.held(key, "job-a") and not counters.held(key, "job-b")
-    counters.give_back(key, [1])
-    assert not counters.held(key, "job-a")
-
-
 def test_concurrent_takes_never_exceed_the_limit(ports: tuple[Any, Any]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

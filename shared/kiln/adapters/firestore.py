@@ -29,6 +29,7 @@ from google.cloud import firestore
 
 from kiln.adapters import wire
 from kiln.adapters.group import GroupedCreates
+from kiln.adapters.scan import rotated
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Job, NewJob
@@ -310,12 +311,12 @@ class FirestoreJobStore:
             batch.commit()
 
     def find(self, *, status: str | None = None, uid: str | None = None,
-             limit: int = 100, waiting: bool = False) -> list[Job]:
+             limit: int = 100, waiting: bool = False, rotate: bool = False) -> list[Job]:
         """Jobs by status and/or owner (unordered), with their server state; ``waiting``:
         only those waiting in the fair queue (found through ``waitingJobs``, unless one
-        owner's are asked for)."""
+        owner's are asked for); ``rotate``: a window that moves (``adapters.scan``)."""
         if waiting and uid is None:
-            return self._find_waiting(status, limit)
+            return self._find_waiting(status, limit, rotate)
         query: Any = self.client.collection(JOBS)
         if status is not None:
             query = query.where(filter=firestore.FieldFilter("status", "==", status))
@@ -325,7 +326,8 @@ class FirestoreJobStore:
         if uid is not None:
             query = query.where(filter=firestore.FieldFilter("uid", "==", uid))
         with unavailable_is_retryable():
-            public = {snap.id: snap.to_dict() or {} for snap in query.limit(limit).stream()}
+            snaps = rotated(query, limit) if rotate else query.limit(limit).stream()
+            public = {snap.id: snap.to_dict() or {} for snap in snaps}
             if not public:
                 return []
             servers = {snap.reference.parent.parent.id: snap.to_dict() or {}
@@ -333,12 +335,13 @@ class FirestoreJobStore:
                        if snap.exists}
         return [Job.from_docs(job_id, doc, servers.get(job_id)) for job_id, doc in public.items()]
 
-    def _find_waiting(self, status: str | None, limit: int) -> list[Job]:
+    def _find_waiting(self, status: str | None, limit: int, rotate: bool) -> list[Job]:
         """Up to ``limit`` waiting jobs: ids from ``waitingJobs``, then both documents of
         each in one read. An entry whose job does not wait (one ``reindex_waiting`` wrote
         as the job started) is deleted if unchanged since read."""
         with unavailable_is_retryable():
-            entries = list(self.client.collection(WAITING).limit(limit).stream())
+            entries = rotated(self.client.collection(WAITING), limit) if rotate \
+                else list(self.client.collection(WAITING).limit(limit).stream())
             if not entries:
                 return []
             ids = [entry.id for entry in entries]

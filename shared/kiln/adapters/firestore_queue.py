@@ -78,13 +78,6 @@ class FirestoreCounters:
             result: Any = query.count().get(retry=None, timeout=COUNT_TIMEOUT)  # type: ignore[call-arg]
         return int(result[0][0].value)
 
-    def held(self, key: str, holder: str) -> bool:
-        query = self.client.collection(TICKETS).where(
-            filter=firestore.FieldFilter("key", "==", key)).where(
-            filter=firestore.FieldFilter("holder", "==", holder)).limit(1)
-        with unavailable_is_retryable("admission store"):
-            return any(True for _ in query.stream())
-
     def take(self, key: str, count: int, limit: int, holder: str = "") -> list[int] | None:
         # The numbers are guessed with no read (after this process's last ones) and
         # reserved here before they are tried, so this process's threads never race each

@@ -69,7 +69,7 @@ def quota_key(uid: str, day: str) -> str:
 def admit(services: Services, *, uid: str, channel: str, plan: str | None,
           count: int = 1, holder: str = "", defer: bool = False) -> Admission:
     """Admit ``count`` new jobs of ``uid`` on its ``plan`` (the claimed plan name);
-    ``holder``: the job the tickets pay for, when its id is known (``duplicate_in_flight``).
+    ``holder``: the job the tickets pay for, when its id is known (kept on each ticket).
     ``defer``: reserve the tickets' numbers without writing them (usually no read either:
     this process knows the next numbers); the caller takes them (``accept_job`` does, at
     the same time as it creates the job).
@@ -106,13 +106,6 @@ def over_quota(admission: Admission, now: dt.datetime) -> QuotaExceededError:
         f"You have used today's {plan.daily_jobs} jobs on the {plan.name} plan "
         f"(this request needs {admission.count}). The quota resets at midnight UTC.",
         code="quota_exceeded", retry_after=max(1, math.ceil((midnight - now).total_seconds())))
-
-
-def duplicate_in_flight(services: Services, *, uid: str, holder: str) -> bool:
-    """Whether another delivery of the same request holds today's ticket for ``holder``:
-    a duplicate refused for the quota it took itself (the other one creates the job)."""
-    day = services.clock.now().astimezone(dt.UTC).date().isoformat()
-    return services.counters.held(quota_key(uid, day), holder)
 
 
 def give_back(services: Services, admission: Admission | None) -> None:

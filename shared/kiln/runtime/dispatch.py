@@ -194,8 +194,11 @@ def dispatch(services: Services, *, positions: bool = False) -> int:
     started. ``positions``: also write each waiting job's ``queuePosition`` (the sweeper's
     pass, once a minute, so no job document is written more often)."""
     now = services.clock.now()
+    # A window of the waiting jobs that moves from pass to pass (``rotate``): with more
+    # waiting than a pass reads, a fixed window left the others waiting until they expired.
     waiting = {job.id: job for job in services.store.find(status=JobStatus.PENDING.value,
-                                                          limit=SCAN_LIMIT, waiting=True)
+                                                          limit=SCAN_LIMIT, waiting=True,
+                                                          rotate=True)
                if job.server.queued and not lifecycle.queue_expired(job, now)
                and (job.server.not_before is None or job.server.not_before <= now)}
     ordered = fairness.order(

@@ -65,7 +65,7 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
     stale_after = services.settings.pending_republish_seconds
     report: Counter[str] = Counter()
     for status in (JobStatus.PENDING, JobStatus.PROCESSING):
-        for job in services.store.find(status=status.value, limit=SCAN_LIMIT):
+        for job in services.store.find(status=status.value, limit=SCAN_LIMIT, rotate=True):
             report[SweepCount.SCANNED] += 1
             try:
                 _sweep_job(services, job, status, now, stale_after, report)
@@ -151,13 +151,17 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
 
 
 def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
-    def decide(job: Job | None) -> tuple[Change | None, bool]:
+    """Fail a job past its maximum age, notify, and give back its places (the pass that
+    follows in this sweep may start the next job in them)."""
+    def decide(job: Job | None) -> tuple[Change | None, list[str] | None]:
         change = lifecycle.expire(job, now=now)
-        return change, change is not None
+        return change, list(job.server.pools) if change is not None and job else None
 
-    if not services.store.transact(job_id, decide):
+    pools = services.store.transact(job_id, decide)
+    if pools is None:
         return False
     with log.job_context(job_id):
         log.event(logger, "job failed: past its maximum age", logging.WARNING)
         notify.deliver(services, job_id)
+        dispatch.release_places(services, job_id, pools)
     return True

@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from rig import Rig, SyncFake
 from test_fair_queue import post, post_raw, recording_rig
 
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
-from kiln.core.job import JobStatus
+from kiln.core.job import JobStatus, new_job_id
 from kiln.runtime import actions, dispatch, worker
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import RunOutcome, run_job
@@ -134,3 +135,43 @@ def test_a_job_sent_back_by_a_429_gets_its_whole_time_to_wait_again() -> None:
     rig.clock.advance(15)
     sweep(rig.services)
     assert rig.job(j).status is not JobStatus.FAILED
+
+
+def test_a_job_beyond_the_pass_window_is_started_by_a_later_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given more jobs waiting than a pass reads (2 here), the lowest ids all dave's
+    (held back by his running limit) and bob's job above them, when the provider frees a
+    place, then a later pass reads bob's job and starts it: each pass reads a window of
+    the waiting jobs that moves, not the same lowest ids (with which bob's job waited
+    beside a free place until its TTL)."""
+    monkeypatch.setattr(dispatch, "SCAN_LIMIT", 2)
+    rig = recording_rig(provider_capacity="2")
+    post(rig, "dave")
+    alices = post(rig, "alice")[1]["jobId"]
+    daves = [post(rig, "dave", None, **{"Idempotency-Key": f"d{i}"})[1]["jobId"]
+             for i in range(2)]
+    key = next(k for k in (f"b{i}" for i in range(1000))
+               if new_job_id("bob", k) > max(*daves, "f"))  # far above: read in 1 of 4+
+    bob = post(rig, "bob", "pro", **{"Idempotency-Key": key})[1]["jobId"]
+    assert bob > max(daves) and rig.job(bob).server.queued
+    assert run_job(alices, rig.services) is RunOutcome.COMPLETED  # a provider place frees
+    for _ in range(60):  # missed by all: below 1e-7
+        if not rig.job(bob).server.queued:
+            break
+        dispatch.dispatch(rig.services)
+    assert not rig.job(bob).server.queued
+    assert all(rig.job(job_id).server.queued for job_id in daves)
+
+
+def test_a_job_the_sweeper_expires_gives_its_places_back() -> None:
+    """Given a started job past its maximum age, when the sweeper fails it, then its
+    places are given back at once (not left for a later pass to find ended)."""
+    rig = recording_rig(provider_capacity="2")
+    job_id = post(rig)[1]["jobId"]
+    pool = dispatch.provider_pool(rig.services, "image")[0]
+    assert rig.slots.holders(pool) == [job_id]
+    rig.clock.advance(rig.services.settings.job_max_age_seconds + 1)
+    sweep(rig.services)
+    job = rig.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert rig.slots.holders(pool) == [] and rig.slots.holders("user:alice") == []

@@ -1,0 +1,64 @@
+"""``JobStore.find(rotate=True)`` on the fake and on the Firestore emulator: a pass that
+reads at most ``limit`` jobs reads every job over its passes. Unrotated, Firestore
+returns the lowest document ids every time, so with more jobs waiting than a pass reads
+(200) the others were never looked at: never started, and expired at their TTL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from kiln.core import lifecycle
+from kiln.core.policy import RetryPolicy
+from kiln.core.requests import parse_job_request
+from kiln_dev.fakes import FakeClock, InMemoryJobStore
+
+JOBS, LIMIT, PASSES = 12, 4, 40  # a job missed by every pass: (2/3)^40 ≈ 1e-7
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def store(request: pytest.FixtureRequest) -> Any:
+    if request.param == "fake":
+        return InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC)))
+    from kiln.adapters.firestore import FirestoreJobStore, connect  # a project of its own
+    host = request.getfixturevalue("services").settings.firestore_emulator_host
+    return FirestoreJobStore(connect(f"demo-scan-{uuid.uuid4().hex[:8]}", host))
+
+
+def waiting_jobs(store: Any) -> set[str]:
+    ids = set()
+    for _ in range(JOBS):
+        new = lifecycle.new_job(
+            job_id=uuid.uuid4().hex[:20], uid="scan", channel="app",
+            now=dt.datetime.now(dt.UTC), policy=RetryPolicy(),
+            request=parse_job_request({"kind": "image", "prompt": "a"}),
+            queue=lifecycle.QueueEntry(plan="free", priority=0, ttl_seconds=60,
+                                       reason="running_limit"))
+        assert store.create(new)
+        ids.add(new.id)
+    return ids
+
+
+@pytest.mark.parametrize("waiting", [True, False], ids=["queue pass", "sweeper"])
+def test_rotated_windows_read_every_job_over_the_passes(store: Any, waiting: bool) -> None:
+    ids = waiting_jobs(store)
+    fixed = [frozenset(job.id for job in store.find(status="pending", limit=LIMIT,
+                                                    waiting=waiting)) for _ in range(3)]
+    assert len(set(fixed)) == 1  # unrotated: the same jobs every time
+    seen: set[str] = set()
+    for _ in range(PASSES):
+        window = [job.id for job in store.find(status="pending", limit=LIMIT,
+                                               waiting=waiting, rotate=True)]
+        assert len(window) == len(set(window)) == LIMIT
+        seen.update(window)
+    assert seen == ids
+
+
+def test_a_rotated_window_of_fewer_jobs_than_its_limit_reads_them_all(store: Any) -> None:
+    ids = set(list(waiting_jobs(store))[:JOBS])
+    for _ in range(5):
+        assert {job.id for job in store.find(status="pending", limit=JOBS + 5, waiting=True,
+                                             rotate=True)} == ids
