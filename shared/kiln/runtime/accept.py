@@ -32,7 +32,7 @@ from kiln.core.errors import (
     TicketTakenError,
     ValidationError,
 )
-from kiln.core.job import JobStatus, NewJob, Tickets, new_job_id
+from kiln.core.job import Job, JobStatus, NewJob, Tickets, new_job_id
 from kiln.core.requests import JobRequest
 from kiln.runtime.admission import Admission, give_back, over_quota, plan_for
 
@@ -75,8 +75,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     if not _create(services, new, admission):
         # A replay (its first request was admitted): this one costs nothing.
         existing = services.store.get(job_id)
-        if existing is None or existing.uid != uid \
-                or existing.server.fingerprint != request.fingerprint():
+        if existing is None or existing.uid != uid or not same_request(existing, request):
             raise ConflictError("This Idempotency-Key was already used for a different request.",
                                 code="idempotency_key_reused")
         return Accepted(job_id, False, existing.status)
@@ -89,6 +88,17 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
             log.event(logger, "publish failed; the sweeper will re-publish", logging.WARNING)
         log.event(logger, "job accepted", kind=request.kind, channel=channel)
     return Accepted(job_id, True, JobStatus.PENDING)
+
+
+def same_request(existing: Job, request: JobRequest) -> bool:
+    """Whether ``request`` is the one ``existing`` was made for. A job stored before its
+    webhook was part of the fingerprint digests without it; the URL stored on it then
+    decides, so a client's retry across that change is still a replay."""
+    if existing.server.fingerprint == request.fingerprint():
+        return True
+    legacy = dataclasses.replace(request, webhook=None).fingerprint()
+    return request.webhook is not None and existing.server.fingerprint == legacy \
+        and existing.server.webhook == request.webhook
 
 
 def _create(services: Services, new: NewJob, admission: Admission | None) -> bool:

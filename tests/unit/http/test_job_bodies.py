@@ -44,6 +44,24 @@ def test_a_request_without_a_webhook_keeps_its_fingerprint(rig: Rig) -> None:
     assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
 
 
+def test_a_job_stored_before_webhooks_were_fingerprinted_still_replays(rig: Rig) -> None:
+    """Given a job with a webhook stored with the earlier fingerprint (without its URL),
+    when the client retries with the same key, body and webhook, then it is a replay;
+    with another webhook, 422."""
+    auth, key = api_key(rig), {"Idempotency-Key": "k3"}
+    first = {**CUBE, "webhook": "https://93.184.215.14/a"}
+    status, answer, _ = call(rig, auth, "POST", "/v1/jobs", first, headers=key)
+    assert status == 202
+    job_id = answer["jobId"]
+    legacy = parse_job_request(dict(CUBE)).fingerprint()
+    rig.store.servers[job_id]["fingerprint"] = legacy  # as stored before this change
+    status, answer, headers = call(rig, auth, "POST", "/v1/jobs", first, headers=key)
+    assert (status, answer["jobId"], headers.get("Idempotent-Replayed")) == (202, job_id, "true")
+    other = {**CUBE, "webhook": "https://93.184.215.14/b"}
+    status, answer, _ = call(rig, auth, "POST", "/v1/jobs", other, headers=key)
+    assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
+
+
 @pytest.mark.parametrize(("number", "said"), [
     (b"1" * 4301, "an integer of 4301 digits"),
     (b"-" + b"9" * 5000, "an integer of 5000 digits"),
