@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
+import secrets
 import threading
 from collections.abc import Sequence
 
@@ -101,7 +103,12 @@ class InMemoryBatchStore:
     def open_batches(self, limit: int) -> list[Batch]:
         with self.jobs._lock:
             self.jobs._check()
-            return [b for i, b in self.batches.items() if i not in self.closed][:limit]
+            ids = [i for i in self.batches if i not in self.closed]
+            if len(ids) > limit:  # a window from a random id, wrapped (adapters.scan)
+                ids.sort()
+                at = bisect.bisect_left(ids, secrets.token_hex(10))
+                ids = ids[at:] + ids[:at]
+            return [self.batches[i] for i in ids[:limit]]
 
     def mark_ended(self, batch_id: str) -> bool:
         with self.jobs._lock:

@@ -105,7 +105,7 @@ class BatchStore(Protocol):
         ...
 
     def open_batches(self, limit: int) -> list[Batch]:
-        """Batches not yet closed (any order)."""
+        """Up to ``limit`` batches not yet closed: a window that moves from call to call."""
         ...
 
 

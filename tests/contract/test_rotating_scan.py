@@ -62,3 +62,31 @@ def test_a_rotated_window_of_fewer_jobs_than_its_limit_reads_them_all(store: Any
     for _ in range(5):
         assert {job.id for job in store.find(status="pending", limit=JOBS + 5, waiting=True,
                                              rotate=True)} == ids
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def batch_store(request: pytest.FixtureRequest) -> Any:
+    from kiln_dev.fakes_api import InMemoryBatchStore
+    if request.param == "fake":
+        return InMemoryBatchStore(InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC))))
+    from kiln.adapters.batches import FirestoreBatchStore
+    from kiln.adapters.firestore import connect  # a project of its own
+    host = request.getfixturevalue("services").settings.firestore_emulator_host
+    return FirestoreBatchStore(connect(f"demo-scan-{uuid.uuid4().hex[:8]}", host))
+
+
+def test_open_batches_are_read_in_windows_that_move(batch_store: Any) -> None:
+    """The sweeper's batch sweep reads at most ``limit`` open batches a pass: over its
+    passes it reads every one (a batch whose own end check failed is announced)."""
+    from kiln.core.batches import Batch
+    ids = set()
+    for _ in range(JOBS):
+        batch = Batch(uuid.uuid4().hex[:20], "scan", "api", (), "fp", dt.datetime.now(dt.UTC))
+        assert batch_store.create(batch, [])
+        ids.add(batch.id)
+    seen: set[str] = set()
+    for _ in range(PASSES):
+        window = [batch.id for batch in batch_store.open_batches(LIMIT)]
+        assert len(window) == len(set(window)) == LIMIT
+        seen.update(window)
+    assert seen == ids

@@ -330,6 +330,20 @@ def test_device_under_another_user_is_denied(world: World) -> None:
     assert not allowed(world.set("other", path, DEVICE, exists=False, server_time=("updatedAt",)))
 
 
+@pytest.mark.parametrize("prefix", ["telegram:", "api:"])
+def test_a_user_named_like_another_channels_owner_registers_no_device(world: World,
+                                                                       prefix: str) -> None:
+    """Given a Firebase user whose uid is a chat's or a tenant's owner id, when it
+    registers a device under its own uid, then it is denied: the device would receive
+    that chat's or tenant's pushes (their prompts)."""
+    lookalike = World(world.client, world.project, f"{prefix}{uuid.uuid4().hex[:8]}",
+                      world.other, world.job_id, world.device_id)
+    path = f"users/{lookalike.owner}/devices/phone"
+    assert not allowed(lookalike.set("owner", path, DEVICE, exists=False,
+                                     server_time=("updatedAt",)))
+    assert not allowed(lookalike.get("owner", path))
+
+
 # --- jobs/{jobId}/private/server: the server's alone, even for the job's owner ---------------
 
 @pytest.mark.parametrize("actor", ACTORS)

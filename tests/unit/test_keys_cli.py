@@ -47,3 +47,13 @@ def test_create_refuses_a_bad_tenant_or_scope(services: Services) -> None:
     assert main(["keys", "create", "--tenant", "acme", "--scopes", "admin"],
                 services=lambda: services) == 2
     assert services.keys.list_keys() == []
+
+
+def test_create_refuses_an_unknown_plan(services: Services,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A plan name with a typo was saved on the tenant, whose jobs then ran on the
+    default plan with only a log line: it is refused, naming the plans."""
+    assert main(["keys", "create", "--tenant", "acme", "--plan", "por"],
+                services=lambda: services) == 2
+    assert "unknown plan 'por'" in capsys.readouterr().err
+    assert services.keys.list_keys() == [] and services.keys.get_tenant("acme") is None

@@ -18,6 +18,7 @@ from kiln.adapters.firestore import (
     waiting_fields,
     waiting_path,
 )
+from kiln.adapters.scan import rotated
 from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
 
@@ -74,10 +75,14 @@ class FirestoreBatchStore:
             self._ref(batch_id).update({"open": False})
 
     def open_batches(self, limit: int) -> list[Batch]:
-        query = (self.client.collection(BATCHES)
-                 .where(filter=firestore.FieldFilter("open", "==", True)).limit(limit))
+        # A window that moves from call to call (adapters.scan): with more open batches
+        # than ``limit``, a fixed one read the lowest ids for ever, and a batch whose own
+        # end check failed beyond them was never announced.
+        query = self.client.collection(BATCHES).where(
+            filter=firestore.FieldFilter("open", "==", True))
         with unavailable_is_retryable("batch store"):
-            return [Batch.from_doc(snap.id, snap.to_dict() or {}) for snap in query.stream()]
+            return [Batch.from_doc(snap.id, snap.to_dict() or {})
+                    for snap in rotated(query, limit)]
 
     def mark_ended(self, batch_id: str) -> bool:
         ref = self._ref(batch_id).collection("private").document("ended")

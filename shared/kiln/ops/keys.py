@@ -39,6 +39,11 @@ def add_parser(sub: Any) -> None:
 def cmd_create(args: argparse.Namespace) -> int:
     services = services_of(args)
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    plans = services.settings.plan_table()
+    if args.plan is not None and args.plan not in plans:  # saved, it read as the default
+        print(f"unknown plan {args.plan!r}; the plans are {', '.join(sorted(plans))}",
+              file=sys.stderr)
+        return 2
     try:
         created = create_key(services.keys, services.clock, tenant=args.tenant, scopes=scopes,
                              name=args.name, plan=args.plan)

@@ -100,12 +100,10 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     except KilnError:
         created = None
     if not created:
-        for job_id, (pools, _reason) in places.items():
-            dispatch.release_places(services, job_id, pools)
+        existing = _unmade(services, batch_id, places)
         give_back(services, admission)
         if created is None:
             raise RetryableError("The job store is unavailable.", code="store_unavailable")
-        existing = services.batches.get(batch_id)
         if existing is None:
             raise ConflictError("This Idempotency-Key was already used for a different request.",
                                 code="idempotency_key_reused")
@@ -118,6 +116,25 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs), started=len(started),
               channel=principal.channel)
     return AcceptedBatch(batch_id, batch.job_ids, True)
+
+
+def _unmade(services: Services, batch_id: str,
+            places: dict[str, tuple[list[str], str | None]]) -> Batch | None:
+    """A batch this request did not create: the batch as stored (None if none is), and
+    its places given back only when no batch of this id exists. The job ids are the
+    batch's, and a place is its job id's: a concurrent request with the same key that
+    created the batch holds those very places, its jobs running in them, and giving
+    them back let other jobs run past the limits. Kept when unknown (the store fails):
+    a place whose job is missing or waits is free to a pass after
+    ``dispatch.FRESH_PLACE_SECONDS``, so what this request took alone comes back then."""
+    try:
+        existing = services.batches.get(batch_id)
+    except KilnError:
+        return None
+    if existing is None:
+        for job_id, (pools, _reason) in places.items():
+            dispatch.release_places(services, job_id, pools)
+    return existing
 
 
 def _replayed(existing: Batch, uid: str, fingerprint_: str) -> AcceptedBatch:

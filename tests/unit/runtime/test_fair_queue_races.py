@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import flask
 import pytest
 from rig import Rig, SyncFake
 from test_fair_queue import post, post_raw, recording_rig
@@ -14,6 +15,7 @@ from test_fair_queue import post, post_raw, recording_rig
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import JobStatus, new_job_id
+from kiln.http.api import handle
 from kiln.runtime import actions, dispatch, worker
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import RunOutcome, run_job
@@ -175,3 +177,37 @@ def test_a_job_the_sweeper_expires_gives_its_places_back() -> None:
     job = rig.job(job_id)
     assert job.status is JobStatus.FAILED and job.error is not None
     assert rig.slots.holders(pool) == [] and rig.slots.holders("user:alice") == []
+
+
+def test_a_batch_replayed_while_it_is_created_keeps_its_places() -> None:
+    """Given a batch accepted with an Idempotency-Key (its two jobs hold alice's two
+    running places), when the same request arrives again and reads the batch as absent
+    (the first was committing), then its create finds the batch and it answers a replay
+    without giving back the places the batch's jobs hold (the ids are the same)."""
+    rig = recording_rig()
+    body = {"items": [{"kind": "image", "prompt": f"tile {i}"} for i in range(2)]}
+
+    def post_batch() -> Any:
+        with flask.Flask("t").test_request_context(
+                "/v1/batches", method="POST", json=body,
+                headers={"Authorization": "Bearer uid:bob;plan=pro", "Idempotency-Key": "k"}):
+            response = handle(flask.request, rig.services)
+        return response.status_code, response.get_json(), response.headers
+
+    status, first, _ = post_batch()
+    assert status == 202
+    held = sorted(rig.slots.holders("user:bob"))
+    assert held == sorted(first["jobIds"])
+    real_get, reads = rig.services.batches.get, []
+
+    def not_yet(batch_id: str) -> Any:  # the replay's first read: before the commit
+        reads.append(batch_id)
+        return None if len(reads) == 1 else real_get(batch_id)
+
+    rig.services.batches.get = not_yet  # type: ignore[method-assign]
+    status, again, headers = post_batch()
+    assert (status, again["jobIds"], headers.get("Idempotent-Replayed")) == \
+        (202, first["jobIds"], "true")
+    assert sorted(rig.slots.holders("user:bob")) == held
+    pool = dispatch.provider_pool(rig.services, "image")[0]
+    assert sorted(rig.slots.holders(pool)) == held
