@@ -416,7 +416,7 @@ def _webhook_paths() -> dict[str, Any]:
         },
         "/v1/webhooks/secret": {"get": {
             "operationId": "getJobWebhookSecret", "security": key_only,
-            "summary": "The tenant's secret for per-job webhook URLs (scope read)",
+            "summary": "The tenant's secret for per-job webhook URLs (scope submit)",
             "description": "Deliveries to a job's own `webhook` URL (POST /v1/jobs, when the "
             "tenant's settings allow it) are signed with this secret.",
             "responses": {"200": {"description": "The secret.", "content": {"application/json": {

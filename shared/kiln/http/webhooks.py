@@ -55,5 +55,7 @@ def delete_endpoint(request: flask.Request, services: Services, endpoint_id: str
 
 
 def job_secret(request: flask.Request, services: Services) -> flask.Response:
-    tenant = _tenant(request, services, "read")
+    # The secret signs the tenant's per-job webhooks: a key that may only read could
+    # forge them. The scope of registering an endpoint, which returns its secret.
+    tenant = _tenant(request, services, "submit")
     return json_response(200, {"secret": endpoints.job_secret(services, tenant)})

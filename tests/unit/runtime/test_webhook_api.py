@@ -116,3 +116,11 @@ def test_the_job_webhook_secret_is_stable(rig: Rig) -> None:
     first = call(rig, auth, "GET", "/v1/webhooks/secret")[1]["secret"]
     assert first.startswith("whsec_") and call(rig, auth, "GET", "/v1/webhooks/secret")[1] == {
         "secret": first}
+
+
+def test_a_read_only_key_cannot_fetch_the_signing_secret(rig: Rig) -> None:
+    """The per-job webhook secret signs the tenant's deliveries: a key that may only read
+    (a dashboard's) would forge them with it. 403, as for registering an endpoint."""
+    reader = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["read"])
+    status, answer = call(rig, f"Bearer {reader.secret}", "GET", "/v1/webhooks/secret")
+    assert status == 403 and "secret" not in answer
