@@ -321,7 +321,9 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         _save_task(provider, request.job_id, task_id, services)
     if status.state is TaskState.SUCCEEDED:
         reporter.update(status.progress or 90, status.stage or "downloading")
-        return _checked(lambda: provider.fetch(task_id, request), reporter)
+        # A failing fetch is not a blip of the checks: the task is done and its result
+        # unreachable (a 5xx, an expired link), so it spends an attempt (retry_later).
+        return provider.fetch(task_id, request)
     if status.state is TaskState.FAILED:
         message = status.error_message or "The provider failed."
         code = status.error_code or "provider_failed"
@@ -339,9 +341,9 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
 
 
 def _checked(call: Callable[[], T], reporter: ProgressReporter) -> T:
-    """A check's poll or fetch. A provider's blip (5xx, timeout, 429) says nothing about
-    its task: check again later in the same attempt (checks spend none; the job's
-    deadline bounds them), not a release that spends one (three blips failed a job)."""
+    """A check's poll. A provider's blip (5xx, timeout, 429) says nothing about its task:
+    check again later in the same attempt (checks spend none; the job's deadline bounds
+    them), not a release that spends one (three blips failed a job)."""
     try:
         return call()
     except RetryableError as exc:
