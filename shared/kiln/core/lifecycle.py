@@ -27,6 +27,10 @@ from kiln.core.sentinels import DELETE, SERVER_TIME, Increment
 RETENTION_DAYS = 90
 
 NOTIFY_CLAIMED = "claimed"
+#: Taken from ``claimed`` by the one call that sends it (``kiln.runtime.notify``).
+NOTIFY_SENDING = "sending"
+#: Claimed, never sent, and too old to send (``kiln.runtime.sweeper``).
+NOTIFY_ABANDONED = "abandoned"
 DEADLINE_MESSAGE = "The job took too long and was stopped."
 QUEUE_EXPIRED_MESSAGE = ("The job waited too long for its turn to start and was dropped. "
                          "Nothing was generated; please try again later.")

@@ -11,10 +11,17 @@ whose event id is stable per batch (a second emit is a no-op). Then the batch is
 runs after its own job's end was committed. The sweeper (:func:`sweep`) looks at open
 batches only and announces any whose jobs have all ended, so an end check that failed, or
 a process that died between the marker and the emit, loses no ``batch.completed``.
+
+A job retried after its batch was announced ends after the announcement: its push would
+be lost (a batch's jobs send none of their own), so a retried job whose ending does not
+announce its batch is notified on its own (:attr:`BatchEnd.LATE`). Whether the batch
+was announced is not readable without creating its marker, so a job retried before the
+announcement and ending before the batch's last job is pushed on its own too.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
@@ -27,18 +34,29 @@ from kiln.webhooks import events
 logger = log.get("batches")
 
 
-def on_job_ended(services: Services, job: Job) -> bool:
-    """Announce the job's batch if this job was its last to end; True when announced
-    by this call (never raises: a batch's notice must not un-finish a job)."""
+class BatchEnd(enum.StrEnum):
+    """What a job's ending did to its batch's announcement."""
+
+    NONE = "none"  # not a batch's job, or the batch announces it (now or later)
+    ANNOUNCED = "announced"  # this ending announced the batch
+    LATE = "late"  # a retried job whose ending did not announce its batch: notify it alone
+
+
+def on_job_ended(services: Services, job: Job) -> BatchEnd:
+    """Announce the job's batch if this job was its last to end (never raises: a
+    batch's notice must not un-finish a job)."""
     if job.batch_id is None:
-        return False
+        return BatchEnd.NONE
+    announced = False
     try:
         batch = services.batches.get(job.batch_id)
-        return batch is not None and announce_if_ended(services, batch)
+        announced = batch is not None and announce_if_ended(services, batch)
     except Exception as exc:
         log.event(logger, "batch end notice failed", logging.ERROR, batchId=job.batch_id,
                   error=type(exc).__name__)
-        return False
+    if announced:
+        return BatchEnd.ANNOUNCED
+    return BatchEnd.LATE if job.server.retries else BatchEnd.NONE
 
 
 def announce_if_ended(services: Services, batch: Batch) -> bool:

@@ -1,13 +1,19 @@
 """Completion notifications: at most one per job, whatever redeliveries happen.
 
 The transition that ends a job (``complete`` / ``fail``) also claims the notification in
-the same write. Only the worker (or sweeper) whose transaction made that claim calls
-:func:`deliver`; a redelivery sees a terminal job and does nothing. A worker that
-crashed between the claim and the send leaves it claimed: the sweeper sends it after
-``sweeper.UNSENT_GRACE_SECONDS`` (a second send in that rare case is absorbed by the
-push's collapse key and the webhook event's stable id).
+the same write. :func:`deliver` first takes the claim (``claimed`` → ``sending``, one
+write decided on what it read, :func:`take`): only the call that moved it sends, so a
+worker and the sweeper, or two sweeps, never both send. A redelivery sees a terminal job
+and does nothing. A worker that crashed between the ending write and the take leaves it
+claimed: the sweeper sends it after ``sweeper.UNSENT_GRACE_SECONDS``. One that crashed
+between the take and the record (``sent``) leaves it ``sending``, which nobody repairs:
+at most once, a chat message included. The record of what was sent is bookkeeping; when
+it cannot be written the notification stays ``sending`` and the job stays ended.
 
-The app push goes to the owner's registered devices (any channel). A channel with its own
+The app push goes to the owner's registered devices, for jobs of the app channel only
+(the reserved uids of other channels are not app users). A batch's jobs send none of
+their own (the batch sends one when it ends), except a retried job whose batch was not
+announced by its own ending (``batch_end.BatchEnd.LATE``). A channel with its own
 conversation (Telegram) is registered in the composition root (``Services.channels``)
 and is told of the start, of progress and of the end. A channel that cannot reach its
 chat right now defers the end itself (its report says ``deferred``: the state is then
@@ -18,14 +24,17 @@ final ``sent`` or ``error``.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from kiln import log, tracing
 from kiln.adapters.fcm import build_message, image_url
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
-from kiln.core.job import Job
+from kiln.core.errors import RetryableError
+from kiln.core.job import Change, Job
 from kiln.runtime import batch_end
+from kiln.runtime.batch_end import BatchEnd
 
 logger = log.get("notify")
 
@@ -67,14 +76,60 @@ def on_progress(services: Services, job: Job, progress: int, stage: str) -> None
 
 
 @tracing.traced("kiln.notify")
-def deliver(services: Services, job_id: str) -> dict[str, Any]:
-    """Send the claimed notification of an ended job; record what was sent."""
-    job = services.store.get(job_id)
-    report: dict[str, Any] = {}
-    if job is None:
-        return report
+def deliver(services: Services, job_id: str) -> dict[str, Any] | None:
+    """Take the claimed notification of an ended job, send it and record what was sent;
+    None when it was not this call's to send (nothing sent). Never raises: a
+    notification must not un-finish a job (a claim it could not take is left to the
+    sweeper)."""
     try:
-        report["push"] = send_push(services, job)
+        job = take(services, job_id)
+    except Exception as exc:
+        log.event(logger, "notification not taken; left to the sweeper", logging.WARNING,
+                  error=type(exc).__name__)
+        return None
+    return None if job is None else send(services, job)
+
+
+def take(services: Services, job_id: str) -> Job | None:
+    """Move the job's notification from ``claimed`` to ``sending``; the job as read by
+    that write (its places included), or None when it was not claimed (sent, being
+    sent, or no notification). A write that landed although its answer was lost is
+    recognised by the token it carries.
+
+    Raises:
+        RetryableError: the store is unreachable and the claim was not taken.
+    """
+    token = uuid.uuid4().hex
+
+    def ours(job: Job | None) -> bool:
+        notice = (job.server.notify or {}) if job is not None else {}
+        return notice.get("state") == lifecycle.NOTIFY_SENDING and \
+            (notice.get("report") or {}).get("sender") == token
+
+    def decide(job: Job | None) -> tuple[Change | None, Job | None]:
+        if ours(job):  # decided again after our own write landed
+            return None, job
+        if job is None or not job.terminal or \
+                (job.server.notify or {}).get("state") != lifecycle.NOTIFY_CLAIMED:
+            return None, None
+        return lifecycle.notified(lifecycle.NOTIFY_SENDING, {"sender": token}), job
+
+    try:
+        return services.store.transact(job_id, decide, seen=services.store.get(job_id))
+    except RetryableError:
+        job = services.store.get(job_id)
+        if not ours(job):
+            raise
+        return job
+
+
+def send(services: Services, job: Job) -> dict[str, Any]:
+    """Send the notification of ``job`` (taken by :func:`take`) and record what was sent."""
+    report: dict[str, Any] = {}
+    try:
+        # before the push: a retried job of an announced batch is pushed on its own
+        ended = batch_end.on_job_ended(services, job)
+        report["push"] = send_push(services, job, alone=ended is BatchEnd.LATE)
         channel = services.channels.get(job.channel)
         if channel is not None:
             report["channel"] = channel.on_finished(services, job)
@@ -83,20 +138,27 @@ def deliver(services: Services, job_id: str) -> dict[str, Any]:
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         report["error"] = type(exc).__name__
         state = "error"
-    services.store.apply(job_id, timeline.carry(lifecycle.notified(state, report),
-                                                {"notified": services.clock.now()}))
-    batch_end.on_job_ended(services, job)
+    try:
+        services.store.apply(job.id, timeline.carry(lifecycle.notified(state, report),
+                                                    {"notified": services.clock.now()}))
+    except Exception as exc:  # sent: it stays "sending", which nobody sends again
+        log.event(logger, "notification sent; its record not written", logging.WARNING,
+                  state=state, error=type(exc).__name__)
     return report
 
 
-def send_push(services: Services, job: Job) -> dict[str, Any]:
-    """FCM to the owner's devices; the ones FCM calls dead are deleted. A batch's jobs
-    send none of their own: the batch sends one push when it has ended."""
-    if job.batch_id is not None:
-        return {"sent": 0, "failed": 0, "removed": 0, "batch": job.batch_id}
+def send_push(services: Services, job: Job, *, alone: bool = False) -> dict[str, Any]:
+    """FCM to the owner's devices, for a job of the app channel; the ones FCM calls dead
+    are deleted. A batch's jobs send none of their own (the batch sends one push when it
+    has ended) unless ``alone``."""
+    none = {"sent": 0, "failed": 0, "removed": 0}
+    if job.channel != "app":
+        return none
+    if job.batch_id is not None and not alone:
+        return {**none, "batch": job.batch_id}
     devices = services.devices.devices(job.uid) if job.uid else []
     if not devices:
-        return {"sent": 0, "failed": 0, "removed": 0}
+        return none
     title, body, data = build_message(job, services.settings.link_template)
     result = services.push.send(devices, title, body, data, image=image_url(job))
     for device_id in result.dead_devices:

@@ -7,11 +7,14 @@ check to one waiting on its remote task whose scheduled check is overdue, or fai
 past its deadline or its queue TTL (``expired``). An ended job whose notification is
 still only claimed :data:`UNSENT_GRACE_SECONDS` after its end is notified
 (``_renotify``): its worker died between the ending write and the send, or that write's
-answer was lost. A pass of the fair queue then starts the waiting jobs whose places are
-free (``dispatch.dispatch``). Then each channel retries the end-of-job messages it
-deferred because its chat could not be reached (``notify.redeliver``). Every change
-goes through the same lifecycle transactions as the worker, so sweepers may run
-concurrently with each other and with workers.
+answer was lost; one ended more than :data:`UNSENT_MAX_AGE_SECONDS` ago is abandoned
+instead (``notify.state`` ``abandoned``: news that late is noise). A pass of the fair
+queue then starts the waiting jobs whose places are free (``dispatch.dispatch``). Then
+each channel retries the end-of-job messages it deferred because its chat could not be
+reached (``notify.redeliver``), and open batches whose jobs have all ended are announced.
+Each of these steps is guarded: one that fails is counted (``job_errors``) and logged,
+and the others still run. Every change goes through the same lifecycle transactions as
+the worker, so sweepers may run concurrently with each other and with workers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime as dt
 import enum
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from kiln import log
 from kiln.compose import Services
@@ -36,10 +40,11 @@ SCAN_LIMIT = 500
 #: sends it within a second of its ending write): the sweeper sends it. Long enough that
 #: a slow send in flight is not sent twice.
 UNSENT_GRACE_SECONDS = 300.0
-#: ``notify.state`` while the sweeper sends a lost notification (``notify.deliver`` then
-#: records ``sent``, ``retrying`` or ``error``): taken in a transaction, so two
-#: overlapping passes send it once.
-RESENDING = "resending"
+#: A lost notification of a job that ended longer ago than this is not sent but
+#: abandoned: a push or chat message that late is noise, and claims left by older code
+#: (up to the 90 days jobs are kept) would otherwise be sent months late, and fill the
+#: window of ``JobStore.unnotified`` for ever.
+UNSENT_MAX_AGE_SECONDS = 3600.0
 
 
 class SweepCount(enum.StrEnum):
@@ -53,10 +58,12 @@ class SweepCount(enum.StrEnum):
     PUBLISH_ERRORS = "publish_errors"
     REDELIVERED = "redelivered"
     RENOTIFIED = "renotified"  # ended jobs whose lost notification this pass sent
+    ABANDONED = "notify_abandoned"  # lost notifications too old to send (not sent)
     BATCHES_ENDED = "batches_ended"
     STARTED = "started"  # waiting jobs the queue's pass started
     REINDEXED = "reindexed"  # waiting jobs the queue's pass could not find, now found
-    JOB_ERRORS = "job_errors"  # jobs a pass could not sweep (logged; the next pass tries again)
+    #: jobs, or steps of the pass, that failed (logged; the next pass tries again)
+    JOB_ERRORS = "job_errors"
 
 
 def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, int]:
@@ -73,25 +80,41 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                 report[SweepCount.JOB_ERRORS] += 1
                 with log.job_context(job.id):
                     log.event(logger, "job not swept", logging.ERROR, error=type(exc).__name__)
-    _renotify(services, now, report)
-    try:  # the fair queue: start whoever's places are free, refresh the positions shown
-        reindexed = services.store.reindex_waiting(dispatch.SCAN_LIMIT)
-        if reindexed:
-            report[SweepCount.REINDEXED] += reindexed
-        started = dispatch.dispatch(services, positions=True)
-        if started:
-            report[SweepCount.STARTED] += started
-    except RetryableError:
-        report[SweepCount.PUBLISH_ERRORS] += 1
-    redelivered = notify.redeliver(services)
-    if redelivered:
-        report[SweepCount.REDELIVERED] += redelivered
-    batches_ended = batch_end.sweep(services)
-    if batches_ended:
-        report[SweepCount.BATCHES_ENDED] += batches_ended
+    _guarded(report, "renotify", lambda: _renotify(services, now, report))
+    _guarded(report, "queue pass", lambda: _queue_pass(services, report))
+    _guarded(report, "channel redelivery",
+             lambda: _count(report, SweepCount.REDELIVERED, notify.redeliver(services)))
+    _guarded(report, "batch ends",
+             lambda: _count(report, SweepCount.BATCHES_ENDED, batch_end.sweep(services)))
     result = {str(name): count for name, count in report.items()}
     log.event(logger, "sweep done", **result)
     return result
+
+
+def _guarded(report: Counter[str], step: str, run: Callable[[], None]) -> None:
+    """Run one step of the pass; a failure is counted and logged, never stops the pass
+    (e.g. an index Firestore is still building fails its query with FailedPrecondition)."""
+    try:
+        run()
+    except Exception as exc:
+        report[SweepCount.JOB_ERRORS] += 1
+        log.event(logger, "sweep step failed", logging.ERROR, step=step,
+                  error=type(exc).__name__)
+
+
+def _count(report: Counter[str], name: SweepCount, count: int) -> None:
+    if count:
+        report[name] += count
+
+
+def _queue_pass(services: Services, report: Counter[str]) -> None:
+    """The fair queue: start whoever's places are free, refresh the positions shown."""
+    try:
+        _count(report, SweepCount.REINDEXED,
+               services.store.reindex_waiting(dispatch.SCAN_LIMIT))
+        _count(report, SweepCount.STARTED, dispatch.dispatch(services, positions=True))
+    except RetryableError:
+        report[SweepCount.PUBLISH_ERRORS] += 1
 
 
 def _sweep_job(services: Services, job: Job, status: JobStatus, now: dt.datetime,
@@ -116,33 +139,38 @@ def _sweep_job(services: Services, job: Job, status: JobStatus, now: dt.datetime
 
 
 def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> None:
-    """Send each lost end notification once (at most once per pass and across passes:
-    the first to move it from ``claimed`` sends it), giving back the job's places as its
-    worker would have. The channels guard against the rare second send: the push's
-    collapse key is the job id, a webhook event's id is stable per job and type."""
+    """Send each lost end notification once (``notify.take``: the one call that moves it
+    from ``claimed`` sends it, across passes and workers), giving back the job's places
+    as its worker would have, before the send (a retried job's new run may take places
+    under the same id meanwhile); abandon those too old to send."""
     cutoff = now - dt.timedelta(seconds=UNSENT_GRACE_SECONDS)
-
-    def take(job: Job | None) -> tuple[Change | None, bool]:
-        claimed = job is not None and job.terminal and \
-            (job.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED
-        return (lifecycle.notified(RESENDING, {}), True) if claimed else (None, False)
-
+    too_old = now - dt.timedelta(seconds=UNSENT_MAX_AGE_SECONDS)
     try:
         ended = services.store.unnotified(SCAN_LIMIT)
-    except RetryableError:
+    except Exception as exc:  # e.g. its index still building: the rest of the pass runs
         report[SweepCount.JOB_ERRORS] += 1
+        log.event(logger, "lost notifications not read", logging.ERROR,
+                  error=type(exc).__name__)
         return
     for job in ended:
         if job.completed_at is None or job.completed_at > cutoff:
             continue
         with log.job_context(job.id):
             try:
-                if not services.store.transact(job.id, take):
+                if job.completed_at < too_old:
+                    if _abandon(services, job.id):
+                        report[SweepCount.ABANDONED] += 1
+                        log.event(logger, "lost end notification too old; not sent",
+                                  logging.WARNING, status=job.status.value,
+                                  endedAt=job.completed_at.isoformat())
+                    continue
+                taken = notify.take(services, job.id)
+                if taken is None:
                     continue
                 log.event(logger, "lost end notification sent", logging.WARNING,
                           status=job.status.value)
-                notify.deliver(services, job.id)
-                dispatch.release_places(services, job.id, job.server.pools)
+                dispatch.release_places(services, job.id, list(taken.server.pools))
+                notify.send(services, taken)
                 report[SweepCount.RENOTIFIED] += 1
             except Exception as exc:  # the next pass (or none: sent at most once) goes on
                 report[SweepCount.JOB_ERRORS] += 1
@@ -150,9 +178,27 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
                           error=type(exc).__name__)
 
 
+def _abandon(services: Services, job_id: str) -> bool:
+    """Mark a claimed notification ``abandoned`` (it leaves ``unnotified``) and give back
+    the job's places; False when it was no longer claimed."""
+    def decide(job: Job | None) -> tuple[Change | None, list[str] | None]:
+        if job is None or not job.terminal or \
+                (job.server.notify or {}).get("state") != lifecycle.NOTIFY_CLAIMED:
+            return None, None
+        return lifecycle.notified(lifecycle.NOTIFY_ABANDONED, {}), list(job.server.pools)
+
+    pools = services.store.transact(job_id, decide)
+    if pools is None:
+        return False
+    dispatch.release_places(services, job_id, pools)
+    return True
+
+
 def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
-    """Fail a job past its maximum age, notify, and give back its places (the pass that
-    follows in this sweep may start the next job in them)."""
+    """Fail a job past its maximum age, give back its places (the pass that follows in
+    this sweep may start the next job in them), then notify. The places are given back
+    first, as read by the failure's write: a send takes seconds, and a retry of the job
+    meanwhile may take places under the same job id."""
     def decide(job: Job | None) -> tuple[Change | None, list[str] | None]:
         change = lifecycle.expire(job, now=now)
         return change, list(job.server.pools) if change is not None and job else None
@@ -162,6 +208,6 @@ def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
         return False
     with log.job_context(job_id):
         log.event(logger, "job failed: past its maximum age", logging.WARNING)
-        notify.deliver(services, job_id)
         dispatch.release_places(services, job_id, pools)
+        notify.deliver(services, job_id)
     return True

@@ -191,3 +191,46 @@ def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:
     assert [e["data"]["batchId"] for e in batch_events(rig)] == [answer["batchId"]]
     assert batch_end.sweep(rig.services) == 0
     assert rig.services.batches.open_batches(10) == []
+
+
+def test_a_job_retried_after_its_batch_was_announced_is_pushed_on_its_own(rig: Rig) -> None:
+    """Given an app batch announced with one job failed, when that job is retried and
+    completes, then its own push is sent (a batch's jobs send none while the batch's one
+    push is still to come; this one came already)."""
+    from kiln.core.errors import PermanentError
+    from kiln.runtime import actions
+    from kiln.runtime.worker import run_job
+
+    rig.devices.register("alice", "phone", fid="f")
+    _, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(2)})
+    batch_id, (done, failing) = answer["batchId"], answer["jobIds"]
+    run_job(done, rig.services)
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(failing, rig.services)
+    assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]
+    rig.providers["image"].error = None
+    assert actions.retry(rig.services, failing, by="owner").changed
+    run_all(rig)
+    assert rig.job(failing).status.value == "completed"
+    assert [(p.data["type"], p.data.get("jobId", p.data.get("batchId")))
+            for p in rig.push.sent] == [("batch_completed", batch_id),
+                                        ("generation_completed", failing)]
+
+
+def test_a_retried_job_whose_ending_announces_its_batch_sends_only_the_batch_push(
+        rig: Rig) -> None:
+    from kiln.core.errors import PermanentError
+    from kiln.runtime import actions
+    from kiln.runtime.worker import run_job
+
+    rig.devices.register("alice", "phone", fid="f")
+    _, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(2)})
+    failing, other = answer["jobIds"]
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(failing, rig.services)
+    rig.providers["image"].error = None
+    assert actions.retry(rig.services, failing, by="owner").changed
+    run_job(other, rig.services)  # not the last: no push
+    assert rig.push.sent == []
+    run_all(rig)  # the retried job ends last and announces the batch
+    assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]

@@ -201,7 +201,7 @@ def test_dead_devices_are_forgotten_and_a_failing_push_is_recorded(rig: Rig) -> 
     rig.store.transact(job_id, lambda job: (lifecycle.complete(job, worker_id="w1", result={
         "path": "p", "downloadUrl": "https://x/p.png"}), None))
     report = notify.deliver(rig.services, job_id)
-    assert report["push"] == {"sent": 1, "failed": 1, "removed": 1}
+    assert report is not None and report["push"] == {"sent": 1, "failed": 1, "removed": 1}
     assert [d.id for d in rig.devices.devices("alice")] == ["new"]
     assert rig.push.sent[0].image == "https://x/p.png"
 
@@ -209,10 +209,14 @@ def test_dead_devices_are_forgotten_and_a_failing_push_is_recorded(rig: Rig) -> 
         raise RuntimeError("fcm down")
 
     rig.push.send = boom  # type: ignore[method-assign]
-    report = notify.deliver(rig.services, job_id)
-    assert report["error"] == "RuntimeError"
-    assert rig.job(job_id).server.notify["state"] == "error"  # type: ignore[index]
-    assert notify.deliver(rig.services, "nosuchjob") == {}
+    assert notify.deliver(rig.services, job_id) is None  # sent already: not sent again
+    other = claimed(rig)
+    rig.store.transact(other, lambda job: (lifecycle.complete(job, worker_id="w1", result={
+        "path": "p", "downloadUrl": "https://x/p.png"}), None))
+    report = notify.deliver(rig.services, other)
+    assert report is not None and report["error"] == "RuntimeError"
+    assert rig.job(other).server.notify["state"] == "error"  # type: ignore[index]
+    assert notify.deliver(rig.services, "nosuchjob") is None
 
 
 # --- acceptance -------------------------------------------------------------------------
