@@ -81,7 +81,9 @@ class InMemoryBatchStore:
     def get(self, batch_id: str) -> Batch | None:
         with self.jobs._lock:
             self.jobs._check()
-            return self.batches.get(batch_id)
+            batch = self.batches.get(batch_id)
+            return dataclasses.replace(batch, open=False) \
+                if batch is not None and batch_id in self.closed else batch
 
     def statuses(self, batch_id: str) -> dict[str, str]:
         with self.jobs._lock:

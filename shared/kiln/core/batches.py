@@ -39,12 +39,13 @@ class Batch:
     fingerprint: str
     created_at: dt.datetime | None = None
     tenant: str | None = None
+    open: bool = True  # False once its end was announced (``BatchStore.close``)
 
     @classmethod
     def from_doc(cls, batch_id: str, doc: Mapping[str, Any]) -> Batch:
         return cls(batch_id, str(doc.get("uid", "")), str(doc.get("channel", "")),
                    tuple(doc.get("jobIds") or ()), str(doc.get("fingerprint", "")),
-                   doc.get("createdAt"), doc.get("tenant"))
+                   doc.get("createdAt"), doc.get("tenant"), doc.get("open") is not False)
 
     def doc(self) -> dict[str, Any]:
         """The stored document; ``expireAt`` as its jobs' (Firestore's TTL policy)."""

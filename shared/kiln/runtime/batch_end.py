@@ -13,10 +13,11 @@ batches only and announces any whose jobs have all ended, so an end check that f
 a process that died between the marker and the emit, loses no ``batch.completed``.
 
 A job retried after its batch was announced ends after the announcement: its push would
-be lost (a batch's jobs send none of their own), so a retried job whose ending does not
-announce its batch is notified on its own (:attr:`BatchEnd.LATE`). Whether the batch
-was announced is not readable without creating its marker, so a job retried before the
-announcement and ending before the batch's last job is pushed on its own too.
+be lost (a batch's jobs send none of their own), so a retried job whose batch is closed
+(announced: ``Batch.open`` false) is notified on its own (:attr:`BatchEnd.LATE`); one
+retried before the announcement rides the batch's push as its other jobs do. When the
+batch cannot be read, a retried job is notified on its own (a second notice rather than
+none).
 """
 
 from __future__ import annotations
@@ -47,16 +48,17 @@ def on_job_ended(services: Services, job: Job) -> BatchEnd:
     batch's notice must not un-finish a job)."""
     if job.batch_id is None:
         return BatchEnd.NONE
-    announced = False
+    announced, closed = False, True  # (unknown: a retried job is told alone)
     try:
         batch = services.batches.get(job.batch_id)
+        closed = batch is not None and not batch.open
         announced = batch is not None and announce_if_ended(services, batch)
     except Exception as exc:
         log.event(logger, "batch end notice failed", logging.ERROR, batchId=job.batch_id,
                   error=type(exc).__name__)
     if announced:
         return BatchEnd.ANNOUNCED
-    return BatchEnd.LATE if job.server.retries else BatchEnd.NONE
+    return BatchEnd.LATE if job.server.retries and closed else BatchEnd.NONE
 
 
 def announce_if_ended(services: Services, batch: Batch) -> bool:

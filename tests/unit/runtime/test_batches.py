@@ -234,3 +234,25 @@ def test_a_retried_job_whose_ending_announces_its_batch_sends_only_the_batch_pus
     assert rig.push.sent == []
     run_all(rig)  # the retried job ends last and announces the batch
     assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]
+
+
+def test_a_job_retried_before_its_batch_was_announced_rides_the_batch_push(rig: Rig) -> None:
+    """Given an app batch of three, one job failed and retried while another still runs,
+    when the retried job completes before the last one, then it sends no push of its own:
+    the batch's one push, when the last job ends, covers it."""
+    from kiln.core.errors import PermanentError
+    from kiln.runtime import actions
+    from kiln.runtime.worker import run_job
+
+    rig.devices.register("alice", "phone", fid="f")
+    _, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)})
+    failing, first, last = answer["jobIds"]
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(failing, rig.services)
+    rig.providers["image"].error = None
+    assert actions.retry(rig.services, failing, by="owner").changed
+    run_job(first, rig.services)
+    run_job(failing, rig.services)  # retried, ends before the batch's last job
+    assert rig.push.sent == []
+    run_job(last, rig.services)
+    assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]
