@@ -15,7 +15,8 @@ Informational, not failures: ``missing_pushes`` (at most once means a crash betw
 claim and the send may lose one), ``orphan_artifacts`` (a job canceled or failed after
 its upload), ``second_tasks`` (a worker killed between a task's creation and its
 checkpoint makes the next attempt create another), ``unsent_notifications`` (an ended
-job whose notification claim never recorded an outcome: the worker died after claiming).
+job whose notification claim never recorded an outcome: the worker died after claiming,
+or after taking it to send).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.core.job import Job, JobStatus
-from kiln.core.lifecycle import NOTIFY_CLAIMED
+from kiln.core.lifecycle import NOTIFY_CLAIMED, NOTIFY_SENDING
 from kiln.providers.base import EXTENSIONS
 from kiln.runtime.results import result_path, thumbnail_path
 
@@ -147,8 +148,8 @@ def check(report: Report, *, jobs: dict[str, dict[str, Any]], found: dict[str, J
         if job.status in (JobStatus.COMPLETED, JobStatus.FAILED) and healthy_tokens.get(info["uid"]) and not (
                 healthy_tokens[info["uid"]] & set(pushes[job_id])):
             report.missing_pushes += 1
-        if (job.server.notify or {}).get("state") == NOTIFY_CLAIMED:
-            report.unsent_notifications += 1
+        if (job.server.notify or {}).get("state") in (NOTIFY_CLAIMED, NOTIFY_SENDING):
+            report.unsent_notifications += 1  # (sending: its sender died, or its record)
         _check_artifacts(report, job, blobs)
         if submissions.get(job_id, 0) > 1:
             report.second_tasks += 1
