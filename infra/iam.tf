@@ -57,6 +57,15 @@ resource "google_project_iam_member" "ingress_trace_agent" {
   member  = "serviceAccount:${google_service_account.ingress.email}"
 }
 
+# Verifying an app user's ID token (check_revoked) looks the user up in Firebase Auth
+# (Identity Toolkit accounts:lookup: firebaseauth.users.get); without it every new token
+# is a 503 auth_unavailable.
+resource "google_project_iam_member" "ingress_firebaseauth_viewer" {
+  project = var.project_id
+  role    = "roles/firebaseauth.viewer"
+  member  = "serviceAccount:${google_service_account.ingress.email}"
+}
+
 # Publishes {jobId} after creating the job; this topic only.
 resource "google_pubsub_topic_iam_member" "ingress_publishes_jobs" {
   topic  = google_pubsub_topic.jobs.id
@@ -202,6 +211,14 @@ resource "google_project_iam_member" "sweeper_fcm_sender" {
   project = var.project_id
   role    = google_project_iam_custom_role.fcm_sender.id
   member  = "serviceAccount:${google_service_account.sweeper.email}"
+}
+
+# A Telegram result it sends again (a delivery deferred while Telegram was down, a lost
+# end notification) is the file itself, read from the results bucket: read only.
+resource "google_storage_bucket_iam_member" "sweeper_results_object_viewer" {
+  bucket = google_storage_bucket.results.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.sweeper.email}"
 }
 
 # ...and its Telegram failure reply.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from typing import Any
 
 import pytest
@@ -86,10 +87,25 @@ def test_pipeline_runs_install_lint_test_package_then_terraform(build: dict[str,
             order.append(str(step["args"][0]))
         elif "package" in make_calls(step):
             order.append("package")
-    assert order == ["package", "init", "plan", "apply"]
+    assert order == ["package", "init", "validate", "plan", "apply"]
     apply = next(s for s in build["steps"] if "terraform" in s["name"] and s["args"][0] == "apply")
     plan = next(s for s in build["steps"] if "terraform" in s["name"] and s["args"][0] == "plan")
     assert any(str(a).startswith("-out=") and str(a)[5:] in apply["args"] for a in plan["args"])
+
+
+def test_the_test_step_skips_the_offline_tfcheck_a_build_cannot_run(build: dict[str, Any]) -> None:
+    """``make test`` runs tfcheck, which needs the shared tools folder beside the repository
+    (CI's machines have it; a Cloud Build workspace does not): the build's test step sets
+    SKIP_TFCHECK, and the real ``terraform validate`` checks infra/ instead."""
+    test = next(s for s in build["steps"] if "test" in make_calls(s))
+    assert "SKIP_TFCHECK=1" in test.get("env", [])
+    assert any("terraform" in s["name"] and s["args"][0] == "validate" for s in build["steps"])
+    make = subprocess.run(["make", "-s", "tfcheck", "SKIP_TFCHECK=1", "TFCHECK=/missing.py"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert make.returncode == 0 and "skipped" in make.stdout
+    make = subprocess.run(["make", "-s", "tfcheck", "TFCHECK=/missing.py"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert make.returncode != 0 and "missing" in make.stderr
 
 
 def test_terraform_image_is_at_least_1_6(build: dict[str, Any]) -> None:

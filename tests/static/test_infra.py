@@ -499,7 +499,7 @@ def test_each_function_has_its_own_service_account(
 
 
 EXPECTED_PROJECT_ROLES = {
-    "ingress": {"roles/datastore.user", "roles/cloudtrace.agent"},
+    "ingress": {"roles/datastore.user", "roles/cloudtrace.agent", "roles/firebaseauth.viewer"},
     "worker": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
     "sweeper": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
 }
@@ -508,8 +508,8 @@ EXPECTED_PROJECT_ROLES = {
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_function_roles_are_narrow(name: str, tf: TfModule, functions: dict[str, Function]) -> None:
     """Given one function's account, when reading project and resource grants, then it has
-    the expected project roles, publishes to the jobs topic only, and only the worker
-    writes to the results bucket."""
+    the expected project roles, publishes to the jobs topic only, only the worker writes
+    to the results bucket, and the sweeper reads it (a Telegram result sent again)."""
     fn = functions[name]
     project = {
         (refs(b["role"], "google_project_iam_custom_role") or [b["role"]])[0]
@@ -522,7 +522,8 @@ def test_function_roles_are_narrow(name: str, tf: TfModule, functions: dict[str,
                  if b["role"] == "roles/pubsub.publisher"}
     assert published == {"kiln-jobs"}
     buckets = {b["role"] for b in members_of(tf, "google_storage_bucket_iam_member", fn).values()}
-    assert buckets == ({"roles/storage.objectAdmin"} if name == "worker" else set())
+    assert buckets == {"worker": {"roles/storage.objectAdmin"},
+                       "sweeper": {"roles/storage.objectViewer"}}.get(name, set())
 
 
 def test_fcm_role_only_sends(tf: TfModule) -> None:

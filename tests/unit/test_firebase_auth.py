@@ -29,6 +29,7 @@ class AccountsServer(ThreadingHTTPServer):
         self.users: dict[str, dict[str, Any]] = {}
         self.lookups: list[str] = []
         self.failing = False
+        self.forbidden = False  # the caller's account may not look users up (IAM)
 
 
 class _Lookup(BaseHTTPRequestHandler):
@@ -42,6 +43,10 @@ class _Lookup(BaseHTTPRequestHandler):
         assert self.path.endswith(f"/projects/{PROJECT}/accounts:lookup"), self.path
         [uid] = body["localId"]
         self.server.lookups.append(uid)
+        if self.server.forbidden:
+            self._answer(403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                         "message": "Caller does not have permission"}})
+            return
         if self.server.failing:
             # 502: firebase-admin does not retry it itself (its 500/503 retries back off
             # for seconds), and it is as unreachable to us as any.
@@ -143,6 +148,26 @@ def test_auth_unreachable_is_busy_not_a_refusal(auth: FirebaseAuth,
     with pytest.raises(RetryableError) as info:
         auth.verify(bearer("alice"))
     assert info.value.code == "auth_unavailable"
+
+
+def test_a_lookup_the_account_may_not_make_is_busy_and_names_the_role(
+        auth: FirebaseAuth, accounts: AccountsServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Given an ingress whose account lacks roles/firebaseauth.viewer (Auth answers 403),
+    then the caller gets the retryable auth_unavailable (not a 500, not a refusal of
+    their sign-in) and the log says which role is missing."""
+    accounts.forbidden = True
+    with pytest.raises(RetryableError) as info:
+        auth.verify(bearer("alice"))
+    assert info.value.code == "auth_unavailable"
+    assert any("roles/firebaseauth.viewer" in record.getMessage() for record in caplog.records)
+
+
+def test_firebase_calls_time_out_within_a_request(accounts: AccountsServer) -> None:
+    """firebase-admin's own default is 120 s per call, beyond a request's or a sweep's
+    time: the app's calls (user lookup, token keys, FCM) are bounded by HTTP_TIMEOUT."""
+    from kiln.adapters.firebase_auth import HTTP_TIMEOUT
+    app = firebase_app(Settings(env="local", project=PROJECT))
+    assert app.options.get("httpTimeout") == HTTP_TIMEOUT <= 15
 
 
 def test_a_refused_token_is_not_cached(auth: FirebaseAuth, accounts: AccountsServer) -> None:

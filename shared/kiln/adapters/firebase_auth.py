@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from firebase_admin import auth as fb_auth
 from firebase_admin import credentials as fb_credentials
 from firebase_admin import exceptions as firebase_exceptions
 
+from kiln import log
 from kiln.core.errors import RequestError, RetryableError
 from kiln.ports import Identity
 from kiln.settings import Settings
@@ -38,6 +40,10 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
+logger = log.get("auth")
+#: Seconds each of firebase-admin's HTTP calls may take (its default is 120).
+HTTP_TIMEOUT = 10.0
+
 class _LocalCredential(fb_credentials.Base):
     """A fixed bearer token for the local FCM server: there is no Google to ask."""
 
@@ -50,9 +56,12 @@ def firebase_app(settings: Settings) -> firebase_admin.App:
     cred: fb_credentials.Base
     cred = _LocalCredential() if settings.local else fb_credentials.ApplicationDefault()
     # Unique for the life of the process: firebase_admin keeps every app registered by
-    # name, and an object's id() comes back once the object is collected.
-    return firebase_admin.initialize_app(cred, {"projectId": settings.project},
-                                         name=f"kiln-{uuid.uuid4().hex}")
+    # name, and an object's id() comes back once the object is collected. Its HTTP calls
+    # (the user lookup, the token keys, FCM) time out after HTTP_TIMEOUT, not
+    # firebase-admin's default 120 s: longer than a request's or a sweep's time.
+    return firebase_admin.initialize_app(
+        cred, {"projectId": settings.project, "httpTimeout": HTTP_TIMEOUT},
+        name=f"kiln-{uuid.uuid4().hex}")
 
 
 class FirebaseAuth:
@@ -130,6 +139,10 @@ class FirebaseAuth:
                                "The ID token's user no longer exists.") from exc
         except (ValueError, fb_auth.InvalidIdTokenError) as exc:
             raise RequestError(401, "unauthenticated", "The ID token is invalid or expired.") from exc
+        except firebase_exceptions.PermissionDeniedError as exc:  # a deployment's mistake
+            log.event(logger, "Firebase Auth refused the user lookup: the ingress's account "
+                      "needs roles/firebaseauth.viewer", logging.ERROR)
+            raise RetryableError("Firebase Auth is unavailable.", code="auth_unavailable") from exc
         except firebase_exceptions.FirebaseError as exc:  # the user lookup: Auth is unreachable
             raise RetryableError("Firebase Auth is unavailable.", code="auth_unavailable") from exc
         return claims
