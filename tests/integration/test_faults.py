@@ -140,3 +140,44 @@ def test_tcp_proxy_cuts_pubsub_and_restores_it(stack: LocalStack, services: Any)
         assert wait_for(publish, 90, interval=0.5, what="publishing after the outage")
     finally:
         proxy.stop()
+
+
+def test_a_stored_result_whose_read_fails_is_storage_unavailable(
+        storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
+    """Given a stored result, when Storage answers its reads 503 (through the fault proxy),
+    then the reader raises RetryableError storage_unavailable (a Telegram upload of the
+    file tries again later), not the client's own error (which sent the link instead);
+    once Storage answers, the same reader reads on."""
+    from kiln.adapters.storage import CloudStorage
+    path = f"faults/read-{uuid.uuid4().hex[:8]}.bin"
+    data = bytes(range(256)) * 64
+    services.blobs.put_bytes(path, data, "application/octet-stream")
+    blobs = CloudStorage(stack.bucket, project=stack.config.project,
+                         emulator_host=storage_proxy.url, read_retry=None)  # fails at once
+    reader = blobs.open(path, 4096)
+    storage_proxy.error_rate = 1.0
+    with pytest.raises(RetryableError) as info:
+        reader.read(100)
+    assert info.value.code == "storage_unavailable"
+    storage_proxy.error_rate = 0.0
+    reader.seek(0)
+    assert reader.read(100) == data[:100]
+    reader.close()
+
+
+def test_an_upload_storage_refuses_is_storage_unavailable_and_leaves_nothing(
+        storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
+    """Given Storage answering a resumable upload's pieces 503 (the client's own
+    InvalidResponse, not an API error), then put_stream raises RetryableError
+    storage_unavailable and no object is left."""
+    from kiln.adapters.storage import CloudStorage
+    blobs = CloudStorage(stack.bucket, project=stack.config.project,
+                         emulator_host=storage_proxy.url, chunk_size=256 * 1024,
+                         upload_retry=None)  # fails at once
+    path = f"faults/upload-{uuid.uuid4().hex[:8]}.bin"
+    storage_proxy.match = lambda method, url: method == "PUT"  # the pieces, not the session
+    storage_proxy.error_rate = 1.0
+    with pytest.raises(RetryableError) as info:
+        blobs.put_stream(path, [b"x" * 200_000] * 3, "application/octet-stream")
+    assert info.value.code == "storage_unavailable"
+    assert not services.blobs.exists(path)

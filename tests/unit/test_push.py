@@ -300,6 +300,15 @@ def test_quota_exceeded_for_good_fails_without_forgetting_the_device(sender: pus
     assert len(attempts(fcm, "fid-1")) == 3
 
 
+def test_another_projects_address_is_dead(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """Given SENDER_ID_MISMATCH (a token of another Firebase project), then one attempt and
+    the device is reported dead: it would fail every push for ever."""
+    fcm.fail("fid-1", "SENDER_ID_MISMATCH")
+    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (0, 1, ["phone"])
+    assert len(attempts(fcm, "fid-1")) == 1
+
+
 def test_unregistered_is_not_retried(sender: push.FcmPush, fcm: FcmServer) -> None:
     """Given UNREGISTERED, then there is one attempt and the device is reported dead."""
     fcm.fail("fid-1", "UNREGISTERED")

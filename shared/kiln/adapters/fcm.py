@@ -212,8 +212,9 @@ class FcmPush:
 
 
 def _is_dead(exc: BaseException | None) -> bool:
-    """UNREGISTERED, or INVALID_ARGUMENT that says the FID or token itself is not valid."""
-    if isinstance(exc, messaging.UnregisteredError):
+    """UNREGISTERED; SENDER_ID_MISMATCH (another project's address: it can never work
+    here); or INVALID_ARGUMENT that says the FID or token itself is not valid."""
+    if isinstance(exc, (messaging.UnregisteredError, messaging.SenderIdMismatchError)):
         return True
     if isinstance(exc, fb_exc.InvalidArgumentError):
         text = str(exc).lower()

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import urllib.parse
 import uuid
-from collections.abc import Iterable
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, cast
 
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
+from google.cloud.storage import exceptions as storage_exceptions
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from kiln.core.errors import KilnError, PermanentError, RetryableError
 from kiln.ports import StoredObject, Validator
 
 UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+#: How long one read of a stored object retries Storage (the client's default is 120 s,
+#: longer than a Telegram upload should wait before it is tried again later).
+READ_RETRY = DEFAULT_RETRY.with_timeout(15.0)
 
 
 class CloudStorage:
@@ -38,6 +45,8 @@ class CloudStorage:
         project: str | None = None,
         emulator_host: str = "",
         chunk_size: int = UPLOAD_CHUNK,
+        read_retry: Any = READ_RETRY,
+        upload_retry: Any = DEFAULT_RETRY,
     ) -> None:
         if client is None:
             if emulator_host:
@@ -49,6 +58,7 @@ class CloudStorage:
         self.bucket = client.bucket(bucket)
         self.emulator_host = emulator_host.rstrip("/")
         self.chunk_size = chunk_size
+        self.read_retry, self.upload_retry = read_retry, upload_retry
 
     def put_stream(
         self,
@@ -83,7 +93,8 @@ class CloudStorage:
                     held.append(chunk)
                     if total <= self.chunk_size:
                         continue
-                    writer = blob.open("wb", content_type=content_type, chunk_size=self.chunk_size)
+                    writer = blob.open("wb", content_type=content_type, chunk_size=self.chunk_size,
+                                       retry=self.upload_retry)
                     chunk, held = b"".join(held), []
                 writer.write(chunk)
             if validator is not None:
@@ -91,11 +102,12 @@ class CloudStorage:
             if writer is not None:
                 writer.close()  # sends the last piece: only now does the object exist
             elif total:  # a file of one piece: one request (multipart), once validated
-                blob.upload_from_string(b"".join(held), content_type=content_type)
+                blob.upload_from_string(b"".join(held), content_type=content_type,
+                                        retry=self.upload_retry)
         except KilnError:
             _abandon(writer)
             raise
-        except (gexc.GoogleAPIError, OSError, ValueError) as exc:
+        except STORAGE_ERRORS as exc:
             _abandon(writer)
             raise RetryableError("Cloud Storage is unavailable.", code="storage_unavailable") from exc
         except BaseException:
@@ -118,11 +130,12 @@ class CloudStorage:
                 f"?alt=media&token={token}")
 
     def open(self, path: str, chunk_size: int) -> IO[bytes]:
-        """A seekable reader of a stored object that holds ``chunk_size`` at a time."""
-        try:
-            return self.bucket.blob(path).open("rb", chunk_size=chunk_size)  # type: ignore[no-any-return]
-        except gexc.GoogleAPIError as exc:
-            raise RetryableError("The result could not be read.", code="storage_unavailable") from exc
+        """A seekable reader of a stored object that holds ``chunk_size`` at a time. Opening
+        asks nothing of Storage; its reads do, and a read that fails raises
+        ``RetryableError`` ``storage_unavailable`` (:class:`_Reader`)."""
+        with _translated():
+            return cast(IO[bytes], _Reader(self.bucket.blob(path).open(
+                "rb", chunk_size=chunk_size, retry=self.read_retry)))
 
     def exists(self, path: str) -> bool:
         return self.bucket.blob(path).exists()
@@ -142,11 +155,64 @@ def _abandon(writer: Any) -> None:
     """Drop an unfinished resumable upload without finalizing it.
 
     ``BlobWriter.close()`` (also run by ``__del__``) would upload the buffered tail and so
-    finalize a partial object; closing its buffer first makes ``close()`` a no-op. The
-    unfinished session expires on the server by itself.
+    finalize a partial object; ``terminate()`` deletes the upload session and closes the
+    buffer, which makes ``close()`` a no-op. If the session cannot be deleted (Storage is
+    what failed), the buffer is closed all the same and the session expires by itself.
     """
     if writer is None:
         return
+    with contextlib.suppress(Exception):
+        writer.terminate()
     buffer = getattr(writer, "_buffer", None)
     if buffer is not None and not buffer.closed:
         buffer.close()
+
+
+#: What Storage's client raises when Storage (or the way to it) fails: its API errors, the
+#: resumable upload's own (not API errors), a credential that cannot be refreshed, and
+#: the transport's.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    gexc.GoogleAPIError, storage_exceptions.InvalidResponse, storage_exceptions.DataCorruption,
+    auth_exceptions.GoogleAuthError, OSError, ValueError)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except STORAGE_ERRORS as exc:
+        raise RetryableError("The result could not be read.", code="storage_unavailable") from exc
+
+
+class _Reader(io.BufferedIOBase):
+    """A stored object's reader whose failed reads raise ``RetryableError``: a caller
+    (a Telegram upload of the file) then tries again later instead of giving up."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        with _translated():
+            return self._inner.read(-1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with _translated():
+            return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def close(self) -> None:
+        with contextlib.suppress(*STORAGE_ERRORS):
+            self._inner.close()
+        super().close()
