@@ -36,6 +36,9 @@ from kiln_dev.fakes_api import InMemoryBatchStore, InMemoryKeyStore
 from kiln_dev.fakes_webhooks import InMemoryWebhookStore
 
 
+class Killed(BaseException):
+    """The worker's process dies here (nothing after it runs)."""
+
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
     """A real PNG or GLB (the offline generator, instantly), so validators run for real."""
     provider = OfflineProvider(0.0, 0.0, sleep=clock.sleep, clock=clock.monotonic)

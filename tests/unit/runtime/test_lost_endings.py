@@ -4,25 +4,21 @@ cancel during a check whose poll fails still cancels the paid remote task."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from rig import Rig, TaskFake, build_rig
+from rig import Killed, Rig, TaskFake, build_rig
 
 from kiln.core.errors import KilnError, LeaseLostError, PermanentError, RetryableError
 from kiln.core.job import Job, JobStatus
 from kiln.providers.base import TaskState, TaskStatus
 from kiln.providers.http import error_for_status
-from kiln.runtime import actions, notify
+from kiln.runtime import actions
 from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, sweep
 from kiln.runtime.worker import RunOutcome, run_job
 
 RUNNING = TaskStatus(TaskState.RUNNING, 40, "meshing")
-
-
-class Killed(BaseException):
-    """The worker's process dies here (nothing after it runs)."""
 
 
 def lose_answer(rig: Rig, status: JobStatus, error: KilnError) -> list[int]:
@@ -100,16 +96,6 @@ def test_a_completion_that_did_not_land_sends_nothing_and_releases_the_job() -> 
     job = rig.job(job_id)
     assert job.status is JobStatus.PENDING and job.stage == "retrying"
     assert rig.push.sent == [] and job.server.notify is None
-
-
-@pytest.fixture
-def killed_after_ending(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """Kill the worker between its ending write and the send (``revive`` undoes it)."""
-    def die(*_args: Any) -> Any:
-        raise Killed()
-
-    monkeypatch.setattr(notify, "deliver", die)
-    yield monkeypatch.undo
 
 
 def test_the_sweeper_sends_an_end_notification_its_dead_worker_never_sent(

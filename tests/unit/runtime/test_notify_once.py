@@ -6,32 +6,18 @@ to app jobs only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from rig import Rig, build_rig
+from rig import Killed, Rig, build_rig
 
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.runtime import notify
 from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, UNSENT_MAX_AGE_SECONDS, sweep
 from kiln.runtime.worker import RunOutcome, run_job
-
-
-class Killed(BaseException):
-    """The worker's process dies here (nothing after it runs)."""
-
-
-@pytest.fixture
-def killed_after_ending(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """Kill the worker between its ending write and the send (``revive`` undoes it)."""
-    def die(*_args: Any) -> Any:
-        raise Killed()
-
-    monkeypatch.setattr(notify, "deliver", die)
-    yield monkeypatch.undo
 
 
 def ended_unsent(rig: Rig, revive: Callable[[], None], **submit: Any) -> str:
