@@ -68,8 +68,9 @@ def complete(job_id: str, services: Services, token: str, result: Mapping[str, A
              steps: Mapping[str, dt.datetime | None]) -> None:
     """Write the completion, decided on a plain read and written on it: two calls instead
     of a transaction's three (the transaction only if the job was written meanwhile;
-    docs/benchmarks.md). A write that landed although its answer was lost counts as
-    written (:func:`ended_here`): its notification is then the caller's to send.
+    docs/benchmarks.md). ``steps`` go on the timeline with ``completed``, the time of the
+    decision (after the read). A write that landed although its answer was lost counts
+    as written (:func:`ended_here`): its notification is then the caller's to send.
 
     Raises:
         CanceledError, LeaseLostError: the job is not this delivery's to complete.
@@ -78,7 +79,8 @@ def complete(job_id: str, services: Services, token: str, result: Mapping[str, A
     try:
         services.store.transact(job_id, lambda current: (timeline.carry(
             lifecycle.complete(current, worker_id=services.worker_id, result=result,
-                               provenance=provenance), steps), True),
+                               provenance=provenance),
+            {**steps, "completed": services.clock.now()}), True),
             seen=services.store.get(job_id))
     except (LeaseLostError, RetryableError) as lost:
         if not ended_here(services, job_id, token, JobStatus.COMPLETED):

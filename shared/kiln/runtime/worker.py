@@ -174,8 +174,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
         marks[timeline.step("stored", attempt)] = clock.now()
-        endings.complete(job_id, services, token, result, produced.provenance,
-                         {**marks, "completed": clock.now()})
+        endings.complete(job_id, services, token, result, produced.provenance, marks)
         log.event(logger, "job completed", bytes=result["bytes"], progressWrites=reporter.writes,
                   seconds=round(clock.monotonic() - started, 3))
         notify.deliver(services, job_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 from rig import Rig, SyncFake
@@ -46,6 +47,29 @@ def test_a_completed_job_records_every_step_without_a_write_of_its_own(
     assert set(rig.store.servers[bare][timeline.FIELD]) == {"accepted"}  # the create
     assert rig.store.server_writes[job_id] == rig.store.server_writes[bare]
     assert rig.store.public_writes[job_id] == rig.store.public_writes[bare]
+
+
+def test_completed_is_the_time_of_the_completions_decision(rig: Rig) -> None:
+    """Given a completion whose read of the job takes 250 ms (a slow store), then the
+    timeline's ``completed`` is after that read, not the moment the result was stored:
+    stored → completed shows the completion's own time."""
+    job_id = rig.submit()
+    real_get, real_put, stored = rig.store.get, rig.services.blobs.put_stream, []
+
+    def put_stream(*args: Any, **kwargs: Any) -> Any:
+        stored.append(args[0])
+        return real_put(*args, **kwargs)
+
+    def slow_get(read_id: str) -> object:
+        if stored:
+            rig.clock.advance(0.25)  # the completion's read: the result is stored
+        return real_get(read_id)
+
+    rig.services.blobs.put_stream = put_stream  # type: ignore[method-assign]
+    rig.store.get = slow_get  # type: ignore[method-assign]
+    assert handle_message(push(job_id, ""), rig.services) is RunOutcome.COMPLETED
+    at = {s.name: s.offset_ms for s in timeline.steps(rig.job(job_id).server.timeline)}
+    assert at["completed"] - at["stored"] >= 250
 
 
 def test_a_retried_job_keeps_both_attempts(rig: Rig) -> None:
