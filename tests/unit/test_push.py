@@ -300,13 +300,20 @@ def test_quota_exceeded_for_good_fails_without_forgetting_the_device(sender: pus
     assert len(attempts(fcm, "fid-1")) == 3
 
 
-def test_another_projects_address_is_dead(sender: push.FcmPush, fcm: FcmServer) -> None:
-    """Given SENDER_ID_MISMATCH (a token of another Firebase project), then one attempt and
-    the device is reported dead: it would fail every push for ever."""
-    fcm.fail("fid-1", "SENDER_ID_MISMATCH")
-    result = sender.send([Device("phone", fid="fid-1")], "t", "b", DATA)
-    assert (result.sent, result.failed, result.dead_devices) == (0, 1, ["phone"])
+def test_another_projects_address_is_dead_beside_one_reached(sender: push.FcmPush,
+                                                               fcm: FcmServer) -> None:
+    """Given SENDER_ID_MISMATCH for one device while another is reached, then it is a
+    token of another Firebase project: reported dead (it would fail every push). Given it
+    for every device, the sender may be the one misconfigured: none is deleted."""
+    fcm.fail("fid-1", "SENDER_ID_MISMATCH", repeat=True)
+    result = sender.send([Device("old", fid="fid-1"), Device("phone", fid="fid-2")],
+                         "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (1, 1, ["old"])
     assert len(attempts(fcm, "fid-1")) == 1
+    fcm.fail("fid-3", "SENDER_ID_MISMATCH", repeat=True)
+    result = sender.send([Device("old", fid="fid-1"), Device("tablet", fid="fid-3")],
+                         "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (0, 2, [])
 
 
 def test_unregistered_is_not_retried(sender: push.FcmPush, fcm: FcmServer) -> None:

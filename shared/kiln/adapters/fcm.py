@@ -179,6 +179,7 @@ class FcmPush:
         """Send to every device; report sent, failed and dead ones (to be forgotten)."""
         sent = failed = 0
         dead: list[str] = []
+        mismatched: list[str] = []  # another project's addresses, or ours misconfigured
         pending = list(devices)
         delays = (0.0, *self.quota_delays)
         for round_, delay in enumerate(delays):
@@ -203,18 +204,26 @@ class FcmPush:
                         failed += 1
                         if _is_dead(item.exception):
                             dead.append(device.id)
+                        elif isinstance(item.exception, messaging.SenderIdMismatchError):
+                            mismatched.append(device.id)
                         log.event(logger, "push to device failed", logging.WARNING,
                                   deviceId=device.id, error=type(item.exception).__name__)
             pending = over_quota
             if not pending:
                 break
+        if mismatched and sent:  # others reached: those addresses are another project's
+            dead += mismatched
+        elif mismatched:  # none reached: the sender may be the one misconfigured
+            log.event(logger, "every address refused as another project's (SENDER_ID_MISMATCH); "
+                      "kept: check the FCM project and credentials", logging.ERROR,
+                      devices=len(mismatched))
         return PushResult(sent, failed, dead)
 
 
 def _is_dead(exc: BaseException | None) -> bool:
-    """UNREGISTERED; SENDER_ID_MISMATCH (another project's address: it can never work
-    here); or INVALID_ARGUMENT that says the FID or token itself is not valid."""
-    if isinstance(exc, (messaging.UnregisteredError, messaging.SenderIdMismatchError)):
+    """UNREGISTERED, or INVALID_ARGUMENT that says the FID or token itself is not valid.
+    (SENDER_ID_MISMATCH is dead only beside an address that was reached: ``send``.)"""
+    if isinstance(exc, messaging.UnregisteredError):
         return True
     if isinstance(exc, fb_exc.InvalidArgumentError):
         text = str(exc).lower()

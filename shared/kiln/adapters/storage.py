@@ -155,14 +155,12 @@ def _abandon(writer: Any) -> None:
     """Drop an unfinished resumable upload without finalizing it.
 
     ``BlobWriter.close()`` (also run by ``__del__``) would upload the buffered tail and so
-    finalize a partial object; ``terminate()`` deletes the upload session and closes the
-    buffer, which makes ``close()`` a no-op. If the session cannot be deleted (Storage is
-    what failed), the buffer is closed all the same and the session expires by itself.
+    finalize a partial object; closing its buffer first makes ``close()`` a no-op. The
+    unfinished session expires on the server by itself (``terminate()`` would delete it,
+    but with a call that can wait minutes on the Storage that just failed).
     """
     if writer is None:
         return
-    with contextlib.suppress(Exception):
-        writer.terminate()
     buffer = getattr(writer, "_buffer", None)
     if buffer is not None and not buffer.closed:
         buffer.close()

@@ -14,7 +14,7 @@ a process that died between the marker and the emit, loses no ``batch.completed`
 
 A job retried after its batch was announced ends after the announcement: its push would
 be lost (a batch's jobs send none of their own), so a retried job whose batch is closed
-(announced: ``Batch.open`` false) is notified on its own (:attr:`BatchEnd.LATE`); one
+(announced: ``Batch.open`` false) is notified on its own (:func:`announced_before`); one
 retried before the announcement rides the batch's push as its other jobs do. When the
 batch cannot be read, a retried job is notified on its own (a second notice rather than
 none).
@@ -22,7 +22,6 @@ none).
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import Any
 
@@ -35,30 +34,33 @@ from kiln.webhooks import events
 logger = log.get("batches")
 
 
-class BatchEnd(enum.StrEnum):
-    """What a job's ending did to its batch's announcement."""
-
-    NONE = "none"  # not a batch's job, or the batch announces it (now or later)
-    ANNOUNCED = "announced"  # this ending announced the batch
-    LATE = "late"  # a retried job whose ending did not announce its batch: notify it alone
-
-
-def on_job_ended(services: Services, job: Job) -> BatchEnd:
-    """Announce the job's batch if this job was its last to end (never raises: a
-    batch's notice must not un-finish a job)."""
-    if job.batch_id is None:
-        return BatchEnd.NONE
-    announced, closed = False, True  # (unknown: a retried job is told alone)
+def announced_before(services: Services, job: Job) -> bool:
+    """Whether ``job`` (retried) ends after its batch was announced: it is then notified
+    on its own. Read before the job's own notice, so the batch's comes after it. When
+    the batch cannot be read, True (a second notice rather than none)."""
+    if job.batch_id is None or not job.server.retries:
+        return False
     try:
         batch = services.batches.get(job.batch_id)
-        closed = batch is not None and not batch.open
-        announced = batch is not None and announce_if_ended(services, batch)
+    except Exception as exc:
+        log.event(logger, "batch not read", logging.WARNING, batchId=job.batch_id,
+                  error=type(exc).__name__)
+        return True
+    return batch is not None and not batch.open
+
+
+def on_job_ended(services: Services, job: Job) -> bool:
+    """Announce the job's batch if this job was its last to end; True when announced by
+    this call (never raises: a batch's notice must not un-finish a job)."""
+    if job.batch_id is None:
+        return False
+    try:
+        batch = services.batches.get(job.batch_id)
+        return batch is not None and announce_if_ended(services, batch)
     except Exception as exc:
         log.event(logger, "batch end notice failed", logging.ERROR, batchId=job.batch_id,
                   error=type(exc).__name__)
-    if announced:
-        return BatchEnd.ANNOUNCED
-    return BatchEnd.LATE if job.server.retries and closed else BatchEnd.NONE
+        return False
 
 
 def announce_if_ended(services: Services, batch: Batch) -> bool:

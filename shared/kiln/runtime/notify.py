@@ -7,15 +7,17 @@ worker and the sweeper, or two sweeps, never both send. A redelivery sees a term
 and does nothing. A worker that crashed between the ending write and the take leaves it
 claimed: the sweeper sends it after ``sweeper.UNSENT_GRACE_SECONDS``. One that crashed
 between the take and the record (``sent``) leaves it ``sending``, which nobody repairs:
-at most once, a chat message included. The record of what was sent is bookkeeping; when
-it cannot be written the notification stays ``sending`` and the job stays ended.
+at most once, a chat message included. An API tenant's (:data:`AT_LEAST_ONCE`) is not
+taken: its webhook event has a stable id, so it is sent again until recorded. The
+record of what was sent is bookkeeping; when it cannot be written the notification
+stays ``sending`` (``claimed`` for an API tenant's) and the job stays ended.
 
 The app push goes to the owner's registered devices, for jobs of the app channel only
 (the reserved uids of other channels are not app users). A batch's jobs send none of
-their own (the batch sends one when it ends), except a retried job whose batch was not
-announced by its own ending (``batch_end.BatchEnd.LATE``). A channel with its own
-conversation (Telegram) is registered in the composition root (``Services.channels``)
-and is told of the start, of progress and of the end. A channel that cannot reach its
+their own (the batch sends one when it ends, after its last job's own notice), except
+a job retried after its batch was announced (``batch_end.announced_before``). A channel
+with its own conversation (Telegram) is registered in the composition root
+(``Services.channels``) and is told of the start, of progress and of the end. A channel that cannot reach its
 chat right now defers the end itself (its report says ``deferred``: the state is then
 ``retrying``) and finishes it from the sweeper's pass (``redeliver``), which records the
 final ``sent`` or ``error``.
@@ -34,9 +36,13 @@ from kiln.core import lifecycle, timeline
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job
 from kiln.runtime import batch_end
-from kiln.runtime.batch_end import BatchEnd
 
 logger = log.get("notify")
+#: Channels whose end notice may be sent twice and must not be lost: an API tenant's is a
+#: webhook event with a stable id (a second emit is a no-op; deliveries are retried for
+#: days) and no push. Their claim is not taken: it stays ``claimed`` until the record, so
+#: a sender that died is followed by the sweeper's.
+AT_LEAST_ONCE = frozenset({"api"})
 
 
 def on_started(services: Services, job: Job) -> None:
@@ -112,6 +118,8 @@ def take(services: Services, job_id: str) -> Job | None:
         if job is None or not job.terminal or \
                 (job.server.notify or {}).get("state") != lifecycle.NOTIFY_CLAIMED:
             return None, None
+        if job.channel in AT_LEAST_ONCE:  # sent again until its record is written
+            return None, job
         return lifecycle.notified(lifecycle.NOTIFY_SENDING, {"sender": token}), job
 
     try:
@@ -127,12 +135,14 @@ def send(services: Services, job: Job) -> dict[str, Any]:
     """Send the notification of ``job`` (taken by :func:`take`) and record what was sent."""
     report: dict[str, Any] = {}
     try:
-        # before the push: a retried job of an announced batch is pushed on its own
-        ended = batch_end.on_job_ended(services, job)
-        report["push"] = send_push(services, job, alone=ended is BatchEnd.LATE)
+        # a retried job of an announced batch is pushed on its own; the batch's own
+        # notice (if this job ends it) comes after the job's
+        alone = batch_end.announced_before(services, job)
+        report["push"] = send_push(services, job, alone=alone)
         channel = services.channels.get(job.channel)
         if channel is not None:
             report["channel"] = channel.on_finished(services, job)
+        batch_end.on_job_ended(services, job)
         state = "retrying" if "deferred" in report.get("channel", {}) else "sent"
     except Exception as exc:  # a notification failure must not un-finish the job
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)

@@ -45,6 +45,8 @@ UNSENT_GRACE_SECONDS = 300.0
 #: (up to the 90 days jobs are kept) would otherwise be sent months late, and fill the
 #: window of ``JobStore.unnotified`` for ever.
 UNSENT_MAX_AGE_SECONDS = 3600.0
+#: ...for an API tenant's webhook event, whose deliveries are retried for days: as long.
+UNSENT_MAX_AGE_API_SECONDS = 3 * 86400.0
 
 
 class SweepCount(enum.StrEnum):
@@ -99,7 +101,7 @@ def _guarded(report: Counter[str], step: str, run: Callable[[], None]) -> None:
     except Exception as exc:
         report[SweepCount.JOB_ERRORS] += 1
         log.event(logger, "sweep step failed", logging.ERROR, step=step,
-                  error=type(exc).__name__)
+                  error=type(exc).__name__, detail=str(exc)[:500])
 
 
 def _count(report: Counter[str], name: SweepCount, count: int) -> None:
@@ -144,20 +146,21 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
     as its worker would have, before the send (a retried job's new run may take places
     under the same id meanwhile); abandon those too old to send."""
     cutoff = now - dt.timedelta(seconds=UNSENT_GRACE_SECONDS)
-    too_old = now - dt.timedelta(seconds=UNSENT_MAX_AGE_SECONDS)
     try:
         ended = services.store.unnotified(SCAN_LIMIT)
     except Exception as exc:  # e.g. its index still building: the rest of the pass runs
         report[SweepCount.JOB_ERRORS] += 1
         log.event(logger, "lost notifications not read", logging.ERROR,
-                  error=type(exc).__name__)
+                  error=type(exc).__name__, detail=str(exc)[:500])
         return
     for job in ended:
         if job.completed_at is None or job.completed_at > cutoff:
             continue
         with log.job_context(job.id):
             try:
-                if job.completed_at < too_old:
+                max_age = UNSENT_MAX_AGE_API_SECONDS if job.channel in notify.AT_LEAST_ONCE \
+                    else UNSENT_MAX_AGE_SECONDS
+                if job.completed_at < now - dt.timedelta(seconds=max_age):
                     if _abandon(services, job.id):
                         report[SweepCount.ABANDONED] += 1
                         log.event(logger, "lost end notification too old; not sent",

@@ -1,0 +1,92 @@
+"""An API tenant's end notices are webhook events with stable ids: sent at least once
+(a sender that died is followed by the sweeper's), and a batch's ``batch.completed``
+comes after its last job's own event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from rig import Killed, Rig, build_rig
+from test_batches import call, items, run_all
+
+from kiln.runtime import notify
+from kiln.runtime.keys import create_key
+from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, UNSENT_MAX_AGE_SECONDS, sweep
+from kiln.runtime.worker import run_job
+from kiln.webhooks import model
+from kiln.webhooks.channel import ApiChannel
+from kiln.webhooks.model import Endpoint
+
+
+def with_endpoint(rig: Rig) -> Rig:
+    """The tenant acme listens to every event at one endpoint (and the API channel is
+    composed, as in production: the rig composes only a recording Telegram channel)."""
+    rig.services.channels = {**rig.services.channels, "api": ApiChannel()}
+    rig.services.webhooks.put_endpoint(Endpoint(
+        model.new_endpoint_id(), "acme", "https://hooks.example/kiln", model.new_secret(), (),
+        created_at=rig.clock.now()))
+    return rig
+
+
+def events(rig: Rig, kind: str) -> list[dict[str, Any]]:
+    return [json.loads(e.body) for e in rig.services.webhooks.events.values()  # type: ignore[attr-defined]
+            if e.type == kind]
+
+
+@pytest.fixture
+def killed_while_sending(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Kill the worker after it took the claim, before the send."""
+    def die(*_args: Any) -> Any:
+        raise Killed()
+
+    monkeypatch.setattr(notify, "send", die)
+    yield monkeypatch.undo
+
+
+def test_an_api_jobs_event_whose_sender_died_is_sent_by_the_sweeper(
+        killed_while_sending: Callable[[], None]) -> None:
+    """Given an API job whose worker died after taking its end notice (before the send),
+    then its claim is still ``claimed`` and the sweeper, past the grace, emits its
+    ``job.completed`` once; a later pass sends nothing more."""
+    rig = with_endpoint(build_rig())
+    job_id = rig.submit(uid="api:acme", channel="api")
+    with pytest.raises(Killed):
+        run_job(job_id, rig.services)
+    killed_while_sending()
+    assert (rig.job(job_id).server.notify or {}).get("state") == "claimed"
+    assert events(rig, "job.completed") == []
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    assert [e["data"]["jobId"] for e in events(rig, "job.completed")] == [job_id]
+    sweep(rig.services)
+    assert len(events(rig, "job.completed")) == 1
+    assert (rig.job(job_id).server.notify or {}).get("state") == "sent"
+
+
+def test_an_api_jobs_lost_event_is_still_sent_after_an_hour(
+        killed_while_sending: Callable[[], None]) -> None:
+    """Webhook deliveries are retried for days: an API job's lost event is not abandoned
+    after the hour an app push or a chat message is."""
+    rig = with_endpoint(build_rig())
+    job_id = rig.submit(uid="api:acme", channel="api")
+    with pytest.raises(Killed):
+        run_job(job_id, rig.services)
+    killed_while_sending()
+    rig.clock.advance(UNSENT_MAX_AGE_SECONDS + 60)
+    sweep(rig.services)
+    assert len(events(rig, "job.completed")) == 1
+
+
+def test_batch_completed_comes_after_its_last_jobs_own_event() -> None:
+    rig = with_endpoint(build_rig(plans="free:daily=1000,running=200;pro:daily=1000,running=200",
+                                  provider_capacity="200"))
+    key = create_key(rig.services.keys, rig.clock, tenant="acme",
+                     scopes=["submit", "read", "cancel"]).secret
+    status, _body, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(2)})
+    assert status == 202
+    run_all(rig)
+    order = [e.type for e in rig.services.webhooks.events.values()]  # type: ignore[attr-defined]
+    assert order == ["job.completed", "job.completed", "batch.completed"]
