@@ -43,8 +43,8 @@ tfcheck: $(STAMP) ## check infra/*.tf against the real provider schemas (../shar
 	  echo "tfcheck: skipped (SKIP_TFCHECK: terraform validate runs in the pipeline)"; \
 	else \
 	  test -f $(TFCHECK) || { echo "tfcheck: $(TFCHECK) is missing; the shared tools folder" \
-	    "must be checked out beside this repository (as ../shared, which CI always has)" >&2; \
-	    exit 1; }; \
+	    "must be checked out beside this repository (as ../shared, which CI always has);" \
+	    "make test SKIP_TFCHECK=1 runs the rest" >&2; exit 1; }; \
 	  $(PY) $(TFCHECK) infra --quiet; \
 	fi
 

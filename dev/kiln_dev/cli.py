@@ -87,11 +87,22 @@ def main(argv: Sequence[str] | None = None, *,
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     handler: Callable[[argparse.Namespace], int] = args.handler if hasattr(args, "handler") else {
         "demo": run_demo, "dev": run_dev, "watch": run_watch}[args.command]
+    from google.auth.exceptions import DefaultCredentialsError
+
     try:
         return handler(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except NoStack as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return 2
+    except DefaultCredentialsError:
+        print("kiln: no local stack and no Google credentials. This command talks to the "
+              "stack `make dev` runs: start it in another terminal and run the command from "
+              "inside the repository (it finds .kiln/dev.json there); for a cloud project, "
+              "set GOOGLE_APPLICATION_CREDENTIALS and GOOGLE_CLOUD_PROJECT.", file=sys.stderr)
+        return 2
 
 
 # --- the stack --------------------------------------------------------------------------
@@ -124,7 +135,8 @@ def run_dev(args: argparse.Namespace) -> int:
                   f"    -H 'Authorization: Bearer {token}' \\\n"
                   "    -H 'Content-Type: application/json' \\\n"
                   "    -d '{\"kind\": \"image\", \"prompt\": \"a blue cube\"}'\n"
-                  "  kiln watch JOB_ID\n\nCtrl-C stops everything.", flush=True)
+                  "  .venv/bin/kiln watch JOB_ID   (from the repository, in another "
+                  "terminal)\n\nCtrl-C stops everything.", flush=True)
             wait_until_interrupted()
         finally:
             DEV_FILE.unlink(missing_ok=True)
@@ -152,13 +164,47 @@ def write_dev_file(stack: LocalStack) -> None:
     partial.replace(DEV_FILE)
 
 
+class NoStack(Exception):
+    """A command needs the local stack and finds none (or a stale ``.kiln/dev.json``)."""
+
+
+def dev_file() -> Path | None:
+    """``.kiln/dev.json`` of this folder or of the nearest parent that has one (so a
+    command run from inside the repository finds the stack ``kiln dev`` runs there)."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / DEV_FILE).exists():
+            return folder / DEV_FILE
+    return None
+
+
 def dev_env() -> dict[str, str] | None:
     """The environment of the stack ``kiln dev`` runs (``.kiln/dev.json``), or None when
-    none runs here or the process environment names an emulator of its own (it wins)."""
-    if not DEV_FILE.exists() or os.environ.get("FIRESTORE_EMULATOR_HOST"):
+    none runs here or the process environment names an emulator of its own (it wins).
+
+    Raises:
+        NoStack: the file names a ``kiln dev`` that is no longer running (killed: it
+            could not remove its file), whose emulators would never answer.
+    """
+    path = dev_file()
+    if path is None or os.environ.get("FIRESTORE_EMULATOR_HOST"):
         return None
-    env = json.loads(DEV_FILE.read_text())["env"]
-    return {str(k): str(v) for k, v in env.items()}
+    recorded = json.loads(path.read_text())
+    pid = recorded.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        raise NoStack(f"{path} is stale: the kiln dev that wrote it (pid {pid}) is not "
+                      "running. Start `make dev` again (it rewrites the file).")
+    return {str(k): str(v) for k, v in recorded["env"].items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dev_settings() -> Settings | None:
@@ -255,6 +301,9 @@ class ProgressBoard:
 
 def run_watch(args: argparse.Namespace) -> int:
     services = args.services()
+    if services.store.get(args.job_id) is None:  # else it would wait a day for nothing
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return 1
     board = ProgressBoard(services.firestore, {args.job_id: "job"}).start()
     try:
         board.wait(timeout=24 * 3600)

@@ -138,7 +138,8 @@ class FirebaseAuth:
             raise RequestError(401, "unauthenticated",
                                "The ID token's user no longer exists.") from exc
         except (ValueError, fb_auth.InvalidIdTokenError) as exc:
-            raise RequestError(401, "unauthenticated", "The ID token is invalid or expired.") from exc
+            raise RequestError(401, "unauthenticated", "The ID token is invalid or expired "
+                               "(an API key reads kiln_<keyId>_<secret>).") from exc
         except firebase_exceptions.PermissionDeniedError as exc:  # a deployment's mistake
             log.event(logger, "Firebase Auth refused the user lookup: the ingress's account "
                       "needs roles/firebaseauth.viewer", logging.ERROR)

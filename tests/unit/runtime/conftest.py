@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rig import Killed, Rig, build_rig
+from rig import Rig, build_rig, kill_at
 
 from kiln.runtime import notify
 
@@ -24,8 +23,4 @@ def rig() -> Iterator[Rig]:
 @pytest.fixture
 def killed_after_ending(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
     """Kill the worker between its ending write and the send (``revive`` undoes it)."""
-    def die(*_args: Any) -> Any:
-        raise Killed()
-
-    monkeypatch.setattr(notify, "deliver", die)
-    yield monkeypatch.undo
+    yield kill_at(monkeypatch, notify, "deliver")

@@ -39,6 +39,16 @@ from kiln_dev.fakes_webhooks import InMemoryWebhookStore
 class Killed(BaseException):
     """The worker's process dies here (nothing after it runs)."""
 
+
+def kill_at(monkeypatch: Any, owner: Any, name: str) -> Callable[[], None]:
+    """Make ``owner.name`` kill the worker (raise :class:`Killed`); returns the revival
+    (``monkeypatch.undo``)."""
+    def die(*_args: Any) -> Any:
+        raise Killed()
+
+    monkeypatch.setattr(owner, name, die)
+    return monkeypatch.undo  # type: ignore[no-any-return]
+
 def real_artifact(kind: str, clock: FakeClock) -> Artifact:
     """A real PNG or GLB (the offline generator, instantly), so validators run for real."""
     provider = OfflineProvider(0.0, 0.0, sleep=clock.sleep, clock=clock.monotonic)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from rig import Killed, Rig, build_rig
+from rig import Killed, Rig, build_rig, kill_at
 from test_batches import call, items, run_all
 
 from kiln.runtime import notify
@@ -39,11 +39,7 @@ def events(rig: Rig, kind: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def killed_while_sending(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
     """Kill the worker after it took the claim, before the send."""
-    def die(*_args: Any) -> Any:
-        raise Killed()
-
-    monkeypatch.setattr(notify, "send", die)
-    yield monkeypatch.undo
+    yield kill_at(monkeypatch, notify, "send")
 
 
 def test_an_api_jobs_event_whose_sender_died_is_sent_by_the_sweeper(
