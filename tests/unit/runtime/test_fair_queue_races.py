@@ -31,33 +31,29 @@ def running(rig: Rig) -> list[str]:
 def test_a_place_being_taken_is_not_given_to_another_job() -> None:
     """Given a provider of capacity 2 with bob's and dave's jobs running and dave's second
     waiting on his running limit, when dave's first ends and alice's new job takes the
-    freed provider place between its take and its claim, then the pass that dave's ending
-    runs does not count alice's place free (her job still looks queued): dave's second
-    waits, and never more than 2 jobs hold the provider."""
+    freed provider place, then a pass before alice's claim does not count her place free
+    (her job still looks queued): dave's second waits, and never more than 2 jobs hold
+    the provider. (Each step is taken by hand, in that order.)"""
     rig = recording_rig(provider_capacity="2")
     b1 = post(rig, "bob", "pro")[1]["jobId"]
     d1 = post(rig, "dave")[1]["jobId"]
     d2 = post(rig, "dave")[1]["jobId"]
     assert rig.job(d2).queue_reason == "running_limit"
     j = post_raw(rig)[1]["jobId"]
-    taken: dict[str, Any] = {}
-    real = dispatch.dispatch
-
-    def first_alices_take(services: Any, **kw: Any) -> int:  # d1 ended, its places back
-        if not taken:
-            taken["places"], taken["seen"] = worker._arrival_places(j, services)
-        return real(services, **kw)
-
-    dispatch.dispatch = first_alices_take  # type: ignore[assignment]
-    try:
-        assert run_job(d1, rig.services) is RunOutcome.COMPLETED
-    finally:
-        dispatch.dispatch = real  # type: ignore[assignment]
-    assert taken["places"]  # alice's job holds both places, and is still queued
-    assert j in rig.slots.holders(dispatch.provider_pool(rig.services, "image")[0])
+    # dave's first ends and gives its places back (as its worker's after_end does)...
+    ended = rig.store.transact(d1, lambda job: (lifecycle.cancel(job), job))
+    dispatch.release_places(rig.services, d1, ended.server.pools)
+    # ...alice's arrival takes the freed places (its delivery, before its claim)...
+    places = dispatch.arrive(rig.services, rig.job(j))
+    pool = dispatch.provider_pool(rig.services, "image")[0]
+    assert places and sorted(rig.slots.holders(pool)) == sorted([b1, j])
+    assert rig.job(j).server.queued  # still an arrival: it looks queued
+    # ...then the pass that dave's ending runs.
+    dispatch.dispatch(rig.services)
+    assert sorted(rig.slots.holders(pool)) == sorted([b1, j])
     assert rig.job(d2).server.queued and rig.job(d2).queue_reason == "provider_capacity"
     # Alice's delivery goes on: its claim takes the job out of the queue with its places.
-    rig.store.transact(j, lambda job: (lifecycle.start(job, pools=taken["places"]), None))
+    rig.store.transact(j, lambda job: (lifecycle.start(job, pools=places), None))
     assert sorted(running(rig)) == sorted([b1, j])  # two, the provider's capacity
 
 
