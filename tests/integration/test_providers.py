@@ -147,9 +147,13 @@ def stored(services: Worker, uid: str, job_id: str) -> list[str]:
 # --- success ---------------------------------------------------------------------------
 
 
-def test_meshy_preview_then_refine_completes_with_progress(worker_services: Any, settings: Settings,
-                                                           server: ProviderServer, uid: str) -> None:
-    # given Meshy, whose polls are recorded
+def test_meshy_preview_then_refine_completes_with_progress(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given Meshy, whose polls are recorded, and whose stages each last 2 s: a poll sees
+    # each stage running however slow the job's first delivery is on a busy machine (at
+    # the module's 0.5 s, a first check that came later saw the preview done already)
+    monkeypatch.setattr(server, "task_seconds", 2.0)
     provider = build("meshy", settings, server)
     seen: list[TaskStatus] = []
     poll = provider.poll
