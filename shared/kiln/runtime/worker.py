@@ -15,8 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from kiln import log, tracing
 from kiln.adapters.pubsub import decode_message
@@ -44,7 +43,6 @@ from kiln.webhooks.model import DELIVERY_PREFIX
 logger = log.get("worker")
 
 RATE_LIMITED = "provider_rate_limited"  # a provider's 429 (kiln.providers.http)
-T = TypeVar("T")
 BACKOFF = "backoff"  # the code of the nack of a delivery that came before the job's backoff ended
 
 
@@ -183,9 +181,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         assert isinstance(provider, TaskProvider)
         return _park(job_id, services, provider, job, wait)
     except CanceledError:
-        endings.cancel_remote(provider, job_id, services)
-        log.event(logger, "job canceled while running; stopped")
-        return RunOutcome.CANCELED
+        ended = RunOutcome.CANCELED
     except LeaseLostError:
         log.event(logger, "lease lost; another worker continues", logging.WARNING)
         return RunOutcome.LEASE_LOST
@@ -207,8 +203,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         ended = endings.retry_later(job_id, services, RetryableError(
             "Something went wrong on our side.", code="internal"), token=token)
     if ended is RunOutcome.CANCELED:
-        # Canceled while this delivery held it (e.g. a check whose poll then failed): its
-        # cancel published no wake-up, so the paid task is ours to stop.
+        # Canceled while this delivery held it (noticed while running, or by an ending's
+        # write): its cancel published no wake-up, so the paid task is ours to stop.
         endings.cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while running; stopped")
     return ended
@@ -313,8 +309,14 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         log.event(logger, "provider task submitted", taskId=task_id)
         raise _Wait(reporter.progress, "queued", at_once=early)
     reporter.raise_if_stopped()
-    polled: str = task_id
-    status = _checked(lambda: provider.poll(polled), reporter)
+    try:
+        status = provider.poll(task_id)
+    except RetryableError as exc:
+        # A provider's blip (5xx, timeout, 429) says nothing about its task: check again
+        # later in the same attempt (checks spend none; the job's deadline bounds them),
+        # not a release that spends one (three blips failed a job).
+        log.event(logger, "check failed; checking again", logging.WARNING, code=exc.code)
+        raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
     if status.task_id and status.task_id != task_id:
         task_id = status.task_id  # the provider moved on to its next remote task
         _save_task(provider, request.job_id, task_id, services)
@@ -337,17 +339,6 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise PermanentError("The provider canceled the task.", code="provider_canceled")
     raise _Wait(status.progress, status.stage or
                 ("queued" if status.state is TaskState.PENDING else "generating"))
-
-
-def _checked(call: Callable[[], T], reporter: ProgressReporter) -> T:
-    """A check's poll. A provider's blip (5xx, timeout, 429) says nothing about its task:
-    check again later in the same attempt (checks spend none; the job's deadline bounds
-    them), not a release that spends one (three blips failed a job)."""
-    try:
-        return call()
-    except RetryableError as exc:
-        log.event(logger, "check failed; checking again", logging.WARNING, code=exc.code)
-        raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
 
 
 def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services) -> bool:
