@@ -18,7 +18,6 @@ is measured in part 1, where every write is seen.
 from __future__ import annotations
 
 import argparse
-import bisect
 import heapq
 import random
 import statistics
@@ -47,6 +46,7 @@ from kiln_dev.fakes import (
     RecordingPush,
     RecordingQueue,
     TokenVerifier,
+    rotated,
 )
 from kiln_dev.fakes_api import InMemoryBatchStore
 
@@ -94,10 +94,8 @@ class _Store(InMemoryJobStore):
                    if (status is None or doc.get("status") == status)
                    and (uid is None or doc.get("uid") == uid)
                    and (not waiting or doc.get("queueReason") is not None)]
-            if rotate and len(ids) > limit:
-                ids.sort()
-                at = bisect.bisect_left(ids, f"{self._rng.getrandbits(80):020x}")
-                ids = ids[at:] + ids[:at]
+            if rotate:
+                ids = rotated(ids, limit, f"{self._rng.getrandbits(80):020x}")
             return [Job.from_docs(i, self.docs[i], self.servers[i]) for i in ids[:limit]]
 
 

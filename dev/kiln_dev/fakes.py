@@ -28,6 +28,16 @@ T = TypeVar("T")
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
+
+def rotated(ids: list[str], limit: int, pivot: str | None = None) -> list[str]:
+    """``kiln.adapters.scan.rotated`` of the fakes: over ``limit`` ids, in id order from
+    ``pivot`` (a random one when None), wrapping around; else ``ids`` as they are."""
+    if len(ids) <= limit:
+        return ids
+    ordered = sorted(ids)
+    at = bisect.bisect_left(ordered, pivot if pivot is not None else secrets.token_hex(10))
+    return ordered[at:] + ordered[:at]
+
 class FakeClock:
     """Time that moves only when told (or when something sleeps)."""
 
@@ -156,10 +166,7 @@ class InMemoryJobStore:
                    if (status is None or doc.get("status") == status)
                    and (uid is None or doc.get("uid") == uid)
                    and (not waiting or doc.get("queueReason") in QUEUE_REASONS)]
-            if rotate and len(ids) > limit:  # a window of ids from a random one, wrapped
-                ids.sort()
-                at = bisect.bisect_left(ids, secrets.token_hex(10))
-                ids = ids[at:] + ids[:at]
+            ids = rotated(ids, limit) if rotate else ids
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
     def reindex_waiting(self, limit: int) -> int:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import datetime as dt
-import secrets
 import threading
 from collections.abc import Sequence
 
@@ -14,7 +12,7 @@ from kiln.core.batches import TERMINAL, Batch
 from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
 from kiln.core.keys import ApiKey, Tenant
-from kiln_dev.fakes import InMemoryJobStore
+from kiln_dev.fakes import InMemoryJobStore, rotated
 
 
 class InMemoryKeyStore:
@@ -105,11 +103,7 @@ class InMemoryBatchStore:
     def open_batches(self, limit: int) -> list[Batch]:
         with self.jobs._lock:
             self.jobs._check()
-            ids = [i for i in self.batches if i not in self.closed]
-            if len(ids) > limit:  # a window from a random id, wrapped (adapters.scan)
-                ids.sort()
-                at = bisect.bisect_left(ids, secrets.token_hex(10))
-                ids = ids[at:] + ids[:at]
+            ids = rotated([i for i in self.batches if i not in self.closed], limit)
             return [self.batches[i] for i in ids[:limit]]
 
     def mark_ended(self, batch_id: str) -> bool:
