@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
+from kiln.core.lifecycle import NOTIFY_CLAIMED
 from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
 T = TypeVar("T")
@@ -176,7 +177,7 @@ class InMemoryJobStore:
         with self._lock:
             self._check()
             ids = [job_id for job_id, server in self.servers.items()
-                   if (server.get("notify") or {}).get("state") == "claimed"]
+                   if (server.get("notify") or {}).get("state") == NOTIFY_CLAIMED]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
     def recent(self, uid: str, limit: int) -> list[Job]:

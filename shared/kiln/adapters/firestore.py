@@ -33,6 +33,7 @@ from kiln.adapters.scan import rotated
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
 from kiln.core.job import QUEUE_REASONS, Change, Job, NewJob
+from kiln.core.lifecycle import NOTIFY_CLAIMED
 
 JOBS = "jobs"
 PRIVATE = "private"  # jobs/{jobId}/private/server: server state, no client access
@@ -384,7 +385,7 @@ class FirestoreJobStore:
         """Ended jobs whose notification is only claimed: a collection-group query on the
         server documents (field ``private_notify_state`` in infra/firestore.tf)."""
         query = self.client.collection_group(PRIVATE).where(
-            filter=firestore.FieldFilter("notify.state", "==", "claimed")).limit(limit)
+            filter=firestore.FieldFilter("notify.state", "==", NOTIFY_CLAIMED)).limit(limit)
         with unavailable_is_retryable():
             ids = [snap.reference.parent.parent.id for snap in query.stream()]
         return [job for job in map(self.get, ids) if job is not None]

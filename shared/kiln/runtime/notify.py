@@ -17,10 +17,10 @@ The app push goes to the owner's registered devices, for jobs of the app channel
 their own (the batch sends one when it ends, after its last job's own notice), except
 a job retried after its batch was announced (``batch_end.announced_before``). A channel
 with its own conversation (Telegram) is registered in the composition root
-(``Services.channels``) and is told of the start, of progress and of the end. A channel that cannot reach its
-chat right now defers the end itself (its report says ``deferred``: the state is then
-``retrying``) and finishes it from the sweeper's pass (``redeliver``), which records the
-final ``sent`` or ``error``.
+(``Services.channels``) and is told of the start, of progress and of the end. A channel
+that cannot reach its chat right now defers the end itself (its report says
+``deferred``: the state is then ``retrying``) and finishes it from the sweeper's pass
+(``redeliver``), which records the final ``sent`` or ``error``.
 """
 
 from __future__ import annotations

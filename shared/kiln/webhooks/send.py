@@ -2,9 +2,9 @@
 
 The URL is checked (https, every address public; ``http`` and loopback only in local
 mode; a form the HTTP client can send: :func:`client_refusal`) and the connection pinned
-to the checked address; redirects are not followed (a
-3xx is a failed attempt); the receiver has :data:`RECEIVER_TIMEOUT` seconds. The
-signature is the ``standardwebhooks`` library's, over ``{id}.{timestamp}.{body}``.
+to the checked address; redirects are not followed (a 3xx is a failed attempt); the
+receiver has :data:`RECEIVER_TIMEOUT` seconds. The signature is the ``standardwebhooks``
+library's, over ``{id}.{timestamp}.{body}``.
 """
 
 from __future__ import annotations
