@@ -81,7 +81,8 @@ class Timed:
 class _Store(InMemoryJobStore):
     """The fake job store, with ``find`` that skips the copies (2,000 jobs, a pass at
     every job's end: the fake's copying would dominate the run). A rotated window is
-    drawn as Firestore's is (``adapters.scan``), from a seeded generator."""
+    drawn as Firestore's is (``adapters.scan``), its pivot from a seeded generator (job
+    ids are random, so which jobs a window holds still varies from run to run)."""
 
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock)
