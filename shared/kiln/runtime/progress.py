@@ -9,7 +9,7 @@ cancel is noticed even when progress stalls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kiln.core import lifecycle
@@ -105,6 +105,16 @@ class ProgressReporter:
         elif job.status is not JobStatus.PROCESSING or job.server.lease_owner != self.worker_id:
             self.stop_reason = LeaseLostError("Another worker owns this job now.")
         return self.stop_reason is not None
+
+    def relay(self, chunks: Iterable[bytes], stage: str) -> Iterator[bytes]:
+        """``chunks`` (a result streaming into the bucket) handed on one by one, the lease
+        renewed on the way (a large model on a slow link can stream for longer than the
+        lease) and a cancel or a lost lease noticed: the stream stops there, so the upload
+        is abandoned and leaves no object for the job's new holder to find overwritten."""
+        for chunk in chunks:
+            self.update(self.progress, stage)  # (writes only when the heartbeat is due)
+            self.raise_if_stopped()
+            yield chunk
 
     def raise_if_stopped(self) -> None:
         if self.should_stop() and self.stop_reason is not None:

@@ -12,6 +12,7 @@ polls it once, then parks again or fetches the result.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -169,6 +170,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         marks[timeline.step("generated", attempt)] = clock.now()
         reporter.update(max(reporter.progress, 95), "uploading")
         reporter.raise_if_stopped()
+        produced = dataclasses.replace(produced, chunks=reporter.relay(produced.chunks,
+                                                                       "uploading"))
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
         marks[timeline.step("stored", attempt)] = clock.now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -178,6 +179,58 @@ def test_a_lost_lease_stops_without_writing(rig: Rig) -> None:
     provider.generate = stolen  # type: ignore[method-assign]
     assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
     assert rig.job(job_id).status is JobStatus.PROCESSING  # the other worker's now
+
+
+def _slow_download(rig: Rig, seconds_per_chunk: float, on_chunk=None):  # type: ignore[no-untyped-def]
+    """A provider whose artifact arrives slowly: each chunk advances the fake clock (a
+    download from the provider's CDN streaming into the bucket); ``on_chunk(i)`` runs
+    before chunk ``i`` is handed on."""
+    provider = SyncFake(rig.clock)
+    original = provider.generate
+
+    def generate(request, on_progress, should_stop):  # type: ignore[no-untyped-def]
+        artifact = original(request, on_progress, should_stop)
+        data = b"".join(artifact.chunks)
+        pieces = [data[i:i + 64] for i in range(0, len(data), 64)]
+
+        def chunks():  # type: ignore[no-untyped-def]
+            for i, piece in enumerate(pieces):
+                if on_chunk is not None:
+                    on_chunk(i)
+                rig.clock.advance(seconds_per_chunk)
+                yield piece
+
+        return dataclasses.replace(artifact, chunks=chunks(), size=None)
+
+    provider.generate = generate  # type: ignore[method-assign]
+    rig.providers["image"] = provider
+
+
+def test_an_upload_longer_than_the_lease_keeps_the_lease(rig: Rig) -> None:
+    """A result that streams in for longer than the lease (a large model on a slow link)
+    renews the lease as it goes: no other worker may take the job and run it again."""
+    job_id = rig.submit()
+    held: list[bool] = []
+    _slow_download(rig, 5.0, lambda _i: held.append(
+        rig.job(job_id).server.lease_expires_at > rig.clock.now()))  # type: ignore[operator]
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert len(held) * 5.0 > 3 * rig.services.policy.lease_seconds  # (the rig's lease: 30 s)
+    assert all(held), f"the lease ran out after {held.index(False) * 5.0:.0f} s of upload"
+
+
+def test_a_lease_lost_during_the_upload_stores_nothing(rig: Rig) -> None:
+    """A worker that loses its lease while its result streams in stops there: it leaves
+    no object for the worker now holding the job to find overwritten."""
+    job_id = rig.submit()
+
+    def steal(i: int) -> None:
+        if i == 2:
+            rig.store.apply(job_id, Change({}, {"leaseOwner": "someone-else"}))
+
+    _slow_download(rig, 5.0, steal)
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert rig.blobs.objects == {}
+    assert rig.job(job_id).status is JobStatus.PROCESSING and rig.job(job_id).result is None
 
 
 def test_an_artifact_over_the_limit_fails_without_storing() -> None:
