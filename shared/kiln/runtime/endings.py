@@ -27,12 +27,19 @@ from kiln.runtime.outcomes import RunOutcome
 logger = log.get("worker")
 
 
+def lease_owner(services: Services, token: str) -> str:
+    """Who holds a job's lease for one delivery: this process and the delivery's claim
+    ``token``. A process runs several deliveries at once, so a delivery that outlived its
+    lease must not pass the ownership checks of a later delivery of the same job there."""
+    return f"{services.worker_id}/{token}"
+
+
 def task_started(services: Services, job_id: str) -> bool:
     current = services.store.get(job_id)
     return current is None or bool(current.server.provider_task_id)
 
 
-def ended_here(services: Services, job_id: str, token: str | None, status: JobStatus,
+def ended_here(services: Services, job_id: str, token: str, status: JobStatus,
                code: str | None = None) -> bool:
     """Whether this delivery's own ending write landed although its answer was lost: the
     SDK's retry of a committed write decided again on the ended job (``LeaseLostError``),
@@ -44,13 +51,13 @@ def ended_here(services: Services, job_id: str, token: str | None, status: JobSt
         RetryableError: the job cannot be read now (the caller's delivery is nacked).
     """
     job = services.store.get(job_id)
-    return (job is not None and token is not None and job.status is status
+    return (job is not None and job.status is status
             and job.server.claim_token == token
             and (job.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED
             and (code is None or (job.error or {}).get("code") == code))
 
 
-def _landed(lost: KilnError, services: Services, job_id: str, token: str | None,
+def _landed(lost: KilnError, services: Services, job_id: str, token: str,
             code: str) -> bool:
     """After ``lost`` from a failure's write: True when it landed (notify it); False for
     a lease lost to another delivery; a retryable error that did not land is raised."""
@@ -78,7 +85,7 @@ def complete(job_id: str, services: Services, token: str, result: Mapping[str, A
     """
     try:
         services.store.transact(job_id, lambda current: (timeline.carry(
-            lifecycle.complete(current, worker_id=services.worker_id, result=result,
+            lifecycle.complete(current, worker_id=lease_owner(services, token), result=result,
                                provenance=provenance),
             {**steps, "completed": services.clock.now()}), True),
             seen=services.store.get(job_id))
@@ -89,13 +96,14 @@ def complete(job_id: str, services: Services, token: str, result: Mapping[str, A
                   code=lost.code)
 
 
-def requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> RunOutcome:
+def requeue(job_id: str, services: Services, job: Job, exc: RetryableError, *,
+            token: str) -> RunOutcome:
     """The provider is at capacity (429) and no task began: back to the queue, the attempt
     not spent, the provider's window narrowed for a while."""
     try:
         delay = exc.retry_after or services.settings.retry_backoff_seconds
         services.store.transact(job_id, lambda current: (lifecycle.requeue(
-            current, worker_id=services.worker_id, now=services.clock.now(), delay=delay), None))
+            current, worker_id=lease_owner(services, token), now=services.clock.now(), delay=delay), None))
     except CanceledError:
         return RunOutcome.CANCELED
     except LeaseLostError:
@@ -106,14 +114,13 @@ def requeue(job_id: str, services: Services, job: Job, exc: RetryableError) -> R
     return RunOutcome.QUEUED
 
 
-def fail(job_id: str, services: Services, code: str, message: str, *,
-         steps: Mapping[str, dt.datetime | None] | None = None,
-         token: str | None = None) -> RunOutcome:
+def fail(job_id: str, services: Services, code: str, message: str, *, token: str,
+         steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
     """Fail the job for good (``token``: this delivery's claim, to recognise its own write
     when the answer is lost) and notify."""
     try:
         services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.fail(
-            job, code=code, message=message, worker_id=services.worker_id),
+            job, code=code, message=message, worker_id=lease_owner(services, token)),
             {**(steps or {}), "failed": services.clock.now()}), None))
     except CanceledError:
         return RunOutcome.CANCELED
@@ -125,15 +132,14 @@ def fail(job_id: str, services: Services, code: str, message: str, *,
     return RunOutcome.FAILED
 
 
-def retry_later(job_id: str, services: Services, exc: RetryableError, *,
+def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: str,
                 forget_task: bool = False,
-                steps: Mapping[str, dt.datetime | None] | None = None,
-                token: str | None = None) -> RunOutcome:
+                steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
     """Release for another attempt (and raise to nack), or fail if none are left
     (``token`` as for :func:`fail`)."""
     def decide(job: Job | None) -> tuple[Any, float | None]:
         now = services.clock.now()
-        change, backoff = lifecycle.retry_or_fail(job, worker_id=services.worker_id, now=now,
+        change, backoff = lifecycle.retry_or_fail(job, worker_id=lease_owner(services, token), now=now,
                                                   policy=services.policy, error=exc,
                                                   forget_task=forget_task)
         step = "failed" if backoff is None or job is None else timeline.step("released",

@@ -144,7 +144,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     request = GenerationRequest(job_id=job_id, kind=job.kind, prompt=job.prompt,
                                 options=dict(job.options))
     reporter = ProgressReporter(
-        services.store, job_id, services.worker_id, policy=services.policy, clock=clock,
+        services.store, job_id, endings.lease_owner(services, token), policy=services.policy, clock=clock,
         interval=services.settings.progress_interval_seconds,
         start_progress=job.progress if resume_task_id else 0,
         on_write=lambda progress, stage: notify.on_progress(services, job, progress, stage),
@@ -182,7 +182,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         return RunOutcome.COMPLETED
     except _Wait as wait:
         assert isinstance(provider, TaskProvider)
-        return _park(job_id, services, provider, job, wait)
+        return _park(job_id, services, provider, job, wait, reporter.worker_id)
     except CanceledError:
         ended = RunOutcome.CANCELED
     except LeaseLostError:
@@ -196,7 +196,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     except RetryableError as exc:
         if exc.code == RATE_LIMITED and job.server.queued_at is not None \
                 and not endings.task_started(services, job_id):
-            ended = endings.requeue(job_id, services, job, exc)
+            ended = endings.requeue(job_id, services, job, exc, token=token)
         else:
             ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)
     except Exception as exc:
@@ -234,7 +234,7 @@ def _claim(job_id: str, services: Services, check: int | None,
     now = services.clock.now()
 
     def decide(job: Job | None) -> tuple[Any, tuple[ClaimOutcome, Job | None, str | None]]:
-        claim = lifecycle.claim(job, worker_id=services.worker_id, now=now,
+        claim = lifecycle.claim(job, worker_id=endings.lease_owner(services, token), now=now,
                                 policy=services.policy, claim_token=token, check=check,
                                 places=places)
         return (timeline.carry(claim.change, _claim_steps(claim.outcome, job, check, now, arrival)),
@@ -308,7 +308,7 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
     del deadline  # nothing here waits: one submit or one poll per delivery
     if task_id is None:
         task_id = provider.submit(request)
-        early = _save_task(provider, request.job_id, task_id, services)
+        early = _save_task(provider, request.job_id, task_id, services, reporter.worker_id)
         log.event(logger, "provider task submitted", taskId=task_id)
         raise _Wait(reporter.progress, "queued", at_once=early)
     reporter.raise_if_stopped()
@@ -322,7 +322,7 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
     if status.task_id and status.task_id != task_id:
         task_id = status.task_id  # the provider moved on to its next remote task
-        _save_task(provider, request.job_id, task_id, services)
+        _save_task(provider, request.job_id, task_id, services, reporter.worker_id)
     if status.state is TaskState.SUCCEEDED:
         reporter.update(status.progress or 90, status.stage or "downloading")
         # A failing fetch is not a blip of the checks: the task is done and its result
@@ -344,12 +344,13 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
                 ("queued" if status.state is TaskState.PENDING else "generating"))
 
 
-def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services) -> bool:
+def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services,
+               owner: str) -> bool:
     """Checkpoint the task id at once (no later delivery pays for a second task) and index
     it for callbacks; True when a callback for it came first (check at once)."""
     now = services.clock.now()
     services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.checkpoint(
-        job, worker_id=services.worker_id, now=now, policy=services.policy,
+        job, worker_id=owner, now=now, policy=services.policy,
         provider=provider.name, task_id=task_id),
         {timeline.step("submitted", job.attempts if job else 1): now}), None))
     try:
@@ -360,12 +361,12 @@ def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Serv
 
 
 def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,
-          wait: _Wait) -> RunOutcome:
+          wait: _Wait, owner: str) -> RunOutcome:
     delay = 0.0 if wait.at_once else max(provider.cadence.delay(job.server.checks),
                                          wait.retry_after or 0.0)
 
     def decide(current: Job | None) -> tuple[Any, lifecycle.Check]:
-        return lifecycle.park(current, worker_id=services.worker_id, now=services.clock.now(),
+        return lifecycle.park(current, worker_id=owner, now=services.clock.now(),
                               delay=delay, progress=wait.progress, stage=wait.stage)
 
     try:

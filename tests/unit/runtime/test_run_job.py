@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 
 import pytest
-from rig import Rig, SyncFake, build_rig
+from rig import Rig, SyncFake, build_rig, real_artifact
 
 from kiln.core import lifecycle
 from kiln.core.errors import ConfigError, PermanentError, RetryableError
@@ -231,6 +232,37 @@ def test_a_lease_lost_during_the_upload_stores_nothing(rig: Rig) -> None:
     assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
     assert rig.blobs.objects == {}
     assert rig.job(job_id).status is JobStatus.PROCESSING and rig.job(job_id).result is None
+
+
+def test_a_delivery_past_its_lease_cannot_end_the_next_one_in_its_process(rig: Rig) -> None:
+    """One worker process runs several deliveries at once. Delivery A outlives its lease
+    and delivery B of the same job, in the same process, claims it; A's ending (a
+    retryable error here) must not release or fail the job under B, which completes."""
+    claimed, finish = threading.Event(), threading.Event()
+    outcomes: list[RunOutcome] = []
+    second = threading.Thread(target=lambda: outcomes.append(run_job(job_id, rig.services)))
+
+    class TwoDeliveries(SyncFake):
+        def generate(self, request, on_progress, should_stop):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls == 1:  # A: stalls past its lease; B claims meanwhile
+                rig.clock.advance(rig.services.policy.lease_seconds + 1)
+                second.start()
+                assert claimed.wait(10)
+                raise RetryableError("The provider is busy.", code="provider_busy")
+            claimed.set()
+            assert finish.wait(10)
+            return real_artifact(request.kind, rig.clock)
+
+    rig.providers["image"] = TwoDeliveries(rig.clock)
+    job_id = rig.submit()
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    job = rig.job(job_id)
+    assert (job.status, job.error, job.attempts) == (JobStatus.PROCESSING, None, 2)
+    finish.set()
+    second.join(10)
+    assert outcomes == [RunOutcome.COMPLETED]
+    assert rig.job(job_id).status is JobStatus.COMPLETED
 
 
 def test_an_artifact_over_the_limit_fails_without_storing() -> None:
