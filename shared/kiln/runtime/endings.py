@@ -165,7 +165,13 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: 
 
 
 def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
-    """Cancel the provider's task of a canceled job, where the provider allows it."""
+    """Cancel the provider's task of a canceled job, where the provider allows it.
+
+    Raises:
+        RetryableError: the provider's cancel failed for now (a 5xx, a timeout, a 429):
+            the caller's delivery nacks, and its redelivery finds the job canceled with
+            its task left (``lifecycle.remote_task_left``) and cancels again.
+    """
     if not isinstance(provider, TaskProvider):
         return
     job = services.store.get(job_id)
@@ -175,5 +181,9 @@ def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
         provider.cancel(job.server.provider_task_id)
         services.store.apply(job_id, lifecycle.remote_canceled())
         log.event(logger, "provider task canceled", taskId=job.server.provider_task_id)
-    except KilnError as exc:
-        log.event(logger, "provider cancel failed", logging.WARNING, code=exc.code)
+    except RetryableError as exc:
+        log.event(logger, "provider cancel failed; trying again", logging.WARNING,
+                  code=exc.code)
+        raise
+    except KilnError as exc:  # refused for good (the provider cannot cancel): nothing to do
+        log.event(logger, "provider cancel refused", logging.WARNING, code=exc.code)

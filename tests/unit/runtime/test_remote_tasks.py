@@ -233,6 +233,37 @@ def test_a_cancel_during_the_submit_cancels_the_task_it_created() -> None:
     assert provider.canceled == ["task-1"] and provider.polled == []
 
 
+def test_a_cancel_the_provider_fails_for_a_moment_is_tried_again() -> None:
+    """Given a canceled waiting job, when the provider's cancel call fails retryably (a
+    5xx, a timeout, a 429), then the delivery nacks and its redelivery cancels the paid
+    task; the same when a check holding the job noticed the cancel."""
+    rig, provider = task_rig(RUNNING)
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    provider.cancel_error = RetryableError("The provider is unavailable.", code="provider_unavailable")
+    assert actions.cancel(rig.services, job_id, by="test").changed
+    with pytest.raises(RetryableError):  # the cancel's wake-up: nacked
+        run_job(job_id, rig.services)
+    assert provider.canceled == [] and not rig.job(job_id).server.remote_canceled
+    provider.cancel_error = None
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL  # its redelivery
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+
+    rig, provider = task_rig(RUNNING)
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    provider.cancel_error = RetryableError("The provider is unavailable.", code="provider_unavailable")
+    provider.during_call = lambda: actions.cancel(rig.services, job_id, by="test")
+    rig.cursor = len(rig.queue.deliveries)
+    with pytest.raises(RetryableError):  # the check that held it: nacked
+        rig.deliver_next()
+    delivery = rig.queue.deliveries[rig.cursor - 1]
+    assert rig.job(job_id).status is JobStatus.CANCELED and provider.canceled == []
+    provider.cancel_error, provider.during_call = None, None
+    assert run_job(job_id, rig.services, check=delivery.check) is RunOutcome.TERMINAL
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+
+
 def test_a_provider_that_cannot_cancel_or_is_gone_is_only_logged() -> None:
     rig, _provider = task_rig(RUNNING)
     rig.providers["model"].cancel_error = KilnError("no cancel", code="unsupported")
