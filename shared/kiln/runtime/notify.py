@@ -8,8 +8,10 @@ and does nothing. A worker that crashed between the ending write and the take le
 claimed: the sweeper sends it after ``sweeper.UNSENT_GRACE_SECONDS``. One that crashed
 between the take and the record (``sent``) leaves it ``sending``, which nobody repairs:
 at most once, a chat message included. An API tenant's (:data:`AT_LEAST_ONCE`) is not
-taken: its webhook event has a stable id, so it is sent again until recorded. The
-record of what was sent is bookkeeping; when it cannot be written the notification
+taken: its webhook event has a stable id, so it is sent again until recorded, and a send
+that met a passing fault (the webhook store unreachable) records nothing, leaving the
+claim to the sweeper.
+The record of what was sent is bookkeeping; when it cannot be written the notification
 stays ``sending`` (``claimed`` for an API tenant's) and the job stays ended.
 
 The app push goes to the owner's registered devices, for jobs of the app channel only
@@ -132,7 +134,9 @@ def take(services: Services, job_id: str) -> Job | None:
 
 
 def send(services: Services, job: Job) -> dict[str, Any]:
-    """Send the notification of ``job`` (taken by :func:`take`) and record what was sent."""
+    """Send the notification of ``job`` (taken by :func:`take`) and record what was sent.
+    An :data:`AT_LEAST_ONCE` notice whose send met a passing fault (the webhook store
+    unreachable) is not recorded: it stays ``claimed`` for the sweeper to send again."""
     report: dict[str, Any] = {}
     try:
         # a retried job of an announced batch is pushed on its own; the batch's own
@@ -145,8 +149,12 @@ def send(services: Services, job: Job) -> dict[str, Any]:
         batch_end.on_job_ended(services, job)
         state = "retrying" if "deferred" in report.get("channel", {}) else "sent"
     except Exception as exc:  # a notification failure must not un-finish the job
-        log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         report["error"] = type(exc).__name__
+        if isinstance(exc, RetryableError) and job.channel in AT_LEAST_ONCE:
+            log.event(logger, "notification not sent; left to the sweeper", logging.WARNING,
+                      code=exc.code)
+            return report  # still claimed: the sweeper's pass sends it again
+        log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         state = "error"
     try:
         services.store.apply(job.id, timeline.carry(lifecycle.notified(state, report),

@@ -1,6 +1,6 @@
 """An API tenant's end notices are webhook events with stable ids: sent at least once
-(a sender that died is followed by the sweeper's), and a batch's ``batch.completed``
-comes after its last job's own event."""
+(a sender that died, or whose emit the webhook store refused, is followed by the
+sweeper's), and a batch's ``batch.completed`` comes after its last job's own event."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 from rig import Killed, Rig, build_rig, kill_at
 from test_batches import call, items, run_all
 
+from kiln.core.errors import RetryableError
 from kiln.runtime import notify
 from kiln.runtime.keys import create_key
 from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, UNSENT_MAX_AGE_SECONDS, sweep
-from kiln.runtime.worker import run_job
+from kiln.runtime.worker import RunOutcome, run_job
 from kiln.webhooks import model
 from kiln.webhooks.channel import ApiChannel
 from kiln.webhooks.model import Endpoint
@@ -34,6 +35,22 @@ def with_endpoint(rig: Rig) -> Rig:
 def events(rig: Rig, kind: str) -> list[dict[str, Any]]:
     return [json.loads(e.body) for e in rig.services.webhooks.events.values()  # type: ignore[attr-defined]
             if e.type == kind]
+
+
+def notify_state(rig: Rig, job_id: str) -> str:
+    return str((rig.job(job_id).server.notify or {}).get("state"))
+
+
+def webhook_store_down(rig: Rig) -> Callable[[], None]:
+    """Every emit finds the webhook store unreachable (``create_event`` raises
+    RetryableError) until the returned call brings it back."""
+    store = rig.services.webhooks
+
+    def down(_event: object) -> bool:
+        raise RetryableError("The webhook store is unavailable.", code="store_unavailable")
+
+    store.create_event = down  # type: ignore[method-assign]
+    return lambda: vars(store).pop("create_event")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -86,3 +103,52 @@ def test_batch_completed_comes_after_its_last_jobs_own_event() -> None:
     run_all(rig)
     order = [e.type for e in rig.services.webhooks.events.values()]  # type: ignore[attr-defined]
     assert order == ["job.completed", "job.completed", "batch.completed"]
+
+
+# --- an emit the webhook store refused is not lost ---------------------------------------
+
+def test_an_api_jobs_event_the_webhook_store_refused_is_sent_by_the_sweeper() -> None:
+    """Given an API job that completes while the webhook store is unreachable (every try
+    of the worker's emit raises RetryableError), then its notification stays ``claimed``
+    (not a final ``error``), a pass past the grace that still finds the store down leaves
+    it claimed, and once the store is back the next pass emits its ``job.completed``
+    once and records it ``sent``."""
+    rig = with_endpoint(build_rig())
+    job_id = rig.submit(uid="api:acme", channel="api")
+    store_back = webhook_store_down(rig)
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert notify_state(rig, job_id) == "claimed"
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    assert notify_state(rig, job_id) == "claimed" and events(rig, "job.completed") == []
+    store_back()
+    sweep(rig.services)
+    assert [e["data"]["jobId"] for e in events(rig, "job.completed")] == [job_id]
+    assert notify_state(rig, job_id) == "sent"
+    sweep(rig.services)
+    assert len(events(rig, "job.completed")) == 1
+
+
+@pytest.mark.parametrize("channel", ["app", "telegram"])
+def test_an_app_or_chat_notice_that_failed_is_not_sent_again(channel: str) -> None:
+    """At most once is unchanged for a push or a chat message: a send that raised
+    RetryableError is recorded ``error`` and the sweeper sends nothing more."""
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="f")
+    job_id = rig.submit(uid="alice" if channel == "app" else "telegram:42", channel=channel)
+    calls: list[str] = []
+
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        calls.append(channel)
+        raise RetryableError("Unreachable.", code="unavailable")
+
+    if channel == "app":
+        rig.push.send = refuse  # type: ignore[method-assign]
+    else:
+        rig.channel.on_finished = refuse  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert notify_state(rig, job_id) == "error"
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    assert calls == [channel]
+
