@@ -36,8 +36,9 @@ def tenant_of(job: Job) -> str | None:
 
 def announce_end(services: Any, job: Job) -> dict[str, Any]:
     """Emit the end event of an ended API job (``job.completed|failed|canceled``); what was
-    emitted (``{}`` for a job of no tenant). Once per job and type whoever calls it again:
-    the event's id is stable (``kiln.webhooks.events.emit``)."""
+    emitted (``{}`` for a job of no tenant). Once per run of the job and type whoever
+    calls it again: the event's id is stable for its subject, the run
+    (``kiln.webhooks.events.job_subject``), so a retried job's next end is a new event."""
     tenant = tenant_of(job)
     event_type = events.job_event_type(job)
     if tenant is None or event_type is None:
@@ -45,7 +46,8 @@ def announce_end(services: Any, job: Job) -> dict[str, Any]:
     for pause in (*EMIT_PAUSES, None):
         try:
             event_id = events.emit(services, tenant=tenant, event_type=event_type,
-                                   subject_id=job.id, data=events.job_data(job),
+                                   subject_id=events.job_subject(job),
+                                   data=events.job_data(job),
                                    url=job.server.webhook)
             return {"webhookEvent": event_id}
         except RetryableError:

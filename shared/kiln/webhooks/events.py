@@ -1,7 +1,8 @@
 """Emitting webhook events: each recorded once, with one delivery per target.
 
 :func:`emit` is the one entry: it records the event (its id, the ``webhook-id``, is stable
-for (type, subject), so a second emit of one event finds it and sends nothing again),
+for (type, subject), so a second emit of one event finds it and sends nothing again; a
+job's end event has the job's run for subject, :func:`job_subject`),
 creates a delivery for each of the tenant's endpoints that wants the type (and for a
 per-job webhook URL), and wakes each new delivery's first attempt at once. A wake-up that
 is lost is repaired by the sweeper (``kiln.webhooks.delivery.sweep``). The body is
@@ -82,6 +83,15 @@ def wake(services: Any, delivery_id: str, attempt: int, at: dt.datetime) -> bool
 
 def job_event_type(job: Job) -> str | None:
     return _TYPE_OF.get(job.status)
+
+
+def job_subject(job: Job) -> str:
+    """The subject of a job's end event: the job's run. The first run's is the job id
+    (the ids of events recorded before runs were told apart stay the same); a run after
+    ``n`` explicit retries (``POST …:retry``) is ``{jobId}/r{n}``, so its end is a new
+    event rather than the first run's found again."""
+    retries = job.server.retries
+    return f"{job.id}/r{retries}" if retries else job.id
 
 
 def job_data(job: Job) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """An API tenant's end notices are webhook events with stable ids: sent at least once
 (a sender that died, or whose emit the webhook store refused, is followed by the
-sweeper's), and a batch's ``batch.completed`` comes after its last job's own event."""
+sweeper's), one per run of a job (a retried job that ends again is announced again), and
+a batch's ``batch.completed`` comes after its last job's own event."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from rig import Killed, Rig, build_rig, kill_at
 from test_batches import call, items, run_all
 
-from kiln.core.errors import RetryableError
-from kiln.runtime import notify
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.runtime import actions, notify
 from kiln.runtime.keys import create_key
 from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, UNSENT_MAX_AGE_SECONDS, sweep
 from kiln.runtime.worker import RunOutcome, run_job
@@ -152,3 +153,25 @@ def test_an_app_or_chat_notice_that_failed_is_not_sent_again(channel: str) -> No
     sweep(rig.services)
     assert calls == [channel]
 
+
+# --- a retried job's end is announced again ---------------------------------------------
+
+def test_a_retried_api_job_that_fails_again_sends_a_second_job_failed() -> None:
+    """Given an API job that failed (``job.failed``) and was retried by its owner, when
+    its second run fails too, then a second ``job.failed`` is recorded under a new
+    ``webhook-id`` with a delivery of its own; the first run's event keeps the id of
+    (type, job id), so deliveries recorded before stay idempotent."""
+    rig = with_endpoint(build_rig())
+    rig.providers["image"].error = PermanentError("It was refused.", code="content_refused")
+    job_id = rig.submit(uid="api:acme", channel="api")
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    assert rig.job(job_id).server.retries == 1
+    failed = [e for e in rig.services.webhooks.events.values()  # type: ignore[attr-defined]
+              if e.type == "job.failed"]
+    assert [json.loads(e.body)["data"]["jobId"] for e in failed] == [job_id, job_id]
+    assert failed[0].id == model.event_id("job.failed", job_id)
+    assert failed[1].id != failed[0].id
+    assert all(len(rig.services.webhooks.deliveries(event_id=e.id)) == 1 for e in failed)
+    assert notify_state(rig, job_id) == "sent"
