@@ -337,19 +337,23 @@ def _ended(push_type: str) -> dict[str, Any]:
             "notify": {"state": NOTIFY_CLAIMED, "type": push_type}}
 
 
-def cancel(job: Job | None) -> Change | None:
+def cancel(job: Job | None, *, notice: bool = False) -> Change | None:
     """``pending | processing → canceled``; None when it is canceled already (idempotent).
-    A running worker notices on its next progress write or stop check."""
+    A running worker notices on its next progress write or stop check. With ``notice``
+    (a channel whose end notice must not be lost: an API tenant's ``job.canceled``) the
+    same write claims the notification, as an ending does; otherwise a cancel claims
+    none (no push, no chat message)."""
     if job is None:
         raise TransitionError("No such job.")
     if job.status is JobStatus.CANCELED:
         return None
     if not allowed("cancel", job.status):
         raise TransitionError(f"This job is already {job.status.value} and cannot be canceled.")
+    claim = {"notify": {"state": NOTIFY_CLAIMED, "type": "generation_canceled"}} if notice else {}
     return Change({"status": target("cancel").value, "stage": "canceled",
                    "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME, **_dequeued(job)},
                   {"leaseOwner": None, "leaseExpiresAt": None, "notBefore": None,
-                   "nextCheckAt": None})
+                   "nextCheckAt": None, **claim})
 
 
 def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change | None:

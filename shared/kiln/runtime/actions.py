@@ -17,8 +17,7 @@ from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.errors import KilnError, RetryableError
 from kiln.core.job import Job, JobStatus
-from kiln.runtime import batch_end, dispatch
-from kiln.webhooks import channel as webhook_channel
+from kiln.runtime import batch_end, dispatch, notify
 
 logger = log.get("actions")
 
@@ -39,13 +38,17 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
     A worker holding the job notices within a progress interval and cancels the provider's
     task. When nobody holds it (it waits on its remote task, or its worker died) and a
     provider task exists, a wake-up message is published so a worker cancels that task.
-    A backend's job (owner ``api:<tenant>``) gets its ``job.canceled`` webhook event; a
-    cancel sends no push and no chat message (docs/client-contract.md).
+    A backend's job (channel ``api``: ``notify.AT_LEAST_ONCE``) gets its ``job.canceled``
+    webhook event at least once: the cancel claims its notification in the same write
+    and sends it through ``notify.deliver`` (its channel, then its batch's end), so one
+    the webhook store refused, or one lost with this process, is sent by the sweeper. An
+    app or chat job's cancel sends no push and no chat message (docs/client-contract.md).
     """
     now = services.clock.now()
 
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
-        change = lifecycle.cancel(job)
+        notice = job is not None and job.channel in notify.AT_LEAST_ONCE
+        change = lifecycle.cancel(job, notice=notice)
         assert job is not None
         return change, (change is not None, job)
 
@@ -56,25 +59,11 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
         if changed:
             log.event(logger, "job canceled", by=by)
             _next_in_queue(services, job_id)
-    if changed:
+            if job.channel in notify.AT_LEAST_ONCE:  # its batch's end comes after it
+                notify.deliver(services, job_id)
+    if changed and job.channel not in notify.AT_LEAST_ONCE:
         batch_end.on_job_ended(services, job)
-        _announce_cancel(services, job)
     return Outcome(changed, JobStatus.CANCELED, job)
-
-
-def _announce_cancel(services: Services, job: Job) -> None:
-    """``job.canceled`` for an API tenant's job, as canceled (only the call that canceled
-    it emits; the event's id is stable, so a race would still record it once). Never
-    fails the cancel, which has happened: an event the store could not take is logged."""
-    if webhook_channel.tenant_of(job) is None:
-        return
-    try:
-        canceled = services.store.get(job.id)
-        if canceled is not None and canceled.status is JobStatus.CANCELED:
-            webhook_channel.announce_end(services, canceled)
-    except KilnError as exc:
-        with log.job_context(job.id):
-            log.event(logger, "job.canceled event not recorded", logging.ERROR, code=exc.code)
 
 
 def retry(services: Services, job_id: str, *, by: str) -> Outcome:

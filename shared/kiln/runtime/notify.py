@@ -10,7 +10,7 @@ between the take and the record (``sent``) leaves it ``sending``, which nobody r
 at most once, a chat message included. An API tenant's (:data:`AT_LEAST_ONCE`) is not
 taken: its webhook event has a stable id, so it is sent again until recorded, and a send
 that met a passing fault (the webhook store unreachable) records nothing, leaving the
-claim to the sweeper.
+claim to the sweeper; such a tenant's cancel claims one too (``kiln.runtime.actions``).
 The record of what was sent is bookkeeping; when it cannot be written the notification
 stays ``sending`` (``claimed`` for an API tenant's) and the job stays ended.
 

@@ -1,12 +1,12 @@
 """The ``api`` channel: a backend's jobs end in a signed webhook, not a chat message.
 
 Registered in the composition root (``Services.channels["api"]``) and called by
-``kiln.runtime.notify``: ``on_finished`` emits ``job.completed|failed`` for the job's
-tenant (its owner ``api:<tenant>``; to the tenant's endpoints and the job's own
-``webhook`` URL; ``job.canceled`` comes from the cancel itself, ``kiln.runtime.actions``,
-through :func:`announce_end`), ``on_progress`` emits an opt-in ``job.progress`` at most once per
-``PROGRESS_SECONDS`` per job, and ``redeliver`` (the sweeper's pass) wakes deliveries
-whose wake-up was lost.
+``kiln.runtime.notify``: ``on_finished`` emits ``job.completed|failed|canceled`` for the
+job's tenant (its owner ``api:<tenant>``; to the tenant's endpoints and the job's own
+``webhook`` URL; a cancel claims its notification too, ``kiln.runtime.actions``), once per
+run of the job (:func:`announce_end`); ``on_progress`` emits an opt-in ``job.progress`` at
+most once per ``PROGRESS_SECONDS`` per job, and ``redeliver`` (the sweeper's pass) wakes
+deliveries whose wake-up was lost.
 """
 
 from __future__ import annotations
