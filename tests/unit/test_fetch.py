@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.providers.fetch import (
     FetchPolicy,
     check_url,
@@ -25,16 +26,34 @@ from kiln.providers.fetch import (
 )
 from kiln.settings import Settings
 
+_STOP = threading.Event()  # set when the module's tests end: the drips stop
+STEADY = 2048 * 75
+LARGE = 3 * 1024 * 1024
+
 
 class _Files(BaseHTTPRequestHandler):
     """``/ok`` (16 bytes), ``/big`` (Content-Length 4096), ``/stream`` (4096, no length),
-    ``/to?url`` (302 to url), ``/loop`` (302 to itself), ``/host`` (echoes Host)."""
+    ``/to?url`` (302 to url), ``/loop`` (302 to itself), ``/host`` (echoes Host),
+    ``/drip-head`` (its headers a byte every 50 ms), ``/drip-body`` (headers at once, then
+    the body a byte every 50 ms), ``/steady`` (``STEADY`` bytes, 2 KiB every 20 ms: about
+    100 KiB/s), ``/large`` (``LARGE`` bytes at once)."""
 
     def log_message(self, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
-        if self.path.startswith("/to?"):
+        if self.path == "/drip-head":
+            self._paced(b"HTTP/1.1 200 OK\r\nX-Drip: " + b"a" * 100_000, 1, 0.05)
+        elif self.path in ("/drip-body", "/steady", "/large"):
+            size = {"/drip-body": 100_000, "/steady": STEADY, "/large": LARGE}[self.path]
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if self.path == "/large":
+                self.wfile.write(b"L" * size)
+            else:
+                self._paced(b"s" * size, *((1, 0.05) if self.path == "/drip-body" else (2048, 0.02)))
+        elif self.path.startswith("/to?"):
             self._redirect(self.path[4:])
         elif self.path == "/loop":
             self._redirect("/loop")
@@ -51,6 +70,17 @@ class _Files(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body or b"")
 
+    def _paced(self, data: bytes, size: int, every: float) -> None:
+        """``data`` in pieces of ``size`` bytes, one every ``every`` seconds."""
+        self.close_connection = True
+        try:
+            for at in range(0, len(data), size):
+                if _STOP.wait(every):
+                    return
+                self.wfile.write(data[at:at + size])
+        except OSError:  # the client hung up
+            pass
+
     def _redirect(self, location: str) -> None:
         self.send_response(302)
         self.send_header("Location", location)
@@ -63,6 +93,7 @@ def files() -> Iterator[str]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    _STOP.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -191,3 +222,64 @@ def test_http_is_refused_outside_local_mode(files: str) -> None:
 
 def test_a_missing_result_is_a_permanent_error(files: str) -> None:
     assert refused(open_stream, f"{files}/nothing", LOCAL).code == "result_unavailable"
+
+
+#: Half a second of waiting must bring 16 KiB; a test allows this much past it (a loaded machine).
+PACED = FetchPolicy(hosts=None, allow_local=True, read_timeout=0.5, min_progress=16 * 1024)
+MARGIN = 3.0
+
+
+def run_bounded(bound: float, call: Any) -> tuple[BaseException | Any, float]:
+    """``call()`` in a thread: what it returned or raised, and the seconds it took; a test
+    failure (not a hang) when it is still running after ``bound`` seconds."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    elapsed = time.monotonic() - started
+    assert not thread.is_alive(), f"still running after {elapsed:.1f} s (bound {bound} s)"
+    return outcome[0], elapsed
+
+
+@pytest.mark.parametrize("path", ["/drip-head", "/drip-body"])
+def test_a_server_dripping_bytes_is_cut_as_a_timeout(files: str, path: str) -> None:
+    """Given a result server that sends its headers, or its body, a byte every 50 ms (each
+    read far inside the 0.5 s read timeout), when the result is downloaded, then it ends
+    within the timeout plus a margin with a retryable fetch_timeout: 0.5 s of waiting
+    brought less than the 16 KiB floor."""
+    failure, _elapsed = run_bounded(
+        0.5 + MARGIN, lambda: b"".join(open_stream(f"{files}{path}", PACED).chunks))
+    assert isinstance(failure, RetryableError) and failure.code == "fetch_timeout"
+
+
+def test_a_steady_slow_download_is_not_cut(files: str) -> None:
+    """Given a result that arrives at about 100 KiB/s and takes well over the 0.5 s read
+    timeout in all, when it is downloaded, then it arrives whole: the floor is on progress,
+    not a deadline on the whole download."""
+    body, elapsed = run_bounded(20.0, lambda: b"".join(open_stream(f"{files}/steady", PACED).chunks))
+    assert body == b"s" * STEADY and elapsed > PACED.read_timeout
+
+
+def test_time_the_consumer_spends_between_chunks_is_not_a_stall(files: str) -> None:
+    """Given a 3 MiB result served at once, when the consumer takes longer than the 0.5 s
+    window over each 1 MiB chunk (as a slow upload into the bucket would), then the
+    download still arrives whole: only time spent waiting on the server counts."""
+    policy = FetchPolicy(hosts=None, allow_local=True, read_timeout=0.5, min_progress=LARGE)
+
+    def slow_consumer() -> int:
+        total = 0
+        for chunk in open_stream(f"{files}/large", policy).chunks:
+            total += len(chunk)
+            time.sleep(0.6)  # the consumer's own work between reads, not a wait for a result
+        return total
+
+    total, _elapsed = run_bounded(20.0, slow_consumer)
+    assert total == LARGE

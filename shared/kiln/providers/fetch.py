@@ -16,8 +16,11 @@ The download then connects to the address that was checked (the resolution is pi
 in the connection pool, while the Host header and TLS SNI keep the name), so a DNS
 answer that changes between the check and the connect cannot redirect it. Redirects
 are followed by hand, at most ``max_redirects``, each hop checked again. The size is
-capped up front by ``Content-Length`` and while streaming; connect and read timeouts
-are bounded. Proxies from the environment are ignored (a proxy would bypass the pin).
+capped up front by ``Content-Length`` and while streaming. Each connect and read has
+its timeout; a download must also keep moving (``min_progress`` bytes in each
+``read_timeout`` seconds spent waiting), and a :func:`pinned_client` can have a deadline
+that every connect, handshake, write and read ends by. Proxies from the environment are
+ignored (a proxy would bypass the pin).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import math
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -80,6 +85,9 @@ class FetchPolicy:
         hosts: the hosts allowed (``host`` or ``*.domain``); None allows any public host.
         allow_local: ``http`` and loopback addresses are allowed (``KILN_ENV=local`` only).
         max_bytes: the largest body accepted.
+        read_timeout: the longest wait for any read; also the span of waiting (time
+            spent between reads not counted) in which a download must bring
+            ``min_progress`` bytes (0: no floor), so a server dripping bytes is cut.
         refused_code: the error code when a URL is refused.
         unknown_host_final: a host that does not exist refuses the URL (a user's URL)
             instead of being retried as a DNS fault.
@@ -91,6 +99,7 @@ class FetchPolicy:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     max_redirects: int = 5
+    min_progress: int = 1024 * 1024
     refused_code: str = "unsafe_result_url"
     unknown_host_final: bool = False
 
@@ -102,14 +111,8 @@ class FetchPolicy:
                    max_bytes=settings.max_artifact_bytes, **kw)
 
     def host_allowed(self, host: str) -> bool:
-        if self.hosts is None:
-            return True
-        for entry in self.hosts:
-            if entry.startswith("*.") and host.endswith(entry[1:]):
-                return True
-            if host == entry:
-                return True
-        return False
+        return self.hosts is None or any(
+            host == entry or (entry.startswith("*.") and host.endswith(entry[1:])) for entry in self.hosts)
 
 
 def check_user_url(url: str, settings: Settings, resolve: Resolver = system_resolve) -> str:
@@ -189,13 +192,9 @@ def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_res
             (``artifact_too_large``), gone or rejected (``result_unavailable``).
         RetryableError: network faults, timeouts, 429 and 5xx (``fetch_unavailable``).
     """
-    backend = _PinnedBackend()
-    client = httpx.Client(
-        transport=_PinnedTransport(backend), trust_env=False, follow_redirects=False,
-        timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
-    )
+    client, pins = _client(policy, _Pace(floor=policy.min_progress, window=policy.read_timeout))
     try:
-        response = _follow(client, backend, url, policy, resolve, headers or {})
+        response = _follow(client, pins, url, policy, resolve, headers or {})
         length = _content_length(response)
         if length is not None and length > policy.max_bytes:
             raise PermanentError(
@@ -209,12 +208,12 @@ def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_res
                     _Body(client, response, policy.max_bytes))
 
 
-def _follow(client: httpx.Client, backend: _PinnedBackend, url: str, policy: FetchPolicy,
+def _follow(client: httpx.Client, pins: dict[str, str], url: str, policy: FetchPolicy,
             resolve: Resolver, headers: dict[str, str]) -> httpx.Response:
     for _hop in range(policy.max_redirects + 1):
         addresses = check_url(url, policy, resolve)
         host = httpx.URL(url).host.lower()
-        backend.pins[host] = str(addresses[0])
+        pins[host] = str(addresses[0])
         try:
             response = client.send(client.build_request("GET", url, headers=headers), stream=True)
         except httpx.TimeoutException as exc:
@@ -270,7 +269,8 @@ class _Body:
                         code="artifact_too_large")
                 yield chunk
         except httpx.TimeoutException as exc:
-            raise RetryableError("Downloading the result timed out.", code="fetch_timeout") from exc
+            raise RetryableError("Downloading the result timed out or stalled.",
+                                 code="fetch_timeout") from exc
         except httpx.HTTPError as exc:
             raise RetryableError("The result download broke off.", code="fetch_unavailable") from exc
         finally:
@@ -284,11 +284,70 @@ class _Body:
         self.close()
 
 
-class _PinnedBackend(httpcore.SyncBackend):
-    """Connects each host only to the address that was checked for it."""
+@dataclass
+class _Pace:
+    """How long a client's connections may still wait, beyond httpx's timeout per step: until
+    ``deadline`` (``time.monotonic()``), and, reading, ``window`` seconds of waiting for each
+    ``floor`` bytes (time the caller spends between reads is not counted)."""
 
-    def __init__(self) -> None:
+    deadline: float = math.inf
+    floor: int = 0
+    window: float = math.inf
+    _waited: float = dataclasses.field(default=0.0, init=False)
+    _got: int = dataclasses.field(default=0, init=False)
+
+    def wait(self, timeout: float | None, timed_out: type[Exception], *,
+             reading: bool = False) -> float | None:
+        """The timeout for the next step; ``timed_out`` when no time is left."""
+        left = self.deadline - time.monotonic()
+        if reading and self.floor:
+            left = min(left, self.window - self._waited)
+        if left <= 0:
+            raise timed_out("out of time: past the deadline, or the server stalled")
+        wait = left if timeout is None else min(left, timeout)
+        return None if wait == math.inf else wait
+
+    def read(self, got: int, waited: float) -> None:
+        self._got, self._waited = self._got + got, self._waited + waited
+        if self._got >= self.floor:
+            self._got, self._waited = 0, 0.0
+
+
+class _PacedStream(httpcore.NetworkStream):
+    """A connection whose every wait (TLS handshake, write, read) is cut to its pace."""
+
+    def __init__(self, inner: httpcore.NetworkStream, pace: _Pace) -> None:
+        self._inner, self._pace = inner, pace
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        wait = self._pace.wait(timeout, httpcore.ReadTimeout, reading=True)
+        started = time.monotonic()
+        data = self._inner.read(max_bytes, wait)
+        self._pace.read(len(data), time.monotonic() - started)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._pace.wait(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        # (CPython bounds the whole handshake by the socket's timeout, not each of its reads.)
+        wait = self._pace.wait(timeout, httpcore.ConnectTimeout)
+        return _PacedStream(self._inner.start_tls(ssl_context, server_hostname, wait), self._pace)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects each host only to the address that was checked for it, at its pace."""
+
+    def __init__(self, pace: _Pace) -> None:
         self.pins: dict[str, str] = {}
+        self.pace = pace
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
@@ -296,7 +355,9 @@ class _PinnedBackend(httpcore.SyncBackend):
         address = self.pins.get(host.lower().strip("[]"))
         if address is None:  # never reached through open_stream: every hop pins first
             raise httpcore.ConnectError(f"{host} was not checked before connecting")
-        return super().connect_tcp(address, port, timeout, local_address, socket_options)
+        wait = self.pace.wait(timeout, httpcore.ConnectTimeout)
+        stream = super().connect_tcp(address, port, wait, local_address, socket_options)
+        return _PacedStream(stream, self.pace)
 
 
 @functools.cache
@@ -305,27 +366,24 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
-class _PinnedTransport(httpx.HTTPTransport):
-    """httpx's transport with a pinned network backend (TLS still verifies the host name)."""
-
-    def __init__(self, backend: _PinnedBackend) -> None:
-        super().__init__(trust_env=False)
-        # httpx has no public hook for the network backend: rebuild its pool with ours.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=_ssl_context(), max_connections=4,
-            network_backend=backend,
-        )
-
-
-def pinned_client(policy: FetchPolicy) -> tuple[httpx.Client, dict[str, str]]:
+def pinned_client(policy: FetchPolicy, *, deadline: float = math.inf) -> tuple[httpx.Client, dict[str, str]]:
     """A client that connects each host only to the address pinned for it in the returned
     map (fill it from :func:`check_url` before each request), follows no redirect and
-    ignores proxies (``kiln.webhooks.send`` posts through it)."""
-    backend = _PinnedBackend()
-    client = httpx.Client(
-        transport=_PinnedTransport(backend), trust_env=False, follow_redirects=False,
-        timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
-    )
+    ignores proxies (``kiln.webhooks.send`` posts through it). Its connects, TLS
+    handshakes, writes and reads end by ``deadline`` (``time.monotonic()``): past it, an
+    :class:`httpx.TimeoutException`, however the server paces its bytes."""
+    return _client(policy, _Pace(deadline=deadline))
+
+
+def _client(policy: FetchPolicy, pace: _Pace) -> tuple[httpx.Client, dict[str, str]]:
+    """httpx's client on a pinned, paced network backend (TLS still verifies the name)."""
+    backend = _PinnedBackend(pace)
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx has no public hook for the network backend: rebuild its pool with ours.
+    transport._pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), max_connections=4,
+                                              network_backend=backend)
+    client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
+                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout))
     return client, backend.pins
 
 

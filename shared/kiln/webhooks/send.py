@@ -2,9 +2,11 @@
 
 The URL is checked (https, every address public; ``http`` and loopback only in local
 mode; a form the HTTP client can send: :func:`client_refusal`) and the connection pinned
-to the checked address; redirects are not followed (a 3xx is a failed attempt); the
-receiver has :data:`RECEIVER_TIMEOUT` seconds. The signature is the ``standardwebhooks``
-library's, over ``{id}.{timestamp}.{body}``.
+to the checked address; redirects are not followed (a 3xx is a failed attempt). The
+whole attempt has :data:`RECEIVER_TIMEOUT` seconds from its start: the connect, the TLS
+handshake, the request's write and every read of the answer end by that deadline, so a
+receiver that dribbles its answer fails the attempt as a ``timeout`` like one that never
+answers. The signature is the ``standardwebhooks`` library's, over ``{id}.{timestamp}.{body}``.
 """
 
 from __future__ import annotations
@@ -101,14 +103,14 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
         return done(None, "refused", exc.message)
     except RetryableError as exc:
         return done(None, "dns", exc.message)
-    client, pins = pinned_client(policy)
+    client, pins = pinned_client(policy, deadline=started + timeout)
     try:
         pins[httpx.URL(url).host.lower()] = str(addresses[0])
         # Streamed and never read: only the status counts, so a huge answer costs nothing.
         with client, client.stream("POST", url, content=body, headers=headers) as response:
             status = response.status_code
     except httpx.TimeoutException:
-        return done(None, "timeout", f"no answer within {timeout:g} s")
+        return done(None, "timeout", f"no complete answer within {timeout:g} s of the attempt's start")
     except httpx.HTTPError as exc:
         return done(None, "connection", type(exc).__name__)
     except (httpx.InvalidURL, UnicodeError) as exc:  # (checked above: never raised, never stuck)
