@@ -67,17 +67,12 @@ def test_a_store_outage_while_accepting_takes_no_quota_and_the_redelivery_makes_
     assert tickets(telegram) == [1, 2, 3] and len(prompts(telegram)) == 3
 
 
-def test_a_chat_store_outage_before_the_job_takes_no_quota(
-        telegram: Telegram, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_chat_store_outage_before_the_job_takes_no_quota(telegram: Telegram) -> None:
     """Given the chat document cannot be written (clearing ``blocked``), when a message
     arrives, then 503 and no ticket; its redelivery makes the job."""
-    def unavailable(*_args: Any, **_kwargs: Any) -> None:
-        raise RetryableError("The chat store is unavailable.", code="store_unavailable")
-
-    monkeypatch.setattr(telegram.chats, "document", unavailable)
+    telegram.chats.fail_next("unblock")
     assert telegram.post({"update_id": 9, "message": message()})[0] == 503
     assert tickets(telegram) == [] and prompts(telegram) == []
-    monkeypatch.undo()
     assert telegram.post({"update_id": 9, "message": message()})[0] == 200
     assert tickets(telegram) == [1] and prompts(telegram) == ["a red cube"]
     assert telegram.chats.docs[str(CHAT)]["blocked"] is False

@@ -5,7 +5,8 @@
 - ``commands``: what an update asks for (pure: every Update field and Message kind
   decided on purpose, commands by their ``bot_command`` entity, group-chat addressing).
 - ``chats``: per-chat state in ``telegramChats/{chatId}`` (blocked, a group's migration,
-  deliveries waiting for Telegram); a chat's quota and running limit are its plan's,
+  deliveries waiting for Telegram), the ``ChatStore`` port (Firestore adapter:
+  ``kiln.adapters.firestore_chats``); a chat's quota and running limit are its plan's,
   through ``kiln.runtime.admission`` like every channel.
 - ``client`` / ``bot``: the Bot API on httpx, errors translated (a migrated group is
   followed), the token never shown.

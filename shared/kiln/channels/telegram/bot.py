@@ -1,4 +1,8 @@
-"""The bot client and chat store of a ``Services``, built once per process."""
+"""The bot client and chat store of a ``Services``, built once per process.
+
+The chat store is the Firestore adapter unless :func:`use_chat_store` gave ``services``
+another (the in-memory fake, in tests).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,27 @@ if TYPE_CHECKING:  # the composition root imports this channel: no run-time impo
 logger = log.get("telegram.bot")
 
 _bots: weakref.WeakKeyDictionary[Services, BotClient] = weakref.WeakKeyDictionary()
+_chats: weakref.WeakKeyDictionary[Services, ChatStore] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 #: How many of a chat's newest jobs get their reply address moved when it migrates.
 MOVED_JOBS = 100
 
 
 def chat_store(services: Services) -> ChatStore:
-    return ChatStore(services.firestore)
+    """The chat store of ``services`` (``telegramChats`` in its Firestore, built on first use)."""
+    with _lock:
+        chats = _chats.get(services)
+        if chats is None:
+            from kiln.adapters.firestore_chats import FirestoreChatStore
+
+            chats = _chats[services] = FirestoreChatStore(services.firestore)
+        return chats
+
+
+def use_chat_store(services: Services, chats: ChatStore) -> None:
+    """Make ``chats`` the chat store of ``services``."""
+    with _lock:
+        _chats[services] = chats
 
 
 def bot_for(services: Services) -> BotClient:
@@ -35,7 +53,7 @@ def bot_for(services: Services) -> BotClient:
         if bot is None:
             settings = services.settings
             bot = BotClient(settings.telegram_bot_token, settings.telegram_api_base,
-                            on_blocked=chat_store(services).mark_blocked,
+                            on_blocked=lambda chat_id: chat_store(services).mark_blocked(chat_id),
                             on_migrated=lambda old, new: move_chat(services, old, new))
             _bots[services] = bot
         return bot

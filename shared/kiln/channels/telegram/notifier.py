@@ -14,6 +14,9 @@ called by ``kiln.runtime.notify`` in the worker:
   delivery is *deferred* (``ChatStore.defer_delivery``) and ``redeliver`` — called by the
   sweeper's pass — tries it again with a doubling delay; the last attempt falls back to
   the download link, and a job whose chat could never be told is recorded ``error``.
+  At most once: the claim marks the entry ``sending`` before the send, and only a failure
+  that says the message did not go (a ``RetryableError``) makes it ``waiting`` again; an
+  entry a later pass finds still ``sending`` is dropped, never sent again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from kiln import log
 from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store
+from kiln.channels.telegram.chats import ChatStore, ClaimOutcome
 from kiln.channels.telegram.client import BotBlockedError, TelegramApiError
 from kiln.channels.telegram.delivery import (
     Address,
@@ -47,7 +51,7 @@ CHAT_GAP = 1.0  # seconds between any two edits in one chat (~1 message/s per ch
 EDIT_TIMEOUT = 5.0  # an edit must never hold up generation for long
 REDELIVERY_ATTEMPTS = 8  # then the link (last attempt), then give up
 REDELIVERY_MAX_DELAY = 1800.0
-REDELIVERY_LEASE = 300.0  # a claimed redelivery is another sweeper's again after this
+REDELIVERY_LEASE = 300.0  # a claimed redelivery still ``sending`` after this is dropped
 
 
 class _EditThrottle:
@@ -154,11 +158,13 @@ class TelegramChannel:
 
     def redeliver(self, services: Services) -> int:
         """Try the due deferred deliveries again (the sweeper's pass); how many were tried."""
-        chats, now, tried = chat_store(services), time.time(), 0
+        chats, now, tried = chat_store(services), _now(services), 0
         for chat_id, job_id in chats.due_deliveries(now):
-            attempt = chats.claim_delivery(chat_id, job_id, now=now, lease=REDELIVERY_LEASE)
-            job = services.store.get(job_id) if attempt is not None else None
-            if attempt is None:
+            job = services.store.get(job_id)  # before the claim: a failure leaves it waiting
+            claim = chats.claim_delivery(chat_id, job_id, now=now, lease=REDELIVERY_LEASE)
+            if claim.outcome is ClaimOutcome.DROPPED:
+                _dropped(services, job_id, job, attempt=claim.attempt + 1)
+            if claim.outcome is not ClaimOutcome.TAKEN:
                 continue
             tried += 1
             to = address(job) if job is not None else None
@@ -166,14 +172,12 @@ class TelegramChannel:
                 chats.delivered(chat_id, job_id)
                 continue
             try:
-                report = self._deliver(services, job, to, attempt=attempt + 1)
-            except RetryableError as exc:
-                report = self._defer(services, job, to, attempt=attempt + 1, exc=exc)
+                report = self._deliver(services, job, to, attempt=claim.attempt + 1)
+            except RetryableError as exc:  # it did not go: it waits again
+                report = self._defer(services, job, to, attempt=claim.attempt + 1, exc=exc)
                 if "deferred" in report:
                     continue
-            chats.delivered(chat_id, job_id)
-            state = "error" if "gaveUp" in report else "sent"
-            services.store.apply(job_id, lifecycle.notified(state, {"channel": report}))
+            _done(services, chats, chat_id, job_id, report)
         return tried
 
     def _deliver(self, services: Services, job: Job, to: Address, *,
@@ -203,7 +207,36 @@ class TelegramChannel:
         base = max(services.settings.retry_backoff_seconds, 0.1)
         delay = min(REDELIVERY_MAX_DELAY, max(base * 2 ** (attempt - 1), exc.retry_after or 0))
         chat_store(services).defer_delivery(to.chat_id, job.id, attempt=attempt,
-                                            at=time.time() + delay)
+                                            at=_now(services) + delay)
         log.event(logger, "result delivery deferred", logging.WARNING, code=exc.code,
                   attempt=attempt, seconds=round(delay, 1))
         return {"deferred": attempt, "reason": exc.code}
+
+
+def _now(services: Services) -> float:
+    return services.clock.now().timestamp()
+
+
+def _done(services: Services, chats: ChatStore, chat_id: str, job_id: str,
+          report: dict[str, Any]) -> None:
+    """A redelivery was sent (or given up): forget its entry and record the notification.
+    An entry that cannot be forgotten stays ``sending``: the next claim drops it."""
+    try:
+        chats.delivered(chat_id, job_id)
+    except RetryableError as exc:
+        log.event(logger, "redelivered result not forgotten; its entry will be dropped",
+                  logging.WARNING, code=exc.code, jobId=job_id)
+    state = "error" if "gaveUp" in report else "sent"
+    services.store.apply(job_id, lifecycle.notified(state, {"channel": report}))
+
+
+def _dropped(services: Services, job_id: str, job: Job | None, *, attempt: int) -> None:
+    """A claim found the entry still ``sending``: a pass took it and may have sent it, then
+    died or could not record it. It is forgotten, never sent again (at most once); a job
+    still ``retrying`` is recorded ``sending``, as ``notify`` leaves a send it could not
+    record."""
+    log.event(logger, "redelivery dropped: an earlier pass may have sent it", logging.WARNING,
+              attempt=attempt, jobId=job_id)
+    if job is not None and (job.server.notify or {}).get("state") == "retrying":
+        services.store.apply(job_id, lifecycle.notified(lifecycle.NOTIFY_SENDING, {
+            "channel": {"dropped": "may_have_been_sent", "attempt": attempt}}))

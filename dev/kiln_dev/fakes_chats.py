@@ -1,0 +1,109 @@
+"""In-memory ``kiln.channels.telegram.chats.ChatStore`` (``telegramChats/{chatId}``
+documents in a dict) for unit tests, with the Firestore adapter's semantics (a claim is
+decided by the same ``chats.claim``); ``fail_next`` makes one call raise before it writes
+(a store blip, or a process dying there)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from kiln.channels.telegram import chats
+from kiln.channels.telegram.chats import Claim, ClaimOutcome, Deferred, chat_uid
+from kiln.core.errors import RetryableError
+
+
+class InMemoryChatStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self._fail: dict[str, BaseException] = {}
+        self._lock = threading.RLock()
+
+    def fail_next(self, call: str, error: BaseException | None = None) -> None:
+        """Make the next ``call`` (a method name) raise ``error`` (default: the store is
+        unavailable) without writing anything."""
+        self._fail[call] = error or RetryableError("The chat store is unavailable.",
+                                                   code="store_unavailable")
+
+    def _blip(self, call: str) -> None:
+        error = self._fail.pop(call, None)
+        if error is not None:
+            raise error
+
+    def _doc(self, chat_id: int | str) -> dict[str, Any]:
+        return self.docs.setdefault(str(chat_id), {})
+
+    def get(self, chat_id: int | str) -> dict[str, Any]:
+        with self._lock:
+            self._blip("get")
+            return copy.deepcopy(self.docs.get(str(chat_id), {}))
+
+    def is_blocked(self, chat_id: int | str) -> bool:
+        return bool(self.get(chat_id).get("blocked"))
+
+    def mark_blocked(self, chat_id: int | str) -> None:
+        with self._lock:
+            self._blip("mark_blocked")
+            self._doc(chat_id)["blocked"] = True
+
+    def unblock(self, chat_id: int | str) -> None:
+        with self._lock:
+            self._blip("unblock")
+            self._doc(chat_id)["blocked"] = False
+
+    def migrate(self, old: int | str, new: int | str) -> bool:
+        with self._lock:
+            self._blip("migrate")
+            was, now = self._doc(old), self._doc(new)
+            if str(was.get("migratedTo")) == str(new):
+                return False
+            now["formerChatIds"] = sorted({*map(str, was.get("formerChatIds") or []), str(old),
+                                           *map(str, now.get("formerChatIds") or [])})
+            was["migratedTo"] = str(new)
+            return True
+
+    def uids(self, chat_id: int | str) -> list[str]:
+        return [chat_uid(chat_id), *(chat_uid(c) for c in self.get(chat_id).get("formerChatIds") or [])]
+
+    # --- results waiting for Telegram ---------------------------------------------------
+
+    def defer_delivery(self, chat_id: int | str, job_id: str, *, attempt: int, at: float) -> None:
+        with self._lock:
+            self._blip("defer_delivery")
+            doc = self._doc(chat_id)
+            doc.setdefault("undelivered", {})[job_id] = Deferred(attempt, at).entry()
+            doc["hasUndelivered"] = True
+
+    def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
+        with self._lock:
+            self._blip("due_deliveries")
+            waiting = [(chat_id, doc) for chat_id, doc in sorted(self.docs.items())
+                       if doc.get("hasUndelivered") is True][:limit]
+            return [(chat_id, job_id) for chat_id, doc in waiting
+                    for job_id, entry in (doc.get("undelivered") or {}).items()
+                    if float((entry or {}).get("at") or 0) <= now]
+
+    def claim_delivery(self, chat_id: int | str, job_id: str, *, now: float,
+                       lease: float) -> Claim:
+        with self._lock:
+            self._blip("claim_delivery")
+            doc = self.docs.get(str(chat_id), {})
+            waiting = doc.get("undelivered") or {}
+            claim, entry = chats.claim(waiting.get(job_id), now=now, lease=lease)
+            if claim.outcome is ClaimOutcome.NOT_DUE:
+                return claim
+            if entry is None:
+                waiting.pop(job_id, None)
+            else:
+                waiting[job_id] = entry
+            doc["hasUndelivered"] = bool(waiting)
+            return claim
+
+    def delivered(self, chat_id: int | str, job_id: str) -> None:
+        with self._lock:
+            self._blip("delivered")
+            doc = self.docs.get(str(chat_id), {})
+            left = doc.get("undelivered") or {}
+            if left.pop(job_id, None) is not None:
+                doc["undelivered"], doc["hasUndelivered"] = left, bool(left)

@@ -1,0 +1,119 @@
+"""Firestore adapter of ``kiln.channels.telegram.chats.ChatStore``: ``telegramChats/{chatId}``.
+
+Server-only documents (the security rules deny every client). A deferred delivery's claim
+and its forgetting each run in one transaction (read → :func:`chats.claim` → write); the
+send happens outside it. SDK errors become Kiln's retryable errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.cloud import firestore
+from google.cloud.firestore import SERVER_TIMESTAMP
+
+from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
+from kiln.channels.telegram import chats
+from kiln.channels.telegram.chats import CHATS, Claim, ClaimOutcome, Deferred, chat_uid
+
+STORE = "chat store"
+T = TypeVar("T")
+
+
+class FirestoreChatStore:
+    """``telegramChats/{chatId}`` documents."""
+
+    def __init__(self, client: firestore.Client) -> None:
+        self.client = client
+
+    def ref(self, chat_id: int | str) -> firestore.DocumentReference:
+        return self.client.collection(CHATS).document(str(chat_id))
+
+    def get(self, chat_id: int | str) -> dict[str, Any]:
+        return self._guard(lambda: self.ref(chat_id).get().to_dict() or {})
+
+    def is_blocked(self, chat_id: int | str) -> bool:
+        return bool(self.get(chat_id).get("blocked"))
+
+    def mark_blocked(self, chat_id: int | str) -> None:
+        self._guard(lambda: self.ref(chat_id).set(
+            {"blocked": True, "blockedAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP},
+            merge=True))
+
+    def unblock(self, chat_id: int | str) -> None:
+        self._guard(lambda: self.ref(chat_id).set(
+            {"blocked": False, "updatedAt": SERVER_TIMESTAMP}, merge=True))
+
+    def migrate(self, old: int | str, new: int | str) -> bool:
+        old_ref, new_ref = self.ref(old), self.ref(new)
+
+        def run(tx: firestore.Transaction) -> bool:
+            was = old_ref.get(transaction=tx).to_dict() or {}
+            now = new_ref.get(transaction=tx).to_dict() or {}
+            if str(was.get("migratedTo")) == str(new):
+                return False
+            former = sorted({*map(str, was.get("formerChatIds") or []), str(old),
+                             *map(str, now.get("formerChatIds") or [])})
+            tx.set(new_ref, {**now, "formerChatIds": former, "updatedAt": SERVER_TIMESTAMP})
+            tx.set(old_ref, {**was, "migratedTo": str(new), "updatedAt": SERVER_TIMESTAMP})
+            return True
+
+        return self._transact(run)
+
+    def uids(self, chat_id: int | str) -> list[str]:
+        return [chat_uid(chat_id), *(chat_uid(c) for c in self.get(chat_id).get("formerChatIds") or [])]
+
+    # --- results waiting for Telegram ---------------------------------------------------
+
+    def defer_delivery(self, chat_id: int | str, job_id: str, *, attempt: int, at: float) -> None:
+        # every field of the entry is written, so a merge leaves no ``sending`` behind
+        entry = Deferred(attempt, at).entry()
+        self._guard(lambda: self.ref(chat_id).set(
+            {"undelivered": {job_id: entry}, "hasUndelivered": True,
+             "updatedAt": SERVER_TIMESTAMP}, merge=True))
+
+    def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
+        query = self.client.collection(CHATS).where(
+            filter=firestore.FieldFilter("hasUndelivered", "==", True)).limit(limit)
+        docs = self._guard(lambda: list(query.stream()))
+        return [(doc.id, job_id) for doc in docs
+                for job_id, entry in ((doc.to_dict() or {}).get("undelivered") or {}).items()
+                if float((entry or {}).get("at") or 0) <= now]
+
+    def claim_delivery(self, chat_id: int | str, job_id: str, *, now: float,
+                       lease: float) -> Claim:
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> Claim:
+            waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
+            claim, entry = chats.claim(waiting.get(job_id), now=now, lease=lease)
+            if claim.outcome is ClaimOutcome.NOT_DUE:
+                return claim
+            if entry is None:
+                waiting.pop(job_id, None)
+            else:
+                waiting[job_id] = entry
+            tx.update(ref, {"undelivered": waiting, "hasUndelivered": bool(waiting)})
+            return claim
+
+        return self._transact(run)
+
+    def delivered(self, chat_id: int | str, job_id: str) -> None:
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> None:
+            doc = ref.get(transaction=tx).to_dict() or {}
+            left = dict(doc.get("undelivered") or {})
+            if left.pop(job_id, None) is not None:
+                tx.update(ref, {"undelivered": left, "hasUndelivered": bool(left)})
+
+        self._transact(run)
+
+    def _transact(self, run: Callable[[firestore.Transaction], T]) -> T:
+        return in_transaction(self.client, run, store=STORE, busy="The chat is busy.")
+
+    @staticmethod
+    def _guard(action: Callable[[], Any]) -> Any:
+        with unavailable_is_retryable(STORE):
+            return action()

@@ -1,0 +1,100 @@
+"""The Telegram chat store's contract (``kiln.channels.telegram.chats.ChatStore``), on the
+in-memory fake and on the Firestore emulator: a group's migration, deferred deliveries and
+their claims. (A chat's quota and running limit are admission's: test_queue_ports.py.)"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from kiln.channels.telegram.chats import Claim, ClaimOutcome, chat_uid
+from kiln_dev.fakes_chats import InMemoryChatStore
+
+TAKEN, NOT_DUE, DROPPED = ClaimOutcome.TAKEN, ClaimOutcome.NOT_DUE, ClaimOutcome.DROPPED
+
+
+@pytest.fixture(params=["fake", "emulator"])
+def chats(request: pytest.FixtureRequest) -> Any:
+    if request.param == "fake":
+        return InMemoryChatStore()
+    from kiln.adapters.firestore_chats import FirestoreChatStore
+
+    return FirestoreChatStore(request.getfixturevalue("services").firestore)
+
+
+@pytest.fixture
+def chat() -> int:
+    return random.randint(10**8, 10**9)
+
+
+def job_id() -> str:
+    return f"tg-{uuid.uuid4().hex[:16]}"
+
+
+def test_a_migration_moves_the_former_ids_once(chats: Any, chat: int) -> None:
+    """Given a group, when it becomes a supergroup, then the new chat holds the old id and
+    the old points on; a second migration call (the service message after the 400)
+    changes nothing."""
+    old, new = -chat, -int(f"100{chat}")
+    chats.unblock(old)
+    assert chats.migrate(old, new) is True
+    moved = chats.get(new)
+    assert moved["formerChatIds"] == [str(old)] and chats.get(old)["migratedTo"] == str(new)
+    assert chats.uids(new) == [chat_uid(new), chat_uid(old)]
+    assert chats.migrate(old, new) is False
+    assert chats.get(new)["formerChatIds"] == [str(old)]
+
+
+def test_blocked_is_set_and_cleared(chats: Any, chat: int) -> None:
+    """A chat is not blocked until Telegram said 403, and is again once it writes to us."""
+    assert chats.is_blocked(chat) is False
+    chats.mark_blocked(chat)
+    assert chats.is_blocked(chat) is True
+    chats.unblock(chat)
+    assert chats.is_blocked(chat) is False
+
+
+def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: Any, chat: int) -> None:
+    """Given a result deferred until t=100, then it is not due before, is due after, only
+    one of two concurrent claims gets it (attempt 2), and once delivered it is forgotten."""
+    job = job_id()
+    chats.defer_delivery(chat, job, attempt=2, at=100.0)
+    assert (str(chat), job) not in chats.due_deliveries(99.0)
+    assert (str(chat), job) in chats.due_deliveries(101.0)
+    claims = [chats.claim_delivery(chat, job, now=101.0, lease=60) for _ in range(2)]
+    assert claims == [Claim(TAKEN, 2), Claim(NOT_DUE, 2)]
+    chats.delivered(chat, job)
+    doc = chats.get(chat)
+    assert doc["undelivered"] == {} and doc["hasUndelivered"] is False
+    assert (str(chat), job) not in chats.due_deliveries(1e12)
+    assert chats.claim_delivery(chat, job, now=1e12, lease=60) == Claim(NOT_DUE)
+
+
+def test_a_claim_left_sending_past_its_lease_is_dropped(chats: Any, chat: int) -> None:
+    """Given a claimed delivery whose pass never forgot it (it may have been sent), then
+    after the lease it is due again, but its claim drops it instead of taking it; another
+    job's entry in the chat is untouched."""
+    job, other = job_id(), job_id()
+    chats.defer_delivery(chat, job, attempt=1, at=100.0)
+    chats.defer_delivery(chat, other, attempt=3, at=5000.0)
+    assert chats.claim_delivery(chat, job, now=101.0, lease=60) == Claim(TAKEN, 1)
+    assert (str(chat), job) not in chats.due_deliveries(160.0)
+    assert (str(chat), job) in chats.due_deliveries(162.0)
+    assert chats.claim_delivery(chat, job, now=162.0, lease=60) == Claim(DROPPED, 1)
+    doc = chats.get(chat)
+    assert list(doc["undelivered"]) == [other] and doc["hasUndelivered"] is True
+    assert chats.claim_delivery(chat, job, now=1e12, lease=60) == Claim(NOT_DUE)
+
+
+def test_a_deferral_after_a_claim_waits_again(chats: Any, chat: int) -> None:
+    """Given a claimed delivery whose send certainly failed, when it is deferred again,
+    then it is ``waiting``: the claim after its new time takes it (not dropped)."""
+    job = job_id()
+    chats.defer_delivery(chat, job, attempt=1, at=100.0)
+    assert chats.claim_delivery(chat, job, now=101.0, lease=60).outcome is TAKEN
+    chats.defer_delivery(chat, job, attempt=2, at=130.0)
+    assert chats.get(chat)["undelivered"][job] == {"attempt": 2, "at": 130.0, "state": "waiting"}
+    assert chats.claim_delivery(chat, job, now=131.0, lease=60) == Claim(TAKEN, 2)

@@ -1,0 +1,153 @@
+"""A deferred Telegram result, on the fakes (job store, clock, chat store) and the Bot API
+stand-in: redelivered while its send certainly did not happen, never sent twice once a
+pass may have sent it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rig import Killed, Rig, build_rig
+
+from kiln.channels.telegram import chats as chat_state
+from kiln.channels.telegram import notifier
+from kiln.channels.telegram.bot import use_chat_store
+from kiln.runtime.sweeper import sweep
+from kiln.runtime.worker import run_job
+from kiln_dev.fakes_chats import InMemoryChatStore
+from kiln_dev.standins.telegram import TelegramServer
+
+BACKOFF = 10.0  # the rig's KILN_RETRY_BACKOFF_SECONDS
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TelegramServer]:
+    running = TelegramServer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def chats() -> InMemoryChatStore:
+    return InMemoryChatStore()
+
+
+@pytest.fixture
+def chat() -> int:
+    """A chat of its own for each test (the stand-in records calls per chat)."""
+    return random.randint(10**8, 10**9)
+
+
+@pytest.fixture
+def rig(server: TelegramServer, chats: InMemoryChatStore) -> Rig:
+    """The worker and sweeper on fakes, with the real ``TelegramChannel`` on the fake chat
+    store and the stand-in's Bot API."""
+    rig = build_rig(telegram_bot_token=server.token, telegram_api_base=server.url,
+                    retry_backoff_seconds=BACKOFF)
+    rig.services.channels = {"telegram": notifier.TelegramChannel()}
+    use_chat_store(rig.services, chats)
+    return rig
+
+
+def finish_deferred(rig: Rig, server: TelegramServer, chat: int) -> str:
+    """A finished image job whose photo Telegram refused (500): deferred, ``retrying``."""
+    server.fail("sendPhoto", chat_id=chat, error_code=500, description="Internal Server Error")
+    job_id = rig.submit(channel="telegram", uid=f"telegram:{chat}",
+                        telegram={"chatId": chat, "messageId": 1, "working": "pending"})
+    run_job(job_id, rig.services)
+    assert notify_of(rig, job_id)["state"] == "retrying"
+    return job_id
+
+
+def notify_of(rig: Rig, job_id: str) -> dict[str, Any]:
+    return dict(rig.job(job_id).server.notify or {})
+
+
+def photos(server: TelegramServer, chat: int, *, ok: bool = True) -> list[dict[str, Any]]:
+    return [c for c in server.calls_for(chat, "sendPhoto") if c["ok"] is ok]
+
+
+def test_a_store_blip_after_the_send_does_not_send_the_result_again(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result, when the pass that redelivers it sends the photo and then
+    cannot forget the entry (a chat store blip), then the pass after the lease sends
+    nothing: one photo in the chat, the job's notification ``sent``, the entry gone."""
+    job_id = finish_deferred(rig, server, chat)
+    chats.fail_next("delivered")
+    rig.clock.advance(BACKOFF + 1)
+    sweep(rig.services)
+    assert len(photos(server, chat)) == 1
+    rig.clock.advance(notifier.REDELIVERY_LEASE + 1)
+    sweep(rig.services)
+    assert len(photos(server, chat)) == 1
+    assert notify_of(rig, job_id)["state"] == "sent"
+    assert chats.get(chat)["undelivered"] == {} and chats.get(chat)["hasUndelivered"] is False
+
+
+def test_a_pass_killed_after_the_send_is_not_followed_by_a_second_send(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result, when the sweeper's process dies between the photo and its
+    record, then the pass after the lease drops the entry instead of sending again, and
+    the job's notification says it may have been sent (``sending``, as ``notify`` leaves
+    a send it could not record)."""
+    job_id = finish_deferred(rig, server, chat)
+    chats.fail_next("delivered", Killed())
+    rig.clock.advance(BACKOFF + 1)
+    with pytest.raises(Killed):
+        sweep(rig.services)
+    assert len(photos(server, chat)) == 1
+    rig.clock.advance(notifier.REDELIVERY_LEASE + 1)
+    sweep(rig.services)
+    assert len(photos(server, chat)) == 1
+    notify = notify_of(rig, job_id)
+    assert notify["state"] == "sending"
+    assert notify["report"]["channel"] == {"dropped": "may_have_been_sent", "attempt": 2}
+    assert chats.get(chat)["undelivered"] == {}
+
+
+def test_a_send_telegram_refused_is_tried_again_until_it_arrives(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given Telegram answering the photo 500, then 429 (retry after 60 s), then taking it,
+    then each refusal defers the result again (the second after Telegram's 60 s), and
+    the third attempt sends one photo; the notification ends ``sent``."""
+    job_id = finish_deferred(rig, server, chat)
+    server.fail("sendPhoto", chat_id=chat, error_code=429, retry_after=60)
+    rig.clock.advance(BACKOFF + 1)
+    assert sweep(rig.services)["redelivered"] == 1
+    assert photos(server, chat) == [] and len(photos(server, chat, ok=False)) == 2
+    rig.clock.advance(BACKOFF * 2 + 1)
+    assert "redelivered" not in sweep(rig.services)  # Telegram asked for 60 s
+    rig.clock.advance(60)
+    assert sweep(rig.services)["redelivered"] == 1
+    assert len(photos(server, chat)) == 1
+    notify = notify_of(rig, job_id)
+    assert notify["state"] == "sent" and notify["report"]["channel"]["attempt"] == 3
+    assert chats.get(chat)["undelivered"] == {}
+    rig.clock.advance(notifier.REDELIVERY_MAX_DELAY)
+    assert "redelivered" not in sweep(rig.services)
+    assert len(photos(server, chat)) == 1
+
+
+def test_a_pass_that_fails_before_the_send_keeps_the_redelivery(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result, when the pass that claimed it cannot read the chat (a
+    store blip before anything was sent), then the result is deferred again and a later
+    pass sends it once."""
+    job_id = finish_deferred(rig, server, chat)
+    chats.fail_next("get")
+    rig.clock.advance(BACKOFF + 1)
+    sweep(rig.services)
+    assert photos(server, chat) == []
+    rig.clock.advance(notifier.REDELIVERY_MAX_DELAY)
+    sweep(rig.services)
+    assert len(photos(server, chat)) == 1 and notify_of(rig, job_id)["state"] == "sent"
+
+
+def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None:
+    """Given an entry without ``state`` (written by older code) that is due, then a claim
+    takes it (and marks it ``sending``): it is not mistaken for one that may have been sent."""
+    claim, entry = chat_state.claim({"attempt": 4, "at": 100.0}, now=101.0, lease=60.0)
+    assert claim == chat_state.Claim(chat_state.ClaimOutcome.TAKEN, 4)
+    assert entry == {"attempt": 4, "at": 161.0, "state": "sending"}
