@@ -1,7 +1,8 @@
 """The end of a batch: announced once, when its last job ends.
 
 Called after any job of a batch ends (``kiln.runtime.notify.deliver`` for completed and
-failed jobs, ``kiln.runtime.actions.cancel`` for canceled ones). Each call counts the
+failed jobs and for a backend's canceled ones, ``kiln.runtime.actions.cancel`` for an app's
+canceled ones). Each call counts the
 batch's ended jobs (one count aggregation, not a read per job); a call that finds every
 job ended reads their statuses once and creates the batch's end marker
 (create-if-absent): only the one that created it sends the app user's one push. For an

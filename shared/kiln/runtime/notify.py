@@ -32,7 +32,6 @@ import uuid
 from typing import Any
 
 from kiln import log, tracing
-from kiln.adapters.fcm import build_message, image_url
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
 from kiln.core.errors import RetryableError
@@ -177,6 +176,10 @@ def send_push(services: Services, job: Job, *, alone: bool = False) -> dict[str,
     devices = services.devices.devices(job.uid) if job.uid else []
     if not devices:
         return none
+    # (Here, not at the top: the ingress sends a backend's cancel through this module and
+    # must not load firebase_admin's messaging for it; docs/benchmarks.md, cold starts.)
+    from kiln.adapters.fcm import build_message, image_url
+
     title, body, data = build_message(job, services.settings.link_template)
     result = services.push.send(devices, title, body, data, image=image_url(job))
     for device_id in result.dead_devices:
