@@ -90,14 +90,9 @@ class InMemoryChatStore:
             self._blip("claim_delivery")
             doc = self.docs.get(str(chat_id), {})
             waiting = doc.get("undelivered") or {}
-            claim, entry = chats.claim(waiting.get(job_id), now=now, lease=lease)
-            if claim.outcome is ClaimOutcome.NOT_DUE:
-                return claim
-            if entry is None:
-                waiting.pop(job_id, None)
-            else:
-                waiting[job_id] = entry
-            doc["hasUndelivered"] = bool(waiting)
+            claim = chats.claim(waiting, job_id, now=now, lease=lease)
+            if claim.outcome is not ClaimOutcome.NOT_DUE:
+                doc["hasUndelivered"] = bool(waiting)
             return claim
 
     def delivered(self, chat_id: int | str, job_id: str) -> None:

@@ -87,14 +87,9 @@ class FirestoreChatStore:
 
         def run(tx: firestore.Transaction) -> Claim:
             waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
-            claim, entry = chats.claim(waiting.get(job_id), now=now, lease=lease)
-            if claim.outcome is ClaimOutcome.NOT_DUE:
-                return claim
-            if entry is None:
-                waiting.pop(job_id, None)
-            else:
-                waiting[job_id] = entry
-            tx.update(ref, {"undelivered": waiting, "hasUndelivered": bool(waiting)})
+            claim = chats.claim(waiting, job_id, now=now, lease=lease)
+            if claim.outcome is not ClaimOutcome.NOT_DUE:
+                tx.update(ref, {"undelivered": waiting, "hasUndelivered": bool(waiting)})
             return claim
 
         return self._transact(run)

@@ -148,6 +148,7 @@ def test_a_pass_that_fails_before_the_send_keeps_the_redelivery(
 def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None:
     """Given an entry without ``state`` (written by older code) that is due, then a claim
     takes it (and marks it ``sending``): it is not mistaken for one that may have been sent."""
-    claim, entry = chat_state.claim({"attempt": 4, "at": 100.0}, now=101.0, lease=60.0)
+    undelivered: dict[str, object] = {"job": {"attempt": 4, "at": 100.0}}
+    claim = chat_state.claim(undelivered, "job", now=101.0, lease=60.0)
     assert claim == chat_state.Claim(chat_state.ClaimOutcome.TAKEN, 4)
-    assert entry == {"attempt": 4, "at": 161.0, "state": "sending"}
+    assert undelivered == {"job": {"attempt": 4, "at": 161.0, "state": "sending"}}

@@ -98,17 +98,18 @@ class Claim:
     attempt: int = 0
 
 
-def claim(entry: Mapping[str, Any] | None, *, now: float,
-          lease: float) -> tuple[Claim, dict[str, Any] | None]:
-    """Decide a claim of one ``undelivered`` entry; the adapters write what it says:
-    nothing when ``NOT_DUE``, else the entry's new value (None: forget it)."""
-    found = Deferred.of(entry)
+def claim(undelivered: dict[str, Any], job_id: str, *, now: float, lease: float) -> Claim:
+    """Decide a claim of the job's entry in a chat's ``undelivered`` map and apply it to
+    the map (the adapters write the map back unless ``NOT_DUE``): a due waiting entry is
+    taken (``sending``, leased), a ``sending`` one past its lease is forgotten."""
+    found = Deferred.of(undelivered.get(job_id))
     if found is None or found.at > now:
-        return Claim(ClaimOutcome.NOT_DUE, found.attempt if found else 0), None
+        return Claim(ClaimOutcome.NOT_DUE, found.attempt if found else 0)
     if found.state is DeferredState.SENDING:
-        return Claim(ClaimOutcome.DROPPED, found.attempt), None
-    taken = Deferred(found.attempt, now + lease, DeferredState.SENDING)
-    return Claim(ClaimOutcome.TAKEN, found.attempt), taken.entry()
+        del undelivered[job_id]
+        return Claim(ClaimOutcome.DROPPED, found.attempt)
+    undelivered[job_id] = Deferred(found.attempt, now + lease, DeferredState.SENDING).entry()
+    return Claim(ClaimOutcome.TAKEN, found.attempt)
 
 
 class ChatStore(Protocol):
