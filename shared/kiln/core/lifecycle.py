@@ -31,6 +31,7 @@ NOTIFY_CLAIMED = "claimed"
 NOTIFY_SENDING = "sending"
 #: Claimed, never sent, and too old to send (``kiln.runtime.sweeper``).
 NOTIFY_ABANDONED = "abandoned"
+DEADLINE_EXCEEDED = "deadline_exceeded"  # the error code of a job past its maximum age
 DEADLINE_MESSAGE = "The job took too long and was stopped."
 QUEUE_EXPIRED_MESSAGE = ("The job waited too long for its turn to start and was dropped. "
                          "Nothing was generated; please try again later.")
@@ -414,7 +415,7 @@ def expire(job: Job | None, *, now: dt.datetime) -> Change | None:
         return fail(job, code="expired", message=QUEUE_EXPIRED_MESSAGE)
     if not job.server.past_deadline(now):
         return None
-    return fail(job, code="deadline_exceeded", message=DEADLINE_MESSAGE)
+    return fail(job, code=DEADLINE_EXCEEDED, message=DEADLINE_MESSAGE)
 
 
 # --- the fair queue -------------------------------------------------------------------
@@ -478,9 +479,11 @@ def notified(state: str, report: Mapping[str, Any]) -> Change:
 
 
 def remote_task_left(job: Job) -> bool:
-    """A canceled job whose paid provider task may still be running."""
-    return (job.status is JobStatus.CANCELED and bool(job.server.provider_task_id)
-            and not job.server.remote_canceled)
+    """A job that ended without waiting for its paid provider task, which may still be
+    running: canceled, or failed past its maximum age (nobody will fetch its result)."""
+    ended_early = job.status is JobStatus.CANCELED or (
+        job.status is JobStatus.FAILED and (job.error or {}).get("code") == DEADLINE_EXCEEDED)
+    return ended_early and bool(job.server.provider_task_id) and not job.server.remote_canceled
 
 
 def remote_canceled() -> Change:

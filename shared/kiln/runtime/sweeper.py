@@ -196,15 +196,20 @@ def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
     this sweep may start the next job in them), then notify. The places are given back
     first, as read by the failure's write: a send takes seconds, and a retry of the job
     meanwhile may take places under the same job id."""
-    def decide(job: Job | None) -> tuple[Change | None, list[str] | None]:
+    def decide(job: Job | None) -> tuple[Change | None, Job | None]:
         change = lifecycle.expire(job, now=now)
-        return change, list(job.server.pools) if change is not None and job else None
+        return change, job if change is not None else None
 
-    pools = services.store.transact(job_id, decide)
-    if pools is None:
+    expired = services.store.transact(job_id, decide)
+    if expired is None:
         return False
     with log.job_context(job_id):
         log.event(logger, "job failed: past its maximum age", logging.WARNING)
-        dispatch.release_places(services, job_id, pools)
+        dispatch.release_places(services, job_id, list(expired.server.pools))
         notify.deliver(services, job_id)
+        if expired.server.provider_task_id:  # its paid task may run on: a worker cancels it
+            try:
+                services.queue.publish(job_id, reason="cancel")
+            except RetryableError:
+                log.event(logger, "cancel wake-up not published", logging.WARNING)
     return True

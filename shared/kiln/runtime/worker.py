@@ -244,20 +244,27 @@ def _claim(job_id: str, services: Services, check: int | None,
     if outcome in (ClaimOutcome.EXHAUSTED, ClaimOutcome.EXPIRED):
         log.event(logger, f"job failed: {outcome}", logging.WARNING)
         notify.deliver(services, job_id)
+        if outcome is ClaimOutcome.EXPIRED and job is not None and job.server.provider_task_id:
+            _cancel_left(services, job)  # past its maximum age: nobody will fetch the result
     elif outcome is ClaimOutcome.NOT_YET:
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
         raise RetryableError("The job is waiting to retry.", code=BACKOFF)
     elif outcome is ClaimOutcome.TERMINAL and job is not None and lifecycle.remote_task_left(job):
-        # Canceled while no worker held it (e.g. between hand-offs): the paid remote
-        # task may still be running. The cancel's wake-up message brings us here.
-        try:
-            endings.cancel_remote(services.provider(job.kind), job_id, services)
-        except ConfigError:
-            log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
-                      provider=job.server.provider)
+        # Canceled (or expired) while no worker held it: the paid remote task may still be
+        # running. The cancel's (or the sweeper's) wake-up message brings us here.
+        _cancel_left(services, job)
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
+
+
+def _cancel_left(services: Services, job: Job) -> None:
+    """Cancel the remote task of a job that ended without it (``endings.cancel_remote``)."""
+    try:
+        endings.cancel_remote(services.provider(job.kind), job.id, services)
+    except ConfigError:
+        log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
+                  provider=job.server.provider)
 
 
 def _claim_steps(outcome: ClaimOutcome, job: Job | None, check: int | None, now: dt.datetime,

@@ -281,7 +281,7 @@ def test_a_provider_that_cannot_cancel_or_is_gone_is_only_logged() -> None:
 
 
 def test_the_deadline_ends_a_job_that_waits_forever() -> None:
-    rig, _provider = task_rig(RUNNING)
+    rig, provider = task_rig(RUNNING)
     rig.devices.register("alice", "phone", fid="f")
     job_id = rig.submit(kind="model")
     outcomes = rig.drive(job_id, limit=500)
@@ -289,13 +289,18 @@ def test_the_deadline_ends_a_job_that_waits_forever() -> None:
     job = rig.job(job_id)
     assert job.status is JobStatus.FAILED and job.error["code"] == "deadline_exceeded"  # type: ignore[index]
     assert not job.server.waiting and [p.data["type"] for p in rig.push.sent] == ["generation_failed"]
-    # The sweeper gets there too when the checks stopped coming.
-    other, _ = task_rig(RUNNING)
+    # Its paid task, still running at the provider, is canceled: nobody will fetch it.
+    assert provider.canceled == ["task-1"] and job.server.remote_canceled
+    # The sweeper gets there too when the checks stopped coming; its wake-up cancels.
+    other, stuck_provider = task_rig(RUNNING)
     stuck = other.submit(kind="model")
     run_job(stuck, other.services)
     other.scheduler.pending.clear()
+    other.cursor = len(other.queue.deliveries)
     other.clock.advance(3601)
     assert sweep(other.services).get("failed_expired") == 1
+    assert other.deliver_next() is RunOutcome.TERMINAL
+    assert stuck_provider.canceled == ["task-1"] and other.job(stuck).server.remote_canceled
 
 
 def test_a_provider_that_moves_to_a_next_task_is_checkpointed_and_indexed_again() -> None:
