@@ -36,7 +36,8 @@ class _Files(BaseHTTPRequestHandler):
     ``/to?url`` (302 to url), ``/loop`` (302 to itself), ``/host`` (echoes Host),
     ``/drip-head`` (its headers a byte every 50 ms), ``/drip-body`` (headers at once, then
     the body a byte every 50 ms), ``/steady`` (``STEADY`` bytes, 2 KiB every 20 ms: about
-    100 KiB/s), ``/large`` (``LARGE`` bytes at once)."""
+    100 KiB/s), ``/late-steady`` (the same after 0.4 s without an answer), ``/large``
+    (``LARGE`` bytes at once)."""
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -44,8 +45,10 @@ class _Files(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/drip-head":
             self._paced(b"HTTP/1.1 200 OK\r\nX-Drip: " + b"a" * 100_000, 1, 0.05)
-        elif self.path in ("/drip-body", "/steady", "/large"):
-            size = {"/drip-body": 100_000, "/steady": STEADY, "/large": LARGE}[self.path]
+        elif self.path in ("/drip-body", "/steady", "/late-steady", "/large"):
+            size = {"/drip-body": 100_000, "/large": LARGE}.get(self.path, STEADY)
+            if self.path == "/late-steady" and _STOP.wait(0.4):  # a slow first answer
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(size))
             self.end_headers()
@@ -266,6 +269,15 @@ def test_a_steady_slow_download_is_not_cut(files: str) -> None:
     not a deadline on the whole download."""
     body, elapsed = run_bounded(20.0, lambda: b"".join(open_stream(f"{files}/steady", PACED).chunks))
     assert body == b"s" * STEADY and elapsed > PACED.read_timeout
+
+
+def test_a_slow_first_answer_does_not_eat_into_the_bodys_window(files: str) -> None:
+    """Given a result server that answers after 0.4 s (most of the 0.5 s window), then
+    streams steadily at about 100 KiB/s, when it is downloaded, then it arrives whole: the
+    body's window starts with the body, not with the request."""
+    body, _elapsed = run_bounded(
+        20.0, lambda: b"".join(open_stream(f"{files}/late-steady", PACED).chunks))
+    assert body == b"s" * STEADY
 
 
 def test_time_the_consumer_spends_between_chunks_is_not_a_stall(files: str) -> None:

@@ -18,32 +18,28 @@ answer that changes between the check and the connect cannot redirect it. Redire
 are followed by hand, at most ``max_redirects``, each hop checked again. The size is
 capped up front by ``Content-Length`` and while streaming. Each connect and read has
 its timeout; a download must also keep moving (``min_progress`` bytes in each
-``read_timeout`` seconds spent waiting), and a :func:`pinned_client` can have a deadline
-that every connect, handshake, write and read ends by. Proxies from the environment are
-ignored (a proxy would bypass the pin).
+``read_timeout`` seconds spent waiting); a ``kiln.providers.pinned.pinned_client`` can
+have a deadline that every connect, handshake, write and read ends by. Proxies from the
+environment are ignored (a proxy would bypass the pin).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
-import math
 import socket
-import ssl
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpcore
 import httpx
 
 from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.urls import Address, forbidden_reason
 from kiln.providers.http import retry_after_seconds
+from kiln.providers.pinned import Pace, paced_client
 from kiln.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
@@ -192,7 +188,8 @@ def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_res
             (``artifact_too_large``), gone or rejected (``result_unavailable``).
         RetryableError: network faults, timeouts, 429 and 5xx (``fetch_unavailable``).
     """
-    client, pins = _client(policy, _Pace(floor=policy.min_progress, window=policy.read_timeout))
+    pace = Pace(floor=policy.min_progress, window=policy.read_timeout)
+    client, pins = paced_client(policy, pace)
     try:
         response = _follow(client, pins, url, policy, resolve, headers or {})
         length = _content_length(response)
@@ -204,6 +201,7 @@ def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_res
         client.close()
         raise
     content_type = response.headers.get("content-type", "application/octet-stream")
+    pace.restart()  # the body's own window: the wait for the answer is the timeouts' job
     return Download(str(response.url), content_type, length,
                     _Body(client, response, policy.max_bytes))
 
@@ -282,109 +280,6 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
-
-
-@dataclass
-class _Pace:
-    """How long a client's connections may still wait, beyond httpx's timeout per step: until
-    ``deadline`` (``time.monotonic()``), and, reading, ``window`` seconds of waiting for each
-    ``floor`` bytes (time the caller spends between reads is not counted)."""
-
-    deadline: float = math.inf
-    floor: int = 0
-    window: float = math.inf
-    _waited: float = dataclasses.field(default=0.0, init=False)
-    _got: int = dataclasses.field(default=0, init=False)
-
-    def wait(self, timeout: float | None, timed_out: type[Exception], *,
-             reading: bool = False) -> float | None:
-        """The timeout for the next step; ``timed_out`` when no time is left."""
-        left = self.deadline - time.monotonic()
-        if reading and self.floor:
-            left = min(left, self.window - self._waited)
-        if left <= 0:
-            raise timed_out("out of time: past the deadline, or the server stalled")
-        wait = left if timeout is None else min(left, timeout)
-        return None if wait == math.inf else wait
-
-    def read(self, got: int, waited: float) -> None:
-        self._got, self._waited = self._got + got, self._waited + waited
-        if self._got >= self.floor:
-            self._got, self._waited = 0, 0.0
-
-
-class _PacedStream(httpcore.NetworkStream):
-    """A connection whose every wait (TLS handshake, write, read) is cut to its pace."""
-
-    def __init__(self, inner: httpcore.NetworkStream, pace: _Pace) -> None:
-        self._inner, self._pace = inner, pace
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        wait = self._pace.wait(timeout, httpcore.ReadTimeout, reading=True)
-        started = time.monotonic()
-        data = self._inner.read(max_bytes, wait)
-        self._pace.read(len(data), time.monotonic() - started)
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._pace.wait(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        # (CPython bounds the whole handshake by the socket's timeout, not each of its reads.)
-        wait = self._pace.wait(timeout, httpcore.ConnectTimeout)
-        return _PacedStream(self._inner.start_tls(ssl_context, server_hostname, wait), self._pace)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedBackend(httpcore.SyncBackend):
-    """Connects each host only to the address that was checked for it, at its pace."""
-
-    def __init__(self, pace: _Pace) -> None:
-        self.pins: dict[str, str] = {}
-        self.pace = pace
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        address = self.pins.get(host.lower().strip("[]"))
-        if address is None:  # never reached through open_stream: every hop pins first
-            raise httpcore.ConnectError(f"{host} was not checked before connecting")
-        wait = self.pace.wait(timeout, httpcore.ConnectTimeout)
-        stream = super().connect_tcp(address, port, wait, local_address, socket_options)
-        return _PacedStream(stream, self.pace)
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context per process (building one loads the CA bundle: ~50 ms)."""
-    return httpx.create_ssl_context(trust_env=False)
-
-
-def pinned_client(policy: FetchPolicy, *, deadline: float = math.inf) -> tuple[httpx.Client, dict[str, str]]:
-    """A client that connects each host only to the address pinned for it in the returned
-    map (fill it from :func:`check_url` before each request), follows no redirect and
-    ignores proxies (``kiln.webhooks.send`` posts through it). Its connects, TLS
-    handshakes, writes and reads end by ``deadline`` (``time.monotonic()``): past it, an
-    :class:`httpx.TimeoutException`, however the server paces its bytes."""
-    return _client(policy, _Pace(deadline=deadline))
-
-
-def _client(policy: FetchPolicy, pace: _Pace) -> tuple[httpx.Client, dict[str, str]]:
-    """httpx's client on a pinned, paced network backend (TLS still verifies the name)."""
-    backend = _PinnedBackend(pace)
-    transport = httpx.HTTPTransport(trust_env=False)
-    # httpx has no public hook for the network backend: rebuild its pool with ours.
-    transport._pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), max_connections=4,
-                                              network_backend=backend)
-    client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
-                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout))
-    return client, backend.pins
 
 
 def fetch_small(url: str, policy: FetchPolicy, limit: int, *,
