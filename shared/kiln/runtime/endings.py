@@ -165,7 +165,8 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: 
 
 
 def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
-    """Cancel the provider's task of a canceled job, where the provider allows it.
+    """Cancel the provider's task of a job that ended without it (canceled, or failed past
+    its maximum age), where the provider allows it.
 
     Raises:
         RetryableError: the provider's cancel failed for now (a 5xx, a timeout, a 429):
@@ -177,13 +178,18 @@ def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
     job = services.store.get(job_id)
     if job is None or not job.server.provider_task_id or job.server.remote_canceled:
         return
+    task_id = job.server.provider_task_id
     try:
-        provider.cancel(job.server.provider_task_id)
-        services.store.apply(job_id, lifecycle.remote_canceled())
-        log.event(logger, "provider task canceled", taskId=job.server.provider_task_id)
+        provider.cancel(task_id)
     except RetryableError as exc:
         log.event(logger, "provider cancel failed; trying again", logging.WARNING,
                   code=exc.code)
         raise
     except KilnError as exc:  # refused for good (the provider cannot cancel): nothing to do
         log.event(logger, "provider cancel refused", logging.WARNING, code=exc.code)
+        return
+    log.event(logger, "provider task canceled", taskId=task_id)
+    try:
+        services.store.apply(job_id, lifecycle.remote_canceled())
+    except KilnError as exc:  # a later delivery may ask again; the task is canceled already
+        log.event(logger, "provider cancel not recorded", logging.WARNING, code=exc.code)

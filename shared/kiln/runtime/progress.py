@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kiln.core import lifecycle
-from kiln.core.errors import CanceledError, KilnError, LeaseLostError
+from kiln.core.errors import CanceledError, KilnError, LeaseLostError, RetryableError
 from kiln.core.job import Job, JobStatus
 from kiln.core.policy import RetryPolicy
 from kiln.ports import Clock, JobStore
@@ -110,10 +110,15 @@ class ProgressReporter:
         """``chunks`` (a result streaming into the bucket) handed on one by one, the lease
         renewed on the way (a large model on a slow link can stream for longer than the
         lease) and a cancel or a lost lease noticed: the stream stops there, so the upload
-        is abandoned and leaves no object for the job's new holder to find overwritten."""
+        is abandoned and leaves no object for the job's new holder to find overwritten. A
+        job store unreachable for a moment does not stop it: the completion's own write
+        decides whether the job is still this delivery's."""
         for chunk in chunks:
-            self.update(self.progress, stage)  # (writes only when the heartbeat is due)
-            self.raise_if_stopped()
+            try:
+                self.update(self.progress, stage)  # (writes only when the heartbeat is due)
+                self.raise_if_stopped()
+            except RetryableError:
+                pass
             yield chunk
 
     def raise_if_stopped(self) -> None:

@@ -264,6 +264,24 @@ def test_a_cancel_the_provider_fails_for_a_moment_is_tried_again() -> None:
     assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
 
 
+def test_a_store_blip_after_a_cancel_is_not_taken_for_a_failed_cancel() -> None:
+    """Given a canceled waiting job whose task the provider cancels, when recording that
+    fails for a moment, then the delivery still ends (no nack: the cancel worked)."""
+    rig, provider = task_rig(RUNNING)
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    assert actions.cancel(rig.services, job_id, by="test").changed
+    recorded = rig.store.apply
+
+    def blip(job: str, change: Change) -> None:
+        rig.store.apply = recorded  # type: ignore[method-assign]
+        raise RetryableError("The job store is unavailable.", code="store_unavailable")
+
+    rig.store.apply = blip  # type: ignore[method-assign]
+    assert run_job(job_id, rig.services) is RunOutcome.TERMINAL
+    assert provider.canceled == ["task-1"]
+
+
 def test_a_provider_that_cannot_cancel_or_is_gone_is_only_logged() -> None:
     rig, _provider = task_rig(RUNNING)
     rig.providers["model"].cancel_error = KilnError("no cancel", code="unsupported")

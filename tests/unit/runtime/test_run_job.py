@@ -234,6 +234,20 @@ def test_a_lease_lost_during_the_upload_stores_nothing(rig: Rig) -> None:
     assert rig.job(job_id).status is JobStatus.PROCESSING and rig.job(job_id).result is None
 
 
+def test_a_store_blip_during_the_upload_does_not_stop_it(rig: Rig) -> None:
+    """The upload's lease checks are best effort: a job store unreachable for a moment
+    (its reads and heartbeats fail) leaves the upload running; the completion's own write
+    still decides whether the job is this delivery's."""
+    job_id = rig.submit()
+
+    def blip(i: int) -> None:
+        rig.store.unavailable = i in (2, 3)
+
+    _slow_download(rig, 5.0, blip)
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert rig.job(job_id).status is JobStatus.COMPLETED
+
+
 def test_a_delivery_past_its_lease_cannot_end_the_next_one_in_its_process(rig: Rig) -> None:
     """One worker process runs several deliveries at once. Delivery A outlives its lease
     and delivery B of the same job, in the same process, claims it; A's ending (a
