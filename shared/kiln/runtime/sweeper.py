@@ -144,11 +144,15 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
     """Send each lost end notification once (``notify.take``: the one call that moves it
     from ``claimed`` sends it, across passes and workers), giving back the job's places
     as its worker would have, before the send (a retried job's new run may take places
-    under the same id meanwhile); abandon those too old to send."""
+    under the same id meanwhile); abandon those too old to send. Once a backend's event
+    meets a passing fault (its emit paused about 4 s between its tries), the other
+    backends' events wait for the next pass instead of each pausing as long."""
     cutoff = now - dt.timedelta(seconds=UNSENT_GRACE_SECONDS)
+    events_down = False  # a backend's event met a passing fault: the others wait a pass
     # (a query that fails, e.g. while its index builds, fails this step: ``_guarded``)
     for job in services.store.unnotified(SCAN_LIMIT):
-        if job.completed_at is None or job.completed_at > cutoff:
+        if job.completed_at is None or job.completed_at > cutoff or \
+                (events_down and job.channel in notify.AT_LEAST_ONCE):
             continue
         with log.job_context(job.id):
             try:
@@ -164,10 +168,13 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
                 taken = notify.take(services, job.id)
                 if taken is None:
                     continue
+                dispatch.release_places(services, job.id, list(taken.server.pools))
+                if "error" in notify.send(services, taken):  # (notify logged why)
+                    report[SweepCount.JOB_ERRORS] += 1
+                    events_down = events_down or job.channel in notify.AT_LEAST_ONCE
+                    continue
                 log.event(logger, "lost end notification sent", logging.WARNING,
                           status=job.status.value)
-                dispatch.release_places(services, job.id, list(taken.server.pools))
-                notify.send(services, taken)
                 report[SweepCount.RENOTIFIED] += 1
             except Exception as exc:  # the next pass (or none: sent at most once) goes on
                 report[SweepCount.JOB_ERRORS] += 1

@@ -19,7 +19,7 @@ from kiln.runtime.keys import create_key
 from kiln.runtime.sweeper import UNSENT_GRACE_SECONDS, UNSENT_MAX_AGE_SECONDS, sweep
 from kiln.runtime.worker import RunOutcome, run_job
 from kiln.webhooks import model
-from kiln.webhooks.channel import ApiChannel
+from kiln.webhooks.channel import EMIT_PAUSES, ApiChannel
 from kiln.webhooks.model import Endpoint
 
 
@@ -128,6 +128,34 @@ def test_an_api_jobs_event_the_webhook_store_refused_is_sent_by_the_sweeper() ->
     assert notify_state(rig, job_id) == "sent"
     sweep(rig.services)
     assert len(events(rig, "job.completed")) == 1
+
+
+def test_a_sweep_that_finds_the_webhook_store_down_tries_one_event_and_counts_none() -> None:
+    """Given three API jobs whose events the worker could not emit, when a pass finds the
+    webhook store still down, then it tries the first (its emit pauses between tries) and
+    leaves the rest to the next pass, counting none of them sent; once the store is back,
+    the next pass sends all three."""
+    rig = with_endpoint(build_rig())
+    jobs = [rig.submit(uid="api:acme", channel="api", prompt=f"p{i}") for i in range(3)]
+    store_back = webhook_store_down(rig)
+    for job_id in jobs:
+        assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    tried: list[object] = []
+    refuse = rig.services.webhooks.create_event
+
+    def counted(event: object) -> bool:
+        tried.append(event)
+        return refuse(event)  # type: ignore[no-any-return]
+
+    rig.services.webhooks.create_event = counted  # type: ignore[method-assign]
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    report = sweep(rig.services)
+    assert len(tried) == len(EMIT_PAUSES) + 1  # one event's tries, not every job's
+    assert not report.get("renotified")
+    assert [notify_state(rig, job_id) for job_id in jobs] == ["claimed"] * 3
+    store_back()
+    assert sweep(rig.services).get("renotified") == 3
+    assert sorted(e["data"]["jobId"] for e in events(rig, "job.completed")) == sorted(jobs)
 
 
 @pytest.mark.parametrize("channel", ["app", "telegram"])
