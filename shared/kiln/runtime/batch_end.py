@@ -2,7 +2,7 @@
 
 Called after any job of a batch ends (``kiln.runtime.notify.deliver`` for completed and
 failed jobs and for a backend's canceled ones, ``kiln.runtime.actions.cancel`` for an app's
-canceled ones). Each call counts the
+or a chat's canceled ones). Each call counts the
 batch's ended jobs (one count aggregation, not a read per job); a call that finds every
 job ended reads their statuses once and creates the batch's end marker
 (create-if-absent): only the one that created it sends the app user's one push. For an

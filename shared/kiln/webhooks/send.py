@@ -4,9 +4,11 @@ The URL is checked (https, every address public; ``http`` and loopback only in l
 mode; a form the HTTP client can send: :func:`client_refusal`) and the connection pinned
 to the checked address; redirects are not followed (a 3xx is a failed attempt). The
 whole attempt has :data:`RECEIVER_TIMEOUT` seconds from its start: the connect, the TLS
-handshake, the request's write and every read of the answer end by that deadline, so a
-receiver that dribbles its answer fails the attempt as a ``timeout`` like one that never
-answers. The signature is the ``standardwebhooks`` library's, over ``{id}.{timestamp}.{body}``.
+handshake and every read of the answer end by that deadline (each send of the small
+request is given what is left of it; the address lookup before connecting is the
+resolver's own), so a receiver that dribbles its answer fails the attempt as a
+``timeout`` like one that never answers. The signature is the ``standardwebhooks``
+library's, over ``{id}.{timestamp}.{body}``.
 """
 
 from __future__ import annotations

@@ -131,6 +131,8 @@ def test_a_dripping_receiver_is_a_failed_attempt_and_the_next_is_scheduled(
     record = kit.hooks.delivery(delivery_id)
     assert record is not None and record.state is DeliveryState.PENDING
     assert record.attempt == 2 and record.lease_until is None
+    [wake] = kit.scheduler.pending.values()  # attempt 2's wake-up, on the schedule's 5 s
+    assert (wake.job_id, wake.check) == (delivery_id, 2) and wake.at > kit.clock.now()
 
 
 def test_a_slow_answer_inside_the_timeout_still_counts() -> None:
