@@ -136,6 +136,7 @@ class ServerState:
     checks: int = 0
     wake: bool = False  # woken (a callback) while a worker held it: check again at once
     retries: int = 0
+    requeues: int = 0  # sent back to the queue by a provider's 429 (``lifecycle.requeue``)
     republished_at: dt.datetime | None = None
     #: The fair queue: waiting for places (``queued``) since ``queued_at``, failing
     #: ``expired`` at ``queue_until``; its plan and priority; the places it holds.

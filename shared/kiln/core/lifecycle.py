@@ -446,6 +446,12 @@ def queue_reason(job: Job, reason: str, position: int | None) -> Change | None:
     return Change({"queueReason": reason, "queuePosition": position}, {})
 
 
+#: A job sent back to the queue this many times by a provider's 429 spends an attempt on
+#: the next one, like any retryable error: a limit that never clears (a used-up daily
+#: quota) must not keep it queued until its maximum age.
+MAX_REQUEUES = 20
+
+
 def requeue(job: Job | None, *, worker_id: str, now: dt.datetime, delay: float) -> Change:
     """The provider refused the task for capacity (429) before it began: back to the
     queue, not started again for ``delay`` seconds, without spending the attempt; its

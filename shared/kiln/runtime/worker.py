@@ -195,6 +195,7 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
                                     token=token)
     except RetryableError as exc:
         if exc.code == RATE_LIMITED and job.server.queued_at is not None \
+                and job.server.requeues < lifecycle.MAX_REQUEUES \
                 and not endings.task_started(services, job_id):
             ended = endings.requeue(job_id, services, job, exc, token=token)
         else:

@@ -12,7 +12,7 @@ from rig import Rig, SyncFake, build_rig
 
 from kiln.core import fairness, lifecycle
 from kiln.core.errors import ConfigError, RetryableError
-from kiln.core.job import JobStatus
+from kiln.core.job import Change, JobStatus
 from kiln.http.api import handle
 from kiln.runtime import actions, dispatch
 from kiln.runtime.sweeper import sweep
@@ -208,6 +208,26 @@ def test_a_provider_429_narrows_its_window_and_spends_no_attempt(rig: Rig) -> No
     assert dispatch.provider_pool(rig.services, "image")[2] == 4
     sweep(rig.services)
     assert not rig.job(job_id).server.queued
+
+
+def test_a_provider_that_keeps_refusing_for_capacity_costs_attempts_in_the_end(rig: Rig) -> None:
+    """A 429 that never clears (a used-up daily quota) must not keep a job queued until its
+    maximum age: once the job was sent back to the queue ``MAX_REQUEUES`` times, a 429
+    spends an attempt like any retryable error, so the job fails readably after them."""
+    provider = rig.providers["image"]
+    assert isinstance(provider, SyncFake)
+    provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
+    job_id = post(rig, "a", "pro")[1]["jobId"]
+    assert run_job(job_id, rig.services) is RunOutcome.QUEUED
+    assert rig.job(job_id).server.requeues == 1
+    rig.store.apply(job_id, Change({}, {"requeues": lifecycle.MAX_REQUEUES}))
+    rig.clock.advance(121)
+    sweep(rig.services)  # its turn comes again
+    assert not rig.job(job_id).server.queued
+    with pytest.raises(RetryableError):  # released for a retry: an attempt spent
+        run_job(job_id, rig.services)
+    job = rig.job(job_id)
+    assert (job.status, job.attempts, job.server.queued) == (JobStatus.PENDING, 1, False)
 
 
 @pytest.mark.parametrize("settings, message", [
