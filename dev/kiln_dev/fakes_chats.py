@@ -1,12 +1,14 @@
 """In-memory ``kiln.channels.telegram.chats.ChatStore`` (``telegramChats/{chatId}``
 documents in a dict) for unit tests, with the Firestore adapter's semantics (a claim is
 decided by the same ``chats.claim``); ``fail_next`` makes one call raise before it writes
-(a store blip, or a process dying there)."""
+(a store blip, or a process dying there), ``before_next`` runs something first (time
+passing while a pass sends)."""
 
 from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kiln.channels.telegram import chats
@@ -18,6 +20,7 @@ class InMemoryChatStore:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
         self._fail: dict[str, BaseException] = {}
+        self._before: dict[str, Callable[[], None]] = {}
         self._lock = threading.RLock()
 
     def fail_next(self, call: str, error: BaseException | None = None) -> None:
@@ -26,7 +29,15 @@ class InMemoryChatStore:
         self._fail[call] = error or RetryableError("The chat store is unavailable.",
                                                    code="store_unavailable")
 
+    def before_next(self, call: str, action: Callable[[], None]) -> None:
+        """Run ``action`` when ``call`` is next made, before it reads or writes anything
+        (e.g. ``clock.advance``: the send before it took that long)."""
+        self._before[call] = action
+
     def _blip(self, call: str) -> None:
+        action = self._before.pop(call, None)
+        if action is not None:
+            action()
         error = self._fail.pop(call, None)
         if error is not None:
             raise error

@@ -14,6 +14,10 @@ from kiln.channels.telegram.chats import Claim, ClaimOutcome, chat_uid
 from kiln_dev.fakes_chats import InMemoryChatStore
 
 TAKEN, NOT_DUE, DROPPED = ClaimOutcome.TAKEN, ClaimOutcome.NOT_DUE, ClaimOutcome.DROPPED
+#: The deferred entries' times count from here (epoch seconds, in 2096): the local stack's
+#: own sweeper, every second on the same emulator by the real clock, never finds them due
+#: and claims them between a test's steps.
+T = 4e9
 
 
 @pytest.fixture(params=["fake", "emulator"])
@@ -58,13 +62,13 @@ def test_blocked_is_set_and_cleared(chats: Any, chat: int) -> None:
 
 
 def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: Any, chat: int) -> None:
-    """Given a result deferred until t=100, then it is not due before, is due after, only
+    """Given a result deferred until T + 100, then it is not due before, is due after, only
     one of two concurrent claims gets it (attempt 2), and once delivered it is forgotten."""
     job = job_id()
-    chats.defer_delivery(chat, job, attempt=2, at=100.0)
-    assert (str(chat), job) not in chats.due_deliveries(99.0)
-    assert (str(chat), job) in chats.due_deliveries(101.0)
-    claims = [chats.claim_delivery(chat, job, now=101.0, lease=60) for _ in range(2)]
+    chats.defer_delivery(chat, job, attempt=2, at=T + 100.0)
+    assert (str(chat), job) not in chats.due_deliveries(T + 99.0)
+    assert (str(chat), job) in chats.due_deliveries(T + 101.0)
+    claims = [chats.claim_delivery(chat, job, now=T + 101.0, lease=60) for _ in range(2)]
     assert claims == [Claim(TAKEN, 2), Claim(NOT_DUE, 2)]
     chats.delivered(chat, job)
     doc = chats.get(chat)
@@ -78,12 +82,12 @@ def test_a_claim_left_sending_past_its_lease_is_dropped(chats: Any, chat: int) -
     after the lease it is due again, but its claim drops it instead of taking it; another
     job's entry in the chat is untouched."""
     job, other = job_id(), job_id()
-    chats.defer_delivery(chat, job, attempt=1, at=100.0)
-    chats.defer_delivery(chat, other, attempt=3, at=5000.0)
-    assert chats.claim_delivery(chat, job, now=101.0, lease=60) == Claim(TAKEN, 1)
-    assert (str(chat), job) not in chats.due_deliveries(160.0)
-    assert (str(chat), job) in chats.due_deliveries(162.0)
-    assert chats.claim_delivery(chat, job, now=162.0, lease=60) == Claim(DROPPED, 1)
+    chats.defer_delivery(chat, job, attempt=1, at=T + 100.0)
+    chats.defer_delivery(chat, other, attempt=3, at=T + 5000.0)
+    assert chats.claim_delivery(chat, job, now=T + 101.0, lease=60) == Claim(TAKEN, 1)
+    assert (str(chat), job) not in chats.due_deliveries(T + 160.0)
+    assert (str(chat), job) in chats.due_deliveries(T + 162.0)
+    assert chats.claim_delivery(chat, job, now=T + 162.0, lease=60) == Claim(DROPPED, 1)
     doc = chats.get(chat)
     assert list(doc["undelivered"]) == [other] and doc["hasUndelivered"] is True
     assert chats.claim_delivery(chat, job, now=1e12, lease=60) == Claim(NOT_DUE)
@@ -93,8 +97,8 @@ def test_a_deferral_after_a_claim_waits_again(chats: Any, chat: int) -> None:
     """Given a claimed delivery whose send certainly failed, when it is deferred again,
     then it is ``waiting``: the claim after its new time takes it (not dropped)."""
     job = job_id()
-    chats.defer_delivery(chat, job, attempt=1, at=100.0)
-    assert chats.claim_delivery(chat, job, now=101.0, lease=60).outcome is TAKEN
-    chats.defer_delivery(chat, job, attempt=2, at=130.0)
-    assert chats.get(chat)["undelivered"][job] == {"attempt": 2, "at": 130.0, "state": "waiting"}
-    assert chats.claim_delivery(chat, job, now=131.0, lease=60) == Claim(TAKEN, 2)
+    chats.defer_delivery(chat, job, attempt=1, at=T + 100.0)
+    assert chats.claim_delivery(chat, job, now=T + 101.0, lease=60).outcome is TAKEN
+    chats.defer_delivery(chat, job, attempt=2, at=T + 130.0)
+    assert chats.get(chat)["undelivered"][job] == {"attempt": 2, "at": T + 130.0, "state": "waiting"}
+    assert chats.claim_delivery(chat, job, now=T + 131.0, lease=60) == Claim(TAKEN, 2)

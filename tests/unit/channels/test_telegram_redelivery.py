@@ -4,20 +4,27 @@ pass may have sent it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from rig import Killed, Rig, build_rig
 
 from kiln.channels.telegram import chats as chat_state
-from kiln.channels.telegram import notifier
+from kiln.channels.telegram import delivery, notifier
 from kiln.channels.telegram.bot import use_chat_store
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import run_job
 from kiln_dev.fakes_chats import InMemoryChatStore
 from kiln_dev.standins.telegram import TelegramServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "static"))
+from tf_config import INFRA, block, load_module
 
 BACKOFF = 10.0  # the rig's KILN_RETRY_BACKOFF_SECONDS
 
@@ -143,6 +150,113 @@ def test_a_pass_that_fails_before_the_send_keeps_the_redelivery(
     rig.clock.advance(notifier.REDELIVERY_MAX_DELAY)
     sweep(rig.services)
     assert len(photos(server, chat)) == 1 and notify_of(rig, job_id)["state"] == "sent"
+
+
+def entry_of(chats: InMemoryChatStore, chat: int, job_id: str) -> dict[str, Any]:
+    return dict(chats.get(chat)["undelivered"][job_id])
+
+
+def test_a_sweep_with_little_time_left_claims_nothing(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result that is due, when the sweep's earlier steps took 90 s of
+    the sweeper's 120 s, then its redelivery pass claims nothing: the entry stays
+    ``waiting`` as it was (a send cut by the function's timeout would leave it
+    ``sending``, and the next claim would drop it), and the next sweep sends it once."""
+    job_id = finish_deferred(rig, server, chat)
+    rig.clock.advance(BACKOFF + 1)
+    before = entry_of(chats, chat, job_id)
+    sweep(rig.services, now=rig.clock.now() - dt.timedelta(seconds=90))
+    assert photos(server, chat) == []
+    assert entry_of(chats, chat, job_id) == before and before["state"] == "waiting"
+    assert notify_of(rig, job_id)["state"] == "retrying"
+    assert sweep(rig.services)["redelivered"] == 1
+    assert len(photos(server, chat)) == 1 and notify_of(rig, job_id)["state"] == "sent"
+
+
+def test_a_pass_stops_claiming_when_its_time_runs_out(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore) -> None:
+    """Given two chats with a due deferred result, when the first redelivery takes 80 s,
+    then the pass does not claim the second (too little of the sweep is left): it stays
+    ``waiting`` and the next sweep sends it; each chat gets one photo."""
+    first, second = sorted(random.sample(range(10**8, 10**9), 2), key=str)
+    jobs = {c: finish_deferred(rig, server, c) for c in (first, second)}
+    rig.clock.advance(BACKOFF + 1)
+    chats.before_next("delivered", lambda: rig.clock.advance(80))
+    assert sweep(rig.services)["redelivered"] == 1
+    assert len(photos(server, first)) == 1 and photos(server, second) == []
+    assert entry_of(chats, second, jobs[second])["state"] == "waiting"
+    assert notify_of(rig, jobs[second])["state"] == "retrying"
+    assert sweep(rig.services)["redelivered"] == 1
+    assert len(photos(server, first)) == 1 and len(photos(server, second)) == 1
+    assert notify_of(rig, jobs[second])["state"] == "sent"
+
+
+def test_a_429_during_redelivery_defers_the_entry_without_waiting(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result, when Telegram answers its redelivery 429 (retry after 2 s,
+    which a worker would wait out), then the pass does not wait and send again: the
+    stand-in saw one refused photo and no second one, and the entry waits again
+    (attempt 2, the doubled backoff, longer than Telegram's 2 s)."""
+    job_id = finish_deferred(rig, server, chat)
+    server.fail("sendPhoto", chat_id=chat, error_code=429, retry_after=2)
+    rig.clock.advance(BACKOFF + 1)
+    now = rig.clock.now().timestamp()
+    assert sweep(rig.services)["redelivered"] == 1
+    assert photos(server, chat) == [] and len(photos(server, chat, ok=False)) == 2
+    assert entry_of(chats, chat, job_id) == {"attempt": 2, "at": now + 2 * BACKOFF,
+                                             "state": "waiting"}
+    assert notify_of(rig, job_id)["state"] == "retrying"
+
+
+def test_a_send_slower_than_its_budget_is_cut_and_waits_again(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result and sends of at most 0.5 s, when Telegram answers the photo
+    3 s late, then the pass does not wait for the answer: the call ends at the send's
+    deadline, a timeout (Telegram may have taken it), and the entry waits again as
+    attempt 2 instead of being left ``sending``."""
+    budget = notifier.RedeliveryBudget(send=0.5)
+    rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
+    job_id = finish_deferred(rig, server, chat)
+    server.slow("sendPhoto", 3.0, chat_id=chat, times=1)
+    rig.clock.advance(BACKOFF + 1)
+    started = time.monotonic()
+    assert sweep(rig.services)["redelivered"] == 1
+    assert time.monotonic() - started < 2.5
+    assert entry_of(chats, chat, job_id)["state"] == "waiting"
+    assert entry_of(chats, chat, job_id)["attempt"] == 2
+    assert notify_of(rig, job_id)["state"] == "retrying"
+
+
+def test_the_last_attempt_keeps_time_for_the_link(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a deferred result on its last attempt, with sends of 0.5 s more than the time
+    kept for the link, when Telegram answers the photo 3 s late, then the upload is cut
+    after 0.5 s and the link goes in the time kept: the notification is ``sent`` (the
+    link, the file's error a timeout), not given up for want of time."""
+    budget = notifier.RedeliveryBudget(send=delivery.LINK_SECONDS + 0.5)
+    rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
+    job_id = finish_deferred(rig, server, chat)
+    chats.defer_delivery(chat, job_id, attempt=notifier.REDELIVERY_ATTEMPTS - 1,
+                         at=rig.clock.now().timestamp())
+    server.slow("sendPhoto", 3.0, chat_id=chat, times=1)
+    assert sweep(rig.services)["redelivered"] == 1
+    notify = notify_of(rig, job_id)
+    assert notify["state"] == "sent"
+    assert notify["report"]["channel"]["sent"] == "link"
+    assert notify["report"]["channel"]["fileError"] == "telegram_timeout"
+    assert chats.get(chat)["undelivered"] == {}
+
+
+def test_the_redelivery_budget_is_the_sweeper_functions_timeout() -> None:
+    """Given infra/functions.tf, then a redelivery pass budgets for the sweeper function's
+    own timeout, and one send and the reserve after the pass fit in it."""
+    (sweeper,) = [body for name, body in
+                  load_module(INFRA).resources("google_cloudfunctions2_function").items()
+                  if name == "sweeper"]
+    timeout = block(sweeper, "service_config")["timeout_seconds"]
+    budget = notifier.RedeliveryBudget()
+    assert budget.invocation == notifier.SWEEPER_TIMEOUT == timeout
+    assert budget.send + budget.reserve < budget.invocation
 
 
 def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None:

@@ -17,17 +17,24 @@ Error mapping (``{"ok": false, "error_code", "description", "parameters"}``):
   deleted" and the like: ignored, the call returns None;
 - other 400: :class:`TelegramApiError` (permanent); 401/404: the token was refused;
 - 5xx, timeouts, network errors: :class:`RetryableError`.
+
+A call given ``within`` (seconds) ends within them however Telegram paces its bytes: each
+connect, TLS handshake, write and read of its connection is cut to what is left
+(``deadline``), a 429 is waited out only when the wait fits,
+and past the deadline the call raises :class:`RetryableError` ``telegram_timeout``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import httpx
 
+from kiln.channels.telegram.deadline import cut_transport, ending_by
 from kiln.core.errors import ConfigError, PermanentError, RetryableError
 
 API_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -117,7 +124,7 @@ class BotClient:
         head = token.split(":", 1)[0]
         self.bot_id = int(head) if head.isdigit() else None
         self._base = api_base.rstrip("/") + _PLACEHOLDER.decode()
-        self._http = httpx.Client(transport=_TokenTransport(token, httpx.HTTPTransport()),
+        self._http = httpx.Client(transport=_TokenTransport(token, cut_transport()),
                                   timeout=API_TIMEOUT)
         self.on_blocked = on_blocked
         self.on_migrated = on_migrated
@@ -139,15 +146,27 @@ class BotClient:
         files: Mapping[str, tuple[str, IO[bytes], str]] | None = None,
         max_wait: float | None = None,
         timeout: httpx.Timeout | float | None = None,
+        within: float | None = None,
     ) -> Any:
-        """Call ``method``; its ``result``, or None for an ignorable 400.
+        """Call ``method``; its ``result``, or None for an ignorable 400. ``within``: the
+        seconds the whole call may take (module docstring).
 
         Raises:
-            RetryableError: 429 beyond ``max_wait``, 5xx, timeout or network failure.
+            RetryableError: 429 beyond ``max_wait``, 5xx, timeout (or no time left of
+                ``within``) or network failure.
             BotBlockedError: 403 for the chat.
             TelegramApiError: Telegram refused the request (400 …).
             PermanentError: the token was refused (401/404).
         """
+        if within is not None and within <= 0:
+            raise RetryableError(f"No time was left to call {method}.", code="telegram_timeout")
+        ends = math.inf if within is None else time.monotonic() + within
+        with ending_by(ends):
+            return self._call(method, params, files, max_wait, timeout, ends)
+
+    def _call(self, method: str, params: Mapping[str, Any] | None,
+              files: Mapping[str, tuple[str, IO[bytes], str]] | None, max_wait: float | None,
+              timeout: httpx.Timeout | float | None, ends: float) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if "chat_id" in params and str(params["chat_id"]) in self.migrated:
             params["chat_id"] = self.migrated[str(params["chat_id"])]
@@ -161,7 +180,8 @@ class BotClient:
             code = int(body.get("error_code") or response.status_code)
             description = str(body.get("description") or f"HTTP {response.status_code}")
             retry_after = _retry_after(body)
-            if code == 429 and not waited and retry_after is not None and retry_after <= wait:
+            if code == 429 and not waited and retry_after is not None \
+                    and retry_after <= min(wait, ends - time.monotonic()):
                 self._sleep(retry_after)
                 waited = True
                 continue  # a multipart body is rendered again (httpx seeks the file to 0)

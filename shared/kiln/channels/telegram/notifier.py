@@ -16,14 +16,23 @@ called by ``kiln.runtime.notify`` in the worker:
   the download link, and a job whose chat could never be told is recorded ``error``.
   At most once: the claim marks the entry ``sending`` before the send, and only a failure
   that says the message did not go (a ``RetryableError``) makes it ``waiting`` again; an
-  entry a later pass finds still ``sending`` is dropped, never sent again.
+  entry a later pass finds still ``sending`` is dropped, never sent again. So a pass must
+  never be cut mid-send: it spends what is left of the sweep's invocation
+  (:class:`RedeliveryBudget`, from the sweep's start, :func:`sweep_started`), claims an
+  entry only while one send fits, ends each Bot API call of a send by the send's deadline
+  and never waits out a 429 (the entry is deferred by Telegram's ``retry_after``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln import log
@@ -32,7 +41,9 @@ from kiln.channels.telegram.bot import bot_for, chat_store
 from kiln.channels.telegram.chats import ChatStore, ClaimOutcome
 from kiln.channels.telegram.client import BotBlockedError, TelegramApiError
 from kiln.channels.telegram.delivery import (
+    IN_WORKER,
     Address,
+    Patience,
     deliver_failure,
     deliver_result,
     telegram_state,
@@ -52,6 +63,41 @@ EDIT_TIMEOUT = 5.0  # an edit must never hold up generation for long
 REDELIVERY_ATTEMPTS = 8  # then the link (last attempt), then give up
 REDELIVERY_MAX_DELAY = 1800.0
 REDELIVERY_LEASE = 300.0  # a claimed redelivery still ``sending`` after this is dropped
+#: The sweeper function's timeout: ``timeout_seconds`` of ``kiln-sweeper`` in
+#: infra/functions.tf (tests/unit/channels/test_telegram_redelivery.py holds them equal).
+SWEEPER_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class RedeliveryBudget:
+    """How a redelivery pass spends the sweeper's invocation (docs/telegram.md): the pass
+    ends ``reserve`` seconds before the invocation is cut, claims an entry only while
+    ``send`` seconds are left of it, and each send ends within ``send`` seconds and by
+    the pass's end."""
+
+    invocation: float = SWEEPER_TIMEOUT  # from the sweep's start
+    reserve: float = 15.0  # the last entry's records; the sweep's steps after the pass
+    send: float = 30.0  # one send at most (a 50 MB document at about 2 MB/s)
+
+    def ends(self, started: float) -> float:
+        """When a pass of a sweep that started at ``started`` must end (same clock)."""
+        return started + self.invocation - self.reserve
+
+
+_SWEEP_STARTED: contextvars.ContextVar[dt.datetime | None] = contextvars.ContextVar(
+    "kiln_sweep_started", default=None)
+
+
+@contextlib.contextmanager
+def sweep_started(at: dt.datetime) -> Iterator[None]:
+    """Redelivery passes inside this block belong to a sweep that started ``at``
+    (``services.clock``): they spend what is left of its invocation. Outside one, a pass
+    has a whole invocation from its own start."""
+    token = _SWEEP_STARTED.set(at)
+    try:
+        yield
+    finally:
+        _SWEEP_STARTED.reset(token)
 
 
 class _EditThrottle:
@@ -111,6 +157,9 @@ def address(job: Job) -> Address | None:
 class TelegramChannel:
     """The Telegram chat as a :class:`kiln.ports.Channel`."""
 
+    def __init__(self, budget: RedeliveryBudget | None = None) -> None:
+        self.budget = budget or RedeliveryBudget()
+
     def on_started(self, services: Services, job: Job) -> None:
         """Send the job's "working" message unless it has one: in this invocation, under
         the claim (so no other sender exists), before the generation starts."""
@@ -157,11 +206,18 @@ class TelegramChannel:
             return self._defer(services, job, to, attempt=1, exc=exc)
 
     def redeliver(self, services: Services) -> int:
-        """Try the due deferred deliveries again (the sweeper's pass); how many were tried."""
-        chats, now, tried = chat_store(services), _now(services), 0
-        for chat_id, job_id in chats.due_deliveries(now):
+        """Try the due deferred deliveries again (the sweeper's pass) while one more send
+        fits in the sweep's invocation; how many were tried."""
+        chats, clock, tried = chat_store(services), services.clock, 0
+        ends = self.budget.ends(_sweep_start(services))
+        for chat_id, job_id in chats.due_deliveries(_now(services)):
+            if ends - clock.monotonic() < self.budget.send:  # the rest stay ``waiting``
+                log.event(logger, "redelivery pass out of time; the rest wait", logging.WARNING,
+                          secondsLeft=round(ends - clock.monotonic(), 1))
+                break
             job = services.store.get(job_id)  # before the claim: a failure leaves it waiting
-            claim = chats.claim_delivery(chat_id, job_id, now=now, lease=REDELIVERY_LEASE)
+            claim = chats.claim_delivery(chat_id, job_id, now=_now(services),
+                                         lease=REDELIVERY_LEASE)
             if claim.outcome is ClaimOutcome.DROPPED:
                 _dropped(services, job_id, job, attempt=claim.attempt + 1)
             if claim.outcome is not ClaimOutcome.TAKEN:
@@ -171,8 +227,11 @@ class TelegramChannel:
             if job is None or to is None:
                 chats.delivered(chat_id, job_id)
                 continue
+            send_ends = min(ends, clock.monotonic() + self.budget.send)
+            patience = Patience(max_wait=0, left=_until(services, send_ends))
             try:
-                report = self._deliver(services, job, to, attempt=claim.attempt + 1)
+                report = self._deliver(services, job, to, attempt=claim.attempt + 1,
+                                       patience=patience)
             except RetryableError as exc:  # it did not go: it waits again
                 report = self._defer(services, job, to, attempt=claim.attempt + 1, exc=exc)
                 if "deferred" in report:
@@ -180,22 +239,23 @@ class TelegramChannel:
             _done(services, chats, chat_id, job_id, report)
         return tried
 
-    def _deliver(self, services: Services, job: Job, to: Address, *,
-                 attempt: int) -> dict[str, Any]:
+    def _deliver(self, services: Services, job: Job, to: Address, *, attempt: int,
+                 patience: Patience = IN_WORKER) -> dict[str, Any]:
         if chat_store(services).is_blocked(to.chat_id):
             return {"skipped": "blocked"}
         final = attempt >= REDELIVERY_ATTEMPTS
         try:
             if job.status is JobStatus.COMPLETED:
-                report = deliver_result(services, job, to, final=final)
+                report = deliver_result(services, job, to, final=final, patience=patience)
             else:
-                report = deliver_failure(services, job, to)
+                report = deliver_failure(services, job, to, patience=patience)
         except BotBlockedError:
             log.event(logger, "chat blocked the bot; nothing more is sent", logging.WARNING)
             return {"blocked": True}
         except TelegramApiError as exc:  # a permanent refusal of the reason: say what we can
             log.event(logger, "failure message refused", logging.WARNING, reason=exc.description)
-            to.send(bot_for(services), messages.undeliverable(job), max_wait=0)
+            to.send(bot_for(services), messages.undeliverable(job),
+                    **patience.call(max_wait=0))
             return {"sent": "undeliverable", "reason": exc.description}
         return report | ({"attempt": attempt} if attempt > 1 else {})
 
@@ -215,6 +275,18 @@ class TelegramChannel:
 
 def _now(services: Services) -> float:
     return services.clock.now().timestamp()
+
+
+def _sweep_start(services: Services) -> float:
+    """When this pass's sweep started, on ``services.clock.monotonic()`` (now, outside one)."""
+    at = _SWEEP_STARTED.get()
+    gone = 0.0 if at is None else max(0.0, (services.clock.now() - at).total_seconds())
+    return services.clock.monotonic() - gone
+
+
+def _until(services: Services, ends: float) -> Callable[[], float]:
+    """Seconds left until ``ends`` (``services.clock.monotonic()``), asked at each call."""
+    return lambda: ends - services.clock.monotonic()
 
 
 def _done(services: Services, chats: ChatStore, chat_id: str, job_id: str,
