@@ -18,16 +18,19 @@ answer that changes between the check and the connect cannot redirect it. Redire
 are followed by hand, at most ``max_redirects``, each hop checked again. The size is
 capped up front by ``Content-Length`` and while streaming. Each connect and read has
 its timeout; a download must also keep moving (``min_progress`` bytes in each
-``read_timeout`` seconds spent waiting); a ``kiln.providers.pinned.pinned_client`` can
-have a deadline that every connect, handshake, write and read ends by. Proxies from the
+``read_timeout`` seconds spent waiting; ``kiln.paced``); a :func:`pinned_client` can have
+a deadline that every connect, handshake, write and read ends by. Proxies from the
 environment are ignored (a proxy would bypass the pin).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import math
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,8 +41,8 @@ import httpx
 from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.core.urls import Address, forbidden_reason
+from kiln.paced import Pace, paced_transport
 from kiln.providers.http import retry_after_seconds
-from kiln.providers.pinned import Pace, paced_client
 from kiln.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
@@ -280,6 +283,32 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context per process (building one loads the CA bundle: ~50 ms)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+def pinned_client(policy: FetchPolicy, *,
+                  deadline: float = math.inf) -> tuple[httpx.Client, dict[str, str]]:
+    """A client that connects each host only to the address pinned for it in the returned
+    map (fill it from :func:`check_url` before each request), follows no redirect and
+    ignores proxies (``kiln.webhooks.send`` posts through it). Its connects, TLS
+    handshakes, writes and reads end by ``deadline`` (``time.monotonic()``): past it, an
+    :class:`httpx.TimeoutException`, however the server paces its bytes."""
+    return paced_client(policy, Pace(deadline=deadline))
+
+
+def paced_client(policy: FetchPolicy, pace: Pace) -> tuple[httpx.Client, dict[str, str]]:
+    """httpx's client on pinned connections at ``pace`` (TLS still verifies the name)."""
+    pins: dict[str, str] = {}
+    transport = paced_transport(pace, _ssl_context(), pins=pins, trust_env=False,
+                                max_connections=4)
+    client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
+                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout))
+    return client, pins
 
 
 def fetch_small(url: str, policy: FetchPolicy, limit: int, *,

@@ -22,8 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
-from kiln.providers.fetch import FetchPolicy, Resolver, check_url, system_resolve
-from kiln.providers.pinned import pinned_client
+from kiln.providers.fetch import FetchPolicy, Resolver, check_url, pinned_client, system_resolve
 from kiln.webhooks.model import RECEIVER_TIMEOUT
 
 USER_AGENT = "Kiln-Webhooks/1"

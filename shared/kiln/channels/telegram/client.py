@@ -34,8 +34,8 @@ from typing import IO, Any
 
 import httpx
 
-from kiln.channels.telegram.deadline import cut_transport, ending_by
 from kiln.core.errors import ConfigError, PermanentError, RetryableError
+from kiln.paced import Pace, ending_by, paced_transport
 
 API_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 UPLOAD_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
@@ -100,6 +100,13 @@ class _TokenTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+def _transport() -> httpx.HTTPTransport:
+    """httpx's transport with its default limits, each call's connections cut to the
+    call's deadline (``within``: ``kiln.paced.ending_by``)."""
+    return paced_transport(Pace(), httpx.create_ssl_context(), max_connections=100,
+                           max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
 class BotClient:
     """One bot's Bot API calls. Thread-safe (one pooled httpx client).
 
@@ -124,7 +131,7 @@ class BotClient:
         head = token.split(":", 1)[0]
         self.bot_id = int(head) if head.isdigit() else None
         self._base = api_base.rstrip("/") + _PLACEHOLDER.decode()
-        self._http = httpx.Client(transport=_TokenTransport(token, cut_transport()),
+        self._http = httpx.Client(transport=_TokenTransport(token, _transport()),
                                   timeout=API_TIMEOUT)
         self.on_blocked = on_blocked
         self.on_migrated = on_migrated

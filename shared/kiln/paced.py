@@ -1,35 +1,54 @@
-"""Connections that go only where a URL was checked to lead, and keep moving.
+"""httpx connections that end by a deadline and keep moving, optionally pinned.
 
-The network layer under :mod:`kiln.providers.fetch` and :mod:`kiln.webhooks.send`: an httpx
-client whose pool connects each host only to the address pinned for it (the Host header and
-TLS SNI keep the name), whose every connect, TLS handshake, write and read is cut to what
-is left of a deadline, and whose reads may have to bring ``floor`` bytes in each ``window``
-seconds spent waiting (:class:`Pace`). It follows no redirect and ignores proxies.
+httpx's timeouts are per step: each read may wait the whole read timeout, so a server that
+drips its bytes (or a slow upload) can hold a call for many of them. Connections made by a
+:func:`paced_transport` cut every connect, TLS handshake, write and read to their
+:class:`Pace`: what is left of the pace's deadline, or of the deadline of the call under
+way (:func:`ending_by`, per thread: one pooled client serves calls with deadlines of their
+own), whichever ends first; past it they raise httpcore's timeout (httpx's
+``TimeoutException``). A pace may also require reads to bring ``floor`` bytes in each
+``window`` seconds spent waiting. With ``pins``, a host is connected only to the address
+checked for it (``kiln.providers.fetch``); the Host header and TLS SNI keep the name.
+
+Used by the result downloads and URL checks (``kiln.providers.fetch``), signed webhooks
+(``kiln.webhooks.send``) and the Bot API client (``kiln.channels.telegram.client``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-import functools
 import math
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpcore
 import httpx
 
-if TYPE_CHECKING:
-    from kiln.providers.fetch import FetchPolicy
+#: When the call under way must end (``time.monotonic()``); ``inf``: no deadline.
+_ENDS: contextvars.ContextVar[float] = contextvars.ContextVar("kiln_call_ends", default=math.inf)
+
+
+@contextlib.contextmanager
+def ending_by(ends: float) -> Iterator[None]:
+    """Cut the paced connections used inside this block to ``ends`` (``time.monotonic()``)."""
+    token = _ENDS.set(ends)
+    try:
+        yield
+    finally:
+        _ENDS.reset(token)
 
 
 @dataclass
 class Pace:
     """How long a client's connections may still wait, beyond httpx's timeout per step: until
-    ``deadline`` (``time.monotonic()``), and, reading, ``window`` seconds of waiting for each
-    ``floor`` bytes (time the caller spends between reads is not counted)."""
+    ``deadline`` (``time.monotonic()``) or the call's own (:func:`ending_by`), and, reading,
+    ``window`` seconds of waiting for each ``floor`` bytes (time the caller spends between
+    reads is not counted). One pace with a floor serves one download at a time."""
 
     deadline: float = math.inf
     floor: int = 0
@@ -40,7 +59,8 @@ class Pace:
     def wait(self, timeout: float | None, timed_out: type[Exception], *,
              reading: bool = False) -> float | None:
         """The timeout for the next step; ``timed_out`` when no time is left."""
-        left = self.deadline - time.monotonic()
+        ends = min(self.deadline, _ENDS.get())
+        left = ends - time.monotonic() if ends != math.inf else math.inf
         if reading and self.floor:
             left = min(left, self.window - self._waited)
         if left <= 0:
@@ -53,6 +73,8 @@ class Pace:
         self._got, self._waited = 0, 0.0
 
     def read(self, got: int, waited: float) -> None:
+        if not self.floor:
+            return
         self._got, self._waited = self._got + got, self._waited + waited
         if self._got >= self.floor:
             self._got, self._waited = 0, 0.0
@@ -87,46 +109,31 @@ class PacedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _PinnedBackend(httpcore.SyncBackend):
-    """Connects each host only to the address that was checked for it, at its pace."""
+class _PacedBackend(httpcore.SyncBackend):
+    """Connects at its pace; with ``pins``, each host only to the address checked for it."""
 
-    def __init__(self, pace: Pace) -> None:
-        self.pins: dict[str, str] = {}
-        self.pace = pace
+    def __init__(self, pace: Pace, pins: dict[str, str] | None) -> None:
+        self.pace, self.pins = pace, pins
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        address = self.pins.get(host.lower().strip("[]"))
-        if address is None:  # never reached through open_stream: every hop pins first
-            raise httpcore.ConnectError(f"{host} was not checked before connecting")
+        address = host
+        if self.pins is not None:
+            address = self.pins.get(host.lower().strip("[]"), "")
+            if not address:  # never reached through fetch: every request pins first
+                raise httpcore.ConnectError(f"{host} was not checked before connecting")
         wait = self.pace.wait(timeout, httpcore.ConnectTimeout)
         stream = super().connect_tcp(address, port, wait, local_address, socket_options)
         return PacedStream(stream, self.pace)
 
 
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context per process (building one loads the CA bundle: ~50 ms)."""
-    return httpx.create_ssl_context(trust_env=False)
-
-
-def pinned_client(policy: FetchPolicy, *, deadline: float = math.inf) -> tuple[httpx.Client, dict[str, str]]:
-    """A client that connects each host only to the address pinned for it in the returned
-    map (fill it from :func:`check_url` before each request), follows no redirect and
-    ignores proxies (``kiln.webhooks.send`` posts through it). Its connects, TLS
-    handshakes, writes and reads end by ``deadline`` (``time.monotonic()``): past it, an
-    :class:`httpx.TimeoutException`, however the server paces its bytes."""
-    return paced_client(policy, Pace(deadline=deadline))
-
-
-def paced_client(policy: FetchPolicy, pace: Pace) -> tuple[httpx.Client, dict[str, str]]:
-    """httpx's client on a pinned, paced network backend (TLS still verifies the name)."""
-    backend = _PinnedBackend(pace)
-    transport = httpx.HTTPTransport(trust_env=False)
+def paced_transport(pace: Pace, ssl_context: ssl.SSLContext, *,
+                    pins: dict[str, str] | None = None, trust_env: bool = True,
+                    **pool: Any) -> httpx.HTTPTransport:
+    """httpx's transport on paced connections (``pool``: httpcore's pool limits)."""
+    transport = httpx.HTTPTransport(verify=ssl_context, trust_env=trust_env)
     # httpx has no public hook for the network backend: rebuild its pool with ours.
-    transport._pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), max_connections=4,
-                                              network_backend=backend)
-    client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
-                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout))
-    return client, backend.pins
+    transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context,
+                                              network_backend=_PacedBackend(pace, pins), **pool)
+    return transport
