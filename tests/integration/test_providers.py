@@ -9,6 +9,7 @@ runs against the Storage emulator. Failures are steered by prompt tokens (see
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -223,6 +224,9 @@ PERMANENT = [
     ("taskserver", "[fail:refused]", "content_refused"),
     ("gemini", "[fail:refused]", "content_refused"),
     ("gemini", "[fail:image-safety]", "content_refused"),
+    ("gemini", "[fail:quota-day]", "provider_quota_exhausted"),
+    ("gemini", "[fail:quota-zero]", "provider_quota_exhausted"),
+    ("gemini", "[fail:404]", "provider_model_not_found"),
     ("meshy", "[invalid]", "invalid_artifact"),
     ("taskserver", "[invalid]", "invalid_artifact"),
     ("meshy", "[redirect:169.254.169.254]", "unsafe_result_url"),
@@ -259,6 +263,71 @@ def test_a_wrong_gemini_key_is_an_auth_error_without_the_key(
                           kind="image")
     error = worker_services.view(job_id)["error"]
     assert outcome == "failed" and error["code"] == "provider_auth" and secret not in str(error)
+
+
+class Recorded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def gemini_log() -> Iterator[list[logging.LogRecord]]:
+    """The records the Gemini adapter logs for the operator, while the test runs."""
+    handler, logger = Recorded(), logging.getLogger("kiln.providers.gemini")
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+
+
+def gemini_calls(server: ProviderServer, prompt: str) -> int:
+    return sum(1 for r in server.requests if r["path"].endswith(":generateContent")
+               and prompt in str(r["body"]))
+
+
+@pytest.mark.parametrize("token, message, quota_id", [
+    ("[fail:quota-day]", "The image service has used up its quota for today. "
+     "Please try again later.", "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+    ("[fail:quota-zero]", "The image service has no quota for making images at the moment. "
+     "Please try again later.", "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"),
+])
+def test_a_gemini_quota_that_minutes_cannot_clear_fails_the_job_at_once(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        gemini_log: list[logging.LogRecord], token: str, message: str, quota_id: str) -> None:
+    # given Gemini answering 429 RESOURCE_EXHAUSTED for a used-up daily quota, or for a
+    # quota of 0 (the free tier's image model), each with a RetryInfo of under a minute
+    prompt = f"a kite {uuid.uuid4().hex} {token}"
+    # when an image job runs
+    outcome, job_id = run(worker_services, build("gemini", settings, server), uid, prompt,
+                          kind="image")
+    # then it failed on its first call (not requeued to call again each minute), with a
+    # message a user can read that names no quota or metric ...
+    error = worker_services.view(job_id)["error"]
+    assert (outcome, error["code"], error["retryable"]) == (
+        "failed", "provider_quota_exhausted", False)
+    assert error["message"] == message and gemini_calls(server, prompt) == 1
+    # ... and the operator's log line holds the quota ids the answer named
+    logged = [r for r in gemini_log if getattr(r, "fields", {}).get("quotaIds")]
+    assert len(logged) == 1 and quota_id in logged[0].fields["quotaIds"]  # type: ignore[attr-defined]
+
+
+def test_a_gemini_model_the_service_does_not_know_is_a_configuration_failure(
+        worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
+        gemini_log: list[logging.LogRecord]) -> None:
+    # when Gemini answers 404 NOT_FOUND for the configured model (retired or misspelled)
+    outcome, job_id = run(worker_services, build("gemini", settings, server), uid,
+                          "a lamp [fail:404]", kind="image")
+    # then the job failed saying the service is not set up right (no task "expired"),
+    # and the operator's log names the model
+    error = worker_services.view(job_id)["error"]
+    assert (outcome, error["code"]) == ("failed", "provider_model_not_found")
+    assert error["message"] == ("The image service is not set up correctly: its image model "
+                                "is not available. Please try again later.")
+    logged = [r for r in gemini_log if getattr(r, "fields", {}).get("model")]
+    assert [r.fields["model"] for r in logged] == [settings.gemini_model]  # type: ignore[attr-defined]
 
 
 RETRYABLE = [

@@ -15,7 +15,9 @@ chunk in 1 MiB pieces — so the server's memory stays flat too.
 Prompt tokens steer it (case-insensitive):
 
 - ``[fail:400|401|402|403|429|500|503]`` — the create call (or Gemini call) answers so;
-  429 carries ``Retry-After: 7`` (Gemini: a ``RetryInfo`` of 7 s too);
+  429 carries ``Retry-After: 7`` (Gemini: a per-minute ``QuotaFailure`` and a ``RetryInfo``
+  of 7 s too); Gemini also ``[fail:quota-day]``, ``[fail:quota-zero]`` and ``[fail:404]``
+  as the real API answers them (``kiln_dev.standins.gemini_errors``);
 - ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message;
 - ``[fail:refused]`` — refused content (Gemini: ``promptFeedback.blockReason: SAFETY``;
   ``[fail:image-safety]``: ``finishReason: IMAGE_SAFETY``; task server: error
@@ -57,6 +59,7 @@ from PIL import Image
 
 from kiln_dev.background import BackgroundServer
 from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
+from kiln_dev.standins.gemini_errors import gemini_error
 
 API_KEY = "kiln-local-provider-key"
 PIECE = 1024 * 1024
@@ -321,11 +324,8 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
             if style == "gemini":
                 names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                          429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
-                error: dict[str, Any] = {"code": status, "message": f"Forced failure {status}.",
-                                         "status": names.get(status, "UNKNOWN")}
-                if status == 429:
-                    error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                         "retryDelay": "7s"}]
+                error = {"code": status, "message": f"Forced failure {status}.",
+                         "status": names.get(status, "UNKNOWN")}  # 404, 429: gemini_errors
                 self._send(status, {"error": error}, headers)
             elif style == "task":
                 self._send(status, {"error": {"code": f"http_{status}",
@@ -473,16 +473,20 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
                 self._send(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                            "message": "contents must hold a text part."}})
                 return
+            model = path.rsplit("/", 1)[-1].split(":", 1)[0]
+            fail = {m.group(1).lower(): (m.group(2) or "").lower()
+                    for m in _TOKEN.finditer(prompt)}.get("fail", "")
+            error = gemini_error(fail, model)
+            if error is not None:
+                self._send(*error)
+                return
             if self._forced(prompt, "gemini"):
                 return
             time.sleep(server.gemini_seconds)
-            model = path.rsplit("/", 1)[-1].split(":", 1)[0]
             answer: dict[str, Any] = {"modelVersion": model, "responseId": uuid.uuid4().hex[:16],
                                       "usageMetadata": {"promptTokenCount": 8,
                                                         "candidatesTokenCount": 1290,
                                                         "totalTokenCount": 1298}}
-            fail = {m.group(1).lower(): (m.group(2) or "").lower()
-                    for m in _TOKEN.finditer(prompt)}.get("fail")
             if fail == "refused":
                 answer["promptFeedback"] = {"blockReason": "SAFETY"}
             elif fail == "image-safety":

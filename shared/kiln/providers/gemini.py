@@ -8,14 +8,18 @@ lease) and a cancel is noticed while the model works; the SDK's own retries are 
 Kiln's job retries own that.
 
 Errors: 429 → retryable (``retry_after`` from ``Retry-After`` or the ``RetryInfo``
-detail), 5xx and timeouts → retryable, a blocked prompt or image (``prompt_feedback.
-block_reason``, ``finish_reason`` SAFETY and friends, or a 400 that says so) →
-``content_refused``, 401/403 → ``provider_auth``. ``GOOGLE_GEMINI_BASE_URL`` (read by
-the SDK) points it at a local stand-in.
+detail), except a quota waiting cannot clear — a ``QuotaFailure`` naming a per-day quota,
+or a limit of 0 — which fails the job (``provider_quota_exhausted``; the quota ids are
+logged, not shown); 5xx and timeouts → retryable, a blocked prompt or image
+(``prompt_feedback.block_reason``, ``finish_reason`` SAFETY and friends, or a 400 that says
+so) → ``content_refused``, 401/403 → ``provider_auth``, 404 (the model is retired or
+misspelled) → ``provider_model_not_found``. Why: docs/providers.md#errors.
+``GOOGLE_GEMINI_BASE_URL`` (read by the SDK) points it at a local stand-in.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -28,6 +32,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from kiln import log
 from kiln.core.errors import CanceledError, KilnError, PermanentError, RetryableError
 from kiln.providers.base import Artifact, GenerationRequest, ProgressCallback
 from kiln.providers.http import as_png, error_for_status, short
@@ -44,6 +49,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed SDK extras
     pass
 
+logger = log.get("providers.gemini")
+
 LABEL = "image generation service"
 REFUSED_REASONS = frozenset({
     "SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
@@ -51,6 +58,15 @@ REFUSED_REASONS = frozenset({
 })
 REFUSED_MESSAGE = ("The image service declined this prompt for safety reasons. "
                    "Try describing it differently.")
+DAY_QUOTA_MESSAGE = "The image service has used up its quota for today. Please try again later."
+NO_QUOTA_MESSAGE = ("The image service has no quota for making images at the moment. "
+                    "Please try again later.")
+NO_MODEL_MESSAGE = ("The image service is not set up correctly: its image model is not "
+                    "available. Please try again later.")
+#: A quota id that counts per day ("GenerateRequestsPerDayPerProjectPerModel-FreeTier").
+_DAILY = re.compile(r"PerDay|Daily")
+#: Google's message names each quota hit: "… metric: …, limit: 0, model: …".
+_LIMIT_ZERO = re.compile(r"\blimit: ?0(?![\d.])")
 TICK_SECONDS = 1.0
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 
@@ -134,7 +150,7 @@ class GeminiImageProvider:
         if isinstance(exc, KilnError):
             return exc
         if isinstance(exc, genai_errors.APIError):
-            return _api_error(exc, self._key)
+            return _api_error(exc, self._key, self.model)
         if isinstance(exc, _TIMEOUTS):
             return RetryableError("The image service did not answer in time.",
                                   code="provider_timeout")
@@ -144,15 +160,21 @@ class GeminiImageProvider:
         return exc
 
 
-def _api_error(exc: genai_errors.APIError, key: str) -> KilnError:
+def _api_error(exc: genai_errors.APIError, key: str, model: str) -> KilnError:
     status = int(exc.code or 500)
-    message = short(exc.message, 200)
+    full = str(exc.message or "")
     if key:
-        message = message.replace(key, "***")
+        full = full.replace(key, "***")
+    message = short(full, 200)
     if status == 400 and re.search(r"api[ _]key", message, re.I):
         status = 401  # Gemini answers a wrong key with 400 API_KEY_INVALID
     elif status == 400 and re.search(r"safety|blocked|prohibited|policy", message, re.I):
         return PermanentError(REFUSED_MESSAGE, code="content_refused")
+    elif status == 429 and (quota := _quota_error(exc.details, full)) is not None:
+        return quota
+    elif status == 404:  # generateContent names no task: the model is what is not found
+        log.event(logger, "gemini model not found", logging.ERROR, model=model, detail=message)
+        return PermanentError(NO_MODEL_MESSAGE, code="provider_model_not_found")
     headers = dict(exc.response.headers) if hasattr(exc.response, "headers") else {}
     error = error_for_status(status, LABEL, detail=message, headers=headers)
     if isinstance(error, RetryableError) and error.retry_after is None:
@@ -160,11 +182,34 @@ def _api_error(exc: genai_errors.APIError, key: str) -> KilnError:
     return error
 
 
+def _quota_error(details: Any, message: str) -> PermanentError | None:
+    """The failure for a 429 that waiting minutes cannot clear — a ``QuotaFailure`` naming
+    a per-day quota, or a quota of 0 — else None (a per-minute limit: retry)."""
+    violations = [v for item in _details(details) if str(item.get("@type", "")).endswith(
+        "google.rpc.QuotaFailure") for v in item.get("violations") or [] if isinstance(v, dict)]
+    ids = [str(v.get("quotaId") or "") for v in violations]
+    zero = (any(str(v.get("quotaValue")) == "0" for v in violations)
+            or _LIMIT_ZERO.search(message) is not None)
+    if not zero and not any(_DAILY.search(quota_id) for quota_id in ids):
+        return None
+    log.event(logger, "gemini quota exhausted", logging.WARNING, quotaIds=ids,
+              quotaMetrics=sorted({str(v.get("quotaMetric") or "") for v in violations}),
+              limitZero=zero, detail=short(message, 1000))
+    return PermanentError(NO_QUOTA_MESSAGE if zero else DAY_QUOTA_MESSAGE,
+                          code="provider_quota_exhausted")
+
+
+def _details(body: Any) -> list[dict[str, Any]]:
+    """The ``error.details`` items of a Google error body."""
+    error = body.get("error") if isinstance(body, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    return [item for item in items or [] if isinstance(item, dict)]
+
+
 def _retry_delay(details: Any) -> float | None:
     """``RetryInfo.retryDelay`` ("12s") from a Google error body, when present."""
-    error = details.get("error") if isinstance(details, dict) else None
-    for item in (error or {}).get("details") or []:
-        delay = item.get("retryDelay") if isinstance(item, dict) else None
+    for item in _details(details):
+        delay = item.get("retryDelay")
         if isinstance(delay, str) and delay.endswith("s"):
             try:
                 return min(3600.0, float(delay[:-1]))
