@@ -351,7 +351,8 @@ class Channel(Protocol):
 
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]: ...
 
-    def redeliver(self, services: Any) -> int: ...
+    def redeliver(self, services: Any, started: dt.datetime | None = None) -> int:
+        """Finish deferred deliveries (a sweep's pass, begun at ``started``); how many."""
 
 
 class WebhookStore(Protocol):

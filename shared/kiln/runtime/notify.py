@@ -27,6 +27,7 @@ that cannot reach its chat right now defers the end itself (its report says
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from typing import Any
@@ -58,12 +59,13 @@ def on_started(services: Services, job: Job) -> None:
                   error=type(exc).__name__)
 
 
-def redeliver(services: Services) -> int:
-    """Let each channel finish the deliveries it deferred; how many were tried."""
+def redeliver(services: Services, started: dt.datetime | None = None) -> int:
+    """Let each channel finish the deliveries it deferred (in a sweep that began at
+    ``started``); how many were tried."""
     tried = 0
     for name, channel in services.channels.items():
         try:
-            tried += channel.redeliver(services)
+            tried += channel.redeliver(services, started)
         except Exception as exc:  # one channel's outage must not stop the sweep
             log.event(logger, "channel redelivery failed", logging.WARNING, channel=name,
                       error=type(exc).__name__)

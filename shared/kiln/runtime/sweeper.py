@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable
 
 from kiln import log
-from kiln.channels.telegram.notifier import sweep_started
 from kiln.compose import Services
 from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
@@ -85,9 +84,9 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                     log.event(logger, "job not swept", logging.ERROR, error=type(exc).__name__)
     _guarded(report, "renotify", lambda: _renotify(services, now, report))
     _guarded(report, "queue pass", lambda: _queue_pass(services, report))
-    with sweep_started(now):  # a chat's redelivery spends what is left of this invocation
-        _guarded(report, "channel redelivery",
-                 lambda: _count(report, SweepCount.REDELIVERED, notify.redeliver(services)))
+    # (a chat's redelivery spends what is left of this invocation, begun at ``now``)
+    _guarded(report, "channel redelivery",
+             lambda: _count(report, SweepCount.REDELIVERED, notify.redeliver(services, now)))
     _guarded(report, "batch ends",
              lambda: _count(report, SweepCount.BATCHES_ENDED, batch_end.sweep(services)))
     result = {str(name): count for name, count in report.items()}

@@ -11,6 +11,7 @@ deliveries whose wake-up was lost.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -81,7 +82,7 @@ class ApiChannel:
     def on_finished(self, services: Any, job: Job) -> dict[str, Any]:
         return announce_end(services, job)
 
-    def redeliver(self, services: Any) -> int:
+    def redeliver(self, services: Any, started: dt.datetime | None = None) -> int:
         try:
             return delivery.sweep(services)
         except Exception as exc:  # the job sweep goes on without the webhook one

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +141,7 @@ class Channel:
     def on_started(self, services: Any, job: Job) -> None:
         self.started.append(job.id)
 
-    def redeliver(self, services: Any) -> int:
+    def redeliver(self, services: Any, started: dt.datetime | None = None) -> int:
         done, self.deferred = self.deferred, []
         for job_id in done:
             services.store.apply(job_id, lifecycle.notified("sent", {"channel": {"attempt": 2}}))

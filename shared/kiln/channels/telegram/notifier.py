@@ -18,20 +18,18 @@ called by ``kiln.runtime.notify`` in the worker:
   that says the message did not go (a ``RetryableError``) makes it ``waiting`` again; an
   entry a later pass finds still ``sending`` is dropped, never sent again. So a pass must
   never be cut mid-send: it spends what is left of the sweep's invocation
-  (:class:`RedeliveryBudget`, from the sweep's start, :func:`sweep_started`), claims an
+  (:class:`RedeliveryBudget`, from the sweep's start), claims an
   entry only while one send fits, ends each Bot API call of a send by the send's deadline
   and never waits out a 429 (the entry is deferred by Telegram's ``retry_after``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,22 +80,6 @@ class RedeliveryBudget:
     def ends(self, started: float) -> float:
         """When a pass of a sweep that started at ``started`` must end (same clock)."""
         return started + self.invocation - self.reserve
-
-
-_SWEEP_STARTED: contextvars.ContextVar[dt.datetime | None] = contextvars.ContextVar(
-    "kiln_sweep_started", default=None)
-
-
-@contextlib.contextmanager
-def sweep_started(at: dt.datetime) -> Iterator[None]:
-    """Redelivery passes inside this block belong to a sweep that started ``at``
-    (``services.clock``): they spend what is left of its invocation. Outside one, a pass
-    has a whole invocation from its own start."""
-    token = _SWEEP_STARTED.set(at)
-    try:
-        yield
-    finally:
-        _SWEEP_STARTED.reset(token)
 
 
 class _EditThrottle:
@@ -205,11 +187,12 @@ class TelegramChannel:
         except RetryableError as exc:
             return self._defer(services, job, to, attempt=1, exc=exc)
 
-    def redeliver(self, services: Services) -> int:
-        """Try the due deferred deliveries again (the sweeper's pass) while one more send
-        fits in the sweep's invocation; how many were tried."""
+    def redeliver(self, services: Services, started: dt.datetime | None = None) -> int:
+        """Try the due deferred deliveries again (the sweeper's pass, in a sweep that began
+        at ``started``; now when None) while one more send fits in the sweep's invocation;
+        how many were tried."""
         chats, clock, tried = chat_store(services), services.clock, 0
-        ends = self.budget.ends(_sweep_start(services))
+        ends = self.budget.ends(_sweep_start(services, started))
         for chat_id, job_id in chats.due_deliveries(_now(services)):
             if ends - clock.monotonic() < self.budget.send:  # the rest stay ``waiting``
                 log.event(logger, "redelivery pass out of time; the rest wait", logging.WARNING,
@@ -277,9 +260,9 @@ def _now(services: Services) -> float:
     return services.clock.now().timestamp()
 
 
-def _sweep_start(services: Services) -> float:
-    """When this pass's sweep started, on ``services.clock.monotonic()`` (now, outside one)."""
-    at = _SWEEP_STARTED.get()
+def _sweep_start(services: Services, at: dt.datetime | None) -> float:
+    """When the sweep that began ``at`` started, on ``services.clock.monotonic()`` (now,
+    for None)."""
     gone = 0.0 if at is None else max(0.0, (services.clock.now() - at).total_seconds())
     return services.clock.monotonic() - gone
 
