@@ -220,7 +220,7 @@ PERMANENT = [
     ("meshy", "[fail:401]", "provider_auth"),
     ("taskserver", "[fail:403]", "provider_auth"),
     ("gemini", "[fail:401]", "provider_auth"),
-    ("meshy", "[fail:task]", "provider_failed"),
+    ("meshy", "[fail:refused]", "content_refused"),  # a failed task is retried: test_meshy_provider
     ("taskserver", "[fail:refused]", "content_refused"),
     ("gemini", "[fail:refused]", "content_refused"),
     ("gemini", "[fail:image-safety]", "content_refused"),

@@ -3,7 +3,9 @@
 One server, three protocols, as the real clients speak them:
 
 - Meshy-style: ``POST /openapi/v2/text-to-3d`` (``mode: preview | refine``),
-  ``POST /openapi/v1/image-to-3d``, ``GET``/``DELETE`` ``.../{id}`` (Bearer key);
+  ``POST /openapi/v1/image-to-3d`` (``202 {result}``), ``GET``/``DELETE`` ``.../{id}``
+  under the task's own path (Bearer key); requests, limits and errors as Meshy's docs
+  give them (``kiln_dev.standins.meshy_wire``);
 - Kiln's async task protocol (``docs/taskserver-protocol.md``): ``POST /v1/tasks``,
   ``GET /v1/tasks/{id}``, ``POST /v1/tasks/{id}:cancel`` (Bearer key);
 - Gemini: ``POST /{v1beta|v1}/models/{model}:generateContent`` (``x-goog-api-key``).
@@ -21,7 +23,12 @@ Prompt tokens steer it (case-insensitive):
 - ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message;
 - ``[fail:refused]`` — refused content (Gemini: ``promptFeedback.blockReason: SAFETY``;
   ``[fail:image-safety]``: ``finishReason: IMAGE_SAFETY``; task server: error
-  ``content_refused``);
+  ``content_refused``; Meshy: the task fails with a moderation ``task_error``);
+- Meshy only: ``[fail:input]`` — the task fails with a ``task_error`` of type
+  ``invalid_input``; ``[fail:moderation]`` — the create call answers 403
+  ``moderation_blocked_nsfw``; ``[fail:pending-limit]`` — 429
+  ``pending_task_limit_reached`` without ``Retry-After`` (its ``[fail:429]`` is
+  ``rate_limit_exceeded``, the only one with it);
 - ``[hang]`` — the create call never answers (until the server stops);
 - ``[size:N]`` — the result GLB is N bytes (``k``/``m``/``g`` suffixes: ``[size:50m]``);
 - ``[invalid]`` — the result is not a valid GLB; ``[chunked]`` — no ``Content-Length``;
@@ -58,6 +65,7 @@ from typing import Any
 from PIL import Image
 
 from kiln_dev.background import BackgroundServer
+from kiln_dev.standins import meshy_wire
 from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
 from kiln_dev.standins.gemini_errors import gemini_error
 
@@ -77,6 +85,7 @@ class _Task:
     prompt: str
     mode: str = "preview"
     preview_task_id: str = ""
+    art_style: str = "realistic"  # Meshy's default
     started: float = field(default_factory=time.monotonic)
     seconds: float = 1.0
     canceled: bool = False
@@ -94,7 +103,7 @@ class _Task:
             return "queued", 0
         if share < 1:
             return "running", int(share * 100)
-        failed = self.tokens().get("fail") in ("task", "refused")
+        failed = self.tokens().get("fail") in ("task", "refused", "input")
         return ("failed" if failed else "succeeded"), 100
 
 
@@ -148,7 +157,8 @@ class ProviderServer(BackgroundServer):
             task.seconds = float(slow)
         with self._lock:
             self.tasks[task.id] = task
-        if protocol == "meshy" and self.meshy_webhooks is not None and self.meshy_webhook_url:
+        if protocol.startswith("meshy") and self.meshy_webhooks is not None \
+                and self.meshy_webhook_url:
             self.meshy_webhooks.schedule(task.id, self.meshy_webhook_url, task.seconds,
                                          end=lambda: self.meshy_view(task),
                                          progress=lambda _pct: self.meshy_view(task))
@@ -172,13 +182,13 @@ class ProviderServer(BackgroundServer):
                   "failed": "FAILED", "canceled": "CANCELED"}[state]
         done = status == "SUCCEEDED"
         return {
-            "id": task.id, "mode": task.mode, "name": "", "art_style": "realistic",
+            "id": task.id, "mode": task.mode, "name": "", "art_style": task.art_style,
             "status": status, "progress": progress, "preview_task_id": task.preview_task_id or None,
             "ai_model": "meshy-local", "prompt": task.prompt,
             "model_urls": {"glb": self.result_url(task) if done else "", "fbx": "", "usdz": ""},
             "thumbnail_url": f"{self.url}/files/{task.id}/thumb.png" if done else "",
-            "task_error": {"message": "The model could not be generated from this prompt."
-                           if status == "FAILED" else ""},
+            "task_error": (meshy_wire.task_error(task.tokens().get("fail", ""))
+                           if status == "FAILED" else {"message": ""}),
             "created_at": 0, "expires_at": 0,
         }
 
@@ -310,7 +320,8 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
             return False
 
         def _forced(self, prompt: str, style: str) -> bool:
-            """Answer a ``[fail:NNN]`` or ``[hang]`` token; True when answered."""
+            """Answer a ``[fail:NNN]`` (Gemini, task server) or ``[hang]`` token; True when
+            answered. Meshy's failures: ``meshy_wire.forced``."""
             tokens = {m.group(1).lower(): (m.group(2) or "").lower() for m in _TOKEN.finditer(prompt)}
             if "hang" in tokens:
                 server._stopping.wait(server.hang_seconds)
@@ -327,11 +338,9 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
                 error = {"code": status, "message": f"Forced failure {status}.",
                          "status": names.get(status, "UNKNOWN")}  # 404, 429: gemini_errors
                 self._send(status, {"error": error}, headers)
-            elif style == "task":
+            else:
                 self._send(status, {"error": {"code": f"http_{status}",
                                               "message": f"Forced failure {status}."}}, headers)
-            else:
-                self._send(status, {"message": f"Forced failure {status}."}, headers)
             return True
 
         # --- routes -----------------------------------------------------------------
@@ -392,51 +401,62 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
                     found = server._cancel(task_id)
                     self._send(200 if found else 404, {"task_id": task_id, "status": "canceled"}
                                if found else {"error": {"code": "not_found", "message": "No such task."}})
-            elif path in ("/openapi/v2/text-to-3d", "/openapi/v1/image-to-3d"):
+            elif path in meshy_wire.PROTOCOLS:
                 self._meshy_create(path, body)
             else:
                 self._send(404, {"message": "Not found."})
 
         def _task_for(self, path: str) -> _Task | None:
-            """The task a Meshy or task-server path names (answers 404/401 when none)."""
-            match = re.fullmatch(r"/(?:openapi/v[12]/(?:text|image)-to-3d|v1/tasks)/([\w-]+)", path)
+            """The task a Meshy or task-server path names, found only under its own kind's
+            path (answers 404/401 when none)."""
+            base, _, task_id = path.rpartition("/")
+            protocol = {**meshy_wire.PROTOCOLS, "/v1/tasks": "task"}.get(base)
             if not self._bearer_ok():
                 return None
             with server._lock:
-                task = server.tasks.get(match.group(1)) if match else None
-            if task is None:
-                self._send(404, {"message": "Task not found.",
-                                 "error": {"code": "not_found", "message": "Task not found."}})
-            return task
+                task = server.tasks.get(task_id) if protocol else None
+            if task is not None and task.protocol == protocol:
+                return task
+            if protocol == "task":
+                self._send(404, {"error": {"code": "not_found", "message": "Task not found."}})
+            else:
+                self._send(*meshy_wire.not_found())
+            return None
 
         def _meshy_create(self, path: str, body: dict[str, Any]) -> None:
             if not self._bearer_ok():
                 return
-            if path.endswith("image-to-3d"):
-                if not body.get("image_url"):
-                    self._send(400, {"message": "image_url is required."})
-                    return
-                prompt = str(body["image_url"])
-                if not self._forced(prompt, "meshy"):
-                    task = server._new_task("meshy", "model", prompt, mode="image")
-                    self._send(200, {"result": task.id})
-                return
-            if body.get("mode") == "refine":
+            if body.get("mode") == "refine" and path == meshy_wire.TEXT_PATH:
                 with server._lock:
                     preview = server.tasks.get(str(body.get("preview_task_id")))
-                if preview is None or preview.state()[0] != "succeeded":
-                    self._send(400, {"message": "preview_task_id must name a succeeded preview."})
+                if preview is None or (preview.protocol, preview.mode, preview.state()[0]) \
+                        != ("meshy", "preview", "succeeded"):
+                    self._send(*meshy_wire.invalid("preview_task_id must name a succeeded preview."))
+                    return
+                refused = meshy_wire.check_refine(body, preview.art_style)
+                if refused is not None:
+                    self._send(*refused)
                     return
                 task = server._new_task("meshy", "model", preview.prompt, mode="refine",
-                                        preview_task_id=preview.id)
-                self._send(200, {"result": task.id})
+                                        preview_task_id=preview.id, art_style=preview.art_style)
+                self._send(202, {"result": task.id})
                 return
-            prompt = str(body.get("prompt") or "")
-            if body.get("mode") != "preview" or not prompt:
-                self._send(400, {"message": "mode must be preview or refine; prompt is required."})
+            refused = meshy_wire.check_create(path, body)
+            if refused is not None:
+                self._send(*refused)
                 return
-            if not self._forced(prompt, "meshy"):
-                self._send(200, {"result": server._new_task("meshy", "model", prompt).id})
+            prompt = str(body["image_url" if path == meshy_wire.IMAGE_PATH else "prompt"])
+            failure = meshy_wire.forced(
+                {m.group(1).lower(): (m.group(2) or "").lower()
+                 for m in _TOKEN.finditer(prompt)}.get("fail", ""))
+            if failure is not None:
+                self._send(*failure)
+            elif not self._forced(prompt, "meshy"):  # [hang]
+                task = (server._new_task("meshy-image", "model", prompt, mode="image")
+                        if path == meshy_wire.IMAGE_PATH else
+                        server._new_task("meshy", "model", prompt,
+                                         art_style=str(body.get("art_style") or "realistic")))
+                self._send(202, {"result": task.id})
 
         def _task_create(self, body: dict[str, Any]) -> None:
             if not self._bearer_ok():

@@ -13,6 +13,9 @@ HTTP                       Kiln error                                       code
 5xx, timeouts, network     RetryableError                                   provider_unavailable
 other 4xx                  PermanentError                                   provider_rejected
 =========================  ===============================================  ==============
+
+A provider whose error bodies carry its own codes (Meshy's ``{"type", "code", "message"}``)
+reads them by overriding :meth:`JsonApi.error`, which gets the parsed :class:`ErrorBody`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import io
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -71,6 +75,16 @@ def error_for_status(status: int, label: str, *, detail: str = "",
     return PermanentError(f"The {label} rejected the request{suffix}", code="provider_rejected")
 
 
+@dataclass(frozen=True)
+class ErrorBody:
+    """A provider's explanation of a failed call: ``message`` (trimmed, safe to show), and
+    its ``code`` and ``type`` when it names them (``""`` when not)."""
+
+    message: str = ""
+    code: str = ""
+    type: str = ""
+
+
 def short(text: Any, limit: int = 300) -> str:
     """A provider's text, trimmed to one line of at most ``limit`` characters."""
     flat = " ".join(str(text or "").split())
@@ -115,11 +129,8 @@ class JsonApi:
             raise RetryableError(f"The {self.label} could not be reached.",
                                  code="provider_unavailable") from exc
         if response.status_code >= 400:
-            detail = _error_detail(response)
-            if self._key:
-                detail = detail.replace(self._key, "***")
-            raise error_for_status(response.status_code, self.label, detail=detail,
-                                   headers=response.headers)
+            raise self.error(response.status_code, _error_body(response, self._key),
+                             response.headers)
         if not response.content:
             return None
         try:
@@ -128,22 +139,33 @@ class JsonApi:
             raise RetryableError(f"The {self.label} sent an unreadable answer.",
                                  code="provider_unavailable") from exc
 
+    def error(self, status: int, body: ErrorBody, headers: Mapping[str, str]) -> KilnError:
+        """The Kiln error a failed call stands for (the module's table); a provider whose
+        bodies carry codes overrides this to read them, then falls back to it."""
+        return error_for_status(status, self.label, detail=body.message, headers=headers)
+
     def close(self) -> None:
         self._client.close()
 
 
-def _error_detail(response: httpx.Response) -> str:
-    """The provider's own explanation of a 4xx, when it gives one."""
+def _error_body(response: httpx.Response, key: str) -> ErrorBody:
+    """The provider's own explanation of a failed call, when it gives one: the fields of
+    ``{"error": {...}}`` or of the body itself; ``key`` never appears in it."""
     try:
         body = response.json()
     except ValueError:
-        return ""
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            return short(error.get("message"))
-        return short(body.get("message") or error or "")
-    return ""
+        return ErrorBody()
+    if not isinstance(body, dict):
+        return ErrorBody()
+    error = body.get("error")
+    fields = error if isinstance(error, dict) else body
+    message = short(fields.get("message") or (error if isinstance(error, str) else ""))
+
+    def name(value: Any) -> str:
+        return value if isinstance(value, str) and SAFE_CODE.match(value) else ""
+
+    return ErrorBody(message=message.replace(key, "***") if key else message,
+                     code=name(fields.get("code")), type=name(fields.get("type")))
 
 
 def as_png(data: bytes, what: str = "image") -> bytes:

@@ -16,14 +16,26 @@ reports 90 ``downloading`` and 95 ``uploading`` after that. Stages: ``queued``,
 Calls: ``POST /openapi/v2/text-to-3d`` (``mode: preview | refine``) and
 ``POST /openapi/v1/image-to-3d`` answer ``{result: id}``; ``GET`` on ``.../{id}`` gives
 ``status`` (PENDING, IN_PROGRESS, SUCCEEDED, FAILED, CANCELED), ``progress``,
-``model_urls.glb``, ``thumbnail_url``, ``task_error.message``; ``DELETE .../{id}``
-cancels. Errors map as in :mod:`kiln.providers.http` (402 → ``provider_credits``).
+``art_style``, ``model_urls.glb``, ``thumbnail_url``, ``task_error``; ``DELETE .../{id}``
+cancels.
+
+What Meshy takes: a prompt of at most :data:`PROMPT_MAX` characters (a longer one fails
+the job before any call, ``prompt_too_long``); ``art_style`` only from :data:`ART_STYLES`
+(``options.style`` is sent when it is one of them, else left out and provenance says
+``styleIgnored``); a sculpture's refine with ``enable_pbr: false``.
+
+Errors map as in :mod:`kiln.providers.http`, but read Meshy's own ``code`` and ``type``
+first: a moderation code, or a 403 of type ``invalid_input``, is ``content_refused``. A
+task that ends FAILED is retried with a new task (Meshy refunds a failed task, and most
+failures are passing) unless its ``task_error`` is moderation (``content_refused``) or of
+type ``invalid_input`` (``provider_rejected``).
 """
 
 from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -40,7 +52,7 @@ from kiln.providers.fetch import (
     open_stream,
     system_resolve,
 )
-from kiln.providers.http import JsonApi, as_png, short
+from kiln.providers.http import ErrorBody, JsonApi, as_png, short
 from kiln.settings import Settings
 
 logger = log.get("providers.meshy")
@@ -48,6 +60,9 @@ logger = log.get("providers.meshy")
 LABEL = "3D generation service"
 RESULT_HOSTS = ("assets.meshy.ai", "*.meshy.ai")
 THUMBNAIL_MAX_BYTES = 5 * 1024 * 1024
+#: The art styles Meshy's text-to-3D preview takes, and its longest prompt (characters).
+ART_STYLES = ("realistic", "sculpture")
+PROMPT_MAX = 600
 _PATHS = {"preview": "/openapi/v2/text-to-3d", "refine": "/openapi/v2/text-to-3d",
           "mesh": "/openapi/v2/text-to-3d", "image": "/openapi/v1/image-to-3d"}
 #: stage → (first percent, span, stage name while running)
@@ -69,8 +84,8 @@ class MeshyProvider:
                  fetch_read_timeout: float = 60.0) -> None:
         self.settings = settings
         self.cadence = cadence or settings.poll_cadence(PollCadence(first=5.0, max=30.0))
-        self._api = JsonApi(settings.meshy_base_url, settings.meshy_api_key, LABEL,
-                            timeout=timeout, client=client)
+        self._api = _MeshyApi(settings.meshy_base_url, settings.meshy_api_key, LABEL,
+                              timeout=timeout, client=client)
         own_host = urllib.parse.urlsplit(settings.meshy_base_url).hostname or ""
         self._policy = FetchPolicy.for_provider(settings, (own_host, *RESULT_HOSTS),
                                                 read_timeout=fetch_read_timeout)
@@ -84,8 +99,16 @@ class MeshyProvider:
             body: dict[str, Any] = {"image_url": image_url, "enable_pbr": True,
                                     "should_texture": options.get("texture", True) is not False}
             return f"image:{self._created(self._api.call('POST', _PATHS['image'], json=body))}"
-        body = {"mode": "preview", "prompt": request.prompt,
-                "art_style": str(options.get("style") or "realistic")}
+        if len(request.prompt) > PROMPT_MAX:
+            raise PermanentError(
+                f"The {LABEL} takes prompts of up to {PROMPT_MAX} characters; this one "
+                f"has {len(request.prompt)}. Shorten it and try again.", code="prompt_too_long")
+        body = {"mode": "preview", "prompt": request.prompt}
+        style = _art_style(options.get("style"))
+        if style:
+            body["art_style"] = style
+        elif options.get("style"):
+            log.event(logger, "style not sent: Meshy takes only " + " or ".join(ART_STYLES))
         if isinstance(options.get("seed"), int):
             body["seed"] = options["seed"]
         stage = "mesh" if options.get("texture") is False else "preview"
@@ -105,19 +128,17 @@ class MeshyProvider:
         start, span, running = _SPANS[stage]
         progress = start + span * _percent(task.get("progress")) // 100
         if state is TaskState.SUCCEEDED and stage == "preview":
+            # Meshy makes a sculpture's own PBR maps and refuses enable_pbr with it.
             refine = self._api.call("POST", _PATHS["refine"], json={
-                "mode": "refine", "preview_task_id": remote, "enable_pbr": True})
+                "mode": "refine", "preview_task_id": remote,
+                "enable_pbr": task.get("art_style") != "sculpture"})
             log.event(logger, "meshy preview done; refine submitted")
             return TaskStatus(TaskState.RUNNING, progress=start + span, stage="texturing",
                               task_id=f"refine:{self._created(refine)}")
         if state is TaskState.SUCCEEDED:
             return TaskStatus(state, progress=start + span, stage="downloading")
         if state is TaskState.FAILED:
-            error = task.get("task_error") or {}
-            detail = short(error.get("message") if isinstance(error, dict) else "", 200)
-            return TaskStatus(state, error_code="provider_failed", error_message=(
-                f"The 3D generation service could not make this model: {detail}" if detail
-                else "The 3D generation service could not make this model."))
+            return _failed(stage, task.get("task_error"))
         if state is TaskState.PENDING:
             return TaskStatus(state, progress=start, stage="queued")
         return TaskStatus(state, progress=progress, stage=running)
@@ -137,6 +158,11 @@ class MeshyProvider:
         }
         if stage == "refine" and task.get("preview_task_id"):
             provenance["previewTaskId"] = str(task["preview_task_id"])
+        style = _art_style(request.options.get("style")) if stage != "image" else ""
+        if style:
+            provenance["artStyle"] = style
+        elif request.options.get("style"):
+            provenance["styleIgnored"] = True
         for key in ("credits", "consumed_credits", "cost"):
             if isinstance(task.get(key), int | float):
                 provenance["credits" if "credit" in key else "cost"] = task[key]
@@ -173,6 +199,51 @@ class MeshyProvider:
             raise PermanentError("The 3D generation service did not start a task.",
                                  code="provider_rejected")
         return task_id
+
+
+class _MeshyApi(JsonApi):
+    """Meshy's JSON API: its v2 error bodies name a ``code`` and a ``type`` to branch on."""
+
+    def error(self, status: int, body: ErrorBody, headers: Mapping[str, str]) -> KilnError:
+        if _moderated(body.code) or (status == 403 and body.type == "invalid_input"):
+            return PermanentError(_refused(body.message, "request"), code="content_refused")
+        return super().error(status, body, headers)
+
+
+def _failed(stage: str, error: Any) -> TaskStatus:
+    """A FAILED task: retried with a new task, unless Meshy says its input is at fault."""
+    error = error if isinstance(error, dict) else {}
+    detail = short(error.get("message"), 200)
+    code, kind = str(error.get("code") or ""), str(error.get("type") or "")
+    if _moderated(code):
+        return TaskStatus(TaskState.FAILED, error_code="content_refused", error_message=_refused(
+            detail, "image" if stage == "image" else "prompt"))
+    if kind == "invalid_input":
+        return TaskStatus(TaskState.FAILED, error_code="provider_rejected", error_message=(
+            f"The 3D generation service could not use this request: {detail}" if detail
+            else "The 3D generation service could not use this request."))
+    return TaskStatus(TaskState.FAILED, error_code="provider_failed", retryable=True, error_message=(
+        f"The 3D generation service could not make this model: {detail}" if detail
+        else "The 3D generation service could not make this model."))
+
+
+def _moderated(code: str) -> bool:
+    return code.startswith("moderation")
+
+
+def _refused(detail: str, what: str) -> str:
+    """The message of a moderation refusal: Meshy's reason, and what the user can do."""
+    change = ("use another image" if what == "image" else
+              "rephrase the prompt" if what == "prompt" else "rephrase the prompt or use another image")
+    reason = f" {detail}" if detail else ""
+    return (f"The 3D generation service refused this {what} under its content policy.{reason} "
+            f"Please {change} and try again.")
+
+
+def _art_style(style: Any) -> str:
+    """``options.style`` as an art style Meshy takes, or ``""``."""
+    wanted = str(style or "").strip().lower()
+    return wanted if wanted in ART_STYLES else ""
 
 
 def _split(task_id: str) -> tuple[str, str]:
