@@ -14,13 +14,6 @@ from kiln.core.errors import RetryableError
 from kiln_dev.standins.telegram import TelegramServer
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[TelegramServer]:
-    running = TelegramServer().start()
-    yield running
-    running.stop()
-
-
 @pytest.fixture
 def bot(server: TelegramServer) -> Iterator[BotClient]:
     client = BotClient(server.token, server.url)

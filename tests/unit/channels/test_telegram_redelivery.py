@@ -8,7 +8,6 @@ import datetime as dt
 import random
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "static"))
 from tf_config import INFRA, block, load_module
 
 BACKOFF = 10.0  # the rig's KILN_RETRY_BACKOFF_SECONDS
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TelegramServer]:
-    running = TelegramServer().start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -17,13 +17,6 @@ from kiln_dev.standins.telegram import TelegramServer
 CHAT = 4242
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[TelegramServer]:
-    running = TelegramServer().start()
-    yield running
-    running.stop()
-
-
 @pytest.fixture
 def slept() -> list[float]:
     return []
