@@ -59,6 +59,18 @@ def test_a_failed_meshy_task_is_retried_with_a_new_task(
     assert not worker.store.get(LAST_JOB[uid]).server.provider_task_id
 
 
+def test_a_failed_meshy_refine_fails_the_job_instead_of_buying_a_new_preview(
+        worker: Worker, settings: Settings, server: ProviderServer, uid: str) -> None:
+    """Given a preview that succeeded and a refine that ends FAILED, then the job fails
+    with a readable message and is not retried: a new attempt would start from a new,
+    paid preview (Meshy refunds only the failed refine)."""
+    outcome, job_id = run(worker, build("meshy", settings, server), uid, "a teapot [fail:refine]")
+    job = worker.view(job_id)
+    assert (outcome, job["error"]["code"], job["error"]["retryable"]) == \
+        ("failed", "provider_failed", False)
+    assert "textures" in job["error"]["message"] and "try again" in job["error"]["message"]
+
+
 @pytest.mark.parametrize("prompt, options, code, says", [
     # refused at create: 403 with Meshy's moderation code
     ("a statue [fail:moderation]", {}, "content_refused", "rephrase"),

@@ -20,7 +20,8 @@ Prompt tokens steer it (case-insensitive):
   429 carries ``Retry-After: 7`` (Gemini: a per-minute ``QuotaFailure`` and a ``RetryInfo``
   of 7 s too); Gemini also ``[fail:quota-day]``, ``[fail:quota-zero]`` and ``[fail:404]``
   as the real API answers them (``kiln_dev.standins.gemini_errors``);
-- ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message;
+- ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message
+  (Meshy's ``[fail:refine]``: its preview succeeds, its refine fails so);
 - ``[fail:refused]`` — refused content (Gemini: ``promptFeedback.blockReason: SAFETY``;
   ``[fail:image-safety]``: ``finishReason: IMAGE_SAFETY``; task server: error
   ``content_refused``; Meshy: the task fails with a moderation ``task_error``);
@@ -103,7 +104,8 @@ class _Task:
             return "queued", 0
         if share < 1:
             return "running", int(share * 100)
-        failed = self.tokens().get("fail") in ("task", "refused", "input")
+        fail = self.tokens().get("fail")
+        failed = fail in ("task", "refused", "input") or (fail == "refine" and self.mode == "refine")
         return ("failed" if failed else "succeeded"), 100
 
 

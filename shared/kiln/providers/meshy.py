@@ -211,7 +211,8 @@ class _MeshyApi(JsonApi):
 
 
 def _failed(stage: str, error: Any) -> TaskStatus:
-    """A FAILED task: retried with a new task, unless Meshy says its input is at fault."""
+    """A FAILED task: retried with a new task, unless Meshy says its input is at fault, or
+    it is a refine (a new attempt starts from a new, paid preview)."""
     error = error if isinstance(error, dict) else {}
     detail = short(error.get("message"), 200)
     code, kind = str(error.get("code") or ""), str(error.get("type") or "")
@@ -222,6 +223,10 @@ def _failed(stage: str, error: Any) -> TaskStatus:
         return TaskStatus(TaskState.FAILED, error_code="provider_rejected", error_message=(
             f"The 3D generation service could not use this request: {detail}" if detail
             else "The 3D generation service could not use this request."))
+    if stage == "refine":  # a new attempt would buy a new preview (refunds cover the refine)
+        return TaskStatus(TaskState.FAILED, error_code="provider_failed", error_message=(
+            "The 3D generation service could not finish this model's textures"
+            f"{': ' + detail if detail else '.'} Please try again."))
     return TaskStatus(TaskState.FAILED, error_code="provider_failed", retryable=True, error_message=(
         f"The 3D generation service could not make this model: {detail}" if detail
         else "The 3D generation service could not make this model."))

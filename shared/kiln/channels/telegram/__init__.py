@@ -9,7 +9,7 @@
   ``kiln.adapters.firestore_chats``); a chat's quota and running limit are its plan's,
   through ``kiln.runtime.admission`` like every channel.
 - ``client`` / ``bot``: the Bot API on httpx, errors translated (a migrated group is
-  followed), the token never shown; ``deadline``: its connections, cut to a call's end.
+  followed), the token never shown; its connections cut to a call's end (``kiln.paced``).
 - ``working``: the "working on it" message, sent beside the webhook's answer.
 - ``notifier``: ``TelegramChannel``, the worker's and sweeper's hooks (registered in
   ``kiln.compose``) — progress edits within Telegram's limits, the end, deferred

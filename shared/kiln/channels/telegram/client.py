@@ -20,7 +20,7 @@ Error mapping (``{"ok": false, "error_code", "description", "parameters"}``):
 
 A call given ``within`` (seconds) ends within them however Telegram paces its bytes: each
 connect, TLS handshake, write and read of its connection is cut to what is left
-(``deadline``), a 429 is waited out only when the wait fits,
+(``kiln.paced``), a 429 is waited out only when the wait fits,
 and past the deadline the call raises :class:`RetryableError` ``telegram_timeout``.
 """
 
