@@ -200,13 +200,13 @@ def test_a_429_during_redelivery_defers_the_entry_without_waiting(
     assert notify_of(rig, job_id)["state"] == "retrying"
 
 
-def test_a_send_slower_than_its_budget_is_cut_and_waits_again(
+def test_a_send_slower_than_the_pass_is_cut_and_waits_again(
         rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
-    """Given a deferred result and sends of at most 0.5 s, when Telegram answers the photo
-    3 s late, then the pass does not wait for the answer: the call ends at the send's
-    deadline, a timeout (Telegram may have taken it), and the entry waits again as
-    attempt 2 instead of being left ``sending``."""
-    budget = notifier.RedeliveryBudget(send=0.5)
+    """Given a deferred result and a pass with 0.5 s left (one send's worth), when Telegram
+    answers the photo 3 s late, then the pass does not wait for the answer: the call ends
+    at the pass's end, a timeout (Telegram may have taken it), and the entry waits again
+    as attempt 2 instead of being left ``sending``."""
+    budget = notifier.RedeliveryBudget(invocation=15.5, reserve=15.0, send=0.5)
     rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
     job_id = finish_deferred(rig, server, chat)
     server.slow("sendPhoto", 3.0, chat_id=chat, times=1)
@@ -219,13 +219,29 @@ def test_a_send_slower_than_its_budget_is_cut_and_waits_again(
     assert notify_of(rig, job_id)["state"] == "retrying"
 
 
+def test_a_claimed_send_may_use_the_rest_of_the_pass(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a pass that claims while 0.5 s are left but has far more, when Telegram takes
+    1.5 s to answer the photo (a large file's upload), then the send waits for the answer
+    and the result is sent once: a send cut after Telegram took it would go again."""
+    budget = notifier.RedeliveryBudget(send=0.5)
+    rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
+    job_id = finish_deferred(rig, server, chat)
+    server.slow("sendPhoto", 1.5, chat_id=chat, times=1)
+    rig.clock.advance(BACKOFF + 1)
+    assert sweep(rig.services)["redelivered"] == 1
+    assert notify_of(rig, job_id)["state"] == "sent"
+    assert chats.get(chat)["undelivered"] == {}
+
+
 def test_the_last_attempt_keeps_time_for_the_link(
         rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
-    """Given a deferred result on its last attempt, with sends of 0.5 s more than the time
-    kept for the link, when Telegram answers the photo 3 s late, then the upload is cut
-    after 0.5 s and the link goes in the time kept: the notification is ``sent`` (the
+    """Given a deferred result on its last attempt, in a pass with 0.5 s more left than the
+    time kept for the link, when Telegram answers the photo 3 s late, then the upload is
+    cut after 0.5 s and the link goes in the time kept: the notification is ``sent`` (the
     link, the file's error a timeout), not given up for want of time."""
-    budget = notifier.RedeliveryBudget(send=delivery.LINK_SECONDS + 0.5)
+    budget = notifier.RedeliveryBudget(invocation=15.0 + delivery.LINK_SECONDS + 0.5,
+                                       reserve=15.0, send=delivery.LINK_SECONDS + 0.5)
     rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
     job_id = finish_deferred(rig, server, chat)
     chats.defer_delivery(chat, job_id, attempt=notifier.REDELIVERY_ATTEMPTS - 1,

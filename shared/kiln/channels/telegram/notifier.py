@@ -70,8 +70,7 @@ SWEEPER_TIMEOUT = 120.0
 class RedeliveryBudget:
     """How a redelivery pass spends the sweeper's invocation (docs/telegram.md): the pass
     ends ``reserve`` seconds before the invocation is cut, claims an entry only while
-    ``send`` seconds are left of it, and each send ends within ``send`` seconds and by
-    the pass's end."""
+    ``send`` seconds are left of it, and each send ends by the pass's end."""
 
     invocation: float = SWEEPER_TIMEOUT  # from the sweep's start
     reserve: float = 15.0  # the last entry's records; the sweep's steps after the pass
@@ -210,8 +209,9 @@ class TelegramChannel:
             if job is None or to is None:
                 chats.delivered(chat_id, job_id)
                 continue
-            send_ends = min(ends, clock.monotonic() + self.budget.send)
-            patience = Patience(max_wait=0, left=_until(services, send_ends))
+            # A claimed send may use what is left of the pass: a large file whose answer
+            # comes late would otherwise be cut after Telegram took it, and sent again.
+            patience = Patience(max_wait=0, left=_until(services, ends))
             try:
                 report = self._deliver(services, job, to, attempt=claim.attempt + 1,
                                        patience=patience)
