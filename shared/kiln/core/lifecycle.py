@@ -446,10 +446,13 @@ def queue_reason(job: Job, reason: str, position: int | None) -> Change | None:
     return Change({"queueReason": reason, "queuePosition": position}, {})
 
 
-#: A job sent back to the queue this many times by a provider's 429 spends an attempt on
-#: the next one, like any retryable error: a limit that never clears (a used-up daily
-#: quota) must not keep it queued until its maximum age.
-MAX_REQUEUES = 20
+def may_requeue(job: Job, now: dt.datetime, ttl: float) -> bool:
+    """Whether a provider's 429 may send the job back to the queue without spending its
+    attempt: only within a queue's wait (``ttl`` seconds) of when it first queued. A job
+    turned away for longer spends attempts like any retryable error, so a limit that
+    never clears does not keep it queued until its maximum age."""
+    queued_at = job.server.queued_at
+    return queued_at is not None and now - queued_at < dt.timedelta(seconds=ttl)
 
 
 def requeue(job: Job | None, *, worker_id: str, now: dt.datetime, delay: float) -> Change:

@@ -195,9 +195,12 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
                                     token=token)
     except RetryableError as exc:
         if exc.code == RATE_LIMITED and job.server.queued_at is not None \
-                and job.server.requeues < lifecycle.MAX_REQUEUES \
                 and not endings.task_started(services, job_id):
-            ended = endings.requeue(job_id, services, job, exc, token=token)
+            if lifecycle.may_requeue(job, clock.now(), services.settings.queue_ttl_seconds):
+                ended = endings.requeue(job_id, services, job, exc, token=token)
+            else:  # turned away longer than a queue's wait: spend attempts from now on
+                dispatch.provider_refused(services, job, exc.retry_after)
+                ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)
         else:
             ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)
     except Exception as exc:

@@ -12,7 +12,7 @@ from rig import Rig, SyncFake, build_rig
 
 from kiln.core import fairness, lifecycle
 from kiln.core.errors import ConfigError, RetryableError
-from kiln.core.job import Change, JobStatus
+from kiln.core.job import JobStatus
 from kiln.http.api import handle
 from kiln.runtime import actions, dispatch
 from kiln.runtime.sweeper import sweep
@@ -211,23 +211,30 @@ def test_a_provider_429_narrows_its_window_and_spends_no_attempt(rig: Rig) -> No
 
 
 def test_a_provider_that_keeps_refusing_for_capacity_costs_attempts_in_the_end(rig: Rig) -> None:
-    """A 429 that never clears (a used-up daily quota) must not keep a job queued until its
-    maximum age: once the job was sent back to the queue ``MAX_REQUEUES`` times, a 429
+    """A 429 that never clears must not keep a job queued until its maximum age: within a
+    queue's wait (``KILN_QUEUE_TTL_SECONDS``) of when the job first queued, a 429 sends it
+    back to the queue for free; after it, a 429 still narrows the provider's window but
     spends an attempt like any retryable error, so the job fails readably after them."""
     provider = rig.providers["image"]
     assert isinstance(provider, SyncFake)
     provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
     job_id = post(rig, "a", "pro")[1]["jobId"]
     assert run_job(job_id, rig.services) is RunOutcome.QUEUED
-    assert rig.job(job_id).server.requeues == 1
-    rig.store.apply(job_id, Change({}, {"requeues": lifecycle.MAX_REQUEUES}))
-    rig.clock.advance(121)
-    sweep(rig.services)  # its turn comes again
+    ttl = rig.services.settings.queue_ttl_seconds
+    first = rig.job(job_id).server.queued_at
+    assert first is not None
+    rig.clock.advance(ttl - 200)  # still within its wait: back to the queue again
+    sweep(rig.services)
+    assert run_job(job_id, rig.services) is RunOutcome.QUEUED
+    assert rig.job(job_id).server.requeues == 2
+    rig.clock.advance(300)  # turned away for longer than a queue's wait
+    sweep(rig.services)
     assert not rig.job(job_id).server.queued
     with pytest.raises(RetryableError):  # released for a retry: an attempt spent
         run_job(job_id, rig.services)
     job = rig.job(job_id)
     assert (job.status, job.attempts, job.server.queued) == (JobStatus.PENDING, 1, False)
+    assert dispatch.provider_pool(rig.services, "image")[1:] == (4, 2)  # still narrowed
 
 
 @pytest.mark.parametrize("settings, message", [
