@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kiln.core.errors import ConfigError
+from kiln.core.job import PROMPT_MAX, PROVIDER_PROMPT_MAX
 from kiln.core.plans import DEFAULT_PLANS, Plan, check_plan_name, parse_capacity, parse_plans
 from kiln.core.policy import PollCadence, RetryPolicy
 from kiln.tracing import check_mode as check_tracing_mode
@@ -220,6 +221,12 @@ class Settings:
     def capacity_table(self) -> Mapping[str, int]:
         """``KILN_PROVIDER_CAPACITY``: provider → tasks at once (``*``: the rest)."""
         return parse_capacity(self.provider_capacity, 8)
+
+    def prompt_max(self, kind: str) -> int:
+        """The longest prompt a job of ``kind`` may have: Kiln's own limit, or the
+        configured provider's where it takes fewer (Meshy: 600 characters)."""
+        provider = self.model_provider if kind == "model" else self.image_provider
+        return min(PROMPT_MAX, PROVIDER_PROMPT_MAX.get(provider, PROMPT_MAX))
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PROMPT_MAX = 1000
+#: The longest prompt (characters) of each provider that takes fewer than ``PROMPT_MAX``.
+PROVIDER_PROMPT_MAX: Mapping[str, int] = {"meshy": 600}
 KINDS = ("image", "model")
 CHANNELS = ("app", "telegram", "api")
 #: ``platform`` of a device document (users/{uid}/devices/{deviceId}).

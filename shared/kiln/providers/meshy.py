@@ -42,6 +42,7 @@ import httpx
 
 from kiln import log
 from kiln.core.errors import KilnError, PermanentError
+from kiln.core.job import PROVIDER_PROMPT_MAX
 from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.fetch import (
@@ -62,7 +63,7 @@ RESULT_HOSTS = ("assets.meshy.ai", "*.meshy.ai")
 THUMBNAIL_MAX_BYTES = 5 * 1024 * 1024
 #: The art styles Meshy's text-to-3D preview takes, and its longest prompt (characters).
 ART_STYLES = ("realistic", "sculpture")
-PROMPT_MAX = 600
+PROMPT_MAX = PROVIDER_PROMPT_MAX["meshy"]  # (also refused at submit: Settings.prompt_max)
 _PATHS = {"preview": "/openapi/v2/text-to-3d", "refine": "/openapi/v2/text-to-3d",
           "mesh": "/openapi/v2/text-to-3d", "image": "/openapi/v1/image-to-3d"}
 #: stage → (first percent, span, stage name while running)

@@ -35,6 +35,7 @@ from kiln.core.errors import (
 from kiln.core.job import Job, JobStatus, NewJob, Tickets, new_job_id
 from kiln.core.requests import JobRequest
 from kiln.runtime.admission import Admission, give_back, over_quota, plan_for
+from kiln.settings import Settings
 
 logger = log.get("ingress")
 
@@ -61,7 +62,7 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
             instance took the last tickets); nothing was created.
         RetryableError: the job store is unavailable (nothing was accepted).
     """
-    check_image_url(request, allow_local=services.settings.local)
+    check_request(request, services.settings)
     job_id = new_job_id(uid, idempotency_key)
     plan = admission.plan if admission else plan_for(services, uid=uid, channel=channel,
                                                      claimed=None)
@@ -126,6 +127,22 @@ def _create(services: Services, new: NewJob, admission: Admission | None) -> boo
     if not created:
         give_back(services, admission)  # (only tickets taken apart; the commit took none)
     return created
+
+
+def check_request(request: JobRequest, settings: Settings) -> None:
+    """Refuse at submit what the job's provider would refuse without a call: a prompt
+    longer than it takes, an ``imageUrl`` the fetcher would refuse without a lookup.
+
+    Raises:
+        ValidationError: ``prompt_too_long`` or ``invalid_image_url``.
+    """
+    longest = settings.prompt_max(request.kind)
+    if len(request.prompt) > longest:
+        noun = "3D models" if request.kind == "model" else "images"
+        raise ValidationError(
+            "prompt_too_long", f"The service that makes {noun} takes prompts of up to "
+            f"{longest} characters; this one has {len(request.prompt)}.", field="prompt")
+    check_image_url(request, allow_local=settings.local)
 
 
 def check_image_url(request: JobRequest, *, allow_local: bool) -> None:

@@ -39,7 +39,7 @@ from kiln.core.plans import Plan
 from kiln.core.principal import Principal
 from kiln.core.requests import JobRequest
 from kiln.runtime import actions, dispatch
-from kiln.runtime.accept import check_image_url
+from kiln.runtime.accept import check_request
 from kiln.runtime.admission import admit, give_back
 
 logger = log.get("ingress")
@@ -65,7 +65,7 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     """
     for index, request in enumerate(requests):
         try:
-            check_image_url(request, allow_local=services.settings.local)
+            check_request(request, services.settings)
         except ValidationError as exc:
             raise item_error(index, exc) from None
     uid = principal.uid

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tgkit import Telegram
+from tgkit import Telegram, build_telegram
 
 from kiln.channels.telegram.commands import MALFORMED, decide
 from kiln.channels.telegram.webhook import Incoming, start_job
@@ -158,6 +158,19 @@ def test_an_update_id_that_is_not_an_id_is_not_an_update(telegram: Telegram, upd
     status, body = telegram.post({"update_id": update_id, "message": message()})
     assert (status, body["error"]["code"]) == (400, "invalid_update")
     assert telegram.rig.store.docs == {}
+
+
+def test_a_prompt_longer_than_the_model_provider_takes_gets_a_polite_reply() -> None:
+    """Given Meshy making models (it takes prompts of up to 600 characters), when a chat
+    asks for a model with a longer prompt, then the bot says how long it may be and no
+    job is made; the same prompt for an image (another provider) makes its job."""
+    telegram = build_telegram(model_provider="meshy")
+    status, body = telegram.post({"update_id": 7, "message": message("/model " + "a" * 601)})
+    assert (status, body["method"]) == (200, "sendMessage")
+    assert "601 characters" in body["text"] and "up to 600" in body["text"]
+    assert prompts(telegram) == []
+    status, body = telegram.post({"update_id": 8, "message": message("/image " + "a" * 601)})
+    assert prompts(telegram) == ["a" * 601]
 
 
 def test_a_well_formed_message_still_makes_its_job(telegram: Telegram) -> None:

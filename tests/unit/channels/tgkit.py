@@ -38,9 +38,9 @@ class Telegram:
         return response.status_code, response.get_json()
 
 
-def build_telegram() -> Telegram:
+def build_telegram(**settings: Any) -> Telegram:
     rig = build_rig(telegram_bot_token="123456789:AAAA", telegram_webhook_secret=SECRET,
-                    plans=PLANS)
+                    plans=PLANS, **settings)
     chats = InMemoryChatStore()
     use_chat_store(rig.services, chats)
     return Telegram(rig, chats)

@@ -130,8 +130,8 @@ def empty_prompt(kind: str) -> str:
     return f"Tell me what to make after the command, e.g.\n/{kind} {example}"
 
 
-def too_long(length: int) -> str:
-    return (f"That description is {length} characters long; I can take up to {PROMPT_MAX}. "
+def too_long(length: int, longest: int = PROMPT_MAX) -> str:
+    return (f"That description is {length} characters long; I can take up to {longest}. "
             "Please shorten it and send it again.")
 
 

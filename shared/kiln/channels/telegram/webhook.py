@@ -44,7 +44,7 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
-from kiln.core.job import PROMPT_MAX, new_job_id
+from kiln.core.job import new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
@@ -163,8 +163,8 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     prompt = " ".join(prompt.split())
     if not prompt:
         return incoming.reply(messages.empty_prompt(kind))
-    if len(prompt) > PROMPT_MAX:
-        return incoming.reply(messages.too_long(len(prompt)))
+    if len(prompt) > settings.prompt_max(kind):
+        return incoming.reply(messages.too_long(len(prompt), settings.prompt_max(kind)))
     try:
         job_request = parse_job_request({"kind": kind, "prompt": prompt})
     except ValidationError as exc:  # e.g. control characters: the message is for the user
