@@ -55,7 +55,7 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
     changed, job = services.store.transact(job_id, decide)
     with log.job_context(job_id):
         if changed and job.server.provider_task_id and not job.server.lease_live(now):
-            _publish(services, job_id, "cancel", "cancel wake-up not published")
+            wake_to_cancel(services, job_id)
         if changed:
             log.event(logger, "job canceled", by=by)
             _next_in_queue(services, job_id)
@@ -93,6 +93,13 @@ def _next_in_queue(services: Services, job_id: str) -> None:
         dispatch.after_end(services, job_id)
     except KilnError as exc:
         log.event(logger, "queue pass deferred to the sweeper", logging.WARNING, code=exc.code)
+
+
+def wake_to_cancel(services: Services, job_id: str) -> None:
+    """Publish a wake-up so that a worker cancels the provider's task of a job that ended
+    without it and that no worker holds (``lifecycle.remote_task_left``); a publish that
+    fails is logged."""
+    _publish(services, job_id, "cancel", "cancel wake-up not published")
 
 
 def _publish(services: Services, job_id: str, reason: str, warning: str) -> None:

@@ -31,7 +31,7 @@ from kiln.core import lifecycle
 from kiln.core.errors import RetryableError
 from kiln.core.job import Change, Job, JobStatus
 from kiln.core.lifecycle import SweepAction
-from kiln.runtime import batch_end, checks, dispatch, notify
+from kiln.runtime import actions, batch_end, checks, dispatch, notify
 
 logger = log.get("sweeper")
 
@@ -216,8 +216,5 @@ def _expire(services: Services, job_id: str, now: dt.datetime) -> bool:
         dispatch.release_places(services, job_id, list(expired.server.pools))
         notify.deliver(services, job_id)
         if expired.server.provider_task_id:  # its paid task may run on: a worker cancels it
-            try:
-                services.queue.publish(job_id, reason="cancel")
-            except RetryableError:
-                log.event(logger, "cancel wake-up not published", logging.WARNING)
+            actions.wake_to_cancel(services, job_id)
     return True
