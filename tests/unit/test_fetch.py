@@ -9,12 +9,14 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from kiln import paced
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.providers.fetch import (
     FetchPolicy,
@@ -280,17 +282,23 @@ def test_a_slow_first_answer_does_not_eat_into_the_bodys_window(files: str) -> N
     assert body == b"s" * STEADY
 
 
-def test_time_the_consumer_spends_between_chunks_is_not_a_stall(files: str) -> None:
+def test_time_the_consumer_spends_between_chunks_is_not_a_stall(
+        files: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given a 3 MiB result served at once, when the consumer takes longer than the 0.5 s
     window over each 1 MiB chunk (as a slow upload into the bucket would), then the
-    download still arrives whole: only time spent waiting on the server counts."""
+    download still arrives whole: only time spent waiting on the server counts. The
+    consumer's time passes on the paced connections' clock (``kiln.paced``), not by
+    sleeping."""
     policy = FetchPolicy(hosts=None, allow_local=True, read_timeout=0.5, min_progress=LARGE)
+    spent = [0.0]
+    monkeypatch.setattr(paced, "time", types.SimpleNamespace(
+        monotonic=lambda: time.monotonic() + spent[0]))
 
     def slow_consumer() -> int:
         total = 0
         for chunk in open_stream(f"{files}/large", policy).chunks:
             total += len(chunk)
-            time.sleep(0.6)  # the consumer's own work between reads, not a wait for a result
+            spent[0] += 0.6  # the consumer's own work between reads, not a wait for a result
         return total
 
     total, _elapsed = run_bounded(20.0, slow_consumer)
