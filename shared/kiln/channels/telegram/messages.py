@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kiln.core.job import PROMPT_MAX, Job, JobStatus
+from kiln.core.job import Job, JobStatus
 
 TEXT_MAX = 4096  # sendMessage / editMessageText
 CAPTION_MAX = 1024
@@ -130,7 +130,7 @@ def empty_prompt(kind: str) -> str:
     return f"Tell me what to make after the command, e.g.\n/{kind} {example}"
 
 
-def too_long(length: int, longest: int = PROMPT_MAX) -> str:
+def too_long(length: int, longest: int) -> str:
     return (f"That description is {length} characters long; I can take up to {longest}. "
             "Please shorten it and send it again.")
 

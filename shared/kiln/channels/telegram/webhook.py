@@ -163,8 +163,9 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     prompt = " ".join(prompt.split())
     if not prompt:
         return incoming.reply(messages.empty_prompt(kind))
-    if len(prompt) > settings.prompt_max(kind):
-        return incoming.reply(messages.too_long(len(prompt), settings.prompt_max(kind)))
+    longest = settings.prompt_max(kind)
+    if len(prompt) > longest:
+        return incoming.reply(messages.too_long(len(prompt), longest))
     try:
         job_request = parse_job_request({"kind": kind, "prompt": prompt})
     except ValidationError as exc:  # e.g. control characters: the message is for the user
