@@ -293,7 +293,7 @@ resource "google_cloudfunctions2_function" "sweeper" {
   service_config {
     available_memory                 = "512Mi"
     available_cpu                    = "0.5"
-    timeout_seconds                  = 120
+    timeout_seconds                  = var.sweeper_timeout_seconds
     max_instance_request_concurrency = 1
     min_instance_count               = 0
     # One sweep at a time is enough; sweeps are safe to overlap but need not.
@@ -312,6 +312,7 @@ resource "google_cloudfunctions2_function" "sweeper" {
       KILN_TRACING                   = var.tracing
       KILN_TRACE_SAMPLE              = var.trace_sample
       OTEL_SERVICE_NAME              = "kiln-sweeper" # names the spans' service
+      KILN_SWEEPER_TIMEOUT_SECONDS   = var.sweeper_timeout_seconds # redelivery ends before it
       KILN_MAX_ATTEMPTS              = var.max_attempts
       KILN_LEASE_SECONDS             = var.lease_seconds
       KILN_JOB_MAX_AGE_SECONDS       = var.job_max_age_seconds

@@ -118,6 +118,16 @@ variable "lease_seconds" {
   default     = 90
 }
 
+variable "sweeper_timeout_seconds" {
+  description = "The sweeper function's timeout, also passed as KILN_SWEEPER_TIMEOUT_SECONDS: a Telegram redelivery pass ends before it (docs/telegram.md)."
+  type        = number
+  default     = 120
+  validation {
+    condition     = var.sweeper_timeout_seconds >= 60 && var.sweeper_timeout_seconds <= 3600
+    error_message = "sweeper_timeout_seconds must be from 60 to 3600."
+  }
+}
+
 variable "worker_budget_seconds" {
   description = "KILN_WORKER_BUDGET_SECONDS: when a worker hands a running job on (below the 540 s timeout)."
   type        = number

@@ -26,6 +26,7 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_MAX_ATTEMPTS": ("max_attempts", False),
     "KILN_LEASE_SECONDS": ("lease_seconds", False),
     "KILN_WORKER_BUDGET_SECONDS": ("worker_budget_seconds", False),
+    "KILN_SWEEPER_TIMEOUT_SECONDS": ("sweeper_timeout_seconds", False),
     "KILN_JOB_MAX_AGE_SECONDS": ("job_max_age_seconds", False),
     "KILN_PENDING_REPUBLISH_SECONDS": ("pending_republish_seconds", False),
     "KILN_PROGRESS_INTERVAL_SECONDS": ("progress_interval_seconds", False),
@@ -113,6 +114,7 @@ class Settings:
     max_attempts: int = 3
     lease_seconds: float = 90.0
     worker_budget_seconds: float = 480.0
+    sweeper_timeout_seconds: float = 120.0  # the sweeper function's own timeout (infra)
     job_max_age_seconds: float = 3 * 3600.0
     pending_republish_seconds: float = 60.0
     progress_interval_seconds: float = 1.0
@@ -173,6 +175,9 @@ class Settings:
             raise ConfigError("KILN_MAX_ATTEMPTS must be at least 1")
         if self.lease_seconds <= self.progress_interval_seconds:
             raise ConfigError("KILN_LEASE_SECONDS must exceed KILN_PROGRESS_INTERVAL_SECONDS")
+        if not 60 <= self.sweeper_timeout_seconds <= 3600:
+            raise ConfigError("KILN_SWEEPER_TIMEOUT_SECONDS must be from 60 to 3600 "
+                              "(the sweeper function's timeout)")
         if "{jobId}" not in self.link_template:
             raise ConfigError("KILN_LINK_TEMPLATE must contain {jobId}")
         if not self.trace_sample <= 1.0:

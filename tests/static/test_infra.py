@@ -73,6 +73,7 @@ NEEDS: dict[str, frozenset[str]] = {
     # Failing an expired job notifies its owner: FCM push and Telegram reply.
     "sweeper": LIFECYCLE | FAIR_QUEUE | TRACING | {
         "KILN_LINK_TEMPLATE", "KILN_TELEGRAM_BOT_TOKEN", "KILN_TELEGRAM_API_BASE",
+        "KILN_SWEEPER_TIMEOUT_SECONDS",
     },
 }
 

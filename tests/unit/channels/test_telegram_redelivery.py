@@ -8,6 +8,7 @@ import datetime as dt
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from kiln.channels.telegram import delivery, notifier
 from kiln.channels.telegram.bot import use_chat_store
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import run_job
+from kiln.settings import ConfigError, Settings
 from kiln_dev.fakes_chats import InMemoryChatStore
 from kiln_dev.standins.telegram import TelegramServer
 
@@ -224,7 +226,7 @@ def test_a_claimed_send_may_use_the_rest_of_the_pass(
     """Given a pass that claims while 0.5 s are left but has far more, when Telegram takes
     1.5 s to answer the photo (a large file's upload), then the send waits for the answer
     and the result is sent once: a send cut after Telegram took it would go again."""
-    budget = notifier.RedeliveryBudget(send=0.5)
+    budget = notifier.RedeliveryBudget(120.0, send=0.5)
     rig.services.channels = {"telegram": notifier.TelegramChannel(budget)}
     job_id = finish_deferred(rig, server, chat)
     server.slow("sendPhoto", 1.5, chat_id=chat, times=1)
@@ -256,15 +258,45 @@ def test_the_last_attempt_keeps_time_for_the_link(
 
 
 def test_the_redelivery_budget_is_the_sweeper_functions_timeout() -> None:
-    """Given infra/functions.tf, then a redelivery pass budgets for the sweeper function's
-    own timeout, and one send and the reserve after the pass fit in it."""
+    """Given infra/, then the sweeper function's timeout and the setting its redelivery
+    pass budgets for come from one Terraform variable, whose default is the setting's."""
+    module = load_module(INFRA)
     (sweeper,) = [body for name, body in
-                  load_module(INFRA).resources("google_cloudfunctions2_function").items()
+                  module.resources("google_cloudfunctions2_function").items()
                   if name == "sweeper"]
-    timeout = block(sweeper, "service_config")["timeout_seconds"]
-    budget = notifier.RedeliveryBudget()
-    assert budget.invocation == notifier.SWEEPER_TIMEOUT == timeout
+    config = block(sweeper, "service_config")
+    assert config["timeout_seconds"] == "${var.sweeper_timeout_seconds}"
+    assert config["environment_variables"]["KILN_SWEEPER_TIMEOUT_SECONDS"] \
+        == "${var.sweeper_timeout_seconds}"
+    default = module.named("variable")["sweeper_timeout_seconds"]["default"]
+    assert default == Settings().sweeper_timeout_seconds == 120
+    budget = notifier.RedeliveryBudget(default)
     assert budget.send + budget.reserve < budget.invocation
+
+
+def test_a_pass_budgets_for_the_sweeper_timeout_setting(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given ``KILN_SWEEPER_TIMEOUT_SECONDS`` of 60 and a sweep that started 16 s ago
+    (60 − 15 s reserve − 30 s for a send leaves 15 s), then the pass claims nothing: the
+    due result stays ``waiting`` for the next sweep; started 14 s ago, it is sent."""
+    rig.services.settings = replace(rig.services.settings, sweeper_timeout_seconds=60.0)
+    rig.services.channels = {"telegram": notifier.TelegramChannel()}
+    job_id = finish_deferred(rig, server, chat)
+    rig.clock.advance(BACKOFF + 1)
+    channel = rig.services.channels["telegram"]
+    assert channel.redeliver(rig.services, rig.clock.now() - dt.timedelta(seconds=16)) == 0
+    assert entry_of(chats, chat, job_id)["state"] == "waiting"
+    assert channel.redeliver(rig.services, rig.clock.now() - dt.timedelta(seconds=14)) == 1
+    assert notify_of(rig, job_id)["state"] == "sent"
+
+
+def test_the_sweeper_timeout_setting_is_bounded() -> None:
+    """Given a sweeper timeout a redelivery pass could not fit in, or one longer than an
+    HTTP function may run, then the settings refuse it by name."""
+    for value in ("59", "3601"):
+        with pytest.raises(ConfigError, match="KILN_SWEEPER_TIMEOUT_SECONDS"):
+            Settings.from_env({"KILN_SWEEPER_TIMEOUT_SECONDS": value})
+    assert Settings.from_env({"KILN_SWEEPER_TIMEOUT_SECONDS": "300"}).sweeper_timeout_seconds == 300
 
 
 def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None:

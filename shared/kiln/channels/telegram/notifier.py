@@ -61,18 +61,18 @@ EDIT_TIMEOUT = 5.0  # an edit must never hold up generation for long
 REDELIVERY_ATTEMPTS = 8  # then the link (last attempt), then give up
 REDELIVERY_MAX_DELAY = 1800.0
 REDELIVERY_LEASE = 300.0  # a claimed redelivery still ``sending`` after this is dropped
-#: The sweeper function's timeout: ``timeout_seconds`` of ``kiln-sweeper`` in
-#: infra/functions.tf (tests/unit/channels/test_telegram_redelivery.py holds them equal).
-SWEEPER_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class RedeliveryBudget:
     """How a redelivery pass spends the sweeper's invocation (docs/telegram.md): the pass
     ends ``reserve`` seconds before the invocation is cut, claims an entry only while
-    ``send`` seconds are left of it, and each send ends by the pass's end."""
+    ``send`` seconds are left of it, and each send ends by the pass's end.
 
-    invocation: float = SWEEPER_TIMEOUT  # from the sweep's start
+    ``invocation`` is the sweeper function's timeout, ``KILN_SWEEPER_TIMEOUT_SECONDS``
+    (set from the same Terraform variable as the function's ``timeout_seconds``)."""
+
+    invocation: float  # from the sweep's start
     reserve: float = 15.0  # the last entry's records; the sweep's steps after the pass
     send: float = 30.0  # one send at most (a 50 MB document at about 2 MB/s)
 
@@ -139,7 +139,7 @@ class TelegramChannel:
     """The Telegram chat as a :class:`kiln.ports.Channel`."""
 
     def __init__(self, budget: RedeliveryBudget | None = None) -> None:
-        self.budget = budget or RedeliveryBudget()
+        self.budget = budget  # None: the settings' sweeper timeout, with the usual margins
 
     def on_started(self, services: Services, job: Job) -> None:
         """Send the job's "working" message unless it has one: in this invocation, under
@@ -191,9 +191,10 @@ class TelegramChannel:
         at ``started``; now when None) while one more send fits in the sweep's invocation;
         how many were tried."""
         chats, clock, tried = chat_store(services), services.clock, 0
-        ends = self.budget.ends(_sweep_start(services, started))
+        budget = self.budget or RedeliveryBudget(services.settings.sweeper_timeout_seconds)
+        ends = budget.ends(_sweep_start(services, started))
         for chat_id, job_id in chats.due_deliveries(_now(services)):
-            if ends - clock.monotonic() < self.budget.send:  # the rest stay ``waiting``
+            if ends - clock.monotonic() < budget.send:  # the rest stay ``waiting``
                 log.event(logger, "redelivery pass out of time; the rest wait", logging.WARNING,
                           secondsLeft=round(ends - clock.monotonic(), 1))
                 break
