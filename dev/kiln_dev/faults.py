@@ -153,6 +153,8 @@ class HttpFaultProxy(BackgroundServer):
         reset_rate: fraction whose connection is reset before forwarding.
         reset_after_rate: fraction forwarded, then reset before the answer is sent.
         down: every request is reset (the service is unreachable).
+        hold: when set to an event, requests wait (up to a minute) for it to be set
+            before going on: a service that stalls.
         match: only requests it accepts are eligible for faults (default: all).
     """
 
@@ -164,6 +166,7 @@ class HttpFaultProxy(BackgroundServer):
         self.reset_rate = 0.0
         self.reset_after_rate = 0.0
         self.down = False
+        self.hold: threading.Event | None = None
         self.match: Matcher = lambda _method, _path: True
         self.stats: Counter[str] = Counter()
         self._random = random.Random(seed)
@@ -222,6 +225,10 @@ class HttpFaultProxy(BackgroundServer):
 
             def _proxy(self) -> None:
                 body = self._read_body()
+                hold = proxy.hold
+                if hold is not None and proxy.match(self.command, self.path):
+                    proxy.stats["held"] += 1
+                    hold.wait(60)
                 fault = proxy._decide(self.command, self.path)
                 if fault == "reset":
                     self.close_connection = True

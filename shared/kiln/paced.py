@@ -43,6 +43,14 @@ def ending_by(ends: float) -> Iterator[None]:
         _ENDS.reset(token)
 
 
+def time_left() -> float:
+    """Seconds left of the call under way (:func:`ending_by`); ``inf`` outside one. For
+    work inside the call that is not on a paced connection (a Storage read feeding an
+    upload's body)."""
+    ends = _ENDS.get()
+    return ends - time.monotonic() if ends != math.inf else math.inf
+
+
 @dataclass
 class Pace:
     """How long a client's connections may still wait, beyond httpx's timeout per step: until

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import threading
 import time
 import uuid
@@ -267,6 +268,15 @@ def test_blobs_store_validated_streams_only(backend: Any) -> None:
     reader = blobs.open(path, 256 * 1024)
     reader.seek(8)
     assert reader.read(4) == data[8:12]
+    reader = blobs.open(path, 100)  # several downloads: reads cross their edges
+    assert reader.read(150) == data[:150] and reader.tell() == 150
+    assert reader.read(60) == data[150:210]
+    assert reader.seek(0, io.SEEK_END) == len(data) and reader.read(10) == b""
+    reader.seek(len(data) - 5)
+    assert reader.read() == data[-5:] and reader.read() == b""
+    reader.seek(0)
+    assert reader.read() == data
+    reader.close()
     bad = path.replace("result", "broken")
     with pytest.raises(PermanentError):
         blobs.put_stream(bad, [b"not a png at all"], "image/png", PngValidator(max_bytes=10**6))

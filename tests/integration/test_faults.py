@@ -6,6 +6,7 @@ session stack itself never sees a fault.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,6 +164,38 @@ def test_a_stored_result_whose_read_fails_is_storage_unavailable(
     reader.seek(0)
     assert reader.read(100) == data[:100]
     reader.close()
+
+
+def test_a_stalled_read_of_a_stored_result_ends_with_the_call_it_serves(
+        storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
+    """Given a stored result read inside a call that must end in 0.5 s (a Telegram
+    upload of the file, :func:`kiln.paced.ending_by`), when Storage stalls the read, then
+    the read gives up by the call's end with RetryableError (the delivery is tried again
+    later), instead of waiting out Storage's 60 s per request and its retries; with no
+    time left it does not ask Storage at all."""
+    from kiln.adapters.storage import CloudStorage
+    from kiln.paced import ending_by
+    path = f"faults/stall-{uuid.uuid4().hex[:8]}.bin"
+    services.blobs.put_bytes(path, b"x" * 5000, "application/octet-stream")
+    blobs = CloudStorage(stack.bucket, project=stack.config.project,
+                         emulator_host=storage_proxy.url)
+    reader = blobs.open(path, 4096)
+    storage_proxy.hold = threading.Event()
+    try:
+        started = time.monotonic()
+        with ending_by(started + 0.5), pytest.raises(RetryableError):
+            reader.read(100)
+        assert time.monotonic() - started < 5.0
+        held = storage_proxy.stats["held"]
+        with ending_by(time.monotonic() - 1), pytest.raises(RetryableError) as info:
+            reader.read(100)
+        assert info.value.code == "storage_timeout"
+        assert storage_proxy.stats["held"] == held
+    finally:
+        storage_proxy.hold.set()
+        storage_proxy.hold = None
+    with ending_by(time.monotonic() + 30):
+        assert reader.read(100) == b"x" * 100
 
 
 def test_an_upload_storage_refuses_is_storage_unavailable_and_leaves_nothing(

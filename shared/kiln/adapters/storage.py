@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
@@ -25,13 +26,16 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from kiln import paced
 from kiln.core.errors import KilnError, PermanentError, RetryableError
 from kiln.ports import StoredObject, Validator
 
 UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
 #: How long one read of a stored object retries Storage (the client's default is 120 s,
 #: longer than a Telegram upload should wait before it is tried again later).
-READ_RETRY = DEFAULT_RETRY.with_timeout(15.0)
+READ_RETRY_SECONDS = 15.0
+READ_RETRY = DEFAULT_RETRY.with_timeout(READ_RETRY_SECONDS)
+READ_TIMEOUT = 60.0  # one request to Storage (the client's default)
 
 
 class CloudStorage:
@@ -131,11 +135,10 @@ class CloudStorage:
 
     def open(self, path: str, chunk_size: int) -> IO[bytes]:
         """A seekable reader of a stored object that holds ``chunk_size`` at a time. Opening
-        asks nothing of Storage; its reads do, and a read that fails raises
-        ``RetryableError`` ``storage_unavailable`` (:class:`_Reader`)."""
-        with _translated():
-            return cast(IO[bytes], _Reader(self.bucket.blob(path).open(
-                "rb", chunk_size=chunk_size, retry=self.read_retry)))
+        asks nothing of Storage; its reads do, each within the deadline of the call under
+        way (:func:`kiln.paced.ending_by`), and a read that fails or runs out of time
+        raises ``RetryableError`` (:class:`_Reader`)."""
+        return cast(IO[bytes], _Reader(self.bucket.blob(path), chunk_size, self.read_retry))
 
     def exists(self, path: str) -> bool:
         return self.bucket.blob(path).exists()
@@ -183,12 +186,17 @@ def _translated() -> Iterator[None]:
 
 
 class _Reader(io.BufferedIOBase):
-    """A stored object's reader whose failed reads raise ``RetryableError``: a caller
-    (a Telegram upload of the file) then tries again later instead of giving up."""
+    """A stored object's seekable reader: one ranged download of ``chunk_size`` bytes at a
+    time. Each download waits at most what is left of the call under way
+    (:func:`kiln.paced.time_left`: a Telegram upload streaming the file ends by its own
+    deadline, not by Storage's 60 s per read and its retries), and a read that fails or
+    finds no time left raises ``RetryableError``: the caller tries again later."""
 
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, blob: Any, chunk_size: int, retry: Any) -> None:
         super().__init__()
-        self._inner = inner
+        self._blob, self._chunk, self._retry = blob, max(1, chunk_size), retry
+        self._pos, self._held, self._held_at = 0, b"", 0
+        self._size: int | None = None  # known once a download comes back short
 
     def readable(self) -> bool:
         return True
@@ -197,20 +205,62 @@ class _Reader(io.BufferedIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        with _translated():
-            return self._inner.read(-1 if size is None else size)
+        wanted = math.inf if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        while got < wanted:
+            offset = self._pos - self._held_at
+            if not 0 <= offset < len(self._held):
+                if self._size is not None and self._pos >= self._size:
+                    break
+                self._held, self._held_at, offset = self._download(self._pos), self._pos, 0
+                if not self._held:
+                    break
+            piece = self._held[offset:offset + int(min(wanted - got, len(self._held)))]
+            parts.append(piece)
+            got += len(piece)
+            self._pos += len(piece)
+        return b"".join(parts)
 
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        with _translated():
-            return self._inner.seek(offset, whence)
+        if whence == io.SEEK_END:
+            if self._size is None:
+                with _translated():
+                    self._blob.reload(timeout=_read_timeout(), retry=self._retry)
+                self._size = int(self._blob.size or 0)
+            offset += self._size
+        elif whence == io.SEEK_CUR:
+            offset += self._pos
+        if offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = offset
+        return offset
 
     def tell(self) -> int:
-        return self._inner.tell()
+        return self._pos
 
-    def close(self) -> None:
-        with contextlib.suppress(*STORAGE_ERRORS):
-            self._inner.close()
-        super().close()
+    def _download(self, start: int) -> bytes:
+        timeout = _read_timeout()
+        retry = self._retry.with_timeout(min(READ_RETRY_SECONDS, timeout)) if self._retry else None
+        with _translated():
+            try:
+                data: bytes = self._blob.download_as_bytes(
+                    start=start, end=start + self._chunk - 1, checksum=None, timeout=timeout,
+                    retry=retry)
+            except gexc.RequestRangeNotSatisfiable:
+                data = b""  # at or past the end
+        if len(data) < self._chunk:
+            self._size = start + len(data)
+        return data
+
+
+def _read_timeout() -> float:
+    """How long one request to Storage may wait: its usual 60 s, or what is left of the
+    call under way (``RetryableError`` ``storage_timeout`` when nothing is)."""
+    left = paced.time_left()
+    if left <= 0.05:
+        raise RetryableError("The result could not be read in time.", code="storage_timeout")
+    return min(READ_TIMEOUT, left)

@@ -5,6 +5,7 @@ pass may have sent it."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import random
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from rig import Killed, Rig, build_rig
 
+from kiln import paced
 from kiln.channels.telegram import chats as chat_state
 from kiln.channels.telegram import delivery, notifier
 from kiln.channels.telegram.bot import use_chat_store
@@ -288,6 +290,38 @@ def test_a_pass_budgets_for_the_sweeper_timeout_setting(
     assert entry_of(chats, chat, job_id)["state"] == "waiting"
     assert channel.redeliver(rig.services, rig.clock.now() - dt.timedelta(seconds=14)) == 1
     assert notify_of(rig, job_id)["state"] == "sent"
+
+
+class _TimedReads(io.BytesIO):
+    """A stored file that notes, at each read, how much of the call under way is left."""
+
+    def __init__(self, data: bytes, seen: list[float]) -> None:
+        super().__init__(data)
+        self.seen = seen
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.seen.append(paced.time_left())
+        return super().read(size)
+
+
+def test_a_redelivery_reads_the_stored_file_within_the_pass(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a deferred result and a sweep of 120 s that started 10 s ago, when the pass
+    sends the photo, then every read of the stored file (its PNG header before the call,
+    its body during the upload) happens with the pass's end as the deadline of the call
+    under way, so a Storage read that stalls ends with the pass (Storage's adapter reads
+    within ``kiln.paced.time_left``)."""
+    job_id = finish_deferred(rig, server, chat)
+    seen: list[float] = []
+    blobs = rig.services.blobs
+    monkeypatch.setattr(blobs, "open", lambda path, _chunk: _TimedReads(blobs.read(path), seen))
+    rig.clock.advance(BACKOFF + 1)
+    channel = rig.services.channels["telegram"]
+    assert channel.redeliver(rig.services, rig.clock.now() - dt.timedelta(seconds=10)) == 1
+    assert notify_of(rig, job_id)["state"] == "sent"
+    assert len(seen) >= 2
+    assert all(0 < left <= 120 - 10 - 15 for left in seen), seen
 
 
 def test_the_sweeper_timeout_setting_is_bounded() -> None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
 
-from kiln import log
+from kiln import log, paced
 from kiln.channels.telegram import messages
 from kiln.channels.telegram.bot import bot_for
 from kiln.channels.telegram.client import BotBlockedError, BotClient, TelegramApiError
@@ -71,6 +72,12 @@ class Patience:
         """The keyword arguments of the next Bot API call (``max_wait`` lowers ours)."""
         wait = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
         return {"max_wait": wait} | ({} if self.left is None else {"within": self.left()})
+
+    def ending(self) -> contextlib.AbstractContextManager[None]:
+        """Bound the work inside (the stored file's reads) by ``left`` as well."""
+        if self.left is None:
+            return contextlib.nullcontext()
+        return paced.ending_by(time.monotonic() + self.left())
 
     def sooner(self, seconds: float) -> Patience:
         """The same, with its time ending ``seconds`` earlier (kept for what follows)."""
@@ -139,7 +146,7 @@ def deliver_result(services: Services, job: Job, to: Address, *, final: bool = F
         return _send_link(bot, job, to, text, patience) | {"bytes": size, "why": "too_big"}
     try:
         upload = patience.sooner(LINK_SECONDS) if final else patience
-        with open_result(services, str((job.result or {})["path"])) as reader:
+        with upload.ending(), open_result(services, str((job.result or {})["path"])) as reader:
             sent = _send_file(bot, job, to, reader, size, limits, upload)
     except BotBlockedError:
         raise
