@@ -204,6 +204,8 @@ resource "google_cloudfunctions2_function" "worker" {
       KILN_OFFLINE_MODEL_SECONDS     = var.offline_model_seconds
       KILN_GEMINI_MODEL              = var.gemini_model
       KILN_MESHY_BASE_URL            = var.meshy_base_url
+      KILN_MESHY_MODEL               = var.meshy_model
+      KILN_MESHY_TEXTURE_MODEL       = var.meshy_texture_model
       KILN_TASKSERVER_URL            = var.taskserver_url
       KILN_PUBLIC_URL                = coalesce(var.public_url, google_cloudfunctions2_function.ingress.url) # callbacks
       KILN_TASKS_LOCATION            = google_cloud_tasks_queue.checks.location

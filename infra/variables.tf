@@ -229,6 +229,18 @@ variable "meshy_base_url" {
   default     = "https://api.meshy.ai"
 }
 
+variable "meshy_model" {
+  description = "KILN_MESHY_MODEL: the ai_model of Meshy's text- and image-to-3D tasks (pinned; Meshy's \"latest\" moves). Meshy retires models: see docs/providers.md."
+  type        = string
+  default     = "meshy-7.1"
+}
+
+variable "meshy_texture_model" {
+  description = "KILN_MESHY_TEXTURE_MODEL: the texture_model that paints a textured Meshy model."
+  type        = string
+  default     = "meshy-7"
+}
+
 variable "gemini_model" {
   description = "KILN_GEMINI_MODEL."
   type        = string

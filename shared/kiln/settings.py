@@ -45,6 +45,8 @@ ENV_VARS: dict[str, tuple[str, bool]] = {
     "KILN_TELEGRAM_DEFAULT_KIND": ("telegram_default_kind", False),
     "KILN_MESHY_API_KEY": ("meshy_api_key", True),
     "KILN_MESHY_BASE_URL": ("meshy_base_url", False),
+    "KILN_MESHY_MODEL": ("meshy_model", False),
+    "KILN_MESHY_TEXTURE_MODEL": ("meshy_texture_model", False),
     "KILN_GEMINI_API_KEY": ("gemini_api_key", True),
     "KILN_GEMINI_MODEL": ("gemini_model", False),
     "KILN_TASKSERVER_URL": ("taskserver_url", False),
@@ -133,6 +135,8 @@ class Settings:
     telegram_default_kind: str = "image"
     meshy_api_key: str = field(default="", repr=False)
     meshy_base_url: str = "https://api.meshy.ai"
+    meshy_model: str = "meshy-7.1"  # pinned, as Meshy advises ("latest" moves)
+    meshy_texture_model: str = "meshy-7"  # what paints a textured model
     gemini_api_key: str = field(default="", repr=False)
     gemini_model: str = "gemini-2.5-flash-image"
     taskserver_url: str = ""

@@ -56,15 +56,16 @@ def test_a_meshy_model_job_completes_with_its_result_in_storage(
     # when the app asks for a model
     job_id = submit(stack, "user-e2e-meshy", "model", "a purple torus [size:2m]")
     job = wait_terminal(services, job_id, timeout=FIRST_CHECK / 3)
-    # then Meshy's webhooks woke it after preview and after refine (no scheduled check
-    # came), the worker ran both stages on the provider and stored the GLB
+    # then Meshy's webhook woke it when its one task ended (no scheduled check came), and
+    # the worker made the model in one v2 call and stored the GLB
     assert job.status == "completed", job.error
-    assert job.server.checks == 2  # one woken check per stage
+    assert job.server.checks == 1
     assert job.progress == 100 and job.provenance["provider"] == "meshy"
     data = services.blobs.read(job.result["path"])
     assert data[:4] == b"glTF" and len(data) == job.result["bytes"]
-    assert {r["body"].get("mode") for r in server.requests
-            if r["method"] == "POST" and r["path"] == "/openapi/v2/text-to-3d"} >= {"preview", "refine"}
+    (create,) = [r["body"] for r in server.requests if r["method"] == "POST"
+                 and "purple torus" in str(r["body"].get("prompt"))]
+    assert "mode" not in create and create["should_texture"] is True
 
 
 def test_a_gemini_image_job_completes_with_a_thumbnail(

@@ -5,6 +5,7 @@ Meshy stand-ins to a recording receiver, each request read back with
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 import urllib.parse
@@ -105,18 +106,20 @@ def test_the_task_server_signs_its_end_and_its_faults_arrive_as_named(receiver: 
 
 
 def test_the_meshy_stand_in_posts_the_task_object_with_the_token(receiver: Receiver) -> None:
-    """Given a webhook configured as in Meshy's dashboard, when a preview task ends, then
-    its task object arrives with ?token= and verify reads it as that task's end."""
+    """Given a webhook configured as in Meshy's dashboard (payload version v2), when a
+    text-to-3D task ends, then its v2 task object arrives with ?token= and verify reads it
+    as that task's end."""
     server = ProviderServer(task_seconds=0.3, meshy_webhook_secret="meshy-standin-token",
                             meshy_webhook_url=receiver.url).start()
     try:
         created = httpx.post(f"{server.url}/openapi/v2/text-to-3d",
                              headers={"Authorization": f"Bearer {PROVIDER_KEY}"},
-                             json={"mode": "preview", "prompt": "a cube"})
-        remote = created.json()["result"]
+                             json={"prompt": "a cube", "should_texture": False})
+        remote = created.json()["id"]
         [(query, headers, body)] = receiver.wait(1)
     finally:
         server.stop()
+    assert json.loads(body)["output"]["model_urls"]["glb"]
     [event] = verify("meshy", headers, body, SETTINGS, dt.datetime.now(dt.UTC), query=query)
     assert event.task_id == remote and event.ended and event.kind == "succeeded"
 

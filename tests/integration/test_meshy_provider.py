@@ -1,10 +1,12 @@
-"""The Meshy adapter against the Meshy stand-in (real HTTP on 127.0.0.1), through the real
+"""The Meshy adapter against the Meshy stand-in (real HTTP on 127.0.0.1, Meshy's API v2 as
+it is after v1 and the preview/refine requests stop on 15 March 2027), through the real
 worker, on the answers and limits Meshy's docs give: failed tasks, moderation, its two
-429s, the prompt limit, art styles and a sculpture's refine. The harness (an in-process
-worker on the stack's emulators) is ``test_providers``'s."""
+429s, the prompt limit, styles, remote cancels, and task ids saved before API v2. The
+harness (an in-process worker on the stack's emulators) is ``test_providers``'s."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +14,9 @@ from typing import Any
 import pytest
 from test_providers import LAST_JOB, Worker, build, run, stored
 
-from kiln.core.errors import RetryableError
+from kiln.core.errors import PermanentError, RetryableError
+from kiln.providers.base import GenerationRequest, TaskState
+from kiln.providers.meshy import MeshyProvider
 from kiln.settings import Settings
 from kiln_dev.standins.provider import ProviderServer
 
@@ -35,12 +39,18 @@ def worker(stack: Any) -> Worker:
 
 
 def creates(server: ProviderServer, marker: str) -> list[dict[str, Any]]:
-    """The create bodies Meshy received for the prompt holding ``marker``, and their refines."""
-    posts = [r["body"] for r in server.requests if r["method"] == "POST"
-             and r["path"].startswith("/openapi/")]
-    previews = [b for b in posts if marker in str(b.get("prompt") or b.get("image_url"))]
-    ids = {server_id for server_id, task in server.tasks.items() if marker in task.prompt}
-    return previews + [b for b in posts if b.get("preview_task_id") in ids]
+    """The create bodies Meshy received for the prompt (or image URL) holding ``marker``."""
+    return [r["body"] for r in server.requests if r["method"] == "POST"
+            and r["path"].startswith("/openapi/")
+            and marker in str(r["body"].get("prompt") or r["body"].get("image_url"))]
+
+
+def finished(provider: MeshyProvider, task_id: str) -> None:
+    """Wait (polling, as the worker does) until the remote task has succeeded."""
+    deadline = time.monotonic() + 30
+    while provider.poll(task_id).state is not TaskState.SUCCEEDED:
+        assert time.monotonic() < deadline, "the stand-in's task never finished"
+        time.sleep(0.1)
 
 
 def test_a_failed_meshy_task_is_retried_with_a_new_task(
@@ -59,16 +69,44 @@ def test_a_failed_meshy_task_is_retried_with_a_new_task(
     assert not worker.store.get(LAST_JOB[uid]).server.provider_task_id
 
 
-def test_a_failed_meshy_refine_fails_the_job_instead_of_buying_a_new_preview(
-        worker: Worker, settings: Settings, server: ProviderServer, uid: str) -> None:
-    """Given a preview that succeeded and a refine that ends FAILED, then the job fails
-    with a readable message and is not retried: a new attempt would start from a new,
-    paid preview (Meshy refunds only the failed refine)."""
-    outcome, job_id = run(worker, build("meshy", settings, server), uid, "a teapot [fail:refine]")
-    job = worker.view(job_id)
-    assert (outcome, job["error"]["code"], job["error"]["retryable"]) == \
-        ("failed", "provider_failed", False)
-    assert "textures" in job["error"]["message"] and "try again" in job["error"]["message"]
+def test_task_ids_saved_before_api_v2_are_read_through_the_tasks_route(
+        settings: Settings, server: ProviderServer) -> None:
+    """Given jobs saved by the release before API v2, whose task ids name a stage
+    (``preview:``, ``refine:``, ``mesh:``), then each is read through
+    ``/openapi/v2/tasks/{id}``: a finished refine or mesh gives its GLB, while a finished
+    preview (an untextured mesh whose refine Kiln no longer makes) starts the job over,
+    retryable, instead of delivering a model without textures."""
+    provider = build("meshy", settings, server)
+    remote = provider.submit(GenerationRequest("job-legacy", "model", "a kettle")).partition(":")[2]
+    finished(provider, f"text:{remote}")
+    preview = provider.poll(f"preview:{remote}")
+    assert (preview.state, preview.error_code, preview.retryable) == \
+        (TaskState.FAILED, "provider_task_lost", True)
+    for stage in ("refine", "mesh"):
+        assert provider.poll(f"{stage}:{remote}").state is TaskState.SUCCEEDED
+        artifact = provider.fetch(f"{stage}:{remote}", GenerationRequest("job-legacy", "model", "a kettle"))
+        assert b"".join(artifact.chunks)[:4] == b"glTF"
+
+
+def test_a_canceled_job_deletes_its_pending_meshy_task(
+        settings: Settings, server: ProviderServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a task still queued at Meshy, when its job is canceled, then Kiln deletes it
+    through ``DELETE /openapi/v2/tasks/{id}`` (Meshy refunds a pending task); a task
+    already in progress cannot be deleted, and that refusal is permanent, not retried."""
+    monkeypatch.setattr(server, "task_seconds", 30.0)
+    provider = build("meshy", settings, server)
+    queued = provider.submit(GenerationRequest("job-cancel", "model", "a vase"))
+    provider.cancel(queued)
+    assert server.cancels[-1] == queued.partition(":")[2]
+    assert provider.poll(queued).error_code == "provider_task_lost"  # gone: 404
+    running = provider.submit(GenerationRequest("job-cancel", "model", "a cup"))
+    deadline = time.monotonic() + 30
+    while provider.poll(running).state is not TaskState.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(PermanentError):
+        provider.cancel(running)
+    assert provider.poll(running).state is TaskState.RUNNING
 
 
 @pytest.mark.parametrize("prompt, options, code, says", [
@@ -119,23 +157,25 @@ def test_a_prompt_over_meshys_limit_fails_before_any_paid_call(
     assert creates(server, marker) == []
 
 
-@pytest.mark.parametrize("style, art_style, pbr, provenance", [
-    ("sculpture", "sculpture", False, {"artStyle": "sculpture"}),
-    ("Realistic", "realistic", True, {"artStyle": "realistic"}),
-    ("watercolor", None, True, {"styleIgnored": True}),  # Meshy takes no other style
+@pytest.mark.parametrize("options, textured", [
+    ({"style": "sculpture"}, True),
+    ({"texture": False}, False),
 ])
-def test_a_style_is_sent_only_as_an_art_style_meshy_takes(
+def test_what_a_text_to_3d_create_sends(
         worker: Worker, settings: Settings, server: ProviderServer, uid: str,
-        style: str, art_style: str | None, pbr: bool, provenance: dict[str, Any]) -> None:
-    """Given a job's free-text style, then the preview carries it as art_style only when it
-    is one Meshy takes (else the job still completes, the style noted as ignored), and a
-    sculpture's refine turns PBR off as Meshy requires."""
+        options: dict[str, Any], textured: bool) -> None:
+    """Given a job's options, then the one create call carries the pinned model, a
+    textured model's texture model and PBR maps, and never ``mode`` or ``art_style``
+    (deprecated, ignored since Meshy 6; API v2 refuses parameters it does not define):
+    a style is noted in provenance as ignored, and the job completes."""
     marker = uuid.uuid4().hex
     outcome, job_id = run(worker, build("meshy", settings, server), uid, f"a bust {marker}",
-                          options={"style": style})
+                          options=options)
     job = worker.view(job_id)
     assert outcome == "completed", job.get("error")
-    preview, refine = creates(server, marker)
-    assert preview.get("art_style") == art_style
-    assert refine["mode"] == "refine" and refine["enable_pbr"] is pbr
-    assert {k: job["provenance"][k] for k in provenance} == provenance
+    (create,) = creates(server, marker)
+    assert create["ai_model"] == settings.meshy_model
+    assert create["should_texture"] is textured
+    assert ("texture_model" in create, create.get("enable_pbr")) == (textured, textured or None)
+    assert not {"mode", "art_style"} & set(create)
+    assert job["provenance"].get("styleIgnored", False) is ("style" in options)

@@ -148,12 +148,11 @@ def stored(services: Worker, uid: str, job_id: str) -> list[str]:
 # --- success ---------------------------------------------------------------------------
 
 
-def test_meshy_preview_then_refine_completes_with_progress(
+def test_meshy_text_to_3d_completes_in_one_v2_task_with_progress(
         worker_services: Any, settings: Settings, server: ProviderServer, uid: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # given Meshy, whose polls are recorded, and whose stages each last 2 s: a poll sees
-    # each stage running however slow the job's first delivery is on a busy machine (at
-    # the module's 0.5 s, a first check that came later saw the preview done already)
+    # given Meshy, whose polls are recorded, and whose task lasts 2 s: a poll sees it
+    # running however slow the job's first delivery is on a busy machine
     monkeypatch.setattr(server, "task_seconds", 2.0)
     provider = build("meshy", settings, server)
     seen: list[TaskStatus] = []
@@ -161,18 +160,29 @@ def test_meshy_preview_then_refine_completes_with_progress(
     provider.poll = lambda task_id: seen.append(poll(task_id)) or seen[-1]  # type: ignore[method-assign]
     # when a text-to-3D job runs
     outcome, job_id = run(worker_services, provider, uid, "a gold star [size:300k]")
-    # then it completed through both stages, progress never went back, the refine was
-    # checkpointed, and the GLB with the provider's thumbnail is in the bucket
+    # then one textured task made it (API v2: no preview/refine), read through the tasks
+    # route; progress never went back; the GLB and the provider's thumbnail are stored
     job = worker_services.view(job_id)
     assert outcome == "completed" and job["status"] == "completed"
     progress = [s.progress for s in seen]
     assert progress == sorted(progress) and max(progress) == 90
-    assert {"modeling", "texturing"} <= {s.stage for s in seen}
-    assert worker_services.store.get(job_id).server.provider_task_id.startswith("refine:")
+    assert "modeling" in {s.stage for s in seen}
+    task_id = worker_services.store.get(job_id).server.provider_task_id
+    assert task_id.startswith("text:")
+    (create,) = [r["body"] for r in server.requests
+                 if r["method"] == "POST" and "a gold star" in str(r["body"].get("prompt"))]
+    assert create == {"prompt": "a gold star [size:300k]", "ai_model": settings.meshy_model,
+                      "should_texture": True, "texture_model": settings.meshy_texture_model,
+                      "enable_pbr": True}
+    assert {r["path"] for r in server.requests if r["method"] == "GET"
+            and r["path"].startswith("/openapi/") and task_id[5:] in r["path"]} \
+        == {f"/openapi/v2/tasks/{task_id[5:]}"}
     assert job["result"]["contentType"] == "model/gltf-binary"
     assert 300 * 1024 - 8 <= job["result"]["bytes"] <= 300 * 1024
     assert "thumbnailPath" in job["result"]
-    assert job["provenance"]["provider"] == "meshy" and job["provenance"]["previewTaskId"]
+    assert job["provenance"]["provider"] == "meshy"
+    assert job["provenance"]["model"] == settings.meshy_model
+    assert job["provenance"]["textureModel"] == settings.meshy_texture_model
     assert sorted(stored(worker_services, uid, job_id))[0].endswith("result.glb")
 
 
@@ -180,10 +190,14 @@ def test_meshy_image_to_3d_completes(worker_services: Any, settings: Settings, s
                                      uid: str) -> None:
     provider = build("meshy", settings, server)
     outcome, job_id = run(worker_services, provider, uid, "from a picture",
-                          options={"imageUrl": f"{server.url}/cat.png"})
+                          options={"imageUrl": f"{server.url}/cat.png", "texture": False})
     job = worker_services.view(job_id)
     assert outcome == "completed", job.get("error")
     assert job["provenance"]["mode"] == "image-to-3d"
+    (create,) = [r["body"] for r in server.requests if r["method"] == "POST"
+                 and r["path"] == "/openapi/v2/image-to-3d"
+                 and r["body"].get("image_url") == f"{server.url}/cat.png"][-1:]
+    assert create["should_texture"] is False and "texture_model" not in create
 
 
 def test_taskserver_image_completes_with_thumbnail_and_usage(

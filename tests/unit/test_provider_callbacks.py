@@ -103,7 +103,7 @@ def test_meshy_takes_its_task_object_with_the_shared_token() -> None:
 
 
 def test_task_keys_and_the_callback_url() -> None:
-    assert [task_key("meshy", t) for t in ("refine:abc", "preview:abc", "abc")] == ["abc"] * 3
+    assert [task_key("meshy", t) for t in ("text:abc", "image:abc", "refine:abc", "abc")] == ["abc"] * 4
     assert task_key("taskserver", "refine:abc") == "refine:abc"
     assert callback_url(SETTINGS, "meshy") == "https://kiln.example/v1/providers/meshy/events"
     assert callback_url(Settings(project="demo-unit"), "meshy") == ""

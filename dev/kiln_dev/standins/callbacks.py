@@ -35,7 +35,8 @@ from standardwebhooks.webhooks import Webhook
 
 FORGED_SECRET = "whsec_" + "Zm9yZ2VkLWNhbGxiYWNrLXNlY3JldC1ub3QtcmVhbA=="
 
-Payload = Callable[[], dict[str, Any]]
+#: An event's body, made when it is sent; None: nothing to send any more (the task is gone).
+Payload = Callable[[], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class CallbackSender:
             return [s for s in self.sent if s.kind in ("end", "duplicate") and s.status < 300]
 
     def schedule(self, task_id: str, url: str, ends_in: float, end: Payload,
-                 progress: Callable[[int], dict[str, Any]] | None = None) -> None:
+                 progress: Callable[[int], dict[str, Any] | None] | None = None) -> None:
         """Send ``task_id``'s events to ``url`` in a thread: the end ``ends_in`` seconds from
         now (plus the faults' delay)."""
         threading.Thread(target=self._run, args=(task_id, url, ends_in, end, progress),
@@ -118,10 +119,11 @@ class CallbackSender:
             return probability > 0 and self._random.random() < probability
 
     def _run(self, task_id: str, url: str, ends_in: float, end: Payload,
-             progress: Callable[[int], dict[str, Any]] | None) -> None:
+             progress: Callable[[int], dict[str, Any] | None] | None) -> None:
         faults, started = self.faults, time.monotonic()
-        if self._chance(faults.early):
-            self.send(task_id, url, end(), kind="early")
+        early = end() if self._chance(faults.early) else None
+        if early is not None:
+            self.send(task_id, url, early, kind="early")
         steps = faults.progress if progress is not None else 0
         held: dict[str, Any] | None = None
         for step in range(1, steps + 1):
@@ -130,6 +132,8 @@ class CallbackSender:
                 return
             assert progress is not None
             event = progress(100 * step // (steps + 1))
+            if event is None:
+                return
             if step == steps and self._chance(faults.reorder):
                 held = event  # overtaken by the end: sent after it
                 continue
@@ -141,6 +145,8 @@ class CallbackSender:
         if self._chance(faults.drop):
             return
         payload = end()
+        if payload is None:
+            return
         if self._chance(faults.forge):
             self.send(task_id, url, payload, kind="forged", forged=True)
         msg_id = f"msg_{uuid.uuid4().hex}"

@@ -1,11 +1,18 @@
-"""A stand-in for the AI providers on 127.0.0.1: Meshy-style, async-task and Gemini REST.
+"""A stand-in for the AI providers on 127.0.0.1: Meshy API v2, async-task and Gemini REST.
 
 One server, three protocols, as the real clients speak them:
 
-- Meshy-style: ``POST /openapi/v2/text-to-3d`` (``mode: preview | refine``),
-  ``POST /openapi/v1/image-to-3d`` (``202 {result}``), ``GET``/``DELETE`` ``.../{id}``
-  under the task's own path (Bearer key); requests, limits and errors as Meshy's docs
-  give them (``kiln_dev.standins.meshy_wire``);
+- Meshy API v2 only, as it is once v1 and ``mode`` preview/refine stop on March 15, 2027
+  (docs.meshy.ai: "Migrate to API v2", v2 "Text to 3D", "Image to 3D", "Tasks", "Errors",
+  "Rate limits", "Deprecations"), Bearer key: ``POST /openapi/v2/text-to-3d`` (one call)
+  and ``/openapi/v2/image-to-3d`` answer 202 with the task object; ``GET
+  /openapi/v2/tasks/{id}`` reads either type: ``id``, ``type``, ``status`` (PENDING →
+  IN_PROGRESS → SUCCEEDED | FAILED), ``progress``, ``*_at`` in epoch ms,
+  ``preceding_tasks``, ``consumed_credits``, ``task_error``, ``input`` (the create body),
+  ``output`` (``model_urls.glb``, ``thumbnail_url``, ``texture_urls``); ``DELETE`` there
+  deletes a PENDING or ended task, refuses a running one (400 ``task_in_progress``); any
+  other ``/openapi/`` route (all of v1) is 404 ``route_not_found``. Paths, checks, errors,
+  and what is the stand-in's own choice where the docs are silent: ``meshy_wire``;
 - Kiln's async task protocol (``docs/taskserver-protocol.md``): ``POST /v1/tasks``,
   ``GET /v1/tasks/{id}``, ``POST /v1/tasks/{id}:cancel`` (Bearer key);
 - Gemini: ``POST /{v1beta|v1}/models/{model}:generateContent`` (``x-goog-api-key``).
@@ -14,14 +21,14 @@ Results are served from ``/files/{task}.glb|.png``; a GLB of any size (up to man
 is generated while it streams — header, a JSON chunk declaring one buffer, the BIN
 chunk in 1 MiB pieces — so the server's memory stays flat too.
 
-Prompt tokens steer it (case-insensitive):
+Prompt tokens steer it (case-insensitive; for a Meshy image task, in its ``image_url``):
 
 - ``[fail:400|401|402|403|429|500|503]`` — the create call (or Gemini call) answers so;
   429 carries ``Retry-After: 7`` (Gemini: a per-minute ``QuotaFailure`` and a ``RetryInfo``
   of 7 s too); Gemini also ``[fail:quota-day]``, ``[fail:quota-zero]`` and ``[fail:404]``
   as the real API answers them (``kiln_dev.standins.gemini_errors``);
-- ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` with a message
-  (Meshy's ``[fail:refine]``: its preview succeeds, its refine fails so);
+- ``[fail:task]`` — the task runs, then ends ``FAILED`` / ``failed`` (Meshy: a
+  ``server_error`` ``task_error``, ``generation_failed``);
 - ``[fail:refused]`` — refused content (Gemini: ``promptFeedback.blockReason: SAFETY``;
   ``[fail:image-safety]``: ``finishReason: IMAGE_SAFETY``; task server: error
   ``content_refused``; Meshy: the task fails with a moderation ``task_error``);
@@ -38,14 +45,19 @@ Prompt tokens steer it (case-insensitive):
   (e.g. ``169.254.169.254`` or ``10.0.0.1``), which a safe fetcher must refuse;
 - ``[jpeg]`` — Gemini answers with a JPEG; ``[slow:S]`` — the task takes S seconds.
 
+A task is queued (PENDING) for its first tenth, then runs (IN_PROGRESS) until its
+seconds (``task_seconds``, or ``[slow:S]``) are up; a Meshy text task is one stage.
+
 Meshy webhooks: given ``meshy_webhook_secret`` and a ``meshy_webhook_url`` (set the
 attribute once the ingress's address is known, as an operator sets it in Meshy's
-dashboard), every Meshy task's end is posted there as Meshy does (the task object), the
-secret as ``?token=`` (``kiln_dev.standins.callbacks``, ``faults`` for chaos runs).
+dashboard, payload version v2), every Meshy task's end is posted there as Meshy does
+(the v2 task object; none for a task deleted first), the secret as ``?token=``
+(``kiln_dev.standins.callbacks``, ``faults`` for chaos runs).
 
-Control: ``GET /_kiln/requests`` (what was received), ``GET /_kiln/cancels`` (canceled
-task ids), ``PUT /_kiln/config`` ``{"task_seconds", "gemini_seconds", "poll_delay"}``.
-As a :class:`~kiln_dev.stack.Companion`, ``env()`` points Kiln's providers here.
+Control: ``GET /_kiln/requests`` (what was received), ``GET /_kiln/cancels`` (the task
+ids canceled, or for Meshy deleted), ``PUT /_kiln/config`` ``{"task_seconds",
+"gemini_seconds", "poll_delay"}``. As a :class:`~kiln_dev.stack.Companion`, ``env()``
+points Kiln's providers here.
 """
 
 from __future__ import annotations
@@ -78,22 +90,30 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TRIANGLE = struct.pack("<9f", 0, 0, 0, 1, 0, 0, 0, 1, 0)
 
 
+def _tokens(text: str) -> dict[str, str]:
+    """The stand-in's tokens in ``text``: name → argument (lower case, "" when none)."""
+    return {m.group(1).lower(): (m.group(2) or "").strip().lower() for m in _TOKEN.finditer(text)}
+
+
 @dataclass
 class _Task:
     id: str
-    protocol: str  # "meshy" (text), "meshy-image", "task"
+    protocol: str  # "meshy", "task"
     kind: str
-    prompt: str
-    mode: str = "preview"
-    preview_task_id: str = ""
-    art_style: str = "realistic"  # Meshy's default
+    prompt: str  # where its tokens are read (a Meshy image task: its image URL)
+    meshy_type: str = ""  # Meshy's task type: "text-to-3d" | "image-to-3d"
+    input: dict[str, Any] = field(default_factory=dict)  # the Meshy create body
     started: float = field(default_factory=time.monotonic)
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     seconds: float = 1.0
     canceled: bool = False
 
     def tokens(self) -> dict[str, str]:
-        return {m.group(1).lower(): (m.group(2) or "").strip().lower()
-                for m in _TOKEN.finditer(self.prompt)}
+        return _tokens(self.prompt)
+
+    def at_ms(self, share: float) -> int:
+        """The epoch milliseconds at which ``share`` of its time has passed."""
+        return self.created_ms + int(share * self.seconds * 1000)
 
     def state(self) -> tuple[str, int]:
         """("queued" | "running" | "succeeded" | "failed" | "canceled", percent)."""
@@ -104,8 +124,7 @@ class _Task:
             return "queued", 0
         if share < 1:
             return "running", int(share * 100)
-        fail = self.tokens().get("fail")
-        failed = fail in ("task", "refused", "input") or (fail == "refine" and self.mode == "refine")
+        failed = self.tokens().get("fail") in ("task", "refused", "input")
         return ("failed" if failed else "succeeded"), 100
 
 
@@ -159,12 +178,15 @@ class ProviderServer(BackgroundServer):
             task.seconds = float(slow)
         with self._lock:
             self.tasks[task.id] = task
-        if protocol.startswith("meshy") and self.meshy_webhooks is not None \
-                and self.meshy_webhook_url:
+        if protocol == "meshy" and self.meshy_webhooks is not None and self.meshy_webhook_url:
             self.meshy_webhooks.schedule(task.id, self.meshy_webhook_url, task.seconds,
-                                         end=lambda: self.meshy_view(task),
-                                         progress=lambda _pct: self.meshy_view(task))
+                                         end=lambda: self._meshy_delivery(task),
+                                         progress=lambda _pct: self._meshy_delivery(task))
         return task
+
+    def _meshy_delivery(self, task: _Task) -> dict[str, Any] | None:
+        """A webhook's body: the task object, or None once the task was deleted."""
+        return self.meshy_view(task) if self.meshy_task(task.id) is task else None
 
     def _cancel(self, task_id: str) -> bool:
         with self._lock:
@@ -175,23 +197,51 @@ class ProviderServer(BackgroundServer):
             self.cancels.append(task_id)
             return True
 
+    def meshy_task(self, task_id: str) -> _Task | None:
+        """A Meshy task by id (None: unknown, deleted, or another protocol's)."""
+        with self._lock:
+            task = self.tasks.get(task_id)
+        return task if task is not None and task.protocol == "meshy" else None
+
+    def _meshy_delete(self, task_id: str) -> meshy_wire.Failure:
+        """Meshy's DELETE: a task that is running is refused (it keeps running); any other
+        is deleted, with its files, and its id recorded in ``cancels``."""
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.protocol != "meshy":
+                return meshy_wire.not_found()
+            if task.state()[0] == "running":
+                return meshy_wire.task_in_progress()
+            del self.tasks[task_id]
+            self.cancels.append(task_id)
+        return 200, {}, {}
+
     def result_url(self, task: _Task) -> str:
         return f"{self.url}/files/{task.id}.{'png' if task.kind == 'image' else 'glb'}"
 
     def meshy_view(self, task: _Task) -> dict[str, Any]:
+        """The v2 task object (``GET /openapi/v2/tasks/{id}``, a create's answer, a webhook)."""
         state, progress = task.state()
         status = {"queued": "PENDING", "running": "IN_PROGRESS", "succeeded": "SUCCEEDED",
                   "failed": "FAILED", "canceled": "CANCELED"}[state]
+        ended = status in ("SUCCEEDED", "FAILED")
         done = status == "SUCCEEDED"
         return {
-            "id": task.id, "mode": task.mode, "name": "", "art_style": task.art_style,
-            "status": status, "progress": progress, "preview_task_id": task.preview_task_id or None,
-            "ai_model": "meshy-local", "prompt": task.prompt,
-            "model_urls": {"glb": self.result_url(task) if done else "", "fbx": "", "usdz": ""},
-            "thumbnail_url": f"{self.url}/files/{task.id}/thumb.png" if done else "",
+            "id": task.id, "type": task.meshy_type, "status": status, "progress": progress,
+            "created_at": task.created_ms,
+            "started_at": None if status == "PENDING" else task.at_ms(0.1),
+            "finished_at": task.at_ms(1) if ended else None,
+            "expires_at": task.at_ms(1) + meshy_wire.EXPIRES_MS if ended else None,
+            "preceding_tasks": 1 if status == "PENDING" else 0,
+            "consumed_credits": meshy_wire.CREDITS[task.meshy_type] if done else 0,
             "task_error": (meshy_wire.task_error(task.tokens().get("fail", ""))
-                           if status == "FAILED" else {"message": ""}),
-            "created_at": 0, "expires_at": 0,
+                           if status == "FAILED" else None),
+            "input": dict(task.input),
+            # a GLB untextured too; its textures are inside it (no separate maps)
+            "output": {"model_urls": {"glb": self.result_url(task)},
+                       "thumbnail_url": f"{self.url}/files/{task.id}/thumb.png",
+                       "texture_urls": None if task.input.get("should_texture") is False
+                       else []} if done else None,
         }
 
     def task_view(self, task: _Task) -> dict[str, Any]:
@@ -363,15 +413,20 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
                 return
             if server.poll_delay:
                 time.sleep(server.poll_delay)
-            task = self._task_for(path)
-            if task is None:
+            if path.startswith(meshy_wire.ROOT):
+                self._meshy(path)
                 return
-            view = server.task_view(task) if task.protocol == "task" else server.meshy_view(task)
-            self._send(200, view)
+            task = self._task_for(path)
+            if task is not None:
+                self._send(200, server.task_view(task))
 
         def do_DELETE(self) -> None:
             self._record()
-            task = self._task_for(self.path)
+            path = self.path.split("?", 1)[0]
+            if path.startswith(meshy_wire.ROOT):
+                self._meshy(path)
+                return
+            task = self._task_for(path)
             if task is not None:
                 server._cancel(task.id)
                 self._send(200, {})
@@ -391,7 +446,9 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             self._record(body)
             path = self.path.split("?", 1)[0]
-            if body is None:
+            if path.startswith(meshy_wire.ROOT):
+                self._meshy(path, body)
+            elif body is None:
                 self._send(400, {"message": "Invalid JSON."})
             elif path.endswith(":generateContent"):
                 self._gemini(path, body)
@@ -403,62 +460,56 @@ def _handler(server: ProviderServer) -> type[BaseHTTPRequestHandler]:
                     found = server._cancel(task_id)
                     self._send(200 if found else 404, {"task_id": task_id, "status": "canceled"}
                                if found else {"error": {"code": "not_found", "message": "No such task."}})
-            elif path in meshy_wire.PROTOCOLS:
-                self._meshy_create(path, body)
             else:
                 self._send(404, {"message": "Not found."})
 
         def _task_for(self, path: str) -> _Task | None:
-            """The task a Meshy or task-server path names, found only under its own kind's
-            path (answers 404/401 when none)."""
+            """The task-server task ``/v1/tasks/{id}`` names (answers 404/401 when none)."""
             base, _, task_id = path.rpartition("/")
-            protocol = {**meshy_wire.PROTOCOLS, "/v1/tasks": "task"}.get(base)
             if not self._bearer_ok():
                 return None
             with server._lock:
-                task = server.tasks.get(task_id) if protocol else None
-            if task is not None and task.protocol == protocol:
+                task = server.tasks.get(task_id) if base == "/v1/tasks" else None
+            if task is not None and task.protocol == "task":
                 return task
-            if protocol == "task":
-                self._send(404, {"error": {"code": "not_found", "message": "Task not found."}})
-            else:
-                self._send(*meshy_wire.not_found())
+            self._send(404, {"error": {"code": "not_found", "message": "Task not found."}})
             return None
 
-        def _meshy_create(self, path: str, body: dict[str, Any]) -> None:
-            if not self._bearer_ok():
+        def _meshy(self, path: str, body: Any = None) -> None:
+            """Every path under ``/openapi/``: Meshy v2's create and task routes; any other
+            (all of v1 too) is ``route_not_found``."""
+            if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                self._send(*meshy_wire.status_error(401, "Invalid API key"))
                 return
-            if body.get("mode") == "refine" and path == meshy_wire.TEXT_PATH:
-                with server._lock:
-                    preview = server.tasks.get(str(body.get("preview_task_id")))
-                if preview is None or (preview.protocol, preview.mode, preview.state()[0]) \
-                        != ("meshy", "preview", "succeeded"):
-                    self._send(*meshy_wire.invalid("preview_task_id must name a succeeded preview."))
-                    return
-                refused = meshy_wire.check_refine(body, preview.art_style)
-                if refused is not None:
-                    self._send(*refused)
-                    return
-                task = server._new_task("meshy", "model", preview.prompt, mode="refine",
-                                        preview_task_id=preview.id, art_style=preview.art_style)
-                self._send(202, {"result": task.id})
+            task_id = meshy_wire.task_path(path)
+            if self.command == "POST" and path in meshy_wire.TASK_TYPES:
+                self._meshy_create(path, body)
+            elif self.command == "GET" and task_id:
+                task = server.meshy_task(task_id)
+                self._send(*((200, server.meshy_view(task), {}) if task is not None
+                             else meshy_wire.not_found()))
+            elif self.command == "DELETE" and task_id:
+                self._send(*server._meshy_delete(task_id))
+            else:
+                self._send(*meshy_wire.route_not_found())
+
+        def _meshy_create(self, path: str, body: Any) -> None:
+            """A checked create: its forced failure or ``[hang]``, else 202 and the task."""
+            if not isinstance(body, dict):
+                self._send(*meshy_wire.invalid_json())
                 return
             refused = meshy_wire.check_create(path, body)
             if refused is not None:
                 self._send(*refused)
                 return
-            prompt = str(body["image_url" if path == meshy_wire.IMAGE_PATH else "prompt"])
-            failure = meshy_wire.forced(
-                {m.group(1).lower(): (m.group(2) or "").lower()
-                 for m in _TOKEN.finditer(prompt)}.get("fail", ""))
+            source = meshy_wire.token_source(path, body)
+            failure = meshy_wire.forced(_tokens(source).get("fail", ""))
             if failure is not None:
                 self._send(*failure)
-            elif not self._forced(prompt, "meshy"):  # [hang]
-                task = (server._new_task("meshy-image", "model", prompt, mode="image")
-                        if path == meshy_wire.IMAGE_PATH else
-                        server._new_task("meshy", "model", prompt,
-                                         art_style=str(body.get("art_style") or "realistic")))
-                self._send(202, {"result": task.id})
+            elif not self._forced(source, "meshy"):  # [hang]
+                task = server._new_task("meshy", "model", source,
+                                        meshy_type=meshy_wire.TASK_TYPES[path], input=dict(body))
+                self._send(202, server.meshy_view(task))
 
         def _task_create(self, body: dict[str, Any]) -> None:
             if not self._bearer_ok():

@@ -35,7 +35,7 @@ from kiln.settings import Settings
 PROVIDERS = ("taskserver", "meshy")
 TOLERANCE = dt.timedelta(minutes=5)
 #: Meshy's stage prefixes on Kiln's task ids (``kiln.providers.meshy``).
-_MESHY_STAGES = ("preview", "refine", "mesh", "image")
+_MESHY_STAGES = ("text", "image", "preview", "refine", "mesh")
 _TASKSERVER_ENDED = frozenset({"succeeded", "failed", "canceled"})
 _MESHY_ENDED = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "EXPIRED"})
 

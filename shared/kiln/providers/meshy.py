@@ -1,28 +1,29 @@
-"""Meshy-style text-to-3D and image-to-3D, as a :class:`~kiln.providers.base.TaskProvider`.
+"""Meshy text-to-3D and image-to-3D on its API v2, as a :class:`~kiln.providers.base.TaskProvider`.
 
-One Kiln task may be two remote tasks, so Kiln's task id names the stage it is in:
+Meshy's API v2 (docs.meshy.ai: "Migrate to API v2", Text to 3D, Image to 3D, Tasks):
+one call makes a model. ``POST /openapi/v2/text-to-3d`` or ``POST /openapi/v2/image-to-3d``
+answers the new task object; ``GET /openapi/v2/tasks/{id}`` reads a task of either kind,
+its results under ``output`` (``output.model_urls.glb``, ``output.thumbnail_url``) and
+``status``, ``progress``, ``task_error``, ``consumed_credits`` at the top;
+``DELETE /openapi/v2/tasks/{id}`` deletes one (a pending task is refunded; one in progress
+is refused and runs on). The preview/refine ``mode`` requests and every v1 route stop
+working on 15 March 2027; Kiln uses neither.
 
-- ``preview:<id>`` — text-to-3D preview (the untextured mesh); when it succeeds, ``poll``
-  submits the refine (texturing) and answers with ``task_id="refine:<new id>"``, which
-  the worker checkpoints before anything else happens;
-- ``refine:<id>`` — the refine; its GLB is the result;
-- ``mesh:<id>`` — a preview that is the result (``options.texture`` is false);
-- ``image:<id>`` — image-to-3D (``options.imageUrl``), one remote task.
+Kiln's task id names its kind: ``text:<id>`` or ``image:<id>`` (``options.imageUrl``).
+Ids saved before the move (``preview:``, ``refine:``, ``mesh:``) are read through the same
+route; a ``preview:`` that succeeded is an untextured mesh whose refine Kiln no longer
+makes, so its job starts over with one call (``provider_task_lost``, retryable).
 
-Progress: preview 0–45, refine 45–90 (a preview-only or image task 0–90); the worker
-reports 90 ``downloading`` and 95 ``uploading`` after that. Stages: ``queued``,
-``modeling``, ``texturing``.
+What Kiln sends: the prompt (at most :data:`PROMPT_MAX` characters, else the job fails
+before any call, ``prompt_too_long``), ``ai_model`` (``KILN_MESHY_MODEL``, pinned to
+``meshy-7.1`` as Meshy advises), ``should_texture`` (``options.texture``, default true)
+and, for a textured model, ``texture_model`` (``KILN_MESHY_TEXTURE_MODEL``) and
+``enable_pbr``; ``seed`` when given. ``options.style`` is not sent: ``art_style`` is
+deprecated and ignored since Meshy 6, and v2 refuses parameters an endpoint does not
+define; provenance says ``styleIgnored``.
 
-Calls: ``POST /openapi/v2/text-to-3d`` (``mode: preview | refine``) and
-``POST /openapi/v1/image-to-3d`` answer ``{result: id}``; ``GET`` on ``.../{id}`` gives
-``status`` (PENDING, IN_PROGRESS, SUCCEEDED, FAILED, CANCELED), ``progress``,
-``art_style``, ``model_urls.glb``, ``thumbnail_url``, ``task_error``; ``DELETE .../{id}``
-cancels.
-
-What Meshy takes: a prompt of at most :data:`PROMPT_MAX` characters (a longer one fails
-the job before any call, ``prompt_too_long``); ``art_style`` only from :data:`ART_STYLES`
-(``options.style`` is sent when it is one of them, else left out and provenance says
-``styleIgnored``); a sculpture's refine with ``enable_pbr: false``.
+Progress: ``queued`` while pending, then ``modeling`` 0–90; the worker reports 90
+``downloading`` and 95 ``uploading`` after that.
 
 Errors map as in :mod:`kiln.providers.http`, but read Meshy's own ``code`` and ``type``
 first: a moderation code, or a 403 of type ``invalid_input``, is ``content_refused``. A
@@ -61,21 +62,21 @@ logger = log.get("providers.meshy")
 LABEL = "3D generation service"
 RESULT_HOSTS = ("assets.meshy.ai", "*.meshy.ai")
 THUMBNAIL_MAX_BYTES = 5 * 1024 * 1024
-#: The art styles Meshy's text-to-3D preview takes, and its longest prompt (characters).
-ART_STYLES = ("realistic", "sculpture")
 PROMPT_MAX = PROVIDER_PROMPT_MAX["meshy"]  # (also refused at submit: Settings.prompt_max)
-_PATHS = {"preview": "/openapi/v2/text-to-3d", "refine": "/openapi/v2/text-to-3d",
-          "mesh": "/openapi/v2/text-to-3d", "image": "/openapi/v1/image-to-3d"}
-#: stage → (first percent, span, stage name while running)
-_SPANS = {"preview": (0, 45, "modeling"), "refine": (45, 45, "texturing"),
-          "mesh": (0, 90, "modeling"), "image": (0, 90, "modeling")}
+CREATE_PATHS = {"text": "/openapi/v2/text-to-3d", "image": "/openapi/v2/image-to-3d"}
+TASKS_PATH = "/openapi/v2/tasks"
+#: Kiln's task kind → (first percent, span, stage name while running); the last three
+#: are ids saved before API v2 (a preview, then its refine; a preview that was the result).
+_SPANS = {"text": (0, 90, "modeling"), "image": (0, 90, "modeling"),
+          "preview": (0, 45, "modeling"), "refine": (45, 45, "texturing"),
+          "mesh": (0, 90, "modeling")}
 _STATES = {"PENDING": TaskState.PENDING, "IN_PROGRESS": TaskState.RUNNING,
            "SUCCEEDED": TaskState.SUCCEEDED, "FAILED": TaskState.FAILED,
            "CANCELED": TaskState.CANCELED, "EXPIRED": TaskState.FAILED}
 
 
 class MeshyProvider:
-    """Text-to-3D (preview → refine) and image-to-3D against a Meshy-compatible API."""
+    """Text-to-3D and image-to-3D against a Meshy-compatible API v2."""
 
     name = "meshy"
 
@@ -94,89 +95,80 @@ class MeshyProvider:
 
     def submit(self, request: GenerationRequest) -> str:
         options = request.options
+        textured = options.get("texture", True) is not False
+        body: dict[str, Any] = {"ai_model": self.settings.meshy_model, "should_texture": textured}
+        if textured:
+            body |= {"texture_model": self.settings.meshy_texture_model, "enable_pbr": True}
+        if options.get("style"):
+            log.event(logger, "style not sent: Meshy's art_style is deprecated")
         image_url = options.get("imageUrl")
         if image_url:
             check_user_url(str(image_url), self.settings, self._resolve)
-            body: dict[str, Any] = {"image_url": image_url, "enable_pbr": True,
-                                    "should_texture": options.get("texture", True) is not False}
-            return f"image:{self._created(self._api.call('POST', _PATHS['image'], json=body))}"
-        if len(request.prompt) > PROMPT_MAX:
-            raise PermanentError(
-                f"The {LABEL} takes prompts of up to {PROMPT_MAX} characters; this one "
-                f"has {len(request.prompt)}. Shorten it and try again.", code="prompt_too_long")
-        body = {"mode": "preview", "prompt": request.prompt}
-        style = _art_style(options.get("style"))
-        if style:
-            body["art_style"] = style
-        elif options.get("style"):
-            log.event(logger, "style not sent: Meshy takes only " + " or ".join(ART_STYLES))
-        if isinstance(options.get("seed"), int):
-            body["seed"] = options["seed"]
-        stage = "mesh" if options.get("texture") is False else "preview"
-        return f"{stage}:{self._created(self._api.call('POST', _PATHS['preview'], json=body))}"
+            kind, body["image_url"] = "image", image_url
+        else:
+            if len(request.prompt) > PROMPT_MAX:
+                raise PermanentError(
+                    f"The {LABEL} takes prompts of up to {PROMPT_MAX} characters; this one "
+                    f"has {len(request.prompt)}. Shorten it and try again.",
+                    code="prompt_too_long")
+            kind, body["prompt"] = "text", request.prompt
+            if isinstance(options.get("seed"), int):
+                body["seed"] = options["seed"]
+        return f"{kind}:{self._created(self._api.call('POST', CREATE_PATHS[kind], json=body))}"
 
     def poll(self, task_id: str) -> TaskStatus:
         stage, remote = _split(task_id)
         try:
-            task = self._get(stage, remote)
+            task = self._get(remote)
         except PermanentError as exc:
             if exc.code != "provider_not_found":
                 raise
             # The task is gone (expired or deleted): a fresh attempt starts a new one.
-            return TaskStatus(TaskState.FAILED, error_code="provider_task_lost", retryable=True,
-                              error_message="The 3D generation service lost the task; retrying.")
+            return _lost("The 3D generation service lost the task; retrying.")
         state = _STATES.get(str(task.get("status")), TaskState.RUNNING)
         start, span, running = _SPANS[stage]
-        progress = start + span * _percent(task.get("progress")) // 100
         if state is TaskState.SUCCEEDED and stage == "preview":
-            # Meshy makes a sculpture's own PBR maps and refuses enable_pbr with it.
-            refine = self._api.call("POST", _PATHS["refine"], json={
-                "mode": "refine", "preview_task_id": remote,
-                "enable_pbr": task.get("art_style") != "sculpture"})
-            log.event(logger, "meshy preview done; refine submitted")
-            return TaskStatus(TaskState.RUNNING, progress=start + span, stage="texturing",
-                              task_id=f"refine:{self._created(refine)}")
+            return _lost("The 3D generation service now makes a model in one step; "
+                         "starting this one again.")
         if state is TaskState.SUCCEEDED:
             return TaskStatus(state, progress=start + span, stage="downloading")
         if state is TaskState.FAILED:
             return _failed(stage, task.get("task_error"))
         if state is TaskState.PENDING:
             return TaskStatus(state, progress=start, stage="queued")
-        return TaskStatus(state, progress=progress, stage=running)
+        return TaskStatus(state, progress=start + span * _percent(task.get("progress")) // 100,
+                          stage=running)
 
     def fetch(self, task_id: str, request: GenerationRequest) -> Artifact:
         stage, remote = _split(task_id)
-        task = self._get(stage, remote)
-        urls = task.get("model_urls") or {}
-        glb = urls.get("glb") if isinstance(urls, dict) else None
+        task = self._get(remote)
+        output = _object(task.get("output"))
+        glb = _object(output.get("model_urls")).get("glb")
         if not glb:
             raise PermanentError("The 3D generation service finished without a GLB file.",
                                  code="invalid_artifact")
         download = open_stream(str(glb), self._policy, resolve=self._resolve)
+        sent = _object(task.get("input"))
         provenance: dict[str, Any] = {
-            "provider": self.name, "model": str(task.get("ai_model") or task.get("model") or "meshy"),
+            "provider": self.name, "model": str(sent.get("ai_model") or self.settings.meshy_model),
             "taskId": remote, "mode": "image-to-3d" if stage == "image" else "text-to-3d",
         }
-        if stage == "refine" and task.get("preview_task_id"):
-            provenance["previewTaskId"] = str(task["preview_task_id"])
-        style = _art_style(request.options.get("style")) if stage != "image" else ""
-        if style:
-            provenance["artStyle"] = style
-        elif request.options.get("style"):
+        if sent.get("texture_model"):
+            provenance["textureModel"] = str(sent["texture_model"])
+        if request.options.get("style"):
             provenance["styleIgnored"] = True
-        for key in ("credits", "consumed_credits", "cost"):
-            if isinstance(task.get(key), int | float):
-                provenance["credits" if "credit" in key else "cost"] = task[key]
+        if isinstance(task.get("consumed_credits"), int | float):
+            provenance["credits"] = task["consumed_credits"]
         return Artifact(kind="model", content_type=CONTENT_TYPES["model"], chunks=download.chunks,
-                        size=download.size, thumbnail=self._thumbnail(task.get("thumbnail_url")),
+                        size=download.size, thumbnail=self._thumbnail(output.get("thumbnail_url")),
                         provenance=provenance)
 
     def cancel(self, task_id: str) -> None:
-        stage, remote = _split(task_id)
-        self._api.call("DELETE", f"{_PATHS[stage]}/{urllib.parse.quote(remote, safe='')}")
+        _, remote = _split(task_id)
+        self._api.call("DELETE", f"{TASKS_PATH}/{urllib.parse.quote(remote, safe='')}")
 
-    def _get(self, stage: str, remote: str) -> dict[str, Any]:
-        task = self._api.call("GET", f"{_PATHS[stage]}/{urllib.parse.quote(remote, safe='')}")
+    def _get(self, remote: str) -> dict[str, Any]:
+        task = self._api.call("GET", f"{TASKS_PATH}/{urllib.parse.quote(remote, safe='')}")
         if not isinstance(task, dict):
             raise PermanentError("The 3D generation service sent an unreadable task.",
                                  code="provider_rejected")
@@ -195,7 +187,8 @@ class MeshyProvider:
 
     @staticmethod
     def _created(answer: Any) -> str:
-        task_id = answer.get("result") if isinstance(answer, dict) else None
+        """The new task's id: v2 answers the task object (``id``)."""
+        task_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise PermanentError("The 3D generation service did not start a task.",
                                  code="provider_rejected")
@@ -212,8 +205,8 @@ class _MeshyApi(JsonApi):
 
 
 def _failed(stage: str, error: Any) -> TaskStatus:
-    """A FAILED task: retried with a new task, unless Meshy says its input is at fault, or
-    it is a refine (a new attempt starts from a new, paid preview)."""
+    """A FAILED task: retried with a new task (Meshy refunds it), unless Meshy says its
+    input is at fault."""
     error = error if isinstance(error, dict) else {}
     detail = short(error.get("message"), 200)
     code, kind = str(error.get("code") or ""), str(error.get("type") or "")
@@ -224,10 +217,6 @@ def _failed(stage: str, error: Any) -> TaskStatus:
         return TaskStatus(TaskState.FAILED, error_code="provider_rejected", error_message=(
             f"The 3D generation service could not use this request: {detail}" if detail
             else "The 3D generation service could not use this request."))
-    if stage == "refine":  # a new attempt would buy a new preview (refunds cover the refine)
-        return TaskStatus(TaskState.FAILED, error_code="provider_failed", error_message=(
-            "The 3D generation service could not finish this model's textures"
-            f"{': ' + detail if detail else '.'} Please try again."))
     return TaskStatus(TaskState.FAILED, error_code="provider_failed", retryable=True, error_message=(
         f"The 3D generation service could not make this model: {detail}" if detail
         else "The 3D generation service could not make this model."))
@@ -246,10 +235,14 @@ def _refused(detail: str, what: str) -> str:
             f"Please {change} and try again.")
 
 
-def _art_style(style: Any) -> str:
-    """``options.style`` as an art style Meshy takes, or ``""``."""
-    wanted = str(style or "").strip().lower()
-    return wanted if wanted in ART_STYLES else ""
+def _lost(message: str) -> TaskStatus:
+    """A task that cannot give this job its model: a fresh attempt starts a new one."""
+    return TaskStatus(TaskState.FAILED, error_code="provider_task_lost", retryable=True,
+                      error_message=message)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _split(task_id: str) -> tuple[str, str]:

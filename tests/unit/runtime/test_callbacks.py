@@ -83,7 +83,7 @@ def test_an_end_before_the_link_is_remembered_and_the_link_checks_at_once() -> N
 def test_meshy_calls_back_with_the_bare_id_of_a_staged_task() -> None:
     rig, provider = callback_rig()
     provider.name = "meshy"
-    provider.submit = lambda request: "preview:m-1"  # type: ignore[method-assign]
+    provider.submit = lambda request: "text:m-1"  # type: ignore[method-assign]
     job_id = rig.submit(kind="model")
     run_job(job_id, rig.services)
     assert rig.task_index.jobs == {("meshy", "m-1"): job_id}
