@@ -24,8 +24,12 @@ class InMemoryWebhookStore:
         self.attempt_records: dict[str, dict[int, dict[str, Any]]] = {}
         self._lock = threading.RLock()
 
-    def put_endpoint(self, endpoint: Endpoint) -> None:
-        self.endpoints_by_id[endpoint.id] = endpoint
+    def put_endpoint(self, endpoint: Endpoint, limit: int | None = None) -> bool:
+        with self._lock:
+            if limit is not None and len(self.endpoints(endpoint.tenant)) >= limit:
+                return False
+            self.endpoints_by_id[endpoint.id] = endpoint
+            return True
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         return self.endpoints_by_id.get(endpoint_id)

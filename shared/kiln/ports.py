@@ -359,7 +359,10 @@ class WebhookStore(Protocol):
     """Webhook endpoints, tenants' signing secrets, events, deliveries and their attempts
     (``kiln.webhooks.model``; server-only Firestore collections)."""
 
-    def put_endpoint(self, endpoint: Endpoint) -> None: ...
+    def put_endpoint(self, endpoint: Endpoint, limit: int | None = None) -> bool:
+        """Store it; False (nothing written) when its tenant has ``limit`` endpoints
+        already, counted in the transaction that writes it."""
+        ...
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -35,6 +36,27 @@ def test_endpoints_per_tenant_secret_kept_and_disable(hooks: Any) -> None:
     assert hooks.delete_endpoint(endpoint.id) is False and hooks.endpoints(tenant) == []
     first = hooks.tenant_secret(tenant, "whsec_first")
     assert first == "whsec_first" and hooks.tenant_secret(tenant, "whsec_other") == first
+
+
+def test_a_tenants_endpoints_stay_within_the_limit_when_registered_at_once(hooks: Any) -> None:
+    """Given 8 registrations of one tenant at once with room for 5, then exactly 5 are
+    stored and 3 refused (False, nothing written): counted in the write's transaction, not
+    read first and written after; another tenant's room is its own."""
+    tenant = "t-" + uuid.uuid4().hex[:8]
+    now = dt.datetime.now(dt.UTC)
+
+    def register(n: int) -> bool:
+        return bool(hooks.put_endpoint(Endpoint(
+            model.new_endpoint_id(), tenant, f"https://a.example/h{n}", model.new_secret(),
+            (), created_at=now), limit=5))
+
+    with ThreadPoolExecutor(8) as pool:
+        stored = list(pool.map(register, range(8)))
+    assert sorted(stored) == [False] * 3 + [True] * 5
+    assert len(hooks.endpoints(tenant)) == 5
+    other = Endpoint(model.new_endpoint_id(), tenant + "-b", "https://b.example/h",
+                     model.new_secret(), (), created_at=now)
+    assert hooks.put_endpoint(other, limit=5) is True
 
 
 def test_events_and_deliveries_are_created_once_and_transacted(hooks: Any) -> None:

@@ -1,7 +1,7 @@
 """Firestore adapter of ``kiln.ports.WebhookStore``: server-only collections.
 
-``webhookEndpoints``, ``webhookSecrets``, ``webhookEvents``, ``webhookDeliveries`` and
-``webhookAttempts`` (the security rules deny every client). Creation is create-if-absent
+``webhookEndpoints``, ``webhookSecrets``, ``webhookTenants``, ``webhookEvents``,
+``webhookDeliveries`` and ``webhookAttempts`` (the security rules deny every client). Creation is create-if-absent
 (an event or a delivery is recorded once, whoever emits it twice); a delivery's state
 changes in one transaction (read → decide → write); the HTTP attempt happens outside it.
 """
@@ -21,6 +21,7 @@ from kiln.webhooks.model import Delivery, Endpoint, Event, newest_first
 
 ENDPOINTS = "webhookEndpoints"
 SECRETS = "webhookSecrets"
+REGISTRATIONS = "webhookTenants"  # one per tenant: registrations serialize on it
 EVENTS = "webhookEvents"
 DELIVERIES = "webhookDeliveries"
 ATTEMPTS = "webhookAttempts"
@@ -48,9 +49,28 @@ class FirestoreWebhookStore:
             return False
         return True
 
-    def put_endpoint(self, endpoint: Endpoint) -> None:
-        with unavailable_is_retryable(STORE):
-            self._doc(ENDPOINTS, endpoint.id).set(endpoint.to_doc())
+    def put_endpoint(self, endpoint: Endpoint, limit: int | None = None) -> bool:
+        if limit is None:
+            with unavailable_is_retryable(STORE):
+                self._doc(ENDPOINTS, endpoint.id).set(endpoint.to_doc())
+            return True
+        # The tenant's registrations document is read and written in the transaction, so
+        # two registrations at once conflict on it and the second counts the first's
+        # endpoint (a query alone locks no document that does not exist yet).
+        tenant = self._doc(REGISTRATIONS, endpoint.tenant)
+        mine = self.client.collection(ENDPOINTS).where(
+            filter=firestore.FieldFilter("tenant", "==", endpoint.tenant))
+
+        def body(tx: firestore.Transaction) -> bool:
+            tenant.get(transaction=tx)  # the lock two registrations meet on
+            if sum(1 for _ in tx.get(mine)) >= limit:
+                return False
+            tx.set(tenant, {"lastEndpoint": endpoint.id, "at": firestore.SERVER_TIMESTAMP})
+            tx.set(self._doc(ENDPOINTS, endpoint.id), endpoint.to_doc())
+            return True
+
+        return in_transaction(self.client, body, store=STORE,
+                              busy="The tenant's webhook endpoints are busy.")
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         doc = self._get(ENDPOINTS, endpoint_id)

@@ -42,12 +42,11 @@ def register(services: Any, tenant: str, url: Any, events: Iterable[str] = (), *
         send.check_webhook_url(url, allow_local=services.settings.local, resolve=resolve)
     except PermanentError as exc:
         raise ValidationError("invalid_webhook_url", exc.message, field="url") from exc
-    if len(services.webhooks.endpoints(tenant)) >= MAX_ENDPOINTS:
-        raise ValidationError("too_many_endpoints",
-                              f"A tenant may have at most {MAX_ENDPOINTS} webhook endpoints.")
     endpoint = Endpoint(model.new_endpoint_id(), tenant, url, model.new_secret(), chosen,
                         created_at=services.clock.now())
-    services.webhooks.put_endpoint(endpoint)
+    if not services.webhooks.put_endpoint(endpoint, limit=MAX_ENDPOINTS):  # counted atomically
+        raise ValidationError("too_many_endpoints",
+                              f"A tenant may have at most {MAX_ENDPOINTS} webhook endpoints.")
     return endpoint
 
 
