@@ -1,9 +1,11 @@
 """Firestore adapter of ``kiln.ports.WebhookStore``: server-only collections.
 
 ``webhookEndpoints``, ``webhookSecrets``, ``webhookTenants``, ``webhookEvents``,
-``webhookDeliveries`` and ``webhookAttempts`` (the security rules deny every client). Creation is create-if-absent
-(an event or a delivery is recorded once, whoever emits it twice); a delivery's state
-changes in one transaction (read → decide → write); the HTTP attempt happens outside it.
+``webhookDeliveries`` and ``webhookAttempts`` (the security rules deny every client).
+Creation is create-if-absent (an event or a delivery is recorded once, whoever emits it
+twice); a delivery's state changes in one transaction (read → decide → write); the HTTP
+attempt happens outside it. An endpoint is counted against its tenant's limit in the
+transaction that writes it.
 """
 
 from __future__ import annotations
