@@ -4,7 +4,8 @@ resource "google_cloud_scheduler_job" "sweeper" {
   region           = var.region
   schedule         = "* * * * *"
   time_zone        = "Etc/UTC"
-  attempt_deadline = "120s"
+  # As long as the function may run (Cloud Scheduler allows HTTP targets up to 30 minutes).
+  attempt_deadline = "${var.sweeper_timeout_seconds}s"
 
   # The next run is a minute away; retrying a missed sweep would only overlap it.
   retry_config {

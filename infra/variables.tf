@@ -123,8 +123,8 @@ variable "sweeper_timeout_seconds" {
   type        = number
   default     = 120
   validation {
-    condition     = var.sweeper_timeout_seconds >= 60 && var.sweeper_timeout_seconds <= 3600
-    error_message = "sweeper_timeout_seconds must be from 60 to 3600."
+    condition     = var.sweeper_timeout_seconds >= 60 && var.sweeper_timeout_seconds <= 1800 && floor(var.sweeper_timeout_seconds) == var.sweeper_timeout_seconds
+    error_message = "sweeper_timeout_seconds must be a whole number from 60 to 1800 (Cloud Scheduler's longest attempt)."
   }
 }
 

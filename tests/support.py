@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,39 @@ def publish_raw(publisher: Any, topic: str, data: bytes) -> str:
 
     answer = publisher.publish(topic=topic, messages=[PubsubMessage(data=data)], timeout=10)
     return str(answer.message_ids[0])
+
+
+class Receiver:
+    """Records every POST (query, headers, body) and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with receiver.arrived:
+                    receiver.requests.append((query, dict(self.headers), body))
+                    receiver.arrived.notify_all()
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/events"
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, str], dict[str, str], bytes]]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout), self.requests
+            return list(self.requests)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -21,6 +21,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -155,6 +156,8 @@ class HttpFaultProxy(BackgroundServer):
         down: every request is reset (the service is unreachable).
         hold: when set to an event, requests wait (up to a minute) for it to be set
             before going on: a service that stalls.
+        drip: seconds between the bytes of an answer's body (0: sent at once): a service
+            that keeps every read alive and never finishes.
         match: only requests it accepts are eligible for faults (default: all).
     """
 
@@ -167,6 +170,7 @@ class HttpFaultProxy(BackgroundServer):
         self.reset_after_rate = 0.0
         self.down = False
         self.hold: threading.Event | None = None
+        self.drip = 0.0
         self.match: Matcher = lambda _method, _path: True
         self.stats: Counter[str] = Counter()
         self._random = random.Random(seed)
@@ -180,7 +184,7 @@ class HttpFaultProxy(BackgroundServer):
 
     def calm(self) -> None:
         """No more faults."""
-        self.error_rate = self.reset_rate = self.reset_after_rate = 0.0
+        self.error_rate = self.reset_rate = self.reset_after_rate = self.drip = 0.0
         self.down = False
 
     def _decide(self, method: str, path: str) -> str:
@@ -266,8 +270,16 @@ class HttpFaultProxy(BackgroundServer):
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                drip = proxy.drip if proxy.match(self.command, self.path) else 0.0
+                if not drip:
                     self.wfile.write(data)
+                    return
+                for i in range(len(data)):  # each byte well within any read timeout
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _proxy
 

@@ -179,9 +179,11 @@ class Settings:
             raise ConfigError("KILN_MAX_ATTEMPTS must be at least 1")
         if self.lease_seconds <= self.progress_interval_seconds:
             raise ConfigError("KILN_LEASE_SECONDS must exceed KILN_PROGRESS_INTERVAL_SECONDS")
-        if not 60 <= self.sweeper_timeout_seconds <= 3600:
-            raise ConfigError("KILN_SWEEPER_TIMEOUT_SECONDS must be from 60 to 3600 "
-                              "(the sweeper function's timeout)")
+        if not 60 <= self.sweeper_timeout_seconds <= 1800:
+            raise ConfigError("KILN_SWEEPER_TIMEOUT_SECONDS must be from 60 to 1800 "
+                              "(the sweeper function's timeout; Cloud Scheduler's longest)")
+        if not (self.meshy_model.strip() and self.meshy_texture_model.strip()):
+            raise ConfigError("KILN_MESHY_MODEL and KILN_MESHY_TEXTURE_MODEL must name models")
         if "{jobId}" not in self.link_template:
             raise ConfigError("KILN_LINK_TEMPLATE must contain {jobId}")
         if not self.trace_sample <= 1.0:

@@ -276,6 +276,9 @@ def test_blobs_store_validated_streams_only(backend: Any) -> None:
     assert reader.read() == data[-5:] and reader.read() == b""
     reader.seek(0)
     assert reader.read() == data
+    reader = blobs.open(path, 100)  # a read past the end says nothing of the size
+    reader.seek(len(data) + 500)
+    assert reader.read(10) == b"" and reader.seek(0, io.SEEK_END) == len(data)
     reader.close()
     bad = path.replace("result", "broken")
     with pytest.raises(PermanentError):

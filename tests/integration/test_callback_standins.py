@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -23,47 +20,11 @@ from kiln_dev.chaos_tasks import API_KEY, SlowTaskServer
 from kiln_dev.standins.callbacks import CallbackFaults, CallbackSender
 from kiln_dev.standins.provider import API_KEY as PROVIDER_KEY
 from kiln_dev.standins.provider import ProviderServer
-from support import wait_for
+from support import Receiver, wait_for
 
 SECRET = "whsec_" + "c3RhbmRpbnMtdGVzdC1zZWNyZXQtbm90LWEtcmVhbC1vbmU="
 SETTINGS = Settings(project="demo-unit", taskserver_webhook_secret=SECRET,
                     meshy_webhook_secret="meshy-standin-token")
-
-
-class Receiver:
-    """Records every POST (query, headers, body) and answers 200."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], dict[str, str], bytes]] = []
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                with receiver.arrived:
-                    receiver.requests.append((query, dict(self.headers), body))
-                    receiver.arrived.notify_all()
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/events"
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, str], dict[str, str], bytes]]:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout), self.requests
-            return list(self.requests)
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 @pytest.fixture

@@ -198,6 +198,31 @@ def test_a_stalled_read_of_a_stored_result_ends_with_the_call_it_serves(
         assert reader.read(100) == b"x" * 100
 
 
+def test_a_read_storage_drips_ends_with_the_call_it_serves(
+        storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
+    """Given a stored result read inside a call that must end in 1 s, when Storage sends
+    the answer one byte every 0.1 s (each socket read well within its timeout, the whole
+    answer 6.4 s), then the read gives up by the call's end with ``storage_timeout``."""
+    from kiln.adapters.storage import CloudStorage
+    from kiln.paced import ending_by
+    path = f"faults/drip-{uuid.uuid4().hex[:8]}.bin"
+    services.blobs.put_bytes(path, b"y" * 64, "application/octet-stream")
+    blobs = CloudStorage(stack.bucket, project=stack.config.project,
+                         emulator_host=storage_proxy.url)
+    reader = blobs.open(path, 4096)
+    storage_proxy.match = lambda method, _url: method == "GET"
+    storage_proxy.drip = 0.1
+    try:
+        started = time.monotonic()
+        with ending_by(started + 1.0), pytest.raises(RetryableError) as info:
+            reader.read(64)
+        assert info.value.code == "storage_timeout"
+        assert time.monotonic() - started < 2.5
+    finally:
+        storage_proxy.calm()
+        storage_proxy.match = lambda _method, _url: True
+
+
 def test_an_upload_storage_refuses_is_storage_unavailable_and_leaves_nothing(
         storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
     """Given Storage answering a resumable upload's pieces 503 (the client's own

@@ -8,19 +8,15 @@ Kiln's adapter sees it)."""
 from __future__ import annotations
 
 import json
-import threading
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
-from kiln_dev.background import BackgroundServer
 from kiln_dev.standins import meshy_wire
 from kiln_dev.standins.provider import ProviderServer
-from support import wait_for
+from support import Receiver, wait_for
 
 TEXT, IMAGE, TASKS = "/openapi/v2/text-to-3d", "/openapi/v2/image-to-3d", "/openapi/v2/tasks"
 CAT = "https://example.com/cat.png"
@@ -327,50 +323,21 @@ def test_a_failed_task_says_why_in_its_task_error(
 # --- webhooks -------------------------------------------------------------------------
 
 
-class Receiver(BackgroundServer):
-    """Records every POST (its query and JSON body) and answers 200."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, str], Any]] = []
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                with receiver.arrived:
-                    receiver.got.append((dict(urllib.parse.parse_qsl(
-                        urllib.parse.urlsplit(self.path).query)), body))
-                    receiver.arrived.notify_all()
-
-        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
-
-    def wait(self, count: int) -> list[tuple[dict[str, str], Any]]:
-        with self.arrived:
-            assert self.arrived.wait_for(lambda: len(self.got) >= count, 10), self.got
-            return list(self.got)
-
-
 def test_a_webhook_delivers_the_v2_task_object_with_the_token() -> None:
     """Given a webhook (payload version v2) and two tasks, one deleted while PENDING, then
     the other's end arrives as the task object GET /openapi/v2/tasks/{id} gives, the
     secret as ?token=, and the deleted one sends nothing (its end was due first)."""
-    receiver = Receiver().start()
+    receiver = Receiver()
     server = ProviderServer(task_seconds=0.3, meshy_webhook_secret="meshy-standin-token",
-                            meshy_webhook_url=f"{receiver.url}/events").start()
+                            meshy_webhook_url=receiver.url).start()
     try:
         with httpx.Client(base_url=server.url, timeout=10,
                           headers={"Authorization": f"Bearer {server.api_key}"}) as meshy:
             deleted = text(meshy, "a mug [slow:2]").json()["id"]
             assert meshy.delete(f"{TASKS}/{deleted}").status_code == 200
             kept = text(meshy, "a cup [slow:2.5]").json()["id"]
-            [(query, body)] = receiver.wait(1)
+            [(query, _headers, raw)] = receiver.wait(1)
+            body = json.loads(raw)
             assert body == meshy.get(f"{TASKS}/{kept}").json()
         assert server.meshy_webhooks is not None
         assert [s.task_id for s in server.meshy_webhooks.sent] == [kept]

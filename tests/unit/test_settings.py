@@ -48,3 +48,12 @@ def test_every_env_var_maps_to_a_field() -> None:
     """ENV_VARS (the list infra is checked against) names only real settings."""
     names = set(Settings.__dataclass_fields__)
     assert all(attr in names for attr, _secret in ENV_VARS.values())
+
+
+def test_meshy_models_must_be_named() -> None:
+    """Given an empty Meshy model or texture model, then start-up refuses it by name
+    (every create would otherwise be refused by Meshy, each user's job failing)."""
+    for name in ("KILN_MESHY_MODEL", "KILN_MESHY_TEXTURE_MODEL"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: " "})
+    assert Settings.from_env({"KILN_MESHY_MODEL": "meshy-6"}).meshy_model == "meshy-6"

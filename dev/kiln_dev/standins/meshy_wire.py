@@ -40,7 +40,11 @@ with no documented code), with a type for their status; and DELETE's semantics, 
 from the description of Meshy's MCP tool ``meshy_cancel_task`` rather than the API docs:
 a PENDING task is deleted, an IN_PROGRESS one is refused (400 ``task_in_progress``, it
 keeps running), an ended one is deleted with its files; a deletion answers 200 ``{}``.
-``input_task_id`` is taken as given (not looked up).
+``input_task_id`` is taken as given (not looked up). The parameters each create takes
+(:data:`ALLOWED_KEYS`) are v2's where its pages name them (``should_texture``,
+``texture_model``, ``texture_prompt``, ``texture_image_url``, ``ai_model``, ``image_url``,
+``target_formats``) and otherwise those of Meshy's v1 docs (``enable_pbr``, ``seed``,
+``should_remesh``, ``topology``, …), which v2's full list may not keep.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ import io
 import math
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import IO, Any, cast
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import IO, Any, TypeVar, cast
 
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exceptions
@@ -36,6 +38,7 @@ UPLOAD_CHUNK = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads re
 READ_RETRY_SECONDS = 15.0
 READ_RETRY = DEFAULT_RETRY.with_timeout(READ_RETRY_SECONDS)
 READ_TIMEOUT = 60.0  # one request to Storage (the client's default)
+T = TypeVar("T")
 
 
 class CloudStorage:
@@ -228,9 +231,7 @@ class _Reader(io.BufferedIOBase):
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_END:
             if self._size is None:
-                with _translated():
-                    self._blob.reload(timeout=_read_timeout(), retry=self._retry)
-                self._size = int(self._blob.size or 0)
+                self._size = _in_time(self._stored_size, self._retry)
             offset += self._size
         elif whence == io.SEEK_CUR:
             offset += self._pos
@@ -242,25 +243,51 @@ class _Reader(io.BufferedIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def _stored_size(self, timeout: float, retry: Any) -> int:
+        self._blob.reload(timeout=timeout, retry=retry)
+        return int(self._blob.size or 0)
+
     def _download(self, start: int) -> bytes:
-        timeout = _read_timeout()
-        retry = self._retry.with_timeout(min(READ_RETRY_SECONDS, timeout)) if self._retry else None
-        with _translated():
+        def ranged(timeout: float, retry: Any) -> bytes:
             try:
-                data: bytes = self._blob.download_as_bytes(
+                return bytes(self._blob.download_as_bytes(
                     start=start, end=start + self._chunk - 1, checksum=None, timeout=timeout,
-                    retry=retry)
+                    retry=retry))
             except gexc.RequestRangeNotSatisfiable:
-                data = b""  # at or past the end
-        if len(data) < self._chunk:
-            self._size = start + len(data)
+                return b""  # at or past the end
+
+        data = _in_time(ranged, self._retry)
+        if len(data) > self._chunk:  # the Range was not honoured: the offsets mean nothing
+            raise RetryableError("The result could not be read.", code="storage_unavailable")
+        if (data and len(data) < self._chunk) or (not data and start == 0):
+            self._size = start + len(data)  # a short answer from inside the object: its end
         return data
 
 
-def _read_timeout() -> float:
-    """How long one request to Storage may wait: its usual 60 s, or what is left of the
-    call under way (``RetryableError`` ``storage_timeout`` when nothing is)."""
+#: Reads that must end by a deadline run here, so the wait for them is cut at the deadline
+#: whatever Storage does meanwhile (retries, or bytes dripping in under each read's
+#: timeout); an abandoned read finishes or times out on its own.
+_TIMED_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="storage-read")
+
+
+def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
+    """``call(timeout, retry)`` against Storage, within what is left of the call under way
+    (:func:`kiln.paced.time_left`; no limit outside one but Storage's 60 s per request and
+    ``retry``'s own). ``RetryableError``: ``storage_timeout`` when the time runs out,
+    ``storage_unavailable`` when Storage fails."""
     left = paced.time_left()
     if left <= 0.05:
         raise RetryableError("The result could not be read in time.", code="storage_timeout")
-    return min(READ_TIMEOUT, left)
+    timeout = min(READ_TIMEOUT, left)
+    if retry is not None:
+        retry = retry.with_timeout(min(READ_RETRY_SECONDS, timeout))
+    with _translated():
+        if left == math.inf:
+            return call(timeout, retry)
+        future = _TIMED_READS.submit(call, timeout, retry)
+        try:
+            return future.result(timeout=left)
+        except FutureTimeout:
+            future.cancel()
+            raise RetryableError("The result could not be read in time.",
+                                 code="storage_timeout") from None

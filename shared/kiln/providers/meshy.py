@@ -128,8 +128,8 @@ class MeshyProvider:
         state = _STATES.get(str(task.get("status")), TaskState.RUNNING)
         start, span, running = _SPANS[stage]
         if state is TaskState.SUCCEEDED and stage == "preview":
-            return _lost("The 3D generation service now makes a model in one step; "
-                         "starting this one again.")
+            return _lost("This model was begun with the 3D generation service's older "
+                         "two-step method, which is no longer finished.")
         if state is TaskState.SUCCEEDED:
             return TaskStatus(state, progress=start + span, stage="downloading")
         if state is TaskState.FAILED:
@@ -150,7 +150,7 @@ class MeshyProvider:
         download = open_stream(str(glb), self._policy, resolve=self._resolve)
         sent = _object(task.get("input"))
         provenance: dict[str, Any] = {
-            "provider": self.name, "model": str(sent.get("ai_model") or self.settings.meshy_model),
+            "provider": self.name, "model": str(sent.get("ai_model") or "meshy"),  # as sent
             "taskId": remote, "mode": "image-to-3d" if stage == "image" else "text-to-3d",
         }
         if sent.get("texture_model"):
@@ -187,8 +187,10 @@ class MeshyProvider:
 
     @staticmethod
     def _created(answer: Any) -> str:
-        """The new task's id: v2 answers the task object (``id``)."""
-        task_id = answer.get("id") if isinstance(answer, dict) else None
+        """The new task's id: v2 answers the task object (``id``); v1 answered
+        ``{result: id}``, taken too, so a paid task is never left untracked."""
+        answer = answer if isinstance(answer, dict) else {}
+        task_id = answer.get("id") or answer.get("result")
         if not isinstance(task_id, str) or not task_id:
             raise PermanentError("The 3D generation service did not start a task.",
                                  code="provider_rejected")

@@ -260,8 +260,9 @@ def test_the_last_attempt_keeps_time_for_the_link(
 
 
 def test_the_redelivery_budget_is_the_sweeper_functions_timeout() -> None:
-    """Given infra/, then the sweeper function's timeout and the setting its redelivery
-    pass budgets for come from one Terraform variable, whose default is the setting's."""
+    """Given infra/, then the sweeper function's timeout, Cloud Scheduler's deadline for
+    calling it and the setting its redelivery pass budgets for come from one Terraform
+    variable, whose default is the setting's."""
     module = load_module(INFRA)
     (sweeper,) = [body for name, body in
                   module.resources("google_cloudfunctions2_function").items()
@@ -270,6 +271,8 @@ def test_the_redelivery_budget_is_the_sweeper_functions_timeout() -> None:
     assert config["timeout_seconds"] == "${var.sweeper_timeout_seconds}"
     assert config["environment_variables"]["KILN_SWEEPER_TIMEOUT_SECONDS"] \
         == "${var.sweeper_timeout_seconds}"
+    (scheduler,) = module.resources("google_cloud_scheduler_job").values()
+    assert scheduler["attempt_deadline"] == "${var.sweeper_timeout_seconds}s"
     default = module.named("variable")["sweeper_timeout_seconds"]["default"]
     assert default == Settings().sweeper_timeout_seconds == 120
     budget = notifier.RedeliveryBudget(default)
@@ -324,13 +327,34 @@ def test_a_redelivery_reads_the_stored_file_within_the_pass(
     assert all(0 < left <= 120 - 10 - 15 for left in seen), seen
 
 
+def test_a_claim_outlasts_a_long_sweeper_invocation(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a sweeper timeout of 900 s, longer than the usual claim of 300 s, then a pass
+    claims a deferred result for at least the invocation: an overlapping sweep (two
+    revisions during a deploy) cannot take it as abandoned while the first still sends."""
+    rig.services.settings = replace(rig.services.settings, sweeper_timeout_seconds=900.0)
+    leases: list[float] = []
+    claim = chats.claim_delivery
+
+    def recorded(chat_id: int | str, job_id: str, *, now: float, lease: float) -> Any:
+        leases.append(lease)
+        return claim(chat_id, job_id, now=now, lease=lease)
+
+    monkeypatch.setattr(chats, "claim_delivery", recorded)
+    finish_deferred(rig, server, chat)
+    rig.clock.advance(BACKOFF + 1)
+    assert sweep(rig.services)["redelivered"] == 1
+    assert leases == [900.0]
+
+
 def test_the_sweeper_timeout_setting_is_bounded() -> None:
     """Given a sweeper timeout a redelivery pass could not fit in, or one longer than an
     HTTP function may run, then the settings refuse it by name."""
-    for value in ("59", "3601"):
+    for value in ("59", "1801"):
         with pytest.raises(ConfigError, match="KILN_SWEEPER_TIMEOUT_SECONDS"):
             Settings.from_env({"KILN_SWEEPER_TIMEOUT_SECONDS": value})
-    assert Settings.from_env({"KILN_SWEEPER_TIMEOUT_SECONDS": "300"}).sweeper_timeout_seconds == 300
+    assert Settings.from_env({"KILN_SWEEPER_TIMEOUT_SECONDS": "1800"}).sweeper_timeout_seconds == 1800
 
 
 def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None:

@@ -60,7 +60,9 @@ CHAT_GAP = 1.0  # seconds between any two edits in one chat (~1 message/s per ch
 EDIT_TIMEOUT = 5.0  # an edit must never hold up generation for long
 REDELIVERY_ATTEMPTS = 8  # then the link (last attempt), then give up
 REDELIVERY_MAX_DELAY = 1800.0
-REDELIVERY_LEASE = 300.0  # a claimed redelivery still ``sending`` after this is dropped
+#: A claimed redelivery still ``sending`` after this (or after the sweeper's timeout, if
+#: longer: the pass that claimed it may still be sending) is dropped.
+REDELIVERY_LEASE = 300.0
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ class TelegramChannel:
                 break
             job = services.store.get(job_id)  # before the claim: a failure leaves it waiting
             claim = chats.claim_delivery(chat_id, job_id, now=_now(services),
-                                         lease=REDELIVERY_LEASE)
+                                         lease=max(REDELIVERY_LEASE, budget.invocation))
             if claim.outcome is ClaimOutcome.DROPPED:
                 _dropped(services, job_id, job, attempt=claim.attempt + 1)
             if claim.outcome is not ClaimOutcome.TAKEN:
