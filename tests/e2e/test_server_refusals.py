@@ -9,7 +9,11 @@ import socket
 import urllib.parse
 from typing import Any
 
+import httpx
 import pytest
+
+from kiln.adapters.firebase_auth import emulator_id_token
+from kiln.core.job import is_valid_job_id
 
 BODY = b'{"kind": "image", "prompt": "a red cube"}'
 
@@ -50,3 +54,55 @@ def test_the_server_refuses_in_the_contracts_shape(stack: Any, request_bytes: by
     got, headers, body = exchange(stack, request_bytes)
     assert (got, headers.get("content-type")) == (status, "application/json"), body[:300]
     assert json.loads(body)["error"]["code"] == code
+
+
+def malformed_chunks(token: str) -> bytes:
+    return post("Transfer-Encoding: chunked\r\n", b"zz\r\n" + BODY + b"\r\n0\r\n\r\n", token)
+
+
+def test_a_malformed_chunked_body_is_refused_not_a_500(stack: Any) -> None:
+    """Given a body whose chunk size is not hexadecimal, then a caller without credentials
+    gets 401 (functions-framework's drain of the body after the answer no longer turns it
+    into a 500), and a signed-in caller, whose body is read, 400 ``bad_request``."""
+    status, _headers, body = exchange(stack, malformed_chunks("x"))
+    assert (status, json.loads(body)["error"]["code"]) == (401, "unauthenticated"), body
+    token = emulator_id_token("user-chunks", stack.config.project)
+    status, _headers, body = exchange(stack, malformed_chunks(token))
+    assert (status, json.loads(body)["error"]["code"]) == (400, "bad_request"), body
+
+
+@pytest.mark.parametrize("declared", [70_000, 300 * 1024 * 1024])
+def test_an_oversized_body_is_refused_before_it_is_sent(stack: Any, declared: int) -> None:
+    """Given a body declared larger than the limit (64 KiB) of which only 40 bytes are
+    sent, the connection left open, then the 413 comes at once: nothing waits for, or
+    buffers, the bytes that will never be read (functions-framework drained the whole
+    body after every answer, 300 MB into memory)."""
+    url = urllib.parse.urlsplit(stack.ingress_url)
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(post(f"Content-Length: {declared}\r\n", b"x" * 40))
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)  # socket.timeout (a failure) if the answer waits
+            assert chunk, raw
+            raw += chunk
+    assert raw.startswith(b"HTTP/1.1 413 "), raw[:200]
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/jobs/__abcdef__"), ("GET", "/v1/jobs/__abcdefgh__/timeline"),
+    ("POST", "/v1/jobs/__abcdefgh__:cancel"), ("GET", "/v1/batches/__abcdefgh__"),
+    ("POST", "/v1/batches/__abcdefgh__:cancel"),
+])
+def test_an_id_firestore_reserves_is_not_found(stack: Any, method: str, path: str) -> None:
+    """Given an id of the form ``__…__`` (Firestore refuses to read such a document, with an
+    error), then it is an id no job or batch has: 404, not a 500."""
+    token = emulator_id_token("user-reserved", stack.config.project)
+    response = httpx.request(method, f"{stack.ingress_url}{path}", timeout=10,
+                             headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_reserved_and_non_ascii_ids_are_not_job_ids() -> None:
+    assert is_valid_job_id("e127880d6f344412c06e")
+    assert not is_valid_job_id("__abcdefgh__") and not is_valid_job_id("abcdéfgh12")
+    assert is_valid_job_id("__abcdefgh") and is_valid_job_id("abcdefgh__")

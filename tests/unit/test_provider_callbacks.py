@@ -129,3 +129,23 @@ def test_taskserver_asks_for_callbacks_only_where_it_can_verify_them(
     provider = TaskServerProvider(settings, client=httpx.Client(transport=httpx.MockTransport(answer)))
     assert provider.submit(GenerationRequest("job-1", "model", "a cube")) == "t-1"
     assert sent[0].get("callback_url") == expected
+
+
+@pytest.mark.parametrize("task_id", ["a" * 3000, "a\ud800", "tab\there"])
+def test_an_event_naming_an_id_kiln_cannot_index_is_malformed(task_id: str) -> None:
+    """Given an authentic event whose task id is longer than a Firestore key takes, not
+    valid Unicode, or not printable, then it is refused as malformed (400), not left to
+    fail in the store (a 500)."""
+    meshy = json.dumps({"id": task_id, "status": "SUCCEEDED"}).encode()
+    with pytest.raises(MalformedCallback):
+        verify("meshy", {}, meshy, SETTINGS, NOW, query={"token": "meshy-token"})
+    body = event(task_id=task_id)
+    with pytest.raises(MalformedCallback):
+        verify("taskserver", signed(body), body, SETTINGS, NOW)
+
+
+def test_a_signed_event_with_an_overlong_webhook_id_is_malformed() -> None:
+    body = event()
+    with pytest.raises(MalformedCallback):
+        verify("taskserver", signed(body, msg_id="m" * 2000), body, SETTINGS, NOW)
+    assert verify("taskserver", signed(body, msg_id="m" * 256), body, SETTINGS, NOW)

@@ -75,7 +75,11 @@ def new_job_id(uid: str, idempotency_key: str | None = None) -> str:
 
 
 def is_valid_job_id(job_id: str) -> bool:
-    return 8 <= len(job_id) <= 64 and all(c.isalnum() or c in "-_" for c in job_id)
+    """An id Kiln could have made: 8–64 ASCII letters, digits, ``-`` and ``_``, and not one
+    Firestore reserves (``__…__``), which it would refuse with an error, not a miss."""
+    return (8 <= len(job_id) <= 64 and job_id.isascii()
+            and all(c.isalnum() or c in "-_" for c in job_id)
+            and not (job_id.startswith("__") and job_id.endswith("__")))
 
 
 @dataclass(frozen=True)

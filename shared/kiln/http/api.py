@@ -37,7 +37,7 @@ from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
-from kiln.http.responses import error_response, json_response, read_json
+from kiln.http.responses import error_response, json_response, read_body, read_json, skip_drain
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
 from kiln.runtime.admission import admit
@@ -58,7 +58,7 @@ STATUS: dict[type[KilnError], int] = {
 
 
 class _JobId(BaseConverter):
-    regex = r"[A-Za-z0-9_-]{1,64}"
+    regex = r"(?!__)[A-Za-z0-9_-]{1,64}"  # Firestore reserves ids like __x__; Kiln makes none
 
 
 class _Provider(BaseConverter):
@@ -154,11 +154,7 @@ def telegram_webhook(request: flask.Request, services: Services) -> flask.Respon
 
 def provider_event(request: flask.Request, services: Services, provider: str) -> flask.Response:
     """A provider's callback: verified, de-duplicated, its job woken (never generated)."""
-    length = request.content_length
-    raw = b"" if length == 0 else request.stream.read(CALLBACK_MAX_BYTES + 1)
-    if (length is not None and length > CALLBACK_MAX_BYTES) or len(raw) > CALLBACK_MAX_BYTES:
-        raise RequestError(413, "body_too_large",
-                           f"The body must be at most {CALLBACK_MAX_BYTES} bytes.")
+    raw = read_body(request, CALLBACK_MAX_BYTES)
     outcome = receive(services, provider, dict(request.headers), raw, request.args.to_dict())
     return json_response(200, {"status": outcome.value})
 
@@ -190,14 +186,17 @@ ROUTES = Map([
 def handle(request: flask.Request, services: Services) -> flask.Response:
     """Answer one request, with CORS headers for an allowed browser origin."""
     origin = cors_origin(request.headers.get("Origin"), services.settings)
-    if request.method == "OPTIONS" and origin is not None:
-        response = flask.Response(status=204, headers={
-            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
-            "Access-Control-Max-Age": "3600",
-        })
-    else:
-        response = _dispatch(request, services)
+    try:
+        if request.method == "OPTIONS" and origin is not None:
+            response = flask.Response(status=204, headers={
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+                "Access-Control-Max-Age": "3600",
+            })
+        else:
+            response = _dispatch(request, services)
+    finally:
+        skip_drain(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"

@@ -28,15 +28,7 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
         raise RequestError(415, "unsupported_media_type",
                            "Send the body as JSON, with Content-Type: application/json "
                            "(UTF-8).")
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
-    raw = request.stream.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
-    if length is not None and len(raw) < length:
-        raise RequestError(400, "incomplete_body",
-                           f"The body ended after {len(raw)} of its {length} bytes.")
+    raw = read_body(request, max_bytes)
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
                           parse_constant=_not_json, parse_int=_integer, parse_float=_finite)
@@ -48,6 +40,37 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
             from exc
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, "invalid_json", "The body is not valid UTF-8 JSON.") from exc
+
+
+def read_body(request: flask.Request, max_bytes: int) -> bytes:
+    """The body's bytes, at most ``max_bytes``: a larger body, declared or counted, is 413;
+    one shorter than its ``Content-Length``, or one the server cannot read (a malformed
+    chunked encoding: a bad chunk size, a missing CRLF, a body cut short), is 400."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    try:
+        raw = b"" if length == 0 else request.stream.read(max_bytes + 1)
+    except RequestError:
+        raise
+    except Exception as exc:  # the server's own reader refused the framing (gunicorn's)
+        raise RequestError(400, "bad_request", "The body could not be read: its chunked "
+                           "encoding is malformed or it was cut short.") from exc
+    if len(raw) > max_bytes:
+        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    if length is not None and len(raw) < length:
+        raise RequestError(400, "incomplete_body",
+                           f"The body ended after {len(raw)} of its {length} bytes.")
+    return raw
+
+
+def skip_drain(request: flask.Request) -> None:
+    """Let functions-framework's drain after the answer (``read_request``:
+    ``request.get_data()`` with no limit) read nothing more: every handler has read what it
+    takes, and the rest of an oversized or malformed body would otherwise be buffered whole,
+    or waited for, or turned into a 500. gunicorn discards what is left before the
+    connection's next request."""
+    request._cached_data = b""  # werkzeug's get_data returns its cache when there is one
 
 
 def _not_json(name: str) -> Any:

@@ -33,6 +33,8 @@ from kiln.core.errors import RequestError
 from kiln.settings import Settings
 
 PROVIDERS = ("taskserver", "meshy")
+#: The longest task or event id a callback may name (UTF-8 bytes).
+ID_MAX_BYTES = 256
 TOLERANCE = dt.timedelta(minutes=5)
 #: Meshy's stage prefixes on Kiln's task ids (``kiln.providers.meshy``).
 _MESHY_STAGES = ("text", "image", "preview", "refine", "mesh")
@@ -151,6 +153,8 @@ def _taskserver(headers: Mapping[str, str], body: bytes, secret: str,
     task_id, status = event.get("task_id"), event.get("status")
     if not isinstance(task_id, str) or not task_id or not isinstance(status, str):
         raise MalformedCallback("The event needs a task_id and a status.")
+    _check_id(msg_id, "webhook-id")
+    _check_id(task_id, "task_id")
     kind = event.get("type")
     return [ProviderEvent(event_id=msg_id, task_id=task_id, ended=status in _TASKSERVER_ENDED,
                           kind=kind if isinstance(kind, str) and kind else f"task.{status}")]
@@ -169,10 +173,23 @@ def _meshy(body: bytes, secret: str, query: Mapping[str, str]) -> list[ProviderE
     task_id, status = task.get("id"), task.get("status")
     if not isinstance(task_id, str) or not task_id or not isinstance(status, str):
         raise MalformedCallback("The event needs an id and a status.")
+    _check_id(task_id, "id")
     progress = task.get("progress")
     progress = progress if isinstance(progress, int) else 0
     return [ProviderEvent(event_id=f"{task_id}:{status}:{progress}", task_id=task_id,
                           ended=status in _MESHY_ENDED, kind=status.lower())]
+
+
+def _check_id(value: str, name: str) -> None:
+    """A task or event id Kiln can index: printable, at most :data:`ID_MAX_BYTES` bytes of
+    UTF-8 (a Firestore document id holds at most 1,500, and Kiln's keys quote it)."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise MalformedCallback(f"The event's {name} is not valid Unicode.") from None
+    if size > ID_MAX_BYTES or not value.isprintable():
+        raise MalformedCallback(
+            f"The event's {name} must be printable and at most {ID_MAX_BYTES} bytes.")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

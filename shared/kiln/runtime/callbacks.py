@@ -50,8 +50,8 @@ def receive(services: Services, provider: str, headers: Mapping[str, str], body:
         outcome = Received.ACCEPTED
         try:
             _wake(services, provider, task_key(provider, event.task_id))
-        except RetryableError:
-            # Unseen again, so the provider's retry (it gets a 503) is handled, not a replay.
+        except Exception:
+            # Unseen again, so the provider's retry is handled, not taken for a replay.
             with contextlib.suppress(RetryableError):
                 services.task_index.forget(provider, event.event_id)
             raise

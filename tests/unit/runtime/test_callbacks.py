@@ -134,6 +134,26 @@ def test_an_end_whose_wake_failed_is_handled_when_the_provider_sends_it_again() 
     assert len(rig.queue.deliveries) == published + 1
 
 
+def test_an_end_whose_wake_failed_unexpectedly_is_not_a_duplicate_the_next_time() -> None:
+    """Recorded as seen, then the wake fails with an error that is not retryable: the event
+    is unseen again, so the provider's retry of it is handled, not answered duplicate."""
+    rig, _provider = callback_rig()
+    job_id = rig.submit(kind="model")
+    run_job(job_id, rig.services)
+    published = len(rig.queue.deliveries)
+    job_for = rig.task_index.job_for
+
+    def broken(provider: str, task_id: str) -> str | None:
+        raise ValueError("a key the store refuses")
+
+    rig.task_index.job_for = broken  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        send(rig, "task-1")
+    rig.task_index.job_for = job_for  # type: ignore[method-assign]
+    assert send(rig, "task-1") is Received.ACCEPTED
+    assert len(rig.queue.deliveries) == published + 1
+
+
 def test_the_route_answers_503_with_retry_after_when_firestore_is_down() -> None:
     """A provider retries a 5xx: Firestore unavailable is a 503 with Retry-After, not 500."""
     import flask
