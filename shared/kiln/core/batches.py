@@ -98,7 +98,11 @@ def new_batch_id(uid: str, idempotency_key: str | None) -> str:
 
 
 def item_job_id(batch_id: str, index: int) -> str:
-    return hashlib.sha256(f"{batch_id}\x00{index}".encode()).hexdigest()[:20]
+    """The id of a batch's ``index``-th job. Tagged ``item``: untagged, it was the id of the
+    job a user whose uid is ``batch_id`` submits with ``Idempotency-Key: index``, so such a
+    user could take a batch's id before it is made (a key is printable ASCII, so no key
+    reaches this tag). A stored batch keeps the ids it was made with."""
+    return hashlib.sha256(f"item\x00{batch_id}\x00{index}".encode()).hexdigest()[:20]
 
 
 def fingerprint(requests: Sequence[JobRequest]) -> str:

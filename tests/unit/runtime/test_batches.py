@@ -113,6 +113,22 @@ def test_all_or_nothing_when_a_job_id_is_taken(rig: Rig) -> None:
     assert rig.queue.ids() == []
 
 
+def test_a_user_named_after_a_batch_cannot_take_its_job_ids(rig: Rig) -> None:
+    """Given a user whose uid is the id alice's keyed batch will have, when that user
+    submits a job with ``Idempotency-Key: 0``, then alice's batch is still made (its jobs'
+    ids are tagged apart from any (uid, key) job id), and the user's job is theirs."""
+    from kiln.core.batches import new_batch_id
+
+    squatter = new_batch_id("alice", "vk-1")
+    status, answer, _ = call(rig, f"Bearer uid:{squatter}", "POST", "/v1/jobs",
+                             {"kind": "image", "prompt": "a squat"}, key="0")
+    assert status == 202
+    status, batch, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(2)},
+                            key="vk-1")
+    assert status == 202, batch
+    assert answer["jobId"] not in batch["jobIds"]
+
+
 def test_counts_come_from_the_jobs_and_an_app_user_gets_one_push(rig: Rig) -> None:
     rig.devices.register("alice", "phone", fid="fid-1", platform="android")
     _, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(3)})
