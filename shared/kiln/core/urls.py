@@ -23,11 +23,19 @@ INTERNAL_NAMES = ("localhost", "metadata.google.internal", "metadata.goog", "met
 
 def host_of(url: str) -> str:
     """The URL's host, lower-case, without a trailing dot ("" when it has none or is not a
-    URL)."""
+    URL). A name written in other characters is the ASCII one a client connects to
+    (IDNA: ``１０．０．０．１`` and ``10。0。0。1`` are ``10.0.0.1``, ``bücher.example`` is
+    ``xn--bcher-kva.example``); one with no such form is "" (refused as having no host)."""
     try:
-        return (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
     except ValueError:
         return ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            return ""
+    return host.rstrip(".")
 
 
 def form_refusal(url: str, *, allow_local: bool) -> str:
