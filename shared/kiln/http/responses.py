@@ -15,7 +15,7 @@ from kiln.core.errors import RequestError
 def read_json(request: flask.Request, max_bytes: int) -> Any:
     """The JSON body, refusing what is not strictly one JSON document before it costs
     anything: a media type other than ``application/json`` (415; a ``charset`` other than
-    UTF-8 too), an oversized body (413), a body shorter than its ``Content-Length``, bytes
+    UTF-8 too, or a ``Content-Encoding`` such as gzip), an oversized body (413), a body shorter than its ``Content-Length``, bytes
     that are not UTF-8, duplicate keys in an object, or malformed JSON (``NaN`` and
     ``Infinity`` included), a number too large to read (an integer of more than
     Python's 4300 digits, a float beyond a double's range such as ``1e999``) or JSON
@@ -28,6 +28,9 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
         raise RequestError(415, "unsupported_media_type",
                            "Send the body as JSON, with Content-Type: application/json "
                            "(UTF-8).")
+    if (request.headers.get("Content-Encoding") or "identity").strip().lower() != "identity":
+        raise RequestError(415, "unsupported_media_type",
+                           "Send the body uncompressed: no Content-Encoding is taken.")
     raw = read_body(request, max_bytes)
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,

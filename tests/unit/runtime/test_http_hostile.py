@@ -76,6 +76,16 @@ def test_non_json_numbers_are_invalid_json(client: Any, constant: str) -> None:
     assert (response.status_code, error_of(response)["code"]) == (400, "invalid_json")
 
 
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_415_not_read_as_json(client: Any, jobs: Any, coding: str) -> None:
+    """Given a body that says it is compressed, then it is refused (415) rather than read
+    as if it were not, and no job is made."""
+    body = b'{"kind": "image", "prompt": "x"}'
+    response = client.post("/v1/jobs", data=body, headers={**JSON, "Content-Encoding": coding})
+    assert (response.status_code, error_of(response)["code"]) == (415, "unsupported_media_type")
+    assert jobs() == []
+
+
 def test_a_10kb_idempotency_key_is_400(client: Any) -> None:
     response = client.post("/v1/jobs", data=b'{"kind": "image", "prompt": "x"}',
                            headers={**JSON, "Idempotency-Key": "k" * 10_240})
