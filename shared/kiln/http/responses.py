@@ -16,10 +16,10 @@ def read_json(request: flask.Request, max_bytes: int) -> Any:
     """The JSON body, refusing what is not strictly one JSON document before it costs
     anything: a media type other than ``application/json`` (415; a ``charset`` other than
     UTF-8 too, or a ``Content-Encoding`` such as gzip), an oversized body (413), a body
-    shorter than its ``Content-Length``, bytes that are not UTF-8, duplicate keys in an object, or malformed JSON (``NaN`` and
-    ``Infinity`` included), a number too large to read (an integer of more than
-    Python's 4300 digits, a float beyond a double's range such as ``1e999``) or JSON
-    nested too deeply to parse (400)."""
+    shorter than its ``Content-Length``, bytes that are not UTF-8, duplicate keys in an
+    object, or malformed JSON (``NaN`` and ``Infinity`` included), a number too large to
+    read (an integer of more than Python's 4300 digits, a float beyond a double's range such
+    as ``1e999``) or JSON nested too deeply to parse (400)."""
     media, _, params = (request.headers.get("Content-Type") or "").partition(";")
     charset = next((v.strip().strip('"').lower() for k, _, v in
                     (p.strip().partition("=") for p in params.split(";"))
