@@ -184,8 +184,9 @@ def test_the_ascii_fast_path_decides_as_the_character_rule(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(texts | ascii_texts)
-def test_the_uid_rule_refuses_exactly_control_characters_and_surrogates(uid: str) -> None:
-    unseeable = any(unicodedata.category(c) in ("Cc", "Cs") for c in uid)
+def test_the_uid_rule_refuses_exactly_unseeable_characters_and_blanks(uid: str) -> None:
+    unseeable = any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in uid) \
+        or (uid != "" and not uid.strip())
     try:
         check_app_uid(uid)
         refused = None

@@ -26,17 +26,18 @@ def check_app_uid(uid: str) -> str:
 
     Raises:
         RequestError: 403 ``unsupported_uid`` for a uid that cannot name a document or an
-            object (``/``, a ``.``/``..`` segment, ``__…__``, a control character, over
-            128 characters); 403 ``reserved_uid`` for another channel's owner.
+            object, or reads as another (blank; ``/``, a ``.``/``..`` segment, ``__…__``,
+            a control character, a formatting one such as a bidi override, over 128
+            characters); 403 ``reserved_uid`` for another channel's owner.
     """
-    bad = (not uid or len(uid) > UID_MAX or "/" in uid or uid in (".", "..") or ".." in uid
-           or (uid.startswith("__") and uid.endswith("__"))
+    bad = (not uid.strip() or len(uid) > UID_MAX or "/" in uid or uid in (".", "..")
+           or ".." in uid or (uid.startswith("__") and uid.endswith("__"))
            or (not (uid.isascii() and uid.isprintable())
-           and any(unicodedata.category(c) in ("Cc", "Cs") for c in uid)))
+           and any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in uid)))
     if bad:
         raise RequestError(403, "unsupported_uid", "This account's user id cannot be used "
-                           "here (it contains '/', '..' or a control character, or is over "
-                           f"{UID_MAX} characters).")
+                           "here (it is blank, contains '/', '..', a control or an invisible "
+                           f"formatting character, or is over {UID_MAX} characters).")
     if uid.startswith(RESERVED_PREFIXES):
         raise RequestError(403, "reserved_uid", "This account's user id is reserved for "
                            "another channel ('telegram:' or 'api:').")

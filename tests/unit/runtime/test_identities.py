@@ -24,7 +24,7 @@ CUBE = {"kind": "image", "prompt": "a red cube"}
 
 
 @pytest.mark.parametrize("uid", ["a/b", "/", "..", ".", "x..y", "a\x00b", "tab\there", "\x7f",
-                                 "__name__", "u" * 129])
+                                 "__name__", "u" * 129, " ", "ab\u202ec", "a\u200bb"])
 def test_a_uid_that_cannot_name_a_path_is_refused_at_the_edge(rig: Rig, uid: str) -> None:
     for method, path, body in [("POST", "/v1/jobs", CUBE), ("GET", "/v1/jobs", None),
                                ("GET", "/v1/jobs/abcdefgh12", None)]:
