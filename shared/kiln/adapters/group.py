@@ -31,19 +31,36 @@ LATE = "The request waited its whole time for its turn."
 PATIENCE = 0.25
 
 
-class _Batch(Generic[Item, Result]):
-    """Items waiting to go out in one call, and what became of them."""
+def _held() -> threading.Lock:
+    """A lock taken already: its one waiter blocks in ``acquire`` until it is released."""
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
-    __slots__ = ("deadline", "done", "error", "items", "results", "size", "turn")
+
+class _Batch(Generic[Item, Result]):
+    """Items waiting to go out in one call, and what became of them.
+
+    Its callers wait on plain locks, one each, released by whoever finishes the call:
+    a woken caller then needs nothing but the GIL, where an ``Event`` wakes all its
+    waiters to contend for its condition's lock first (more thread switches per request,
+    and each costs CPU; docs/benchmarks.md, the eighteenth pass)."""
+
+    __slots__ = ("deadline", "error", "items", "joined", "results", "size", "turn")
 
     def __init__(self, item: Item, size: int, deadline: float) -> None:
         self.items = [item]
         self.size = size
         self.deadline = deadline  # its first caller's, the earliest
-        self.turn = threading.Event()  # the call before it has returned: send it
-        self.done = threading.Event()
+        self.turn = _held()  # released when the call before it has returned: send it
+        self.joined: list[threading.Lock] = []  # one per caller after the first
         self.results: list[Result] = []
         self.error: BaseException | None = None
+
+    def finished(self) -> None:
+        """Results or error are in: wake every caller that joined."""
+        for waiter in self.joined:
+            waiter.release()
 
 
 class Group(Generic[Item, Result]):
@@ -93,6 +110,8 @@ class Group(Generic[Item, Result]):
                 index = len(batch.items)
                 batch.items.append(item)
                 batch.size += size
+                waiter = _held()
+                batch.joined.append(waiter)  # before the batch can leave the queue
             else:
                 batch, index = _Batch(item, size, self._clock() + self._timeout), 0
                 self._waiting.append(batch)
@@ -102,17 +121,17 @@ class Group(Generic[Item, Result]):
             finally:
                 self._next()
         if index > 0:
-            batch.done.wait()
+            waiter.acquire()
         else:
             left = batch.deadline - self._clock()
             wait = left if self._patience is None else min(left, self._patience)
-            if batch.turn.wait(max(0.0, wait)) or not self._withdraw(batch):
+            if batch.turn.acquire(timeout=max(0.0, wait)) or not self._withdraw(batch):
                 self._run(batch, holds_wire=True)
             elif self._clock() < batch.deadline:  # the call on the wire is slow: go beside it
                 self._run(batch, holds_wire=False)
             else:  # its time ran out behind the call on the wire: it never had the wire
                 batch.error = gexc.DeadlineExceeded(LATE)
-                batch.done.set()
+                batch.finished()
         if batch.error is not None:
             raise batch.error
         return batch.results[index]
@@ -127,7 +146,7 @@ class Group(Generic[Item, Result]):
         except BaseException as exc:  # each caller of the batch raises it
             batch.error = exc
         finally:
-            batch.done.set()
+            batch.finished()
             if holds_wire:
                 self._next()
 
@@ -153,7 +172,7 @@ class Group(Generic[Item, Result]):
             following = self._waiting.popleft() if self._waiting else None
             self._busy = following is not None
         if following is not None:
-            following.turn.set()
+            following.turn.release()
 
 
 #: The most documents one commit of concurrent jobs' creates writes (Firestore takes 500
