@@ -106,3 +106,37 @@ def test_reserved_and_non_ascii_ids_are_not_job_ids() -> None:
     assert is_valid_job_id("e127880d6f344412c06e")
     assert not is_valid_job_id("__abcdefgh__") and not is_valid_job_id("abcdéfgh12")
     assert is_valid_job_id("__abcdefgh") and is_valid_job_id("abcdefgh__")
+
+
+@pytest.mark.parametrize("size", [100 * 1024, 900 * 1024])
+def test_a_refused_body_does_not_break_the_connections_next_request(stack: Any, size: int) -> None:
+    """Given a body the function refuses without reading (no credentials: 401), larger
+    than the 64 KiB gunicorn discards by itself, then the connection still serves its next
+    request: the rest of the body was read and dropped, not left to close it."""
+    url = urllib.parse.urlsplit(stack.ingress_url)
+    first = (f"POST /v1/batches HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {size}\r\n\r\n").encode() + b" " * size
+    second = b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(first)
+        status, rest = read_answer(sock)
+        assert status == 401
+        sock.sendall(second)
+        status, _ = read_answer(sock, rest)
+        assert status == 200
+
+
+def read_answer(sock: socket.socket, raw: bytes = b"") -> tuple[int, bytes]:
+    """One answer's status from ``sock`` (by its Content-Length); what followed it."""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed before the answer"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed in the answer"
+        body += chunk
+    return int(head.split()[1]), body[length:]

@@ -198,6 +198,32 @@ def test_a_stalled_read_of_a_stored_result_ends_with_the_call_it_serves(
         assert reader.read(100) == b"x" * 100
 
 
+def test_reads_left_stalled_do_not_hold_up_the_next_one(
+        storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
+    """Given five reads of one object that Storage stalls, each given up at its call's end
+    (0.3 s), then a read of another object, while they still hang, is served at once:
+    an abandoned read holds no worker a later read waits for."""
+    from kiln.adapters.storage import CloudStorage
+    from kiln.paced import ending_by
+    stalled, fine = (f"faults/{name}-{uuid.uuid4().hex[:8]}.bin" for name in ("held", "fine"))
+    services.blobs.put_bytes(stalled, b"s" * 100, "application/octet-stream")
+    services.blobs.put_bytes(fine, b"f" * 100, "application/octet-stream")
+    blobs = CloudStorage(stack.bucket, project=stack.config.project,
+                         emulator_host=storage_proxy.url, read_retry=None)
+    storage_proxy.match = lambda _method, url: "held-" in url
+    storage_proxy.hold = threading.Event()
+    try:
+        for _ in range(5):
+            with ending_by(time.monotonic() + 0.3), pytest.raises(RetryableError):
+                blobs.open(stalled, 4096).read(10)
+        started = time.monotonic()
+        with ending_by(started + 5):
+            assert blobs.open(fine, 4096).read(10) == b"f" * 10
+        assert time.monotonic() - started < 2.0
+    finally:
+        storage_proxy.hold.set()
+
+
 def test_a_read_storage_drips_ends_with_the_call_it_serves(
         storage_proxy: HttpFaultProxy, stack: LocalStack, services: Any) -> None:
     """Given a stored result read inside a call that must end in 1 s, when Storage sends

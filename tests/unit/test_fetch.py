@@ -25,6 +25,8 @@ from kiln.providers.fetch import (
     fetch_small,
     forbidden_reason,
     open_stream,
+    pin_host,
+    pinned_client,
 )
 from kiln.settings import Settings
 
@@ -195,6 +197,19 @@ def test_the_connection_goes_to_the_checked_address(files: str) -> None:
                            resolve=lambda host, p: next(answers))
     # then the server saw the original Host header; the second answer was never asked
     assert b"".join(download.chunks) == f"localhost:{port}".encode()
+
+
+def test_an_international_name_is_pinned_as_the_name_the_connection_is_given(files: str) -> None:
+    """Given a host with non-ASCII letters, then its pin is keyed by the IDNA name httpx
+    hands the connection (a pin under the Unicode name was never found: every download
+    from or webhook to such a host failed to connect), and the Host header keeps it."""
+    port = files.rsplit(":", 1)[1]
+    url = f"http://Bücher.example:{port}/host"
+    assert pin_host(url) == "xn--bcher-kva.example"
+    client, pins = pinned_client(LOCAL)
+    pins[pin_host(url)] = "127.0.0.1"
+    with client:
+        assert client.get(url).text == f"xn--bcher-kva.example:{port}"
 
 
 def test_a_redirect_to_a_private_address_is_refused(files: str) -> None:

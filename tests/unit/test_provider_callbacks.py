@@ -149,3 +149,12 @@ def test_a_signed_event_with_an_overlong_webhook_id_is_malformed() -> None:
     with pytest.raises(MalformedCallback):
         verify("taskserver", signed(body, msg_id="m" * 2000), body, SETTINGS, NOW)
     assert verify("taskserver", signed(body, msg_id="m" * 256), body, SETTINGS, NOW)
+
+
+def test_a_meshy_progress_out_of_range_is_kept_within_it_in_the_event_id() -> None:
+    """Given an authentic Meshy update whose progress is a 4000-digit number (or negative),
+    then the event id holds it as 100 (or 0): the id stays a key Firestore takes."""
+    for progress, shown in ((10**4000, 100), (-5, 0), (42, 42)):
+        body = json.dumps({"id": "t-1", "status": "IN_PROGRESS", "progress": progress}).encode()
+        [read] = verify("meshy", {}, body, SETTINGS, NOW, query={"token": "meshy-token"})
+        assert read.event_id == f"t-1:IN_PROGRESS:{shown}"

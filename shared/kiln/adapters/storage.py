@@ -14,11 +14,10 @@ import contextlib
 import hashlib
 import io
 import math
+import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import IO, Any, TypeVar, cast
 
 from google.api_core import exceptions as gexc
@@ -264,17 +263,16 @@ class _Reader(io.BufferedIOBase):
         return data
 
 
-#: Reads that must end by a deadline run here, so the wait for them is cut at the deadline
-#: whatever Storage does meanwhile (retries, or bytes dripping in under each read's
-#: timeout); an abandoned read finishes or times out on its own.
-_TIMED_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="storage-read")
-
-
 def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
     """``call(timeout, retry)`` against Storage, within what is left of the call under way
     (:func:`kiln.paced.time_left`; no limit outside one but Storage's 60 s per request and
     ``retry``'s own). ``RetryableError``: ``storage_timeout`` when the time runs out,
-    ``storage_unavailable`` when Storage fails."""
+    ``storage_unavailable`` when Storage fails.
+
+    With a deadline the call runs on a daemon thread of its own and the wait for it is
+    cut at the deadline, whatever Storage does meanwhile (retries, or bytes dripping in
+    under each read's timeout); an abandoned call finishes or times out on its own, and
+    holds up no other read nor the process's exit."""
     left = paced.time_left()
     if left <= 0.05:
         raise RetryableError("The result could not be read in time.", code="storage_timeout")
@@ -284,10 +282,22 @@ def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
     with _translated():
         if left == math.inf:
             return call(timeout, retry)
-        future = _TIMED_READS.submit(call, timeout, retry)
-        try:
-            return future.result(timeout=left)
-        except FutureTimeout:
-            future.cancel()
+        outcome: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((True, call(timeout, retry)))
+            except BaseException as exc:  # handed to the caller
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="storage-read", daemon=True).start()
+        if not done.wait(left):
             raise RetryableError("The result could not be read in time.",
-                                 code="storage_timeout") from None
+                                 code="storage_timeout")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return cast(T, value)

@@ -37,7 +37,7 @@ from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
-from kiln.http.responses import error_response, json_response, read_body, read_json, skip_drain
+from kiln.http.responses import error_response, finish_body, json_response, read_body, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
 from kiln.runtime.admission import admit
@@ -196,7 +196,7 @@ def handle(request: flask.Request, services: Services) -> flask.Response:
         else:
             response = _dispatch(request, services)
     finally:
-        skip_drain(request)
+        finish_body(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"

@@ -67,12 +67,40 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
     return raw
 
 
-def skip_drain(request: flask.Request) -> None:
-    """Let functions-framework's drain after the answer (``read_request``:
-    ``request.get_data()`` with no limit) read nothing more: every handler has read what it
-    takes, and the rest of an oversized or malformed body would otherwise be buffered whole,
-    or waited for, or turned into a 500. gunicorn discards what is left before the
-    connection's next request."""
+#: The most of a body read after the answer to keep its connection: the largest body a
+#: route takes (a batch's 1 MiB), and how long to wait for what the client still sends.
+DRAIN_MAX_BYTES = 1024 * 1024 + 1
+DRAIN_WAIT = 2.0
+
+
+def finish_body(request: flask.Request) -> None:
+    """Read what is left of the body, keeping none of it, before the answer goes out; then
+    functions-framework's own drain (``read_request``: ``request.get_data()``, which
+    would buffer the whole body however large) reads nothing more.
+
+    gunicorn keeps a connection for its next request only if at most 64 KiB of the body
+    are left unread; so a body of up to :data:`DRAIN_MAX_BYTES` (a refused batch, say) is
+    read to its end, each read waiting at most :data:`DRAIN_WAIT` seconds. A larger one,
+    one whose chunked framing is malformed, or one the client stops sending is not read
+    further: its connection closes after the answer, and memory holds none of it."""
+    length = request.content_length
+    chunked = length is None and "chunked" in (request.headers.get("Transfer-Encoding") or "")
+    unread = chunked or (length is not None and 0 < length <= DRAIN_MAX_BYTES
+                         and not getattr(request.stream, "is_exhausted", False))
+    if unread:  # (an accepted job's body was read to its end: nothing to do)
+        sock = request.environ.get("gunicorn.socket")
+        before = sock.gettimeout() if sock is not None else None
+        try:
+            if sock is not None:
+                sock.settimeout(DRAIN_WAIT)
+            left = DRAIN_MAX_BYTES
+            while left > 0 and (piece := request.stream.read(min(65536, left))):
+                left -= len(piece)
+        except Exception:
+            pass
+        finally:
+            if sock is not None:
+                sock.settimeout(before)
     request._cached_data = b""  # werkzeug's get_data returns its cache when there is one
 
 

@@ -175,7 +175,7 @@ def _meshy(body: bytes, secret: str, query: Mapping[str, str]) -> list[ProviderE
         raise MalformedCallback("The event needs an id and a status.")
     _check_id(task_id, "id")
     progress = task.get("progress")
-    progress = progress if isinstance(progress, int) else 0
+    progress = max(0, min(100, progress)) if isinstance(progress, int) else 0  # (in the key)
     return [ProviderEvent(event_id=f"{task_id}:{status}:{progress}", task_id=task_id,
                           ended=status in _MESHY_ENDED, kind=status.lower())]
 

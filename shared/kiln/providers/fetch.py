@@ -213,8 +213,7 @@ def _follow(client: httpx.Client, pins: dict[str, str], url: str, policy: FetchP
             resolve: Resolver, headers: dict[str, str]) -> httpx.Response:
     for _hop in range(policy.max_redirects + 1):
         addresses = check_url(url, policy, resolve)
-        host = httpx.URL(url).host.lower()
-        pins[host] = str(addresses[0])
+        pins[pin_host(url)] = str(addresses[0])
         try:
             response = client.send(client.build_request("GET", url, headers=headers), stream=True)
         except httpx.TimeoutException as exc:
@@ -289,6 +288,12 @@ class _Body:
 def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context per process (building one loads the CA bundle: ~50 ms)."""
     return httpx.create_ssl_context(trust_env=False)
+
+
+def pin_host(url: str) -> str:
+    """The name a pinned connection to ``url`` finds its address by: the ASCII host httpx
+    connects to (an international name's IDNA form, as the connection is given it)."""
+    return httpx.URL(url).raw_host.decode("ascii").lower()
 
 
 def pinned_client(policy: FetchPolicy, *,

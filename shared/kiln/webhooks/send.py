@@ -22,7 +22,14 @@ from standardwebhooks.webhooks import Webhook
 
 from kiln.core import urls
 from kiln.core.errors import PermanentError, RetryableError
-from kiln.providers.fetch import FetchPolicy, Resolver, check_url, pinned_client, system_resolve
+from kiln.providers.fetch import (
+    FetchPolicy,
+    Resolver,
+    check_url,
+    pin_host,
+    pinned_client,
+    system_resolve,
+)
 from kiln.webhooks.model import RECEIVER_TIMEOUT
 
 USER_AGENT = "Kiln-Webhooks/1"
@@ -107,7 +114,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
         return done(None, "dns", exc.message)
     client, pins = pinned_client(policy, deadline=started + timeout)
     try:
-        pins[httpx.URL(url).host.lower()] = str(addresses[0])
+        pins[pin_host(url)] = str(addresses[0])
         # Streamed and never read: only the status counts, so a huge answer costs nothing.
         with client, client.stream("POST", url, content=body, headers=headers) as response:
             status = response.status_code
