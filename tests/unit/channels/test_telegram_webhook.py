@@ -182,3 +182,52 @@ def test_a_well_formed_message_still_makes_its_job(telegram: Telegram) -> None:
     status, body = telegram.post({"update_id": 2**62, "message": group})
     assert (status, body["method"], body["message_thread_id"]) == (200, "sendChatAction", 2**31)
     assert [job.prompt for job in telegram.rig.store.find(uid=f"telegram:{-(10**12)}")] == ["a lamp"]
+
+
+@pytest.mark.parametrize("text", ["/image \ud83d", "/image a\udc00b", "/status \ud800"])
+def test_a_command_with_a_lone_surrogate_gets_a_reply_not_a_500(
+        telegram: Telegram, text: str) -> None:
+    """Given a command whose text holds a lone UTF-16 surrogate (JSON can carry one), then
+    the webhook answers 200 (a 5xx would have Telegram send it again and again), with a
+    reply when it is a prompt, and makes no job."""
+    entity = [{"type": "bot_command", "offset": 0, "length": text.index(" ")}]
+    status, body = telegram.post({"update_id": 60, "message": message(text, entities=entity)})
+    assert status == 200
+    if text.startswith("/image"):
+        assert body["method"] == "sendMessage" and "Unicode" in body["text"]
+    assert telegram.rig.store.docs == {}
+
+
+FORGED_MOVES = {
+    "a private chat 'upgraded' from another": message(migrate_from_chat_id=778),
+    "a private chat 'moving' to another": message(migrate_to_chat_id=-1001234567890),
+    "a supergroup saying it moved away": message(
+        chat={"id": -1001234567890, "type": "supergroup"}, migrate_to_chat_id=-1009999999999),
+    "a group 'upgraded' from a private chat": message(
+        chat={"id": -1001234567890, "type": "supergroup"}, migrate_from_chat_id=CHAT),
+    "a group moving to itself": message(chat={"id": -4242, "type": "group"},
+                                        migrate_to_chat_id=-4242),
+}
+
+
+@pytest.mark.parametrize("body", list(FORGED_MOVES.values()), ids=list(FORGED_MOVES))
+def test_a_move_telegram_never_announces_is_ignored(telegram: Telegram, body: dict[str, Any]) -> None:
+    """Given an update claiming a chat moved that no group upgrade could send (a move
+    hands one chat's jobs and results to the other), then it is ignored as malformed: 200,
+    and no chat document moves."""
+    decision = decide({"update_id": 1, "message": body}, bot_id=123456789,
+                      bot_username=lambda: "KilnBot", default_kind="image")
+    assert (decision.action, decision.why) == ("ignore", MALFORMED)
+    assert telegram.post({"update_id": 61, "message": body}) == (200, {})
+    assert telegram.chats.docs == {}
+
+
+def test_a_real_upgrade_is_still_a_move() -> None:
+    old, new = -4242, -1004242
+    to = decide({"update_id": 1, "message": message(
+        chat={"id": old, "type": "group"}, migrate_to_chat_id=new)},
+        bot_id=1, bot_username=lambda: "KilnBot", default_kind="image")
+    since = decide({"update_id": 2, "message": message(
+        chat={"id": new, "type": "supergroup"}, migrate_from_chat_id=old)},
+        bot_id=1, bot_username=lambda: "KilnBot", default_kind="image")
+    assert to.migrate == since.migrate == (old, new)

@@ -63,10 +63,12 @@ def is_id(value: Any) -> bool:
 
 def utf16_slice(text: str, offset: int, length: int) -> tuple[str, str, str]:
     """``text`` split around the entity at ``offset``/``length`` (UTF-16 units)."""
-    units = text.encode("utf-16-le")
+    # "surrogatepass": a lone surrogate (which JSON can carry) is one UTF-16 unit, as
+    # Telegram counts it; the text's own check refuses it politely afterwards.
+    units = text.encode("utf-16-le", errors="surrogatepass")
     cut = (units[: 2 * offset], units[2 * offset: 2 * (offset + length)],
            units[2 * (offset + length):])
-    before, entity, after = (part.decode("utf-16-le", errors="ignore") for part in cut)
+    before, entity, after = (part.decode("utf-16-le", errors="surrogatepass") for part in cut)
     return before, entity, after
 
 
@@ -234,16 +236,31 @@ def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Calla
         return Decision("ignore", kind)
     if malformed(payload):
         return Decision("ignore", MALFORMED)
-    if "migrate_to_chat_id" in payload:
-        return Decision("migrate", "migrate_to", migrate=(chat_id, payload["migrate_to_chat_id"]))
-    if "migrate_from_chat_id" in payload:
-        return Decision("migrate", "migrate_from",
-                        migrate=(payload["migrate_from_chat_id"], chat_id))
+    if "migrate_to_chat_id" in payload or "migrate_from_chat_id" in payload:
+        return _migration(payload, chat_id)
     command = interpret(payload, bot_id=bot_id, bot_username=bot_username,
                         default_kind=default_kind)
     if command is None:
         return Decision("ignore", "not_for_us")
     return Decision("command", command.name, command=command)
+
+
+def _migration(message: Mapping[str, Any], chat_id: Any) -> Decision:
+    """A group's upgrade to a supergroup, as Telegram announces it: ``migrate_to_chat_id``
+    in a message of the old group (a ``group``), ``migrate_from_chat_id`` in one of the new
+    supergroup; both ids negative, as every group's is. Anything else claiming a move (a
+    private chat, a move to itself) is ignored as malformed: a move hands one chat's jobs
+    and results to the other."""
+    chat_type = obj(message.get("chat")).get("type")
+    if "migrate_to_chat_id" in message:
+        old, new, expected, how = chat_id, message["migrate_to_chat_id"], "group", "migrate_to"
+    else:
+        old, new, expected, how = message["migrate_from_chat_id"], chat_id, "supergroup", \
+            "migrate_from"
+    if chat_type != expected or not (is_id(old) and is_id(new) and old < 0 and new < 0) \
+            or old == new:
+        return Decision("ignore", MALFORMED)
+    return Decision("migrate", how, migrate=(old, new))
 
 
 def malformed(message: Mapping[str, Any]) -> bool:
