@@ -114,9 +114,15 @@ def test_an_unavailable_index_is_retryable_for_the_provider() -> None:
         send(rig, "task-1")
 
 
-def test_an_end_whose_wake_failed_is_handled_when_the_provider_sends_it_again() -> None:
-    """Recorded as seen, then the job store fails: the event is unseen again, so the
-    provider's retry (after the 503) wakes the job instead of answering duplicate."""
+@pytest.mark.parametrize("failure", [
+    RetryableError("Firestore is unavailable.", code="store_unavailable"),
+    ValueError("a key the store refuses"),
+], ids=["store down", "unexpected"])
+def test_an_end_whose_wake_failed_is_handled_when_the_provider_sends_it_again(
+        failure: Exception) -> None:
+    """Recorded as seen, then the wake fails (the job store down: a 503; or any other
+    error): the event is unseen again, so the provider's retry of it wakes the job instead
+    of being answered duplicate."""
     rig, _provider = callback_rig()
     job_id = rig.submit(kind="model")
     run_job(job_id, rig.services)
@@ -124,30 +130,10 @@ def test_an_end_whose_wake_failed_is_handled_when_the_provider_sends_it_again() 
     job_for = rig.task_index.job_for
 
     def down(provider: str, task_id: str) -> str | None:
-        raise RetryableError("Firestore is unavailable.", code="store_unavailable")
+        raise failure
 
     rig.task_index.job_for = down  # type: ignore[method-assign]
-    with pytest.raises(RetryableError):
-        send(rig, "task-1")
-    rig.task_index.job_for = job_for  # type: ignore[method-assign]
-    assert send(rig, "task-1") is Received.ACCEPTED
-    assert len(rig.queue.deliveries) == published + 1
-
-
-def test_an_end_whose_wake_failed_unexpectedly_is_not_a_duplicate_the_next_time() -> None:
-    """Recorded as seen, then the wake fails with an error that is not retryable: the event
-    is unseen again, so the provider's retry of it is handled, not answered duplicate."""
-    rig, _provider = callback_rig()
-    job_id = rig.submit(kind="model")
-    run_job(job_id, rig.services)
-    published = len(rig.queue.deliveries)
-    job_for = rig.task_index.job_for
-
-    def broken(provider: str, task_id: str) -> str | None:
-        raise ValueError("a key the store refuses")
-
-    rig.task_index.job_for = broken  # type: ignore[method-assign]
-    with pytest.raises(ValueError):
+    with pytest.raises(type(failure)):
         send(rig, "task-1")
     rig.task_index.job_for = job_for  # type: ignore[method-assign]
     assert send(rig, "task-1") is Received.ACCEPTED
