@@ -64,6 +64,7 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
     if length is not None and len(raw) < length:
         raise RequestError(400, "incomplete_body",
                            f"The body ended after {len(raw)} of its {length} bytes.")
+    request.environ[_BODY_READ] = True  # to its end: nothing left for finish_body
     return raw
 
 
@@ -71,6 +72,7 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
 #: route takes (a batch's 1 MiB), and how long to wait for what the client still sends.
 DRAIN_MAX_BYTES = 1024 * 1024 + 1
 DRAIN_WAIT = 2.0
+_BODY_READ = "kiln.body_read"  # (environ) read_body read the whole body
 
 
 def finish_body(request: flask.Request) -> None:
@@ -85,8 +87,8 @@ def finish_body(request: flask.Request) -> None:
     further: its connection closes after the answer, and memory holds none of it."""
     length = request.content_length
     chunked = length is None and "chunked" in (request.headers.get("Transfer-Encoding") or "")
-    unread = chunked or (length is not None and 0 < length <= DRAIN_MAX_BYTES
-                         and not getattr(request.stream, "is_exhausted", False))
+    unread = not request.environ.get(_BODY_READ) and (
+        chunked or (length is not None and 0 < length <= DRAIN_MAX_BYTES))
     if unread:  # (an accepted job's body was read to its end: nothing to do)
         sock = request.environ.get("gunicorn.socket")
         before = sock.gettimeout() if sock is not None else None
