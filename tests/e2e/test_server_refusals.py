@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -79,13 +81,43 @@ def test_an_oversized_body_is_refused_before_it_is_sent(stack: Any, declared: in
     body after every answer, 300 MB into memory)."""
     url = urllib.parse.urlsplit(stack.ingress_url)
     with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sent = time.monotonic()
         sock.sendall(post(f"Content-Length: {declared}\r\n", b"x" * 40))
         raw = b""
         while b"\r\n\r\n" not in raw:
             chunk = sock.recv(65536)  # socket.timeout (a failure) if the answer waits
             assert chunk, raw
             raw += chunk
+        waited = time.monotonic() - sent
     assert raw.startswith(b"HTTP/1.1 413 "), raw[:200]
+    assert waited < 1.0  # not the drain's 2 s: a body refused for its size is not read
+
+
+def test_a_body_sent_a_byte_at_a_time_holds_the_answer_at_most_the_drain_time(stack: Any) -> None:
+    """Given a refused request whose client sends its body one byte every 0.4 s (each
+    read well within any per-read timeout), then the answer still comes within the
+    drain's 2 s in all, plus the request's own time: a slow client cannot hold a thread
+    of the ingress for as long as it keeps dripping."""
+    url = urllib.parse.urlsplit(stack.ingress_url)
+    stop = threading.Event()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nContent-Length: 1000\r\n\r\nx")
+        sent = time.monotonic()
+
+        def drip() -> None:
+            while not stop.wait(0.4):
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    return
+
+        threading.Thread(target=drip, daemon=True).start()
+        try:
+            status, _ = read_answer(sock)
+        finally:
+            stop.set()
+        waited = time.monotonic() - sent
+    assert status == 200 and waited < 4.0, waited
 
 
 @pytest.mark.parametrize(("method", "path"), [

@@ -186,6 +186,7 @@ ROUTES = Map([
 def handle(request: flask.Request, services: Services) -> flask.Response:
     """Answer one request, with CORS headers for an allowed browser origin."""
     origin = cors_origin(request.headers.get("Origin"), services.settings)
+    response: flask.Response | None = None
     try:
         if request.method == "OPTIONS" and origin is not None:
             response = flask.Response(status=204, headers={
@@ -195,8 +196,8 @@ def handle(request: flask.Request, services: Services) -> flask.Response:
             })
         else:
             response = _dispatch(request, services)
-    finally:
-        finish_body(request)
+    finally:  # a body refused for its size is not read: its connection closes instead
+        finish_body(request, drain=response is None or response.status_code != 413)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"

@@ -3,8 +3,11 @@ the contract's shape (``{error: {code, message}}``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
+import threading
 from typing import Any
 
 import flask
@@ -75,35 +78,46 @@ DRAIN_WAIT = 2.0
 _BODY_READ = "kiln.body_read"  # (environ) read_body read the whole body
 
 
-def finish_body(request: flask.Request) -> None:
+def finish_body(request: flask.Request, *, drain: bool = True) -> None:
     """Read what is left of the body, keeping none of it, before the answer goes out; then
     functions-framework's own drain (``read_request``: ``request.get_data()``, which
     would buffer the whole body however large) reads nothing more.
 
     gunicorn keeps a connection for its next request only if at most 64 KiB of the body
-    are left unread; so a body of up to :data:`DRAIN_MAX_BYTES` (a refused batch, say) is
-    read to its end, each read waiting at most :data:`DRAIN_WAIT` seconds. A larger one,
-    one whose chunked framing is malformed, or one the client stops sending is not read
-    further: its connection closes after the answer, and memory holds none of it."""
+    are left unread; so the rest of a body of up to :data:`DRAIN_MAX_BYTES` (a refused
+    batch, say) is read, for at most :data:`DRAIN_WAIT` seconds in all. What is still
+    unread after that, or after a malformed chunk, or a body refused for its declared
+    size (``drain=False``: a 413) is left: its connection closes after the answer, and
+    memory holds none of it."""
     length = request.content_length
     chunked = length is None and "chunked" in (request.headers.get("Transfer-Encoding") or "")
-    unread = not request.environ.get(_BODY_READ) and (
+    unread = drain and not request.environ.get(_BODY_READ) and (
         chunked or (length is not None and 0 < length <= DRAIN_MAX_BYTES))
     if unread:  # (an accepted job's body was read to its end: nothing to do)
+        # gunicorn's reads wait for all the bytes they ask for, one socket read after
+        # another, so no timeout per read bounds a client that drips: at the drain's end
+        # its socket is shut for reading, which ends the read under way (and the
+        # connection, after the answer).
         sock = request.environ.get("gunicorn.socket")
-        before = sock.gettimeout() if sock is not None else None
+        cut = threading.Timer(DRAIN_WAIT, _stop_reading, (sock,)) if sock is not None else None
+        if cut is not None:
+            cut.daemon = True
+            cut.start()
         try:
-            if sock is not None:
-                sock.settimeout(DRAIN_WAIT)
             left = DRAIN_MAX_BYTES
             while left > 0 and (piece := request.stream.read(min(65536, left))):
                 left -= len(piece)
-        except Exception:
+        except Exception:  # cut short, malformed, or too slow: let it close
             pass
         finally:
-            if sock is not None:
-                sock.settimeout(before)
+            if cut is not None:
+                cut.cancel()
     request._cached_data = b""  # werkzeug's get_data returns its cache when there is one
+
+
+def _stop_reading(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
 
 
 def _not_json(name: str) -> Any:
