@@ -263,6 +263,12 @@ class _Reader(io.BufferedIOBase):
         return data
 
 
+#: Timed reads running at once, abandoned ones included: past it Storage is taken to be
+#: stalled, and a read fails at once instead of leaving one more thread waiting on it.
+MAX_TIMED_READS = 32
+_READERS = threading.BoundedSemaphore(MAX_TIMED_READS)
+
+
 def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
     """``call(timeout, retry)`` against Storage, within what is left of the call under way
     (:func:`kiln.paced.time_left`; no limit outside one but Storage's 60 s per request and
@@ -282,6 +288,9 @@ def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
     with _translated():
         if left == math.inf:
             return call(timeout, retry)
+        if not _READERS.acquire(blocking=False):  # that many still hang: Storage stalls
+            raise RetryableError("The result could not be read just now.",
+                                 code="storage_unavailable")
         outcome: list[tuple[bool, Any]] = []
         done = threading.Event()
 
@@ -291,6 +300,7 @@ def _in_time(call: Callable[[float, Any], T], retry: Any) -> T:
             except BaseException as exc:  # handed to the caller
                 outcome.append((False, exc))
             finally:
+                _READERS.release()
                 done.set()
 
         threading.Thread(target=run, name="storage-read", daemon=True).start()
