@@ -6,7 +6,6 @@ harness (an in-process worker on the stack's emulators) is ``test_providers``'s.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from kiln.providers.base import GenerationRequest, TaskState
 from kiln.providers.meshy import MeshyProvider
 from kiln.settings import Settings
 from kiln_dev.standins.provider import ProviderServer
+from support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,8 @@ def creates(server: ProviderServer, marker: str) -> list[dict[str, Any]]:
 
 def finished(provider: MeshyProvider, task_id: str) -> None:
     """Wait (polling, as the worker does) until the remote task has succeeded."""
-    deadline = time.monotonic() + 30
-    while provider.poll(task_id).state is not TaskState.SUCCEEDED:
-        assert time.monotonic() < deadline, "the stand-in's task never finished"
-        time.sleep(0.1)
+    wait_for(lambda: provider.poll(task_id).state is TaskState.SUCCEEDED,
+             what="the stand-in's task to finish")
 
 
 def test_a_failed_meshy_task_is_retried_with_a_new_task(
@@ -100,10 +98,8 @@ def test_a_canceled_job_deletes_its_pending_meshy_task(
     assert server.cancels[-1] == queued.partition(":")[2]
     assert provider.poll(queued).error_code == "provider_task_lost"  # gone: 404
     running = provider.submit(GenerationRequest("job-cancel", "model", "a cup"))
-    deadline = time.monotonic() + 30
-    while provider.poll(running).state is not TaskState.RUNNING:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: provider.poll(running).state is TaskState.RUNNING, interval=0.05,
+             what="the stand-in's task to run")
     with pytest.raises(PermanentError):
         provider.cancel(running)
     assert provider.poll(running).state is TaskState.RUNNING
