@@ -37,7 +37,14 @@ from kiln.core.job import Job, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
-from kiln.http.responses import error_response, finish_body, json_response, read_body, read_json
+from kiln.http.responses import (
+    error_response,
+    finish_body,
+    json_response,
+    read_body,
+    read_json,
+    refuse_oversized,
+)
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
 from kiln.runtime.admission import admit
@@ -74,9 +81,7 @@ def healthz(request: flask.Request, services: Services) -> flask.Response:
 
 def create_job(request: flask.Request, services: Services) -> flask.Response:
     settings = services.settings
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        raise RequestError(413, "body_too_large",
-                           f"The body must be at most {settings.max_body_bytes} bytes.")
+    refuse_oversized(request, request.content_length, settings.max_body_bytes)  # before auth
     principal = authenticate(request, services, "submit")
     uid = principal.uid
     key = idempotency_key(request)
@@ -186,7 +191,6 @@ ROUTES = Map([
 def handle(request: flask.Request, services: Services) -> flask.Response:
     """Answer one request, with CORS headers for an allowed browser origin."""
     origin = cors_origin(request.headers.get("Origin"), services.settings)
-    response: flask.Response | None = None
     try:
         if request.method == "OPTIONS" and origin is not None:
             response = flask.Response(status=204, headers={
@@ -196,8 +200,8 @@ def handle(request: flask.Request, services: Services) -> flask.Response:
             })
         else:
             response = _dispatch(request, services)
-    finally:  # a body refused for its size is not read: its connection closes instead
-        finish_body(request, drain=response is None or response.status_code != 413)
+    finally:
+        finish_body(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"

@@ -7,9 +7,8 @@ import flask
 
 from kiln.compose import Services
 from kiln.core.batches import parse_batch_request
-from kiln.core.errors import RequestError
 from kiln.http.auth import authenticate
-from kiln.http.responses import json_response, read_json
+from kiln.http.responses import json_response, read_json, refuse_oversized
 from kiln.runtime import batches
 
 #: A batch body: up to 100 job requests (each ≤ 64 KiB alone, far less in practice).
@@ -18,9 +17,7 @@ BATCH_MAX_BYTES = 1024 * 1024
 
 def create_batch(request: flask.Request, services: Services, idempotency_key: str | None
                  ) -> flask.Response:
-    if request.content_length is not None and request.content_length > BATCH_MAX_BYTES:
-        raise RequestError(413, "body_too_large",
-                           f"The body must be at most {BATCH_MAX_BYTES} bytes.")
+    refuse_oversized(request, request.content_length, BATCH_MAX_BYTES)  # before auth
     principal = authenticate(request, services, "submit")
     requests = parse_batch_request(read_json(request, BATCH_MAX_BYTES))
     accepted = batches.accept_batch(services, principal=principal, requests=requests,

@@ -53,8 +53,7 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
     one shorter than its ``Content-Length``, or one the server cannot read (a malformed
     chunked encoding: a bad chunk size, a missing CRLF, a body cut short), is 400."""
     length = request.content_length
-    if length is not None and length > max_bytes:
-        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    refuse_oversized(request, length, max_bytes)
     try:
         raw = b"" if length == 0 else request.stream.read(max_bytes + 1)
     except RequestError:
@@ -62,8 +61,7 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
     except Exception as exc:  # the server's own reader refused the framing (gunicorn's)
         raise RequestError(400, "bad_request", "The body could not be read: its chunked "
                            "encoding is malformed or it was cut short.") from exc
-    if len(raw) > max_bytes:
-        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+    refuse_oversized(request, len(raw), max_bytes)
     if length is not None and len(raw) < length:
         raise RequestError(400, "incomplete_body",
                            f"The body ended after {len(raw)} of its {length} bytes.")
@@ -71,14 +69,24 @@ def read_body(request: flask.Request, max_bytes: int) -> bytes:
     return raw
 
 
+def refuse_oversized(request: flask.Request, size: int | None, max_bytes: int) -> None:
+    """413 ``body_too_large`` for a body of ``size`` bytes (declared or counted; None:
+    unknown) over ``max_bytes``. Such a body is not drained after the answer
+    (:func:`finish_body`): its connection closes instead."""
+    if size is not None and size > max_bytes:
+        request.environ[_OVERSIZED] = True
+        raise RequestError(413, "body_too_large", f"The body must be at most {max_bytes} bytes.")
+
+
 #: The most of a body read after the answer to keep its connection: the largest body a
 #: route takes (a batch's 1 MiB), and how long to wait for what the client still sends.
 DRAIN_MAX_BYTES = 1024 * 1024 + 1
 DRAIN_WAIT = 2.0
 _BODY_READ = "kiln.body_read"  # (environ) read_body read the whole body
+_OVERSIZED = "kiln.body_oversized"  # (environ) refused 413: left unread
 
 
-def finish_body(request: flask.Request, *, drain: bool = True) -> None:
+def finish_body(request: flask.Request) -> None:
     """Read what is left of the body, keeping none of it, before the answer goes out; then
     functions-framework's own drain (``read_request``: ``request.get_data()``, which
     would buffer the whole body however large) reads nothing more.
@@ -86,12 +94,12 @@ def finish_body(request: flask.Request, *, drain: bool = True) -> None:
     gunicorn keeps a connection for its next request only if at most 64 KiB of the body
     are left unread; so the rest of a body of up to :data:`DRAIN_MAX_BYTES` (a refused
     batch, say) is read, for at most :data:`DRAIN_WAIT` seconds in all. What is still
-    unread after that, or after a malformed chunk, or a body refused for its declared
-    size (``drain=False``: a 413) is left: its connection closes after the answer, and
+    unread after that, or after a malformed chunk, or a body refused for its size
+    (:func:`refuse_oversized`) is left: its connection closes after the answer, and
     memory holds none of it."""
     length = request.content_length
     chunked = length is None and "chunked" in (request.headers.get("Transfer-Encoding") or "")
-    unread = drain and not request.environ.get(_BODY_READ) and (
+    unread = not (request.environ.get(_BODY_READ) or request.environ.get(_OVERSIZED)) and (
         chunked or (length is not None and 0 < length <= DRAIN_MAX_BYTES))
     if unread:  # (an accepted job's body was read to its end: nothing to do)
         # gunicorn's reads wait for all the bytes they ask for, one socket read after
