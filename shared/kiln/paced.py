@@ -67,8 +67,7 @@ class Pace:
     def wait(self, timeout: float | None, timed_out: type[Exception], *,
              reading: bool = False) -> float | None:
         """The timeout for the next step; ``timed_out`` when no time is left."""
-        ends = min(self.deadline, _ENDS.get())
-        left = ends - time.monotonic() if ends != math.inf else math.inf
+        left = min(self.deadline - time.monotonic(), time_left())
         if reading and self.floor:
             left = min(left, self.window - self._waited)
         if left <= 0:
