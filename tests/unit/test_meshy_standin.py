@@ -333,7 +333,7 @@ def test_a_webhook_delivers_the_v2_task_object_with_the_token() -> None:
     try:
         with httpx.Client(base_url=server.url, timeout=10,
                           headers={"Authorization": f"Bearer {server.api_key}"}) as meshy:
-            deleted = text(meshy, "a mug [slow:2]").json()["id"]
+            deleted = text(meshy, "a mug [slow:2] [queued:1.5]").json()["id"]  # (deletable)
             assert meshy.delete(f"{TASKS}/{deleted}").status_code == 200
             kept = text(meshy, "a cup [slow:2.5]").json()["id"]
             [(query, _headers, raw)] = receiver.wait(1)

@@ -43,10 +43,12 @@ Prompt tokens steer it (case-insensitive; for a Meshy image task, in its ``image
 - ``[redirect]`` — the result URL redirects once (to the real file);
   ``[redirect:ADDRESS]`` — it redirects to ``http://ADDRESS/latest/meta-data/``
   (e.g. ``169.254.169.254`` or ``10.0.0.1``), which a safe fetcher must refuse;
-- ``[jpeg]`` — Gemini answers with a JPEG; ``[slow:S]`` — the task takes S seconds.
+- ``[jpeg]`` — Gemini answers with a JPEG; ``[slow:S]`` — the task takes S seconds;
+  ``[queued:Q]`` — it waits queued for its first Q of them.
 
-A task is queued (PENDING) for its first tenth, then runs (IN_PROGRESS) until its
-seconds (``task_seconds``, or ``[slow:S]``) are up; a Meshy text task is one stage.
+A task is queued (PENDING) for its first tenth (or ``[queued:Q]`` seconds), then runs
+(IN_PROGRESS) until its seconds (``task_seconds``, or ``[slow:S]``) are up; a Meshy text
+task is one stage.
 
 Meshy webhooks: given ``meshy_webhook_secret`` and a ``meshy_webhook_url`` (set the
 attribute once the ingress's address is known, as an operator sets it in Meshy's
@@ -85,7 +87,7 @@ from kiln_dev.standins.gemini_errors import gemini_error
 API_KEY = "kiln-local-provider-key"
 PIECE = 1024 * 1024
 _ZEROS = bytes(PIECE)
-_TOKEN = re.compile(r"\[(fail|hang|size|invalid|chunked|redirect|jpeg|slow)(?::([^\]]+))?\]", re.I)
+_TOKEN = re.compile(r"\[(fail|hang|size|invalid|chunked|redirect|jpeg|slow|queued)(?::([^\]]+))?\]", re.I)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TRIANGLE = struct.pack("<9f", 0, 0, 0, 1, 0, 0, 0, 1, 0)
 
@@ -119,8 +121,10 @@ class _Task:
         """("queued" | "running" | "succeeded" | "failed" | "canceled", percent)."""
         if self.canceled:
             return "canceled", 0
-        share = (time.monotonic() - self.started) / max(self.seconds, 1e-6)
-        if share < 0.1:
+        gone = time.monotonic() - self.started
+        share = gone / max(self.seconds, 1e-6)
+        queued = self.tokens().get("queued")
+        if (gone < float(queued)) if queued else share < 0.1:
             return "queued", 0
         if share < 1:
             return "running", int(share * 100)
