@@ -193,11 +193,7 @@ def handle(request: flask.Request, services: Services) -> flask.Response:
     origin = cors_origin(request.headers.get("Origin"), services.settings)
     try:
         if request.method == "OPTIONS" and origin is not None:
-            response = flask.Response(status=204, headers={
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
-                "Access-Control-Max-Age": "3600",
-            })
+            response = _preflight(request.path.rstrip("/") or "/")
         else:
             response = _dispatch(request, services)
     finally:
@@ -207,6 +203,18 @@ def handle(request: flask.Request, services: Services) -> flask.Response:
         response.headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"
         response.headers["Vary"] = "Origin"
     return response
+
+
+def _preflight(path: str) -> flask.Response:
+    """A CORS preflight: the methods this path serves, or 404 for a path it does not."""
+    methods = sorted(set(ROUTES.bind("kiln", url_scheme="http").allowed_methods(path)) - {"HEAD"})
+    if not methods:
+        return error_response(404, "not_found", f"No such endpoint: {path}")
+    return flask.Response(status=204, headers={
+        "Access-Control-Allow-Methods": ", ".join([*methods, "OPTIONS"]),
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Max-Age": "3600",
+    })
 
 
 def _dispatch(request: flask.Request, services: Services) -> flask.Response:
@@ -242,8 +250,12 @@ def _dispatch(request: flask.Request, services: Services) -> flask.Response:
 
 
 def cors_origin(origin: str | None, settings: Any) -> str | None:
-    """The origin to allow: listed in ``KILN_CORS_ORIGINS`` (``*`` = any; local default)."""
+    """The origin to allow: listed in ``KILN_CORS_ORIGINS`` (``*`` = any; local default).
+    ``*`` never covers the opaque origin ``null`` (sandboxed frames, ``file:`` pages, some
+    redirects), which names no site; only an explicit ``null`` in the list allows it."""
     allowed = [o.strip() for o in (settings.cors_origins or ("*" if settings.local else "")).split(",")]
     if not origin or not any(allowed):
         return None
-    return origin if "*" in allowed or origin in allowed else None
+    if origin in allowed:
+        return origin
+    return origin if "*" in allowed and origin != "null" else None

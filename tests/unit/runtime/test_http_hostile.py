@@ -165,3 +165,41 @@ def test_healthz_answers_only_get_and_head(client: Any, method: str) -> None:
     response = client.open("/healthz", method=method)
     assert (response.status_code, error_of(response)["code"]) == (405, "method_not_allowed")
     assert response.headers["Allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(("path", "methods"), [
+    ("/v1/jobs", "GET, POST, OPTIONS"),
+    ("/v1/jobs/job12345:cancel", "POST, OPTIONS"),
+    ("/v1/webhooks/ep123456", "DELETE, OPTIONS"),
+    ("/healthz/", "GET, OPTIONS"),
+])
+def test_a_cors_preflight_names_the_methods_its_path_serves(
+        client: Any, monkeypatch: pytest.MonkeyPatch, path: str, methods: str) -> None:
+    """Given an allowed origin, a preflight answers 204 with the path's own methods (a
+    browser's DELETE of a webhook endpoint is allowed, not refused as GET/POST only)."""
+    from rig import build_rig
+    monkeypatch.setattr(sys.modules["fake_ingress"], "RIG", build_rig(cors_origins="*"))
+    response = client.options(path, headers={"Origin": "https://app.example",
+                                              "Access-Control-Request-Method": "POST"})
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Methods"] == methods
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/v1/jobs/job12345/else", "/v1//jobs"])
+def test_a_cors_preflight_for_no_endpoint_is_404(
+        client: Any, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    from rig import build_rig
+    monkeypatch.setattr(sys.modules["fake_ingress"], "RIG", build_rig(cors_origins="*"))
+    response = client.options(path, headers={"Origin": "https://app.example"})
+    assert (response.status_code, error_of(response)["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize(("listed", "allowed"), [("*", False), ("https://app.example,null", True)])
+def test_the_opaque_null_origin_is_allowed_only_when_listed(
+        client: Any, monkeypatch: pytest.MonkeyPatch, listed: str, allowed: bool) -> None:
+    """``*`` covers every site, not ``Origin: null`` (a sandboxed frame or a file: page)."""
+    from rig import build_rig
+    monkeypatch.setattr(sys.modules["fake_ingress"], "RIG", build_rig(cors_origins=listed))
+    response = client.get("/healthz", headers={"Origin": "null"})
+    assert response.headers.get("Access-Control-Allow-Origin") == ("null" if allowed else None)
