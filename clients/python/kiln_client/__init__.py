@@ -17,6 +17,7 @@ from kiln_client.errors import (
     KilnError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     UnavailableError,
     WaitTimeout,
     WebhookVerificationError,
@@ -27,6 +28,6 @@ from kiln_client.webhooks import verify_webhook
 __all__ = [
     "ApiError", "AuthenticationError", "BadRequestError", "Batch", "ConflictError", "Job",
     "JobResult", "KilnClient", "KilnError", "NotFoundError", "PermissionDeniedError",
-    "Submitted", "SubmittedBatch", "UnavailableError", "WaitTimeout", "WebhookEvent",
+    "QuotaExceededError", "Submitted", "SubmittedBatch", "UnavailableError", "WaitTimeout", "WebhookEvent",
     "WebhookVerificationError", "verify_webhook",
 ]

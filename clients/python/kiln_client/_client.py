@@ -1,24 +1,39 @@
 """``KilnClient``: Kiln's HTTP API for a backend holding an API key.
 
 Calls that are safe to repeat are retried on 429/503 and connection errors, waiting the
-answer's ``Retry-After`` (else an exponential backoff): every GET, and every submission,
-because each carries an ``Idempotency-Key`` (one is generated when the caller gives none),
-so a retried submission returns the same job instead of a second one.
+answer's ``Retry-After`` (else an exponential backoff): every GET, every cancel (Kiln
+answers a repeated one the same way), and every submission, because each carries an
+``Idempotency-Key`` (one is generated when the caller gives none), so a retried submission
+returns the same job instead of a second one. An answer that asks for a longer wait than
+one pause (``max_backoff`` × 6) is raised at once: a spent daily quota
+(:class:`QuotaExceededError`, ``retry_after`` = seconds until it renews) is not waited out
+inside a call.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
 
-from kiln_client.errors import ApiError, KilnError, UnavailableError, WaitTimeout, error_for
+from kiln_client.errors import (
+    ApiError,
+    KilnError,
+    QuotaExceededError,
+    UnavailableError,
+    WaitTimeout,
+    error_for,
+)
 from kiln_client.models import Batch, Job, Submitted, SubmittedBatch
 
 USER_AGENT = "kiln-client/0.1"
+#: A job, batch or endpoint id as Kiln makes them; anything else names none.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class KilnClient:
@@ -63,11 +78,12 @@ class KilnClient:
                          response.headers.get("Idempotent-Replayed") == "true")
 
     def get(self, job_id: str) -> Job:
-        return Job.from_api(self._call("GET", f"/v1/jobs/{job_id}").json())
+        return Job.from_api(self._call("GET", _path("jobs", job_id)).json())
 
     def cancel(self, job_id: str) -> str:
         """Cancel a pending or running job; its status now (``canceled``)."""
-        return str(self._call("POST", f"/v1/jobs/{job_id}:cancel").json()["status"])
+        return str(self._call("POST", _path("jobs", job_id, ":cancel"), repeatable=True)
+                   .json()["status"])
 
     def wait(self, job_id: str, *, on_progress: Callable[[Job], None] | None = None,
              timeout: float = 600.0, interval: float = 0.5, max_interval: float = 5.0) -> Job:
@@ -76,12 +92,19 @@ class KilnClient:
         changes and starts again after a change; a busy answer's Retry-After is honoured.
 
         Raises:
-            WaitTimeout: still running after ``timeout`` seconds.
+            WaitTimeout: still running after ``timeout`` seconds, or Kiln still busy then
+                (no pause, a busy answer's included, runs past the deadline).
         """
         deadline = self._clock() + timeout
         pause, seen = interval, None
+        path = _path("jobs", job_id)
         while True:
-            job = self.get(job_id)
+            try:
+                job = Job.from_api(self._call("GET", path, deadline=deadline).json())
+            except UnavailableError as exc:
+                if self._clock() >= deadline and not isinstance(exc, QuotaExceededError):
+                    raise WaitTimeout(job_id, timeout) from exc
+                raise
             state = (job.status, job.stage, job.progress)
             if state != seen:
                 seen, pause = state, interval
@@ -109,41 +132,69 @@ class KilnClient:
                               response.headers.get("Idempotent-Replayed") == "true")
 
     def get_batch(self, batch_id: str) -> Batch:
-        return Batch.from_api(self._call("GET", f"/v1/batches/{batch_id}").json())
+        return Batch.from_api(self._call("GET", _path("batches", batch_id)).json())
 
     def cancel_batch(self, batch_id: str) -> int:
-        """Cancel every job of the batch not yet ended; how many this call canceled."""
-        return int(self._call("POST", f"/v1/batches/{batch_id}:cancel").json()["canceled"])
+        """Cancel every job of the batch not yet ended; how many this call canceled (a
+        retried call after a lost answer counts 0 for the jobs the first one canceled)."""
+        return int(self._call("POST", _path("batches", batch_id, ":cancel"), repeatable=True)
+                   .json()["canceled"])
 
     # --- the wire -------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, json: Any = None,
-              idempotency_key: str | None = None) -> httpx.Response:
+              idempotency_key: str | None = None, repeatable: bool = False,
+              deadline: float | None = None) -> httpx.Response:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        repeatable = method == "GET" or idempotency_key is not None
+        repeatable = repeatable or method == "GET" or idempotency_key is not None
         attempt = 0
         while True:
             attempt += 1
             try:
                 response = self._http.request(method, path, json=json, headers=headers)
             except httpx.TransportError as exc:
-                if not repeatable or attempt > self.retries:
-                    raise UnavailableError(0, "connection_failed",
-                                           f"{type(exc).__name__}: {exc}") from exc
-                self._sleep(self._pause(attempt, None))
+                error: ApiError = UnavailableError(0, "connection_failed",
+                                                   f"{type(exc).__name__}: {exc}")
+                pause = self._pause(attempt, None, repeatable, deadline)
+                if pause is None:
+                    raise error from exc
+                self._sleep(pause)
                 continue
             if response.is_success:
                 return response
             error = _error(response)
-            if isinstance(error, UnavailableError) and repeatable and attempt <= self.retries:
-                self._sleep(self._pause(attempt, error.retry_after))
-                continue
-            raise error
+            pause = None
+            if isinstance(error, UnavailableError) and not isinstance(error, QuotaExceededError):
+                pause = self._pause(attempt, error.retry_after, repeatable, deadline)
+            if pause is None:
+                raise error
+            self._sleep(pause)
 
-    def _pause(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff * 6)
-        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+    def _pause(self, attempt: int, retry_after: float | None, repeatable: bool,
+               deadline: float | None) -> float | None:
+        """How long to wait before the next attempt, or None: give up now."""
+        if not repeatable or attempt > self.retries:
+            return None
+        if retry_after is None:
+            pause = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        elif retry_after > self.max_backoff * 6:
+            return None  # asked to come back later than a call should wait
+        else:
+            pause = retry_after
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                return None
+            pause = min(pause, left)
+        return pause
+
+
+def _path(collection: str, resource_id: str, action: str = "") -> str:
+    """``/v1/{collection}/{id}{action}`` for an id Kiln could have made; any other id
+    (``..``, a slash, a query) is refused here rather than sent somewhere else."""
+    if not isinstance(resource_id, str) or not _ID.fullmatch(resource_id):
+        raise KilnError(f"not a Kiln id: {resource_id!r}")
+    return f"/v1/{collection}/{urllib.parse.quote(resource_id, safe='')}{action}"
 
 
 def _error(response: httpx.Response) -> ApiError:

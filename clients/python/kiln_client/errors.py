@@ -45,6 +45,11 @@ class UnavailableError(ApiError):
     """429/5xx: Kiln is busy; ``retry_after`` seconds when the answer said."""
 
 
+class QuotaExceededError(UnavailableError):
+    """429 ``quota_exceeded``: the plan's jobs for today are used up; ``retry_after`` is
+    the seconds until the quota renews (midnight UTC). Never retried by the client."""
+
+
 class WaitTimeout(KilnError):
     """``wait`` gave up before the job ended (the job goes on; wait again or cancel)."""
 
@@ -67,6 +72,8 @@ def error_for(status: int, code: str, message: str, retry_after: float | None) -
         kind = NotFoundError
     elif status in (409, 422):
         kind = ConflictError
+    elif status == 429 and code == "quota_exceeded":
+        kind = QuotaExceededError
     elif status == 429 or status >= 500:
         kind = UnavailableError
     elif 400 <= status < 500:

@@ -33,6 +33,11 @@ class Job:
     batch_id: str | None = None
     created_at: str | None = None
     completed_at: str | None = None
+    #: Why a pending job waits (``plan_limit``, ``provider_capacity``, …) and its place.
+    queue_reason: str | None = None
+    queue_position: int | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
 
     @property
     def done(self) -> bool:
@@ -49,7 +54,11 @@ class Job:
                    stage=data.get("stage") or "", attempts=int(data.get("attempts") or 0),
                    options=dict(data.get("options") or {}), error=data.get("error"),
                    result=result, batch_id=data.get("batchId"),
-                   created_at=data.get("createdAt"), completed_at=data.get("completedAt"))
+                   created_at=data.get("createdAt"), completed_at=data.get("completedAt"),
+                   queue_reason=data.get("queueReason"),
+                   queue_position=(None if data.get("queuePosition") is None
+                                   else int(data["queuePosition"])),
+                   started_at=data.get("startedAt"), updated_at=data.get("updatedAt"))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ compares signatures in constant time."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,11 +40,12 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
         raise WebhookVerificationError("missing or invalid webhook-timestamp") from None
     if abs(time.time() - stamp) > min(tolerance, TOLERANCE_SECONDS):
         raise WebhookVerificationError("webhook-timestamp is outside the tolerance")
+    _check_secret(secret)
     try:
         body: Any = Webhook(secret).verify(payload, lowered)
     except _LibraryError as exc:
         raise WebhookVerificationError(str(exc)) from None
-    except (ValueError, TypeError) as exc:  # an unreadable secret or body
+    except (ValueError, TypeError) as exc:  # an unreadable body
         raise WebhookVerificationError(f"cannot verify: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise WebhookVerificationError("the body is not a JSON object")
@@ -50,3 +53,16 @@ def verify_webhook(payload: bytes | str, headers: Mapping[str, str], secret: str
                         timestamp=str(body.get("timestamp", "")),
                         data=dict(body.get("data") or {}))
 
+
+
+def _check_secret(secret: object) -> None:
+    """A ``whsec_`` secret whose key is base64 of at least one byte: the library drops
+    characters that are not base64 and refuses an empty key with an error of its own."""
+    key = secret.removeprefix("whsec_") if isinstance(secret, str) else ""
+    try:
+        ok = bool(key) and bool(base64.b64decode(key, validate=True))
+    except (ValueError, binascii.Error):
+        ok = False
+    if not ok:
+        raise WebhookVerificationError(
+            "the webhook secret is missing or not a whsec_… secret: copy the endpoint's secret")

@@ -15,9 +15,13 @@ import pytest
 from kiln_client import (
     AuthenticationError,
     BadRequestError,
+    Job,
     KilnClient,
+    KilnError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
+    UnavailableError,
     WaitTimeout,
     WebhookVerificationError,
     verify_webhook,
@@ -124,6 +128,94 @@ def test_a_busy_answer_is_retried_after_its_retry_after(kiln: KilnClient, rig: R
     rig.store.unavailable = True  # the next read answers 503 with Retry-After: 1
     assert kiln.get(job_id).job_id == job_id
     assert sleeps == [1.0]
+
+
+class Scripted:
+    """A stand-in API answering a script of ``(status, body, headers)`` in turn (the last
+    one again once the script is spent); every request it saw in ``seen``."""
+
+    def __init__(self, *answers: tuple[int, dict[str, object], dict[str, str]]) -> None:
+        self.answers = list(answers)
+        self.seen: list[str] = []
+        self.clock, self.sleeps = 0.0, list[float]()
+        app = flask.Flask("scripted")
+
+        @app.route("/<path:path>", methods=["GET", "POST"])
+        def answer(path: str) -> flask.Response:
+            self.seen.append(f"{flask.request.method} {flask.request.full_path.rstrip('?')}")
+            status, body, headers = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            return flask.Response(json.dumps(body), status, headers, mimetype="application/json")
+
+        def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+            self.clock += seconds
+
+        self.client = KilnClient("http://kiln.test", "kiln_x", transport=httpx.WSGITransport(app=app),
+                                 sleep=sleep, clock=lambda: self.clock)
+
+
+def busy(code: str, status: int, retry_after: int) -> tuple[int, dict[str, object], dict[str, str]]:
+    return status, {"error": {"code": code, "message": "try later"}}, {"Retry-After": str(retry_after)}
+
+
+JOB = {"jobId": "job1", "status": "running", "kind": "image", "prompt": "p", "progress": 10}
+
+
+def test_a_spent_quota_is_raised_at_once_not_waited_out() -> None:
+    """429 quota_exceeded asks to come back at midnight: one request, no pause."""
+    api = Scripted(busy("quota_exceeded", 429, 41_000))
+    with pytest.raises(QuotaExceededError) as caught:
+        api.client.submit("image", "a cube")
+    assert (caught.value.retry_after, api.sleeps, len(api.seen)) == (41_000, [], 1)
+    assert isinstance(caught.value, UnavailableError)  # callers catching busy still catch it
+
+
+def test_a_busy_answer_asking_for_a_long_wait_is_raised_at_once() -> None:
+    api = Scripted(busy("overloaded", 503, 300))
+    with pytest.raises(UnavailableError):
+        api.client.get("job1")
+    assert (api.sleeps, len(api.seen)) == ([], 1)
+
+
+def test_wait_timeout_bounds_busy_answers_too() -> None:
+    """wait(timeout=2) against a Kiln busy for 30 s at a time pauses 2 s in all, then
+    raises WaitTimeout (before: four 30 s pauses and an UnavailableError)."""
+    api = Scripted((200, JOB, {}), busy("overloaded", 503, 30))
+    with pytest.raises(WaitTimeout):
+        api.client.wait("job1", timeout=2.0, interval=0.5)
+    assert sum(api.sleeps) == pytest.approx(2.0)
+
+
+def test_a_cancel_is_retried_after_a_busy_answer() -> None:
+    api = Scripted(busy("unavailable", 503, 1), (200, {"jobId": "job1", "status": "canceled"}, {}))
+    assert api.client.cancel("job1") == "canceled"
+    assert (api.seen, api.sleeps) == (["POST /v1/jobs/job1:cancel"] * 2, [1.0])
+
+
+@pytest.mark.parametrize("job_id", ["../batches/0123456789abcdef0123", "x?limit=1", "..", "", "a/b",
+                                    "a" * 65, "ключ"])
+def test_an_id_kiln_could_not_have_made_is_refused_before_any_request(job_id: str) -> None:
+    api = Scripted((200, JOB, {}))
+    for call in (api.client.get, api.client.cancel, api.client.get_batch, api.client.cancel_batch,
+                 api.client.wait):
+        with pytest.raises(KilnError, match="not a Kiln id"):
+            call(job_id)
+    assert api.seen == []
+
+
+def test_a_waiting_job_says_why_and_where() -> None:
+    job = Job.from_api({**JOB, "status": "pending", "queueReason": "running_limit",
+                        "queuePosition": 3, "updatedAt": "2026-12-07T00:00:01Z"})
+    assert (job.queue_reason, job.queue_position, job.updated_at) == (
+        "running_limit", 3, "2026-12-07T00:00:01Z")
+    assert Job.from_api(JOB).queue_position is None
+
+
+@pytest.mark.parametrize("secret", ["", "whsec_", "whsec_!!!!", "whsec_a", None])
+def test_a_missing_or_garbled_secret_is_a_verification_error(secret: object) -> None:
+    body = b'{"type": "job.completed", "data": {}}'
+    with pytest.raises(WebhookVerificationError, match="secret"):
+        verify_webhook(body, signed(body), secret)  # type: ignore[arg-type]
 
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
