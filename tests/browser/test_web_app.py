@@ -202,3 +202,44 @@ def test_cors_preflight_allows_the_browser(stack: LocalStack, web: WebServer) ->
     assert response.headers["access-control-allow-origin"] == web.url
     allowed = response.headers["access-control-allow-headers"].lower()
     assert {"authorization", "content-type", "idempotency-key"} <= {h.strip() for h in allowed.split(",")}
+
+
+@pytest.mark.parametrize("segment", ["a%2Fb", "%E0%A4%A", "..%2F..", "x" * 65])
+def test_a_deep_link_naming_no_job_shows_not_found(page: Any, web: WebServer, uid: str,
+                                                   segment: str) -> None:
+    """Given a link /jobs/{x} whose x no job id can be (an escaped slash, a broken
+    %-escape, too long), when it is opened, then the app says "Job not found" instead of
+    failing to start."""
+    sign_in(page, web, uid, f"/jobs/{segment}")
+    expect(page.locator("[data-missing]")).to_contain_text("Job not found")
+    expect(page.get_by_role("link", name="← All jobs")).to_be_visible()
+    assert not page.console_errors, page.console_errors
+
+
+def test_a_submission_retried_after_a_lost_answer_makes_one_job(page: Any, web: WebServer,
+                                                                uid: str) -> None:
+    """Given a POST /v1/jobs that reaches Kiln but whose answer is lost (the network fails
+    on the way back), when the user clicks Generate again, then the app sends the same
+    Idempotency-Key and Kiln answers with the job it already made: one job, not two."""
+    keys: list[str] = []
+    made: list[str] = []
+
+    def lose_first_answer(route: Any) -> None:
+        if route.request.method != "POST":
+            return route.continue_()
+        keys.append(route.request.headers["idempotency-key"])
+        if len(keys) == 1:
+            made.append(route.fetch().json()["jobId"])  # Kiln makes the job; the page never hears
+            return route.abort("connectionreset")
+        return route.continue_()
+
+    sign_in(page, web, uid)
+    page.route("**/v1/jobs", lose_first_answer)
+    page.select_option("#kind", "image")
+    page.fill("#prompt", "a lost answer")
+    page.click("#submit")
+    expect(page.locator("#notice")).to_contain_text("cannot be reached")
+    page.click("#submit")
+    expect(page.locator("#notice")).to_contain_text(f"Job {made[0]} accepted")
+    assert len(keys) == 2 and keys[0] == keys[1], keys
+    expect(page.locator("#jobs [data-job-id]")).to_have_count(1)

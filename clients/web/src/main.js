@@ -41,13 +41,21 @@ const actions = {
 
 // --- routes ---------------------------------------------------------------------------------
 
+// A job id as Kiln makes them; a deep link naming anything else names no job.
+const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
 function route() {
   stopWatching();
   stopWatching = () => {};
   const match = location.pathname.match(/^\/jobs\/([^/]+)\/?$/);
   root.replaceChildren(el("p", { id: "notice", class: "notice", hidden: true, role: "status" }));
-  if (match) showJob(decodeURIComponent(match[1]));
-  else showList();
+  if (!match) return showList();
+  let jobId = null;
+  try {
+    jobId = decodeURIComponent(match[1]);
+  } catch {} // a malformed %-escape
+  if (jobId !== null && JOB_ID.test(jobId)) showJob(jobId);
+  else root.append(backLink(), missing(jobId ?? match[1]));
 }
 
 export function navigate(path) {
@@ -76,12 +84,20 @@ function submitForm() {
     el("label", { for: "prompt" }, "Prompt"), prompt,
     el("div", { class: "row" },
       el("label", {}, "Kind ", kind), el("label", {}, "Aspect ", aspect), button));
+  // One Idempotency-Key per user action: a retry of the same request after a lost answer
+  // (a network error, a busy Kiln) sends the key again, so Kiln returns the job it may
+  // already have made instead of making a second; a changed request gets a new key.
+  let attempt = null;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;
     const options = kind.value === "image" ? { aspectRatio: aspect.value } : {};
+    const request = { kind: kind.value, prompt: prompt.value, options };
+    const body = JSON.stringify(request);
+    if (attempt?.body !== body) attempt = { body, key: crypto.randomUUID() };
     try {
-      const { jobId } = await ctx.api.createJob({ kind: kind.value, prompt: prompt.value, options });
+      const { jobId } = await ctx.api.createJob(request, attempt.key);
+      attempt = null;
       prompt.value = "";
       notice(`Job ${jobId} accepted.`, "info");
     } catch (error) {
@@ -119,7 +135,7 @@ function showJob(jobId) {
   const slot = el("section", { id: "job", class: "detail" }, el("p", { class: "empty" }, "Loading…"));
   const timeline = timelinePanel(ctx.api, jobId);
   timeline.node.hidden = true;
-  root.append(el("p", {}, el("a", { href: "/", "data-link": true }, "← All jobs")), slot, timeline.node);
+  root.append(backLink(), slot, timeline.node);
   let key = null;
   let status = null;
   stopWatching = watchJob(ctx.db, jobId, (job) => {
@@ -128,15 +144,23 @@ function showJob(jobId) {
     status = job?.status ?? null;
     if (!job) {
       key = null;
-      slot.replaceChildren(el("div", { class: "missing", role: "alert", "data-missing": jobId },
-        el("h2", {}, "Job not found"),
-        el("p", {}, "This job does not exist, or it is not yours.")));
+      slot.replaceChildren(missing(jobId));
       return;
     }
     if (cardKey(job) === key) return;
     key = cardKey(job);
     slot.replaceChildren(jobCard(ctx.config, job, { ...actions, detail: true }));
   }, (error) => notice(`Live updates stopped: ${error.message}`));
+}
+
+function backLink() {
+  return el("p", {}, el("a", { href: "/", "data-link": true }, "← All jobs"));
+}
+
+function missing(jobId) {
+  return el("div", { class: "missing", role: "alert", "data-missing": jobId },
+    el("h2", {}, "Job not found"),
+    el("p", {}, "This job does not exist, or it is not yours."));
 }
 
 // --- start ----------------------------------------------------------------------------------
