@@ -61,7 +61,7 @@ class InMemoryBatchStore:
     def __init__(self, jobs: InMemoryJobStore) -> None:
         self.jobs = jobs
         self.batches: dict[str, Batch] = {}
-        self.ended: set[str] = set()
+        self.ended: dict[str, dt.datetime] = {}
         self.closed: set[str] = set()
         self.fail_counts = 0
 
@@ -110,5 +110,10 @@ class InMemoryBatchStore:
         with self.jobs._lock:
             if batch_id in self.ended:
                 return False
-            self.ended.add(batch_id)
+            self.ended[batch_id] = self.jobs.clock.now()
             return True
+
+    def ended_at(self, batch_id: str) -> dt.datetime | None:
+        with self.jobs._lock:
+            self.jobs._check()
+            return self.ended.get(batch_id)

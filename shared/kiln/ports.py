@@ -100,6 +100,10 @@ class BatchStore(Protocol):
         """Create the batch's end marker; True only for the first caller."""
         ...
 
+    def ended_at(self, batch_id: str) -> dt.datetime | None:
+        """When the batch's end marker was created (its announcement); None before."""
+        ...
+
     def close(self, batch_id: str) -> None:
         """Mark the batch announced (``open`` false): the sweeper stops looking at it."""
         ...

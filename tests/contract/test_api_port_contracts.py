@@ -73,8 +73,13 @@ def test_batches_are_written_whole_once_and_counted(backend: Any) -> None:
         ("contract", batch.job_ids, "fp", "acme")
     assert batches.statuses(batch_id) == {j.id: j.doc["status"] for j in jobs}
     assert batches.ended_count(batch_id) == 3
+    assert batches.ended_at(batch_id) is None
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     assert batches.mark_ended(batch_id) is True
+    ended_at = batches.ended_at(batch_id)
     assert batches.mark_ended(batch_id) is False
+    assert ended_at is not None and before < ended_at < before + dt.timedelta(minutes=2)
+    assert batches.ended_at(batch_id) == ended_at  # the first marker's time stays
     assert batch_id in [b.id for b in batches.open_batches(500)]
     batches.close(batch_id)
     assert batch_id not in [b.id for b in batches.open_batches(500)]

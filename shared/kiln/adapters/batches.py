@@ -4,6 +4,7 @@ one batched write."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,8 +85,16 @@ class FirestoreBatchStore:
             return [Batch.from_doc(snap.id, snap.to_dict() or {})
                     for snap in rotated(query, limit)]
 
+    def ended_at(self, batch_id: str) -> dt.datetime | None:
+        with unavailable_is_retryable("batch store"):
+            snap = self._ended(batch_id).get()
+        return (snap.to_dict() or {}).get("endedAt") if snap.exists else None
+
+    def _ended(self, batch_id: str) -> Any:
+        return self._ref(batch_id).collection("private").document("ended")
+
     def mark_ended(self, batch_id: str) -> bool:
-        ref = self._ref(batch_id).collection("private").document("ended")
+        ref = self._ended(batch_id)
         try:
             with unavailable_is_retryable("batch store"):
                 ref.create({"endedAt": firestore.SERVER_TIMESTAMP})

@@ -135,6 +135,7 @@ class ServerState:
     provider: str | None = None
     provider_task_id: str | None = None
     remote_canceled: bool = False
+    task_left: bool = False  # failed out of attempts while its task ran: cancel that task
     #: Waiting on the remote task, no lease held: the live check's number and when it is due
     #: (``next_check_at`` set ⇔ waiting). ``checks`` counts the checks made (the cadence).
     check_seq: int = 0

@@ -160,9 +160,11 @@ def claim(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPol
              "claimToken": claim_token, "nextCheckAt": None}), srv.provider_task_id)
     if policy.exhausted(job.attempts):
         last = job.error or {}
-        return Claim(ClaimOutcome.EXHAUSTED, _give_up(
-            job, str(last.get("code") or "attempts_exhausted"),
-            str(last.get("message") or "The job kept failing.")))
+        given_up = _give_up(job, str(last.get("code") or "attempts_exhausted"),
+                            str(last.get("message") or "The job kept failing."))
+        if srv.provider_task_id:  # its worker died while the paid task ran: stop it
+            given_up = given_up | Change({}, {"taskLeft": True})
+        return Claim(ClaimOutcome.EXHAUSTED, given_up)
     if srv.not_before is not None and now < srv.not_before:
         return Claim(ClaimOutcome.NOT_YET)
     public: dict[str, Any] = {"status": target("claim").value, "updatedAt": SERVER_TIME}
@@ -210,9 +212,10 @@ def report_progress(job: Job | None, *, worker_id: str, now: dt.datetime, policy
 
 def checkpoint(job: Job | None, *, worker_id: str, now: dt.datetime, policy: RetryPolicy,
                provider: str, task_id: str) -> Change:
-    """Record the provider's task id so no later run pays for a second task. A job canceled
-    while the task was being submitted records it too, so the cancel can reach the task."""
-    if job is not None and job.status is JobStatus.CANCELED:
+    """Record the provider's task id so no later run pays for a second task. A job canceled,
+    or failed past its maximum age, while the task was being submitted records it too
+    (``remote_task_left``), so the task can be stopped."""
+    if job is not None and (job.status is JobStatus.CANCELED or _expired(job)):
         return Change({}, {"providerTaskId": task_id, "provider": provider})
     check_owner(job, worker_id)
     return Change({}, {"leaseExpiresAt": policy.lease_until(now), "providerTaskId": task_id,
@@ -374,7 +377,9 @@ def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change |
                    "attempts": 0, "error": None, "result": None, "completedAt": None,
                    "updatedAt": SERVER_TIME, **({"queueReason": "running_limit"} if queued else {})},
                   {"deadlineAt": policy.deadline(now), "notBefore": None,
-                   "providerTaskId": None, "notify": None, "retries": Increment(1), **queued})
+                   "providerTaskId": None, "remoteCanceled": False, "taskLeft": False,
+                   "checks": 0, "wake": False, "notify": None, "retries": Increment(1),
+                   **queued})
 
 
 # --- the sweeper's view -------------------------------------------------------------
@@ -489,10 +494,15 @@ def notified(state: str, report: Mapping[str, Any]) -> Change:
 
 def remote_task_left(job: Job) -> bool:
     """A job that ended without waiting for its paid provider task, which may still be
-    running: canceled, or failed past its maximum age (nobody will fetch its result)."""
-    ended_early = job.status is JobStatus.CANCELED or (
-        job.status is JobStatus.FAILED and (job.error or {}).get("code") == DEADLINE_EXCEEDED)
+    running: canceled, failed past its maximum age (nobody will fetch its result), or
+    failed out of attempts while its task ran (``taskLeft``: its workers died)."""
+    ended_early = job.status is JobStatus.CANCELED or _expired(job) or (
+        job.status is JobStatus.FAILED and job.server.task_left)
     return ended_early and bool(job.server.provider_task_id) and not job.server.remote_canceled
+
+
+def _expired(job: Job) -> bool:
+    return job.status is JobStatus.FAILED and (job.error or {}).get("code") == DEADLINE_EXCEEDED
 
 
 def remote_canceled() -> Change:

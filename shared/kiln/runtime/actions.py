@@ -36,16 +36,16 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
     """Cancel a pending or running job (``by`` names who, for the log).
 
     A worker holding the job notices within a progress interval and cancels the provider's
-    task. When nobody holds it (it waits on its remote task, or its worker died) and a
-    provider task exists, a wake-up message is published so a worker cancels that task.
+    task. Whenever a provider task exists a wake-up message is published too, so a worker
+    cancels that task: the job may wait on it with nobody holding it, or its lease may
+    still look live while the worker that held it is dead (a live worker's own cancel
+    comes first; the wake-up's then finds the task canceled).
     A backend's job (channel ``api``: ``notify.AT_LEAST_ONCE``) gets its ``job.canceled``
     webhook event at least once: the cancel claims its notification in the same write
     and sends it through ``notify.deliver`` (its channel, then its batch's end), so one
     the webhook store refused, or one lost with this process, is sent by the sweeper. An
     app or chat job's cancel sends no push and no chat message (docs/client-contract.md).
     """
-    now = services.clock.now()
-
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
         notice = job is not None and job.channel in notify.AT_LEAST_ONCE
         change = lifecycle.cancel(job, notice=notice)
@@ -54,7 +54,7 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
 
     changed, job = services.store.transact(job_id, decide)
     with log.job_context(job_id):
-        if changed and job.server.provider_task_id and not job.server.lease_live(now):
+        if changed and job.server.provider_task_id:
             wake_to_cancel(services, job_id)
         if changed:
             log.event(logger, "job canceled", by=by)

@@ -14,11 +14,12 @@ batches only and announces any whose jobs have all ended, so an end check that f
 a process that died between the marker and the emit, loses no ``batch.completed``.
 
 A job retried after its batch was announced ends after the announcement: its push would
-be lost (a batch's jobs send none of their own), so a retried job whose batch is closed
-(announced: ``Batch.open`` false) is notified on its own (:func:`announced_before`); one
-retried before the announcement rides the batch's push as its other jobs do. When the
-batch cannot be read, a retried job is notified on its own (a second notice rather than
-none).
+be lost (a batch's jobs send none of their own), so a retried job that ended after its
+batch's end marker was created is notified on its own (:func:`announced_before`); one
+that ended before it rides the batch's push as its other jobs do, even when its own notice
+runs after the announcement (its worker was slower, or died and the sweeper sent it). The
+two times are the store's (server timestamps). When the marker cannot be read, a retried
+job is notified on its own (a second notice rather than none).
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ logger = log.get("batches")
 
 
 def announced_before(services: Services, job: Job) -> bool:
-    """Whether ``job`` (retried) ends after its batch was announced: it is then notified
+    """Whether ``job`` (retried) ended after its batch was announced: it is then notified
     on its own. Read before the job's own notice, so the batch's comes after it. When
-    the batch cannot be read, True (a second notice rather than none)."""
+    the batch's end marker cannot be read, True (a second notice rather than none)."""
     if job.batch_id is None or not job.server.retries:
         return False
     try:
-        batch = services.batches.get(job.batch_id)
+        announced = services.batches.ended_at(job.batch_id)
     except Exception as exc:
         log.event(logger, "batch not read", logging.WARNING, batchId=job.batch_id,
                   error=type(exc).__name__)
         return True
-    return batch is not None and not batch.open
+    if announced is None:
+        return False
+    return job.completed_at is None or job.completed_at >= announced
 
 
 def on_job_ended(services: Services, job: Job) -> bool:

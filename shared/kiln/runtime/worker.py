@@ -33,8 +33,7 @@ from kiln.core.errors import (
 from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
-from kiln.providers.callbacks import task_key
-from kiln.runtime import checks, dispatch, endings, notify
+from kiln.runtime import checks, dispatch, endings, notify, remote
 from kiln.runtime.outcomes import RunOutcome
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
@@ -248,8 +247,11 @@ def _claim(job_id: str, services: Services, check: int | None,
     if outcome in (ClaimOutcome.EXHAUSTED, ClaimOutcome.EXPIRED):
         log.event(logger, f"job failed: {outcome}", logging.WARNING)
         notify.deliver(services, job_id)
-        if outcome is ClaimOutcome.EXPIRED and job is not None and job.server.provider_task_id:
-            _cancel_left(services, job)  # past its maximum age: nobody will fetch the result
+        if job is not None and job.server.provider_task_id:
+            # Past its maximum age (nobody will fetch the result), or out of attempts while
+            # its task ran (its workers died): the paid task is stopped. A passing failure
+            # nacks; the redelivery finds the task left (lifecycle.remote_task_left).
+            _cancel_left(services, job)
     elif outcome is ClaimOutcome.NOT_YET:
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
         raise RetryableError("The job is waiting to retry.", code=BACKOFF)
@@ -319,7 +321,7 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
     del deadline  # nothing here waits: one submit or one poll per delivery
     if task_id is None:
         task_id = provider.submit(request)
-        early = _save_task(provider, request.job_id, task_id, services, reporter.worker_id)
+        early = remote.save_task(provider, request.job_id, task_id, services, reporter.worker_id)
         log.event(logger, "provider task submitted", taskId=task_id)
         raise _Wait(reporter.progress, "queued", at_once=early)
     reporter.raise_if_stopped()
@@ -333,7 +335,7 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
     if status.task_id and status.task_id != task_id:
         task_id = status.task_id  # the provider moved on to its next remote task
-        _save_task(provider, request.job_id, task_id, services, reporter.worker_id)
+        remote.save_task(provider, request.job_id, task_id, services, reporter.worker_id)
     if status.state is TaskState.SUCCEEDED:
         reporter.update(status.progress or 90, status.stage or "downloading")
         # A failing fetch is not a blip of the checks: the task is done and its result
@@ -353,22 +355,6 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise PermanentError("The provider canceled the task.", code="provider_canceled")
     raise _Wait(status.progress, status.stage or
                 ("queued" if status.state is TaskState.PENDING else "generating"))
-
-
-def _save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services,
-               owner: str) -> bool:
-    """Checkpoint the task id at once (no later delivery pays for a second task) and index
-    it for callbacks; True when a callback for it came first (check at once)."""
-    now = services.clock.now()
-    services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.checkpoint(
-        job, worker_id=owner, now=now, policy=services.policy,
-        provider=provider.name, task_id=task_id),
-        {timeline.step("submitted", job.attempts if job else 1): now}), None))
-    try:
-        return services.task_index.link(provider.name, task_key(provider.name, task_id), job_id)
-    except KilnError as exc:  # callbacks for it are ignored; the checks still find its end
-        log.event(logger, "task not indexed; polling only", logging.WARNING, code=exc.code)
-        return False
 
 
 def _park(job_id: str, services: Services, provider: TaskProvider, job: Job,

@@ -1,0 +1,64 @@
+"""A provider's remote task as a delivery submits it: recorded on the job at once, so no
+later run pays for a second task and callbacks find the job, and stopped when this delivery
+cannot hand it on (the job ended or changed hands while the submit ran).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kiln import log
+from kiln.compose import Services
+from kiln.core import lifecycle, timeline
+from kiln.core.errors import KilnError, LeaseLostError, RetryableError
+from kiln.core.job import Job, JobStatus
+from kiln.providers.base import TaskProvider
+from kiln.providers.callbacks import task_key
+from kiln.runtime import endings
+
+logger = log.get("worker")
+
+
+def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services,
+              owner: str) -> bool:
+    """Checkpoint the task id at once (no later delivery pays for a second task) and index
+    it for callbacks; True when a callback for it came first (check at once)."""
+    now = services.clock.now()
+
+    def decide(job: Job | None) -> tuple[Any, Job | None]:
+        return timeline.carry(lifecycle.checkpoint(
+            job, worker_id=owner, now=now, policy=services.policy, provider=provider.name,
+            task_id=task_id), {timeline.step("submitted", job.attempts if job else 1): now}), job
+
+    try:
+        before = services.store.transact(job_id, decide)
+    except LeaseLostError:
+        _stop_unrecorded(provider, task_id)  # another delivery holds the job; only we know it
+        raise
+    if before is not None and before.status is JobStatus.FAILED:
+        # It failed past its maximum age while the task was submitted (the sweeper's
+        # wake-up found no task to stop): the task is recorded, so stop it here, or, on a
+        # passing failure, through a wake-up whose delivery finds it left.
+        try:
+            endings.cancel_remote(provider, job_id, services)
+        except RetryableError:
+            services.queue.publish(job_id, reason="cancel")
+        raise LeaseLostError("The job ended past its maximum age while its task was submitted.")
+    try:
+        return services.task_index.link(provider.name, task_key(provider.name, task_id), job_id)
+    except KilnError as exc:  # callbacks for it are ignored; the checks still find its end
+        log.event(logger, "task not indexed; polling only", logging.WARNING, code=exc.code)
+        return False
+
+
+def _stop_unrecorded(provider: TaskProvider, task_id: str) -> None:
+    """Cancel a task this delivery submitted but could not record (its lease was lost while
+    the submit ran): no other run knows the task, so none would ever stop it."""
+    try:
+        provider.cancel(task_id)
+    except KilnError as exc:
+        log.event(logger, "unrecorded provider task not canceled", logging.WARNING,
+                  taskId=task_id, code=exc.code)
+        return
+    log.event(logger, "unrecorded provider task canceled", taskId=task_id)

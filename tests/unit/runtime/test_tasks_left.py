@@ -1,0 +1,244 @@
+"""No paid remote task is left running by a job that ended without it, and no retried
+batch job gets a second notice: cases a review found (each failed before its fix).
+
+- a cancel while a dead worker's lease still looks live (no wake-up was published);
+- a retried job that kept the last run's ``remoteCanceled`` (its new task was never stopped);
+- a submit that outlived the job's maximum age, or lost its lease, while it ran;
+- a job out of attempts while its task ran (its workers died);
+- a retried batch job that ended before the batch's announcement but notified after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+import pytest
+from rig import Killed, Rig, TaskFake, build_rig
+
+from kiln.core.errors import LeaseLostError, PermanentError, RetryableError
+from kiln.core.job import Change, JobStatus
+from kiln.http.api import handle
+from kiln.providers.base import TaskState, TaskStatus
+from kiln.runtime import actions, notify
+from kiln.runtime.sweeper import sweep
+from kiln.runtime.worker import RunOutcome, run_job
+
+RUNNING = TaskStatus(TaskState.RUNNING, 40, "meshing")
+
+
+def task_rig(**settings: Any) -> tuple[Rig, TaskFake]:
+    rig = build_rig(**settings)
+    provider = TaskFake(rig.clock, statuses=[RUNNING])
+    rig.providers["model"] = provider
+    return rig, provider
+
+
+def drain(rig: Rig, limit: int = 20) -> list[Any]:
+    """Run every published delivery (a nack is recorded by its error's name)."""
+    outcomes: list[Any] = []
+    while rig.cursor < len(rig.queue.deliveries) and len(outcomes) < limit:
+        delivery = rig.queue.deliveries[rig.cursor]
+        rig.cursor += 1
+        try:
+            outcomes.append(run_job(delivery.job_id, rig.services, check=delivery.check))
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def minutes_pass(rig: Rig, minutes: int = 5) -> None:
+    """Minutes pass: the sweeper runs each minute and every message is delivered."""
+    for _ in range(minutes):
+        rig.clock.advance(60)
+        sweep(rig.services)
+        drain(rig)
+
+
+def kill_a_check(rig: Rig, provider: TaskFake) -> None:
+    """The next check's worker is killed while it polls: its lease stays live a while."""
+    def die() -> None:
+        raise Killed()
+
+    provider.during_call = die
+    rig.cursor = len(rig.queue.deliveries)
+    with pytest.raises(Killed):
+        rig.deliver_next()
+    provider.during_call = None
+
+
+def test_a_cancel_while_a_dead_workers_lease_looks_live_stops_the_task() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    kill_a_check(rig, provider)
+    assert rig.job(job_id).server.lease_live(rig.clock.now())
+    assert actions.cancel(rig.services, job_id, by="owner").changed
+    minutes_pass(rig)
+    assert rig.job(job_id).status is JobStatus.CANCELED
+    assert provider.canceled == ["task-1"]
+
+
+def test_a_retried_job_forgets_the_last_runs_remote_cancel() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    rig.scheduler.pending.clear()
+    rig.cursor = len(rig.queue.deliveries)
+    rig.clock.advance(3601)  # past its maximum age: failed, its task stopped
+    assert sweep(rig.services).get("failed_expired") == 1
+    drain(rig)
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    retried = rig.job(job_id).server
+    assert (retried.remote_canceled, retried.checks, retried.wake) == (False, 0, False)
+    drain(rig)  # the new run submits task-2 and waits on it
+    assert provider.submitted == ["task-1", "task-2"] and rig.job(job_id).server.waiting
+    assert actions.cancel(rig.services, job_id, by="owner").changed
+    drain(rig)
+    assert provider.canceled == ["task-1", "task-2"]
+
+
+def test_a_submit_that_outlives_the_jobs_maximum_age_stops_its_task() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+
+    def slow_submit() -> None:  # the provider answers late; the sweeper expires the job
+        provider.during_call = None
+        rig.clock.advance(3601)
+        assert sweep(rig.services).get("failed_expired") == 1
+
+    provider.during_call = slow_submit
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    job = rig.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error["code"] == "deadline_exceeded"
+    assert (provider.canceled, job.server.provider_task_id, job.server.remote_canceled) == (
+        ["task-1"], "task-1", True)
+
+
+def test_a_passing_cancel_failure_after_a_late_submit_is_tried_again() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+
+    def slow_submit() -> None:
+        provider.during_call = None
+        provider.cancel_error = RetryableError("busy", code="provider_unavailable")
+        rig.clock.advance(3601)
+        sweep(rig.services)
+
+    provider.during_call = slow_submit
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert provider.canceled == []
+    provider.cancel_error = None
+    drain(rig)  # the wake-up it published: its delivery finds the task left
+    assert provider.canceled == ["task-1"] and rig.job(job_id).server.remote_canceled
+
+
+def test_a_submit_whose_lease_was_taken_meanwhile_stops_the_task_nobody_knows() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+
+    def taken() -> None:  # another delivery holds the job now
+        provider.during_call = None
+        rig.store.apply(job_id, Change({}, {"leaseOwner": "another-worker"}))
+
+    provider.during_call = taken
+    assert run_job(job_id, rig.services) is RunOutcome.LEASE_LOST
+    assert provider.canceled == ["task-1"]
+    assert rig.job(job_id).server.provider_task_id is None
+
+
+def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
+    rig, provider = task_rig(max_attempts=1)
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    kill_a_check(rig, provider)
+    minutes_pass(rig)
+    job = rig.job(job_id)
+    assert job.status is JobStatus.FAILED and job.server.task_left
+    assert provider.canceled == ["task-1"]
+
+
+def test_a_failed_cancel_of_a_job_out_of_attempts_is_tried_again_on_redelivery() -> None:
+    rig, provider = task_rig(max_attempts=1)
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    kill_a_check(rig, provider)
+    provider.cancel_error = RetryableError("busy", code="provider_unavailable")
+    rig.clock.advance(120)
+    sweep(rig.services)
+    assert drain(rig) == [RetryableError.__name__]  # nacked: Pub/Sub brings it back
+    provider.cancel_error = None
+    run_job(job_id, rig.services)  # the redelivery: the job ended, its task left
+    assert provider.canceled == ["task-1"]
+
+
+def test_a_retried_batch_job_that_ended_before_the_announcement_rides_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a batch of two whose first job failed and was retried, when the retried job
+    completes, then the last job ends and announces the batch, and only then the retried
+    job's own notice runs (its worker was slower), then the batch's push is the only one."""
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="f")
+    with flask.Flask(__name__).test_request_context(
+            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
+            json={"items": [{"kind": "image", "prompt": f"tile {i}"} for i in range(2)]}):
+        answer = handle(flask.request, rig.services).get_json()
+    retried, last = answer["jobIds"]
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(retried, rig.services)
+    rig.providers["image"].error = None
+    assert actions.retry(rig.services, retried, by="owner").changed
+    real, held = notify.deliver, []
+
+    def slower(services: Any, job_id: str) -> None:
+        if job_id == retried and not held:
+            held.append(job_id)
+            return
+        real(services, job_id)
+
+    monkeypatch.setattr(notify, "deliver", slower)
+    drain(rig)
+    assert rig.job(retried).status is JobStatus.COMPLETED and held == [retried]
+    rig.clock.advance(1)
+    run_job(last, rig.services)  # the last job ends: the batch's push covers both
+    real(rig.services, retried)  # the retried job's own notice, a moment later
+    assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]
+
+
+def test_a_batch_job_retried_after_the_announcement_is_notified_alone() -> None:
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="f")
+    with flask.Flask(__name__).test_request_context(
+            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
+            json={"items": [{"kind": "image", "prompt": "tile"}]}):
+        job_id = handle(flask.request, rig.services).get_json()["jobIds"][0]
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(job_id, rig.services)  # failed: the batch of one is announced
+    rig.providers["image"].error = None
+    rig.clock.advance(1)
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    drain(rig)
+    assert [p.data["type"] for p in rig.push.sent] == ["batch_completed", "generation_completed"]
+
+
+def test_an_unreadable_end_marker_notifies_a_retried_job_alone() -> None:
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="f")
+    with flask.Flask(__name__).test_request_context(
+            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
+            json={"items": [{"kind": "image", "prompt": "tile"}] * 2}):
+        first = handle(flask.request, rig.services).get_json()["jobIds"][0]
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    run_job(first, rig.services)
+    rig.providers["image"].error = None
+    assert actions.retry(rig.services, first, by="owner").changed
+
+    def unreadable(batch_id: str) -> None:
+        raise LeaseLostError("not this")  # any error: a second notice rather than none
+
+    rig.services.batches.ended_at = unreadable  # type: ignore[method-assign]
+    drain(rig)  # both jobs run: the retried one is pushed alone, then the batch
+    assert [(p.data["type"], p.data.get("jobId")) for p in rig.push.sent][0] == (
+        "generation_completed", first)
