@@ -210,7 +210,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
             "Something went wrong on our side.", code="internal"), token=token)
     if ended is RunOutcome.CANCELED:
         # Canceled while this delivery held it (noticed while running, or by an ending's
-        # write): its cancel published no wake-up, so the paid task is ours to stop.
+        # write): the paid task is ours to stop now (the cancel's wake-up, published when
+        # a task was recorded, then finds it stopped).
         endings.cancel_remote(provider, job_id, services)
         log.event(logger, "job canceled while running; stopped")
     return ended

@@ -20,6 +20,8 @@ from kiln import paced
 from kiln.channels.telegram import chats as chat_state
 from kiln.channels.telegram import delivery, notifier
 from kiln.channels.telegram.bot import use_chat_store
+from kiln.core.errors import PermanentError
+from kiln.runtime import actions
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import run_job
 from kiln.settings import ConfigError, Settings
@@ -364,3 +366,53 @@ def test_an_entry_written_before_sending_existed_is_claimed_as_waiting() -> None
     claim = chat_state.claim(undelivered, "job", now=101.0, lease=60.0)
     assert claim == chat_state.Claim(chat_state.ClaimOutcome.TAKEN, 4)
     assert undelivered == {"job": {"attempt": 4, "at": 161.0, "state": "sending"}}
+
+
+def fail_deferred(rig: Rig, server: TelegramServer, chat: int) -> str:
+    """A job that failed while Telegram was down: its failure message deferred."""
+    rig.providers["image"].error = PermanentError("No.", code="content_refused")
+    server.fail("*", chat_id=chat, error_code=500, description="Internal Server Error", times=3)
+    job_id = rig.submit(channel="telegram", uid=f"telegram:{chat}",
+                        telegram={"chatId": chat, "messageId": 1, "working": "pending"})
+    run_job(job_id, rig.services)
+    rig.providers["image"].error = None
+    server.faults.clear()
+    assert notify_of(rig, job_id)["state"] == "retrying"
+    return job_id
+
+
+def sent_after(server: TelegramServer, chat: int, since: int) -> list[str]:
+    return [c["method"] for c in server.calls_for(chat)[since:] if c["ok"]]
+
+
+def test_a_retried_jobs_earlier_deferred_end_is_not_sent_while_it_runs_again(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a failure whose message was deferred, when an operator retries the job and
+    the sweeper's pass comes before the new run ends, then the pass drops the earlier
+    run's entry and sends nothing (no failure message for a running job); the new run's
+    end sends the one photo."""
+    job_id = fail_deferred(rig, server, chat)
+    assert actions.retry(rig.services, job_id, by="operator").changed
+    before = len(server.calls_for(chat))
+    rig.clock.advance(BACKOFF + 1)
+    sweep(rig.services)
+    assert sent_after(server, chat, before) == []
+    assert chats.get(chat)["undelivered"] == {}
+    rig.deliver_next()
+    assert rig.job(job_id).status.value == "completed"
+    assert len(photos(server, chat)) == 1
+
+
+def test_a_retried_job_that_ended_again_is_not_sent_twice_by_the_earlier_entry(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    """Given a failure whose message was deferred, when the job is retried and completes
+    before the sweeper's pass, then its photo is sent once: the new run's end dropped
+    the earlier run's entry, so the pass has nothing to send."""
+    job_id = fail_deferred(rig, server, chat)
+    assert actions.retry(rig.services, job_id, by="operator").changed
+    rig.deliver_next()
+    assert rig.job(job_id).status.value == "completed" and len(photos(server, chat)) == 1
+    assert chats.get(chat)["undelivered"] == {}
+    rig.clock.advance(BACKOFF + 1)
+    sweep(rig.services)
+    assert len(photos(server, chat)) == 1

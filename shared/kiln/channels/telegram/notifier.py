@@ -47,7 +47,7 @@ from kiln.channels.telegram.delivery import (
     telegram_state,
 )
 from kiln.core import lifecycle
-from kiln.core.errors import RetryableError
+from kiln.core.errors import KilnError, RetryableError
 from kiln.core.job import Job, JobStatus
 
 if TYPE_CHECKING:  # the composition root imports this module: no run-time import back
@@ -183,6 +183,8 @@ class TelegramChannel:
         _THROTTLE.forget(job.id)
         if to is None:
             return {"skipped": "no_chat"}
+        if job.server.retries:  # an earlier run's end may still wait to be redelivered
+            _forget_earlier_run(services, to.chat_id, job.id)
         try:
             return self._deliver(services, job, to, attempt=1)
         except RetryableError as exc:
@@ -209,7 +211,8 @@ class TelegramChannel:
                 continue
             tried += 1
             to = address(job) if job is not None else None
-            if job is None or to is None:
+            if job is None or to is None or not job.terminal:
+                # gone, or retried since (its new run's end is sent when it ends)
                 chats.delivered(chat_id, job_id)
                 continue
             # A claimed send may use what is left of the pass: a large file whose answer
@@ -257,6 +260,16 @@ class TelegramChannel:
         log.event(logger, "result delivery deferred", logging.WARNING, code=exc.code,
                   attempt=attempt, seconds=round(delay, 1))
         return {"deferred": attempt, "reason": exc.code}
+
+
+def _forget_earlier_run(services: Services, chat_id: int | str, job_id: str) -> None:
+    """Drop a deferred end of a retried job's earlier run: this run's end replaces it (a
+    pass would otherwise send this run's result a second time, or the old failure)."""
+    try:
+        chat_store(services).delivered(chat_id, job_id)
+    except KilnError as exc:  # the pass finds the job's new end and sends it once more
+        log.event(logger, "earlier run's deferred end not dropped", logging.WARNING,
+                  code=exc.code)
 
 
 def _now(services: Services) -> float:
