@@ -70,8 +70,8 @@ class InMemoryBatchStore:
             self.jobs._check()
             if batch.id in self.batches or any(job.id in self.jobs.docs for job in jobs):
                 return False
-            self.batches[batch.id] = dataclasses.replace(batch,
-                                                         created_at=self.jobs.clock.now())
+            self.batches[batch.id] = dataclasses.replace(
+                batch, created_at=batch.created_at or self.jobs.clock.now())
             for job in jobs:
                 assert self.jobs.create(job)
             return True

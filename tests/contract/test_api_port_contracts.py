@@ -71,6 +71,9 @@ def test_batches_are_written_whole_once_and_counted(backend: Any) -> None:
     read = batches.get(batch_id)
     assert read is not None and (read.uid, read.job_ids, read.fingerprint, read.tenant) == \
         ("contract", batch.job_ids, "fp", "acme")
+    # the creating request's own clock reading, to the microsecond: how a request whose
+    # commit answered late knows the stored batch is its own (runtime.batches._ours)
+    assert read.created_at == batch.created_at
     assert batches.statuses(batch_id) == {j.id: j.doc["status"] for j in jobs}
     assert batches.ended_count(batch_id) == 3
     assert batches.ended_at(batch_id) is None

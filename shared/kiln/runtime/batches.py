@@ -101,13 +101,19 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
         created = None
     if not created:
         existing = _unmade(services, batch_id, places)
-        give_back(services, admission)
-        if created is None:
-            raise RetryableError("The job store is unavailable.", code="store_unavailable")
-        if existing is None:
-            raise ConflictError("This Idempotency-Key was already used for a different request.",
-                                code="idempotency_key_reused")
-        return _replayed(existing, uid, batch.fingerprint)
+        if created is None and existing is not None and _ours(existing, batch):
+            # The commit landed though its answer was lost (a timeout): the batch is this
+            # request's, its jobs exist, and its quota stays taken.
+            log.event(logger, "batch commit answered late; it was made", logging.WARNING,
+                      batchId=batch_id)
+        else:
+            give_back(services, admission)
+            if created is None:
+                raise RetryableError("The job store is unavailable.", code="store_unavailable")
+            if existing is None:
+                raise ConflictError("This Idempotency-Key was already used for a different "
+                                    "request.", code="idempotency_key_reused")
+            return _replayed(existing, uid, batch.fingerprint)
     started = tuple(job_id for job_id in ids if places[job_id][0])
     publish_all(services, started)
     dispatch.look_again(services, uid=uid, plan=admission.plan,  # (nothing when none waits)
@@ -116,6 +122,13 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     log.event(logger, "batch accepted", batchId=batch_id, jobs=len(jobs), started=len(started),
               channel=principal.channel)
     return AcceptedBatch(batch_id, batch.job_ids, True)
+
+
+def _ours(stored: Batch, made: Batch) -> bool:
+    """Whether ``stored`` is the very batch this request wrote: the same owner and items,
+    and its creation time, which each request sets to its own clock reading."""
+    return (stored.uid, stored.fingerprint, stored.created_at) == (
+        made.uid, made.fingerprint, made.created_at)
 
 
 def _unmade(services: Services, batch_id: str,

@@ -12,6 +12,7 @@ import flask
 import pytest
 from rig import Rig, build_rig
 
+from kiln.core.errors import RetryableError
 from kiln.http.api import handle
 from kiln.runtime.keys import create_key
 from kiln.webhooks.model import event_id
@@ -272,3 +273,34 @@ def test_a_job_retried_before_its_batch_was_announced_rides_the_batch_push(rig: 
     assert rig.push.sent == []
     run_job(last, rig.services)
     assert [p.data["type"] for p in rig.push.sent] == ["batch_completed"]
+
+
+@pytest.mark.parametrize("key", ["k-late", None])
+def test_a_batch_whose_commit_landed_but_answered_late_keeps_its_quota(
+        monkeypatch: pytest.MonkeyPatch, key: str | None) -> None:
+    """Given a plan of 50 jobs a day, when a batch of 50's commit is applied but answers
+    with a timeout (Firestore's ambiguous commit), then the request is accepted (202, its
+    jobs published) and the quota stays taken: a replay is free, and 50 more are 429."""
+    rig = build_rig(plans="free:daily=50,running=200", provider_capacity="200")
+    store, landed_late = rig.services.batches, []
+
+    def applied_then_timeout(batch: Any, jobs: Any) -> bool:
+        created = type(store).create(store, batch, jobs)
+        if not landed_late:
+            landed_late.append(batch.id)
+            raise RetryableError("The batch store is unavailable.", code="store_unavailable")
+        return created
+
+    monkeypatch.setattr(store, "create", applied_then_timeout)
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(50)},
+                             key=key)
+    assert (status, answer["batchId"]) == (202, landed_late[0])
+    assert len({d.job_id for d in rig.queue.deliveries}) == 50
+    if key is not None:
+        again, replayed, headers = call(rig, "Bearer uid:alice", "POST", "/v1/batches",
+                                        {"items": items(50)}, key=key)
+        assert (again, replayed["jobIds"], headers["Idempotent-Replayed"]) == (
+            202, answer["jobIds"], "true")
+    more, refused, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(50)})
+    assert (more, refused["error"]["code"]) == (429, "quota_exceeded")
+    assert len(rig.store.find(uid="alice", limit=1000)) == 50

@@ -240,5 +240,5 @@ def test_an_unreadable_end_marker_notifies_a_retried_job_alone() -> None:
 
     rig.services.batches.ended_at = unreadable  # type: ignore[method-assign]
     drain(rig)  # both jobs run: the retried one is pushed alone, then the batch
-    assert [(p.data["type"], p.data.get("jobId")) for p in rig.push.sent][0] == (
-        "generation_completed", first)
+    first_push = rig.push.sent[0].data
+    assert (first_push["type"], first_push.get("jobId")) == ("generation_completed", first)
