@@ -24,6 +24,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -69,9 +70,11 @@ def main(argv: Sequence[str] | None = None, *,
                      help=f"record OpenTelemetry spans, one JSON line each, in PATH (default "
                           f"{SPANS_FILE}; '-': print them in the functions' logs); "
                           "docs/tracing.md")
-    watch = sub.add_parser("watch", help="show a job's live progress")
-    watch.add_argument("job_id")
+    from kiln.ops import args as argtypes
     from kiln.ops.jobs import add_jobs_parser
+
+    watch = sub.add_parser("watch", help="show a job's live progress")
+    watch.add_argument("job_id", type=argtypes.job_id)
 
     add_jobs_parser(sub)
     for module in OPTIONAL_COMMANDS:
@@ -87,7 +90,10 @@ def main(argv: Sequence[str] | None = None, *,
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     handler: Callable[[argparse.Namespace], int] = args.handler if hasattr(args, "handler") else {
         "demo": run_demo, "dev": run_dev, "watch": run_watch}[args.command]
+    from google.api_core.exceptions import GoogleAPICallError
     from google.auth.exceptions import DefaultCredentialsError
+
+    from kiln.core.errors import KilnError, RetryableError
 
     try:
         return handler(args)
@@ -96,6 +102,16 @@ def main(argv: Sequence[str] | None = None, *,
         return 130
     except NoStack as exc:
         print(f"kiln: {exc}", file=sys.stderr)
+        return 2
+    except RetryableError as exc:  # a store, queue or host that does not answer now
+        print(f"kiln: {exc.message} Nothing was changed by this command unless it says so; "
+              "try again when it answers.", file=sys.stderr)
+        return 2
+    except KilnError as exc:
+        print(f"kiln: {exc.message}", file=sys.stderr)
+        return 2
+    except GoogleAPICallError as exc:  # a refusal Kiln did not translate
+        print(f"kiln: Google Cloud refused the call: {exc.message}", file=sys.stderr)
         return 2
     except DefaultCredentialsError:
         print("kiln: no local stack and no Google credentials. This command talks to the "
@@ -189,12 +205,17 @@ def dev_env() -> dict[str, str] | None:
     path = dev_file()
     if path is None or os.environ.get("FIRESTORE_EMULATOR_HOST"):
         return None
-    recorded = json.loads(path.read_text())
-    pid = recorded.get("pid")
+    try:
+        recorded = json.loads(path.read_text())
+        pid, env = recorded.get("pid"), recorded["env"]
+        env = {str(k): str(v) for k, v in env.items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        raise NoStack(f"{path} is not a file `kiln dev` wrote (unreadable or damaged). "
+                      "Start `make dev` again (it rewrites the file).") from None
     if isinstance(pid, int) and not _alive(pid):
         raise NoStack(f"{path} is stale: the kiln dev that wrote it (pid {pid}) is not "
                       "running. Start `make dev` again (it rewrites the file).")
-    return {str(k): str(v) for k, v in recorded["env"].items()}
+    return env
 
 
 def _alive(pid: int) -> bool:
@@ -229,8 +250,22 @@ def _services_for(env: tuple[tuple[str, str], ...]) -> Services:
     from kiln.settings import Settings
 
     settings = Settings.from_env(dict(env))
+    _check_emulator(dict(env).get("FIRESTORE_EMULATOR_HOST"))
     log.setup(settings.log_level)
     return Services(settings)
+
+
+def _check_emulator(host: str | None) -> None:
+    """A Firestore emulator that does not take connections is said at once: the client
+    would retry for about five minutes before giving up."""
+    if not host:
+        return
+    name, _, port = host.rpartition(":")
+    try:
+        socket.create_connection((name.strip("[]") or "127.0.0.1", int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        raise NoStack(f"the Firestore emulator at {host} does not answer. Is `make dev` "
+                      "running (or the emulator FIRESTORE_EMULATOR_HOST names)?") from None
 
 
 # --- watching -------------------------------------------------------------------------

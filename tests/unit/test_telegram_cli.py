@@ -71,3 +71,23 @@ def test_a_refused_token_is_reported_without_showing_it(server, capsys, monkeypa
     captured = capsys.readouterr()
     assert "refused the bot token" in captured.err
     assert "wrong-token-value" not in captured.out + captured.err
+
+
+def test_a_secret_file_that_cannot_be_written_sets_nothing(server, capsys, tmp_path):
+    """A --secret-file in a folder that cannot exist: a line and exit 2, and the webhook
+    is not set (it would be set with a secret nobody kept)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["telegram", "set-webhook", "--url", URL, "--secret-file", str(blocker / "s")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
+    assert server.webhook.get("url") == ""
+
+
+def test_a_bot_api_address_that_is_no_url_is_a_line_without_the_token(
+        server, capsys, monkeypatch):
+    monkeypatch.setenv("KILN_TELEGRAM_API_BASE", "http://[::1")
+    assert main(["telegram", "info"]) == 1
+    err = capsys.readouterr().err
+    assert "KILN_TELEGRAM_API_BASE" in err and server.token not in err

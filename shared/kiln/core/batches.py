@@ -21,7 +21,7 @@ from typing import Any
 from kiln.core.errors import ValidationError
 from kiln.core.job import JobStatus
 from kiln.core.lifecycle import RETENTION_DAYS
-from kiln.core.requests import JobRequest, parse_job_request
+from kiln.core.requests import JobRequest, parse_job_request, shown_name
 
 BATCH_MAX = 100
 STATUSES = tuple(status.value for status in JobStatus)
@@ -66,10 +66,10 @@ def parse_batch_request(body: Any) -> list[JobRequest]:
     """
     if not isinstance(body, dict):
         raise ValidationError("invalid_body", "The body must be a JSON object with 'items'.")
-    unknown = sorted(str(k) for k in body if k != "items")
+    unknown = sorted(shown_name(k) for k in body if k != "items")
     if unknown:
-        raise ValidationError("unknown_field", f"Unknown field '{unknown[0][:40]}': a batch "
-                              "body has only 'items'.", field=unknown[0][:40])
+        raise ValidationError("unknown_field", f"Unknown field '{unknown[0]}': a batch "
+                              "body has only 'items'.", field=unknown[0])
     items = body.get("items")
     if not isinstance(items, list) or not 1 <= len(items) <= BATCH_MAX:
         count = f" (got {len(items)})" if isinstance(items, list) else ""

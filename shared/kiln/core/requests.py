@@ -230,7 +230,7 @@ _ORDER = ("invalid_body", "unknown_field", "invalid_kind", "invalid_prompt", "in
 _TOP_FIELDS = sorted({name for model in REQUEST_MODELS.values() for name in model.model_fields})
 
 
-def _shown(name: Any, limit: int = 40) -> str:
+def shown_name(name: Any, limit: int = 40) -> str:
     """A field name fit for a message (a caller may send any key)."""
     text = name if isinstance(name, str) and name.isprintable() else ascii(name).strip("'")
     return text if len(text) <= limit else text[:limit] + "…"
@@ -259,7 +259,7 @@ def _predicate(error: ErrorDetails) -> str:
 
 
 def _unknown_fields(names: Iterable[Any]) -> ValidationError:
-    shown = sorted(_shown(n) for n in names)
+    shown = sorted(shown_name(n) for n in names)
     more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
     return ValidationError("unknown_field", f"Unknown field(s): {', '.join(shown[:5])}{more} "
                            f"(allowed: {', '.join(_TOP_FIELDS)}).")
@@ -273,13 +273,13 @@ def _classify(error: ErrorDetails, kind: str, path: tuple[int | str, ...]) -> Va
     if name == "prompt":
         return ValidationError("invalid_prompt", f"'prompt' {_predicate(error)}.", field="prompt")
     if name != "options":
-        return ValidationError("invalid_body", f"'{_shown(name)}' {_predicate(error)}.", field=name)
+        return ValidationError("invalid_body", f"'{shown_name(name)}' {_predicate(error)}.", field=name)
     if len(path) == 1 and error["type"] == "string_unicode":  # a key, not a value
         return ValidationError("invalid_options", "An option name is not valid Unicode text.",
                                field="options")
     if len(path) == 1:
         return ValidationError("invalid_options", "'options' must be an object.", field="options")
-    option = _shown(path[1])
+    option = shown_name(path[1])
     if error["type"] in _EXTRA and len(path) == 2:
         allowed = ", ".join(OPTION_MODELS[kind].model_fields)
         return ValidationError("invalid_options", f"Unknown option '{option}' for kind '{kind}' "

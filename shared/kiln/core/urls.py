@@ -41,13 +41,14 @@ def host_of(url: str) -> str:
 def form_refusal(url: str, *, allow_local: bool) -> str:
     """Why ``url``'s form is refused: a character no URL holds as it is (whitespace, a
     control or format character, a lone surrogate: an HTTP client cannot send it, and
-    Firestore cannot store a surrogate), not a URL, no host, credentials, not ``https``
+    Firestore cannot store a surrogate), not a URL, port 0, no host, credentials, not ``https``
     (``http`` only to a loopback host when ``allow_local``)."""
     if " " in url or not url.isprintable():  # (every other space is not printable)
         return "it contains whitespace or a character that is not printable"
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        if parts.port == 0:  # (raises ValueError for a port that is not a number)
+            return "its port is 0, which no server listens on"
     except ValueError:
         return "it is not a valid URL"
     host = host_of(url)

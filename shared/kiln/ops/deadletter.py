@@ -34,6 +34,7 @@ from google.api_core import exceptions as gexc
 from kiln.adapters.pubsub import decode_message
 from kiln.compose import Services
 from kiln.core.errors import PermanentError, RetryableError
+from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 
 DEAD_TOPIC = "kiln-jobs-dead"
@@ -55,11 +56,12 @@ def add_parser(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="list or replay dead-lettered job messages (operators)")
     verbs = dlq.add_subparsers(dest="verb", required=True)
     ls = verbs.add_parser("list", help="dead letters and their jobs' status (left in place)")
-    ls.add_argument("--limit", type=int, default=1000)
+    ls.add_argument("--limit", type=argtypes.positive, default=1000)
     ls.set_defaults(handler=cmd_list)
     replay = verbs.add_parser("replay", help="re-publish dead-lettered jobs to the jobs topic")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("message_id", nargs="?", help="one dead letter's message id")
+    which.add_argument("message_id", nargs="?", type=argtypes.doc_id,
+                       help="one dead letter's message id")
     which.add_argument("--all", action="store_true", help="every dead letter")
     replay.add_argument("--drop-unreadable", action="store_true",
                         help="ack (delete) selected letters whose data is not a job message")

@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln.compose import Services, get_services
 from kiln.core.errors import TransitionError
+from kiln.ops import args as argtypes
 from kiln.runtime import actions
 
 #: Where a handler's ``Services`` come from (``args.services``).
@@ -39,11 +40,11 @@ def add_jobs_parser(sub: Any) -> None:
     ls.add_argument("--status", choices=["pending", "processing", "completed", "failed",
                                          "canceled"])
     ls.add_argument("--uid")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=argtypes.positive, default=20)
     ls.set_defaults(handler=cmd_list)
     for name, handler in (("show", cmd_show), ("cancel", cmd_cancel), ("retry", cmd_retry)):
         verb = verbs.add_parser(name, help=f"{name} one job")
-        verb.add_argument("job_id")
+        verb.add_argument("job_id", type=argtypes.job_id)
         verb.set_defaults(handler=handler)
 
 

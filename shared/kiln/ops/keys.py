@@ -9,13 +9,18 @@ the commands act on: ``args.services`` (see ``kiln.ops.jobs``).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
 from kiln.core.errors import ValidationError
 from kiln.core.principal import SCOPES
+from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 from kiln.runtime.keys import create_key
+
+#: A key's id (``kiln_<keyId>_<secret>``): 12 hex digits.
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def add_parser(sub: Any) -> None:
@@ -29,7 +34,7 @@ def add_parser(sub: Any) -> None:
     create.add_argument("--plan", help="set the tenant's plan")
     create.set_defaults(handler=cmd_create)
     ls = verbs.add_parser("list", help="keys (never their secrets)")
-    ls.add_argument("--tenant")
+    ls.add_argument("--tenant", type=argtypes.tenant)
     ls.set_defaults(handler=cmd_list)
     revoke = verbs.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key_id", help="the key id (or its kiln_<keyId> prefix)")
@@ -68,8 +73,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    services = services_of(args)
     key_id = args.key_id.removeprefix("kiln_").split("_")[0]
+    if not _KEY_ID.fullmatch(key_id):
+        print(f"kiln: not a key id: {args.key_id!r} (12 hex digits, or its kiln_<keyId> "
+              "prefix)", file=sys.stderr)
+        return 2
+    services = services_of(args)
     if not services.keys.revoke_key(key_id, services.clock.now()):
         print(f"no key {key_id}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import argparse
 from typing import Any
 
 from kiln.core import timeline
+from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 
 WIDTH = 48
@@ -24,8 +25,8 @@ WIDTH = 48
 
 def add_parser(sub: Any) -> None:
     trace = sub.add_parser("trace", help="a job's timeline as a waterfall (operators)")
-    trace.add_argument("job_id")
-    trace.add_argument("--width", type=int, default=WIDTH, help="bar width in columns")
+    trace.add_argument("job_id", type=argtypes.job_id)
+    trace.add_argument("--width", type=argtypes.positive, default=WIDTH, help="bar width in columns")
     trace.set_defaults(handler=cmd_trace)
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from kiln.core.errors import ValidationError
+from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 from kiln.webhooks import delivery, endpoints
 
@@ -22,29 +23,29 @@ def add_parser(sub: Any) -> None:
     hooks = sub.add_parser("webhooks", help="tenants' webhook endpoints and deliveries (operators)")
     verbs = hooks.add_subparsers(dest="verb", required=True)
     add = verbs.add_parser("add", help="register an endpoint (its secret is printed once)")
-    add.add_argument("--tenant", required=True)
+    add.add_argument("--tenant", required=True, type=argtypes.tenant)
     add.add_argument("url")
     add.add_argument("--events", default="", help="comma-separated event types (default all "
                      "but job.progress)")
     add.set_defaults(handler=cmd_add)
     ls = verbs.add_parser("list", help="endpoints (never their secrets)")
-    ls.add_argument("--tenant")
+    ls.add_argument("--tenant", type=argtypes.tenant)
     ls.set_defaults(handler=cmd_list)
     rm = verbs.add_parser("remove", help="delete an endpoint")
-    rm.add_argument("endpoint_id")
+    rm.add_argument("endpoint_id", type=argtypes.doc_id)
     rm.set_defaults(handler=cmd_remove)
     secret = verbs.add_parser("secret", help="the tenant's secret for per-job webhook URLs")
-    secret.add_argument("--tenant", required=True)
+    secret.add_argument("--tenant", required=True, type=argtypes.tenant)
     secret.set_defaults(handler=cmd_secret)
     dl = verbs.add_parser("deliveries", help="deliveries, newest first")
     which = dl.add_mutually_exclusive_group()
-    which.add_argument("--endpoint")
-    which.add_argument("--event")
+    which.add_argument("--endpoint", type=argtypes.doc_id)
+    which.add_argument("--event", type=argtypes.doc_id)
     dl.add_argument("--attempts", action="store_true", help="each attempt too")
-    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--limit", type=argtypes.positive, default=50)
     dl.set_defaults(handler=cmd_deliveries)
     replay = verbs.add_parser("replay", help="send an event again (same webhook-id)")
-    replay.add_argument("event_id")
+    replay.add_argument("event_id", type=argtypes.doc_id)
     replay.set_defaults(handler=cmd_replay)
 
 

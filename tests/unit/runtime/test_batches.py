@@ -82,6 +82,9 @@ def test_a_replay_returns_the_same_ids_without_publishing_again(rig: Rig) -> Non
     ({"items": "x"}, "invalid_items", "'items'"),
     ({}, "invalid_items", "'items'"),
     ({"items": items(1), "extra": 1}, "unknown_field", "extra"),
+    # shown escaped: a lone surrogate no strict JSON parser reads, a bidi override
+    ({"items": items(1), "\ud800": 1}, "unknown_field", "'\\ud800'"),
+    ({"items": items(1), "\u202eevil": 1}, "unknown_field", "'\\u202eevil'"),
     ({"items": [*items(3), {"kind": "image", "prompt": ""}]}, "invalid_prompt", "items[3].prompt"),
     ({"items": [*items(2), {"kind": "vase", "prompt": "x"}]}, "invalid_kind", "items[2].kind"),
     ({"items": [CUBE, {**CUBE, "options": {"seed": "x"}}]}, "invalid_options",
@@ -96,6 +99,7 @@ def test_a_bad_batch_is_400_naming_the_item_and_creates_nothing(
     status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="k")
     assert (status, answer["error"]["code"]) == (400, code)
     assert named in answer["error"]["message"]
+    assert answer["error"]["message"].encode("utf-8") and answer["error"]["message"].isprintable()
     assert rig.store.docs == {} and rig.services.batches.batches == {}  # type: ignore[attr-defined]
     assert rig.queue.ids() == []
 

@@ -52,3 +52,12 @@ def test_the_form_rule_refuses_whitespace_controls_and_surrogates(url: str, refu
     why = urls.form_refusal(url, allow_local=False)
     assert bool(why) is refused
     assert not why or why == "it contains whitespace or a character that is not printable"
+
+
+@pytest.mark.parametrize("url", ["https://93.184.215.14:0/h", "https://hooks.example.com:0/",
+                                 "https://[2606:2800::1]:0/"])
+def test_port_0_is_refused_by_its_form(url: str) -> None:
+    """No server listens on port 0: a webhook or imageUrl naming it is refused when it is
+    registered or submitted, not after three days of failed deliveries."""
+    assert urls.form_refusal(url, allow_local=False) == "its port is 0, which no server listens on"
+    assert urls.form_refusal(url.replace(":0/", ":443/"), allow_local=False) == ""

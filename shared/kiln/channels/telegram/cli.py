@@ -79,6 +79,10 @@ def cmd_set_webhook(args: argparse.Namespace) -> int:
     except KilnError as exc:
         print(f"set-webhook failed: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the secret file could not be written: nothing was set
+        print(f"set-webhook failed: cannot write {args.secret_file}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
     print(f"Webhook set: {args.url}")
     print(f"Secret token: {shown(secret)} ({'generated' if generated else 'KILN_TELEGRAM_WEBHOOK_SECRET'})")
     if generated:

@@ -217,7 +217,11 @@ class BotClient:
                 return self._http.post(url, data=form, files=dict(files),
                                        timeout=timeout or UPLOAD_TIMEOUT)
             return self._http.post(url, json=params, timeout=timeout or API_TIMEOUT)
-        # ``from None``: httpx's own exception (and its request) would show the URL.
+        # ``from None``: httpx's own exception (and its request) would show the URL, which
+        # holds the bot's token.
+        except httpx.InvalidURL:
+            raise ConfigError("The Bot API address (KILN_TELEGRAM_API_BASE) is not a valid "
+                              "URL.") from None
         except httpx.TimeoutException:
             raise RetryableError(f"Telegram did not answer {method} in time.",
                                  code="telegram_timeout") from None
