@@ -107,6 +107,19 @@ resource "google_firestore_field" "batches_expire_at" {
   index_config {}
 }
 
+# Server-only state under a job or a batch (jobs/{id}/private/server: Telegram addresses,
+# idempotency keys, provider task ids; batches/{id}/private/ended): a TTL deletion of the
+# parent leaves its subcollections, so the "private" collection group has a policy of its
+# own, on the same expireAt the parent carries.
+resource "google_firestore_field" "private_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "private"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # Daily quota tickets (kiln.adapters.firestore_queue): one per admitted job, deleted two
 # days after they were taken (a day's quota counts only that day's tickets).
 resource "google_firestore_field" "quota_tickets_expire_at" {

@@ -66,6 +66,14 @@ resource "google_project_iam_member" "ingress_firebaseauth_viewer" {
   member  = "serviceAccount:${google_service_account.ingress.email}"
 }
 
+# Sends an app batch's one push when a cancel through the API ends its last open job
+# (POST /v1/batches/{id}:cancel, or :cancel of that job): the batch is announced there.
+resource "google_project_iam_member" "ingress_fcm_sender" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.fcm_sender.id
+  member  = "serviceAccount:${google_service_account.ingress.email}"
+}
+
 # Publishes {jobId} after creating the job; this topic only.
 resource "google_pubsub_topic_iam_member" "ingress_publishes_jobs" {
   topic  = google_pubsub_topic.jobs.id

@@ -87,7 +87,8 @@ class Services:
         self.__dict__.update({name: port for name, port in given.items() if port is not None})
         log.redact_values(settings.secrets())
 
-    # Each real adapter is built on first use (the ingress never builds Storage or FCM).
+    # Each real adapter is built on first use (the ingress never builds Storage; it builds
+    # FCM only for a cancel that ends an app batch, whose push it then sends).
 
     @functools.cached_property
     def firebase_app(self) -> Any:

@@ -501,7 +501,9 @@ def test_each_function_has_its_own_service_account(
 
 
 EXPECTED_PROJECT_ROLES = {
-    "ingress": {"roles/datastore.user", "roles/cloudtrace.agent", "roles/firebaseauth.viewer"},
+    # fcm_sender: a cancel that ends an app batch's last open job sends the batch's push
+    "ingress": {"roles/datastore.user", "roles/cloudtrace.agent", "roles/firebaseauth.viewer",
+                "fcm_sender"},
     "worker": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
     "sweeper": {"roles/datastore.user", "fcm_sender", "roles/cloudtrace.agent"},
 }
@@ -616,6 +618,11 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
                if (f["collection"], f["field"]) == ("quotaTickets", "expireAt")
                and blocks(f, "ttl_config")]
     assert tickets, "no TTL policy on quotaTickets.expireAt (a ticket per admitted job)"
+    # a TTL deletion of a job or batch leaves its subcollections: server state would stay
+    private = [f for f in tf.resources("google_firestore_field").values()
+               if (f["collection"], f["field"]) == ("private", "expireAt")
+               and blocks(f, "ttl_config")]
+    assert private, "no TTL policy on the private collection group's expireAt"
 
 
 def test_results_bucket(tf: TfModule, functions: dict[str, Function]) -> None:

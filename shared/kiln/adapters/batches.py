@@ -22,6 +22,7 @@ from kiln.adapters.firestore import (
 from kiln.adapters.scan import rotated
 from kiln.core.batches import TERMINAL, Batch
 from kiln.core.job import NewJob
+from kiln.core.lifecycle import RETENTION_DAYS
 
 BATCHES = "batches"
 
@@ -97,7 +98,9 @@ class FirestoreBatchStore:
         ref = self._ended(batch_id)
         try:
             with unavailable_is_retryable("batch store"):
-                ref.create({"endedAt": firestore.SERVER_TIMESTAMP})
+                # deleted by the private collection group's TTL policy, as the batch is
+                ref.create({"endedAt": firestore.SERVER_TIMESTAMP, "expireAt": dt.datetime.now(
+                    dt.UTC) + dt.timedelta(days=RETENTION_DAYS)})
         except gexc.AlreadyExists:
             return False
         return True
