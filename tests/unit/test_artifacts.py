@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import random
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.runtime.artifacts import (
     CHUNK_BIN,
     CHUNK_JSON,
@@ -117,7 +116,6 @@ def test_glb_without_bin_chunk_and_with_unknown_chunk_accepted() -> None:
 GLB_REJECTS: dict[str, tuple[bytes, str]] = {
     "bad magic": (glb(magic=b"gltf"), "does not start with the bytes 'glTF'"),
     "version 1": (glb(version=1), "version 1"),
-    "truncated": (glb()[:-4], "truncated"),
     "longer than header": (glb() + b"\0\0\0\0", "its header gives"),
     "impossible length": (glb(length=18), "impossible length"),
     "bad JSON": (glb(json_text=b'{"asset": '), "not valid JSON"),
@@ -152,11 +150,14 @@ def test_glb_rejected(case: str) -> None:
     assert reason in error.message and error.message.startswith("The model file (GLB)")
 
 
-def test_glb_rejected_in_any_chunking() -> None:
-    """Given a truncated GLB, 1-byte and 7-byte feeding reject it just like whole feeding."""
+def test_a_glb_cut_short_is_fetched_again_in_any_chunking() -> None:
+    """Given a GLB shorter than its header says (cut off on the way), 1-byte, 7-byte and
+    whole feeding all call it incomplete: a retryable error, so the job fetches it again
+    instead of failing a finished task."""
     for size in CHUNK_SIZES:
-        with pytest.raises(PermanentError, match="truncated"):
+        with pytest.raises(RetryableError) as cut:
             stream(GlbValidator(), glb()[:-4], size)
+        assert cut.value.code == "fetch_incomplete" and "header gives" in cut.value.message
 
 
 def test_glb_declared_oversize_rejected_from_header() -> None:
@@ -331,7 +332,9 @@ def test_thumbnail_refusals(data: bytes, code: str) -> None:
 
 @pytest.mark.parametrize(("cls", "data"), [(GlbValidator, glb()), (PngValidator, png())])
 def test_corrupted_files_only_raise_permanent_error(cls: type, data: bytes) -> None:
-    """Given 500 random corruptions, the validator accepts or raises PermanentError, never else."""
+    """Given 500 random corruptions, the validator accepts or raises PermanentError, never
+    else; a GLB cut short of its header's length is the one retryable refusal (it may have
+    been cut off on the way: fetched again)."""
     rng = random.Random(3)
     for _ in range(500):
         corrupt = bytearray(data)
@@ -339,8 +342,12 @@ def test_corrupted_files_only_raise_permanent_error(cls: type, data: bytes) -> N
             corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
         else:
             del corrupt[rng.randrange(len(corrupt)):]
-        with contextlib.suppress(PermanentError):
+        try:
             stream(cls(), bytes(corrupt), rng.choice([1, 7, MiB]))
+        except PermanentError:
+            pass
+        except RetryableError as exc:
+            assert cls is GlbValidator and exc.code == "fetch_incomplete"
 
 
 def test_a_small_image_and_its_thumbnail_are_stored_as_a_streamed_one_is() -> None:

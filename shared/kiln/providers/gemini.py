@@ -157,6 +157,10 @@ class GeminiImageProvider:
         if isinstance(exc, _NETWORK):
             return RetryableError("The image service could not be reached.",
                                   code="provider_unavailable")
+        if isinstance(exc, ValueError):  # an answer the SDK could not read (not JSON, not
+            # its shape: pydantic's ValidationError is a ValueError): a blip, as elsewhere
+            return RetryableError("The image service sent an unreadable answer.",
+                                  code="provider_unavailable")
         return exc
 
 

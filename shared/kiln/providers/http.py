@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 
 from kiln.core.errors import KilnError, PermanentError, RetryableError
+from kiln.paced import Pace, ending_by, paced_transport
 
 SAFE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -91,6 +93,19 @@ def short(text: Any, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def redact(text: str, secret: str) -> str:
+    """``text`` without ``secret`` (before any trimming: a cut key would survive in part)."""
+    return text.replace(secret, "***") if secret else text
+
+
+def percent(value: Any) -> int:
+    """A provider's progress as 0–100: a finite number, clamped; anything else (a string,
+    NaN, an infinity, which ``json`` reads) is 0, never an error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return max(0, min(100, int(value)))
+
+
 class JsonApi:
     """A provider's JSON API: base URL, bearer key, timeouts, errors mapped.
 
@@ -105,12 +120,20 @@ class JsonApi:
                  connect_timeout: float = 10.0, client: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.label = label
+        self.timeout = timeout
         self._key = api_key
         self._headers = {"Accept": "application/json"}
         if api_key:  # a team's own task server may need none; never send an empty Bearer
             self._headers["Authorization"] = f"Bearer {api_key}"
+        # Paced connections: ``timeout`` bounds the whole call, not each read of it (a
+        # server dripping its answer would otherwise hold the delivery past its lease).
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout), trust_env=False)
+            timeout=httpx.Timeout(timeout, connect=connect_timeout), trust_env=False,
+            transport=paced_transport(Pace(), httpx.create_ssl_context(), trust_env=False))
+
+    def shown(self, text: Any, limit: int = 300) -> str:
+        """A provider's text fit for a user's message: without the key, on one line."""
+        return short(redact(" ".join(str(text or "").split()), self._key), limit)
 
     def call(self, method: str, path: str, *, json: Any = None,
              headers: Mapping[str, str] | None = None) -> Any:
@@ -120,8 +143,9 @@ class JsonApi:
             PermanentError / RetryableError: as in the module's table.
         """
         try:
-            response = self._client.request(method, f"{self.base_url}{path}", json=json,
-                                             headers={**self._headers, **(headers or {})})
+            with ending_by(time.monotonic() + self.timeout):
+                response = self._client.request(method, f"{self.base_url}{path}", json=json,
+                                                 headers={**self._headers, **(headers or {})})
         except httpx.TimeoutException as exc:
             raise RetryableError(f"The {self.label} did not answer in time.",
                                  code="provider_timeout") from exc
@@ -159,13 +183,13 @@ def _error_body(response: httpx.Response, key: str) -> ErrorBody:
         return ErrorBody()
     error = body.get("error")
     fields = error if isinstance(error, dict) else body
-    message = short(fields.get("message") or (error if isinstance(error, str) else ""))
+    raw = str(fields.get("message") or (error if isinstance(error, str) else ""))
+    message = short(redact(" ".join(raw.split()), key))
 
     def name(value: Any) -> str:
         return value if isinstance(value, str) and SAFE_CODE.match(value) else ""
 
-    return ErrorBody(message=message.replace(key, "***") if key else message,
-                     code=name(fields.get("code")), type=name(fields.get("type")))
+    return ErrorBody(message=message, code=name(fields.get("code")), type=name(fields.get("type")))
 
 
 def as_png(data: bytes, what: str = "image") -> bytes:

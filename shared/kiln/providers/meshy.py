@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from kiln import log
-from kiln.core.errors import KilnError, PermanentError
+from kiln.core.errors import KilnError, PermanentError, RetryableError
 from kiln.core.job import PROVIDER_PROMPT_MAX
 from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
@@ -54,7 +54,7 @@ from kiln.providers.fetch import (
     open_stream,
     system_resolve,
 )
-from kiln.providers.http import ErrorBody, JsonApi, as_png, short
+from kiln.providers.http import ErrorBody, JsonApi, as_png, percent
 from kiln.settings import Settings
 
 logger = log.get("providers.meshy")
@@ -133,10 +133,10 @@ class MeshyProvider:
         if state is TaskState.SUCCEEDED:
             return TaskStatus(state, progress=start + span, stage="downloading")
         if state is TaskState.FAILED:
-            return _failed(stage, task.get("task_error"))
+            return _failed(stage, task.get("task_error"), self._api.shown)
         if state is TaskState.PENDING:
             return TaskStatus(state, progress=start, stage="queued")
-        return TaskStatus(state, progress=start + span * _percent(task.get("progress")) // 100,
+        return TaskStatus(state, progress=start + span * percent(task.get("progress")) // 100,
                           stage=running)
 
     def fetch(self, task_id: str, request: GenerationRequest) -> Artifact:
@@ -169,9 +169,9 @@ class MeshyProvider:
 
     def _get(self, remote: str) -> dict[str, Any]:
         task = self._api.call("GET", f"{TASKS_PATH}/{urllib.parse.quote(remote, safe='')}")
-        if not isinstance(task, dict):
-            raise PermanentError("The 3D generation service sent an unreadable task.",
-                                 code="provider_rejected")
+        if not isinstance(task, dict):  # (empty, null, a list): a blip, asked again
+            raise RetryableError("The 3D generation service sent an unreadable task.",
+                                 code="provider_unavailable")
         return task
 
     def _thumbnail(self, url: Any) -> bytes | None:
@@ -206,11 +206,11 @@ class _MeshyApi(JsonApi):
         return super().error(status, body, headers)
 
 
-def _failed(stage: str, error: Any) -> TaskStatus:
+def _failed(stage: str, error: Any, shown: Callable[[Any, int], str]) -> TaskStatus:
     """A FAILED task: retried with a new task (Meshy refunds it), unless Meshy says its
-    input is at fault."""
+    input is at fault. ``shown``: Meshy's text as a user may read it (no key)."""
     error = error if isinstance(error, dict) else {}
-    detail = short(error.get("message"), 200)
+    detail = shown(error.get("message"), 200)
     code, kind = str(error.get("code") or ""), str(error.get("type") or "")
     if _moderated(code):
         return TaskStatus(TaskState.FAILED, error_code="content_refused", error_message=_refused(
@@ -254,6 +254,3 @@ def _split(task_id: str) -> tuple[str, str]:
                              code="provider_task_lost")
     return stage, remote
 
-
-def _percent(value: Any) -> int:
-    return max(0, min(100, int(value))) if isinstance(value, int | float) else 0

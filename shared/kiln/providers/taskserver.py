@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 
-from kiln.core.errors import ConfigError, PermanentError
+from kiln.core.errors import ConfigError, PermanentError, RetryableError
 from kiln.core.policy import PollCadence
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.callbacks import callback_url
 from kiln.providers.fetch import FetchPolicy, Resolver, check_user_url, open_stream, system_resolve
-from kiln.providers.http import SAFE_CODE, JsonApi, short
+from kiln.providers.http import SAFE_CODE, JsonApi, percent, short
 from kiln.settings import Settings
 
 LABEL = "generation service"
@@ -80,11 +80,11 @@ class TaskServerProvider:
             return TaskStatus(TaskState.FAILED, error_code="provider_task_lost", retryable=True,
                               error_message="The generation service lost the task; retrying.")
         state = _STATES.get(str(task.get("status")))
-        if state is None:
-            raise PermanentError("The generation service sent an unknown task status.",
-                                 code="provider_rejected")
-        progress = max(0, min(90, int(task.get("progress") or 0) * 90 // 100))
-        stage = short(task.get("stage"), 40)
+        if state is None:  # a blip (an error object, a status of its own): asked again
+            raise RetryableError("The generation service sent an unknown task status.",
+                                 code="provider_unavailable")
+        progress = percent(task.get("progress")) * 90 // 100
+        stage = self._api.shown(task.get("stage"), 40)
         if state is TaskState.FAILED:
             raw = task.get("error")
             error: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -92,7 +92,7 @@ class TaskServerProvider:
             return TaskStatus(
                 state, progress=progress,
                 error_code=code if SAFE_CODE.match(code) else "provider_failed",
-                error_message=short(error.get("message"), 300) or
+                error_message=self._api.shown(error.get("message"), 300) or
                 "The generation service could not make this.",
                 retryable=error.get("retryable") is True)
         if state is TaskState.SUCCEEDED:
@@ -136,14 +136,17 @@ class TaskServerProvider:
 
     def _get(self, task_id: str) -> dict[str, Any]:
         task = self._api.call("GET", f"/v1/tasks/{urllib.parse.quote(task_id, safe='')}")
-        if not isinstance(task, dict):
-            raise PermanentError("The generation service sent an unreadable task.",
-                                 code="provider_rejected")
+        if not isinstance(task, dict):  # (empty, null, a list): a blip, asked again
+            raise RetryableError("The generation service sent an unreadable task.",
+                                 code="provider_unavailable")
         return task
 
 
 def _checked(chunks: Iterable[bytes], size: int | None, sha256: str | None) -> Iterator[bytes]:
-    """Pass chunks on; at the end, fail unless the declared size and checksum hold.
+    """Pass chunks on; fail as soon as they pass the declared size (a result that says it
+    is small is never held whole), and at the end unless the size and checksum hold. A
+    result that ends short was cut off on the way (a connection closed early): fetching
+    it again may succeed.
 
     The failure is raised while the upload is still open, so nothing is stored.
     """
@@ -151,10 +154,13 @@ def _checked(chunks: Iterable[bytes], size: int | None, sha256: str | None) -> I
     for chunk in chunks:
         digest.update(chunk)
         total += len(chunk)
+        if size is not None and total > size:
+            raise PermanentError(f"The result is larger than the {size} bytes the service "
+                                 "declared.", code="invalid_artifact")
         yield chunk
-    if size is not None and total != size:
-        raise PermanentError(f"The result is {total} bytes, not the {size} the service declared.",
-                             code="invalid_artifact")
+    if size is not None and total < size:
+        raise RetryableError(f"The result ended after {total} of the {size} bytes the service "
+                             "declared.", code="fetch_incomplete")
     if sha256 and digest.hexdigest() != sha256.lower():
         raise PermanentError("The result does not match its declared checksum.",
                              code="invalid_artifact")

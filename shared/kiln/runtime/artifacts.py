@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol
 
 from PIL import Image
 
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 
 MAX_ARTIFACT_BYTES = 2 * 1024**3
 MAX_JSON_BYTES = 64 * 1024**2
@@ -156,13 +156,16 @@ class GlbValidator(_StreamReader):
         """The file's summary, once the whole file was fed.
 
         Raises:
-            PermanentError: the file is truncated or otherwise invalid.
+            RetryableError: ``fetch_incomplete``: it ends before the length its header
+                gives (cut off on the way).
+            PermanentError: the file is otherwise invalid.
         """
         if not self._length:
             self._fail("it ends inside its 12-byte header")
-        if self.total_bytes != self._length:
-            self._fail(f"it is {self.total_bytes} bytes but its header gives {self._length}"
-                       " (truncated?)")
+        if self.total_bytes < self._length:  # cut off on the way: fetching it again may do
+            raise RetryableError(f"The model file ended after {self.total_bytes} of the "
+                                 f"{self._length} bytes its header gives.",
+                                 code="fetch_incomplete")
         if self._doc is None or self._mid_read():
             self._fail("it ends inside a chunk")
         self._check_bin()

@@ -9,12 +9,13 @@ artifact.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kiln import tracing
+from kiln import log, tracing
 from kiln.core.errors import PermanentError
 from kiln.core.job import Job
 from kiln.ports import BlobStore, StoredObject
@@ -25,6 +26,8 @@ THUMBNAIL_SOURCE_MAX = 20 * 1024 * 1024  # images up to this size get a thumbnai
 #: Images up to this size (known up front) are held whole: validated, then uploaded at the
 #: same time as their thumbnail (one upload piece: kiln.adapters.storage).
 SMALL_IMAGE = 8 * 1024 * 1024
+
+logger = log.get("worker")
 
 
 def result_path(uid: str, job_id: str, ext: str) -> str:
@@ -59,7 +62,7 @@ def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
     )
     thumbnail = artifact.thumbnail
     if thumbnail is None and kept:
-        thumbnail = make_thumbnail(b"".join(kept))
+        thumbnail = _thumbnail_of(b"".join(kept))
     thumb = blobs.put_bytes(thumbnail_path(job.uid, job.id), thumbnail, "image/png") \
         if thumbnail else None
     return _result(stored, thumb)
@@ -69,14 +72,15 @@ def _store_small_image(blobs: BlobStore, job: Job, artifact: Artifact,
                        max_bytes: int) -> dict[str, Any]:
     """An image known to be small: validated whole first, then the result and its
     thumbnail are uploaded at the same time (nothing is stored unless it is valid)."""
-    data = b"".join(artifact.chunks)
+    data = _whole(artifact.chunks, SMALL_IMAGE)
     check = validator_for(artifact.content_type, max_bytes=max_bytes)
     check.feed(data)
     check.finish()
 
-    def thumbnail() -> StoredObject:
-        return blobs.put_bytes(thumbnail_path(job.uid, job.id), make_thumbnail(data),
-                               "image/png")
+    def thumbnail() -> StoredObject | None:
+        small = _thumbnail_of(data)
+        return None if small is None else blobs.put_bytes(thumbnail_path(job.uid, job.id),
+                                                          small, "image/png")
 
     thumb = _uploads().submit(contextvars.copy_context().run, thumbnail)
     try:
@@ -85,6 +89,29 @@ def _store_small_image(blobs: BlobStore, job: Job, artifact: Artifact,
     finally:
         made = thumb.result()  # (its error, if any, is the job's, as in the streamed path)
     return _result(stored, made)
+
+
+def _whole(chunks: Iterable[bytes], limit: int) -> bytes:
+    """The chunks joined, refused as soon as they pass ``limit`` (a provider that declared
+    a small size and sends a large body is never held whole)."""
+    parts, total = [], 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise PermanentError("The result is larger than its provider declared.",
+                                 code="invalid_artifact")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _thumbnail_of(image: bytes) -> bytes | None:
+    """The image's thumbnail, or None when none can be made here (too many pixels for
+    this worker to decode): the result stands without one."""
+    try:
+        return make_thumbnail(image)
+    except PermanentError as exc:
+        log.event(logger, "thumbnail skipped", logging.WARNING, code=exc.code)
+        return None
 
 
 def _result(stored: StoredObject, thumb: StoredObject | None) -> dict[str, Any]:
