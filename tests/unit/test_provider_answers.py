@@ -244,7 +244,7 @@ def test_a_result_larger_than_declared_is_refused_before_it_is_held(srv: Scripte
     blobs = InMemoryBlobs()
     lying = Artifact(kind="image", content_type="image/png", chunks=iter_chunks(data), size=100)
     with pytest.raises(PermanentError):
-        store_result(blobs, JobRef(), lying, max_bytes=2**31)
+        store_result(blobs, JOB, lying, max_bytes=2**31)
     assert blobs.list("generations/") == []
 
 
@@ -252,6 +252,9 @@ class JobRef:
     """The two fields ``store_result`` reads."""
 
     uid, id = "u1", "job1"
+
+
+JOB: Any = JobRef()
 
 
 @pytest.mark.parametrize("known_size", [True, False])
@@ -262,6 +265,6 @@ def test_a_valid_image_too_large_for_a_thumbnail_is_stored_without_one(known_siz
     blobs = InMemoryBlobs()
     artifact = Artifact(kind="image", content_type="image/png", chunks=iter_chunks(data),
                         size=len(data) if known_size else None)
-    result = store_result(blobs, JobRef(), artifact, max_bytes=2**31)
+    result = store_result(blobs, JOB, artifact, max_bytes=2**31)
     assert result["bytes"] == len(data) and "thumbnailPath" not in result
     assert blobs.list("generations/") == ["generations/u1/job1/result.png"]
