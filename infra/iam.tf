@@ -134,10 +134,12 @@ resource "google_project_iam_member" "worker_trace_agent" {
   member  = "serviceAccount:${google_service_account.worker.email}"
 }
 
-# Uploads results (and overwrites them on a retried attempt) in the results bucket only.
-resource "google_storage_bucket_iam_member" "worker_results_object_admin" {
+# Uploads results (and overwrites them on a retried attempt) in the results bucket only:
+# objectUser creates, reads, updates and deletes objects, without objectAdmin's power over
+# object ACLs and retention.
+resource "google_storage_bucket_iam_member" "worker_results_object_user" {
   bucket = google_storage_bucket.results.name
-  role   = "roles/storage.objectAdmin"
+  role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.worker.email}"
 }
 

@@ -526,7 +526,7 @@ def test_function_roles_are_narrow(name: str, tf: TfModule, functions: dict[str,
                  if b["role"] == "roles/pubsub.publisher"}
     assert published == {"kiln-jobs"}
     buckets = {b["role"] for b in members_of(tf, "google_storage_bucket_iam_member", fn).values()}
-    assert buckets == {"worker": {"roles/storage.objectAdmin"},
+    assert buckets == {"worker": {"roles/storage.objectUser"},
                        "sweeper": {"roles/storage.objectViewer"}}.get(name, set())
 
 
