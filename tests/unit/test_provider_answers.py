@@ -7,6 +7,7 @@ a dripped answer ends at the call's timeout (cases a review found; each failed b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -189,11 +190,12 @@ def test_a_dripped_answer_ends_at_the_calls_timeout(srv: Scripted) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        for i in range(len(body)):
-            if done.wait(0.3):
-                return
-            handler.wfile.write(body[i:i + 1])
-            handler.wfile.flush()
+        with contextlib.suppress(OSError):  # the client hangs up: that is the point
+            for i in range(len(body)):
+                if done.wait(0.3):
+                    return
+                handler.wfile.write(body[i:i + 1])
+                handler.wfile.flush()
 
     srv.routes[("GET", "/v1/tasks/t1")] = drip
     started = time.monotonic()
@@ -268,3 +270,32 @@ def test_a_valid_image_too_large_for_a_thumbnail_is_stored_without_one(known_siz
     result = store_result(blobs, JOB, artifact, max_bytes=2**31)
     assert result["bytes"] == len(data) and "thumbnailPath" not in result
     assert blobs.list("generations/") == ["generations/u1/job1/result.png"]
+
+
+def test_a_slow_meshy_thumbnail_is_skipped_within_its_bound(
+        srv: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preview picture drips: the fetch goes on without it after THUMBNAIL_SECONDS
+    (nothing renews the job's lease meanwhile; at the 17 KiB/s floor 5 MB took 5 minutes)."""
+    import kiln.providers.meshy as meshy_module
+
+    monkeypatch.setattr(meshy_module, "THUMBNAIL_SECONDS", 0.5)
+    done = threading.Event()
+
+    def drip(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        with contextlib.suppress(OSError):  # the client hangs up: that is the point
+            while not done.wait(0.1):
+                handler.wfile.write(b"\0")
+                handler.wfile.flush()
+
+    meshy_task(srv, {"status": "SUCCEEDED", "output": {
+        "model_urls": {"glb": f"{srv.url}/m.glb"}, "thumbnail_url": f"{srv.url}/t.png"}})
+    srv.routes[("GET", "/m.glb")] = answer(200, b"glTF", "model/gltf-binary")
+    srv.routes[("GET", "/t.png")] = drip
+    started = time.monotonic()
+    artifact = meshy(srv).fetch("text:abc", GenerationRequest("j", "model", "a vase"))
+    done.set()
+    assert artifact.thumbnail is None and time.monotonic() - started < 3

@@ -35,6 +35,7 @@ type ``invalid_input`` (``provider_rejected``).
 from __future__ import annotations
 
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,6 +46,7 @@ from kiln import log
 from kiln.core.errors import KilnError, PermanentError, RetryableError
 from kiln.core.job import PROVIDER_PROMPT_MAX
 from kiln.core.policy import PollCadence
+from kiln.paced import ending_by
 from kiln.providers.base import CONTENT_TYPES, Artifact, GenerationRequest, TaskState, TaskStatus
 from kiln.providers.fetch import (
     FetchPolicy,
@@ -62,6 +64,7 @@ logger = log.get("providers.meshy")
 LABEL = "3D generation service"
 RESULT_HOSTS = ("assets.meshy.ai", "*.meshy.ai")
 THUMBNAIL_MAX_BYTES = 5 * 1024 * 1024
+THUMBNAIL_SECONDS = 20.0
 PROMPT_MAX = PROVIDER_PROMPT_MAX["meshy"]  # (also refused at submit: Settings.prompt_max)
 CREATE_PATHS = {"text": "/openapi/v2/text-to-3d", "image": "/openapi/v2/image-to-3d"}
 TASKS_PATH = "/openapi/v2/tasks"
@@ -175,12 +178,15 @@ class MeshyProvider:
         return task
 
     def _thumbnail(self, url: Any) -> bytes | None:
-        """The provider's preview picture as PNG, when it has one (best effort)."""
+        """The provider's preview picture as PNG, when it has one (best effort, within
+        ``THUMBNAIL_SECONDS``: nothing renews the job's lease while it downloads)."""
         if not url:
             return None
         try:
-            return as_png(fetch_small(str(url), self._policy, THUMBNAIL_MAX_BYTES,
-                                      resolve=self._resolve), "thumbnail")
+            with ending_by(time.monotonic() + THUMBNAIL_SECONDS):
+                data = fetch_small(str(url), self._policy, THUMBNAIL_MAX_BYTES,
+                                   resolve=self._resolve)
+            return as_png(data, "thumbnail")
         except KilnError as exc:
             log.event(logger, "thumbnail skipped", logging.WARNING, code=exc.code)
             return None
