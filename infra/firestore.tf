@@ -4,8 +4,20 @@ resource "google_firestore_database" "default" {
   type                    = "FIRESTORE_NATIVE"
   delete_protection_state = "DELETE_PROTECTION_ENABLED"
   deletion_policy         = "ABANDON"
+  # Reads of any minute of the last 7 days (a bad deploy that wrote wrong job states can be
+  # read back and repaired); billed as the storage of the versions kept.
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
 
   depends_on = [google_project_service.apis]
+}
+
+# A daily backup kept 14 days: a whole database to restore into a new one (docs/deploy.md,
+# "Rolling back").
+resource "google_firestore_backup_schedule" "daily" {
+  database  = google_firestore_database.default.name
+  retention = "1209600s"
+
+  daily_recurrence {}
 }
 
 # --- composite indexes on jobs (the firestore.indexes.json equivalent) ---------------------

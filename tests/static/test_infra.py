@@ -625,6 +625,16 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
     assert private, "no TTL policy on the private collection group's expireAt"
 
 
+def test_the_database_can_be_recovered(tf: TfModule) -> None:
+    """Given the database, then it is delete-protected, keeps 7 days of point-in-time
+    versions and has a daily backup kept 14 days: data a bad release wrote can be read back."""
+    (db,) = tf.resources("google_firestore_database").values()
+    assert db["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+    assert db["point_in_time_recovery_enablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
+    (schedule,) = tf.resources("google_firestore_backup_schedule").values()
+    assert schedule["retention"] == "1209600s" and blocks(schedule, "daily_recurrence")
+
+
 def test_results_bucket(tf: TfModule, functions: dict[str, Function]) -> None:
     """Given the results bucket, when reading it, then access is uniform, web clients may GET
     it, old results expire, and it is the functions' KILN_BUCKET."""
