@@ -23,17 +23,21 @@ INTERNAL_NAMES = ("localhost", "metadata.google.internal", "metadata.goog", "met
 
 def host_of(url: str) -> str:
     """The URL's host, lower-case, without a trailing dot ("" when it has none or is not a
-    URL). A name written in other characters is the ASCII one a client connects to
-    (IDNA: ``１０．０．０．１`` and ``10。0。0。1`` are ``10.0.0.1``, ``bücher.example`` is
-    ``xn--bcher-kva.example``); one with no such form is "" (refused as having no host)."""
+    URL). A name written in other characters is the ASCII one the HTTP client (httpx)
+    connects to, by the same rules (IDNA 2008: ``bücher.example`` is
+    ``xn--bcher-kva.example``, ``straße.example`` is ``xn--strae-oqa.example``, not
+    IDNA 2003's ``strasse.example``, another domain); a name with no such form
+    (``１０．０．０．１``, ``ⓜⓔⓣⓐ.example``) is "" (refused as having no host)."""
     try:
         host = (urllib.parse.urlsplit(url).hostname or "").lower()
     except ValueError:
         return ""
     if not host.isascii():
+        import idna  # (the library httpx encodes hosts with; here only for such a name)
+
         try:
-            host = host.encode("idna").decode("ascii").lower()
-        except UnicodeError:
+            host = idna.encode(host).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
             return ""
     return host.rstrip(".")
 
