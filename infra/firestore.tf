@@ -179,6 +179,36 @@ resource "google_firestore_index" "webhook_deliveries_state_next_at" {
   }
 }
 
+# `kiln webhooks deliveries --endpoint ID | --event ID`: an endpoint's or an event's newest
+# deliveries (FirestoreWebhookStore.deliveries orders by createdAt before its limit).
+resource "google_firestore_index" "webhook_deliveries_endpoint_created" {
+  database   = google_firestore_database.default.name
+  collection = "webhookDeliveries"
+
+  fields {
+    field_path = "endpointId"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "createdAt"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_firestore_index" "webhook_deliveries_event_created" {
+  database   = google_firestore_database.default.name
+  collection = "webhookDeliveries"
+
+  fields {
+    field_path = "eventId"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "createdAt"
+    order      = "DESCENDING"
+  }
+}
+
 # The sweeper's repair of lost end notifications (FirestoreJobStore.unnotified): ended
 # jobs whose jobs/{id}/private/server still says notify.state "claimed". A query across
 # every job's "private" collection needs the field's collection-group index; single-field

@@ -81,3 +81,20 @@ def test_events_and_deliveries_are_created_once_and_transacted(hooks: Any) -> No
     hooks.add_attempt(delivery.id, 2, {"status": 500})
     hooks.add_attempt(delivery.id, 1, {"status": 204})
     assert [a["status"] for a in hooks.attempts(delivery.id)] == [204, 500]
+
+
+def test_a_listing_is_the_newest_deliveries_not_the_first_by_id(hooks: Any) -> None:
+    """Given an endpoint with more deliveries than the listing's limit, the listing holds
+    the newest ones, newest first (on Firestore it held the first by id: ids are hashes,
+    so the newest were left out at random)."""
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    endpoint = f"ep_{uuid.uuid4().hex[:16]}"
+    made = []
+    for n in range(12):
+        event_id = model.event_id("job.completed", uuid.uuid4().hex)
+        delivery = Delivery(model.delivery_id(event_id, endpoint), event_id, endpoint, "t",
+                            "https://a.example/h", created_at=start + dt.timedelta(minutes=n))
+        assert hooks.create_delivery(delivery)
+        made.append(delivery.id)
+    listed = [d.id for d in hooks.deliveries(endpoint_id=endpoint, limit=5)]
+    assert listed == made[::-1][:5]

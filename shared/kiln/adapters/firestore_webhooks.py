@@ -142,6 +142,8 @@ class FirestoreWebhookStore:
         if due_before is not None:
             query = (query.where(filter=firestore.FieldFilter("state", "==", "pending"))
                      .where(filter=firestore.FieldFilter("nextAt", "<=", due_before)))
+        else:  # a listing: the newest ``limit``, not the first by id (ids are hashes)
+            query = query.order_by("createdAt", direction=firestore.Query.DESCENDING)
         with unavailable_is_retryable(STORE):
             found = [Delivery.from_doc(s.id, s.to_dict() or {})
                      for s in query.limit(limit).stream()]
