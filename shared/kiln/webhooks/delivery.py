@@ -130,8 +130,9 @@ def sweep(services: Any) -> int:
                                                  limit=SWEEP_LIMIT):
         if delivery.lease_until is not None and delivery.lease_until > now:
             continue
-        if wake(services, delivery.id, delivery.attempt, now):
-            woken += 1
+        if not wake(services, delivery.id, delivery.attempt, now):
+            break  # the queue is down: the rest wait for the next pass, not a timeout each
+        woken += 1
     return woken
 
 

@@ -303,3 +303,22 @@ def test_the_schedule_scale_is_local_only() -> None:
         Settings(env="cloud", webhook_schedule_scale=0.1)
     assert Settings.from_env({"KILN_ENV": "local",
                               "KILN_WEBHOOK_SCHEDULE_SCALE": "0.02"}).webhook_schedule_scale == 0.02
+
+
+def test_the_sweeper_stops_waking_at_the_first_lost_wake_up(kit: Kit,
+                                                           receiver: WebhookReceiver) -> None:
+    """Given three overdue deliveries and a queue that refuses, when the sweeper's pass runs,
+    then it tries one publish and stops (each refusal can cost the publish timeout, 3 s:
+    200 of them outlasted the sweeper's invocation); the next pass wakes all three."""
+    for n in range(3):
+        add_endpoint(kit, receiver.behave(f"/p{n}", Behavior()))
+    kit.queue.fail_next = 1
+    events.emit(kit.services, tenant="acme", event_type="job.completed", subject_id="j", data={})
+    assert len(kit.pending_wakes()) == 2
+    kit.queue.published.clear()
+    kit.clock.advance(model.LOST_AFTER.total_seconds() + 1)
+    kit.queue.fail_next = 5
+    assert kit.services.channels["api"].redeliver(kit.services) == 0
+    assert kit.queue.fail_next == 4  # one publish tried, not three
+    kit.queue.fail_next = 0
+    assert kit.services.channels["api"].redeliver(kit.services) == 3
