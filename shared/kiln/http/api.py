@@ -93,8 +93,17 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     # A replay of a keyed request was admitted the first time: it costs no quota. The
     # plan is the principal's (an app user's trusted claim, an API key's tenant).
     replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
-    admission = None if replay else admit(services, uid=uid, channel=principal.channel,
-                                          plan=principal.plan, defer=True)
+    admission = None
+    if not replay:
+        try:
+            admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
+                              defer=True)
+        except LimitError:
+            # A request with the same key, racing this one, was admitted and created its job
+            # meanwhile (its ticket may be the last of today's): this one is its replay, or
+            # a 422 for another body, never a refusal of a job that was accepted.
+            if key is None or services.store.get(new_job_id(uid, key)) is None:
+                raise
     accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}

@@ -29,6 +29,7 @@ from kiln.core.batches import (
 from kiln.core.errors import (
     ConflictError,
     KilnError,
+    LimitError,
     NotFoundError,
     RetryableError,
     TransitionError,
@@ -75,8 +76,16 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
         return _replayed(existing, uid, fingerprint(requests))
     # Admitted as many jobs (quota, backpressure); beyond the caller's running limit and the
     # generator's capacity the batch's jobs wait their turns in the fair queue.
-    admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
-                      count=len(requests))
+    try:
+        admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
+                          count=len(requests))
+    except LimitError:
+        # A request with the same key, racing this one, made the batch meanwhile (its
+        # tickets hid the quota from this one): this is its replay, or a 422.
+        existing = services.batches.get(batch_id) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replayed(existing, uid, fingerprint(requests))
     ids = [item_job_id(batch_id, index) for index in range(len(requests))]
     try:
         places = _take_places(services, ids, uid, requests, admission.plan)
@@ -134,18 +143,21 @@ def _ours(stored: Batch, made: Batch) -> bool:
 def _unmade(services: Services, batch_id: str,
             places: dict[str, tuple[list[str], str | None]]) -> Batch | None:
     """A batch this request did not create: the batch as stored (None if none is), and
-    its places given back only when no batch of this id exists. The job ids are the
-    batch's, and a place is its job id's: a concurrent request with the same key that
-    created the batch holds those very places, its jobs running in them, and giving
-    them back let other jobs run past the limits. Kept when unknown (the store fails):
+    the places of job ids it does not have given back (all of them when no batch of this
+    id exists). The job ids are the batch's, and a place is its job id's: a concurrent
+    request with the same key that created the batch holds those very places, its jobs
+    running in them, and giving them back let other jobs run past the limits; one of
+    another size has fewer jobs, and the places of the rest are nobody's. Kept when
+    unknown (the store fails):
     a place whose job is missing or waits is free to a pass after
     ``dispatch.FRESH_PLACE_SECONDS``, so what this request took alone comes back then."""
     try:
         existing = services.batches.get(batch_id)
     except KilnError:
         return None
-    if existing is None:
-        for job_id, (pools, _reason) in places.items():
+    kept = set(existing.job_ids) if existing is not None else set()
+    for job_id, (pools, _reason) in places.items():
+        if job_id not in kept:  # (a same-key batch of another size has fewer jobs)
             dispatch.release_places(services, job_id, pools)
     return existing
 
