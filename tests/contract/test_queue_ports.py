@@ -72,6 +72,27 @@ def test_concurrent_takes_of_one_key_all_succeed_with_distinct_numbers(
     assert counters.used(key) == 32
 
 
+def test_one_keys_takes_from_many_processes_at_once_all_succeed(
+        ports: tuple[Any, Any]) -> None:
+    """Ten processes (instances) each taking three of one key's tickets at once, some two
+    at a time, as one user's burst spread over instances: every take succeeds with numbers
+    of its own. Losers of a round all counted the same tickets and started there again,
+    so some gave up "the quota is busy" (503)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counters, _slots = ports
+    fake = isinstance(counters, InMemoryCounters)
+    instances = [counters if fake else FirestoreCounters(counters.client) for _ in range(10)]
+    key = f"quota:{uuid.uuid4().hex}"
+    asks = [(instance, 1 + n % 2) for instance in instances for n in range(3)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        taken = list(pool.map(lambda ask: ask[0].take(key, ask[1], 100_000), asks))
+    numbers = [n for t in taken for n in t or []]
+    assert all(t is not None for t in taken)
+    assert len(numbers) == len(set(numbers)) == sum(count for _i, count in asks)
+    assert counters.used(key) == len(numbers)
+
+
 def test_a_ticket_given_back_below_the_last_is_found_at_the_limit(
         ports: tuple[Any, Any]) -> None:
     counters, _slots = ports

@@ -46,6 +46,8 @@ from kiln.core.errors import RetryableError
 SLOTS, WINDOWS, JOBS = "slots", "slotWindows", "jobs"
 #: Tries of a take whose numbers concurrent requests keep taking first.
 TAKE_ATTEMPTS = 8
+#: After a lost round, a take starts up to this many × the round × its count past the count.
+TAKE_SPREAD = 4
 WAITING_CACHE_SECONDS = 1.0
 #: One try of the waiting count, this long at most: the SDK's default retries the query
 #: for minutes when Firestore is unreachable, and a caller would rather hear so.
@@ -83,7 +85,7 @@ class FirestoreCounters:
         # reserved here before they are tried, so this process's threads never race each
         # other for one number; only another process's take can make a create fail.
         numbers = self._numbers(key, count, limit, None)
-        for _attempt in range(TAKE_ATTEMPTS):
+        for attempt in range(TAKE_ATTEMPTS):
             if numbers is None:
                 return None
             try:
@@ -95,7 +97,12 @@ class FirestoreCounters:
             except RetryableError as exc:
                 if not isinstance(exc.__cause__, gexc.Aborted):
                     raise  # (Aborted: the emulator's lock on a number another one takes)
-            numbers = self._numbers(key, count, limit, self.used(key) + 1)
+            # Every process that lost this round counts the same tickets: starting each at
+            # the count made them collide again round after round (one user's burst over
+            # several instances ended 503). Each starts a random way past it instead.
+            spread = TAKE_SPREAD * (attempt + 1) * count
+            numbers = self._numbers(key, count, limit,
+                                    self.used(key) + 1 + random.randrange(spread))
         raise RetryableError("The quota is busy.", code="contention")
 
     def reserve(self, key: str, count: int, limit: int) -> list[int] | None:
@@ -106,8 +113,9 @@ class FirestoreCounters:
         numbers still free, if any (None: fewer than ``count`` are left)."""
         start = self._reserve(key, count, floor)
         numbers = list(range(start, start + count))
-        if numbers[-1] > limit:
-            numbers = self._free(key, limit)[:count]
+        if numbers[-1] > limit:  # some free ones, each process its own pick of them
+            free = self._free(key, limit)
+            numbers = sorted(random.sample(free, count)) if len(free) >= count else free
         return numbers if len(numbers) == count else None
 
     def _reserve(self, key: str, count: int, floor: int | None) -> int:
