@@ -15,9 +15,9 @@ from typing import Any
 from kiln import log
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import KilnError, RetryableError
+from kiln.core.errors import ConfigError, KilnError, RetryableError
 from kiln.core.job import Job, JobStatus
-from kiln.runtime import batch_end, dispatch, notify
+from kiln.runtime import batch_end, dispatch, endings, notify
 
 logger = log.get("actions")
 
@@ -68,7 +68,17 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
 
 def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     """Run a failed job again: pending, published. A job that is already pending or running
-    again is left as it is."""
+    again is left as it is. A paid task the failed run left running (past its maximum age,
+    or out of attempts: ``lifecycle.remote_task_left``) is stopped first, while its id is
+    still known: the new run forgets it.
+
+    Raises:
+        RetryableError: that task's cancel failed for a moment; nothing was changed.
+    """
+    before = services.store.get(job_id)
+    if before is not None and lifecycle.remote_task_left(before):
+        _stop_left_task(services, before)
+
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
         change = lifecycle.retry(job, now=services.clock.now(), policy=services.policy)
         assert job is not None
@@ -84,6 +94,14 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
             _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
         log.event(logger, "job retried", by=by)
     return Outcome(True, JobStatus.PENDING, job)
+
+
+def _stop_left_task(services: Services, job: Job) -> None:
+    try:
+        endings.cancel_remote(services.provider(job.kind), job.id, services)
+    except ConfigError:
+        log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
+                  provider=job.server.provider)
 
 
 def _next_in_queue(services: Services, job_id: str) -> None:

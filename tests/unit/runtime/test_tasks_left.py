@@ -242,3 +242,26 @@ def test_an_unreadable_end_marker_notifies_a_retried_job_alone() -> None:
     drain(rig)  # both jobs run: the retried one is pushed alone, then the batch
     first_push = rig.push.sent[0].data
     assert (first_push["type"], first_push.get("jobId")) == ("generation_completed", first)
+
+
+def test_a_retry_stops_the_task_the_failed_run_left_before_forgetting_it() -> None:
+    """Given a job failed out of attempts whose task's cancel failed for a moment (its
+    redelivery not yet run), when the owner retries it, then the retry stops that task
+    first (the new run forgets its id); while the cancel still fails, the retry is
+    refused for now and changes nothing."""
+    rig, provider = task_rig(max_attempts=1)
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    kill_a_check(rig, provider)
+    provider.cancel_error = RetryableError("busy", code="provider_unavailable")
+    rig.clock.advance(120)
+    sweep(rig.services)
+    drain(rig)
+    assert rig.job(job_id).server.task_left and provider.canceled == []
+    with pytest.raises(RetryableError):
+        actions.retry(rig.services, job_id, by="owner")
+    assert rig.job(job_id).status is JobStatus.FAILED
+    provider.cancel_error = None
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    assert provider.canceled == ["task-1"]
+    assert rig.job(job_id).server.provider_task_id is None
