@@ -35,8 +35,9 @@ _ENDS: contextvars.ContextVar[float] = contextvars.ContextVar("kiln_call_ends", 
 
 @contextlib.contextmanager
 def ending_by(ends: float) -> Iterator[None]:
-    """Cut the paced connections used inside this block to ``ends`` (``time.monotonic()``)."""
-    token = _ENDS.set(ends)
+    """Cut the paced connections used inside this block to ``ends`` (``time.monotonic()``),
+    or to the deadline of a block around it, whichever comes first."""
+    token = _ENDS.set(min(ends, _ENDS.get()))
     try:
         yield
     finally:

@@ -50,3 +50,18 @@ def test_a_read_past_its_deadline_is_abandoned_and_too_many_hanging_fail_at_once
 
     # the abandoned reads end, and give their places back
     wait_for(reads_again, timeout=10, interval=0.01, what="the abandoned reads to end")
+
+
+def test_a_deadline_inside_another_never_outlasts_it() -> None:
+    """``ending_by`` inside a block with an earlier deadline keeps the earlier one (a
+    provider call's 30 s inside a 5 s bound must not grant 30 s); a later outer one yields
+    to the inner."""
+    from kiln.paced import time_left
+
+    now = time.monotonic()
+    with ending_by(now + 5):
+        with ending_by(now + 30):
+            assert time_left() <= 5
+        with ending_by(now + 1):
+            assert time_left() <= 1
+        assert 1 < time_left() <= 5

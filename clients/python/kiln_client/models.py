@@ -33,7 +33,7 @@ class Job:
     batch_id: str | None = None
     created_at: str | None = None
     completed_at: str | None = None
-    #: Why a pending job waits (``plan_limit``, ``provider_capacity``, …) and its place.
+    #: Why a pending job waits (``running_limit``, ``provider_capacity``) and its place.
     queue_reason: str | None = None
     queue_position: int | None = None
     started_at: str | None = None

@@ -102,12 +102,20 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
             # A request with the same key, racing this one, was admitted and created its job
             # meanwhile (its ticket may be the last of today's): this one is its replay, or
             # a 422 for another body, never a refusal of a job that was accepted.
-            if key is None or services.store.get(new_job_id(uid, key)) is None:
+            if key is None or not _made(services, new_job_id(uid, key)):
                 raise
     accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
+
+
+def _made(services: Services, job_id: str) -> bool:
+    """Whether the job exists; False when the store cannot say (the refusal stands)."""
+    try:
+        return services.store.get(job_id) is not None
+    except KilnError:
+        return False
 
 
 def idempotency_key(request: flask.Request) -> str | None:

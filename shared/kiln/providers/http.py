@@ -129,7 +129,9 @@ class JsonApi:
         # server dripping its answer would otherwise hold the delivery past its lease).
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout), trust_env=False,
-            transport=paced_transport(Pace(), httpx.create_ssl_context(), trust_env=False))
+            transport=paced_transport(Pace(), httpx.create_ssl_context(), trust_env=False,
+                                      max_connections=100, max_keepalive_connections=20,
+                                      keepalive_expiry=5.0))
 
     def shown(self, text: Any, limit: int = 300) -> str:
         """A provider's text fit for a user's message: without the key, on one line."""

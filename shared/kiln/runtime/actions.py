@@ -115,8 +115,8 @@ def _next_in_queue(services: Services, job_id: str) -> None:
 
 def wake_to_cancel(services: Services, job_id: str) -> None:
     """Publish a wake-up so that a worker cancels the provider's task of a job that ended
-    without it and that no worker holds (``lifecycle.remote_task_left``); a publish that
-    fails is logged."""
+    without it (``lifecycle.remote_task_left``), whatever its lease says (its holder may
+    be dead); a publish that fails is logged."""
     _publish(services, job_id, "cancel", "cancel wake-up not published")
 
 

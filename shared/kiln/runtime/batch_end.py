@@ -50,7 +50,7 @@ def announced_before(services: Services, job: Job) -> bool:
         return True
     if announced is None:
         return False
-    return job.completed_at is None or job.completed_at >= announced
+    return job.completed_at is None or job.completed_at > announced
 
 
 def on_job_ended(services: Services, job: Job) -> bool:

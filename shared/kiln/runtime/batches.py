@@ -82,7 +82,10 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     except LimitError:
         # A request with the same key, racing this one, made the batch meanwhile (its
         # tickets hid the quota from this one): this is its replay, or a 422.
-        existing = services.batches.get(batch_id) if idempotency_key else None
+        try:
+            existing = services.batches.get(batch_id) if idempotency_key else None
+        except KilnError:
+            existing = None  # the store cannot say: the refusal stands
         if existing is None:
             raise
         return _replayed(existing, uid, fingerprint(requests))

@@ -165,8 +165,9 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: 
 
 
 def cancel_remote(provider: Any, job_id: str, services: Services) -> None:
-    """Cancel the provider's task of a job that ended without it (canceled, or failed past
-    its maximum age), where the provider allows it.
+    """Cancel the provider's task of a job that ended without it (canceled, failed past
+    its maximum age, or out of attempts while the task ran: ``taskLeft``), where the
+    provider allows it.
 
     Raises:
         RetryableError: the provider's cancel failed for now (a 5xx, a timeout, a 429):

@@ -21,9 +21,11 @@ logger = log.get("worker")
 
 
 def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Services,
-              owner: str) -> bool:
+              owner: str, *, submitted: bool = True) -> bool:
     """Checkpoint the task id at once (no later delivery pays for a second task) and index
-    it for callbacks; True when a callback for it came first (check at once)."""
+    it for callbacks; True when a callback for it came first (check at once).
+    ``submitted``: this delivery created the task (else the provider moved on to it, and
+    the delivery that holds the job now finds it at its poll)."""
     now = services.clock.now()
 
     def decide(job: Job | None) -> tuple[Any, Job | None]:
@@ -34,7 +36,8 @@ def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Servi
     try:
         before = services.store.transact(job_id, decide)
     except LeaseLostError:
-        _stop_unrecorded(provider, task_id)  # another delivery holds the job; only we know it
+        if submitted:  # another delivery holds the job; only we know this task
+            _stop_unrecorded(provider, task_id)
         raise
     if before is not None and before.status is JobStatus.FAILED:
         # It failed past its maximum age while the task was submitted (the sweeper's

@@ -72,7 +72,7 @@ def _store_small_image(blobs: BlobStore, job: Job, artifact: Artifact,
                        max_bytes: int) -> dict[str, Any]:
     """An image known to be small: validated whole first, then the result and its
     thumbnail are uploaded at the same time (nothing is stored unless it is valid)."""
-    data = _whole(artifact.chunks, SMALL_IMAGE)
+    data = _whole(artifact.chunks, min(artifact.size or SMALL_IMAGE, SMALL_IMAGE))
     check = validator_for(artifact.content_type, max_bytes=max_bytes)
     check.feed(data)
     check.finish()

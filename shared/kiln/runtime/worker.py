@@ -257,8 +257,8 @@ def _claim(job_id: str, services: Services, check: int | None,
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
         raise RetryableError("The job is waiting to retry.", code=BACKOFF)
     elif outcome is ClaimOutcome.TERMINAL and job is not None and lifecycle.remote_task_left(job):
-        # Canceled (or expired) while no worker held it: the paid remote task may still be
-        # running. The cancel's (or the sweeper's) wake-up message brings us here.
+        # Canceled, expired or out of attempts while no worker held it: the paid remote
+        # task may still be running. A wake-up or a redelivery brings us here.
         _cancel_left(services, job)
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
@@ -336,7 +336,8 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
         raise _Wait(reporter.progress, None, retry_after=exc.retry_after) from exc
     if status.task_id and status.task_id != task_id:
         task_id = status.task_id  # the provider moved on to its next remote task
-        remote.save_task(provider, request.job_id, task_id, services, reporter.worker_id)
+        remote.save_task(provider, request.job_id, task_id, services, reporter.worker_id,
+                         submitted=False)
     if status.state is TaskState.SUCCEEDED:
         reporter.update(status.progress or 90, status.stage or "downloading")
         # A failing fetch is not a blip of the checks: the task is done and its result
