@@ -15,7 +15,7 @@ from typing import Any
 from kiln import log
 from kiln.compose import Services
 from kiln.core import lifecycle
-from kiln.core.errors import ConfigError, KilnError, RetryableError
+from kiln.core.errors import KilnError, RetryableError
 from kiln.core.job import Job, JobStatus
 from kiln.runtime import batch_end, dispatch, endings, notify
 
@@ -77,7 +77,7 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     """
     before = services.store.get(job_id)
     if before is not None and lifecycle.remote_task_left(before):
-        _stop_left_task(services, before)
+        endings.cancel_left(services, before)
 
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
         change = lifecycle.retry(job, now=services.clock.now(), policy=services.policy)
@@ -94,14 +94,6 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
             _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
         log.event(logger, "job retried", by=by)
     return Outcome(True, JobStatus.PENDING, job)
-
-
-def _stop_left_task(services: Services, job: Job) -> None:
-    try:
-        endings.cancel_remote(services.provider(job.kind), job.id, services)
-    except ConfigError:
-        log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
-                  provider=job.server.provider)
 
 
 def _next_in_queue(services: Services, job_id: str) -> None:

@@ -18,7 +18,13 @@ from typing import Any
 from kiln import log
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
-from kiln.core.errors import CanceledError, KilnError, LeaseLostError, RetryableError
+from kiln.core.errors import (
+    CanceledError,
+    ConfigError,
+    KilnError,
+    LeaseLostError,
+    RetryableError,
+)
 from kiln.core.job import Job, JobStatus
 from kiln.providers.base import TaskProvider
 from kiln.runtime import dispatch, notify
@@ -162,6 +168,16 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: 
     log.event(logger, "job released for retry", logging.WARNING, code=exc.code,
               backoffSeconds=backoff)
     raise exc
+
+
+def cancel_left(services: Services, job: Job) -> None:
+    """Cancel the remote task of a job that ended without it (:func:`cancel_remote`) with
+    its configured provider; a provider no longer configured leaves it to expire."""
+    try:
+        cancel_remote(services.provider(job.kind), job.id, services)
+    except ConfigError:
+        log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
+                  provider=job.server.provider)
 
 
 def cancel_remote(provider: Any, job_id: str, services: Services) -> None:

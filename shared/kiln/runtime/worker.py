@@ -252,26 +252,17 @@ def _claim(job_id: str, services: Services, check: int | None,
             # Past its maximum age (nobody will fetch the result), or out of attempts while
             # its task ran (its workers died): the paid task is stopped. A passing failure
             # nacks; the redelivery finds the task left (lifecycle.remote_task_left).
-            _cancel_left(services, job)
+            endings.cancel_left(services, job)
     elif outcome is ClaimOutcome.NOT_YET:
         # Backoff not over: nack so Pub/Sub brings it back later; no attempt is spent.
         raise RetryableError("The job is waiting to retry.", code=BACKOFF)
     elif outcome is ClaimOutcome.TERMINAL and job is not None and lifecycle.remote_task_left(job):
         # Canceled, expired or out of attempts while no worker held it: the paid remote
         # task may still be running. A wake-up or a redelivery brings us here.
-        _cancel_left(services, job)
+        endings.cancel_left(services, job)
     elif outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.STALE, ClaimOutcome.WAITING):
         log.event(logger, f"delivery ignored: {outcome}")
     return outcome, job, task_id
-
-
-def _cancel_left(services: Services, job: Job) -> None:
-    """Cancel the remote task of a job that ended without it (``endings.cancel_remote``)."""
-    try:
-        endings.cancel_remote(services.provider(job.kind), job.id, services)
-    except ConfigError:
-        log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
-                  provider=job.server.provider)
 
 
 def _claim_steps(outcome: ClaimOutcome, job: Job | None, check: int | None, now: dt.datetime,

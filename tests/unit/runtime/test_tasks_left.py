@@ -160,7 +160,9 @@ def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
     assert provider.canceled == ["task-1"]
 
 
-def test_a_failed_cancel_of_a_job_out_of_attempts_is_tried_again_on_redelivery() -> None:
+def out_of_attempts_with_a_failing_cancel() -> tuple[Rig, TaskFake, str]:
+    """A job failed out of attempts (its check's worker died) whose task's cancel failed
+    for a moment: the delivery that tried it nacked; the cancel still fails."""
     rig, provider = task_rig(max_attempts=1)
     job_id = rig.submit(kind="model")
     assert run_job(job_id, rig.services) is RunOutcome.WAITING
@@ -169,6 +171,11 @@ def test_a_failed_cancel_of_a_job_out_of_attempts_is_tried_again_on_redelivery()
     rig.clock.advance(120)
     sweep(rig.services)
     assert drain(rig) == [RetryableError.__name__]  # nacked: Pub/Sub brings it back
+    return rig, provider, job_id
+
+
+def test_a_failed_cancel_of_a_job_out_of_attempts_is_tried_again_on_redelivery() -> None:
+    rig, provider, job_id = out_of_attempts_with_a_failing_cancel()
     provider.cancel_error = None
     run_job(job_id, rig.services)  # the redelivery: the job ended, its task left
     assert provider.canceled == ["task-1"]
@@ -249,14 +256,7 @@ def test_a_retry_stops_the_task_the_failed_run_left_before_forgetting_it() -> No
     redelivery not yet run), when the owner retries it, then the retry stops that task
     first (the new run forgets its id); while the cancel still fails, the retry is
     refused for now and changes nothing."""
-    rig, provider = task_rig(max_attempts=1)
-    job_id = rig.submit(kind="model")
-    assert run_job(job_id, rig.services) is RunOutcome.WAITING
-    kill_a_check(rig, provider)
-    provider.cancel_error = RetryableError("busy", code="provider_unavailable")
-    rig.clock.advance(120)
-    sweep(rig.services)
-    drain(rig)
+    rig, provider, job_id = out_of_attempts_with_a_failing_cancel()
     assert rig.job(job_id).server.task_left and provider.canceled == []
     with pytest.raises(RetryableError):
         actions.retry(rig.services, job_id, by="owner")
