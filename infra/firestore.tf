@@ -163,6 +163,35 @@ resource "google_firestore_field" "provider_events_expire_at" {
   index_config {}
 }
 
+# Webhook events, deliveries and attempts (kiln.webhooks): kept 30 days (the retries'
+# three, and a month to replay; an event's body holds download links), then deleted.
+resource "google_firestore_field" "webhook_events_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "webhookEvents"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
+resource "google_firestore_field" "webhook_deliveries_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "webhookDeliveries"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
+resource "google_firestore_field" "webhook_attempts_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "webhookAttempts"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # Webhook deliveries (kiln.webhooks, docs/webhooks.md): the sweeper's query for pending
 # deliveries whose next attempt is overdue (a lost wake-up).
 resource "google_firestore_index" "webhook_deliveries_state_next_at" {

@@ -98,3 +98,25 @@ def test_a_listing_is_the_newest_deliveries_not_the_first_by_id(hooks: Any) -> N
         made.append(delivery.id)
     listed = [d.id for d in hooks.deliveries(endpoint_id=endpoint, limit=5)]
     assert listed == made[::-1][:5]
+
+
+def test_events_deliveries_and_attempts_are_stored_with_their_expiry(
+        request: pytest.FixtureRequest) -> None:
+    """On Firestore, each event, delivery and attempt carries ``expireAt`` (30 days on),
+    which the TTL policies in infra/firestore.tf delete by: they were kept for ever, each
+    event's body with its download links."""
+    hooks = request.getfixturevalue("services").webhooks
+    now = dt.datetime.now(dt.UTC)
+    subject = uuid.uuid4().hex
+    event = Event(model.event_id("job.completed", subject), "t", "job.completed", subject,
+                  "{}", None, now)
+    delivery = Delivery(model.delivery_id(event.id, "ep_1"), event.id, "ep_1", "t",
+                        "https://a.example/h", next_at=now, created_at=now)
+    assert hooks.create_event(event) and hooks.create_delivery(delivery)
+    hooks.add_attempt(delivery.id, 1, {"status": 204})
+    stored = [hooks.client.collection(name).document(doc_id).get().to_dict()["expireAt"]
+              for name, doc_id in (("webhookEvents", event.id),
+                                   ("webhookDeliveries", delivery.id),
+                                   ("webhookAttempts", f"{delivery.id}-1"))]
+    for expire in stored:
+        assert abs(expire - (now + model.RETENTION)) < dt.timedelta(minutes=1), stored

@@ -625,6 +625,9 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
                if (f["collection"], f["field"]) == ("private", "expireAt")
                and blocks(f, "ttl_config")]
     assert private, "no TTL policy on the private collection group's expireAt"
+    ttl_collections = {f["collection"] for f in tf.resources("google_firestore_field").values()
+                       if f["field"] == "expireAt" and blocks(f, "ttl_config")}
+    assert {"webhookEvents", "webhookDeliveries", "webhookAttempts"} <= ttl_collections
 
 
 def test_the_database_can_be_recovered(tf: TfModule) -> None:

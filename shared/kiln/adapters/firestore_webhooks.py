@@ -19,6 +19,7 @@ from google.cloud import firestore
 
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
 from kiln.ports import DecideDelivery
+from kiln.webhooks import model
 from kiln.webhooks.model import Delivery, Endpoint, Event, newest_first
 
 ENDPOINTS = "webhookEndpoints"
@@ -150,7 +151,8 @@ class FirestoreWebhookStore:
         return newest_first(found)
 
     def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None:
-        doc = {**record, "deliveryId": delivery_id, "number": number}
+        doc = {**record, "deliveryId": delivery_id, "number": number,
+               "expireAt": model.expire_at(dt.datetime.now(dt.UTC))}
         with unavailable_is_retryable(STORE):
             self._doc(ATTEMPTS, f"{delivery_id}-{number}").set(doc)
 

@@ -26,6 +26,14 @@ RECEIVER_TIMEOUT = 15.0
 ATTEMPT_LEASE = dt.timedelta(seconds=45)
 #: A delivery whose wake-up is this late is woken again by the sweeper.
 LOST_AFTER = dt.timedelta(seconds=60)
+#: How long events, deliveries and attempts are kept (Firestore's TTL on ``expireAt``):
+#: the ~3 days of retries and a month to replay; an event's body holds download links.
+RETENTION = dt.timedelta(days=30)
+
+
+def expire_at(created: dt.datetime | None) -> dt.datetime | None:
+    """When a record created at ``created`` is deleted (:data:`RETENTION`)."""
+    return created + RETENTION if created is not None else None
 
 JOB_EVENTS = ("job.completed", "job.failed", "job.canceled")
 EVENT_TYPES = (*JOB_EVENTS, "batch.completed", "job.progress")
@@ -132,7 +140,8 @@ class Event:
 
     def to_doc(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "type": self.type, "subjectId": self.subject_id,
-                "body": self.body, "url": self.url, "createdAt": self.created_at}
+                "body": self.body, "url": self.url, "createdAt": self.created_at,
+                "expireAt": expire_at(self.created_at)}
 
     @classmethod
     def from_doc(cls, id_: str, doc: Mapping[str, Any]) -> Event:
@@ -166,7 +175,8 @@ class Delivery:
                 "attempt": self.attempt, "base": self.base, "nextAt": self.next_at,
                 "leaseUntil": self.lease_until,
                 "lastStatus": self.last_status, "lastError": self.last_error,
-                "createdAt": self.created_at, "endedAt": self.ended_at}
+                "createdAt": self.created_at, "endedAt": self.ended_at,
+                "expireAt": expire_at(self.created_at)}
 
     @classmethod
     def from_doc(cls, id_: str, doc: Mapping[str, Any]) -> Delivery:
