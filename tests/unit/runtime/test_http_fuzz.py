@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 OPENAPI = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
 #: Answers any request may get before an operation runs (OpenAPI info.description).
 ANY_REQUEST = {400, 404, 405, 431}
-BATCH, BATCHES = 10, 300  # requests per generated example, examples per run
+BATCH, BATCHES = 10, 200  # requests per generated example, examples per run
 JOB_ID = "fuzzjob"  # replaced by a real job id of the batch's rig
 
 
