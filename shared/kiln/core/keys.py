@@ -22,7 +22,8 @@ from kiln.core.errors import ValidationError
 from kiln.core.principal import SCOPES
 
 KEY_PREFIX = "kiln_"
-_KEY = re.compile(r"^kiln_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_KEY_ID = "[0-9a-f]{12}"  # a key's id: kiln_<keyId>_<secret>
+_KEY = re.compile(rf"^kiln_({_KEY_ID})_([A-Za-z0-9_-]{{43}})$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -96,6 +97,11 @@ def parse_key(token: str) -> tuple[str, str] | None:
     """``(keyId, secret)`` of a well-formed key, else None."""
     match = _KEY.match(token)
     return (match.group(1), match.group(2)) if match else None
+
+
+def is_key_id(value: str) -> bool:
+    """Whether ``value`` is a key's id as :func:`new_key` makes them."""
+    return re.fullmatch(_KEY_ID, value) is not None
 
 
 def looks_like_key(token: str) -> bool:

@@ -9,18 +9,15 @@ the commands act on: ``args.services`` (see ``kiln.ops.jobs``).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
 from kiln.core.errors import ValidationError
+from kiln.core.keys import is_key_id
 from kiln.core.principal import SCOPES
 from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 from kiln.runtime.keys import create_key
-
-#: A key's id (``kiln_<keyId>_<secret>``): 12 hex digits.
-_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def add_parser(sub: Any) -> None:
@@ -74,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     key_id = args.key_id.removeprefix("kiln_").split("_")[0]
-    if not _KEY_ID.fullmatch(key_id):
+    if not is_key_id(key_id):
         print(f"kiln: not a key id: {args.key_id!r} (12 hex digits, or its kiln_<keyId> "
               "prefix)", file=sys.stderr)
         return 2

@@ -93,9 +93,11 @@ def short(text: Any, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def redact(text: str, secret: str) -> str:
-    """``text`` without ``secret`` (before any trimming: a cut key would survive in part)."""
-    return text.replace(secret, "***") if secret else text
+def shown(text: Any, secret: str, limit: int = 300) -> str:
+    """A provider's text fit for a user's message: ``secret`` replaced before it is trimmed
+    (a key cut at the limit would survive in part), on one line (:func:`short`)."""
+    flat = str(text or "")
+    return short(flat.replace(secret, "***") if secret else flat, limit)
 
 
 def percent(value: Any) -> int:
@@ -135,7 +137,7 @@ class JsonApi:
 
     def shown(self, text: Any, limit: int = 300) -> str:
         """A provider's text fit for a user's message: without the key, on one line."""
-        return short(redact(" ".join(str(text or "").split()), self._key), limit)
+        return shown(text, self._key, limit)
 
     def call(self, method: str, path: str, *, json: Any = None,
              headers: Mapping[str, str] | None = None) -> Any:
@@ -185,8 +187,7 @@ def _error_body(response: httpx.Response, key: str) -> ErrorBody:
         return ErrorBody()
     error = body.get("error")
     fields = error if isinstance(error, dict) else body
-    raw = str(fields.get("message") or (error if isinstance(error, str) else ""))
-    message = short(redact(" ".join(raw.split()), key))
+    message = shown(fields.get("message") or (error if isinstance(error, str) else ""), key)
 
     def name(value: Any) -> str:
         return value if isinstance(value, str) and SAFE_CODE.match(value) else ""

@@ -15,7 +15,7 @@ from kiln.core.errors import KilnError, LeaseLostError, RetryableError
 from kiln.core.job import Job, JobStatus
 from kiln.providers.base import TaskProvider
 from kiln.providers.callbacks import task_key
-from kiln.runtime import endings
+from kiln.runtime import actions, endings
 
 logger = log.get("worker")
 
@@ -46,7 +46,7 @@ def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Servi
         try:
             endings.cancel_remote(provider, job_id, services)
         except RetryableError:
-            services.queue.publish(job_id, reason="cancel")
+            actions.wake_to_cancel(services, job_id)
         raise LeaseLostError("The job ended past its maximum age while its task was submitted.")
     try:
         return services.task_index.link(provider.name, task_key(provider.name, task_id), job_id)
