@@ -225,6 +225,22 @@ class Rig:
         return outcomes
 
 
+def api_call(rig: Rig, authorization: str, method: str, path: str, body: Any = None,
+             key: str | None = None) -> tuple[int, Any, Any]:
+    """One request through the HTTP API's router over the rig: (status, JSON, headers)."""
+    import flask
+
+    from kiln.http.api import handle
+
+    headers = {"Authorization": authorization}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    with flask.Flask(__name__).test_request_context(path, method=method, json=body,
+                                                    headers=headers):
+        response = handle(flask.request, rig.services)
+    return response.status_code, response.get_json(), response.headers
+
+
 def build_rig(provider: Any = None, *, factories: dict[str, Any] | None = None,
               store: InMemoryJobStore | None = None, **settings: Any) -> Rig:
     """A composition of fakes; ``factories`` replace the provider factories, ``store``

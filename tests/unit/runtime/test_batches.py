@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import flask
 import pytest
 from rig import Rig, build_rig
+from rig import api_call as call
 
 from kiln.core.errors import RetryableError
-from kiln.http.api import handle
 from kiln.runtime.keys import create_key
 from kiln.webhooks.model import event_id
 
@@ -26,17 +25,6 @@ def rig() -> Rig:
     running limit and the quota: tests/unit/runtime/test_fair_queue.py)."""
     return build_rig(plans="free:daily=1000,running=200;pro:daily=1000,running=200,priority=10",
                      provider_capacity="200")
-
-
-def call(rig: Rig, authorization: str, method: str, path: str, body: Any = None,
-         key: str | None = None) -> tuple[int, Any, Any]:
-    headers = {"Authorization": authorization}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    with flask.Flask(__name__).test_request_context(path, method=method, json=body,
-                                                    headers=headers):
-        response = handle(flask.request, rig.services)
-    return response.status_code, response.get_json(), response.headers
 
 
 def items(n: int) -> list[dict[str, Any]]:
@@ -286,7 +274,7 @@ def test_a_batch_whose_commit_landed_but_answered_late_keeps_its_quota(
     with a timeout (Firestore's ambiguous commit), then the request is accepted (202, its
     jobs published) and the quota stays taken: a replay is free, and 50 more are 429."""
     rig = build_rig(plans="free:daily=50,running=200", provider_capacity="200")
-    store, landed_late = rig.services.batches, []
+    store, landed_late = rig.services.batches, list[str]()
 
     def applied_then_timeout(batch: Any, jobs: Any) -> bool:
         created = type(store).create(store, batch, jobs)

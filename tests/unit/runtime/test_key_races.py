@@ -8,28 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
 import pytest
-from rig import Rig, build_rig
+from rig import Rig, api_call, build_rig
 
 from kiln.core.job import new_job_id
-from kiln.http.api import handle
 
 ALICE = "Bearer uid:alice"
 
 
 def call(rig: Rig, path: str, body: Any, key: str | None = None) -> tuple[int, Any, Any]:
-    headers = {"Authorization": ALICE, **({"Idempotency-Key": key} if key else {})}
-    with flask.Flask(__name__).test_request_context(path, method="POST", json=body,
-                                                    headers=headers):
-        response = handle(flask.request, rig.services)
-    return response.status_code, response.get_json(), response.headers
+    return api_call(rig, ALICE, "POST", path, body, key=key)
 
 
 def stale_first_read(monkeypatch: pytest.MonkeyPatch, store: Any, name: str, key: str) -> None:
     """The store's first read of ``key`` answers None, as a read made just before the
     racing winner's commit would."""
-    real, seen = getattr(store, name), []
+    real, seen = getattr(store, name), list[str]()
 
     def read(wanted: str) -> Any:
         if wanted == key and not seen:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import flask
 import pytest
-from rig import Killed, Rig, TaskFake, build_rig
+from rig import Killed, Rig, TaskFake, api_call, build_rig
 
 from kiln.core.errors import LeaseLostError, PermanentError, RetryableError
 from kiln.core.job import Change, JobStatus
-from kiln.http.api import handle
 from kiln.providers.base import TaskState, TaskStatus
 from kiln.runtime import actions, notify
 from kiln.runtime.sweeper import sweep
@@ -181,23 +179,28 @@ def test_a_failed_cancel_of_a_job_out_of_attempts_is_tried_again_on_redelivery()
     assert provider.canceled == ["task-1"]
 
 
+def app_batch(rig: Rig, size: int) -> list[str]:
+    """An app user's batch of ``size`` images (its device registered): its job ids."""
+    rig.devices.register("alice", "phone", fid="f")
+    status, answer, _ = api_call(rig, "Bearer uid:alice", "POST", "/v1/batches",
+                                 {"items": [{"kind": "image", "prompt": f"tile {i}"}
+                                            for i in range(size)]})
+    assert status == 202, answer
+    return list(answer["jobIds"])
+
+
 def test_a_retried_batch_job_that_ended_before_the_announcement_rides_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Given a batch of two whose first job failed and was retried, when the retried job
     completes, then the last job ends and announces the batch, and only then the retried
     job's own notice runs (its worker was slower), then the batch's push is the only one."""
     rig = build_rig()
-    rig.devices.register("alice", "phone", fid="f")
-    with flask.Flask(__name__).test_request_context(
-            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
-            json={"items": [{"kind": "image", "prompt": f"tile {i}"} for i in range(2)]}):
-        answer = handle(flask.request, rig.services).get_json()
-    retried, last = answer["jobIds"]
+    retried, last = app_batch(rig, 2)
     rig.providers["image"].error = PermanentError("No.", code="content_refused")
     run_job(retried, rig.services)
     rig.providers["image"].error = None
     assert actions.retry(rig.services, retried, by="owner").changed
-    real, held = notify.deliver, []
+    real, held = notify.deliver, list[str]()
 
     def slower(services: Any, job_id: str) -> None:
         if job_id == retried and not held:
@@ -216,11 +219,7 @@ def test_a_retried_batch_job_that_ended_before_the_announcement_rides_it(
 
 def test_a_batch_job_retried_after_the_announcement_is_notified_alone() -> None:
     rig = build_rig()
-    rig.devices.register("alice", "phone", fid="f")
-    with flask.Flask(__name__).test_request_context(
-            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
-            json={"items": [{"kind": "image", "prompt": "tile"}]}):
-        job_id = handle(flask.request, rig.services).get_json()["jobIds"][0]
+    (job_id,) = app_batch(rig, 1)
     rig.providers["image"].error = PermanentError("No.", code="content_refused")
     run_job(job_id, rig.services)  # failed: the batch of one is announced
     rig.providers["image"].error = None
@@ -232,11 +231,7 @@ def test_a_batch_job_retried_after_the_announcement_is_notified_alone() -> None:
 
 def test_an_unreadable_end_marker_notifies_a_retried_job_alone() -> None:
     rig = build_rig()
-    rig.devices.register("alice", "phone", fid="f")
-    with flask.Flask(__name__).test_request_context(
-            "/v1/batches", method="POST", headers={"Authorization": "Bearer uid:alice"},
-            json={"items": [{"kind": "image", "prompt": "tile"}] * 2}):
-        first = handle(flask.request, rig.services).get_json()["jobIds"][0]
+    first, _other = app_batch(rig, 2)
     rig.providers["image"].error = PermanentError("No.", code="content_refused")
     run_job(first, rig.services)
     rig.providers["image"].error = None
