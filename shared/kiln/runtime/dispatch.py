@@ -257,11 +257,19 @@ def after_end(services: Services, job_id: str) -> int:
 
 
 def provider_refused(services: Services, job: Job, retry_after: float | None) -> None:
-    """A provider said 429 before the task began: halve its window for a while, and give
-    back the job's places (by its id: ``job`` may be as read before its claim, which
-    wrote them)."""
-    pool, _capacity, window = provider_pool(services, job.kind)
+    """A provider said 429 before the task began and the job goes back to the queue:
+    halve the provider's window for a while, and give back the job's places (by its id:
+    ``job`` may be as read before its claim, which wrote them)."""
+    pool = narrow_provider(services, job.kind, retry_after)
+    release_places(services, job.id, (user_pool(job.uid), pool))
+
+
+def narrow_provider(services: Services, kind: str, retry_after: float | None) -> str:
+    """Halve the window of ``kind``'s provider for its backoff (or ``retry_after``, if
+    longer); the provider's pool. A job retried outside the queue keeps its places: its
+    next attempt runs on them, and they are given back when it ends."""
+    pool, _capacity, window = provider_pool(services, kind)
     until = services.clock.now() + dt.timedelta(
         seconds=max(services.settings.provider_backoff_seconds, retry_after or 0))
     services.slots.narrow(pool, max(1, window // 2), until)
-    release_places(services, job.id, (user_pool(job.uid), pool))
+    return pool

@@ -197,8 +197,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
                 and not endings.task_started(services, job_id):
             if lifecycle.may_requeue(job, clock.now(), services.settings.queue_ttl_seconds):
                 ended = endings.requeue(job_id, services, job, exc, token=token)
-            else:  # turned away longer than a queue's wait: spend attempts from now on
-                dispatch.provider_refused(services, job, exc.retry_after)
+            else:  # turned away longer than a queue's wait: spend attempts from now on,
+                dispatch.narrow_provider(services, job.kind, exc.retry_after)  # on its places
                 ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)
         else:
             ended = endings.retry_later(job_id, services, exc, steps=marks, token=token)

@@ -214,11 +214,13 @@ def test_a_provider_that_keeps_refusing_for_capacity_costs_attempts_in_the_end(r
     """A 429 that never clears must not keep a job queued until its maximum age: within a
     queue's wait (``KILN_QUEUE_TTL_SECONDS``) of when the job first queued, a 429 sends it
     back to the queue for free; after it, a 429 still narrows the provider's window but
-    spends an attempt like any retryable error, so the job fails readably after them."""
+    spends an attempt like any retryable error, so the job fails readably after them.
+    Its retries run on the places it holds: its owner's running limit (free: 1) keeps a
+    second job of theirs queued until it ends."""
     provider = rig.providers["image"]
     assert isinstance(provider, SyncFake)
     provider.error = RetryableError("slow down", code="provider_rate_limited", retry_after=5)
-    job_id = post(rig, "a", "pro")[1]["jobId"]
+    job_id = post(rig, "a")[1]["jobId"]
     assert run_job(job_id, rig.services) is RunOutcome.QUEUED
     ttl = rig.services.settings.queue_ttl_seconds
     first = rig.job(job_id).server.queued_at
@@ -235,6 +237,13 @@ def test_a_provider_that_keeps_refusing_for_capacity_costs_attempts_in_the_end(r
     job = rig.job(job_id)
     assert (job.status, job.attempts, job.server.queued) == (JobStatus.PENDING, 1, False)
     assert dispatch.provider_pool(rig.services, "image")[1:] == (4, 2)  # still narrowed
+    assert rig.slots.holders("user:a") == [job_id]  # its retry runs on its places
+    second = post(rig, "a")[1]["jobId"]
+    assert second not in started(rig) and rig.job(second).queue_reason == "running_limit"
+    provider.error = None
+    rig.clock.advance(60)
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert started(rig)[-1] == second and rig.slots.holders("user:a") == [second]
 
 
 @pytest.mark.parametrize("settings, message", [
