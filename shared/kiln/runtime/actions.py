@@ -70,7 +70,8 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     """Run a failed job again: pending, published. A job that is already pending or running
     again is left as it is. A paid task the failed run left running (past its maximum age,
     or out of attempts: ``lifecycle.remote_task_left``) is stopped first, while its id is
-    still known: the new run forgets it.
+    still known: the new run forgets it. An API tenant's end event the failed run never
+    sent (``notify.AT_LEAST_ONCE``) is sent first, as the new run's claim replaces it.
 
     Raises:
         RetryableError: that task's cancel failed for a moment; nothing was changed.
@@ -78,6 +79,11 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     before = services.store.get(job_id)
     if before is not None and lifecycle.remote_task_left(before):
         endings.cancel_left(services, before)
+    if before is not None and before.channel in notify.AT_LEAST_ONCE and before.terminal \
+            and (before.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED:
+        # The run's end was never announced (its sender died, or the webhook store was
+        # down): announce it now, as the new run's claim will no longer name it.
+        notify.deliver(services, job_id)
 
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
         change = lifecycle.retry(job, now=services.clock.now(), policy=services.policy)

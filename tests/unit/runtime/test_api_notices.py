@@ -203,3 +203,26 @@ def test_a_retried_api_job_that_fails_again_sends_a_second_job_failed() -> None:
     assert failed[1].id != failed[0].id
     assert all(len(rig.services.webhooks.deliveries(event_id=e.id)) == 1 for e in failed)
     assert notify_state(rig, job_id) == "sent"
+
+
+def test_an_api_jobs_unsent_failure_is_sent_before_its_retry_starts_a_new_run(
+        killed_while_sending: Callable[[], None]) -> None:
+    """Given an API job whose worker died after failing it, before its ``job.failed`` was
+    emitted (the claim left for the sweeper), when its owner retries it before a sweep,
+    then the first run's ``job.failed`` is emitted by the retry (the new run's claim no
+    longer names it), and the second run's end is announced under an id of its own."""
+    rig = with_endpoint(build_rig())
+    rig.providers["image"].error = PermanentError("It was refused.", code="content_refused")
+    job_id = rig.submit(uid="api:acme", channel="api")
+    with pytest.raises(Killed):
+        run_job(job_id, rig.services)
+    killed_while_sending()
+    assert notify_state(rig, job_id) == "claimed" and events(rig, "job.failed") == []
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    assert [e["data"]["jobId"] for e in events(rig, "job.failed")] == [job_id]
+    rig.providers["image"].error = None
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    assert len(events(rig, "job.failed")) == 1
+    assert [e["data"]["jobId"] for e in events(rig, "job.completed")] == [job_id]
