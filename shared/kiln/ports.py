@@ -365,14 +365,17 @@ class WebhookStore(Protocol):
 
     def put_endpoint(self, endpoint: Endpoint, limit: int | None = None) -> bool:
         """Store it; False (nothing written) when its tenant has ``limit`` endpoints
-        already, counted in the transaction that writes it."""
+        already, counted atomically with the write (registrations at once never pass the
+        limit, and none is refused for contention)."""
         ...
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None: ...
 
     def endpoints(self, tenant: str | None = None) -> list[Endpoint]: ...
 
-    def delete_endpoint(self, endpoint_id: str) -> bool: ...
+    def delete_endpoint(self, endpoint_id: str) -> bool:
+        """Delete it and free its room; False when there is none (already deleted)."""
+        ...
 
     def disable_endpoint(self, endpoint_id: str, reason: str) -> None: ...
 

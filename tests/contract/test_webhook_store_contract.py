@@ -40,7 +40,7 @@ def test_endpoints_per_tenant_secret_kept_and_disable(hooks: Any) -> None:
 
 def test_a_tenants_endpoints_stay_within_the_limit_when_registered_at_once(hooks: Any) -> None:
     """Given 3 registrations of one tenant at once with room for 2, then exactly 2 are
-    stored and 1 refused (False, nothing written): counted in the write's transaction, not
+    stored and 1 refused (False, nothing written): counted with the write, not
     read first and written after; another tenant's room is its own."""
     tenant = "t-" + uuid.uuid4().hex[:8]
     now = dt.datetime.now(dt.UTC)
@@ -57,6 +57,29 @@ def test_a_tenants_endpoints_stay_within_the_limit_when_registered_at_once(hooks
     other = Endpoint(model.new_endpoint_id(), tenant + "-b", "https://b.example/h",
                      model.new_secret(), (), created_at=now)
     assert hooks.put_endpoint(other, limit=2) is True
+
+
+def test_twelve_registrations_at_once_fill_ten_places_and_a_delete_frees_one(
+        hooks: Any) -> None:
+    """Given 12 registrations of one tenant at once with room for 10, then exactly 10 are
+    stored and 2 refused, none raises (no contention error); deleting one frees its room
+    for exactly one more, and deleting it again frees nothing."""
+    tenant = "t-" + uuid.uuid4().hex[:8]
+    now = dt.datetime.now(dt.UTC)
+
+    def register(n: int) -> bool:
+        return bool(hooks.put_endpoint(Endpoint(
+            model.new_endpoint_id(), tenant, f"https://a.example/h{n}", model.new_secret(),
+            (), created_at=now), limit=10))
+
+    with ThreadPoolExecutor(12) as pool:
+        stored = list(pool.map(register, range(12)))
+    assert stored.count(True) == 10 and len(hooks.endpoints(tenant)) == 10
+    gone = hooks.endpoints(tenant)[3].id
+    assert hooks.delete_endpoint(gone) is True
+    assert hooks.delete_endpoint(gone) is False
+    assert [register(n) for n in range(12, 14)] == [True, False]
+    assert len(hooks.endpoints(tenant)) == 10
 
 
 def test_events_and_deliveries_are_created_once_and_transacted(hooks: Any) -> None:

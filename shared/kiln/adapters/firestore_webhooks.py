@@ -4,8 +4,8 @@
 ``webhookDeliveries`` and ``webhookAttempts`` (the security rules deny every client).
 Creation is create-if-absent (an event or a delivery is recorded once, whoever emits it
 twice); a delivery's state changes in one transaction (read → decide → write); the HTTP
-attempt happens outside it. An endpoint is counted against its tenant's limit in the
-transaction that writes it.
+attempt happens outside it. An endpoint takes one of its tenant's numbered slots
+(``webhookTenants/{tenant}/endpointSlots/{n}``) in the commit that writes it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from kiln.webhooks.model import Delivery, Endpoint, Event, newest_first
 
 ENDPOINTS = "webhookEndpoints"
 SECRETS = "webhookSecrets"
-REGISTRATIONS = "webhookTenants"  # one per tenant: registrations serialize on it
+REGISTRATIONS = "webhookTenants"  # one per tenant, its endpoint slots below it
+SLOTS = "endpointSlots"
 EVENTS = "webhookEvents"
 DELIVERIES = "webhookDeliveries"
 ATTEMPTS = "webhookAttempts"
@@ -57,23 +58,30 @@ class FirestoreWebhookStore:
             with unavailable_is_retryable(STORE):
                 self._doc(ENDPOINTS, endpoint.id).set(endpoint.to_doc())
             return True
-        # The tenant's registrations document is read and written in the transaction, so
-        # two registrations at once conflict on it and the second counts the first's
-        # endpoint (a query alone locks no document that does not exist yet).
-        tenant = self._doc(REGISTRATIONS, endpoint.tenant)
-        mine = self.client.collection(ENDPOINTS).where(
-            filter=firestore.FieldFilter("tenant", "==", endpoint.tenant))
-
-        def body(tx: firestore.Transaction) -> bool:
-            tenant.get(transaction=tx)  # the lock two registrations meet on
-            if sum(1 for _ in tx.get(mine)) >= limit:
-                return False
-            tx.set(tenant, {"lastEndpoint": endpoint.id, "at": firestore.SERVER_TIMESTAMP})
-            tx.set(self._doc(ENDPOINTS, endpoint.id), endpoint.to_doc())
+        # A tenant has ``limit`` numbered slots; an endpoint is stored in the same commit
+        # that creates a free slot's document, so two registrations that pick one slot
+        # conflict on that create alone (no transaction over a query, which many
+        # registrations at once abort into contention). Endpoints stored without a slot
+        # (``limit`` None, or before slots) take room too.
+        with unavailable_is_retryable(STORE):
+            taken = [s.to_dict() or {} for s in self.client.collection(ENDPOINTS).where(
+                filter=firestore.FieldFilter("tenant", "==", endpoint.tenant)).stream()]
+        held = {doc["slot"] for doc in taken if isinstance(doc.get("slot"), int)}
+        room = limit - sum(1 for doc in taken if not isinstance(doc.get("slot"), int))
+        for slot in (n for n in range(max(room, 0)) if n not in held):
+            batch = self.client.batch()
+            batch.create(self._slot(endpoint.tenant, slot), {"endpoint": endpoint.id})
+            batch.set(self._doc(ENDPOINTS, endpoint.id), {**endpoint.to_doc(), "slot": slot})
+            try:
+                with unavailable_is_retryable(STORE):
+                    batch.commit()
+            except gexc.AlreadyExists:
+                continue  # another registration took it since the read: try the next
             return True
+        return False
 
-        return in_transaction(self.client, body, store=STORE,
-                              busy="The tenant's webhook endpoints are busy.")
+    def _slot(self, tenant: str, slot: int) -> firestore.DocumentReference:
+        return self._doc(REGISTRATIONS, tenant).collection(SLOTS).document(str(slot))
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         doc = self._get(ENDPOINTS, endpoint_id)
@@ -88,10 +96,21 @@ class FirestoreWebhookStore:
         return sorted(found, key=lambda e: (e.tenant, e.id))
 
     def delete_endpoint(self, endpoint_id: str) -> bool:
-        if self._get(ENDPOINTS, endpoint_id) is None:
+        doc = self._get(ENDPOINTS, endpoint_id)
+        if doc is None:
             return False
-        with unavailable_is_retryable(STORE):
-            self._doc(ENDPOINTS, endpoint_id).delete()
+        batch = self.client.batch()
+        # Only while it still exists: a second delete that read it before the first must
+        # not free the slot a registration took since.
+        batch.delete(self._doc(ENDPOINTS, endpoint_id),
+                     option=self.client.write_option(exists=True))
+        if isinstance(doc.get("slot"), int):
+            batch.delete(self._slot(str(doc.get("tenant", "")), doc["slot"]))
+        try:
+            with unavailable_is_retryable(STORE):
+                batch.commit()
+        except (gexc.NotFound, gexc.FailedPrecondition):
+            return False
         return True
 
     def disable_endpoint(self, endpoint_id: str, reason: str) -> None:
