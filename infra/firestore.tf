@@ -192,6 +192,42 @@ resource "google_firestore_field" "webhook_attempts_expire_at" {
   index_config {}
 }
 
+# A push's devices (kiln.adapters.firestore_devices): before sending to a user's device,
+# the worker looks for the same FID or token registered by another user since (a phone
+# signed in as someone else), across every users/{uid}/devices collection. Single-field
+# indexes are per collection by default; a collection-group query needs its own.
+resource "google_firestore_field" "devices_fid" {
+  database   = google_firestore_database.default.name
+  collection = "devices"
+  field      = "fid"
+
+  index_config {
+    indexes {
+      order = "ASCENDING"
+    }
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+  }
+}
+
+resource "google_firestore_field" "devices_token" {
+  database   = google_firestore_database.default.name
+  collection = "devices"
+  field      = "token"
+
+  index_config {
+    indexes {
+      order = "ASCENDING"
+    }
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+  }
+}
+
 # Webhook deliveries (kiln.webhooks, docs/webhooks.md): the sweeper's query for pending
 # deliveries whose next attempt is overdue (a lost wake-up).
 resource "google_firestore_index" "webhook_deliveries_state_next_at" {

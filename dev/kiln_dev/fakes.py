@@ -199,8 +199,19 @@ class InMemoryDevices:
         self.by_uid.setdefault(uid, {})[device_id] = doc
 
     def devices(self, uid: str) -> list[Device]:
-        found = (Device.from_doc(i, doc) for i, doc in self.by_uid.get(uid, {}).items())
-        return [device for device in found if device is not None]
+        kept = []
+        for device_id, doc in list(self.by_uid.get(uid, {}).items()):
+            device = Device.from_doc(device_id, doc)
+            if device is None:
+                continue
+            elsewhere = [other for owner, docs in self.by_uid.items() if owner != uid
+                         for other in (Device.from_doc(i, d) for i, d in docs.items())
+                         if other is not None]
+            if device.moved(elsewhere):
+                self.delete_device(uid, device_id)
+            else:
+                kept.append(device)
+        return kept
 
     def delete_device(self, uid: str, device_id: str) -> None:
         self.by_uid.get(uid, {}).pop(device_id, None)

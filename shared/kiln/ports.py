@@ -116,7 +116,10 @@ class BatchStore(Protocol):
 class DeviceStore(Protocol):
     """Where a user's app instances receive pushes (``users/{uid}/devices/*``)."""
 
-    def devices(self, uid: str) -> list[Device]: ...
+    def devices(self, uid: str) -> list[Device]:
+        """The user's devices with an address, leaving out (and deleting) any that another
+        user registered since: a phone signed in as someone else (``Device.moved``)."""
+        ...
 
     def delete_device(self, uid: str, device_id: str) -> None: ...
 

@@ -230,17 +230,23 @@ def test_a_seen_job_written_meanwhile_is_decided_again_on_a_fresh_read(
 # --- DeviceStore, Queue, BlobStore --------------------------------------------------------
 
 
+def device_store(backend: Any) -> tuple[Any, Callable[..., None]]:
+    """The device store and how an app registers a device in it (the app writes the
+    document itself, under the security rules)."""
+    if backend is None:
+        devices = InMemoryDevices()
+        return devices, devices.register
+
+    def register(uid: str, device_id: str, **doc: Any) -> None:
+        backend.firestore.collection("users").document(uid).collection("devices").document(
+            device_id).set(doc)
+
+    return backend.devices, register
+
+
 def test_devices(backend: Any) -> None:
     uid = f"dev-{uuid.uuid4().hex[:8]}"
-    if backend is None:
-        devices: Any = InMemoryDevices()
-        register: Callable[..., None] = devices.register
-    else:
-        devices = backend.devices
-
-        def register(uid: str, device_id: str, **doc: Any) -> None:
-            backend.firestore.collection("users").document(uid).collection("devices").document(
-                device_id).set(doc)
+    devices, register = device_store(backend)
     register(uid, "a", fid="fid-a", platform="android")
     register(uid, "b", token="tok-b", platform="ios")
     register(uid, "c", platform="web")  # no address: not a device
@@ -248,6 +254,29 @@ def test_devices(backend: Any) -> None:
         ("a", "fid-a", ""), ("b", "", "tok-b")]
     devices.delete_device(uid, "a")
     assert [d.id for d in devices.devices(uid)] == ["b"]
+
+
+def test_a_device_another_user_registered_since_is_no_longer_the_first_users(
+        backend: Any) -> None:
+    """Given a phone registered by one user, then (signed out without deleting it) by
+    another, then only the later user's devices hold it, and the earlier user's record of
+    it is deleted; a token registered by two users at the same moment stays with both,
+    and a third user's own device is untouched."""
+    first, later, third = (f"dev-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    fid, token = f"fid-{uuid.uuid4().hex}", f"tok-{uuid.uuid4().hex}"
+    devices, register = device_store(backend)
+    at = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+    register(first, "phone", fid=fid, platform="android", updatedAt=at)
+    register(first, "tablet", token=token, platform="ios", updatedAt=at)
+    register(later, "phone", fid=fid, platform="android", updatedAt=at + dt.timedelta(hours=1))
+    register(later, "tablet", token=token, platform="ios", updatedAt=at)
+    register(third, "own", fid=f"fid-{uuid.uuid4().hex}", platform="web", updatedAt=at)
+    assert [d.id for d in devices.devices(first)] == ["tablet"]
+    assert sorted(d.id for d in devices.devices(later)) == ["phone", "tablet"]
+    assert [d.id for d in devices.devices(third)] == ["own"]
+    register(later, "phone", fid="fid-renewed", platform="android",
+             updatedAt=at + dt.timedelta(hours=2))
+    assert [d.id for d in devices.devices(first)] == ["tablet"]  # deleted, not hidden
 
 
 def test_queue_publish_returns_a_message_id(backend: Any) -> None:

@@ -628,6 +628,12 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
     ttl_collections = {f["collection"] for f in tf.resources("google_firestore_field").values()
                        if f["field"] == "expireAt" and blocks(f, "ttl_config")}
     assert {"webhookEvents", "webhookDeliveries", "webhookAttempts"} <= ttl_collections
+    # a push looks for each device's address under every user (FirestoreDeviceStore)
+    grouped = {f["field"] for f in tf.resources("google_firestore_field").values()
+               if f["collection"] == "devices"
+               for config in blocks(f, "index_config") for index in blocks(config, "indexes")
+               if index.get("query_scope") == "COLLECTION_GROUP"}
+    assert grouped == {"fid", "token"}
 
 
 def test_the_database_can_be_recovered(tf: TfModule) -> None:

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from kiln import log
 from kiln.adapters.firestore import unavailable_is_retryable
 from kiln.core.job import Device
+
+logger = log.get("push")
+#: Other users' registrations of one address read at most (a shared tablet's few).
+ELSEWHERE_LIMIT = 20
 
 
 class FirestoreDeviceStore:
@@ -21,11 +28,39 @@ class FirestoreDeviceStore:
         return self.client.collection("users").document(uid).collection("devices")
 
     def devices(self, uid: str) -> list[Device]:
-        """The user's registered devices that have an address (an FID or a token)."""
+        """The user's registered devices that have an address (an FID or a token), but
+        not one another user registered since (``Device.moved``: that one is deleted)."""
         with unavailable_is_retryable("device store"):
             found = [Device.from_doc(snap.id, snap.to_dict() or {})
                      for snap in self._collection(uid).stream()]
-        return [device for device in found if device is not None]
+            kept = []
+            for device in (device for device in found if device is not None):
+                if device.moved(self._elsewhere(uid, device)):
+                    self._collection(uid).document(device.id).delete()
+                else:
+                    kept.append(device)
+        return kept
+
+    def _elsewhere(self, uid: str, device: Device) -> list[Device]:
+        """Other users' registrations of the device's address (any ``devices`` collection
+        under ``users``; a collection-group index on fid and token, infra/firestore.tf)."""
+        name, value = device.address
+        query = self.client.collection_group("devices").where(
+            filter=firestore.FieldFilter(name, "==", value)).limit(ELSEWHERE_LIMIT)
+        try:
+            found = list(query.stream())
+        except gexc.FailedPrecondition:  # the index is not deployed yet: push as before
+            log.event(logger, "device lookup across users needs its index", logging.WARNING)
+            return []
+        others = []
+        for snap in found:
+            owner = snap.reference.parent.parent
+            if owner is None or owner.id == uid or owner.parent.id != "users":
+                continue
+            other = Device.from_doc(snap.id, snap.to_dict() or {})
+            if other is not None:
+                others.append(other)
+        return others
 
     def delete_device(self, uid: str, device_id: str) -> None:
         with unavailable_is_retryable("device store"):

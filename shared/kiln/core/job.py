@@ -14,7 +14,7 @@ import enum
 import functools
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -89,17 +89,32 @@ class Device:
     id: str
     fid: str = ""
     token: str = ""
+    updated: float = 0.0  # when the app registered it (Unix seconds; 0 when unknown)
 
     @classmethod
     def from_doc(cls, device_id: str, doc: Mapping[str, Any]) -> Device | None:
         """The device of a ``users/{uid}/devices/{deviceId}`` document (None if it has no
         usable address). The FID wins if an old document somehow carries both."""
-        fid, token = doc.get("fid"), doc.get("token")
+        fid, token, at = doc.get("fid"), doc.get("token"), doc.get("updatedAt")
+        updated = at.timestamp() if isinstance(at, dt.datetime) else \
+            float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0.0
         if isinstance(fid, str) and fid:
-            return cls(device_id, fid=fid)
+            return cls(device_id, fid=fid, updated=updated)
         if isinstance(token, str) and token:
-            return cls(device_id, token=token)
+            return cls(device_id, token=token, updated=updated)
         return None
+
+    @property
+    def address(self) -> tuple[str, str]:
+        """The field that addresses it and its value: ``("fid", …)`` or ``("token", …)``."""
+        return ("fid", self.fid) if self.fid else ("token", self.token)
+
+    def moved(self, elsewhere: Iterable[Device]) -> bool:
+        """Whether the app instance was registered since by another user (``elsewhere``:
+        other users' registrations of the same address): its app signed in as someone
+        else without deleting this one, so this user's pushes must not go there."""
+        return any(other.address == self.address and other.updated > self.updated
+                   for other in elsewhere)
 
 
 # --- the typed job ----------------------------------------------------------------------

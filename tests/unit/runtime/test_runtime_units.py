@@ -17,8 +17,8 @@ from kiln.runtime.progress import STOP_CHECK_SECONDS, ProgressReporter
 from kiln.runtime.sweeper import sweep
 
 
-def claimed(rig: Rig, kind: str = "image", worker: str = "w1") -> str:
-    job_id = rig.submit(kind=kind)
+def claimed(rig: Rig, kind: str = "image", worker: str = "w1", uid: str = "alice") -> str:
+    job_id = rig.submit(kind=kind, uid=uid)
     rig.store.transact(job_id, lambda job: (lifecycle.claim(
         job, worker_id=worker, now=rig.clock.now(), policy=rig.services.policy,
         claim_token="t").change, None))
@@ -217,6 +217,23 @@ def test_dead_devices_are_forgotten_and_a_failing_push_is_recorded(rig: Rig) -> 
     assert report is not None and report["error"] == "RuntimeError"
     assert rig.job(other).server.notify["state"] == "error"  # type: ignore[index]
     assert notify.deliver(rig.services, "nosuchjob") is None
+
+
+def test_a_phone_signed_in_as_someone_else_gets_none_of_the_first_users_pushes(
+        rig: Rig) -> None:
+    """Given alice's phone, later signed in as bob without alice's registration deleted,
+    when alice's job completes, then no push goes to that phone (bob's now), and bob's
+    job's push does."""
+    rig.devices.register("alice", "phone", fid="f-phone", updatedAt=1_000.0)
+    rig.devices.register("bob", "phone", fid="f-phone", updatedAt=2_000.0)
+    for uid in ("alice", "bob"):
+        job_id = claimed(rig, uid=uid)
+        rig.store.transact(job_id, lambda job: (lifecycle.complete(job, worker_id="w1", result={
+            "path": "p", "downloadUrl": "https://x/p.png"}), None))
+        report = notify.deliver(rig.services, job_id)
+        assert report is not None
+        assert report["push"]["sent"] == (uid == "bob"), (uid, report)
+    assert rig.devices.devices("alice") == [] and len(rig.push.sent) == 1
 
 
 # --- acceptance -------------------------------------------------------------------------
