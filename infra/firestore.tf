@@ -163,6 +163,17 @@ resource "google_firestore_field" "provider_events_expire_at" {
   index_config {}
 }
 
+# A Telegram chat's state (kiln.adapters.firestore_chats: blocked, a group's former ids,
+# results waiting for Telegram): deleted once unwritten for as long as jobs are kept.
+resource "google_firestore_field" "telegram_chats_expire_at" {
+  database   = google_firestore_database.default.name
+  collection = "telegramChats"
+  field      = "expireAt"
+
+  ttl_config {}
+  index_config {}
+}
+
 # Webhook events, deliveries and attempts (kiln.webhooks): kept 30 days (the retries'
 # three, and a month to replay; an event's body holds download links), then deleted.
 resource "google_firestore_field" "webhook_events_expire_at" {

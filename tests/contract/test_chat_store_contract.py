@@ -102,3 +102,23 @@ def test_a_deferral_after_a_claim_waits_again(chats: Any, chat: int) -> None:
     chats.defer_delivery(chat, job, attempt=2, at=T + 130.0)
     assert chats.get(chat)["undelivered"][job] == {"attempt": 2, "at": T + 130.0, "state": "waiting"}
     assert chats.claim_delivery(chat, job, now=T + 131.0, lease=60) == Claim(TAKEN, 2)
+
+
+def test_every_kind_of_chat_write_keeps_the_chat_for_as_long_as_jobs(services: Any) -> None:
+    """On Firestore, a blocked chat, a migrated group (both documents) and a deferred
+    result each carry ``expireAt`` about ``RETENTION_DAYS`` ahead, for the TTL policy."""
+    import datetime as dt
+
+    from kiln.adapters.firestore_chats import FirestoreChatStore
+    from kiln.core.lifecycle import RETENTION_DAYS
+
+    chats = FirestoreChatStore(services.firestore)
+    blocked, old, waiting = (random.randint(10**8, 10**9) for _ in range(3))
+    new = -int(f"100{old}")
+    chats.mark_blocked(blocked)
+    chats.migrate(-old, new)
+    chats.defer_delivery(waiting, job_id(), attempt=1, at=T)
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(days=RETENTION_DAYS)
+    for chat in (blocked, -old, new, waiting):
+        expire = chats.ref(chat).get().to_dict()["expireAt"]
+        assert abs((expire - ahead).total_seconds()) < 600, (chat, expire)

@@ -627,7 +627,8 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
     assert private, "no TTL policy on the private collection group's expireAt"
     ttl_collections = {f["collection"] for f in tf.resources("google_firestore_field").values()
                        if f["field"] == "expireAt" and blocks(f, "ttl_config")}
-    assert {"webhookEvents", "webhookDeliveries", "webhookAttempts"} <= ttl_collections
+    assert {"webhookEvents", "webhookDeliveries", "webhookAttempts",
+            "telegramChats"} <= ttl_collections
     # a push looks for each device's address under every user (FirestoreDeviceStore)
     grouped = {f["field"] for f in tf.resources("google_firestore_field").values()
                if f["collection"] == "devices"

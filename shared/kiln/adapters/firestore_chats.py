@@ -1,12 +1,14 @@
 """Firestore adapter of ``kiln.channels.telegram.chats.ChatStore``: ``telegramChats/{chatId}``.
 
-Server-only documents (the security rules deny every client). A deferred delivery's claim
+Server-only documents (the security rules deny every client), deleted by a TTL policy on
+``expireAt`` once unwritten for as long as jobs are kept. A deferred delivery's claim
 and its forgetting each run in one transaction (read → :func:`chats.claim` → write); the
 send happens outside it. SDK errors become Kiln's retryable errors.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,9 +18,16 @@ from google.cloud.firestore import SERVER_TIMESTAMP
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
 from kiln.channels.telegram import chats
 from kiln.channels.telegram.chats import CHATS, Claim, ClaimOutcome, Deferred, chat_uid
+from kiln.core.lifecycle import RETENTION_DAYS
 
 STORE = "chat store"
 T = TypeVar("T")
+
+
+def kept() -> dict[str, dt.datetime]:
+    """``expireAt`` for a write: a chat's state is deleted (a TTL policy, infra) once
+    nothing wrote it for as long as its jobs are kept; every write keeps it longer."""
+    return {"expireAt": dt.datetime.now(dt.UTC) + dt.timedelta(days=RETENTION_DAYS)}
 
 
 class FirestoreChatStore:
@@ -38,12 +47,12 @@ class FirestoreChatStore:
 
     def mark_blocked(self, chat_id: int | str) -> None:
         self._guard(lambda: self.ref(chat_id).set(
-            {"blocked": True, "blockedAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP},
-            merge=True))
+            {"blocked": True, "blockedAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP,
+             **kept()}, merge=True))
 
     def unblock(self, chat_id: int | str) -> None:
         self._guard(lambda: self.ref(chat_id).set(
-            {"blocked": False, "updatedAt": SERVER_TIMESTAMP}, merge=True))
+            {"blocked": False, "updatedAt": SERVER_TIMESTAMP, **kept()}, merge=True))
 
     def migrate(self, old: int | str, new: int | str) -> bool:
         old_ref, new_ref = self.ref(old), self.ref(new)
@@ -55,8 +64,10 @@ class FirestoreChatStore:
                 return False
             former = sorted({*map(str, was.get("formerChatIds") or []), str(old),
                              *map(str, now.get("formerChatIds") or [])})
-            tx.set(new_ref, {**now, "formerChatIds": former, "updatedAt": SERVER_TIMESTAMP})
-            tx.set(old_ref, {**was, "migratedTo": str(new), "updatedAt": SERVER_TIMESTAMP})
+            tx.set(new_ref, {**now, "formerChatIds": former, "updatedAt": SERVER_TIMESTAMP,
+                             **kept()})
+            tx.set(old_ref, {**was, "migratedTo": str(new), "updatedAt": SERVER_TIMESTAMP,
+                             **kept()})
             return True
 
         return self._transact(run)
@@ -71,7 +82,7 @@ class FirestoreChatStore:
         entry = Deferred(attempt, at).entry()
         self._guard(lambda: self.ref(chat_id).set(
             {"undelivered": {job_id: entry}, "hasUndelivered": True,
-             "updatedAt": SERVER_TIMESTAMP}, merge=True))
+             "updatedAt": SERVER_TIMESTAMP, **kept()}, merge=True))
 
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
         query = self.client.collection(CHATS).where(
