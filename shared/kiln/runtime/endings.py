@@ -25,7 +25,7 @@ from kiln.core.errors import (
     LeaseLostError,
     RetryableError,
 )
-from kiln.core.job import Job, JobStatus
+from kiln.core.job import Change, Job, JobStatus
 from kiln.providers.base import TaskProvider
 from kiln.runtime import dispatch, notify
 from kiln.runtime.outcomes import RunOutcome
@@ -121,12 +121,15 @@ def requeue(job_id: str, services: Services, job: Job, exc: RetryableError, *,
 
 
 def fail(job_id: str, services: Services, code: str, message: str, *, token: str,
-         steps: Mapping[str, dt.datetime | None] | None = None) -> RunOutcome:
+         steps: Mapping[str, dt.datetime | None] | None = None,
+         task_left: bool = False) -> RunOutcome:
     """Fail the job for good (``token``: this delivery's claim, to recognise its own write
-    when the answer is lost) and notify."""
+    when the answer is lost) and notify. ``task_left``: its remote task may still run
+    (``lifecycle.remote_task_left``): the caller stops it, or a redelivery does."""
+    left = Change({}, {"taskLeft": True}) if task_left else Change({}, {})
     try:
         services.store.transact(job_id, lambda job: (timeline.carry(lifecycle.fail(
-            job, code=code, message=message, worker_id=lease_owner(services, token)),
+            job, code=code, message=message, worker_id=lease_owner(services, token)) | left,
             {**(steps or {}), "failed": services.clock.now()}), None))
     except CanceledError:
         return RunOutcome.CANCELED

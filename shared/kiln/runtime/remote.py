@@ -39,6 +39,14 @@ def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Servi
         if submitted:  # another delivery holds the job; only we know this task
             _stop_unrecorded(provider, task_id)
         raise
+    except RetryableError:
+        # The store failed (or its answer was lost): a checkpoint that did not land leaves
+        # a task no later run knows, and the next run would pay for another.
+        before = _recorded(services, job_id, task_id)
+        if before is None:
+            if submitted:
+                _stop_unrecorded(provider, task_id)
+            raise
     if before is not None and before.status is JobStatus.FAILED:
         # It failed past its maximum age while the task was submitted (the sweeper's
         # wake-up found no task to stop): the task is recorded, so stop it here, or, on a
@@ -55,9 +63,21 @@ def save_task(provider: TaskProvider, job_id: str, task_id: str, services: Servi
         return False
 
 
+def _recorded(services: Services, job_id: str, task_id: str) -> Job | None:
+    """The job, read again, if it records ``task_id``; None if not, or if it cannot be
+    read (then the task is stopped: a task that runs unknown costs more than a job
+    whose recorded task was stopped, which fails readably)."""
+    try:
+        job = services.store.get(job_id)
+    except KilnError:
+        return None
+    return job if job is not None and job.server.provider_task_id == task_id else None
+
+
 def _stop_unrecorded(provider: TaskProvider, task_id: str) -> None:
     """Cancel a task this delivery submitted but could not record (its lease was lost while
-    the submit ran): no other run knows the task, so none would ever stop it."""
+    the submit ran, or the store failed): no other run knows the task, so none would ever
+    stop it."""
     try:
         provider.cancel(task_id)
     except KilnError as exc:

@@ -187,6 +187,11 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
     except LeaseLostError:
         log.event(logger, "lease lost; another worker continues", logging.WARNING)
         return RunOutcome.LEASE_LOST
+    except _PollRefused as exc:
+        ended = endings.fail(job_id, services, exc.code, exc.message, steps=marks, token=token,
+                             task_left=True)
+        if ended is RunOutcome.FAILED:  # (a passing failure nacks: the redelivery cancels)
+            endings.cancel_remote(provider, job_id, services)
     except PermanentError as exc:
         ended = endings.fail(job_id, services, exc.code, exc.message, steps=marks, token=token)
     except _TaskFailed as exc:
@@ -287,6 +292,11 @@ class _TaskFailed(Exception):
         self.error = error
 
 
+class _PollRefused(PermanentError):
+    """The provider refused for good to say how its task is doing (a 4xx): the job fails,
+    and the task, which may still run (and cost), is stopped."""
+
+
 @tracing.traced("kiln.provider")
 def _generate(provider: Any, request: GenerationRequest, reporter: ProgressReporter,
               services: Services, resume_task_id: str | None, deadline: float) -> Artifact:
@@ -319,6 +329,8 @@ def _run_task(provider: TaskProvider, request: GenerationRequest, reporter: Prog
     reporter.raise_if_stopped()
     try:
         status = provider.poll(task_id)
+    except PermanentError as exc:
+        raise _PollRefused(exc.message, code=exc.code) from exc
     except RetryableError as exc:
         # A provider's blip (5xx, timeout, 429) says nothing about its task: check again
         # later in the same attempt (checks spend none; the job's deadline bounds them),

@@ -5,6 +5,8 @@ batch job gets a second notice: cases a review found (each failed before its fix
 - a retried job that kept the last run's ``remoteCanceled`` (its new task was never stopped);
 - a submit that outlived the job's maximum age, or lost its lease, while it ran;
 - a job out of attempts while its task ran (its workers died);
+- a check whose poll the provider refused for good (the job failed, its task ran on);
+- a checkpoint of a new task id that the store failed (the next run paid for another);
 - a retried batch job that ended before the batch's announcement but notified after it.
 """
 
@@ -147,6 +149,40 @@ def test_a_submit_whose_lease_was_taken_meanwhile_stops_the_task_nobody_knows() 
     assert rig.job(job_id).server.provider_task_id is None
 
 
+@pytest.mark.parametrize("landed", [False, True])
+def test_a_checkpoint_the_store_failed_stops_the_task_unless_it_landed(landed: bool) -> None:
+    """Given a model job whose task was submitted, when the store fails the checkpoint
+    that records the task id (or loses its answer after it landed), then a task no run
+    knows is canceled before the delivery nacks, and the next run submits one task and
+    waits on it; a checkpoint that landed keeps its task and waits on it."""
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+    transact = rig.store.transact
+
+    def failing(job_id: str, decide: Any, **kw: Any) -> Any:
+        rig.store.transact = transact  # type: ignore[method-assign]
+        if landed:
+            transact(job_id, decide, **kw)
+        raise RetryableError("The job store is unavailable.", code="store_unavailable")
+
+    def submitting() -> None:  # the next write is the task's checkpoint
+        if not provider.submitted[1:]:
+            rig.store.transact = failing  # type: ignore[method-assign]
+
+    provider.during_call = submitting
+    if landed:
+        assert run_job(job_id, rig.services) is RunOutcome.WAITING
+        assert provider.canceled == [] and rig.job(job_id).server.provider_task_id == "task-1"
+        return
+    with pytest.raises(RetryableError):  # nacked
+        run_job(job_id, rig.services)
+    assert provider.canceled == ["task-1"]
+    minutes_pass(rig)
+    job = rig.job(job_id)
+    assert provider.submitted == ["task-1", "task-2"] and provider.canceled == ["task-1"]
+    assert job.status is JobStatus.PROCESSING and job.server.provider_task_id == "task-2"
+
+
 def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
     rig, provider = task_rig(max_attempts=1)
     job_id = rig.submit(kind="model")
@@ -155,6 +191,44 @@ def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
     minutes_pass(rig)
     job = rig.job(job_id)
     assert job.status is JobStatus.FAILED and job.server.task_left
+    assert provider.canceled == ["task-1"]
+
+
+def refuse_polls(provider: TaskFake) -> None:
+    """The provider refuses, for good, to say how the task is doing (a 4xx on its poll)."""
+    def refused(_task_id: str) -> TaskStatus:
+        raise PermanentError("The provider refused this request.", code="provider_rejected")
+
+    provider.poll = refused  # type: ignore[method-assign]
+
+
+def test_a_check_whose_poll_is_refused_fails_the_job_and_stops_its_task() -> None:
+    """Given a model job waiting on its task, when its check's poll is refused for good,
+    then the job fails with the provider's reason and its task (which may still run) is
+    canceled, once."""
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    refuse_polls(provider)
+    assert rig.deliver_next() is RunOutcome.FAILED
+    job = rig.job(job_id)
+    assert (job.status, (job.error or {}).get("code")) == (JobStatus.FAILED, "provider_rejected")
+    assert provider.canceled == ["task-1"] and job.server.remote_canceled
+    minutes_pass(rig)
+    assert provider.canceled == ["task-1"]
+
+
+def test_a_refused_poll_whose_cancel_fails_for_a_moment_is_stopped_on_redelivery() -> None:
+    rig, provider = task_rig()
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    refuse_polls(provider)
+    provider.cancel_error = RetryableError("busy", code="provider_unavailable")
+    with pytest.raises(RetryableError):
+        rig.deliver_next()
+    assert rig.job(job_id).status is JobStatus.FAILED and provider.canceled == []
+    provider.cancel_error = None
+    run_job(job_id, rig.services)  # the redelivery: the job failed, its task left
     assert provider.canceled == ["task-1"]
 
 
