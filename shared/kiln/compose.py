@@ -41,6 +41,7 @@ from kiln.settings import Settings
 from kiln.webhooks.channel import ApiChannel
 
 if TYPE_CHECKING:
+    from kiln.core.job import Job
     from kiln.runtime.keys import ApiKeyVerifier
 
 ProviderFactory = Callable[[Settings], Provider]
@@ -204,6 +205,27 @@ class Services:
                 self._providers[kind] = build_provider(name, self.settings,
                                                        factories=self._provider_factories)
             return self._providers[kind]
+
+    def provider_of(self, job: Job) -> Provider:
+        """The provider that holds ``job``'s remote task: the one it was submitted to
+        (``server.provider``), which a redeploy may have replaced with another for new
+        jobs; the configured one when it has no task.
+
+        Raises:
+            ConfigError: that provider can no longer be built (unknown, no key).
+        """
+        configured = self.provider(job.kind)
+        recorded = job.server.provider
+        if not job.server.provider_task_id or not recorded or recorded == configured.name:
+            return configured
+        from kiln.providers.registry import build_provider
+
+        with self._lock:
+            key = f"{job.kind}:{recorded}"
+            if key not in self._providers:
+                self._providers[key] = build_provider(recorded, self.settings,
+                                                      factories=self._provider_factories)
+            return self._providers[key]
 
 
 _services_lock = threading.Lock()

@@ -175,9 +175,9 @@ def retry_later(job_id: str, services: Services, exc: RetryableError, *, token: 
 
 def cancel_left(services: Services, job: Job) -> None:
     """Cancel the remote task of a job that ended without it (:func:`cancel_remote`) with
-    its configured provider; a provider no longer configured leaves it to expire."""
+    the provider it was submitted to; one that can no longer be built leaves it to expire."""
     try:
-        cancel_remote(services.provider(job.kind), job.id, services)
+        cancel_remote(services.provider_of(job), job.id, services)
     except ConfigError:
         log.event(logger, "provider gone; remote task left to expire", logging.WARNING,
                   provider=job.server.provider)

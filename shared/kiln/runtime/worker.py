@@ -148,8 +148,8 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         start_progress=job.progress if resume_task_id else 0,
         on_write=lambda progress, stage: notify.on_progress(services, job, progress, stage),
     )
-    try:
-        provider = services.provider(request.kind)
+    try:  # a task is polled where it was submitted, whatever is configured now
+        provider = services.provider_of(job) if resume_task_id else services.provider(job.kind)
     except ConfigError as exc:
         log.event(logger, "provider misconfigured", logging.ERROR, detail=exc.message)
         noun = "3D models" if request.kind == "model" else "images"

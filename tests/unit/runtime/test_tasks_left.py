@@ -183,6 +183,38 @@ def test_a_checkpoint_the_store_failed_stops_the_task_unless_it_landed(landed: b
     assert job.status is JobStatus.PROCESSING and job.server.provider_task_id == "task-2"
 
 
+def test_a_redeploy_that_changes_the_provider_leaves_waiting_jobs_on_theirs() -> None:
+    """Given two model jobs waiting on tasks of one provider, when a redeploy configures
+    another for model jobs, then one job's checks still poll the first provider (which
+    finishes it; the new one never hears the old task's id), the other's cancel stops its
+    task at the first, and a new job goes to the new one."""
+    before = build_rig()
+    first = TaskFake(before.clock, name="first")
+    second = TaskFake(before.clock, name="second")
+
+    def deployed(model_provider: str) -> Rig:
+        return build_rig(factories={"image": lambda _s: before.providers["image"],
+                                    "first": lambda _s: first, "second": lambda _s: second},
+                         store=before.store, model_provider=model_provider)
+
+    rig = deployed("first")
+    waiting, canceled = rig.submit(kind="model"), rig.submit(kind="model", prompt="other")
+    assert run_job(waiting, rig.services) is RunOutcome.WAITING
+    assert run_job(canceled, rig.services) is RunOutcome.WAITING
+    rig = deployed("second")
+    actions.cancel(rig.services, canceled, by="owner")
+    run_job(canceled, rig.services)  # its wake-up: the task left is stopped
+    assert first.canceled == ["task-2"]
+    while (job := rig.job(waiting)).status is JobStatus.PROCESSING:
+        rig.clock.advance(30)
+        assert run_job(waiting, rig.services, check=job.server.check_seq) is not None
+    assert rig.job(waiting).status is JobStatus.COMPLETED
+    assert set(first.polled) == {"task-1"} and second.polled == []
+    fresh = rig.submit(kind="model", prompt="new")
+    assert run_job(fresh, rig.services) is RunOutcome.WAITING
+    assert second.submitted == ["task-1"] and rig.job(fresh).server.provider == "second"
+
+
 def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
     rig, provider = task_rig(max_attempts=1)
     job_id = rig.submit(kind="model")
