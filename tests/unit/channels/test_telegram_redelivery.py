@@ -18,7 +18,7 @@ from rig import Killed, Rig, build_rig
 
 from kiln import paced
 from kiln.channels.telegram import chats as chat_state
-from kiln.channels.telegram import delivery, notifier
+from kiln.channels.telegram import delivery, notifier, webhook
 from kiln.channels.telegram.bot import use_chat_store
 from kiln.core.errors import PermanentError
 from kiln.runtime import actions
@@ -416,3 +416,51 @@ def test_a_retried_job_that_ended_again_is_not_sent_twice_by_the_earlier_entry(
     rig.clock.advance(BACKOFF + 1)
     sweep(rig.services)
     assert len(photos(server, chat)) == 1
+
+
+# --- a chat that blocked the bot, then came back ----------------------------------------
+
+def blocked_mid_job(rig: Rig, chats: InMemoryChatStore, chat: int) -> str:
+    """A chat's image job, accepted; then the user blocked the bot (Telegram's member
+    update marked the chat blocked)."""
+    job_id = rig.submit(channel="telegram", uid=f"telegram:{chat}",
+                        telegram={"chatId": chat, "messageId": 1, "working": "pending"})
+    webhook.route({"update_id": 1, "my_chat_member": member_update(chat, "kicked")},
+                  rig.services)
+    assert chats.is_blocked(chat)
+    return job_id
+
+
+def member_update(chat: int, status: str) -> dict[str, Any]:
+    return {"chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": False},
+            "date": 1, "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True}},
+            "new_chat_member": {"status": status, "user": {"id": 1, "is_bot": True}}}
+
+
+@pytest.mark.parametrize("comes_back", ["unblocks", "asks for its status"])
+def test_a_chat_that_unblocks_the_bot_mid_job_gets_the_result(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int,
+        comes_back: str) -> None:
+    """Given a chat that blocked the bot while its job ran, when it unblocks the bot
+    (Telegram's member update) or writes to it (``/status``) before the job ends, then
+    the job's photo is sent, once."""
+    job_id = blocked_mid_job(rig, chats, chat)
+    update: dict[str, Any] = {"update_id": 2}
+    if comes_back == "unblocks":
+        update["my_chat_member"] = member_update(chat, "member")
+    else:
+        update["message"] = {"message_id": 2, "date": 2, "text": "/status",
+                             "chat": {"id": chat, "type": "private"},
+                             "from": {"id": chat, "is_bot": False}}
+    webhook.route(update, rig.services)
+    assert not chats.is_blocked(chat)
+    run_job(job_id, rig.services)
+    assert len(photos(server, chat)) == 1
+
+
+def test_a_chat_still_blocked_when_its_job_ends_is_sent_nothing(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore, chat: int) -> None:
+    job_id = blocked_mid_job(rig, chats, chat)
+    run_job(job_id, rig.services)
+    assert server.calls_for(chat, "sendPhoto") == []
+    assert notify_of(rig, job_id)["state"] == "sent"

@@ -186,7 +186,8 @@ ID_FIELDS = ("message_id", "message_thread_id", "migrate_to_chat_id", "migrate_f
 class Decision:
     """What one update asks of Kiln: ``action`` is ``command`` (``command`` set), ``answer``
     (a Bot API call for the webhook answer, ``answer`` set), ``blocked`` (``chat_id`` set:
-    the bot was blocked or removed), ``migrate`` (``migrate`` = old, new chat id) or
+    the bot was blocked or removed), ``unblocked`` (``chat_id`` set: unblocked, or added
+    to a group again), ``migrate`` (``migrate`` = old, new chat id) or
     ``ignore``; ``why`` names the case (logs and tests)."""
 
     action: str
@@ -203,7 +204,8 @@ def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Calla
 
     Only ``message`` can start anything. Queries a client waits on are answered (no
     buttons, inline mode or payments here); a member update that says the bot was blocked
-    or removed marks the chat blocked; every other field — edits, channel posts, business
+    or removed marks the chat blocked, one that says it is back (unblocked, added again)
+    clears that; every other field — edits, channel posts, business
     messages, reactions, polls, boosts, join requests, and fields newer than this code —
     is acknowledged and ignored. So is a message or member update with a field Kiln reads
     in a type Telegram never sends (``MALFORMED``: ``malformed``).
@@ -227,11 +229,13 @@ def decide(update: Mapping[str, Any], *, bot_id: int | None, bot_username: Calla
     chat_id: Any = obj(payload.get("chat")).get("id")
     if kind == "my_chat_member":
         status = obj(payload.get("new_chat_member")).get("status")
-        if status not in ("kicked", "left"):
+        action = "blocked" if status in ("kicked", "left") else \
+            "unblocked" if status in ("member", "administrator") else None
+        if action is None:
             return Decision("ignore", f"bot_{str(status)[:20]}")
         if not is_id(chat_id):
             return Decision("ignore", MALFORMED)
-        return Decision("blocked", f"bot_{status}", chat_id=chat_id)
+        return Decision(action, f"bot_{status}", chat_id=chat_id)
     if kind != "message":
         return Decision("ignore", kind)
     if malformed(payload):

@@ -138,6 +138,8 @@ def route(update: dict[str, Any], services: Services) -> Reply:
         return decision.answer
     if decision.action == "blocked" and decision.chat_id is not None:
         chat_store(services).mark_blocked(decision.chat_id)
+    if decision.action == "unblocked" and decision.chat_id is not None:
+        chat_store(services).unblock(decision.chat_id)
     if decision.action == "migrate" and decision.migrate is not None:
         move_chat(services, *decision.migrate)
     if decision.command is None:
@@ -146,6 +148,9 @@ def route(update: dict[str, Any], services: Services) -> Reply:
     incoming = Incoming.of(int(update["update_id"]), update["message"])
     if command.name in JOB_COMMANDS:
         return start_job(services, incoming, command.name, command.argument)
+    chats = chat_store(services)
+    if chats.is_blocked(incoming.chat_id):  # it wrote to us: it has the bot again
+        chats.unblock(incoming.chat_id)
     if command.name == "status":
         return show_status(services, incoming)
     if command.name == "cancel":
