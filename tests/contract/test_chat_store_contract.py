@@ -61,6 +61,14 @@ def test_blocked_is_set_and_cleared(chats: Any, chat: int) -> None:
     assert chats.is_blocked(chat) is False
 
 
+def test_a_cancel_is_noted_with_its_update(chats: Any, chat: int) -> None:
+    """The job a ``/cancel`` update chose is kept beside it, the next cancel's replacing it."""
+    chats.note_cancel(chat, 3, "job-a")
+    assert chats.get(chat)["cancel"] == {"updateId": 3, "jobId": "job-a"}
+    chats.note_cancel(chat, 4, "job-b")
+    assert chats.get(chat)["cancel"] == {"updateId": 4, "jobId": "job-b"}
+
+
 def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: Any, chat: int) -> None:
     """Given a result deferred until T + 100, then it is not due before, is due after, only
     one of two concurrent claims gets it (attempt 2), and once delivered it is forgotten."""

@@ -54,6 +54,11 @@ class FirestoreChatStore:
         self._guard(lambda: self.ref(chat_id).set(
             {"blocked": False, "updatedAt": SERVER_TIMESTAMP, **kept()}, merge=True))
 
+    def note_cancel(self, chat_id: int | str, update_id: int, job_id: str) -> None:
+        self._guard(lambda: self.ref(chat_id).set(
+            {"cancel": {"updateId": update_id, "jobId": job_id}, "updatedAt": SERVER_TIMESTAMP,
+             **kept()}, merge=True))
+
     def migrate(self, old: int | str, new: int | str) -> bool:
         old_ref, new_ref = self.ref(old), self.ref(new)
 

@@ -134,6 +134,36 @@ ODD_UPDATES = {
 }
 
 
+@pytest.mark.parametrize("lost", ["the cancel's answer", "nothing"])
+def test_a_cancel_update_delivered_twice_cancels_one_job(
+        telegram: Telegram, monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
+    """Given a chat with two running jobs, when one ``/cancel`` update is delivered twice
+    (its first answer a 503: the cancel landed but the store's answer was lost; or simply
+    twice), then one job is canceled, the other runs on, and both deliveries say so."""
+    for update_id in (1, 2):
+        assert telegram.post({"update_id": update_id, "message": message(f"n{update_id}")})[0] == 200
+    store = telegram.rig.store
+    transact, once = store.transact, [True] if lost == "the cancel's answer" else []
+
+    def answer_lost(job_id: str, decide: Any, **kw: Any) -> Any:
+        value = transact(job_id, decide, **kw)
+        if once:
+            once.pop()
+            raise RetryableError("Deadline exceeded.", code="store_unavailable")
+        return value
+
+    monkeypatch.setattr(store, "transact", answer_lost)
+    cancel = {"update_id": 3, "message": message("/cancel")}
+    first = telegram.post(cancel)
+    assert first[0] == (503 if lost == "the cancel's answer" else 200)
+    status, body = telegram.post(cancel)
+    assert status == 200 and "Canceled" in body["text"], body
+    statuses = sorted(job.status.value for job in store.find(uid=UID, limit=10))
+    assert statuses == ["canceled", "pending"]
+    assert "Canceled" in telegram.post({"update_id": 4, "message": message("/cancel")})[1]["text"]
+    assert [job.status.value for job in store.find(uid=UID, limit=10)] == ["canceled"] * 2
+
+
 @pytest.mark.parametrize("update", list(ODD_UPDATES.values()), ids=list(ODD_UPDATES))
 def test_an_update_with_fields_of_the_wrong_type_is_acknowledged_and_does_nothing(
         telegram: Telegram, update: dict[str, Any]) -> None:

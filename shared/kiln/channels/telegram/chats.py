@@ -130,6 +130,11 @@ class ChatStore(Protocol):
         """The chat wrote to us, so it has the bot again: clear ``blocked``."""
         ...
 
+    def note_cancel(self, chat_id: int | str, update_id: int, job_id: str) -> None:
+        """``/cancel`` of update ``update_id`` chose ``job_id`` (``cancel``: a delivery of
+        the same update again cancels that job, not the next one)."""
+        ...
+
     def migrate(self, old: int | str, new: int | str) -> bool:
         """Group ``old`` is now supergroup ``new``: move the former ids over; False when
         that was done already."""

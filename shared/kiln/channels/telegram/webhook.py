@@ -44,7 +44,7 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
-from kiln.core.job import new_job_id
+from kiln.core.job import JobStatus, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
@@ -216,19 +216,30 @@ def show_status(services: Services, incoming: Incoming) -> Reply:
 
 
 def cancel_running(services: Services, incoming: Incoming) -> Reply:
-    """Cancel the chat's newest running job (the API's ``cancel`` transition)."""
-    running = newest_first([job for uid in chat_store(services).uids(incoming.chat_id)
+    """Cancel the chat's newest running job (the API's ``cancel`` transition). The job is
+    noted for the update first: a delivery of the same update again (its answer was lost)
+    cancels that job again, not the next one."""
+    chats = chat_store(services)
+    noted = chats.get(incoming.chat_id).get("cancel") or {}
+    running = newest_first([job for uid in chats.uids(incoming.chat_id)
                             for job in running_jobs(services.store, uid)])
-    if not running:
-        return incoming.reply(messages.NOTHING_TO_CANCEL)
-    job = running[0]
-    try:
-        outcome = actions.cancel(services, job.id, by="chat")
-    except TransitionError:
-        outcome = None  # it ended meanwhile
-    if outcome is None or not outcome.changed:
-        return incoming.reply(messages.NOTHING_TO_CANCEL)
-    text = messages.cancel_reply(job, len(running) - 1)
+    again = services.store.get(str(noted.get("jobId"))) \
+        if noted.get("updateId") == incoming.update_id else None
+    if again is None:
+        if not running:
+            return incoming.reply(messages.NOTHING_TO_CANCEL)
+        job = running[0]
+        chats.note_cancel(incoming.chat_id, incoming.update_id, job.id)
+    else:
+        job = again
+    if job.status is not JobStatus.CANCELED:  # (the update's first delivery canceled it)
+        try:
+            changed = actions.cancel(services, job.id, by="chat").changed
+        except TransitionError:
+            changed = False  # it ended meanwhile
+        if not changed:
+            return incoming.reply(messages.NOTHING_TO_CANCEL)
+    text = messages.cancel_reply(job, len([j for j in running if j.id != job.id]))
     status_id = (job.server.telegram or {}).get("statusMessageId")
     if status_id and str((job.server.telegram or {}).get("chatId")) == str(incoming.chat_id):
         # One call in the answer: the "working" message itself now says it was canceled.
