@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from kiln.channels.telegram.client import BotBlockedError, BotClient, TelegramApiError
+from kiln.channels.telegram.delivery import Address, say_in_place
 from kiln.core.errors import ConfigError, PermanentError, RetryableError
 from kiln_dev.stack import free_port
 from kiln_dev.standins.telegram import TelegramServer
@@ -80,10 +81,12 @@ def test_403_reports_the_chat_blocked_and_is_not_retried(bot, server, blocked):
 
 
 def test_ignorable_400s_return_none(bot):
-    """Editing or deleting a message that is gone, or editing it to the same text, is a no-op."""
+    """Editing or deleting a message that is gone is a no-op; editing one to the text it
+    already says (an earlier edit took effect) counts as edited."""
     sent = bot.send_message(CHAT, "same")
     assert sent is not None
-    assert bot.edit_message_text(CHAT, sent["message_id"], "same") is None
+    assert bot.edit_message_text(CHAT, sent["message_id"], "same") == {
+        "message_id": sent["message_id"], "text": "same"}
     assert bot.edit_message_text(CHAT, 99_999, "gone") is None
     assert bot.delete_message(CHAT, sent["message_id"]) is True
     assert bot.delete_message(CHAT, sent["message_id"]) is False
@@ -172,3 +175,15 @@ def test_topic_and_reply_parameters_reach_the_api(bot, server):
     for call in server.calls_for(-777002):
         assert call["ok"] and call["message_thread_id"] == 5
         assert call["reply_parameters"] == {"message_id": 9, "allow_sending_without_reply": True}
+
+
+def test_a_message_already_edited_is_not_said_again(bot, server):
+    """Given a "working" message an earlier attempt turned into the failure text (its
+    answer lost), when the redelivery says it in place again, then Telegram's "message is
+    not modified" counts as done: no second copy is sent."""
+    working = bot.send_message(CHAT, "Working on it…")
+    to = Address(CHAT, reply_to=None, status_id=working["message_id"])
+    assert say_in_place(bot, to, "It failed: no.") is True
+    before = len(server.calls_for(CHAT, "sendMessage"))
+    assert say_in_place(bot, to, "It failed: no.") is True
+    assert len(server.calls_for(CHAT, "sendMessage")) == before

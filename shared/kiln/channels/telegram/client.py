@@ -41,14 +41,15 @@ API_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 UPLOAD_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 _PLACEHOLDER = b"/bot***/"
 
-#: 400 descriptions that mean "nothing to do": the message is gone or already says this.
+#: 400 descriptions that mean "nothing to do": the message is gone, or cannot change.
 IGNORED_ERRORS = (
     "message to edit not found",
     "message to delete not found",
     "message can't be deleted",
     "message can't be edited",
-    "message is not modified",
 )
+#: 400: the message already says this (an earlier edit took effect, its answer lost).
+UNCHANGED = "message is not modified"
 
 
 class BotBlockedError(PermanentError):
@@ -230,7 +231,9 @@ class BotClient:
                                  code="telegram_unreachable") from None
 
     def _fail(self, method: str, params: Mapping[str, Any], code: int, description: str,
-              retry_after: float | None) -> None:
+              retry_after: float | None) -> bool | None:
+        if code == 400 and UNCHANGED in description.lower():
+            return True  # done already: as good as done now
         if code == 400 and any(text in description.lower() for text in IGNORED_ERRORS):
             return None
         if code == 429:
@@ -270,9 +273,12 @@ class BotClient:
 
     def edit_message_text(self, chat_id: int | str, message_id: int, text: str,
                           **kw: Any) -> dict[str, Any] | None:
-        """The edited message, or None when it is gone or already says ``text``."""
+        """The edited message (``{"message_id", "text"}`` alone when it already said
+        ``text``: an earlier edit took effect), or None when it is gone."""
         result = self.call("editMessageText", {"chat_id": chat_id, "message_id": message_id,
                                                "text": text}, **kw)
+        if result is True:
+            return {"message_id": message_id, "text": text}
         return result if isinstance(result, dict) else None
 
     def delete_message(self, chat_id: int | str, message_id: int, **kw: Any) -> bool:
