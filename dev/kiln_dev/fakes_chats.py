@@ -94,8 +94,10 @@ class InMemoryChatStore:
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
         with self._lock:
             self._blip("due_deliveries")
-            waiting = [(chat_id, doc) for chat_id, doc in sorted(self.docs.items())
-                       if doc.get("hasUndelivered") is True][:limit]
+            due = sorted((first, chat_id) for chat_id, doc in self.docs.items()
+                         if (first := chats.next_due(doc.get("undelivered") or {})) is not None
+                         and first <= now)
+            waiting = [(chat_id, self.docs[chat_id]) for _, chat_id in due[:limit]]
             return [(chat_id, job_id) for chat_id, doc in waiting
                     for job_id, entry in (doc.get("undelivered") or {}).items()
                     if float((entry or {}).get("at") or 0) <= now]

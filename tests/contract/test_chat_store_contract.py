@@ -61,6 +61,24 @@ def test_blocked_is_set_and_cleared(chats: Any, chat: int) -> None:
     assert chats.is_blocked(chat) is False
 
 
+def test_chats_whose_results_wait_longer_never_hide_a_due_one(chats: Any) -> None:
+    """Given more chats than a pass reads whose deferred results are not due yet (a long
+    backoff), and one chat whose result is due, then a pass finds the due one first, and
+    a chat's due time follows its earliest entry as entries are claimed and forgotten."""
+    now = T - 10**6  # before every other test's entries: none of theirs is due here
+    for _ in range(6):  # ids before the due chat's, in the order documents are listed
+        chats.defer_delivery(random.randint(10**8, 2 * 10**8), job_id(), attempt=6,
+                             at=now + 1800)
+    due_chat, due_job, later = random.randint(9 * 10**8, 10**9 - 1), job_id(), job_id()
+    chats.defer_delivery(due_chat, later, attempt=1, at=now + 3600)
+    chats.defer_delivery(due_chat, due_job, attempt=1, at=now - 600)
+    assert chats.due_deliveries(now, limit=3) == [(str(due_chat), due_job)]
+    assert chats.claim_delivery(due_chat, due_job, now=now, lease=60).outcome is TAKEN
+    chats.delivered(due_chat, due_job)
+    assert chats.due_deliveries(now, limit=3) == []
+    assert (str(due_chat), later) in chats.due_deliveries(now + 3600, limit=20)
+
+
 def test_a_cancel_is_noted_with_its_update(chats: Any, chat: int) -> None:
     """The job a ``/cancel`` update chose is kept beside it, the next cancel's replacing it."""
     chats.note_cancel(chat, 3, "job-a")

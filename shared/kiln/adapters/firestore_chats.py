@@ -24,6 +24,11 @@ STORE = "chat store"
 T = TypeVar("T")
 
 
+def _due(undelivered: dict[str, Any]) -> dict[str, Any]:
+    """The fields passes query: whether any entry waits, and when the first is due."""
+    return {"hasUndelivered": bool(undelivered), "nextDueAt": chats.next_due(undelivered)}
+
+
 def kept() -> dict[str, dt.datetime]:
     """``expireAt`` for a write: a chat's state is deleted (a TTL policy, infra) once
     nothing wrote it for as long as its jobs are kept; every write keeps it longer."""
@@ -83,16 +88,20 @@ class FirestoreChatStore:
     # --- results waiting for Telegram ---------------------------------------------------
 
     def defer_delivery(self, chat_id: int | str, job_id: str, *, attempt: int, at: float) -> None:
-        # every field of the entry is written, so a merge leaves no ``sending`` behind
-        entry = Deferred(attempt, at).entry()
-        self._guard(lambda: self.ref(chat_id).set(
-            {"undelivered": {job_id: entry}, "hasUndelivered": True,
-             "updatedAt": SERVER_TIMESTAMP, **kept()}, merge=True))
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> None:
+            waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
+            waiting[job_id] = Deferred(attempt, at).entry()
+            tx.set(ref, {"undelivered": waiting, **_due(waiting), "updatedAt": SERVER_TIMESTAMP,
+                         **kept()}, merge=True)
+
+        self._transact(run)
 
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
-        query = self.client.collection(CHATS).where(
-            filter=firestore.FieldFilter("hasUndelivered", "==", True)).limit(limit)
-        docs = self._guard(lambda: list(query.stream()))
+        due = self.client.collection(CHATS).where(
+            filter=firestore.FieldFilter("nextDueAt", "<=", now)).order_by("nextDueAt").limit(limit)
+        docs = self._guard(lambda: list(due.stream()))
         return [(doc.id, job_id) for doc in docs
                 for job_id, entry in ((doc.to_dict() or {}).get("undelivered") or {}).items()
                 if float((entry or {}).get("at") or 0) <= now]
@@ -105,7 +114,7 @@ class FirestoreChatStore:
             waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
             claim = chats.claim(waiting, job_id, now=now, lease=lease)
             if claim.outcome is not ClaimOutcome.NOT_DUE:
-                tx.update(ref, {"undelivered": waiting, "hasUndelivered": bool(waiting)})
+                tx.update(ref, {"undelivered": waiting, **_due(waiting)})
             return claim
 
         return self._transact(run)
@@ -117,7 +126,7 @@ class FirestoreChatStore:
             doc = ref.get(transaction=tx).to_dict() or {}
             left = dict(doc.get("undelivered") or {})
             if left.pop(job_id, None) is not None:
-                tx.update(ref, {"undelivered": left, "hasUndelivered": bool(left)})
+                tx.update(ref, {"undelivered": left, **_due(left)})
 
         self._transact(run)
 

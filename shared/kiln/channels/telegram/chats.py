@@ -84,6 +84,13 @@ class Deferred:
         return {"attempt": self.attempt, "at": self.at, "state": self.state.value}
 
 
+def next_due(undelivered: Mapping[str, Any]) -> float | None:
+    """When the chat's first entry is due (``nextDueAt``, what passes look for); None when
+    it has none."""
+    times = [entry.at for entry in map(Deferred.of, undelivered.values()) if entry is not None]
+    return min(times) if times else None
+
+
 class ClaimOutcome(enum.StrEnum):
     TAKEN = "taken"  # it was waiting and due: now ``sending``, this pass sends it
     NOT_DUE = "not_due"  # not due yet, being sent by another pass, or gone
@@ -149,7 +156,9 @@ class ChatStore(Protocol):
         ...
 
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
-        """(chat id, job id) of entries due at ``now`` (waiting, or sending past the lease)."""
+        """(chat id, job id) of entries due at ``now`` (waiting, or sending past the lease),
+        of up to ``limit`` chats, those due first first: chats whose entries wait longer
+        never hide a due one."""
         ...
 
     def claim_delivery(self, chat_id: int | str, job_id: str, *, now: float,
