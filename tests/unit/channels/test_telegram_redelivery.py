@@ -20,7 +20,7 @@ from kiln import paced
 from kiln.channels.telegram import chats as chat_state
 from kiln.channels.telegram import delivery, notifier, webhook
 from kiln.channels.telegram.bot import use_chat_store
-from kiln.core.errors import PermanentError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.runtime import actions
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import run_job
@@ -464,3 +464,28 @@ def test_a_chat_still_blocked_when_its_job_ends_is_sent_nothing(
     run_job(job_id, rig.services)
     assert server.calls_for(chat, "sendPhoto") == []
     assert notify_of(rig, job_id)["state"] == "sent"
+
+
+# --- a command addressed to the bot, whose name the webhook must look up -----------------
+
+def addressed(chat: int, update_id: int) -> dict[str, Any]:
+    return {"update_id": update_id, "message": {
+        "message_id": 3, "date": 3, "text": "/image@kiln_local_bot a lamp",
+        "chat": {"id": -chat, "type": "group", "title": "g"},
+        "from": {"id": chat, "is_bot": False}}}
+
+
+@pytest.mark.parametrize("error_code", [429, 401])
+def test_the_webhook_never_waits_on_or_500s_for_the_bots_name(
+        rig: Rig, server: TelegramServer, chat: int, error_code: int) -> None:
+    """Given a group command addressed to the bot by name, when the webhook's one getMe is
+    answered 429 (retry after 3 s, which a worker would wait out) or 401 (the token was
+    refused), then the update is left to Telegram's retries (RetryableError: a 503, not a
+    500, and no wait), and once getMe answers, the same update makes its job."""
+    server.fail("getMe", error_code=error_code, retry_after=3 if error_code == 429 else None,
+                description=None if error_code == 429 else "Unauthorized")
+    with pytest.raises(RetryableError):
+        webhook.route(addressed(chat, 7), rig.services)
+    assert rig.store.find(uid=f"telegram:{-chat}") == []
+    assert webhook.route(addressed(chat, 7), rig.services)["method"] == "sendChatAction"
+    assert [job.prompt for job in rig.store.find(uid=f"telegram:{-chat}")] == ["a lamp"]

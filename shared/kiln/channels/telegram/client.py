@@ -254,9 +254,10 @@ class BotClient:
 
     # --- methods Kiln uses ---------------------------------------------------------------
 
-    def get_me(self) -> dict[str, Any]:
+    def get_me(self, **kw: Any) -> dict[str, Any]:
+        """The bot (one getMe per process); ``kw`` as for :meth:`call`."""
         if self._me is None:
-            self._me = dict(self.call("getMe"))
+            self._me = dict(self.call("getMe", **kw))
         return self._me
 
     @property

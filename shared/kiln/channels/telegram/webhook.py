@@ -39,8 +39,10 @@ from kiln.channels.telegram.commands import (
 )
 from kiln.core.errors import (
     OverloadedError,
+    PermanentError,
     QuotaExceededError,
     RequestError,
+    RetryableError,
     TransitionError,
     ValidationError,
 )
@@ -52,6 +54,7 @@ from kiln.runtime.accept import accept_job
 from kiln.runtime.admission import admit
 
 if TYPE_CHECKING:
+    from kiln.channels.telegram.client import BotClient
     from kiln.compose import Services
 
 logger = log.get("telegram.webhook")
@@ -61,6 +64,8 @@ MAX_UPDATE_BYTES = 1024 * 1024
 STATUS_JOBS = 5
 #: What the chat shows while the job waits for its worker (a Bot API chat action).
 CHAT_ACTION = {"image": "upload_photo", "model": "upload_document"}
+#: Seconds the webhook gives the one getMe a process makes (its answer is due in ~1 s).
+USERNAME_TIMEOUT = 2.0
 Reply = dict[str, Any] | None
 
 
@@ -128,7 +133,7 @@ def _authentic(given: str | None, expected: str) -> bool:
 def route(update: dict[str, Any], services: Services) -> Reply:
     """What to do with one update (``commands.decide``); the webhook answer or None."""
     bot = bot_for(services)
-    decision = decide(update, bot_id=bot.bot_id, bot_username=lambda: bot.username,
+    decision = decide(update, bot_id=bot.bot_id, bot_username=lambda: _username(bot),
                       default_kind=services.settings.telegram_default_kind,
                       refusal=messages.NOTHING_FOR_SALE)
     if decision.why == MALFORMED:  # acknowledged (a retry would be no better), and logged
@@ -160,6 +165,22 @@ def route(update: dict[str, Any], services: Services) -> Reply:
     if command.name in HINTS:
         return incoming.reply(messages.HINTS[command.name])
     return incoming.reply(messages.unknown_command(command.typed))
+
+
+def _username(bot: BotClient) -> str:
+    """The bot's @username, for a command addressed to a bot (``/image@name``): one getMe
+    per process, within the webhook's time (a 429 is not waited out). Either failure
+    leaves the update to Telegram's retries (503), the cached name answering them.
+
+    Raises:
+        RetryableError: Telegram did not answer, asked to wait, or refused the token.
+    """
+    try:
+        return str(bot.get_me(max_wait=0, timeout=USERNAME_TIMEOUT).get("username") or "")
+    except PermanentError as exc:  # nothing can be sent with this token either
+        log.event(logger, "bot token refused; the update is left to Telegram's retries",
+                  logging.ERROR, code=exc.code)
+        raise RetryableError("Telegram refused the bot token.", code=exc.code) from None
 
 
 def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) -> Reply:
