@@ -102,6 +102,21 @@ def test_meshy_takes_its_task_object_with_the_shared_token() -> None:
             verify("meshy", {}, body, SETTINGS, NOW, query=query)
 
 
+def test_meshy_takes_either_token_while_one_is_rotated() -> None:
+    """Given two tokens (the old webhook's and the new one's, comma-separated), then an
+    event with either is read and one with neither, or with both joined, is refused."""
+    rotating = Settings(project="demo-unit", meshy_webhook_secret="old-token, new-token")
+    body = json.dumps({"id": "m-2", "status": "IN_PROGRESS", "progress": 10}).encode()
+    for token in ("old-token", "new-token"):
+        assert verify("meshy", {}, body, rotating, NOW, query={"token": token})
+    for token in ("", "other", "old-token, new-token", ","):
+        with pytest.raises(CallbackUnauthenticated):
+            verify("meshy", {}, body, rotating, NOW, query={"token": token})
+    with pytest.raises(CallbacksNotConfigured):
+        verify("meshy", {}, body, Settings(project="demo-unit", meshy_webhook_secret=" , "),
+               NOW, query={"token": ""})
+
+
 def test_task_keys_and_the_callback_url() -> None:
     assert [task_key("meshy", t) for t in ("text:abc", "image:abc", "refine:abc", "abc")] == ["abc"] * 4
     assert task_key("taskserver", "refine:abc") == "refine:abc"

@@ -10,7 +10,8 @@ state beyond what is needed to find the task and to tell an end from progress.
   event id; the timestamp must be within 5 minutes of ``now``.
 - ``meshy``: the task object Meshy posts for every API task update. Meshy's docs name no
   signature header, so the URL configured in Meshy's dashboard carries a shared secret as
-  ``?token=`` (``KILN_MESHY_WEBHOOK_SECRET``), compared in constant time. The event id is
+  ``?token=`` (``KILN_MESHY_WEBHOOK_SECRET``; several, comma-separated, while one is
+  rotated), compared in constant time. The event id is
   ``{task id}:{status}:{progress}`` (Meshy sends none; a repeat of the same update is a
   replay).
 
@@ -164,10 +165,12 @@ def _taskserver(headers: Mapping[str, str], body: bytes, secret: str,
 
 
 def _meshy(body: bytes, secret: str, query: Mapping[str, str]) -> list[ProviderEvent]:
-    if not secret:
+    # Comma-separated: during a rotation both webhooks' tokens are taken.
+    tokens = [each.strip() for each in secret.split(",") if each.strip()]
+    if not tokens:
         raise CallbacksNotConfigured("Callbacks from this provider are not configured.")
-    token = query.get("token", "")
-    if not hmac.compare_digest(token.encode(), secret.encode()):
+    given = query.get("token", "").encode()
+    if not any([hmac.compare_digest(given, token.encode()) for token in tokens]):  # all compared
         raise CallbackUnauthenticated("The webhook token does not match.", code="bad_token")
     task = _json_object(body)
     task_id, status = task.get("id"), task.get("status")
