@@ -411,7 +411,8 @@ def test_everything_for_a_topic_message_goes_to_that_topic(telegram, tg_services
 def test_a_group_that_becomes_a_supergroup_mid_job_gets_its_result(telegram, tg_services):
     """Given a model job running in a group, when the group becomes a supergroup, then the
     result is re-sent to the new chat (after Telegram's 400 migrate_to_chat_id), the job's
-    reply address and the chat's state move there, and /status in the new chat lists it."""
+    reply address and the chat's state move there (the group's message ids forgotten), and
+    /status in the new chat lists it."""
     group = -random.randint(10**8, 10**9)
     send(telegram, group, "/model a migrating cube", chat_type="group")
     job = one_job(tg_services, group)
@@ -424,7 +425,9 @@ def test_a_group_that_becomes_a_supergroup_mid_job_gets_its_result(telegram, tg_
     assert refused and all(c["error_code"] == 400 for c in refused)
     moved = wait_for(lambda: (tg_services.store.get(job.id).server.telegram or {}).get("chatId")
                      == new_id and tg_services.store.get(job.id), what="the reply address moved")
-    assert moved
+    # the group's message ids name other messages in the supergroup: forgotten
+    assert (moved.server.telegram or {}).get("statusMessageId") is None
+    assert (moved.server.telegram or {}).get("messageId") is None
     doc = tg_services.firestore.collection("telegramChats").document(str(new_id)).get().to_dict()
     assert str(group) in doc["formerChatIds"]
     status = send(telegram, new_id, "/status", chat_type="supergroup").json()

@@ -167,6 +167,28 @@ def test_a_migrated_group_is_followed_to_its_supergroup(server):
     client.close()
 
 
+def test_a_migrated_groups_messages_are_not_touched_in_its_supergroup(server):
+    """Given a group that became a supergroup holding a message with the same id as one
+    of the group's, when the client edits or deletes the group's message, or replies to
+    it, then nothing in the supergroup is edited or deleted (the edit and the delete are
+    no-ops), and the reply goes to the supergroup without naming that message."""
+    client = BotClient(server.token, server.url)
+    group = -777003
+    new_id = server.migrate(group)
+    there = client.send_message(new_id, "someone else's message in the supergroup")
+    assert there is not None
+    same_id = there["message_id"]
+    assert client.edit_message_text(group, same_id, "Done") is None
+    assert client.delete_message(group, same_id) is False
+    client.send_message(group, "your result", reply_to=same_id)
+    edits_or_deletes = [c for c in server.calls_for(new_id)
+                        if c["method"] in ("editMessageText", "deleteMessage")]
+    assert edits_or_deletes == []
+    (reply,) = [c for c in server.calls_for(new_id, "sendMessage") if c["text"] == "your result"]
+    assert not reply.get("reply_parameters")
+    client.close()
+
+
 def test_topic_and_reply_parameters_reach_the_api(bot, server):
     server.forum(-777002, {5: "Renders"})
     bot.send_message(-777002, "in the topic", reply_to=9, thread_id=5)

@@ -61,10 +61,14 @@ def bot_for(services: Services) -> BotClient:
 
 def move_chat(services: Services, old: int | str, new: int | str) -> None:
     """Group ``old`` became supergroup ``new``: move the chat's state, and point its jobs'
-    reply address (``server.telegram.chatId``) at the new chat. Idempotent."""
+    reply address (``server.telegram.chatId``) at the new chat, forgetting the old chat's
+    message ids. Idempotent."""
     moved = chat_store(services).migrate(old, new)
     jobs = services.store.find(uid=chat_uid(old), limit=MOVED_JOBS)
     for job in jobs:
         if str((job.server.telegram or {}).get("chatId")) == str(old):
-            services.store.apply(job.id, lifecycle.channel_state("telegram", {"chatId": int(new)}))
+            # The group's message ids name other messages in the supergroup (ids are per
+            # chat): the working message and the user's are not edited or replied to there.
+            services.store.apply(job.id, lifecycle.channel_state(
+                "telegram", {"chatId": int(new), "statusMessageId": None, "messageId": None}))
     log.event(logger, "chat migrated to a supergroup", logging.INFO, first=moved, jobs=len(jobs))

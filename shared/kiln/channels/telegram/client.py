@@ -177,7 +177,10 @@ class BotClient:
               timeout: httpx.Timeout | float | None, ends: float) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if "chat_id" in params and str(params["chat_id"]) in self.migrated:
-            params["chat_id"] = self.migrated[str(params["chat_id"])]
+            followed = _followed(params, self.migrated[str(params["chat_id"])])
+            if followed is None:
+                return None
+            params = followed
         wait = self.max_wait if max_wait is None else max_wait
         waited = moved = False
         while True:
@@ -196,8 +199,10 @@ class BotClient:
             new_chat = _migrate_to(body)
             if new_chat is not None and not moved and params.get("chat_id") is not None:
                 self._moved(params["chat_id"], new_chat)
-                params["chat_id"] = new_chat if isinstance(params["chat_id"], int) else str(new_chat)
-                moved = True
+                followed = _followed(params, new_chat)
+                if followed is None:
+                    return None
+                params, moved = followed, True
                 continue
             if new_chat is not None:
                 raise ChatMigratedError(description, new_chat_id=new_chat)
@@ -324,6 +329,18 @@ def reply_parameters(message_id: int | None) -> dict[str, Any] | None:
     if message_id is None:
         return None
     return {"message_id": message_id, "allow_sending_without_reply": True}
+
+
+def _followed(params: dict[str, Any], new_chat: int) -> dict[str, Any] | None:
+    """A call's parameters for the supergroup a group became; None for a call about one of
+    the group's messages (an edit, a delete): message ids are per chat, and the same id in
+    the supergroup is another message. A reply to one of them is sent without the reply."""
+    if "message_id" in params:
+        return None
+    chat = params["chat_id"]
+    moved = {**params, "chat_id": new_chat if isinstance(chat, int) else str(new_chat)}
+    moved.pop("reply_parameters", None)
+    return moved
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:
