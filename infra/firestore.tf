@@ -132,6 +132,25 @@ resource "google_firestore_field" "private_expire_at" {
   index_config {}
 }
 
+# A job's timeline and its earlier run (private/server: a map of step -> time, one
+# check_N per scheduled check): nothing queries them, and indexing every step counts
+# against the 40,000 index entries a document may have; long jobs have hundreds.
+resource "google_firestore_field" "private_timeline" {
+  database   = google_firestore_database.default.name
+  collection = "private"
+  field      = "timeline"
+
+  index_config {}
+}
+
+resource "google_firestore_field" "private_earlier_run" {
+  database   = google_firestore_database.default.name
+  collection = "private"
+  field      = "earlierRun"
+
+  index_config {}
+}
+
 # Daily quota tickets (kiln.adapters.firestore_queue): one per admitted job, deleted two
 # days after they were taken (a day's quota counts only that day's tickets).
 resource "google_firestore_field" "quota_tickets_expire_at" {

@@ -635,6 +635,11 @@ def test_firestore_indexes_and_ttl(tf: TfModule) -> None:
                for config in blocks(f, "index_config") for index in blocks(config, "indexes")
                if index.get("query_scope") == "COLLECTION_GROUP"}
     assert grouped == {"fid", "token"}
+    # a timeline's steps are never queried: not indexed (a document's index entries are few)
+    unindexed = {f["field"] for f in tf.resources("google_firestore_field").values()
+                 if f["collection"] == "private" and not blocks(f, "ttl_config")
+                 and not any(blocks(c, "indexes") for c in blocks(f, "index_config"))}
+    assert {"timeline", "earlierRun"} <= unindexed
 
 
 def test_the_database_can_be_recovered(tf: TfModule) -> None:

@@ -71,11 +71,13 @@ def fake_services() -> Services:
     ["jobs", "list", "--limit", "-3"], ["jobs", "list", "--limit", "0"],
     ["webhooks", "deliveries", "--limit", "-1"], ["dlq", "list", "--limit", "x"],
     ["trace", "0123456789abcdef0123", "--width", "-5"],
+    ["trace", "0123456789abcdef0123", "--width", "10000000"],
+    ["jobs", "list", "--limit", "1000000000"],
 ])
 def test_an_argument_that_cannot_be_one_is_refused_before_any_store_is_asked(
         capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """An id with a slash, a reserved or empty id, a tenant no key can have, a count that is
-    not positive: argparse's line and exit 2 (they made Firestore path errors, tracebacks,
+    not positive or far too large: argparse's line and exit 2 (they made Firestore path errors, tracebacks,
     or `--limit -3` listing all but the oldest three)."""
     def no_store() -> Services:
         raise AssertionError("no store may be asked")

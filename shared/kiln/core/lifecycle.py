@@ -373,13 +373,19 @@ def retry(job: Job | None, *, now: dt.datetime, policy: RetryPolicy) -> Change |
     if job.server.queued_at is not None:  # it came through the fair queue: back into it
         ttl = (job.server.queue_until or job.server.queued_at) - job.server.queued_at
         queued = {"queued": True, "queuedAt": now, "queueUntil": now + ttl, "pools": []}
+    # The new run's steps are numbered from 1 again: its timeline starts afresh from the
+    # job's acceptance and the retry, the run before kept beside it (one run: bounded).
+    earlier = dict(job.server.timeline or {})
+    runs = {"timeline": {**({"accepted": earlier["accepted"]} if "accepted" in earlier else {}),
+                         "retried": now},
+            "earlierRun": earlier} if earlier else {}
     return Change({"status": target("retry").value, "stage": "queued", "progress": 0,
                    "attempts": 0, "error": None, "result": None, "completedAt": None,
                    "updatedAt": SERVER_TIME, **({"queueReason": "running_limit"} if queued else {})},
                   {"deadlineAt": policy.deadline(now), "notBefore": None,
                    "providerTaskId": None, "remoteCanceled": False, "taskLeft": False,
                    "checks": 0, "wake": False, "notify": None, "retries": Increment(1),
-                   **queued})
+                   **queued, **runs})
 
 
 # --- the sweeper's view -------------------------------------------------------------

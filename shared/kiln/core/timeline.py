@@ -13,7 +13,9 @@ a write the job makes anyway (docs/timeline.md lists which carries which):
 - ``notified``: the notification record.
 
 Steps of a later attempt carry its number (``claimed_2``), so a retry adds to the
-timeline instead of overwriting it.
+timeline instead of overwriting it. An explicit retry (``POST …:retry``) starts a new run
+numbered from 1: its timeline starts again from ``accepted`` and ``retried``, and the run
+before is kept as ``earlierRun``.
 
 :func:`rows` is what every reader shows (``kiln trace``'s waterfall, the HTTP API's
 ``GET /v1/jobs/{jobId}/timeline`` through :func:`view`): each step's time since the
@@ -32,7 +34,8 @@ from kiln.core.job import Change, Job
 FIELD = "timeline"
 C = TypeVar("C", Change, Change | None)
 #: The order steps are drawn in when two have the same time.
-ORDER = ("accepted", "published", "delivered", "claimed", "check", "submitted", "generated",
+ORDER = ("accepted", "retried", "published", "delivered", "claimed", "check", "submitted",
+         "generated",
          "stored",
          "completed", "failed", "canceled", "released", "notified")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 
 from kiln.core.errors import ValidationError
 from kiln.core.job import is_valid_job_id
@@ -14,6 +15,8 @@ from kiln.core.keys import check_tenant
 #: A Firestore document id Kiln makes (endpoints ``ep_…``, events ``msg_…``, keys): no
 #: slash, not ``.``/``..``, not reserved (``__…__``).
 _DOC_ID = re.compile(r"(?!__)[A-Za-z0-9_.:-]{1,128}")
+#: The most rows a listing command reads.
+MAX_LIMIT = 10_000
 
 
 def job_id(value: str) -> str:
@@ -44,3 +47,14 @@ def positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {value!r}")
     return number
+
+
+def at_most(most: int) -> Callable[[str], int]:
+    """:func:`positive`, and no more than ``most`` (``--width 10000000`` drew 10 MB lines)."""
+    def bounded(value: str) -> int:
+        number = positive(value)
+        if number > most:
+            raise argparse.ArgumentTypeError(f"at most {most}: {value!r}")
+        return number
+
+    return bounded

@@ -56,7 +56,7 @@ def add_parser(sub: Any) -> None:
     dlq = sub.add_parser("dlq", help="list or replay dead-lettered job messages (operators)")
     verbs = dlq.add_subparsers(dest="verb", required=True)
     ls = verbs.add_parser("list", help="dead letters and their jobs' status (left in place)")
-    ls.add_argument("--limit", type=argtypes.positive, default=1000)
+    ls.add_argument("--limit", type=argtypes.at_most(argtypes.MAX_LIMIT), default=1000)
     ls.set_defaults(handler=cmd_list)
     replay = verbs.add_parser("replay", help="re-publish dead-lettered jobs to the jobs topic")
     which = replay.add_mutually_exclusive_group(required=True)

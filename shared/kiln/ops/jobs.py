@@ -40,7 +40,7 @@ def add_jobs_parser(sub: Any) -> None:
     ls.add_argument("--status", choices=["pending", "processing", "completed", "failed",
                                          "canceled"])
     ls.add_argument("--uid")
-    ls.add_argument("--limit", type=argtypes.positive, default=20)
+    ls.add_argument("--limit", type=argtypes.at_most(argtypes.MAX_LIMIT), default=20)
     ls.set_defaults(handler=cmd_list)
     for name, handler in (("show", cmd_show), ("cancel", cmd_cancel), ("retry", cmd_retry)):
         verb = verbs.add_parser(name, help=f"{name} one job")

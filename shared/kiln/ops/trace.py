@@ -21,12 +21,14 @@ from kiln.ops import args as argtypes
 from kiln.ops.jobs import services_of
 
 WIDTH = 48
+MAX_WIDTH = 500
 
 
 def add_parser(sub: Any) -> None:
     trace = sub.add_parser("trace", help="a job's timeline as a waterfall (operators)")
     trace.add_argument("job_id", type=argtypes.job_id)
-    trace.add_argument("--width", type=argtypes.positive, default=WIDTH, help="bar width in columns")
+    trace.add_argument("--width", type=argtypes.at_most(MAX_WIDTH), default=WIDTH,
+                       help=f"bar width in columns (at most {MAX_WIDTH})")
     trace.set_defaults(handler=cmd_trace)
 
 

@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
     which.add_argument("--endpoint", type=argtypes.doc_id)
     which.add_argument("--event", type=argtypes.doc_id)
     dl.add_argument("--attempts", action="store_true", help="each attempt too")
-    dl.add_argument("--limit", type=argtypes.positive, default=50)
+    dl.add_argument("--limit", type=argtypes.at_most(argtypes.MAX_LIMIT), default=50)
     dl.set_defaults(handler=cmd_deliveries)
     replay = verbs.add_parser("replay", help="send an event again (same webhook-id)")
     replay.add_argument("event_id", type=argtypes.doc_id)

@@ -12,8 +12,9 @@ import pytest
 from rig import Rig, SyncFake
 
 from kiln.core import timeline
-from kiln.core.errors import RetryableError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.ops.trace import waterfall
+from kiln.runtime import actions
 from kiln.runtime.worker import RunOutcome, handle_message
 from kiln_dev.cli import main
 
@@ -88,6 +89,28 @@ def test_a_retried_job_keeps_both_attempts(rig: Rig) -> None:
     assert names[:4] == ["accepted", "delivered", "claimed", "submitted"]
     assert "released" in names and names.index("released") < names.index("claimed_2")
     assert names[-2:] == ["completed", "notified"]
+
+
+def test_an_explicit_retry_starts_a_new_runs_timeline_and_keeps_the_last(rig: Rig) -> None:
+    """Given a job that failed for good, when its owner retries it and it completes, then
+    its timeline reads accepted, retried, then the new run's steps from ``claimed`` to
+    ``completed`` (no stale ``failed`` among them), and the failed run's steps are kept
+    as ``earlierRun``."""
+    provider = rig.providers["image"]
+    assert isinstance(provider, SyncFake)
+    provider.error = PermanentError("refused", code="content_refused")
+    job_id = rig.submit()
+    assert handle_message(push(job_id, ""), rig.services) is RunOutcome.FAILED
+    failed = dict(rig.job(job_id).server.timeline or {})
+    provider.error = None
+    rig.clock.advance(60)
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    assert handle_message(push(job_id, ""), rig.services) is RunOutcome.COMPLETED
+    names = [s.name for s in timeline.steps(rig.job(job_id).server.timeline)]
+    assert names[:4] == ["accepted", "retried", "delivered", "claimed"], names
+    assert "failed" not in names and names[-2:] == ["completed", "notified"]
+    assert rig.store.servers[job_id]["earlierRun"] == failed
+    assert "failed" in failed and failed["accepted"] == rig.job(job_id).server.timeline["accepted"]
 
 
 def test_pubsub_publish_times_keep_their_microseconds() -> None:
