@@ -189,6 +189,20 @@ def test_a_migrated_groups_messages_are_not_touched_in_its_supergroup(server):
     client.close()
 
 
+def test_a_message_for_a_topic_deleted_since_goes_to_general(bot, server):
+    """Given a forum whose topic 5 was deleted while a job ran, when its result is sent to
+    that topic, then Telegram's 400 "message thread not found" is followed by the same
+    message in General (no thread), which Telegram takes; a topic that exists is kept."""
+    server.forum(-777004, {6: "Renders"})
+    sent = bot.send_message(-777004, "your result", thread_id=5)
+    assert sent is not None and sent.get("message_thread_id") is None
+    refused, taken = server.calls_for(-777004, "sendMessage")
+    assert (refused["ok"], taken["ok"]) == (False, True)
+    assert taken.get("message_thread_id") is None
+    kept = bot.send_message(-777004, "in its topic", thread_id=6)
+    assert kept is not None and kept["message_thread_id"] == 6
+
+
 def test_topic_and_reply_parameters_reach_the_api(bot, server):
     server.forum(-777002, {5: "Renders"})
     bot.send_message(-777002, "in the topic", reply_to=9, thread_id=5)

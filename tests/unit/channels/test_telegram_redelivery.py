@@ -489,3 +489,27 @@ def test_the_webhook_never_waits_on_or_500s_for_the_bots_name(
     assert rig.store.find(uid=f"telegram:{-chat}") == []
     assert webhook.route(addressed(chat, 7), rig.services)["method"] == "sendChatAction"
     assert [job.prompt for job in rig.store.find(uid=f"telegram:{-chat}")] == ["a lamp"]
+
+
+def test_a_chat_that_takes_no_message_does_not_stop_the_pass_for_others(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore) -> None:
+    """Given two chats whose failed jobs' texts were deferred (Telegram 500), when the
+    pass finds one chat refusing every message for good (400: its failure text, then the
+    short "could not be delivered" line), then that one is recorded as nothing said, and
+    the other chat's text is still sent in the same pass."""
+    refusing, fine = (random.randint(10**8, 10**9) for _ in range(2))
+    rig.providers["image"].error = PermanentError("Refused.", code="content_refused")
+    jobs = {}
+    for chat in (refusing, fine):
+        server.fail("sendMessage", chat_id=chat, error_code=500, description="Internal",
+                    times=2)  # the working message, then the failure text
+        jobs[chat] = rig.submit(channel="telegram", uid=f"telegram:{chat}",
+                                telegram={"chatId": chat, "working": "pending"})
+        run_job(jobs[chat], rig.services)
+        assert notify_of(rig, jobs[chat])["state"] == "retrying"
+    server.fail("sendMessage", chat_id=refusing, error_code=400, times=2,
+                description="Bad Request: not enough rights to send text messages to the chat")
+    rig.clock.advance(BACKOFF + 1)
+    assert sweep(rig.services)["redelivered"] == 2
+    assert notify_of(rig, jobs[refusing])["report"]["channel"]["sent"] == "nothing"
+    assert [c["ok"] for c in server.calls_for(fine, "sendMessage")] == [False, False, True]

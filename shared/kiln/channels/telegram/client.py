@@ -48,6 +48,8 @@ IGNORED_ERRORS = (
     "message can't be deleted",
     "message can't be edited",
 )
+#: 400 descriptions that mean the message's forum topic is gone (deleted, closed).
+TOPIC_GONE = ("message thread not found", "topic_closed", "topic_deleted")
 #: 400: the message already says this (an earlier edit took effect, its answer lost).
 UNCHANGED = "message is not modified"
 
@@ -182,7 +184,7 @@ class BotClient:
                 return None
             params = followed
         wait = self.max_wait if max_wait is None else max_wait
-        waited = moved = False
+        waited = moved = unthreaded = False
         while True:
             response = self._post(method, params, files, timeout)
             body = _body(response)
@@ -206,6 +208,12 @@ class BotClient:
                 continue
             if new_chat is not None:
                 raise ChatMigratedError(description, new_chat_id=new_chat)
+            if code == 400 and not unthreaded and "message_thread_id" in params and any(
+                    gone in description.lower() for gone in TOPIC_GONE):
+                # The forum topic was deleted or closed since: say it in General instead.
+                params = {k: v for k, v in params.items() if k != "message_thread_id"}
+                unthreaded = True
+                continue
             return self._fail(method, params, code, description, retry_after)
 
     def _moved(self, old: int | str, new: int) -> None:

@@ -243,8 +243,13 @@ class TelegramChannel:
             return {"blocked": True}
         except TelegramApiError as exc:  # a permanent refusal of the reason: say what we can
             log.event(logger, "failure message refused", logging.WARNING, reason=exc.description)
-            to.send(bot_for(services), messages.undeliverable(job),
-                    **patience.call(max_wait=0))
+            try:
+                to.send(bot_for(services), messages.undeliverable(job),
+                        **patience.call(max_wait=0))
+            except TelegramApiError as again:  # the chat takes nothing from us: recorded
+                log.event(logger, "nothing could be said in the chat", logging.WARNING,
+                          reason=again.description)
+                return {"sent": "nothing", "reason": again.description}
             return {"sent": "undeliverable", "reason": exc.description}
         return report | ({"attempt": attempt} if attempt > 1 else {})
 
