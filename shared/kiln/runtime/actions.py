@@ -74,18 +74,21 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
     sent (``notify.AT_LEAST_ONCE``) is sent first, as the new run's claim replaces it.
 
     Raises:
-        RetryableError: that task's cancel failed for a moment; nothing was changed.
+        RetryableError: that task's cancel, or the failed run's end event, failed for a
+            moment; nothing was changed.
     """
     before = services.store.get(job_id)
     if before is not None and lifecycle.remote_task_left(before):
         endings.cancel_left(services, before)
-    if before is not None and before.channel in notify.AT_LEAST_ONCE and before.terminal \
-            and (before.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED:
+    if before is not None and _unannounced(before):
         # The run's end was never announced (its sender died, or the webhook store was
         # down): announce it now, as the new run's claim will no longer name it.
         notify.deliver(services, job_id)
 
     def decide(job: Job | None) -> tuple[Any, tuple[bool, Job]]:
+        if job is not None and _unannounced(job):  # still not: the retry must wait for it
+            raise RetryableError("The job's last end is still being announced; try again "
+                                 "in a moment.", code="notice_pending")
         change = lifecycle.retry(job, now=services.clock.now(), policy=services.policy)
         assert job is not None
         return change, (change is not None, job)
@@ -100,6 +103,12 @@ def retry(services: Services, job_id: str, *, by: str) -> Outcome:
             _publish(services, job_id, "retry", "publish failed; the sweeper will re-publish")
         log.event(logger, "job retried", by=by)
     return Outcome(True, JobStatus.PENDING, job)
+
+
+def _unannounced(job: Job) -> bool:
+    """An API tenant's ended job whose end event was never sent (at least once)."""
+    return job.channel in notify.AT_LEAST_ONCE and job.terminal and \
+        (job.server.notify or {}).get("state") == lifecycle.NOTIFY_CLAIMED
 
 
 def _next_in_queue(services: Services, job_id: str) -> None:

@@ -226,3 +226,22 @@ def test_an_api_jobs_unsent_failure_is_sent_before_its_retry_starts_a_new_run(
     sweep(rig.services)
     assert len(events(rig, "job.failed")) == 1
     assert [e["data"]["jobId"] for e in events(rig, "job.completed")] == [job_id]
+
+
+def test_a_retry_waits_while_the_unsent_failure_cannot_be_sent() -> None:
+    """Given an API job whose ``job.failed`` the webhook store refused, when its owner
+    retries it while the store is still down, then the retry changes nothing (503 from
+    the API: RetryableError ``notice_pending``); once the store is back the retry sends
+    the first run's event and starts the new run."""
+    rig = with_endpoint(build_rig())
+    rig.providers["image"].error = PermanentError("It was refused.", code="content_refused")
+    job_id = rig.submit(uid="api:acme", channel="api")
+    store_back = webhook_store_down(rig)
+    assert run_job(job_id, rig.services) is RunOutcome.FAILED
+    with pytest.raises(RetryableError) as refused:
+        actions.retry(rig.services, job_id, by="owner")
+    assert refused.value.code == "notice_pending"
+    assert rig.job(job_id).status.value == "failed" and notify_state(rig, job_id) == "claimed"
+    store_back()
+    assert actions.retry(rig.services, job_id, by="owner").changed
+    assert [e["data"]["jobId"] for e in events(rig, "job.failed")] == [job_id]
