@@ -89,14 +89,13 @@ class InMemoryChatStore:
             self._blip("defer_delivery")
             doc = self._doc(chat_id)
             doc.setdefault("undelivered", {})[job_id] = Deferred(attempt, at).entry()
-            doc["hasUndelivered"] = True
+            doc["nextDueAt"] = chats.next_due(doc["undelivered"])
 
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
         with self._lock:
             self._blip("due_deliveries")
-            due = sorted((first, chat_id) for chat_id, doc in self.docs.items()
-                         if (first := chats.next_due(doc.get("undelivered") or {})) is not None
-                         and first <= now)
+            due = sorted((doc["nextDueAt"], chat_id) for chat_id, doc in self.docs.items()
+                         if doc.get("nextDueAt") is not None and doc["nextDueAt"] <= now)
             waiting = [(chat_id, self.docs[chat_id]) for _, chat_id in due[:limit]]
             return [(chat_id, job_id) for chat_id, doc in waiting
                     for job_id, entry in (doc.get("undelivered") or {}).items()
@@ -110,7 +109,7 @@ class InMemoryChatStore:
             waiting = doc.get("undelivered") or {}
             claim = chats.claim(waiting, job_id, now=now, lease=lease)
             if claim.outcome is not ClaimOutcome.NOT_DUE:
-                doc["hasUndelivered"] = bool(waiting)
+                doc["nextDueAt"] = chats.next_due(waiting)
             return claim
 
     def delivered(self, chat_id: int | str, job_id: str) -> None:
@@ -119,4 +118,4 @@ class InMemoryChatStore:
             doc = self.docs.get(str(chat_id), {})
             left = doc.get("undelivered") or {}
             if left.pop(job_id, None) is not None:
-                doc["undelivered"], doc["hasUndelivered"] = left, bool(left)
+                doc["undelivered"], doc["nextDueAt"] = left, chats.next_due(left)

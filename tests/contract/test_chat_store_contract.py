@@ -98,7 +98,7 @@ def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: Any, chat: int) ->
     assert claims == [Claim(TAKEN, 2), Claim(NOT_DUE, 2)]
     chats.delivered(chat, job)
     doc = chats.get(chat)
-    assert doc["undelivered"] == {} and doc["hasUndelivered"] is False
+    assert doc["undelivered"] == {} and doc.get("nextDueAt") is None
     assert (str(chat), job) not in chats.due_deliveries(1e12)
     assert chats.claim_delivery(chat, job, now=1e12, lease=60) == Claim(NOT_DUE)
 
@@ -115,7 +115,7 @@ def test_a_claim_left_sending_past_its_lease_is_dropped(chats: Any, chat: int) -
     assert (str(chat), job) in chats.due_deliveries(T + 162.0)
     assert chats.claim_delivery(chat, job, now=T + 162.0, lease=60) == Claim(DROPPED, 1)
     doc = chats.get(chat)
-    assert list(doc["undelivered"]) == [other] and doc["hasUndelivered"] is True
+    assert list(doc["undelivered"]) == [other] and doc["nextDueAt"] == T + 5000.0
     assert chats.claim_delivery(chat, job, now=1e12, lease=60) == Claim(NOT_DUE)
 
 
@@ -148,3 +148,19 @@ def test_every_kind_of_chat_write_keeps_the_chat_for_as_long_as_jobs(services: A
     for chat in (blocked, -old, new, waiting):
         expire = chats.ref(chat).get().to_dict()["expireAt"]
         assert abs((expire - ahead).total_seconds()) < 600, (chat, expire)
+
+
+def test_a_result_deferred_before_next_due_at_was_kept_is_still_found(services: Any) -> None:
+    """On Firestore, a chat document written by a version before ``nextDueAt`` (only
+    ``hasUndelivered``) is still found by a pass, and its claim writes it the new way."""
+    from kiln.adapters.firestore_chats import FirestoreChatStore
+
+    chats = FirestoreChatStore(services.firestore)
+    chat, job = random.randint(10**8, 10**9), job_id()
+    now = T - 2 * 10**6  # before every other test's entries
+    chats.ref(chat).set({"undelivered": {job: {"attempt": 1, "at": now - 60, "state": "waiting"}},
+                         "hasUndelivered": True})
+    assert (str(chat), job) in chats.due_deliveries(now)
+    assert chats.claim_delivery(chat, job, now=now, lease=60).outcome is TAKEN
+    written = chats.ref(chat).get().to_dict()
+    assert "hasUndelivered" not in written and written["nextDueAt"] == now + 60

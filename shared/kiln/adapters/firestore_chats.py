@@ -25,8 +25,10 @@ T = TypeVar("T")
 
 
 def _due(undelivered: dict[str, Any]) -> dict[str, Any]:
-    """The fields passes query: whether any entry waits, and when the first is due."""
-    return {"hasUndelivered": bool(undelivered), "nextDueAt": chats.next_due(undelivered)}
+    """The field passes query, when the chat's first entry is due; and ``hasUndelivered``
+    (what they queried before ``nextDueAt``) deleted, so the query for chats written
+    before it finds fewer each pass, and none once they are all written again."""
+    return {"hasUndelivered": firestore.DELETE_FIELD, "nextDueAt": chats.next_due(undelivered)}
 
 
 def kept() -> dict[str, dt.datetime]:
@@ -101,7 +103,10 @@ class FirestoreChatStore:
     def due_deliveries(self, now: float, limit: int = 50) -> list[tuple[str, str]]:
         due = self.client.collection(CHATS).where(
             filter=firestore.FieldFilter("nextDueAt", "<=", now)).order_by("nextDueAt").limit(limit)
-        docs = self._guard(lambda: list(due.stream()))
+        older = self.client.collection(CHATS).where(  # deferred before nextDueAt was kept
+            filter=firestore.FieldFilter("hasUndelivered", "==", True)).limit(limit)
+        docs = self._guard(lambda: list({doc.id: doc for doc in [*due.stream(), *older.stream()]
+                                         }.values()))
         return [(doc.id, job_id) for doc in docs
                 for job_id, entry in ((doc.to_dict() or {}).get("undelivered") or {}).items()
                 if float((entry or {}).get("at") or 0) <= now]
@@ -114,7 +119,7 @@ class FirestoreChatStore:
             waiting = dict((ref.get(transaction=tx).to_dict() or {}).get("undelivered") or {})
             claim = chats.claim(waiting, job_id, now=now, lease=lease)
             if claim.outcome is not ClaimOutcome.NOT_DUE:
-                tx.update(ref, {"undelivered": waiting, **_due(waiting)})
+                tx.update(ref, {"undelivered": waiting, **_due(waiting), **kept()})
             return claim
 
         return self._transact(run)
@@ -126,7 +131,7 @@ class FirestoreChatStore:
             doc = ref.get(transaction=tx).to_dict() or {}
             left = dict(doc.get("undelivered") or {})
             if left.pop(job_id, None) is not None:
-                tx.update(ref, {"undelivered": left, **_due(left)})
+                tx.update(ref, {"undelivered": left, **_due(left), **kept()})
 
         self._transact(run)
 

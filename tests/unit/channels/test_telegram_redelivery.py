@@ -88,7 +88,7 @@ def test_a_store_blip_after_the_send_does_not_send_the_result_again(
     sweep(rig.services)
     assert len(photos(server, chat)) == 1
     assert notify_of(rig, job_id)["state"] == "sent"
-    assert chats.get(chat)["undelivered"] == {} and chats.get(chat)["hasUndelivered"] is False
+    assert chats.get(chat)["undelivered"] == {} and chats.get(chat)["nextDueAt"] is None
 
 
 def test_a_pass_killed_after_the_send_is_not_followed_by_a_second_send(
@@ -513,3 +513,18 @@ def test_a_chat_that_takes_no_message_does_not_stop_the_pass_for_others(
     assert sweep(rig.services)["redelivered"] == 2
     assert notify_of(rig, jobs[refusing])["report"]["channel"]["sent"] == "nothing"
     assert [c["ok"] for c in server.calls_for(fine, "sendMessage")] == [False, False, True]
+
+
+def test_a_redelivery_that_cannot_be_deferred_again_stops_no_other_chat(
+        rig: Rig, server: TelegramServer, chats: InMemoryChatStore) -> None:
+    """Given two chats' deferred results, when the pass meets Telegram down again for the
+    first and the chat store refuses to defer it once more, then the second chat's photo
+    is still sent in the same pass."""
+    first, second = sorted(random.randint(10**8, 10**9) for _ in range(2))
+    deferred = [finish_deferred(rig, server, chat) for chat in (first, second)]
+    server.fail("sendPhoto", chat_id=first, error_code=500, description="Internal")
+    chats.fail_next("defer_delivery", RetryableError("Contention.", code="contention"))
+    rig.clock.advance(BACKOFF + 1)
+    sweep(rig.services)
+    assert len(photos(server, second)) == 1 and photos(server, first) == []
+    assert notify_of(rig, deferred[1])["state"] == "sent"

@@ -8,7 +8,7 @@ A chat's jobs are the jobs whose ``uid`` is ``telegram:{chatId}`` — or the id 
 it was before it became a supergroup (``formerChatIds``; the old document points on with
 ``migratedTo``).
 
-``undelivered`` (job id → :class:`Deferred`, with ``hasUndelivered`` for the query) holds
+``undelivered`` (job id → :class:`Deferred`, with ``nextDueAt`` for the query) holds
 the results that could not be sent because Telegram was down. The sweeper's pass
 (``TelegramChannel.redeliver``) claims each due one in a transaction (:func:`claim`):
 a ``waiting`` entry becomes ``sending`` for the pass that sends it; a later claim that

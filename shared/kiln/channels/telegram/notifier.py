@@ -222,7 +222,13 @@ class TelegramChannel:
                 report = self._deliver(services, job, to, attempt=claim.attempt + 1,
                                        patience=patience)
             except RetryableError as exc:  # it did not go: it waits again
-                report = self._defer(services, job, to, attempt=claim.attempt + 1, exc=exc)
+                try:
+                    report = self._defer(services, job, to, attempt=claim.attempt + 1,
+                                         exc=exc)
+                except RetryableError as lost:  # one chat's store trouble stops no other's
+                    log.event(logger, "redelivery not deferred again", logging.WARNING,
+                              code=lost.code, jobId=job_id)
+                    continue
                 if "deferred" in report:
                     continue
             _done(services, chats, chat_id, job_id, report)
