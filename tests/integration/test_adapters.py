@@ -272,3 +272,32 @@ def test_fcm_client_sends_and_reports_dead_devices(services: Any, fcm: Any) -> N
     sent = [m["message"] for m in fcm.messages[-2:]]
     assert sorted(m.get("fid") or m["token"] for m in sent) == ["fid-ok", "tok-ok"]
     assert all(m["data"]["jobId"] == "j" for m in sent)
+
+
+def test_a_registration_whose_commit_landed_before_its_retry_keeps_its_one_slot(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an endpoint's commit that lands but whose answer is lost, so the SDK's retry
+    of it meets its own slot (AlreadyExists), then the registration succeeds in that one
+    slot: the endpoint names it, and no second slot is taken."""
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    from kiln.webhooks import model
+    from kiln.webhooks.model import Endpoint
+
+    tenant = "t-" + uuid.uuid4().hex[:8]
+    commit = WriteBatch.commit
+
+    def landed_then_retried(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
+        commit(self, *args, **kwargs)
+        raise gexc.AlreadyExists("Document already exists")
+
+    monkeypatch.setattr(WriteBatch, "commit", landed_then_retried)
+    endpoint = Endpoint(model.new_endpoint_id(), tenant, "https://a.example/h",
+                        model.new_secret(), (), created_at=dt.datetime.now(dt.UTC))
+    assert services.webhooks.put_endpoint(endpoint, limit=2) is True
+    monkeypatch.setattr(WriteBatch, "commit", commit)
+    slots = services.firestore.collection("webhookTenants").document(tenant).collection(
+        "endpointSlots").get()
+    assert [(s.id, s.to_dict()["endpoint"]) for s in slots] == [("0", endpoint.id)]
+    stored = services.firestore.collection("webhookEndpoints").document(endpoint.id).get()
+    assert stored.to_dict()["slot"] == 0

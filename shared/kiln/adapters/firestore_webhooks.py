@@ -76,9 +76,16 @@ class FirestoreWebhookStore:
                 with unavailable_is_retryable(STORE):
                     batch.commit()
             except gexc.AlreadyExists:
+                if self._holder(endpoint.tenant, slot) == endpoint.id:
+                    return True  # our own commit landed; the SDK's retry of it found it
                 continue  # another registration took it since the read: try the next
             return True
         return False
+
+    def _holder(self, tenant: str, slot: int) -> str | None:
+        with unavailable_is_retryable(STORE):
+            snap = self._slot(tenant, slot).get()
+        return (snap.to_dict() or {}).get("endpoint") if snap.exists else None
 
     def _slot(self, tenant: str, slot: int) -> firestore.DocumentReference:
         return self._doc(REGISTRATIONS, tenant).collection(SLOTS).document(str(slot))
