@@ -66,7 +66,8 @@ class InMemoryChatStore:
     def note_cancel(self, chat_id: int | str, update_id: int, job_id: str) -> None:
         with self._lock:
             self._blip("note_cancel")
-            self._doc(chat_id)["cancel"] = {"updateId": update_id, "jobId": job_id}
+            doc = self._doc(chat_id)
+            doc["cancels"] = chats.noted(doc.get("cancels") or {}, update_id, job_id)
 
     def migrate(self, old: int | str, new: int | str) -> bool:
         with self._lock:

@@ -79,12 +79,19 @@ def test_chats_whose_results_wait_longer_never_hide_a_due_one(chats: Any) -> Non
     assert (str(due_chat), later) in chats.due_deliveries(now + 3600, limit=20)
 
 
-def test_a_cancel_is_noted_with_its_update(chats: Any, chat: int) -> None:
-    """The job a ``/cancel`` update chose is kept beside it, the next cancel's replacing it."""
+def test_cancels_are_noted_with_their_updates_the_newest_kept(chats: Any, chat: int) -> None:
+    """The job each ``/cancel`` update chose is kept by update id, beside the earlier
+    ones, up to the newest ``NOTED_CANCELS``."""
+    from kiln.channels.telegram.chats import NOTED_CANCELS
+
     chats.note_cancel(chat, 3, "job-a")
-    assert chats.get(chat)["cancel"] == {"updateId": 3, "jobId": "job-a"}
     chats.note_cancel(chat, 4, "job-b")
-    assert chats.get(chat)["cancel"] == {"updateId": 4, "jobId": "job-b"}
+    assert chats.get(chat)["cancels"] == {"3": "job-a", "4": "job-b"}
+    for update_id in range(5, 5 + NOTED_CANCELS):
+        chats.note_cancel(chat, update_id, f"job-{update_id}")
+    cancels = chats.get(chat)["cancels"]
+    assert len(cancels) == NOTED_CANCELS and "4" not in cancels
+    assert cancels[str(4 + NOTED_CANCELS)] == f"job-{4 + NOTED_CANCELS}"
 
 
 def test_a_deferred_delivery_is_claimed_by_one_sweeper(chats: Any, chat: int) -> None:

@@ -62,9 +62,16 @@ class FirestoreChatStore:
             {"blocked": False, "updatedAt": SERVER_TIMESTAMP, **kept()}, merge=True))
 
     def note_cancel(self, chat_id: int | str, update_id: int, job_id: str) -> None:
-        self._guard(lambda: self.ref(chat_id).set(
-            {"cancel": {"updateId": update_id, "jobId": job_id}, "updatedAt": SERVER_TIMESTAMP,
-             **kept()}, merge=True))
+        ref = self.ref(chat_id)
+
+        def run(tx: firestore.Transaction) -> None:
+            cancels = (ref.get(transaction=tx).to_dict() or {}).get("cancels") or {}
+            # (merged by field: the map is replaced whole, so the oldest note goes)
+            tx.set(ref, {"cancels": chats.noted(cancels, update_id, job_id),
+                         "updatedAt": SERVER_TIMESTAMP, **kept()},
+                   merge=["cancels", "updatedAt", "expireAt"])
+
+        self._transact(run)
 
     def migrate(self, old: int | str, new: int | str) -> bool:
         old_ref, new_ref = self.ref(old), self.ref(new)

@@ -164,6 +164,32 @@ def test_a_cancel_update_delivered_twice_cancels_one_job(
     assert [job.status.value for job in store.find(uid=UID, limit=10)] == ["canceled"] * 2
 
 
+def test_a_cancel_redelivered_after_a_later_cancel_still_cancels_only_its_job(
+        telegram: Telegram, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given three running jobs, when /cancel update 4's answer is lost (503), update 5
+    cancels the next job, and then Telegram delivers update 4 again, then that delivery
+    cancels nothing more: two jobs canceled, one runs on."""
+    for update_id in (1, 2, 3):
+        assert telegram.post({"update_id": update_id, "message": message(f"n{update_id}")})[0] == 200
+    store = telegram.rig.store
+    transact, once = store.transact, [True]
+
+    def answer_lost(job_id: str, decide: Any, **kw: Any) -> Any:
+        value = transact(job_id, decide, **kw)
+        if once:
+            once.pop()
+            raise RetryableError("Deadline exceeded.", code="store_unavailable")
+        return value
+
+    monkeypatch.setattr(store, "transact", answer_lost)
+    late = {"update_id": 4, "message": message("/cancel")}
+    assert telegram.post(late)[0] == 503
+    assert telegram.post({"update_id": 5, "message": message("/cancel")})[0] == 200
+    assert telegram.post(late)[0] == 200
+    statuses = sorted(job.status.value for job in store.find(uid=UID, limit=10))
+    assert statuses == ["canceled", "canceled", "pending"]
+
+
 @pytest.mark.parametrize("update", list(ODD_UPDATES.values()), ids=list(ODD_UPDATES))
 def test_an_update_with_fields_of_the_wrong_type_is_acknowledged_and_does_nothing(
         telegram: Telegram, update: dict[str, Any]) -> None:

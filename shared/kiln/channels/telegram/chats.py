@@ -84,6 +84,19 @@ class Deferred:
         return {"attempt": self.attempt, "at": self.at, "state": self.state.value}
 
 
+#: The chat's latest ``/cancel`` updates whose chosen job is kept (Telegram redelivers an
+#: update within minutes; a chat sends few cancels in that time).
+NOTED_CANCELS = 20
+
+
+def noted(cancels: Mapping[str, Any], update_id: int, job_id: str) -> dict[str, Any]:
+    """``cancels`` with ``update_id`` → ``job_id`` added, the newest
+    :data:`NOTED_CANCELS` kept."""
+    kept = {**cancels, str(update_id): job_id}
+    newest = sorted(kept, key=lambda key: int(key) if key.lstrip("-").isdigit() else 0)
+    return {key: kept[key] for key in newest[-NOTED_CANCELS:]}
+
+
 def next_due(undelivered: Mapping[str, Any]) -> float | None:
     """When the chat's first entry is due (``nextDueAt``, what passes look for); None when
     it has none."""
@@ -138,8 +151,9 @@ class ChatStore(Protocol):
         ...
 
     def note_cancel(self, chat_id: int | str, update_id: int, job_id: str) -> None:
-        """``/cancel`` of update ``update_id`` chose ``job_id`` (``cancel``: a delivery of
-        the same update again cancels that job, not the next one)."""
+        """``/cancel`` of update ``update_id`` chose ``job_id`` (``cancels``: update id →
+        job id, the newest :data:`NOTED_CANCELS` kept): a delivery of the same update
+        again, even after later cancels, cancels that job, not another."""
         ...
 
     def migrate(self, old: int | str, new: int | str) -> bool:

@@ -241,11 +241,10 @@ def cancel_running(services: Services, incoming: Incoming) -> Reply:
     noted for the update first: a delivery of the same update again (its answer was lost)
     cancels that job again, not the next one."""
     chats = chat_store(services)
-    noted = chats.get(incoming.chat_id).get("cancel") or {}
+    chosen = (chats.get(incoming.chat_id).get("cancels") or {}).get(str(incoming.update_id))
     running = newest_first([job for uid in chats.uids(incoming.chat_id)
                             for job in running_jobs(services.store, uid)])
-    again = services.store.get(str(noted.get("jobId"))) \
-        if noted.get("updateId") == incoming.update_id else None
+    again = services.store.get(str(chosen)) if chosen else None
     if again is None:
         if not running:
             return incoming.reply(messages.NOTHING_TO_CANCEL)
