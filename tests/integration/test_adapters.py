@@ -301,3 +301,28 @@ def test_a_registration_whose_commit_landed_before_its_retry_keeps_its_one_slot(
     assert [(s.id, s.to_dict()["endpoint"]) for s in slots] == [("0", endpoint.id)]
     stored = services.firestore.collection("webhookEndpoints").document(endpoint.id).get()
     assert stored.to_dict()["slot"] == 0
+
+
+def test_a_device_registered_again_while_its_move_is_decided_is_kept(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given alice's phone registered later by bob, when alice signs in on it again while
+    a push for her decides it moved (between the read and the delete), then her new
+    registration is not deleted."""
+    users = services.firestore.collection("users")
+    alice, bob = (f"dev-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    fid, at = f"fid-{uuid.uuid4().hex}", dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+    phone = users.document(alice).collection("devices").document("phone")
+    phone.set({"fid": fid, "platform": "android", "updatedAt": at})
+    users.document(bob).collection("devices").document("phone").set(
+        {"fid": fid, "platform": "android", "updatedAt": at + dt.timedelta(hours=1)})
+    store = services.devices
+    elsewhere = store._elsewhere
+
+    def signed_in_again(uid: str, device: Device) -> list[Device]:
+        found = elsewhere(uid, device)
+        phone.set({"fid": fid, "platform": "android", "updatedAt": at + dt.timedelta(hours=2)})
+        return found
+
+    monkeypatch.setattr(store, "_elsewhere", signed_in_again)
+    assert store.devices(alice) == []  # as read, it had moved
+    assert phone.get().exists

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -31,14 +32,18 @@ class FirestoreDeviceStore:
         """The user's registered devices that have an address (an FID or a token), but
         not one another user registered since (``Device.moved``: that one is deleted)."""
         with unavailable_is_retryable("device store"):
-            found = [Device.from_doc(snap.id, snap.to_dict() or {})
+            found = [(Device.from_doc(snap.id, snap.to_dict() or {}), snap)
                      for snap in self._collection(uid).stream()]
             kept = []
-            for device in (device for device in found if device is not None):
-                if device.moved(self._elsewhere(uid, device)):
-                    self._collection(uid).document(device.id).delete()
-                else:
+            for device, snap in ((device, snap) for device, snap in found if device is not None):
+                if not device.moved(self._elsewhere(uid, device)):
                     kept.append(device)
+                    continue
+                # As read: the user may have signed in on it again meanwhile (written
+                # since: it is theirs again, for the next push).
+                with contextlib.suppress(gexc.FailedPrecondition):
+                    snap.reference.delete(
+                        option=self.client.write_option(last_update_time=snap.update_time))
         return kept
 
     def _elsewhere(self, uid: str, device: Device) -> list[Device]:
