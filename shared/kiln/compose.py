@@ -37,7 +37,7 @@ from kiln.ports import (
     WebhookStore,
 )
 from kiln.providers.base import Provider
-from kiln.settings import Settings
+from kiln.settings import ConfigError, Settings
 from kiln.webhooks.channel import ApiChannel
 
 if TYPE_CHECKING:
@@ -214,9 +214,14 @@ class Services:
         Raises:
             ConfigError: that provider can no longer be built (unknown, no key).
         """
-        configured = self.provider(job.kind)
         recorded = job.server.provider
-        if not job.server.provider_task_id or not recorded or recorded == configured.name:
+        if not job.server.provider_task_id or not recorded:
+            return self.provider(job.kind)
+        try:  # (a configured provider that cannot be built must not strand this job's task)
+            configured: Provider | None = self.provider(job.kind)
+        except ConfigError:
+            configured = None
+        if configured is not None and recorded == configured.name:
             return configured
         from kiln.providers.registry import build_provider
 

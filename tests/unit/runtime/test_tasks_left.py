@@ -23,6 +23,7 @@ from kiln.providers.base import TaskState, TaskStatus
 from kiln.runtime import actions, notify
 from kiln.runtime.sweeper import sweep
 from kiln.runtime.worker import RunOutcome, run_job
+from kiln.settings import ConfigError
 
 RUNNING = TaskStatus(TaskState.RUNNING, 40, "meshing")
 
@@ -213,6 +214,28 @@ def test_a_redeploy_that_changes_the_provider_leaves_waiting_jobs_on_theirs() ->
     fresh = rig.submit(kind="model", prompt="new")
     assert run_job(fresh, rig.services) is RunOutcome.WAITING
     assert second.submitted == ["task-1"] and rig.job(fresh).server.provider == "second"
+
+
+def test_a_redeploy_to_a_provider_that_cannot_be_built_still_finishes_waiting_jobs() -> None:
+    """Given a model job waiting on a task of one provider, when a redeploy names another
+    for model jobs that cannot be built (no key), then the waiting job's checks still
+    reach the first provider and the job completes."""
+    before = build_rig()
+    first = TaskFake(before.clock, name="first")
+
+    def unbuildable(_settings: Any) -> Any:
+        raise ConfigError("KILN_SECOND_API_KEY is not set")
+
+    factories = {"image": lambda _s: before.providers["image"], "first": lambda _s: first,
+                 "second": unbuildable}
+    rig = build_rig(factories=factories, store=before.store, model_provider="first")
+    job_id = rig.submit(kind="model")
+    assert run_job(job_id, rig.services) is RunOutcome.WAITING
+    rig = build_rig(factories=factories, store=before.store, model_provider="second")
+    while (job := rig.job(job_id)).status is JobStatus.PROCESSING:
+        rig.clock.advance(30)
+        assert run_job(job_id, rig.services, check=job.server.check_seq) is not None
+    assert rig.job(job_id).status is JobStatus.COMPLETED and first.polled
 
 
 def test_a_job_out_of_attempts_while_its_task_ran_stops_the_task() -> None:
