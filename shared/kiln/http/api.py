@@ -127,7 +127,8 @@ def idempotency_key(request: flask.Request) -> str | None:
 
 
 def create_batch(request: flask.Request, services: Services) -> flask.Response:
-    return batches.create_batch(request, services, idempotency_key(request))
+    # (read after authentication: a stranger gets 401, not a verdict on its header)
+    return batches.create_batch(request, services, lambda: idempotency_key(request))
 
 
 def _owned_job(request: flask.Request, services: Services, job_id: str, scope: str) -> Job:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flask
 
 from kiln.compose import Services
@@ -15,13 +17,14 @@ from kiln.runtime import batches
 BATCH_MAX_BYTES = 1024 * 1024
 
 
-def create_batch(request: flask.Request, services: Services, idempotency_key: str | None
-                 ) -> flask.Response:
+def create_batch(request: flask.Request, services: Services,
+                 idempotency_key: Callable[[], str | None]) -> flask.Response:
     refuse_oversized(request, request.content_length, BATCH_MAX_BYTES)  # before auth
     principal = authenticate(request, services, "submit")
+    key = idempotency_key()
     requests = parse_batch_request(read_json(request, BATCH_MAX_BYTES))
     accepted = batches.accept_batch(services, principal=principal, requests=requests,
-                                    idempotency_key=idempotency_key)
+                                    idempotency_key=key)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"batchId": accepted.batch_id,
                                "jobIds": list(accepted.job_ids)}, headers)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kiln import log
 from kiln.compose import Services
-from kiln.core.errors import KilnError, OverloadedError, QuotaExceededError
+from kiln.core.errors import KilnError, OverloadedError, QuotaExceededError, ValidationError
 from kiln.core.plans import Plan
 
 logger = log.get("ingress")
@@ -75,12 +75,19 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
     the same time as it creates the job).
 
     Raises:
+        ValidationError: ``batch_exceeds_quota``: more jobs at once than the plan allows
+            in a day.
         OverloadedError: more than ``KILN_MAX_WAITING`` jobs would be waiting to start.
         QuotaExceededError: the plan's jobs per day would be exceeded.
         RetryableError: the counters are unavailable (nothing was admitted).
     """
     settings = services.settings
     granted = plan_for(services, uid=uid, channel=channel, claimed=plan)
+    if count > 1 and count > granted.daily_jobs:  # no day would ever take it: not a 429
+        raise ValidationError(
+            "batch_exceeds_quota", f"This batch has {count} jobs, more than the "
+            f"{granted.daily_jobs} a day the {granted.name} plan allows; split it.",
+            field="items")
     # A soft limit: a fresh instance admits until its first count arrives (one query, in
     # the background) rather than make its first request wait on it (docs/architecture.md).
     if services.counters.waiting(unknown=0) + count > settings.max_waiting:

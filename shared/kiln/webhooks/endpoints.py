@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kiln.core import urls
-from kiln.core.errors import PermanentError, RequestError, ValidationError
+from kiln.core.errors import PermanentError, RequestError, RetryableError, ValidationError
 from kiln.providers.fetch import Resolver, system_resolve
 from kiln.webhooks import model, send
 from kiln.webhooks.model import Endpoint
@@ -42,6 +42,9 @@ def register(services: Any, tenant: str, url: Any, events: Iterable[str] = (), *
         send.check_webhook_url(url, allow_local=services.settings.local, resolve=resolve)
     except PermanentError as exc:
         raise ValidationError("invalid_webhook_url", exc.message, field="url") from exc
+    except RetryableError as exc:  # its DNS failed for now: the caller's to fix or retry
+        raise ValidationError("invalid_webhook_url", "The URL's host could not be resolved "
+                              "just now; check it and register it again.", field="url") from exc
     endpoint = Endpoint(model.new_endpoint_id(), tenant, url, model.new_secret(), chosen,
                         created_at=services.clock.now())
     if not services.webhooks.put_endpoint(endpoint, limit=MAX_ENDPOINTS):  # counted atomically

@@ -185,6 +185,28 @@ def test_batch_routes_check_their_scopes(rig: Rig) -> None:
     assert call(rig, f"Bearer {key}", "GET", f"/v1/batches/{batch_id}")[0] == 200
 
 
+def test_a_batch_header_is_judged_after_who_sends_it() -> None:
+    """A bad Idempotency-Key from a stranger is 401, from a read-only key 403 (as for
+    single jobs), and only from a caller who may submit 400."""
+    rig = build_rig()
+    read_only = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["read"]).secret
+    body = {"items": items(1)}
+    assert call(rig, "", "POST", "/v1/batches", body, key="é")[0] == 401
+    assert call(rig, f"Bearer {read_only}", "POST", "/v1/batches", body, key="é")[0] == 403
+    assert call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="é")[0] == 400
+
+
+def test_a_batch_larger_than_a_days_quota_is_refused_for_good_not_told_to_wait() -> None:
+    """Given a plan of 10 jobs a day, a batch of 11 is 400 ``batch_exceeds_quota`` (a 429
+    with Retry-After at midnight would be answered the same every day); 10 are taken."""
+    rig = build_rig(plans="free:daily=10,running=20", provider_capacity="50")
+    status, answer, headers = call(rig, "Bearer uid:alice", "POST", "/v1/batches",
+                                   {"items": items(11)})
+    assert (status, answer["error"]["code"]) == (400, "batch_exceeds_quota")
+    assert "Retry-After" not in headers and rig.store.docs == {}
+    assert call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(10)})[0] == 202
+
+
 def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:
     # given an API batch whose last job's own end check failed (the store was unreachable)
     key = create_key(rig.services.keys, rig.clock, tenant="acme", scopes=["submit"]).secret

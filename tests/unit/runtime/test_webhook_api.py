@@ -10,7 +10,7 @@ import flask
 import pytest
 from rig import Rig
 
-from kiln.core.errors import ValidationError
+from kiln.core.errors import RetryableError, ValidationError
 from kiln.core.keys import Tenant
 from kiln.http.api import handle
 from kiln.providers.fetch import HostNotFound
@@ -82,6 +82,14 @@ def test_a_name_resolving_to_private_space_is_refused(rig: Rig) -> None:
     with pytest.raises(ValidationError):
         endpoints.register(rig.services, "acme", "https://no-such-host.example/x",
                            resolve=no_such_host)
+
+    def dns_fails_for_now(_h: str, _p: int) -> list[str]:  # EAI_AGAIN, which anyone can arrange
+        raise RetryableError("temporary failure in name resolution", code="fetch_unavailable")
+
+    with pytest.raises(ValidationError) as later:  # the caller's to fix: 400, not a 503
+        endpoints.register(rig.services, "acme", "https://flaky-dns.example/x",
+                           resolve=dns_fails_for_now)
+    assert later.value.code == "invalid_webhook_url" and "resolved" in later.value.message
     assert rig.services.webhooks.endpoints("acme") == []
 
 
