@@ -34,6 +34,10 @@ from kiln_client.models import Batch, Job, Submitted, SubmittedBatch
 USER_AGENT = "kiln-client/0.1"
 #: A job, batch or endpoint id as Kiln makes them; anything else names none.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What an HTTP header value of Kiln's may hold: printable ASCII, no spaces.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")
+#: An Idempotency-Key the API takes (``kiln.http.api``).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class KilnClient:
@@ -45,8 +49,12 @@ class KilnClient:
                  transport: httpx.BaseTransport | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        api_key = api_key.strip() if isinstance(api_key, str) else ""  # (a file's newline)
         if not api_key:
             raise KilnError("an API key is required")
+        if not _HEADER_VALUE.fullmatch(api_key):  # never shown: it is the secret
+            raise KilnError("the API key holds a character a header cannot carry "
+                            "(spaces or control characters inside it?)")
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                   transport=transport,
                                   headers={"Authorization": f"Bearer {api_key}",
@@ -145,6 +153,8 @@ class KilnClient:
     def _call(self, method: str, path: str, *, json: Any = None,
               idempotency_key: str | None = None, repeatable: bool = False,
               deadline: float | None = None) -> httpx.Response:
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise KilnError("an idempotency key is 1-255 printable ASCII characters")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         repeatable = repeatable or method == "GET" or idempotency_key is not None
         attempt = 0
@@ -152,6 +162,9 @@ class KilnClient:
             attempt += 1
             try:
                 response = self._http.request(method, path, json=json, headers=headers)
+            except httpx.LocalProtocolError as exc:  # ours, not an outage; its text may
+                raise KilnError(                     # quote a header, the key included
+                    f"the request could not be sent ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
                 error: ApiError = UnavailableError(0, "connection_failed",
                                                    f"{type(exc).__name__}: {exc}")

@@ -205,6 +205,24 @@ def test_an_id_kiln_could_not_have_made_is_refused_before_any_request(job_id: st
     assert api.seen == []
 
 
+def test_a_key_read_from_a_file_works_and_a_broken_one_is_never_shown(rig: Rig) -> None:
+    """A key with the newline a file gives it is taken as the key; one with a character
+    no header can carry is refused at once, without quoting the secret (it was retried as
+    an outage, with the whole key in the error); so is a non-ASCII idempotency key."""
+    key = create_key(rig.services.keys, rig.clock, tenant="acme",
+                     scopes=["submit", "read"]).secret
+    app = httpx.WSGITransport(app=wsgi_app(rig))
+    with KilnClient("http://kiln.test", key + "\n", transport=app) as client:
+        assert client.submit("image", "a red cube").status == "pending"
+        with pytest.raises(KilnError) as refused_key:
+            client.submit("image", "a red cube", idempotency_key="commande-é")
+        assert "idempotency key" in str(refused_key.value)
+    broken = key[:12] + "\n" + key[12:]
+    with pytest.raises(KilnError) as refused:
+        KilnClient("http://127.0.0.1:1", broken)
+    assert key[12:] not in str(refused.value) and key[:12] not in str(refused.value)
+
+
 def test_a_waiting_job_says_why_and_where() -> None:
     job = Job.from_api({**JOB, "status": "pending", "queueReason": "running_limit",
                         "queuePosition": 3, "updatedAt": "2026-12-07T00:00:01Z"})
