@@ -33,7 +33,7 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
-from kiln.core.job import Job, is_valid_job_id, new_job_id
+from kiln.core.job import Job, JobStatus, is_valid_job_id, new_job_id
 from kiln.core.requests import parse_job_request
 from kiln.http import batches, framework, webhooks
 from kiln.http.auth import authenticate
@@ -47,7 +47,7 @@ from kiln.http.responses import (
 )
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
-from kiln.runtime.admission import admit
+from kiln.runtime.admission import admit, give_back
 from kiln.runtime.callbacks import receive
 from kiln.webhooks.endpoints import job_webhook
 
@@ -132,7 +132,10 @@ def create_batch(request: flask.Request, services: Services) -> flask.Response:
 
 
 def _owned_job(request: flask.Request, services: Services, job_id: str, scope: str) -> Job:
-    uid = authenticate(request, services, scope).uid
+    return _owned(services, authenticate(request, services, scope).uid, job_id)
+
+
+def _owned(services: Services, uid: str, job_id: str) -> Job:
     job = services.store.get(job_id) if is_valid_job_id(job_id) else None
     if job is None or job.uid != uid:
         raise NotFoundError("No such job.")
@@ -166,8 +169,22 @@ def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask
 
 
 def retry_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:
-    _owned_job(request, services, job_id, "submit")
-    outcome = actions.retry(services, job_id, by="owner")
+    """A new run of a failed job: admitted like a new job (a day's quota counts runs, so
+    retrying a failed job again and again is not free), the quota given back when the
+    retry changes nothing (already retried, or refused)."""
+    principal = authenticate(request, services, "submit")
+    job = _owned(services, principal.uid, job_id)
+    admission = None
+    if job.status is JobStatus.FAILED:
+        admission = admit(services, uid=principal.uid, channel=principal.channel,
+                          plan=principal.plan, holder=job_id)
+    try:
+        outcome = actions.retry(services, job_id, by="owner")
+    except BaseException:
+        give_back(services, admission)
+        raise
+    if not outcome.changed:
+        give_back(services, admission)
     return json_response(202, {"jobId": job_id, "status": outcome.status.value})
 
 

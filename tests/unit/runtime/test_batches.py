@@ -12,7 +12,7 @@ import pytest
 from rig import Rig, build_rig
 from rig import api_call as call
 
-from kiln.core.errors import RetryableError
+from kiln.core.errors import PermanentError, RetryableError
 from kiln.runtime.keys import create_key
 from kiln.webhooks.model import event_id
 
@@ -205,6 +205,25 @@ def test_a_batch_larger_than_a_days_quota_is_refused_for_good_not_told_to_wait()
     assert (status, answer["error"]["code"]) == (400, "batch_exceeds_quota")
     assert "Retry-After" not in headers and rig.store.docs == {}
     assert call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(10)})[0] == 202
+
+
+def test_a_retry_is_a_run_the_days_quota_counts() -> None:
+    """Given a plan of 2 jobs a day and a job that fails, then its retry takes the day's
+    second ticket (202), another job is refused (429), and once the retry fails too, a
+    further retry is refused 429 ``quota_exceeded`` with nothing changed; a retry of a job
+    already running again costs nothing."""
+    rig = build_rig(plans="free:daily=2,running=5")
+    provider = rig.providers["image"]
+    provider.error = PermanentError("It was refused.", code="content_refused")
+    job_id = call(rig, "Bearer uid:alice", "POST", "/v1/jobs", CUBE)[1]["jobId"]
+    run_all(rig)
+    assert call(rig, "Bearer uid:alice", "POST", f"/v1/jobs/{job_id}:retry")[0] == 202
+    assert call(rig, "Bearer uid:alice", "POST", f"/v1/jobs/{job_id}:retry")[0] == 202  # free
+    assert call(rig, "Bearer uid:alice", "POST", "/v1/jobs", CUBE)[0] == 429
+    run_all(rig)
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", f"/v1/jobs/{job_id}:retry")
+    assert (status, answer["error"]["code"]) == (429, "quota_exceeded")
+    assert rig.job(job_id).status.value == "failed" and rig.job(job_id).server.retries == 1
 
 
 def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:

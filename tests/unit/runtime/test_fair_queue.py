@@ -317,10 +317,11 @@ def post_batch(rig: Rig, n: int, uid: str = "alice") -> Any:
 
 def test_a_batch_is_admitted_as_its_items_and_waits_beyond_the_running_limit(rig: Rig) -> None:
     """Given the free plan (3 jobs a day, 1 running), when alice posts a batch of 4, then
-    429 and nothing is created; a batch of 3 is accepted whole, one job starts and the
-    others wait their turns (running_limit), one starting as each one before ends."""
+    400 (no day takes it) and nothing is created; a batch of 3 is accepted whole, one job
+    starts and the others wait their turns (running_limit), one starting as each one
+    before ends; then a batch of 1 is 429 (the day's 3 are spent)."""
     status, body = post_batch(rig, 4)
-    assert (status, body["error"]["code"]) == (429, "quota_exceeded") and not rig.store.docs
+    assert (status, body["error"]["code"]) == (400, "batch_exceeds_quota") and not rig.store.docs
     status, body = post_batch(rig, 3)
     assert status == 202
     first, *rest = body["jobIds"]
