@@ -35,7 +35,7 @@ from kiln.core.errors import (
     TransitionError,
     ValidationError,
 )
-from kiln.core.job import NewJob, is_valid_job_id
+from kiln.core.job import NewJob, is_valid_job_id, new_job_id
 from kiln.core.plans import Plan
 from kiln.core.principal import Principal
 from kiln.core.requests import JobRequest
@@ -74,6 +74,9 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     existing = services.batches.get(batch_id) if idempotency_key else None
     if existing is not None:  # a replay: admitted the first time, costs nothing now
         return _replayed(existing, uid, fingerprint(requests))
+    if idempotency_key and services.store.get(new_job_id(uid, idempotency_key)):
+        raise ConflictError("This Idempotency-Key was already used for a single job.",
+                            code="idempotency_key_reused")
     # Admitted as many jobs (quota, backpressure); beyond the caller's running limit and the
     # generator's capacity the batch's jobs wait their turns in the fair queue.
     try:
