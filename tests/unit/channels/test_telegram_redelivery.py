@@ -20,6 +20,7 @@ from kiln import paced
 from kiln.channels.telegram import chats as chat_state
 from kiln.channels.telegram import delivery, notifier, webhook
 from kiln.channels.telegram.bot import use_chat_store
+from kiln.channels.telegram.client import BotClient
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.runtime import actions
 from kiln.runtime.sweeper import sweep
@@ -528,3 +529,25 @@ def test_a_redelivery_that_cannot_be_deferred_again_stops_no_other_chat(
     sweep(rig.services)
     assert len(photos(server, second)) == 1 and photos(server, first) == []
     assert notify_of(rig, deferred[1])["state"] == "sent"
+
+
+def test_a_cancel_while_the_working_message_is_sent_leaves_it_saying_canceled(
+        rig: Rig, server: TelegramServer, chat: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a chat's job whose "working" message is being sent when /cancel comes (the
+    cancel finds no message to edit), then the worker turns that message into the
+    canceled text once it is recorded, instead of leaving it "working" for good."""
+    job_id = rig.submit(channel="telegram", uid=f"telegram:{chat}",
+                        telegram={"chatId": chat, "messageId": 1, "working": "pending"})
+    send_message = BotClient.send_message
+
+    def canceled_meanwhile(self: BotClient, *args: Any, **kwargs: Any) -> Any:
+        sent = send_message(self, *args, **kwargs)
+        actions.cancel(rig.services, job_id, by="chat")
+        return sent
+
+    monkeypatch.setattr(BotClient, "send_message", canceled_meanwhile)
+    run_job(job_id, rig.services)
+    (working,) = server.calls_for(chat, "sendMessage")
+    edits = [c for c in server.calls_for(chat, "editMessageText") if c["ok"]]
+    assert edits and edits[-1]["message_id"] == working["result"]["message_id"]
+    assert edits[-1]["text"].startswith("✖️ Canceled")

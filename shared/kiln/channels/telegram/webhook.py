@@ -254,11 +254,14 @@ def cancel_running(services: Services, incoming: Incoming) -> Reply:
         job = again
     if job.status is not JobStatus.CANCELED:  # (the update's first delivery canceled it)
         try:
-            changed = actions.cancel(services, job.id, by="chat").changed
+            outcome = actions.cancel(services, job.id, by="chat")
         except TransitionError:
-            changed = False  # it ended meanwhile
-        if not changed:
+            outcome = None  # it ended meanwhile
+        if outcome is None or not outcome.changed:
             return incoming.reply(messages.NOTHING_TO_CANCEL)
+        # As the cancel read it: a "working" message recorded since the list was read is
+        # edited here; one recorded after the cancel is edited by its sender.
+        job = outcome.job
     text = messages.cancel_reply(job, len([j for j in running if j.id != job.id]))
     status_id = (job.server.telegram or {}).get("statusMessageId")
     if status_id and str((job.server.telegram or {}).get("chatId")) == str(incoming.chat_id):

@@ -20,10 +20,12 @@ import time
 from typing import TYPE_CHECKING
 
 from kiln import log
+from kiln.channels.telegram import messages
 from kiln.channels.telegram.bot import bot_for
 from kiln.channels.telegram.delivery import Address
 from kiln.core import lifecycle
 from kiln.core.errors import KilnError
+from kiln.core.job import JobStatus
 
 if TYPE_CHECKING:
     from kiln.compose import Services
@@ -49,7 +51,17 @@ def send(services: Services, job_id: str, to: Address, text: str, *,
             return False
         services.store.apply(job_id, lifecycle.channel_state("telegram", {
             "statusMessageId": int(sent["message_id"]), "sentAt": time.time(), "working": SENT}))
+        now = services.store.get(job_id)
     except KilnError as exc:
         log.event(logger, "working message not recorded", logging.WARNING, code=exc.code)
         return False
+    if now is not None and now.status is JobStatus.CANCELED:
+        # /cancel came while this was being sent, and found no message to edit (its
+        # own reply said so): this one would say "working" for good.
+        try:
+            bot_for(services).edit_message_text(to.chat_id, int(sent["message_id"]),
+                                                messages.canceled(now), max_wait=0)
+        except KilnError as exc:
+            log.event(logger, "working message of a canceled job left", logging.WARNING,
+                      code=exc.code)
     return True
