@@ -48,13 +48,12 @@ tfcheck: $(STAMP) ## check infra/*.tf against the real provider schemas (../shar
 	  $(PY) $(TFCHECK) infra --quiet; \
 	fi
 
-# Three pytest-xdist workers on the two cores, each handed whole files in the order
-# collected: much of the end-to-end layer waits on real timers (leases, backoff, scheduled
-# checks) while the others keep the CPU busy (measured: 2 workers 285-305 s, 3 workers
-# 263 s with the cores 94 % busy). Each worker starts its own session stack on
-# free ports, and no client reads os.environ after start-up, so every stack lives beside
-# the others. TEST_WORKERS=0 runs one process.
-TEST_WORKERS ?= 3
+# Two pytest-xdist workers, each handed whole files in the order collected: much of the
+# end-to-end layer waits on real timers (leases, backoff, scheduled checks) while the other
+# worker keeps the CPU busy. Each worker starts its own session stack on free ports, and no
+# client reads os.environ after start-up, so every stack lives beside the others.
+# TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
 test: setup lint tfcheck $(TEST_DEPS) ## lint, type-check, tfcheck, then every test layer on the real emulators
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
