@@ -45,7 +45,9 @@ def test_demo_completes_an_image_and_a_glb(background: Any) -> None:
 
 def test_watch_follows_a_job_to_the_end(stack: Any, api: httpx.Client) -> None:
     """``kiln watch JOB_ID`` prints live progress and exits 0 when the job completes."""
-    job_id = api.post("/v1/jobs", json={"kind": "image", "prompt": "a blue orb"}).json()["jobId"]
+    answer = api.post("/v1/jobs", json={"kind": "image", "prompt": "a blue orb"})
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["jobId"]
     env = {**os.environ, **stack.client_env()}
     done = subprocess.run([sys.executable, "-m", "kiln_dev", "watch", job_id], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
