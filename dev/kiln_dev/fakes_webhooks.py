@@ -89,8 +89,9 @@ class InMemoryWebhookStore:
         return newest_first(found)[:limit]
 
     def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None:
-        self.attempt_records.setdefault(delivery_id, {})[number] = {
-            **record, "deliveryId": delivery_id, "number": number}
+        with self._lock:  # created once, as on Firestore
+            self.attempt_records.setdefault(delivery_id, {}).setdefault(number, {
+                **record, "deliveryId": delivery_id, "number": number})
 
     def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
         found = self.attempt_records.get(delivery_id, {})

@@ -143,3 +143,13 @@ def test_events_deliveries_and_attempts_are_stored_with_their_expiry(
                                    ("webhookAttempts", f"{delivery.id}-1"))]
     for expire in stored:
         assert abs(expire - (now + model.RETENTION)) < dt.timedelta(minutes=1), stored
+
+
+def test_an_attempt_is_recorded_once(hooks: Any) -> None:
+    """A second record of the same attempt (an invocation whose lease ran out, finishing
+    after the one that took the attempt over) does not replace the first."""
+    delivery_id = "dlv_" + uuid.uuid4().hex[:12]
+    hooks.add_attempt(delivery_id, 1, {"status": 200, "error": ""})
+    hooks.add_attempt(delivery_id, 1, {"status": None, "error": "dns"})
+    hooks.add_attempt(delivery_id, 2, {"status": 503, "error": "http_503"})
+    assert [(a["number"], a["status"]) for a in hooks.attempts(delivery_id)] == [(1, 200), (2, 503)]

@@ -10,11 +10,13 @@ attempt happens outside it. An endpoint takes one of its tenant's numbered slots
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry as retries
 from google.cloud import firestore
 
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
@@ -30,6 +32,9 @@ EVENTS = "webhookEvents"
 DELIVERIES = "webhookDeliveries"
 ATTEMPTS = "webhookAttempts"
 STORE = "webhook store"
+#: The longest one read of the store may take, its retries included (the SDK's default is
+#: 300 s; a delivery attempt's lease is 45).
+READ_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -41,8 +46,9 @@ class FirestoreWebhookStore:
         return self.client.collection(collection).document(name)
 
     def _get(self, collection: str, name: str) -> dict[str, Any] | None:
-        with unavailable_is_retryable(STORE):
-            snap = self._doc(collection, name).get()
+        with unavailable_is_retryable(STORE):  # (bounded well inside an attempt's lease)
+            snap = self._doc(collection, name).get(
+                timeout=READ_SECONDS, retry=retries.Retry(timeout=READ_SECONDS))
         return (snap.to_dict() or {}) if snap.exists else None
 
     def _create(self, collection: str, name: str, doc: Mapping[str, Any]) -> bool:
@@ -179,8 +185,10 @@ class FirestoreWebhookStore:
     def add_attempt(self, delivery_id: str, number: int, record: Mapping[str, Any]) -> None:
         doc = {**record, "deliveryId": delivery_id, "number": number,
                "expireAt": model.expire_at(dt.datetime.now(dt.UTC))}
-        with unavailable_is_retryable(STORE):
-            self._doc(ATTEMPTS, f"{delivery_id}-{number}").set(doc)
+        # Created once: an invocation whose lease ran out records nothing over the one
+        # that took the attempt from it.
+        with contextlib.suppress(gexc.AlreadyExists), unavailable_is_retryable(STORE):
+            self._doc(ATTEMPTS, f"{delivery_id}-{number}").create(doc)
 
     def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
         query = self.client.collection(ATTEMPTS).where(

@@ -108,12 +108,15 @@ def _settle(services: Any, delivery: Delivery, number: int,
     else:
         fields["endedAt"] = now
 
-    def decide(current: Delivery | None) -> tuple[dict[str, Any] | None, None]:
+    def decide(current: Delivery | None) -> tuple[dict[str, Any] | None, bool]:
         live = current is not None and current.state is DeliveryState.PENDING \
             and current.attempt == number
-        return (fields if live else None), None
+        return (fields if live else None), live
 
-    services.webhooks.transact_delivery(delivery.id, decide)
+    if not services.webhooks.transact_delivery(delivery.id, decide):
+        # Its lease ran out and another invocation made this attempt and settled it: that
+        # one's outcome stands, and it woke the next attempt if there is one.
+        return AttemptOutcome.STALE, None
     if result.status == 410 and not delivery.endpoint_id.startswith("url_"):
         services.webhooks.disable_endpoint(delivery.endpoint_id, "gone")
         log.event(logger, "webhook endpoint disabled: it answered 410", logging.WARNING,

@@ -14,8 +14,10 @@ library's, over ``{id}.{timestamp}.{body}``.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -93,6 +95,34 @@ def signed_headers(secret: str, message_id: str, timestamp: dt.datetime, body: b
             "user-agent": USER_AGENT}
 
 
+def resolve_by(resolve: Resolver, deadline: float) -> Resolver:
+    """``resolve`` that gives up at ``deadline`` (``time.monotonic()``): the system's
+    lookup has no timeout of its own (its retries and search domains can outlast the
+    attempt's lease, and a second attempt would then overlap this one). The lookup runs on
+    a daemon thread, left to finish on its own when it is given up on."""
+    def bounded(host: str, port: int) -> list[str]:
+        answer: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                answer.append((True, resolve(host, port)))
+            except BaseException as exc:  # handed to the caller below
+                answer.append((False, exc))
+            done.set()
+
+        threading.Thread(target=run, daemon=True, name="webhook-dns").start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise RetryableError(f"The host {host!r} could not be resolved in time.",
+                                 code="fetch_unavailable")
+        ok, value = answer[0]
+        if not ok:
+            raise value
+        return list(value)
+
+    return bounded
+
+
 def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
          timeout: float = RECEIVER_TIMEOUT, resolve: Resolver = system_resolve) -> SendResult:
     """POST ``body`` once; never raises for the receiver's or the network's faults."""
@@ -107,7 +137,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_local: bool,
     if why:
         return done(None, "refused", f"The webhook URL was refused: {why}.")
     try:
-        addresses = check_url(url, policy, resolve)
+        addresses = check_url(url, policy, resolve_by(resolve, started + timeout))
     except PermanentError as exc:
         return done(None, "refused", exc.message)
     except RetryableError as exc:

@@ -146,3 +146,70 @@ def test_a_slow_answer_inside_the_timeout_still_counts() -> None:
     finally:
         dripper.close()
     assert result.ok and result.status == 200
+
+
+def test_a_host_lookup_that_never_answers_is_cut_at_the_timeout() -> None:
+    """Given a resolver stuck in its retries, an attempt with a 1 s timeout still ends by
+    then (the system's lookup has no timeout of its own), failed as ``dns``."""
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(_host: str, _port: int) -> list[str]:
+        entered.set()
+        release.wait(30)
+        return ["93.184.216.34"]
+
+    try:
+        result, _ = run_bounded(1.0 + MARGIN, send.post, "https://hook.example/h", b"{}", {},
+                                allow_local=False, timeout=1.0, resolve=stuck)
+        assert entered.is_set() and (result.status, result.error) == (None, "dns")
+    finally:
+        release.set()
+
+
+def test_an_attempt_that_outlived_its_lease_changes_nothing_of_the_one_that_took_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given worker A held up past its lease in a host lookup, when worker B takes the same
+    attempt and the receiver answers 200, then A, finishing late with a failed lookup,
+    neither replaces B's record nor schedules another attempt: the delivery stays
+    succeeded with one record, 200."""
+    dripper = Dripper(every=0.001, finish=True)
+    port = int(dripper.url().rsplit(":", 1)[1].split("/")[0])
+    in_lookup, release, calls = threading.Event(), threading.Event(), []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kw: Any) -> Any:
+        if host != "localhost":
+            return real(host, *args, **kw)
+        calls.append(host)
+        if len(calls) == 1:  # worker A: held up, then the lookup fails
+            in_lookup.set()
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    kit = build_kit(webhook_timeout_seconds=30.0)
+    kit.hooks.put_endpoint(Endpoint(model.new_endpoint_id(), "acme",
+                                    f"http://localhost:{port}/hook", model.new_secret(),
+                                    created_at=kit.clock.now()))
+    events.emit(kit.services, tenant="acme", event_type="job.completed", subject_id="j",
+                data={})
+    [(delivery_id, number)] = kit.pending_wakes()
+    late: list[Any] = []
+    a = threading.Thread(target=lambda: late.append(
+        delivery.attempt(kit.services, delivery_id, number)), daemon=True)
+    try:
+        a.start()
+        assert in_lookup.wait(5)
+        kit.clock.advance(model.ATTEMPT_LEASE.total_seconds() + 1)
+        taken, _ = run_bounded(5.0, delivery.attempt, kit.services, delivery_id, number)
+        assert taken is AttemptOutcome.SUCCEEDED
+    finally:
+        release.set()
+        a.join(5)
+        dripper.close()
+    assert late == [AttemptOutcome.STALE]
+    assert [(r["number"], r["status"]) for r in kit.hooks.attempts(delivery_id)] == [(1, 200)]
+    record = kit.hooks.delivery(delivery_id)
+    assert record is not None and record.state is DeliveryState.SUCCEEDED
+    assert kit.pending_wakes() == []
