@@ -377,7 +377,8 @@ class WebhookStore(Protocol):
     def endpoints(self, tenant: str | None = None) -> list[Endpoint]: ...
 
     def delete_endpoint(self, endpoint_id: str) -> bool:
-        """Delete it and free its room; False when there is none (already deleted)."""
+        """Delete it and free its room; False when there is none (already deleted; a
+        delete that meets it gone meanwhile, its own retried commit or another, is True)."""
         ...
 
     def disable_endpoint(self, endpoint_id: str, reason: str) -> None: ...

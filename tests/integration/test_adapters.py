@@ -326,3 +326,34 @@ def test_a_device_registered_again_while_its_move_is_decided_is_kept(
     monkeypatch.setattr(store, "_elsewhere", signed_in_again)
     assert store.devices(alice) == []  # as read, it had moved
     assert phone.get().exists
+
+
+def test_a_delete_whose_commit_landed_before_its_retry_is_a_delete(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an endpoint delete that lands but whose answer is lost, so the SDK's retry
+    meets its own precondition (the endpoint is gone), then the delete says it deleted it
+    (the API's 204, not a 404), and its slot is free for the next registration."""
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    from kiln.webhooks import model
+    from kiln.webhooks.model import Endpoint
+
+    tenant = "t-" + uuid.uuid4().hex[:8]
+
+    def endpoint() -> Endpoint:
+        return Endpoint(model.new_endpoint_id(), tenant, "https://a.example/h",
+                        model.new_secret(), (), created_at=dt.datetime.now(dt.UTC))
+
+    first = endpoint()
+    assert services.webhooks.put_endpoint(first, limit=1) is True
+    commit = WriteBatch.commit
+
+    def landed_then_retried(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
+        commit(self, *args, **kwargs)
+        raise gexc.NotFound("No document to update")
+
+    monkeypatch.setattr(WriteBatch, "commit", landed_then_retried)
+    assert services.webhooks.delete_endpoint(first.id) is True
+    monkeypatch.setattr(WriteBatch, "commit", commit)
+    assert services.webhooks.endpoint(first.id) is None
+    assert services.webhooks.put_endpoint(endpoint(), limit=1) is True

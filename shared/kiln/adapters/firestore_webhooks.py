@@ -123,7 +123,9 @@ class FirestoreWebhookStore:
             with unavailable_is_retryable(STORE):
                 batch.commit()
         except (gexc.NotFound, gexc.FailedPrecondition):
-            return False
+            # Gone since the read: this call's own commit, retried by the SDK after its
+            # answer was lost, or another delete at the same moment. Gone, as asked.
+            return True
         return True
 
     def disable_endpoint(self, endpoint_id: str, reason: str) -> None:
