@@ -106,7 +106,7 @@ class InMemoryBatchStore:
             ids = rotated([i for i in self.batches if i not in self.closed], limit)
             return [self.batches[i] for i in ids[:limit]]
 
-    def mark_ended(self, batch_id: str) -> bool:
+    def mark_ended(self, batch_id: str, token: str = "") -> bool:
         with self.jobs._lock:
             if batch_id in self.ended:
                 return False

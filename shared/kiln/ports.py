@@ -96,8 +96,9 @@ class BatchStore(Protocol):
         check costs no read per job)."""
         ...
 
-    def mark_ended(self, batch_id: str) -> bool:
-        """Create the batch's end marker; True only for the first caller."""
+    def mark_ended(self, batch_id: str, token: str = "") -> bool:
+        """Create the batch's end marker; True only for the first caller (``token``: the
+        caller's, so a create that landed but whose answer was lost is still its own)."""
         ...
 
     def ended_at(self, batch_id: str) -> dt.datetime | None:

@@ -357,3 +357,24 @@ def test_a_delete_whose_commit_landed_before_its_retry_is_a_delete(
     monkeypatch.setattr(WriteBatch, "commit", commit)
     assert services.webhooks.endpoint(first.id) is None
     assert services.webhooks.put_endpoint(endpoint(), limit=1) is True
+
+
+def test_a_batch_end_marker_whose_answer_was_lost_is_still_the_callers(
+        services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the create of a batch's end marker that lands but whose answer is lost (a
+    deadline), then the call that made it is still told it was first (it sends the one
+    push), and any other call is not."""
+    from google.cloud.firestore_v1.document import DocumentReference
+
+    batch_id = "b" + uuid.uuid4().hex[:19]
+    create = DocumentReference.create
+
+    def landed_then_lost(self: DocumentReference, *args: Any, **kwargs: Any) -> Any:
+        create(self, *args, **kwargs)
+        raise gexc.DeadlineExceeded("Deadline exceeded")
+
+    monkeypatch.setattr(DocumentReference, "create", landed_then_lost)
+    assert services.batches.mark_ended(batch_id, "mine") is True
+    monkeypatch.setattr(DocumentReference, "create", create)
+    assert services.batches.mark_ended(batch_id, "theirs") is False
+    assert services.batches.ended_at(batch_id) is not None

@@ -21,6 +21,7 @@ from kiln.adapters.firestore import (
 )
 from kiln.adapters.scan import rotated
 from kiln.core.batches import TERMINAL, Batch
+from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
 from kiln.core.lifecycle import RETENTION_DAYS
 
@@ -94,13 +95,20 @@ class FirestoreBatchStore:
     def _ended(self, batch_id: str) -> Any:
         return self._ref(batch_id).collection("private").document("ended")
 
-    def mark_ended(self, batch_id: str) -> bool:
+    def mark_ended(self, batch_id: str, token: str = "") -> bool:
         ref = self._ended(batch_id)
         try:
             with unavailable_is_retryable("batch store"):
                 # deleted by the private collection group's TTL policy, as the batch is
-                ref.create({"endedAt": firestore.SERVER_TIMESTAMP, "expireAt": dt.datetime.now(
-                    dt.UTC) + dt.timedelta(days=RETENTION_DAYS)})
+                ref.create({"endedAt": firestore.SERVER_TIMESTAMP, "by": token,
+                            "expireAt": dt.datetime.now(dt.UTC) + dt.timedelta(
+                                days=RETENTION_DAYS)})
         except gexc.AlreadyExists:
             return False
+        except RetryableError:  # landed though its answer was lost, if it bears our token
+            with unavailable_is_retryable("batch store"):
+                snap = ref.get()
+            if token and snap.exists and (snap.to_dict() or {}).get("by") == token:
+                return True
+            raise
         return True

@@ -25,12 +25,13 @@ job is notified on its own (a second notice rather than none).
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from kiln import log
 from kiln.compose import Services
 from kiln.core.batches import Batch, counts, ended
-from kiln.core.job import Job
+from kiln.core.job import Device, Job
 from kiln.webhooks import events
 
 logger = log.get("batches")
@@ -75,11 +76,15 @@ def announce_if_ended(services: Services, batch: Batch) -> bool:
     if not ended(batch, statuses):
         return False
     tally = counts({job_id: statuses[job_id] for job_id in batch.job_ids})
-    first = services.batches.mark_ended(batch.id)
-    if batch.channel == "api" and batch.tenant:
+    api = batch.channel == "api" and bool(batch.tenant)
+    # An app user's devices are read before the marker: a read that fails leaves the
+    # batch open for the sweeper instead of marked with nobody left to push.
+    devices = None if api else services.devices.devices(batch.uid)
+    first = services.batches.mark_ended(batch.id, uuid.uuid4().hex)
+    if api:
         emit_completed(services, batch, tally)
     elif first:
-        push_completed(services, batch, tally)
+        push_completed(services, batch, tally, devices)
     services.batches.close(batch.id)
     if first:
         log.event(logger, "batch ended", batchId=batch.id, **tally)
@@ -111,9 +116,12 @@ def emit_completed(services: Services, batch: Batch, tally: dict[str, int]) -> s
                        subject_id=batch.id, data=event_data(batch, tally))
 
 
-def push_completed(services: Services, batch: Batch, tally: dict[str, int]) -> int:
-    """The app user's one push for the whole batch; how many devices it reached."""
-    devices = services.devices.devices(batch.uid)
+def push_completed(services: Services, batch: Batch, tally: dict[str, int],
+                   devices: list[Device] | None = None) -> int:
+    """The app user's one push for the whole batch (to ``devices``, read if not given);
+    how many devices it reached."""
+    if devices is None:
+        devices = services.devices.devices(batch.uid)
     if not devices:
         return 0
     total, done = len(batch.job_ids), tally.get("completed", 0)

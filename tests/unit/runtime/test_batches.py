@@ -14,6 +14,7 @@ from rig import api_call as call
 
 from kiln.core.errors import PermanentError, RetryableError
 from kiln.runtime.keys import create_key
+from kiln.runtime.sweeper import sweep
 from kiln.webhooks.model import event_id
 
 CUBE = {"kind": "image", "prompt": "a red cube"}
@@ -241,6 +242,30 @@ def test_one_idempotency_key_names_one_request_across_jobs_and_batches(rig: Rig)
     assert replay[0] == 202 and replay[2].get("Idempotent-Replayed") == "true"
     assert call(rig, "Bearer uid:bob", "POST", "/v1/batches", {"items": [CUBE]},
                 key="order-42")[0] == 202
+
+
+def test_a_device_store_blip_at_the_batch_end_loses_no_push(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an app user's batch whose last job ends while the device store blips, then
+    the batch is left open (its end marker not yet made) and the sweeper's pass sends its
+    one push, once."""
+    rig.devices.register("alice", "phone", fid="fid-1", platform="android")
+    batch_id = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(2)})[1][
+        "batchId"]
+    devices, faults = rig.devices.devices, [True]
+
+    def blip(uid: str) -> Any:
+        if faults and faults.pop():
+            raise RetryableError("The device store is unavailable.", code="store_unavailable")
+        return devices(uid)
+
+    monkeypatch.setattr(rig.devices, "devices", blip)
+    run_all(rig)
+    assert rig.push.sent == [] and not faults
+    for _ in range(2):
+        rig.clock.advance(120)
+        sweep(rig.services)
+    assert [p.data["batchId"] for p in rig.push.sent] == [batch_id]
 
 
 def test_the_sweeper_announces_a_batch_whose_end_check_failed(rig: Rig) -> None:
