@@ -21,7 +21,7 @@ from typing import IO, Any, TypeVar
 
 from kiln.core import sentinels
 from kiln.core.errors import RetryableError, TicketTakenError
-from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob
+from kiln.core.job import QUEUE_REASONS, Change, Device, Job, NewJob, newest
 from kiln.core.lifecycle import NOTIFY_CLAIMED
 from kiln.ports import Decide, Delivery, Identity, PushResult, StoredObject, Validator
 
@@ -200,10 +200,9 @@ class InMemoryDevices:
 
     def devices(self, uid: str) -> list[Device]:
         kept = []
-        for device_id, doc in list(self.by_uid.get(uid, {}).items()):
-            device = Device.from_doc(device_id, doc)
-            if device is None:
-                continue
+        found = (Device.from_doc(i, doc) for i, doc in self.by_uid.get(uid, {}).items())
+        for device in newest(device for device in found if device is not None):
+            device_id = device.id
             elsewhere = [other for owner, docs in self.by_uid.items() if owner != uid
                          for other in (Device.from_doc(i, d) for i, d in docs.items())
                          if other is not None]

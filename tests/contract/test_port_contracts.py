@@ -279,6 +279,22 @@ def test_a_device_another_user_registered_since_is_no_longer_the_first_users(
     assert [d.id for d in devices.devices(first)] == ["tablet"]  # deleted, not hidden
 
 
+def test_a_push_goes_to_a_users_newest_ten_devices_however_many_they_register(
+        backend: Any) -> None:
+    """Given a user who registered 14 devices (the rules cannot count them), then a push
+    goes to the 10 registered last, each looked up once: not to all of them."""
+    from kiln.core.job import MAX_DEVICES
+
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    devices, register = device_store(backend)
+    at = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+    for n in range(14):
+        register(uid, f"d{n:02d}", fid=f"fid-{uuid.uuid4().hex}", platform="web",
+                 updatedAt=at + dt.timedelta(minutes=n))
+    assert MAX_DEVICES == 10
+    assert sorted(d.id for d in devices.devices(uid)) == [f"d{n:02d}" for n in range(4, 14)]
+
+
 def test_queue_publish_returns_a_message_id(backend: Any) -> None:
     queue = RecordingQueue() if backend is None else backend.queue
     first = queue.publish("job-contract-1", reason="new")

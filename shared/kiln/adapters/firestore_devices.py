@@ -12,11 +12,13 @@ from google.cloud import firestore
 
 from kiln import log
 from kiln.adapters.firestore import unavailable_is_retryable
-from kiln.core.job import Device
+from kiln.core.job import Device, newest
 
 logger = log.get("push")
 #: Other users' registrations of one address read at most (a shared tablet's few).
 ELSEWHERE_LIMIT = 20
+#: A user's device documents read at most for one push (the newest MAX_DEVICES get it).
+READ_LIMIT = 100
 
 
 class FirestoreDeviceStore:
@@ -29,13 +31,16 @@ class FirestoreDeviceStore:
         return self.client.collection("users").document(uid).collection("devices")
 
     def devices(self, uid: str) -> list[Device]:
-        """The user's registered devices that have an address (an FID or a token), but
-        not one another user registered since (``Device.moved``: that one is deleted)."""
+        """The user's newest registered devices that have an address (an FID or a token;
+        ``MAX_DEVICES``), but not one another user registered since (``Device.moved``:
+        that one is deleted)."""
         with unavailable_is_retryable("device store"):
             found = [(Device.from_doc(snap.id, snap.to_dict() or {}), snap)
-                     for snap in self._collection(uid).stream()]
+                     for snap in self._collection(uid).limit(READ_LIMIT).stream()]
+            chosen = {device.id for device in newest(d for d, _ in found if d is not None)}
             kept = []
-            for device, snap in ((device, snap) for device, snap in found if device is not None):
+            for device, snap in ((d, snap) for d, snap in found
+                                 if d is not None and d.id in chosen):
                 if not device.moved(self._elsewhere(uid, device)):
                     kept.append(device)
                     continue

@@ -82,6 +82,16 @@ def is_valid_job_id(job_id: str) -> bool:
             and not (job_id.startswith("__") and job_id.endswith("__")))
 
 
+#: The most devices of one user a push goes to: the newest registrations (a user could
+#: register any number, and each costs the push a lookup and a send).
+MAX_DEVICES = 10
+
+
+def newest(devices: Iterable[Device]) -> list[Device]:
+    """The :data:`MAX_DEVICES` newest of ``devices`` (by ``updated``)."""
+    return sorted(devices, key=lambda device: device.updated, reverse=True)[:MAX_DEVICES]
+
+
 @dataclass(frozen=True)
 class Device:
     """Where one app instance receives pushes: its FID, or (legacy) its registration token."""
