@@ -32,8 +32,9 @@ class Outcome:
     job: Job
 
 
-def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
-    """Cancel a pending or running job (``by`` names who, for the log).
+def cancel(services: Services, job_id: str, *, by: str, notify_now: bool = True) -> Outcome:
+    """Cancel a pending or running job (``by`` names who, for the log; ``notify_now``
+    False leaves a backend's claimed ``job.canceled`` to the sweeper's next pass).
 
     A worker holding the job notices within a progress interval and cancels the provider's
     task. Whenever a provider task exists a wake-up message is published too, so a worker
@@ -59,8 +60,8 @@ def cancel(services: Services, job_id: str, *, by: str) -> Outcome:
         if changed:
             log.event(logger, "job canceled", by=by)
             _next_in_queue(services, job_id)
-            if job.channel in notify.AT_LEAST_ONCE:  # its batch's end comes after it
-                notify.deliver(services, job_id)
+            if job.channel in notify.AT_LEAST_ONCE and notify_now:  # (its batch's end
+                notify.deliver(services, job_id)                      # comes after it)
     if changed and job.channel not in notify.AT_LEAST_ONCE:
         batch_end.on_job_ended(services, job)
     return Outcome(changed, JobStatus.CANCELED, job)

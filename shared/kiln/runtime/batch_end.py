@@ -96,10 +96,16 @@ def sweep(services: Services, limit: int = 200) -> int:
     end check failed, or its process died after the job ended); how many it announced."""
     announced = 0
     try:
-        for batch in services.batches.open_batches(limit):
-            announced += announce_if_ended(services, batch)
+        batches = services.batches.open_batches(limit)
     except Exception as exc:  # the job sweep goes on without the batch one
         log.event(logger, "batch sweep failed", logging.WARNING, error=type(exc).__name__)
+        return 0
+    for batch in batches:
+        try:  # one batch's trouble stops no other's announcement
+            announced += announce_if_ended(services, batch)
+        except Exception as exc:
+            log.event(logger, "batch end not announced", logging.WARNING, batchId=batch.id,
+                      error=type(exc).__name__)
     return announced
 
 

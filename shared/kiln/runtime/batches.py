@@ -46,6 +46,8 @@ from kiln.runtime.admission import admit, give_back
 logger = log.get("ingress")
 #: Publishes in flight at once for one batch (the publisher client is thread-safe).
 PUBLISH_THREADS = 16
+#: How long a batch cancel sends its jobs' events itself (the ingress answers in 60 s).
+CANCEL_NOTIFY_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -243,12 +245,16 @@ def view(services: Services, batch: Batch) -> dict[str, Any]:
 
 
 def cancel(services: Services, batch: Batch) -> int:
-    """Cancel every job of the batch that has not ended; how many this call canceled."""
+    """Cancel every job of the batch that has not ended; how many this call canceled.
+    A backend's ``job.canceled`` events are sent as the jobs are canceled for
+    :data:`CANCEL_NOTIFY_SECONDS`; the rest (a webhook store that keeps failing makes each
+    send pause) are left claimed for the sweeper, so the request ends in time."""
     statuses = services.batches.statuses(batch.id)
-    canceled = 0
+    canceled, until = 0, services.clock.monotonic() + CANCEL_NOTIFY_SECONDS
     for job_id in batch.job_ids:
         if statuses.get(job_id) in TERMINAL:
             continue
         with contextlib.suppress(TransitionError):  # it ended meanwhile
-            canceled += actions.cancel(services, job_id, by="owner").changed
+            canceled += actions.cancel(services, job_id, by="owner",
+                                       notify_now=services.clock.monotonic() < until).changed
     return canceled

@@ -245,3 +245,27 @@ def test_a_retry_waits_while_the_unsent_failure_cannot_be_sent() -> None:
     store_back()
     assert actions.retry(rig.services, job_id, by="owner").changed
     assert [e["data"]["jobId"] for e in events(rig, "job.failed")] == [job_id]
+
+
+def test_a_batch_cancel_while_the_webhook_store_is_down_ends_in_time() -> None:
+    """Given an API batch of 30 jobs canceled while the webhook store refuses every emit
+    (each send pauses between its tries), then the cancel still cancels all 30 within its
+    sending time plus one send's pauses (the ingress answers in 60 s), and once the store
+    is back the sweeper sends every job.canceled and the one batch.completed."""
+    rig = with_endpoint(build_rig(plans="free:daily=1000,running=200", provider_capacity="200"))
+    key = create_key(rig.services.keys, rig.clock, tenant="acme",
+                     scopes=["submit", "read", "cancel"]).secret
+    status, answer, _ = call(rig, f"Bearer {key}", "POST", "/v1/batches", {"items": items(30)})
+    assert status == 202
+    store_back = webhook_store_down(rig)
+    started = rig.clock.monotonic()
+    status, canceled, _ = call(rig, f"Bearer {key}", "POST",
+                               f"/v1/batches/{answer['batchId']}:cancel")
+    assert (status, canceled["canceled"]) == (200, 30)
+    assert rig.clock.monotonic() - started <= 30  # (20 s of sending and one send's pauses)
+    store_back()
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    for _ in range(3):
+        sweep(rig.services)
+    assert len(events(rig, "job.canceled")) == 30
+    assert len(events(rig, "batch.completed")) == 1

@@ -13,6 +13,7 @@ from rig import Rig, build_rig
 from rig import api_call as call
 
 from kiln.core.errors import PermanentError, RetryableError
+from kiln.runtime import batch_end
 from kiln.runtime.keys import create_key
 from kiln.runtime.sweeper import sweep
 from kiln.webhooks.model import event_id
@@ -379,3 +380,27 @@ def test_a_batch_whose_commit_landed_but_answered_late_keeps_its_quota(
     more, refused, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(50)})
     assert (more, refused["error"]["code"]) == (429, "quota_exceeded")
     assert len(rig.store.find(uid="alice", limit=1000)) == 50
+
+
+def test_one_batch_whose_end_cannot_be_announced_stops_no_other_in_the_sweep(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given two ended batches left open (their end checks failed), when the sweeper's
+    pass meets one whose announcement raises, then it still announces the other."""
+    rig.devices.register("alice", "phone", fid="fid-1", platform="android")
+    ids = [call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(1)})[1][
+        "batchId"] for _ in range(2)]
+    announce = batch_end.announce_if_ended
+    monkeypatch.setattr(batch_end, "announce_if_ended", lambda *_a: False)
+    run_all(rig)
+    assert rig.push.sent == []
+    broken = rig.services.batches.batches[ids[0]]  # type: ignore[attr-defined]
+
+    def announce_but_the_first(services: Any, batch: Any) -> bool:
+        if batch.id == broken.id:
+            raise RuntimeError("unreadable")
+        return announce(services, batch)
+
+    monkeypatch.setattr(batch_end, "announce_if_ended", announce_but_the_first)
+    rig.clock.advance(120)
+    sweep(rig.services)
+    assert [p.data["batchId"] for p in rig.push.sent] == [ids[1]]
