@@ -22,7 +22,6 @@ from kiln import log, tracing
 from kiln.channels.telegram.webhook import handle_update
 from kiln.compose import Services
 from kiln.core import timeline
-from kiln.core.batches import new_batch_id
 from kiln.core.errors import (
     ConflictError,
     KilnError,
@@ -94,9 +93,6 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     # A replay of a keyed request was admitted the first time: it costs no quota. The
     # plan is the principal's (an app user's trusted claim, an API key's tenant).
     replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
-    if key is not None and not replay and services.batches.get(new_batch_id(uid, key)):
-        raise ConflictError("This Idempotency-Key was already used for a batch.",
-                            code="idempotency_key_reused")
     admission = None
     if not replay:
         try:
