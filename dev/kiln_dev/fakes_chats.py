@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kiln.channels.telegram import chats
-from kiln.channels.telegram.chats import Claim, ClaimOutcome, Deferred, chat_uid
+from kiln.channels.telegram.chats import Claim, ClaimOutcome, Deferred
 from kiln.core.errors import RetryableError
 
 
@@ -81,7 +81,7 @@ class InMemoryChatStore:
             return True
 
     def uids(self, chat_id: int | str) -> list[str]:
-        return [chat_uid(chat_id), *(chat_uid(c) for c in self.get(chat_id).get("formerChatIds") or [])]
+        return chats.owners(chat_id, self.get(chat_id))
 
     # --- results waiting for Telegram ---------------------------------------------------
 

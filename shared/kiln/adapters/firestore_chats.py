@@ -17,7 +17,7 @@ from google.cloud.firestore import SERVER_TIMESTAMP
 
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
 from kiln.channels.telegram import chats
-from kiln.channels.telegram.chats import CHATS, Claim, ClaimOutcome, Deferred, chat_uid
+from kiln.channels.telegram.chats import CHATS, Claim, ClaimOutcome, Deferred
 from kiln.core.lifecycle import RETENTION_DAYS
 
 STORE = "chat store"
@@ -92,7 +92,7 @@ class FirestoreChatStore:
         return self._transact(run)
 
     def uids(self, chat_id: int | str) -> list[str]:
-        return [chat_uid(chat_id), *(chat_uid(c) for c in self.get(chat_id).get("formerChatIds") or [])]
+        return chats.owners(chat_id, self.get(chat_id))
 
     # --- results waiting for Telegram ---------------------------------------------------
 

@@ -40,6 +40,12 @@ def chat_uid(chat_id: int | str) -> str:
     return f"telegram:{chat_id}"
 
 
+def owners(chat_id: int | str, state: Mapping[str, Any]) -> list[str]:
+    """The job owners of a chat whose document reads ``state``: itself and the groups it
+    was before (``formerChatIds``)."""
+    return [chat_uid(chat_id), *(chat_uid(c) for c in state.get("formerChatIds") or [])]
+
+
 def running_jobs(store: JobStore, uid: str, limit: int = 20) -> list[Job]:
     """The owner's pending and processing jobs, newest first."""
     jobs = [*store.find(status=JobStatus.PENDING.value, uid=uid, limit=limit),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ import flask
 from kiln import log
 from kiln.channels.telegram import messages, working
 from kiln.channels.telegram.bot import bot_for, chat_store, move_chat
-from kiln.channels.telegram.chats import chat_uid, newest_first, running_jobs
+from kiln.channels.telegram.chats import chat_uid, newest_first, owners, running_jobs
 from kiln.channels.telegram.commands import (
     HINTS,
     JOB_COMMANDS,
@@ -153,13 +154,14 @@ def route(update: dict[str, Any], services: Services) -> Reply:
     incoming = Incoming.of(int(update["update_id"]), update["message"])
     if command.name in JOB_COMMANDS:
         return start_job(services, incoming, command.name, command.argument)
-    chats = chat_store(services)
-    if chats.is_blocked(incoming.chat_id):  # it wrote to us: it has the bot again
-        chats.unblock(incoming.chat_id)
+    # The chat's document, read once for what follows (its former ids, its noted cancels).
+    state = chat_store(services).get(incoming.chat_id)
+    if state.get("blocked"):  # it wrote to us: it has the bot again
+        chat_store(services).unblock(incoming.chat_id)
     if command.name == "status":
-        return show_status(services, incoming)
+        return show_status(services, incoming, state)
     if command.name == "cancel":
-        return cancel_running(services, incoming)
+        return cancel_running(services, incoming, state)
     if command.name in ("help", "start"):
         return incoming.reply(messages.help_text(services.settings.telegram_default_kind))
     if command.name in HINTS:
@@ -229,27 +231,27 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     return incoming.answer("sendChatAction", action=CHAT_ACTION.get(kind, "typing"))
 
 
-def show_status(services: Services, incoming: Incoming) -> Reply:
-    """The chat's newest jobs (also those asked for before the group became a supergroup)."""
-    jobs = [job for uid in chat_store(services).uids(incoming.chat_id)
+def show_status(services: Services, incoming: Incoming, state: Mapping[str, Any]) -> Reply:
+    """The chat's newest jobs (also those asked for before the group became a supergroup;
+    ``state``: the chat's document)."""
+    jobs = [job for uid in owners(incoming.chat_id, state)
             for job in services.store.find(uid=uid, limit=200)]
     return incoming.reply(messages.status(newest_first(jobs)[:STATUS_JOBS]))
 
 
-def cancel_running(services: Services, incoming: Incoming) -> Reply:
-    """Cancel the chat's newest running job (the API's ``cancel`` transition). The job is
-    noted for the update first: a delivery of the same update again (its answer was lost)
-    cancels that job again, not the next one."""
-    chats = chat_store(services)
-    chosen = (chats.get(incoming.chat_id).get("cancels") or {}).get(str(incoming.update_id))
-    running = newest_first([job for uid in chats.uids(incoming.chat_id)
+def cancel_running(services: Services, incoming: Incoming, state: Mapping[str, Any]) -> Reply:
+    """Cancel the chat's newest running job (the API's ``cancel`` transition; ``state``:
+    the chat's document). The job is noted for the update first: a delivery of the same
+    update again (its answer was lost) cancels that job again, not the next one."""
+    chosen = (state.get("cancels") or {}).get(str(incoming.update_id))
+    running = newest_first([job for uid in owners(incoming.chat_id, state)
                             for job in running_jobs(services.store, uid)])
     again = services.store.get(str(chosen)) if chosen else None
     if again is None:
         if not running:
             return incoming.reply(messages.NOTHING_TO_CANCEL)
         job = running[0]
-        chats.note_cancel(incoming.chat_id, incoming.update_id, job.id)
+        chat_store(services).note_cancel(incoming.chat_id, incoming.update_id, job.id)
     else:
         job = again
     if job.status is not JobStatus.CANCELED:  # (the update's first delivery canceled it)
