@@ -23,7 +23,7 @@ from kiln.adapters.scan import rotated
 from kiln.core.batches import TERMINAL, Batch
 from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
-from kiln.core.lifecycle import RETENTION_DAYS
+from kiln.core.lifecycle import expire_at
 
 BATCHES = "batches"
 
@@ -101,8 +101,7 @@ class FirestoreBatchStore:
             with unavailable_is_retryable("batch store"):
                 # deleted by the private collection group's TTL policy, as the batch is
                 ref.create({"endedAt": firestore.SERVER_TIMESTAMP, "by": token,
-                            "expireAt": dt.datetime.now(dt.UTC) + dt.timedelta(
-                                days=RETENTION_DAYS)})
+                            "expireAt": expire_at(dt.datetime.now(dt.UTC))})
         except gexc.AlreadyExists:
             return False
         except RetryableError:  # landed though its answer was lost, if it bears our token

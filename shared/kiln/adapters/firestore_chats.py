@@ -18,7 +18,7 @@ from google.cloud.firestore import SERVER_TIMESTAMP
 from kiln.adapters.firestore import in_transaction, unavailable_is_retryable
 from kiln.channels.telegram import chats
 from kiln.channels.telegram.chats import CHATS, Claim, ClaimOutcome, Deferred
-from kiln.core.lifecycle import RETENTION_DAYS
+from kiln.core.lifecycle import expire_at
 
 STORE = "chat store"
 T = TypeVar("T")
@@ -34,7 +34,7 @@ def _due(undelivered: dict[str, Any]) -> dict[str, Any]:
 def kept() -> dict[str, dt.datetime]:
     """``expireAt`` for a write: a chat's state is deleted (a TTL policy, infra) once
     nothing wrote it for as long as its jobs are kept; every write keeps it longer."""
-    return {"expireAt": dt.datetime.now(dt.UTC) + dt.timedelta(days=RETENTION_DAYS)}
+    return {"expireAt": expire_at(dt.datetime.now(dt.UTC))}
 
 
 class FirestoreChatStore:

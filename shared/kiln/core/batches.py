@@ -20,7 +20,7 @@ from typing import Any
 
 from kiln.core.errors import ValidationError
 from kiln.core.job import JobStatus
-from kiln.core.lifecycle import RETENTION_DAYS
+from kiln.core.lifecycle import expire_at
 from kiln.core.requests import JobRequest, parse_job_request, shown_name
 
 BATCH_MAX = 100
@@ -49,8 +49,7 @@ class Batch:
 
     def doc(self) -> dict[str, Any]:
         """The stored document; ``expireAt`` as its jobs' (Firestore's TTL policy)."""
-        expire = (self.created_at + dt.timedelta(days=RETENTION_DAYS)
-                  if self.created_at is not None else None)
+        expire = expire_at(self.created_at) if self.created_at is not None else None
         return {"uid": self.uid, "channel": self.channel, "tenant": self.tenant,
                 "jobIds": list(self.job_ids), "count": len(self.job_ids),
                 "fingerprint": self.fingerprint, "createdAt": self.created_at,

@@ -26,6 +26,11 @@ from kiln.core.sentinels import DELETE, SERVER_TIME, Increment
 #: Job documents are kept this long (a TTL policy on ``expireAt``), like their results.
 RETENTION_DAYS = 90
 
+
+def expire_at(since: dt.datetime) -> dt.datetime:
+    """When a document written at ``since`` is deleted by its TTL policy (``expireAt``)."""
+    return since + dt.timedelta(days=RETENTION_DAYS)
+
 NOTIFY_CLAIMED = "claimed"
 #: Taken from ``claimed`` by the one call that sends it (``kiln.runtime.notify``).
 NOTIFY_SENDING = "sending"
@@ -94,7 +99,7 @@ def new_job(*, job_id: str, uid: str, channel: str, request: JobRequest, now: dt
         "createdAt": SERVER_TIME, "updatedAt": SERVER_TIME, "startedAt": None,
         "completedAt": None,
         # Firestore's TTL policy deletes the documents after this (infra: jobs.expireAt).
-        "expireAt": now + dt.timedelta(days=RETENTION_DAYS),
+        "expireAt": expire_at(now),
     }
     private: dict[str, Any] = {"deadlineAt": policy.deadline(now),
                                "fingerprint": request.fingerprint(), "handoffs": 0,
