@@ -35,12 +35,11 @@ class FirestoreDeviceStore:
         ``MAX_DEVICES``), but not one another user registered since (``Device.moved``:
         that one is deleted)."""
         with unavailable_is_retryable("device store"):
-            found = [(Device.from_doc(snap.id, snap.to_dict() or {}), snap)
-                     for snap in self._collection(uid).limit(READ_LIMIT).stream()]
-            chosen = {device.id for device in newest(d for d, _ in found if d is not None)}
+            snaps = {snap.id: snap for snap in self._collection(uid).limit(READ_LIMIT).stream()}
+            found = (Device.from_doc(i, snap.to_dict() or {}) for i, snap in snaps.items())
             kept = []
-            for device, snap in ((d, snap) for d, snap in found
-                                 if d is not None and d.id in chosen):
+            for device in newest(device for device in found if device is not None):
+                snap = snaps[device.id]
                 if not device.moved(self._elsewhere(uid, device)):
                     kept.append(device)
                     continue

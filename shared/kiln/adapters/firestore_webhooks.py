@@ -119,13 +119,12 @@ class FirestoreWebhookStore:
                      option=self.client.write_option(exists=True))
         if isinstance(doc.get("slot"), int):
             batch.delete(self._slot(str(doc.get("tenant", "")), doc["slot"]))
-        try:
-            with unavailable_is_retryable(STORE):
-                batch.commit()
-        except (gexc.NotFound, gexc.FailedPrecondition):
-            # Gone since the read: this call's own commit, retried by the SDK after its
-            # answer was lost, or another delete at the same moment. Gone, as asked.
-            return True
+        # Gone since the read (NotFound, FailedPrecondition): this call's own commit, retried
+        # by the SDK after its answer was lost, or another delete at the same moment. Gone,
+        # as asked.
+        with contextlib.suppress(gexc.NotFound, gexc.FailedPrecondition), \
+                unavailable_is_retryable(STORE):
+            batch.commit()
         return True
 
     def disable_endpoint(self, endpoint_id: str, reason: str) -> None:
@@ -189,8 +188,7 @@ class FirestoreWebhookStore:
                "expireAt": model.expire_at(dt.datetime.now(dt.UTC))}
         # Created once: an invocation whose lease ran out records nothing over the one
         # that took the attempt from it.
-        with contextlib.suppress(gexc.AlreadyExists), unavailable_is_retryable(STORE):
-            self._doc(ATTEMPTS, f"{delivery_id}-{number}").create(doc)
+        self._create(ATTEMPTS, f"{delivery_id}-{number}", doc)
 
     def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
         query = self.client.collection(ATTEMPTS).where(

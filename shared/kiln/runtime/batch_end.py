@@ -79,7 +79,7 @@ def announce_if_ended(services: Services, batch: Batch) -> bool:
     api = batch.channel == "api" and bool(batch.tenant)
     # An app user's devices are read before the marker: a read that fails leaves the
     # batch open for the sweeper instead of marked with nobody left to push.
-    devices = None if api else services.devices.devices(batch.uid)
+    devices = [] if api else services.devices.devices(batch.uid)
     first = services.batches.mark_ended(batch.id, uuid.uuid4().hex)
     if api:
         emit_completed(services, batch, tally)
@@ -123,11 +123,9 @@ def emit_completed(services: Services, batch: Batch, tally: dict[str, int]) -> s
 
 
 def push_completed(services: Services, batch: Batch, tally: dict[str, int],
-                   devices: list[Device] | None = None) -> int:
-    """The app user's one push for the whole batch (to ``devices``, read if not given);
-    how many devices it reached."""
-    if devices is None:
-        devices = services.devices.devices(batch.uid)
+                   devices: list[Device]) -> int:
+    """The app user's one push for the whole batch, to ``devices`` (read before the end
+    marker); how many devices it reached."""
     if not devices:
         return 0
     total, done = len(batch.job_ids), tally.get("completed", 0)
