@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,20 +39,31 @@ def test_endpoints_per_tenant_secret_kept_and_disable(hooks: Any) -> None:
     assert first == "whsec_first" and hooks.tenant_secret(tenant, "whsec_other") == first
 
 
+def registering(hooks: Any, tenant: str, *, limit: int) -> Callable[[int], bool]:
+    """Registration number ``n`` of one of ``tenant``'s endpoints, with room for ``limit``:
+    whether it was stored."""
+    now = dt.datetime.now(dt.UTC)
+
+    def register(n: int) -> bool:
+        return bool(hooks.put_endpoint(Endpoint(
+            model.new_endpoint_id(), tenant, f"https://a.example/h{n}", model.new_secret(),
+            (), created_at=now), limit=limit))
+
+    return register
+
+
+def at_once(register: Callable[[int], bool], count: int) -> list[bool]:
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(register, range(count)))
+
+
 def test_a_tenants_endpoints_stay_within_the_limit_when_registered_at_once(hooks: Any) -> None:
     """Given 3 registrations of one tenant at once with room for 2, then exactly 2 are
     stored and 1 refused (False, nothing written): counted with the write, not
     read first and written after; another tenant's room is its own."""
     tenant = "t-" + uuid.uuid4().hex[:8]
     now = dt.datetime.now(dt.UTC)
-
-    def register(n: int) -> bool:
-        return bool(hooks.put_endpoint(Endpoint(
-            model.new_endpoint_id(), tenant, f"https://a.example/h{n}", model.new_secret(),
-            (), created_at=now), limit=2))
-
-    with ThreadPoolExecutor(3) as pool:
-        stored = list(pool.map(register, range(3)))
+    stored = at_once(registering(hooks, tenant, limit=2), 3)
     assert sorted(stored) == [False, True, True]
     assert len(hooks.endpoints(tenant)) == 2
     other = Endpoint(model.new_endpoint_id(), tenant + "-b", "https://b.example/h",
@@ -65,15 +77,8 @@ def test_twelve_registrations_at_once_fill_ten_places_and_a_delete_frees_one(
     stored and 2 refused, none raises (no contention error); deleting one frees its room
     for exactly one more, and deleting it again frees nothing."""
     tenant = "t-" + uuid.uuid4().hex[:8]
-    now = dt.datetime.now(dt.UTC)
-
-    def register(n: int) -> bool:
-        return bool(hooks.put_endpoint(Endpoint(
-            model.new_endpoint_id(), tenant, f"https://a.example/h{n}", model.new_secret(),
-            (), created_at=now), limit=10))
-
-    with ThreadPoolExecutor(12) as pool:
-        stored = list(pool.map(register, range(12)))
+    register = registering(hooks, tenant, limit=10)
+    stored = at_once(register, 12)
     assert stored.count(True) == 10 and len(hooks.endpoints(tenant)) == 10
     gone = hooks.endpoints(tenant)[3].id
     assert hooks.delete_endpoint(gone) is True

@@ -4,6 +4,7 @@ lock contention, Pub/Sub's message format, resumable uploads, firebase-admin's F
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -274,6 +275,24 @@ def test_fcm_client_sends_and_reports_dead_devices(services: Any, fcm: Any) -> N
     assert all(m["data"]["jobId"] == "j" for m in sent)
 
 
+@contextlib.contextmanager
+def answer_lost(monkeypatch: pytest.MonkeyPatch, owner: type, name: str,
+                error: Exception) -> Iterator[None]:
+    """Inside, the SDK method ``owner.name`` does its write, then raises ``error``: the
+    write landed, its answer was lost (what the SDK's own retry of it then meets)."""
+    real = getattr(owner, name)
+
+    def landed_then_lost(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)
+        raise error
+
+    monkeypatch.setattr(owner, name, landed_then_lost)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(owner, name, real)
+
+
 def test_a_registration_whose_commit_landed_before_its_retry_keeps_its_one_slot(
         services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given an endpoint's commit that lands but whose answer is lost, so the SDK's retry
@@ -285,17 +304,11 @@ def test_a_registration_whose_commit_landed_before_its_retry_keeps_its_one_slot(
     from kiln.webhooks.model import Endpoint
 
     tenant = "t-" + uuid.uuid4().hex[:8]
-    commit = WriteBatch.commit
-
-    def landed_then_retried(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
-        commit(self, *args, **kwargs)
-        raise gexc.AlreadyExists("Document already exists")
-
-    monkeypatch.setattr(WriteBatch, "commit", landed_then_retried)
     endpoint = Endpoint(model.new_endpoint_id(), tenant, "https://a.example/h",
                         model.new_secret(), (), created_at=dt.datetime.now(dt.UTC))
-    assert services.webhooks.put_endpoint(endpoint, limit=2) is True
-    monkeypatch.setattr(WriteBatch, "commit", commit)
+    with answer_lost(monkeypatch, WriteBatch, "commit",
+                     gexc.AlreadyExists("Document already exists")):
+        assert services.webhooks.put_endpoint(endpoint, limit=2) is True
     slots = services.firestore.collection("webhookTenants").document(tenant).collection(
         "endpointSlots").get()
     assert [(s.id, s.to_dict()["endpoint"]) for s in slots] == [("0", endpoint.id)]
@@ -346,15 +359,8 @@ def test_a_delete_whose_commit_landed_before_its_retry_is_a_delete(
 
     first = endpoint()
     assert services.webhooks.put_endpoint(first, limit=1) is True
-    commit = WriteBatch.commit
-
-    def landed_then_retried(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
-        commit(self, *args, **kwargs)
-        raise gexc.NotFound("No document to update")
-
-    monkeypatch.setattr(WriteBatch, "commit", landed_then_retried)
-    assert services.webhooks.delete_endpoint(first.id) is True
-    monkeypatch.setattr(WriteBatch, "commit", commit)
+    with answer_lost(monkeypatch, WriteBatch, "commit", gexc.NotFound("No document to update")):
+        assert services.webhooks.delete_endpoint(first.id) is True
     assert services.webhooks.endpoint(first.id) is None
     assert services.webhooks.put_endpoint(endpoint(), limit=1) is True
 
@@ -367,14 +373,8 @@ def test_a_batch_end_marker_whose_answer_was_lost_is_still_the_callers(
     from google.cloud.firestore_v1.document import DocumentReference
 
     batch_id = "b" + uuid.uuid4().hex[:19]
-    create = DocumentReference.create
-
-    def landed_then_lost(self: DocumentReference, *args: Any, **kwargs: Any) -> Any:
-        create(self, *args, **kwargs)
-        raise gexc.DeadlineExceeded("Deadline exceeded")
-
-    monkeypatch.setattr(DocumentReference, "create", landed_then_lost)
-    assert services.batches.mark_ended(batch_id, "mine") is True
-    monkeypatch.setattr(DocumentReference, "create", create)
+    with answer_lost(monkeypatch, DocumentReference, "create",
+                     gexc.DeadlineExceeded("Deadline exceeded")):
+        assert services.batches.mark_ended(batch_id, "mine") is True
     assert services.batches.mark_ended(batch_id, "theirs") is False
     assert services.batches.ended_at(batch_id) is not None
