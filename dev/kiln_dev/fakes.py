@@ -100,6 +100,7 @@ class InMemoryJobStore:
         self.server_writes: Counter[str] = Counter()
         self.unavailable = False
         self.counters: Any = None  # an InMemoryCounters bound to this store, for tickets
+        self.batch_ids: Any = ()  # an InMemoryBatchStore's ids, once one is bound to it
         self._lock = threading.RLock()
 
     def _check(self) -> None:
@@ -109,7 +110,7 @@ class InMemoryJobStore:
     def create(self, job: NewJob) -> bool:
         with self._lock:
             self._check()
-            if job.id in self.docs:
+            if job.id in self.docs or job.key_batch in self.batch_ids:
                 return False
             tickets = job.tickets
             if tickets is not None and not self.counters.confirm(

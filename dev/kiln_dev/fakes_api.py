@@ -61,14 +61,16 @@ class InMemoryBatchStore:
     def __init__(self, jobs: InMemoryJobStore) -> None:
         self.jobs = jobs
         self.batches: dict[str, Batch] = {}
+        jobs.batch_ids = self.batches  # a job whose key names a batch is refused
         self.ended: dict[str, dt.datetime] = {}
         self.closed: set[str] = set()
         self.fail_counts = 0
 
-    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+    def create(self, batch: Batch, jobs: Sequence[NewJob], *, key_job: str | None = None) -> bool:
         with self.jobs._lock:
             self.jobs._check()
-            if batch.id in self.batches or any(job.id in self.jobs.docs for job in jobs):
+            if batch.id in self.batches or key_job in self.jobs.docs or any(
+                    job.id in self.jobs.docs for job in jobs):
                 return False
             self.batches[batch.id] = dataclasses.replace(
                 batch, created_at=batch.created_at or self.jobs.clock.now())

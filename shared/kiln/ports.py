@@ -32,7 +32,7 @@ class JobStore(Protocol):
 
     def create(self, job: NewJob) -> bool:
         """Create both documents at once, with ``job.tickets`` if any; False when a job
-        with this id exists (nothing written).
+        with this id exists, or the batch ``job.key_batch`` does (nothing written).
 
         Raises:
             TicketTakenError: one of ``job.tickets`` was taken first (nothing written).
@@ -80,9 +80,10 @@ class JobStore(Protocol):
 class BatchStore(Protocol):
     """Batches (``batches/{batchId}``), written with their jobs in one commit."""
 
-    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+    def create(self, batch: Batch, jobs: Sequence[NewJob], *, key_job: str | None = None) -> bool:
         """Create the batch and every job's two documents at once (all or nothing); False
-        when the batch exists (nothing written)."""
+        when the batch exists, or one of its jobs, or the single job ``key_job`` (the one
+        its caller's Idempotency-Key would name; nothing written)."""
         ...
 
     def get(self, batch_id: str) -> Batch | None: ...

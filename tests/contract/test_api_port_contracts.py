@@ -101,3 +101,54 @@ def test_a_batch_whose_job_exists_writes_nothing(backend: Any) -> None:
     # then neither the batch nor its other job was written
     assert batches.get(batch_id) is None
     assert batches.statuses(batch_id) == {jobs[1].id: "completed"}
+
+
+def test_a_key_names_a_job_or_a_batch_never_both(backend: Any) -> None:
+    """Given a batch and a job, when a job whose key names that batch is created (alone
+    with quota tickets, and among concurrent creates that share commits) and a batch
+    whose key names that job, then each is refused (False) with nothing written, tickets
+    included, and the others' creates are not held up by it."""
+    import threading
+
+    from kiln.core.job import Tickets
+    from kiln_dev.fakes_queue import InMemoryCounters
+
+    if backend is None:
+        jobs_store = InMemoryJobStore(FakeClock(dt.datetime.now(dt.UTC)))
+        batches, counters = InMemoryBatchStore(jobs_store), InMemoryCounters(jobs_store)
+    else:
+        jobs_store, batches, counters = backend.store, backend.batches, backend.counters
+    made = Batch(uuid.uuid4().hex[:20], "contract", "api", (), "fp", dt.datetime.now(dt.UTC))
+    assert batches.create(made, [])
+    single = _jobs(uuid.uuid4().hex[:20], ["completed"])[0]
+    assert jobs_store.create(single)
+
+    key = f"quota:contract:{uuid.uuid4().hex}"
+    keyed = dataclasses.replace(_jobs(uuid.uuid4().hex[:20], ["completed"])[0],
+                                key_batch=made.id, tickets=Tickets(key, (1,)))
+    assert jobs_store.create(keyed) is False
+    assert jobs_store.get(keyed.id) is None and counters.used(key) == 0
+
+    others = [_jobs(uuid.uuid4().hex[:20], ["completed"])[0] for _ in range(7)]
+    together = [*others, dataclasses.replace(keyed, tickets=None)]
+    start, results = threading.Barrier(len(together)), [None] * len(together)
+
+    def create(index: int) -> None:
+        start.wait()
+        results[index] = jobs_store.create(together[index])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(together))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [True] * 7 + [False]
+    assert jobs_store.get(keyed.id) is None and all(jobs_store.get(j.id) for j in others)
+
+    batch_id = uuid.uuid4().hex[:20]
+    refused = _jobs(batch_id, ["completed"])
+    assert batches.create(Batch(batch_id, "contract", "api", (refused[0].id,), "fp", None),
+                          refused, key_job=single.id) is False
+    assert batches.get(batch_id) is None and jobs_store.get(refused[0].id) is None
+    assert batches.create(Batch(batch_id, "contract", "api", (refused[0].id,), "fp", None),
+                          refused, key_job=keyed.id) is True

@@ -38,11 +38,12 @@ class HeldCreates:
         self.commits: list[list[str]] = []
         self.on_wire, self.release = threading.Event(), threading.Event()
 
-    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Any:
-        return self.creates.encode(documents)
+    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]],
+               absent: Sequence[str] = ()) -> Any:
+        return self.creates.encode(documents, absent)
 
     def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
-        self.commits.append([change.update.name.split("/documents/", 1)[1]
+        self.commits.append([wire.written(change).split("/documents/", 1)[1]
                              for each in encoded for change in each.writes])
         if len(self.commits) == 1:
             self.on_wire.set()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from google.api_core import exceptions as gexc
 
+from kiln.adapters import wire
 from kiln.adapters.group import Group
 
 WAIT = 10.0  # seconds a test waits for a thread before it fails
@@ -319,23 +320,29 @@ class FakeCreates:
     def __init__(self, refuse: Callable[[list[str]], BaseException | None]) -> None:
         self.refuse, self.commits = refuse, []  # type: list[list[str]]
 
-    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Any:
+    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]],
+               absent: Sequence[str] = ()) -> Any:
         from types import SimpleNamespace
 
-        return SimpleNamespace(writes=[SimpleNamespace(update=SimpleNamespace(
-            name=f"projects/p/databases/(default)/documents/{path}")) for path, _ in documents])
+        root = "projects/p/databases/(default)/documents/"
+        return SimpleNamespace(writes=[
+            *(SimpleNamespace(update=SimpleNamespace(name=root + path)) for path, _ in documents),
+            *(SimpleNamespace(update=SimpleNamespace(name=""), delete=root + path)
+              for path in absent)])
 
     def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
-        names = [w.update.name.split("/documents/")[1] for job in encoded for w in job.writes]
+        names = [wire.written(w).split("/documents/")[1] for job in encoded for w in job.writes]
         self.commits.append(names)
         error = self.refuse(names)
         if error is not None:
             raise error
 
 
-def grouped(creates: FakeCreates, jobs: Sequence[str]) -> dict[str, Any]:
-    """Each job (one document) created at once by a GroupedCreates whose first commit
-    waits on the wire until all the others are queued behind it."""
+def grouped(creates: FakeCreates, jobs: Sequence[str],
+            absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Each job (one document, and the document ``absent`` names for it, if any, that
+    must not exist) created at once by a GroupedCreates whose first commit waits on the
+    wire until all the others are queued behind it."""
     from kiln.adapters.group import GroupedCreates
 
     group = GroupedCreates(creates, patience=None)  # type: ignore[arg-type]
@@ -351,7 +358,7 @@ def grouped(creates: FakeCreates, jobs: Sequence[str]) -> dict[str, Any]:
 
     def one(name: str) -> None:
         try:
-            group([(name, {})])
+            group([(name, {})], [absent[name]] if absent and name in absent else [])
             results[name] = True
         except Exception as exc:
             results[name] = exc
@@ -378,6 +385,25 @@ def test_a_refusal_that_names_no_document_sends_each_job_alone() -> None:
     assert results["jobs/c"] is True and isinstance(results["jobs/b"], gexc.Aborted)
     assert creates.commits[1] == ["jobs/a", "jobs/b", "jobs/c"]
     assert sorted(map(tuple, creates.commits[2:])) == [("jobs/a",), ("jobs/b",), ("jobs/c",)]
+
+
+def test_a_refusal_naming_a_document_one_job_requires_absent_sends_it_alone() -> None:
+    """A job that requires a document not to exist (its key's batch) and finds it is
+    named by the refusal as a job's own document is: it goes alone and gets the refusal,
+    and the rest are sent together again."""
+    def refuse(names: list[str]) -> BaseException | None:
+        if "batches/k" in names:
+            return gexc.AlreadyExists(
+                "Document already exists: projects/p/databases/(default)/documents/batches/k")
+        return None
+
+    creates = FakeCreates(refuse)
+    results = grouped(creates, ["jobs/a", "jobs/k", "jobs/c"], absent={"jobs/k": "batches/k"})
+
+    assert creates.commits[1] == ["jobs/a", "jobs/k", "batches/k", "jobs/c"]
+    assert creates.commits[2:] == [["jobs/a", "jobs/c"], ["jobs/k", "batches/k"]]
+    assert results["jobs/a"] is True and results["jobs/c"] is True
+    assert isinstance(results["jobs/k"], gexc.AlreadyExists)
 
 
 def test_a_group_is_sent_again_at_most_twice_without_the_jobs_named() -> None:

@@ -12,6 +12,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from kiln.adapters.firestore import (
+    BATCHES,
     JOBS,
     FirestoreJobStore,
     _fields,
@@ -25,8 +26,6 @@ from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
 from kiln.core.lifecycle import expire_at
 
-BATCHES = "batches"
-
 
 class FirestoreBatchStore:
     def __init__(self, client: firestore.Client) -> None:
@@ -36,9 +35,11 @@ class FirestoreBatchStore:
     def _ref(self, batch_id: str) -> firestore.DocumentReference:
         return self.client.collection(BATCHES).document(batch_id)
 
-    def create(self, batch: Batch, jobs: Sequence[NewJob]) -> bool:
+    def create(self, batch: Batch, jobs: Sequence[NewJob], *, key_job: str | None = None) -> bool:
         writes = self.client.batch()
         writes.create(self._ref(batch.id), _fields(batch.doc()))
+        if key_job is not None:  # a delete that writes nothing: fails if the job exists
+            writes.delete(self.jobs.ref(key_job), option=self.client.write_option(exists=False))
         for job in jobs:
             writes.create(self.jobs.ref(job.id), _fields(job.doc))
             writes.create(self.jobs.server_ref(job.id), _fields(job.server))

@@ -36,6 +36,7 @@ from kiln.core.job import QUEUE_REASONS, Change, Job, NewJob
 from kiln.core.lifecycle import NOTIFY_CLAIMED
 
 JOBS = "jobs"
+BATCHES = "batches"  # (kiln.adapters.batches)
 PRIVATE = "private"  # jobs/{jobId}/private/server: server state, no client access
 SERVER_DOC = "server"
 #: ``waitingJobs/{jobId}``: present while the job waits in the fair queue (``queueReason``
@@ -55,14 +56,8 @@ TX_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 T = TypeVar("T")
 
 #: Errors that mean "Firestore is not reachable right now": try again later.
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Aborted,
-    gexc.TooManyRequests,
-    gexc.RetryError,
-)
+_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError,
+              gexc.Aborted, gexc.TooManyRequests, gexc.RetryError)
 
 
 @contextlib.contextmanager
@@ -207,8 +202,8 @@ class FirestoreJobStore:
 
     def create(self, job: NewJob) -> bool:
         """Create both documents (and the job's quota tickets) in one commit; False when
-        the job exists already. The ingress's Firestore call: sent as raw protobuf
-        (``kiln.adapters.wire``); the creates of concurrent requests share commits
+        the job exists already, or the batch of its key. The ingress's Firestore call: raw
+        protobuf (``kiln.adapters.wire``); concurrent requests' creates share commits
         (``kiln.adapters.group.GroupedCreates``): one that finds no commit on the wire is
         sent at once, those that arrive meanwhile go together in the next."""
         documents = [(f"{JOBS}/{job.id}", job.doc),
@@ -220,12 +215,15 @@ class FirestoreJobStore:
             documents += [(ticket_path(job.tickets.key, number),
                            ticket_fields(job.tickets.key, number, job.tickets.holder))
                           for number in job.tickets.numbers]
+        key_batch = [f"{BATCHES}/{job.key_batch}"] if job.key_batch else []
         try:
             with unavailable_is_retryable():
-                self.grouped(documents)
+                self.grouped(documents, key_batch)
         except gexc.AlreadyExists:
-            if job.tickets is None or self.get(job.id) is not None:
-                return False
+            with unavailable_is_retryable():  # (the job: a replay; the batch: key reused)
+                if job.tickets is None or self._read(job.id, None) is not None or any(
+                        self.client.document(path).get().exists for path in key_batch):
+                    return False
             raise TicketTakenError("A quota ticket was taken first.") from None
         return True
 

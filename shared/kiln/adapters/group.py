@@ -211,15 +211,18 @@ class GroupedCreates:
         """Jobs waiting for the commit on the wire to return."""
         return self._group.queued
 
-    def __call__(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Create each ``(path, fields)`` of one job, as ``wire.Creates.commit``.
+    def __call__(self, documents: Sequence[tuple[str, Mapping[str, Any]]],
+                 absent: Sequence[str] = ()) -> None:
+        """Create each ``(path, fields)`` of one job if no document of ``absent`` exists,
+        as ``wire.Creates.commit``.
 
         Raises:
-            google.api_core.exceptions.AlreadyExists: one of them exists (none was written).
+            google.api_core.exceptions.AlreadyExists: one of them exists, or one of
+                ``absent`` does (none was written).
             google.api_core.exceptions.GoogleAPIError: the commit failed.
         """
         started = time.monotonic()
-        encoded = self._creates.encode(documents)
+        encoded = self._creates.encode(documents, absent)
         if not self._group(encoded):  # its group was nobody's answer: alone, then
             left = self._creates.timeout - (time.monotonic() - started)
             if left <= 0:
@@ -234,7 +237,7 @@ class GroupedCreates:
         if len(jobs) == 1:  # the common case: its own commit, its own error
             self._creates.send(jobs, timeout=timeout)
             return [True]
-        names = [change.update.name for job in jobs for change in job.writes]
+        names = [wire.written(change) for job in jobs for change in job.writes]
         if len(set(names)) < len(names):
             return [False] * len(jobs)
         deadline = time.monotonic() + (self._creates.timeout if timeout is None else timeout)
@@ -260,6 +263,6 @@ def _named(exc: gexc.GoogleAPICallError, jobs: list[Any]) -> int | None:
     projects/…/documents/jobs/…"), or None."""
     message = str(getattr(exc, "message", "") or "").rstrip("} ")
     named = [index for index, job in enumerate(jobs)
-             if any(message.endswith("/" + change.update.name.split("/documents/", 1)[-1])
+             if any(message.endswith("/" + wire.written(change).split("/documents/", 1)[-1])
                     for change in job.writes)]
     return named[0] if len(named) == 1 else None

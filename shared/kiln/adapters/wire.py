@@ -99,20 +99,25 @@ class Creates:
                                     gexc.ResourceExhausted, gexc.ServiceUnavailable)))
 
     def commit(self, documents: Sequence[tuple[str, Mapping[str, Any]]], *,
-               timeout: float | None = None) -> None:
-        """Create each ``(path, fields)`` (a path below the database's ``documents``).
-        Fields hold what the SDK would take, with Kiln's sentinels for server values.
-        ``timeout`` (seconds, retries included) shortens the call's own.
+               absent: Sequence[str] = (), timeout: float | None = None) -> None:
+        """Create each ``(path, fields)`` (a path below the database's ``documents``),
+        if no document of ``absent`` exists. Fields hold what the SDK would take, with
+        Kiln's sentinels for server values. ``timeout`` (seconds, retries included)
+        shortens the call's own.
 
         Raises:
-            google.api_core.exceptions.AlreadyExists: one of them exists (none was written).
+            google.api_core.exceptions.AlreadyExists: one of them exists, or one of
+                ``absent`` does (none was written).
             google.api_core.exceptions.GoogleAPIError: the commit failed.
         """
-        self.send([self.encode(documents)], timeout=timeout)
+        self.send([self.encode(documents, absent)], timeout=timeout)
 
-    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Any:
-        """The writes that create each ``(path, fields)``, as a commit request for
-        :meth:`send`.
+    def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]],
+               absent: Sequence[str] = ()) -> Any:
+        """The writes that create each ``(path, fields)`` if no document of ``absent``
+        exists, as a commit request for :meth:`send`. Each of ``absent`` is checked by a
+        delete that requires it not to exist: it writes nothing, and fails the commit
+        with "already exists" as a create would.
 
         Raises:
             ValueError, TypeError: a value Firestore cannot hold (nothing was sent).
@@ -123,6 +128,10 @@ class Creates:
             change.update.name = self._root + path
             change.current_document.exists = False
             _encode_map(fields, change.update.fields, change, ())
+        for path in absent:
+            check = request.writes.add()
+            check.delete = self._root + path
+            check.current_document.exists = False
         return request
 
     def send(self, encoded: Sequence[Any], *, timeout: float | None = None) -> None:
@@ -134,6 +143,11 @@ class Creates:
         request = encoded[0] if len(encoded) == 1 else \
             b"".join(each.SerializeToString() for each in encoded)
         self._commit(request, timeout)
+
+
+def written(change: Any) -> str:
+    """The document one write of a commit request names (created, or checked absent)."""
+    return str(change.update.name or change.delete)
 
 
 def _encode_map(values: Mapping[str, Any], out: Any, change: Any,

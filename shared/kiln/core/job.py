@@ -298,9 +298,13 @@ class Tickets:
 @dataclass(frozen=True)
 class NewJob:
     """The two documents of a job about to be created (and the quota tickets it pays
-    with, created in the same commit, when admission deferred them)."""
+    with, created in the same commit, when admission deferred them). ``key_batch``: the
+    batch its caller's Idempotency-Key would name (``kiln.core.batches.new_batch_id``);
+    the job is created only if no such batch exists, in the same commit, so one key
+    names one request, a job or a batch, whichever came first."""
 
     id: str
     doc: Mapping[str, Any]
     server: Mapping[str, Any]
     tickets: Tickets | None = None
+    key_batch: str | None = None

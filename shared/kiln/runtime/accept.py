@@ -11,7 +11,8 @@ in: the acknowledgement is the floor's own two calls (docs/benchmarks.md).
 
 If the publish fails the job is still accepted: the sweeper re-publishes an arrival
 whose message was lost, as any pending job. The same (uid, idempotency key) always maps
-to the same job id; a replay returns that job and takes nothing.
+to the same job id; a replay returns that job and takes nothing. A key already used for a
+batch is refused by the job's own commit (``NewJob.key_batch``): no read before it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from kiln import log, tracing
 from kiln.compose import Services
 from kiln.core import lifecycle, urls
+from kiln.core.batches import new_batch_id
 from kiln.core.errors import (
     ConflictError,
     KilnError,
@@ -57,7 +59,8 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
     Raises:
         ValidationError: ``invalid_image_url``: ``options.imageUrl`` breaks a rule that
             needs no lookup (``kiln.core.urls``).
-        ConflictError: the idempotency key was used for a different request.
+        ConflictError: the idempotency key was used for a different request (a batch's
+            included, checked in the job's commit).
         QuotaExceededError: a deferred admission's quota ran out meanwhile (another
             instance took the last tickets); nothing was created.
         RetryableError: the job store is unavailable (nothing was accepted).
@@ -73,6 +76,8 @@ def accept_job(services: Services, *, uid: str, channel: str, request: JobReques
                             idempotency_key=idempotency_key, server=server, queue=queue)
     if admission is not None and not admission.taken:  # its tickets ride on the commit
         new = dataclasses.replace(new, tickets=Tickets(admission.quota_key, admission.tickets))
+    if idempotency_key is not None:  # a key already used for a batch refuses the job
+        new = dataclasses.replace(new, key_batch=new_batch_id(uid, idempotency_key))
     if not _create(services, new, admission):
         # A replay (its first request was admitted): this one costs nothing.
         existing = services.store.get(job_id)

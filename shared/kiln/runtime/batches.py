@@ -3,7 +3,9 @@
 A batch's jobs are created with it in one commit (``kiln.ports.BatchStore.create``), then
 published concurrently; a publish that fails leaves a pending job the sweeper publishes,
 as for a single job. A replay with the same Idempotency-Key returns the same ids without
-publishing again. See ``kiln.core.batches`` for the shapes and docs/client-contract.md.
+publishing again; a key already used for a single job refuses the batch in its commit
+(and a batch's key refuses a single job in the job's). See ``kiln.core.batches`` for the
+shapes and docs/client-contract.md.
 """
 
 from __future__ import annotations
@@ -76,9 +78,6 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     existing = services.batches.get(batch_id) if idempotency_key else None
     if existing is not None:  # a replay: admitted the first time, costs nothing now
         return _replayed(existing, uid, fingerprint(requests))
-    if idempotency_key and services.store.get(new_job_id(uid, idempotency_key)):
-        raise ConflictError("This Idempotency-Key was already used for a single job.",
-                            code="idempotency_key_reused")
     # Admitted as many jobs (quota, backpressure); beyond the caller's running limit and the
     # generator's capacity the batch's jobs wait their turns in the fair queue.
     try:
@@ -113,7 +112,8 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
     batch = Batch(batch_id, uid, principal.channel, tuple(job.id for job in jobs),
                   fingerprint(requests), now, principal.tenant)
     try:
-        created = services.batches.create(batch, jobs)
+        created = services.batches.create(  # (a single job of this key refuses it)
+            batch, jobs, key_job=new_job_id(uid, idempotency_key) if idempotency_key else None)
     except KilnError:
         created = None
     if not created:

@@ -12,7 +12,9 @@ import pytest
 from rig import Rig, build_rig
 from rig import api_call as call
 
+from kiln.core.batches import new_batch_id
 from kiln.core.errors import PermanentError, RetryableError
+from kiln.core.job import new_job_id
 from kiln.runtime import batch_end
 from kiln.runtime.keys import create_key
 from kiln.runtime.sweeper import sweep
@@ -228,19 +230,28 @@ def test_a_retry_is_a_run_the_days_quota_counts() -> None:
     assert rig.job(job_id).status.value == "failed" and rig.job(job_id).server.retries == 1
 
 
-def test_a_key_used_for_a_job_is_refused_for_a_batch(rig: Rig) -> None:
-    """A key used for a single job is 422 for a batch (a batch is rare: its one read of the
-    key's job costs the acknowledgement of single jobs nothing); each request still
-    replays as itself, and another caller's same key is its own."""
+def test_a_key_names_one_request_a_job_or_a_batch(rig: Rig) -> None:
+    """A key used for a single job is 422 for a batch, and a batch's key 422 for a single
+    job (each checked in the other's commit: no read before it), with nothing created;
+    each request still replays as itself, and another caller's same key is its own."""
     alice = "Bearer uid:alice"
     assert call(rig, alice, "POST", "/v1/jobs", CUBE, key="order-42")[0] == 202
     status, answer, _ = call(rig, alice, "POST", "/v1/batches", {"items": [CUBE]},
                              key="order-42")
     assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
+    assert rig.services.batches.get(new_batch_id("alice", "order-42")) is None
     replay = call(rig, alice, "POST", "/v1/jobs", CUBE, key="order-42")
     assert replay[0] == 202 and replay[2].get("Idempotent-Replayed") == "true"
     assert call(rig, "Bearer uid:bob", "POST", "/v1/batches", {"items": [CUBE]},
                 key="order-42")[0] == 202
+
+    batch = call(rig, alice, "POST", "/v1/batches", {"items": [CUBE]}, key="order-43")
+    assert batch[0] == 202
+    status, answer, _ = call(rig, alice, "POST", "/v1/jobs", CUBE, key="order-43")
+    assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
+    assert rig.services.store.get(new_job_id("alice", "order-43")) is None
+    again = call(rig, alice, "POST", "/v1/batches", {"items": [CUBE]}, key="order-43")
+    assert again[:2] == (202, batch[1]) and again[2].get("Idempotent-Replayed") == "true"
 
 
 def test_a_device_store_blip_at_the_batch_end_loses_no_push(
@@ -358,8 +369,8 @@ def test_a_batch_whose_commit_landed_but_answered_late_keeps_its_quota(
     rig = build_rig(plans="free:daily=50,running=200", provider_capacity="200")
     store, landed_late = rig.services.batches, list[str]()
 
-    def applied_then_timeout(batch: Any, jobs: Any) -> bool:
-        created = type(store).create(store, batch, jobs)
+    def applied_then_timeout(batch: Any, jobs: Any, **key: Any) -> bool:
+        created = type(store).create(store, batch, jobs, **key)
         if not landed_late:
             landed_late.append(batch.id)
             raise RetryableError("The batch store is unavailable.", code="store_unavailable")

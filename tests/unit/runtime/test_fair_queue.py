@@ -353,10 +353,10 @@ def test_a_place_freed_while_a_batch_is_created_starts_one_of_its_jobs(
     first = post(rig)[1]["jobId"]
     create = rig.services.batches.create
 
-    def ending_first(batch: Any, jobs: Any) -> Any:
+    def ending_first(batch: Any, jobs: Any, **key: Any) -> Any:
         monkeypatch.setattr(rig.services.batches, "create", create)
         assert run_job(first, rig.services) is RunOutcome.COMPLETED  # its pass finds nobody
-        return create(batch, jobs)
+        return create(batch, jobs, **key)
 
     monkeypatch.setattr(rig.services.batches, "create", ending_first)
     status, body = post_batch(rig, 2)
@@ -374,13 +374,13 @@ def test_a_batch_is_accepted_when_its_second_look_at_the_pools_fails(
     assert post(rig)[0] == 202  # alice's one running place is taken
     create, holders = rig.services.batches.create, rig.services.slots.holders
 
-    def created_then_unavailable(batch: Any, jobs: Any) -> Any:
+    def created_then_unavailable(batch: Any, jobs: Any, **key: Any) -> Any:
         def unavailable(pool: str) -> list[str]:
             raise RetryableError("The admission store is unavailable.",
                                  code="store_unavailable")
 
         monkeypatch.setattr(rig.services.slots, "holders", unavailable)
-        return create(batch, jobs)
+        return create(batch, jobs, **key)
 
     monkeypatch.setattr(rig.services.batches, "create", created_then_unavailable)
     status, body = post_batch(rig, 2)
