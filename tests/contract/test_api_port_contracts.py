@@ -103,7 +103,8 @@ def test_a_batch_whose_job_exists_writes_nothing(backend: Any) -> None:
     assert batches.statuses(batch_id) == {jobs[1].id: "completed"}
 
 
-def test_a_key_names_a_job_or_a_batch_never_both(backend: Any) -> None:
+def test_a_key_names_a_job_or_a_batch_never_both(backend: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Given a batch and a job, when a job whose key names that batch is created (alone
     with quota tickets, and among concurrent creates that share commits) and a batch
     whose key names that job, then each is refused (False) with nothing written, tickets
@@ -152,3 +153,13 @@ def test_a_key_names_a_job_or_a_batch_never_both(backend: Any) -> None:
     assert batches.get(batch_id) is None and jobs_store.get(refused[0].id) is None
     assert batches.create(Batch(batch_id, "contract", "api", (refused[0].id,), "fp", None),
                           refused, key_job=keyed.id) is True
+    if backend is not None:  # the service may refuse a failed "must not exist" either way
+        from google.api_core import exceptions as gexc
+
+        def precondition(*_: Any) -> None:
+            raise gexc.FailedPrecondition("precondition failed")
+
+        monkeypatch.setattr(jobs_store, "grouped", precondition)
+        assert jobs_store.create(dataclasses.replace(keyed, tickets=None)) is False
+        with pytest.raises(gexc.FailedPrecondition):  # not for a job without a key
+            jobs_store.create(others[0])

@@ -50,6 +50,10 @@ class FirestoreBatchStore:
                 writes.commit()
         except gexc.AlreadyExists:
             return False
+        except gexc.FailedPrecondition:  # (a failed "must not exist" may read as either)
+            if key_job is None:
+                raise
+            return False
         return True
 
     def get(self, batch_id: str) -> Batch | None:

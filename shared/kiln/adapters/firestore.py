@@ -219,7 +219,9 @@ class FirestoreJobStore:
         try:
             with unavailable_is_retryable():
                 self.grouped(documents, key_batch)
-        except gexc.AlreadyExists:
+        except (gexc.AlreadyExists, gexc.FailedPrecondition) as exc:
+            if isinstance(exc, gexc.FailedPrecondition) and not key_batch:
+                raise  # (a failed "must not exist" may read as either)
             with unavailable_is_retryable():  # (the job: a replay; the batch: key reused)
                 if job.tickets is None or self._read(job.id, None) is not None or any(
                         self.client.document(path).get().exists for path in key_batch):
