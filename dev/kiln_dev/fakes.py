@@ -181,13 +181,16 @@ class InMemoryJobStore:
                    if (server.get("notify") or {}).get("state") == NOTIFY_CLAIMED]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
-    def recent(self, uid: str, limit: int) -> list[Job]:
+    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None
+               ) -> list[Job]:
         with self._lock:
             self._check()
-            ids = sorted((doc["createdAt"], job_id) for job_id, doc in self.docs.items()
-                         if doc.get("uid") == uid)
+            ids = sorted(((doc["createdAt"], job_id) for job_id, doc in self.docs.items()
+                          if doc.get("uid") == uid and (after is None or
+                                                        (doc["createdAt"], job_id) < after)),
+                         reverse=True)
             return [Job.from_docs(job_id, copy.deepcopy(self.docs[job_id]), None)
-                    for _, job_id in reversed(ids[-limit:])]
+                    for _, job_id in ids[:limit]]
 
 
 class InMemoryDevices:

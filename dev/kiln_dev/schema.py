@@ -223,10 +223,15 @@ def openapi() -> dict[str, Any]:
                                   **_errors(400, 401, 403, 413, 415, 422, 429, 431, 503)},
                 },
                 "get": {
-                    "operationId": "listJobs", "summary": "The caller's recent jobs, newest first",
+                    "operationId": "listJobs", "summary": "The caller's jobs, newest first, a page "
+                                                         "at a time",
                     "parameters": [{"name": "limit", "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 1, "maximum": 100,
-                                               "default": 20}}],
+                                               "default": 20}},
+                                   {"name": "pageToken", "in": "query", "required": False,
+                                    "description": "The previous page's nextPageToken (400 "
+                                                   "invalid_page_token for any other).",
+                                    "schema": {"type": "string"}}],
                     "responses": {"200": _json_body("JobList", "Up to `limit` jobs."),
                                   **_errors(400, 401, 403, 503)},
                 },

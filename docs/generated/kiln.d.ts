@@ -176,9 +176,11 @@ export interface JobActionResponse {
   status: JobStatus;
 }
 
-/** GET /v1/jobs: newest first. */
+/** GET /v1/jobs: newest first, a page at a time. */
 export interface JobList {
   jobs: JobView[];
+  /** Present when more jobs follow: pass it as `pageToken` for the next page (with the same `limit` or another). */
+  nextPageToken?: string | null;
 }
 
 /** Every error answer of the HTTP API. */

@@ -134,6 +134,24 @@ def test_recent_is_the_owners_newest_first_and_limited(store: Any) -> None:
     assert [j.id for j in store.recent(uid, 2)] == ids[:1:-1]
     assert all(j.uid == uid and j.created_at for j in store.recent(uid, 10))
     assert store.recent(f"nobody-{uuid.uuid4().hex}", 5) == []
+    newest = store.recent(uid, 2)
+    assert [j.id for j in store.recent(uid, 10, (newest[1].created_at, newest[1].id))] == \
+        ids[1::-1]
+
+
+def test_recent_pages_through_jobs_created_at_one_instant_by_id(store: Any) -> None:
+    """Jobs created at the same instant (a batch's are) come by id, descending, and a
+    page that starts after one of them neither repeats nor skips any."""
+    uid, at = f"ties-{uuid.uuid4().hex[:8]}", dt.datetime(2026, 1, 2, 3, 4, 5, 678901, dt.UTC)
+    ids = []
+    for _ in range(5):
+        job = new()
+        store.create(type(job)(job.id, {**job.doc, "uid": uid, "createdAt": at}, job.server))
+        ids.append(job.id)
+    ordered = sorted(ids, reverse=True)
+    assert [j.id for j in store.recent(uid, 10)] == ordered
+    assert [j.id for j in store.recent(uid, 10, (at, ordered[1]))] == ordered[2:]
+    assert [j.id for j in store.recent(uid, 2, (at, ordered[0]))] == ordered[1:3]
 
 
 @pytest.fixture

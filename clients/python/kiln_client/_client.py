@@ -16,7 +16,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -87,6 +87,20 @@ class KilnClient:
 
     def get(self, job_id: str) -> Job:
         return Job.from_api(self._call("GET", _path("jobs", job_id)).json())
+
+    def jobs(self, *, page_size: int = 100) -> Iterator[Job]:
+        """Every job of the caller, newest first, read ``page_size`` (1–100) at a time as
+        the loop goes on (``GET /v1/jobs``, then each answer's ``nextPageToken``)."""
+        if not 1 <= page_size <= 100:
+            raise KilnError("page_size is 1-100")
+        token = ""
+        while True:
+            query = urllib.parse.urlencode({"limit": page_size, **({"pageToken": token} if token else {})})
+            data = self._call("GET", f"/v1/jobs?{query}").json()
+            yield from (Job.from_api(item) for item in data["jobs"])
+            token = data.get("nextPageToken") or ""
+            if not token:
+                return
 
     def cancel(self, job_id: str) -> str:
         """Cancel a pending or running job; its status now (``canceled``)."""

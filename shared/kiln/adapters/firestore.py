@@ -170,10 +170,6 @@ def waiting_over_jobs(client: firestore.Client) -> Any:
         filter=firestore.FieldFilter("queueReason", "in", list(QUEUE_REASONS)))
 
 
-def ticket_ref(client: firestore.Client, key: str, number: int) -> firestore.DocumentReference:
-    return client.document(ticket_path(key, number))
-
-
 def ticket_fields(key: str, number: int, holder: str) -> dict[str, Any]:
     # A day's tickets matter for that day: Firestore's TTL deletes them two days on.
     return {"key": key, "holder": holder, "n": number, "at": sentinels.SERVER_TIME,
@@ -390,10 +386,15 @@ class FirestoreJobStore:
             ids = [snap.reference.parent.parent.id for snap in query.stream()]
         return [job for job in map(self.get, ids) if job is not None]
 
-    def recent(self, uid: str, limit: int) -> list[Job]:
-        """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf)."""
+    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None
+               ) -> list[Job]:
+        """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf,
+        whose implicit last field is the id, descending too)."""
         query = (self.client.collection(JOBS)
                  .where(filter=firestore.FieldFilter("uid", "==", uid))
-                 .order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit))
+                 .order_by("createdAt", direction=firestore.Query.DESCENDING)
+                 .order_by("__name__", direction=firestore.Query.DESCENDING).limit(limit))
+        if after is not None:
+            query = query.start_after({"createdAt": after[0], "__name__": self.ref(after[1])})
         with unavailable_is_retryable():
             return [Job.from_docs(snap.id, snap.to_dict() or {}, None) for snap in query.stream()]

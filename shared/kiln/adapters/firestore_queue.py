@@ -38,7 +38,7 @@ from kiln.adapters.firestore import (
     WAITING,
     doc_id,
     ticket_fields,
-    ticket_ref,
+    ticket_path,
     unavailable_is_retryable,
 )
 from kiln.core.errors import RetryableError
@@ -67,7 +67,7 @@ class FirestoreCounters:
         self._lock = threading.Lock()
 
     def _ticket(self, key: str, number: int) -> firestore.DocumentReference:
-        return ticket_ref(self.client, key, number)
+        return self.client.document(ticket_path(key, number))
 
     @functools.cached_property
     def _creates(self) -> wire.Creates:

@@ -263,9 +263,12 @@ class BatchPushData(_Model):
 
 
 class JobList(_Model):
-    """GET /v1/jobs: newest first."""
+    """GET /v1/jobs: newest first, a page at a time."""
 
     jobs: list[JobView]
+    nextPageToken: str | None = Field(
+        default=None, description="Present when more jobs follow: pass it as `pageToken` "
+        "for the next page (with the same `limit` or another).")
 
 
 class TimelineStep(_Model):

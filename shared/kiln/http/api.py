@@ -8,7 +8,9 @@ own errors; :func:`handle` alone turns them into statuses and ``{error: {code, m
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime as dt
 import logging
 import re
 from collections.abc import Callable
@@ -152,14 +154,44 @@ def get_job_timeline(request: flask.Request, services: Services, job_id: str) ->
 
 
 def list_jobs(request: flask.Request, services: Services) -> flask.Response:
-    """The caller's most recent jobs (newest first), for callers that cannot listen."""
+    """The caller's jobs, newest first, a page at a time (``limit``, then the answer's
+    ``nextPageToken`` as ``pageToken`` for the next page), for callers that cannot listen."""
     uid = authenticate(request, services, "read").uid
     raw_limit = request.args.get("limit", "20")
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 100):
         raise RequestError(400, "invalid_limit", "'limit' must be a whole number from 1 to 100.")
-    limit = int(raw_limit)
-    return json_response(200, {"jobs": [job.public_view()
-                                         for job in services.store.recent(uid, limit)]})
+    limit, token = int(raw_limit), request.args.get("pageToken")
+    jobs = services.store.recent(uid, limit + 1, read_page_token(token) if token else None)
+    answer: dict[str, Any] = {"jobs": [job.public_view() for job in jobs[:limit]]}
+    if len(jobs) > limit:  # (one more was read: there is a next page)
+        answer["nextPageToken"] = page_token(jobs[limit - 1])
+    return json_response(200, answer)
+
+
+def page_token(last: Job) -> str:
+    """Where the page after ``last`` starts: its creation time and id, opaque to clients
+    (they only ever read their own jobs, so a made-up token shows nothing new)."""
+    assert last.created_at is not None
+    mark = f"{last.created_at.astimezone(dt.UTC).isoformat(timespec='microseconds')}|{last.id}"
+    return base64.urlsafe_b64encode(mark.encode()).decode().rstrip("=")
+
+
+def read_page_token(token: str) -> tuple[dt.datetime, str]:
+    """The (creation time, id) of a ``pageToken``.
+
+    Raises:
+        RequestError: 400 ``invalid_page_token``: not one this API gave.
+    """
+    try:
+        stamp, job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode(
+            "ascii").split("|")
+        created = dt.datetime.fromisoformat(stamp)
+    except (ValueError, UnicodeDecodeError):
+        created, job_id = None, ""
+    if created is None or created.tzinfo is None or not is_valid_job_id(job_id):
+        raise RequestError(400, "invalid_page_token", "'pageToken' must be a nextPageToken "
+                           "this API gave; start again without it.")
+    return created, job_id
 
 
 def cancel_job(request: flask.Request, services: Services, job_id: str) -> flask.Response:

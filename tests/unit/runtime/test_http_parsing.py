@@ -99,6 +99,43 @@ def test_the_list_is_the_callers_newest_first_and_limited() -> None:
     assert [j["jobId"] for j in response.get_json()["jobs"]] == ids[::-1][:25]
 
 
+def test_the_list_pages_through_every_job_once_ties_included() -> None:
+    """Given 23 jobs, some created at the same instant (a batch's are), when the list is
+    read 5 at a time through nextPageToken, then every job comes once, newest first (then
+    by id), and the last page has no token."""
+    rig = build_rig()
+    for n in range(23):
+        rig.submit(prompt=f"cube {n}")
+        if n % 3 == 2:
+            rig.clock.advance(1.0)
+    rig.submit(uid="bob")
+    pages, token = [], ""
+    while True:
+        query = "/v1/jobs?limit=5" + (f"&pageToken={token}" if token else "")
+        with flask.Flask(__name__).test_request_context(
+                query, headers={"Authorization": "Bearer uid:alice"}):
+            answer = handle(flask.request, rig.services).get_json()
+        pages.append([job["jobId"] for job in answer["jobs"]])
+        token = answer.get("nextPageToken", "")
+        if not token:
+            break
+    listed = [job_id for page in pages for job_id in page]
+    newest_first = sorted(rig.store.find(uid="alice"), key=lambda j: (j.created_at, j.id),
+                          reverse=True)
+    assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
+    assert listed == [job.id for job in newest_first]
+
+
+@pytest.mark.parametrize("token", [
+    "x", "%21%21", "YXxi",  # "a|b"
+    "MjAyNi0wMS0wMVQwMDowMDowMHxhYmNkZWZnaGlq",  # a time without its zone
+    "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxfX3h4X18",  # an id Firestore reserves
+])
+def test_a_page_token_the_api_did_not_give_is_400(token: str) -> None:
+    status, body = call("GET", f"/v1/jobs?limit=5&pageToken={token}")
+    assert (status, body["error"]["code"]) == (400, "invalid_page_token")
+
+
 def test_retry_answers_as_the_contract_says_for_every_status() -> None:
     """failed → 202 pending (published); pending again → 202, nothing published; completed
     or canceled → 409 invalid_transition (docs/client-contract.md, docs/openapi.yaml)."""

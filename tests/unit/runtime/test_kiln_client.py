@@ -80,6 +80,16 @@ def test_submit_and_wait_with_progress(kiln: KilnClient, rig: Rig) -> None:
     assert rig.job(submitted.job_id).uid == "api:acme"
 
 
+def test_jobs_reads_every_job_page_by_page(kiln: KilnClient, rig: Rig) -> None:
+    ids = [kiln.submit("image", f"cube {n}").job_id for n in range(7)]
+    listed = list(kiln.jobs(page_size=3))
+    assert sorted(job.job_id for job in listed) == sorted(ids) and len(listed) == 7
+    assert [job.created_at for job in listed] == sorted(
+        (job.created_at for job in listed), reverse=True)
+    with pytest.raises(KilnError):
+        next(kiln.jobs(page_size=101))
+
+
 def test_a_retried_submission_returns_the_same_job(kiln: KilnClient) -> None:
     first = kiln.submit("image", "a fox", idempotency_key="order-17")
     again = kiln.submit("image", "a fox", idempotency_key="order-17")
