@@ -37,6 +37,19 @@ def services(stack: LocalStack) -> Any:
     return stack.services()
 
 
+@pytest.fixture(scope="session")
+def borrowed(stack: LocalStack) -> Callable[[], dict[str, Any]]:
+    """``StackConfig`` fields for a test file's own stack that uses the session stack's
+    warm Firestore and Pub/Sub emulators under a project of its own (no two more JVMs
+    to start and warm up); its functions, Storage, Cloud Tasks and FCM are its own."""
+    def config() -> dict[str, Any]:
+        return {"firestore_port": stack.config.firestore_port,
+                "pubsub_port": stack.config.pubsub_port, "borrowed": ("firestore", "pubsub"),
+                "project": f"kiln-test-{uuid.uuid4().hex[:8]}"}
+
+    return config
+
+
 @pytest.fixture
 def uid() -> str:
     return f"user-{uuid.uuid4().hex[:10]}"

@@ -177,6 +177,11 @@ class StackConfig:
     #: faults), "pubsub" / "firestore" (TCP, on/off). Tests and the sweeper loop go direct.
     fault_proxies: tuple[str, ...] = ()
     proxy_seed: int | None = None
+    #: Emulators of another running stack this one uses at the ports given ("firestore",
+    #: "pubsub"): not started, stopped or restarted here. Give this stack a project of its
+    #: own: both emulators keep each project's data apart (a test file's stack borrows the
+    #: session's warm emulators instead of starting two JVMs of its own).
+    borrowed: tuple[str, ...] = ()
 
 LOCAL_PLANS = "free:daily=100000,running=64,priority=0;pro:daily=100000,running=64,priority=10"
 DEAD_TOPIC = "kiln-jobs-dead"
@@ -208,6 +213,9 @@ class LocalStack:
         unknown = set(c.fault_proxies) - {"storage", "pubsub", "firestore"}
         if unknown:
             raise ValueError(f"unknown fault proxies: {sorted(unknown)}")
+        if not set(c.borrowed) <= {"firestore", "pubsub"} or any(
+                name in self._picked for name in c.borrowed):
+            raise ValueError(f"borrowed emulators need their ports: {c.borrowed}")
         self.fcm = FcmServer(c.host, c.fcm_port)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -321,13 +329,14 @@ class LocalStack:
         if gcloud is None:
             raise StackError("gcloud is not installed: the Firestore and Pub/Sub emulators "
                              "come with the Google Cloud CLI (see README, Requirements).")
-        for name in EMULATORS:
+        own = [name for name in EMULATORS if name not in c.borrowed]
+        for name in own:
             self._spawn_emulator(name, gcloud)
         self.fcm.start()
         for companion in c.companions:
             companion.start()
         deadline = time.monotonic() + c.startup_timeout
-        for name in EMULATORS:
+        for name in own:
             self._wait_emulator(name, gcloud, deadline)
         self._start_proxies()  # after the waits: a part may have moved to another port
         self._start_functions(deadline)

@@ -28,13 +28,14 @@ FIRST_CHECK = 60.0  # seconds: no scheduled check comes within any wait below
 
 
 @pytest.fixture(scope="module")
-def provider_stack() -> Iterator[tuple[LocalStack, ProviderServer]]:
+def provider_stack(borrowed: Any) -> Iterator[tuple[LocalStack, ProviderServer]]:
     server = ProviderServer(task_seconds=0.8, gemini_seconds=0.2, hang_seconds=20,
                             meshy_webhook_secret=MESHY_TOKEN)
     env = {**STACK_ENV, "KILN_MODEL_PROVIDER": "meshy", "KILN_IMAGE_PROVIDER": "gemini",
            "KILN_MESHY_WEBHOOK_SECRET": MESHY_TOKEN,
            "KILN_POLL_FIRST_SECONDS": str(FIRST_CHECK), "KILN_POLL_MAX_SECONDS": str(FIRST_CHECK)}
-    stack = LocalStack(StackConfig(env=env, companions=[server], sweep_interval=1.0))
+    stack = LocalStack(StackConfig(env=env, companions=[server], sweep_interval=1.0,
+                                   **borrowed()))
     # As an operator sets it in Meshy's dashboard (the ingress's port is chosen by now).
     server.meshy_webhook_url = f"{stack.ingress_url}/v1/providers/meshy/events"
     with stack:

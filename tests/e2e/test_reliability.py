@@ -54,9 +54,10 @@ def tasks() -> SlowTaskServer:
 
 
 @pytest.fixture(scope="module")
-def rstack(tasks: SlowTaskServer) -> Iterator[LocalStack]:
+def rstack(tasks: SlowTaskServer, borrowed: Any) -> Iterator[LocalStack]:
     config = StackConfig(env=dict(ENV), sweep_interval=1.0, worker_processes=2,
-                         fault_proxies=("storage", "pubsub"), proxy_seed=11, companions=[tasks])
+                         fault_proxies=("storage", "pubsub"), proxy_seed=11, companions=[tasks],
+                         **borrowed())
     with LocalStack(config) as running:
         yield running
 

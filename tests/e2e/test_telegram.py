@@ -52,8 +52,9 @@ def telegram() -> TelegramServer:
 
 
 @pytest.fixture(scope="module")
-def tg_stack(telegram: TelegramServer) -> Iterator[LocalStack]:
-    with LocalStack(StackConfig(env=dict(ENV), sweep_interval=1.0, companions=[telegram])) as stack:
+def tg_stack(telegram: TelegramServer, borrowed: Any) -> Iterator[LocalStack]:
+    with LocalStack(StackConfig(env=dict(ENV), sweep_interval=1.0, companions=[telegram],
+                                **borrowed())) as stack:
         # As an operator would (kiln telegram set-webhook): Telegram now knows where to post.
         BotClient(telegram.token, telegram.url).set_webhook(
             f"{stack.ingress_url}/telegram/webhook", telegram.secret, allowed_updates=["message"])

@@ -48,7 +48,7 @@ from kiln.http.responses import (
     refuse_oversized,
 )
 from kiln.runtime import actions
-from kiln.runtime.accept import accept_job
+from kiln.runtime.accept import accept_job, same_request
 from kiln.runtime.admission import admit, give_back
 from kiln.runtime.callbacks import receive
 from kiln.webhooks.endpoints import job_webhook
@@ -88,28 +88,50 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     uid = principal.uid
     key = idempotency_key(request)
     body = read_json(request, settings.max_body_bytes)
+    # A replay of a keyed request was admitted and checked the first time: it costs no
+    # quota, and is answered as then whatever the settings say now (a lower prompt limit,
+    # per-job webhooks turned off), so a client's retry never turns into a refusal.
+    existing = services.store.get(new_job_id(uid, key)) if key is not None else None
+    if existing is not None:
+        return _replayed(existing, uid, body)
     server = job_webhook(services, principal, body)  # the job's own webhook URL, if any
     job_request = parse_job_request(body)
     if server is not None:  # part of what was asked: a key reused with another URL is a 422
         job_request = dataclasses.replace(job_request, webhook=server["webhook"])
-    # A replay of a keyed request was admitted the first time: it costs no quota. The
-    # plan is the principal's (an app user's trusted claim, an API key's tenant).
-    replay = key is not None and services.store.get(new_job_id(uid, key)) is not None
+    # The plan is the principal's (an app user's trusted claim, an API key's tenant).
     admission = None
-    if not replay:
-        try:
-            admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
-                              defer=True)
-        except LimitError:
-            # A request with the same key, racing this one, was admitted and created its job
-            # meanwhile (its ticket may be the last of today's): this one is its replay, or
-            # a 422 for another body, never a refusal of a job that was accepted.
-            if key is None or not _made(services, new_job_id(uid, key)):
-                raise
+    try:
+        admission = admit(services, uid=uid, channel=principal.channel, plan=principal.plan,
+                          defer=True)
+    except LimitError:
+        # A request with the same key, racing this one, was admitted and created its job
+        # meanwhile (its ticket may be the last of today's): this one is its replay, or a
+        # 422 for another body, never a refusal of a job that was accepted.
+        if key is None or not _made(services, new_job_id(uid, key)):
+            raise
     accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
     return json_response(202, {"jobId": accepted.job_id, "status": accepted.status.value}, headers)
+
+
+def _replayed(existing: Job, uid: str, body: Any) -> flask.Response:
+    """The answer to a replay of the request that made ``existing``; 422 when the body
+    asks for something else (its webhook URL included).
+
+    Raises:
+        ConflictError: ``idempotency_key_reused``.
+        RequestError: the body is not a job request at all (as for a new job).
+    """
+    webhook = body.pop("webhook", None) if isinstance(body, dict) else None
+    job_request = parse_job_request(body)
+    if isinstance(webhook, str):
+        job_request = dataclasses.replace(job_request, webhook=webhook)
+    if existing.uid != uid or not same_request(existing, job_request):
+        raise ConflictError("This Idempotency-Key was already used for a different request.",
+                            code="idempotency_key_reused")
+    return json_response(202, {"jobId": existing.id, "status": existing.status.value},
+                         {"Idempotent-Replayed": "true"})
 
 
 def _made(services: Services, job_id: str) -> bool:

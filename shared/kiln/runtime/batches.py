@@ -68,16 +68,16 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
         ConflictError: the Idempotency-Key was used for a different request.
         RetryableError: the store is unavailable (nothing was accepted).
     """
+    uid = principal.uid
+    batch_id = new_batch_id(uid, idempotency_key)
+    existing = services.batches.get(batch_id) if idempotency_key else None
+    if existing is not None:  # a replay: admitted and checked the first time, costs nothing
+        return _replayed(existing, uid, fingerprint(requests))  # (whatever changed since)
     for index, request in enumerate(requests):
         try:
             check_request(request, services.settings)
         except ValidationError as exc:
             raise item_error(index, exc) from None
-    uid = principal.uid
-    batch_id = new_batch_id(uid, idempotency_key)
-    existing = services.batches.get(batch_id) if idempotency_key else None
-    if existing is not None:  # a replay: admitted the first time, costs nothing now
-        return _replayed(existing, uid, fingerprint(requests))
     # Admitted as many jobs (quota, backpressure); beyond the caller's running limit and the
     # generator's capacity the batch's jobs wait their turns in the fair queue.
     try:

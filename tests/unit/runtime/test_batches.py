@@ -254,6 +254,23 @@ def test_a_key_names_one_request_a_job_or_a_batch(rig: Rig) -> None:
     assert again[:2] == (202, batch[1]) and again[2].get("Idempotent-Replayed") == "true"
 
 
+def test_a_replayed_batch_is_answered_as_the_first_time_after_a_limit_was_lowered(
+        rig: Rig) -> None:
+    """Given a keyed batch with a 700-character model prompt, when the model service is
+    switched to one that takes 600, then the same batch again is its replay (202, the same
+    ids), while a new batch with that prompt is refused."""
+    from dataclasses import replace
+
+    body = {"items": [{"kind": "model", "prompt": "p" * 700}]}
+    first = call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="lot-1")
+    assert first[0] == 202
+    rig.services.settings = replace(rig.services.settings, model_provider="meshy")
+    again = call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="lot-1")
+    assert again[:2] == first[:2] and again[2].get("Idempotent-Replayed") == "true"
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches", body, key="lot-2")
+    assert (status, answer["error"]["code"]) == (400, "prompt_too_long")
+
+
 def test_a_device_store_blip_at_the_batch_end_loses_no_push(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given an app user's batch whose last job ends while the device store blips, then

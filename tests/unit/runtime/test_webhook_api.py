@@ -8,7 +8,7 @@ from typing import Any
 
 import flask
 import pytest
-from rig import Rig
+from rig import Rig, api_call
 
 from kiln.core.errors import RetryableError, ValidationError
 from kiln.core.keys import Tenant
@@ -116,6 +116,25 @@ def test_a_job_webhook_needs_the_tenants_permission(rig: Rig) -> None:
                           {**CUBE, "webhook": "https://169.254.169.254/latest/meta-data"})
     assert (status, answer["error"]["code"]) == (400, "invalid_webhook_url")
     status, answer = call(rig, "Bearer uid:alice", "POST", "/v1/jobs", body)
+    assert (status, answer["error"]["code"]) == (403, "job_webhooks_not_allowed")
+
+
+def test_a_replay_is_answered_as_the_first_time_after_the_settings_changed(rig: Rig) -> None:
+    """Given a keyed job with a webhook, when the tenant turns per-job webhooks off, then
+    the same request again is its replay (202, the same job, nothing new), not a 403;
+    another body under that key is still 422."""
+    auth = key(rig, "initech", allow_job_webhooks=True)
+    body = {**CUBE, "webhook": "https://93.184.215.14/job-done"}
+    first = api_call(rig, auth, "POST", "/v1/jobs", body, key="order-9")
+    assert first[0] == 202
+    rig.services.keys.put_tenant(Tenant("initech", None, False))
+    again = api_call(rig, auth, "POST", "/v1/jobs", body, key="order-9")
+    assert again[:2] == first[:2] and again[2].get("Idempotent-Replayed") == "true"
+    assert len(rig.services.store.find()) == 1
+    other = api_call(rig, auth, "POST", "/v1/jobs", {**body, "webhook": "https://93.184.215.14/x"},
+                     key="order-9")
+    assert (other[0], other[1]["error"]["code"]) == (422, "idempotency_key_reused")
+    status, answer, _ = api_call(rig, auth, "POST", "/v1/jobs", body, key="order-10")
     assert (status, answer["error"]["code"]) == (403, "job_webhooks_not_allowed")
 
 
