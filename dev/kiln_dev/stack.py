@@ -202,6 +202,9 @@ class LocalStack:
             if getattr(c, f"{name}_port") == 0:
                 setattr(c, f"{name}_port", free_port(c.host))
                 self._picked.add(name)
+        if not set(c.borrowed) <= {"firestore", "pubsub"} or any(
+                name in self._picked for name in c.borrowed):
+            raise ValueError(f"borrowed emulators need their ports: {c.borrowed}")
         self._own_workdir = c.workdir is None
         self.workdir = Path(c.workdir or tempfile.mkdtemp(prefix="kiln-stack-"))
         self.logs = self.workdir / "logs"
@@ -213,9 +216,6 @@ class LocalStack:
         unknown = set(c.fault_proxies) - {"storage", "pubsub", "firestore"}
         if unknown:
             raise ValueError(f"unknown fault proxies: {sorted(unknown)}")
-        if not set(c.borrowed) <= {"firestore", "pubsub"} or any(
-                name in self._picked for name in c.borrowed):
-            raise ValueError(f"borrowed emulators need their ports: {c.borrowed}")
         self.fcm = FcmServer(c.host, c.fcm_port)
         self._sweeper_stop = threading.Event()
         self._sweeper: threading.Thread | None = None

@@ -21,3 +21,19 @@ def test_real_picks_are_distinct_ports_of_the_kernel() -> None:
 
     assert len(set(ports)) == 200
     assert all(1024 < port < 65536 for port in ports)
+
+
+def test_an_emulator_borrowed_without_its_port_is_refused_before_anything_is_made() -> None:
+    """A stack that borrows another's emulator must be given its port: with none it
+    would start nothing there and talk to a port nobody listens on."""
+    import pytest
+
+    from kiln_dev.stack import LocalStack, StackConfig
+
+    with pytest.raises(ValueError, match="borrowed"):
+        LocalStack(StackConfig(borrowed=("firestore",)))
+    with pytest.raises(ValueError, match="borrowed"):
+        LocalStack(StackConfig(firestore_port=free_port(), borrowed=("storage",)))
+    stack = LocalStack(StackConfig(firestore_port=free_port(), pubsub_port=free_port(),
+                                   borrowed=("firestore", "pubsub")))
+    stack.stop()  # (nothing was started: only its work folder is removed)
