@@ -6,10 +6,12 @@ addresses a test needs, so DNS answers (and rebinding) are under the test's cont
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import threading
 import time
 import types
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +35,16 @@ from kiln.settings import Settings
 _STOP = threading.Event()  # set when the module's tests end: the drips stop
 STEADY = 2048 * 75
 LARGE = 3 * 1024 * 1024
+
+
+#: Compressed answers: path → (Content-Encoding, body). The bomb is 64 MiB of zeros.
+GZIPPED = {"/gzip": ("gzip", gzip.compress(b"0123456789abcdef")),
+           "/deflate": ("deflate", zlib.compress(b"0123456789abcdef")),
+           "/bomb": ("gzip", gzip.compress(b"\0" * (64 << 20))),
+           "/stacked": ("gzip, gzip", gzip.compress(gzip.compress(b"0123456789abcdef"))),
+           "/brotli": ("br", b"\x0b\x07\x80hello\x03"),
+           "/cut": ("gzip", gzip.compress(b"0123456789abcdef" * 10)[:-12]),
+           "/expired": ("identity", b"<Error>Request has expired</Error>")}
 
 
 class _Files(BaseHTTPRequestHandler):
@@ -64,6 +76,13 @@ class _Files(BaseHTTPRequestHandler):
             self._redirect(self.path[4:])
         elif self.path == "/loop":
             self._redirect("/loop")
+        elif self.path in GZIPPED:
+            encoding, body = GZIPPED[self.path]
+            self.send_response(200 if self.path != "/expired" else 403)
+            self.send_header("Content-Encoding", encoding)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/stream":
             self.send_response(200)
             self.end_headers()
@@ -240,8 +259,36 @@ def test_http_is_refused_outside_local_mode(files: str) -> None:
     assert "not HTTPS" in error.message
 
 
-def test_a_missing_result_is_a_permanent_error(files: str) -> None:
-    assert refused(open_stream, f"{files}/nothing", LOCAL).code == "result_unavailable"
+def test_an_expired_or_missing_link_is_retryable_another_attempt_fetches_it_afresh(
+        files: str) -> None:
+    for path in ("/expired", "/nothing"):
+        with pytest.raises(RetryableError) as caught:
+            open_stream(f"{files}{path}", LOCAL)
+        assert caught.value.code == "result_unavailable"
+
+
+def test_a_compressed_result_is_decoded_and_counted_as_it_is_decoded(files: str) -> None:
+    """gzip and deflate come decoded; a gzip bomb (64 MiB of zeros in 64 KiB) is refused
+    at the cap without ever being held whole; stacked or unknown encodings are refused,
+    and a stream cut short is a retryable fault."""
+    import tracemalloc
+
+    for path in ("/gzip", "/deflate"):
+        assert b"".join(open_stream(f"{files}{path}", LOCAL).chunks) == b"0123456789abcdef"
+    tracemalloc.start()
+    try:
+        download = open_stream(f"{files}/bomb", LOCAL)
+        assert refused(lambda: b"".join(download.chunks)).code == "artifact_too_large"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes held while refusing a bomb"
+    for path in ("/stacked", "/brotli"):
+        chunks = open_stream(f"{files}{path}", LOCAL).chunks
+        assert refused(b"".join, chunks).code == "result_unavailable"
+    download = open_stream(f"{files}/cut", LOCAL)
+    with pytest.raises(RetryableError):
+        b"".join(download.chunks)
 
 
 #: Half a second of waiting must bring 16 KiB; a test allows this much past it (a loaded machine).

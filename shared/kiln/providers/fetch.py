@@ -32,6 +32,7 @@ import math
 import socket
 import ssl
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,10 @@ from kiln.providers.http import retry_after_seconds
 from kiln.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
+#: What a result link answers once it has expired (a signed URL: 400 or 403 by its
+#: vendor; a CDN: 404 or 410): the job is released, and its next attempt fetches the
+#: task's fresh link; its attempts bound a link that never works.
+EXPIRED = frozenset({400, 401, 403, 404, 410})
 #: ``resolve(host, port)`` → the IP addresses ``host`` stands for.
 Resolver = Callable[[str, int], list[str]]
 
@@ -188,8 +193,9 @@ def open_stream(url: str, policy: FetchPolicy, *, resolve: Resolver = system_res
 
     Raises:
         PermanentError: refused URL (``policy.refused_code``), too large
-            (``artifact_too_large``), gone or rejected (``result_unavailable``).
-        RetryableError: network faults, timeouts, 429 and 5xx (``fetch_unavailable``).
+            (``artifact_too_large``), rejected (``result_unavailable``).
+        RetryableError: network faults, timeouts, 429 and 5xx (``fetch_unavailable``); a
+            link that answers as an expired one does (``EXPIRED``: ``result_unavailable``).
     """
     pace = Pace(floor=policy.min_progress, window=policy.read_timeout)
     client, pins = paced_client(policy, pace)
@@ -236,8 +242,11 @@ def _follow(client: httpx.Client, pins: dict[str, str], url: str, policy: FetchP
             raise RetryableError("The result's server is busy; try again later.",
                                  code="fetch_unavailable",
                                  retry_after=retry_after_seconds(response.headers))
-        raise PermanentError(f"The result could not be downloaded (HTTP {status}); it may have "
-                             "expired.", code="result_unavailable")
+        if status in EXPIRED:  # another attempt asks the provider for a fresh link
+            raise RetryableError(f"The result could not be downloaded (HTTP {status}); its link "
+                                 "may have expired.", code="result_unavailable")
+        raise PermanentError(f"The result could not be downloaded (HTTP {status}).",
+                             code="result_unavailable")
     raise PermanentError(f"The result link redirects more than {policy.max_redirects} times.",
                          code=policy.refused_code)
 
@@ -261,7 +270,7 @@ class _Body:
     def __iter__(self) -> Iterator[bytes]:
         total = 0
         try:
-            for chunk in self._response.iter_bytes(CHUNK_BYTES):
+            for chunk in _decoded(self._response):
                 total += len(chunk)
                 if total > self._max_bytes:
                     raise PermanentError(
@@ -282,6 +291,43 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
+
+
+#: Encodings a result may come in (asked for in ``Accept-Encoding``), each decoded here at
+#: most CHUNK_BYTES at a time: httpx decodes each read whole, so a few hundred bytes of a
+#: stacked gzip could grow to gigabytes before the size cap counted one.
+ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def _decoded(response: httpx.Response) -> Iterator[bytes]:
+    """The body's bytes, decoded from its ``Content-Encoding`` in chunks of at most
+    CHUNK_BYTES (``identity``, or one of ENCODINGS).
+
+    Raises:
+        PermanentError: ``result_unavailable``: an encoding Kiln did not ask for.
+        RetryableError: ``fetch_unavailable``: a compressed stream that breaks off.
+    """
+    named = [part.strip().lower() for part in
+             response.headers.get("content-encoding", "").split(",")]
+    encodings = [name for name in named if name and name != "identity"]
+    if not encodings:
+        yield from response.iter_raw(CHUNK_BYTES)
+        return
+    if len(encodings) > 1 or encodings[0] not in ENCODINGS:
+        raise PermanentError("The result came in an encoding this service does not take "
+                             f"({', '.join(encodings)[:60]}).", code="result_unavailable")
+    decoder = zlib.decompressobj(ENCODINGS[encodings[0]])
+    try:
+        for raw in response.iter_raw(CHUNK_BYTES):
+            data = decoder.decompress(raw, CHUNK_BYTES)
+            while data:
+                yield data
+                data = decoder.decompress(decoder.unconsumed_tail, CHUNK_BYTES)
+        if not decoder.eof:
+            raise zlib.error("the stream ends early")
+    except zlib.error as exc:
+        raise RetryableError("The result download arrived garbled.",
+                             code="fetch_unavailable") from exc
 
 
 @functools.cache
@@ -312,7 +358,8 @@ def paced_client(policy: FetchPolicy, pace: Pace) -> tuple[httpx.Client, dict[st
     transport = paced_transport(pace, _ssl_context(), pins=pins, trust_env=False,
                                 max_connections=4)
     client = httpx.Client(transport=transport, trust_env=False, follow_redirects=False,
-                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout))
+                          timeout=httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout),
+                          headers={"Accept-Encoding": ", ".join(ENCODINGS)})
     return client, pins
 
 
