@@ -12,6 +12,7 @@ import pytest
 
 from kiln.core import lifecycle
 from kiln.core.batches import Batch, item_job_id
+from kiln.core.errors import RetryableError
 from kiln.core.job import NewJob
 from kiln.core.keys import Tenant, new_key
 from kiln.core.policy import RetryPolicy
@@ -161,5 +162,7 @@ def test_a_key_names_a_job_or_a_batch_never_both(backend: Any,
 
         monkeypatch.setattr(jobs_store, "grouped", precondition)
         assert jobs_store.create(dataclasses.replace(keyed, tickets=None)) is False
-        with pytest.raises(gexc.FailedPrecondition):  # not for a job without a key
-            jobs_store.create(others[0])
+        fresh = _jobs(uuid.uuid4().hex[:20], ["completed"])[0]
+        for job in (fresh, dataclasses.replace(fresh, key_batch=uuid.uuid4().hex[:20])):
+            with pytest.raises(RetryableError):  # neither exists: not the caller's fault
+                jobs_store.create(job)

@@ -50,10 +50,11 @@ class FirestoreBatchStore:
                 writes.commit()
         except gexc.AlreadyExists:
             return False
-        except gexc.FailedPrecondition:  # (a failed "must not exist" may read as either)
-            if key_job is None:
-                raise
-            return False
+        except gexc.FailedPrecondition as exc:  # (a failed "must not exist" may read as
+            if key_job is not None and self.jobs.get(key_job) is not None:  # either)
+                return False
+            raise RetryableError("The batch store refused the write.",
+                                 code="store_unavailable") from exc
         return True
 
     def get(self, batch_id: str) -> Batch | None:

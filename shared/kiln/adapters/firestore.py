@@ -199,9 +199,8 @@ class FirestoreJobStore:
     def create(self, job: NewJob) -> bool:
         """Create both documents (and the job's quota tickets) in one commit; False when
         the job exists already, or the batch of its key. The ingress's Firestore call: raw
-        protobuf (``kiln.adapters.wire``); concurrent requests' creates share commits
-        (``kiln.adapters.group.GroupedCreates``): one that finds no commit on the wire is
-        sent at once, those that arrive meanwhile go together in the next."""
+        protobuf (``kiln.adapters.wire``), shared with the creates that arrive while a
+        commit is on the wire (``kiln.adapters.group.GroupedCreates``)."""
         documents = [(f"{JOBS}/{job.id}", job.doc),
                      (f"{JOBS}/{job.id}/{PRIVATE}/{SERVER_DOC}", job.server)]
         if (waits := waiting_fields(job.doc)) is not None:  # created waiting
@@ -216,12 +215,14 @@ class FirestoreJobStore:
             with unavailable_is_retryable():
                 self.grouped(documents, key_batch)
         except (gexc.AlreadyExists, gexc.FailedPrecondition) as exc:
-            if isinstance(exc, gexc.FailedPrecondition) and not key_batch:
-                raise  # (a failed "must not exist" may read as either)
             with unavailable_is_retryable():  # (the job: a replay; the batch: key reused)
-                if job.tickets is None or self._read(job.id, None) is not None or any(
+                if self._read(job.id, None) is not None or any(
                         self.client.document(path).get().exists for path in key_batch):
                     return False
+            if isinstance(exc, gexc.FailedPrecondition):  # (neither exists: not the caller's)
+                raise RetryableError("The job store refused the write.", code="store_unavailable") from exc
+            if job.tickets is None:
+                return False
             raise TicketTakenError("A quota ticket was taken first.") from None
         return True
 
@@ -386,8 +387,7 @@ class FirestoreJobStore:
             ids = [snap.reference.parent.parent.id for snap in query.stream()]
         return [job for job in map(self.get, ids) if job is not None]
 
-    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None
-               ) -> list[Job]:
+    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None) -> list[Job]:
         """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf,
         whose implicit last field is the id, descending too)."""
         query = (self.client.collection(JOBS)

@@ -24,6 +24,7 @@ from kiln import log, tracing
 from kiln.channels.telegram.webhook import handle_update
 from kiln.compose import Services
 from kiln.core import timeline
+from kiln.core.batches import new_batch_id
 from kiln.core.errors import (
     ConflictError,
     KilnError,
@@ -107,8 +108,9 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
         # A request with the same key, racing this one, was admitted and created its job
         # meanwhile (its ticket may be the last of today's): this one is its replay, or a
         # 422 for another body, never a refusal of a job that was accepted.
-        if key is None or not _made(services, new_job_id(uid, key)):
-            raise
+        if key is None or not (_made(services, new_job_id(uid, key))
+                               or _batch_made(services, new_batch_id(uid, key))):
+            raise  # (a batch's key: the job's commit answers 422, not this 429)
     accepted = accept_job(services, uid=uid, channel=principal.channel, request=job_request,
                           idempotency_key=key, server=server, admission=admission)
     headers = {} if accepted.created else {"Idempotent-Replayed": "true"}
@@ -124,6 +126,8 @@ def _replayed(existing: Job, uid: str, body: Any) -> flask.Response:
         RequestError: the body is not a job request at all (as for a new job).
     """
     webhook = body.pop("webhook", None) if isinstance(body, dict) else None
+    if webhook is not None and not isinstance(webhook, str):  # (as a first request's)
+        raise RequestError(400, "invalid_webhook_url", "'webhook' must be an https URL.")
     job_request = parse_job_request(body)
     if isinstance(webhook, str):
         job_request = dataclasses.replace(job_request, webhook=webhook)
@@ -138,6 +142,14 @@ def _made(services: Services, job_id: str) -> bool:
     """Whether the job exists; False when the store cannot say (the refusal stands)."""
     try:
         return services.store.get(job_id) is not None
+    except KilnError:
+        return False
+
+
+def _batch_made(services: Services, batch_id: str) -> bool:
+    """Whether the batch exists; False when the store cannot say (the refusal stands)."""
+    try:
+        return services.batches.get(batch_id) is not None
     except KilnError:
         return False
 
@@ -207,10 +219,11 @@ def read_page_token(token: str) -> tuple[dt.datetime, str]:
     try:
         stamp, job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode(
             "ascii").split("|")
-        created = dt.datetime.fromisoformat(stamp)
-    except (ValueError, UnicodeDecodeError):
+        given = dt.datetime.fromisoformat(stamp)
+        created = given.astimezone(dt.UTC) if given.tzinfo else None  # (years 1–9999 in UTC)
+    except (ValueError, UnicodeDecodeError, OverflowError):
         created, job_id = None, ""
-    if created is None or created.tzinfo is None or not is_valid_job_id(job_id):
+    if created is None or not is_valid_job_id(job_id):
         raise RequestError(400, "invalid_page_token", "'pageToken' must be a nextPageToken "
                            "this API gave; start again without it.")
     return created, job_id

@@ -130,6 +130,8 @@ def test_the_list_pages_through_every_job_once_ties_included() -> None:
     "x", "%21%21", "YXxi",  # "a|b"
     "MjAyNi0wMS0wMVQwMDowMDowMHxhYmNkZWZnaGlq",  # a time without its zone
     "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxfX3h4X18",  # an id Firestore reserves
+    "MDAwMS0wMS0wMVQwMDowMDowMCswMTowMHxhYmNkZWZnaGlq",  # year 0 in UTC
+    "OTk5OS0xMi0zMVQyMzo1OTo1OS0wMTowMHxhYmNkZWZnaGlq",  # year 10000 in UTC
 ])
 def test_a_page_token_the_api_did_not_give_is_400(token: str) -> None:
     status, body = call("GET", f"/v1/jobs?limit=5&pageToken={token}")

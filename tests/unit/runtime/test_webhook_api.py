@@ -136,6 +136,9 @@ def test_a_replay_is_answered_as_the_first_time_after_the_settings_changed(rig: 
     assert (other[0], other[1]["error"]["code"]) == (422, "idempotency_key_reused")
     status, answer, _ = api_call(rig, auth, "POST", "/v1/jobs", body, key="order-10")
     assert (status, answer["error"]["code"]) == (403, "job_webhooks_not_allowed")
+    status, answer, _ = api_call(rig, auth, "POST", "/v1/jobs", {**body, "webhook": 123},
+                                 key="order-9")  # as a first request with it would be
+    assert (status, answer["error"]["code"]) == (400, "invalid_webhook_url")
 
 
 def test_the_job_webhook_secret_is_stable(rig: Rig) -> None:
