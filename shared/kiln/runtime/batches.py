@@ -88,8 +88,13 @@ def accept_batch(services: Services, *, principal: Principal, requests: list[Job
         # tickets hid the quota from this one): this is its replay, or a 422.
         try:
             existing = services.batches.get(batch_id) if idempotency_key else None
+            single = existing is None and idempotency_key is not None and \
+                services.store.get(new_job_id(uid, idempotency_key)) is not None
         except KilnError:
-            existing = None  # the store cannot say: the refusal stands
+            existing, single = None, False  # the store cannot say: the refusal stands
+        if single:  # the key's mistake, not a 429 to wait out
+            raise ConflictError("This Idempotency-Key was already used for a different "
+                                "request.", code="idempotency_key_reused") from None
         if existing is None:
             raise
         return _replayed(existing, uid, fingerprint(requests))

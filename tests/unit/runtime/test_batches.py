@@ -254,16 +254,23 @@ def test_a_key_names_one_request_a_job_or_a_batch(rig: Rig) -> None:
     assert again[:2] == (202, batch[1]) and again[2].get("Idempotent-Replayed") == "true"
 
 
-def test_a_batchs_key_reused_for_a_job_at_the_quota_is_422_not_429() -> None:
+def test_a_key_reused_across_jobs_and_batches_at_the_quota_is_422_not_429() -> None:
     """Given a batch that spent the day's quota, when a single job is sent with the
     batch's key, then the answer is 422 idempotency_key_reused (the key's mistake), not a
-    429 a client would wait out and send again; nothing is created."""
+    429 a client would wait out and send again; nothing is created. The same for a job's
+    key reused for a batch."""
     rig = build_rig(plans="free:daily=2,running=200", provider_capacity="200")
     assert call(rig, "Bearer uid:alice", "POST", "/v1/batches", {"items": items(2)},
                 key="lot-7")[0] == 202
     status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/jobs", CUBE, key="lot-7")
     assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
     assert rig.services.store.get(new_job_id("alice", "lot-7")) is None
+    # and the other way: a job's key reused for a batch when no quota is left
+    rig = build_rig(plans="free:daily=1,running=200", provider_capacity="200")
+    assert call(rig, "Bearer uid:alice", "POST", "/v1/jobs", CUBE, key="lot-8")[0] == 202
+    status, answer, _ = call(rig, "Bearer uid:alice", "POST", "/v1/batches",
+                             {"items": items(1)}, key="lot-8")
+    assert (status, answer["error"]["code"]) == (422, "idempotency_key_reused")
 
 
 def test_a_replayed_batch_is_answered_as_the_first_time_after_a_limit_was_lowered(
