@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -73,7 +74,8 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
     now = now or services.clock.now()
     stale_after = services.settings.pending_republish_seconds
     report: Counter[str] = Counter()
-    for status in (JobStatus.PENDING, JobStatus.PROCESSING):
+
+    def scan(status: JobStatus) -> None:
         for job in services.store.find(status=status.value, limit=SCAN_LIMIT, rotate=True):
             report[SweepCount.SCANNED] += 1
             try:
@@ -82,6 +84,9 @@ def sweep(services: Services, *, now: dt.datetime | None = None) -> dict[str, in
                 report[SweepCount.JOB_ERRORS] += 1
                 with log.job_context(job.id):
                     log.event(logger, "job not swept", logging.ERROR, error=type(exc).__name__)
+
+    for status in (JobStatus.PENDING, JobStatus.PROCESSING):  # (a scan that fails: the rest
+        _guarded(report, f"{status.value} scan", functools.partial(scan, status))  # goes on)
     _guarded(report, "renotify", lambda: _renotify(services, now, report))
     _guarded(report, "queue pass", lambda: _queue_pass(services, report))
     # (a chat's redelivery spends what is left of this invocation, begun at ``now``)

@@ -144,6 +144,29 @@ def test_a_job_that_cannot_be_swept_never_stops_the_pass(
     assert rig.job(broken).server.republished_at is None
 
 
+def test_a_scan_that_fails_never_stops_the_pass(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given the store failing the scan of processing jobs (a blip, an index still
+    building), when the sweeper passes, then the pending scan and the later steps still
+    run (a stale pending job is re-published) and the failure is counted."""
+    from kiln.core.errors import RetryableError
+
+    job_id = rig.submit()
+    rig.queue.published.clear()
+    rig.clock.advance(61)
+    find = rig.store.find
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("status") == "processing":
+            raise RetryableError("The job store is unavailable.", code="store_unavailable")
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(rig.store, "find", failing)
+    report = sweep(rig.services)
+    assert report["job_errors"] == 1 and report["republished_pending"] == 1
+    assert rig.job(job_id).server.republished_at is not None
+
+
 # --- cancel / retry ---------------------------------------------------------------------
 
 
