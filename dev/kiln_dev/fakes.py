@@ -211,13 +211,16 @@ class InMemoryDevices:
                          for other in (Device.from_doc(i, d) for i, d in docs.items())
                          if other is not None]
             if device.moved(elsewhere):
-                self.delete_device(uid, device_id)
+                self.by_uid.get(uid, {}).pop(device_id, None)
             else:
                 kept.append(device)
         return kept
 
-    def delete_device(self, uid: str, device_id: str) -> None:
-        self.by_uid.get(uid, {}).pop(device_id, None)
+    def delete_device(self, uid: str, device: Device) -> None:
+        docs = self.by_uid.get(uid, {})
+        now = Device.from_doc(device.id, docs.get(device.id) or {})
+        if now is not None and now.address == device.address:
+            docs.pop(device.id, None)
 
 
 class RecordingQueue:

@@ -126,7 +126,10 @@ class DeviceStore(Protocol):
         user registered since: a phone signed in as someone else (``Device.moved``)."""
         ...
 
-    def delete_device(self, uid: str, device_id: str) -> None: ...
+    def delete_device(self, uid: str, device: Device) -> None:
+        """Forget a registration FCM called dead, if it still holds ``device``'s address:
+        an app that registered its new address meanwhile keeps it."""
+        ...
 
 
 @dataclass(frozen=True)

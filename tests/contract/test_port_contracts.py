@@ -270,8 +270,52 @@ def test_devices(backend: Any) -> None:
     register(uid, "c", platform="web")  # no address: not a device
     assert sorted((d.id, d.fid, d.token) for d in devices.devices(uid)) == [
         ("a", "fid-a", ""), ("b", "", "tok-b")]
-    devices.delete_device(uid, "a")
+    [a] = [d for d in devices.devices(uid) if d.id == "a"]
+    devices.delete_device(uid, a)
     assert [d.id for d in devices.devices(uid)] == ["b"]
+
+
+def test_a_dead_address_is_forgotten_but_a_new_one_registered_meanwhile_is_kept(
+        backend: Any) -> None:
+    """Given a device FCM calls dead whose app registered its new address while the push
+    was on its way (a token rotates when FCM stops taking the old one), then the new
+    registration is kept; a registration still holding the dead address is deleted, and
+    so is the same address under two device ids only once pushed."""
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    devices, register = device_store(backend)
+    at = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+    register(uid, "phone", token="tok-old", platform="ios", updatedAt=at)
+    register(uid, "web", fid="fid-w", platform="web", updatedAt=at)
+    register(uid, "web-again", fid="fid-w", platform="web", updatedAt=at + dt.timedelta(1))
+    read = {d.id: d for d in devices.devices(uid)}
+    assert sorted(read) == ["phone", "web-again"]  # one address, one device
+    register(uid, "phone", token="tok-new", platform="ios", updatedAt=at + dt.timedelta(2))
+    devices.delete_device(uid, read["phone"])
+    assert sorted((d.id, d.token) for d in devices.devices(uid)) == [
+        ("phone", "tok-new"), ("web-again", "")]
+    devices.delete_device(uid, read["web-again"])
+    assert [d.id for d in devices.devices(uid)] == ["web"]
+
+
+def test_a_users_newest_device_gets_the_push_among_many_old_ones(backend: Any) -> None:
+    """Given 120 stale registrations and, last, the phone in use (its id sorting after
+    theirs), then the phone is among the devices a push goes to."""
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    devices, register = device_store(backend)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    if backend is None:
+        for n in range(120):
+            register(uid, f"a{n:03d}", fid=f"fid-{n}", platform="web", updatedAt=at)
+    else:
+        writes = backend.firestore.batch()
+        for n in range(120):
+            writes.set(backend.firestore.collection("users").document(uid).collection(
+                "devices").document(f"a{n:03d}"), {"fid": f"fid-{n}", "platform": "web",
+                                                   "updatedAt": at})
+        writes.commit()
+    register(uid, "zz-phone", fid="fid-phone", platform="android",
+             updatedAt=at + dt.timedelta(days=300))
+    assert "zz-phone" in [d.id for d in devices.devices(uid)]
 
 
 def test_a_device_another_user_registered_since_is_no_longer_the_first_users(

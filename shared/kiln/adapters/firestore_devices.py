@@ -12,12 +12,13 @@ from google.cloud import firestore
 
 from kiln import log
 from kiln.adapters.firestore import unavailable_is_retryable
-from kiln.core.job import Device, newest
+from kiln.core.job import MAX_DEVICES, Device, newest
 
 logger = log.get("push")
 #: Other users' registrations of one address read at most (a shared tablet's few).
 ELSEWHERE_LIMIT = 20
-#: A user's device documents read at most for one push (the newest MAX_DEVICES get it).
+#: A user's device documents read at most for one push, newest first (the newest
+#: MAX_DEVICES addresses get it).
 READ_LIMIT = 100
 
 
@@ -35,7 +36,10 @@ class FirestoreDeviceStore:
         ``MAX_DEVICES``), but not one another user registered since (``Device.moved``:
         that one is deleted)."""
         with unavailable_is_retryable("device store"):
-            snaps = {snap.id: snap for snap in self._collection(uid).limit(READ_LIMIT).stream()}
+            snaps = {snap.id: snap for snap in self._collection(uid).order_by(
+                "updatedAt", direction=firestore.Query.DESCENDING).limit(READ_LIMIT).stream()}
+            if len(snaps) < MAX_DEVICES:  # (a registration without updatedAt is in no order)
+                snaps |= {snap.id: snap for snap in self._collection(uid).limit(READ_LIMIT).stream()}
             found = (Device.from_doc(i, snap.to_dict() or {}) for i, snap in snaps.items())
             kept = []
             for device in newest(device for device in found if device is not None):
@@ -71,6 +75,12 @@ class FirestoreDeviceStore:
                 others.append(other)
         return others
 
-    def delete_device(self, uid: str, device_id: str) -> None:
+    def delete_device(self, uid: str, device: Device) -> None:
+        ref = self._collection(uid).document(device.id)
         with unavailable_is_retryable("device store"):
-            self._collection(uid).document(device_id).delete()
+            snap = ref.get()
+            now = Device.from_doc(device.id, snap.to_dict() or {}) if snap.exists else None
+            if now is None or now.address != device.address:
+                return  # gone, or registered again with its new address: kept
+            with contextlib.suppress(gexc.FailedPrecondition):  # (written since: the same)
+                ref.delete(option=self.client.write_option(last_update_time=snap.update_time))

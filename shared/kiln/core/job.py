@@ -88,8 +88,15 @@ MAX_DEVICES = 10
 
 
 def newest(devices: Iterable[Device]) -> list[Device]:
-    """The :data:`MAX_DEVICES` newest of ``devices`` (by ``updated``)."""
-    return sorted(devices, key=lambda device: device.updated, reverse=True)[:MAX_DEVICES]
+    """The :data:`MAX_DEVICES` newest of ``devices`` (by ``updated``), one per address (an
+    app that registered again under a new device id is one app, pushed once)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for device in sorted(devices, key=lambda device: (device.updated, device.id), reverse=True):
+        if device.address not in seen:
+            seen.add(device.address)
+            kept.append(device)
+    return kept[:MAX_DEVICES]
 
 
 @dataclass(frozen=True)

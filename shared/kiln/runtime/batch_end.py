@@ -133,6 +133,7 @@ def push_completed(services: Services, batch: Batch, tally: dict[str, int],
                                 f"{done} of {total} finished.",
                                 {"type": "batch_completed", "batchId": batch.id,
                                  "total": str(total), "completed": str(done)})
+    by_id = {device.id: device for device in devices}
     for device_id in result.dead_devices:
-        services.devices.delete_device(batch.uid, device_id)
+        services.devices.delete_device(batch.uid, by_id[device_id])
     return result.sent

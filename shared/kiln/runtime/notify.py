@@ -184,8 +184,9 @@ def send_push(services: Services, job: Job, *, alone: bool = False) -> dict[str,
 
     title, body, data = build_message(job, services.settings.link_template)
     result = services.push.send(devices, title, body, data, image=image_url(job))
+    by_id = {device.id: device for device in devices}
     for device_id in result.dead_devices:
-        services.devices.delete_device(job.uid, device_id)
+        services.devices.delete_device(job.uid, by_id[device_id])
         log.event(logger, "removed dead device", deviceId=device_id)
     log.event(logger, "push sent", sent=result.sent, failed=result.failed,
               removed=len(result.dead_devices), type=data["type"])
