@@ -290,6 +290,21 @@ def test_quota_exceeded_without_retry_after_is_retried_by_kiln(sender: push.FcmP
     assert len(attempts(fcm, "fid-2")) == 1
 
 
+def test_a_long_retry_after_never_holds_the_push_for_minutes(sender: push.FcmPush,
+                                                             fcm: FcmServer) -> None:
+    """Given a device over quota on every try, each answer asking for 30 s, then each
+    Retry-After is waited out at most ``retry_after_max`` (the SDK's own bound is six
+    hours), and no quota round starts past ``push_seconds``: the device is counted failed
+    (its address kept) after the SDK's 1 + 4 tries, within seconds, not 125 s."""
+    fcm.fail("fid-1", "QUOTA_EXCEEDED", retry_after=30)
+    bounded = push.FcmPush(sender.app, endpoint=fcm.url, quota_delays=(0.2, 0.4),
+                           retry_after_max=0.1, push_seconds=0.3)
+    result = bounded.send([Device("phone", fid="fid-1")], "t", "b", DATA)
+    assert (result.sent, result.failed, result.dead_devices) == (0, 1, [])
+    tried = [at for _code, at in attempts(fcm, "fid-1")]
+    assert len(tried) == 5 and tried[-1] - tried[0] < 5.0
+
+
 def test_quota_exceeded_for_good_fails_without_forgetting_the_device(sender: push.FcmPush,
                                                                      fcm: FcmServer) -> None:
     """Given a device over quota on every try, then it is tried 1 + len(quota_delays) times,

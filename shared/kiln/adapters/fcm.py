@@ -38,6 +38,12 @@ MAX_BATCH = 500  # send_each's limit per call
 #: own Retry-After handling): FCM asks for backoff, and the job is done, so a little wait
 #: in the worker costs nothing but an instance-second.
 QUOTA_DELAYS = (1.0, 4.0)
+#: The longest one Retry-After is waited out (FCM may ask for minutes: past this the SDK
+#: sends again after this long, up to its 4 tries) and the time after which no quota round
+#: starts: a push holds a worker, or a sweep of 120 s, for seconds, not minutes; a device
+#: still over quota then misses this push (its address is kept).
+RETRY_AFTER_MAX = 4.0
+PUSH_SECONDS = 20.0
 
 
 #: Android notification channel the app must create (``NotificationChannel``) before pushes
@@ -135,14 +141,22 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _adapter(retry_after_max: float) -> requests.adapters.HTTPAdapter:
+    """The route to FCM: the retry policy firebase-admin mounts (500/503 and answers with
+    Retry-After sent again with backoff), each Retry-After waited out at most
+    ``retry_after_max`` seconds (the SDK's own bound is six hours)."""
+    return requests.adapters.HTTPAdapter(
+        pool_connections=100, pool_maxsize=100,
+        max_retries=_http_client.DEFAULT_RETRY_CONFIG.new(retry_after_max=retry_after_max))
+
+
 class _LoopbackAdapter(requests.adapters.HTTPAdapter):
     """Sends what firebase-admin addresses to fcm.googleapis.com to a local server, with
-    the retry policy the SDK mounts for FCM (500/503 and Retry-After answers are retried
-    with backoff), so the local stack retries as production does."""
+    the retry policy of :func:`_adapter`, so the local stack retries as production does."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, retry_after_max: float) -> None:
         super().__init__(pool_connections=100, pool_maxsize=100,
-                         max_retries=_http_client.DEFAULT_RETRY_CONFIG)
+                         max_retries=_adapter(retry_after_max).max_retries)
         self.endpoint = endpoint.rstrip("/")
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
@@ -154,18 +168,21 @@ class _LoopbackAdapter(requests.adapters.HTTPAdapter):
 class FcmPush:
     """Sends a job's push to every device of its owner; reports the ones FCM calls dead.
 
-    firebase-admin retries 500/503 and answers that carry Retry-After itself; a device
-    still over quota (429 QUOTA_EXCEEDED) is tried again here after each of
-    ``quota_delays``, as FCM asks. Other failures are final for this push.
+    firebase-admin retries 500/503 and answers that carry Retry-After itself (each wait at
+    most ``retry_after_max``); a device still over quota (429 QUOTA_EXCEEDED) is tried
+    again here after each of ``quota_delays``, as FCM asks, while that starts within
+    ``push_seconds``. Other failures are final for this push.
     """
 
     def __init__(self, app: firebase_admin.App, *, endpoint: str = "",
-                 quota_delays: tuple[float, ...] = QUOTA_DELAYS) -> None:
+                 quota_delays: tuple[float, ...] = QUOTA_DELAYS,
+                 retry_after_max: float = RETRY_AFTER_MAX,
+                 push_seconds: float = PUSH_SECONDS) -> None:
         self.app = app
-        self.quota_delays = quota_delays
-        if endpoint:
-            service = messaging._get_messaging_service(app)
-            service._client.session.mount(FCM_HOST, _LoopbackAdapter(endpoint))
+        self.quota_delays, self.push_seconds = quota_delays, push_seconds
+        service = messaging._get_messaging_service(app)
+        service._client.session.mount(FCM_HOST, _LoopbackAdapter(endpoint, retry_after_max)
+                                      if endpoint else _adapter(retry_after_max))
 
     def send(
         self,
@@ -182,8 +199,8 @@ class FcmPush:
         mismatched: list[str] = []  # another project's addresses, or ours misconfigured
         pending = list(devices)
         delays = (0.0, *self.quota_delays)
+        ends = time.monotonic() + self.push_seconds
         for round_, delay in enumerate(delays):
-            last_round = round_ == len(delays) - 1
             time.sleep(delay)
             over_quota: list[Device] = []
             for start in range(0, len(pending), MAX_BATCH):
@@ -198,7 +215,7 @@ class FcmPush:
                 for device, item in zip(batch, response.responses, strict=True):
                     if item.success:
                         sent += 1
-                    elif isinstance(item.exception, fb_exc.ResourceExhaustedError) and not last_round:
+                    elif isinstance(item.exception, fb_exc.ResourceExhaustedError):
                         over_quota.append(device)
                     else:
                         failed += 1
@@ -209,6 +226,12 @@ class FcmPush:
                         log.event(logger, "push to device failed", logging.WARNING,
                                   deviceId=device.id, error=type(item.exception).__name__)
             pending = over_quota
+            following = delays[round_ + 1] if round_ + 1 < len(delays) else None
+            if pending and (following is None or time.monotonic() + following > ends):
+                failed += len(pending)  # still over quota: they miss this push
+                log.event(logger, "push to devices over quota given up", logging.WARNING,
+                          devices=len(pending))
+                break
             if not pending:
                 break
         if mismatched and sent:  # others reached: those addresses are another project's
