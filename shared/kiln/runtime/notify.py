@@ -27,6 +27,7 @@ that cannot reach its chat right now defers the end itself (its report says
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -101,7 +102,7 @@ def deliver(services: Services, job_id: str) -> dict[str, Any] | None:
 
 def take(services: Services, job_id: str) -> Job | None:
     """Move the job's notification from ``claimed`` to ``sending``; the job as read by
-    that write (its places included), or None when it was not claimed (sent, being
+    that write (its places included) with that notification, or None when it was not claimed (sent, being
     sent, or no notification). A write that landed although its answer was lost is
     recognised by the token it carries.
 
@@ -111,9 +112,7 @@ def take(services: Services, job_id: str) -> Job | None:
     token = uuid.uuid4().hex
 
     def ours(job: Job | None) -> bool:
-        notice = (job.server.notify or {}) if job is not None else {}
-        return notice.get("state") == lifecycle.NOTIFY_SENDING and \
-            (notice.get("report") or {}).get("sender") == token
+        return _sending(job, token)
 
     def decide(job: Job | None) -> tuple[Change | None, Job | None]:
         if ours(job):  # decided again after our own write landed
@@ -123,7 +122,10 @@ def take(services: Services, job_id: str) -> Job | None:
             return None, None
         if job.channel in AT_LEAST_ONCE:  # sent again until its record is written
             return None, job
-        return lifecycle.notified(lifecycle.NOTIFY_SENDING, {"sender": token}), job
+        taken = {**(job.server.notify or {}), "state": lifecycle.NOTIFY_SENDING,
+                 "report": {"sender": token}}  # (the job as written: its record's guard)
+        return lifecycle.notified(lifecycle.NOTIFY_SENDING, {"sender": token}), \
+            dataclasses.replace(job, server=dataclasses.replace(job.server, notify=taken))
 
     try:
         return services.store.transact(job_id, decide, seen=services.store.get(job_id))
@@ -157,13 +159,25 @@ def send(services: Services, job: Job) -> dict[str, Any]:
             return report  # still claimed: the sweeper's pass sends it again
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         state = "error"
+    change = timeline.carry(lifecycle.notified(state, report), {"notified": services.clock.now()})
+    sender = ((job.server.notify or {}).get("report") or {}).get("sender")
     try:
-        services.store.apply(job.id, timeline.carry(lifecycle.notified(state, report),
-                                                    {"notified": services.clock.now()}))
+        if sender is None:  # (an at-least-once notice: the claim is the sweeper's to retake)
+            services.store.apply(job.id, change)
+        else:  # only over its own "sending": a retry since may have claimed its run's push
+            services.store.transact(job.id, lambda now: (
+                change if _sending(now, sender) else None, None))
     except Exception as exc:  # sent: it stays "sending", which nobody sends again
         log.event(logger, "notification sent; its record not written", logging.WARNING,
                   state=state, error=type(exc).__name__)
     return report
+
+
+def _sending(job: Job | None, sender: str) -> bool:
+    """Whether ``job``'s notification is still the one ``sender`` took to send."""
+    notice = (job.server.notify or {}) if job is not None else {}
+    return notice.get("state") == lifecycle.NOTIFY_SENDING and \
+        (notice.get("report") or {}).get("sender") == sender
 
 
 def send_push(services: Services, job: Job, *, alone: bool = False) -> dict[str, Any]:

@@ -217,3 +217,41 @@ def test_only_an_app_job_sends_a_push(uid: str, channel: str) -> None:
     rig.devices.register("alice", "phone", fid="f")
     assert run_job(app, rig.services) is RunOutcome.COMPLETED
     assert [p.data["jobId"] for p in rig.push.sent] == [app]
+
+
+def test_a_retry_during_the_failed_runs_push_keeps_the_new_runs_push(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an app job that failed and is sending its push (slow: FCM asks it to back
+    off), when the user retries and the new run completes but its worker dies before it
+    takes that run's push, then the first run's record does not overwrite the new run's
+    claim: the sweeper sends the completion push."""
+    from rig import kill_at
+
+    from kiln.core.errors import PermanentError
+    from kiln.runtime import actions
+
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="fid-1", updatedAt=1.0)
+    rig.providers["image"].error = PermanentError("Refused.", code="content_refused")
+    job_id = rig.submit()
+    real = rig.push.send
+
+    def slow_send(devices: Any, title: str, body: str, data: dict[str, str],
+                  *, image: str | None = None) -> Any:
+        if data["type"] == "generation_failed":
+            rig.providers["image"].error = None
+            actions.retry(rig.services, job_id, by="user")
+            revive = kill_at(monkeypatch, notify, "deliver")
+            with pytest.raises(Killed):
+                rig.deliver_next()
+            revive()
+        return real(devices, title, body, data, image=image)
+
+    monkeypatch.setattr(rig.push, "send", slow_send)
+    run_job(job_id, rig.services)
+    assert rig.job(job_id).status is JobStatus.COMPLETED
+    assert (rig.job(job_id).server.notify or {}).get("state") == "claimed"
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    assert [p.data["type"] for p in rig.push.sent] == ["generation_failed",
+                                                       "generation_completed"]
