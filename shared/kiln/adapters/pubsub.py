@@ -104,7 +104,8 @@ def decode_message(data: Any) -> Delivery:
         payload = json.loads(base64.b64decode(message["data"], validate=True))
         job_id = payload["jobId"]
         check = payload.get("check")
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error,
+            RecursionError) as exc:  # (JSON nested deeper than Python's stack)
         raise PermanentError("Unreadable job message.", code="poison_message") from exc
     if not isinstance(job_id, str) or not is_valid_job_id(job_id):
         raise PermanentError("Job message has an invalid job id.", code="poison_message")

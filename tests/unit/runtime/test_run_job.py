@@ -45,8 +45,12 @@ def test_a_redelivery_of_an_ended_job_does_nothing(rig: Rig) -> None:
 
 
 def test_poison_and_missing_messages_are_acked(rig: Rig) -> None:
+    import base64
+
     assert handle_message({"message": {"data": "bm90IGpzb24="}}, rig.services) is RunOutcome.POISON
     assert handle_message(message("nosuchjob123"), rig.services) is RunOutcome.MISSING
+    nested = base64.b64encode(b"[" * 200_000).decode()  # deeper than Python's stack
+    assert handle_message({"message": {"data": nested}}, rig.services) is RunOutcome.POISON
 
 
 def test_progress_is_coalesced_and_passed_to_the_channel(rig: Rig) -> None:
