@@ -174,6 +174,18 @@ def test_glb_json_chunk_cap() -> None:
     assert error.code == "invalid_artifact" and "JSON chunk" in error.message
 
 
+def test_glb_json_chunk_past_four_mib_is_refused_by_default() -> None:
+    """A JSON chunk is parsed whole (about 26 times its size in memory): by default one
+    over 4 MiB is refused from its chunk header, before a byte of it is buffered."""
+    import struct
+
+    length = 4 * MiB + 4
+    head = struct.pack("<4sII", b"glTF", 2, 12 + 8 + length) + struct.pack("<II", length,
+                                                                             0x4E4F534A)
+    error = rejected(GlbValidator(), head)
+    assert error.code == "invalid_artifact" and "JSON chunk" in error.message
+
+
 def test_glb_gigabyte_validates_in_bounded_memory() -> None:
     """Given a 1 GiB GLB streamed in 1 MiB chunks, validation allocates well under 1 MiB."""
     bin_length = 1024 * MiB
