@@ -397,3 +397,45 @@ def test_a_small_invalid_image_stores_nothing_not_even_a_thumbnail() -> None:
         store_result(blobs, job, Artifact("image", "image/png", [data], size=len(data)),
                      max_bytes=10_000_000)
     assert blobs.objects == {}
+
+
+def test_an_image_whose_pixels_cannot_be_read_fails_and_stores_nothing() -> None:
+    """Given a PNG whose chunks all check out (CRCs, IHDR) but whose pixel data is not a
+    zlib stream, then storing it fails with invalid_artifact, small or streamed, and no
+    object is left (the streamed one is deleted once its pixels fail to read)."""
+    from kiln.core.job import Job
+    from kiln.providers.base import Artifact
+    from kiln.runtime.results import store_result
+    from kiln_dev.fakes import InMemoryBlobs
+
+    data = PNG_SIGNATURE + ihdr(64, 48) + png_chunk(b"IDAT", b"not zlib at all" * 8) + IEND
+    job = Job.from_docs("job1", {"uid": "u", "kind": "image", "status": "processing"})
+    for size in (len(data), None):
+        blobs = InMemoryBlobs()
+        with pytest.raises(PermanentError) as caught:
+            store_result(blobs, job, Artifact("image", "image/png", [data], size=size),
+                         max_bytes=10_000_000)
+        assert caught.value.code == "invalid_artifact" and blobs.objects == {}
+
+
+def test_a_providers_thumbnail_is_made_again_or_left_out() -> None:
+    """A provider's thumbnail of 1024 px is stored at 256 px (as promised), and one that
+    only starts like a PNG is left out: the model stands without one."""
+    from kiln.core.job import Job
+    from kiln.providers.base import Artifact
+    from kiln.runtime.results import store_result
+    from kiln_dev.fakes import InMemoryBlobs
+
+    model = glb()
+    job = Job.from_docs("job1", {"uid": "u", "kind": "model", "status": "processing"})
+    blobs = InMemoryBlobs()
+    result = store_result(blobs, job, Artifact("model", "model/gltf-binary", [model],
+                                               size=len(model), thumbnail=png(1024, 512)),
+                          max_bytes=10_000_000)
+    with Image.open(io.BytesIO(blobs.read(result["thumbnailPath"]))) as thumb:
+        assert thumb.size == (256, 128)
+    junk = PNG_SIGNATURE + b"garbage" * 10
+    result = store_result(InMemoryBlobs(), job, Artifact(
+        "model", "model/gltf-binary", [model], size=len(model), thumbnail=junk),
+        max_bytes=10_000_000)
+    assert "thumbnailPath" not in result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -60,9 +60,15 @@ def store_result(blobs: BlobStore, job: Job, artifact: Artifact, *,
         result_path(job.uid, job.id, EXTENSIONS[artifact.kind]), chunks, artifact.content_type,
         validator_for(artifact.content_type, max_bytes=max_bytes),
     )
-    thumbnail = artifact.thumbnail
+    # A provider's own thumbnail is made again here: sized as promised, and read (a file
+    # that only starts like a PNG is no thumbnail). The image's own is its pixels read.
+    thumbnail = _thumbnail_of(artifact.thumbnail, ours=False) if artifact.thumbnail else None
     if thumbnail is None and kept:
-        thumbnail = _thumbnail_of(b"".join(kept))
+        try:
+            thumbnail = _thumbnail_of(b"".join(kept))
+        except PermanentError:  # its pixels cannot be read: no job names the file
+            discard(blobs, {"path": stored.path})
+            raise
     thumb = blobs.put_bytes(thumbnail_path(job.uid, job.id), thumbnail, "image/png") \
         if thumbnail else None
     return _result(stored, thumb)
@@ -77,8 +83,9 @@ def _store_small_image(blobs: BlobStore, job: Job, artifact: Artifact,
     check.feed(data)
     check.finish()
 
+    small = _thumbnail_of(data)  # (its pixels read before anything is stored)
+
     def thumbnail() -> StoredObject | None:
-        small = _thumbnail_of(data)
         return None if small is None else blobs.put_bytes(thumbnail_path(job.uid, job.id),
                                                           small, "image/png")
 
@@ -104,14 +111,34 @@ def _whole(chunks: Iterable[bytes], limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _thumbnail_of(image: bytes) -> bytes | None:
+def _thumbnail_of(image: bytes, *, ours: bool = True) -> bytes | None:
     """The image's thumbnail, or None when none can be made here (too many pixels for
-    this worker to decode): the result stands without one."""
+    this worker to decode; a provider's thumbnail that cannot be read): the result
+    stands without one.
+
+    Raises:
+        PermanentError: ``invalid_artifact``: ``ours`` (the job's own image) has pixels
+            that cannot be read (its chunks' checks passed, its data does not decode).
+    """
     try:
         return make_thumbnail(image)
     except PermanentError as exc:
+        if ours and exc.code == "invalid_artifact":
+            raise PermanentError("The image could not be read: its pixel data is broken.",
+                                 code="invalid_artifact") from exc
         log.event(logger, "thumbnail skipped", logging.WARNING, code=exc.code)
         return None
+
+
+def discard(blobs: BlobStore, result: Mapping[str, Any]) -> None:
+    """Delete the files of a result no job will name (its job was canceled while they
+    uploaded); one that cannot be deleted now is logged."""
+    for path in filter(None, (result.get("path"), result.get("thumbnailPath"))):
+        try:
+            blobs.delete(str(path))
+        except Exception as exc:
+            log.event(logger, "result of a canceled job not deleted", logging.WARNING,
+                      path=str(path), error=type(exc).__name__)
 
 
 def _result(stored: StoredObject, thumb: StoredObject | None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from kiln.core.errors import (
 from kiln.core.job import Job, JobStatus
 from kiln.core.lifecycle import ClaimOutcome
 from kiln.providers.base import Artifact, GenerationRequest, SyncProvider, TaskProvider, TaskState
-from kiln.runtime import checks, dispatch, endings, notify, remote
+from kiln.runtime import checks, dispatch, endings, notify, remote, results
 from kiln.runtime.outcomes import RunOutcome
 from kiln.runtime.progress import ProgressReporter
 from kiln.runtime.results import store_result
@@ -174,7 +174,11 @@ def _run_job(job_id: str, services: Services, *, check: int | None,
         result = store_result(services.blobs, job, produced,
                               max_bytes=services.settings.max_artifact_bytes)
         marks[timeline.step("stored", attempt)] = clock.now()
-        endings.complete(job_id, services, token, result, produced.provenance, marks)
+        try:
+            endings.complete(job_id, services, token, result, produced.provenance, marks)
+        except CanceledError:  # canceled while it uploaded: no job names these files
+            results.discard(services.blobs, result)
+            raise
         log.event(logger, "job completed", bytes=result["bytes"], progressWrites=reporter.writes,
                   seconds=round(clock.monotonic() - started, 3))
         notify.deliver(services, job_id)

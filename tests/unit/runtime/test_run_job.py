@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import threading
+from typing import Any
 
 import pytest
 from rig import Rig, SyncFake, build_rig, real_artifact
@@ -352,3 +353,28 @@ def test_every_delivery_says_what_it_did(rig: Rig, caplog: pytest.LogCaptureFixt
     outcomes = [getattr(r, "fields", {}).get("outcome") for r in caplog.records
                 if r.getMessage() == "delivery done"]
     assert outcomes == ["released", "not_yet"]
+
+
+def test_a_cancel_while_the_result_uploads_leaves_no_file(rig: Rig) -> None:
+    """Given a job canceled while its result streams into the bucket (faster than the
+    upload's own cancel checks), then the job ends canceled and its result and thumbnail
+    are deleted: no job names them, and the owner could still read them."""
+    job_id = rig.submit(kind="image")
+    provider = rig.providers["image"]
+    generate = provider.generate
+
+    def canceled_midway(request: Any, on_progress: Any, should_stop: Any) -> Any:
+        made = generate(request, on_progress, should_stop)
+        data = b"".join(made.chunks)
+
+        def chunks() -> Any:
+            yield data[:100]
+            rig.store.transact(job_id, lambda job: (lifecycle.cancel(job), None))
+            yield data[100:]
+
+        return dataclasses.replace(made, chunks=chunks(), size=None)
+
+    provider.generate = canceled_midway
+    assert run_job(job_id, rig.services) is RunOutcome.CANCELED
+    assert rig.job(job_id).result is None
+    assert rig.blobs.list(f"generations/alice/{job_id}/") == []
