@@ -37,7 +37,7 @@ from kiln import log, tracing
 from kiln.compose import Services
 from kiln.core import lifecycle, timeline
 from kiln.core.errors import RetryableError
-from kiln.core.job import Change, Job
+from kiln.core.job import Change, Device, Job
 from kiln.runtime import batch_end
 
 logger = log.get("notify")
@@ -142,10 +142,17 @@ def send(services: Services, job: Job) -> dict[str, Any]:
     unreachable) is not recorded: it stays ``claimed`` for the sweeper to send again."""
     report: dict[str, Any] = {}
     try:
-        # a retried job of an announced batch is pushed on its own; the batch's own
-        # notice (if this job ends it) comes after the job's
-        alone = batch_end.announced_before(services, job)
-        report["push"] = send_push(services, job, alone=alone)
+        try:  # what the push needs, read before anything is sent
+            # a retried job of an announced batch is pushed on its own; the batch's own
+            # notice (if this job ends it) comes after the job's
+            alone = batch_end.announced_before(services, job)
+            devices = push_devices(services, job, alone=alone)
+        except RetryableError as exc:  # nothing sent: the sweeper's pass sends it
+            log.event(logger, "notification not sent; left to the sweeper", logging.WARNING,
+                      code=exc.code)
+            _release(services, job)
+            return {"error": type(exc).__name__}
+        report["push"] = send_push(services, job, devices)
         channel = services.channels.get(job.channel)
         if channel is not None:
             report["channel"] = channel.on_finished(services, job)
@@ -180,16 +187,38 @@ def _sending(job: Job | None, sender: str) -> bool:
         (notice.get("report") or {}).get("sender") == sender
 
 
-def send_push(services: Services, job: Job, *, alone: bool = False) -> dict[str, Any]:
-    """FCM to the owner's devices, for a job of the app channel; the ones FCM calls dead
-    are deleted. A batch's jobs send none of their own (the batch sends one push when it
-    has ended) unless ``alone``."""
+def push_devices(services: Services, job: Job, *, alone: bool = False) -> list[Device] | None:
+    """The devices the job's push goes to: None when it sends none of its own (not an app
+    job; a batch's job, whose batch sends one push when it has ended, unless ``alone``).
+
+    Raises:
+        RetryableError: the device store is unreachable.
+    """
+    if job.channel != "app" or (job.batch_id is not None and not alone):
+        return None
+    return services.devices.devices(job.uid) if job.uid else []
+
+
+def _release(services: Services, job: Job) -> None:
+    """Give a taken notification back to the sweeper (``claimed`` again), over its own
+    ``sending`` claim only; one that cannot be given back stays ``sending`` (logged)."""
+    sender = ((job.server.notify or {}).get("report") or {}).get("sender")
+    if sender is None:  # (an at-least-once notice was never taken: it is still claimed)
+        return
+    change = lifecycle.notified(lifecycle.NOTIFY_CLAIMED, {"released": True})
+    try:
+        services.store.transact(job.id, lambda now: (
+            change if _sending(now, sender) else None, None))
+    except Exception as exc:
+        log.event(logger, "notification not given back; it is lost", logging.ERROR,
+                  error=type(exc).__name__)
+
+
+def send_push(services: Services, job: Job, devices: list[Device] | None) -> dict[str, Any]:
+    """FCM to ``devices`` (:func:`push_devices`); the ones FCM calls dead are deleted."""
     none = {"sent": 0, "failed": 0, "removed": 0}
-    if job.channel != "app":
-        return none
-    if job.batch_id is not None and not alone:
-        return {**none, "batch": job.batch_id}
-    devices = services.devices.devices(job.uid) if job.uid else []
+    if devices is None:
+        return {**none, "batch": job.batch_id} if job.channel == "app" and job.batch_id else none
     if not devices:
         return none
     # (Here, not at the top: the ingress sends a backend's cancel through this module and

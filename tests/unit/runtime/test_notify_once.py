@@ -255,3 +255,28 @@ def test_a_retry_during_the_failed_runs_push_keeps_the_new_runs_push(
     sweep(rig.services)
     assert [p.data["type"] for p in rig.push.sent] == ["generation_failed",
                                                        "generation_completed"]
+
+
+def test_a_device_store_blip_before_the_push_leaves_it_to_the_sweeper(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an app job whose push finds the device store unreachable (nothing sent
+    yet), then the notification is given back (claimed), not recorded as an error, and
+    the sweeper's pass sends the push once."""
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="fid-1", updatedAt=1.0)
+    devices = rig.devices.devices
+    blips = [RetryableError("The device store is unavailable.", code="store_unavailable")]
+
+    def blipping(uid: str) -> Any:
+        if blips:
+            raise blips.pop()
+        return devices(uid)
+
+    monkeypatch.setattr(rig.devices, "devices", blipping)
+    job_id = rig.submit()
+    assert run_job(job_id, rig.services) is RunOutcome.COMPLETED
+    assert rig.push.sent == [] and (rig.job(job_id).server.notify or {}).get("state") == "claimed"
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    sweep(rig.services)
+    sweep(rig.services)
+    assert [p.data["type"] for p in rig.push.sent] == ["generation_completed"]
