@@ -201,11 +201,12 @@ def test_endings_claim_the_notification_and_record_provenance() -> None:
     w = World()
     w.claim()
     w.do(lambda j: lifecycle.complete(j, worker_id="w1", result={"path": "p"},
-                                      provenance={"model": "m"}))
+                                      provenance={"model": "m" * 2_000_000, "credits": 5}))
     job = w.job
     assert (job.status, job.progress, job.result) == (JobStatus.COMPLETED, 100, {"path": "p"})
     assert job.server.notify == {"state": "claimed", "type": "generation_completed"}
-    assert w.store.docs["job-1"]["provenance"] == {"model": "m"}
+    # (a provider's megabyte of text would fail the write: Firestore takes 1 MiB a document)
+    assert w.store.docs["job-1"]["provenance"] == {"model": "m" * 200, "credits": 5}
     with pytest.raises(TransitionError):
         lifecycle.fail(job, code="x", message="y")
     with pytest.raises(TransitionError):

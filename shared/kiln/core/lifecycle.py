@@ -315,9 +315,15 @@ def complete(job: Job | None, *, worker_id: str, result: Mapping[str, Any],
     public: dict[str, Any] = {"status": target("complete").value, "stage": "done",
                               "progress": 100, "error": None, "result": dict(result),
                               "updatedAt": SERVER_TIME, "completedAt": SERVER_TIME}
-    if provenance:
-        public["provenance"] = dict(provenance)
+    if provenance:  # (a provider's words, on the client's document: kept short)
+        public["provenance"] = {name: value[:PROVENANCE_TEXT] if isinstance(value, str)
+                                else value for name, value in provenance.items()}
     return Change(public, _ended("generation_completed"))
+
+
+#: The longest text a provider's provenance field keeps on the job (a task server's
+#: ``model`` of a megabyte would fail the completion's write, Firestore's 1 MiB a document).
+PROVENANCE_TEXT = 200
 
 
 def fail(job: Job | None, *, code: str, message: str, worker_id: str | None = None) -> Change:
