@@ -48,6 +48,10 @@ UNSENT_GRACE_SECONDS = 300.0
 UNSENT_MAX_AGE_SECONDS = 3600.0
 #: ...for an API tenant's webhook event, whose deliveries are retried for days: as long.
 UNSENT_MAX_AGE_API_SECONDS = 3 * 86400.0
+#: The share of the sweeper's timeout, counted from the pass's start, past which no lost
+#: notification is begun (each may take seconds: a push over quota up to 20): the queue
+#: pass, chats and batch ends after it get the rest, and a killed pass loses no push.
+RENOTIFY_SHARE = 1 / 3
 
 
 class SweepCount(enum.StrEnum):
@@ -154,9 +158,13 @@ def _renotify(services: Services, now: dt.datetime, report: Counter[str]) -> Non
     meets a passing fault (its emit paused about 4 s between its tries), the other
     backends' events wait for the next pass instead of each pausing as long."""
     cutoff = now - dt.timedelta(seconds=UNSENT_GRACE_SECONDS)
+    budget = dt.timedelta(seconds=services.settings.sweeper_timeout_seconds * RENOTIFY_SHARE)
     events_down = False  # a backend's event met a passing fault: the others wait a pass
     # (a query that fails, e.g. while its index builds, fails this step: ``_guarded``)
     for job in services.store.unnotified(SCAN_LIMIT):
+        if services.clock.now() - now > budget:  # the rest wait for the next pass
+            log.event(logger, "lost notifications left for the next pass", logging.WARNING)
+            return
         if job.completed_at is None or job.completed_at > cutoff or \
                 (events_down and job.channel in notify.AT_LEAST_ONCE):
             continue

@@ -280,3 +280,27 @@ def test_a_device_store_blip_before_the_push_leaves_it_to_the_sweeper(
     sweep(rig.services)
     sweep(rig.services)
     assert [p.data["type"] for p in rig.push.sent] == ["generation_completed"]
+
+
+def test_the_sweeper_begins_no_lost_notification_past_its_share_of_the_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given three lost pushes each taking 30 s (a device over quota), then a pass sends
+    them while a third of the sweeper's 120 s timeout has not passed (two), and the next
+    pass sends the third: a pass never outlives its timeout sending, and loses none."""
+    rig = build_rig()
+    rig.devices.register("alice", "phone", fid="fid-1", updatedAt=1.0)
+    with monkeypatch.context() as killed:  # each worker dies before its send
+        killed.setattr(notify, "deliver", lambda services, job_id: None)
+        for _ in range(3):
+            assert run_job(rig.submit(), rig.services) is RunOutcome.COMPLETED
+    send = rig.push.send
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        rig.clock.advance(30)
+        return send(*args, **kwargs)
+
+    monkeypatch.setattr(rig.push, "send", slow)
+    rig.clock.advance(UNSENT_GRACE_SECONDS + 1)
+    assert sweep(rig.services)["renotified"] == 2
+    assert sweep(rig.services)["renotified"] == 1
+    assert len(rig.push.sent) == 3
