@@ -299,3 +299,14 @@ def test_a_slow_meshy_thumbnail_is_skipped_within_its_bound(
     artifact = meshy(srv).fetch("text:abc", GenerationRequest("j", "model", "a vase"))
     done.set()
     assert artifact.thumbnail is None and time.monotonic() - started < 3
+
+
+def test_a_providers_text_reaches_no_one_with_control_characters() -> None:
+    """A provider's stage or error message is shown in an operator's terminal (kiln
+    watch), a user's app and a chat: ESC, OSC and C1 sequences are spaces, on one line."""
+    from kiln.providers.http import shown, short
+
+    text = "\x1b]0;owned\x07\x1b[2Jrendering\u009b31m done\r\nnext\x00"
+    assert short(text) == "]0;owned [2Jrendering 31m done next"
+    assert shown("key-123\x1b[8m", "key-123") == "*** [8m"
+    assert all(ord(c) >= 0x20 and not 0x7F <= ord(c) < 0xA0 for c in short(text))

@@ -88,9 +88,15 @@ class ErrorBody:
 
 
 def short(text: Any, limit: int = 300) -> str:
-    """A provider's text, trimmed to one line of at most ``limit`` characters."""
-    flat = " ".join(str(text or "").split())
+    """A provider's text, trimmed to one line of at most ``limit`` characters, without
+    control characters (an ESC or OSC sequence would drive an operator's terminal, and
+    means nothing to a user's app or chat)."""
+    flat = " ".join(str(text or "").translate(_CONTROLS).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+#: C0, DEL and C1 control characters: spaces (then folded with the rest).
+_CONTROLS = {code: " " for code in (*range(0x00, 0x20), *range(0x7F, 0xA0))}
 
 
 def shown(text: Any, secret: str, limit: int = 300) -> str:
