@@ -304,7 +304,7 @@ def test_a_slow_meshy_thumbnail_is_skipped_within_its_bound(
 def test_a_providers_text_reaches_no_one_with_control_characters() -> None:
     """A provider's stage or error message is shown in an operator's terminal (kiln
     watch), a user's app and a chat: ESC, OSC and C1 sequences are spaces, on one line."""
-    from kiln.providers.http import shown, short
+    from kiln.providers.http import short, shown
 
     text = "\x1b]0;owned\x07\x1b[2Jrendering\u009b31m done\r\nnext\x00"
     assert short(text) == "]0;owned [2Jrendering 31m done next"
