@@ -49,7 +49,7 @@ from kiln.http.responses import (
     refuse_oversized,
 )
 from kiln.runtime import actions
-from kiln.runtime.accept import accept_job, same_request
+from kiln.runtime.accept import accept_job, check_request, same_request
 from kiln.runtime.admission import admit, give_back
 from kiln.runtime.callbacks import receive
 from kiln.webhooks.endpoints import job_webhook
@@ -99,6 +99,9 @@ def create_job(request: flask.Request, services: Services) -> flask.Response:
     job_request = parse_job_request(body)
     if server is not None:  # part of what was asked: a key reused with another URL is a 422
         job_request = dataclasses.replace(job_request, webhook=server["webhook"])
+    # A request Kiln would refuse is refused as such (400), quota or not (a 429 would
+    # tell the client to send it again after midnight).
+    check_request(job_request, settings)
     # The plan is the principal's (an app user's trusted claim, an API key's tenant).
     admission = None
     try:

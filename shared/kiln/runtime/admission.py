@@ -76,13 +76,17 @@ def admit(services: Services, *, uid: str, channel: str, plan: str | None,
 
     Raises:
         ValidationError: ``batch_exceeds_quota``: more jobs at once than the plan allows
-            in a day.
+            in a day; ``plan_allows_no_jobs``: a plan of 0 jobs a day.
         OverloadedError: more than ``KILN_MAX_WAITING`` jobs would be waiting to start.
         QuotaExceededError: the plan's jobs per day would be exceeded.
         RetryableError: the counters are unavailable (nothing was admitted).
     """
     settings = services.settings
     granted = plan_for(services, uid=uid, channel=channel, claimed=plan)
+    if granted.daily_jobs < 1:  # no day would ever take one: not a 429 until midnight
+        raise ValidationError(
+            "plan_allows_no_jobs", f"The {granted.name} plan allows no jobs; ask for "
+            "another plan.")
     if count > 1 and count > granted.daily_jobs:  # no day would ever take it: not a 429
         raise ValidationError(
             "batch_exceeds_quota", f"This batch has {count} jobs, more than the "

@@ -9,6 +9,7 @@ from typing import Any
 import flask
 import pytest
 from rig import Rig, SyncFake, build_rig
+from rig import api_call as call
 
 from kiln.core import fairness, lifecycle
 from kiln.core.errors import ConfigError, RetryableError
@@ -92,6 +93,23 @@ def test_over_the_daily_quota_is_429_and_creates_nothing(rig: Rig) -> None:
     assert "3 jobs" in body["error"]["message"]
     assert 0 < int(headers["Retry-After"]) <= 86400
     assert len(rig.store.docs) == 3
+
+
+def test_a_request_kiln_would_refuse_is_400_over_the_quota_too(rig: Rig) -> None:
+    """Given the day's quota spent, when a request Kiln would refuse anyway is posted (an
+    imageUrl at a private address), then 400 with its own code, not a 429 that tells the
+    client to send it again after midnight."""
+    assert [post(rig)[0] for _ in range(3)] == [202, 202, 202]
+    status, body, _ = call(rig, "Bearer uid:alice", "POST", "/v1/jobs", {
+        "kind": "model", "prompt": "a cube", "options": {"imageUrl": "https://10.0.0.1/x.png"}})
+    assert (status, body["error"]["code"]) == (400, "invalid_image_url")
+
+
+def test_a_plan_of_no_jobs_is_refused_for_good_not_told_to_wait() -> None:
+    rig = build_rig(plans="free:daily=0,running=1")
+    status, body, headers = post(rig)
+    assert (status, body["error"]["code"]) == (400, "plan_allows_no_jobs")
+    assert "Retry-After" not in headers and rig.store.docs == {}
 
 
 def test_an_idempotent_replay_costs_no_quota(rig: Rig) -> None:
