@@ -12,6 +12,9 @@ a callback only says "look now", the poll is the truth.
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import weakref
 
 from kiln import log
 from kiln.compose import Services
@@ -23,10 +26,20 @@ from kiln.core.lifecycle import Check
 logger = log.get("checks")
 
 
+#: After the scheduler fails, how long a worker process sends no check at once in its
+#: stead: a blip costs one early poll, an outage (a deleted queue, a lost permission) does
+#: not make every waiting job poll its provider in a loop; their checks are then the
+#: sweeper's (``recheck``).
+EARLY_CHECK_PAUSE = 60.0
+_early: weakref.WeakKeyDictionary[Services, float] = weakref.WeakKeyDictionary()
+_early_lock = threading.Lock()
+
+
 def send(services: Services, job_id: str, check: Check, *, reason: str = "check") -> bool:
     """Publish ``check``: scheduled when it is due later, through the queue when due now.
-    If the scheduler fails, check at once instead (an early check costs one poll); if that
-    fails too, the sweeper repairs the job (``recheck``). False when nothing was sent."""
+    If the scheduler fails, check at once instead (an early check costs one poll), once in
+    ``EARLY_CHECK_PAUSE`` per process; otherwise, or if that fails too, the sweeper repairs
+    the job (``recheck``). False when nothing was sent."""
     due_later = check.at > services.clock.now()
     try:
         if due_later:
@@ -37,7 +50,12 @@ def send(services: Services, job_id: str, check: Check, *, reason: str = "check"
     except RetryableError as exc:
         log.event(logger, "check not scheduled", logging.WARNING, code=exc.code,
                   check=check.number)
-    if due_later:
+    with _early_lock:  # (per process: its one Services)
+        now = services.clock.monotonic()
+        early = now - _early.get(services, -math.inf) >= EARLY_CHECK_PAUSE
+        if due_later and early:
+            _early[services] = now
+    if due_later and early:
         try:
             services.queue.publish(job_id, reason=f"{reason}-now", check=check.number)
             return True

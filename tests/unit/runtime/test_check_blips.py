@@ -152,3 +152,20 @@ def test_a_fetch_that_keeps_failing_ends_the_job_with_the_providers_error() -> N
     assert outcome is RunOutcome.FAILED and job.status is JobStatus.FAILED
     assert job.error is not None and job.error["code"] == provider.error.code
     assert job.attempts == 3 and provider.submitted == ["task-1"]
+
+
+def test_a_scheduler_outage_does_not_make_a_waiting_job_poll_in_a_loop() -> None:
+    """Given Cloud Tasks refusing every check (a deleted queue, a lost permission), when
+    a long task is waited on, then the first refusal checks at once (a blip costs one
+    early poll) and later ones within a minute are left to the sweeper: a handful of
+    polls, not one per delivery in a loop until the job's maximum age."""
+    rig = build_rig()
+    provider = rig.providers["model"]
+    provider.statuses = [TaskStatus(TaskState.RUNNING, 40, "meshing")]
+
+    def refused(*_: object) -> None:
+        raise RetryableError("Cloud Tasks refused the check.", code="scheduler_refused")
+
+    rig.scheduler.schedule = refused  # type: ignore[method-assign]
+    rig.drive(rig.submit(kind="model"), limit=200)
+    assert 1 <= len(provider.polled) <= 2
