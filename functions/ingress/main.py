@@ -3,11 +3,12 @@
 import flask
 import functions_framework
 
-from kiln.compose import get_services
+from kiln.compose import check_environment, get_services
 from kiln.http import framework
 from kiln.http.api import handle
 
 framework.install(functions_framework.errorhandler)
+check_environment()  # a wrong setting stops the start, naming its variable
 
 
 @functions_framework.http

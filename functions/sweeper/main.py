@@ -5,8 +5,10 @@ import json
 import flask
 import functions_framework
 
-from kiln.compose import get_services
+from kiln.compose import check_environment, get_services
 from kiln.runtime.sweeper import sweep
+
+check_environment()  # a wrong setting stops the start, naming its variable
 
 
 @functions_framework.http

@@ -3,8 +3,10 @@
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from kiln.compose import get_services
+from kiln.compose import check_environment, get_services
 from kiln.runtime.worker import handle_message
+
+check_environment(providers=True)  # a wrong setting stops the start, naming it
 
 
 @functions_framework.cloud_event

@@ -10,6 +10,7 @@ the local stack passes its development generators (``providers=``). Entry points
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import uuid
@@ -240,8 +241,30 @@ _services_lock = threading.Lock()
 def _process_services() -> Services:
     settings = Settings.from_env()
     log.setup(settings.log_level)
-    tracing.configure(settings)
+    try:
+        tracing.configure(settings)
+    except Exception as exc:  # (a file it cannot open, no credentials): serve untraced
+        log.event(log.get("compose"), "tracing is off: it could not be set up",
+                  logging.ERROR, mode=settings.tracing, error=type(exc).__name__,
+                  detail=str(exc)[:300])
     return Services(settings)
+
+
+def check_environment(*, providers: bool = False) -> None:
+    """Read the environment's settings as a function starts (its module's import), so a
+    wrong value stops the start, naming its variable, instead of failing every request;
+    with ``providers`` (the worker), build the configured providers too (an unknown name,
+    a missing key), instead of failing every job ``provider_unconfigured``.
+
+    Raises:
+        ConfigError: a setting is missing or wrong.
+    """
+    settings = Settings.from_env()
+    if providers:
+        from kiln.providers.registry import build_provider
+
+        for kind, name in (("image", settings.image_provider), ("model", settings.model_provider)):
+            build_provider(name, settings, kind)
 
 
 def get_services() -> Services:

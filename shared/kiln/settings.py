@@ -6,6 +6,7 @@ it with the Terraform); secrets are marked and never appear in ``repr`` or logs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -209,11 +210,23 @@ class Settings:
         for uid, plan in self.grants().items():
             check_plan_name(table, plan, f"KILN_PLAN_GRANTS ({uid})")
         self.capacity_table()
+        for f in fields(self):  # (float("nan") and "inf" read as numbers)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_var(f.name)} must be a finite number, got {value!r}")
         for name in ("max_waiting", "queue_ttl_seconds", "queue_ageing_seconds",
-                     "provider_backoff_seconds"):
+                     "provider_backoff_seconds", "lease_seconds", "worker_budget_seconds",
+                     "job_max_age_seconds", "pending_republish_seconds",
+                     "progress_interval_seconds", "retry_backoff_seconds", "max_body_bytes"):
             if getattr(self, name) <= 0:
-                var = next(v for v, (a, _s) in ENV_VARS.items() if a == name)
-                raise ConfigError(f"{var} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{_var(name)} must be positive, got {getattr(self, name)!r}")
+        for name in ("poll_first_seconds", "poll_max_seconds"):  # (0: the default)
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_var(name)} must not be negative, got "
+                                  f"{getattr(self, name)!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError("KILN_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or "
+                              f"CRITICAL, not {self.log_level!r}")
 
     def plan_table(self) -> Mapping[str, Plan]:
         """The plans of ``KILN_PLANS`` by name."""
@@ -295,6 +308,11 @@ class Settings:
     def secrets(self) -> list[str]:
         """The secret values that are set (for redaction)."""
         return [v for v in (getattr(self, a) for a in _SECRET_ATTRS) if v]
+
+
+def _var(attribute: str) -> str:
+    """The environment variable that sets ``attribute``."""
+    return next((v for v, (a, _s) in ENV_VARS.items() if a == attribute), attribute)
 
 
 def _coerce(var: str, raw: str, type_name: Any) -> Any:

@@ -36,6 +36,21 @@ def test_with_tracing_off_the_ingress_imports_no_opentelemetry() -> None:
                   if m.startswith("opentelemetry.") or m == "kiln.tracing_otel") == []
 
 
+def test_tracing_that_cannot_be_set_up_is_off_not_a_failure_of_every_request() -> None:
+    """Given KILN_TRACING naming a file in a folder that does not exist, when a fresh
+    ingress builds its services, then it serves untraced and logs why (set-up failures
+    made every request a 500, /healthz included)."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'functions' / 'ingress')!r}); "
+            "import main; from kiln import compose, tracing; compose.get_services(); "
+            "assert not tracing.enabled()")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "OTEL_"))},
+           "KILN_TRACING": "file:/nonexistent-kiln-folder/spans.jsonl"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tracing is off" in done.stderr
+
+
 def _loaded_by(statements: str) -> set[str]:
     """The modules a fresh interpreter holds after running ``statements`` with the ingress's
     folder on its path, as the platform loads it."""

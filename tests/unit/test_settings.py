@@ -36,12 +36,43 @@ def test_local_mode_is_refused_on_cloud_run(monkeypatch: pytest.MonkeyPatch) -> 
         Settings.from_env({"KILN_ENV": "local"})
 
 
-@pytest.mark.parametrize("env", [{"KILN_MAX_ATTEMPTS": "many"}, {"KILN_MAX_ATTEMPTS": "0"},
-                                 {"KILN_LINK_TEMPLATE": "/jobs"}, {"KILN_ENV": "prod"}])
+@pytest.mark.parametrize("env", [
+    {"KILN_MAX_ATTEMPTS": "many"}, {"KILN_MAX_ATTEMPTS": "0"}, {"KILN_LINK_TEMPLATE": "/jobs"},
+    {"KILN_ENV": "prod"}, {"KILN_LEASE_SECONDS": "nan"}, {"KILN_JOB_MAX_AGE_SECONDS": "inf"},
+    {"KILN_QUEUE_TTL_SECONDS": "nan"}, {"KILN_WORKER_BUDGET_SECONDS": "-5"},
+    {"KILN_PENDING_REPUBLISH_SECONDS": "0"}, {"KILN_POLL_FIRST_SECONDS": "-1"},
+    {"KILN_MAX_BODY_BYTES": "0"}, {"KILN_JOB_MAX_AGE_SECONDS": "0"},
+    {"KILN_LOG_LEVEL": "VERBOSE"}])
 def test_bad_values_are_config_errors(env: dict[str, str]) -> None:
-    """Wrong types or invalid values fail at start-up with a message naming the variable."""
-    with pytest.raises(ConfigError):
+    """Wrong types or invalid values fail at start-up with a message naming the variable
+    (a NaN lease passed every check, then failed each claim)."""
+    with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
+    assert next(iter(env)) in str(caught.value)
+
+
+def test_a_wrong_setting_stops_a_function_at_its_start_naming_the_variable() -> None:
+    """Given KILN_MAX_ATTEMPTS=abc, when the platform imports a function's entry point,
+    then the import fails with the variable's name (the function never serves), instead
+    of every request answering 500 later."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
+           "KILN_MAX_ATTEMPTS": "abc"}
+    for function in ("ingress", "worker"):  # (the sweeper's entry point is the same)
+        code = f"import sys; sys.path.insert(0, {str(repo / 'functions' / function)!r}); import main"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=repo, env=env, check=False)
+        assert done.returncode != 0 and "KILN_MAX_ATTEMPTS" in done.stderr, function
+    env = {**env, "KILN_MAX_ATTEMPTS": "3", "KILN_IMAGE_PROVIDER": "gemini"}  # and no key
+    code = f"import sys; sys.path.insert(0, {str(repo / 'functions' / 'worker')!r}); import main"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=repo, env=env, check=False)
+    assert done.returncode != 0 and "KILN_GEMINI_API_KEY" in done.stderr
 
 
 def test_every_env_var_maps_to_a_field() -> None:
