@@ -51,6 +51,10 @@ class JsonLinesExporter(SpanExporter):
             self._fd = -1
 
 
+#: The longest ``tracestate`` passed on (W3C Trace Context advises keeping 512 bytes).
+TRACESTATE_MAX = 512
+
+
 class Tracer:
     """Kiln's tracer: its spans, the propagator, and where spans go."""
 
@@ -97,6 +101,10 @@ class Tracer:
 
     def inject(self, carrier: MutableMapping[str, str]) -> None:
         self.propagator.inject(carrier)
+        # A caller's tracestate rides along unread; past W3C's advised 512 bytes it is
+        # dropped (Pub/Sub refuses an attribute over 1,024 bytes: the publish would fail).
+        if len(carrier.get("tracestate", "")) > TRACESTATE_MAX:
+            del carrier["tracestate"]
 
     def accepted(self, job_id: str) -> None:
         current = trace.get_current_span()

@@ -221,3 +221,27 @@ def test_kiln_dev_trace_names_the_spans_file(tmp_path: Any) -> None:
     assert trace_env(str(path)) == {"KILN_TRACING": f"file:{path}"}
     assert path.parent.is_dir()
     Settings.from_env(trace_env(str(path)))  # a value the settings accept
+
+
+def test_a_callers_long_tracestate_is_not_passed_on_to_the_message() -> None:
+    """Given a request whose tracestate is 7,600 bytes (valid W3C), then the job's message
+    carries the trace but not that tracestate: Pub/Sub refuses an attribute over 1,024
+    bytes, and the publish would fail. A short one is passed on."""
+    from opentelemetry import context, propagate
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(Settings(trace_sample=1.0), exporter=exporter)
+    try:
+        for state, kept in ((",".join(f"v{n}=" + "x" * 200 for n in range(32)), False),
+                            ("v0=short", True)):
+            carrier = {"traceparent": CALLER, "tracestate": state}
+            token = context.attach(propagate.extract(carrier))
+            try:
+                _data, attributes = encode_message("job-12345678")
+            finally:
+                context.detach(token)
+            assert attributes["traceparent"].split("-")[1] == CALLER_TRACE
+            assert ("tracestate" in attributes) is kept
+            assert len(attributes.get("tracestate", "")) <= 512
+    finally:
+        tracing.configure(Settings())
