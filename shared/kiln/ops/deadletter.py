@@ -153,11 +153,41 @@ def replay(services: Services, dead: DeadLetters, *, message_id: str | None = No
     Returns message ids by outcome: ``replayed``, ``unreadable`` (left or dropped),
     ``failed`` (publish failed; left), ``missing`` (``message_id`` not found).
     """
-    letters = dead.pull_all()
-    chosen = [x for x in letters if message_id is None or x.message_id == message_id]
-    others = [x for x in letters if x not in chosen]
     out: dict[str, list[str]] = {"replayed": [], "unreadable": [], "failed": [], "missing": []}
+    seen: set[str] = set()
+    held: list[DeadLetter] = []  # leased, not replayed: given back at the end, so a later
+    found = False                # pull brings letters not seen yet
+    try:
+        for _round in range(REPLAY_ROUNDS):  # (a pull leases at most PULL_LIMIT letters)
+            letters = dead.pull_all(PULL_LIMIT)
+            fresh = [x for x in letters if x.message_id not in seen]
+            held += [x for x in letters if x.message_id in seen]  # (leased again)
+            if not fresh:
+                break
+            seen.update(x.message_id for x in fresh)
+            chosen = [x for x in fresh if message_id is None or x.message_id == message_id]
+            found = found or bool(chosen)
+            held += [x for x in fresh if x not in chosen]
+            held += _replay_round(services, dead, chosen, out, drop_unreadable)
+            if message_id is not None and found:
+                break
+    finally:
+        dead.release(held)
+    if message_id is not None and not found:
+        out["missing"].append(message_id)
+    return out
+
+
+#: Letters one pull leases, and pulls one replay makes at most (a million letters).
+PULL_LIMIT = 1000
+REPLAY_ROUNDS = 1000
+
+
+def _replay_round(services: Services, dead: DeadLetters, chosen: list[DeadLetter],
+                  out: dict[str, list[str]], drop_unreadable: bool) -> list[DeadLetter]:
+    """Re-publish the jobs of ``chosen`` and ack those done; the ones left."""
     done: list[DeadLetter] = []
+    others: list[DeadLetter] = []
     try:
         for letter in chosen:
             if letter.job_id is None:
@@ -177,10 +207,7 @@ def replay(services: Services, dead: DeadLetters, *, message_id: str | None = No
             done.append(letter)
     finally:
         dead.ack(done)
-        dead.release(others)
-    if message_id is not None and not chosen:
-        out["missing"].append(message_id)
-    return out
+    return others
 
 
 # --- commands ---------------------------------------------------------------------------
