@@ -181,12 +181,12 @@ class InMemoryJobStore:
                    if (server.get("notify") or {}).get("state") == NOTIFY_CLAIMED]
             return [job for job in (self.get(i) for i in ids[:limit]) if job is not None]
 
-    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None
+    def recent(self, uid: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
                ) -> list[Job]:
         with self._lock:
             self._check()
             ids = sorted(((doc["createdAt"], job_id) for job_id, doc in self.docs.items()
-                          if doc.get("uid") == uid and (after is None or
+                          if uid in (None, doc.get("uid")) and (after is None or
                                                         (doc["createdAt"], job_id) < after)),
                          reverse=True)
             return [Job.from_docs(job_id, copy.deepcopy(self.docs[job_id]), None)

@@ -67,9 +67,9 @@ class JobStore(Protocol):
         (a store that indexes them apart writes the entries it lacks); how many written."""
         ...
 
-    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None
+    def recent(self, uid: str | None, limit: int, after: tuple[dt.datetime, str] | None = None
                ) -> list[Job]:
-        """The owner's newest ``limit`` jobs, newest first (by creation time, then id:
+        """The owner's (None: anyone's) newest ``limit`` jobs, newest first (by creation time, then id:
         one indexed query however many jobs the owner has); ``after``: only those that
         come after the job of that (creation time, id) in that order, the next page.
         Public documents only: each job's ``server`` is empty."""

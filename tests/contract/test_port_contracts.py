@@ -129,7 +129,9 @@ def test_recent_is_the_owners_newest_first_and_limited(store: Any) -> None:
         ids.append(job.id)
         if isinstance(store, InMemoryJobStore):  # the emulator's clock moves by itself
             store.clock.advance(1.0)
-    store.create(new())  # another owner's job is never listed
+    other = new()
+    store.create(other)  # another owner's job is never listed
+    assert store.recent(None, 1)[0].id == other.id  # (anyone's: it is the newest)
     assert [j.id for j in store.recent(uid, 10)] == ids[::-1]
     assert [j.id for j in store.recent(uid, 2)] == ids[:1:-1]
     assert all(j.uid == uid and j.created_at for j in store.recent(uid, 10))

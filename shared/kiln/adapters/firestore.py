@@ -387,12 +387,12 @@ class FirestoreJobStore:
             ids = [snap.reference.parent.parent.id for snap in query.stream()]
         return [job for job in map(self.get, ids) if job is not None]
 
-    def recent(self, uid: str, limit: int, after: tuple[dt.datetime, str] | None = None) -> list[Job]:
-        """The owner's newest jobs (index ``jobs_uid_created_desc`` in infra/firestore.tf,
-        whose implicit last field is the id, descending too)."""
-        query = (self.client.collection(JOBS)
-                 .where(filter=firestore.FieldFilter("uid", "==", uid))
-                 .order_by("createdAt", direction=firestore.Query.DESCENDING)
+    def recent(self, uid: str | None, limit: int, after: tuple[dt.datetime, str] | None = None) -> list[Job]:
+        """Newest jobs, one owner's or all (index ``jobs_uid_created_desc``, its id last)."""
+        query: Any = self.client.collection(JOBS)
+        if uid is not None:
+            query = query.where(filter=firestore.FieldFilter("uid", "==", uid))
+        query = (query.order_by("createdAt", direction=firestore.Query.DESCENDING)
                  .order_by("__name__", direction=firestore.Query.DESCENDING).limit(limit))
         if after is not None:
             query = query.start_after({"createdAt": after[0], "__name__": self.ref(after[1])})

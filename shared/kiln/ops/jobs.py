@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,6 @@ from kiln.runtime import actions
 
 #: Where a handler's ``Services`` come from (``args.services``).
 ServicesSource = Callable[[], Services]
-_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def services_of(args: argparse.Namespace) -> Services:
@@ -48,15 +46,21 @@ def add_jobs_parser(sub: Any) -> None:
         verb.set_defaults(handler=handler)
 
 
+#: Newest jobs read to pick those of one status from (one query, newest first).
+STATUS_WINDOW = 500
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     services = services_of(args)
-    jobs = services.store.find(status=args.status, uid=args.uid, limit=500)
-    jobs.sort(key=lambda job: job.created_at or _EPOCH, reverse=True)
+    read = services.store.recent(args.uid, args.limit if args.status is None else STATUS_WINDOW)
+    jobs = [job for job in read if args.status in (None, job.status.value)][: args.limit]
     print(f"{'JOB':<22} {'STATUS':<10} {'KIND':<5} {'PROG':>4} {'TRIES':>5}  {'UID':<20} PROMPT")
-    for job in jobs[: args.limit]:
+    for job in jobs:
         print(f"{job.id:<22} {job.status.value:<10} {job.kind:<5} "
               f"{job.progress:>3}% {job.attempts:>5}  "
               f"{job.uid[:20]:<20} {job.prompt[:40]}")
+    if args.status is not None and len(jobs) < args.limit and len(read) == STATUS_WINDOW:
+        print(f"(only the newest {STATUS_WINDOW} jobs were looked at for status {args.status})")
     return 0
 
 

@@ -143,3 +143,20 @@ def test_the_waterfall_scales_bars_to_the_width() -> None:
     rows = waterfall(timeline.rows(recorded), width=40)
     assert rows[1].endswith("▏") and rows[2].endswith("█" * 10)
     assert rows[3].endswith(" " * 10 + "█" * 30)
+
+
+def test_kiln_jobs_list_shows_the_newest_jobs_of_any_owner_or_status(
+        rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    """``kiln jobs list``: the newest jobs first, of every owner (the store's first 500 by
+    id, sorted, could leave the newest out), and with --status the newest of that status."""
+    ids = []
+    for n in range(6):
+        ids.append(rig.submit(uid=f"user{n % 2}"))
+        rig.clock.advance(1.0)
+    assert main(["jobs", "list", "--limit", "3"], services=lambda: rig.services) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ids[::-1][:3]
+    assert main(["jobs", "list", "--uid", "user0", "--status", "pending"],
+                services=lambda: rig.services) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ids[-2::-2]  # user0: n = 4, 2, 0
