@@ -10,6 +10,7 @@ local processes share).
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from kiln import log
@@ -59,12 +60,14 @@ class Tracer:
     """Kiln's tracer: its spans, the propagator, and where spans go."""
 
     def __init__(self, mode: str, ratio: float, *, project: str, exporter: Any = None) -> None:
-        # A span continues its in-process parent's decision; a trace that arrives from
-        # another process is decided by its trace id alone (the ratio sampler is a pure
-        # function of it), so every function decides the same for one trace and a caller's
-        # traceparent flag can neither force sampling nor turn it off.
-        by_id = TraceIdRatioBased(ratio)
-        sampler = ParentBased(by_id, remote_parent_sampled=by_id, remote_parent_not_sampled=by_id)
+        # A span continues its parent's decision: in process, and from Kiln's own messages
+        # (a push's attributes, which only Kiln writes), so a trace is whole or absent. A
+        # request from outside is decided here, by a draw of our own (``server_span``): its
+        # caller picks its trace id, which a ratio sampler by id would obey (ids ending in
+        # zeros are always kept), and its sampled flag is the caller's too.
+        self.ratio = ratio
+        sampler = ParentBased(TraceIdRatioBased(ratio), remote_parent_sampled=ALWAYS_ON,
+                              remote_parent_not_sampled=ALWAYS_OFF)
         # OTEL_SERVICE_NAME (set per function) names the service; the SDK reads it.
         self.provider = TracerProvider(sampler=sampler, resource=Resource.create({}))
         if exporter is not None:
@@ -93,10 +96,19 @@ class Tracer:
     @contextmanager
     def server_span(self, name: str, carrier: Mapping[str, str], attributes: Mapping[str, Any],
                     *, consumer: bool = False) -> Iterator[trace.Span]:
-        """A span continuing the W3C context in ``carrier`` (headers or attributes)."""
+        """A span continuing the W3C context in ``carrier``: a push's attributes
+        (``consumer``: Kiln's own, its decision followed) or a request's headers (its
+        trace continued, sampled by a draw of our own at the ratio)."""
         kind = trace.SpanKind.CONSUMER if consumer else trace.SpanKind.SERVER
-        with self.span(name, attributes, kind=kind,
-                       context=self.propagator.extract(carrier)) as current:
+        context = self.propagator.extract(carrier)
+        caller = trace.get_current_span(context).get_span_context()
+        if not consumer and caller.is_valid:
+            flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if random.random() < self.ratio
+                                     else trace.TraceFlags.DEFAULT)
+            context = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                caller.trace_id, caller.span_id, is_remote=True, trace_flags=flags,
+                trace_state=caller.trace_state)))
+        with self.span(name, attributes, kind=kind, context=context) as current:
             yield current
 
     def inject(self, carrier: MutableMapping[str, str]) -> None:

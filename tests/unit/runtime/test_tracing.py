@@ -245,3 +245,26 @@ def test_a_callers_long_tracestate_is_not_passed_on_to_the_message() -> None:
             assert len(attributes.get("tracestate", "")) <= 512
     finally:
         tracing.configure(Settings())
+
+
+def test_a_caller_cannot_pick_a_trace_id_that_is_always_kept() -> None:
+    """A ratio sampler by trace id keeps every id whose low 64 bits are small: a caller
+    that sends such ids (its sampled flag set) was traced on every request, whatever the
+    ratio. Its request is now kept by a draw of our own, and its trace still continued."""
+    exporter = InMemorySpanExporter()
+    tracing.configure(Settings(trace_sample=1e-9), exporter=exporter)
+    forced = "00-4bf92f3577b34da60000000000000000-00f067aa0ba902b7-01"
+    try:
+        served = tracing.served(lambda r: r.path)
+        for _ in range(20):
+            request = flask.Request.from_values("/healthz", headers={"traceparent": forced})
+            assert served(request) == "/healthz"
+        assert exporter.get_finished_spans() == ()
+        kept = InMemorySpanExporter()  # (a tracer configured again shuts its exporter down)
+        tracing.configure(Settings(trace_sample=1.0), exporter=kept)
+        request = flask.Request.from_values("/healthz", headers={"traceparent": forced})
+        assert tracing.served(lambda r: r.path)(request) == "/healthz"
+        (span,) = kept.get_finished_spans()
+        assert format(span.context.trace_id, "032x") == "4bf92f3577b34da60000000000000000"
+    finally:
+        tracing.configure(Settings())
