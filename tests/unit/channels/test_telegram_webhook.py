@@ -285,3 +285,22 @@ def test_a_real_upgrade_is_still_a_move() -> None:
         chat={"id": new, "type": "supergroup"}, migrate_from_chat_id=old)},
         bot_id=1, bot_username=lambda: "KilnBot", default_kind="image")
     assert to.migrate == since.migrate == (old, new)
+
+
+def test_a_chat_over_its_granted_plans_quota_is_told_that_plans_number() -> None:
+    """Given KILN_TELEGRAM_PLAN=pro (2,000 a day) but the chat granted free (3), when its
+    4th job of the day is refused, then the reply names 3, the quota it ran into."""
+    telegram = build_telegram(telegram_plan="pro", plan_grants=f"{UID}=free")
+    for update_id in (1, 2, 3):
+        assert telegram.post({"update_id": update_id, "message": message(f"n{update_id}")})[0] == 200
+    status, reply = telegram.post({"update_id": 4, "message": message("one more")})
+    assert status == 200 and "3" in reply["text"] and "2000" not in reply["text"].replace(",", "")
+
+
+def test_a_chat_whose_plan_allows_no_jobs_gets_a_reply_not_an_error() -> None:
+    """A plan of 0 jobs a day is refused for good (400 over HTTP); a chat gets a polite
+    reply and Telegram a 200 (an error status would make it deliver the update again)."""
+    telegram = build_telegram(plans="free:daily=0,running=1")
+    status, reply = telegram.post({"update_id": 1, "message": message("a red cube")})
+    assert status == 200 and reply["method"] == "sendMessage" and "no jobs" in reply["text"]
+    assert prompts(telegram) == []

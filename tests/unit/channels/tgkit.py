@@ -40,7 +40,7 @@ class Telegram:
 
 def build_telegram(**settings: Any) -> Telegram:
     rig = build_rig(telegram_bot_token="123456789:AAAA", telegram_webhook_secret=SECRET,
-                    plans=PLANS, **settings)
+                    **{"plans": PLANS, **settings})
     chats = InMemoryChatStore()
     use_chat_store(rig.services, chats)
     return Telegram(rig, chats)

@@ -52,7 +52,7 @@ from kiln.core.requests import parse_job_request
 from kiln.http.responses import error_response, json_response, read_json
 from kiln.runtime import actions
 from kiln.runtime.accept import accept_job
-from kiln.runtime.admission import admit
+from kiln.runtime.admission import admit, plan_for
 
 if TYPE_CHECKING:
     from kiln.channels.telegram.client import BotClient
@@ -220,8 +220,10 @@ def start_job(services: Services, incoming: Incoming, kind: str, prompt: str) ->
     except QuotaExceededError:
         if services.store.get(job_id) is not None:
             return None  # Telegram delivered this update twice at once: the other one ran it
-        return incoming.reply(messages.quota_reached(
-            settings.plan_table()[settings.telegram_plan].daily_jobs))
+        plan = plan_for(services, uid=incoming.uid, channel="telegram", claimed=None)
+        return incoming.reply(messages.quota_reached(plan.daily_jobs))  # (a grant's own)
+    except ValidationError as exc:  # e.g. a plan of no jobs: the message is for the user
+        return incoming.reply(messages.invalid_request(exc.message))
     except OverloadedError:
         return incoming.reply(messages.BUSY)
     if not accepted.created:  # a concurrent delivery of the same update won the race
