@@ -173,6 +173,18 @@ def test_every_device_gets_the_same_message(sender: push.FcmPush, fcm: FcmServer
     assert messages[0] == messages[1] == messages[2]
 
 
+def test_a_batchs_one_push_reaches_the_device(sender: push.FcmPush, fcm: FcmServer) -> None:
+    """A batch's push carries no jobId (its data is the batch's): it is sent, collapsed
+    under the batch, not dropped by a KeyError that no retry would ever repair."""
+    data = {"type": "batch_completed", "batchId": "b123", "total": "3", "completed": "3"}
+    result = sender.send([Device("phone", fid="fid-1")], "Your batch is ready",
+                         "3 of 3 finished.", data)
+    assert (result.sent, result.failed) == (1, 0)
+    (message,) = fcm.messages
+    sent = message["message"]
+    assert sent["data"] == data and sent["android"]["collapse_key"] == "batch-b123"
+
+
 def test_legacy_token_devices_get_the_same_message(sender: push.FcmPush, fcm: FcmServer) -> None:
     """Given one device on an FID and one still on a registration token, then the token device
     gets the same message addressed by ``token`` (deprecated by FCM, still delivered), and
