@@ -92,7 +92,8 @@ def fcm_message(device: Device, title: str, body: str, data: dict[str, str],
     One job = one notification: Android ``collapse_key`` and ``tag``, APNs
     ``apns-collapse-id`` and web push ``tag`` are the job id (a batch's push:
     ``batch-{batchId}``), so a retried job's push replaces the earlier one. The tap target
-    is ``data.link`` everywhere; web push also gets ``fcm_options.link`` when the link is an absolute HTTPS URL (FCM refuses others).
+    is ``data.link`` everywhere; web push also gets ``fcm_options.link`` when the link is
+    an absolute HTTPS URL (FCM refuses others).
     """
     job_id = data.get("jobId") or f"batch-{data.get('batchId', '')}"  # (a batch's one push)
     link = data.get("link", "")
