@@ -135,6 +135,8 @@ GLB_REJECTS: dict[str, tuple[bytes, str]] = {
     "buffers not a list": (glb(gltf_json(16, buffers={"byteLength": 16})), "not a list"),
     "external buffer": (glb(gltf_json(16, buffers=[{"byteLength": 16, "uri": "a.bin"}])),
                         "external file"),
+    "external image": (glb(gltf_json(16, images=[{"uri": "https://attacker.example/b.png"}])),
+                       "image 0 refers to an external file"),
     "second JSON chunk": (glb(extra=struct.pack("<II", 4, CHUNK_JSON) + b"{}  "),
                           "second JSON or BIN"),
     "empty": (b"", "header"),

@@ -242,7 +242,13 @@ class GlbValidator(_StreamReader):
                 self._fail(f"{where} ends at byte {end}, past the end of buffer {buffer}")
 
     def _check_bin(self) -> None:
-        """Buffers without a URI live in the BIN chunk: only buffer 0, and it must fit."""
+        """Buffers without a URI live in the BIN chunk: only buffer 0, and it must fit. No
+        buffer or image names a file outside the GLB: a viewer would fetch it (a texture
+        at a provider's URL learns who looks at every result)."""
+        for i, image in enumerate(self._objects("images")):
+            uri = image.get("uri")
+            if uri is not None and not (isinstance(uri, str) and uri.startswith("data:")):
+                self._fail(f"image {i} refers to an external file; a GLB must be self-contained")
         for i, buffer in enumerate(self._objects("buffers")):
             uri = buffer.get("uri")
             if isinstance(uri, str) and not uri.startswith("data:"):
