@@ -204,11 +204,12 @@ def test_cors_preflight_allows_the_browser(stack: LocalStack, web: WebServer) ->
     assert {"authorization", "content-type", "idempotency-key"} <= {h.strip() for h in allowed.split(",")}
 
 
-@pytest.mark.parametrize("segment", ["a%2Fb", "%E0%A4%A"])
+@pytest.mark.parametrize("segment", ["a%2Fb", "%E0%A4%A", "__abc__"])
 def test_a_deep_link_naming_no_job_shows_not_found(page: Any, web: WebServer, uid: str,
                                                    segment: str) -> None:
     """Given a link /jobs/{x} whose x no job id can be (an escaped slash, a broken
-    %-escape: each made the route throw), when it is opened, then the app says "Job not
+    %-escape: each made the route throw; an id Firestore reserves: its listener failed with
+    a raw message), when it is opened, then the app says "Job not
     found" instead of failing to start."""
     sign_in(page, web, uid, f"/jobs/{segment}")
     expect(page.locator("[data-missing]")).to_contain_text("Job not found")

@@ -41,8 +41,9 @@ const actions = {
 
 // --- routes ---------------------------------------------------------------------------------
 
-// A job id as Kiln makes them; a deep link naming anything else names no job.
-const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// A job id as Kiln makes them; a deep link naming anything else names no job (an id
+// Firestore reserves, `__…__`, would fail the listener with its raw message).
+const JOB_ID = /^(?!__.*__$)[A-Za-z0-9_-]{1,64}$/;
 
 function route() {
   stopWatching();
