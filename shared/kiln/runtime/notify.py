@@ -102,9 +102,9 @@ def deliver(services: Services, job_id: str) -> dict[str, Any] | None:
 
 def take(services: Services, job_id: str) -> Job | None:
     """Move the job's notification from ``claimed`` to ``sending``; the job as read by
-    that write (its places included) with that notification, or None when it was not claimed (sent, being
-    sent, or no notification). A write that landed although its answer was lost is
-    recognised by the token it carries.
+    that write (its places included) with that notification, or None when it was not
+    claimed (sent, being sent, or no notification). A write that landed although its
+    answer was lost is recognised by the token it carries.
 
     Raises:
         RetryableError: the store is unreachable and the claim was not taken.
@@ -167,13 +167,11 @@ def send(services: Services, job: Job) -> dict[str, Any]:
         log.event(logger, "notification failed", logging.ERROR, error=type(exc).__name__)
         state = "error"
     change = timeline.carry(lifecycle.notified(state, report), {"notified": services.clock.now()})
-    sender = ((job.server.notify or {}).get("report") or {}).get("sender")
     try:
-        if sender is None:  # (an at-least-once notice: the claim is the sweeper's to retake)
+        if _sender(job) is None:  # (an at-least-once notice: the sweeper's to retake)
             services.store.apply(job.id, change)
         else:  # only over its own "sending": a retry since may have claimed its run's push
-            services.store.transact(job.id, lambda now: (
-                change if _sending(now, sender) else None, None))
+            _over_own_claim(services, job, change)
     except Exception as exc:  # sent: it stays "sending", which nobody sends again
         log.event(logger, "notification sent; its record not written", logging.WARNING,
                   state=state, error=type(exc).__name__)
@@ -182,9 +180,21 @@ def send(services: Services, job: Job) -> dict[str, Any]:
 
 def _sending(job: Job | None, sender: str) -> bool:
     """Whether ``job``'s notification is still the one ``sender`` took to send."""
-    notice = (job.server.notify or {}) if job is not None else {}
-    return notice.get("state") == lifecycle.NOTIFY_SENDING and \
-        (notice.get("report") or {}).get("sender") == sender
+    return job is not None and (job.server.notify or {}).get("state") == \
+        lifecycle.NOTIFY_SENDING and _sender(job) == sender
+
+
+def _sender(job: Job) -> str | None:
+    """The token of whoever took ``job``'s notification to send it (:func:`take`)."""
+    return ((job.server.notify or {}).get("report") or {}).get("sender")
+
+
+def _over_own_claim(services: Services, job: Job, change: Change) -> None:
+    """Write ``change`` only while ``job``'s notification is still the one this caller
+    took (``job`` as :func:`take` answered it)."""
+    sender = _sender(job)
+    services.store.transact(job.id, lambda now: (
+        change if sender is not None and _sending(now, sender) else None, None))
 
 
 def push_devices(services: Services, job: Job, *, alone: bool = False) -> list[Device] | None:
@@ -202,13 +212,11 @@ def push_devices(services: Services, job: Job, *, alone: bool = False) -> list[D
 def _release(services: Services, job: Job) -> None:
     """Give a taken notification back to the sweeper (``claimed`` again), over its own
     ``sending`` claim only; one that cannot be given back stays ``sending`` (logged)."""
-    sender = ((job.server.notify or {}).get("report") or {}).get("sender")
-    if sender is None:  # (an at-least-once notice was never taken: it is still claimed)
+    if _sender(job) is None:  # (an at-least-once notice was never taken: still claimed)
         return
-    change = lifecycle.notified(lifecycle.NOTIFY_CLAIMED, {"released": True})
     try:
-        services.store.transact(job.id, lambda now: (
-            change if _sending(now, sender) else None, None))
+        _over_own_claim(services, job, lifecycle.notified(lifecycle.NOTIFY_CLAIMED,
+                                                          {"released": True}))
     except Exception as exc:
         log.event(logger, "notification not given back; it is lost", logging.ERROR,
                   error=type(exc).__name__)
