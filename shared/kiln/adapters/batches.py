@@ -50,8 +50,8 @@ class FirestoreBatchStore:
                 writes.commit()
         except gexc.AlreadyExists:
             return False
-        except gexc.FailedPrecondition as exc:  # (a failed "must not exist" may read as
-            if key_job is not None and self.jobs.get(key_job) is not None:  # either)
+        except gexc.FailedPrecondition as exc:  # (a failed "must not exist" reads as either)
+            if key_job is not None and self.jobs.get(key_job) is not None:
                 return False
             raise RetryableError("The batch store refused the write.",
                                  code="store_unavailable") from exc

@@ -49,10 +49,14 @@ class FirestoreDeviceStore:
                     continue
                 # As read: the user may have signed in on it again meanwhile (written
                 # since: it is theirs again, for the next push).
-                with contextlib.suppress(gexc.FailedPrecondition):
-                    snap.reference.delete(
-                        option=self.client.write_option(last_update_time=snap.update_time))
+                self._delete_as_read(snap)
         return kept
+
+    def _delete_as_read(self, snap: Any) -> None:
+        """Delete a registration only if nothing wrote it since ``snap`` was read."""
+        with contextlib.suppress(gexc.FailedPrecondition):
+            snap.reference.delete(
+                option=self.client.write_option(last_update_time=snap.update_time))
 
     def _elsewhere(self, uid: str, device: Device) -> list[Device]:
         """Other users' registrations of the device's address (any ``devices`` collection
@@ -76,11 +80,9 @@ class FirestoreDeviceStore:
         return others
 
     def delete_device(self, uid: str, device: Device) -> None:
-        ref = self._collection(uid).document(device.id)
         with unavailable_is_retryable("device store"):
-            snap = ref.get()
+            snap = self._collection(uid).document(device.id).get()
             now = Device.from_doc(device.id, snap.to_dict() or {}) if snap.exists else None
             if now is None or now.address != device.address:
                 return  # gone, or registered again with its new address: kept
-            with contextlib.suppress(gexc.FailedPrecondition):  # (written since: the same)
-                ref.delete(option=self.client.write_option(last_update_time=snap.update_time))
+            self._delete_as_read(snap)

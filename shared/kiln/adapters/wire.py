@@ -99,18 +99,16 @@ class Creates:
                                     gexc.ResourceExhausted, gexc.ServiceUnavailable)))
 
     def commit(self, documents: Sequence[tuple[str, Mapping[str, Any]]], *,
-               absent: Sequence[str] = (), timeout: float | None = None) -> None:
-        """Create each ``(path, fields)`` (a path below the database's ``documents``),
-        if no document of ``absent`` exists. Fields hold what the SDK would take, with
-        Kiln's sentinels for server values. ``timeout`` (seconds, retries included)
-        shortens the call's own.
+               timeout: float | None = None) -> None:
+        """Create each ``(path, fields)`` (a path below the database's ``documents``).
+        Fields hold what the SDK would take, with Kiln's sentinels for server values.
+        ``timeout`` (seconds, retries included) shortens the call's own.
 
         Raises:
-            google.api_core.exceptions.AlreadyExists: one of them exists, or one of
-                ``absent`` does (none was written).
+            google.api_core.exceptions.AlreadyExists: one of them exists (none was written).
             google.api_core.exceptions.GoogleAPIError: the commit failed.
         """
-        self.send([self.encode(documents, absent)], timeout=timeout)
+        self.send([self.encode(documents)], timeout=timeout)
 
     def encode(self, documents: Sequence[tuple[str, Mapping[str, Any]]],
                absent: Sequence[str] = ()) -> Any:
