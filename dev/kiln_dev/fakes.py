@@ -205,13 +205,12 @@ class InMemoryDevices:
     def devices(self, uid: str) -> list[Device]:
         kept = []
         found = (Device.from_doc(i, doc) for i, doc in self.by_uid.get(uid, {}).items())
+        elsewhere = [other for owner, docs in self.by_uid.items() if owner != uid
+                     for other in (Device.from_doc(i, d) for i, d in docs.items())
+                     if other is not None]
         for device in newest(device for device in found if device is not None):
-            device_id = device.id
-            elsewhere = [other for owner, docs in self.by_uid.items() if owner != uid
-                         for other in (Device.from_doc(i, d) for i, d in docs.items())
-                         if other is not None]
             if device.moved(elsewhere):
-                self.by_uid.get(uid, {}).pop(device_id, None)
+                self.by_uid.get(uid, {}).pop(device.id, None)
             else:
                 kept.append(device)
         return kept
